@@ -1,0 +1,114 @@
+// safetensors files: a validating header parser, an mmap reader, an atomic writer, and model
+// directories with one file or shards listed in model.safetensors.index.json.
+//
+// File layout: 8-byte little-endian header length N, N bytes of JSON header
+// {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}},
+// then the data region. The parser rejects, each with a message naming the tensor and the problem:
+// a header length beyond the file or above 100 MB, malformed or too-deep JSON, unknown dtypes,
+// negative or non-integer shapes, offsets outside the data region, end < begin, overlapping
+// tensors, and byte lengths that differ from shape x dtype size.
+// Thread-safe: a SafetensorsFile is immutable after Open.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/dtype.h"
+#include "core/tensor.h"
+
+namespace v4rl::core {
+
+inline constexpr int64_t kMaxSafetensorsHeaderBytes = 100 << 20;
+
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;
+  int64_t data_begin = 0;  // offsets into the data region
+  int64_t data_end = 0;
+};
+
+struct SafetensorsHeader {
+  std::vector<SafetensorsEntry> entries;  // sorted by data_begin
+  std::map<std::string, std::string> metadata;
+};
+
+// Parses and validates a header against a data region of `data_bytes` bytes.
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header_json,
+                                                         int64_t data_bytes);
+// Parses a whole file image (length prefix + header + data); used by the reader and the fuzzer.
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsImage(absl::Span<const uint8_t> image,
+                                                        int64_t* data_start);
+
+class SafetensorsFile {
+ public:
+  // Maps the file read-only and validates its header; errors name `path`.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  ~SafetensorsFile();
+
+  const std::string& path() const { return path_; }
+  const std::vector<SafetensorsEntry>& entries() const { return header_.entries; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  // nullptr when absent.
+  const SafetensorsEntry* Find(std::string_view name) const;
+  // Read-only view into the mapping (may be unaligned for its dtype: use Read to compute).
+  TensorView View(const SafetensorsEntry& entry) const;
+  // Aligned contiguous copy of the tensor's bytes.
+  Tensor Read(const SafetensorsEntry& entry) const;
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  SafetensorsHeader header_;
+  std::map<std::string, size_t, std::less<>> index_;
+  const uint8_t* mapping_ = nullptr;
+  size_t mapping_bytes_ = 0;
+  int64_t data_start_ = 0;
+};
+
+struct NamedTensor {
+  std::string name;
+  TensorView tensor;  // CPU, any strides
+};
+
+// Writes tensors (in the given order) atomically; InvalidArgument on duplicate names.
+absl::Status WriteSafetensors(const std::string& path, absl::Span<const NamedTensor> tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+// A model directory's tensors: model.safetensors.index.json with shards, or every *.safetensors
+// file in the directory, or a single .safetensors path.
+class TensorDirectory {
+ public:
+  // Errors: missing directory, no safetensors files, an index naming a missing shard, the same
+  // tensor in two files, any shard's header error.
+  static absl::StatusOr<std::unique_ptr<TensorDirectory>> Open(const std::string& path);
+
+  struct Location {
+    const SafetensorsFile* file;
+    const SafetensorsEntry* entry;
+  };
+  // Sorted by name.
+  const std::map<std::string, Location, std::less<>>& tensors() const { return tensors_; }
+  const Location* Find(std::string_view name) const;
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, Location, std::less<>> tensors_;
+};
+
+// Writes `tensors` into `directory` as model-0000i-of-0000n.safetensors shards of at most
+// `max_shard_bytes` each plus model.safetensors.index.json; one shard is written as
+// model.safetensors without an index.
+absl::Status WriteShardedSafetensors(const std::string& directory,
+                                     absl::Span<const NamedTensor> tensors,
+                                     int64_t max_shard_bytes);
+
+}  // namespace v4rl::core
