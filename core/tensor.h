@@ -82,7 +82,7 @@ class Tensor {
 
   const TensorView& view() const { return view_; }
   TensorView& mutable_view() { return view_; }
-  bool defined() const { return view_.data != nullptr || view_.numel() == 0 && buffer_; }
+  bool defined() const { return buffer_ != nullptr; }
   DType dtype() const { return view_.dtype; }
   int rank() const { return view_.rank; }
   int64_t size(int dim) const { return view_.size(dim); }

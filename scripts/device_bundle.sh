@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds v4rl with CUDA for the H200 (sm_90a) and packs the `v4rl` binary, every test and
+# benchmark executable, and their non-system shared libraries into ./device_bundle (git-ignored),
+# ready to be carried to the GPU machine:
+#
+#   scripts/device_bundle.sh                      # here, on the CPU machine
+#   bash device_bundle/run_gpu_tests.sh           # there: runs every `gpu`-labelled test
+#   device_bundle/env.sh v4rl version             # there: any binary with the right paths
+#
+# glibc, libstdc++, libgcc, CUDA and NCCL libraries are left out: the GPU machine has its own
+# (env.sh points LD_LIBRARY_PATH at CUDA and at torch's NCCL there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_DIR=${BUILD_DIR:-build-cuda}
+BUNDLE=device_bundle
+export PATH=/usr/local/cuda/bin:$PATH
+
+cmake -S . -B "$BUILD_DIR" -G Ninja -DV4RL_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DCMAKE_BUILD_TYPE=Release
+cmake --build "$BUILD_DIR" -j "$(nproc)" ${BUNDLE_TARGETS:+--target $BUNDLE_TARGETS}
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/bin" "$BUNDLE/lib"
+
+# Every executable target the build produced (skip CMake's own probes).
+mapfile -t binaries < <(find "$BUILD_DIR" -type f -executable -not -path '*/CMakeFiles/*' \
+  -not -name '*.so*' -not -name '*.sh' | sort)
+for binary in "${binaries[@]}"; do cp "$binary" "$BUNDLE/bin/"; done
+
+is_system_library() {
+  [[ "$1" =~ ^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libnccl|libnvidia|libnvrtc) ]]
+}
+for binary in "$BUNDLE"/bin/*; do
+  ldd "$binary" | awk '/=> \// {print $1, $3}' | while read -r name path; do
+    is_system_library "$name" && continue
+    [[ -e "$BUNDLE/lib/$name" ]] || cp -L "$path" "$BUNDLE/lib/$name"
+  done
+done
+
+# gpu-labelled tests, by executable name, from ctest's own listing.
+(cd "$BUILD_DIR" && ctest -L gpu --show-only=json-v1) | python3 -c '
+import json, os, sys
+for test in json.load(sys.stdin)["tests"]:
+    print(os.path.basename(test["command"][0]))' > "$BUNDLE/gpu_tests.txt"
+
+cat > "$BUNDLE/env.sh" <<'ENV'
+#!/usr/bin/env bash
+# Runs a bundled binary with the bundle's libraries, CUDA and torch's NCCL on the library path.
+here=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$here/bin:$PATH"
+exec "$@"
+ENV
+cat > "$BUNDLE/run_gpu_tests.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs every gpu-labelled test of the bundle; exits non-zero if any fails.
+here=$(cd "$(dirname "$0")" && pwd)
+failed=0
+while read -r test; do
+  echo "=== $test"
+  "$here/env.sh" "$here/bin/$test" || failed=$((failed + 1))
+done < "$here/gpu_tests.txt"
+echo "gpu tests: $(wc -l < "$here/gpu_tests.txt") run, $failed failed"
+exit $((failed > 0))
+RUN
+chmod +x "$BUNDLE/env.sh" "$BUNDLE/run_gpu_tests.sh"
+echo "bundle: $(ls "$BUNDLE/bin" | wc -l) binaries, $(ls "$BUNDLE/lib" | wc -l) libraries, $(du -sh "$BUNDLE" | cut -f1)"
+echo "on the GPU machine: bash $BUNDLE/run_gpu_tests.sh"

@@ -1,0 +1,99 @@
+// Runs the built `v4rl` binary: dispatch, --help on every subcommand, `inspect` on a generated
+// checkpoint and on a malformed file (one error line, non-zero exit).
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+#include "core/safetensors.h"
+#include "gtest/gtest.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl {
+namespace {
+
+struct RunResult {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+RunResult RunV4rl(const std::string& arguments) {
+  const char* binary = std::getenv("V4RL_BINARY");
+  EXPECT_NE(binary, nullptr) << "V4RL_BINARY is set by ctest";
+  const std::string command = std::string(binary) + " " + arguments + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  RunResult result{-1, ""};
+  std::array<char, 4096> buffer;
+  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) result.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+TEST(Cli, TopLevelHelpListsSubcommands) {
+  RunResult result = RunV4rl("--help");
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_NE(result.output.find("inspect"), std::string::npos);
+  EXPECT_NE(result.output.find("version"), std::string::npos);
+  EXPECT_EQ(RunV4rl("no-such-command").exit_code, 2);
+  EXPECT_EQ(RunV4rl("").exit_code, 2);
+}
+
+TEST(Cli, EverySubcommandHasHelp) {
+  RunResult list = RunV4rl("--help");
+  // Each line "  NAME  summary" after "subcommands:" names one subcommand.
+  size_t start = list.output.find("subcommands:\n");
+  ASSERT_NE(start, std::string::npos);
+  std::istringstream lines(list.output.substr(start + 13));
+  std::string line;
+  int checked = 0;
+  while (std::getline(lines, line) && line.rfind("  ", 0) == 0) {
+    const std::string name = line.substr(2, line.find(' ', 2) - 2);
+    RunResult help = RunV4rl(name + " --help");
+    EXPECT_EQ(help.exit_code, 0) << name;
+    EXPECT_NE(help.output.find("usage: v4rl " + name), std::string::npos) << help.output;
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
+}
+
+TEST(Cli, VersionAndUsageErrors) {
+  RunResult version = RunV4rl("version");
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_NE(version.output.find("v4rl 0."), std::string::npos);
+  RunResult bad_flag = RunV4rl("version --bogus");
+  EXPECT_EQ(bad_flag.exit_code, 2);
+  EXPECT_NE(bad_flag.output.find("unknown flag --bogus"), std::string::npos);
+}
+
+TEST(Cli, InspectListsTensorsAndTotals) {
+  const std::string path = ::testing::TempDir() + "/cli_inspect.safetensors";
+  core::Tensor a = testing::RandomNormal({4, 8}, 1);
+  core::Tensor b = testing::RandomNormal({3}, 2);
+  ASSERT_TRUE(core::WriteSafetensors(path, {{"layer.weight", a.view()}, {"norm", b.view()}}).ok());
+  RunResult result = RunV4rl("inspect " + path);
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("layer.weight"), std::string::npos);
+  EXPECT_NE(result.output.find("[4, 8] 32"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("2 tensors in 1 file(s), 35 elements"), std::string::npos)
+      << result.output;
+}
+
+TEST(Cli, InspectMalformedFilePrintsOneErrorLine) {
+  const std::string path = ::testing::TempDir() + "/cli_bad.safetensors";
+  const char bad[] = "\x10\0\0\0\0\0\0\0{not json at all";  // 16-byte header, not JSON
+  std::ofstream(path, std::ios::binary).write(bad, sizeof(bad) - 1);
+  RunResult result = RunV4rl("inspect " + path);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
+  EXPECT_EQ(result.output.rfind("v4rl inspect: ", 0), 0u) << result.output;
+  EXPECT_EQ(RunV4rl("inspect /nonexistent/path").exit_code, 1);
+}
+
+}  // namespace
+}  // namespace v4rl
