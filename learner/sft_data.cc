@@ -1,0 +1,95 @@
+#include "learner/sft_data.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include "absl/strings/str_format.h"
+#include "core/json.h"
+#include "core/status.h"
+
+namespace v4rl::learner {
+namespace {
+
+constexpr size_t kMaxLineBytes = 16 << 20;
+
+absl::StatusOr<std::vector<int32_t>> ReadIds(const nlohmann::json& line, const char* field,
+                                             int64_t vocab_size, const std::string& where) {
+  auto it = line.find(field);
+  if (it == line.end() || !it->is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: field '%s' must be an array of token ids", where, field));
+  }
+  std::vector<int32_t> ids;
+  ids.reserve(it->size());
+  for (size_t i = 0; i < it->size(); ++i) {
+    const nlohmann::json& value = (*it)[i];
+    if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
+        value.get<int64_t>() >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: %s[%d] = %s is not a token id in [0, %d)", where, field, i, value.dump(), vocab_size));
+    }
+    ids.push_back(static_cast<int32_t>(value.get<int64_t>()));
+  }
+  return ids;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<SftExample>> ReadSftJsonl(const std::string& path, int64_t vocab_size) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open dataset %s", path));
+  std::vector<SftExample> examples;
+  std::string text;
+  for (int64_t line_number = 1; std::getline(in, text); ++line_number) {
+    const std::string where = absl::StrFormat("%s:%d", path, line_number);
+    if (text.size() > kMaxLineBytes) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: line longer than %d bytes", where, kMaxLineBytes));
+    }
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    V4RL_ASSIGN_OR_RETURN(nlohmann::json line, core::ParseJson(text, where));
+    if (!line.is_object()) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: each line must be a JSON object", where));
+    }
+    SftExample example;
+    V4RL_ASSIGN_OR_RETURN(example.prompt, ReadIds(line, "prompt_ids", vocab_size, where));
+    V4RL_ASSIGN_OR_RETURN(example.completion, ReadIds(line, "completion_ids", vocab_size, where));
+    if (example.completion.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: completion_ids is empty", where));
+    }
+    examples.push_back(std::move(example));
+  }
+  if (examples.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat("dataset %s has no examples", path));
+  }
+  return examples;
+}
+
+SftBatch MakeSftBatch(const std::vector<const SftExample*>& examples) {
+  int64_t width = 1;
+  for (const SftExample* e : examples) {
+    width = std::max<int64_t>(width, e->prompt.size() + e->completion.size());
+  }
+  const int64_t rows = static_cast<int64_t>(examples.size());
+  SftBatch batch;
+  batch.input_ids = core::Tensor::Empty(core::DType::kI32, {rows, width});
+  batch.loss_mask = core::Tensor::Zeros(core::DType::kF32, {rows, width});
+  int32_t* ids = batch.input_ids.data<int32_t>();
+  float* mask = batch.loss_mask.data<float>();
+  std::fill(ids, ids + rows * width, kPadId);
+  for (int64_t b = 0; b < rows; ++b) {
+    const SftExample& e = *examples[b];
+    const int64_t prompt_length = static_cast<int64_t>(e.prompt.size());
+    std::copy(e.prompt.begin(), e.prompt.end(), ids + b * width);
+    std::copy(e.completion.begin(), e.completion.end(), ids + b * width + prompt_length);
+    // Token t+1 is a completion token for t in [prompt_length - 1, prompt_length + |c| - 2].
+    for (size_t c = 0; c < e.completion.size(); ++c) {
+      const int64_t t = prompt_length - 1 + static_cast<int64_t>(c);
+      if (t < 0) continue;  // an empty prompt cannot predict its first completion token
+      mask[b * width + t] = 1.0f;
+      ++batch.num_target_tokens;
+    }
+  }
+  return batch;
+}
+
+}  // namespace v4rl::learner
