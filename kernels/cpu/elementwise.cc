@@ -1,0 +1,102 @@
+#include "kernels/cpu/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/thread_pool.h"
+
+namespace v4rl::kernels::cpu {
+namespace {
+
+using Vec8 = float __attribute__((vector_size(32)));
+
+// Sum of squares with 8 lane-wise partial sums, reduced pairwise, then the tail.
+float SumOfSquares(const float* x, int64_t n) {
+  Vec8 acc = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Vec8 v;
+    std::memcpy(&v, x + i, sizeof(v));
+    acc += v * v;
+  }
+  float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) sum += x[i] * x[i];
+  return sum;
+}
+
+void ForRows(int64_t rows, int64_t grain, core::ThreadPool* pool,
+             const std::function<void(int64_t, int64_t)>& fn) {
+  if (pool == nullptr) {
+    fn(0, rows);
+  } else {
+    pool->ParallelFor(0, rows, grain, fn);
+  }
+}
+
+}  // namespace
+
+void RmsNormRef(const float* x, int64_t ldx, const float* weight, float eps, float* out,
+                int64_t ldo, int64_t rows, int64_t dim, core::ThreadPool* pool) {
+  ForRows(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), pool,
+          [&](int64_t begin, int64_t end) {
+            // One row at a time: statistic, then scale (and weight) every channel.
+            for (int64_t r = begin; r < end; ++r) {
+              const float* xr = x + r * ldx;
+              float* yr = out + r * ldo;
+              const float inv = 1.0f / std::sqrt(SumOfSquares(xr, dim) / dim + eps);
+              if (weight == nullptr) {
+                for (int64_t c = 0; c < dim; ++c) yr[c] = xr[c] * inv;
+              } else {
+                for (int64_t c = 0; c < dim; ++c) yr[c] = weight[c] * (xr[c] * inv);
+              }
+            }
+          });
+}
+
+void RopeRef(float* x, int64_t rows, int64_t num_heads, int64_t row_stride, int64_t head_stride,
+             int64_t head_dim, int64_t rope_dim, const float* cos, const float* sin, bool inverse,
+             core::ThreadPool* pool) {
+  const int64_t half = rope_dim / 2;
+  const int64_t offset = head_dim - rope_dim;
+  ForRows(rows, 16, pool, [&](int64_t begin, int64_t end) {
+    // Each row's heads share that row's angles; rotate each adjacent channel pair.
+    for (int64_t r = begin; r < end; ++r) {
+      const float* c = cos + r * half;
+      const float* s = sin + r * half;
+      for (int64_t h = 0; h < num_heads; ++h) {
+        float* p = x + r * row_stride + h * head_stride + offset;
+        for (int64_t i = 0; i < half; ++i) {
+          const float x0 = p[2 * i];
+          const float x1 = p[2 * i + 1];
+          const float si = inverse ? -s[i] : s[i];
+          p[2 * i] = x0 * c[i] - x1 * si;
+          p[2 * i + 1] = x1 * c[i] + x0 * si;
+        }
+      }
+    }
+  });
+}
+
+void SqrtSoftplusRef(const float* x, float* out, int64_t n) {
+  // softplus(v) = v above the threshold 20, log1p(exp(v)) below (PyTorch's definition).
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    out[i] = std::sqrt(v > 20.0f ? v : std::log1p(std::exp(v)));
+  }
+}
+
+void SwiGluClampRef(const float* gate, const float* up, float limit, float* out, int64_t n) {
+  // Gate clamped from above only, up on both sides (pitfall 11), then silu(gate) · up.
+  for (int64_t i = 0; i < n; ++i) {
+    float g = gate[i];
+    float u = up[i];
+    if (limit > 0) {
+      g = std::min(g, limit);
+      u = std::clamp(u, -limit, limit);
+    }
+    out[i] = g / (1.0f + std::exp(-g)) * u;
+  }
+}
+
+}  // namespace v4rl::kernels::cpu

@@ -1,0 +1,92 @@
+// The V4 model in reference precision (fp32 on the CPU) and its forward pass over whole token
+// sequences (prefill from position 0): embedding, blocks of mHC + attention + mHC + MoE,
+// hc_head, final norm, head (spec §2, §5); plus the MTP block's logits.
+//
+// Each block's intermediate tensors live in a BlockActivations struct (llm.c's saved
+// activations); Forward keeps them only when asked (for a backward pass), so a plain forward
+// holds one block's activations at a time.
+// Thread-safety: a Model is immutable after Load; concurrent Forward calls are safe (they share
+// the process thread pool, which serialises their parallel sections).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/tensor.h"
+#include "model/attention.h"
+#include "model/config.h"
+#include "model/mhc.h"
+#include "model/moe.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace v4rl::model {
+
+struct Model {
+  ModelConfig config;
+  ModelWeights weights;
+  RopeTable main_rope;      // sliding-only layers
+  RopeTable compress_rope;  // CSA / HCA layers
+
+  // Builds the RoPE tables for `config` (already validated) around `weights`.
+  static Model Create(ModelConfig config, ModelWeights weights);
+  // config.json + weights of a model directory (see LoadModelConfig and LoadWeights).
+  static absl::StatusOr<Model> Load(const std::string& path);
+
+  const RopeTable& rope(AttentionType type) const {
+    return type == AttentionType::kSliding ? main_rope : compress_rope;
+  }
+};
+
+struct BlockActivations {
+  core::Tensor streams_in;   // [N, n, H] block input
+  MhcActivations attn_hc;
+  core::Tensor attn_in;      // [N, H] attn_norm(attn_hc.collapsed)
+  AttentionActivations attn;
+  core::Tensor attn_out;     // [N, H]
+  core::Tensor streams_mid;  // [N, n, H] after the attention site
+  MhcActivations ffn_hc;
+  core::Tensor ffn_in;       // [N, H] ffn_norm(ffn_hc.collapsed)
+  MoeActivations moe;
+  core::Tensor ffn_out;      // [N, H]
+};
+
+// One decoder block: streams_in [B·T, n, H] -> returned streams [B·T, n, H], f32.
+// token_ids: [B·T] i32 (hash routing). Fills `acts`.
+core::Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config,
+                          const RopeTable& rope, int64_t batch, int64_t seq_len,
+                          const core::Tensor& streams_in, const core::TensorView& token_ids,
+                          BlockActivations* acts);
+
+struct ForwardOptions {
+  bool return_routing = false;    // routed expert ids of every layer
+  bool return_hidden = false;     // final hidden state (after the model norm)
+  bool return_streams = false;    // residual streams before hc_head (the MTP input)
+  bool save_activations = false;  // keep every block's activations (for backward)
+};
+
+struct ForwardOutput {
+  core::Tensor logits;                       // [B, T, V] f32
+  std::vector<core::Tensor> routed_experts;  // per layer [B, T, k] i32 (return_routing)
+  core::Tensor hidden;                       // [B, T, H] f32 (return_hidden)
+  core::Tensor streams;                      // [B, T, n, H] f32 (return_streams)
+  std::vector<BlockActivations> blocks;      // per layer (save_activations)
+  HcHeadActivations hc_head;                 // (save_activations)
+};
+
+// input_ids: [B, T] i32 or i64, CPU, any strides. Errors (InvalidArgument): wrong rank or
+// dtype, an empty batch or sequence, a token id outside [0, vocab_size) (named with its [b, t]).
+absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView& input_ids,
+                                      const ForwardOptions& options = {});
+
+// Logits of MTP block `mtp_index` (spec §5). streams: [B, T, n, H] f32, the main model's final
+// residual streams (ForwardOutput::streams); next_ids: [B, T] i32/i64, position t holding the
+// token that follows position t (the caller shifts). Returns [B, T, V] f32.
+// Errors: FailedPrecondition when the model has no such MTP block; InvalidArgument on shapes or
+// token ids as in Forward.
+absl::StatusOr<core::Tensor> MtpForward(const Model& model, const core::TensorView& streams,
+                                        const core::TensorView& next_ids, int mtp_index = 0);
+
+}  // namespace v4rl::model
