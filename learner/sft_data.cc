@@ -1,9 +1,9 @@
 #include "learner/sft_data.h"
 
 #include <algorithm>
-#include <fstream>
 
 #include "absl/strings/str_format.h"
+#include "core/file.h"
 #include "core/json.h"
 #include "core/status.h"
 
@@ -35,18 +35,22 @@ absl::StatusOr<std::vector<int32_t>> ReadIds(const nlohmann::json& line, const c
 
 }  // namespace
 
-absl::StatusOr<std::vector<SftExample>> ReadSftJsonl(const std::string& path, int64_t vocab_size) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open dataset %s", path));
+absl::StatusOr<std::vector<SftExample>> ParseSftJsonl(std::string_view text, const std::string& what,
+                                                      int64_t vocab_size) {
   std::vector<SftExample> examples;
-  std::string text;
-  for (int64_t line_number = 1; std::getline(in, text); ++line_number) {
-    const std::string where = absl::StrFormat("%s:%d", path, line_number);
-    if (text.size() > kMaxLineBytes) {
+  int64_t line_number = 0;
+  for (size_t start = 0; start < text.size();) {
+    size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string_view line_text = text.substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    const std::string where = absl::StrFormat("%s:%d", what, line_number);
+    if (line_text.size() > kMaxLineBytes) {
       return absl::InvalidArgumentError(absl::StrFormat("%s: line longer than %d bytes", where, kMaxLineBytes));
     }
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    V4RL_ASSIGN_OR_RETURN(nlohmann::json line, core::ParseJson(text, where));
+    if (line_text.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    V4RL_ASSIGN_OR_RETURN(nlohmann::json line, core::ParseJson(line_text, where));
     if (!line.is_object()) {
       return absl::InvalidArgumentError(absl::StrFormat("%s: each line must be a JSON object", where));
     }
@@ -59,9 +63,18 @@ absl::StatusOr<std::vector<SftExample>> ReadSftJsonl(const std::string& path, in
     examples.push_back(std::move(example));
   }
   if (examples.empty()) {
-    return absl::InvalidArgumentError(absl::StrFormat("dataset %s has no examples", path));
+    return absl::InvalidArgumentError(absl::StrFormat("dataset %s has no examples", what));
   }
   return examples;
+}
+
+absl::StatusOr<std::vector<SftExample>> ReadSftJsonl(const std::string& path, int64_t vocab_size) {
+  absl::StatusOr<std::string> text = core::ReadFile(path, int64_t{4} << 30);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(),
+                        absl::StrFormat("cannot open dataset %s: %s", path, text.status().message()));
+  }
+  return ParseSftJsonl(*text, path, vocab_size);
 }
 
 SftBatch MakeSftBatch(const std::vector<const SftExample*>& examples) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -16,7 +17,11 @@
 
 namespace v4rl::learner {
 
-// Reads a JSONL dataset; lines longer than 16 MiB and empty files are errors, blank lines skipped.
+// Parses JSONL text; `what` names it in errors ("data.jsonl:3: ..."). Lines longer than 16 MiB
+// and inputs without examples are errors; blank lines are skipped.
+absl::StatusOr<std::vector<SftExample>> ParseSftJsonl(std::string_view text, const std::string& what,
+                                                      int64_t vocab_size);
+// Reads a JSONL dataset file (at most 4 GiB) and parses it.
 absl::StatusOr<std::vector<SftExample>> ReadSftJsonl(const std::string& path, int64_t vocab_size);
 
 // One training batch. Position t of row b predicts token t+1: loss_mask[b, t] is 1 exactly when
