@@ -4,9 +4,14 @@
 // File layout: 8-byte little-endian header length N, N bytes of JSON header
 // {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}},
 // then the data region. The parser rejects, each with a message naming the tensor and the problem:
-// a header length beyond the file or above 100 MB, malformed or too-deep JSON, unknown dtypes,
-// negative or non-integer shapes, offsets outside the data region, end < begin, overlapping
-// tensors, and byte lengths that differ from shape x dtype size.
+// a header length beyond the file or above 100 MB, malformed or too-deep JSON, a header that is
+// not an object, a tensor that is not an object or has unknown fields, unknown dtypes, shapes that
+// are not arrays of non-negative integers or have rank above kMaxRank, data_offsets that are not
+// two non-negative integers, end < begin, offsets outside the data region, overlapping tensors,
+// byte lengths that differ from shape x dtype size (sub-byte dtypes need a last dimension filling
+// whole bytes), duplicate keys (two tensors with one name), and a __metadata__ that is not an
+// object of string to string. Accepted: trailing spaces after the JSON, zero-size tensors, and
+// gaps between tensors (the reference writer leaves none, but a gap loses no data; overlaps do).
 // Thread-safe: a SafetensorsFile is immutable after Open.
 #pragma once
 
@@ -40,16 +45,19 @@ struct SafetensorsHeader {
   std::map<std::string, std::string> metadata;
 };
 
-// Parses and validates a header against a data region of `data_bytes` bytes.
+// Parses and validates a header against a data region of `data_bytes` bytes. InvalidArgument on
+// any rule above.
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header_json,
                                                          int64_t data_bytes);
 // Parses a whole file image (length prefix + header + data); used by the reader and the fuzzer.
+// Sets *data_start (when not null) to the offset of the data region in `image`.
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsImage(absl::Span<const uint8_t> image,
                                                         int64_t* data_start);
 
 class SafetensorsFile {
  public:
-  // Maps the file read-only and validates its header; errors name `path`.
+  // Maps the file read-only and validates its header; errors name `path` (NotFound when missing,
+  // InvalidArgument for a bad header).
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
   ~SafetensorsFile();
 
@@ -78,7 +86,10 @@ struct NamedTensor {
   TensorView tensor;  // CPU, any strides
 };
 
-// Writes tensors (in the given order) atomically; InvalidArgument on duplicate names.
+// Writes tensors (in the given order, strided views packed contiguously) atomically: a temporary
+// file in the same directory is fsynced and renamed over `path`. The header is padded with spaces
+// so the data region starts 8-byte aligned. InvalidArgument on duplicate names, the reserved name
+// __metadata__, names or metadata that are not UTF-8, non-CPU tensors and strided fp4 views.
 absl::Status WriteSafetensors(const std::string& path, absl::Span<const NamedTensor> tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
@@ -86,8 +97,10 @@ absl::Status WriteSafetensors(const std::string& path, absl::Span<const NamedTen
 // file in the directory, or a single .safetensors path.
 class TensorDirectory {
  public:
-  // Errors: missing directory, no safetensors files, an index naming a missing shard, the same
-  // tensor in two files, any shard's header error.
+  // With an index only the shards it names are read, and every tensor it maps must be in its
+  // shard. Errors: NotFound for a missing path, no safetensors files, or an index naming a missing
+  // shard; InvalidArgument for an index that is not {"weight_map": {name: file}} or names a file
+  // outside the directory, the same tensor in two files, and any shard's header error.
   static absl::StatusOr<std::unique_ptr<TensorDirectory>> Open(const std::string& path);
 
   struct Location {
@@ -105,8 +118,10 @@ class TensorDirectory {
 };
 
 // Writes `tensors` into `directory` as model-0000i-of-0000n.safetensors shards of at most
-// `max_shard_bytes` each plus model.safetensors.index.json; one shard is written as
-// model.safetensors without an index.
+// `max_shard_bytes` each (a larger tensor gets a shard of its own) plus
+// model.safetensors.index.json with metadata.total_size; one shard is written as
+// model.safetensors, and a stale index that would shadow it is removed. Errors as
+// WriteSafetensors, checked across all shards, and InvalidArgument for max_shard_bytes <= 0.
 absl::Status WriteShardedSafetensors(const std::string& directory,
                                      absl::Span<const NamedTensor> tensors,
                                      int64_t max_shard_bytes);
