@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -93,6 +94,36 @@ TEST(Cli, InspectMalformedFilePrintsOneErrorLine) {
   EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
   EXPECT_EQ(result.output.rfind("v4rl inspect: ", 0), 0u) << result.output;
   EXPECT_EQ(RunV4rl("inspect /nonexistent/path").exit_code, 1);
+}
+
+TEST(Cli, LogitsMatchesTheTransformersFixture) {
+  // The fp32 forward of tests/data/model/mixed_small against transformers' logits.
+  const std::string fixture = std::string(std::getenv("V4RL_SOURCE_DIR")) +
+                              "/tests/data/model/mixed_small";
+  const std::string out = ::testing::TempDir() + "/cli_logits.safetensors";
+  RunResult result = RunV4rl("logits --model " + fixture + "/model --input " + fixture +
+                             "/reference.safetensors --output " + out + " --routing --threads 2");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto ours = core::SafetensorsFile::Open(out);
+  auto reference = core::SafetensorsFile::Open(fixture + "/reference.safetensors");
+  ASSERT_TRUE(ours.ok() && reference.ok());
+  const core::Tensor logits = (*ours)->Read(*(*ours)->Find("logits"));
+  const core::Tensor expected = (*reference)->Read(*(*reference)->Find("logits"));
+  ASSERT_EQ(logits.view().shape_vector(), expected.view().shape_vector());
+  double max_error = 0;
+  for (int64_t i = 0; i < logits.numel(); ++i) {
+    max_error = std::max<double>(max_error,
+                                 std::abs(logits.data<float>()[i] - expected.data<float>()[i]));
+  }
+  EXPECT_LT(max_error, 1e-4);
+  ASSERT_NE((*ours)->Find("routed_experts"), nullptr);
+  EXPECT_EQ((*ours)->Find("routed_experts")->shape, (core::Shape{3, 2, 40, 2}));
+  // An input without input_ids: one error line, exit 1.
+  RunResult missing = RunV4rl("logits --model " + fixture + "/model --input " + out +
+                              " --output " + out + ".2");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("has no tensor 'input_ids'"), std::string::npos)
+      << missing.output;
 }
 
 }  // namespace

@@ -1,0 +1,123 @@
+// `v4rl logits`: runs the reference-precision (fp32, CPU) forward of a model directory on token
+// ids from a safetensors file and writes the logits (and, on request, the routed expert ids, the
+// final hidden state and MTP logits) to another safetensors file.
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/command.h"
+#include "cli/flags.h"
+#include "core/safetensors.h"
+#include "model/forward.h"
+
+namespace v4rl::cli {
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "v4rl logits: " << message << "\n";
+  return 1;
+}
+
+// Reads one integer tensor of `file` by name.
+absl::StatusOr<core::Tensor> ReadIds(const core::SafetensorsFile& file, const std::string& name) {
+  const core::SafetensorsEntry* entry = file.Find(name);
+  if (entry == nullptr) {
+    return absl::InvalidArgumentError(file.path() + " has no tensor '" + name + "'");
+  }
+  return file.Read(*entry);
+}
+
+int RunLogits(const std::vector<std::string>& args) {
+  FlagParser parser(
+      "logits", "v4rl logits --model DIR --input IN.safetensors --output OUT.safetensors",
+      "Run the fp32 CPU forward of a DeepSeek-V4 model directory (config.json + safetensors, "
+      "transformers or DeepSeek naming, fp32/bf16/FP8/FP4 weights). IN holds int32 or int64 "
+      "`input_ids` [B, T]; OUT gets fp32 `logits` [B, T, V], plus `routed_experts` int32 "
+      "[layers, B, T, k] with --routing, `hidden` fp32 [B, T, H] with --hidden, and `mtp_logits` "
+      "[B, T, V] with --mtp (IN must then also hold `next_ids` [B, T]: the token after each "
+      "position).");
+  std::string model_dir, input_path, output_path;
+  int64_t threads = 0;
+  bool routing = false, hidden = false, mtp = false;
+  parser.AddString("model", &model_dir, "model directory (or one .safetensors file's directory)");
+  parser.AddString("input", &input_path, "safetensors file with input_ids [B, T]");
+  parser.AddString("output", &output_path, "safetensors file to write");
+  parser.AddInt("threads", &threads, "CPU threads (0: V4RL_NUM_THREADS or all cores)");
+  parser.AddBool("routing", &routing, "also write the routed expert ids of every layer");
+  parser.AddBool("hidden", &hidden, "also write the final hidden state (after the model norm)");
+  parser.AddBool("mtp", &mtp, "also write the MTP block's logits for `next_ids`");
+  int exit_code;
+  if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
+  if (model_dir.empty() || input_path.empty() || output_path.empty()) {
+    std::cerr << "v4rl logits: --model, --input and --output are required\n" << parser.Help();
+    return 2;
+  }
+  if (threads < 0) {
+    std::cerr << "v4rl logits: --threads must be >= 0, got " << threads << "\n";
+    return 2;
+  }
+  // The process pool reads this once, on its first use (below).
+  if (threads > 0) setenv("V4RL_NUM_THREADS", std::to_string(threads).c_str(), 1);
+
+  absl::StatusOr<model::Model> loaded = model::Model::Load(model_dir);
+  if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
+  const model::Model& model = *loaded;
+  auto input = core::SafetensorsFile::Open(input_path);
+  if (!input.ok()) return Fail(std::string(input.status().message()));
+  absl::StatusOr<core::Tensor> ids = ReadIds(**input, "input_ids");
+  if (!ids.ok()) return Fail(std::string(ids.status().message()));
+
+  model::ForwardOptions options;
+  options.return_routing = routing;
+  options.return_hidden = hidden;
+  options.return_streams = mtp;
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<model::ForwardOutput> out = model::Forward(model, ids->view(), options);
+  if (!out.ok()) return Fail(std::string(out.status().message()));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  std::vector<core::NamedTensor> tensors = {{"logits", out->logits.view()}};
+  core::Tensor routed;
+  if (routing) {
+    // Stack the per-layer [B, T, k] ids into [layers, B, T, k].
+    const core::Shape one = out->routed_experts[0].view().shape_vector();
+    core::Shape shape = {static_cast<int64_t>(out->routed_experts.size())};
+    shape.insert(shape.end(), one.begin(), one.end());
+    routed = core::Tensor::Empty(core::DType::kI32, shape);
+    const int64_t per_layer = out->routed_experts[0].numel();
+    for (size_t l = 0; l < out->routed_experts.size(); ++l) {
+      std::copy(out->routed_experts[l].data<int32_t>(),
+                out->routed_experts[l].data<int32_t>() + per_layer,
+                routed.data<int32_t>() + l * per_layer);
+    }
+    tensors.push_back({"routed_experts", routed.view()});
+  }
+  if (hidden) tensors.push_back({"hidden", out->hidden.view()});
+  core::Tensor mtp_logits;
+  if (mtp) {
+    absl::StatusOr<core::Tensor> next = ReadIds(**input, "next_ids");
+    if (!next.ok()) return Fail(std::string(next.status().message()));
+    absl::StatusOr<core::Tensor> logits =
+        model::MtpForward(model, out->streams.view(), next->view());
+    if (!logits.ok()) return Fail(std::string(logits.status().message()));
+    mtp_logits = *std::move(logits);
+    tensors.push_back({"mtp_logits", mtp_logits.view()});
+  }
+  const absl::Status written = core::WriteSafetensors(output_path, tensors);
+  if (!written.ok()) return Fail(std::string(written.message()));
+  const int64_t tokens = ids->numel();
+  std::cerr << "v4rl logits: " << ids->size(0) << " x " << ids->size(1) << " tokens in "
+            << seconds << " s (" << tokens / seconds << " tokens/s), wrote " << output_path
+            << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace v4rl::cli
+
+V4RL_REGISTER_COMMAND(logits, "Reference fp32 CPU forward: token ids -> logits",
+                      v4rl::cli::RunLogits);
