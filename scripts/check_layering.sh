@@ -2,8 +2,8 @@
 # Enforces DESIGN.md §2's include rules on the source tree:
 #  1. folder dependencies: core <- kernels <- model <- {actor, rollout, reward, distill, learner,
 #     store, comm} ; nothing includes cli/; core includes nothing of ours but core.
-#  2. only *_service.*, store/rocksdb*, cli/ (and tests, bench, fuzz) include gRPC, RocksDB or
-#     generated *.pb.h headers.
+#  2. only *_service.*, store/rocksdb*, cli/ (and tests, bench, fuzz) include gRPC, RocksDB,
+#     generated *.pb.h headers or other protos/ headers.
 #  3. only kernels/cuda/ and comm/nccl* include CUDA or NCCL headers.
 # Prints every violation as file:line and exits 1 if there is any.
 set -uo pipefail
@@ -38,7 +38,8 @@ while IFS= read -r -d '' file; do
     top=${target%%/*}
     # 1. folder dependencies
     if [[ -n "${allowed[$folder]:-}" && "$target" == */* && "$top" =~ ^($ours)$ ]]; then
-      if [[ " ${allowed[$folder]} " != *" $top "* && ! ( "$top" == "protos" && "$target" == *.pb.h ) ]]; then
+      # protos/ headers are the gRPC layer: reachable wherever gRPC may be included (rule 2).
+      if [[ " ${allowed[$folder]} " != *" $top "* && ! ( "$top" == "protos" && ( "$base" == *_service.* || "$file" == store/rocksdb* ) ) ]]; then
         report "$file:$line includes $target ($folder may include only: ${allowed[$folder]})"
       fi
     fi
