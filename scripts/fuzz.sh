@@ -13,9 +13,11 @@
 # line to TARGETS, commit a few seeds.
 set -euo pipefail
 
-# NAME -> the fuzz source, then any sources outside core/ it needs (relative to the repo root).
+# NAME -> the fuzz source, then any sources outside core/ it needs (relative to the repo root);
+# a .proto source is compiled with protoc and links protobuf.
 declare -A TARGETS=(
   [safetensors]="fuzz/safetensors_header_fuzz.cc"
+  [trajectory_record]="fuzz/trajectory_record_fuzz.cc store/trajectory.cc store/rocksdb_codec.cc protos/trajectory.proto"
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,9 +26,9 @@ CXX="${CXX_FUZZ:-clang++}"
 LAUNCHER="$(command -v ccache || true)"
 SANITIZERS="address,undefined"
 CXXFLAGS=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize="${SANITIZERS}"
-          -fno-sanitize-recover=undefined -I"${ROOT}" -Wall -Wno-unused-parameter)
-# abseil from Debian: the libraries behind status, statusor and str_format.
-ABSL_LIBS="$(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format)"
+          -fno-sanitize-recover=undefined -I"${ROOT}" -I"${BUILD}/gen" -Wall -Wno-unused-parameter)
+# abseil from Debian: the libraries behind status, statusor, str_format and time.
+ABSL_LIBS="$(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_time)"
 
 usage() {
   sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -43,13 +45,24 @@ compile() {
 }
 
 build_target() {
-  local name="$1" objects=() source
+  local name="$1" sources=() objects=() source extra_libs=""
   for source in $(cd "${ROOT}" && ls core/*.cc) ${TARGETS[${name}]}; do
+    if [[ "${source}" == *.proto ]]; then
+      # Generated before anything compiles: the other sources include its header.
+      mkdir -p "${BUILD}/gen"
+      protoc --proto_path="${ROOT}" --cpp_out="${BUILD}/gen" "${ROOT}/${source}"
+      sources+=("build-fuzz/gen/${source%.proto}.pb.cc")
+      extra_libs="$(pkg-config --libs protobuf)"
+    else
+      sources+=("${source}")
+    fi
+  done
+  for source in "${sources[@]}"; do
     objects+=("$(compile "${source}")")
   done
-  # shellcheck disable=SC2086  # ABSL_LIBS is a list of flags
-  "${CXX}" "${CXXFLAGS[@]}" -fsanitize=fuzzer "${objects[@]}" ${ABSL_LIBS} -lpthread \
-    -o "${BUILD}/${name}_fuzz"
+  # shellcheck disable=SC2086  # ABSL_LIBS and extra_libs are lists of flags
+  "${CXX}" "${CXXFLAGS[@]}" -fsanitize=fuzzer "${objects[@]}" ${ABSL_LIBS} ${extra_libs} \
+    -lpthread -o "${BUILD}/${name}_fuzz"
   echo "built ${BUILD}/${name}_fuzz" >&2
 }
 
