@@ -124,7 +124,7 @@ void SparseAttention(const SparseAttentionArgs& args) {
   // The window of the last query must lie inside the given raw rows.
   V4RL_CHECK_LE(args.q_pos0 + num_q, args.kv_pos0 + args.kv.shape[0])
       << op << ": queries beyond the raw KV rows";
-  cpu::SparseAttentionParams p;
+  cpu::SparseAttentionParams<float> p;
   p.q = args.q.data_as<float>();
   p.kv = args.kv.data_as<float>();
   p.sink = args.sink.data_as<float>();

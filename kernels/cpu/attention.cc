@@ -10,30 +10,33 @@
 namespace v4rl::kernels::cpu {
 namespace {
 
-float DotProduct(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
+template <typename T>
+T DotProduct(const T* a, const T* b, int64_t n) {
+  T sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }
 
 }  // namespace
 
-void SparseAttentionRef(const SparseAttentionParams& p, core::ThreadPool* pool) {
+template <typename T>
+void SparseAttentionRef(const SparseAttentionParams<T>& p, core::ThreadPool* pool) {
   const int64_t max_keys =
       p.window + (p.comp_kv == nullptr ? 0 : (p.comp_idx ? p.comp_topk : p.num_comp));
   auto run = [&](int64_t begin, int64_t end) {
-    std::vector<const float*> keys(max_keys);
-    std::vector<float> probs(max_keys);
+    std::vector<const T*> keys(max_keys);
+    std::vector<T> probs(max_keys);
     // One (query, head) pair per item.
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / p.num_heads;
       const int64_t h = item % p.num_heads;
       const int64_t t = p.q_pos0 + i;
-      const float* q = p.q + (i * p.num_heads + h) * p.head_dim;
+      const T* q = p.q + (i * p.num_heads + h) * p.head_dim;
       // Gather the key set: window rows in position order, then compressed entries.
       int64_t num_keys = 0;
       const int64_t first = std::max(plan::WindowBegin(t, p.window), p.kv_pos0);
-      for (int64_t pos = first; pos <= t; ++pos) keys[num_keys++] = p.kv + (pos - p.kv_pos0) * p.head_dim;
+      for (int64_t pos = first; pos <= t; ++pos)
+        keys[num_keys++] = p.kv + (pos - p.kv_pos0) * p.head_dim;
       if (p.comp_kv != nullptr) {
         if (p.comp_idx != nullptr) {
           for (int64_t j = 0; j < p.comp_topk; ++j) {
@@ -47,25 +50,25 @@ void SparseAttentionRef(const SparseAttentionParams& p, core::ThreadPool* pool) 
         }
       }
       // Scores and their max, the sink included.
-      const float sink = p.sink[h];
-      float mx = sink;
+      const T sink = p.sink[h];
+      T mx = sink;
       for (int64_t k = 0; k < num_keys; ++k) {
         probs[k] = p.scale * DotProduct(q, keys[k], p.head_dim);
         mx = std::max(mx, probs[k]);
       }
       // Softmax denominator over keys plus the value-less sink.
-      float denom = 0.0f;
+      T denom = 0;
       for (int64_t k = 0; k < num_keys; ++k) {
         probs[k] = std::exp(probs[k] - mx);
         denom += probs[k];
       }
       denom += std::exp(sink - mx);
       // Normalised probabilities times values (K = V), accumulated in key order.
-      float* o = p.out + (i * p.num_heads + h) * p.head_dim;
-      std::fill(o, o + p.head_dim, 0.0f);
+      T* o = p.out + (i * p.num_heads + h) * p.head_dim;
+      std::fill(o, o + p.head_dim, T(0));
       for (int64_t k = 0; k < num_keys; ++k) {
-        const float w = probs[k] / denom;
-        const float* v = keys[k];
+        const T w = probs[k] / denom;
+        const T* v = keys[k];
         for (int64_t d = 0; d < p.head_dim; ++d) o[d] += w * v[d];
       }
       if (p.lse != nullptr) p.lse[i * p.num_heads + h] = mx + std::log(denom);
@@ -78,5 +81,8 @@ void SparseAttentionRef(const SparseAttentionParams& p, core::ThreadPool* pool) 
     pool->ParallelFor(0, items, 4, run);
   }
 }
+
+template void SparseAttentionRef<float>(const SparseAttentionParams<float>&, core::ThreadPool*);
+template void SparseAttentionRef<double>(const SparseAttentionParams<double>&, core::ThreadPool*);
 
 }  // namespace v4rl::kernels::cpu

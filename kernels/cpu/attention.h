@@ -7,7 +7,9 @@
 //  - compressed entries: comp_idx[i, :] when given (ascending ids, -1 entries skipped), else every
 //    entry w < NumVisibleCompressed(t, comp_ratio), in index order.
 // scores s = scale · q·k; o = Σ exp(s - mx) v / (Σ exp(s - mx) + exp(sink_h - mx)), the sink a
-// denominator-only logit (pitfall 10). Thread-safety: reentrant; parallel over (query, head).
+// denominator-only logit (pitfall 10). Templated on the element type: float for the model, double
+// for the finite-difference checks of kernels/cpu/attention_backward.h.
+// Thread-safety: reentrant; parallel over (query, head).
 #pragma once
 
 #include <cstdint>
@@ -18,14 +20,15 @@ class ThreadPool;
 
 namespace v4rl::kernels::cpu {
 
+template <typename T>
 struct SparseAttentionParams {
-  const float* q = nullptr;         // [num_q, num_heads, head_dim]
-  const float* kv = nullptr;        // [num_kv, head_dim], row r at position kv_pos0 + r
-  const float* comp_kv = nullptr;   // [num_comp, head_dim] or nullptr (no compressed keys)
+  const T* q = nullptr;               // [num_q, num_heads, head_dim]
+  const T* kv = nullptr;              // [num_kv, head_dim], row r at position kv_pos0 + r
+  const T* comp_kv = nullptr;         // [num_comp, head_dim] or nullptr (no compressed keys)
   const int32_t* comp_idx = nullptr;  // [num_q, comp_topk] or nullptr (all visible entries)
-  const float* sink = nullptr;      // [num_heads]
-  float* out = nullptr;             // [num_q, num_heads, head_dim]
-  float* lse = nullptr;             // [num_q, num_heads] log-sum-exp incl. the sink, or nullptr
+  const T* sink = nullptr;            // [num_heads]
+  T* out = nullptr;                   // [num_q, num_heads, head_dim]
+  T* lse = nullptr;                   // [num_q, num_heads] log-sum-exp incl. the sink, or nullptr
   int64_t num_q = 0;
   int64_t num_heads = 0;
   int64_t head_dim = 0;
@@ -36,9 +39,10 @@ struct SparseAttentionParams {
   int64_t kv_pos0 = 0;
   int64_t window = 0;
   int64_t comp_ratio = 0;  // used when comp_kv != nullptr and comp_idx == nullptr
-  float scale = 0.0f;
+  T scale = 0;
 };
 
-void SparseAttentionRef(const SparseAttentionParams& p, core::ThreadPool* pool);
+template <typename T>
+void SparseAttentionRef(const SparseAttentionParams<T>& p, core::ThreadPool* pool);
 
 }  // namespace v4rl::kernels::cpu

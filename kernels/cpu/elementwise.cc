@@ -25,6 +25,14 @@ float SumOfSquares(const float* x, int64_t n) {
   return sum;
 }
 
+// Other element types: in index order.
+template <typename T>
+T SumOfSquares(const T* x, int64_t n) {
+  T sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
+  return sum;
+}
+
 void ForRows(int64_t rows, int64_t grain, core::ThreadPool* pool,
              const std::function<void(int64_t, int64_t)>& fn) {
   if (pool == nullptr) {
@@ -36,15 +44,16 @@ void ForRows(int64_t rows, int64_t grain, core::ThreadPool* pool,
 
 }  // namespace
 
-void RmsNormRef(const float* x, int64_t ldx, const float* weight, float eps, float* out,
-                int64_t ldo, int64_t rows, int64_t dim, core::ThreadPool* pool) {
+template <typename T>
+void RmsNormRef(const T* x, int64_t ldx, const T* weight, T eps, T* out, int64_t ldo, int64_t rows,
+                int64_t dim, core::ThreadPool* pool) {
   ForRows(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), pool,
           [&](int64_t begin, int64_t end) {
             // One row at a time: statistic, then scale (and weight) every channel.
             for (int64_t r = begin; r < end; ++r) {
-              const float* xr = x + r * ldx;
-              float* yr = out + r * ldo;
-              const float inv = 1.0f / std::sqrt(SumOfSquares(xr, dim) / dim + eps);
+              const T* xr = x + r * ldx;
+              T* yr = out + r * ldo;
+              const T inv = T(1) / std::sqrt(SumOfSquares(xr, dim) / T(dim) + eps);
               if (weight == nullptr) {
                 for (int64_t c = 0; c < dim; ++c) yr[c] = xr[c] * inv;
               } else {
@@ -54,22 +63,23 @@ void RmsNormRef(const float* x, int64_t ldx, const float* weight, float eps, flo
           });
 }
 
-void RopeRef(float* x, int64_t rows, int64_t num_heads, int64_t row_stride, int64_t head_stride,
-             int64_t head_dim, int64_t rope_dim, const float* cos, const float* sin, bool inverse,
+template <typename T>
+void RopeRef(T* x, int64_t rows, int64_t num_heads, int64_t row_stride, int64_t head_stride,
+             int64_t head_dim, int64_t rope_dim, const T* cos, const T* sin, bool inverse,
              core::ThreadPool* pool) {
   const int64_t half = rope_dim / 2;
   const int64_t offset = head_dim - rope_dim;
   ForRows(rows, 16, pool, [&](int64_t begin, int64_t end) {
     // Each row's heads share that row's angles; rotate each adjacent channel pair.
     for (int64_t r = begin; r < end; ++r) {
-      const float* c = cos + r * half;
-      const float* s = sin + r * half;
+      const T* c = cos + r * half;
+      const T* s = sin + r * half;
       for (int64_t h = 0; h < num_heads; ++h) {
-        float* p = x + r * row_stride + h * head_stride + offset;
+        T* p = x + r * row_stride + h * head_stride + offset;
         for (int64_t i = 0; i < half; ++i) {
-          const float x0 = p[2 * i];
-          const float x1 = p[2 * i + 1];
-          const float si = inverse ? -s[i] : s[i];
+          const T x0 = p[2 * i];
+          const T x1 = p[2 * i + 1];
+          const T si = inverse ? -s[i] : s[i];
           p[2 * i] = x0 * c[i] - x1 * si;
           p[2 * i + 1] = x1 * c[i] + x0 * si;
         }
@@ -78,25 +88,38 @@ void RopeRef(float* x, int64_t rows, int64_t num_heads, int64_t row_stride, int6
   });
 }
 
-void SqrtSoftplusRef(const float* x, float* out, int64_t n) {
+template <typename T>
+void SqrtSoftplusRef(const T* x, T* out, int64_t n) {
   // softplus(v) = v above the threshold 20, log1p(exp(v)) below (PyTorch's definition).
   for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    out[i] = std::sqrt(v > 20.0f ? v : std::log1p(std::exp(v)));
+    const T v = x[i];
+    out[i] = std::sqrt(v > T(20) ? v : std::log1p(std::exp(v)));
   }
 }
 
-void SwiGluClampRef(const float* gate, const float* up, float limit, float* out, int64_t n) {
+template <typename T>
+void SwiGluClampRef(const T* gate, const T* up, T limit, T* out, int64_t n) {
   // Gate clamped from above only, up on both sides (pitfall 11), then silu(gate) · up.
   for (int64_t i = 0; i < n; ++i) {
-    float g = gate[i];
-    float u = up[i];
+    T g = gate[i];
+    T u = up[i];
     if (limit > 0) {
       g = std::min(g, limit);
       u = std::clamp(u, -limit, limit);
     }
-    out[i] = g / (1.0f + std::exp(-g)) * u;
+    out[i] = g / (T(1) + std::exp(-g)) * u;
   }
 }
+
+#define V4RL_INSTANTIATE(T)                                                                    \
+  template void RmsNormRef<T>(const T*, int64_t, const T*, T, T*, int64_t, int64_t, int64_t,   \
+                              core::ThreadPool*);                                              \
+  template void RopeRef<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const T*, \
+                           const T*, bool, core::ThreadPool*);                                 \
+  template void SqrtSoftplusRef<T>(const T*, T*, int64_t);                                     \
+  template void SwiGluClampRef<T>(const T*, const T*, T, T*, int64_t);
+V4RL_INSTANTIATE(float)
+V4RL_INSTANTIATE(double)
+#undef V4RL_INSTANTIATE
 
 }  // namespace v4rl::kernels::cpu

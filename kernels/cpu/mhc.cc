@@ -8,7 +8,10 @@
 namespace v4rl::kernels::cpu {
 namespace {
 
-float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+template <typename T>
+T Sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
 
 void ForTokens(int64_t num_tokens, int64_t grain, core::ThreadPool* pool,
                const std::function<void(int64_t, int64_t)>& fn) {
@@ -20,33 +23,36 @@ void ForTokens(int64_t num_tokens, int64_t grain, core::ThreadPool* pool,
 }
 
 // Divides every column of the n x n matrix by (its sum + eps).
-void NormalizeColumns(float* m, int64_t n, float eps) {
+template <typename T>
+void NormalizeColumns(T* m, int64_t n, T eps) {
   for (int64_t k = 0; k < n; ++k) {
-    float sum = 0.0f;
+    T sum = 0;
     for (int64_t j = 0; j < n; ++j) sum += m[j * n + k];
-    const float denom = sum + eps;
+    const T denom = sum + eps;
     for (int64_t j = 0; j < n; ++j) m[j * n + k] /= denom;
   }
 }
 
 // Divides every row by (its sum + eps).
-void NormalizeRows(float* m, int64_t n, float eps) {
+template <typename T>
+void NormalizeRows(T* m, int64_t n, T eps) {
   for (int64_t j = 0; j < n; ++j) {
-    float sum = 0.0f;
+    T sum = 0;
     for (int64_t k = 0; k < n; ++k) sum += m[j * n + k];
-    const float denom = sum + eps;
+    const T denom = sum + eps;
     for (int64_t k = 0; k < n; ++k) m[j * n + k] /= denom;
   }
 }
 
 }  // namespace
 
-void SinkhornRef(float* matrix, int64_t n, int64_t iters, float eps) {
+template <typename T>
+void SinkhornRef(T* matrix, int64_t n, int64_t iters, T eps) {
   // Row softmax (max-subtracted) plus eps.
   for (int64_t j = 0; j < n; ++j) {
-    float* row = matrix + j * n;
-    const float mx = *std::max_element(row, row + n);
-    float sum = 0.0f;
+    T* row = matrix + j * n;
+    const T mx = *std::max_element(row, row + n);
+    T sum = 0;
     for (int64_t k = 0; k < n; ++k) {
       row[k] = std::exp(row[k] - mx);
       sum += row[k];
@@ -61,27 +67,29 @@ void SinkhornRef(float* matrix, int64_t n, int64_t iters, float eps) {
   }
 }
 
-void MhcCoefficientsRef(const float* mixes, const float* base, const float* scale,
-                        int64_t num_tokens, int64_t n, int64_t iters, float eps, float* pre,
-                        float* post, float* comb, core::ThreadPool* pool) {
+template <typename T>
+void MhcCoefficientsRef(const T* mixes, const T* base, const T* scale, int64_t num_tokens,
+                        int64_t n, int64_t iters, T eps, T* pre, T* post, T* comb,
+                        core::ThreadPool* pool) {
   const int64_t width = (2 + n) * n;
   ForTokens(num_tokens, 16, pool, [&](int64_t begin, int64_t end) {
     // Per token: split [pre | post | res], apply the gates, project res with Sinkhorn.
     for (int64_t t = begin; t < end; ++t) {
-      const float* m = mixes + t * width;
+      const T* m = mixes + t * width;
       for (int64_t j = 0; j < n; ++j) {
         pre[t * n + j] = Sigmoid(m[j] * scale[0] + base[j]) + eps;
-        post[t * n + j] = 2.0f * Sigmoid(m[n + j] * scale[1] + base[n + j]);
+        post[t * n + j] = T(2) * Sigmoid(m[n + j] * scale[1] + base[n + j]);
       }
-      float* c = comb + t * n * n;
+      T* c = comb + t * n * n;
       for (int64_t e = 0; e < n * n; ++e) c[e] = m[2 * n + e] * scale[2] + base[2 * n + e];
       SinkhornRef(c, n, iters, eps);
     }
   });
 }
 
-void HcHeadPreRef(const float* mixes, const float* base, const float* scale, int64_t num_tokens,
-                  int64_t n, float eps, float* pre) {
+template <typename T>
+void HcHeadPreRef(const T* mixes, const T* base, const T* scale, int64_t num_tokens, int64_t n,
+                  T eps, T* pre) {
   // One gate per (token, stream).
   for (int64_t t = 0; t < num_tokens; ++t) {
     for (int64_t j = 0; j < n; ++j) {
@@ -90,15 +98,16 @@ void HcHeadPreRef(const float* mixes, const float* base, const float* scale, int
   }
 }
 
-void MhcCollapseRef(const float* streams, const float* pre, int64_t num_tokens, int64_t n,
-                    int64_t hidden, float* out, core::ThreadPool* pool) {
+template <typename T>
+void MhcCollapseRef(const T* streams, const T* pre, int64_t num_tokens, int64_t n, int64_t hidden,
+                    T* out, core::ThreadPool* pool) {
   ForTokens(num_tokens, 8, pool, [&](int64_t begin, int64_t end) {
     // Weighted sum of the token's streams, stream 0 first.
     for (int64_t t = begin; t < end; ++t) {
-      const float* x = streams + t * n * hidden;
-      float* y = out + t * hidden;
+      const T* x = streams + t * n * hidden;
+      T* y = out + t * hidden;
       for (int64_t h = 0; h < hidden; ++h) {
-        float sum = 0.0f;
+        T sum = 0;
         for (int64_t j = 0; j < n; ++j) sum += pre[t * n + j] * x[j * hidden + h];
         y[h] = sum;
       }
@@ -106,19 +115,19 @@ void MhcCollapseRef(const float* streams, const float* pre, int64_t num_tokens, 
   });
 }
 
-void MhcExpandRef(const float* streams, const float* y, const float* post, const float* comb,
-                  int64_t num_tokens, int64_t n, int64_t hidden, float* out,
-                  core::ThreadPool* pool) {
+template <typename T>
+void MhcExpandRef(const T* streams, const T* y, const T* post, const T* comb, int64_t num_tokens,
+                  int64_t n, int64_t hidden, T* out, core::ThreadPool* pool) {
   ForTokens(num_tokens, 8, pool, [&](int64_t begin, int64_t end) {
     // Output stream k: the comb-mixed input streams (sum over j) plus post_k times y.
     for (int64_t t = begin; t < end; ++t) {
-      const float* x = streams + t * n * hidden;
-      const float* c = comb + t * n * n;
+      const T* x = streams + t * n * hidden;
+      const T* c = comb + t * n * n;
       for (int64_t k = 0; k < n; ++k) {
-        float* o = out + (t * n + k) * hidden;
-        const float pk = post[t * n + k];
+        T* o = out + (t * n + k) * hidden;
+        const T pk = post[t * n + k];
         for (int64_t h = 0; h < hidden; ++h) {
-          float mixed = 0.0f;
+          T mixed = 0;
           for (int64_t j = 0; j < n; ++j) mixed += c[j * n + k] * x[j * hidden + h];
           o[h] = pk * y[t * hidden + h] + mixed;
         }
@@ -126,5 +135,18 @@ void MhcExpandRef(const float* streams, const float* y, const float* post, const
     }
   });
 }
+
+#define V4RL_INSTANTIATE(T)                                                                        \
+  template void SinkhornRef<T>(T*, int64_t, int64_t, T);                                           \
+  template void MhcCoefficientsRef<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T,  \
+                                      T*, T*, T*, core::ThreadPool*);                              \
+  template void HcHeadPreRef<T>(const T*, const T*, const T*, int64_t, int64_t, T, T*);            \
+  template void MhcCollapseRef<T>(const T*, const T*, int64_t, int64_t, int64_t, T*,               \
+                                  core::ThreadPool*);                                              \
+  template void MhcExpandRef<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                T*, core::ThreadPool*);
+V4RL_INSTANTIATE(float)
+V4RL_INSTANTIATE(double)
+#undef V4RL_INSTANTIATE
 
 }  // namespace v4rl::kernels::cpu
