@@ -1,5 +1,7 @@
 #include "kernels/ops.h"
 
+#include <atomic>
+
 #include "core/logging.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/attention.h"
@@ -63,9 +65,21 @@ Rows AsRows(const char* op, const char* name, const TensorView& v) {
   return {v.data_as<float>(), rows, cols, cols};
 }
 
-core::ThreadPool* Pool() { return &core::ThreadPool::Default(); }
+std::atomic<core::ThreadPool*> scoped_pool{nullptr};
+
+core::ThreadPool* Pool() {
+  core::ThreadPool* pool = scoped_pool.load(std::memory_order_acquire);
+  return pool != nullptr ? pool : &core::ThreadPool::Default();
+}
 
 }  // namespace
+
+ScopedOpsThreadPool::ScopedOpsThreadPool(core::ThreadPool* pool)
+    : previous_(scoped_pool.exchange(pool, std::memory_order_acq_rel)) {}
+
+ScopedOpsThreadPool::~ScopedOpsThreadPool() {
+  scoped_pool.store(previous_, std::memory_order_release);
+}
 
 void Linear(const TensorView& x, const TensorView& w, const TensorView& out) {
   const Rows a = AsRows("Linear", "x", x);

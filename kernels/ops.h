@@ -7,16 +7,34 @@
 // [numel / last_dim, last_dim]. An optional view is one with data == nullptr.
 // Shape or dtype mismatches are caller bugs (the model validates configs and inputs first), so
 // they CHECK-fail with a message naming the op, the argument and both shapes.
-// Thread-safety: reentrant; CPU ops run on core::ThreadPool::Default().
+// Thread-safety: reentrant; CPU ops run on the process pool (see ScopedOpsThreadPool).
 #pragma once
 
 #include <cstdint>
 
 #include "core/tensor.h"
 
+namespace v4rl::core {
+class ThreadPool;
+}
+
 namespace v4rl::kernels {
 
 using core::TensorView;
+
+// CPU ops run on core::ThreadPool::Default() unless a ScopedOpsThreadPool is alive: then on its
+// pool (benchmarks comparing thread counts, callers that partition cores). Process-wide; not for
+// concurrent use with different pools.
+class ScopedOpsThreadPool {
+ public:
+  explicit ScopedOpsThreadPool(core::ThreadPool* pool);
+  ScopedOpsThreadPool(const ScopedOpsThreadPool&) = delete;
+  ScopedOpsThreadPool& operator=(const ScopedOpsThreadPool&) = delete;
+  ~ScopedOpsThreadPool();
+
+ private:
+  core::ThreadPool* previous_;
+};
 
 // out = x · wᵀ. x: [M, K] f32 row view; w: [N, K] f32 row view; out: [M, N] f32 row view.
 void Linear(const TensorView& x, const TensorView& w, const TensorView& out);

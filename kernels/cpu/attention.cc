@@ -5,16 +5,22 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/cpu/vector_math.h"
 #include "kernels/plan/compressed_attention.h"
 
 namespace v4rl::kernels::cpu {
 namespace {
 
-template <typename T>
-T DotProduct(const T* a, const T* b, int64_t n) {
-  T sum = 0;
+// float: the vectorised primitives; double (finite-difference checks): plain loops.
+float DotProduct(const float* a, const float* b, int64_t n) { return DotF32(a, b, n); }
+double DotProduct(const double* a, const double* b, int64_t n) {
+  double sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+void AddScaled(float w, const float* v, float* o, int64_t n) { AxpyF32(w, v, o, n); }
+void AddScaled(double w, const double* v, double* o, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) o[d] += w * v[d];
 }
 
 }  // namespace
@@ -66,11 +72,7 @@ void SparseAttentionRef(const SparseAttentionParams<T>& p, core::ThreadPool* poo
       // Normalised probabilities times values (K = V), accumulated in key order.
       T* o = p.out + (i * p.num_heads + h) * p.head_dim;
       std::fill(o, o + p.head_dim, T(0));
-      for (int64_t k = 0; k < num_keys; ++k) {
-        const T w = probs[k] / denom;
-        const T* v = keys[k];
-        for (int64_t d = 0; d < p.head_dim; ++d) o[d] += w * v[d];
-      }
+      for (int64_t k = 0; k < num_keys; ++k) AddScaled(probs[k] / denom, keys[k], o, p.head_dim);
       if (p.lse != nullptr) p.lse[i * p.num_heads + h] = mx + std::log(denom);
     }
   };

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/cpu/vector_math.h"
 #include "kernels/plan/compressed_attention.h"
 #include "kernels/plan/topk.h"
 
@@ -23,8 +24,7 @@ void IndexerTopKRef(const IndexerTopKParams& p, core::ThreadPool* pool) {
         float total = 0.0f;
         for (int64_t h = 0; h < p.num_heads; ++h) {
           const float* q = p.q + (i * p.num_heads + h) * p.head_dim;
-          float dot = 0.0f;
-          for (int64_t d = 0; d < p.head_dim; ++d) dot += q[d] * k[d];
+          const float dot = DotF32(q, k, p.head_dim);
           total += std::max(dot, 0.0f) * p.score_scale * p.weights[i * p.num_heads + h];
         }
         scores[s] = total;
