@@ -41,6 +41,37 @@ absl::StatusOr<Tensor> TokenIds(const core::TensorView& ids, int64_t vocab_size,
   return out;
 }
 
+// Routing replay ids: one contiguous i32 [B, T, k] tensor per layer, every id an expert.
+absl::Status CheckRoutingReplay(const std::vector<core::TensorView>& replay,
+                                const ModelConfig& config, int64_t batch, int64_t seq_len) {
+  if (replay.empty()) return absl::OkStatus();
+  if (static_cast<int64_t>(replay.size()) != config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "routing_replay has %d layers, expected num_layers = %d", replay.size(),
+        config.num_layers));
+  }
+  const int64_t k = config.num_experts_per_tok;
+  for (size_t l = 0; l < replay.size(); ++l) {
+    const core::TensorView& ids = replay[l];
+    if (ids.dtype != DType::kI32 || !ids.is_contiguous() || ids.device != core::Device::kCpu ||
+        !ids.SameShape({batch, seq_len, k})) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("routing_replay[%d] must be a contiguous CPU i32 [%d, %d, %d] tensor, "
+                          "got %s",
+                          l, batch, seq_len, k, ids.DebugString()));
+    }
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      const int32_t id = ids.data_as<int32_t>()[i];
+      if (id < 0 || id >= config.num_routed_experts) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)", l, i,
+                            id, config.num_routed_experts));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Rows of the embedding table for each token: [N, H].
 Tensor Embed(const Tensor& table, const Tensor& ids) {
   const int64_t num_tokens = ids.numel(), hidden = table.size(1);
@@ -85,7 +116,8 @@ absl::StatusOr<Model> Model::Load(const std::string& path) {
 
 Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config, const RopeTable& rope,
                     int64_t batch, int64_t seq_len, const Tensor& streams_in,
-                    const core::TensorView& token_ids, BlockActivations* acts) {
+                    const core::TensorView& token_ids, const core::TensorView& replay_topk_idx,
+                    BlockActivations* acts) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
@@ -109,8 +141,8 @@ Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config, const 
   kernels::RmsNorm(acts->ffn_hc.collapsed.view(), layer.ffn_norm.view(), eps,
                    acts->ffn_in.view());
   acts->ffn_out = Tensor::Empty(DType::kF32, {num_tokens, hidden});
-  MoeForward(layer.ffn, layer.mlp_type, config, acts->ffn_in.view(), token_ids, &acts->moe,
-             acts->ffn_out.view());
+  MoeForward(layer.ffn, layer.mlp_type, config, acts->ffn_in.view(), token_ids, replay_topk_idx,
+             &acts->moe, acts->ffn_out.view());
   Tensor streams_out = Tensor::Empty(DType::kF32, streams_in.view().shape_vector());
   MhcPostForward(acts->ffn_hc, acts->streams_mid.view(), acts->ffn_out.view(),
                  streams_out.view());
@@ -124,6 +156,7 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
   const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
   const int64_t num_tokens = batch * seq_len;
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  V4RL_RETURN_IF_ERROR(CheckRoutingReplay(options.routing_replay, config, batch, seq_len));
 
   // Every residual stream starts as a copy of the token embedding.
   const Tensor embedded = Embed(model.weights.embed, ids);
@@ -139,14 +172,22 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
   for (int64_t l = 0; l < config.num_layers; ++l) {
     const LayerWeights& layer = model.weights.layers[l];
     BlockActivations acts;
+    const core::TensorView replay =
+        options.routing_replay.empty()
+            ? core::TensorView()
+            : options.routing_replay[l].Reshape({num_tokens, config.num_experts_per_tok});
     streams = BlockForward(layer, config, model.rope(layer.attention_type), batch, seq_len,
-                           streams, ids.view(), &acts);
+                           streams, ids.view(), replay, &acts);
     if (options.return_routing) {
       Tensor routed = acts.moe.topk_idx;
       routed.mutable_view() = routed.view().Reshape({batch, seq_len, config.num_experts_per_tok});
       output.routed_experts.push_back(routed);
     }
-    if (options.save_activations) output.blocks.push_back(std::move(acts));
+    if (options.save_activations) {
+      output.blocks.push_back(std::move(acts));
+    } else if (options.save_block_inputs) {
+      output.blocks.emplace_back().streams_in = acts.streams_in;
+    }
   }
 
   Tensor hidden_state, logits;
@@ -163,7 +204,9 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
     output.streams = streams;
     output.streams.mutable_view() = streams.view().Reshape({batch, seq_len, n, hidden});
   }
-  if (options.save_activations) output.hc_head = std::move(head_acts);
+  if (options.save_activations || options.save_block_inputs) {
+    output.hc_head = std::move(head_acts);
+  }
   return output;
 }
 
@@ -205,8 +248,9 @@ absl::StatusOr<Tensor> MtpForward(const Model& model, const core::TensorView& st
   }
 
   BlockActivations acts;
-  const Tensor out_streams = BlockForward(mtp.layer, config, model.rope(mtp.layer.attention_type),
-                                          batch, seq_len, x0, ids.view(), &acts);
+  const Tensor out_streams =
+      BlockForward(mtp.layer, config, model.rope(mtp.layer.attention_type), batch, seq_len, x0,
+                   ids.view(), core::TensorView(), &acts);
   Tensor hidden_state, logits;
   HcHeadActivations head_acts;
   Head(mtp.hc_head, mtp.norm, model.weights.head, config, out_streams, &head_acts,

@@ -54,17 +54,24 @@ struct BlockActivations {
 };
 
 // One decoder block: streams_in [B·T, n, H] -> returned streams [B·T, n, H], f32.
-// token_ids: [B·T] i32 (hash routing). Fills `acts`.
+// token_ids: [B·T] i32 (hash routing); replay_topk_idx: [B·T, k] i32 expert ids replacing the
+// MoE selection (routing replay), or an empty view. Fills `acts`.
 core::Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config,
                           const RopeTable& rope, int64_t batch, int64_t seq_len,
                           const core::Tensor& streams_in, const core::TensorView& token_ids,
-                          BlockActivations* acts);
+                          const core::TensorView& replay_topk_idx, BlockActivations* acts);
 
 struct ForwardOptions {
   bool return_routing = false;    // routed expert ids of every layer
   bool return_hidden = false;     // final hidden state (after the model norm)
   bool return_streams = false;    // residual streams before hc_head (the MTP input)
   bool save_activations = false;  // keep every block's activations (for backward)
+  // Keep only each block's streams_in (for a backward that recomputes the rest, see
+  // model/backward.h); ignored with save_activations.
+  bool save_block_inputs = false;
+  // Routing replay (keep-routing): per layer [B, T, k] i32 expert ids used instead of the MoE
+  // selection, e.g. the ids a rollout routed with. Empty: every layer selects.
+  std::vector<core::TensorView> routing_replay;
 };
 
 struct ForwardOutput {
@@ -72,12 +79,14 @@ struct ForwardOutput {
   std::vector<core::Tensor> routed_experts;  // per layer [B, T, k] i32 (return_routing)
   core::Tensor hidden;                       // [B, T, H] f32 (return_hidden)
   core::Tensor streams;                      // [B, T, n, H] f32 (return_streams)
-  std::vector<BlockActivations> blocks;      // per layer (save_activations)
-  HcHeadActivations hc_head;                 // (save_activations)
+  std::vector<BlockActivations> blocks;      // per layer (save_activations, save_block_inputs)
+  HcHeadActivations hc_head;                 // (save_activations or save_block_inputs)
 };
 
 // input_ids: [B, T] i32 or i64, CPU, any strides. Errors (InvalidArgument): wrong rank or
-// dtype, an empty batch or sequence, a token id outside [0, vocab_size) (named with its [b, t]).
+// dtype, an empty batch or sequence, a token id outside [0, vocab_size) (named with its [b, t]),
+// routing_replay with a layer count other than num_layers, a tensor other than contiguous i32
+// [B, T, k], or an expert id outside [0, num_routed_experts) (named with its layer and index).
 absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView& input_ids,
                                       const ForwardOptions& options = {});
 

@@ -13,6 +13,12 @@ using core::Tensor;
 void RouteTokens(const MoeWeights& weights, MlpType type, const ModelConfig& config,
                  const core::TensorView& x, const core::TensorView& token_ids,
                  MoeActivations* acts) {
+  RouteTokens(weights, type, config, x, token_ids, core::TensorView(), acts);
+}
+
+void RouteTokens(const MoeWeights& weights, MlpType type, const ModelConfig& config,
+                 const core::TensorView& x, const core::TensorView& token_ids,
+                 const core::TensorView& replay_topk_idx, MoeActivations* acts) {
   const int64_t num_tokens = x.shape[0];
   const int64_t num_experts = config.num_routed_experts;
   const int64_t k = config.num_experts_per_tok;
@@ -30,8 +36,12 @@ void RouteTokens(const MoeWeights& weights, MlpType type, const ModelConfig& con
   std::vector<float> picked(k);
   for (int64_t t = 0; t < num_tokens; ++t) {
     const float* s = scores + t * num_experts;
-    // Selection: the token's fixed experts, or the top-k of score + bias (bias selects only).
-    if (type == MlpType::kHashMoe) {
+    // Selection: replayed ids, the token's fixed experts, or the top-k of score + bias (bias
+    // selects only).
+    if (replay_topk_idx.data != nullptr) {
+      const int32_t* row = replay_topk_idx.data_as<int32_t>() + t * k;
+      std::copy(row, row + k, idx + t * k);
+    } else if (type == MlpType::kHashMoe) {
       const int32_t id = token_ids.data_as<int32_t>()[t];
       const int32_t* row = weights.tid2eid.data<int32_t>() + static_cast<int64_t>(id) * k;
       std::copy(row, row + k, idx + t * k);
@@ -54,12 +64,19 @@ void RouteTokens(const MoeWeights& weights, MlpType type, const ModelConfig& con
 void MoeForward(const MoeWeights& weights, MlpType type, const ModelConfig& config,
                 const core::TensorView& x, const core::TensorView& token_ids,
                 MoeActivations* acts, const core::TensorView& out) {
+  MoeForward(weights, type, config, x, token_ids, core::TensorView(), acts, out);
+}
+
+void MoeForward(const MoeWeights& weights, MlpType type, const ModelConfig& config,
+                const core::TensorView& x, const core::TensorView& token_ids,
+                const core::TensorView& replay_topk_idx, MoeActivations* acts,
+                const core::TensorView& out) {
   const int64_t num_tokens = x.shape[0];
   const int64_t hidden = config.hidden_size;
   const int64_t inter = config.moe_intermediate_size;
   const int64_t k = config.num_experts_per_tok;
   const float limit = static_cast<float>(config.swiglu_limit);
-  RouteTokens(weights, type, config, x, token_ids, acts);
+  RouteTokens(weights, type, config, x, token_ids, replay_topk_idx, acts);
 
   // Group the picks by expert and gather their inputs.
   acts->plan = kernels::plan::BuildMoeDispatchPlan(acts->topk_idx.data<int32_t>(), num_tokens, k,

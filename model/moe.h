@@ -36,11 +36,22 @@ struct MoeActivations {
 void MoeForward(const MoeWeights& weights, MlpType type, const ModelConfig& config,
                 const core::TensorView& x, const core::TensorView& token_ids,
                 MoeActivations* acts, const core::TensorView& out);
+// Routing replay (keep-routing): replay_topk_idx [N, k] i32, ids in [0, E), replaces the
+// selection (top-k or tid2eid); the weights still come from the current scores. An empty view
+// (data == nullptr) selects as MoeForward does.
+void MoeForward(const MoeWeights& weights, MlpType type, const ModelConfig& config,
+                const core::TensorView& x, const core::TensorView& token_ids,
+                const core::TensorView& replay_topk_idx, MoeActivations* acts,
+                const core::TensorView& out);
 
 // Router alone (selection and weights), for tests and routing replay.
 // x: [N, H]; token_ids: [N] i32. Fills logits, scores, topk_idx, topk_weight.
 void RouteTokens(const MoeWeights& weights, MlpType type, const ModelConfig& config,
                  const core::TensorView& x, const core::TensorView& token_ids,
                  MoeActivations* acts);
+// With routing replay, as the MoeForward overload above.
+void RouteTokens(const MoeWeights& weights, MlpType type, const ModelConfig& config,
+                 const core::TensorView& x, const core::TensorView& token_ids,
+                 const core::TensorView& replay_topk_idx, MoeActivations* acts);
 
 }  // namespace v4rl::model
