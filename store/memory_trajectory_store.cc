@@ -43,12 +43,32 @@ absl::StatusOr<TrajectoryId> MemoryTrajectoryStore::Begin(
 
 absl::Status MemoryTrajectoryStore::AppendTokens(TrajectoryId id, int64_t first_token,
                                                  const CompletionTokens& chunk) {
-  CompletionTokens copy = chunk;  // copied before taking the lock
+  const TokenAppend append{id, first_token, &chunk};
+  return AppendTokensBatch({&append, 1});
+}
+
+absl::Status MemoryTrajectoryStore::AppendTokensBatch(absl::Span<const TokenAppend> appends) {
+  V4RL_RETURN_IF_ERROR(ValidateBatchShape(appends));
+  std::vector<CompletionTokens> copies;  // made before taking the lock
+  copies.reserve(appends.size());
+  for (const TokenAppend& append : appends) copies.push_back(*append.chunk);
   absl::MutexLock lock(&mutex_);
-  V4RL_ASSIGN_OR_RETURN(Entry * entry, FindLocked(id));
-  V4RL_RETURN_IF_ERROR(ValidateAppend(entry->meta, first_token, copy));
-  ApplyAppend(copy, NowMicros(), &entry->meta);
-  entry->chunks.push_back(std::move(copy));
+  // Validate every append before applying any: all or nothing.
+  std::vector<Entry*> entries;
+  for (size_t i = 0; i < appends.size(); ++i) {
+    absl::StatusOr<Entry*> entry = FindLocked(appends[i].id);
+    if (entry.ok()) {
+      V4RL_RETURN_IF_ERROR(AnnotateBatchError(
+          ValidateAppend((*entry)->meta, appends[i].first_token, copies[i]), i, appends.size()));
+    }
+    V4RL_RETURN_IF_ERROR(AnnotateBatchError(entry.status(), i, appends.size()));
+    entries.push_back(*entry);
+  }
+  const int64_t now_us = NowMicros();
+  for (size_t i = 0; i < appends.size(); ++i) {
+    ApplyAppend(copies[i], now_us, &entries[i]->meta);
+    entries[i]->chunks.push_back(std::move(copies[i]));
+  }
   return absl::OkStatus();
 }
 

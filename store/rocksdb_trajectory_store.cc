@@ -11,6 +11,7 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/strings/escaping.h"
@@ -414,24 +415,54 @@ absl::StatusOr<TrajectoryId> RocksDbTrajectoryStore::Begin(
 
 absl::Status RocksDbTrajectoryStore::AppendTokens(TrajectoryId id, int64_t first_token,
                                                   const CompletionTokens& chunk) {
+  const TokenAppend append{id, first_token, &chunk};
+  return AppendTokensBatch({&append, 1});
+}
+
+absl::Status RocksDbTrajectoryStore::AppendTokensBatch(absl::Span<const TokenAppend> appends) {
   V4RL_RETURN_IF_ERROR(CheckWritable());
-  absl::MutexLock lock(&Stripe(id));
-  V4RL_ASSIGN_OR_RETURN(TrajectoryMeta meta, ReadMeta(id, nullptr));
-  V4RL_RETURN_IF_ERROR(ValidateAppend(meta, first_token, chunk));
-  ApplyAppend(chunk, NowMicros(), &meta);
-  const uint32_t seq = static_cast<uint32_t>(meta.num_chunks);
+  V4RL_RETURN_IF_ERROR(ValidateBatchShape(appends));
+  // Lock every stripe the batch touches once, in index order, so batches cannot deadlock.
+  std::vector<int> stripes;
+  for (const TokenAppend& append : appends) stripes.push_back(append.id % kNumStripes);
+  std::sort(stripes.begin(), stripes.end());
+  stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+  for (int stripe : stripes) stripes_[stripe].Lock();
+  absl::Cleanup unlock = [&] {
+    for (int stripe : stripes) stripes_[stripe].Unlock();
+  };
+
+  const int64_t now_us = NowMicros();
   rocksdb::WriteBatch batch;
-  rocksdb::Status status = batch.Put(handles_[kTokens], codec::ChunkKey(id, seq),
-                                     codec::EncodeTokenChunk(first_token, chunk));
-  if (status.ok() && meta.header.routing.enabled()) {
-    status = batch.Put(handles_[kRouting], codec::ChunkKey(id, seq),
-                       codec::EncodeRoutingChunk(first_token, meta.header.routing, chunk));
+  rocksdb::Status status;
+  for (size_t i = 0; i < appends.size() && status.ok(); ++i) {
+    const TokenAppend& append = appends[i];
+    absl::StatusOr<TrajectoryMeta> meta = ReadMeta(append.id, nullptr);
+    if (meta.ok()) {
+      V4RL_RETURN_IF_ERROR(AnnotateBatchError(
+          ValidateAppend(*meta, append.first_token, *append.chunk), i, appends.size()));
+    }
+    V4RL_RETURN_IF_ERROR(AnnotateBatchError(meta.status(), i, appends.size()));
+    ApplyAppend(*append.chunk, now_us, &*meta);
+    const std::string key = codec::ChunkKey(append.id, static_cast<uint32_t>(meta->num_chunks));
+    status = batch.Put(handles_[kTokens], key,
+                       codec::EncodeTokenChunk(append.first_token, *append.chunk));
+    if (status.ok() && meta->header.routing.enabled()) {
+      status = batch.Put(
+          handles_[kRouting], key,
+          codec::EncodeRoutingChunk(append.first_token, meta->header.routing, *append.chunk));
+    }
+    if (status.ok()) {
+      status = batch.Put(handles_[kMeta], codec::MetaKey(append.id), codec::EncodeMeta(*meta));
+    }
   }
-  if (status.ok()) status = batch.Put(handles_[kMeta], codec::MetaKey(id), codec::EncodeMeta(meta));
   rocksdb::WriteOptions write_options;
   write_options.sync = options_.sync;
   if (status.ok()) status = db_->Write(write_options, &batch);
-  return FromRocks(status, absl::StrFormat("cannot append to trajectory %d", id));
+  return FromRocks(status,
+                   appends.size() == 1
+                       ? absl::StrFormat("cannot append to trajectory %d", appends[0].id)
+                       : absl::StrFormat("cannot append to %d trajectories", appends.size()));
 }
 
 absl::Status RocksDbTrajectoryStore::Finish(TrajectoryId id, TrajectoryStatus status) {

@@ -98,6 +98,7 @@ class RocksDbTrajectoryStore final : public TrajectoryStore {
                                      absl::Span<const int32_t> prompt_token_ids) override;
   absl::Status AppendTokens(TrajectoryId id, int64_t first_token,
                             const CompletionTokens& chunk) override;
+  absl::Status AppendTokensBatch(absl::Span<const TokenAppend> appends) override;
   absl::Status Finish(TrajectoryId id, TrajectoryStatus status) override;
   absl::Status AddReward(TrajectoryId id, const Reward& reward) override;
   absl::StatusOr<TrajectoryMeta> GetMeta(TrajectoryId id) override;

@@ -2,9 +2,30 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 
 namespace v4rl::store {
+
+absl::Status ValidateBatchShape(absl::Span<const TokenAppend> appends) {
+  absl::flat_hash_set<TrajectoryId> ids;
+  for (size_t i = 0; i < appends.size(); ++i) {
+    if (appends[i].chunk == nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat("appends[%d].chunk is null", i));
+    }
+    if (!ids.insert(appends[i].id).second) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("appends[%d] repeats trajectory %d; expected one append per trajectory",
+                          i, appends[i].id));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AnnotateBatchError(const absl::Status& status, size_t index, size_t batch_size) {
+  if (status.ok() || batch_size == 1) return status;
+  return absl::Status(status.code(), absl::StrFormat("appends[%d]: %s", index, status.message()));
+}
 
 absl::Status ValidateScanQuery(const ScanQuery& query) {
   if (query.group_id.has_value() && query.job_id.empty()) {

@@ -7,13 +7,15 @@
 //                                              returns OK it survives a crash (with sync on), so a
 //                                              preempted generator reads the trajectory back and
 //                                              continues the same sample at num_completion_tokens
+//   AppendTokensBatch({{id, first, &chunk}, ...})   the same for many samples in one write: what a
+//                                              generator does after each decode step
 //   Finish(id, complete|truncated|aborted)
 //   AddReward(id, reward) ...                  verifier and GRM scores
 //   Scan(query) -> metadata; ReadBatch(ids) -> learner batch sorted by teacher
 //   DeleteOlderThan(version); Compact()
 //
-// Every operation on one trajectory is atomic: readers see an append whole or not at all, and a
-// trajectory never reads as finished with a partial completion.
+// Every operation is atomic: readers see an append (or a batch of them) whole or not at all, and
+// a trajectory never reads as finished with a partial completion.
 // Implementations: MemoryTrajectoryStore (tests, single process) and RocksDbTrajectoryStore.
 // Thread-safety: every method may be called concurrently from any number of threads; appends to
 // different trajectories proceed in parallel, appends to one trajectory are serialised and
@@ -31,6 +33,13 @@
 #include "store/trajectory.h"
 
 namespace v4rl::store {
+
+// One append of AppendTokensBatch.
+struct TokenAppend {
+  TrajectoryId id = 0;
+  int64_t first_token = 0;
+  const CompletionTokens* chunk = nullptr;  // not owned; must outlive the call
+};
 
 // Selects trajectories by metadata. Results are in increasing id order.
 struct ScanQuery {
@@ -63,6 +72,11 @@ class TrajectoryStore {
   virtual absl::Status AppendTokens(TrajectoryId id, int64_t first_token,
                                     const CompletionTokens& chunk) = 0;
 
+  // Appends to several trajectories at once: all are written in one atomic write (one fsync with
+  // sync on), or none is. Errors as AppendTokens, with "appends[i]: " naming the failing append;
+  // InvalidArgument for a null chunk or an id that appears twice.
+  virtual absl::Status AppendTokensBatch(absl::Span<const TokenAppend> appends) = 0;
+
   // Moves an in-progress trajectory to a terminal status. NotFound; errors as ValidateFinish.
   virtual absl::Status Finish(TrajectoryId id, TrajectoryStatus status) = 0;
 
@@ -90,6 +104,13 @@ class TrajectoryStore {
   // Reclaims the space of deleted trajectories.
   virtual absl::Status Compact() = 0;
 };
+
+// InvalidArgument for a null chunk or a repeated id in an AppendTokensBatch.
+absl::Status ValidateBatchShape(absl::Span<const TokenAppend> appends);
+
+// `status` with "appends[index]: " before its message when a batch has more than one append, so
+// a single AppendTokens reports exactly what ValidateAppend says.
+absl::Status AnnotateBatchError(const absl::Status& status, size_t index, size_t batch_size);
 
 // InvalidArgument for a query no store can answer (group without job, negative limit).
 absl::Status ValidateScanQuery(const ScanQuery& query);

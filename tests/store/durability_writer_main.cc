@@ -5,10 +5,11 @@
 //   store_durability_writer DIR ACK_FD
 //
 // It first resumes the in-progress samples it finds (continuing each at its stored end, as a
-// preempted rollout worker does), then starts new ones. Sample contents come from
-// MakeCompletion(id, ...), each sample has TargetTokens(id) tokens, and appends are 1..32 tokens,
-// so the checker can tell exactly what must be stored. Ack lines, each one write(2) < PIPE_BUF
-// and so atomic across threads:
+// preempted rollout worker does), then starts new ones. Four threads write: three append one
+// sample at a time with AppendTokens, one advances three samples per AppendTokensBatch (a decode
+// step). Sample contents come from MakeCompletion(id, ...), each sample has TargetTokens(id)
+// tokens and appends are 1..32 tokens, so the checker can tell exactly what must be stored.
+// Ack lines, each one write(2) < PIPE_BUF and so atomic across threads:
 //   "A id end" tokens [0, end) are stored     "F id" finished complete     "R id" rewarded
 #include <unistd.h>
 
@@ -34,33 +35,59 @@ void Ack(const std::string& line) {
   if (write(ack_fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(3);
 }
 
-[[noreturn]] void Die(const absl::Status& status) {
+void DieUnlessOk(const absl::Status& status) {
+  if (status.ok()) return;
   std::fprintf(stderr, "store_durability_writer: %s\n", status.ToString().c_str());
   _exit(2);
 }
 
-// Continues trajectory `id` from token `start` to TargetTokens(id), finishes and rewards it.
-void Generate(TrajectoryStore& store, TrajectoryId id, int64_t policy_version, int64_t start,
-              uint64_t seed) {
-  const int64_t target = TargetTokens(id);
-  for (int64_t first = start; first < target;) {
-    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    const int64_t n = std::min<int64_t>(1 + (seed >> 33) % 32, target - first);
-    const absl::Status status = store.AppendTokens(
-        id, first, MakeCompletion(id, policy_version, kDurabilityRouting, first, n));
-    if (!status.ok()) Die(status);
-    first += n;
-    Ack(absl::StrFormat("A %d %d\n", id, first));
+struct Sample {
+  TrajectoryId id;
+  int64_t policy_version;
+  int64_t num_tokens;  // stored so far
+};
+
+// Advances `samples` to TargetTokens each, in rounds of 1..32 tokens per sample: one
+// AppendTokensBatch per round when `batched`, else one AppendTokens per sample. Finishes and
+// rewards each sample that reaches its target.
+void Generate(TrajectoryStore& store, std::vector<Sample> samples, bool batched, uint64_t seed) {
+  while (!samples.empty()) {
+    std::vector<CompletionTokens> chunks;
+    std::vector<TokenAppend> appends;
+    chunks.reserve(samples.size());
+    for (const Sample& s : samples) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      const int64_t n = std::min<int64_t>(1 + (seed >> 33) % 32, TargetTokens(s.id) - s.num_tokens);
+      // n is 0 for a resumed sample killed between its last append and Finish.
+      chunks.push_back(MakeCompletion(s.id, s.policy_version, kDurabilityRouting, s.num_tokens, n));
+      if (n > 0) appends.push_back({s.id, s.num_tokens, &chunks.back()});
+    }
+    if (batched) {
+      DieUnlessOk(store.AppendTokensBatch(appends));
+    } else {
+      for (const TokenAppend& a : appends) {
+        DieUnlessOk(store.AppendTokens(a.id, a.first_token, *a.chunk));
+        Ack(absl::StrFormat("A %d %d\n", a.id, a.first_token + a.chunk->num_tokens()));
+      }
+    }
+    std::vector<Sample> unfinished;
+    for (size_t i = 0; i < samples.size(); ++i) {
+      Sample& s = samples[i];
+      s.num_tokens += chunks[i].num_tokens();
+      if (batched && chunks[i].num_tokens() > 0) {
+        Ack(absl::StrFormat("A %d %d\n", s.id, s.num_tokens));
+      }
+      if (s.num_tokens < TargetTokens(s.id)) {
+        unfinished.push_back(s);
+        continue;
+      }
+      DieUnlessOk(store.Finish(s.id, TrajectoryStatus::kComplete));
+      Ack(absl::StrFormat("F %d\n", s.id));
+      DieUnlessOk(store.AddReward(s.id, {RewardSource::kVerifier, "durability", 1.0f}));
+      Ack(absl::StrFormat("R %d\n", s.id));
+    }
+    samples = std::move(unfinished);
   }
-  if (absl::Status status = store.Finish(id, TrajectoryStatus::kComplete); !status.ok()) {
-    Die(status);
-  }
-  Ack(absl::StrFormat("F %d\n", id));
-  if (absl::Status status = store.AddReward(id, {RewardSource::kVerifier, "durability", 1.0f});
-      !status.ok()) {
-    Die(status);
-  }
-  Ack(absl::StrFormat("R %d\n", id));
 }
 
 int Main(int argc, char** argv) {
@@ -73,14 +100,14 @@ int Main(int argc, char** argv) {
   options.sync = true;
   options.write_buffer_bytes = 1 << 20;  // small memtables: flushes happen while we are killed
   auto opened = RocksDbTrajectoryStore::Open(argv[1], options);
-  if (!opened.ok()) Die(opened.status());
+  DieUnlessOk(opened.status());
   TrajectoryStore& store = **opened;
 
   // Samples a previous writer left in progress, resumed first.
   ScanQuery query;
   query.statuses = {TrajectoryStatus::kInProgress};
   auto in_progress = store.Scan(query);
-  if (!in_progress.ok()) Die(in_progress.status());
+  DieUnlessOk(in_progress.status());
   absl::Mutex mutex;
   std::deque<TrajectoryMeta> resumable(in_progress->begin(), in_progress->end());
 
@@ -88,28 +115,25 @@ int Main(int argc, char** argv) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
+      const bool batched = t == 0;
       uint64_t seed = static_cast<uint64_t>(getpid()) * 1000 + t;
       for (uint64_t group = 0;; ++group) {
-        TrajectoryMeta meta;
-        bool resume = false;
-        {
+        std::vector<Sample> samples;
+        while (samples.size() < (batched ? 3u : 1u)) {
           absl::MutexLock lock(&mutex);
-          if (!resumable.empty()) {
-            meta = resumable.front();
-            resumable.pop_front();
-            resume = true;
-          }
+          if (resumable.empty()) break;
+          const TrajectoryMeta& meta = resumable.front();
+          samples.push_back({meta.id, meta.header.policy_version, meta.num_completion_tokens});
+          resumable.pop_front();
         }
-        if (!resume) {
+        while (samples.size() < (batched ? 3u : 1u)) {
           auto id = store.Begin(MakeHeader("durability", group, t, kDurabilityRouting),
                                 MakePrompt(64, group));
-          if (!id.ok()) Die(id.status());
-          meta.id = *id;
-          meta.header.policy_version = t;
-          Ack(absl::StrFormat("A %d 0\n", meta.id));
+          DieUnlessOk(id.status());
+          Ack(absl::StrFormat("A %d 0\n", *id));
+          samples.push_back({*id, t, 0});
         }
-        Generate(store, meta.id, meta.header.policy_version, meta.num_completion_tokens,
-                 seed + group);
+        Generate(store, std::move(samples), batched, seed + group);
       }
     });
   }

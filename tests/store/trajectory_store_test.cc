@@ -221,6 +221,41 @@ TEST_P(TrajectoryStoreTest, PreemptedGeneratorResumesTheSameSample) {
   EXPECT_EQ(DiffFromExpected(t), "");
 }
 
+TEST_P(TrajectoryStoreTest, BatchAppendsAreAllOrNothing) {
+  std::vector<TrajectoryId> ids;
+  for (int g = 0; g < 3; ++g) {
+    V4RL_ASSERT_OK_AND_ASSIGN(const TrajectoryId id,
+                              store_->Begin(MakeHeader("j", g, 1), MakePrompt(4, g)));
+    ids.push_back(id);
+  }
+  // One decode step: one token for each sequence, one write.
+  for (int64_t step = 0; step < 20; ++step) {
+    std::vector<CompletionTokens> tokens;
+    for (TrajectoryId id : ids) tokens.push_back(MakeCompletion(id, 1, kSmallRouting, step, 1));
+    const std::vector<TokenAppend> appends = {
+        {ids[0], step, &tokens[0]}, {ids[1], step, &tokens[1]}, {ids[2], step, &tokens[2]}};
+    V4RL_ASSERT_OK(store_->AppendTokensBatch(appends));
+  }
+  const CompletionTokens next0 = MakeCompletion(ids[0], 1, kSmallRouting, 20, 2);
+  const CompletionTokens next1 = MakeCompletion(ids[1], 1, kSmallRouting, 20, 2);
+  EXPECT_THAT(store_->AppendTokensBatch({{ids[0], 20, &next0}, {ids[1], 19, &next1}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("appends[1]: append to trajectory")));
+  EXPECT_THAT(store_->AppendTokensBatch({{ids[0], 20, &next0}, {777, 0, &next1}}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("appends[1]: trajectory 777")));
+  EXPECT_THAT(store_->AppendTokensBatch({{ids[0], 20, &next0}, {ids[0], 22, &next1}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("appends[1] repeats")));
+  EXPECT_THAT(store_->AppendTokensBatch({{ids[0], 20, nullptr}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("appends[0].chunk is null")));
+  for (TrajectoryId id : ids) {
+    V4RL_ASSERT_OK_AND_ASSIGN(const Trajectory t, store_->Read(id));
+    EXPECT_EQ(t.meta.num_completion_tokens, 20);  // the failed batches wrote nothing
+    EXPECT_EQ(t.meta.num_chunks, 20);
+    EXPECT_EQ(DiffFromExpected(t), "");
+  }
+  V4RL_EXPECT_OK(store_->AppendTokensBatch({}));
+}
+
 TEST_P(TrajectoryStoreTest, RejectsInvalidBeginWithFieldNames) {
   const std::vector<int32_t> prompt = MakePrompt(3, 1);
   struct Case {
