@@ -135,6 +135,13 @@ void AttentionTypesFromRatios(const json& ratios, int64_t count, bool any_nonzer
   if (hca_ratio != 0) config.hca_compress_ratio = hca_ratio;
 }
 
+// transformers' int(head_dim * partial_rotary_factor); 0 (rejected by Validate) for head dims
+// outside the range where the product is exact.
+int64_t RopeDim(int64_t head_dim, double partial) {
+  if (head_dim < 0 || head_dim > (int64_t{1} << 30)) return 0;
+  return static_cast<int64_t>(head_dim * partial + 1e-9);
+}
+
 std::vector<AttentionType> DefaultHfLayerTypes(int64_t n) {
   // transformers' fallback when a config ships neither layer_types nor compress_ratios:
   // two HCA layers, then HCA/CSA alternating (spec §1.3 warns this is not the real Flash).
@@ -231,6 +238,11 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const json& j, const std::string& what
   c.rms_norm_eps = r.Number("rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.Bool("tie_word_embeddings", false);
 
+  if (c.num_layers > kMaxLayers || c.num_layers < 0) {
+    r.Error(absl::StrFormat("num_hidden_layers (%d) must be in [0, %d]", c.num_layers,
+                            kMaxLayers));
+    return r.status();
+  }
   // compress_rates, with the legacy scalar overrides folded in.
   if (const json* rates = r.Object("compress_rates")) {
     FieldReader rr(*rates, "compress_rates");
@@ -304,7 +316,13 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const json& j, const std::string& what
   } else if (r.Has("qk_rope_head_dim") && c.head_dim > 0) {
     partial = static_cast<double>(r.Int("qk_rope_head_dim", 64)) / c.head_dim;
   }
-  c.rope_head_dim = static_cast<int64_t>(c.head_dim * partial + 1e-9);
+  if (!(partial > 0.0 && partial <= 1.0)) {
+    r.Error(absl::StrFormat("partial_rotary_factor (%g, or qk_rope_head_dim / head_dim) must be "
+                            "in (0, 1]",
+                            partial));
+    partial = 64.0 / 512.0;
+  }
+  c.rope_head_dim = RopeDim(c.head_dim, partial);
 
   // RoPE: nested {main, compress} as transformers writes it, or the flat legacy form.
   const json* rope = r.Object("rope_parameters");
@@ -323,9 +341,11 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const json& j, const std::string& what
       }
       c.rope_theta = mr.Number("rope_theta", c.rope_theta);
       for (const json* entry : {&main, &compress}) {
-        if (entry->contains("partial_rotary_factor") && (*entry)["partial_rotary_factor"].is_number() &&
-            static_cast<int64_t>(c.head_dim * (*entry)["partial_rotary_factor"].get<double>() + 1e-9) !=
-                c.rope_head_dim) {
+        const json* factor =
+            entry->contains("partial_rotary_factor") ? &(*entry)["partial_rotary_factor"] : nullptr;
+        if (factor != nullptr && factor->is_number() &&
+            (!(factor->get<double>() > 0.0 && factor->get<double>() <= 1.0) ||
+             RopeDim(c.head_dim, factor->get<double>()) != c.rope_head_dim)) {
           r.Error(absl::StrFormat(
               "rope_parameters partial_rotary_factor %s disagrees with rope dim %d",
               (*entry)["partial_rotary_factor"].dump(), c.rope_head_dim));
@@ -375,6 +395,10 @@ absl::StatusOr<ModelConfig> ParseDeepSeekConfig(const json& j, const std::string
   c.rms_norm_eps = r.Number("norm_eps", 1e-6);
   c.hc_eps = r.Number("hc_eps", 1e-6);
   c.num_mtp_layers = r.Int("n_mtp_layers", 1);
+  if (c.num_layers > kMaxLayers || c.num_layers < 0) {
+    r.Error(absl::StrFormat("n_layers (%d) must be in [0, %d]", c.num_layers, kMaxLayers));
+    return r.status();
+  }
   c.mlp_layer_types = HashSchedule(c.num_layers, r.RequiredInt("n_hash_layers"));
 
   // YaRN on compressed layers when original_seq_len > 0 (official Attention).
@@ -385,7 +409,13 @@ absl::StatusOr<ModelConfig> ParseDeepSeekConfig(const json& j, const std::string
   c.compress_yarn.original_max_position_embeddings = original;
   c.compress_yarn.beta_fast = r.RequiredNumber("beta_fast");
   c.compress_yarn.beta_slow = r.RequiredNumber("beta_slow");
-  c.max_position_embeddings = static_cast<int64_t>(original * factor);
+  if (!(factor > 0.0 && factor <= 1e6) || original < 0 || original > (int64_t{1} << 40)) {
+    r.Error(absl::StrFormat("rope_factor (%g) must be in (0, 1e6] and original_seq_len (%d) in "
+                            "[0, 2^40]",
+                            factor, original));
+  } else {
+    c.max_position_embeddings = static_cast<int64_t>(original * factor);
+  }
 
   if (const json* ratios = r.Array("compress_ratios")) {
     AttentionTypesFromRatios(*ratios, c.num_layers, /*any_nonzero_is_hca=*/true, c, r,
@@ -455,6 +485,27 @@ absl::Status ModelConfig::Validate() const {
   positive("n_routed_experts", num_routed_experts);
   positive("num_experts_per_tok", num_experts_per_tok);
   positive("moe_intermediate_size", moe_intermediate_size);
+  // Bounds that keep a hostile config from asking for absurd allocations or loops.
+  auto at_most = [&](const char* name, int64_t value, int64_t limit) {
+    AddIfNot(e, value <= limit, absl::StrFormat("%s (%d) must be <= %d", name, value, limit));
+  };
+  at_most("num_hidden_layers", num_layers, kMaxLayers);
+  for (const auto& [name, value] :
+       {std::pair{"hidden_size", hidden_size}, std::pair{"head_dim", head_dim},
+        std::pair{"q_lora_rank", q_lora_rank}, std::pair{"o_lora_rank", o_lora_rank},
+        std::pair{"moe_intermediate_size", moe_intermediate_size},
+        std::pair{"index_head_dim", index_head_dim}}) {
+    at_most(name, value, int64_t{1} << 20);
+  }
+  at_most("num_attention_heads", num_heads, 4096);
+  at_most("index_n_heads", index_n_heads, 4096);
+  at_most("n_routed_experts", num_routed_experts, 65536);
+  at_most("n_shared_experts", num_shared_experts, 64);
+  at_most("hc_mult", hc_mult, 64);
+  at_most("hc_sinkhorn_iters", hc_sinkhorn_iters, 10000);
+  at_most("num_nextn_predict_layers", num_mtp_layers, 16);
+  at_most("compress_rates.compressed_sparse_attention", csa_compress_ratio, int64_t{1} << 20);
+  at_most("compress_rates.heavily_compressed_attention", hca_compress_ratio, int64_t{1} << 20);
   AddIfNot(e, vocab_size <= (int64_t{1} << 31) - 1,
            absl::StrFormat("vocab_size (%d) must fit int32 token ids", vocab_size));
   AddIfNot(e, num_kv_heads == 1,

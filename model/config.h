@@ -39,6 +39,9 @@ struct YarnConfig {
   double beta_slow = 1.0;
 };
 
+// Largest accepted num_hidden_layers (the hub models have 43 and 61).
+inline constexpr int64_t kMaxLayers = 4096;
+
 struct ModelConfig {
   int64_t vocab_size = 0;            // V
   int64_t hidden_size = 0;           // H

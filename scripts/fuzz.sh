@@ -18,6 +18,7 @@ set -euo pipefail
 declare -A TARGETS=(
   [safetensors]="fuzz/safetensors_header_fuzz.cc"
   [trajectory_record]="fuzz/trajectory_record_fuzz.cc store/trajectory.cc store/rocksdb_codec.cc protos/trajectory.proto"
+  [model_config]="fuzz/model_config_fuzz.cc model/config.cc model/params.cc"
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
