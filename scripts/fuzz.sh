@@ -18,6 +18,8 @@ set -euo pipefail
 declare -A TARGETS=(
   [safetensors]="fuzz/safetensors_header_fuzz.cc"
   [trajectory_record]="fuzz/trajectory_record_fuzz.cc store/trajectory.cc store/rocksdb_codec.cc protos/trajectory.proto"
+  [tokenizer_json]="fuzz/tokenizer_json_fuzz.cc actor/added_tokens.cc actor/bpe.cc actor/byte_level.cc actor/deepseek_v4_tokens.cc actor/pretokenizer.cc actor/tokenizer.cc actor/tokenizer_json.cc actor/unicode.cc actor/unicode_class_table.cc"
+  [dsml_parse]="fuzz/dsml_parse_fuzz.cc actor/chat_encoding.cc actor/chat_parse.cc actor/dsml.cc actor/message.cc actor/py_json.cc actor/unicode.cc actor/unicode_class_table.cc"
   [model_config]="fuzz/model_config_fuzz.cc model/config.cc model/params.cc"
 )
 
@@ -28,8 +30,10 @@ LAUNCHER="$(command -v ccache || true)"
 SANITIZERS="address,undefined"
 CXXFLAGS=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize="${SANITIZERS}"
           -fno-sanitize-recover=undefined -I"${ROOT}" -I"${BUILD}/gen" -Wall -Wno-unused-parameter)
-# abseil from Debian: the libraries behind status, statusor, str_format and time.
-ABSL_LIBS="$(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_time)"
+# abseil from Debian: the libraries behind status, statusor, str_format, time, hash maps and
+# Mutex.
+ABSL_LIBS="$(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_time \
+  absl_flat_hash_map absl_flat_hash_set absl_hash absl_synchronization)"
 
 usage() {
   sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
