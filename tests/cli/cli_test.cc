@@ -126,5 +126,63 @@ TEST(Cli, LogitsMatchesTheTransformersFixture) {
       << missing.output;
 }
 
+TEST(Cli, GradMatchesTheTransformersFixture) {
+  // Loss and gradients of tests/data/model/mixed_small against transformers autograd, under the
+  // checkpoint's transformers names; then with the routing `logits --routing` wrote replayed.
+  const std::string fixture = std::string(std::getenv("V4RL_SOURCE_DIR")) +
+                              "/tests/data/model/mixed_small";
+  const std::string out = ::testing::TempDir() + "/cli_grad.safetensors";
+  RunResult result = RunV4rl("grad --model " + fixture + "/model --input " + fixture +
+                             "/reference.safetensors --output " + out + " --threads 2");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto ours = core::SafetensorsFile::Open(out);
+  auto reference = core::SafetensorsFile::Open(fixture + "/reference.safetensors");
+  auto grads = core::SafetensorsFile::Open(fixture + "/grads.safetensors");
+  ASSERT_TRUE(ours.ok() && reference.ok() && grads.ok());
+  const float loss = (*ours)->Read(*(*ours)->Find("loss")).data<float>()[0];
+  const float expected_loss = (*reference)->Read(*(*reference)->Find("loss")).data<float>()[0];
+  EXPECT_NEAR(loss, expected_loss, 1e-5 * expected_loss);
+  for (const core::SafetensorsEntry& entry : (*grads)->entries()) {
+    const core::SafetensorsEntry* mine = (*ours)->Find("grad." + entry.name);
+    ASSERT_NE(mine, nullptr) << entry.name;
+    const core::Tensor a = (*ours)->Read(*mine);
+    const core::Tensor e = (*grads)->Read(entry);
+    ASSERT_EQ(a.view().shape_vector(), e.view().shape_vector()) << entry.name;
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      diff += std::pow(a.data<float>()[i] - e.data<float>()[i], 2);
+      norm += std::pow(e.data<float>()[i], 2);
+    }
+    EXPECT_LE(std::sqrt(diff / norm), 1e-4) << entry.name;
+  }
+  // Replaying the router's own choice (as `logits --routing` wrote it) gives the same loss.
+  const std::string routing = ::testing::TempDir() + "/cli_grad_routing.safetensors";
+  ASSERT_EQ(RunV4rl("logits --model " + fixture + "/model --input " + fixture +
+                    "/reference.safetensors --output " + routing + " --routing")
+                .exit_code,
+            0);
+  auto routed = core::SafetensorsFile::Open(routing);
+  ASSERT_TRUE(routed.ok());
+  const core::Tensor ids = (*reference)->Read(*(*reference)->Find("input_ids"));
+  const core::Tensor experts = (*routed)->Read(*(*routed)->Find("routed_experts"));
+  const std::string replay_in = ::testing::TempDir() + "/cli_grad_replay_in.safetensors";
+  ASSERT_TRUE(core::WriteSafetensors(replay_in, {{"input_ids", ids.view()},
+                                                 {"routed_experts", experts.view()}})
+                  .ok());
+  const std::string replay_out = ::testing::TempDir() + "/cli_grad_replay.safetensors";
+  RunResult replayed = RunV4rl("grad --model " + fixture + "/model --input " + replay_in +
+                               " --output " + replay_out + " --replay_routing --recompute");
+  ASSERT_EQ(replayed.exit_code, 0) << replayed.output;
+  auto replay_file = core::SafetensorsFile::Open(replay_out);
+  ASSERT_TRUE(replay_file.ok());
+  EXPECT_EQ((*replay_file)->Read(*(*replay_file)->Find("loss")).data<float>()[0], loss);
+  // Without routed_experts in IN, --replay_routing is one error line.
+  RunResult missing = RunV4rl("grad --model " + fixture + "/model --input " + fixture +
+                              "/reference.safetensors --output " + out + " --replay_routing");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("has no tensor 'routed_experts'"), std::string::npos)
+      << missing.output;
+}
+
 }  // namespace
 }  // namespace v4rl
