@@ -4,8 +4,12 @@
 //   stats   records and bytes per column family, then trajectories by status and token totals
 //   dump    one JSON object per trajectory and line (metadata; --tokens and --routing add arrays)
 //   verify  checks every record decodes and agrees with its trajectory; exits 1 on any problem
+#include <algorithm>
 #include <iostream>
 #include <map>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "cli/command.h"

@@ -105,6 +105,7 @@ rocksdb::DBOptions MakeDbOptions() {
   // A SIGKILL can leave a torn record at the WAL tail: recover everything before it.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   db_options.max_background_jobs = 2;
+  db_options.keep_log_file_num = 10;  // RocksDB's info LOG rotates at every open
   return db_options;
 }
 

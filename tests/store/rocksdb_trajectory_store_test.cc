@@ -265,11 +265,13 @@ std::string RunAndKillWriter(const std::string& path, std::chrono::milliseconds 
     ADD_FAILURE() << "pipe2 failed";
     return "";
   }
+  const std::string ack_fd = std::to_string(fds[1]);
   const pid_t pid = fork();
   if (pid == 0) {
-    // Only async-signal-safe calls between fork and exec. dup2 clears O_CLOEXEC on fd 3.
-    dup2(fds[1], 3);
-    execl(V4RL_STORE_WRITER, V4RL_STORE_WRITER, path.c_str(), "3", static_cast<char*>(nullptr));
+    // Only async-signal-safe calls between fork and exec: the write end alone survives exec.
+    fcntl(fds[1], F_SETFD, 0);
+    execl(V4RL_STORE_WRITER, V4RL_STORE_WRITER, path.c_str(), ack_fd.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   close(fds[1]);
