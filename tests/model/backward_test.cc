@@ -7,6 +7,10 @@
 //  - per-layer recomputation gives bit-identical gradients;
 //  - routing replay with the computed ids leaves loss and gradients bit-identical; other ids
 //    change them; malformed replay ids are rejected.
+//  - on the fixtures without transformers gradients (ratios_4_128: real ratios 4 and 128 with
+//    T = 300; deepseek_fp8: DeepSeek names, FP8/FP4 weights), the loss's derivative along a random
+//    parameter direction matches central differences of the fp32 forward, with and without
+//    recomputation, and gradients come out under DeepSeek's names.
 // The per-module float64 finite-difference checks live in tests/kernels/*_backward_test.cc.
 #include <algorithm>
 #include <cmath>
@@ -20,6 +24,7 @@
 #include "model/checkpoint_gradients.h"
 #include "model/next_token_loss.h"
 #include "tests/model/fixtures.h"
+#include "tests/testing/random_tensor.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tensor_compare.h"
 
@@ -182,6 +187,134 @@ TEST_F(BackwardTest, RejectsSequencesWithoutANextToken) {
   const core::Tensor one = core::Tensor::CopyOf(ids_->view().Slice(1, 0, 1));
   EXPECT_THAT(NextTokenLossAndGradients(*model_, one.view()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("seq_len >= 2")));
+}
+
+class DirectionalDerivativeTest : public ::testing::TestWithParam<const char*> {};
+
+// The fixture's model with index_topk raised to keep every visible compressed entry: the
+// indexer's picks then cannot flip under a finite-difference step (MoE routing is replayed).
+absl::StatusOr<Model> LoadWithEveryIndexerPick(const std::string& fixture) {
+  const std::string dir = FixtureDir(fixture) + "/model";
+  V4RL_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  config.index_topk = 1 << 20;
+  V4RL_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(config, dir));
+  return Model::Create(std::move(config), std::move(weights));
+}
+
+// The trainable tensors of `weights`, in ModelParamSpecs order.
+std::vector<core::Tensor*> Trainable(const ModelConfig& config, ModelWeights* weights) {
+  std::vector<core::Tensor*> out;
+  VisitParams(config, weights, /*include_mtp=*/false,
+              [&](const ParamSpec& spec, core::Tensor* slot) {
+                if (IsTrainable(spec)) out.push_back(slot);
+              });
+  return out;
+}
+
+double Dot(const ModelConfig& config, ModelWeights a, ModelWeights b) {
+  const std::vector<core::Tensor*> ta = Trainable(config, &a), tb = Trainable(config, &b);
+  double sum = 0;
+  for (size_t i = 0; i < ta.size(); ++i) {
+    for (int64_t j = 0; j < ta[i]->numel(); ++j) {
+      sum += static_cast<double>(ta[i]->data<float>()[j]) * tb[i]->data<float>()[j];
+    }
+  }
+  return sum;
+}
+
+// A copy of `model` whose trainable parameters are moved by `scale` · direction (same layout as
+// the gradients).
+Model Perturbed(const Model& model, ModelWeights direction, float scale) {
+  ModelWeights weights = model.weights;
+  const std::vector<core::Tensor*> params = Trainable(model.config, &weights);
+  const std::vector<core::Tensor*> steps = Trainable(model.config, &direction);
+  for (size_t i = 0; i < params.size(); ++i) {
+    core::Tensor moved = core::Tensor::CopyOf(params[i]->view());
+    for (int64_t j = 0; j < moved.numel(); ++j) {
+      moved.data<float>()[j] += scale * steps[i]->data<float>()[j];
+    }
+    *params[i] = moved;
+  }
+  return Model::Create(model.config, std::move(weights));
+}
+
+TEST_P(DirectionalDerivativeTest, MatchesCentralDifferencesOfTheForward) {
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, LoadWithEveryIndexerPick(GetParam()));
+  Reference reference(GetParam());
+  const core::Tensor ids = reference.Get("input_ids");
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult base,
+                            NextTokenLossAndGradients(model, ids.view()));
+  NextTokenLossOptions recompute;
+  recompute.backward.recompute = true;
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult recomputed,
+                            NextTokenLossAndGradients(model, ids.view(), recompute));
+  // Recomputation at T = 300 with real ratios (bit-identical on mixed_small, above).
+  EXPECT_EQ(Dot(model.config, recomputed.grads, base.grads),
+            Dot(model.config, base.grads, base.grads));
+
+  // Central differences of the loss along a direction, with the base point's routing replayed
+  // so the step does not cross a router top-k boundary.
+  NextTokenLossOptions replay;
+  for (const core::Tensor& r : base.routed_experts) replay.routing_replay.push_back(r.view());
+  auto numeric = [&](const ModelWeights& direction, float step) {
+    auto loss_at = [&](float scale) {
+      const Model moved = Perturbed(model, direction, scale);
+      auto result = NextTokenLossAndGradients(moved, ids.view(), replay);
+      EXPECT_TRUE(result.ok()) << result.status();
+      return result.ok() ? result->loss : 0.0;
+    };
+    return (loss_at(step) - loss_at(-step)) / (2 * step);
+  };
+  auto check = [&](const char* what, const ModelWeights& direction, float step, double bound) {
+    const double analytic = Dot(model.config, base.grads, direction);
+    const double fd = numeric(direction, step);
+    const double error = std::fabs(analytic - fd) / std::fabs(fd);
+    std::printf("[directional] %-13s %-9s analytic %.7e numeric %.7e relative error %.2e\n",
+                GetParam(), what, analytic, fd, error);
+    EXPECT_LE(error, bound) << what;
+  };
+  // Along the gradient itself: the largest signal, so fp32 rounding stays far below the bound.
+  check("gradient", base.grads, 1e-3f, 1e-3);
+  // Along a random direction, each tensor scaled to its parameter's RMS: an unbiased probe, but
+  // a smaller signal; fp32 noise and curvature allow ~1e-2 (measured 5e-3 and 6e-4).
+  ModelWeights direction = ZeroGradients(model.config);
+  ModelWeights weights = model.weights;
+  const std::vector<core::Tensor*> dirs = Trainable(model.config, &direction);
+  const std::vector<core::Tensor*> params = Trainable(model.config, &weights);
+  for (size_t i = 0; i < dirs.size(); ++i) {
+    double rms = 0;
+    for (float v : params[i]->ToFloatVector()) rms += static_cast<double>(v) * v;
+    rms = std::sqrt(rms / std::max<int64_t>(1, params[i]->numel())) + 1e-3;
+    *dirs[i] = v4rl::testing::RandomNormal(params[i]->view().shape_vector(), 1000 + i,
+                                           static_cast<float>(rms));
+  }
+  check("random", direction, 3e-3f, 1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, DirectionalDerivativeTest,
+                         ::testing::Values("ratios_4_128", "deepseek_fp8"));
+
+TEST(CheckpointGradientsTest, UsesDeepSeekNamesAndPerExpertTensors) {
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir("deepseek_fp8") + "/model"));
+  Reference reference("deepseek_fp8");
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult result,
+                            NextTokenLossAndGradients(model, reference.Get("input_ids").view()));
+  V4RL_ASSERT_OK_AND_ASSIGN(auto directory,
+                            core::TensorDirectory::Open(FixtureDir("deepseek_fp8") + "/model"));
+  V4RL_ASSERT_OK_AND_ASSIGN(const std::vector<NamedGradient> named,
+                            CheckpointGradients(model.config, result.grads, *directory));
+  std::map<std::string, core::Shape> shapes;
+  for (const NamedGradient& g : named) {
+    ASSERT_NE(directory->Find(g.key), nullptr) << g.key << " is not a checkpoint key";
+    shapes[g.key] = g.tensor.view().shape_vector();
+  }
+  const int64_t inter = model.config.moe_intermediate_size, hidden = model.config.hidden_size;
+  EXPECT_EQ(shapes.at("layers.1.ffn.experts.3.w1.weight"), (core::Shape{inter, hidden}));
+  EXPECT_EQ(shapes.at("layers.1.ffn.experts.3.w2.weight"), (core::Shape{hidden, inter}));
+  EXPECT_EQ(shapes.count("layers.1.ffn.gate.bias"), 0u);
+  EXPECT_EQ(shapes.count("layers.0.ffn.gate.tid2eid"), 0u);
+  EXPECT_EQ(shapes.count("mtp.0.e_proj.weight"), 0u);
+  EXPECT_EQ(shapes.count("layers.0.attn.wq_a.scale"), 0u);
 }
 
 }  // namespace
