@@ -371,6 +371,7 @@ TEST(RocksDbDurabilityTest, SigkillAtRandomMomentsLosesNoAcknowledgedWrite) {
             << acked.size() << " samples, " << num_finished << " finished, " << num_resumed
             << " resumed after a kill and finished\n";
   fs::remove_all(path);
+  fs::remove_all(path + ".v4rl-creating");  // left by a kill during the last creation, if any
 }
 
 }  // namespace
