@@ -3,9 +3,7 @@
 namespace v4rl::actor {
 namespace {
 
-uint64_t EdgeKey(int32_t node, uint8_t byte) {
-  return (static_cast<uint64_t>(node) << 8) | byte;
-}
+uint64_t EdgeKey(int32_t node, uint8_t byte) { return (static_cast<uint64_t>(node) << 8) | byte; }
 
 }  // namespace
 

@@ -114,8 +114,7 @@ BytePairEncoder::PieceCache::Shard& BytePairEncoder::PieceCache::ShardFor(
   return shards_[(hash >> 56) % kNumShards];
 }
 
-bool BytePairEncoder::PieceCache::Lookup(std::string_view piece,
-                                         std::vector<int32_t>* ids) const {
+bool BytePairEncoder::PieceCache::Lookup(std::string_view piece, std::vector<int32_t>* ids) const {
   Shard& shard = ShardFor(piece);
   absl::MutexLock lock(&shard.mu);
   auto it = shard.index.find(AsAbsl(piece));

@@ -7,7 +7,9 @@
 namespace v4rl::actor {
 namespace {
 
-constexpr bool MapsToItself(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174; }
+constexpr bool MapsToItself(int b) {
+  return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+}
 
 constexpr std::array<char32_t, 256> kByteToChar = [] {
   std::array<char32_t, 256> table{};

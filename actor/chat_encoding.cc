@@ -26,8 +26,8 @@ struct Block {
 
 // A message after the merge step (spec §2.1): tool messages have become blocks of user turns.
 struct Turn {
-  Role role;                // never kTool
-  const Message* message;   // the original; for user turns, the first message merged into it
+  Role role;                  // never kTool
+  const Message* message;     // the original; for user turns, the first message merged into it
   std::vector<Block> blocks;  // user turns only
   std::optional<std::string> task;
 };
@@ -94,9 +94,8 @@ void SortToolResults(std::vector<Turn>& turns, CallOrder order) {
       auto it = order.find(absl::string_view(block.tool_use_id));
       return it == order.end() ? 0 : it->second;
     };
-    std::stable_sort(results.begin(), results.end(), [&](const Block& a, const Block& b) {
-      return position(a) < position(b);
-    });
+    std::stable_sort(results.begin(), results.end(),
+                     [&](const Block& a, const Block& b) { return position(a) < position(b); });
     size_t next = 0;
     for (Block& block : turn.blocks) {
       if (block.is_tool_result) block = std::move(results[next++]);
@@ -191,8 +190,7 @@ absl::Status RenderTurn(const RenderContext& ctx, int index, std::string* out) {
       break;
     case Role::kAssistant: {
       const bool previous_has_task = index > 0 && ctx.turns[index - 1].task.has_value();
-      if (ctx.thinking && !previous_has_task &&
-          (!ctx.drop_thinking || index > ctx.last_user)) {
+      if (ctx.thinking && !previous_has_task && (!ctx.drop_thinking || index > ctx.last_user)) {
         *out += message.reasoning_content;
         *out += kThinkEndToken;
       }
@@ -221,8 +219,7 @@ absl::Status RenderTurn(const RenderContext& ctx, int index, std::string* out) {
     *out += TaskToken(*turn.task);
   } else if (IsUserLike(turn.role)) {
     *out += kAssistantToken;
-    const bool open_thinking =
-        ctx.thinking && (!ctx.drop_thinking || index >= ctx.last_user);
+    const bool open_thinking = ctx.thinking && (!ctx.drop_thinking || index >= ctx.last_user);
     *out += open_thinking ? kThinkStartToken : kThinkEndToken;
   }
   return absl::OkStatus();

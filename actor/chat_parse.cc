@@ -23,7 +23,8 @@ constexpr std::array<std::string_view, 5> kMarkers = {kBosToken, kEosToken, kThi
 // Text quoted for an error message: C-escaped, cut after 60 bytes.
 std::string Quote(std::string_view text) {
   const bool cut = text.size() > 60;
-  std::string escaped = absl::Utf8SafeCEscape(absl::string_view(text.data(), cut ? 60 : text.size()));
+  std::string escaped =
+      absl::Utf8SafeCEscape(absl::string_view(text.data(), cut ? 60 : text.size()));
   return "\"" + escaped + (cut ? "\"..." : "\"");
 }
 
@@ -104,9 +105,9 @@ std::optional<DsmlParameter> MatchParameter(std::string_view s) {
   for (size_t end = kPrefix.size(); end < s.size(); ++end) {
     for (std::string_view flag : {kTrue, kFalse}) {
       if (s.substr(end, flag.size()) == flag && end + flag.size() <= value_end) {
-        return DsmlParameter{std::string(s.substr(kPrefix.size(), end - kPrefix.size())),
-                             std::string(s.substr(end + flag.size(), value_end - end - flag.size())),
-                             flag == kTrue};
+        return DsmlParameter{
+            std::string(s.substr(kPrefix.size(), end - kPrefix.size())),
+            std::string(s.substr(end + flag.size(), value_end - end - flag.size())), flag == kTrue};
       }
     }
   }
@@ -120,9 +121,10 @@ absl::StatusOr<ToolCall> ParseInvoke(std::string_view text, size_t* index, int c
   const Read head = ReadUntil(text, *index, {kParameterOpen, kInvokeClose});
   std::optional<std::string> name = MatchInvokeHead(head.content);
   if (!name.has_value()) {
-    return Error(absl::StrFormat("tool call %d: malformed invoke head %s (expected "
-                                 "name=\"NAME\">\\n)",
-                                 call_number, Quote(head.content)));
+    return Error(
+        absl::StrFormat("tool call %d: malformed invoke head %s (expected "
+                        "name=\"NAME\">\\n)",
+                        call_number, Quote(head.content)));
   }
   std::vector<DsmlParameter> parameters;
   absl::flat_hash_set<std::string> names;
@@ -131,10 +133,10 @@ absl::StatusOr<ToolCall> ParseInvoke(std::string_view text, size_t* index, int c
     const Read body = ReadUntil(text, read.next, {kParameterClose});
     std::optional<DsmlParameter> parameter = MatchParameter(body.content);
     if (!parameter.has_value()) {
-      return Error(absl::StrFormat(
-          "tool call %d (%s): malformed parameter %s (expected name=\"KEY\" "
-          "string=\"true|false\">VALUE</｜DSML｜parameter>)",
-          call_number, *name, Quote(body.content)));
+      return Error(
+          absl::StrFormat("tool call %d (%s): malformed parameter %s (expected name=\"KEY\" "
+                          "string=\"true|false\">VALUE</｜DSML｜parameter>)",
+                          call_number, *name, Quote(body.content)));
     }
     if (!names.insert(parameter->name).second) {
       return Error(absl::StrFormat("tool call %d (%s): duplicate parameter \"%s\"", call_number,
@@ -208,16 +210,16 @@ size_t ParseToolBlockTolerant(std::string_view text, size_t index, TolerantParse
       return read.stop == -1 ? text.size() : read.next - kEosToken.size();
     }
     ++call_number;
-    const Read invoke = ReadUntil(text, read.next, {kInvokeClose, kInvokeOpen, kToolCallsClose,
-                                                     kEosToken});
+    const Read invoke =
+        ReadUntil(text, read.next, {kInvokeClose, kInvokeOpen, kToolCallsClose, kEosToken});
     const size_t end = invoke.stop == -1 ? text.size() : read.next + invoke.content.size();
     size_t invoke_index = read.next;
     absl::StatusOr<ToolCall> call = ParseInvoke(text.substr(0, end), &invoke_index, call_number);
     if (call.ok()) {
       result->message.tool_calls.push_back(std::move(*call));
     } else {
-      result->problems.push_back(absl::StrFormat("tool call %d dropped: %s", call_number,
-                                                 call.status().message()));
+      result->problems.push_back(
+          absl::StrFormat("tool call %d dropped: %s", call_number, call.status().message()));
     }
     index = invoke.stop == 0 ? invoke.next : end;
   }
@@ -253,8 +255,7 @@ absl::StatusOr<Message> ParseCompletion(std::string_view text, ThinkingMode mode
   }
   for (const std::string* field : {&message.content, &message.reasoning_content}) {
     if (std::string_view marker = FindMarker(*field); !marker.empty()) {
-      return Error(absl::StrFormat("completion: %s inside %s",
-                                   std::string(marker),
+      return Error(absl::StrFormat("completion: %s inside %s", std::string(marker),
                                    field == &message.content ? "content" : "reasoning"));
     }
   }

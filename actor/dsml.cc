@@ -38,18 +38,17 @@ absl::StatusOr<std::string> RenderParameters(const ToolCall& call, size_t index)
   }
   const std::string& text = call.arguments.get_ref<const std::string&>();
   // json.loads rejects a leading byte-order mark, which nlohmann would skip.
-  absl::StatusOr<PyJson> parsed =
-      text.starts_with("\xEF\xBB\xBF")
-          ? absl::StatusOr<PyJson>(absl::InvalidArgumentError("BOM"))
-          : ParsePyJson(text, "arguments", kArgumentsLimits);
+  absl::StatusOr<PyJson> parsed = text.starts_with("\xEF\xBB\xBF")
+                                      ? absl::StatusOr<PyJson>(absl::InvalidArgumentError("BOM"))
+                                      : ParsePyJson(text, "arguments", kArgumentsLimits);
   if (!parsed.ok()) {
     AppendParameter("arguments", call.arguments, &out);
     return out;
   }
   if (!parsed->is_object()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "tool_calls[%d] (%s): arguments must be a JSON object, got %s", index, call.name,
-        parsed->is_binary() ? "number" : parsed->type_name()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tool_calls[%d] (%s): arguments must be a JSON object, got %s", index,
+                        call.name, parsed->is_binary() ? "number" : parsed->type_name()));
   }
   bool first = true;
   for (const auto& [key, value] : parsed->items()) {

@@ -10,7 +10,7 @@
 namespace v4rl::actor {
 namespace {
 
-constexpr std::array<std::string_view, 6> kTasks = {"action", "query",  "authority",
+constexpr std::array<std::string_view, 6> kTasks = {"action", "query", "authority",
                                                     "domain", "title", "read_url"};
 
 absl::Status Invalid(std::string_view path, std::string_view field, std::string_view message) {
@@ -225,8 +225,8 @@ absl::StatusOr<std::vector<Message>> MessagesFromJson(const PyJson& json, std::s
   std::vector<Message> messages;
   messages.reserve(json.size());
   for (size_t i = 0; i < json.size(); ++i) {
-    V4RL_ASSIGN_OR_RETURN(Message message,
-                          MessageFromJson(json[i], absl::StrFormat("%s[%d]", std::string(path), i)));
+    V4RL_ASSIGN_OR_RETURN(
+        Message message, MessageFromJson(json[i], absl::StrFormat("%s[%d]", std::string(path), i)));
     messages.push_back(std::move(message));
   }
   return messages;

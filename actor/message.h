@@ -36,12 +36,12 @@ struct Message {
   // Text of the turn. For tool messages given a list of content parts, the parts already joined
   // as the encoder renders them. Required non-empty for developer messages.
   std::string content;
-  std::string reasoning_content;  // assistant
+  std::string reasoning_content;     // assistant
   std::vector<ToolCall> tool_calls;  // assistant
   // `function` objects of an OpenAI tools list; rendered for system and developer messages, and
   // any message having them keeps all reasoning (spec §2.1 step 4).
   std::vector<PyJson> tools;
-  PyJson response_format;  // system/developer; rendered when truthy
+  PyJson response_format;    // system/developer; rendered when truthy
   std::string tool_call_id;  // tool
   // Quick-instruction task (spec §2.8): action, query, authority, domain, title or read_url.
   std::optional<std::string> task;

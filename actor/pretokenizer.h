@@ -21,7 +21,8 @@ inline constexpr std::string_view kDeepSeekDigitsPattern = "\\p{N}{1,3}";
 inline constexpr std::string_view kDeepSeekCjkPattern =
     "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+";
 inline constexpr std::string_view kDeepSeekMainPattern =
-    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    "[!\"#$%&'()*+,\\-./"
+    ":;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
     " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
 
 // Calls `emit` with each piece of `text`, in order; the pieces are non-empty and concatenate to

@@ -22,8 +22,8 @@ class PyJsonBuilder {
   bool number_float(PyJson::number_float_t value, const std::string& lexeme) {
     if (lexeme.find_first_of(".eE") != std::string::npos) return Put(value);
     // An integer literal beyond 64 bits: keep its digits.
-    return Put(PyJson::binary(std::vector<std::uint8_t>(lexeme.begin(), lexeme.end()),
-                              kBigIntSubtype));
+    return Put(
+        PyJson::binary(std::vector<std::uint8_t>(lexeme.begin(), lexeme.end()), kBigIntSubtype));
   }
   bool string(std::string& value) { return Put(std::move(value)); }
   bool binary(PyJson::binary_t&) { return Fail("binary values do not occur in JSON text"); }
@@ -221,8 +221,8 @@ std::string PyFloatRepr(double value) {
   // Shortest round-trip digits, as Python's repr, then Python's layout: positional notation when
   // the decimal exponent is in (-4, 16], scientific otherwise.
   char buffer[64];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value,
-                                    std::chars_format::scientific);
+  const auto result =
+      std::to_chars(buffer, buffer + sizeof(buffer), value, std::chars_format::scientific);
   const std::string_view sci(buffer, result.ptr - buffer);  // e.g. "-1.2345e+29"
   const size_t e = sci.find('e');
   std::string out = sci[0] == '-' ? "-" : "";

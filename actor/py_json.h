@@ -41,7 +41,8 @@ void AppendPyJsonString(std::string_view text, std::string* out);
 // repr(float), as json.dumps writes floats ("1.5", "1e+20", "-0.0", "Infinity").
 std::string PyFloatRepr(double value);
 
-// Python truthiness of the value json.loads would give (empty containers, "", 0 and null are false).
+// Python truthiness of the value json.loads would give (empty containers, "", 0 and null are
+// false).
 bool PyTruthy(const PyJson& value);
 
 }  // namespace v4rl::actor

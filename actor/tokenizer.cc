@@ -28,9 +28,9 @@ void Tokenizer::SetTokenBytes(int32_t id, std::string bytes) {
 absl::Status Tokenizer::AddTokens(std::span<const AddedToken> tokens) {
   for (const AddedToken& token : tokens) {
     if (token.content.empty() || token.content.size() > kMaxTokenBytes) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "added token %d: content must have 1 to %d bytes, got %d", token.id, kMaxTokenBytes,
-          token.content.size()));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("added token %d: content must have 1 to %d bytes, got %d", token.id,
+                          kMaxTokenBytes, token.content.size()));
     }
     if (token.id < 0 || token.id >= kMaxTokenId) {
       return absl::InvalidArgumentError(absl::StrFormat(

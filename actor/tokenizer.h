@@ -76,14 +76,13 @@ class Tokenizer {
   int32_t vocab_size() const { return static_cast<int32_t>(id_to_bytes_.size()); }
 
  private:
-  Tokenizer(absl::flat_hash_map<std::string, int32_t> vocab,
-            std::unique_ptr<BytePairEncoder> bpe);
+  Tokenizer(absl::flat_hash_map<std::string, int32_t> vocab, std::unique_ptr<BytePairEncoder> bpe);
   void SetTokenBytes(int32_t id, std::string bytes);
 
-  absl::flat_hash_map<std::string, int32_t> vocab_;        // byte-level string -> id
-  absl::flat_hash_map<std::string, int32_t> added_;        // added token content -> id
-  std::vector<std::string> id_to_bytes_;                   // indexed by id
-  std::vector<bool> known_;                                // whether an id is a token
+  absl::flat_hash_map<std::string, int32_t> vocab_;  // byte-level string -> id
+  absl::flat_hash_map<std::string, int32_t> added_;  // added token content -> id
+  std::vector<std::string> id_to_bytes_;             // indexed by id
+  std::vector<bool> known_;                          // whether an id is a token
   std::unique_ptr<BytePairEncoder> bpe_;
   AddedTokenMatcher raw_matcher_;         // added tokens with normalized=false
   AddedTokenMatcher normalized_matcher_;  // the others

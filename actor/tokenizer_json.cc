@@ -41,9 +41,9 @@ absl::Status ExpectDefault(const Json& object, const char* key, const Json& allo
                            std::string_view what, std::string_view path) {
   const Json* value = Find(object, key);
   if (IsNullOrAbsent(value) || *value == allowed) return absl::OkStatus();
-  return Unsupported(what, absl::StrFormat("%s.%s = %s is not supported", std::string(path), key,
-                                           value->dump(-1, ' ', false,
-                                                       Json::error_handler_t::replace)));
+  return Unsupported(what,
+                     absl::StrFormat("%s.%s = %s is not supported", std::string(path), key,
+                                     value->dump(-1, ' ', false, Json::error_handler_t::replace)));
 }
 
 absl::Status CheckNormalizer(const Json& root, std::string_view what) {
@@ -99,14 +99,15 @@ absl::StatusOr<absl::flat_hash_map<std::string, int32_t>> ReadVocab(const Json& 
     return Invalid(what, "model.vocab must be an object of token -> id");
   }
   if (vocab->size() > kMaxVocab) {
-    return Invalid(what, absl::StrFormat("model.vocab has %d entries, more than %d",
-                                         vocab->size(), kMaxVocab));
+    return Invalid(what, absl::StrFormat("model.vocab has %d entries, more than %d", vocab->size(),
+                                         kMaxVocab));
   }
   absl::flat_hash_map<std::string, int32_t> result;
   absl::flat_hash_map<int32_t, std::string> by_id;
   result.reserve(vocab->size());
   for (const auto& [token, id] : vocab->items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= Tokenizer::kMaxTokenId) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+        id.get<int64_t>() >= Tokenizer::kMaxTokenId) {
       return Invalid(what, absl::StrFormat("model.vocab[\"%s\"]: id must be an integer in [0, %d)",
                                            token, Tokenizer::kMaxTokenId));
     }
@@ -133,9 +134,9 @@ absl::StatusOr<std::array<int32_t, 256>> ByteIds(
     AppendUtf8(ByteToChar(static_cast<uint8_t>(b)), &symbol);
     auto it = vocab.find(absl::string_view(symbol));
     if (it == vocab.end()) {
-      return Invalid(what, absl::StrFormat(
-                               "model.vocab lacks \"%s\", the byte-level symbol of byte 0x%02x",
-                               symbol, b));
+      return Invalid(
+          what, absl::StrFormat("model.vocab lacks \"%s\", the byte-level symbol of byte 0x%02x",
+                                symbol, b));
     }
     ids[b] = it->second;
   }
@@ -159,9 +160,9 @@ absl::Status SplitMerge(const Json& merge, size_t index, std::string_view what, 
     *right = merge[1].get<std::string>();
     return absl::OkStatus();
   }
-  return Invalid(what, absl::StrFormat(
-                           "model.merges[%d]: expected \"left right\" or [\"left\", \"right\"]",
-                           index));
+  return Invalid(
+      what,
+      absl::StrFormat("model.merges[%d]: expected \"left right\" or [\"left\", \"right\"]", index));
 }
 
 absl::StatusOr<absl::flat_hash_map<uint64_t, BytePairEncoder::Merge>> ReadMerges(
@@ -181,8 +182,8 @@ absl::StatusOr<absl::flat_hash_map<uint64_t, BytePairEncoder::Merge>> ReadMerges
   const auto id_of = [&](const std::string& token, size_t index) -> absl::StatusOr<int32_t> {
     auto it = vocab.find(absl::string_view(token));
     if (it == vocab.end()) {
-      return Invalid(what, absl::StrFormat("model.merges[%d]: \"%s\" is not in model.vocab",
-                                           index, token));
+      return Invalid(
+          what, absl::StrFormat("model.merges[%d]: \"%s\" is not in model.vocab", index, token));
     }
     return it->second;
   };

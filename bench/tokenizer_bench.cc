@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"name\": \"v4rl\", \"bytes\": %zu, \"tokens\": %zu, \"ids_fnv1a\": \"%016llx\", "
       "\"load_s\": %.3f, \"first_mb_per_s\": %.2f, \"mb_per_s\": %.2f}\n",
-      text->size(), ids.size(), static_cast<unsigned long long>(HashIds(ids)), load_s,
-      mb / first_s, mb / best_s);
+      text->size(), ids.size(), static_cast<unsigned long long>(HashIds(ids)), load_s, mb / first_s,
+      mb / best_s);
   return 0;
 }

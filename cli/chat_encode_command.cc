@@ -37,7 +37,8 @@ absl::StatusOr<actor::EncodeOptions> ParseOptions(const PyJson& request) {
   }
   const PyJson* drop = RequestField(request, "drop_thinking");
   if (drop != nullptr && !drop->is_null()) {
-    if (!drop->is_boolean()) return absl::InvalidArgumentError("drop_thinking: expected true or false");
+    if (!drop->is_boolean())
+      return absl::InvalidArgumentError("drop_thinking: expected true or false");
     options.drop_thinking = drop->get<bool>();
   }
   return options;
@@ -108,9 +109,8 @@ int RunChatEncode(const std::vector<std::string>& args) {
     }
     tokenizer = std::move(*loaded);
   }
-  return RunJsonLines(std::cin, std::cout, [&](const PyJson& request) {
-    return EncodeLine(tokenizer.get(), request);
-  });
+  return RunJsonLines(std::cin, std::cout,
+                      [&](const PyJson& request) { return EncodeLine(tokenizer.get(), request); });
 }
 
 }  // namespace

@@ -65,8 +65,7 @@ int RunTokenize(const std::vector<std::string>& args) {
   }
   absl::StatusOr<std::unique_ptr<actor::Tokenizer>> tokenizer = actor::Tokenizer::FromFile(path);
   if (tokenizer.ok() && v4_tokens) {
-    if (absl::Status added = (*tokenizer)->AddTokens(actor::DeepSeekV4AddedTokens());
-        !added.ok()) {
+    if (absl::Status added = (*tokenizer)->AddTokens(actor::DeepSeekV4AddedTokens()); !added.ok()) {
       tokenizer = added;
     }
   }

@@ -36,10 +36,10 @@ void EncodeRequest(std::string_view text) {
   if (!messages.ok()) return;
   for (ThinkingMode mode : {ThinkingMode::kChat, ThinkingMode::kThinking}) {
     (void)v4rl::actor::EncodeMessages(*messages, {.thinking_mode = mode});
-    (void)v4rl::actor::EncodeMessages(*messages, {.thinking_mode = mode,
-                                                  .reasoning_effort =
-                                                      v4rl::actor::ReasoningEffort::kMax,
-                                                  .drop_thinking = false},
+    (void)v4rl::actor::EncodeMessages(*messages,
+                                      {.thinking_mode = mode,
+                                       .reasoning_effort = v4rl::actor::ReasoningEffort::kMax,
+                                       .drop_thinking = false},
                                       *messages);
   }
 }

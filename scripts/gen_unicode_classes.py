@@ -36,11 +36,13 @@ def main():
     print("// Each entry is (first code point << 3) | CharClass; a range runs to the next entry.")
     print('#include "actor/unicode.h"\n')
     print("namespace v4rl::actor::internal {\n")
+    print("// clang-format off")
     print(f"extern const uint32_t kCharClassRanges[{len(table)}] = {{")
     entries = [f"0x{(first << 3) | CODES[cls]:x}" for first, cls in table]
     for i in range(0, len(entries), 8):
         print("    " + ", ".join(entries[i:i + 8]) + ",")
     print("};")
+    print("// clang-format on")
     print(f"extern const int kNumCharClassRanges = {len(table)};\n")
     print("}  // namespace v4rl::actor::internal")
 

@@ -58,8 +58,9 @@ std::string SyntheticTokenizerFile() {
 
 TEST(ActorCli, TokenizeAndDecode) {
   const std::string tokenizer = SyntheticTokenizerFile();
-  CliRun run = RunV4rl("tokenize --nov4_tokens --tokenizer " + tokenizer,
-                    "{\"text\": \"hello world\"}\n{bad\n\n{\"text\": 3}\n{\"text\": \"<ab>\"}\n");
+  CliRun run =
+      RunV4rl("tokenize --nov4_tokens --tokenizer " + tokenizer,
+              "{\"text\": \"hello world\"}\n{bad\n\n{\"text\": 3}\n{\"text\": \"<ab>\"}\n");
   EXPECT_EQ(run.exit_code, 1);
   ASSERT_EQ(run.lines.size(), 4u);
   EXPECT_EQ(run.lines[0], PyJson::parse(R"({"ids": [259, 264]})"));
@@ -89,8 +90,9 @@ TEST(ActorCli, ChatEncodeReproducesTheFixtures) {
     request["thinking_mode"] = i == 4 ? "chat" : "thinking";
     input += PyJsonDumps(request) + "\n";
   }
-  input += "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"thinking_mode\": "
-           "\"thinking\", \"reasoning_effort\": \"max\", \"drop_thinking\": false}\n";
+  input +=
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"thinking_mode\": "
+      "\"thinking\", \"reasoning_effort\": \"max\", \"drop_thinking\": false}\n";
   input += "[1, 2]\n{\"messages\": [], \"thinking_mode\": \"fast\"}\n";
   const CliRun run = RunV4rl("chat-encode", input);
   EXPECT_EQ(run.exit_code, 1);
@@ -100,7 +102,8 @@ TEST(ActorCli, ChatEncodeReproducesTheFixtures) {
               testing::ReadTestData("dsv4_fixtures/test_output_" + std::to_string(i) + ".txt"));
   }
   EXPECT_THAT(run.lines[4]["prompt"].get<std::string>(), HasSubstr("Absolute maximum"));
-  EXPECT_THAT(run.lines[5]["error"].get<std::string>(), HasSubstr("line 6: expected {\"messages\""));
+  EXPECT_THAT(run.lines[5]["error"].get<std::string>(),
+              HasSubstr("line 6: expected {\"messages\""));
   EXPECT_THAT(run.lines[6]["error"].get<std::string>(), HasSubstr("thinking_mode"));
 }
 

@@ -60,8 +60,8 @@ std::string SyntheticTokenizerJson() {
   nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
   for (int b = 0; b < 256; ++b) vocab[Symbol(static_cast<uint8_t>(b))] = b;
   const std::vector<std::pair<std::string, std::string>> merges = {
-      {"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}, {"Ġ", "w"},
-      {"o", "r"}, {"Ġw", "or"}, {"l", "d"}, {"Ġwor", "ld"}};
+      {"h", "e"}, {"l", "l"},   {"he", "ll"}, {"hell", "o"}, {"Ġ", "w"},
+      {"o", "r"}, {"Ġw", "or"}, {"l", "d"},   {"Ġwor", "ld"}};
   nlohmann::ordered_json merge_list = nlohmann::ordered_json::array();
   int next_id = 256;
   for (const auto& [left, right] : merges) {
@@ -69,10 +69,9 @@ std::string SyntheticTokenizerJson() {
     merge_list.push_back(left + " " + right);
   }
   const auto added = [](int id, const std::string& content, bool normalized) {
-    return nlohmann::ordered_json{{"id", id},          {"content", content},
-                                  {"single_word", false}, {"lstrip", false},
-                                  {"rstrip", false},   {"normalized", normalized},
-                                  {"special", true}};
+    return nlohmann::ordered_json{
+        {"id", id},        {"content", content},       {"single_word", false}, {"lstrip", false},
+        {"rstrip", false}, {"normalized", normalized}, {"special", true}};
   };
   const auto split = [](std::string_view pattern) {
     return nlohmann::ordered_json{{"type", "Split"},
@@ -89,7 +88,9 @@ std::string SyntheticTokenizerJson() {
       {"pre_tokenizer",
        {{"type", "Sequence"},
         {"pretokenizers",
-         {split(kDeepSeekDigitsPattern), split(kDeepSeekCjkPattern), split(kDeepSeekMainPattern),
+         {split(kDeepSeekDigitsPattern),
+          split(kDeepSeekCjkPattern),
+          split(kDeepSeekMainPattern),
           {{"type", "ByteLevel"},
            {"add_prefix_space", false},
            {"trim_offsets", true},

@@ -35,8 +35,8 @@ std::vector<Message> Messages(const std::string& json_array) {
 }
 
 EncodeOptions Thinking(ReasoningEffort effort = ReasoningEffort::kNone, bool drop = true) {
-  return {.thinking_mode = ThinkingMode::kThinking, .reasoning_effort = effort,
-          .drop_thinking = drop};
+  return {
+      .thinking_mode = ThinkingMode::kThinking, .reasoning_effort = effort, .drop_thinking = drop};
 }
 EncodeOptions Chat(ReasoningEffort effort = ReasoningEffort::kNone) {
   return {.thinking_mode = ThinkingMode::kChat, .reasoning_effort = effort};
@@ -85,7 +85,8 @@ TEST(Fixtures, ReproduceDeepSeekOutputsByteForByte) {
   }
 }
 
-// --- Modes (spec §3, examples A-C) ------------------------------------------------------------------
+// --- Modes (spec §3, examples A-C)
+// ------------------------------------------------------------------
 
 TEST(Modes, ChatThinkHighAndThinkMax) {
   const std::string messages = Join({"[", kS, ",", kU, "]"});
@@ -101,7 +102,8 @@ TEST(Modes, ChatThinkHighAndThinkMax) {
             kBos + std::string(kReasoningEffortMax) + "<｜User｜>Hi<｜Assistant｜><think>");
 }
 
-// --- Dropping earlier reasoning (spec §4, examples E, F, G, N, H3) --------------------------------
+// --- Dropping earlier reasoning (spec §4, examples E, F, G, N, H3)
+// --------------------------------
 
 constexpr char kHistory[] =
     R"({"role": "user", "content": "Hello"}, {"role": "assistant", "reasoning_content": "Greet back.", "content": "Hi! How can I help?"})";
@@ -112,26 +114,24 @@ TEST(DropThinking, EarlierReasoningIsDroppedOnlyInThinkingModeWithoutTools) {
   const std::string tail = "Hi! How can I help?" + kEos + "<｜User｜>What is 2+2?<｜Assistant｜>";
   EXPECT_EQ(Encode(messages, Thinking()), head + "</think>" + tail + "<think>");  // E
   EXPECT_EQ(Encode(messages, Thinking(ReasoningEffort::kNone, /*drop=*/false)),
-            head + "<think>Greet back.</think>" + tail + "<think>");  // F
+            head + "<think>Greet back.</think>" + tail + "<think>");           // F
   EXPECT_EQ(Encode(messages, Chat()), head + "</think>" + tail + "</think>");  // G
   // N: a training sample ending with the assistant keeps its own reasoning.
-  const std::string sample = Join(
-      {"[", kS, ",", kHistory, ",", kU,
-       R"(, {"role": "assistant", "reasoning_content": "2+2=4.", "content": "4"}])"});
+  const std::string sample =
+      Join({"[", kS, ",", kHistory, ",", kU,
+            R"(, {"role": "assistant", "reasoning_content": "2+2=4.", "content": "4"}])"});
   EXPECT_EQ(Encode(sample, Thinking()), head + "</think>" + tail + "<think>2+2=4.</think>4" + kEos);
 }
 
 TEST(DropThinking, DeveloperTurnsBeforeTheLastUserAreDeleted) {
-  const std::string messages = Join(
-      {"[", kS, R"(, {"role": "developer", "content": "D"},
+  const std::string messages = Join({"[", kS, R"(, {"role": "developer", "content": "D"},
         {"role": "assistant", "reasoning_content": "r", "content": "a"}, )",
-       kU, "]"});
-  EXPECT_EQ(Encode(messages, Thinking()),
-            kBos + "You are a helpful assistant.a" + kEos +
-                "<｜User｜>What is 2+2?<｜Assistant｜><think>");
+                                     kU, "]"});
+  EXPECT_EQ(Encode(messages, Thinking()), kBos + "You are a helpful assistant.a" + kEos +
+                                              "<｜User｜>What is 2+2?<｜Assistant｜><think>");
   EXPECT_EQ(Encode(messages, Thinking(ReasoningEffort::kNone, /*drop=*/false)),
-            kBos + "You are a helpful assistant.<｜User｜>D<｜Assistant｜><think>r</think>a" + kEos +
-                "<｜User｜>What is 2+2?<｜Assistant｜><think>");
+            kBos + "You are a helpful assistant.<｜User｜>D<｜Assistant｜><think>r</think>a" +
+                kEos + "<｜User｜>What is 2+2?<｜Assistant｜><think>");
 }
 
 TEST(DropThinking, AnyToolsKeepAllReasoning) {
@@ -146,7 +146,8 @@ TEST(DropThinking, AnyToolsKeepAllReasoning) {
   EXPECT_FALSE(EffectiveDropThinking({}, messages, Thinking()));
 }
 
-// --- Tools and DSML (examples H, H3, I, J, L, O, P) ------------------------------------------------
+// --- Tools and DSML (examples H, H3, I, J, L, O, P)
+// ------------------------------------------------
 
 constexpr char kCalcTools[] =
     R"([{"type": "function", "function": {"name": "calc", "description": "Evaluate", "parameters": {"type": "object", "properties": {"expr": {"type": "string"}, "precision": {"type": "integer"}, "exact": {"type": "boolean"}, "vars": {"type": "object"}, "tags": {"type": "array"}}, "required": ["expr"]}}}])";
@@ -186,13 +187,14 @@ TEST(Tools, ToolCallAndResult) {
             ToolsHead() + "<｜User｜>Compute 2+2<｜Assistant｜></think>" + kCallDsml + kEos +
                 "<｜User｜><tool_result>4</tool_result><｜Assistant｜></think>");
   // H3: the next user turn keeps the tool turn's reasoning, since tools are attached.
-  const std::string next = Join(
-      {"[", SystemWithTools(), ",", kCallTurn,
-       R"(, {"role": "assistant", "reasoning_content": "Got 4.", "content": "2+2 = 4."},
+  const std::string next =
+      Join({"[", SystemWithTools(), ",", kCallTurn,
+            R"(, {"role": "assistant", "reasoning_content": "Got 4.", "content": "2+2 = 4."},
           {"role": "user", "content": "Thanks. And 3+3?"}])"});
   EXPECT_EQ(Encode(next, Thinking()),
-            ToolsHead() + "<｜User｜>Compute 2+2<｜Assistant｜><think>Use calc.</think>" + kCallDsml +
-                kEos + "<｜User｜><tool_result>4</tool_result><｜Assistant｜><think>Got 4.</think>" +
+            ToolsHead() + "<｜User｜>Compute 2+2<｜Assistant｜><think>Use calc.</think>" +
+                kCallDsml + kEos +
+                "<｜User｜><tool_result>4</tool_result><｜Assistant｜><think>Got 4.</think>" +
                 "2+2 = 4." + kEos + "<｜User｜>Thanks. And 3+3?<｜Assistant｜><think>");
 }
 
@@ -217,9 +219,8 @@ const std::string kTwoCallsTail =
     std::string(kEosToken);
 
 TEST(Tools, ResultsAreMergedAndOrderedByCallId) {
-  const std::string messages = Join(
-      {"[", SystemWithTools(), ",", kTwoCalls,
-       R"(, {"role": "tool", "tool_call_id": "b", "content": "4"},
+  const std::string messages = Join({"[", SystemWithTools(), ",", kTwoCalls,
+                                     R"(, {"role": "tool", "tool_call_id": "b", "content": "4"},
           {"role": "tool", "tool_call_id": "a", "content": "2"}])"});
   EXPECT_EQ(Encode(messages, Thinking()),
             ToolsHead() + kTwoCallsTail +
@@ -232,13 +233,13 @@ TEST(Tools, ResultsAreMergedAndOrderedByCallId) {
               ::testing::EndsWith(
                   "<｜User｜><tool_result>4</tool_result>\n\nalso this<｜Assistant｜><think>"));
   // Unknown ids sort as position 0 (stable), content lists are joined.
-  const std::string unknown = Join(
-      {"[", SystemWithTools(), ",", kTwoCalls,
-       R"(, {"role": "tool", "tool_call_id": "b", "content": "4"},
+  const std::string unknown = Join({"[", SystemWithTools(), ",", kTwoCalls,
+                                    R"(, {"role": "tool", "tool_call_id": "b", "content": "4"},
           {"role": "tool", "tool_call_id": "zz", "content": [{"type": "text", "text": "x"}, {"type": "image_url"}]}])"});
-  EXPECT_THAT(Encode(unknown, Thinking()),
-              ::testing::EndsWith("<｜User｜><tool_result>x\n\n[Unsupported image_url]</tool_result>"
-                                  "\n\n<tool_result>4</tool_result><｜Assistant｜><think>"));
+  EXPECT_THAT(
+      Encode(unknown, Thinking()),
+      ::testing::EndsWith("<｜User｜><tool_result>x\n\n[Unsupported image_url]</tool_result>"
+                          "\n\n<tool_result>4</tool_result><｜Assistant｜><think>"));
 }
 
 TEST(Tools, ToolsOnASystemMessageWithoutContent) {
@@ -249,12 +250,16 @@ TEST(Tools, ToolsOnASystemMessageWithoutContent) {
 }
 
 TEST(Tools, ResponseFormat) {
-  const std::string messages = std::string(R"([{"role": "system", "content": "You are a helpful assistant.", "response_format": {"type": "json_object"}}, )") + kU + "]";
+  const std::string messages =
+      std::string(
+          R"([{"role": "system", "content": "You are a helpful assistant.", "response_format": {"type": "json_object"}}, )") +
+      kU + "]";
   EXPECT_EQ(Encode(messages, Chat()),
             kBos + "You are a helpful assistant.\n\n" + std::string(kResponseFormatHeader) +
                 "{\"type\": \"json_object\"}<｜User｜>What is 2+2?<｜Assistant｜></think>");  // L
   // An empty response_format is falsy and not rendered.
-  const std::string empty = std::string(R"([{"role": "system", "content": "S", "response_format": {}}, )") + kU + "]";
+  const std::string empty =
+      std::string(R"([{"role": "system", "content": "S", "response_format": {}}, )") + kU + "]";
   EXPECT_EQ(Encode(empty, Chat()), kBos + "S<｜User｜>What is 2+2?<｜Assistant｜></think>");
 }
 
@@ -270,46 +275,55 @@ std::string CallWithArguments(const std::string& arguments_json) {
 
 TEST(Tools, ArgumentEncoding) {
   // O: arguments that are not JSON become one raw string parameter.
-  EXPECT_EQ(CallWithArguments(R"("not json")"),
-            "<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"arguments\" string=\"true\">not "
-            "json</｜DSML｜parameter>\n</｜DSML｜invoke>");
+  EXPECT_EQ(
+      CallWithArguments(R"("not json")"),
+      "<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"arguments\" string=\"true\">not "
+      "json</｜DSML｜parameter>\n</｜DSML｜invoke>");
   // Empty arguments: an empty line.
   EXPECT_EQ(CallWithArguments(R"("{}")"), "<｜DSML｜invoke name=\"f\">\n\n</｜DSML｜invoke>");
   // String values are written raw; numbers as Python writes them.
-  EXPECT_EQ(CallWithArguments(R"("{\"s\": \"a\\\"b\\nc\", \"x\": 1.50, \"big\": 123456789012345678901234567890, \"e\": 1e20}")"),
-            "<｜DSML｜invoke name=\"f\">\n"
-            "<｜DSML｜parameter name=\"s\" string=\"true\">a\"b\nc</｜DSML｜parameter>\n"
-            "<｜DSML｜parameter name=\"x\" string=\"false\">1.5</｜DSML｜parameter>\n"
-            "<｜DSML｜parameter name=\"big\" string=\"false\">123456789012345678901234567890"
-            "</｜DSML｜parameter>\n"
-            "<｜DSML｜parameter name=\"e\" string=\"false\">1e+20</｜DSML｜parameter>\n"
-            "</｜DSML｜invoke>");
+  EXPECT_EQ(
+      CallWithArguments(
+          R"("{\"s\": \"a\\\"b\\nc\", \"x\": 1.50, \"big\": 123456789012345678901234567890, \"e\": 1e20}")"),
+      "<｜DSML｜invoke name=\"f\">\n"
+      "<｜DSML｜parameter name=\"s\" string=\"true\">a\"b\nc</｜DSML｜parameter>\n"
+      "<｜DSML｜parameter name=\"x\" string=\"false\">1.5</｜DSML｜parameter>\n"
+      "<｜DSML｜parameter name=\"big\" string=\"false\">123456789012345678901234567890"
+      "</｜DSML｜parameter>\n"
+      "<｜DSML｜parameter name=\"e\" string=\"false\">1e+20</｜DSML｜parameter>\n"
+      "</｜DSML｜invoke>");
   // The official encoder's pitfall: arguments given as an object are wrapped whole.
   EXPECT_EQ(CallWithArguments(R"({"x": 1})"),
             "<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"arguments\" "
             "string=\"false\">{\"x\": 1}</｜DSML｜parameter>\n</｜DSML｜invoke>");
   // JSON that is not an object crashes the official encoder; here it is an error.
-  EXPECT_THAT(EncodeMessages(Messages(R"([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1, 2]"}}]}])"),
-                             Chat()),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("arguments must be a JSON object, got array")));
+  EXPECT_THAT(
+      EncodeMessages(
+          Messages(
+              R"([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1, 2]"}}]}])"),
+          Chat()),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("arguments must be a JSON object, got array")));
 }
 
-// --- Roles, tasks and merging ---------------------------------------------------------------------
+// --- Roles, tasks and merging
+// ---------------------------------------------------------------------
 
 TEST(Roles, LatestReminderAfterAUserGetsTheSuffixFirst) {
-  EXPECT_EQ(Encode(Join({"[", kU, R"(, {"role": "latest_reminder", "content": "R"}])"}),
-                   Thinking()),
-            kBos + "<｜User｜>What is 2+2?<｜Assistant｜><think><｜latest_reminder｜>R");
+  EXPECT_EQ(
+      Encode(Join({"[", kU, R"(, {"role": "latest_reminder", "content": "R"}])"}), Thinking()),
+      kBos + "<｜User｜>What is 2+2?<｜Assistant｜><think><｜latest_reminder｜>R");
 }
 
 TEST(Roles, ConsecutiveUserMessagesMergeUnlessTheFirstHasATask) {
-  EXPECT_EQ(Encode(R"([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])",
-                   Chat()),
-            kBos + "<｜User｜>a\n\nb<｜Assistant｜></think>");
-  EXPECT_EQ(Encode(R"([{"role": "user", "content": "a", "task": "query"}, {"role": "user", "content": "b"}])",
-                   Chat()),
-            kBos + "<｜User｜>a<｜User｜>b<｜Assistant｜></think>");
+  EXPECT_EQ(
+      Encode(R"([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])", Chat()),
+      kBos + "<｜User｜>a\n\nb<｜Assistant｜></think>");
+  EXPECT_EQ(
+      Encode(
+          R"([{"role": "user", "content": "a", "task": "query"}, {"role": "user", "content": "b"}])",
+          Chat()),
+      kBos + "<｜User｜>a<｜User｜>b<｜Assistant｜></think>");
 }
 
 TEST(Roles, QuickInstructionTasks) {
@@ -332,12 +346,15 @@ TEST(Roles, QuickInstructionTasks) {
 }
 
 TEST(Roles, AssistantWithoutEos) {
-  EXPECT_EQ(Encode(R"([{"role": "user", "content": "q"}, {"role": "assistant", "content": "partial", "wo_eos": true}])",
-                   Chat()),
-            kBos + "<｜User｜>q<｜Assistant｜></think>partial");
+  EXPECT_EQ(
+      Encode(
+          R"([{"role": "user", "content": "q"}, {"role": "assistant", "content": "partial", "wo_eos": true}])",
+          Chat()),
+      kBos + "<｜User｜>q<｜Assistant｜></think>partial");
 }
 
-// --- Incremental encoding (spec §4.3) --------------------------------------------------------------
+// --- Incremental encoding (spec §4.3)
+// --------------------------------------------------------------
 
 TEST(Incremental, ContextIsNotRepeatedAndPromptsExtend) {
   const std::string context = Join(
@@ -360,7 +377,8 @@ TEST(Incremental, ContextIsNotRepeatedAndPromptsExtend) {
             "<｜Assistant｜><think>");
 }
 
-// --- Message validation ----------------------------------------------------------------------------
+// --- Message validation
+// ----------------------------------------------------------------------------
 
 absl::Status ParseError(const std::string& json_array) {
   absl::StatusOr<PyJson> json = ParsePyJson(json_array, "test");
@@ -383,9 +401,11 @@ TEST(Messages, RejectWhatTheReferenceCannotEncode) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("messages[0].tools")));
   EXPECT_THAT(ParseError(R"([{"role": "system", "tools": [{"type": "function"}]}])"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tools[0]")));
-  EXPECT_THAT(ParseError(R"([{"role": "user"}, {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}])"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("messages[1].tool_calls[0].function.name")));
+  EXPECT_THAT(
+      ParseError(
+          R"([{"role": "user"}, {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}])"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("messages[1].tool_calls[0].function.name")));
   EXPECT_THAT(ParseError(R"([{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}])"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("function.arguments")));
   EXPECT_THAT(ParseError(R"([{"role": "tool", "content": 5}])"),

@@ -34,7 +34,8 @@ std::string Block(const std::string& invokes) {
 }
 
 TEST(ParseCompletion, WellFormed) {
-  absl::StatusOr<Message> m = ParseCompletion("Simple arithmetic.</think>2 + 2 = 4." + kEos, kThinking);
+  absl::StatusOr<Message> m =
+      ParseCompletion("Simple arithmetic.</think>2 + 2 = 4." + kEos, kThinking);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->role, Role::kAssistant);
   EXPECT_EQ(m->reasoning_content, "Simple arithmetic.");
@@ -56,8 +57,7 @@ TEST(ParseCompletion, ToolCalls) {
   const std::string text =
       "Use calc.</think>Let me compute." +
       Block(Invoke("calc", Param("expr", true, "2+2") + Param("precision", false, "2")) +
-            Invoke("note", Param("text", true, "line one\nsaid \"hi\"")) +
-            Invoke("ping", "\n")) +
+            Invoke("note", Param("text", true, "line one\nsaid \"hi\"")) + Invoke("ping", "\n")) +
       kEos;
   absl::StatusOr<Message> m = ParseCompletion(text, kThinking);
   ASSERT_TRUE(m.ok()) << m.status();
@@ -93,44 +93,47 @@ TEST(ParseCompletion, AcceptsWhatTheOfficialParserAccepts) {
 TEST(ParseCompletion, RejectsMalformedOutput) {
   EXPECT_THAT(ParseCompletion("I am still thinking", kThinking),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing </think>")));
-  EXPECT_THAT(ParseCompletion("r</think>answer", kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing <｜end▁of▁sentence｜>")));
-  EXPECT_THAT(ParseCompletion("thinking" + Block(Invoke("f", Param("a", true, "b"))) + kEos,
-                              kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing </think>")));
-  EXPECT_THAT(ParseCompletion("r</think>text\n<｜DSML｜tool_calls>\n" +
-                                  Invoke("f", Param("a", true, "b")) + "</｜DSML｜tool_calls>" +
-                                  kEos,
-                              kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("｜DSML｜ inside content")));
-  EXPECT_THAT(ParseCompletion("r</think>" + Block(Invoke("f", Param("a", true, "b"))) + "oops" +
-                                  kEos,
-                              kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("after the tool-call block")));
-  EXPECT_THAT(ParseCompletion("r</think>" +
-                                  Block(Invoke("f", Param("a", true, "1") + Param("a", true, "2"))) +
-                                  kEos,
-                              kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("duplicate parameter \"a\"")));
+  EXPECT_THAT(
+      ParseCompletion("r</think>answer", kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing <｜end▁of▁sentence｜>")));
+  EXPECT_THAT(
+      ParseCompletion("thinking" + Block(Invoke("f", Param("a", true, "b"))) + kEos, kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing </think>")));
+  EXPECT_THAT(
+      ParseCompletion("r</think>text\n<｜DSML｜tool_calls>\n" + Invoke("f", Param("a", true, "b")) +
+                          "</｜DSML｜tool_calls>" + kEos,
+                      kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("｜DSML｜ inside content")));
+  EXPECT_THAT(
+      ParseCompletion("r</think>" + Block(Invoke("f", Param("a", true, "b"))) + "oops" + kEos,
+                      kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("after the tool-call block")));
+  EXPECT_THAT(
+      ParseCompletion(
+          "r</think>" + Block(Invoke("f", Param("a", true, "1") + Param("a", true, "2"))) + kEos,
+          kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("duplicate parameter \"a\"")));
   EXPECT_THAT(ParseCompletion("x</think>y" + kEos, kChat),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("</think> inside content")));
   EXPECT_THAT(ParseCompletion("x" + kEos + "more", kChat),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("text after")));
   EXPECT_THAT(ParseCompletion("r<think></think>y" + kEos, kThinking),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("<think> inside reasoning")));
-  EXPECT_THAT(ParseCompletion("r</think>" + Block("<｜DSML｜invoke nam=\"f\">\n</｜DSML｜invoke>\n") +
-                                  kEos,
-                              kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("malformed invoke head")));
-  EXPECT_THAT(ParseCompletion("r</think>" +
-                                  Block(Invoke("f", "<｜DSML｜parameter name=\"a\">b</｜DSML｜parameter>\n")) +
-                                  kEos,
-                              kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("malformed parameter")));
+  EXPECT_THAT(
+      ParseCompletion("r</think>" + Block("<｜DSML｜invoke nam=\"f\">\n</｜DSML｜invoke>\n") + kEos,
+                      kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("malformed invoke head")));
+  EXPECT_THAT(
+      ParseCompletion(
+          "r</think>" +
+              Block(Invoke("f", "<｜DSML｜parameter name=\"a\">b</｜DSML｜parameter>\n")) + kEos,
+          kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("malformed parameter")));
   EXPECT_THAT(ParseCompletion("r</think>\n\n<｜DSML｜tool_calls>\n" + Invoke("f", "\n"), kThinking),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ends without")));
-  EXPECT_THAT(ParseCompletion("r</think>\n\n<｜DSML｜tool_calls> \n" + Invoke("f", "\n"), kThinking),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected \">\\n\"")));
+  EXPECT_THAT(
+      ParseCompletion("r</think>\n\n<｜DSML｜tool_calls> \n" + Invoke("f", "\n"), kThinking),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected \">\\n\"")));
 }
 
 TEST(ParseCompletion, ParsesTheAssistantSpansOfFixture1) {
@@ -139,7 +142,8 @@ TEST(ParseCompletion, ParsesTheAssistantSpansOfFixture1) {
   const std::string opener = "<｜Assistant｜><think>";
   const size_t first = prompt.find(opener) + opener.size();
   const size_t first_end = prompt.find(kEos, first) + kEos.size();
-  absl::StatusOr<Message> call = ParseCompletion(prompt.substr(first, first_end - first), kThinking);
+  absl::StatusOr<Message> call =
+      ParseCompletion(prompt.substr(first, first_end - first), kThinking);
   ASSERT_TRUE(call.ok()) << call.status();
   EXPECT_EQ(call->reasoning_content,
             "The user wants to know the weather in Beijing. I should use the get_weather tool.");
@@ -152,8 +156,9 @@ TEST(ParseCompletion, ParsesTheAssistantSpansOfFixture1) {
   absl::StatusOr<Message> answer = ParseCompletion(prompt.substr(last), kThinking);
   ASSERT_TRUE(answer.ok()) << answer.status();
   EXPECT_EQ(answer->reasoning_content, "Got the weather data. Let me format a nice response.");
-  EXPECT_EQ(answer->content,
-            "The weather in Beijing is currently sunny with a temperature of 22°C and 45% humidity.");
+  EXPECT_EQ(
+      answer->content,
+      "The weather in Beijing is currently sunny with a temperature of 22°C and 45% humidity.");
 }
 
 TEST(ParseCompletionTolerant, WellFormedTextHasNoProblems) {

@@ -19,17 +19,16 @@ std::string Sha256Hex(std::string_view data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
   EXPECT_EQ(EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr), 1);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), size));
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
 }
 
 TEST(ChatPrompts, MatchDeepSeekConstants) {
   const nlohmann::json constants =
       nlohmann::json::parse(testing::ReadTestData("dsv4_fixtures/constants.json"));
-  const std::string tools = absl::StrReplaceAll(
-      constants["TOOLS_TEMPLATE"].get<std::string>(),
-      {{"{dsml_token}", "｜DSML｜"}, {"{thinking_start_token}", "<think>"},
-       {"{thinking_end_token}", "</think>"}});
+  const std::string tools = absl::StrReplaceAll(constants["TOOLS_TEMPLATE"].get<std::string>(),
+                                                {{"{dsml_token}", "｜DSML｜"},
+                                                 {"{thinking_start_token}", "<think>"},
+                                                 {"{thinking_end_token}", "</think>"}});
   const size_t schemas = tools.find("{tool_schemas}");
   ASSERT_NE(schemas, std::string::npos);
   EXPECT_EQ(tools.substr(0, schemas), kToolsPrefix);

@@ -53,8 +53,12 @@ TEST(PreTokenizer, MainPatternAlternatives) {
 }
 
 TEST(PreTokenizer, UnmatchedCharactersFormTheirOwnPieces) {
-  EXPECT_THAT(Pieces(std::string("a\x00\x01" "b", 4)),
-              ElementsAre("a", std::string("\x00", 1), "\x01" "b"));
+  EXPECT_THAT(Pieces(std::string("a\x00\x01"
+                                 "b",
+                                 4)),
+              ElementsAre("a", std::string("\x00", 1),
+                          "\x01"
+                          "b"));
   EXPECT_THAT(Pieces("a\xff\xfe"), ElementsAre("a", "\xff\xfe"));
 }
 

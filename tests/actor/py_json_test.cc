@@ -62,11 +62,15 @@ TEST(PyJson, DumpsLikePython) {
 TEST(PyJson, RejectsWhatItCannotRepresent) {
   EXPECT_THAT(ParsePyJson("{\"a\": }", "args"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args: malformed JSON")));
-  EXPECT_THAT(ParsePyJson("[NaN]", "args"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
-  EXPECT_THAT(ParsePyJson("", "args"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
-  EXPECT_THAT(ParsePyJson("[1] x", "args"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
+  EXPECT_THAT(ParsePyJson("[NaN]", "args"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
+  EXPECT_THAT(ParsePyJson("", "args"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
+  EXPECT_THAT(ParsePyJson("[1] x", "args"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
   // Beyond the double range (json.loads would give inf or a 309-digit int).
-  EXPECT_THAT(ParsePyJson("[1e400]", "args"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
+  EXPECT_THAT(ParsePyJson("[1e400]", "args"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
   EXPECT_THAT(ParsePyJson(std::string(400, '1'), "args"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("args")));
   EXPECT_THAT(ParsePyJson(std::string(200, '[') + std::string(200, ']'), "args"),

@@ -48,7 +48,8 @@ TEST(TokenConversation, ExtendsWithSampledIdsAndToolResults) {
   const Tokenizer* tok = testing::RealTokenizer();
   ASSERT_NE(tok, nullptr);
   const EncodeOptions options{.thinking_mode = ThinkingMode::kThinking};
-  absl::StatusOr<TokenConversation> conv = TokenConversation::Start(tok, Messages(kPrompt), options);
+  absl::StatusOr<TokenConversation> conv =
+      TokenConversation::Start(tok, Messages(kPrompt), options);
   ASSERT_TRUE(conv.ok()) << conv.status();
   EXPECT_EQ(conv->ids(), EncodeAll(*tok, Messages(kPrompt), options));
   EXPECT_EQ(conv->ids().front(), 0);
@@ -96,8 +97,8 @@ TEST(TokenConversation, RefusesWhatWouldNotExtend) {
   const Tokenizer* tok = testing::RealTokenizer();
   ASSERT_NE(tok, nullptr);
   const EncodeOptions thinking{.thinking_mode = ThinkingMode::kThinking};
-  absl::StatusOr<TokenConversation> conv = TokenConversation::Start(
-      tok, Messages(R"([{"role": "user", "content": "Hi"}])"), thinking);
+  absl::StatusOr<TokenConversation> conv =
+      TokenConversation::Start(tok, Messages(R"([{"role": "user", "content": "Hi"}])"), thinking);
   ASSERT_TRUE(conv.ok()) << conv.status();
   EXPECT_THAT(conv->AppendMessages(Messages(R"([{"role": "user", "content": "more"}])")),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("end with a completion")));
@@ -111,7 +112,8 @@ TEST(TokenConversation, RefusesWhatWouldNotExtend) {
   Message user;
   EXPECT_THAT(conv->AppendCompletion(std::vector<int32_t>{1}, user),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("assistant")));
-  V4RL_ASSERT_OK(conv->AppendCompletion(tok->Encode("r</think>Hello<｜end▁of▁sentence｜>"), answer));
+  V4RL_ASSERT_OK(
+      conv->AppendCompletion(tok->Encode("r</think>Hello<｜end▁of▁sentence｜>"), answer));
   EXPECT_THAT(conv->AppendCompletion(std::vector<int32_t>{1}, answer),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("already ends")));
   // Without tools, thinking mode would drop the reasoning just sampled.

@@ -70,7 +70,8 @@ TEST(SyntheticTokenizer, NonNormalizedTokensAreMatchedFirst) {
 TEST(SyntheticTokenizer, AddTokensRejectsConflicts) {
   auto tok = Synthetic();
   ASSERT_NE(tok, nullptr);
-  V4RL_EXPECT_OK(tok->AddTokens(std::vector<AddedToken>{{1001, "<｜User｜>", true}}));  // same token: skipped
+  V4RL_EXPECT_OK(
+      tok->AddTokens(std::vector<AddedToken>{{1001, "<｜User｜>", true}}));  // same token: skipped
   EXPECT_THAT(tok->AddTokens(std::vector<AddedToken>{{1500, "<｜User｜>", true}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("already has id 1001")));
   EXPECT_THAT(tok->AddTokens(std::vector<AddedToken>{{259, "<new>", true}}),
@@ -91,7 +92,9 @@ TEST(SyntheticTokenizer, DecodeKeepsSpecialTokensAndRejectsUnknownIds) {
   EXPECT_THAT(tok->Decode(std::vector<int32_t>{-3}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ids[0]: -3")));
   // A lone UTF-8 lead byte decodes to U+FFFD.
-  EXPECT_EQ(*tok->Decode(std::vector<int32_t>{0xE2, 'a'}), "\xEF\xBF\xBD" "a");
+  EXPECT_EQ(*tok->Decode(std::vector<int32_t>{0xE2, 'a'}),
+            "\xEF\xBF\xBD"
+            "a");
 }
 
 TEST(SyntheticTokenizer, InvalidUtf8IsEncodedBytewise) {
@@ -127,7 +130,9 @@ TEST(TokenizerLoader, RejectsMalformedFiles) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("model.merges")));
   EXPECT_THAT(LoadEdited([](auto& j) { j["model"]["byte_fallback"] = true; }),
               StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("byte_fallback")));
-  EXPECT_THAT(LoadEdited([](auto& j) { j["normalizer"] = {{"type", "NFC"}}; }),
+  EXPECT_THAT(LoadEdited([](auto& j) {
+                j["normalizer"] = {{"type", "NFC"}};
+              }),
               StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("normalizer")));
   EXPECT_THAT(LoadEdited([](auto& j) {
                 j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\d+";
@@ -147,7 +152,8 @@ TEST(TokenizerLoader, AcceptsMergesAsPairs) {
   V4RL_EXPECT_OK(LoadEdited([](auto& j) {
     for (auto& merge : j["model"]["merges"]) {
       const std::string text = merge.template get<std::string>();
-      merge = nlohmann::json::array({text.substr(0, text.find(' ')), text.substr(text.find(' ') + 1)});
+      merge =
+          nlohmann::json::array({text.substr(0, text.find(' ')), text.substr(text.find(' ') + 1)});
     }
   }));
 }
@@ -172,19 +178,21 @@ TEST(DeepSeekTokenizer, PublishedVectors) {
   const Tokenizer* tok = testing::RealTokenizer();
   ASSERT_NE(tok, nullptr);
   // spec §1.1 and §8.6: vectors from DeepSeek's V4 tokenizer package.
-  EXPECT_THAT(tok->Encode("<｜User｜>你好<｜Assistant｜><think>推理</think>答案<｜end▁of▁sentence｜>"),
-              ElementsAre(128803, 30594, 128804, 128821, 36101, 128822, 7624, 1));
+  EXPECT_THAT(
+      tok->Encode("<｜User｜>你好<｜Assistant｜><think>推理</think>答案<｜end▁of▁sentence｜>"),
+      ElementsAre(128803, 30594, 128804, 128821, 36101, 128822, 7624, 1));
   EXPECT_EQ(tok->Encode("Hello! 毕老师！1 + 1 = 2 ĠÑĤÐ²ÑĬÑĢ"),
-            (std::vector<int32_t>{19923, 3, 223, 5464, 5008, 1175, 19, 940, 223, 19, 438, 223, 20,
-                                  6113, 257, 76589, 131, 100, 76032, 1628, 76589, 131, 108, 76589,
-                                  131, 98}));
+            (std::vector<int32_t>{19923, 3,    223,   5464, 5008, 1175,  19,    940, 223,
+                                  19,    438,  223,   20,   6113, 257,   76589, 131, 100,
+                                  76032, 1628, 76589, 131,  108,  76589, 131,   98}));
   // spec §6: example A and a completion.
   EXPECT_EQ(tok->Encode("<｜begin▁of▁sentence｜>You are a helpful assistant.<｜User｜>What is "
                         "2+2?<｜Assistant｜></think>"),
             (std::vector<int32_t>{0, 3476, 477, 260, 11502, 22896, 16, 128803, 3085, 344, 223, 20,
                                   13, 20, 33, 128804, 128822}));
-  EXPECT_EQ(tok->Encode("Simple arithmetic.</think>2 + 2 = 4.<｜end▁of▁sentence｜>"),
-            (std::vector<int32_t>{40593, 29568, 16, 128822, 20, 940, 223, 20, 438, 223, 22, 16, 1}));
+  EXPECT_EQ(
+      tok->Encode("Simple arithmetic.</think>2 + 2 = 4.<｜end▁of▁sentence｜>"),
+      (std::vector<int32_t>{40593, 29568, 16, 128822, 20, 940, 223, 20, 438, 223, 22, 16, 1}));
   EXPECT_EQ(tok->vocab_size(), 128846);
 }
 
@@ -195,11 +203,21 @@ std::string RandomValidUtf8(std::mt19937& rng, int length) {
   for (int i = 0; i < length; ++i) {
     char32_t cp;
     switch (kind(rng)) {
-      case 0: cp = std::uniform_int_distribution<char32_t>(0x80, 0x7FF)(rng); break;
-      case 1: cp = std::uniform_int_distribution<char32_t>(0x3000, 0x9FFF)(rng); break;
-      case 2: cp = std::uniform_int_distribution<char32_t>(0x10000, 0x10FFFF)(rng); break;
-      case 3: cp = std::uniform_int_distribution<char32_t>(0xE000, 0xFFFD)(rng); break;
-      default: cp = std::uniform_int_distribution<char32_t>(0, 0x7F)(rng); break;
+      case 0:
+        cp = std::uniform_int_distribution<char32_t>(0x80, 0x7FF)(rng);
+        break;
+      case 1:
+        cp = std::uniform_int_distribution<char32_t>(0x3000, 0x9FFF)(rng);
+        break;
+      case 2:
+        cp = std::uniform_int_distribution<char32_t>(0x10000, 0x10FFFF)(rng);
+        break;
+      case 3:
+        cp = std::uniform_int_distribution<char32_t>(0xE000, 0xFFFD)(rng);
+        break;
+      default:
+        cp = std::uniform_int_distribution<char32_t>(0, 0x7F)(rng);
+        break;
     }
     AppendUtf8(cp, &out);
   }

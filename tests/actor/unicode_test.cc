@@ -55,15 +55,17 @@ TEST(Unicode, LossyReplacesMaximalSubparts) {
   };
   const std::string r = "\xEF\xBF\xBD";
   EXPECT_EQ(lossy("ok"), "ok");
-  EXPECT_EQ(lossy("\xE2\x82" "a"), r + "a");        // truncated 3-byte sequence: one U+FFFD
-  EXPECT_EQ(lossy("\xF0\x80"), r + r);              // F0 80 is no prefix of a valid sequence
-  EXPECT_EQ(lossy("\xED\xA0\x80"), r + r + r);      // surrogates are not valid prefixes
+  EXPECT_EQ(lossy("\xE2\x82"
+                  "a"),
+            r + "a");                           // truncated 3-byte sequence: one U+FFFD
+  EXPECT_EQ(lossy("\xF0\x80"), r + r);          // F0 80 is no prefix of a valid sequence
+  EXPECT_EQ(lossy("\xED\xA0\x80"), r + r + r);  // surrogates are not valid prefixes
   EXPECT_EQ(lossy("a\xF0\x9F\x98"), "a" + r);
   EXPECT_EQ(lossy("\xC3\xA9\xFF"), "\xC3\xA9" + r);
 }
 
 TEST(ByteLevel, AlphabetRoundTrips) {
-  EXPECT_EQ(ByteToChar(' '), 0x120u);  // "Ġ"
+  EXPECT_EQ(ByteToChar(' '), 0x120u);   // "Ġ"
   EXPECT_EQ(ByteToChar('\n'), 0x10Au);  // "Ċ"
   EXPECT_EQ(ByteToChar('a'), static_cast<char32_t>('a'));
   for (int b = 0; b < 256; ++b) {
