@@ -70,7 +70,11 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& checkpoints_dir,
                                               {{"format", "pt"}}));
   std::vector<core::NamedTensor> optimizer;
   for (const auto& [tensor_name, view] : contents.optimizer_state) optimizer.push_back({tensor_name, view});
-  V4RL_RETURN_IF_ERROR(core::WriteSafetensors(temp_dir + "/optimizer.safetensors", optimizer));
+  // In a subdirectory: the checkpoint directory itself must hold only the model's safetensors,
+  // so that it loads as a model directory.
+  V4RL_RETURN_IF_ERROR(MakeDirectories(temp_dir + "/optimizer"));
+  V4RL_RETURN_IF_ERROR(
+      core::WriteSafetensors(temp_dir + "/optimizer/optimizer.safetensors", optimizer));
   const TrainerState& state = contents.trainer_state;
   const nlohmann::json state_json = {{"step", state.step},
                                      {"data_position", state.data_position},

@@ -4,7 +4,8 @@
 //   RUN/checkpoints/step-00000120/
 //     config.json            the model config (HF format)
 //     model.safetensors      weights, named as in the loaded checkpoint
-//     optimizer.safetensors  optimizer state (Optimizer::StateTensors)
+//     optimizer/optimizer.safetensors  optimizer state (Optimizer::StateTensors); a
+//                            subdirectory, so step-N/ loads as a model directory
 //     trainer_state.json     {"step", "data_position", "rng_seed", "metrics": {...}}
 //   RUN/checkpoints/latest   text file holding "step-00000120"
 //
