@@ -12,6 +12,7 @@
 #include "kernels/cpu/linear_backward.h"
 #include "kernels/cpu/mhc_backward.h"
 #include "kernels/cpu/routing.h"
+#include "kernels/ops.h"
 
 namespace v4rl::kernels {
 namespace {
@@ -83,7 +84,7 @@ void CheckSameRows(const char* op, const char* a_name, const Rows& a, const char
 
 float* OptionalData(const TensorView& v) { return Present(v) ? v.data_as<float>() : nullptr; }
 
-core::ThreadPool* Pool() { return &core::ThreadPool::Default(); }
+core::ThreadPool* Pool() { return OpsThreadPool(); }
 
 }  // namespace
 

@@ -7,7 +7,7 @@
 // Views follow ops.h: "row views" are rank-2 views with a contiguous last dimension or contiguous
 // views of any rank flattened to [numel / last_dim, last_dim]; an optional view has data ==
 // nullptr. Mismatches are caller bugs and CHECK-fail naming the op, the argument and the shapes.
-// Thread-safety: reentrant; CPU ops run on core::ThreadPool::Default().
+// Thread-safety: reentrant; CPU ops run on OpsThreadPool() (kernels/ops.h).
 #pragma once
 
 #include <cstdint>

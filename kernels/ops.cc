@@ -81,6 +81,8 @@ ScopedOpsThreadPool::~ScopedOpsThreadPool() {
   scoped_pool.store(previous_, std::memory_order_release);
 }
 
+core::ThreadPool* OpsThreadPool() { return Pool(); }
+
 void Linear(const TensorView& x, const TensorView& w, const TensorView& out) {
   const Rows a = AsRows("Linear", "x", x);
   const Rows b = AsRows("Linear", "w", w);

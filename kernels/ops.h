@@ -36,6 +36,10 @@ class ScopedOpsThreadPool {
   core::ThreadPool* previous_;
 };
 
+// The pool CPU ops run on now (the live ScopedOpsThreadPool's, else ThreadPool::Default()), for
+// other op families (kernels/backward_ops.h) and direct callers of the cpu/ references.
+core::ThreadPool* OpsThreadPool();
+
 // out = x · wᵀ. x: [M, K] f32 row view; w: [N, K] f32 row view; out: [M, N] f32 row view.
 void Linear(const TensorView& x, const TensorView& w, const TensorView& out);
 

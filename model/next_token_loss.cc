@@ -2,8 +2,8 @@
 
 #include "absl/strings/str_format.h"
 #include "core/status.h"
-#include "core/thread_pool.h"
 #include "kernels/cpu/token_losses.h"
+#include "kernels/ops.h"
 
 namespace v4rl::model {
 
@@ -45,7 +45,7 @@ absl::StatusOr<NextTokenLossResult> NextTokenLossAndGradients(const Model& model
   Tensor dlogits = Tensor::Empty(DType::kF32, {batch, seq_len, vocab});
   result.loss = kernels::cpu::MaskedCrossEntropyRef<float>(
       forward.logits.data<float>(), targets.data(), mask.data(), rows, vocab, dlogits.data<float>(),
-      &core::ThreadPool::Default());
+      kernels::OpsThreadPool());
   result.grads = ZeroGradients(model.config);
   Backward(model, input_ids, forward, dlogits.view(), options.backward, &result.grads);
   result.routed_experts = forward.routed_experts;

@@ -2,7 +2,7 @@
 // input_ids exactly as transformers computes it with labels = input_ids (logits[:, t] predicts
 // ids[:, t + 1], averaged over all B·(T - 1) positions), then Backward to every trainable
 // parameter. This is what `v4rl grad` reports and what supervised fine-tuning minimises.
-// Thread-safety: reentrant; runs on the process thread pool.
+// Thread-safety: reentrant; runs on kernels::OpsThreadPool().
 #pragma once
 
 #include <vector>
