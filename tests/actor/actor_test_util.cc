@@ -1,7 +1,11 @@
 #include "tests/actor/actor_test_util.h"
 
+#include <openssl/evp.h>
+
 #include <cstdlib>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/string_view.h"
 #include "actor/byte_level.h"
 #include "actor/deepseek_v4_tokens.h"
 #include "actor/pretokenizer.h"
@@ -24,6 +28,13 @@ std::string Symbol(uint8_t byte) {
 }
 
 }  // namespace
+
+std::string Sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  EXPECT_EQ(EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr), 1);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
+}
 
 std::string ReadTestData(const std::string& relative) {
   const std::string root = Env("V4RL_SOURCE_DIR");

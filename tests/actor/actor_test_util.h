@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "actor/tokenizer.h"
 
@@ -11,6 +12,9 @@ namespace v4rl::actor::testing {
 
 // Contents of tests/data/actor/<relative>; fails the test when unreadable.
 std::string ReadTestData(const std::string& relative);
+
+// Lower-case hex SHA-256 of `data`.
+std::string Sha256Hex(std::string_view data);
 
 // Where scripts/fetch_tokenizer.sh puts tokenizer.json ($V4RL_TOKENIZER_JSON overrides).
 std::string RealTokenizerPath();

@@ -98,6 +98,10 @@ TEST(Modes, ChatThinkHighAndThinkMax) {
             kBos + std::string(kReasoningEffortMax) + body + "<think>");
   // Chat mode ignores the effort.
   EXPECT_EQ(Encode(messages, Chat(ReasoningEffort::kMax)), kBos + body + "</think>");
+  // The spec pins example C by length and digest.
+  const std::string think_max = Encode(messages, Thinking(ReasoningEffort::kMax));
+  EXPECT_EQ(think_max.size(), 581u);
+  EXPECT_EQ(testing::Sha256Hex(think_max).substr(0, 16), "b12d040383ed0807");
   EXPECT_EQ(Encode(R"([{"role": "user", "content": "Hi"}])", Thinking(ReasoningEffort::kMax)),
             kBos + std::string(kReasoningEffortMax) + "<｜User｜>Hi<｜Assistant｜><think>");
 }
@@ -183,6 +187,7 @@ TEST(Tools, ToolCallAndResult) {
                           kCallDsml + kEos + "<｜User｜><tool_result>4</tool_result>" +
                           "<｜Assistant｜><think>");  // H
   EXPECT_EQ(thinking.size(), 2025u);
+  EXPECT_EQ(testing::Sha256Hex(thinking).substr(0, 16), "8886db7abca9c166");
   EXPECT_EQ(Encode(messages, Chat()),
             ToolsHead() + "<｜User｜>Compute 2+2<｜Assistant｜></think>" + kCallDsml + kEos +
                 "<｜User｜><tool_result>4</tool_result><｜Assistant｜></think>");

@@ -2,11 +2,8 @@
 // and SHA-256 digests of spec/chat-encoding.md §2.5, §2.6, §3.2; the copied fixtures against §9.
 #include "actor/chat_prompts.h"
 
-#include <openssl/evp.h>
-
 #include <string>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -15,12 +12,7 @@
 namespace v4rl::actor {
 namespace {
 
-std::string Sha256Hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  EXPECT_EQ(EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr), 1);
-  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
-}
+using testing::Sha256Hex;
 
 TEST(ChatPrompts, MatchDeepSeekConstants) {
   const nlohmann::json constants =
