@@ -110,6 +110,9 @@ void Backward(const Model& model, const core::TensorView& input_ids, const Forwa
   if (options.recompute) {
     V4RL_CHECK_EQ(static_cast<int64_t>(forward.routed_experts.size()), config.num_layers)
         << "Backward with recompute replays the forward's routing: use return_routing";
+  } else {
+    V4RL_CHECK(config.num_layers == 0 || forward.blocks[0].ffn_out.defined())
+        << "Backward without recompute needs a forward with save_activations";
   }
   V4RL_CHECK(dlogits.dtype == DType::kF32 && dlogits.is_contiguous() &&
              dlogits.SameShape({batch, seq_len, config.vocab_size}))

@@ -14,7 +14,7 @@
 // Gradients are ADDED to dq, dkv, dcomp_kv and dsink (the caller zeroes them).
 // Thread-safety: reentrant. Parallel over (query, head) for dq and the per-key probabilities,
 // then over channel blocks for dkv / dcomp_kv, so every sum runs in a fixed order and results do
-// not depend on the thread count. Scratch: O(num_q · num_heads · keys per query) values.
+// not depend on the thread count. Scratch: bounded (items are processed in chunks).
 #pragma once
 
 #include <cstdint>
@@ -48,6 +48,8 @@ struct SparseAttentionBackwardParams {
   int64_t window = 0;
   int64_t comp_ratio = 0;  // used when comp_kv != nullptr and comp_idx == nullptr
   T scale = 0;
+  // (query, head) items per scratch chunk; 0: about 16 MB of scratch. Results do not depend on it.
+  int64_t chunk_items = 0;
 };
 
 template <typename T>

@@ -151,14 +151,14 @@ TEST(SparseAttentionBackward, UnselectedCompressedEntriesGetNoGradient) {
   for (int64_t d = 0; d < p.dim; ++d) EXPECT_EQ(g.dcomp_kv[2 * p.dim + d], 0.0);
 }
 
-TEST(SparseAttentionBackward, FloatResultsDoNotDependOnThreadCount) {
+TEST(SparseAttentionBackward, FloatResultsDoNotDependOnThreadCountOrChunks) {
   const Problem p = MakeProblem(Keys::kSelected, 2);
   auto to_float = [](const std::vector<double>& v) {
     return std::vector<float>(v.begin(), v.end());
   };
   const std::vector<float> q = to_float(p.q), kv = to_float(p.kv), comp = to_float(p.comp_kv),
                            sink = to_float(p.sink), up = to_float(p.upstream);
-  auto run = [&](core::ThreadPool* pool) {
+  auto run = [&](core::ThreadPool* pool, int64_t chunk_items) {
     std::vector<float> dq(q.size()), dkv(kv.size()), dcomp(comp.size()), dsink(sink.size());
     const SparseAttentionParams<float> f = ForwardParams<float>(p);
     SparseAttentionBackwardParams<float> b;
@@ -182,6 +182,7 @@ TEST(SparseAttentionBackward, FloatResultsDoNotDependOnThreadCount) {
     b.kv_pos0 = f.kv_pos0;
     b.window = f.window;
     b.scale = f.scale;
+    b.chunk_items = chunk_items;
     SparseAttentionBackwardRef<float>(b, pool);
     dq.insert(dq.end(), dkv.begin(), dkv.end());
     dq.insert(dq.end(), dcomp.begin(), dcomp.end());
@@ -189,7 +190,10 @@ TEST(SparseAttentionBackward, FloatResultsDoNotDependOnThreadCount) {
     return dq;
   };
   core::ThreadPool pool(3);
-  EXPECT_EQ(run(nullptr), run(&pool));
+  const std::vector<float> serial = run(nullptr, 0);
+  EXPECT_EQ(serial, run(&pool, 0));
+  // Scratch chunks of 3 (query, head) items, splitting queries: the same sums in the same order.
+  EXPECT_EQ(serial, run(&pool, 3));
 }
 
 }  // namespace
