@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -262,6 +263,31 @@ TEST(DeepSeekTokenizer, LargeTextRoundTrips) {
   const std::vector<int32_t> ids = tok->Encode(text);
   EXPECT_GT(ids.size(), text.size() / 8);
   EXPECT_EQ(*tok->Decode(ids), text);
+}
+
+TEST(DeepSeekTokenizer, ConcurrentEncodesAgree) {
+  const Tokenizer* tok = testing::RealTokenizer();
+  ASSERT_NE(tok, nullptr);
+  std::vector<std::string> texts;
+  for (int i = 1; i <= 4; ++i) {
+    texts.push_back(
+        testing::ReadTestData("dsv4_fixtures/test_output_" + std::to_string(i) + ".txt"));
+  }
+  std::vector<std::vector<int32_t>> expected;
+  for (const std::string& text : texts) expected.push_back(tok->Encode(text));
+  // Threads share the piece cache; every result must match the single-threaded one.
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 50; ++round) {
+        const size_t i = (t + round) % texts.size();
+        if (tok->Encode(texts[i]) != expected[i]) ++mismatches[t];
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_THAT(mismatches, ::testing::Each(0));
 }
 
 }  // namespace
