@@ -20,6 +20,7 @@ declare -A TARGETS=(
   [trajectory_record]="fuzz/trajectory_record_fuzz.cc store/trajectory.cc store/rocksdb_codec.cc protos/trajectory.proto"
   [tokenizer_json]="fuzz/tokenizer_json_fuzz.cc actor/added_tokens.cc actor/bpe.cc actor/byte_level.cc actor/deepseek_v4_tokens.cc actor/pretokenizer.cc actor/tokenizer.cc actor/tokenizer_json.cc actor/unicode.cc actor/unicode_class_table.cc"
   [dsml_parse]="fuzz/dsml_parse_fuzz.cc actor/chat_encoding.cc actor/chat_parse.cc actor/dsml.cc actor/message.cc actor/py_json.cc actor/unicode.cc actor/unicode_class_table.cc"
+  [sft_jsonl]="fuzz/sft_jsonl_fuzz.cc learner/sft_data.cc learner/synthetic_tasks.cc"
   [model_config]="fuzz/model_config_fuzz.cc model/config.cc model/params.cc"
 )
 
