@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what is missing, configures, builds everything (CUDA
 # sources included when nvcc is present), checks the layering rules, and runs every test that
-# does not need a GPU.
+# does not need a GPU. Tests labelled `slow` (minutes-long acceptance runs) are skipped unless
+# V4RL_TEST_SLOW=1.
 #
 #   scripts/test.sh                 # full run, build dir ./build
 #   BUILD_DIR=/tmp/b scripts/test.sh
@@ -25,5 +26,7 @@ fi
 cmake -S . -B "$BUILD_DIR" -G Ninja "${cuda_flags[@]}"
 cmake --build "$BUILD_DIR" -j "$JOBS"
 cd "$BUILD_DIR"
+exclude='gpu|slow'
+[[ "${V4RL_TEST_SLOW:-0}" == 1 ]] && exclude='gpu'
 # shellcheck disable=SC2086
-ctest -LE gpu --output-on-failure -j "$JOBS" ${CTEST_ARGS:-}
+ctest -LE "$exclude" --output-on-failure -j "$JOBS" ${CTEST_ARGS:-}
