@@ -1,9 +1,6 @@
 // The JSON-lines CLIs (`v4rl tokenize`, `chat-encode`, `chat-parse`) run as a user would: one
 // answer line per request line, an error line for a bad line, and processing goes on.
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -14,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/actor/actor_test_util.h"
+#include "tests/testing/run_command.h"
 
 namespace v4rl::actor {
 namespace {
@@ -33,13 +31,9 @@ CliRun RunV4rl(const std::string& arguments, const std::string& input) {
   std::ofstream(dir + "/actor_cli_input.jsonl", std::ios::binary) << input;
   const std::string command = std::string(binary) + " " + arguments + " < " + dir +
                               "/actor_cli_input.jsonl 2> " + dir + "/actor_cli_stderr.txt";
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string output;
-  std::array<char, 4096> buffer;
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  CliRun run{WIFEXITED(status) ? WEXITSTATUS(status) : -1, {}, ""};
-  std::istringstream lines(output);
+  const v4rl::testing::CommandResult result = v4rl::testing::RunCommand(command);
+  CliRun run{result.exit_code, {}, ""};
+  std::istringstream lines(result.output);
   for (std::string line; std::getline(lines, line);) {
     absl::StatusOr<PyJson> json = ParsePyJson(line, "output line");
     EXPECT_TRUE(json.ok()) << line;

@@ -1,40 +1,22 @@
 // Runs the built `v4rl` binary: dispatch, --help on every subcommand, `inspect` on a generated
 // checkpoint and on a malformed file (one error line, non-zero exit).
-#include <sys/wait.h>
-
-#include <array>
+#include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <algorithm>
 #include <sstream>
 #include <string>
 
 #include "core/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/testing/random_tensor.h"
+#include "tests/testing/run_command.h"
 
 namespace v4rl {
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-RunResult RunV4rl(const std::string& arguments) {
-  const char* binary = std::getenv("V4RL_BINARY");
-  EXPECT_NE(binary, nullptr) << "V4RL_BINARY is set by ctest";
-  const std::string command = std::string(binary) + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  RunResult result{-1, ""};
-  std::array<char, 4096> buffer;
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) result.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using testing::RunV4rl;
+using RunResult = testing::CommandResult;
 
 TEST(Cli, TopLevelHelpListsSubcommands) {
   RunResult result = RunV4rl("--help");

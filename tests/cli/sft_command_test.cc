@@ -14,6 +14,7 @@
 
 #include "core/json.h"
 #include "gtest/gtest.h"
+#include "tests/testing/run_command.h"
 
 namespace v4rl {
 namespace {
@@ -95,13 +96,9 @@ TEST(SftCommand, SigkillThenResumeContinuesBitIdentically) {
 TEST(SftCommand, MalformedConfigIsOneErrorLine) {
   const std::string path = ::testing::TempDir() + "/bad_sft.textproto";
   std::ofstream(path) << "steps: \"many\"\n";
-  const std::string command = Binary() + " sft --config " + path + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string output;
-  char buffer[512];
-  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-  const int status = pclose(pipe);
-  EXPECT_EQ(WEXITSTATUS(status), 1);
+  const testing::CommandResult result = testing::RunV4rl("sft --config " + path);
+  const std::string& output = result.output;
+  EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(output.find("line 1"), std::string::npos) << output;
   EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 1) << output;
 }

@@ -8,6 +8,7 @@
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "gtest/gtest.h"
+#include "tests/testing/finite_difference.h"
 
 namespace v4rl::kernels::cpu {
 namespace {
@@ -17,31 +18,6 @@ std::vector<double> RandomLogits(int64_t n, uint64_t seed, double scale = 2.0) {
   const core::Rng rng(seed);
   for (int64_t i = 0; i < n; ++i) values[i] = scale * rng.Normal(i);
   return values;
-}
-
-// Central finite difference of f at every coordinate of x.
-template <typename F>
-std::vector<double> NumericalGradient(std::vector<double> x, F f, double h = 1e-6) {
-  std::vector<double> grad(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double saved = x[i];
-    x[i] = saved + h;
-    const double plus = f(x);
-    x[i] = saved - h;
-    const double minus = f(x);
-    x[i] = saved;
-    grad[i] = (plus - minus) / (2 * h);
-  }
-  return grad;
-}
-
-double RelativeError(const std::vector<double>& a, const std::vector<double>& b) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff += (a[i] - b[i]) * (a[i] - b[i]);
-    norm += b[i] * b[i];
-  }
-  return std::sqrt(diff / norm);
 }
 
 constexpr int64_t kRows = 5, kVocab = 11;
@@ -67,7 +43,7 @@ TEST(TokenLosses, LogprobAndEntropyGradientsMatchFiniteDifferences) {
   core::ThreadPool pool(2);
   TokenLogprobsBackwardRef<double>(x.data(), targets.data(), kept.data(), kRows, kVocab,
                                    g_logprob.data(), g_entropy.data(), analytic.data(), &pool);
-  EXPECT_LE(RelativeError(analytic, NumericalGradient(x, objective)), 1e-6);
+  EXPECT_LE(testing::RelativeErrorByNorm(analytic, testing::NumericalGradient(objective, x)), 1e-6);
   for (int j = 0; j < kVocab; ++j) EXPECT_EQ(analytic[3 * kVocab + j], 0.0);  // skipped row
 }
 
@@ -108,7 +84,7 @@ TEST(TokenLosses, MaskedCrossEntropyValueAndGradient) {
   loss_of(logits);
   MaskedCrossEntropyRef<double>(logits.data(), targets.data(), mask.data(), kRows, kVocab,
                                 analytic.data(), nullptr);
-  EXPECT_LE(RelativeError(analytic, NumericalGradient(logits, loss_of)), 1e-6);
+  EXPECT_LE(testing::RelativeErrorByNorm(analytic, testing::NumericalGradient(loss_of, logits)), 1e-6);
   const std::vector<double> no_mask(kRows, 0.0);
   EXPECT_EQ(MaskedCrossEntropyRef<double>(logits.data(), targets.data(), no_mask.data(), kRows,
                                           kVocab, analytic.data(), nullptr),
@@ -135,7 +111,7 @@ TEST(TokenLosses, KlDivergenceValueAndGradient) {
   KlDivergenceRef<double>(student.data(), teacher.data(), weights.data(), kRows, kVocab,
                           kl.data(), analytic.data(), nullptr);
   for (double v : kl) EXPECT_GT(v, 0.0);
-  EXPECT_LE(RelativeError(analytic, NumericalGradient(student, objective)), 1e-6);
+  EXPECT_LE(testing::RelativeErrorByNorm(analytic, testing::NumericalGradient(objective, student)), 1e-6);
 }
 
 TEST(TokenLosses, FloatMatchesDouble) {

@@ -1,8 +1,6 @@
 // `v4rl store stats|dump|verify` against real stores: a healthy one, one with a corrupted SST
 // block, and a directory that is not a store. Runs the built binary (V4RL_BINARY).
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,6 +11,7 @@
 #include "nlohmann/json.hpp"
 #include "store/rocksdb_trajectory_store.h"
 #include "tests/store/trajectory_test_util.h"
+#include "tests/testing/run_command.h"
 #include "tests/testing/status_matchers.h"
 
 namespace v4rl::store {
@@ -25,20 +24,10 @@ using ::v4rl::store::testing::MakeCompletion;
 using ::v4rl::store::testing::MakeHeader;
 using ::v4rl::store::testing::MakePrompt;
 
-struct CliResult {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
+using CliResult = ::v4rl::testing::CommandResult;
 
 CliResult RunV4rl(const std::string& arguments) {
-  const std::string command = std::string(V4RL_BINARY) + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::string output;
-  char buffer[4096];
-  for (size_t n; (n = fread(buffer, 1, sizeof(buffer), pipe)) > 0;) output.append(buffer, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  return ::v4rl::testing::RunCommand(std::string(V4RL_BINARY) + " " + arguments + " 2>&1");
 }
 
 class StoreCliTest : public ::testing::Test {
