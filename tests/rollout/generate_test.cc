@@ -155,8 +155,10 @@ TEST(GenerateTest, RoutingEqualsFullForwardOverPromptAndTokens) {
   const int64_t length = static_cast<int64_t>(sequence.size());
   Tensor ids = Tensor::Empty(DType::kI32, {1, length});
   std::copy(sequence.begin(), sequence.end(), ids.data<int32_t>());
+  model::ForwardOptions forward_options;
+  forward_options.return_routing = true;
   V4RL_ASSERT_OK_AND_ASSIGN(const model::ForwardOutput full,
-                            model::Forward(model, ids.view(), {.return_routing = true}));
+                            model::Forward(model, ids.view(), forward_options));
   const int64_t layers = config.num_layers, k = config.num_experts_per_tok;
   ASSERT_EQ(static_cast<int64_t>(result.routed_experts.size()), length * layers * k);
   for (int64_t p = 0; p < length; ++p) {
