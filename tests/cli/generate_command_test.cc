@@ -1,10 +1,6 @@
 // Runs `v4rl generate` on the mixed_small fixture: greedy tokens equal transformers' generate,
 // right-padded prompts with `lengths`, sampled output equal to rollout::Generate's (padding after
 // a stop token with -1 and logprob 0), and one-line errors with non-zero exits on bad input.
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -12,30 +8,15 @@
 #include "core/safetensors.h"
 #include "gtest/gtest.h"
 #include "rollout/generate.h"
+#include "tests/testing/run_command.h"
 
 namespace v4rl {
 namespace {
 
 using core::DType;
 using core::Tensor;
-
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-RunResult RunV4rl(const std::string& arguments) {
-  const char* binary = std::getenv("V4RL_BINARY");
-  EXPECT_NE(binary, nullptr) << "V4RL_BINARY is set by ctest";
-  const std::string command = std::string(binary) + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  RunResult result{-1, ""};
-  std::array<char, 4096> buffer;
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) result.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using testing::CommandResult;
+using testing::RunV4rl;
 
 std::string Fixture(const std::string& file) {
   const char* root = std::getenv("V4RL_SOURCE_DIR");
@@ -91,7 +72,7 @@ class GenerateCommandTest : public ::testing::Test {
 };
 
 TEST_F(GenerateCommandTest, GreedyMatchesTransformers) {
-  const RunResult run = RunV4rl(Args("--max-new-tokens 12 --greedy --prefill-chunk 5"));
+  const CommandResult run = RunV4rl(Args("--max-new-tokens 12 --greedy --prefill-chunk 5"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const Tensor tokens = ReadTensor(output_, "tokens");
   const Tensor expected = ReadTensor(Fixture("reference.safetensors"), "decode_tokens");
@@ -109,7 +90,7 @@ TEST_F(GenerateCommandTest, SampledOutputEqualsTheLibraryAndPadsAfterStop) {
   ASSERT_EQ(RunV4rl(Args("--max-new-tokens 10 --temperature 0.8 --top-p 0.9 --top-k 20 --seed 5"))
                 .exit_code, 0);
   const int32_t stop = ReadTensor(output_, "tokens").data<int32_t>()[2];
-  const RunResult run = RunV4rl(Args("--max-new-tokens 10 --temperature 0.8 --top-p 0.9 "
+  const CommandResult run = RunV4rl(Args("--max-new-tokens 10 --temperature 0.8 --top-p 0.9 "
                                      "--top-k 20 --seed 5 --stop-tokens " +
                                      std::to_string(stop)));
   ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -144,7 +125,7 @@ TEST_F(GenerateCommandTest, SampledOutputEqualsTheLibraryAndPadsAfterStop) {
 
 TEST_F(GenerateCommandTest, BadInputsFailWithOneLine) {
   auto expect_error = [&](const std::string& rest, int code, const std::string& text) {
-    const RunResult run = RunV4rl(Args(rest));
+    const CommandResult run = RunV4rl(Args(rest));
     EXPECT_EQ(run.exit_code, code) << rest << "\n" << run.output;
     EXPECT_NE(run.output.find(text), std::string::npos) << rest << "\n" << run.output;
   };
