@@ -68,7 +68,11 @@ TEST(TopKTest, TiesPreferTheLowerIndex) {
   EXPECT_EQ(idx[0], 1);
   EXPECT_EQ(idx[1], 2);
   EXPECT_EQ(idx[2], 4);
-  plan::TopK(scores, 6, 5, idx, picked);  // NaN ranks after every real score
+  int32_t idx5[5];
+  float picked5[5];
+  plan::TopK(scores, 6, 5, idx5, picked5);  // NaN ranks after every real score
+  EXPECT_EQ(idx5[3], 3);
+  EXPECT_EQ(idx5[4], 0);
 }
 
 TEST(TopKTest, SelectsTheLargest) {
