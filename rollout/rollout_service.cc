@@ -1,0 +1,243 @@
+#include "rollout/rollout_service.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "protos/server_service.h"
+#include "rollout/generate.h"
+
+namespace v4rl::rollout {
+namespace {
+
+grpc::Status Invalid(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message);
+}
+
+// absl and gRPC share the canonical code numbering.
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// A validated GenerateRequest as rollout::Generate's inputs.
+struct GenerateCall {
+  std::vector<GenerationRequest> requests;
+  GenerateOptions options;
+};
+
+// Checks every field against `config` before the model sees any of it; the message names the
+// field, the value and the expectation.
+grpc::Status ToGenerateCall(const GenerateRequest& request, const model::ModelConfig& config,
+                            const RolloutServiceOptions& service_options, GenerateCall* call) {
+  if (request.prompts_size() == 0) return Invalid("prompts: empty batch");
+  if (request.prompts_size() > kMaxPromptsPerRequest) {
+    return Invalid(absl::StrFormat("prompts: %d prompts exceed the limit of %d",
+                                   request.prompts_size(), kMaxPromptsPerRequest));
+  }
+  int64_t cap = 0;
+  switch (request.mode()) {
+    case REASONING_MODE_NON_THINK:
+      cap = service_options.max_new_tokens_non_think;
+      break;
+    case REASONING_MODE_THINK_HIGH:
+      cap = service_options.max_new_tokens_think_high;
+      break;
+    case REASONING_MODE_THINK_MAX:
+      cap = service_options.max_new_tokens_think_max;
+      break;
+    default:
+      return Invalid(absl::StrFormat("mode: must be NON_THINK, THINK_HIGH or THINK_MAX, got %d",
+                                     request.mode()));
+  }
+  const SamplingParams& sampling = request.sampling();
+  if (sampling.max_new_tokens() < 0) {
+    return Invalid(
+        absl::StrFormat("sampling.max_new_tokens: %d, expected >= 0 (0 = the mode's "
+                        "budget of %d)",
+                        sampling.max_new_tokens(), cap));
+  }
+  GenerateOptions& options = call->options;
+  options.max_new_tokens =
+      sampling.max_new_tokens() == 0 ? cap : std::min<int64_t>(sampling.max_new_tokens(), cap);
+  options.prefill_chunk = service_options.prefill_chunk;
+  if (!std::isfinite(sampling.temperature()) || sampling.temperature() < 0) {
+    return Invalid(
+        absl::StrFormat("sampling.temperature: %g, expected 0 (greedy) or a finite value > 0",
+                        sampling.temperature()));
+  }
+  if (sampling.top_k() < 0) {
+    return Invalid(
+        absl::StrFormat("sampling.top_k: %d, expected >= 0 (0 = off)", sampling.top_k()));
+  }
+  options.sampling.greedy = sampling.temperature() == 0;
+  if (!options.sampling.greedy) {
+    if (!(sampling.top_p() > 0 && sampling.top_p() <= 1)) {
+      return Invalid(
+          absl::StrFormat("sampling.top_p: %g, expected in (0, 1] (1 = off)", sampling.top_p()));
+    }
+    options.sampling.temperature = sampling.temperature();
+    options.sampling.top_p = sampling.top_p();
+    options.sampling.top_k = sampling.top_k();
+  }
+  if (request.stop_tokens_size() > kMaxStopTokens) {
+    return Invalid(absl::StrFormat("stop_tokens: %d ids exceed the limit of %d",
+                                   request.stop_tokens_size(), kMaxStopTokens));
+  }
+  for (int i = 0; i < request.stop_tokens_size(); ++i) {
+    const int32_t id = request.stop_tokens(i);
+    if (id < 0 || id >= config.vocab_size) {
+      return Invalid(absl::StrFormat("stop_tokens[%d]: %d outside [0, vocab_size = %d)", i, id,
+                                     config.vocab_size));
+    }
+    options.stop_tokens.push_back(id);
+  }
+  call->requests.resize(request.prompts_size());
+  for (int b = 0; b < request.prompts_size(); ++b) {
+    const Prompt& prompt = request.prompts(b);
+    if (prompt.token_ids_size() == 0) {
+      return Invalid(absl::StrFormat("prompts[%d].token_ids: empty prompt", b));
+    }
+    const int64_t total = prompt.token_ids_size() + options.max_new_tokens;
+    if (total > config.max_position_embeddings) {
+      return Invalid(absl::StrFormat(
+          "prompts[%d]: prompt beyond the context: %d prompt tokens + max_new_tokens %d = %d "
+          "exceed max_position_embeddings = %d",
+          b, prompt.token_ids_size(), options.max_new_tokens, total,
+          config.max_position_embeddings));
+    }
+    for (int t = 0; t < prompt.token_ids_size(); ++t) {
+      const int32_t id = prompt.token_ids(t);
+      if (id < 0 || id >= config.vocab_size) {
+        return Invalid(absl::StrFormat("prompts[%d].token_ids[%d]: %d outside [0, vocab_size = %d)",
+                                       b, t, id, config.vocab_size));
+      }
+    }
+    call->requests[b].prompt.assign(prompt.token_ids().begin(), prompt.token_ids().end());
+    call->requests[b].seed = sampling.seed() + static_cast<uint64_t>(b);
+  }
+  return grpc::Status::OK;
+}
+
+void ToProto(const GenerationResult& result, const model::ModelConfig& config, int prompt_index,
+             int64_t version, int64_t max_new_tokens, GenerateResult* out) {
+  out->set_prompt_index(prompt_index);
+  out->mutable_tokens()->Assign(result.tokens.begin(), result.tokens.end());
+  out->mutable_sampling_logprobs()->Assign(result.sampling_logprobs.begin(),
+                                           result.sampling_logprobs.end());
+  out->mutable_model_logprobs()->Assign(result.model_logprobs.begin(), result.model_logprobs.end());
+  out->mutable_kept_counts()->Assign(result.kept_counts.begin(), result.kept_counts.end());
+  RoutingShape* routing = out->mutable_routing();
+  routing->set_num_moe_layers(static_cast<int32_t>(config.num_layers));
+  routing->set_num_topk(static_cast<int32_t>(config.num_experts_per_tok));
+  routing->set_num_experts(static_cast<int32_t>(config.num_routed_experts));
+  const int64_t row = config.num_layers * config.num_experts_per_tok;
+  out->set_num_positions(static_cast<int32_t>(row == 0 ? 0 : result.routed_experts.size() / row));
+  const int bytes_per_id = config.num_routed_experts <= 256 ? 1 : 2;
+  std::string packed(result.routed_experts.size() * bytes_per_id, '\0');
+  for (size_t i = 0; i < result.routed_experts.size(); ++i) {
+    const uint32_t id = static_cast<uint32_t>(result.routed_experts[i]);
+    packed[i * bytes_per_id] = static_cast<char>(id & 0xff);
+    if (bytes_per_id == 2) packed[i * 2 + 1] = static_cast<char>((id >> 8) & 0xff);
+  }
+  out->set_routed_experts(std::move(packed));
+  out->set_finish_reason(result.finish_reason == FinishReason::kStop ? FINISH_REASON_STOP
+                                                                     : FINISH_REASON_LENGTH);
+  out->set_weight_version(version);
+  out->set_max_new_tokens(static_cast<int32_t>(max_new_tokens));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RolloutServiceImpl>> RolloutServiceImpl::Create(
+    model::Model initial_model, int64_t version, RolloutServiceOptions options) {
+  const std::pair<const char*, int64_t> caps[] = {
+      {"max_new_tokens_non_think", options.max_new_tokens_non_think},
+      {"max_new_tokens_think_high", options.max_new_tokens_think_high},
+      {"max_new_tokens_think_max", options.max_new_tokens_think_max}};
+  for (const auto& [name, cap] : caps) {
+    if (cap < 1) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: %d, expected >= 1", name, cap));
+    }
+  }
+  if (options.prefill_chunk < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("prefill_chunk: %d, expected >= 0", options.prefill_chunk));
+  }
+  return std::unique_ptr<RolloutServiceImpl>(
+      new RolloutServiceImpl(std::move(initial_model), version, std::move(options)));
+}
+
+RolloutServiceImpl::RolloutServiceImpl(model::Model initial_model, int64_t version,
+                                       RolloutServiceOptions options)
+    : options_(std::move(options)),
+      snapshot_{std::make_shared<const model::Model>(std::move(initial_model)), version} {}
+
+RolloutServiceImpl::Snapshot RolloutServiceImpl::Current() const {
+  std::lock_guard<std::mutex> lock(snapshot_mutex_);
+  return snapshot_;
+}
+
+int64_t RolloutServiceImpl::version() const { return Current().version; }
+
+grpc::Status RolloutServiceImpl::Generate(grpc::ServerContext* context,
+                                          const GenerateRequest* request,
+                                          grpc::ServerWriter<GenerateResult>* writer) {
+  if (grpc::Status auth = protos::CheckToken(*context, options_.token); !auth.ok()) return auth;
+  // The whole call uses the weights served when it starts, even across an UpdateWeights.
+  const Snapshot snapshot = Current();
+  const model::ModelConfig& config = snapshot.model->config;
+  GenerateCall call;
+  if (grpc::Status status = ToGenerateCall(*request, config, options_, &call); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<std::vector<GenerationResult>> results;
+  {
+    std::lock_guard<std::mutex> lock(generate_mutex_);
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    results = rollout::Generate(*snapshot.model, call.requests, call.options);
+  }
+  if (!results.ok()) return ToGrpc(results.status());
+  for (size_t b = 0; b < results->size(); ++b) {
+    GenerateResult out;
+    ToProto((*results)[b], config, static_cast<int>(b), snapshot.version,
+            call.options.max_new_tokens, &out);
+    if (!writer->Write(out)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "client stopped reading the stream");
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::UpdateWeights(grpc::ServerContext* context,
+                                               const UpdateWeightsRequest* request,
+                                               UpdateWeightsResponse* response) {
+  if (grpc::Status auth = protos::CheckToken(*context, options_.token); !auth.ok()) return auth;
+  if (request->checkpoint_dir().empty()) return Invalid("checkpoint_dir: empty path");
+  // Checked before the (slow) load, and again at the swap against concurrent updates.
+  const auto stale = [&](int64_t served) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrFormat("version: %d must exceed the served version %d",
+                                        request->version(), served));
+  };
+  if (const int64_t served = version(); request->version() <= served) return stale(served);
+  absl::StatusOr<model::Model> loaded = model::Model::Load(request->checkpoint_dir());
+  if (!loaded.ok()) {
+    return ToGrpc(absl::Status(loaded.status().code(),
+                               absl::StrFormat("checkpoint_dir %s: %s", request->checkpoint_dir(),
+                                               loaded.status().message())));
+  }
+  Snapshot replaced;  // freed after the lock, unless a running call still holds it
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mutex_);
+    if (request->version() <= snapshot_.version) return stale(snapshot_.version);
+    replaced = std::exchange(
+        snapshot_,
+        Snapshot{std::make_shared<const model::Model>(*std::move(loaded)), request->version()});
+  }
+  response->set_version(request->version());
+  return grpc::Status::OK;
+}
+
+}  // namespace v4rl::rollout
