@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -16,9 +15,9 @@
 #include "kernels/cpu/token_losses.h"
 #include "learner/checkpoint.h"
 #include "learner/loss_spike_detector.h"
+#include "learner/trainable_parameters.h"
 #include "model/backward.h"
 #include "model/init.h"
-#include "model/params.h"
 #include "model/save.h"
 #include "rollout/generate.h"
 
@@ -56,28 +55,6 @@ absl::StatusOr<SftData> LoadData(const SftOptions& options, int64_t vocab_size) 
   data.eval.assign(all.end() - held_out, all.end());
   data.dataset_train.assign(all.begin(), all.end() - held_out);
   return data;
-}
-
-// Parameters paired with their gradient slots, in VisitParams order (main model only).
-std::vector<TrainableParameter> TrainableParameters(model::Model& model, model::ModelWeights& grads) {
-  std::vector<std::pair<std::string, core::Tensor*>> values, gradients;
-  model::VisitParams(model.config, &model.weights, /*include_mtp=*/false,
-                     [&](const model::ParamSpec& spec, core::Tensor* slot) {
-                       if (model::IsTrainable(spec)) values.emplace_back(spec.name, slot);
-                     });
-  model::VisitParams(model.config, &grads, false, [&](const model::ParamSpec& spec, core::Tensor* slot) {
-    if (model::IsTrainable(spec)) gradients.emplace_back(spec.name, slot);
-  });
-  V4RL_CHECK_EQ(values.size(), gradients.size());
-  std::vector<TrainableParameter> parameters;
-  for (size_t i = 0; i < values.size(); ++i) {
-    parameters.push_back({values[i].first, values[i].second->view(), gradients[i].second->view()});
-  }
-  return parameters;
-}
-
-void ZeroGradients(const std::vector<TrainableParameter>& parameters) {
-  for (const TrainableParameter& p : parameters) std::memset(p.grad.data, 0, p.grad.nbytes());
 }
 
 // One optimisation step's loss and gradients (added into the parameters' grad views).
