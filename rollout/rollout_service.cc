@@ -1,7 +1,10 @@
 #include "rollout/rollout_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <iterator>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -120,6 +123,15 @@ grpc::Status ToGenerateCall(const GenerateRequest& request, const model::ModelCo
   return grpc::Status::OK;
 }
 
+// Calls with equal options (and the same model) can share one rollout::Generate: each sequence's
+// tokens depend only on its prompt and seed, never on the rest of the batch.
+bool SameOptions(const GenerateOptions& a, const GenerateOptions& b) {
+  return a.max_new_tokens == b.max_new_tokens && a.sampling.greedy == b.sampling.greedy &&
+         a.sampling.temperature == b.sampling.temperature && a.sampling.top_p == b.sampling.top_p &&
+         a.sampling.top_k == b.sampling.top_k && a.stop_tokens == b.stop_tokens &&
+         a.prefill_chunk == b.prefill_chunk;
+}
+
 void ToProto(const GenerationResult& result, const model::ModelConfig& config, int prompt_index,
              int64_t version, int64_t max_new_tokens, GenerateResult* out) {
   out->set_prompt_index(prompt_index);
@@ -161,6 +173,10 @@ absl::StatusOr<std::unique_ptr<RolloutServiceImpl>> RolloutServiceImpl::Create(
       return absl::InvalidArgumentError(absl::StrFormat("%s: %d, expected >= 1", name, cap));
     }
   }
+  if (options.batch_window_us < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("batch_window_us: %d, expected >= 0", options.batch_window_us));
+  }
   if (options.prefill_chunk < 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("prefill_chunk: %d, expected >= 0", options.prefill_chunk));
@@ -174,12 +190,87 @@ RolloutServiceImpl::RolloutServiceImpl(model::Model initial_model, int64_t versi
     : options_(std::move(options)),
       snapshot_{std::make_shared<const model::Model>(std::move(initial_model)), version} {}
 
+// One Generate call waiting in queue_. Owned by its handler's stack; `model`, `requests` and
+// `options` stay valid until `done`.
+struct RolloutServiceImpl::PendingCall {
+  const model::Model* model = nullptr;
+  const std::vector<GenerationRequest>* requests = nullptr;
+  const GenerateOptions* options = nullptr;
+  absl::StatusOr<std::vector<GenerationResult>> results;
+  bool done = false;
+};
+
 RolloutServiceImpl::Snapshot RolloutServiceImpl::Current() const {
   std::lock_guard<std::mutex> lock(snapshot_mutex_);
   return snapshot_;
 }
 
 int64_t RolloutServiceImpl::version() const { return Current().version; }
+
+int64_t RolloutServiceImpl::batches_run() const {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  return batches_run_;
+}
+
+absl::StatusOr<std::vector<GenerationResult>> RolloutServiceImpl::GenerateBatched(
+    const std::shared_ptr<const model::Model>& model,
+    const std::vector<GenerationRequest>& requests, const GenerateOptions& options) {
+  PendingCall self;
+  self.model = model.get();
+  self.requests = &requests;
+  self.options = &options;
+  std::unique_lock<std::mutex> lock(queue_mutex_);
+  queue_.push_back(&self);
+  while (!self.done) {
+    if (batch_running_) {
+      queue_cv_.wait(lock);
+      continue;
+    }
+    // This thread runs the next batch, which need not contain its own call (the loop goes on).
+    batch_running_ = true;
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::microseconds(options_.batch_window_us));
+    lock.lock();
+    const PendingCall* first = queue_.front();
+    std::vector<PendingCall*> batch;
+    size_t num_sequences = 0;  // bounded like one request's batch
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if ((*it)->model == first->model && SameOptions(*(*it)->options, *first->options) &&
+          (batch.empty() || num_sequences + (*it)->requests->size() <= kMaxPromptsPerRequest)) {
+        num_sequences += (*it)->requests->size();
+        batch.push_back(*it);
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    ++batches_run_;
+    lock.unlock();
+    std::vector<GenerationRequest> all;
+    for (const PendingCall* call : batch) {
+      all.insert(all.end(), call->requests->begin(), call->requests->end());
+    }
+    absl::StatusOr<std::vector<GenerationResult>> results =
+        rollout::Generate(*first->model, all, *first->options);
+    lock.lock();
+    size_t offset = 0;
+    for (PendingCall* call : batch) {
+      const size_t count = call->requests->size();
+      if (results.ok()) {
+        call->results = std::vector<GenerationResult>(
+            std::make_move_iterator(results->begin() + offset),
+            std::make_move_iterator(results->begin() + offset + count));
+      } else {
+        call->results = results.status();
+      }
+      offset += count;
+      call->done = true;
+    }
+    batch_running_ = false;
+    queue_cv_.notify_all();
+  }
+  return std::move(self.results);
+}
 
 grpc::Status RolloutServiceImpl::Generate(grpc::ServerContext* context,
                                           const GenerateRequest* request,
@@ -192,12 +283,9 @@ grpc::Status RolloutServiceImpl::Generate(grpc::ServerContext* context,
   if (grpc::Status status = ToGenerateCall(*request, config, options_, &call); !status.ok()) {
     return status;
   }
-  absl::StatusOr<std::vector<GenerationResult>> results;
-  {
-    std::lock_guard<std::mutex> lock(generate_mutex_);
-    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-    results = rollout::Generate(*snapshot.model, call.requests, call.options);
-  }
+  if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+  absl::StatusOr<std::vector<GenerationResult>> results =
+      GenerateBatched(snapshot.model, call.requests, call.options);
   if (!results.ok()) return ToGrpc(results.status());
   for (size_t b = 0; b < results->size(); ++b) {
     GenerateResult out;

@@ -9,24 +9,34 @@
 // max_new_tokens of 0 takes its mode's cap, a larger value is clamped to it.
 //
 // Greedy decoding is temperature == 0 (proto3's unset value); sampling needs temperature > 0,
-// top_p in (0, 1], top_k >= 0. Sequence i of a request samples with the stream seed + i.
+// top_p in (0, 1], top_k >= 0. prompts[i] samples with the seed sampling.seed + i.
 //
 // Ownership: the service owns the served model through a shared_ptr; a Generate call copies that
 // pointer when it starts, so an UpdateWeights during it neither blocks on it nor changes its
 // outputs, and the old weights are freed when the last call using them ends.
-// Thread-safety: gRPC may call both methods concurrently. Generate calls run one after another
-// (a mutex serialises them; batching concurrent calls into one rollout::Generate is future
-// work). UpdateWeights loads without holding any lock and swaps under a short one.
+// Batching: one rollout::Generate runs at a time. A call waits batch_window_us for others to
+// arrive, then the oldest waiting call runs together with every waiting call that has the same
+// weights and the same generation options (budget, sampling parameters, stop tokens), up to
+// kMaxPromptsPerRequest sequences in all; results are the same as alone, since a sequence's
+// tokens depend only on its prompt and seed. Calls with other options run in a later batch.
+// (Continuous batching inside the engine, where sequences join and leave a running decode, is
+// future work.)
+// Thread-safety: gRPC may call every method concurrently. UpdateWeights loads without holding any
+// lock and swaps under a short one.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/forward.h"
 #include "protos/rollout_service.grpc.pb.h"
+#include "rollout/generate.h"
 
 namespace v4rl::rollout {
 
@@ -38,6 +48,8 @@ struct RolloutServiceOptions {
   int64_t max_new_tokens_non_think = 256;
   int64_t max_new_tokens_think_high = 1024;
   int64_t max_new_tokens_think_max = 4096;
+  // How long a call waits for others to batch with; >= 0. Adds that much latency to a lone call.
+  int64_t batch_window_us = 2000;
   // Prompt tokens a sequence feeds per step (rollout::GenerateOptions::prefill_chunk); >= 0.
   int64_t prefill_chunk = 0;
   // Shared secret required from clients ("authorization: Bearer <token>"); empty = none.
@@ -59,6 +71,8 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
 
   // The version now served (calls already running may still use an older one).
   int64_t version() const;
+  // rollout::Generate calls run so far (fewer than Generate RPCs when calls were batched).
+  int64_t batches_run() const;
 
  private:
   struct Snapshot {
@@ -67,12 +81,22 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
   };
 
   RolloutServiceImpl(model::Model initial_model, int64_t version, RolloutServiceOptions options);
+  struct PendingCall;
+
   Snapshot Current() const;
+  // Queues the call and returns its results, running it in a batch with others (see above).
+  absl::StatusOr<std::vector<GenerationResult>> GenerateBatched(
+      const std::shared_ptr<const model::Model>& model,
+      const std::vector<GenerationRequest>& requests, const GenerateOptions& options);
 
   const RolloutServiceOptions options_;
   mutable std::mutex snapshot_mutex_;  // guards snapshot_
   Snapshot snapshot_;
-  std::mutex generate_mutex_;  // serialises Generate calls
+  mutable std::mutex queue_mutex_;    // guards the members below
+  std::condition_variable queue_cv_;  // signalled when a batch finishes
+  std::deque<PendingCall*> queue_;    // waiting calls, oldest first
+  bool batch_running_ = false;
+  int64_t batches_run_ = 0;
 };
 
 }  // namespace v4rl::rollout

@@ -1,7 +1,8 @@
 // The Rollout service over real gRPC on loopback with a tiny random model: streamed results equal
 // a direct rollout::Generate call, the per-mode length budget, INVALID_ARGUMENT for malformed
-// requests (the server keeps serving), UpdateWeights (versions, new outputs, every call on one
-// version while updates race it), standard health checking and the shared token.
+// requests (the server keeps serving), batching of concurrent calls, UpdateWeights (versions, new
+// outputs, every call on one version while updates race it), standard health checking and the
+// shared token.
 #include "rollout/rollout_service.h"
 
 #include <thread>
@@ -303,6 +304,47 @@ TEST_F(RolloutServiceTest, EachCallRunsOnOneVersionWhileUpdatesRace) {
       ExpectEqual(results[i][b], (version == 1 ? want_a : want_b)[b], b);
     }
   }
+}
+
+// Concurrent calls with equal options share one rollout::Generate (a long window makes them
+// meet); a call with other options runs in a batch of its own; every output is as if alone.
+TEST(RolloutServiceBatching, ConcurrentCallsWithEqualOptionsShareABatch) {
+  RolloutServiceOptions options = TestOptions();
+  options.batch_window_us = 300000;
+  const model::Model model = TestModel(1);
+  auto service = RolloutServiceImpl::Create(model, 1, options);
+  ASSERT_TRUE(service.ok());
+  auto running = protos::StartServer({service->get()});
+  ASSERT_TRUE(running.ok());
+  auto stub = v4rl::RolloutService::NewStub(
+      grpc::CreateChannel(running->address(), grpc::InsecureChannelCredentials()));
+  constexpr int kCalls = 5;  // the last one greedy
+  std::vector<GenerateRequest> requests(kCalls, TestRequest());
+  for (int i = 0; i < kCalls; ++i) requests[i].mutable_sampling()->set_seed(100 * i);
+  requests[kCalls - 1].mutable_sampling()->set_temperature(0);
+  std::vector<std::vector<GenerateResult>> results(kCalls);
+  std::vector<grpc::Status> statuses(kCalls);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext context;
+      auto reader = stub->Generate(&context, requests[i]);
+      GenerateResult result;
+      while (reader->Read(&result)) results[i].push_back(result);
+      statuses[i] = reader->Finish();
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    const std::vector<GenerationResult> want = DirectGenerate(model, requests[i], 6);
+    ASSERT_EQ(results[i].size(), want.size());
+    for (int b = 0; b < static_cast<int>(want.size()); ++b) ExpectEqual(results[i][b], want[b], b);
+  }
+  // Two batches when every call arrives within the window; one straggler makes three.
+  EXPECT_GE((*service)->batches_run(), 2);
+  EXPECT_LE((*service)->batches_run(), 3);
+  running->server->Shutdown();
 }
 
 TEST_F(RolloutServiceTest, HealthCheckReportsServing) {
