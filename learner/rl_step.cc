@@ -1,6 +1,7 @@
 #include "learner/rl_step.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 
@@ -78,6 +79,27 @@ absl::Status ValidateSamples(const model::ModelConfig& config,
   return absl::OkStatus();
 }
 
+// Lags are known where both versions are (>= 0).
+absl::Status CheckLags(absl::Span<const RolloutSample> samples, const RlStepOptions& options) {
+  if (options.current_version < 0) return absl::OkStatus();
+  for (size_t i = 0; i < samples.size(); ++i) {
+    if (samples[i].weight_version < 0) continue;
+    const int64_t lag = options.current_version - samples[i].weight_version;
+    if (lag < 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "rl step: sample %d has weight_version %d, newer than the policy's current_version %d",
+          i, samples[i].weight_version, options.current_version));
+    }
+    if (options.max_lag >= 0 && lag > options.max_lag) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "rl step: sample %d from weight_version %d lags the policy's version %d by %d, more "
+          "than max_lag %d", i, samples[i].weight_version, options.current_version, lag,
+          options.max_lag));
+    }
+  }
+  return absl::OkStatus();
+}
+
 PackedBatch Pack(const model::ModelConfig& config, absl::Span<const RolloutSample> samples,
                  bool keep_routing, bool keep_sampling_mask) {
   PackedBatch p;
@@ -90,7 +112,9 @@ PackedBatch Pack(const model::ModelConfig& config, absl::Span<const RolloutSampl
   p.targets.assign(B * W, -1);
   p.kept_counts.assign(B * W, 0);
   if (keep_routing) {
-    for (int64_t l = 0; l < L; ++l) p.routing.push_back(core::Tensor::Empty(core::DType::kI32, {B, W, k}));
+    for (int64_t l = 0; l < L; ++l) {
+      p.routing.push_back(core::Tensor::Empty(core::DType::kI32, {B, W, k}));
+    }
   }
   int32_t* ids = p.input_ids.data<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
@@ -135,6 +159,24 @@ std::vector<float> RowLogprobs(const core::Tensor& logits, const PackedBatch& p,
   return logprobs;
 }
 
+// RowLogprobs, except that a row whose target fell out of the policy's kept set (the policy
+// drifted since sampling: its kept_counts largest logits no longer hold the sampled token, which
+// the sampler's own set did) is scored over the full vocabulary instead of getting -inf; such
+// rows get kept_counts 0 in `p` so the backward and the reference use the same support.
+// Returns the logprobs and counts the rows in *fallbacks.
+std::vector<float> PolicyRowLogprobs(const core::Tensor& logits, PackedBatch& p, int64_t vocab,
+                                     int64_t* fallbacks) {
+  std::vector<float> logprobs = RowLogprobs(logits, p, vocab);
+  *fallbacks = 0;
+  for (int64_t r = 0; r < p.batch * p.width; ++r) {
+    if (std::isinf(logprobs[r])) {
+      p.kept_counts[r] = 0;
+      ++*fallbacks;
+    }
+  }
+  return *fallbacks == 0 ? logprobs : RowLogprobs(logits, p, vocab);
+}
+
 // Sets reference_logits[r, j] = -inf for every token j outside the policy's kept set of row r
 // (its kept_counts[r] largest logits, ties towards the lower id, as kernels/cpu/sampling.h keeps
 // them): the reference is then scored over the policy's action subspace.
@@ -172,10 +214,12 @@ absl::StatusOr<std::vector<std::vector<float>>> ScoreCompletions(
     const model::Model& model, absl::Span<const RolloutSample> samples, bool keep_routing,
     bool keep_sampling_mask) {
   V4RL_RETURN_IF_ERROR(ValidateSamples(model.config, samples, keep_routing, keep_sampling_mask));
-  const PackedBatch p = Pack(model.config, samples, keep_routing, keep_sampling_mask);
+  PackedBatch p = Pack(model.config, samples, keep_routing, keep_sampling_mask);
   V4RL_ASSIGN_OR_RETURN(model::ForwardOutput forward,
                         model::Forward(model, p.input_ids.view(), ReplayOptions(p)));
-  return PerSample(RowLogprobs(forward.logits, p, model.config.vocab_size), p, samples);
+  int64_t fallbacks = 0;
+  return PerSample(PolicyRowLogprobs(forward.logits, p, model.config.vocab_size, &fallbacks), p,
+                   samples);
 }
 
 absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
@@ -200,7 +244,8 @@ absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
         reference->config.num_experts_per_tok, config.vocab_size, config.num_layers,
         config.num_experts_per_tok));
   }
-  const PackedBatch p = Pack(config, samples, options.keep_routing, options.keep_sampling_mask);
+  V4RL_RETURN_IF_ERROR(CheckLags(samples, options));
+  PackedBatch p = Pack(config, samples, options.keep_routing, options.keep_sampling_mask);
   const int64_t rows = p.batch * p.width, vocab = config.vocab_size;
 
   model::ForwardOptions forward_options = ReplayOptions(p);
@@ -212,7 +257,9 @@ absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
   V4RL_ASSIGN_OR_RETURN(model::ForwardOutput forward,
                         model::Forward(policy, p.input_ids.view(), forward_options));
   RlStepResult result;
-  result.learner_logprobs = PerSample(RowLogprobs(forward.logits, p, vocab), p, samples);
+  RlStepMetrics& m = result.metrics;
+  result.learner_logprobs = PerSample(
+      PolicyRowLogprobs(forward.logits, p, vocab, &m.kept_set_fallbacks), p, samples);
 
   std::vector<std::vector<float>> reference_logprobs(samples.size());
   if (use_reference) {
@@ -221,7 +268,8 @@ absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
     RestrictToPolicySupport(forward.logits, p, vocab, ref_forward.logits);
     PackedBatch full_vocab_rows = p;
     std::fill(full_vocab_rows.kept_counts.begin(), full_vocab_rows.kept_counts.end(), 0);
-    reference_logprobs = PerSample(RowLogprobs(ref_forward.logits, full_vocab_rows, vocab), p, samples);
+    reference_logprobs =
+        PerSample(RowLogprobs(ref_forward.logits, full_vocab_rows, vocab), p, samples);
   }
 
   std::vector<GrpoSequence> sequences;
@@ -244,7 +292,6 @@ absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
   model::Backward(policy, p.input_ids.view(), forward, dlogits.view(),
                   {.recompute = options.recompute}, grads);
 
-  RlStepMetrics& m = result.metrics;
   m.loss = grpo.loss;
   m.mean_ratio = grpo.mean_ratio;
   m.clip_fraction = grpo.clip_fraction;

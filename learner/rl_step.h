@@ -51,6 +51,8 @@ struct RlStepOptions {
   bool keep_sampling_mask = true;
   // The policy's current weight version, for per-sample lag; -1 = unknown. Default: -1.
   int64_t current_version = -1;
+  // Largest accepted lag current_version - weight_version; -1 = unbounded. Default: -1.
+  int64_t max_lag = -1;
   // Backward recomputes block activations instead of keeping them (model/backward.h).
   bool recompute = false;
 };
@@ -63,6 +65,9 @@ struct RlStepMetrics {
   double opsm_fraction = 0;  // samples dropped by off-policy sequence masking
   double mean_reward = 0;
   int64_t num_tokens = 0;
+  // Tokens no longer among the policy's kept_counts largest logits, scored over the full
+  // vocabulary instead (see ScoreCompletions).
+  int64_t kept_set_fallbacks = 0;
   // Per sample, current_version - weight_version; -1 where either is unknown.
   std::vector<int64_t> lags;
   int64_t max_lag = -1;  // -1 when no lag is known
@@ -76,7 +81,11 @@ struct RlStepResult {
 };
 
 // Per sample [n] logprobs of the completion tokens under `model`, with the rollout's routing
-// replayed (keep_routing) and over its kept sets (keep_sampling_mask). Errors as RlLossAndGradients.
+// replayed (keep_routing) and over its kept sets (keep_sampling_mask). The kept set is rebuilt from
+// its size as the model's kept_counts largest logits (ties towards the lower id), which is the
+// sampler's set while the model is the one that sampled; a token that has left it (the model
+// drifted) is scored over the full vocabulary rather than getting -inf.
+// Errors as RlLossAndGradients.
 absl::StatusOr<std::vector<std::vector<float>>> ScoreCompletions(
     const model::Model& model, absl::Span<const RolloutSample> samples, bool keep_routing,
     bool keep_sampling_mask);
@@ -87,7 +96,8 @@ absl::StatusOr<std::vector<std::vector<float>>> ScoreCompletions(
 // completion; a token id outside [0, vocab_size); rollout_logprobs (or kept_counts, with
 // keep_sampling_mask) not of length n; a negative kept count; routed_experts (with keep_routing)
 // not of size (prompt_len + n - 1) * num_layers * k; a missing reference while kl_coef > 0 or one
-// with another vocabulary or layer count; and those of model::Forward and GrpoLoss.
+// with another vocabulary or layer count; a weight_version above current_version; and those of
+// model::Forward and GrpoLoss. FailedPrecondition when a sample's lag exceeds options.max_lag.
 absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
                                                 const model::Model* reference,
                                                 absl::Span<const RolloutSample> samples,

@@ -10,15 +10,17 @@
 
 namespace v4rl::learner {
 
-std::vector<TrainableParameter> TrainableParameters(model::Model& model, model::ModelWeights& grads) {
+std::vector<TrainableParameter> TrainableParameters(model::Model& model,
+                                                    model::ModelWeights& grads) {
   std::vector<std::pair<std::string, core::Tensor*>> values, gradients;
   model::VisitParams(model.config, &model.weights, /*include_mtp=*/false,
                      [&](const model::ParamSpec& spec, core::Tensor* slot) {
                        if (model::IsTrainable(spec)) values.emplace_back(spec.name, slot);
                      });
-  model::VisitParams(model.config, &grads, false, [&](const model::ParamSpec& spec, core::Tensor* slot) {
-    if (model::IsTrainable(spec)) gradients.emplace_back(spec.name, slot);
-  });
+  model::VisitParams(model.config, &grads, /*include_mtp=*/false,
+                     [&](const model::ParamSpec& spec, core::Tensor* slot) {
+                       if (model::IsTrainable(spec)) gradients.emplace_back(spec.name, slot);
+                     });
   V4RL_CHECK_EQ(values.size(), gradients.size());
   std::vector<TrainableParameter> parameters;
   for (size_t i = 0; i < values.size(); ++i) {

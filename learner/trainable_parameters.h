@@ -16,7 +16,8 @@ namespace v4rl::learner {
 
 // Every parameter model::IsTrainable accepts (main model only, no MTP), in VisitParams order,
 // with its f32 value and its slot in `grads`.
-std::vector<TrainableParameter> TrainableParameters(model::Model& model, model::ModelWeights& grads);
+std::vector<TrainableParameter> TrainableParameters(model::Model& model,
+                                                    model::ModelWeights& grads);
 
 // Sets every gradient view to zero (model::Backward adds to them).
 void ZeroGradients(const std::vector<TrainableParameter>& parameters);
