@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "core/status.h"
@@ -150,12 +151,14 @@ model::ForwardOptions ReplayOptions(const PackedBatch& p) {
   return options;
 }
 
-// Per-row logprobs [B·W] of the targets over `logits` [B·W, V] (kept sets where kept_counts > 0).
-std::vector<float> RowLogprobs(const core::Tensor& logits, const PackedBatch& p, int64_t vocab) {
+// Per-row logprobs [B·W] of the targets over `logits` [B·W, V]: over the kept sets of
+// kept_counts [B·W] i32 where > 0, over the full vocabulary where 0 or with nullptr.
+std::vector<float> RowLogprobs(const core::Tensor& logits, const PackedBatch& p,
+                               const int32_t* kept_counts, int64_t vocab) {
   std::vector<float> logprobs(p.batch * p.width);
-  kernels::cpu::TokenLogprobsRef<float>(logits.data<float>(), p.targets.data(),
-                                        p.kept_counts.data(), p.batch * p.width, vocab,
-                                        logprobs.data(), nullptr, &core::ThreadPool::Default());
+  kernels::cpu::TokenLogprobsRef<float>(logits.data<float>(), p.targets.data(), kept_counts,
+                                        p.batch * p.width, vocab, logprobs.data(), nullptr,
+                                        &core::ThreadPool::Default());
   return logprobs;
 }
 
@@ -166,7 +169,7 @@ std::vector<float> RowLogprobs(const core::Tensor& logits, const PackedBatch& p,
 // Returns the logprobs and counts the rows in *fallbacks.
 std::vector<float> PolicyRowLogprobs(const core::Tensor& logits, PackedBatch& p, int64_t vocab,
                                      int64_t* fallbacks) {
-  std::vector<float> logprobs = RowLogprobs(logits, p, vocab);
+  std::vector<float> logprobs = RowLogprobs(logits, p, p.kept_counts.data(), vocab);
   *fallbacks = 0;
   for (int64_t r = 0; r < p.batch * p.width; ++r) {
     if (std::isinf(logprobs[r])) {
@@ -174,7 +177,7 @@ std::vector<float> PolicyRowLogprobs(const core::Tensor& logits, PackedBatch& p,
       ++*fallbacks;
     }
   }
-  return *fallbacks == 0 ? logprobs : RowLogprobs(logits, p, vocab);
+  return *fallbacks == 0 ? logprobs : RowLogprobs(logits, p, p.kept_counts.data(), vocab);
 }
 
 // Sets reference_logits[r, j] = -inf for every token j outside the policy's kept set of row r
@@ -266,10 +269,7 @@ absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
     V4RL_ASSIGN_OR_RETURN(model::ForwardOutput ref_forward,
                           model::Forward(*reference, p.input_ids.view(), ReplayOptions(p)));
     RestrictToPolicySupport(forward.logits, p, vocab, ref_forward.logits);
-    PackedBatch full_vocab_rows = p;
-    std::fill(full_vocab_rows.kept_counts.begin(), full_vocab_rows.kept_counts.end(), 0);
-    reference_logprobs =
-        PerSample(RowLogprobs(ref_forward.logits, full_vocab_rows, vocab), p, samples);
+    reference_logprobs = PerSample(RowLogprobs(ref_forward.logits, p, nullptr, vocab), p, samples);
   }
 
   std::vector<GrpoSequence> sequences;

@@ -107,7 +107,7 @@ absl::StatusOr<RlStepResult> RlLossAndGradients(const model::Model& policy,
 // A whole learner step: zeroes the gradients of `parameters` (views of `policy` and of `grads`,
 // see learner/trainable_parameters.h), RlLossAndGradients, clips the global gradient norm to
 // grad_clip (<= 0: no clipping), and applies optimizer.Step(lr). Errors as RlLossAndGradients;
-// on an error nothing is updated.
+// on an error the parameters and the optimizer state are left as they were.
 absl::StatusOr<RlStepResult> RlStep(const model::Model& policy, const model::Model* reference,
                                     absl::Span<const RolloutSample> samples,
                                     const RlStepOptions& options,
