@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
 #include "cli/flags.h"
+#include "cli/model_io.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 #include "rollout/generate.h"
@@ -36,15 +37,8 @@ using core::Tensor;
 
 constexpr int32_t kPadToken = -1;
 
-int Fail(const std::string& message) {
-  std::cerr << "v4rl generate: " << message << "\n";
-  return 1;
-}
-
-int UsageError(const std::string& message) {
-  std::cerr << "v4rl generate: " << message << "\n";
-  return 2;
-}
+int Fail(const std::string& message) { return CommandError("generate", message); }
+int UsageError(const std::string& message) { return CommandError("generate", message, 2); }
 
 // Element i of a CPU int32/int64 tensor.
 int64_t IntAt(const Tensor& t, int64_t i) {
@@ -194,14 +188,14 @@ int RunGenerate(const std::vector<std::string>& args) {
     return UsageError("--greedy excludes --temperature, --top-p, --top-k and --seed");
   }
   if (seed < 0) return UsageError("--seed must be >= 0, got " + std::to_string(seed));
-  if (threads < 0) return UsageError("--threads must be >= 0, got " + std::to_string(threads));
+  if (absl::Status status = ApplyThreadsFlag(threads); !status.ok()) {
+    return UsageError(std::string(status.message()));
+  }
   if (top_k < 0 || top_k > INT32_MAX) {
     return UsageError("--top-k must be in [0, 2^31), got " + std::to_string(top_k));
   }
   absl::StatusOr<std::vector<int32_t>> stop_tokens = ParseTokenList(stop_text);
   if (!stop_tokens.ok()) return UsageError(std::string(stop_tokens.status().message()));
-  // The process pool reads this once, on its first use (below).
-  if (threads > 0) setenv("V4RL_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
   rollout::GenerateOptions options;
   options.max_new_tokens = max_new_tokens;

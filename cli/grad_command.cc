@@ -9,27 +9,13 @@
 
 #include "cli/command.h"
 #include "cli/flags.h"
+#include "cli/model_io.h"
 #include "core/safetensors.h"
 #include "model/checkpoint_gradients.h"
 #include "model/next_token_loss.h"
 
 namespace v4rl::cli {
 namespace {
-
-int Fail(const std::string& message) {
-  std::cerr << "v4rl grad: " << message << "\n";
-  return 1;
-}
-
-// One tensor of `file` by name.
-absl::StatusOr<core::Tensor> ReadTensor(const core::SafetensorsFile& file,
-                                        const std::string& name) {
-  const core::SafetensorsEntry* entry = file.Find(name);
-  if (entry == nullptr) {
-    return absl::InvalidArgumentError(file.path() + " has no tensor '" + name + "'");
-  }
-  return file.Read(*entry);
-}
 
 int RunGrad(const std::vector<std::string>& args) {
   FlagParser parser(
@@ -60,30 +46,27 @@ int RunGrad(const std::vector<std::string>& args) {
     std::cerr << "v4rl grad: --model, --input and --output are required\n" << parser.Help();
     return 2;
   }
-  if (threads < 0) {
-    std::cerr << "v4rl grad: --threads must be >= 0, got " << threads << "\n";
-    return 2;
+  if (absl::Status status = ApplyThreadsFlag(threads); !status.ok()) {
+    return CommandError("grad", std::string(status.message()), 2);
   }
-  // The process pool reads this once, on its first use (below).
-  if (threads > 0) setenv("V4RL_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
   absl::StatusOr<model::Model> loaded = model::Model::Load(model_dir);
-  if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
+  if (!loaded.ok()) return CommandError("grad", std::string(loaded.status().message()));
   const model::Model& model = *loaded;
   auto input = core::SafetensorsFile::Open(input_path);
-  if (!input.ok()) return Fail(std::string(input.status().message()));
-  absl::StatusOr<core::Tensor> ids = ReadTensor(**input, "input_ids");
-  if (!ids.ok()) return Fail(std::string(ids.status().message()));
+  if (!input.ok()) return CommandError("grad", std::string(input.status().message()));
+  absl::StatusOr<core::Tensor> ids = ReadNamedTensor(**input, "input_ids");
+  if (!ids.ok()) return CommandError("grad", std::string(ids.status().message()));
 
   model::NextTokenLossOptions options;
   options.backward.recompute = recompute;
   core::Tensor routed;
   if (replay_routing) {
-    absl::StatusOr<core::Tensor> read = ReadTensor(**input, "routed_experts");
-    if (!read.ok()) return Fail(std::string(read.status().message()));
+    absl::StatusOr<core::Tensor> read = ReadNamedTensor(**input, "routed_experts");
+    if (!read.ok()) return CommandError("grad", std::string(read.status().message()));
     routed = *std::move(read);
     if (routed.rank() != 4 || routed.size(0) != model.config.num_layers) {
-      return Fail("routed_experts must be [layers = " + std::to_string(model.config.num_layers) +
+      return CommandError("grad", "routed_experts must be [layers = " + std::to_string(model.config.num_layers) +
                   ", B, T, k], got " + routed.view().DebugString());
     }
     // Forward checks each layer's shape, dtype and expert ids.
@@ -94,21 +77,21 @@ int RunGrad(const std::vector<std::string>& args) {
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<model::NextTokenLossResult> result =
       model::NextTokenLossAndGradients(model, ids->view(), options);
-  if (!result.ok()) return Fail(std::string(result.status().message()));
+  if (!result.ok()) return CommandError("grad", std::string(result.status().message()));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   auto directory = core::TensorDirectory::Open(model_dir);
-  if (!directory.ok()) return Fail(std::string(directory.status().message()));
+  if (!directory.ok()) return CommandError("grad", std::string(directory.status().message()));
   absl::StatusOr<std::vector<model::NamedGradient>> named =
       model::CheckpointGradients(model.config, result->grads, **directory);
-  if (!named.ok()) return Fail(std::string(named.status().message()));
+  if (!named.ok()) return CommandError("grad", std::string(named.status().message()));
   const core::Tensor loss = core::Tensor::FromFloats({1}, {static_cast<float>(result->loss)});
   std::vector<core::NamedTensor> tensors = {{"loss", loss.view()}};
   for (const model::NamedGradient& g : *named)
     tensors.push_back({"grad." + g.key, g.tensor.view()});
   const absl::Status written = core::WriteSafetensors(output_path, tensors);
-  if (!written.ok()) return Fail(std::string(written.message()));
+  if (!written.ok()) return CommandError("grad", std::string(written.message()));
   std::cerr << "v4rl grad: loss " << result->loss << " over " << ids->size(0) << " x "
             << ids->size(1) << " tokens, " << named->size() << " gradients in " << seconds
             << " s, wrote " << output_path << "\n";

@@ -10,25 +10,12 @@
 
 #include "cli/command.h"
 #include "cli/flags.h"
+#include "cli/model_io.h"
 #include "core/safetensors.h"
 #include "model/forward.h"
 
 namespace v4rl::cli {
 namespace {
-
-int Fail(const std::string& message) {
-  std::cerr << "v4rl logits: " << message << "\n";
-  return 1;
-}
-
-// Reads one integer tensor of `file` by name.
-absl::StatusOr<core::Tensor> ReadIds(const core::SafetensorsFile& file, const std::string& name) {
-  const core::SafetensorsEntry* entry = file.Find(name);
-  if (entry == nullptr) {
-    return absl::InvalidArgumentError(file.path() + " has no tensor '" + name + "'");
-  }
-  return file.Read(*entry);
-}
 
 int RunLogits(const std::vector<std::string>& args) {
   FlagParser parser(
@@ -55,20 +42,17 @@ int RunLogits(const std::vector<std::string>& args) {
     std::cerr << "v4rl logits: --model, --input and --output are required\n" << parser.Help();
     return 2;
   }
-  if (threads < 0) {
-    std::cerr << "v4rl logits: --threads must be >= 0, got " << threads << "\n";
-    return 2;
+  if (absl::Status status = ApplyThreadsFlag(threads); !status.ok()) {
+    return CommandError("logits", std::string(status.message()), 2);
   }
-  // The process pool reads this once, on its first use (below).
-  if (threads > 0) setenv("V4RL_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
   absl::StatusOr<model::Model> loaded = model::Model::Load(model_dir);
-  if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
+  if (!loaded.ok()) return CommandError("logits", std::string(loaded.status().message()));
   const model::Model& model = *loaded;
   auto input = core::SafetensorsFile::Open(input_path);
-  if (!input.ok()) return Fail(std::string(input.status().message()));
-  absl::StatusOr<core::Tensor> ids = ReadIds(**input, "input_ids");
-  if (!ids.ok()) return Fail(std::string(ids.status().message()));
+  if (!input.ok()) return CommandError("logits", std::string(input.status().message()));
+  absl::StatusOr<core::Tensor> ids = ReadNamedTensor(**input, "input_ids");
+  if (!ids.ok()) return CommandError("logits", std::string(ids.status().message()));
 
   model::ForwardOptions options;
   options.return_routing = routing;
@@ -76,7 +60,7 @@ int RunLogits(const std::vector<std::string>& args) {
   options.return_streams = mtp;
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<model::ForwardOutput> out = model::Forward(model, ids->view(), options);
-  if (!out.ok()) return Fail(std::string(out.status().message()));
+  if (!out.ok()) return CommandError("logits", std::string(out.status().message()));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -99,16 +83,16 @@ int RunLogits(const std::vector<std::string>& args) {
   if (hidden) tensors.push_back({"hidden", out->hidden.view()});
   core::Tensor mtp_logits;
   if (mtp) {
-    absl::StatusOr<core::Tensor> next = ReadIds(**input, "next_ids");
-    if (!next.ok()) return Fail(std::string(next.status().message()));
+    absl::StatusOr<core::Tensor> next = ReadNamedTensor(**input, "next_ids");
+    if (!next.ok()) return CommandError("logits", std::string(next.status().message()));
     absl::StatusOr<core::Tensor> logits =
         model::MtpForward(model, out->streams.view(), next->view());
-    if (!logits.ok()) return Fail(std::string(logits.status().message()));
+    if (!logits.ok()) return CommandError("logits", std::string(logits.status().message()));
     mtp_logits = *std::move(logits);
     tensors.push_back({"mtp_logits", mtp_logits.view()});
   }
   const absl::Status written = core::WriteSafetensors(output_path, tensors);
-  if (!written.ok()) return Fail(std::string(written.message()));
+  if (!written.ok()) return CommandError("logits", std::string(written.message()));
   const int64_t tokens = ids->numel();
   std::cerr << "v4rl logits: " << ids->size(0) << " x " << ids->size(1) << " tokens in "
             << seconds << " s (" << tokens / seconds << " tokens/s), wrote " << output_path
