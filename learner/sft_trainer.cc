@@ -8,7 +8,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/file.h"
-#include "core/logging.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 #include "core/thread_pool.h"

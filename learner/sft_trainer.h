@@ -8,9 +8,10 @@
 //                          per evaluation ("eval_exact_match", ...)
 //   RUN/checkpoints/...    learner/checkpoint.h (step-N/ loads as a model directory)
 //   RUN/summary.json       final step, loss and eval accuracy
-// Determinism: example i of the training stream depends only on (data seed, i); the batch of
-// step s is examples [s·B, (s+1)·B); so weights after step s are a function of the config alone,
-// whether or not the run was interrupted and resumed.
+// Determinism: example i of the training stream is synthetic example i of the task's train split,
+// or dataset line i mod N (file order, cycling; the last eval_examples lines are held out); the
+// batch of step s is examples [s·B, (s+1)·B); so weights after step s are a function of the
+// config alone, whether or not the run was interrupted and resumed.
 // Thread-safety: one trainer per run directory.
 #pragma once
 
