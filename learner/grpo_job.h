@@ -1,0 +1,64 @@
+// An in-process GRPO job: SFT a model on a synthetic task (learner/sft_trainer.h), then GRPO on the
+// same task with a verifiable reward, every sample recorded in a trajectory store. Rollout
+// (rollout::Generate), reward and learner step (learner/rl_step.h) run in this process, one after
+// the other; the services of issue 10 replace those calls later.
+//
+// Run directory layout:
+//   RUN/sft/...                 the SFT run (learner/sft_trainer.h); resumed if present
+//   RUN/metrics_grpo.jsonl      one JSON object per GRPO step ("step", "mean_reward", "loss", ...)
+//                               and one for the final evaluation
+//   RUN/checkpoints/step-N/     the GRPO policy (learner/checkpoint.h; loads as a model directory)
+//   RUN/summary.json            accuracy_after_sft, accuracy_after_grpo, steps, mean reward per step
+//   (the caller's store, e.g. RUN/trajectories for `v4rl run`)
+// Determinism: step s samples train examples [s·P, (s+1)·P) (P = prompts_per_step), sample g of
+// prompt i gets seed hash(seed, s, i, g); the result is a function of the options alone.
+// Reward: 1 when the completion (up to and including EOS) equals the example's, else 0.
+// Thread-safety: one job per run directory; the store must accept calls from this thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "learner/sft_trainer.h"
+#include "store/trajectory_store.h"
+
+namespace v4rl::learner {
+
+struct GrpoJobOptions {
+  std::string run_dir;
+  // The SFT stage; its run_dir is forced to RUN/sft and its task is the GRPO task.
+  SftOptions sft;
+  int64_t steps = 20;             // GRPO steps, >= 1
+  int64_t prompts_per_step = 8;   // >= 1
+  int64_t group_size = 8;         // samples per prompt, >= 2 (GRPO's baseline needs a group)
+  float temperature = 1.0f;       // > 0
+  int32_t top_k = 0;              // >= 0; 0 = off
+  double lr = 1e-4;               // constant GRPO learning rate, > 0
+  double kl_coef = 0.0;           // >= 0; > 0 scores a frozen copy of the SFT model
+  double clip = 0.2;              // PPO ratio clip (both sides), > 0
+  double grad_clip = 1.0;         // <= 0: off
+  int64_t max_new_tokens = 8;     // >= 1
+  int64_t eval_examples = 200;    // held-out prompts for both accuracies, >= 1
+  uint64_t seed = 1;              // sampling seeds
+  std::string job_id = "grpo";    // the store's job id
+  bool quiet = false;             // no progress lines on stderr
+
+  // InvalidArgument listing every problem (field, value, expectation).
+  absl::Status Validate() const;
+};
+
+struct GrpoJobSummary {
+  double accuracy_after_sft = 0;   // greedy exact match on the eval split, before GRPO
+  double accuracy_after_grpo = 0;
+  int64_t steps = 0;
+  std::vector<double> mean_rewards;  // per GRPO step
+  int64_t trajectories = 0;          // samples written to the store
+};
+
+// Runs SFT (or resumes it) then GRPO; writes every sample to `store` (not owned, non-null).
+absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
+                                          store::TrajectoryStore* store);
+
+}  // namespace v4rl::learner

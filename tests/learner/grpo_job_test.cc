@@ -1,0 +1,103 @@
+// The in-process GRPO job on a tiny char-level model: a few SFT steps, then GRPO steps whose every
+// sample lands in the trajectory store; the run directory and summary are checked, and bad options
+// are rejected with the field named.
+#include "learner/grpo_job.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/forward.h"
+#include "nlohmann/json.hpp"
+#include "store/memory_trajectory_store.h"
+#include "tests/testing/status_matchers.h"
+
+namespace v4rl::learner {
+namespace {
+
+GrpoJobOptions TinyOptions(const std::string& name) {
+  GrpoJobOptions options;
+  options.run_dir = ::testing::TempDir() + "/" + name;
+  options.sft.init_config =
+      std::string(std::getenv("V4RL_SOURCE_DIR")) + "/configs/models/tiny_char.json";
+  options.sft.synthetic = {.name = "addition", .min_digits = 1, .max_digits = 1, .seed = 3};
+  options.sft.steps = 4;
+  options.sft.batch_size = 8;
+  options.sft.schedule = {.peak_lr = 3e-3, .end_lr = 3e-4, .warmup_steps = 1};
+  options.sft.eval_examples = 4;
+  options.steps = 3;
+  options.prompts_per_step = 2;
+  options.group_size = 3;
+  options.max_new_tokens = 4;
+  options.eval_examples = 6;
+  options.kl_coef = 0.01;
+  options.quiet = true;
+  return options;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(GrpoJob, WritesRunDirectoryAndEverySample) {
+  const GrpoJobOptions options = TinyOptions("grpo_job_tiny");
+  std::filesystem::remove_all(options.run_dir);
+  store::MemoryTrajectoryStore trajectories;
+  V4RL_ASSERT_OK_AND_ASSIGN(GrpoJobSummary summary, RunGrpoJob(options, &trajectories));
+
+  EXPECT_EQ(summary.steps, 3);
+  ASSERT_EQ(summary.mean_rewards.size(), 3u);
+  for (double r : summary.mean_rewards) EXPECT_THAT(r, ::testing::AllOf(::testing::Ge(0), ::testing::Le(1)));
+  EXPECT_EQ(summary.trajectories, 3 * 2 * 3);
+
+  EXPECT_TRUE(std::filesystem::exists(options.run_dir + "/sft/summary.json"));
+  EXPECT_TRUE(model::Model::Load(options.run_dir + "/checkpoints/step-00000003").ok());
+  const nlohmann::json json = nlohmann::json::parse(ReadAll(options.run_dir + "/summary.json"));
+  EXPECT_EQ(json["accuracy_after_sft"].get<double>(), summary.accuracy_after_sft);
+  EXPECT_EQ(json["accuracy_after_grpo"].get<double>(), summary.accuracy_after_grpo);
+  EXPECT_EQ(json["steps"].get<int64_t>(), 3);
+  EXPECT_EQ(json["mean_reward_per_step"].size(), 3u);
+  std::istringstream metrics(ReadAll(options.run_dir + "/metrics_grpo.jsonl"));
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 3 + 1);  // one per step, one for the final evaluation
+
+  // Every sample is stored: finished, rewarded with its step's reward, grouped by prompt.
+  V4RL_ASSERT_OK_AND_ASSIGN(std::vector<store::TrajectoryMeta> metas,
+                            trajectories.Scan(store::ScanQuery{}));
+  ASSERT_EQ(metas.size(), 18u);
+  std::vector<double> reward_sums(3, 0);
+  std::vector<int> group_sizes(6, 0);
+  for (const store::TrajectoryMeta& meta : metas) {
+    EXPECT_TRUE(store::IsTerminal(meta.status));
+    ASSERT_EQ(meta.rewards.size(), 1u);
+    ASSERT_GE(meta.header.policy_version, 0);
+    ASSERT_LT(meta.header.policy_version, 3);
+    ASSERT_LT(meta.header.group_id, 6u);
+    reward_sums[meta.header.policy_version] += meta.rewards[0].value;
+    ++group_sizes[meta.header.group_id];
+    EXPECT_EQ(meta.header.group_id / 2, static_cast<uint64_t>(meta.header.policy_version));
+  }
+  for (int s = 0; s < 3; ++s) EXPECT_DOUBLE_EQ(reward_sums[s] / 6, summary.mean_rewards[s]) << s;
+  for (int g = 0; g < 6; ++g) EXPECT_EQ(group_sizes[g], 3) << g;
+}
+
+TEST(GrpoJob, RejectsBadOptionsNamingTheField) {
+  GrpoJobOptions options = TinyOptions("grpo_job_bad");
+  options.group_size = 1;
+  options.temperature = 0;
+  store::MemoryTrajectoryStore trajectories;
+  const absl::Status status = RunGrpoJob(options, &trajectories).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(status));
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("grpo.group_size must be >= 2 (got 1)"));
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("grpo.temperature must be > 0"));
+}
+
+}  // namespace
+}  // namespace v4rl::learner
