@@ -67,11 +67,7 @@ void Rng::FillUniform(const TensorView& out, float low, float high, ThreadPool* 
   auto fill = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) values[i] = low + (high - low) * Uniform(i);
   };
-  if (pool) {
-    pool->ParallelFor(0, out.numel(), 1 << 14, fill);
-  } else {
-    fill(0, out.numel());
-  }
+  ParallelForOrInline(pool, 0, out.numel(), 1 << 14, fill);
 }
 
 void Rng::FillNormal(const TensorView& out, float mean, float stddev, ThreadPool* pool) const {
@@ -80,11 +76,7 @@ void Rng::FillNormal(const TensorView& out, float mean, float stddev, ThreadPool
   auto fill = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) values[i] = mean + stddev * Normal(i);
   };
-  if (pool) {
-    pool->ParallelFor(0, out.numel(), 1 << 14, fill);
-  } else {
-    fill(0, out.numel());
-  }
+  ParallelForOrInline(pool, 0, out.numel(), 1 << 14, fill);
 }
 
 }  // namespace v4rl::core

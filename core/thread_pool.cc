@@ -102,4 +102,13 @@ void ThreadPool::ParallelFor(int64_t begin, int64_t end, int64_t grain,
   job_ = nullptr;
 }
 
+void ParallelForOrInline(ThreadPool* pool, int64_t begin, int64_t end, int64_t grain,
+                         const std::function<void(int64_t, int64_t)>& fn) {
+  if (pool == nullptr) {
+    if (end > begin) fn(begin, end);
+  } else {
+    pool->ParallelFor(begin, end, grain, fn);
+  }
+}
+
 }  // namespace v4rl::core

@@ -54,4 +54,9 @@ class ThreadPool {
   bool stopping_ = false;
 };
 
+// Runs fn over [begin, end) on `pool`, or on the calling thread in one call when pool is null
+// (the kernels take an optional pool).
+void ParallelForOrInline(ThreadPool* pool, int64_t begin, int64_t end, int64_t grain,
+                         const std::function<void(int64_t, int64_t)>& fn);
+
 }  // namespace v4rl::core

@@ -77,11 +77,7 @@ void SparseAttentionRef(const SparseAttentionParams<T>& p, core::ThreadPool* poo
     }
   };
   const int64_t items = p.num_q * p.num_heads;
-  if (pool == nullptr) {
-    run(0, items);
-  } else {
-    pool->ParallelFor(0, items, 4, run);
-  }
+  core::ParallelForOrInline(pool, 0, items, 4, run);
 }
 
 template void SparseAttentionRef<float>(const SparseAttentionParams<float>&, core::ThreadPool*);

@@ -11,14 +11,6 @@
 namespace v4rl::kernels::cpu {
 namespace {
 
-void ForRange(int64_t count, int64_t grain, core::ThreadPool* pool,
-              const std::function<void(int64_t, int64_t)>& fn) {
-  if (pool == nullptr) {
-    fn(0, count);
-  } else {
-    pool->ParallelFor(0, count, grain, fn);
-  }
-}
 
 template <typename T>
 T Dot(const T* a, const T* b, int64_t n) {
@@ -59,7 +51,7 @@ void SparseAttentionBackwardRef(const SparseAttentionBackwardParams<T>& p, core:
   std::vector<T> dsink_item(num_keys.size());
   for (int64_t first_item = 0; first_item < items; first_item += chunk) {
     const int64_t chunk_items = std::min(chunk, items - first_item);
-    ForRange(chunk_items, 4, pool, [&](int64_t begin, int64_t end) {
+    core::ParallelForOrInline(pool, 0, chunk_items, 4, [&](int64_t begin, int64_t end) {
       std::vector<T> out(p.head_dim);
       for (int64_t local = begin; local < end; ++local) {
         const int64_t item = first_item + local;
@@ -122,7 +114,7 @@ void SparseAttentionBackwardRef(const SparseAttentionBackwardParams<T>& p, core:
     // Key rows: key side scale·ds_k·q plus value side p_k·dout, summed over (query, head, key)
     // in order; each task owns a block of channels of every row.
     const int64_t blocks = (p.head_dim + kChannelBlock - 1) / kChannelBlock;
-    ForRange(blocks, 1, pool, [&](int64_t block_begin, int64_t block_end) {
+    core::ParallelForOrInline(pool, 0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
       const int64_t d0 = block_begin * kChannelBlock;
       const int64_t d1 = std::min(block_end * kChannelBlock, p.head_dim);
       for (int64_t local = 0; local < chunk_items; ++local) {

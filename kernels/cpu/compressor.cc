@@ -50,11 +50,7 @@ void CompressPoolRef(const T* kv, const T* score, int64_t num_windows, int64_t r
       }
     }
   };
-  if (pool == nullptr) {
-    run(first_entry, num_windows);
-  } else {
-    pool->ParallelFor(first_entry, num_windows, 1, run);
-  }
+  core::ParallelForOrInline(pool, first_entry, num_windows, 1, run);
 }
 
 template void CompressPoolRef<float>(const float*, const float*, int64_t, int64_t, int64_t, bool,

@@ -52,11 +52,7 @@ void CompressPoolBackwardRef(const T* kv, const T* score, int64_t num_windows, i
       }
     }
   };
-  if (pool == nullptr) {
-    run(first_entry, num_windows);
-  } else {
-    pool->ParallelFor(first_entry, num_windows, 1, run);
-  }
+  core::ParallelForOrInline(pool, first_entry, num_windows, 1, run);
 }
 
 template void CompressPoolBackwardRef<float>(const float*, const float*, int64_t, int64_t, int64_t,

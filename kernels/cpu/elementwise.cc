@@ -33,21 +33,13 @@ T SumOfSquares(const T* x, int64_t n) {
   return sum;
 }
 
-void ForRows(int64_t rows, int64_t grain, core::ThreadPool* pool,
-             const std::function<void(int64_t, int64_t)>& fn) {
-  if (pool == nullptr) {
-    fn(0, rows);
-  } else {
-    pool->ParallelFor(0, rows, grain, fn);
-  }
-}
 
 }  // namespace
 
 template <typename T>
 void RmsNormRef(const T* x, int64_t ldx, const T* weight, T eps, T* out, int64_t ldo, int64_t rows,
                 int64_t dim, core::ThreadPool* pool) {
-  ForRows(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), pool,
+  core::ParallelForOrInline(pool, 0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)),
           [&](int64_t begin, int64_t end) {
             // One row at a time: statistic, then scale (and weight) every channel.
             for (int64_t r = begin; r < end; ++r) {
@@ -69,7 +61,7 @@ void RopeRef(T* x, int64_t rows, int64_t num_heads, int64_t row_stride, int64_t 
              core::ThreadPool* pool) {
   const int64_t half = rope_dim / 2;
   const int64_t offset = head_dim - rope_dim;
-  ForRows(rows, 16, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, rows, 16, [&](int64_t begin, int64_t end) {
     // Each row's heads share that row's angles; rotate each adjacent channel pair.
     for (int64_t r = begin; r < end; ++r) {
       const T* c = cos + r * half;

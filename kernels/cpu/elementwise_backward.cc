@@ -10,14 +10,6 @@
 namespace v4rl::kernels::cpu {
 namespace {
 
-void ForRows(int64_t rows, int64_t grain, core::ThreadPool* pool,
-             const std::function<void(int64_t, int64_t)>& fn) {
-  if (pool == nullptr) {
-    fn(0, rows);
-  } else {
-    pool->ParallelFor(0, rows, grain, fn);
-  }
-}
 
 template <typename T>
 T InverseRms(const T* x, int64_t dim, T eps) {
@@ -34,7 +26,7 @@ void RmsNormBackwardRef(const T* x, int64_t ldx, const T* weight, T eps, const T
                         core::ThreadPool* pool) {
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
   // dx = r·(w ⊙ dy) - r³/dim · x · Σ_c (w ⊙ dy ⊙ x)_c, one row at a time.
-  ForRows(rows, grain, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * ldx;
       const T* gr = dy + r * ldy;
@@ -53,7 +45,7 @@ void RmsNormBackwardRef(const T* x, int64_t ldx, const T* weight, T eps, const T
   // reduction over rows in row order (deterministic).
   std::vector<T> inv(rows);
   for (int64_t r = 0; r < rows; ++r) inv[r] = InverseRms(x + r * ldx, dim, eps);
-  ForRows(dim, 64, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, dim, 64, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       T sum = 0;
       for (int64_t r = 0; r < rows; ++r) sum += dy[r * ldy + c] * x[r * ldx + c] * inv[r];
@@ -68,7 +60,7 @@ void RopeBackwardRef(T* grad, int64_t rows, int64_t num_heads, int64_t row_strid
                      const T* sin, bool inverse, core::ThreadPool* pool) {
   const int64_t half = rope_dim / 2;
   const int64_t offset = head_dim - rope_dim;
-  ForRows(rows, 16, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, rows, 16, [&](int64_t begin, int64_t end) {
     // Rotate every pair of the gradient by the angle opposite to the forward one.
     for (int64_t r = begin; r < end; ++r) {
       const T* c = cos + r * half;

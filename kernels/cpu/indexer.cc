@@ -41,11 +41,7 @@ void IndexerTopKRef(const IndexerTopKParams& p, core::ThreadPool* pool) {
       std::fill(out + count, out + p.topk, -1);
     }
   };
-  if (pool == nullptr) {
-    run(0, p.num_q);
-  } else {
-    pool->ParallelFor(0, p.num_q, 4, run);
-  }
+  core::ParallelForOrInline(pool, 0, p.num_q, 4, run);
 }
 
 }  // namespace v4rl::kernels::cpu

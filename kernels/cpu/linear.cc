@@ -130,11 +130,7 @@ void LinearRef(const T* x, int64_t ldx, const T* w, int64_t ldw, T* out, int64_t
     }
   };
   const int64_t num_tasks = row_blocks * col_blocks;
-  if (pool == nullptr) {
-    run(0, num_tasks);
-  } else {
-    pool->ParallelFor(0, num_tasks, 1, run);
-  }
+  core::ParallelForOrInline(pool, 0, num_tasks, 1, run);
 }
 
 template void LinearRef<float>(const float*, int64_t, const float*, int64_t, float*, int64_t,

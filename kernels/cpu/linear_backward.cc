@@ -7,14 +7,6 @@
 namespace v4rl::kernels::cpu {
 namespace {
 
-void ForRange(int64_t count, int64_t grain, core::ThreadPool* pool,
-              const std::function<void(int64_t, int64_t)>& fn) {
-  if (pool == nullptr) {
-    fn(0, count);
-  } else {
-    pool->ParallelFor(0, count, grain, fn);
-  }
-}
 
 }  // namespace
 
@@ -24,7 +16,7 @@ void LinearBackwardRef(const T* x, int64_t ldx, const T* w, int64_t ldw, const T
                        core::ThreadPool* pool) {
   if (dx != nullptr) {
     // dx[r, :] += Σ_j dy[r, j] · w[j, :], j ascending: rows of w streamed as axpys.
-    ForRange(m, 4, pool, [&](int64_t begin, int64_t end) {
+    core::ParallelForOrInline(pool, 0, m, 4, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         T* out = dx + r * lddx;
         const T* g = dy + r * ldy;
@@ -38,7 +30,7 @@ void LinearBackwardRef(const T* x, int64_t ldx, const T* w, int64_t ldw, const T
   }
   if (dw != nullptr) {
     // dw[j, :] += Σ_r dy[r, j] · x[r, :], r ascending; each task owns whole rows of dw.
-    ForRange(n, 4, pool, [&](int64_t begin, int64_t end) {
+    core::ParallelForOrInline(pool, 0, n, 4, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         T* out = dw + j * lddw;
         for (int64_t r = 0; r < m; ++r) {

@@ -13,14 +13,6 @@ T Sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-void ForTokens(int64_t num_tokens, int64_t grain, core::ThreadPool* pool,
-               const std::function<void(int64_t, int64_t)>& fn) {
-  if (pool == nullptr) {
-    fn(0, num_tokens);
-  } else {
-    pool->ParallelFor(0, num_tokens, grain, fn);
-  }
-}
 
 // Divides every column of the n x n matrix by (its sum + eps).
 template <typename T>
@@ -72,7 +64,7 @@ void MhcCoefficientsRef(const T* mixes, const T* base, const T* scale, int64_t n
                         int64_t n, int64_t iters, T eps, T* pre, T* post, T* comb,
                         core::ThreadPool* pool) {
   const int64_t width = (2 + n) * n;
-  ForTokens(num_tokens, 16, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, num_tokens, 16, [&](int64_t begin, int64_t end) {
     // Per token: split [pre | post | res], apply the gates, project res with Sinkhorn.
     for (int64_t t = begin; t < end; ++t) {
       const T* m = mixes + t * width;
@@ -101,7 +93,7 @@ void HcHeadPreRef(const T* mixes, const T* base, const T* scale, int64_t num_tok
 template <typename T>
 void MhcCollapseRef(const T* streams, const T* pre, int64_t num_tokens, int64_t n, int64_t hidden,
                     T* out, core::ThreadPool* pool) {
-  ForTokens(num_tokens, 8, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, num_tokens, 8, [&](int64_t begin, int64_t end) {
     // Weighted sum of the token's streams, stream 0 first.
     for (int64_t t = begin; t < end; ++t) {
       const T* x = streams + t * n * hidden;
@@ -118,7 +110,7 @@ void MhcCollapseRef(const T* streams, const T* pre, int64_t num_tokens, int64_t 
 template <typename T>
 void MhcExpandRef(const T* streams, const T* y, const T* post, const T* comb, int64_t num_tokens,
                   int64_t n, int64_t hidden, T* out, core::ThreadPool* pool) {
-  ForTokens(num_tokens, 8, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, num_tokens, 8, [&](int64_t begin, int64_t end) {
     // Output stream k: the comb-mixed input streams (sum over j) plus post_k times y.
     for (int64_t t = begin; t < end; ++t) {
       const T* x = streams + t * n * hidden;

@@ -15,14 +15,6 @@ T Sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-void ForTokens(int64_t num_tokens, int64_t grain, core::ThreadPool* pool,
-               const std::function<void(int64_t, int64_t)>& fn) {
-  if (pool == nullptr) {
-    fn(0, num_tokens);
-  } else {
-    pool->ParallelFor(0, num_tokens, grain, fn);
-  }
-}
 
 // y = x / (line sums + eps) along rows (by_rows) or columns, out of place.
 template <typename T>
@@ -108,7 +100,7 @@ void MhcCoefficientsBackwardRef(const T* mixes, const T* base, const T* scale, i
   const int64_t width = (2 + n) * n;
   // Gradients of the gate/Sinkhorn logits z = scale[group]·m + base, one row per token.
   std::vector<T> dlogit(num_tokens * width, T(0));
-  ForTokens(num_tokens, 16, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, num_tokens, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> logits(n * n);
     for (int64_t t = begin; t < end; ++t) {
       const T* m = mixes + t * width;
@@ -158,7 +150,7 @@ template <typename T>
 void MhcCollapseBackwardRef(const T* streams, const T* pre, const T* dout, int64_t num_tokens,
                             int64_t n, int64_t hidden, T* dstreams, T* dpre,
                             core::ThreadPool* pool) {
-  ForTokens(num_tokens, 8, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, num_tokens, 8, [&](int64_t begin, int64_t end) {
     // dstreams_j += pre_j·dout; dpre_j += <dout, streams_j>.
     for (int64_t t = begin; t < end; ++t) {
       const T* g = dout + t * hidden;
@@ -181,7 +173,7 @@ template <typename T>
 void MhcExpandBackwardRef(const T* streams, const T* y, const T* post, const T* comb, const T* dout,
                           int64_t num_tokens, int64_t n, int64_t hidden, T* dstreams, T* dy,
                           T* dpost, T* dcomb, core::ThreadPool* pool) {
-  ForTokens(num_tokens, 8, pool, [&](int64_t begin, int64_t end) {
+  core::ParallelForOrInline(pool, 0, num_tokens, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const T* yt = y + t * hidden;
       const T* c = comb + t * n * n;

@@ -73,11 +73,7 @@ void SampleTokensRef(const float* logits, int64_t ld, int64_t rows, int64_t voca
   auto body = [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) out[r] = SampleRow(logits + r * ld, vocab, params[r]);
   };
-  if (pool) {
-    pool->ParallelFor(0, rows, 1, body);
-  } else {
-    body(0, rows);
-  }
+  core::ParallelForOrInline(pool, 0, rows, 1, body);
 }
 
 }  // namespace v4rl::kernels::cpu

@@ -16,11 +16,7 @@ void ForRows(int64_t rows, core::ThreadPool* pool, Fn fn) {
   auto body = [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) fn(r);
   };
-  if (pool) {
-    pool->ParallelFor(0, rows, 1, body);
-  } else {
-    body(0, rows);
-  }
+  core::ParallelForOrInline(pool, 0, rows, 1, body);
 }
 
 // Marks the support of one row: all tokens, or the `kept` largest logits (ties -> lower id).
