@@ -1,0 +1,236 @@
+#include <algorithm>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/elementwise.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+// A rank-2 row view (unit inner stride) or a contiguous view flattened to rows.
+struct RowView {
+  void* data;
+  bool bf16;
+  int64_t rows, cols, ld;
+};
+
+absl::Status AsRows(const char* op, const char* name, const core::TensorView& v, RowView* rows) {
+  const bool dtype_ok = v.dtype == core::DType::kBF16 || v.dtype == core::DType::kF32;
+  if (v.device != core::Device::kCuda || !dtype_ok || v.rank < 1 || v.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s must be a bf16|f32 device view, got %s", op, name, v.DebugString()));
+  }
+  const int64_t cols = v.shape[v.rank - 1];
+  if (v.rank == 2 && v.strides[1] == 1) {
+    *rows = {v.data, IsBf16(v), v.shape[0], cols, v.strides[0]};
+    return absl::OkStatus();
+  }
+  if (!v.is_contiguous()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s must be a row view or contiguous, got %s", op, name, v.DebugString()));
+  }
+  *rows = {v.data, IsBf16(v), cols == 0 ? 0 : v.numel() / cols, cols, cols};
+  return absl::OkStatus();
+}
+
+struct RmsNormParams {
+  const void* x;
+  const void* weight;  // nullptr: unweighted
+  void* out;
+  int64_t rows, dim, ldx, ldo;
+  float eps;
+  bool x_bf16, w_bf16, out_bf16;
+};
+
+// One block per row: the sum of squares in f32, then every channel scaled (and weighted).
+__global__ void RmsNormKernel(RmsNormParams p) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int64_t x0 = r * p.ldx, o0 = r * p.ldo;
+  float sum = 0.0f;
+  for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x) {
+    const float v = LoadF(p.x, p.x_bf16, x0 + c);
+    sum += v * v;
+  }
+  sum = BlockSum(sum, scratch);
+  const float inv = 1.0f / sqrtf(sum / static_cast<float>(p.dim) + p.eps);
+  for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x) {
+    float y = LoadF(p.x, p.x_bf16, x0 + c) * inv;
+    if (p.weight != nullptr) y *= LoadF(p.weight, p.w_bf16, c);
+    StoreF(p.out, p.out_bf16, o0 + c, y);
+  }
+}
+
+struct RopeTableParams {
+  const float* inv_freq;
+  float* cos;
+  float* sin;
+  int64_t first, stride, count, half;
+};
+
+__global__ void RopeTableKernel(RopeTableParams p) {
+  const int64_t n = p.count * p.half;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = e / p.half, i = e % p.half;
+    // f32 position times f32 frequency (one rounding, as the CPU table), then double cos/sin.
+    const float angle = __fmul_rn(static_cast<float>(p.first + r * p.stride), p.inv_freq[i]);
+    p.cos[e] = static_cast<float>(::cos(static_cast<double>(angle)));
+    p.sin[e] = static_cast<float>(::sin(static_cast<double>(angle)));
+  }
+}
+
+struct RopeParams {
+  void* x;
+  const float* cos;
+  const float* sin;
+  int64_t rows, heads, row_stride, head_stride, head_dim, half;
+  bool bf16, inverse;
+};
+
+// One thread per (row, head, pair).
+__global__ void RopeKernel(RopeParams p) {
+  const int64_t n = p.rows * p.heads * p.half;
+  const int64_t offset = p.head_dim - 2 * p.half;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = e % p.half, h = (e / p.half) % p.heads, r = e / (p.half * p.heads);
+    const int64_t base = r * p.row_stride + h * p.head_stride + offset + 2 * i;
+    const float x0 = LoadF(p.x, p.bf16, base), x1 = LoadF(p.x, p.bf16, base + 1);
+    const float c = p.cos[r * p.half + i];
+    const float s = p.inverse ? -p.sin[r * p.half + i] : p.sin[r * p.half + i];
+    // No FMA contraction, as the CPU's separate multiplies and adds.
+    StoreF(p.x, p.bf16, base, __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
+    StoreF(p.x, p.bf16, base + 1, __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
+  }
+}
+
+struct SwiGluParams {
+  const void* gate;
+  const void* up;
+  void* out;
+  int64_t rows, cols, ldg, ldu, ldo;
+  float limit;
+  bool gate_bf16, up_bf16, out_bf16;
+};
+
+__global__ void SwiGluKernel(SwiGluParams p) {
+  const int64_t n = p.rows * p.cols;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = e / p.cols, c = e % p.cols;
+    float g = LoadF(p.gate, p.gate_bf16, r * p.ldg + c);
+    float u = LoadF(p.up, p.up_bf16, r * p.ldu + c);
+    if (p.limit > 0) {
+      g = fminf(g, p.limit);
+      u = fminf(fmaxf(u, -p.limit), p.limit);
+    }
+    StoreF(p.out, p.out_bf16, r * p.ldo + c, g / (1.0f + expf(-g)) * u);
+  }
+}
+
+unsigned GridFor(int64_t n, int threads) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 1 << 16)));
+}
+
+}  // namespace
+
+absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
+                     const core::TensorView& out) {
+  const char* op = "cuda::RmsNorm";
+  RowView a{}, c{};
+  if (absl::Status s = AsRows(op, "x", x, &a); !s.ok()) return s;
+  if (absl::Status s = AsRows(op, "out", out, &c); !s.ok()) return s;
+  if (a.rows != c.rows || a.cols != c.cols) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: x %s vs out %s", op, x.DebugString(),
+                                                      out.DebugString()));
+  }
+  RmsNormParams p{a.data, nullptr, c.data, a.rows, a.cols, a.ld, c.ld, eps, a.bf16, false, c.bf16};
+  if (weight.data != nullptr) {
+    if (absl::Status s = CheckDeviceView(op, "weight", weight,
+                                         {core::DType::kF32, core::DType::kBF16});
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckViewShape(op, "weight", weight, {a.cols}); !s.ok()) return s;
+    p.weight = weight.data;
+    p.w_bf16 = IsBf16(weight);
+  }
+  if (a.rows == 0) return absl::OkStatus();
+  const int threads = a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128);
+  RmsNormKernel<<<static_cast<unsigned>(a.rows), threads>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int64_t stride,
+                           const core::TensorView& cos, const core::TensorView& sin) {
+  const char* op = "cuda::RopeTableFill";
+  for (const auto& [name, v] : {std::pair{"inv_freq", &inv_freq}, std::pair{"cos", &cos},
+                                std::pair{"sin", &sin}}) {
+    if (absl::Status s = CheckDeviceView(op, name, *v, {core::DType::kF32}); !s.ok()) return s;
+  }
+  if (absl::Status s = CheckArg(cos.rank == 2 && inv_freq.rank == 1 &&
+                                    cos.shape[1] == inv_freq.shape[0],
+                                op, "cos must be [count, rope_dim / 2] with inv_freq [rope_dim / 2]");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]}); !s.ok()) {
+    return s;
+  }
+  RopeTableParams p{inv_freq.data_as<float>(), cos.data_as<float>(), sin.data_as<float>(), first,
+                    stride, cos.shape[0], cos.shape[1]};
+  if (p.count * p.half == 0) return absl::OkStatus();
+  RopeTableKernel<<<GridFor(p.count * p.half, 256), 256>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
+                       const core::TensorView& sin, bool inverse) {
+  const char* op = "cuda::ApplyRope";
+  if (x.device != core::Device::kCuda || x.rank != 3 || x.strides[2] != 1 ||
+      (x.dtype != core::DType::kBF16 && x.dtype != core::DType::kF32)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: x must be a bf16|f32 [M, heads, head_dim] device view with a contiguous last dim, "
+        "got %s",
+        op, x.DebugString()));
+  }
+  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s = CheckArg(cos.rank == 2 && cos.shape[0] == x.shape[0] &&
+                                    2 * cos.shape[1] <= x.shape[2],
+                                op, "cos must be [M, rope_dim / 2] with rope_dim <= head_dim");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]}); !s.ok()) {
+    return s;
+  }
+  RopeParams p{x.data, cos.data_as<float>(), sin.data_as<float>(), x.shape[0], x.shape[1],
+               x.strides[0], x.strides[1], x.shape[2], cos.shape[1], IsBf16(x), inverse};
+  const int64_t n = p.rows * p.heads * p.half;
+  if (n == 0) return absl::OkStatus();
+  RopeKernel<<<GridFor(n, 256), 256>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
+                         const core::TensorView& out) {
+  const char* op = "cuda::SwiGluClamp";
+  RowView g{}, u{}, o{};
+  if (absl::Status s = AsRows(op, "gate", gate, &g); !s.ok()) return s;
+  if (absl::Status s = AsRows(op, "up", up, &u); !s.ok()) return s;
+  if (absl::Status s = AsRows(op, "out", out, &o); !s.ok()) return s;
+  if (g.rows != u.rows || g.cols != u.cols || g.rows != o.rows || g.cols != o.cols) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: gate %s, up %s, out %s differ", op,
+                                                      gate.DebugString(), up.DebugString(),
+                                                      out.DebugString()));
+  }
+  SwiGluParams p{g.data, u.data, o.data, g.rows, g.cols, g.ld, u.ld, o.ld, limit,
+                 g.bf16, u.bf16, o.bf16};
+  if (g.rows * g.cols == 0) return absl::OkStatus();
+  SwiGluKernel<<<GridFor(g.rows * g.cols, 256), 256>>>(p);
+  return LaunchStatus(op);
+}
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,40 @@
+// Row-wise and elementwise CUDA ops of the forward pass in the `production` precision: bf16 (or
+// f32) storage, fp32 arithmetic. Same math as kernels/cpu/elementwise.h and model/rope.h; the
+// gpu tests in tests/kernels/cuda_elementwise_test.cc diff them on odd sizes.
+// Every launcher validates its views (device, dtype, shape) and returns InvalidArgument on a
+// mismatch, then queues one kernel on the default stream.
+// Thread-safety: reentrant.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "core/tensor.h"
+
+namespace v4rl::kernels::cuda {
+
+// out = x / sqrt(mean(x²) + eps) ⊙ weight, per row. x, out: [M, D] bf16|f32 row views (rank 2
+// with a unit inner stride, or contiguous of any rank flattened to rows); out may be x.
+// weight: [D] bf16|f32 contiguous, or optional (data == nullptr: unweighted).
+absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
+                     const core::TensorView& out);
+
+// RoPE tables on the device with model::RopeTable::Fill's arithmetic: the angle is
+// float(position) · inv_freq[i] rounded to f32, its cos and sin evaluated in double and rounded
+// to f32. inv_freq: [rope_dim / 2] f32 (model::RopeInvFreq, YaRN included); cos, sin:
+// [count, rope_dim / 2] f32 for positions first, first + stride, ...
+absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int64_t stride,
+                           const core::TensorView& cos, const core::TensorView& sin);
+
+// In-place interleaved RoPE on the trailing 2·cos.size(1) channels of every head (spec §3.2).
+// x: [M, heads, head_dim] bf16|f32 with a contiguous last dim; cos, sin: [M, rope_dim / 2] f32
+// contiguous. inverse: conjugate rotation (the output de-rotation).
+absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
+                       const core::TensorView& sin, bool inverse);
+
+// out = silu(min(gate, limit)) · clamp(up, ±limit) (limit <= 0: no clamp). gate, up: [M, I]
+// bf16|f32 row views; out: [M, I] bf16|f32 row view (may alias gate or up).
+absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
+                         const core::TensorView& out);
+
+}  // namespace v4rl::kernels::cuda

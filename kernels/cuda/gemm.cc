@@ -1,0 +1,215 @@
+#include "kernels/cuda/gemm.h"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <tuple>
+
+#include "absl/strings/str_format.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+absl::Status CublasError(cublasStatus_t status, const char* what) {
+  return absl::InternalError(absl::StrFormat("Gemm: %s failed: %s (%d)", what,
+                                             cublasGetStatusString(status), int(status)));
+}
+
+#define V4RL_CUBLAS(call)                                              \
+  do {                                                                 \
+    if (cublasStatus_t s_ = (call); s_ != CUBLAS_STATUS_SUCCESS) {     \
+      return CublasError(s_, #call);                                   \
+    }                                                                  \
+  } while (0)
+
+// Largest power of two (<= 16) dividing both the address and the row pitch in bytes.
+uint32_t Alignment(const void* data, int64_t ld, int64_t element_bytes) {
+  const uint64_t bits = reinterpret_cast<uint64_t>(data) | uint64_t(ld * element_bytes);
+  uint32_t alignment = 16;
+  while (alignment > 1 && (bits % alignment) != 0) alignment /= 2;
+  return alignment;
+}
+
+// A rank-2 view with unit inner stride: (rows, cols, row stride).
+struct Matrix {
+  void* data;
+  int64_t rows, cols, ld;
+};
+
+absl::StatusOr<Matrix> AsMatrix(const char* name, const core::TensorView& v,
+                                bool allow_f32) {
+  const bool dtype_ok = v.dtype == core::DType::kBF16 || (allow_f32 && v.dtype == core::DType::kF32);
+  if (v.device != core::Device::kCuda || !dtype_ok || v.rank != 2 || v.strides[1] != 1 ||
+      v.strides[0] < v.shape[1] || v.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Gemm: %s must be a rank-2 %s device view with a unit inner stride, got %s", name,
+        allow_f32 ? "bf16|f32" : "bf16", v.DebugString()));
+  }
+  return Matrix{v.data, v.shape[0], v.shape[1], std::max<int64_t>(v.strides[0], 1)};
+}
+
+}  // namespace
+
+struct GemmHandle::Impl {
+  cublasLtHandle_t lt = nullptr;
+  cublasHandle_t blas = nullptr;
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  // (m, n, k, lda, ldb, ldc, out f32, alignments, accumulate) -> algorithm, or none found.
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, uint32_t,
+                         uint32_t, uint32_t, bool>;
+  std::map<Key, std::pair<bool, cublasLtMatmulAlgo_t>> algos;
+
+  ~Impl() {
+    if (lt != nullptr) cublasLtDestroy(lt);
+    if (blas != nullptr) cublasDestroy(blas);
+    if (workspace != nullptr) cudaFree(workspace);
+  }
+
+  // out[M, N] (col-major N x M, ldc) = w[N, K] (col-major K x N, lda, transposed) ·
+  // x[M, K] (col-major K x M, ldb).
+  absl::Status Run(const Matrix& x, const Matrix& w, const Matrix& out, bool out_f32, float alpha,
+                   bool accumulate);
+};
+
+GemmHandle::GemmHandle(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GemmHandle::~GemmHandle() = default;
+
+absl::StatusOr<std::unique_ptr<GemmHandle>> GemmHandle::Create(int64_t workspace_bytes) {
+  auto impl = std::make_unique<Impl>();
+  V4RL_CUBLAS(cublasLtCreate(&impl->lt));
+  V4RL_CUBLAS(cublasCreate(&impl->blas));
+  V4RL_CUBLAS(cublasSetMathMode(impl->blas, CUBLAS_DEFAULT_MATH));
+  if (workspace_bytes > 0) {
+    if (cudaError_t e = cudaMalloc(&impl->workspace, workspace_bytes); e != cudaSuccess) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "GemmHandle: cudaMalloc(%d) for the workspace: %s", workspace_bytes,
+          cudaGetErrorString(e)));
+    }
+  }
+  impl->workspace_bytes = workspace_bytes;
+  return std::unique_ptr<GemmHandle>(new GemmHandle(std::move(impl)));
+}
+
+absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matrix& out,
+                                   bool out_f32, float alpha, bool accumulate) {
+  const int64_t m = w.rows, n = x.rows, k = x.cols;
+  if (m == 0 || n == 0) return absl::OkStatus();
+  const float beta = accumulate ? 1.0f : 0.0f;
+  const cudaDataType_t out_type = out_f32 ? CUDA_R_32F : CUDA_R_16BF;
+  const uint32_t align_a = Alignment(w.data, w.ld, 2), align_b = Alignment(x.data, x.ld, 2),
+                 align_c = Alignment(out.data, out.ld, out_f32 ? 4 : 2);
+  const Key key{m, n, k, w.ld, x.ld, out.ld, out_f32, align_a, align_b, align_c, accumulate};
+
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  auto cleanup = [&] {
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+  };
+  auto run_lt = [&]() -> absl::Status {
+    V4RL_CUBLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+    V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
+                                               sizeof(trans_a)));
+    V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
+                                               sizeof(trans_b)));
+    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, m, w.ld));
+    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, n, x.ld));
+    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&c, out_type, m, n, out.ld));
+    auto found = algos.find(key);
+    if (found == algos.end()) {
+      cublasLtMatmulPreference_t preference = nullptr;
+      V4RL_CUBLAS(cublasLtMatmulPreferenceCreate(&preference));
+      const uint64_t bytes = static_cast<uint64_t>(workspace_bytes);
+      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &bytes, sizeof(bytes));
+      cublasLtMatmulPreferenceSetAttribute(
+          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a));
+      cublasLtMatmulPreferenceSetAttribute(
+          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b));
+      cublasLtMatmulPreferenceSetAttribute(
+          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c));
+      cublasLtMatmulPreferenceSetAttribute(
+          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c));
+      cublasLtMatmulHeuristicResult_t result = {};
+      int count = 0;
+      const cublasStatus_t status =
+          cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c, c, preference, 1, &result, &count);
+      cublasLtMatmulPreferenceDestroy(preference);
+      const bool ok = status == CUBLAS_STATUS_SUCCESS && count > 0;
+      found = algos.emplace(key, std::make_pair(ok, result.algo)).first;
+    }
+    if (!found->second.first) {
+      // No cuBLASLt algorithm (e.g. a leading dimension cuBLASLt rejects): plain cuBLAS.
+      V4RL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha,
+                               w.data, CUDA_R_16BF, int(w.ld), x.data, CUDA_R_16BF, int(x.ld),
+                               &beta, out.data, out_type, int(out.ld), CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
+      return absl::OkStatus();
+    }
+    V4RL_CUBLAS(cublasLtMatmul(lt, desc, &alpha, w.data, a, x.data, b, &beta, out.data, c,
+                               out.data, c, &found->second.second, workspace, workspace_bytes,
+                               /*stream=*/0));
+    return absl::OkStatus();
+  };
+  absl::Status status = run_lt();
+  cleanup();
+  return status;
+}
+
+absl::Status Gemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,
+                  const core::TensorView& out, float alpha, bool accumulate) {
+  auto xm = AsMatrix("x", x, /*allow_f32=*/false);
+  if (!xm.ok()) return xm.status();
+  auto wm = AsMatrix("w", w, /*allow_f32=*/false);
+  if (!wm.ok()) return wm.status();
+  auto om = AsMatrix("out", out, /*allow_f32=*/true);
+  if (!om.ok()) return om.status();
+  if (xm->cols != wm->cols || om->rows != xm->rows || om->cols != wm->rows) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Gemm: x %s · wᵀ %s does not give out %s", x.DebugString(), w.DebugString(),
+        out.DebugString()));
+  }
+  if (out.data == x.data || out.data == w.data) {
+    return absl::InvalidArgumentError("Gemm: out must not alias x or w");
+  }
+  return handle.impl()->Run(*xm, *wm, *om, out.dtype == core::DType::kF32, alpha, accumulate);
+}
+
+absl::Status GroupedGemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,
+                         absl::Span<const int64_t> offsets, const core::TensorView& out) {
+  if (w.device != core::Device::kCuda || w.dtype != core::DType::kBF16 || w.rank != 3 ||
+      !w.is_contiguous()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GroupedGemm: w must be a contiguous bf16 [E, N, K] device view, got %s",
+        w.DebugString()));
+  }
+  const int64_t num_experts = w.shape[0];
+  if (static_cast<int64_t>(offsets.size()) != num_experts + 1 || offsets[0] != 0 ||
+      x.rank != 2 || offsets[num_experts] != x.shape[0]) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GroupedGemm: offsets must hold E + 1 = %d entries from 0 to x's %d rows, got %d",
+        num_experts + 1, x.rank == 2 ? x.shape[0] : -1, offsets.size()));
+  }
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const int64_t begin = offsets[e], end = offsets[e + 1];
+    if (end < begin) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("GroupedGemm: offsets decrease at expert %d", e));
+    }
+    if (begin == end) continue;
+    if (absl::Status s = Gemm(handle, x.Slice(0, begin, end), w.Select(0, e),
+                              out.Slice(0, begin, end));
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,125 @@
+// CUDA RMSNorm, RoPE tables (YaRN), RoPE rotation and clamped SwiGLU against the CPU references on
+// the same bf16-rounded inputs, odd sizes (gpu label; skips without a device).
+#include <cmath>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
+#include "model/rope.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+
+// bf16 outputs: half an ulp (2^-9 relative) plus fp32 reduction-order noise.
+constexpr testing::Tolerance kBf16Out{.atol = 1e-5, .rtol = 4e-3};
+
+TEST(CudaElementwise, RmsNormBf16WithWeightOddSize) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 17, dim = 1031;
+  const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 1, 3.0f));
+  const Tensor weight = RandomNormal({dim}, 2);
+  Tensor want = Tensor::Empty(DType::kF32, {rows, dim});
+  cpu::RmsNormRef(x.data<float>(), dim, weight.data<float>(), 1e-6f, want.data<float>(), dim,
+                  rows, dim, nullptr);
+  const Tensor dx = testing::ToDevice(x, DType::kBF16);
+  const Tensor dw = testing::ToDevice(weight, DType::kF32);
+  const Tensor dout = Tensor::Empty(DType::kBF16, {rows, dim}, DeviceAllocator());
+  ASSERT_TRUE(RmsNorm(dx.view(), dw.view(), 1e-6f, dout.view()).ok());
+  EXPECT_TRUE(testing::CloseAndReport("rmsnorm bf16 weighted", testing::ToHost(dout.view()).view(),
+                                      want.view(), kBf16Out));
+}
+
+TEST(CudaElementwise, RmsNormF32StridedRowsInPlaceUnweighted) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 17, dim = 77, wide = 100;
+  const Tensor x = RandomNormal({rows, wide}, 3);
+  Tensor want = Tensor::CopyOf(x.view());
+  cpu::RmsNormRef(x.data<float>() + 5, wide, static_cast<const float*>(nullptr), 1e-6f,
+                  want.data<float>() + 5, wide, rows, dim, nullptr);
+  const Tensor dx = testing::ToDevice(x, DType::kF32);
+  const core::TensorView slice = dx.view().Slice(1, 5, 5 + dim);
+  ASSERT_TRUE(RmsNorm(slice, core::TensorView(), 1e-6f, slice).ok());
+  EXPECT_TRUE(testing::CloseAndReport("rmsnorm f32 strided in place",
+                                      testing::ToHost(dx.view()).view(), want.view(),
+                                      {.atol = 1e-6, .rtol = 1e-5}));
+}
+
+TEST(CudaElementwise, RopeTableMatchesCpuYarnTable) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  model::YarnConfig yarn;
+  yarn.enabled = true;
+  yarn.factor = 16;
+  yarn.original_max_position_embeddings = 65536;
+  const model::RopeTable table(160000.0, 64, &yarn);
+  const int64_t count = 37, first = 1000003, stride = 4;
+  Tensor want_cos = Tensor::Empty(DType::kF32, {count, 32});
+  Tensor want_sin = Tensor::Empty(DType::kF32, {count, 32});
+  table.Fill(first, stride, count, want_cos.data<float>(), want_sin.data<float>());
+  const Tensor inv_freq =
+      testing::ToDevice(Tensor::FromFloats({32}, table.inv_freq()), DType::kF32);
+  const Tensor cos = Tensor::Empty(DType::kF32, {count, 32}, DeviceAllocator());
+  const Tensor sin = Tensor::Empty(DType::kF32, {count, 32}, DeviceAllocator());
+  ASSERT_TRUE(RopeTableFill(inv_freq.view(), first, stride, cos.view(), sin.view()).ok());
+  // Same f32 angle, cos/sin in double on both sides: equal up to the last bit of a double
+  // rounding (CUDA's double sin/cos are within 2 ulp of double).
+  EXPECT_TRUE(testing::CloseAndReport("rope table cos", testing::ToHost(cos.view()).view(),
+                                      want_cos.view(), {.atol = 1e-7, .rtol = 0}));
+  EXPECT_TRUE(testing::CloseAndReport("rope table sin", testing::ToHost(sin.view()).view(),
+                                      want_sin.view(), {.atol = 1e-7, .rtol = 0}));
+}
+
+TEST(CudaElementwise, RopeRotationBf16StridedHeadsAndInverse) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 17, heads = 5, head_dim = 72, half = 16;
+  const model::RopeTable table(10000.0, 2 * half, nullptr);
+  Tensor cos, sin;
+  table.Make(3, 1, rows, &cos, &sin);
+  const Tensor dcos = testing::ToDevice(cos, DType::kF32);
+  const Tensor dsin = testing::ToDevice(sin, DType::kF32);
+  for (bool inverse : {false, true}) {
+    // x is [rows, 6 heads, 72] on the device; the op rotates heads 1..5 (a strided view).
+    const Tensor x = testing::RoundToBf16(RandomNormal({rows, heads + 1, head_dim}, 7 + inverse));
+    Tensor want = Tensor::CopyOf(x.view());
+    cpu::RopeRef(want.data<float>() + head_dim, rows, heads, (heads + 1) * head_dim, head_dim,
+                 head_dim, 2 * half, cos.data<float>(), sin.data<float>(), inverse, nullptr);
+    const Tensor dx = testing::ToDevice(x, DType::kBF16);
+    ASSERT_TRUE(ApplyRope(dx.view().Slice(1, 1, heads + 1), dcos.view(), dsin.view(), inverse).ok());
+    EXPECT_TRUE(testing::CloseAndReport(inverse ? "rope bf16 inverse" : "rope bf16",
+                                        testing::ToHost(dx.view()).view(), want.view(), kBf16Out));
+  }
+}
+
+TEST(CudaElementwise, SwiGluClampBf16) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 17, inter = 333;
+  const Tensor gate = testing::RoundToBf16(RandomNormal({rows, inter}, 9, 8.0f));
+  const Tensor up = testing::RoundToBf16(RandomNormal({rows, inter}, 10, 8.0f));
+  for (float limit : {10.0f, 0.0f}) {
+    Tensor want = Tensor::Empty(DType::kF32, {rows, inter});
+    cpu::SwiGluClampRef(gate.data<float>(), up.data<float>(), limit, want.data<float>(),
+                        rows * inter);
+    const Tensor dg = testing::ToDevice(gate, DType::kBF16);
+    const Tensor du = testing::ToDevice(up, DType::kBF16);
+    const Tensor dout = Tensor::Empty(DType::kBF16, {rows, inter}, DeviceAllocator());
+    ASSERT_TRUE(SwiGluClamp(dg.view(), du.view(), limit, dout.view()).ok());
+    EXPECT_TRUE(testing::CloseAndReport(limit > 0 ? "swiglu clamp 10" : "swiglu no clamp",
+                                        testing::ToHost(dout.view()).view(), want.view(),
+                                        kBf16Out));
+  }
+}
+
+TEST(CudaElementwise, RejectsHostViews) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor host = Tensor::Empty(DType::kF32, {2, 8});
+  EXPECT_FALSE(RmsNorm(host.view(), core::TensorView(), 1e-6f, host.view()).ok());
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
