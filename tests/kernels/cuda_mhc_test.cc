@@ -1,0 +1,148 @@
+// Fused CUDA mHC pre (stream RMS, mixes, gates, Sinkhorn, collapse), hc_head pre and mHC post
+// against the CPU references composed as model/mhc.cc does, on bf16-rounded streams and odd
+// sizes (gpu label; skips without a device).
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/mhc.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/mhc.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+
+// Coefficients in f32: the mixes differ from the CPU's by summation order ((Σ x·fn)/rms against
+// Σ (x/rms)·fn), ~1e-6 relative, which the gates and 20 Sinkhorn rounds do not amplify past 1e-4.
+constexpr testing::Tolerance kCoefficients{.atol = 2e-5, .rtol = 1e-4};
+constexpr testing::Tolerance kBf16Out{.atol = 1e-4, .rtol = 4e-3};
+
+struct Reference {
+  Tensor pre, post, comb, collapsed;
+};
+
+Reference CpuPre(const Tensor& streams, const Tensor& fn, const Tensor& base, const Tensor& scale,
+                 bool head, int64_t iters) {
+  const int64_t num_tokens = streams.size(0), n = streams.size(1), hidden = streams.size(2);
+  const int64_t width = n * hidden, num_mixes = fn.size(0);
+  Tensor normed = Tensor::Empty(DType::kF32, {num_tokens, width});
+  cpu::RmsNormRef(streams.data<float>(), width, static_cast<const float*>(nullptr), 1e-6f,
+                  normed.data<float>(), width, num_tokens, width, nullptr);
+  Tensor mixes = Tensor::Empty(DType::kF32, {num_tokens, num_mixes});
+  cpu::LinearRef(normed.data<float>(), width, fn.data<float>(), width, mixes.data<float>(),
+                 num_mixes, num_tokens, num_mixes, width, nullptr);
+  Reference r;
+  r.pre = Tensor::Empty(DType::kF32, {num_tokens, n});
+  r.post = Tensor::Empty(DType::kF32, {num_tokens, n});
+  r.comb = Tensor::Empty(DType::kF32, {num_tokens, n, n});
+  if (head) {
+    cpu::HcHeadPreRef(mixes.data<float>(), base.data<float>(), scale.data<float>(), num_tokens, n,
+                      1e-6f, r.pre.data<float>());
+  } else {
+    cpu::MhcCoefficientsRef(mixes.data<float>(), base.data<float>(), scale.data<float>(),
+                            num_tokens, n, iters, 1e-6f, r.pre.data<float>(), r.post.data<float>(),
+                            r.comb.data<float>(), nullptr);
+  }
+  r.collapsed = Tensor::Empty(DType::kF32, {num_tokens, hidden});
+  cpu::MhcCollapseRef(streams.data<float>(), r.pre.data<float>(), num_tokens, n, hidden,
+                      r.collapsed.data<float>(), nullptr);
+  return r;
+}
+
+void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed) {
+  const int64_t num_tokens = 17, num_mixes = head ? n : (2 + n) * n;
+  const Tensor streams = testing::RoundToBf16(RandomNormal({num_tokens, n, hidden}, seed, 2.0f));
+  const Tensor fn = RandomNormal({num_mixes, n * hidden}, seed + 1, 0.05f);
+  const Tensor base = RandomNormal({num_mixes}, seed + 2, 0.5f);
+  const Tensor scale = RandomNormal({head ? 1 : 3}, seed + 3, 1.0f);
+  const Reference want = CpuPre(streams, fn, base, scale, head, 20);
+
+  const Tensor d_streams = testing::ToDevice(streams, DType::kBF16);
+  const Tensor d_fn = testing::ToDevice(fn, DType::kF32);
+  const Tensor d_base = testing::ToDevice(base, DType::kF32);
+  const Tensor d_scale = testing::ToDevice(scale, DType::kF32);
+  MhcPreArgs args;
+  args.streams = d_streams.view();
+  args.fn = d_fn.view();
+  args.base = d_base.view();
+  args.scale = d_scale.view();
+  const Tensor pre = Tensor::Empty(DType::kF32, {num_tokens, n}, DeviceAllocator());
+  const Tensor post = Tensor::Empty(DType::kF32, {num_tokens, n}, DeviceAllocator());
+  const Tensor comb = Tensor::Empty(DType::kF32, {num_tokens, n, n}, DeviceAllocator());
+  const Tensor collapsed = Tensor::Empty(DType::kBF16, {num_tokens, hidden}, DeviceAllocator());
+  args.pre = pre.view();
+  args.post = post.view();
+  args.comb = comb.view();
+  args.collapsed = collapsed.view();
+  args.sinkhorn_iters = 20;
+  ASSERT_TRUE((head ? HcHeadPre(args) : MhcPre(args)).ok());
+  const std::string tag = std::string(head ? "hc_head" : "mhc pre") + " n=" + std::to_string(n) +
+                          " H=" + std::to_string(hidden);
+  EXPECT_TRUE(testing::CloseAndReport(tag + " pre", testing::ToHost(pre.view()).view(),
+                                      want.pre.view(), kCoefficients));
+  if (!head) {
+    EXPECT_TRUE(testing::CloseAndReport(tag + " post", testing::ToHost(post.view()).view(),
+                                        want.post.view(), kCoefficients));
+    EXPECT_TRUE(testing::CloseAndReport(tag + " comb", testing::ToHost(comb.view()).view(),
+                                        want.comb.view(), kCoefficients));
+  }
+  EXPECT_TRUE(testing::CloseAndReport(tag + " collapsed", testing::ToHost(collapsed.view()).view(),
+                                      want.collapsed.view(), kBf16Out));
+}
+
+TEST(CudaMhc, PreMatchesCpuOddSizes) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckPre(4, 333, /*head=*/false, 1);
+  CheckPre(2, 77, /*head=*/false, 11);
+  CheckPre(3, 1029, /*head=*/false, 21);
+}
+
+TEST(CudaMhc, HcHeadPreMatchesCpu) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckPre(4, 333, /*head=*/true, 31);
+}
+
+TEST(CudaMhc, PostMatchesCpuExpand) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t num_tokens = 17, n = 4, hidden = 333;
+  const Tensor streams = testing::RoundToBf16(RandomNormal({num_tokens, n, hidden}, 41));
+  const Tensor y = testing::RoundToBf16(RandomNormal({num_tokens, hidden}, 42));
+  const Tensor post = RandomNormal({num_tokens, n}, 43);
+  const Tensor comb = RandomNormal({num_tokens, n, n}, 44, 0.5f);
+  Tensor want = Tensor::Empty(DType::kF32, {num_tokens, n, hidden});
+  cpu::MhcExpandRef(streams.data<float>(), y.data<float>(), post.data<float>(),
+                    comb.data<float>(), num_tokens, n, hidden, want.data<float>(), nullptr);
+  const Tensor d_streams = testing::ToDevice(streams, DType::kBF16);
+  const Tensor d_y = testing::ToDevice(y, DType::kBF16);
+  const Tensor d_post = testing::ToDevice(post, DType::kF32);
+  const Tensor d_comb = testing::ToDevice(comb, DType::kF32);
+  const Tensor out = Tensor::Empty(DType::kBF16, {num_tokens, n, hidden}, DeviceAllocator());
+  ASSERT_TRUE(MhcPost(d_streams.view(), d_y.view(), d_post.view(), d_comb.view(), out.view()).ok());
+  EXPECT_TRUE(testing::CloseAndReport("mhc post", testing::ToHost(out.view()).view(), want.view(),
+                                      kBf16Out));
+  // f32 streams and output.
+  const Tensor f_streams = testing::ToDevice(streams, DType::kF32);
+  const Tensor f_out = Tensor::Empty(DType::kF32, {num_tokens, n, hidden}, DeviceAllocator());
+  ASSERT_TRUE(
+      MhcPost(f_streams.view(), d_y.view(), d_post.view(), d_comb.view(), f_out.view()).ok());
+  EXPECT_TRUE(testing::CloseAndReport("mhc post f32", testing::ToHost(f_out.view()).view(),
+                                      want.view(), {.atol = 1e-5, .rtol = 1e-5}));
+}
+
+TEST(CudaMhc, RejectsMoreThanFourStreams) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor streams = Tensor::Empty(DType::kBF16, {2, 5, 8}, DeviceAllocator());
+  MhcPreArgs args;
+  args.streams = streams.view();
+  EXPECT_FALSE(MhcPre(args).ok());
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
