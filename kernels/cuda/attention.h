@@ -1,0 +1,36 @@
+// V4 sparse multi-query attention with sinks on the GPU (spec §3.1, §3.3-3.6), flash-style: each
+// block takes one query and a group of heads and walks the query's key set (its sliding window
+// of raw KV, then its compressed entries) in tiles of keys, with an online softmax (running max,
+// rescaled sum and accumulator) whose max starts at the sink. No score matrix is stored. Same key
+// sets and sink semantics as kernels/cpu/attention.h; fp32 arithmetic on bf16 (or f32) inputs.
+// Thread-safety: reentrant; the kernel goes to the default stream.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "core/tensor.h"
+
+namespace v4rl::kernels::cuda {
+
+struct SparseAttentionArgs {
+  core::TensorView q;         // [num_q, num_heads, head_dim] bf16|f32 contiguous
+  core::TensorView kv;        // [num_kv, head_dim] bf16|f32 contiguous; row r at kv_pos0 + r
+  core::TensorView comp_kv;   // optional [num_comp, head_dim] bf16|f32 contiguous
+  core::TensorView comp_idx;  // optional [num_q, comp_topk] i32 contiguous; -1 (and ids outside
+                              // [0, num_comp)) are skipped
+  core::TensorView sink;      // [num_heads] f32
+  core::TensorView out;       // [num_q, num_heads, head_dim] bf16|f32 contiguous
+  core::TensorView lse;       // optional [num_q, num_heads] f32 (log-sum-exp incl. the sink)
+  int64_t q_pos0 = 0;
+  int64_t kv_pos0 = 0;
+  int64_t window = 0;
+  int64_t comp_ratio = 0;  // > 0 when comp_kv is given without comp_idx
+  float scale = 0.0f;
+};
+
+// InvalidArgument when a view does not fit (shapes, dtypes, the last query's window outside the
+// raw rows, head_dim > 1024).
+absl::Status SparseAttention(const SparseAttentionArgs& args);
+
+}  // namespace v4rl::kernels::cuda

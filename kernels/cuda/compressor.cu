@@ -1,0 +1,92 @@
+#include <algorithm>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/compressor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+struct PoolParams {
+  const void* kv;
+  const void* score;
+  void* out;
+  int64_t num_windows, ratio, head_dim, first_entry;
+  bool overlap, kv_bf16, score_bf16, out_bf16;
+};
+
+// Slot s of entry w: series A rows of window w - 1 (overlap, w >= 1) first, then window w.
+__device__ __forceinline__ int64_t SlotOffset(const PoolParams& p, int64_t w, int64_t s,
+                                              int64_t d) {
+  const int64_t width = (p.overlap ? 2 : 1) * p.head_dim;
+  const bool has_a = p.overlap && w >= 1;
+  if (has_a && s < p.ratio) return ((w - 1) * p.ratio + s) * width + d;
+  const int64_t j = has_a ? s - p.ratio : s;
+  return (w * p.ratio + j) * width + (p.overlap ? p.head_dim : 0) + d;
+}
+
+__global__ void CompressPoolKernel(PoolParams p) {
+  const int64_t entries = p.num_windows - p.first_entry;
+  const int64_t total = entries * p.head_dim;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t w = p.first_entry + e / p.head_dim, d = e % p.head_dim;
+    const int64_t num_slots = (p.overlap && w >= 1 ? 2 : 1) * p.ratio;
+    // Softmax over the slots (max, then the sum of exponentials), then the weighted values.
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < num_slots; ++s) mx = fmaxf(mx, LoadF(p.score, p.score_bf16, SlotOffset(p, w, s, d)));
+    float denom = 0.0f;
+    for (int64_t s = 0; s < num_slots; ++s) denom += expf(LoadF(p.score, p.score_bf16, SlotOffset(p, w, s, d)) - mx);
+    float sum = 0.0f;
+    for (int64_t s = 0; s < num_slots; ++s) {
+      const int64_t off = SlotOffset(p, w, s, d);
+      sum += LoadF(p.kv, p.kv_bf16, off) * (expf(LoadF(p.score, p.score_bf16, off) - mx) / denom);
+    }
+    StoreF(p.out, p.out_bf16, e, sum);
+  }
+}
+
+}  // namespace
+
+absl::Status CompressPool(const core::TensorView& kv, const core::TensorView& score,
+                          int64_t ratio, bool overlap, int64_t first_entry,
+                          const core::TensorView& out) {
+  const char* op = "cuda::CompressPool";
+  using core::DType;
+  for (const auto& [name, v] : {std::pair{"kv", &kv}, std::pair{"score", &score},
+                                std::pair{"out", &out}}) {
+    if (absl::Status s = CheckDeviceView(op, name, *v, {DType::kBF16, DType::kF32}); !s.ok()) {
+      return s;
+    }
+  }
+  for (absl::Status s :
+       {CheckArg(kv.rank == 2 && score.SameShape(kv.shape_vector()), op,
+                 "kv and score must be equal-shaped [rows, width]"),
+        CheckArg(ratio > 0 && kv.rank == 2 && kv.shape[0] % ratio == 0, op,
+                 "rows must be whole windows of ratio"),
+        CheckArg(!overlap || (kv.rank == 2 && kv.shape[1] % 2 == 0), op,
+                 "overlap needs an even width")}) {
+    if (!s.ok()) return s;
+  }
+  const int64_t head_dim = overlap ? kv.shape[1] / 2 : kv.shape[1];
+  const int64_t num_windows = kv.shape[0] / ratio;
+  if (absl::Status s = CheckArg(first_entry >= 0 && first_entry <= num_windows, op,
+                                "first_entry outside [0, num_windows]");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckViewShape(op, "out", out, {num_windows - first_entry, head_dim});
+      !s.ok()) {
+    return s;
+  }
+  PoolParams p{kv.data, score.data, out.data, num_windows, ratio, head_dim, first_entry,
+               overlap, IsBf16(kv), IsBf16(score), IsBf16(out)};
+  const int64_t total = (num_windows - first_entry) * head_dim;
+  if (total == 0) return absl::OkStatus();
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
+  CompressPoolKernel<<<blocks, 256>>>(p);
+  return LaunchStatus(op);
+}
+
+}  // namespace v4rl::kernels::cuda

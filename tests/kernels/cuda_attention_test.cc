@@ -1,0 +1,167 @@
+// CUDA sparse attention (window + compressed entries + sink, online softmax) and the compressor's
+// gated pool against the CPU references on the same bf16-rounded inputs, odd sizes (gpu label;
+// skips without a device).
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/compressor.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/compressor.h"
+#include "kernels/cuda/device.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+
+// bf16 output: half an ulp (2^-9 relative) plus fp32 online-softmax reordering (~1e-6).
+constexpr testing::Tolerance kBf16Out{.atol = 2e-4, .rtol = 4e-3};
+constexpr testing::Tolerance kLse{.atol = 2e-5, .rtol = 2e-6};
+
+enum class Comp { kNone, kIdx, kAllVisible };
+
+void CheckAttention(int64_t num_heads, int64_t head_dim, Comp comp, uint64_t seed) {
+  const int64_t num_q = 17, window = 8, q_pos0 = 30, kv_pos0 = 25, num_kv = 22, num_comp = 11;
+  const int64_t topk = 6, ratio = 4;
+  const Tensor q = testing::RoundToBf16(RandomNormal({num_q, num_heads, head_dim}, seed));
+  const Tensor kv = testing::RoundToBf16(RandomNormal({num_kv, head_dim}, seed + 1));
+  const Tensor comp_kv = testing::RoundToBf16(RandomNormal({num_comp, head_dim}, seed + 2));
+  const Tensor sink = RandomNormal({num_heads}, seed + 3, 2.0f);
+  // Ascending picks with -1 padding; some rows all -1, one pick out of order of padding.
+  Tensor idx = Tensor::Empty(DType::kI32, {num_q, topk});
+  for (int64_t i = 0; i < num_q; ++i) {
+    int64_t filled = 0;
+    for (int64_t w = (i % 3); w < num_comp && filled < topk - (i % 4); w += 1 + (i % 2)) {
+      idx.data<int32_t>()[i * topk + filled++] = static_cast<int32_t>(w);
+    }
+    while (filled < topk) idx.data<int32_t>()[i * topk + filled++] = -1;
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+
+  cpu::SparseAttentionParams<float> p;
+  p.q = q.data<float>();
+  p.kv = kv.data<float>();
+  p.sink = sink.data<float>();
+  Tensor want = Tensor::Empty(DType::kF32, {num_q, num_heads, head_dim});
+  Tensor want_lse = Tensor::Empty(DType::kF32, {num_q, num_heads});
+  p.out = want.data<float>();
+  p.lse = want_lse.data<float>();
+  p.num_q = num_q;
+  p.num_heads = num_heads;
+  p.head_dim = head_dim;
+  p.num_kv = num_kv;
+  p.q_pos0 = q_pos0;
+  p.kv_pos0 = kv_pos0;
+  p.window = window;
+  p.scale = scale;
+  if (comp != Comp::kNone) {
+    p.comp_kv = comp_kv.data<float>();
+    p.num_comp = num_comp;
+    if (comp == Comp::kIdx) {
+      p.comp_idx = idx.data<int32_t>();
+      p.comp_topk = topk;
+    } else {
+      p.comp_ratio = ratio;
+    }
+  }
+  cpu::SparseAttentionRef(p, nullptr);
+
+  const Tensor dq = testing::ToDevice(q, DType::kBF16);
+  const Tensor dkv = testing::ToDevice(kv, DType::kBF16);
+  const Tensor dcomp = testing::ToDevice(comp_kv, DType::kBF16);
+  const Tensor didx = testing::ToDevice(idx, DType::kI32);
+  const Tensor dsink = testing::ToDevice(sink, DType::kF32);
+  const Tensor out = Tensor::Empty(DType::kBF16, {num_q, num_heads, head_dim}, DeviceAllocator());
+  const Tensor lse = Tensor::Empty(DType::kF32, {num_q, num_heads}, DeviceAllocator());
+  SparseAttentionArgs a;
+  a.q = dq.view();
+  a.kv = dkv.view();
+  a.sink = dsink.view();
+  a.out = out.view();
+  a.lse = lse.view();
+  a.q_pos0 = q_pos0;
+  a.kv_pos0 = kv_pos0;
+  a.window = window;
+  a.scale = scale;
+  if (comp != Comp::kNone) {
+    a.comp_kv = dcomp.view();
+    if (comp == Comp::kIdx) {
+      a.comp_idx = didx.view();
+    } else {
+      a.comp_ratio = ratio;
+    }
+  }
+  ASSERT_TRUE(SparseAttention(a).ok());
+  const std::string tag = "attention heads=" + std::to_string(num_heads) + " D=" +
+                          std::to_string(head_dim) +
+                          (comp == Comp::kNone ? " window only"
+                                               : comp == Comp::kIdx ? " + comp_idx" : " + all visible");
+  EXPECT_TRUE(testing::CloseAndReport(tag + " out", testing::ToHost(out.view()).view(),
+                                      want.view(), kBf16Out));
+  EXPECT_TRUE(testing::CloseAndReport(tag + " lse", testing::ToHost(lse.view()).view(),
+                                      want_lse.view(), kLse));
+}
+
+TEST(CudaAttention, WindowOnly) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckAttention(5, 72, Comp::kNone, 1);
+}
+
+TEST(CudaAttention, WindowPlusSelectedCompressedEntries) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckAttention(11, 200, Comp::kIdx, 11);  // two head groups (8 + 3)
+  CheckAttention(3, 512, Comp::kIdx, 21);   // V4 head_dim: > 48 KiB of shared memory
+}
+
+TEST(CudaAttention, WindowPlusAllVisibleCompressedEntries) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckAttention(16, 96, Comp::kAllVisible, 31);
+}
+
+TEST(CudaAttention, RejectsQueriesBeyondKv) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor q = Tensor::Empty(DType::kBF16, {4, 2, 8}, DeviceAllocator());
+  const Tensor kv = Tensor::Empty(DType::kBF16, {3, 8}, DeviceAllocator());
+  const Tensor sink = Tensor::Empty(DType::kF32, {2}, DeviceAllocator());
+  SparseAttentionArgs a;
+  a.q = q.view();
+  a.kv = kv.view();
+  a.sink = sink.view();
+  a.out = q.view();
+  a.window = 4;
+  EXPECT_FALSE(SparseAttention(a).ok());
+}
+
+void CheckPool(int64_t ratio, bool overlap, int64_t head_dim, int64_t num_windows,
+               int64_t first_entry, uint64_t seed) {
+  const int64_t width = (overlap ? 2 : 1) * head_dim;
+  const Tensor kv = testing::RoundToBf16(RandomNormal({num_windows * ratio, width}, seed));
+  const Tensor score = testing::RoundToBf16(RandomNormal({num_windows * ratio, width}, seed + 1, 3.0f));
+  Tensor want = Tensor::Empty(DType::kF32, {num_windows - first_entry, head_dim});
+  cpu::CompressPoolRef(kv.data<float>(), score.data<float>(), num_windows, ratio, head_dim,
+                       overlap, first_entry, want.data<float>(), nullptr);
+  const Tensor dkv = testing::ToDevice(kv, DType::kBF16);
+  const Tensor dscore = testing::ToDevice(score, DType::kBF16);
+  const Tensor out =
+      Tensor::Empty(DType::kBF16, {num_windows - first_entry, head_dim}, DeviceAllocator());
+  ASSERT_TRUE(CompressPool(dkv.view(), dscore.view(), ratio, overlap, first_entry, out.view()).ok());
+  EXPECT_TRUE(testing::CloseAndReport(
+      "compress pool ratio=" + std::to_string(ratio) + (overlap ? " overlap" : ""),
+      testing::ToHost(out.view()).view(), want.view(), kBf16Out));
+}
+
+TEST(CudaCompressor, PoolMatchesCpu) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckPool(4, /*overlap=*/true, 77, 17, 0, 1);    // CSA: entry 0 without series A
+  CheckPool(4, /*overlap=*/true, 77, 17, 5, 2);    // later entries only
+  CheckPool(16, /*overlap=*/false, 45, 5, 0, 3);   // HCA-like
+  CheckPool(128, /*overlap=*/false, 33, 3, 1, 4);
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
