@@ -1,6 +1,7 @@
-// GRPO job driver: SFT, then rollout -> reward -> store -> learner step, in one process.
+// GRPO job driver: SFT, then publish -> rollout -> reward -> store -> learner step.
 #include "learner/grpo_job.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include "core/status.h"
 #include "learner/checkpoint.h"
 #include "learner/rl_step.h"
+#include "learner/routing_record.h"
 #include "learner/trainable_parameters.h"
 #include "model/backward.h"
 #include "model/save.h"
@@ -33,9 +35,12 @@ uint64_t SampleSeed(uint64_t seed, int64_t step, int64_t prompt, int64_t sample)
   return MixSeed(MixSeed(MixSeed(MixSeed(seed) ^ step) ^ prompt) ^ sample);
 }
 
-// Writes one finished, rewarded sample; returns its id.
+// Writes one finished, rewarded sample with its routing (learner/routing_record.h); a stale one
+// (beyond max_policy_lag) is stored as aborted. Returns its id.
 absl::StatusOr<store::TrajectoryId> StoreSample(const GrpoJobOptions& options,
-                                                const RolloutSample& sample, bool stopped,
+                                                const model::ModelConfig& config,
+                                                const RolloutSample& sample, uint64_t seed,
+                                                bool stopped, bool stale,
                                                 store::TrajectoryStore* store) {
   store::TrajectoryHeader header;
   header.job_id = options.job_id;
@@ -43,16 +48,27 @@ absl::StatusOr<store::TrajectoryId> StoreSample(const GrpoJobOptions& options,
   header.policy_version = sample.weight_version;
   header.sampling = {.temperature = options.temperature,
                      .top_k = options.top_k,
-                     .max_new_tokens = static_cast<int32_t>(options.max_new_tokens)};
+                     .max_new_tokens = static_cast<int32_t>(options.max_new_tokens),
+                     .seed = seed};
+  header.routing = StoreRoutingShape(config);
   V4RL_ASSIGN_OR_RETURN(store::TrajectoryId id, store->Begin(header, sample.prompt));
   store::CompletionTokens chunk;
   chunk.token_ids = sample.completion;
   chunk.logprobs = sample.rollout_logprobs;
   chunk.weight_versions.assign(sample.completion.size(), sample.weight_version);
   chunk.kept_set_sizes = sample.kept_counts;
+  if (header.routing.enabled()) {
+    V4RL_ASSIGN_OR_RETURN(
+        chunk.routed_experts,
+        CompletionRoutingForStore(config, sample.routed_experts,
+                                  static_cast<int64_t>(sample.prompt.size()),
+                                  static_cast<int64_t>(sample.completion.size())));
+  }
   V4RL_RETURN_IF_ERROR(store->AppendTokens(id, 0, chunk));
   V4RL_RETURN_IF_ERROR(store->Finish(
-      id, stopped ? store::TrajectoryStatus::kComplete : store::TrajectoryStatus::kTruncated));
+      id, stale     ? store::TrajectoryStatus::kAborted
+          : stopped ? store::TrajectoryStatus::kComplete
+                    : store::TrajectoryStatus::kTruncated));
   V4RL_RETURN_IF_ERROR(store->AddReward(
       id, {.source_id = "exact_match", .value = static_cast<float>(sample.reward)}));
   return id;
@@ -101,6 +117,10 @@ absl::Status GrpoJobOptions::Validate() const {
   if (eval_examples < 1) {
     problems.push_back(absl::StrFormat("grpo.eval_examples must be >= 1 (got %d)", eval_examples));
   }
+  if (max_policy_lag < -1) {
+    problems.push_back(absl::StrFormat(
+        "services.max_policy_lag must be >= 0, or -1 for unbounded (got %d)", max_policy_lag));
+  }
   if (!sft.dataset.empty()) {
     problems.push_back("sft.dataset must be empty: the GRPO job trains on a synthetic task");
   }
@@ -109,7 +129,8 @@ absl::Status GrpoJobOptions::Validate() const {
 }
 
 absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
-                                          store::TrajectoryStore* store) {
+                                          store::TrajectoryStore* store,
+                                          const GrpoJobBackends& backends) {
   V4RL_RETURN_IF_ERROR(options.Validate());
   std::filesystem::create_directories(options.run_dir);
   const auto start = std::chrono::steady_clock::now();
@@ -154,6 +175,18 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
   generate.sampling.temperature = options.temperature;
   generate.sampling.top_k = options.top_k;
   generate.stop_tokens = {kEosId};
+  InProcessRollout in_process_rollout;
+  ExactMatchReward exact_match_reward;
+  RolloutBackend& rollout =
+      backends.rollout != nullptr ? *backends.rollout : in_process_rollout;
+  RewardBackend& reward = backends.reward != nullptr ? *backends.reward : exact_match_reward;
+  // Version v = the policy after v GRPO steps (0 = the SFT model).
+  const auto publish = [&](int64_t version) -> absl::Status {
+    V4RL_RETURN_IF_ERROR(rollout.PublishWeights(policy, version));
+    if (backends.on_weights_published) backends.on_weights_published(version);
+    return absl::OkStatus();
+  };
+  V4RL_RETURN_IF_ERROR(publish(0));
   RlStepOptions rl;
   rl.grpo.kl_coef = options.kl_coef;
   rl.grpo.clip_low = options.clip;
@@ -162,7 +195,7 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
   for (int64_t step = 0; step < options.steps; ++step) {
     // Rollout: group_size samples of each of this step's prompts, with the policy of version step.
     std::vector<SftExample> examples;
-    std::vector<rollout::GenerationRequest> requests;
+    std::vector<rollout::GenerationRequest> requests;  // prompt i, sample g at i * group_size + g
     for (int64_t i = 0; i < options.prompts_per_step; ++i) {
       examples.push_back(
           MakeSyntheticExample(sft.synthetic, TaskSplit::kTrain, step * options.prompts_per_step + i));
@@ -170,37 +203,68 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
         requests.push_back({examples.back().prompt, SampleSeed(options.seed, step, i, g)});
       }
     }
-    V4RL_ASSIGN_OR_RETURN(std::vector<rollout::GenerationResult> results,
-                          rollout::Generate(policy, requests, generate));
-    // Reward and store.
+    V4RL_ASSIGN_OR_RETURN(std::vector<RolloutResult> results,
+                          rollout.Generate(requests, generate));
+    if (results.size() != requests.size()) {
+      return absl::InternalError(absl::StrFormat("%s returned %d results for %d requests",
+                                                 rollout.Describe(), results.size(),
+                                                 requests.size()));
+    }
+    // Reward.
+    std::vector<RewardItem> reward_items(results.size());
+    for (size_t r = 0; r < results.size(); ++r) {
+      reward_items[r] = {.completion = results[r].generation.tokens,
+                         .expected = examples[r / options.group_size].completion};
+    }
+    V4RL_ASSIGN_OR_RETURN(const std::vector<double> rewards, reward.Score(reward_items));
+    if (rewards.size() != results.size()) {
+      return absl::InternalError(absl::StrFormat("%s returned %d rewards for %d items",
+                                                 reward.Describe(), rewards.size(),
+                                                 results.size()));
+    }
+    // Store; the learner trains on the samples within the lag bound.
     std::vector<RolloutSample> samples;
     double reward_sum = 0;
+    int64_t stale_samples = 0;
+    int64_t max_lag = 0;
     for (size_t r = 0; r < results.size(); ++r) {
       const int64_t prompt = static_cast<int64_t>(r) / options.group_size;
-      rollout::GenerationResult& result = results[r];
+      rollout::GenerationResult& result = results[r].generation;
       RolloutSample sample{.prompt = requests[r].prompt,
                            .completion = std::move(result.tokens),
                            .rollout_logprobs = std::move(result.sampling_logprobs),
                            .kept_counts = std::move(result.kept_counts),
                            .routed_experts = std::move(result.routed_experts),
                            .group = step * options.prompts_per_step + prompt,
-                           .weight_version = step};
-      sample.reward = sample.completion == examples[prompt].completion ? 1.0 : 0.0;
+                           .weight_version = results[r].weight_version};
+      sample.reward = rewards[r];
       reward_sum += sample.reward;
-      V4RL_RETURN_IF_ERROR(
-          StoreSample(options, sample, result.finish_reason == rollout::FinishReason::kStop, store)
-              .status());
+      const int64_t lag = step - sample.weight_version;
+      max_lag = std::max(max_lag, lag);
+      const bool stale = options.max_policy_lag >= 0 && lag > options.max_policy_lag;
+      stale_samples += stale;
+      V4RL_RETURN_IF_ERROR(StoreSample(options, policy.config, sample, requests[r].seed,
+                                       result.finish_reason == rollout::FinishReason::kStop,
+                                       stale, store)
+                               .status());
       ++summary.trajectories;
-      samples.push_back(std::move(sample));
+      if (!stale) samples.push_back(std::move(sample));
     }
-    const double mean_reward = reward_sum / static_cast<double>(samples.size());
+    const double mean_reward = reward_sum / static_cast<double>(results.size());
     summary.mean_rewards.push_back(mean_reward);
     // Learn.
     rl.current_version = step;
+    if (samples.empty()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "grpo step %d: all %d samples are beyond max_policy_lag %d (lag up to %d); %s serves "
+          "weights older than the published ones",
+          step + 1, stale_samples, options.max_policy_lag, max_lag, rollout.Describe()));
+    }
     V4RL_ASSIGN_OR_RETURN(RlStepResult step_result,
                           RlStep(policy, options.kl_coef > 0 ? &reference : nullptr, samples, rl,
                                  parameters, &grads, optimizer, static_cast<float>(options.lr),
                                  options.grad_clip));
+    V4RL_RETURN_IF_ERROR(publish(step + 1));
     summary.steps = step + 1;
     const RlStepMetrics& m = step_result.metrics;
     metrics << nlohmann::json{{"step", step + 1},
@@ -213,6 +277,9 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
                               {"num_tokens", m.num_tokens},
                               {"kept_set_fallbacks", m.kept_set_fallbacks},
                               {"grad_norm", step_result.grad_norm},
+                              {"weight_version", step},
+                              {"max_lag", max_lag},
+                              {"stale_samples", stale_samples},
                               {"elapsed_s", elapsed()}}
                    .dump()
             << "\n"

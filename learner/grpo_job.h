@@ -1,7 +1,11 @@
-// An in-process GRPO job: SFT a model on a synthetic task (learner/sft_trainer.h), then GRPO on the
-// same task with a verifiable reward, every sample recorded in a trajectory store. Rollout
-// (rollout::Generate), reward and learner step (learner/rl_step.h) run in this process, one after
-// the other; the services of issue 10 replace those calls later.
+// A GRPO job: SFT a model on a synthetic task (learner/sft_trainer.h), then GRPO on the same task
+// with a verifiable reward, every sample recorded in a trajectory store. Rollout and reward go
+// through the interfaces of learner/rollout_client.h: in this process by default, or in rollout
+// and reward workers over gRPC (learner/remote_service.h); the learner step (learner/rl_step.h)
+// runs here. Step s: publish the policy as weight version s (version 0 = the SFT model), roll out
+// with it, score, store, learn. Each sample's lag = s - its weight version is recorded; samples
+// whose lag exceeds max_policy_lag are stored as aborted and not trained on (the step's
+// "stale_samples" metric counts them).
 //
 // Run directory layout:
 //   RUN/sft/...                 the SFT run (learner/sft_trainer.h); resumed if present
@@ -11,16 +15,19 @@
 //   RUN/summary.json            accuracy_after_sft, accuracy_after_grpo, steps, mean reward per step
 //   (the caller's store, e.g. RUN/trajectories for `v4rl run`)
 // Determinism: step s samples train examples [s·P, (s+1)·P) (P = prompts_per_step), sample g of
-// prompt i gets seed hash(seed, s, i, g); the result is a function of the options alone.
+// prompt i gets seed hash(seed, s, i, g); the result is a function of the options alone, the same
+// with any backend (remote workers return bit-identical tokens, logprobs and routing).
 // Reward: 1 when the completion (up to and including EOS) equals the example's, else 0.
 // Thread-safety: one job per run directory; the store must accept calls from this thread.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "learner/rollout_client.h"
 #include "learner/sft_trainer.h"
 #include "store/trajectory_store.h"
 
@@ -44,6 +51,8 @@ struct GrpoJobOptions {
   uint64_t seed = 1;              // sampling seeds
   std::string job_id = "grpo";    // the store's job id
   bool quiet = false;             // no progress lines on stderr
+  // Largest accepted lag (learner version - sample weight version); -1 = unbounded.
+  int64_t max_policy_lag = -1;
 
   // InvalidArgument listing every problem (field, value, expectation).
   absl::Status Validate() const;
@@ -57,8 +66,19 @@ struct GrpoJobSummary {
   int64_t trajectories = 0;          // samples written to the store
 };
 
+// Where rollout and reward run; null members take the in-process implementations. Not owned.
+struct GrpoJobBackends {
+  RolloutBackend* rollout = nullptr;
+  RewardBackend* reward = nullptr;
+  // Called after each publication with the new weight version (e.g. the learner service's
+  // WaitForWeightVersion board); may be empty.
+  std::function<void(int64_t version)> on_weights_published;
+};
+
 // Runs SFT (or resumes it) then GRPO; writes every sample to `store` (not owned, non-null).
+// Errors: options.Validate, the backends' (a remote worker that cannot be recovered), the store's.
 absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
-                                          store::TrajectoryStore* store);
+                                          store::TrajectoryStore* store,
+                                          const GrpoJobBackends& backends = {});
 
 }  // namespace v4rl::learner

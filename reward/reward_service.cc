@@ -40,11 +40,12 @@ grpc::Status RewardServiceImpl::Score(grpc::ServerContext* context, const ScoreR
     }
     const v4rl::VerifierSpec& v = item.verifier();
     VerifierSpec& spec = specs[i];
-    spec.kind = v.kind() == v4rl::VerifierSpec::ANSWER_KIND_INTEGER ? AnswerKind::kInteger
-                                                                    : AnswerKind::kExact;
-    if (v.kind() != v4rl::VerifierSpec::ANSWER_KIND_INTEGER &&
-        v.kind() != v4rl::VerifierSpec::ANSWER_KIND_EXACT) {
-      return Invalid(absl::StrFormat("items[%d].verifier.kind: unknown kind %d", i, v.kind()));
+    switch (v.kind()) {
+      case v4rl::VerifierSpec::ANSWER_KIND_EXACT: spec.kind = AnswerKind::kExact; break;
+      case v4rl::VerifierSpec::ANSWER_KIND_INTEGER: spec.kind = AnswerKind::kInteger; break;
+      case v4rl::VerifierSpec::ANSWER_KIND_VERBATIM: spec.kind = AnswerKind::kVerbatim; break;
+      default:
+        return Invalid(absl::StrFormat("items[%d].verifier.kind: unknown kind %d", i, v.kind()));
     }
     spec.expected = v.expected();
     if (v.has_correct_reward()) spec.correct_reward = v.correct_reward();

@@ -49,6 +49,15 @@ std::optional<std::string> LastInteger(std::string_view text) {
 
 Verdict Verify(const VerifierSpec& spec, std::string_view completion, actor::ThinkingMode mode) {
   Verdict verdict;
+  if (spec.kind == AnswerKind::kVerbatim) {
+    verdict.format_ok = true;
+    verdict.answer = std::string(completion);
+    verdict.correct = completion == spec.expected;
+    verdict.reward = verdict.correct ? spec.correct_reward : spec.incorrect_reward;
+    verdict.explanation = verdict.correct ? "completion equals the expected text"
+                                          : "completion differs from the expected text";
+    return verdict;
+  }
   absl::StatusOr<actor::Message> parsed = actor::ParseCompletion(completion, mode);
   if (!parsed.ok()) {
     verdict.reward = spec.format_error_reward;

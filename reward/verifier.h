@@ -8,6 +8,8 @@
 // there is one, otherwise the whole content, trimmed. Answer kinds:
 //   kExact    the answer equals `expected` after trimming whitespace;
 //   kInteger  the last integer in the answer equals `expected` (an integer).
+//   kVerbatim the whole completion equals `expected` byte for byte; no parsing, no trimming and
+//             no format check (tasks without a chat format, e.g. learner/synthetic_tasks.h).
 // Reward: `correct_reward` for a correct answer with a valid format, `incorrect_reward` for a wrong
 // answer with a valid format, `format_error_reward` when the format check fails (the answer is
 // then not scored).
@@ -23,7 +25,7 @@
 
 namespace v4rl::reward {
 
-enum class AnswerKind { kExact, kInteger };
+enum class AnswerKind { kExact, kInteger, kVerbatim };
 
 struct VerifierSpec {
   AnswerKind kind = AnswerKind::kExact;

@@ -118,7 +118,8 @@ grpc::Status ToGenerateCall(const GenerateRequest& request, const model::ModelCo
       }
     }
     call->requests[b].prompt.assign(prompt.token_ids().begin(), prompt.token_ids().end());
-    call->requests[b].seed = sampling.seed() + static_cast<uint64_t>(b);
+    call->requests[b].seed =
+        prompt.has_seed() ? prompt.seed() : sampling.seed() + static_cast<uint64_t>(b);
   }
   return grpc::Status::OK;
 }

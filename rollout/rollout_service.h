@@ -9,7 +9,8 @@
 // max_new_tokens of 0 takes its mode's cap, a larger value is clamped to it.
 //
 // Greedy decoding is temperature == 0 (proto3's unset value); sampling needs temperature > 0,
-// top_p in (0, 1], top_k >= 0. prompts[i] samples with the seed sampling.seed + i.
+// top_p in (0, 1], top_k >= 0. prompts[i] samples with its own seed when it sets one, else with
+// sampling.seed + i.
 //
 // Ownership: the service owns the served model through a shared_ptr; a Generate call copies that
 // pointer when it starts, so an UpdateWeights during it neither blocks on it nor changes its

@@ -5,12 +5,17 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <fstream>
 #include <sstream>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "learner/rollout_client.h"
+#include "learner/routing_record.h"
 #include "model/forward.h"
+#include "model/save.h"
 #include "nlohmann/json.hpp"
 #include "store/memory_trajectory_store.h"
 #include "tests/testing/status_matchers.h"
@@ -86,6 +91,96 @@ TEST(GrpoJob, WritesRunDirectoryAndEverySample) {
   }
   for (int s = 0; s < 3; ++s) EXPECT_DOUBLE_EQ(reward_sums[s] / 6, summary.mean_rewards[s]) << s;
   for (int g = 0; g < 6; ++g) EXPECT_EQ(group_sizes[g], 3) << g;
+
+  // Every sample keeps its routing (learned layers, completion tokens) and its sampling seed.
+  V4RL_ASSERT_OK_AND_ASSIGN(store::Trajectory first, trajectories.Read(metas[0].id));
+  const store::RoutingShape& routing = first.meta.header.routing;
+  EXPECT_EQ(routing.num_moe_layers, 2);  // tiny_char: hash, moe, moe
+  EXPECT_EQ(routing.num_topk, 2);
+  EXPECT_EQ(static_cast<int64_t>(first.completion.routed_experts.size()),
+            routing.ids_per_token() * first.completion.num_tokens());
+  EXPECT_NE(first.meta.header.sampling.seed, 0u);
+}
+
+// A rollout backend one version behind: it really generates, with the weights published before
+// the latest (kept as a saved and reloaded copy), like an asynchronous worker that has not
+// picked up the newest weights yet.
+class OneVersionBehindRollout final : public RolloutBackend {
+ public:
+  explicit OneVersionBehindRollout(std::string dir) : dir_(std::move(dir)) {}
+  absl::Status PublishWeights(const model::Model& model, int64_t version) override {
+    const std::string path = dir_ + "/v" + std::to_string(version);
+    V4RL_RETURN_IF_ERROR(model::SaveModel(path, model.config, model.weights));
+    V4RL_ASSIGN_OR_RETURN(model::Model copy, model::Model::Load(path));
+    if (!latest_.has_value()) {  // the first version is served at once
+      served_ = std::make_unique<model::Model>(copy);
+      served_version_ = version;
+    } else {
+      served_ = std::make_unique<model::Model>(std::move(*latest_));
+      served_version_ = latest_version_;
+    }
+    latest_ = std::move(copy);
+    latest_version_ = version;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<RolloutResult>> Generate(
+      absl::Span<const rollout::GenerationRequest> requests,
+      const rollout::GenerateOptions& options) override {
+    InProcessRollout inner;
+    V4RL_RETURN_IF_ERROR(inner.PublishWeights(*served_, served_version_));
+    return inner.Generate(requests, options);
+  }
+  std::string Describe() const override { return "one-version-behind rollout"; }
+
+ private:
+  std::string dir_;
+  std::unique_ptr<model::Model> served_;
+  int64_t served_version_ = -1;
+  std::optional<model::Model> latest_;
+  int64_t latest_version_ = -1;
+};
+
+TEST(GrpoJob, LagIsRecordedAndBoundedByMaxPolicyLag) {
+  GrpoJobOptions options = TinyOptions("grpo_job_lag");
+  std::filesystem::remove_all(options.run_dir);
+  options.max_policy_lag = 1;
+  {
+    OneVersionBehindRollout rollout(options.run_dir + "/served");
+    store::MemoryTrajectoryStore trajectories;
+    V4RL_ASSERT_OK_AND_ASSIGN(GrpoJobSummary summary,
+                              RunGrpoJob(options, &trajectories, {.rollout = &rollout}));
+    EXPECT_EQ(summary.steps, 3);
+    std::istringstream metrics(ReadAll(options.run_dir + "/metrics_grpo.jsonl"));
+    std::vector<int64_t> max_lags;
+    for (std::string line; std::getline(metrics, line);) {
+      const nlohmann::json json = nlohmann::json::parse(line);
+      if (json.contains("max_lag")) {
+        max_lags.push_back(json["max_lag"].get<int64_t>());
+        EXPECT_EQ(json["stale_samples"].get<int64_t>(), 0);
+      }
+    }
+    // Step 1 samples version 0 (the only one); steps 2 and 3 sample the version before theirs.
+    EXPECT_EQ(max_lags, (std::vector<int64_t>{0, 1, 1}));
+    V4RL_ASSERT_OK_AND_ASSIGN(std::vector<store::TrajectoryMeta> metas,
+                              trajectories.Scan(store::ScanQuery{}));
+    for (const store::TrajectoryMeta& meta : metas) EXPECT_LE(meta.header.policy_version, 1);
+  }
+  // Bound 0: step 2's samples are all one version behind, so none may be trained on.
+  std::filesystem::remove_all(options.run_dir + "/checkpoints");
+  std::filesystem::remove_all(options.run_dir + "/served");
+  options.max_policy_lag = 0;
+  OneVersionBehindRollout rollout(options.run_dir + "/served");
+  store::MemoryTrajectoryStore trajectories;
+  const absl::Status status = RunGrpoJob(options, &trajectories, {.rollout = &rollout}).status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("beyond max_policy_lag 0"));
+  V4RL_ASSERT_OK_AND_ASSIGN(std::vector<store::TrajectoryMeta> metas,
+                            trajectories.Scan(store::ScanQuery{}));
+  int aborted = 0;
+  for (const store::TrajectoryMeta& meta : metas) {
+    aborted += meta.status == store::TrajectoryStatus::kAborted;
+  }
+  EXPECT_EQ(aborted, 6);  // step 2's samples, stored but not trained on
 }
 
 TEST(GrpoJob, RejectsBadOptionsNamingTheField) {

@@ -71,9 +71,40 @@ TEST_F(RewardServiceTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServi
   status = Score(bad_expected, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("expected must be an integer"));
+  ScoreRequest unknown_kind;
+  *unknown_kind.add_items() = Item("1", REASONING_MODE_NON_THINK, "1");
+  *unknown_kind.add_items() = Item("1", REASONING_MODE_NON_THINK, "1");
+  unknown_kind.mutable_items(1)->mutable_verifier()->set_kind(
+      static_cast<v4rl::VerifierSpec::AnswerKind>(7));
+  status = Score(unknown_kind, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("items[1].verifier.kind: unknown kind 7"));
   ScoreRequest good;
   *good.add_items() = Item("1", REASONING_MODE_NON_THINK, "1");
   EXPECT_TRUE(Score(good, &response).ok());
+}
+
+// Verbatim: the whole completion against the expected text, no chat grammar and no trimming
+// (the synthetic tasks' exact token match, as text).
+TEST_F(RewardServiceTest, VerbatimComparesTheWholeCompletion) {
+  ScoreRequest request;
+  for (const char* completion : {"168<eos>", " 168<eos>", "168"}) {
+    ScoreItem* item = request.add_items();
+    item->set_completion(completion);
+    item->set_mode(REASONING_MODE_NON_THINK);
+    item->mutable_verifier()->set_kind(v4rl::VerifierSpec::ANSWER_KIND_VERBATIM);
+    item->mutable_verifier()->set_expected("168<eos>");
+    item->mutable_verifier()->set_format_error_reward(0);
+  }
+  ScoreResponse response;
+  ASSERT_TRUE(Score(request, &response).ok());
+  ASSERT_EQ(response.verdicts_size(), 3);
+  EXPECT_EQ(response.verdicts(0).reward(), 1.0);
+  EXPECT_TRUE(response.verdicts(0).correct());
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_EQ(response.verdicts(i).reward(), 0.0) << i;
+    EXPECT_TRUE(response.verdicts(i).format_ok()) << i;
+  }
 }
 
 TEST_F(RewardServiceTest, HealthCheckReportsServing) {

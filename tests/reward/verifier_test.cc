@@ -47,6 +47,16 @@ TEST(Verifier, NonThinkRejectsReasoningMarkersAndMissingEos) {
   EXPECT_FALSE(Verify(spec, "cba", ThinkingMode::kChat).format_ok);  // no EOS
 }
 
+TEST(Verifier, VerbatimIsByteExactWithoutFormatRules) {
+  const VerifierSpec spec{.kind = AnswerKind::kVerbatim, .expected = "cba<eos>"};
+  EXPECT_EQ(Verify(spec, "cba<eos>", ThinkingMode::kChat).reward, 1.0);
+  EXPECT_EQ(Verify(spec, "cba<eos>", ThinkingMode::kThinking).reward, 1.0);
+  const Verdict wrong = Verify(spec, "cba <eos>", ThinkingMode::kChat);
+  EXPECT_TRUE(wrong.format_ok);
+  EXPECT_FALSE(wrong.correct);
+  EXPECT_EQ(wrong.reward, 0.0);
+}
+
 TEST(Verifier, SpecValidation) {
   EXPECT_FALSE((VerifierSpec{.kind = AnswerKind::kInteger, .expected = "x"}).Validate().ok());
   EXPECT_TRUE((VerifierSpec{.kind = AnswerKind::kInteger, .expected = "-3"}).Validate().ok());

@@ -171,6 +171,31 @@ TEST_F(RolloutServiceTest, StreamsWhatGenerateReturnsForTheSameSeeds) {
   }
 }
 
+// A prompt's own seed replaces sampling.seed + index, so a client can batch samples with
+// unrelated seeds (the GRPO job's hashed per-sample seeds) and get each sample's own tokens.
+TEST_F(RolloutServiceTest, PerPromptSeedOverridesTheStreamSeed) {
+  GenerateRequest request = TestRequest();
+  request.mutable_prompts(0)->set_seed(1234567);
+  request.mutable_prompts(2)->set_seed(9);  // equals what prompt 2 gets by default (7 + 2)
+  std::vector<GenerateResult> results;
+  ASSERT_TRUE(Call(request, &results).ok());
+  GenerateRequest alone = TestRequest();
+  alone.mutable_prompts()->DeleteSubrange(1, 2);
+  alone.mutable_sampling()->set_seed(1234567);
+  std::vector<GenerateResult> want;
+  ASSERT_TRUE(Call(alone, &want).ok());
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(std::vector<int32_t>(results[0].tokens().begin(), results[0].tokens().end()),
+            std::vector<int32_t>(want[0].tokens().begin(), want[0].tokens().end()));
+  EXPECT_EQ(std::vector<float>(results[0].sampling_logprobs().begin(),
+                               results[0].sampling_logprobs().end()),
+            std::vector<float>(want[0].sampling_logprobs().begin(),
+                               want[0].sampling_logprobs().end()));
+  const std::vector<GenerationResult> direct = DirectGenerate(model_a_, TestRequest(), 6);
+  ExpectEqual(results[1], direct[1], 1);
+  ExpectEqual(results[2], direct[2], 2);
+}
+
 TEST_F(RolloutServiceTest, GreedyAndThePerModeBudget) {
   GenerateRequest request = TestRequest();
   request.clear_stop_tokens();
