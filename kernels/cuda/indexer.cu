@@ -1,0 +1,225 @@
+#include <algorithm>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/indexer.h"
+#include "kernels/plan/compressed_attention.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+constexpr int kSelectThreads = 512;
+
+// Monotone map of a score to uint32: a higher key ranks first; -0 equals +0; NaN lowest.
+__device__ __forceinline__ uint32_t OrderKey(float f) {
+  if (f != f) return 0u;
+  if (f == 0.0f) f = 0.0f;
+  const uint32_t b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Exclusive prefix sum over the block (blockDim.x = kSelectThreads); *total gets the sum.
+// `scratch` holds kSelectThreads / 32 + 1 words of shared memory.
+__device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t inclusive = v;
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const uint32_t up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = inclusive;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint32_t run = 0;
+    for (int w = 0; w < kSelectThreads / 32; ++w) {
+      const uint32_t t = scratch[w];
+      scratch[w] = run;
+      run += t;
+    }
+    scratch[kSelectThreads / 32] = run;
+  }
+  __syncthreads();
+  *total = scratch[kSelectThreads / 32];
+  return scratch[warp] + inclusive - v;
+}
+
+struct SelectParams {
+  const float* scores;
+  int32_t* topk_idx;
+  int64_t num_keys, ld, topk, q_pos0, ratio;
+};
+
+// One block per query: radix select (4 passes of 8 bits) of the k-th key, then one ordered pass
+// emitting every id above it plus the lowest ids equal to it, ascending.
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+  __shared__ uint32_t hist[256];
+  __shared__ uint32_t scratch[kSelectThreads / 32 + 1];
+  __shared__ uint32_t shared_prefix, shared_remaining;
+  const int64_t i = blockIdx.x;
+  const float* row = p.scores + i * p.ld;
+  int32_t* out = p.topk_idx + i * p.topk;
+  const int64_t n = Min64(plan::NumVisibleCompressed(p.q_pos0 + i, p.ratio), p.num_keys);
+  if (n <= p.topk) {
+    for (int64_t s = threadIdx.x; s < p.topk; s += blockDim.x) out[s] = s < n ? int32_t(s) : -1;
+    return;
+  }
+  uint32_t prefix = 0, mask = 0, remaining = static_cast<uint32_t>(p.topk);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < n; s += blockDim.x) {
+      const uint32_t key = OrderKey(row[s]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFFu], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // Walk the bins from the top until the remaining picks are covered.
+      uint32_t above = 0;
+      for (int b = 255; b >= 0; --b) {
+        if (above + hist[b] >= remaining) {
+          shared_prefix = prefix | (uint32_t(b) << shift);
+          shared_remaining = remaining - above;
+          break;
+        }
+        above += hist[b];
+      }
+    }
+    __syncthreads();
+    prefix = shared_prefix;
+    remaining = shared_remaining;
+    mask |= 0xFFu << shift;
+  }
+  // prefix is the k-th key; `remaining` ids equal to it are taken, lowest first.
+  uint32_t emitted = 0, equal_seen = 0;
+  for (int64_t start = 0; start < n; start += blockDim.x) {
+    const int64_t s = start + threadIdx.x;
+    const uint32_t key = s < n ? OrderKey(row[s]) : 0u;
+    const bool above = s < n && key > prefix;
+    const bool equal = s < n && key == prefix;
+    uint32_t equal_total = 0, selected_total = 0;
+    const uint32_t equal_rank = equal_seen + BlockExclusiveScan(equal ? 1u : 0u, &equal_total, scratch);
+    const bool selected = above || (equal && equal_rank < remaining);
+    const uint32_t position = emitted + BlockExclusiveScan(selected ? 1u : 0u, &selected_total, scratch);
+    if (selected) out[position] = static_cast<int32_t>(s);
+    emitted += selected_total;
+    equal_seen += equal_total;
+  }
+}
+
+struct ReduceParams {
+  const float* logits;   // [chunk · heads, num_keys]
+  const float* weights;  // [num_q, heads], rows of the chunk
+  float* scores;         // [chunk, num_keys]
+  int64_t chunk, heads, num_keys;
+  float score_scale;
+};
+
+// scores[i, s] = Σ_h max(logit, 0) · score_scale · w[i, h], heads in order (as the CPU).
+__global__ void ReduceHeadsKernel(ReduceParams p) {
+  const int64_t total = p.chunk * p.num_keys;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = e / p.num_keys, s = e % p.num_keys;
+    float sum = 0.0f;
+    for (int64_t h = 0; h < p.heads; ++h) {
+      sum += fmaxf(p.logits[(i * p.heads + h) * p.num_keys + s], 0.0f) * p.score_scale *
+             p.weights[i * p.heads + h];
+    }
+    p.scores[e] = sum;
+  }
+}
+
+absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t num_keys,
+                          int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
+  if (rows == 0 || topk == 0) return absl::OkStatus();
+  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(
+      SelectParams{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio});
+  return LaunchStatus("cuda::IndexerSelect");
+}
+
+}  // namespace
+
+int64_t IndexerTopKWorkspaceFloats(int64_t q_chunk, int64_t heads, int64_t num_keys) {
+  return q_chunk * heads * num_keys + q_chunk * num_keys;
+}
+
+absl::Status IndexerSelect(const core::TensorView& scores, int64_t q_pos0, int64_t ratio,
+                           const core::TensorView& topk_idx) {
+  const char* op = "cuda::IndexerSelect";
+  if (absl::Status s = CheckDeviceView(op, "scores", scores, {core::DType::kF32}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckDeviceView(op, "topk_idx", topk_idx, {core::DType::kI32}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckArg(scores.rank == 2 && topk_idx.rank == 2 &&
+                                    topk_idx.shape[0] == scores.shape[0] && ratio > 0,
+                                op, "scores [num_q, num_keys], topk_idx [num_q, k], ratio > 0");
+      !s.ok()) {
+    return s;
+  }
+  return LaunchSelect(scores.data_as<float>(), scores.shape[1], scores.shape[0], scores.shape[1],
+                      q_pos0, ratio, topk_idx.data_as<int32_t>(), topk_idx.shape[1]);
+}
+
+absl::Status IndexerTopK(GemmHandle& handle, const IndexerTopKArgs& a) {
+  const char* op = "cuda::IndexerTopK";
+  using core::DType;
+  for (absl::Status s : {CheckDeviceView(op, "q", a.q, {DType::kBF16}),
+                         CheckDeviceView(op, "keys", a.keys, {DType::kBF16}),
+                         CheckDeviceView(op, "weights", a.weights, {DType::kF32}),
+                         CheckDeviceView(op, "topk_idx", a.topk_idx, {DType::kI32}),
+                         CheckDeviceView(op, "workspace", a.workspace, {DType::kF32})}) {
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = CheckArg(a.q.rank == 3 && a.keys.rank == 2 && a.keys.shape[1] == a.q.shape[2] &&
+                                    a.topk_idx.rank == 2 && a.topk_idx.shape[0] == a.q.shape[0] &&
+                                    a.ratio > 0 && a.q_chunk > 0,
+                                op, "q [num_q, heads, D], keys [num_keys, D], topk_idx [num_q, k], "
+                                    "ratio > 0, q_chunk > 0");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t num_q = a.q.shape[0], heads = a.q.shape[1], head_dim = a.q.shape[2];
+  const int64_t num_keys = a.keys.shape[0];
+  if (absl::Status s = CheckViewShape(op, "weights", a.weights, {num_q, heads}); !s.ok()) return s;
+  const int64_t chunk = std::min(a.q_chunk, std::max<int64_t>(num_q, 1));
+  if (absl::Status s = CheckArg(a.workspace.numel() >= IndexerTopKWorkspaceFloats(chunk, heads, num_keys),
+                                op, "workspace smaller than IndexerTopKWorkspaceFloats");
+      !s.ok()) {
+    return s;
+  }
+  if (num_q == 0) return absl::OkStatus();
+  float* logits = a.workspace.data_as<float>();
+  float* scores = logits + chunk * heads * num_keys;
+  if (num_keys == 0) {  // nothing visible: every row is -1 padding
+    return LaunchSelect(logits, 0, num_q, 0, a.q_pos0, a.ratio, a.topk_idx.data_as<int32_t>(),
+                        a.topk_idx.shape[1]);
+  }
+  const core::TensorView q_rows = a.q.Reshape({num_q * heads, head_dim});
+  for (int64_t c0 = 0; c0 < num_q; c0 += chunk) {
+    const int64_t rows = std::min(chunk, num_q - c0);
+    const core::TensorView logits_view = core::TensorView::Contiguous(
+        logits, DType::kF32, {rows * heads, num_keys}, core::Device::kCuda);
+    if (absl::Status s = Gemm(handle, q_rows.Slice(0, c0 * heads, (c0 + rows) * heads), a.keys,
+                              logits_view);
+        !s.ok()) {
+      return s;
+    }
+    ReduceParams r{logits, a.weights.data_as<float>() + c0 * heads, scores, rows, heads, num_keys,
+                   a.score_scale};
+    const int64_t total = rows * num_keys;
+    ReduceHeadsKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256>>>(r);
+    if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
+    if (absl::Status s = LaunchSelect(scores, num_keys, rows, num_keys, a.q_pos0 + c0, a.ratio,
+                                      a.topk_idx.data_as<int32_t>() + c0 * a.topk_idx.shape[1],
+                                      a.topk_idx.shape[1]);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace v4rl::kernels::cuda

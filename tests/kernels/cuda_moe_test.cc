@@ -1,0 +1,226 @@
+// CUDA MoE: routing (sqrt-softplus scores, biased top-k with ties, hash, replay) exactly against
+// the CPU rule, and the whole routed + shared expert block (gate GEMM, routing, host plan,
+// gather, grouped expert GEMMs, clamped SwiGLU, weighted combine) against model::MoeForward on
+// bf16-rounded weights and inputs (gpu label; skips without a device).
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/plan/moe_dispatch.h"
+#include "kernels/plan/topk.h"
+#include "model/moe.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+
+TEST(CudaMoe, RoutingMatchesCpuRuleWithTies) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t n = 17, experts = 37, k = 6;
+  Tensor logits = RandomNormal({n, experts}, 1, 2.0f);
+  for (int64_t e = 0; e < experts; e += 5) logits.data<float>()[3 * experts + e] = 0.5f;  // ties
+  logits.data<float>()[4 * experts + 2] = 25.0f;  // above the softplus threshold
+  Tensor bias = RandomNormal({experts}, 2, 0.1f);
+  for (int64_t e = 0; e < experts; e += 5) bias.data<float>()[e] = 0.0f;
+  const float route_scale = 1.5f;
+  // CPU rule (model/moe.cc RouteTokens), with the same f32 score arithmetic.
+  std::vector<int32_t> want_idx(n * k);
+  std::vector<float> want_weight(n * k), scores(n * experts);
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<float> biased(experts), picked(k);
+    for (int64_t e = 0; e < experts; ++e) {
+      const float v = logits.data<float>()[t * experts + e];
+      scores[t * experts + e] = std::sqrt(v > 20.0f ? v : std::log1p(std::exp(v)));
+      biased[e] = scores[t * experts + e] + bias.data<float>()[e];
+    }
+    plan::TopK(biased.data(), experts, k, want_idx.data() + t * k, picked.data());
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += scores[t * experts + want_idx[t * k + j]];
+    for (int64_t j = 0; j < k; ++j) {
+      want_weight[t * k + j] = scores[t * experts + want_idx[t * k + j]] / (sum + 1e-20f) * route_scale;
+    }
+  }
+  const Tensor d_logits = testing::ToDevice(logits, DType::kF32);
+  const Tensor d_bias = testing::ToDevice(bias, DType::kF32);
+  const Tensor d_idx = Tensor::Empty(DType::kI32, {n, k}, DeviceAllocator());
+  const Tensor d_weight = Tensor::Empty(DType::kF32, {n, k}, DeviceAllocator());
+  const Tensor d_scores = Tensor::Empty(DType::kF32, {n, experts}, DeviceAllocator());
+  RouteArgs a;
+  a.logits = d_logits.view();
+  a.bias = d_bias.view();
+  a.scores = d_scores.view();
+  a.topk_idx = d_idx.view();
+  a.topk_weight = d_weight.view();
+  a.route_scale = route_scale;
+  ASSERT_TRUE(RouteTopK(a).ok());
+  const Tensor got_idx = testing::ToHost(d_idx.view());
+  for (int64_t i = 0; i < n * k; ++i) ASSERT_EQ(got_idx.data<int32_t>()[i], want_idx[i]) << i;
+  EXPECT_TRUE(testing::CloseAndReport("routing weights", testing::ToHost(d_weight.view()).view(),
+                                      Tensor::FromFloats({n, k}, want_weight).view(),
+                                      {.atol = 1e-6, .rtol = 1e-5}));
+  EXPECT_TRUE(testing::CloseAndReport("routing scores", testing::ToHost(d_scores.view()).view(),
+                                      Tensor::FromFloats({n, experts}, scores).view(),
+                                      {.atol = 1e-6, .rtol = 1e-5}));
+
+  // Hash routing: the token's tid2eid row (ids outside the table give -1 picks).
+  const int64_t vocab = 23;
+  Tensor tid2eid = Tensor::Empty(DType::kI32, {vocab, k});
+  for (int64_t i = 0; i < vocab * k; ++i) tid2eid.data<int32_t>()[i] = static_cast<int32_t>((i * 7) % experts);
+  Tensor token_ids = Tensor::Empty(DType::kI32, {n});
+  for (int64_t t = 0; t < n; ++t) token_ids.data<int32_t>()[t] = static_cast<int32_t>((t * 5) % vocab);
+  const Tensor d_tid2eid = testing::ToDevice(tid2eid, DType::kI32);
+  const Tensor d_tokens = testing::ToDevice(token_ids, DType::kI32);
+  a.hash = true;
+  a.tid2eid = d_tid2eid.view();
+  a.token_ids = d_tokens.view();
+  ASSERT_TRUE(RouteTopK(a).ok());
+  const Tensor hash_idx = testing::ToHost(d_idx.view());
+  const Tensor hash_weight = testing::ToHost(d_weight.view());
+  for (int64_t t = 0; t < n; ++t) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = tid2eid.data<int32_t>()[token_ids.data<int32_t>()[t] * k + j];
+      ASSERT_EQ(hash_idx.data<int32_t>()[t * k + j], e);
+      sum += scores[t * experts + e];
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = hash_idx.data<int32_t>()[t * k + j];
+      EXPECT_NEAR(hash_weight.data<float>()[t * k + j],
+                  scores[t * experts + e] / (sum + 1e-20f) * route_scale, 1e-5);
+    }
+  }
+}
+
+// A tiny MoE layer's weights, f32 values already rounded to bf16.
+struct MoeCase {
+  model::ModelConfig config;
+  model::MoeWeights weights;
+};
+
+MoeCase MakeCase(int64_t hidden, int64_t inter, int64_t experts, int64_t k, int64_t vocab) {
+  MoeCase c;
+  c.config.hidden_size = hidden;
+  c.config.moe_intermediate_size = inter;
+  c.config.num_routed_experts = experts;
+  c.config.num_experts_per_tok = k;
+  c.config.num_shared_experts = 1;
+  c.config.routed_scaling_factor = 1.5;
+  c.config.swiglu_limit = 10.0;
+  c.config.vocab_size = vocab;
+  auto& w = c.weights;
+  w.gate = testing::RoundToBf16(RandomNormal({experts, hidden}, 31, 0.2f));
+  w.bias = RandomNormal({experts}, 32, 0.05f);
+  w.tid2eid = Tensor::Empty(DType::kI32, {vocab, k});
+  for (int64_t v = 0; v < vocab; ++v) {
+    for (int64_t j = 0; j < k; ++j) w.tid2eid.data<int32_t>()[v * k + j] = static_cast<int32_t>((v + 3 * j) % experts);
+  }
+  w.w1 = testing::RoundToBf16(RandomNormal({experts, inter, hidden}, 33, 0.15f));
+  w.w3 = testing::RoundToBf16(RandomNormal({experts, inter, hidden}, 34, 0.15f));
+  w.w2 = testing::RoundToBf16(RandomNormal({experts, hidden, inter}, 35, 0.15f));
+  w.shared_w1 = testing::RoundToBf16(RandomNormal({inter, hidden}, 36, 0.15f));
+  w.shared_w3 = testing::RoundToBf16(RandomNormal({inter, hidden}, 37, 0.15f));
+  w.shared_w2 = testing::RoundToBf16(RandomNormal({hidden, inter}, 38, 0.15f));
+  return c;
+}
+
+void CheckMoeBlock(model::MlpType type) {
+  const int64_t n = 17, hidden = 72, inter = 40, experts = 8, k = 3, vocab = 29;
+  const MoeCase c = MakeCase(hidden, inter, experts, k, vocab);
+  const Tensor x = testing::RoundToBf16(RandomNormal({n, hidden}, 41));
+  Tensor token_ids = Tensor::Empty(DType::kI32, {n});
+  for (int64_t t = 0; t < n; ++t) token_ids.data<int32_t>()[t] = static_cast<int32_t>((t * 11) % vocab);
+  model::MoeActivations acts;
+  Tensor want = Tensor::Empty(DType::kF32, {n, hidden});
+  model::MoeForward(c.weights, type, c.config, x.view(), token_ids.view(), &acts, want.view());
+
+  auto handle_or = GemmHandle::Create();
+  ASSERT_TRUE(handle_or.ok());
+  GemmHandle& handle = **handle_or;
+  auto dev = [](int64_t a, int64_t b, DType d) { return Tensor::Empty(d, {a, b}, DeviceAllocator()); };
+  const Tensor dx = testing::ToDevice(x, DType::kBF16);
+  const Tensor d_gate = testing::ToDevice(c.weights.gate, DType::kBF16);
+  const Tensor d_bias = testing::ToDevice(c.weights.bias, DType::kF32);
+  const Tensor d_tid2eid = testing::ToDevice(c.weights.tid2eid, DType::kI32);
+  const Tensor d_tokens = testing::ToDevice(token_ids, DType::kI32);
+  const Tensor d_w1 = testing::ToDevice(c.weights.w1, DType::kBF16);
+  const Tensor d_w3 = testing::ToDevice(c.weights.w3, DType::kBF16);
+  const Tensor d_w2 = testing::ToDevice(c.weights.w2, DType::kBF16);
+  const Tensor d_sw1 = testing::ToDevice(c.weights.shared_w1, DType::kBF16);
+  const Tensor d_sw3 = testing::ToDevice(c.weights.shared_w3, DType::kBF16);
+  const Tensor d_sw2 = testing::ToDevice(c.weights.shared_w2, DType::kBF16);
+
+  // Router.
+  const Tensor logits = dev(n, experts, DType::kF32);
+  ASSERT_TRUE(Gemm(handle, dx.view(), d_gate.view(), logits.view()).ok());
+  const Tensor idx = dev(n, k, DType::kI32), weight = dev(n, k, DType::kF32);
+  RouteArgs r;
+  r.logits = logits.view();
+  r.bias = d_bias.view();
+  r.tid2eid = d_tid2eid.view();
+  r.token_ids = d_tokens.view();
+  r.topk_idx = idx.view();
+  r.topk_weight = weight.view();
+  r.hash = type == model::MlpType::kHashMoe;
+  r.route_scale = 1.5f;
+  ASSERT_TRUE(RouteTopK(r).ok());
+  const Tensor host_idx = testing::ToHost(idx.view());
+  for (int64_t i = 0; i < n * k; ++i) {
+    ASSERT_EQ(host_idx.data<int32_t>()[i], acts.topk_idx.data<int32_t>()[i]) << "pick " << i;
+  }
+  // Plan on the host (the CPU's order), permutation and experts on the device.
+  const plan::MoeDispatchPlan plan =
+      plan::BuildMoeDispatchPlan(host_idx.data<int32_t>(), n, k, experts);
+  const int64_t picks = static_cast<int64_t>(plan.slots.size());
+  const Tensor slots = dev(n * k, 1, DType::kI32), pick_of_slot = dev(n * k, 1, DType::kI32);
+  ASSERT_TRUE(UploadMoePlan(plan, slots.view(), pick_of_slot.view()).ok());
+  const Tensor xp = dev(picks, hidden, DType::kBF16);
+  ASSERT_TRUE(MoeGather(dx.view(), slots.view(), k, xp.view()).ok());
+  const Tensor g = dev(picks, inter, DType::kBF16), u = dev(picks, inter, DType::kBF16);
+  ASSERT_TRUE(GroupedGemm(handle, xp.view(), d_w1.view(), plan.expert_offsets, g.view()).ok());
+  ASSERT_TRUE(GroupedGemm(handle, xp.view(), d_w3.view(), plan.expert_offsets, u.view()).ok());
+  ASSERT_TRUE(SwiGluClamp(g.view(), u.view(), 10.0f, g.view()).ok());
+  const Tensor eo = dev(picks, hidden, DType::kF32);
+  ASSERT_TRUE(GroupedGemm(handle, g.view(), d_w2.view(), plan.expert_offsets, eo.view()).ok());
+  // Shared expert.
+  const Tensor sg = dev(n, inter, DType::kBF16), su = dev(n, inter, DType::kBF16);
+  ASSERT_TRUE(Gemm(handle, dx.view(), d_sw1.view(), sg.view()).ok());
+  ASSERT_TRUE(Gemm(handle, dx.view(), d_sw3.view(), su.view()).ok());
+  ASSERT_TRUE(SwiGluClamp(sg.view(), su.view(), 10.0f, sg.view()).ok());
+  const Tensor so = dev(n, hidden, DType::kF32);
+  ASSERT_TRUE(Gemm(handle, sg.view(), d_sw2.view(), so.view()).ok());
+  const Tensor out = dev(n, hidden, DType::kBF16);
+  ASSERT_TRUE(MoeCombine(eo.view(), pick_of_slot.view(), weight.view(), so.view(), out.view()).ok());
+  // The bf16 gate/up/activation rows add ~2^-9 relative error each before the down projection.
+  float max_ref = 0.0f;
+  for (int64_t i = 0; i < want.numel(); ++i) max_ref = std::max(max_ref, std::abs(want.data<float>()[i]));
+  const testing::Tolerance tolerance{.atol = 1e-2 * max_ref, .rtol = 1e-2};
+  EXPECT_TRUE(testing::CloseAndReport(
+      type == model::MlpType::kHashMoe ? "moe block (hash)" : "moe block (top-k)",
+      testing::ToHost(out.view()).view(), want.view(), tolerance));
+  const testing::CompareStats stats =
+      testing::Compare(testing::ToHost(out.view()).view(), want.view(), tolerance);
+  EXPECT_LT(stats.rel_error_by_norm, 5e-3);
+}
+
+TEST(CudaMoe, BlockMatchesCpuMoeForwardTopK) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckMoeBlock(model::MlpType::kMoe);
+}
+
+TEST(CudaMoe, BlockMatchesCpuMoeForwardHash) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckMoeBlock(model::MlpType::kHashMoe);
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
