@@ -129,6 +129,40 @@ __global__ void SwiGluKernel(SwiGluParams p) {
   }
 }
 
+struct EmbedParams {
+  const void* table;
+  const int32_t* ids;
+  void* out;
+  int64_t num_tokens, copies, hidden;
+  bool table_bf16, out_bf16;
+};
+
+__global__ void EmbedStreamsKernel(EmbedParams p) {
+  const int64_t total = p.num_tokens * p.copies * p.hidden;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = e / (p.copies * p.hidden), h = e % p.hidden;
+    StoreF(p.out, p.out_bf16, e, LoadF(p.table, p.table_bf16, int64_t{p.ids[i]} * p.hidden + h));
+  }
+}
+
+struct BiasParams {
+  void* x;
+  const float* bias;
+  int64_t rows, width, seq_len, ratio;
+  bool bf16;
+};
+
+__global__ void AddPositionBiasKernel(BiasParams p) {
+  const int64_t total = p.rows * p.width;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = e / p.width, c = e % p.width;
+    const int64_t slot = (r % p.seq_len) % p.ratio;
+    StoreF(p.x, p.bf16, e, LoadF(p.x, p.bf16, e) + p.bias[slot * p.width + c]);
+  }
+}
+
 unsigned GridFor(int64_t n, int threads) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 1 << 16)));
 }
@@ -230,6 +264,44 @@ absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& u
                  g.bf16, u.bf16, o.bf16};
   if (g.rows * g.cols == 0) return absl::OkStatus();
   SwiGluKernel<<<GridFor(g.rows * g.cols, 256), 256>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status EmbedStreams(const core::TensorView& table, const core::TensorView& ids,
+                          const core::TensorView& out) {
+  const char* op = "cuda::EmbedStreams";
+  using core::DType;
+  for (absl::Status s : {CheckDeviceView(op, "table", table, {DType::kBF16, DType::kF32}),
+                         CheckDeviceView(op, "ids", ids, {DType::kI32}),
+                         CheckDeviceView(op, "out", out, {DType::kBF16, DType::kF32}),
+                         CheckArg(table.rank == 2 && ids.rank == 1 && out.rank == 3 &&
+                                      out.shape[0] == ids.shape[0] && out.shape[2] == table.shape[1],
+                                  op, "table [V, H], ids [N], out [N, n, H]")}) {
+    if (!s.ok()) return s;
+  }
+  EmbedParams p{table.data, ids.data_as<int32_t>(), out.data, out.shape[0], out.shape[1],
+                out.shape[2], IsBf16(table), IsBf16(out)};
+  const int64_t total = out.numel();
+  if (total == 0) return absl::OkStatus();
+  EmbedStreamsKernel<<<GridFor(total, 256), 256>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status AddPositionBias(const core::TensorView& x, const core::TensorView& bias,
+                             int64_t seq_len) {
+  const char* op = "cuda::AddPositionBias";
+  using core::DType;
+  for (absl::Status s : {CheckDeviceView(op, "x", x, {DType::kBF16, DType::kF32}),
+                         CheckDeviceView(op, "bias", bias, {DType::kF32}),
+                         CheckArg(x.rank == 2 && bias.rank == 2 && bias.shape[1] == x.shape[1] &&
+                                      bias.shape[0] > 0 && seq_len > 0,
+                                  op, "x [rows, W], bias [ratio, W], seq_len > 0")}) {
+    if (!s.ok()) return s;
+  }
+  BiasParams p{x.data, bias.data_as<float>(), x.shape[0], x.shape[1], seq_len, bias.shape[0],
+               IsBf16(x)};
+  if (p.rows * p.width == 0) return absl::OkStatus();
+  AddPositionBiasKernel<<<GridFor(p.rows * p.width, 256), 256>>>(p);
   return LaunchStatus(op);
 }
 

@@ -37,4 +37,15 @@ absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
 absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
                          const core::TensorView& out);
 
+// Embedding rows copied into every residual stream: out[i, j, :] = table[ids[i], :] for j < n.
+// table: [V, H] bf16|f32; ids: [N] i32 (every id in [0, V): the caller validated them);
+// out: [N, n, H] bf16|f32. All contiguous device views.
+absl::Status EmbedStreams(const core::TensorView& table, const core::TensorView& ids,
+                          const core::TensorView& out);
+
+// x[r, :] += bias[(r mod seq_len) mod ratio, :], the compressor's positional gate bias for rows
+// of whole sequences of seq_len tokens. x: [rows, W] bf16|f32; bias: [ratio, W] f32; contiguous.
+absl::Status AddPositionBias(const core::TensorView& x, const core::TensorView& bias,
+                             int64_t seq_len);
+
 }  // namespace v4rl::kernels::cuda

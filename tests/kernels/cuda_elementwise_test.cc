@@ -115,6 +115,47 @@ TEST(CudaElementwise, SwiGluClampBf16) {
   }
 }
 
+TEST(CudaElementwise, EmbedStreamsCopiesRowsIntoEveryStream) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t vocab = 29, hidden = 77, n = 4, tokens = 17;
+  const Tensor table = testing::RoundToBf16(RandomNormal({vocab, hidden}, 12));
+  Tensor ids = Tensor::Empty(DType::kI32, {tokens});
+  for (int64_t i = 0; i < tokens; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7 + 3) % vocab);
+  Tensor want = Tensor::Empty(DType::kF32, {tokens, n, hidden});
+  for (int64_t i = 0; i < tokens; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t h = 0; h < hidden; ++h) {
+        want.data<float>()[(i * n + j) * hidden + h] =
+            table.data<float>()[ids.data<int32_t>()[i] * hidden + h];
+      }
+    }
+  }
+  const Tensor d_table = testing::ToDevice(table, DType::kBF16);
+  const Tensor d_ids = testing::ToDevice(ids, DType::kI32);
+  const Tensor out = Tensor::Empty(DType::kF32, {tokens, n, hidden}, DeviceAllocator());
+  ASSERT_TRUE(EmbedStreams(d_table.view(), d_ids.view(), out.view()).ok());
+  EXPECT_TRUE(testing::CloseAndReport("embed streams", testing::ToHost(out.view()).view(),
+                                      want.view(), {.atol = 0, .rtol = 0}));
+}
+
+TEST(CudaElementwise, AddPositionBiasPerSequenceSlot) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t seq_len = 17, batch = 2, width = 45, ratio = 4;
+  const Tensor x = RandomNormal({batch * seq_len, width}, 13);
+  const Tensor bias = RandomNormal({ratio, width}, 14);
+  Tensor want = Tensor::CopyOf(x.view());
+  for (int64_t r = 0; r < batch * seq_len; ++r) {
+    for (int64_t c = 0; c < width; ++c) {
+      want.data<float>()[r * width + c] += bias.data<float>()[((r % seq_len) % ratio) * width + c];
+    }
+  }
+  const Tensor dx = testing::ToDevice(x, DType::kF32);
+  const Tensor d_bias = testing::ToDevice(bias, DType::kF32);
+  ASSERT_TRUE(AddPositionBias(dx.view(), d_bias.view(), seq_len).ok());
+  EXPECT_TRUE(testing::CloseAndReport("position bias", testing::ToHost(dx.view()).view(),
+                                      want.view(), {.atol = 0, .rtol = 0}));
+}
+
 TEST(CudaElementwise, RejectsHostViews) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const Tensor host = Tensor::Empty(DType::kF32, {2, 8});
