@@ -10,6 +10,7 @@
 // Everything is real: child processes, gRPC over loopback, RocksDB. The SFT stage runs once (in
 // the baseline) and its run directory is copied to the other runs, which resume it.
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/subprocess.h"
@@ -39,7 +41,8 @@ constexpr int kSteps = 5, kPrompts = 4, kGroup = 4;
 constexpr int kTrajectories = kSteps * kPrompts * kGroup;
 
 std::string Binary() { return std::getenv("V4RL_BINARY"); }
-std::string Root() { return ::testing::TempDir() + "/distributed_run"; }
+// Per process, so that concurrent runs of this test on one machine do not share directories.
+std::string Root() { return absl::StrCat(::testing::TempDir(), "/distributed_run_", getpid()); }
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
@@ -230,6 +233,63 @@ TEST(DistributedRun, KilledRolloutWorkerIsRestartedAndTheResultIsUnchanged) {
   const testing::CommandResult verify =
       testing::RunV4rl("store verify " + run_dir + "/trajectories");
   EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  std::cerr << log;
+}
+
+// Workers started by hand (`v4rl serve`), the job in CONNECT mode: the same result; the rollout
+// worker killed mid-job and started again on the same port some time later: the job waits for
+// it, gives it the latest weights, retries, and still ends with the same result.
+TEST(DistributedRun, ConnectWaitsForARestartedWorker) {
+  const RunResult& baseline = Baseline();
+  const std::string initial =
+      Root() + "/in_process/sft/checkpoints/" +
+      std::string(absl::StripAsciiWhitespace(ReadAll(Root() + "/in_process/sft/checkpoints/latest")));
+  const auto serve = [](const std::vector<std::string>& args, int* port) {
+    std::vector<std::string> argv = {Binary(), "serve"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto process = core::Subprocess::Start(argv);
+    EXPECT_TRUE(process.ok()) << process.status();
+    absl::StatusOr<std::string> line = (*process)->ReadLine(60);
+    EXPECT_TRUE(line.ok() && absl::SimpleAtoi(*line, port)) << line.status();
+    return *std::move(process);
+  };
+  int rollout_port = 0, reward_port = 0;
+  std::unique_ptr<core::Subprocess> rollout =
+      serve({"rollout", "--model", initial, "--version", "-1", "--max_new_tokens_non_think", "4"},
+            &rollout_port);
+  std::unique_ptr<core::Subprocess> reward = serve({"reward"}, &reward_port);
+  const std::string run_dir = Root() + "/connect";
+  std::filesystem::remove_all(run_dir);
+  std::filesystem::create_directories(run_dir);
+  std::filesystem::copy(Root() + "/in_process/sft", run_dir + "/sft",
+                        std::filesystem::copy_options::recursive);
+  const std::string services = absl::StrCat(
+      "services { mode: MODE_CONNECT rollout_address: \"127.0.0.1:", rollout_port,
+      "\" reward_address: \"127.0.0.1:", reward_port, "\" connect_timeout_s: 60 }");
+  auto started = core::Subprocess::Start(
+      {"/bin/sh", "-c",
+       "exec " + Binary() + " run " + WriteConfig(run_dir, services) + " 2>&1 >/dev/null"});
+  ASSERT_TRUE(started.ok()) << started.status();
+  core::Subprocess& job = **started;
+  std::string log;
+  ASSERT_TRUE(ReadUntil(job, "grpo step 2/", &log)) << log;
+  job.Signal(SIGSTOP);
+  rollout->Signal(SIGKILL);
+  EXPECT_THAT(rollout->Wait(30).value_or(""), HasSubstr("killed by signal 9"));
+  job.Signal(SIGCONT);
+  ASSERT_TRUE(ReadUntil(job, "waiting up to 60 s for the rollout worker at 127.0.0.1:", &log))
+      << log;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the job keeps waiting
+  int again = 0;
+  rollout = serve({"rollout", "--model", initial, "--version", "-1", "--port",
+                   std::to_string(rollout_port), "--max_new_tokens_non_think", "4"},
+                  &again);
+  EXPECT_EQ(again, rollout_port);
+  ReadUntil(job, "no such line: read to the end", &log);
+  EXPECT_EQ(job.Wait(180).value_or("still running"), "exited with status 0") << log;
+  EXPECT_THAT(log, HasSubstr("is back with weights version 2; retrying"));
+  ExpectSameResult(ReadRun(run_dir), baseline);
+  EXPECT_EQ(StoreStatsCount(run_dir + "/trajectories"), kTrajectories);
   std::cerr << log;
 }
 
