@@ -1,0 +1,570 @@
+#include "model/forward_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/compressor.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/indexer.h"
+#include "kernels/cuda/mhc.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/plan/moe_dispatch.h"
+
+namespace v4rl::model {
+namespace {
+
+namespace kc = kernels::cuda;
+using core::DType;
+using core::Tensor;
+using core::TensorView;
+
+Tensor Dev(DType dtype, absl::Span<const int64_t> shape) {
+  return Tensor::Empty(dtype, shape, kc::DeviceAllocator());
+}
+
+// A device copy of a host tensor in `dtype` (bf16, f32 or i32); undefined stays undefined.
+absl::StatusOr<Tensor> Upload(const Tensor& host, DType dtype, int64_t* bytes) {
+  if (!host.defined()) return Tensor();
+  Tensor staged;
+  if (dtype == DType::kI32) {
+    staged = host.dtype() == DType::kI32 && host.view().is_contiguous() ? host
+                                                                        : Tensor::CopyOf(host.view());
+  } else {
+    const Tensor f32 = host.dtype() == DType::kF32 && host.view().is_contiguous()
+                           ? host
+                           : core::ToFloat32(host.view());
+    if (dtype == DType::kBF16) {
+      staged = Tensor::Empty(DType::kBF16, f32.view().shape_vector());
+      for (int64_t i = 0; i < f32.numel(); ++i) {
+        staged.data<uint16_t>()[i] = core::FloatToBf16(f32.data<float>()[i]);
+      }
+    } else {
+      staged = f32;
+    }
+  }
+  Tensor device = Dev(dtype, staged.view().shape_vector());
+  V4RL_RETURN_IF_ERROR(kc::Copy(staged.view(), device.view()));
+  *bytes += device.view().nbytes();
+  return device;
+}
+
+// A host f32 copy of a device view (bf16 or f32).
+absl::StatusOr<Tensor> Download(const TensorView& device) {
+  Tensor staged = Tensor::Empty(device.dtype, device.shape_vector());
+  V4RL_RETURN_IF_ERROR(kc::Copy(device, staged.view()));
+  return device.dtype == DType::kF32 ? staged : core::ToFloat32(staged.view());
+}
+
+struct RopeTables {
+  Tensor inv_freq;  // [rd / 2] f32 device
+  Tensor cos, sin;  // [T, rd / 2] f32 device, positions 0 .. T - 1 (per forward)
+};
+
+}  // namespace
+
+struct CudaModel::Impl {
+  ModelConfig config;
+  ModelWeights weights;  // the same structs, tensors on the device
+  RopeTables main_rope, compress_rope;
+  std::unique_ptr<kc::GemmHandle> gemm;
+  int64_t weight_bytes = 0;
+
+  // Per-forward state.
+  int64_t batch = 0, seq_len = 0, num_tokens = 0;
+  Tensor token_ids;  // [N] i32 device
+  CudaForwardOptions options;
+  std::vector<Tensor>* routed = nullptr;
+  std::vector<CudaBlockCapture>* captures = nullptr;
+  CudaBlockCapture* capture = nullptr;  // the current block's, while capturing
+  size_t layer_index = 0;
+
+  RopeTables& rope(AttentionType type) {
+    return type == AttentionType::kSliding ? main_rope : compress_rope;
+  }
+  float eps() const { return static_cast<float>(config.rms_norm_eps); }
+  DType stream_dtype() const { return options.bf16_streams ? DType::kBF16 : DType::kF32; }
+
+  absl::Status UploadWeights(const ModelWeights& host);
+  absl::StatusOr<Tensor> Compress(const CompressorWeights& w, int64_t ratio, bool overlap,
+                                  const RopeTables& rope, const TensorView& x);
+  absl::StatusOr<Tensor> IndexerTopK(const IndexerWeights& w, const RopeTables& rope,
+                                     const TensorView& x, const TensorView& qr);
+  absl::Status Attention(const AttentionWeights& w, AttentionType type, const TensorView& x,
+                         const TensorView& out);
+  absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
+  absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
+  // Rotates rows [b·T, (b+1)·T) of x ([N, heads, dim]) for every sequence b.
+  absl::Status RotateSequences(const TensorView& x, const RopeTables& rope, bool inverse);
+};
+
+CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaModel::~CudaModel() = default;
+int64_t CudaModel::weight_bytes() const { return impl_->weight_bytes; }
+
+absl::Status CudaModel::Impl::UploadWeights(const ModelWeights& host) {
+  int64_t* bytes = &weight_bytes;
+  auto bf16 = [&](const Tensor& t, Tensor* out) -> absl::Status {
+    V4RL_ASSIGN_OR_RETURN(*out, Upload(t, DType::kBF16, bytes));
+    return absl::OkStatus();
+  };
+  auto f32 = [&](const Tensor& t, Tensor* out) -> absl::Status {
+    V4RL_ASSIGN_OR_RETURN(*out, Upload(t, DType::kF32, bytes));
+    return absl::OkStatus();
+  };
+  auto mhc = [&](const auto& from, auto* to) -> absl::Status {
+    V4RL_RETURN_IF_ERROR(f32(from.fn, &to->fn));
+    V4RL_RETURN_IF_ERROR(f32(from.base, &to->base));
+    return f32(from.scale, &to->scale);
+  };
+  auto compressor = [&](const CompressorWeights& from, CompressorWeights* to) -> absl::Status {
+    V4RL_RETURN_IF_ERROR(bf16(from.wkv, &to->wkv));
+    V4RL_RETURN_IF_ERROR(bf16(from.wgate, &to->wgate));
+    V4RL_RETURN_IF_ERROR(f32(from.ape, &to->ape));
+    return f32(from.norm, &to->norm);
+  };
+  V4RL_RETURN_IF_ERROR(bf16(host.embed, &weights.embed));
+  V4RL_RETURN_IF_ERROR(bf16(host.head, &weights.head));
+  V4RL_RETURN_IF_ERROR(f32(host.norm, &weights.norm));
+  V4RL_RETURN_IF_ERROR(mhc(host.hc_head, &weights.hc_head));
+  weights.layers.resize(host.layers.size());
+  for (size_t l = 0; l < host.layers.size(); ++l) {
+    const LayerWeights& from = host.layers[l];
+    LayerWeights& to = weights.layers[l];
+    to.attention_type = from.attention_type;
+    to.mlp_type = from.mlp_type;
+    V4RL_RETURN_IF_ERROR(f32(from.attn_norm, &to.attn_norm));
+    V4RL_RETURN_IF_ERROR(f32(from.ffn_norm, &to.ffn_norm));
+    V4RL_RETURN_IF_ERROR(mhc(from.hc_attn, &to.hc_attn));
+    V4RL_RETURN_IF_ERROR(mhc(from.hc_ffn, &to.hc_ffn));
+    const AttentionWeights& a = from.attn;
+    AttentionWeights& b = to.attn;
+    V4RL_RETURN_IF_ERROR(bf16(a.wq_a, &b.wq_a));
+    V4RL_RETURN_IF_ERROR(f32(a.q_norm, &b.q_norm));
+    V4RL_RETURN_IF_ERROR(bf16(a.wq_b, &b.wq_b));
+    V4RL_RETURN_IF_ERROR(bf16(a.wkv, &b.wkv));
+    V4RL_RETURN_IF_ERROR(f32(a.kv_norm, &b.kv_norm));
+    V4RL_RETURN_IF_ERROR(bf16(a.wo_a, &b.wo_a));
+    V4RL_RETURN_IF_ERROR(bf16(a.wo_b, &b.wo_b));
+    V4RL_RETURN_IF_ERROR(f32(a.sink, &b.sink));
+    V4RL_RETURN_IF_ERROR(compressor(a.compressor, &b.compressor));
+    V4RL_RETURN_IF_ERROR(bf16(a.indexer.wq_b, &b.indexer.wq_b));
+    V4RL_RETURN_IF_ERROR(bf16(a.indexer.weights_proj, &b.indexer.weights_proj));
+    V4RL_RETURN_IF_ERROR(compressor(a.indexer.compressor, &b.indexer.compressor));
+    const MoeWeights& m = from.ffn;
+    MoeWeights& n = to.ffn;
+    V4RL_RETURN_IF_ERROR(bf16(m.gate, &n.gate));
+    V4RL_RETURN_IF_ERROR(f32(m.bias, &n.bias));
+    V4RL_ASSIGN_OR_RETURN(n.tid2eid, Upload(m.tid2eid, DType::kI32, bytes));
+    V4RL_RETURN_IF_ERROR(bf16(m.w1, &n.w1));
+    V4RL_RETURN_IF_ERROR(bf16(m.w3, &n.w3));
+    V4RL_RETURN_IF_ERROR(bf16(m.w2, &n.w2));
+    V4RL_RETURN_IF_ERROR(bf16(m.shared_w1, &n.shared_w1));
+    V4RL_RETURN_IF_ERROR(bf16(m.shared_w3, &n.shared_w3));
+    V4RL_RETURN_IF_ERROR(bf16(m.shared_w2, &n.shared_w2));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& model) {
+  if (kc::DeviceCount() == 0) return absl::FailedPreconditionError("no CUDA device");
+  auto impl = std::make_unique<Impl>();
+  impl->config = model.config;
+  V4RL_RETURN_IF_ERROR(impl->UploadWeights(model.weights));
+  const int64_t half = model.config.rope_head_dim / 2;
+  int64_t unused = 0;
+  V4RL_ASSIGN_OR_RETURN(impl->main_rope.inv_freq,
+                        Upload(Tensor::FromFloats({half}, model.main_rope.inv_freq()),
+                               DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(impl->compress_rope.inv_freq,
+                        Upload(Tensor::FromFloats({half}, model.compress_rope.inv_freq()),
+                               DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(impl->gemm, kc::GemmHandle::Create());
+  return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
+}
+
+absl::Status CudaModel::Impl::RotateSequences(const TensorView& x, const RopeTables& rope,
+                                              bool inverse) {
+  for (int64_t b = 0; b < batch; ++b) {
+    V4RL_RETURN_IF_ERROR(kc::ApplyRope(x.Slice(0, b * seq_len, (b + 1) * seq_len),
+                                       rope.cos.view(), rope.sin.view(), inverse));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> CudaModel::Impl::Compress(const CompressorWeights& w, int64_t ratio,
+                                                 bool overlap, const RopeTables& rope,
+                                                 const TensorView& x) {
+  const int64_t width = w.wkv.size(0);
+  const int64_t entry_dim = overlap ? width / 2 : width;
+  const int64_t num_entries = seq_len / ratio;
+  // Values and gate scores (+ the slot's positional bias) of every token.
+  const Tensor kv = Dev(DType::kBF16, {num_tokens, width});
+  const Tensor score = Dev(DType::kF32, {num_tokens, width});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wkv.view(), kv.view()));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wgate.view(), score.view()));
+  V4RL_RETURN_IF_ERROR(kc::AddPositionBias(score.view(), w.ape.view(), seq_len));
+  Tensor entries = Dev(DType::kBF16, {batch, num_entries, entry_dim});
+  if (num_entries == 0) return entries;
+  // Pool each sequence's complete windows, normalise, rotate entry w at position w · ratio.
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = first + num_entries * ratio;
+    V4RL_RETURN_IF_ERROR(kc::CompressPool(kv.view().Slice(0, first, last),
+                                          score.view().Slice(0, first, last), ratio, overlap,
+                                          /*first_entry=*/0, entries.view().Select(0, b)));
+  }
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), eps(), entries.view()));
+  const int64_t half = config.rope_head_dim / 2;
+  const Tensor cos = Dev(DType::kF32, {num_entries, half});
+  const Tensor sin = Dev(DType::kF32, {num_entries, half});
+  V4RL_RETURN_IF_ERROR(kc::RopeTableFill(rope.inv_freq.view(), 0, ratio, cos.view(), sin.view()));
+  for (int64_t b = 0; b < batch; ++b) {
+    V4RL_RETURN_IF_ERROR(kc::ApplyRope(
+        entries.view().Select(0, b).Reshape({num_entries, 1, entry_dim}), cos.view(), sin.view(),
+        /*inverse=*/false));
+  }
+  return entries;
+}
+
+absl::StatusOr<Tensor> CudaModel::Impl::IndexerTopK(const IndexerWeights& w,
+                                                    const RopeTables& rope, const TensorView& x,
+                                                    const TensorView& qr) {
+  const int64_t heads = config.index_n_heads, dim = config.index_head_dim;
+  const int64_t ratio = config.csa_compress_ratio;
+  V4RL_ASSIGN_OR_RETURN(const Tensor keys, Compress(w.compressor, ratio, /*overlap=*/true, rope, x));
+  const int64_t num_entries = keys.size(1);
+  const int64_t topk = std::min(config.index_topk, num_entries);
+  Tensor picks = Dev(DType::kI32, {batch, seq_len, topk});
+  if (topk == 0) return picks;
+  // Queries from the q latent, rotated; head weights scaled by heads^-0.5 in the GEMM.
+  const Tensor q = Dev(DType::kBF16, {num_tokens, heads, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*gemm, qr, w.wq_b.view(), q.view().Reshape({num_tokens, heads * dim})));
+  V4RL_RETURN_IF_ERROR(RotateSequences(q.view(), rope, /*inverse=*/false));
+  const Tensor head_weights = Dev(DType::kF32, {num_tokens, heads});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.weights_proj.view(), head_weights.view(),
+                                static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads)))));
+  const int64_t chunk = std::max<int64_t>(1, std::min(options.indexer_q_chunk, seq_len));
+  const Tensor workspace =
+      Dev(DType::kF32, {kc::IndexerTopKWorkspaceFloats(chunk, heads, num_entries)});
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = first + seq_len;
+    kc::IndexerTopKArgs args;
+    args.q = q.view().Slice(0, first, last);
+    args.weights = head_weights.view().Slice(0, first, last);
+    args.keys = keys.view().Select(0, b);
+    args.topk_idx = picks.view().Select(0, b);
+    args.workspace = workspace.view();
+    args.q_pos0 = 0;
+    args.ratio = ratio;
+    args.score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+    args.q_chunk = chunk;
+    V4RL_RETURN_IF_ERROR(kc::IndexerTopK(*gemm, args));
+  }
+  return picks;
+}
+
+absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType type,
+                                        const TensorView& x, const TensorView& out) {
+  const int64_t heads = config.num_heads, dim = config.head_dim;
+  const RopeTables& rope = this->rope(type);
+  // Query path: low-rank latent, normalised; per-head unweighted RMSNorm; RoPE.
+  const Tensor qr = Dev(DType::kBF16, {num_tokens, config.q_lora_rank});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wq_a.view(), qr.view()));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(qr.view(), w.q_norm.view(), eps(), qr.view()));
+  const Tensor q = Dev(DType::kBF16, {num_tokens, heads, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({num_tokens, heads * dim})));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
+  V4RL_RETURN_IF_ERROR(RotateSequences(q.view(), rope, /*inverse=*/false));
+  // The single K=V head.
+  const Tensor kv = Dev(DType::kBF16, {num_tokens, 1, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*gemm, x, w.wkv.view(), kv.view().Reshape({num_tokens, dim})));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
+  V4RL_RETURN_IF_ERROR(RotateSequences(kv.view(), rope, /*inverse=*/false));
+  // Compressed entries and, for CSA, the indexer's picks.
+  const bool compressed = type != AttentionType::kSliding;
+  Tensor entries, picks;
+  if (compressed) {
+    V4RL_ASSIGN_OR_RETURN(entries, Compress(w.compressor, config.CompressRatio(type),
+                                            type == AttentionType::kCompressedSparse, rope, x));
+  }
+  if (type == AttentionType::kCompressedSparse) {
+    if (layer_index < options.index_replay.size() &&
+        options.index_replay[layer_index].data != nullptr) {
+      const TensorView replay = options.index_replay[layer_index];
+      if (replay.dtype != DType::kI32 || !replay.is_contiguous() || replay.rank != 3 ||
+          replay.shape[0] != batch || replay.shape[1] != seq_len ||
+          replay.shape[2] > entries.size(1)) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "index_replay[%d] must be contiguous i32 [%d, %d, <= %d], got %s", layer_index, batch,
+            seq_len, entries.size(1), replay.DebugString()));
+      }
+      int64_t unused = 0;
+      V4RL_ASSIGN_OR_RETURN(picks, Upload(Tensor::CopyOf(replay), DType::kI32, &unused));
+    } else {
+      V4RL_ASSIGN_OR_RETURN(picks, IndexerTopK(w.indexer, rope, x, qr.view()));
+    }
+  }
+  if (capture != nullptr && compressed) {
+    V4RL_ASSIGN_OR_RETURN(capture->comp_entries, Download(entries.view()));
+    if (picks.defined()) {
+      capture->index_picks = Tensor::Empty(DType::kI32, picks.view().shape_vector());
+      V4RL_RETURN_IF_ERROR(kc::Copy(picks.view(), capture->index_picks.view()));
+    }
+  }
+  // Sparse attention over window ∪ compressed keys, one sequence at a time; then the values'
+  // rotation is undone at the query position.
+  const Tensor attn = Dev(DType::kBF16, {num_tokens, heads, dim});
+  const TensorView kv_rows = kv.view().Reshape({num_tokens, dim});
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = first + seq_len;
+    kc::SparseAttentionArgs args;
+    args.q = q.view().Slice(0, first, last);
+    args.kv = kv_rows.Slice(0, first, last);
+    args.sink = w.sink.view();
+    args.out = attn.view().Slice(0, first, last);
+    args.window = config.sliding_window;
+    args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+    if (compressed && entries.size(1) > 0) {
+      args.comp_kv = entries.view().Select(0, b);
+      if (type == AttentionType::kCompressedSparse) {
+        args.comp_idx = picks.view().Select(0, b);
+      } else {
+        args.comp_ratio = config.CompressRatio(type);
+      }
+    }
+    V4RL_RETURN_IF_ERROR(kc::SparseAttention(args));
+  }
+  V4RL_RETURN_IF_ERROR(RotateSequences(attn.view(), rope, /*inverse=*/true));
+  // Grouped output projection, then wo_b.
+  const int64_t groups = config.o_groups, rank = config.o_lora_rank;
+  const int64_t group_in = heads * dim / groups;
+  const Tensor u = Dev(DType::kBF16, {num_tokens, groups * rank});
+  const TensorView o_groups = attn.view().Reshape({num_tokens, groups, group_in});
+  const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
+  const TensorView u_groups = u.view().Reshape({num_tokens, groups, rank});
+  for (int64_t g = 0; g < groups; ++g) {
+    V4RL_RETURN_IF_ERROR(
+        kc::Gemm(*gemm, o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g)));
+  }
+  return kc::Gemm(*gemm, u.view(), w.wo_b.view(), out);
+}
+
+absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const TensorView& x,
+                                  const TensorView& out) {
+  const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
+  const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
+  const float limit = static_cast<float>(config.swiglu_limit);
+  // Router.
+  const Tensor logits = Dev(DType::kF32, {num_tokens, experts});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.gate.view(), logits.view()));
+  const Tensor idx = Dev(DType::kI32, {num_tokens, k});
+  const Tensor weight = Dev(DType::kF32, {num_tokens, k});
+  kc::RouteArgs route;
+  route.logits = logits.view();
+  route.bias = w.bias.view();
+  route.tid2eid = w.tid2eid.view();
+  route.token_ids = token_ids.view();
+  route.topk_idx = idx.view();
+  route.topk_weight = weight.view();
+  route.hash = type == MlpType::kHashMoe;
+  route.route_scale = static_cast<float>(config.routed_scaling_factor);
+  Tensor replay;
+  if (layer_index < options.routing_replay.size()) {
+    const TensorView ids = options.routing_replay[layer_index];
+    if (ids.dtype != DType::kI32 || !ids.is_contiguous() || !ids.SameShape({batch, seq_len, k})) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "routing_replay[%d] must be contiguous i32 [%d, %d, %d], got %s", layer_index, batch,
+          seq_len, k, ids.DebugString()));
+    }
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      const int32_t id = ids.data_as<int32_t>()[i];
+      if (id < 0 || id >= experts) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "routing_replay[%d] entry %d is expert %d, expected [0, %d)", layer_index, i, id,
+            experts));
+      }
+    }
+    int64_t unused = 0;
+    V4RL_ASSIGN_OR_RETURN(replay, Upload(Tensor::CopyOf(ids), DType::kI32, &unused));
+    route.replay_idx = replay.view().Reshape({num_tokens, k});
+  }
+  V4RL_RETURN_IF_ERROR(kc::RouteTopK(route));
+  // Dispatch plan on the host (the CPU's order), then gather, experts, combine on the device.
+  Tensor host_idx = Tensor::Empty(DType::kI32, {num_tokens, k});
+  V4RL_RETURN_IF_ERROR(kc::Copy(idx.view(), host_idx.view()));
+  if (routed != nullptr) {
+    Tensor ids = host_idx;
+    ids.mutable_view() = ids.view().Reshape({batch, seq_len, k});
+    routed->push_back(ids);
+  }
+  const kernels::plan::MoeDispatchPlan plan =
+      kernels::plan::BuildMoeDispatchPlan(host_idx.data<int32_t>(), num_tokens, k, experts);
+  const int64_t picks = static_cast<int64_t>(plan.slots.size());
+  const Tensor slots = Dev(DType::kI32, {num_tokens * k});
+  const Tensor pick_of_slot = Dev(DType::kI32, {num_tokens * k});
+  V4RL_RETURN_IF_ERROR(kc::UploadMoePlan(plan, slots.view(), pick_of_slot.view()));
+  const Tensor xp = Dev(DType::kBF16, {picks, hidden});
+  V4RL_RETURN_IF_ERROR(kc::MoeGather(x, slots.view(), k, xp.view()));
+  const Tensor gate = Dev(DType::kBF16, {picks, inter});
+  const Tensor up = Dev(DType::kBF16, {picks, inter});
+  V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w1.view(), plan.expert_offsets, gate.view()));
+  V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w3.view(), plan.expert_offsets, up.view()));
+  V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
+  const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
+  V4RL_RETURN_IF_ERROR(
+      kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
+  // Shared expert on every token.
+  Tensor shared_out;
+  if (config.num_shared_experts > 0) {
+    const int64_t width = w.shared_w1.size(0);
+    const Tensor sg = Dev(DType::kBF16, {num_tokens, width});
+    const Tensor su = Dev(DType::kBF16, {num_tokens, width});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w1.view(), sg.view()));
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w3.view(), su.view()));
+    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg.view(), su.view(), limit, sg.view()));
+    shared_out = Dev(DType::kF32, {num_tokens, hidden});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg.view(), w.shared_w2.view(), shared_out.view()));
+  }
+  return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
+                        shared_out.defined() ? shared_out.view() : TensorView(), out);
+}
+
+absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const Tensor& streams) {
+  const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  auto site = [&](const MhcWeights& hc, const Tensor& in, const Tensor& norm, Tensor* pre,
+                  Tensor* post, Tensor* comb, Tensor* x) -> absl::Status {
+    *pre = Dev(DType::kF32, {num_tokens, n});
+    *post = Dev(DType::kF32, {num_tokens, n});
+    *comb = Dev(DType::kF32, {num_tokens, n, n});
+    *x = Dev(DType::kBF16, {num_tokens, hidden});
+    kc::MhcPreArgs args;
+    args.streams = in.view();
+    args.fn = hc.fn.view();
+    args.base = hc.base.view();
+    args.scale = hc.scale.view();
+    args.pre = pre->view();
+    args.post = post->view();
+    args.comb = comb->view();
+    args.collapsed = x->view();
+    args.norm_eps = eps();
+    args.hc_eps = static_cast<float>(config.hc_eps);
+    args.sinkhorn_iters = config.hc_sinkhorn_iters;
+    V4RL_RETURN_IF_ERROR(kc::MhcPre(args));
+    return kc::RmsNorm(x->view(), norm.view(), eps(), x->view());
+  };
+  capture = captures != nullptr ? &captures->emplace_back() : nullptr;
+  // Attention site: collapse + norm, attend, expand + mix.
+  Tensor pre, post, comb, x;
+  V4RL_RETURN_IF_ERROR(site(layer.hc_attn, streams, layer.attn_norm, &pre, &post, &comb, &x));
+  const Tensor attn_in = x;
+  const Tensor attn_out = Dev(DType::kBF16, {num_tokens, hidden});
+  V4RL_RETURN_IF_ERROR(Attention(layer.attn, layer.attention_type, x.view(), attn_out.view()));
+  const Tensor mid = Dev(stream_dtype(), {num_tokens, n, hidden});
+  V4RL_RETURN_IF_ERROR(
+      kc::MhcPost(streams.view(), attn_out.view(), post.view(), comb.view(), mid.view()));
+  // FFN site.
+  V4RL_RETURN_IF_ERROR(site(layer.hc_ffn, mid, layer.ffn_norm, &pre, &post, &comb, &x));
+  const Tensor ffn_out = Dev(DType::kBF16, {num_tokens, hidden});
+  V4RL_RETURN_IF_ERROR(Moe(layer.ffn, layer.mlp_type, x.view(), ffn_out.view()));
+  Tensor out = Dev(stream_dtype(), {num_tokens, n, hidden});
+  V4RL_RETURN_IF_ERROR(kc::MhcPost(mid.view(), ffn_out.view(), post.view(), comb.view(), out.view()));
+  if (capture != nullptr) {
+    CudaBlockCapture& c = *capture;
+    V4RL_ASSIGN_OR_RETURN(c.attn_in, Download(attn_in.view()));
+    V4RL_ASSIGN_OR_RETURN(c.attn_out, Download(attn_out.view()));
+    V4RL_ASSIGN_OR_RETURN(c.streams_mid, Download(mid.view()));
+    V4RL_ASSIGN_OR_RETURN(c.ffn_in, Download(x.view()));
+    V4RL_ASSIGN_OR_RETURN(c.ffn_out, Download(ffn_out.view()));
+    V4RL_ASSIGN_OR_RETURN(c.streams_out, Download(out.view()));
+  }
+  return out;
+}
+
+absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids,
+                                                     const CudaForwardOptions& options) {
+  Impl& m = *impl_;
+  const ModelConfig& config = m.config;
+  if (input_ids.rank != 2 || (input_ids.dtype != DType::kI32 && input_ids.dtype != DType::kI64) ||
+      input_ids.device != core::Device::kCpu || input_ids.shape[0] == 0 ||
+      input_ids.shape[1] == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input_ids must be a non-empty CPU int32/int64 [batch, seq_len] tensor, got %s",
+        input_ids.DebugString()));
+  }
+  m.batch = input_ids.shape[0];
+  m.seq_len = input_ids.shape[1];
+  m.num_tokens = m.batch * m.seq_len;
+  m.options = options;
+  Tensor ids = Tensor::Empty(DType::kI32, {m.num_tokens});
+  for (int64_t b = 0; b < m.batch; ++b) {
+    for (int64_t t = 0; t < m.seq_len; ++t) {
+      const int64_t offset = b * input_ids.strides[0] + t * input_ids.strides[1];
+      const int64_t id = input_ids.dtype == DType::kI64 ? input_ids.data_as<int64_t>()[offset]
+                                                        : input_ids.data_as<int32_t>()[offset];
+      if (id < 0 || id >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id,
+            config.vocab_size));
+      }
+      ids.data<int32_t>()[b * m.seq_len + t] = static_cast<int32_t>(id);
+    }
+  }
+  int64_t unused = 0;
+  V4RL_ASSIGN_OR_RETURN(m.token_ids, Upload(ids, DType::kI32, &unused));
+  // RoPE tables of positions 0 .. T - 1 for both layer kinds.
+  const int64_t half = config.rope_head_dim / 2;
+  for (RopeTables* rope : {&m.main_rope, &m.compress_rope}) {
+    rope->cos = Dev(DType::kF32, {m.seq_len, half});
+    rope->sin = Dev(DType::kF32, {m.seq_len, half});
+    V4RL_RETURN_IF_ERROR(kc::RopeTableFill(rope->inv_freq.view(), 0, 1, rope->cos.view(),
+                                           rope->sin.view()));
+  }
+  CudaForwardOutput output;
+  m.routed = options.return_routing ? &output.routed_experts : nullptr;
+  m.captures = options.capture_blocks ? &output.blocks : nullptr;
+
+  // Every residual stream starts as the token embedding.
+  const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  Tensor streams = Dev(m.stream_dtype(), {m.num_tokens, n, hidden});
+  V4RL_RETURN_IF_ERROR(kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
+  if (!options.routing_replay.empty() &&
+      options.routing_replay.size() != m.weights.layers.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "routing_replay has %d layers, expected %d", options.routing_replay.size(),
+        m.weights.layers.size()));
+  }
+  for (m.layer_index = 0; m.layer_index < m.weights.layers.size(); ++m.layer_index) {
+    V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));
+  }
+  // hc_head collapse, model norm, head.
+  const Tensor pre = Dev(DType::kF32, {m.num_tokens, n});
+  const Tensor x = Dev(DType::kBF16, {m.num_tokens, hidden});
+  kc::MhcPreArgs head;
+  head.streams = streams.view();
+  head.fn = m.weights.hc_head.fn.view();
+  head.base = m.weights.hc_head.base.view();
+  head.scale = m.weights.hc_head.scale.view();
+  head.pre = pre.view();
+  head.collapsed = x.view();
+  head.norm_eps = m.eps();
+  head.hc_eps = static_cast<float>(config.hc_eps);
+  V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), m.weights.norm.view(), m.eps(), x.view()));
+  const Tensor logits = Dev(DType::kF32, {m.num_tokens, config.vocab_size});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x.view(), m.weights.head.view(), logits.view()));
+  output.logits = Tensor::Empty(DType::kF32, {m.batch, m.seq_len, config.vocab_size});
+  V4RL_RETURN_IF_ERROR(kc::Copy(logits.view().Reshape({m.batch, m.seq_len, config.vocab_size}),
+                                output.logits.view()));
+  V4RL_RETURN_IF_ERROR(kc::Synchronize());
+  return output;
+}
+
+}  // namespace v4rl::model
