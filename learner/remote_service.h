@@ -5,7 +5,7 @@
 //
 // RemoteRollout
 //   PublishWeights(model, v)  writes the model directory PUBLISH_ROOT/version-0000000v
-//                             (model/save.h; the two before it are deleted) and calls the
+//                             (model/save.h; only the newest three are kept) and calls the
 //                             worker's UpdateWeights(dir, v). The first publication starts the
 //                             worker through its supervisor (SPAWN: a child process started on
 //                             those weights; CONNECT: waits for the address to answer).
