@@ -90,7 +90,7 @@ absl::StatusOr<learner::GrpoJobOptions> ToOptions(const RunConfig& config) {
 int RunRunCommand(const std::vector<std::string>& args) {
   FlagParser parser(
       "run", "v4rl run CONFIG.textproto [--quiet]",
-      "Runs a post-training job in this process: SFT of a tiny model on a synthetic task, then "
+      "Runs a post-training job: SFT of a tiny model on a synthetic task, then "
       "GRPO on the same task (group-relative advantages, clipped ratio, keep-routing, keep-"
       "sampling-mask, optional KL to the SFT model). The config schema is "
       "protos/run_config.proto; configs/quickstart.textproto is an example. The run directory "
