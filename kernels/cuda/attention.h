@@ -2,7 +2,10 @@
 // block takes one query and a group of heads and walks the query's key set (its sliding window
 // of raw KV, then its compressed entries) in tiles of keys, with an online softmax (running max,
 // rescaled sum and accumulator) whose max starts at the sink. No score matrix is stored. Same key
-// sets and sink semantics as kernels/cpu/attention.h; fp32 arithmetic on bf16 (or f32) inputs.
+// sets and sink semantics as kernels/cpu/attention.h; fp32 accumulation.
+// Two kernels: with bf16 q/kv/comp_kv, head_dim % 32 == 0 and <= 512 (V4's 512 included), both
+// products run on tensor cores (mma.sync bf16, 16 heads per block, 64-key tiles; probabilities
+// rounded to bf16 for P·V as flash attention does); otherwise CUDA-core fp32 dot products.
 // Thread-safety: reentrant; the kernel goes to the default stream.
 #pragma once
 

@@ -21,13 +21,22 @@ using testing::RandomNormal;
 
 // bf16 output: half an ulp (2^-9 relative) plus fp32 online-softmax reordering (~1e-6).
 constexpr testing::Tolerance kBf16Out{.atol = 2e-4, .rtol = 4e-3};
+// Tensor-core path (bf16 inputs, head_dim % 32 == 0): the probabilities are rounded to bf16 for
+// P·V as well, up to 2^-9 of each weight: at most ~2^-9 · max|v| absolute on top of kBf16Out.
+constexpr testing::Tolerance kTensorCoreOut{.atol = 4e-3, .rtol = 4e-3};
 constexpr testing::Tolerance kLse{.atol = 2e-5, .rtol = 2e-6};
 
 enum class Comp { kNone, kIdx, kAllVisible };
 
-void CheckAttention(int64_t num_heads, int64_t head_dim, Comp comp, uint64_t seed) {
-  const int64_t num_q = 17, window = 8, q_pos0 = 30, kv_pos0 = 25, num_kv = 22, num_comp = 11;
-  const int64_t topk = 6, ratio = 4;
+struct Sizes {
+  int64_t window = 8, q_pos0 = 30, kv_pos0 = 25, num_kv = 22, num_comp = 11, topk = 6;
+};
+
+void CheckAttention(int64_t num_heads, int64_t head_dim, Comp comp, uint64_t seed,
+                    const Sizes& sizes = {}) {
+  const int64_t num_q = 17, window = sizes.window, q_pos0 = sizes.q_pos0;
+  const int64_t kv_pos0 = sizes.kv_pos0, num_kv = sizes.num_kv, num_comp = sizes.num_comp;
+  const int64_t topk = sizes.topk, ratio = 4;
   const Tensor q = testing::RoundToBf16(RandomNormal({num_q, num_heads, head_dim}, seed));
   const Tensor kv = testing::RoundToBf16(RandomNormal({num_kv, head_dim}, seed + 1));
   const Tensor comp_kv = testing::RoundToBf16(RandomNormal({num_comp, head_dim}, seed + 2));
@@ -101,8 +110,10 @@ void CheckAttention(int64_t num_heads, int64_t head_dim, Comp comp, uint64_t see
                           std::to_string(head_dim) +
                           (comp == Comp::kNone ? " window only"
                                                : comp == Comp::kIdx ? " + comp_idx" : " + all visible");
-  EXPECT_TRUE(testing::CloseAndReport(tag + " out", testing::ToHost(out.view()).view(),
-                                      want.view(), kBf16Out));
+  const bool tensor_cores = head_dim % 32 == 0 && head_dim <= 512;
+  EXPECT_TRUE(testing::CloseAndReport(tag + (tensor_cores ? " (tensor cores) out" : " out"),
+                                      testing::ToHost(out.view()).view(), want.view(),
+                                      tensor_cores ? kTensorCoreOut : kBf16Out));
   EXPECT_TRUE(testing::CloseAndReport(tag + " lse", testing::ToHost(lse.view()).view(),
                                       want_lse.view(), kLse));
 }
@@ -121,6 +132,17 @@ TEST(CudaAttention, WindowPlusSelectedCompressedEntries) {
 TEST(CudaAttention, WindowPlusAllVisibleCompressedEntries) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   CheckAttention(16, 96, Comp::kAllVisible, 31);
+}
+
+TEST(CudaAttention, ManyKeyTilesAndHeadGroups) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  // 128-row window plus 150 of 300 entries: several 64-key tiles, some all -1 slots.
+  const Sizes large{.window = 128, .q_pos0 = 1000, .kv_pos0 = 880, .num_kv = 137,
+                    .num_comp = 300, .topk = 150};
+  CheckAttention(16, 512, Comp::kIdx, 41, large);  // V4's head shape, one group of 16
+  CheckAttention(20, 64, Comp::kIdx, 51, large);   // two head groups (16 + 4)
+  CheckAttention(7, 32, Comp::kAllVisible, 61, large);
+  CheckAttention(5, 200, Comp::kIdx, 71, large);   // CUDA-core path, many tiles
 }
 
 TEST(CudaAttention, RejectsQueriesBeyondKv) {
