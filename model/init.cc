@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "core/rng.h"
+#include "core/thread_pool.h"
 #include "model/params.h"
 
 namespace v4rl::model {
@@ -40,13 +41,16 @@ Kind KindOf(const ParamSpec& spec) {
 
 Tensor Normal(const core::Shape& shape, const core::Rng& rng, double mean, double std) {
   Tensor t = Tensor::Empty(DType::kF32, shape);
-  rng.FillNormal(t.view(), static_cast<float>(mean), static_cast<float>(std));
+  // Element i gets draw i whatever the thread count: the pool only makes big models fast.
+  rng.FillNormal(t.view(), static_cast<float>(mean), static_cast<float>(std),
+                 &core::ThreadPool::Default());
   return t;
 }
 
 Tensor Uniform(const core::Shape& shape, const core::Rng& rng, double low, double high) {
   Tensor t = Tensor::Empty(DType::kF32, shape);
-  rng.FillUniform(t.view(), static_cast<float>(low), static_cast<float>(high));
+  rng.FillUniform(t.view(), static_cast<float>(low), static_cast<float>(high),
+                  &core::ThreadPool::Default());
   return t;
 }
 
