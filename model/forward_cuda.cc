@@ -558,10 +558,16 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
   head.hc_eps = static_cast<float>(config.hc_eps);
   V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), m.weights.norm.view(), m.eps(), x.view()));
-  const Tensor logits = Dev(DType::kF32, {m.num_tokens, config.vocab_size});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x.view(), m.weights.head.view(), logits.view()));
-  output.logits = Tensor::Empty(DType::kF32, {m.batch, m.seq_len, config.vocab_size});
-  V4RL_RETURN_IF_ERROR(kc::Copy(logits.view().Reshape({m.batch, m.seq_len, config.vocab_size}),
+  // All positions, or each sequence's last one (rows b·T + T - 1: a strided row view).
+  const int64_t positions = options.last_position_logits ? 1 : m.seq_len;
+  const TensorView head_in =
+      options.last_position_logits
+          ? x.view().Reshape({m.batch, m.seq_len, hidden}).Select(1, m.seq_len - 1)
+          : x.view();
+  const Tensor logits = Dev(DType::kF32, {m.batch * positions, config.vocab_size});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, head_in, m.weights.head.view(), logits.view()));
+  output.logits = Tensor::Empty(DType::kF32, {m.batch, positions, config.vocab_size});
+  V4RL_RETURN_IF_ERROR(kc::Copy(logits.view().Reshape({m.batch, positions, config.vocab_size}),
                                 output.logits.view()));
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
   return output;

@@ -28,6 +28,7 @@ struct CudaForwardOptions {
   bool return_routing = false;  // routed expert ids of every layer
   int64_t indexer_q_chunk = 64;  // queries scored per indexer GEMM (bounds its workspace)
   bool capture_blocks = false;   // host copies of every block's intermediate outputs
+  bool last_position_logits = false;  // logits [B, 1, V] of each sequence's last token only
   // Routing replay (keep-routing): per layer [B, T, k] i32 host expert ids used instead of the
   // MoE selection. Empty: every layer selects.
   std::vector<core::TensorView> routing_replay;
@@ -51,7 +52,7 @@ struct CudaBlockCapture {
 };
 
 struct CudaForwardOutput {
-  core::Tensor logits;                       // [B, T, V] f32 on the host
+  core::Tensor logits;  // [B, T, V] f32 on the host ([B, 1, V] with last_position_logits)
   std::vector<core::Tensor> routed_experts;  // per layer [B, T, k] i32 on the host
   std::vector<CudaBlockCapture> blocks;      // per layer (capture_blocks)
 };

@@ -1,0 +1,60 @@
+"""transformers baseline for bench/cuda_prefill_bench.cc: loads OUT_DIR/model (the same random
+weights) as DeepseekV4ForCausalLM in bf16 on the GPU, times one-sequence prefill at the same
+lengths and token ids (logits of the last position only, as v4rl), compares the full logits of the
+first length with v4rl's (OUT_DIR/v4rl_logits.safetensors), and prints one table with the ratio.
+
+  cuda_prefill_bench CONFIG OUT_DIR 4096,16384 | python3 bench/cuda_prefill_baseline.py OUT_DIR
+"""
+import json
+import sys
+
+import torch
+from safetensors.torch import load_file
+from transformers import DeepseekV4ForCausalLM
+
+
+def main():
+    out_dir = sys.argv[1]
+    ours = [json.loads(line) for line in sys.stdin if line.startswith("{")]
+    model = DeepseekV4ForCausalLM.from_pretrained(out_dir + "/model", torch_dtype=torch.bfloat16)
+    model = model.cuda().eval()
+    vocab = model.config.vocab_size
+    theirs = {}
+    with torch.no_grad():
+        ref = load_file(out_dir + "/v4rl_logits.safetensors")
+        ids = ref["input_ids"].long().cuda()
+        logits = model(input_ids=ids, use_cache=False).logits.float().cpu()
+        v4rl = ref["logits"]
+        err = (logits - v4rl)
+        cos = torch.nn.functional.cosine_similarity(logits.flatten(), v4rl.flatten(), dim=0).item()
+        print(f"logits at {ids.shape[1]} tokens, v4rl bf16 vs transformers bf16: cosine distance "
+              f"{1 - cos:.3e}, max abs err {err.abs().max().item():.3e} (max |ref| "
+              f"{logits.abs().max().item():.3f}), err by norm {err.norm().item() / logits.norm().item():.3e}, "
+              f"argmax agreement {(logits.argmax(-1) == v4rl.argmax(-1)).float().mean().item():.4f}")
+        for row in ours:
+            t = row["tokens"]
+            ids = ((torch.arange(t) * 7919 + 13) % vocab).view(1, t).cuda()
+            try:
+                model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(2):
+                    model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                end.record()
+                torch.cuda.synchronize()
+                theirs[t] = start.elapsed_time(end) / 2
+            except torch.cuda.OutOfMemoryError:
+                theirs[t] = None
+                torch.cuda.empty_cache()
+    print(f"{'tokens':>8s} {'v4rl tok/s':>12s} {'transformers tok/s':>19s} {'ratio':>7s}")
+    for row in ours:
+        t, b = row["tokens"], theirs.get(row["tokens"])
+        base = f"{t / (b * 1e-3):19.0f}" if b else f"{'out of memory':>19s}"
+        ratio = f"{(t / (row['ms'] * 1e-3)) / (t / (b * 1e-3)):6.2f}x" if b else "      -"
+        print(f"{t:8d} {row['tokens_per_s']:12.0f} {base} {ratio}")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
