@@ -1,5 +1,5 @@
 """transformers baseline for bench/cuda_prefill_bench.cc: loads OUT_DIR/model (the same random
-weights) as DeepseekV4ForCausalLM in bf16 on the GPU, times one-sequence prefill at the same
+weights) as DeepseekV4ForCausalLM in bf16 on the GPU (under bf16 autocast), times one-sequence prefill at the same
 lengths and token ids (logits of the last position only, as v4rl), compares the full logits of the
 first length with v4rl's (OUT_DIR/v4rl_logits.safetensors), and prints one table with the ratio.
 
@@ -16,11 +16,12 @@ from transformers import DeepseekV4ForCausalLM
 def main():
     out_dir = sys.argv[1]
     ours = [json.loads(line) for line in sys.stdin if line.startswith("{")]
-    model = DeepseekV4ForCausalLM.from_pretrained(out_dir + "/model", torch_dtype=torch.bfloat16)
+    # bf16 weights; autocast keeps the activations bf16 where the model's mHC code returns f32.
+    model = DeepseekV4ForCausalLM.from_pretrained(out_dir + "/model", dtype=torch.bfloat16)
     model = model.cuda().eval()
     vocab = model.config.vocab_size
     theirs = {}
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         ref = load_file(out_dir + "/v4rl_logits.safetensors")
         ids = ref["input_ids"].long().cuda()
         logits = model(input_ids=ids, use_cache=False).logits.float().cpu()
