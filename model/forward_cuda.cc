@@ -1,5 +1,7 @@
 #include "model/forward_cuda.h"
 
+#include "model/forward_cuda_impl.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -8,100 +10,18 @@
 #include "core/status.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compressor.h"
-#include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
-#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/plan/moe_dispatch.h"
 
 namespace v4rl::model {
-namespace {
-
 namespace kc = kernels::cuda;
 using core::DType;
 using core::Tensor;
 using core::TensorView;
-
-Tensor Dev(DType dtype, absl::Span<const int64_t> shape) {
-  return Tensor::Empty(dtype, shape, kc::DeviceAllocator());
-}
-
-// A device copy of a host tensor in `dtype` (bf16, f32 or i32); undefined stays undefined.
-absl::StatusOr<Tensor> Upload(const Tensor& host, DType dtype, int64_t* bytes) {
-  if (!host.defined()) return Tensor();
-  Tensor staged;
-  if (dtype == DType::kI32) {
-    staged = host.dtype() == DType::kI32 && host.view().is_contiguous() ? host
-                                                                        : Tensor::CopyOf(host.view());
-  } else {
-    const Tensor f32 = host.dtype() == DType::kF32 && host.view().is_contiguous()
-                           ? host
-                           : core::ToFloat32(host.view());
-    if (dtype == DType::kBF16) {
-      staged = Tensor::Empty(DType::kBF16, f32.view().shape_vector());
-      for (int64_t i = 0; i < f32.numel(); ++i) {
-        staged.data<uint16_t>()[i] = core::FloatToBf16(f32.data<float>()[i]);
-      }
-    } else {
-      staged = f32;
-    }
-  }
-  Tensor device = Dev(dtype, staged.view().shape_vector());
-  V4RL_RETURN_IF_ERROR(kc::Copy(staged.view(), device.view()));
-  *bytes += device.view().nbytes();
-  return device;
-}
-
-// A host f32 copy of a device view (bf16 or f32).
-absl::StatusOr<Tensor> Download(const TensorView& device) {
-  Tensor staged = Tensor::Empty(device.dtype, device.shape_vector());
-  V4RL_RETURN_IF_ERROR(kc::Copy(device, staged.view()));
-  return device.dtype == DType::kF32 ? staged : core::ToFloat32(staged.view());
-}
-
-struct RopeTables {
-  Tensor inv_freq;  // [rd / 2] f32 device
-  Tensor cos, sin;  // [T, rd / 2] f32 device, positions 0 .. T - 1 (per forward)
-};
-
-}  // namespace
-
-struct CudaModel::Impl {
-  ModelConfig config;
-  ModelWeights weights;  // the same structs, tensors on the device
-  RopeTables main_rope, compress_rope;
-  std::unique_ptr<kc::GemmHandle> gemm;
-  int64_t weight_bytes = 0;
-
-  // Per-forward state.
-  int64_t batch = 0, seq_len = 0, num_tokens = 0;
-  Tensor token_ids;  // [N] i32 device
-  CudaForwardOptions options;
-  std::vector<Tensor>* routed = nullptr;
-  std::vector<CudaBlockCapture>* captures = nullptr;
-  CudaBlockCapture* capture = nullptr;  // the current block's, while capturing
-  size_t layer_index = 0;
-
-  RopeTables& rope(AttentionType type) {
-    return type == AttentionType::kSliding ? main_rope : compress_rope;
-  }
-  float eps() const { return static_cast<float>(config.rms_norm_eps); }
-  DType stream_dtype() const { return options.bf16_streams ? DType::kBF16 : DType::kF32; }
-
-  absl::Status UploadWeights(const ModelWeights& host);
-  absl::StatusOr<Tensor> Compress(const CompressorWeights& w, int64_t ratio, bool overlap,
-                                  const RopeTables& rope, const TensorView& x);
-  absl::StatusOr<Tensor> IndexerTopK(const IndexerWeights& w, const RopeTables& rope,
-                                     const TensorView& x, const TensorView& qr);
-  absl::Status Attention(const AttentionWeights& w, AttentionType type, const TensorView& x,
-                         const TensorView& out);
-  absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
-  absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
-  // Rotates rows [b·T, (b+1)·T) of x ([N, heads, dim]) for every sequence b.
-  absl::Status RotateSequences(const TensorView& x, const RopeTables& rope, bool inverse);
-};
+using namespace cuda_internal;
 
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaModel::~CudaModel() = default;
@@ -466,7 +386,10 @@ absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const T
   V4RL_RETURN_IF_ERROR(site(layer.hc_attn, streams, layer.attn_norm, &pre, &post, &comb, &x));
   const Tensor attn_in = x;
   const Tensor attn_out = Dev(DType::kBF16, {num_tokens, hidden});
-  V4RL_RETURN_IF_ERROR(Attention(layer.attn, layer.attention_type, x.view(), attn_out.view()));
+  V4RL_RETURN_IF_ERROR(decode != nullptr ? AttentionDecode(layer.attn, layer.attention_type,
+                                                           x.view(), attn_out.view())
+                                         : Attention(layer.attn, layer.attention_type, x.view(),
+                                                     attn_out.view()));
   const Tensor mid = Dev(stream_dtype(), {num_tokens, n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::MhcPost(streams.view(), attn_out.view(), post.view(), comb.view(), mid.view()));

@@ -77,6 +77,7 @@ class CudaModel {
   struct Impl;
 
  private:
+  friend class CudaDecoder;  // model/decode_cuda.h runs Impl's blocks over its decode states
   explicit CudaModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

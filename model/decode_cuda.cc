@@ -1,0 +1,628 @@
+#include "model/decode_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/compressor.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/indexer.h"
+#include "kernels/cuda/mhc.h"
+#include "kernels/cuda/rows.h"
+#include "model/forward_cuda_impl.h"
+#include "model/rope.h"
+
+namespace v4rl::model {
+namespace cuda_internal {
+
+// Device views of one sequence's state for one layer (inside the pool).
+struct LayerState {
+  TensorView ring;                    // [window, D] bf16
+  TensorView entries;                 // [capacity / m, D] bf16 (CSA, HCA)
+  TensorView comp_kv, comp_score;     // [(2|1)·m, c·D] bf16 / f32 (CSA, HCA)
+  TensorView index_keys;              // [capacity / m, di] bf16 (CSA)
+  TensorView index_kv, index_score;   // [2m, 2·di] bf16 / f32 (CSA)
+};
+
+struct Sequence {
+  int64_t first_block = 0, blocks = 0;
+  int64_t capacity = 0, num_tokens = 0;
+  std::vector<LayerState> layers;
+};
+
+// Lays one sequence's state out from `base` (nullptr: sizes only); returns its bytes.
+int64_t Layout(const ModelConfig& config, int64_t capacity, char* base,
+               std::vector<LayerState>* layers) {
+  int64_t offset = 0;
+  auto take = [&](DType dtype, std::initializer_list<int64_t> shape) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    offset = (offset + 255) / 256 * 256;
+    const TensorView view = TensorView::Contiguous(base != nullptr ? base + offset : nullptr,
+                                                   dtype, shape, core::Device::kCuda);
+    offset += core::DTypeBytes(dtype, numel);
+    return view;
+  };
+  const int64_t dim = config.head_dim, idim = config.index_head_dim;
+  if (layers != nullptr) layers->assign(config.num_layers, {});
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    LayerState s;
+    const AttentionType type = config.layer_types[l];
+    s.ring = take(DType::kBF16, {config.sliding_window, dim});
+    if (type != AttentionType::kSliding) {
+      const int64_t m = config.CompressRatio(type);
+      const bool overlap = type == AttentionType::kCompressedSparse;
+      const int64_t slots = (overlap ? 2 : 1) * m, width = (overlap ? 2 : 1) * dim;
+      s.entries = take(DType::kBF16, {capacity / m, dim});
+      s.comp_kv = take(DType::kBF16, {slots, width});
+      s.comp_score = take(DType::kF32, {slots, width});
+      if (overlap) {
+        s.index_keys = take(DType::kBF16, {capacity / m, idim});
+        s.index_kv = take(DType::kBF16, {2 * m, 2 * idim});
+        s.index_score = take(DType::kF32, {2 * m, 2 * idim});
+      }
+    }
+    if (layers != nullptr) (*layers)[l] = s;
+  }
+  return (offset + 255) / 256 * 256;
+}
+
+struct StepSpan {
+  int64_t row = 0, count = 0, position = 0;
+  Sequence* sequence = nullptr;
+};
+
+struct DecodeStepState {
+  std::vector<StepSpan> spans;
+  Tensor positions;                  // [N] i32 device
+  Tensor main_cos, main_sin;         // [N, rd / 2] f32 device
+  Tensor compress_cos, compress_sin;  // [N, rd / 2] f32 device
+  const RopeTable* compress_rope = nullptr;  // host table for entry rotation
+  const CudaDecodeStepOptions* options = nullptr;
+  int64_t layer = 0;
+};
+
+namespace {
+
+char* Ptr(const TensorView& v, int64_t row) {
+  return static_cast<char*>(v.data) + row * (v.nbytes() / std::max<int64_t>(v.shape[0], 1));
+}
+int64_t RowBytes(const TensorView& v) { return core::DTypeBytes(v.dtype, v.numel() / v.shape[0]); }
+
+// Appends the step's compressor rows (values, biased gate scores of x) to each sequence's
+// pending rows; every window completed becomes an entry (pooled, normalised, rotated at w·m).
+absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const CompressorWeights& w,
+                            int64_t ratio, bool overlap, bool indexer, const TensorView& x) {
+  const int64_t n = m.num_tokens, width = w.wkv.size(0);
+  const int64_t entry_dim = overlap ? width / 2 : width;
+  const Tensor kv = Dev(DType::kBF16, {n, width});
+  const Tensor score = Dev(DType::kF32, {n, width});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x, w.wkv.view(), kv.view()));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x, w.wgate.view(), score.view()));
+  V4RL_RETURN_IF_ERROR(kc::AddPositionBiasAt(score.view(), w.ape.view(), st.positions.view()));
+  const int64_t open_slot = overlap ? ratio : 0;
+  auto state = [&](const StepSpan& s, TensorView* skv, TensorView* ssc, TensorView* ent) {
+    const LayerState& l = s.sequence->layers[st.layer];
+    *skv = indexer ? l.index_kv : l.comp_kv;
+    *ssc = indexer ? l.index_score : l.comp_score;
+    *ent = indexer ? l.index_keys : l.entries;
+  };
+  struct Job {
+    size_t span;
+    int64_t work_row, lead, work_windows, first_entry, open_window, num_entries, base_window,
+        entry_row;
+  };
+  std::vector<Job> jobs;
+  std::vector<kc::RowCopy> copies;
+  int64_t work_rows = 0, total_entries = 0;
+  for (size_t i = 0; i < st.spans.size(); ++i) {
+    const StepSpan& s = st.spans[i];
+    TensorView skv, ssc, ent;
+    state(s, &skv, &ssc, &ent);
+    const int64_t open_window = s.position / ratio, open_rows = s.position % ratio;
+    const int64_t end_window = (s.position + s.count) / ratio;
+    if (end_window == open_window) {  // still inside the open window: append in place
+      copies.push_back({Ptr(kv.view(), s.row), Ptr(skv, open_slot + open_rows),
+                        s.count * RowBytes(kv.view())});
+      copies.push_back({Ptr(score.view(), s.row), Ptr(ssc, open_slot + open_rows),
+                        s.count * RowBytes(score.view())});
+      continue;
+    }
+    const bool has_previous = overlap && open_window >= 1;
+    Job job;
+    job.span = i;
+    job.lead = (has_previous ? ratio : 0) + open_rows;
+    const int64_t rows = job.lead + s.count;
+    job.work_row = work_rows;
+    work_rows += (rows + ratio - 1) / ratio * ratio;
+    job.work_windows = rows / ratio;
+    job.first_entry = has_previous ? 1 : 0;
+    job.open_window = open_window;
+    job.num_entries = job.work_windows - job.first_entry;
+    job.base_window = open_window - job.first_entry;
+    job.entry_row = total_entries;
+    total_entries += job.num_entries;
+    jobs.push_back(job);
+  }
+  Tensor work_kv, work_score;
+  if (!jobs.empty()) {
+    work_kv = Dev(DType::kBF16, {work_rows, width});
+    work_score = Dev(DType::kF32, {work_rows, width});
+  }
+  for (const Job& job : jobs) {
+    const StepSpan& s = st.spans[job.span];
+    TensorView skv, ssc, ent;
+    state(s, &skv, &ssc, &ent);
+    const int64_t from = job.first_entry ? 0 : open_slot;  // prev window + open rows are adjacent
+    if (job.lead > 0) {
+      copies.push_back({Ptr(skv, from), Ptr(work_kv.view(), job.work_row),
+                        job.lead * RowBytes(skv)});
+      copies.push_back({Ptr(ssc, from), Ptr(work_score.view(), job.work_row),
+                        job.lead * RowBytes(ssc)});
+    }
+    copies.push_back({Ptr(kv.view(), s.row), Ptr(work_kv.view(), job.work_row + job.lead),
+                      s.count * RowBytes(kv.view())});
+    copies.push_back({Ptr(score.view(), s.row), Ptr(work_score.view(), job.work_row + job.lead),
+                      s.count * RowBytes(score.view())});
+  }
+  V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
+  if (jobs.empty()) return absl::OkStatus();
+
+  // Pool, normalise, rotate every new entry; then entries and the rows later entries need go
+  // back to the states.
+  const Tensor entries = Dev(DType::kBF16, {total_entries, entry_dim});
+  for (const Job& job : jobs) {
+    const int64_t rows = job.work_windows * ratio;
+    V4RL_RETURN_IF_ERROR(kc::CompressPool(
+        work_kv.view().Slice(0, job.work_row, job.work_row + rows),
+        work_score.view().Slice(0, job.work_row, job.work_row + rows), ratio, overlap,
+        job.first_entry,
+        entries.view().Slice(0, job.entry_row, job.entry_row + job.num_entries)));
+  }
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
+  const int64_t half = m.config.rope_head_dim / 2;
+  Tensor cos = Tensor::Empty(DType::kF32, {total_entries, half});
+  Tensor sin = Tensor::Empty(DType::kF32, {total_entries, half});
+  for (const Job& job : jobs) {
+    st.compress_rope->Fill(job.open_window * ratio, ratio, job.num_entries,
+                           cos.data<float>() + job.entry_row * half,
+                           sin.data<float>() + job.entry_row * half);
+  }
+  int64_t unused = 0;
+  V4RL_ASSIGN_OR_RETURN(const Tensor dcos, Upload(cos, DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(const Tensor dsin, Upload(sin, DType::kF32, &unused));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({total_entries, 1, entry_dim}),
+                                     dcos.view(), dsin.view(), /*inverse=*/false));
+  copies.clear();
+  for (const Job& job : jobs) {
+    const StepSpan& s = st.spans[job.span];
+    TensorView skv, ssc, ent;
+    state(s, &skv, &ssc, &ent);
+    copies.push_back({Ptr(entries.view(), job.entry_row), Ptr(ent, job.open_window),
+                      job.num_entries * RowBytes(ent)});
+    const int64_t end = s.position + s.count, end_window = end / ratio;
+    auto work_row = [&](int64_t position) {
+      return job.work_row + position - job.base_window * ratio;
+    };
+    if (overlap) {  // the last complete window: series A of the next entry
+      copies.push_back({Ptr(work_kv.view(), work_row((end_window - 1) * ratio)), Ptr(skv, 0),
+                        ratio * RowBytes(skv)});
+      copies.push_back({Ptr(work_score.view(), work_row((end_window - 1) * ratio)), Ptr(ssc, 0),
+                        ratio * RowBytes(ssc)});
+    }
+    if (end % ratio > 0) {
+      copies.push_back({Ptr(work_kv.view(), work_row(end_window * ratio)), Ptr(skv, open_slot),
+                        (end % ratio) * RowBytes(skv)});
+      copies.push_back({Ptr(work_score.view(), work_row(end_window * ratio)),
+                        Ptr(ssc, open_slot), (end % ratio) * RowBytes(ssc)});
+    }
+  }
+  return kc::BatchCopy(copies);
+}
+
+}  // namespace
+}  // namespace cuda_internal
+
+absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, AttentionType type,
+                                              const TensorView& x, const TensorView& out) {
+  DecodeStepState& st = *decode;
+  const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
+  const int64_t window = config.sliding_window;
+  const bool sliding = type == AttentionType::kSliding;
+  const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
+  const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
+  // Query path and the single K=V head, as Attention.
+  const Tensor qr = Dev(DType::kBF16, {n, config.q_lora_rank});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wq_a.view(), qr.view()));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(qr.view(), w.q_norm.view(), eps(), qr.view()));
+  const Tensor q = Dev(DType::kBF16, {n, heads, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({n, heads * dim})));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(q.view(), cos, sin, /*inverse=*/false));
+  const Tensor kv = Dev(DType::kBF16, {n, 1, dim});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wkv.view(), kv.view().Reshape({n, dim})));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
+  const TensorView kv_rows = kv.view().Reshape({n, dim});
+
+  // New entries; for CSA the indexer's keys and picks.
+  const bool compressed = !sliding;
+  const bool csa = type == AttentionType::kCompressedSparse;
+  const int64_t ratio = compressed ? config.CompressRatio(type) : 0;
+  if (compressed) {
+    V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.compressor, ratio, csa, false, x));
+  }
+  std::vector<TensorView> picks(st.spans.size());
+  Tensor picks_storage, workspace;
+  if (csa) {
+    V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.indexer.compressor, ratio, true, true, x));
+    const std::vector<TensorView>& replays = st.options->index_replay;
+    if (static_cast<size_t>(st.layer) < replays.size() && replays[st.layer].data != nullptr) {
+      const TensorView replay = replays[st.layer];
+      if (replay.dtype != DType::kI32 || !replay.is_contiguous() || replay.rank != 2 ||
+          replay.shape[0] != n) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "index_replay[%d] must be contiguous i32 [%d, k], got %s", st.layer, n,
+            replay.DebugString()));
+      }
+      int64_t unused = 0;
+      V4RL_ASSIGN_OR_RETURN(picks_storage, Upload(Tensor::CopyOf(replay), DType::kI32, &unused));
+      for (size_t i = 0; i < st.spans.size(); ++i) {
+        picks[i] = picks_storage.view().Slice(0, st.spans[i].row,
+                                              st.spans[i].row + st.spans[i].count);
+      }
+    } else {
+      const int64_t ih = config.index_n_heads, id = config.index_head_dim;
+      const Tensor iq = Dev(DType::kBF16, {n, ih, id});
+      V4RL_RETURN_IF_ERROR(
+          kc::Gemm(*gemm, qr.view(), w.indexer.wq_b.view(), iq.view().Reshape({n, ih * id})));
+      V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
+      const Tensor head_weights = Dev(DType::kF32, {n, ih});
+      V4RL_RETURN_IF_ERROR(
+          kc::Gemm(*gemm, x, w.indexer.weights_proj.view(), head_weights.view(),
+                   static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)))));
+      int64_t total = 0, work = 1;
+      std::vector<int64_t> offsets(st.spans.size()), topks(st.spans.size());
+      for (size_t i = 0; i < st.spans.size(); ++i) {
+        const StepSpan& s = st.spans[i];
+        const int64_t entries = (s.position + s.count) / ratio;
+        topks[i] = std::min(config.index_topk, entries);
+        offsets[i] = total;
+        total += s.count * topks[i];
+        const int64_t chunk = std::max<int64_t>(1, std::min(options.indexer_q_chunk, s.count));
+        if (topks[i] > 0) {
+          work = std::max(work, kc::IndexerTopKWorkspaceFloats(chunk, ih, entries));
+        }
+      }
+      picks_storage = Dev(DType::kI32, {std::max<int64_t>(total, 1)});
+      workspace = Dev(DType::kF32, {work});
+      for (size_t i = 0; i < st.spans.size(); ++i) {
+        const StepSpan& s = st.spans[i];
+        if (topks[i] == 0) continue;
+        const int64_t entries = (s.position + s.count) / ratio;
+        picks[i] = picks_storage.view()
+                       .Slice(0, offsets[i], offsets[i] + s.count * topks[i])
+                       .Reshape({s.count, topks[i]});
+        kc::IndexerTopKArgs args;
+        args.q = iq.view().Slice(0, s.row, s.row + s.count);
+        args.weights = head_weights.view().Slice(0, s.row, s.row + s.count);
+        args.keys = s.sequence->layers[st.layer].index_keys.Slice(0, 0, entries);
+        args.topk_idx = picks[i];
+        args.workspace = workspace.view();
+        args.q_pos0 = s.position;
+        args.ratio = ratio;
+        args.score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)));
+        args.q_chunk = std::max<int64_t>(1, std::min(options.indexer_q_chunk, s.count));
+        V4RL_RETURN_IF_ERROR(kc::IndexerTopK(*gemm, args));
+      }
+    }
+  }
+
+  // Each sequence's raw rows in position order: the cached positions the first new token's
+  // window reaches (from the ring), then the new rows.
+  std::vector<int64_t> row_offsets(st.spans.size()), cached(st.spans.size());
+  int64_t total_rows = 0;
+  for (size_t i = 0; i < st.spans.size(); ++i) {
+    cached[i] = std::min(st.spans[i].position, window - 1);
+    row_offsets[i] = total_rows;
+    total_rows += cached[i] + st.spans[i].count;
+  }
+  const Tensor rows = Dev(DType::kBF16, {total_rows, dim});
+  const int64_t row_bytes = dim * 2;
+  std::vector<kc::RowCopy> copies;
+  for (size_t i = 0; i < st.spans.size(); ++i) {
+    const StepSpan& s = st.spans[i];
+    const TensorView ring = s.sequence->layers[st.layer].ring;
+    int64_t p = s.position - cached[i], dst = row_offsets[i];
+    while (p < s.position) {  // at most two runs (the ring wraps once)
+      const int64_t slot = p % window, run = std::min(s.position - p, window - slot);
+      copies.push_back({Ptr(ring, slot), Ptr(rows.view(), dst), run * row_bytes});
+      p += run;
+      dst += run;
+    }
+    copies.push_back({Ptr(kv_rows, s.row), Ptr(rows.view(), dst), s.count * row_bytes});
+  }
+  V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
+  const Tensor attn = Dev(DType::kBF16, {n, heads, dim});
+  for (size_t i = 0; i < st.spans.size(); ++i) {
+    const StepSpan& s = st.spans[i];
+    const LayerState& state = s.sequence->layers[st.layer];
+    kc::SparseAttentionArgs args;
+    args.q = q.view().Slice(0, s.row, s.row + s.count);
+    args.kv = rows.view().Slice(0, row_offsets[i], row_offsets[i] + cached[i] + s.count);
+    args.sink = w.sink.view();
+    args.out = attn.view().Slice(0, s.row, s.row + s.count);
+    args.q_pos0 = s.position;
+    args.kv_pos0 = s.position - cached[i];
+    args.window = window;
+    args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+    const int64_t entries = compressed ? (s.position + s.count) / ratio : 0;
+    if (entries > 0) {
+      args.comp_kv = state.entries.Slice(0, 0, entries);
+      if (csa) {
+        args.comp_idx = picks[i];
+      } else {
+        args.comp_ratio = ratio;
+      }
+    }
+    V4RL_RETURN_IF_ERROR(kc::SparseAttention(args));
+  }
+  // Ring update after the reads: the last `window` new rows take their slots.
+  copies.clear();
+  for (const StepSpan& s : st.spans) {
+    const TensorView ring = s.sequence->layers[st.layer].ring;
+    int64_t p = s.position + std::max<int64_t>(0, s.count - window);
+    const int64_t end = s.position + s.count;
+    while (p < end) {
+      const int64_t slot = p % window, run = std::min(end - p, window - slot);
+      copies.push_back({Ptr(kv_rows, s.row + p - s.position), Ptr(ring, slot), run * row_bytes});
+      p += run;
+    }
+  }
+  V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(attn.view(), cos, sin, /*inverse=*/true));
+  // Grouped output projection, then wo_b.
+  const int64_t groups = config.o_groups, rank = config.o_lora_rank;
+  const int64_t group_in = heads * dim / groups;
+  const Tensor u = Dev(DType::kBF16, {n, groups * rank});
+  const TensorView o_groups = attn.view().Reshape({n, groups, group_in});
+  const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
+  const TensorView u_groups = u.view().Reshape({n, groups, rank});
+  for (int64_t g = 0; g < groups; ++g) {
+    V4RL_RETURN_IF_ERROR(
+        kc::Gemm(*gemm, o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g)));
+  }
+  return kc::Gemm(*gemm, u.view(), w.wo_b.view(), out);
+}
+
+struct CudaDecoder::Impl {
+  CudaModel* model = nullptr;
+  Tensor pool;
+  int64_t block_bytes = 0;
+  std::vector<bool> used;  // per block
+  std::map<int64_t, std::unique_ptr<Sequence>> sequences;
+  int64_t next_id = 0;
+  RopeTable main_rope, compress_rope;  // host tables (step cos/sin, entry rotation)
+};
+
+CudaDecoder::CudaDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaDecoder::~CudaDecoder() = default;
+
+int64_t CudaDecoder::SequenceBytes(const ModelConfig& config, int64_t capacity) {
+  return Layout(config, capacity, nullptr, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<CudaDecoder>> CudaDecoder::Create(CudaModel* model,
+                                                                 int64_t pool_bytes,
+                                                                 int64_t block_bytes) {
+  if (model == nullptr || pool_bytes < 1 || block_bytes < 1) {
+    return absl::InvalidArgumentError("CudaDecoder needs a model and positive pool/block sizes");
+  }
+  block_bytes = (block_bytes + 255) / 256 * 256;
+  auto impl = std::make_unique<Impl>();
+  impl->model = model;
+  impl->block_bytes = block_bytes;
+  const int64_t blocks = (pool_bytes + block_bytes - 1) / block_bytes;
+  impl->pool = Dev(DType::kU8, {blocks * block_bytes});
+  impl->used.assign(blocks, false);
+  const ModelConfig& config = model->impl_->config;
+  impl->main_rope = MakeRopeTable(config, AttentionType::kSliding);
+  impl->compress_rope = MakeRopeTable(config, AttentionType::kCompressedSparse);
+  return std::unique_ptr<CudaDecoder>(new CudaDecoder(std::move(impl)));
+}
+
+absl::StatusOr<int64_t> CudaDecoder::AddSequence(int64_t capacity) {
+  Impl& d = *impl_;
+  const ModelConfig& config = d.model->impl_->config;
+  if (capacity < 1 || capacity > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "sequence capacity %d must be in [1, max_position_embeddings = %d]", capacity,
+        config.max_position_embeddings));
+  }
+  const int64_t need = (SequenceBytes(config, capacity) + d.block_bytes - 1) / d.block_bytes;
+  const int64_t total = static_cast<int64_t>(d.used.size());
+  int64_t run = 0;
+  for (int64_t b = 0; b < total; ++b) {
+    run = d.used[b] ? 0 : run + 1;
+    if (run == need) {
+      auto sequence = std::make_unique<Sequence>();
+      sequence->first_block = b + 1 - need;
+      sequence->blocks = need;
+      sequence->capacity = capacity;
+      for (int64_t i = sequence->first_block; i <= b; ++i) d.used[i] = true;
+      char* base = static_cast<char*>(d.pool.view().data) + sequence->first_block * d.block_bytes;
+      Layout(config, capacity, base, &sequence->layers);
+      const int64_t id = d.next_id++;
+      d.sequences[id] = std::move(sequence);
+      return id;
+    }
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "decode pool: no run of %d free blocks for a sequence of capacity %d (%d of %d free)",
+      need, capacity, free_blocks(), total));
+}
+
+absl::Status CudaDecoder::RemoveSequence(int64_t sequence) {
+  auto it = impl_->sequences.find(sequence);
+  if (it == impl_->sequences.end()) {
+    return absl::NotFoundError(absl::StrFormat("no decode sequence %d", sequence));
+  }
+  for (int64_t i = 0; i < it->second->blocks; ++i) impl_->used[it->second->first_block + i] = false;
+  impl_->sequences.erase(it);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> CudaDecoder::num_tokens(int64_t sequence) const {
+  auto it = impl_->sequences.find(sequence);
+  if (it == impl_->sequences.end()) {
+    return absl::NotFoundError(absl::StrFormat("no decode sequence %d", sequence));
+  }
+  return it->second->num_tokens;
+}
+
+int64_t CudaDecoder::num_blocks() const { return static_cast<int64_t>(impl_->used.size()); }
+int64_t CudaDecoder::free_blocks() const {
+  return static_cast<int64_t>(std::count(impl_->used.begin(), impl_->used.end(), false));
+}
+
+absl::StatusOr<Tensor> CudaDecoder::Step(absl::Span<const CudaDecodeInput> inputs,
+                                         const CudaDecodeStepOptions& options) {
+  Impl& d = *impl_;
+  CudaModel::Impl& m = *d.model->impl_;
+  const ModelConfig& config = m.config;
+  if (inputs.empty()) return absl::InvalidArgumentError("decode step has no inputs");
+  DecodeStepState st;
+  std::set<int64_t> seen;
+  int64_t num_tokens = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const CudaDecodeInput& input = inputs[i];
+    auto it = d.sequences.find(input.sequence);
+    if (it == d.sequences.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("decode input %d: no sequence %d", i, input.sequence));
+    }
+    if (!seen.insert(input.sequence).second) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("decode input %d repeats sequence %d", i, input.sequence));
+    }
+    const int64_t count = static_cast<int64_t>(input.tokens.size());
+    if (count == 0) return absl::InvalidArgumentError(absl::StrFormat("decode input %d has no tokens", i));
+    Sequence& sequence = *it->second;
+    if (sequence.num_tokens + count > sequence.capacity) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "decode input %d: %d tokens after %d would exceed the sequence's capacity %d", i, count,
+          sequence.num_tokens, sequence.capacity));
+    }
+    for (int64_t t = 0; t < count; ++t) {
+      if (input.tokens[t] < 0 || input.tokens[t] >= config.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("decode input %d: token %d = %d is outside the vocabulary [0, %d)", i,
+                            t, input.tokens[t], config.vocab_size));
+      }
+    }
+    st.spans.push_back({num_tokens, count, sequence.num_tokens, &sequence});
+    num_tokens += count;
+  }
+  const int64_t k = config.num_experts_per_tok;
+  if (!options.routing_replay.empty()) {
+    if (options.routing_replay.size() != m.weights.layers.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "routing_replay has %d layers, expected %d", options.routing_replay.size(),
+          m.weights.layers.size()));
+    }
+  }
+  // Ids, positions and both RoPE tables' rows of the step's tokens.
+  const int64_t half = config.rope_head_dim / 2;
+  Tensor ids = Tensor::Empty(DType::kI32, {num_tokens});
+  Tensor positions = Tensor::Empty(DType::kI32, {num_tokens});
+  Tensor main_cos = Tensor::Empty(DType::kF32, {num_tokens, half});
+  Tensor main_sin = Tensor::Empty(DType::kF32, {num_tokens, half});
+  Tensor comp_cos = Tensor::Empty(DType::kF32, {num_tokens, half});
+  Tensor comp_sin = Tensor::Empty(DType::kF32, {num_tokens, half});
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepSpan& s = st.spans[i];
+    for (int64_t t = 0; t < s.count; ++t) {
+      ids.data<int32_t>()[s.row + t] = inputs[i].tokens[t];
+      positions.data<int32_t>()[s.row + t] = static_cast<int32_t>(s.position + t);
+    }
+    d.main_rope.Fill(s.position, 1, s.count, main_cos.data<float>() + s.row * half,
+                     main_sin.data<float>() + s.row * half);
+    d.compress_rope.Fill(s.position, 1, s.count, comp_cos.data<float>() + s.row * half,
+                         comp_sin.data<float>() + s.row * half);
+  }
+  int64_t unused = 0;
+  V4RL_ASSIGN_OR_RETURN(m.token_ids, Upload(ids, DType::kI32, &unused));
+  V4RL_ASSIGN_OR_RETURN(st.positions, Upload(positions, DType::kI32, &unused));
+  V4RL_ASSIGN_OR_RETURN(st.main_cos, Upload(main_cos, DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(st.main_sin, Upload(main_sin, DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(st.compress_cos, Upload(comp_cos, DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(st.compress_sin, Upload(comp_sin, DType::kF32, &unused));
+  st.compress_rope = &d.compress_rope;
+  st.options = &options;
+
+  // The model's per-call state: one "sequence" of the step's N tokens for the token-wise ops.
+  m.batch = 1;
+  m.seq_len = num_tokens;
+  m.num_tokens = num_tokens;
+  m.options = CudaForwardOptions();
+  m.options.routing_replay = options.routing_replay;
+  for (TensorView& replay : m.options.routing_replay) {
+    if (replay.rank == 2 && replay.is_contiguous()) replay = replay.Reshape({1, num_tokens, k});
+  }
+  m.options.indexer_q_chunk = options.indexer_q_chunk;
+  m.routed = nullptr;
+  m.captures = nullptr;
+  m.capture = nullptr;
+  m.decode = &st;
+  absl::Cleanup reset = [&m] { m.decode = nullptr; };
+
+  const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  Tensor streams = Dev(m.stream_dtype(), {num_tokens, n, hidden});
+  V4RL_RETURN_IF_ERROR(
+      kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
+  for (m.layer_index = 0; m.layer_index < m.weights.layers.size(); ++m.layer_index) {
+    st.layer = static_cast<int64_t>(m.layer_index);
+    V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));
+  }
+  for (StepSpan& s : st.spans) s.sequence->num_tokens += s.count;
+
+  // hc_head collapse, model norm, head (every row, or each input's last).
+  const Tensor pre = Dev(DType::kF32, {num_tokens, n});
+  const Tensor x = Dev(DType::kBF16, {num_tokens, hidden});
+  kc::MhcPreArgs head;
+  head.streams = streams.view();
+  head.fn = m.weights.hc_head.fn.view();
+  head.base = m.weights.hc_head.base.view();
+  head.scale = m.weights.hc_head.scale.view();
+  head.pre = pre.view();
+  head.collapsed = x.view();
+  head.norm_eps = m.eps();
+  head.hc_eps = static_cast<float>(config.hc_eps);
+  V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), m.weights.norm.view(), m.eps(), x.view()));
+  Tensor head_in = x;
+  if (!options.all_logits) {
+    head_in = Dev(DType::kBF16, {static_cast<int64_t>(inputs.size()), hidden});
+    std::vector<kc::RowCopy> copies;
+    for (size_t i = 0; i < st.spans.size(); ++i) {
+      copies.push_back({Ptr(x.view(), st.spans[i].row + st.spans[i].count - 1),
+                        Ptr(head_in.view(), static_cast<int64_t>(i)), hidden * 2});
+    }
+    V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
+  }
+  const int64_t rows = head_in.size(0);
+  const Tensor logits = Dev(DType::kF32, {rows, config.vocab_size});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, head_in.view(), m.weights.head.view(), logits.view()));
+  Tensor host = Tensor::Empty(DType::kF32, {rows, config.vocab_size});
+  V4RL_RETURN_IF_ERROR(kc::Copy(logits.view(), host.view()));
+  V4RL_RETURN_IF_ERROR(kc::Synchronize());
+  return host;
+}
+
+}  // namespace v4rl::model

@@ -1,0 +1,114 @@
+// Private to model/forward_cuda.cc and model/decode_cuda.cc: CudaModel's implementation struct
+// (device weights, GEMM handle, per-call state) and the host<->device helpers they share.
+// Built only with V4RL_WITH_CUDA.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/gemm.h"
+#include "model/forward_cuda.h"
+
+namespace v4rl::model {
+namespace cuda_internal {
+
+namespace kc = kernels::cuda;
+using core::DType;
+using core::Tensor;
+using core::TensorView;
+
+
+inline Tensor Dev(DType dtype, absl::Span<const int64_t> shape) {
+  return Tensor::Empty(dtype, shape, kc::DeviceAllocator());
+}
+
+// A device copy of a host tensor in `dtype` (bf16, f32 or i32); undefined stays undefined.
+inline absl::StatusOr<Tensor> Upload(const Tensor& host, DType dtype, int64_t* bytes) {
+  if (!host.defined()) return Tensor();
+  Tensor staged;
+  if (dtype == DType::kI32) {
+    staged = host.dtype() == DType::kI32 && host.view().is_contiguous() ? host
+                                                                        : Tensor::CopyOf(host.view());
+  } else {
+    const Tensor f32 = host.dtype() == DType::kF32 && host.view().is_contiguous()
+                           ? host
+                           : core::ToFloat32(host.view());
+    if (dtype == DType::kBF16) {
+      staged = Tensor::Empty(DType::kBF16, f32.view().shape_vector());
+      for (int64_t i = 0; i < f32.numel(); ++i) {
+        staged.data<uint16_t>()[i] = core::FloatToBf16(f32.data<float>()[i]);
+      }
+    } else {
+      staged = f32;
+    }
+  }
+  Tensor device = Dev(dtype, staged.view().shape_vector());
+  V4RL_RETURN_IF_ERROR(kc::Copy(staged.view(), device.view()));
+  *bytes += device.view().nbytes();
+  return device;
+}
+
+// A host f32 copy of a device view (bf16 or f32).
+inline absl::StatusOr<Tensor> Download(const TensorView& device) {
+  Tensor staged = Tensor::Empty(device.dtype, device.shape_vector());
+  V4RL_RETURN_IF_ERROR(kc::Copy(device, staged.view()));
+  return device.dtype == DType::kF32 ? staged : core::ToFloat32(staged.view());
+}
+
+struct RopeTables {
+  Tensor inv_freq;  // [rd / 2] f32 device
+  Tensor cos, sin;  // [T, rd / 2] f32 device, positions 0 .. T - 1 (per forward)
+};
+
+struct DecodeStepState;  // model/decode_cuda.cc
+
+}  // namespace cuda_internal
+
+using namespace cuda_internal;  // NOLINT: private header of two files
+
+struct CudaModel::Impl {
+  ModelConfig config;
+  ModelWeights weights;  // the same structs, tensors on the device
+  RopeTables main_rope, compress_rope;
+  std::unique_ptr<kc::GemmHandle> gemm;
+  int64_t weight_bytes = 0;
+
+  // Per-forward state.
+  int64_t batch = 0, seq_len = 0, num_tokens = 0;
+  Tensor token_ids;  // [N] i32 device
+  CudaForwardOptions options;
+  std::vector<Tensor>* routed = nullptr;
+  std::vector<CudaBlockCapture>* captures = nullptr;
+  CudaBlockCapture* capture = nullptr;  // the current block's, while capturing
+  size_t layer_index = 0;
+
+  RopeTables& rope(AttentionType type) {
+    return type == AttentionType::kSliding ? main_rope : compress_rope;
+  }
+  float eps() const { return static_cast<float>(config.rms_norm_eps); }
+  DType stream_dtype() const { return options.bf16_streams ? DType::kBF16 : DType::kF32; }
+
+  absl::Status UploadWeights(const ModelWeights& host);
+  absl::StatusOr<Tensor> Compress(const CompressorWeights& w, int64_t ratio, bool overlap,
+                                  const RopeTables& rope, const TensorView& x);
+  absl::StatusOr<Tensor> IndexerTopK(const IndexerWeights& w, const RopeTables& rope,
+                                     const TensorView& x, const TensorView& qr);
+  absl::Status Attention(const AttentionWeights& w, AttentionType type, const TensorView& x,
+                         const TensorView& out);
+  absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
+  absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
+
+  // Set while a CudaDecoder step runs (model/decode_cuda.cc): Block then attends through
+  // AttentionDecode against the step's per-sequence device states.
+  DecodeStepState* decode = nullptr;
+  absl::Status AttentionDecode(const AttentionWeights& w, AttentionType type, const TensorView& x,
+                               const TensorView& out);
+  // Rotates rows [b·T, (b+1)·T) of x ([N, heads, dim]) for every sequence b.
+  absl::Status RotateSequences(const TensorView& x, const RopeTables& rope, bool inverse);
+};
+
+}  // namespace v4rl::model
