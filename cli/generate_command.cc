@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,9 +26,14 @@
 #include "cli/command.h"
 #include "cli/flags.h"
 #include "cli/model_io.h"
+#include "v4rl/build_config.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 #include "rollout/generate.h"
+#if V4RL_WITH_CUDA
+#include "model/forward_cuda.h"
+#include "rollout/generate_cuda.h"
+#endif
 
 namespace v4rl::cli {
 namespace {
@@ -151,7 +157,8 @@ int RunGenerate(const std::vector<std::string>& args) {
   FlagParser parser(
       "generate",
       "v4rl generate --model DIR --input IN.safetensors --max-new-tokens N [--greedy | "
-      "--temperature T --top-p P --top-k K --seed S] [--stop-tokens A,B] --output OUT.safetensors",
+      "--temperature T --top-p P --top-k K --seed S] [--stop-tokens A,B] [--device cuda] --output "
+      "OUT.safetensors",
       "Continue each prompt of IN under a DeepSeek-V4 model directory (fp32, CPU), greedily or by "
       "sampling, with incremental decoding. IN: int32/int64 `input_ids` [B, T], right-padded, and "
       "optional int32/int64 `lengths` [B] (prompt length of each row, default T). OUT: int32 "
@@ -159,8 +166,9 @@ int RunGenerate(const std::vector<std::string>& args) {
       "pads), fp32 `sampling_logprobs` [B, N], int32 `kept_counts` [B, N] (top-k/top-p set size), "
       "int32 `lengths` [B] (generated tokens per row; a stop token ends a row and is kept) and "
       "int32 `routed_experts` [B, P, layers, k] (experts of every fed position, -1 pads). Row b "
-      "samples with seed S + b.");
-  std::string model_dir, input_path, output_path, stop_text;
+      "samples with seed S + b. --device cuda decodes on the GPU in bf16 (model/decode_cuda.h) with "
+      "the same flags, seeds and outputs; tokens may differ from the CPU's at near-tied logits.");
+  std::string model_dir, input_path, output_path, stop_text, device = "cpu";
   int64_t max_new_tokens = 0, top_k = 0, seed = 0, prefill_chunk = 0, threads = 0;
   double temperature = 1.0, top_p = 1.0;
   bool greedy = false;
@@ -177,6 +185,8 @@ int RunGenerate(const std::vector<std::string>& args) {
   parser.AddInt("prefill-chunk", &prefill_chunk,
                 "prompt tokens fed per step (0: whole prompt; same results)");
   parser.AddInt("threads", &threads, "CPU threads (0: V4RL_NUM_THREADS or all cores)");
+  parser.AddString("device", &device,
+                   "cpu (fp32 reference) or cuda (bf16 weights and activations on the GPU)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (model_dir.empty() || input_path.empty() || output_path.empty() ||
@@ -188,6 +198,12 @@ int RunGenerate(const std::vector<std::string>& args) {
     return UsageError("--greedy excludes --temperature, --top-p, --top-k and --seed");
   }
   if (seed < 0) return UsageError("--seed must be >= 0, got " + std::to_string(seed));
+  if (device != "cpu" && device != "cuda") {
+    return UsageError("--device must be cpu or cuda, got " + device);
+  }
+#if !V4RL_WITH_CUDA
+  if (device == "cuda") return UsageError("--device cuda: this v4rl was built without CUDA");
+#endif
   if (absl::Status status = ApplyThreadsFlag(threads); !status.ok()) {
     return UsageError(std::string(status.message()));
   }
@@ -213,8 +229,15 @@ int RunGenerate(const std::vector<std::string>& args) {
   absl::StatusOr<std::vector<rollout::GenerationRequest>> requests =
       ReadPrompts(input_path, static_cast<uint64_t>(seed));
   if (!requests.ok()) return Fail(std::string(requests.status().message()));
-  absl::StatusOr<std::vector<rollout::GenerationResult>> results =
-      rollout::Generate(*model, *requests, options);
+  absl::StatusOr<std::vector<rollout::GenerationResult>> results;
+#if V4RL_WITH_CUDA
+  if (device == "cuda") {
+    absl::StatusOr<std::unique_ptr<model::CudaModel>> gpu = model::CudaModel::Create(*model);
+    if (!gpu.ok()) return Fail(std::string(gpu.status().message()));
+    results = rollout::GenerateCuda(*model, gpu->get(), *requests, options);
+  }
+#endif
+  if (device == "cpu") results = rollout::Generate(*model, *requests, options);
   if (!results.ok()) return Fail(std::string(results.status().message()));
   const absl::Status written =
       WriteResults(output_path, model->config, *results, max_new_tokens);

@@ -468,6 +468,25 @@ absl::StatusOr<int64_t> CudaDecoder::AddSequence(int64_t capacity) {
       need, capacity, free_blocks(), total));
 }
 
+absl::StatusOr<int64_t> CudaDecoder::ForkSequence(int64_t sequence) {
+  auto it = impl_->sequences.find(sequence);
+  if (it == impl_->sequences.end()) {
+    return absl::NotFoundError(absl::StrFormat("no decode sequence %d", sequence));
+  }
+  const Sequence& from = *it->second;
+  V4RL_ASSIGN_OR_RETURN(const int64_t id, AddSequence(from.capacity));
+  Sequence& to = *impl_->sequences[id];
+  char* pool = static_cast<char*>(impl_->pool.view().data);
+  const int64_t bytes = SequenceBytes(impl_->model->impl_->config, from.capacity);
+  V4RL_RETURN_IF_ERROR(kc::Copy(
+      TensorView::Contiguous(pool + from.first_block * impl_->block_bytes, DType::kU8, {bytes},
+                             core::Device::kCuda),
+      TensorView::Contiguous(pool + to.first_block * impl_->block_bytes, DType::kU8, {bytes},
+                             core::Device::kCuda)));
+  to.num_tokens = from.num_tokens;
+  return id;
+}
+
 absl::Status CudaDecoder::RemoveSequence(int64_t sequence) {
   auto it = impl_->sequences.find(sequence);
   if (it == impl_->sequences.end()) {
@@ -491,8 +510,8 @@ int64_t CudaDecoder::free_blocks() const {
   return static_cast<int64_t>(std::count(impl_->used.begin(), impl_->used.end(), false));
 }
 
-absl::StatusOr<Tensor> CudaDecoder::Step(absl::Span<const CudaDecodeInput> inputs,
-                                         const CudaDecodeStepOptions& options) {
+absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDecodeInput> inputs,
+                                                       const CudaDecodeStepOptions& options) {
   Impl& d = *impl_;
   CudaModel::Impl& m = *d.model->impl_;
   const ModelConfig& config = m.config;
@@ -576,7 +595,8 @@ absl::StatusOr<Tensor> CudaDecoder::Step(absl::Span<const CudaDecodeInput> input
     if (replay.rank == 2 && replay.is_contiguous()) replay = replay.Reshape({1, num_tokens, k});
   }
   m.options.indexer_q_chunk = options.indexer_q_chunk;
-  m.routed = nullptr;
+  CudaDecodeStepOutput output;
+  m.routed = options.return_routing ? &output.routed_experts : nullptr;
   m.captures = nullptr;
   m.capture = nullptr;
   m.decode = &st;
@@ -619,10 +639,17 @@ absl::StatusOr<Tensor> CudaDecoder::Step(absl::Span<const CudaDecodeInput> input
   const int64_t rows = head_in.size(0);
   const Tensor logits = Dev(DType::kF32, {rows, config.vocab_size});
   V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, head_in.view(), m.weights.head.view(), logits.view()));
-  Tensor host = Tensor::Empty(DType::kF32, {rows, config.vocab_size});
-  V4RL_RETURN_IF_ERROR(kc::Copy(logits.view(), host.view()));
+  for (Tensor& routed : output.routed_experts) {
+    routed.mutable_view() = routed.view().Reshape({num_tokens, k});
+  }
+  if (options.device_logits) {
+    output.logits = logits;
+  } else {
+    output.logits = Tensor::Empty(DType::kF32, {rows, config.vocab_size});
+    V4RL_RETURN_IF_ERROR(kc::Copy(logits.view(), output.logits.view()));
+  }
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
-  return host;
+  return output;
 }
 
 }  // namespace v4rl::model

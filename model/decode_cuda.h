@@ -48,6 +48,17 @@ struct CudaDecodeStepOptions {
   // [N, k'] i32 host indexer picks (ascending, -1 padding; undefined views for non-CSA layers).
   std::vector<core::TensorView> routing_replay;
   std::vector<core::TensorView> index_replay;
+  // Routed expert ids of every new token and layer. Default: false.
+  bool return_routing = false;
+  // Leave the logits on the device (for sampling there). Default: false.
+  bool device_logits = false;
+};
+
+struct CudaDecodeStepOutput {
+  // f32 [N, V] with all_logits, else [num_inputs, V]; on the host unless device_logits.
+  core::Tensor logits;
+  // With return_routing: per layer [N, k] i32 on the host, rows in step order.
+  std::vector<core::Tensor> routed_experts;
 };
 
 class CudaDecoder {
@@ -67,6 +78,9 @@ class CudaDecoder {
   // A new empty sequence of up to `capacity` positions. InvalidArgument when capacity is outside
   // [1, max_position_embeddings]; ResourceExhausted when no run of free blocks is large enough.
   absl::StatusOr<int64_t> AddSequence(int64_t capacity);
+  // A new sequence holding a copy of `sequence`'s state (same capacity and positions): a shared
+  // prompt prefilled once for several samples. NotFound / ResourceExhausted as above.
+  absl::StatusOr<int64_t> ForkSequence(int64_t sequence);
   // Returns the sequence's blocks to the pool. NotFound for an unknown handle.
   absl::Status RemoveSequence(int64_t sequence);
   // Positions the sequence holds. NotFound for an unknown handle.
@@ -74,12 +88,12 @@ class CudaDecoder {
   int64_t num_blocks() const;
   int64_t free_blocks() const;
 
-  // Runs one step and advances each sequence by its token count; returns f32 host logits.
+  // Runs one step and advances each sequence by its token count.
   // InvalidArgument (naming the input): no inputs, an unknown or repeated sequence, no tokens,
   // ids outside the vocabulary, more tokens than the remaining capacity, replay shapes; no
   // state changes then. Internal on CUDA errors (the step's sequences are then undefined).
-  absl::StatusOr<core::Tensor> Step(absl::Span<const CudaDecodeInput> inputs,
-                                    const CudaDecodeStepOptions& options = {});
+  absl::StatusOr<CudaDecodeStepOutput> Step(absl::Span<const CudaDecodeInput> inputs,
+                                            const CudaDecodeStepOptions& options = {});
 
   struct Impl;
 

@@ -151,7 +151,7 @@ Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
     int64_t row = 0;
     for (const Piece& piece : step) {
       for (int64_t i = 0; i < piece.count; ++i, ++row) {
-        std::copy_n(out->data<float>() + row * vocab, vocab,
+        std::copy_n(out->logits.data<float>() + row * vocab, vocab,
                     logits.data<float>() + ((piece.b * length) + piece.position + i) * vocab);
       }
     }
@@ -263,10 +263,10 @@ TEST(CudaDecodeTest, GreedyTokensMatchCpuOnMixedSmall) {
       gpu_in.push_back({handles[b], feed[b]});
     }
     V4RL_ASSERT_OK_AND_ASSIGN(const DecodeStepOutput c, DecodeStep(model, cpu_in));
-    V4RL_ASSERT_OK_AND_ASSIGN(const Tensor g, decoder->Step(gpu_in));
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaDecodeStepOutput g, decoder->Step(gpu_in));
     for (int64_t b = 0; b < batch; ++b) {
       const float* cr = c.logits.data<float>() + b * vocab;
-      const float* gr = g.data<float>() + b * vocab;
+      const float* gr = g.logits.data<float>() + b * vocab;
       const int64_t ct = std::max_element(cr, cr + vocab) - cr;
       const int64_t gt = std::max_element(gr, gr + vocab) - gr;
       double err = 0;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Chunked long-prompt prefill and batched decode of v4rl's CUDA decoder against transformers'
+# DeepseekV4ForCausalLM (bf16) on the same random weights of a config, same GPU, same token ids;
+# decode next to the HBM bound (weight bytes a step touches / copy bandwidth measured in the run).
+# Run on the H200 machine (needs ~20 GB of disk under OUT_DIR for the checkpoint):
+#
+#   bench/cuda_decode_bench.sh BENCH_BINARY [CONFIG=configs/models/mid.json]
+#       [PREFILL=4096,16384,32768,131072] [BATCHES=1,64,256] [OUT_DIR=/tmp/v4rl_decode]
+#       [PYTHON=/opt/torch/.venv/bin/python3]
+# Env: CHUNK (prefill chunk, 8192), CONTEXT (decode prompt, 4096), STEPS (16),
+# HF_DECODE_BATCHES (batches transformers decodes, 1,64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary="$1" config="${2:-configs/models/mid.json}" prefill="${3:-4096,16384,32768,131072}"
+batches="${4:-1,64,256}" out="${5:-/tmp/v4rl_decode}" python="${6:-/opt/torch/.venv/bin/python3}"
+mkdir -p "$out"
+"$binary" "$config" "$out" "$prefill" "$batches" "${CHUNK:-8192}" "${CONTEXT:-4096}" \
+    "${STEPS:-16}" | tee /dev/stderr |
+  "$python" bench/cuda_decode_baseline.py "$out" --decode-batches "${HF_DECODE_BATCHES:-1,64}" \
+    --context "${CONTEXT:-4096}" --steps "${STEPS:-16}"
