@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compressor.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
@@ -254,12 +255,17 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   // New entries; for CSA the indexer's keys and picks.
   const bool compressed = !sliding;
   const bool csa = type == AttentionType::kCompressedSparse;
+  // Single-token spans go through the batched decode kernels (one launch for all of them).
+  const bool batched = st.options->batched_decode && dim % 32 == 0 && dim <= 512 &&
+                       config.index_head_dim % 32 == 0 && config.index_head_dim <= 512 &&
+                       config.index_n_heads * config.index_head_dim * 4 <= 48 * 1024;
+  auto one_token = [&](const StepSpan& s) { return batched && s.count == 1; };
   const int64_t ratio = compressed ? config.CompressRatio(type) : 0;
   if (compressed) {
     V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.compressor, ratio, csa, false, x));
   }
   std::vector<TensorView> picks(st.spans.size());
-  Tensor picks_storage, workspace;
+  Tensor picks_storage, workspace, decode_storage;
   if (csa) {
     V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.indexer.compressor, ratio, true, true, x));
     const std::vector<TensorView>& replays = st.options->index_replay;
@@ -287,10 +293,48 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       V4RL_RETURN_IF_ERROR(
           kc::Gemm(*gemm, x, w.indexer.weights_proj.view(), head_weights.view(),
                    static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)))));
+      // Single-token spans: scores of every sequence in one launch, then one selection.
+      std::vector<kc::DecodeIndexerItem> items;
+      std::vector<size_t> item_spans;
+      int64_t ld = 0;
+      for (size_t i = 0; i < st.spans.size(); ++i) {
+        if (one_token(st.spans[i])) {
+          ld = std::max(ld, (st.spans[i].position + 1) / ratio);
+        }
+      }
+      Tensor decode_scores, decode_picks;
+      if (ld > 0) {
+        decode_scores = Dev(DType::kF32, {static_cast<int64_t>(st.spans.size()), ld});
+        for (size_t i = 0; i < st.spans.size(); ++i) {
+          const StepSpan& s = st.spans[i];
+          if (!one_token(s)) continue;
+          kc::DecodeIndexerItem item;
+          item.q = Ptr(iq.view(), s.row);
+          item.weights = reinterpret_cast<const float*>(Ptr(head_weights.view(), s.row));
+          item.keys = s.sequence->layers[st.layer].index_keys.data;
+          item.scores = decode_scores.data<float>() + static_cast<int64_t>(items.size()) * ld;
+          item.num_keys = (s.position + 1) / ratio;
+          items.push_back(item);
+          item_spans.push_back(i);
+        }
+        const int64_t rows = static_cast<int64_t>(items.size());
+        const int64_t k = std::min(config.index_topk, ld);
+        decode_picks = Dev(DType::kI32, {rows, k});
+        V4RL_RETURN_IF_ERROR(kc::DecodeIndexerScores(
+            items, ih, id, ld, static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)))));
+        V4RL_RETURN_IF_ERROR(kc::IndexerSelect(decode_scores.view().Slice(0, 0, rows),
+                                               /*q_pos0=*/ld * ratio, ratio,
+                                               decode_picks.view()));
+        for (size_t r = 0; r < item_spans.size(); ++r) {
+          picks[item_spans[r]] = decode_picks.view().Slice(0, r, r + 1);
+        }
+      }
+      decode_storage = decode_picks;
       int64_t total = 0, work = 1;
       std::vector<int64_t> offsets(st.spans.size()), topks(st.spans.size());
       for (size_t i = 0; i < st.spans.size(); ++i) {
         const StepSpan& s = st.spans[i];
+        if (one_token(s)) continue;
         const int64_t entries = (s.position + s.count) / ratio;
         topks[i] = std::min(config.index_topk, entries);
         offsets[i] = total;
@@ -304,7 +348,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       workspace = Dev(DType::kF32, {work});
       for (size_t i = 0; i < st.spans.size(); ++i) {
         const StepSpan& s = st.spans[i];
-        if (topks[i] == 0) continue;
+        if (one_token(s) || topks[i] == 0) continue;
         const int64_t entries = (s.position + s.count) / ratio;
         picks[i] = picks_storage.view()
                        .Slice(0, offsets[i], offsets[i] + s.count * topks[i])
@@ -326,18 +370,46 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
 
   // Each sequence's raw rows in position order: the cached positions the first new token's
   // window reaches (from the ring), then the new rows.
+  const Tensor attn = Dev(DType::kBF16, {n, heads, dim});
+  std::vector<kc::DecodeAttentionItem> items;
+  for (size_t i = 0; i < st.spans.size(); ++i) {
+    const StepSpan& s = st.spans[i];
+    if (!one_token(s)) continue;
+    const LayerState& state = s.sequence->layers[st.layer];
+    kc::DecodeAttentionItem item;
+    item.q = Ptr(q.view(), s.row);
+    item.ring = state.ring.data;
+    item.own_kv = Ptr(kv_rows, s.row);
+    item.out = Ptr(attn.view(), s.row);
+    item.position = s.position;
+    const int64_t entries = compressed ? (s.position + 1) / ratio : 0;
+    if (entries > 0) {
+      item.comp = state.entries.data;
+      item.num_comp = entries;
+      if (csa) {
+        item.comp_idx = picks[i].data_as<const int32_t>();
+        item.comp_topk = picks[i].shape[1];
+      }
+    }
+    items.push_back(item);
+  }
+  V4RL_RETURN_IF_ERROR(kc::DecodeAttention(
+      items, w.sink.data<float>(), heads, dim, window,
+      static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))));
   std::vector<int64_t> row_offsets(st.spans.size()), cached(st.spans.size());
   int64_t total_rows = 0;
   for (size_t i = 0; i < st.spans.size(); ++i) {
+    if (one_token(st.spans[i])) continue;
     cached[i] = std::min(st.spans[i].position, window - 1);
     row_offsets[i] = total_rows;
     total_rows += cached[i] + st.spans[i].count;
   }
-  const Tensor rows = Dev(DType::kBF16, {total_rows, dim});
+  const Tensor rows = Dev(DType::kBF16, {std::max<int64_t>(total_rows, 1), dim});
   const int64_t row_bytes = dim * 2;
   std::vector<kc::RowCopy> copies;
   for (size_t i = 0; i < st.spans.size(); ++i) {
     const StepSpan& s = st.spans[i];
+    if (one_token(s)) continue;
     const TensorView ring = s.sequence->layers[st.layer].ring;
     int64_t p = s.position - cached[i], dst = row_offsets[i];
     while (p < s.position) {  // at most two runs (the ring wraps once)
@@ -349,9 +421,9 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
     copies.push_back({Ptr(kv_rows, s.row), Ptr(rows.view(), dst), s.count * row_bytes});
   }
   V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
-  const Tensor attn = Dev(DType::kBF16, {n, heads, dim});
   for (size_t i = 0; i < st.spans.size(); ++i) {
     const StepSpan& s = st.spans[i];
+    if (one_token(s)) continue;
     const LayerState& state = s.sequence->layers[st.layer];
     kc::SparseAttentionArgs args;
     args.q = q.view().Slice(0, s.row, s.row + s.count);
@@ -429,7 +501,7 @@ absl::StatusOr<std::unique_ptr<CudaDecoder>> CudaDecoder::Create(CudaModel* mode
   impl->model = model;
   impl->block_bytes = block_bytes;
   const int64_t blocks = (pool_bytes + block_bytes - 1) / block_bytes;
-  impl->pool = Dev(DType::kU8, {blocks * block_bytes});
+  impl->pool = Tensor::Empty(DType::kU8, {blocks * block_bytes}, kc::DeviceAllocator());
   impl->used.assign(blocks, false);
   const ModelConfig& config = model->impl_->config;
   impl->main_rope = MakeRopeTable(config, AttentionType::kSliding);

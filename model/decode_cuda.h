@@ -52,6 +52,10 @@ struct CudaDecodeStepOptions {
   bool return_routing = false;
   // Leave the logits on the device (for sampling there). Default: false.
   bool device_logits = false;
+  // Single-token inputs attend and score the indexer through the batched decode kernels
+  // (kernels/cuda/decode_attention.h: one launch per layer for all of them, fp32 attention
+  // probabilities); false: every input through the prefill kernels, one launch per sequence.
+  bool batched_decode = true;
 };
 
 struct CudaDecodeStepOutput {

@@ -23,7 +23,7 @@ using core::TensorView;
 
 
 inline Tensor Dev(DType dtype, absl::Span<const int64_t> shape) {
-  return Tensor::Empty(dtype, shape, kc::DeviceAllocator());
+  return Tensor::Empty(dtype, shape, kc::CachingDeviceAllocator());
 }
 
 // A device copy of a host tensor in `dtype` (bf16, f32 or i32); undefined stays undefined.

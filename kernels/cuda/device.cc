@@ -2,8 +2,14 @@
 
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
 #include "absl/strings/str_format.h"
 #include "core/logging.h"
+
+#include <algorithm>
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -24,7 +30,53 @@ class DeviceAllocatorImpl final : public core::Allocator {
   core::Device device() const override { return core::Device::kCuda; }
 };
 
+// Keeps freed blocks (sizes rounded up to 512 B, above 1 MiB to 2 MiB) for reuse by requests of
+// the same rounded size; on cudaMalloc failure gives every cached block back and retries.
+class CachingAllocatorImpl final : public core::Allocator {
+ public:
+  void* Allocate(size_t bytes) override {
+    const size_t rounded = bytes <= (size_t{1} << 20) ? (std::max<size_t>(bytes, 1) + 511) / 512 * 512
+                                                      : (bytes + (size_t{2} << 20) - 1) /
+                                                            (size_t{2} << 20) * (size_t{2} << 20);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = free_.find(rounded); it != free_.end()) {
+      void* pointer = it->second;
+      free_.erase(it);
+      return pointer;
+    }
+    void* pointer = nullptr;
+    cudaError_t error = cudaMalloc(&pointer, rounded);
+    if (error != cudaSuccess) {
+      cudaGetLastError();
+      for (auto& [size, cached] : free_) {
+        cudaFree(cached);
+        sizes_.erase(cached);
+      }
+      free_.clear();
+      error = cudaMalloc(&pointer, rounded);
+    }
+    V4RL_CHECK(error == cudaSuccess) << "cudaMalloc(" << bytes << "): " << cudaGetErrorString(error);
+    sizes_[pointer] = rounded;
+    return pointer;
+  }
+  void Free(void* pointer) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace(sizes_.at(pointer), pointer);
+  }
+  core::Device device() const override { return core::Device::kCuda; }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<void*, size_t> sizes_;
+  std::multimap<size_t, void*> free_;
+};
+
 }  // namespace
+
+core::Allocator* CachingDeviceAllocator() {
+  static auto* allocator = new CachingAllocatorImpl();
+  return allocator;
+}
 
 int DeviceCount() {
   int count = 0;

@@ -18,6 +18,10 @@ absl::StatusOr<std::string> DeviceDescription(int device = 0);
 
 // Allocator handing out device memory of the current device (cudaMalloc).
 core::Allocator* DeviceAllocator();
+// The same memory through a cache: freed blocks are kept for later requests of the same rounded
+// size instead of cudaFree (which synchronises the device). Blocks are reused in stream order, so
+// only for memory used on the default stream. Never shrinks except when cudaMalloc fails.
+core::Allocator* CachingDeviceAllocator();
 
 // Copies between contiguous views of equal dtype and shape on any devices.
 absl::Status Copy(const core::TensorView& source, const core::TensorView& destination);

@@ -1,0 +1,52 @@
+// Batched single-token decode kernels (model/decode_cuda.h): one launch serves every sequence of
+// a decode step, each query reading its own sequence's cache in place.
+//  - DecodeAttention: sparse attention with the sink (semantics of attention.h / kernels/cpu/
+//    attention.h) for one query per item over its sliding window (the ring slots of positions
+//    t - min(t, window - 1) .. t - 1, then its own K=V row) and its compressed entries (the picks,
+//    or all of them). One warp per (item, head), fp32 online softmax whose max starts at the sink;
+//    fp32 probabilities (the tensor-core prefill kernel rounds them to bf16, so results differ by
+//    that rounding).
+//  - DecodeIndexerScores: the indexer's scores Σ_h w[h] · ReLU(q[h] · K[e]) · score_scale of one
+//    query per item over its first num_keys entries, written to row i of a [items, ld] f32 matrix
+//    and -inf beyond num_keys (IndexerSelect with q_pos0 >= ld · ratio then picks the top-k of
+//    every row with the padding ranked last).
+// Items are host structs of device pointers, uploaded per call (synchronously).
+// bf16 only; head_dim % 32 == 0 and <= 512.
+// Thread-safety: one host thread at a time (shared staging buffer); default stream.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace v4rl::kernels::cuda {
+
+struct DecodeAttentionItem {
+  const void* q = nullptr;       // [heads, head_dim] bf16
+  const void* ring = nullptr;    // [window, head_dim] bf16, position p in slot p mod window
+  const void* own_kv = nullptr;  // [head_dim] bf16: the query token's K=V
+  const void* comp = nullptr;    // [num_comp, head_dim] bf16 or null
+  const int32_t* comp_idx = nullptr;  // [comp_topk] picks (-1 / >= num_comp skipped) or null: all
+  void* out = nullptr;           // [heads, head_dim] bf16
+  int64_t position = 0;
+  int64_t num_comp = 0;
+  int64_t comp_topk = 0;
+};
+
+// sink: [heads] f32 device. InvalidArgument on unsupported sizes.
+absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const float* sink,
+                             int64_t heads, int64_t head_dim, int64_t window, float scale);
+
+struct DecodeIndexerItem {
+  const void* q = nullptr;        // [heads, head_dim] bf16 (rotated)
+  const float* weights = nullptr;  // [heads] f32 (scaled head weights)
+  const void* keys = nullptr;     // [num_keys, head_dim] bf16
+  float* scores = nullptr;        // [ld] f32 row
+  int64_t num_keys = 0;
+};
+
+absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
+                                 int64_t head_dim, int64_t ld, float score_scale);
+
+}  // namespace v4rl::kernels::cuda
