@@ -83,6 +83,13 @@ absl::StatusOr<learner::GrpoJobOptions> ToOptions(const RunConfig& config) {
   if (grpo.max_new_tokens()) o.max_new_tokens = grpo.max_new_tokens();
   if (grpo.eval_examples()) o.eval_examples = grpo.eval_examples();
   if (grpo.seed()) o.seed = grpo.seed();
+  o.warmup_steps = grpo.warmup_steps();
+  o.normalize_std = grpo.normalize_std();
+  if (grpo.eval_samples() == -1) {
+    o.eval_samples = 0;
+  } else if (grpo.eval_samples() != 0) {
+    o.eval_samples = grpo.eval_samples();
+  }
   o.max_policy_lag = config.services().max_policy_lag();
   return o;
 }
@@ -98,8 +105,8 @@ int RunRunCommand(const std::vector<std::string>& args) {
       "RUN/trajectories (RocksDB store of every GRPO sample with its reward, group and weight "
       "version; `v4rl store stats RUN/trajectories`), RUN/metrics_grpo.jsonl (one line per GRPO "
       "step and one for the final evaluation), RUN/checkpoints (the GRPO policy, a model "
-      "directory) and RUN/summary.json (held-out accuracy after SFT and after GRPO, mean reward "
-      "per step). A run directory that already has trajectories is refused.\n\n"
+      "directory) and RUN/summary.json (held-out accuracy after SFT and after GRPO, greedy and "
+      "sampled pass@1 over grpo.eval_samples samples per prompt, mean reward per step). A run directory that already has trajectories is refused.\n\n"
       "Services (the config's `services` section): mode IN_PROCESS (default) runs rollout and "
       "reward here; SPAWN starts `v4rl serve rollout` and `v4rl serve reward` as child processes "
       "on 127.0.0.1 with ephemeral ports, restarts a worker that dies and retries its call, and "
@@ -200,10 +207,16 @@ int RunRunCommand(const std::vector<std::string>& args) {
     return 1;
   }
   std::cout << absl::StrFormat(
-      "run: held-out exact match %.1f%% after SFT, %.1f%% after %d GRPO steps; %d trajectories; "
-      "run in %s\n",
-      100 * summary->accuracy_after_sft, 100 * summary->accuracy_after_grpo, summary->steps,
-      summary->trajectories, options->run_dir);
+      "run: held-out exact match %.1f%% after SFT, %.1f%% after %d GRPO steps (greedy)",
+      100 * summary->accuracy_after_sft, 100 * summary->accuracy_after_grpo, summary->steps);
+  if (options->eval_samples > 0) {
+    std::cout << absl::StrFormat("; sampled pass@1 %.1f%% -> %.1f%% (%d samples per prompt)",
+                                 100 * summary->sampled_accuracy_after_sft,
+                                 100 * summary->sampled_accuracy_after_grpo,
+                                 options->eval_samples);
+  }
+  std::cout << absl::StrFormat("; %d trajectories; run in %s\n", summary->trajectories,
+                               options->run_dir);
   if (remote_rollout != nullptr &&
       (remote_rollout->recoveries() > 0 || remote_reward->recoveries() > 0)) {
     std::cerr << absl::StrFormat(

@@ -74,6 +74,29 @@ absl::StatusOr<store::TrajectoryId> StoreSample(const GrpoJobOptions& options,
   return id;
 }
 
+// Sampled pass@1 of `policy` on `eval`: `samples` completions per prompt drawn with `generate`'s
+// sampling settings and seeds fixed by (seed, prompt, sample), scored by exact match.
+absl::StatusOr<double> SampledAccuracy(const model::Model& policy,
+                                       const std::vector<SftExample>& eval,
+                                       const rollout::GenerateOptions& generate, int64_t samples,
+                                       uint64_t seed) {
+  if (samples == 0 || eval.empty()) return 0.0;
+  constexpr int64_t kEvalStep = -1;  // seeds disjoint from every training step's
+  std::vector<rollout::GenerationRequest> requests;
+  for (size_t i = 0; i < eval.size(); ++i) {
+    for (int64_t g = 0; g < samples; ++g) {
+      requests.push_back({eval[i].prompt, SampleSeed(seed, kEvalStep, i, g)});
+    }
+  }
+  V4RL_ASSIGN_OR_RETURN(std::vector<rollout::GenerationResult> results,
+                        rollout::Generate(policy, requests, generate));
+  int64_t correct = 0;
+  for (size_t r = 0; r < results.size(); ++r) {
+    correct += results[r].tokens == eval[r / samples].completion;
+  }
+  return static_cast<double>(correct) / static_cast<double>(results.size());
+}
+
 absl::Status WriteGrpoCheckpoint(const GrpoJobOptions& options, const model::Model& model,
                                  const Optimizer& optimizer, int64_t step, double mean_reward) {
   std::vector<core::Tensor> storage;
@@ -106,6 +129,12 @@ absl::Status GrpoJobOptions::Validate() const {
   }
   if (top_k < 0) problems.push_back(absl::StrFormat("grpo.top_k must be >= 0 (got %d)", top_k));
   if (!(lr > 0)) problems.push_back(absl::StrFormat("grpo.lr must be > 0 (got %g)", lr));
+  if (warmup_steps < 0) {
+    problems.push_back(absl::StrFormat("grpo.warmup_steps must be >= 0 (got %d)", warmup_steps));
+  }
+  if (eval_samples < 0) {
+    problems.push_back(absl::StrFormat("grpo.eval_samples must be >= 0 (got %d)", eval_samples));
+  }
   if (!(kl_coef >= 0)) {
     problems.push_back(absl::StrFormat("grpo.kl_coef must be >= 0 (got %g)", kl_coef));
   }
@@ -154,11 +183,20 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
   for (int64_t i = 0; i < options.eval_examples; ++i) {
     eval.push_back(MakeSyntheticExample(sft.synthetic, TaskSplit::kEval, i));
   }
+  rollout::GenerateOptions generate;
+  generate.max_new_tokens = options.max_new_tokens;
+  generate.sampling.temperature = options.temperature;
+  generate.sampling.top_k = options.top_k;
+  generate.stop_tokens = {kEosId};
   GrpoJobSummary summary;
   V4RL_ASSIGN_OR_RETURN(summary.accuracy_after_sft, ExactMatchAccuracy(policy, eval));
+  V4RL_ASSIGN_OR_RETURN(summary.sampled_accuracy_after_sft,
+                        SampledAccuracy(policy, eval, generate, options.eval_samples, options.seed));
   if (!options.quiet) {
-    std::fprintf(stderr, "after SFT: held-out exact match %.1f%% (%zu prompts)\n",
-                 100 * summary.accuracy_after_sft, eval.size());
+    std::fprintf(stderr,
+                 "after SFT: held-out exact match %.1f%% greedy, %.1f%% sampled (%zu prompts)\n",
+                 100 * summary.accuracy_after_sft, 100 * summary.sampled_accuracy_after_sft,
+                 eval.size());
   }
 
   model::ModelWeights grads = model::ZeroGradients(policy.config);
@@ -170,11 +208,6 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
         absl::StrFormat("cannot write %s/metrics_grpo.jsonl", options.run_dir));
   }
 
-  rollout::GenerateOptions generate;
-  generate.max_new_tokens = options.max_new_tokens;
-  generate.sampling.temperature = options.temperature;
-  generate.sampling.top_k = options.top_k;
-  generate.stop_tokens = {kEosId};
   InProcessRollout in_process_rollout;
   ExactMatchReward exact_match_reward;
   RolloutBackend& rollout =
@@ -191,7 +224,13 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
   rl.grpo.kl_coef = options.kl_coef;
   rl.grpo.clip_low = options.clip;
   rl.grpo.clip_high = options.clip;
+  rl.grpo.normalize_std = options.normalize_std;
 
+  const auto lr_at = [&](int64_t step) {
+    return options.warmup_steps > 0 && step < options.warmup_steps
+               ? options.lr * static_cast<double>(step + 1) / options.warmup_steps
+               : options.lr;
+  };
   for (int64_t step = 0; step < options.steps; ++step) {
     // Rollout: group_size samples of each of this step's prompts, with the policy of version step.
     std::vector<SftExample> examples;
@@ -262,12 +301,13 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
     }
     V4RL_ASSIGN_OR_RETURN(RlStepResult step_result,
                           RlStep(policy, options.kl_coef > 0 ? &reference : nullptr, samples, rl,
-                                 parameters, &grads, optimizer, static_cast<float>(options.lr),
+                                 parameters, &grads, optimizer, static_cast<float>(lr_at(step)),
                                  options.grad_clip));
     V4RL_RETURN_IF_ERROR(publish(step + 1));
     summary.steps = step + 1;
     const RlStepMetrics& m = step_result.metrics;
     metrics << nlohmann::json{{"step", step + 1},
+                              {"lr", lr_at(step)},
                               {"mean_reward", mean_reward},
                               {"loss", m.loss},
                               {"mean_ratio", m.mean_ratio},
@@ -292,21 +332,29 @@ absl::StatusOr<GrpoJobSummary> RunGrpoJob(const GrpoJobOptions& options,
   }
 
   V4RL_ASSIGN_OR_RETURN(summary.accuracy_after_grpo, ExactMatchAccuracy(policy, eval));
+  V4RL_ASSIGN_OR_RETURN(summary.sampled_accuracy_after_grpo,
+                        SampledAccuracy(policy, eval, generate, options.eval_samples, options.seed));
   metrics << nlohmann::json{{"step", summary.steps},
                             {"eval_exact_match", summary.accuracy_after_grpo},
+                            {"eval_sampled_accuracy", summary.sampled_accuracy_after_grpo},
                             {"eval_examples", eval.size()},
                             {"elapsed_s", elapsed()}}
                  .dump()
           << "\n"
           << std::flush;
   if (!options.quiet) {
-    std::fprintf(stderr, "after GRPO: held-out exact match %.1f%%\n",
-                 100 * summary.accuracy_after_grpo);
+    std::fprintf(stderr, "after GRPO: held-out exact match %.1f%% greedy, %.1f%% sampled\n",
+                 100 * summary.accuracy_after_grpo, 100 * summary.sampled_accuracy_after_grpo);
   }
   V4RL_RETURN_IF_ERROR(WriteGrpoCheckpoint(options, policy, optimizer, summary.steps,
                                            summary.mean_rewards.back()));
   const nlohmann::json summary_json = {{"accuracy_after_sft", summary.accuracy_after_sft},
                                        {"accuracy_after_grpo", summary.accuracy_after_grpo},
+                                       {"sampled_accuracy_after_sft",
+                                        summary.sampled_accuracy_after_sft},
+                                       {"sampled_accuracy_after_grpo",
+                                        summary.sampled_accuracy_after_grpo},
+                                       {"eval_samples_per_prompt", options.eval_samples},
                                        {"eval_examples", eval.size()},
                                        {"steps", summary.steps},
                                        {"mean_reward_per_step", summary.mean_rewards},

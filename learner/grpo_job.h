@@ -12,7 +12,8 @@
 //   RUN/metrics_grpo.jsonl      one JSON object per GRPO step ("step", "mean_reward", "loss", ...)
 //                               and one for the final evaluation
 //   RUN/checkpoints/step-N/     the GRPO policy (learner/checkpoint.h; loads as a model directory)
-//   RUN/summary.json            accuracy_after_sft, accuracy_after_grpo, steps, mean reward per step
+//   RUN/summary.json            greedy and sampled held-out accuracy after SFT and after GRPO,
+//                               steps, mean reward per step
 //   (the caller's store, e.g. RUN/trajectories for `v4rl run`)
 // Determinism: step s samples train examples [s·P, (s+1)·P) (P = prompts_per_step), sample g of
 // prompt i gets seed hash(seed, s, i, g); the result is a function of the options alone, the same
@@ -42,12 +43,17 @@ struct GrpoJobOptions {
   int64_t group_size = 8;         // samples per prompt, >= 2 (GRPO's baseline needs a group)
   float temperature = 1.0f;       // > 0
   int32_t top_k = 0;              // >= 0; 0 = off
-  double lr = 1e-4;               // constant GRPO learning rate, > 0
+  double lr = 1e-4;               // GRPO learning rate after warmup, > 0
+  int64_t warmup_steps = 0;       // linear warmup from lr / warmup_steps to lr, >= 0
+  bool normalize_std = false;     // divide group advantages by their std (V3.2 does not)
   double kl_coef = 0.0;           // >= 0; > 0 scores a frozen copy of the SFT model
   double clip = 0.2;              // PPO ratio clip (both sides), > 0
   double grad_clip = 1.0;         // <= 0: off
   int64_t max_new_tokens = 8;     // >= 1
   int64_t eval_examples = 200;    // held-out prompts for both accuracies, >= 1
+  // Samples per held-out prompt for the sampled accuracy (pass@1 at the rollout's temperature and
+  // top-k, averaged over this many samples), >= 0; 0 skips it.
+  int64_t eval_samples = 4;
   uint64_t seed = 1;              // sampling seeds
   std::string job_id = "grpo";    // the store's job id
   bool quiet = false;             // no progress lines on stderr
@@ -61,6 +67,10 @@ struct GrpoJobOptions {
 struct GrpoJobSummary {
   double accuracy_after_sft = 0;   // greedy exact match on the eval split, before GRPO
   double accuracy_after_grpo = 0;
+  // Sampled pass@1 on the eval split (eval_samples per prompt, the rollout's sampling settings,
+  // the same seeds before and after); what GRPO optimises. 0 when eval_samples == 0.
+  double sampled_accuracy_after_sft = 0;
+  double sampled_accuracy_after_grpo = 0;
   int64_t steps = 0;
   std::vector<double> mean_rewards;  // per GRPO step
   int64_t trajectories = 0;          // samples written to the store

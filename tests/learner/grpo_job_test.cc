@@ -39,6 +39,7 @@ GrpoJobOptions TinyOptions(const std::string& name) {
   options.max_new_tokens = 4;
   options.eval_examples = 6;
   options.kl_coef = 0.01;
+  options.warmup_steps = 2;
   options.quiet = true;
   return options;
 }
@@ -68,10 +69,20 @@ TEST(GrpoJob, WritesRunDirectoryAndEverySample) {
   EXPECT_EQ(json["accuracy_after_grpo"].get<double>(), summary.accuracy_after_grpo);
   EXPECT_EQ(json["steps"].get<int64_t>(), 3);
   EXPECT_EQ(json["mean_reward_per_step"].size(), 3u);
+  for (const char* key : {"sampled_accuracy_after_sft", "sampled_accuracy_after_grpo"}) {
+    EXPECT_THAT(json[key].get<double>(), ::testing::AllOf(::testing::Ge(0), ::testing::Le(1)))
+        << key;
+  }
+  EXPECT_EQ(json["sampled_accuracy_after_grpo"].get<double>(), summary.sampled_accuracy_after_grpo);
+  EXPECT_EQ(json["eval_samples_per_prompt"].get<int64_t>(), options.eval_samples);
   std::istringstream metrics(ReadAll(options.run_dir + "/metrics_grpo.jsonl"));
-  int lines = 0;
-  for (std::string line; std::getline(metrics, line);) ++lines;
-  EXPECT_EQ(lines, 3 + 1);  // one per step, one for the final evaluation
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(metrics, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 3u + 1);  // one per step, one for the final evaluation
+  // Linear warmup over options.warmup_steps = 2: lr/2, then lr.
+  EXPECT_DOUBLE_EQ(lines[0]["lr"].get<double>(), options.lr / 2);
+  EXPECT_DOUBLE_EQ(lines[1]["lr"].get<double>(), options.lr);
+  EXPECT_DOUBLE_EQ(lines[2]["lr"].get<double>(), options.lr);
 
   // Every sample is stored: finished, rewarded with its step's reward, grouped by prompt.
   V4RL_ASSERT_OK_AND_ASSIGN(std::vector<store::TrajectoryMeta> metas,
@@ -187,11 +198,15 @@ TEST(GrpoJob, RejectsBadOptionsNamingTheField) {
   GrpoJobOptions options = TinyOptions("grpo_job_bad");
   options.group_size = 1;
   options.temperature = 0;
+  options.warmup_steps = -1;
+  options.eval_samples = -2;
   store::MemoryTrajectoryStore trajectories;
   const absl::Status status = RunGrpoJob(options, &trajectories).status();
   EXPECT_TRUE(absl::IsInvalidArgument(status));
   EXPECT_THAT(status.message(), ::testing::HasSubstr("grpo.group_size must be >= 2 (got 1)"));
   EXPECT_THAT(status.message(), ::testing::HasSubstr("grpo.temperature must be > 0"));
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("grpo.warmup_steps must be >= 0 (got -1)"));
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("grpo.eval_samples must be >= 0 (got -2)"));
 }
 
 }  // namespace
