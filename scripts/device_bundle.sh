@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_DIR=${BUILD_DIR:-build-cuda}
-BUNDLE=device_bundle
+BUNDLE=${BUNDLE_DIR:-device_bundle}  # another name lets engineers keep separate bundles
 export PATH=/usr/local/cuda/bin:$PATH
 
 cmake -S . -B "$BUILD_DIR" -G Ninja -DV4RL_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \

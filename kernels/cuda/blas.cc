@@ -1,0 +1,62 @@
+#include "kernels/cuda/blas.h"
+
+#include <cublas_v2.h>
+
+#include "absl/strings/str_format.h"
+
+namespace v4rl::kernels::cuda {
+
+absl::StatusOr<std::unique_ptr<BlasHandle>> BlasHandle::Create() {
+  cublasHandle_t handle = nullptr;
+  if (cublasStatus_t s = cublasCreate(&handle); s != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError(
+        absl::StrFormat("BlasHandle: cublasCreate failed: %s", cublasGetStatusString(s)));
+  }
+  // Default math: f32 GEMMs stay exact f32 (no TF32), bf16 ones use tensor cores.
+  cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+  return std::unique_ptr<BlasHandle>(new BlasHandle(handle));
+}
+
+BlasHandle::~BlasHandle() { cublasDestroy(static_cast<cublasHandle_t>(handle_)); }
+
+absl::Status BatchedGemm(BlasHandle& handle, const BatchedGemmParams& p) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "BatchedGemm(m=%d, n=%d, k=%d, batch=%d, trans_a=%d, trans_b=%d): %s", p.m, p.n, p.k,
+        p.batch, p.trans_a, p.trans_b, why));
+  };
+  const auto is_float = [](core::DType t) {
+    return t == core::DType::kF32 || t == core::DType::kBF16;
+  };
+  if (p.m < 0 || p.n < 0 || p.k < 0 || p.batch < 0) return bad("negative size");
+  if (p.m == 0 || p.n == 0 || p.batch == 0) return absl::OkStatus();
+  if (!is_float(p.a.dtype) || p.a.dtype != p.b.dtype || !is_float(p.c_dtype)) {
+    return bad("a and b must share a dtype of f32|bf16, c f32|bf16");
+  }
+  if (p.a.dtype == core::DType::kF32 && p.c_dtype != core::DType::kF32) {
+    return bad("f32 inputs need an f32 output");
+  }
+  if (p.a.data == nullptr || p.b.data == nullptr || p.c == nullptr) return bad("null operand");
+  const int64_t a_cols = p.trans_a ? p.m : p.k, b_cols = p.trans_b ? p.k : p.n;
+  if (p.a.ld < std::max<int64_t>(a_cols, 1) || p.b.ld < std::max<int64_t>(b_cols, 1) ||
+      p.ldc < p.n) {
+    return bad(absl::StrFormat("leading dimensions too small (lda %d, ldb %d, ldc %d)", p.a.ld,
+                               p.b.ld, p.ldc));
+  }
+  // Column-major view: cᵀ [n, m] = op(b)ᵀ · op(a)ᵀ; a row-major array is its transpose there.
+  const cudaDataType_t in_type = p.a.dtype == core::DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  const cudaDataType_t out_type = p.c_dtype == core::DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  const cublasStatus_t status = cublasGemmStridedBatchedEx(
+      static_cast<cublasHandle_t>(handle.raw()), p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+      p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(p.n), int(p.m), int(p.k), &p.alpha, p.b.data,
+      in_type, int(p.b.ld), p.b.batch_stride, p.a.data, in_type, int(p.a.ld), p.a.batch_stride,
+      &p.beta, p.c, out_type, int(p.ldc), p.batch_stride_c, int(p.batch),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError(absl::StrFormat("BatchedGemm: cublasGemmStridedBatchedEx: %s",
+                                               cublasGetStatusString(status)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,55 @@
+// Batched strided GEMMs through cuBLAS for the backward pass and the optimizer, in both the
+// `reference` precision (f32 inputs and outputs, exact f32 arithmetic: no TF32) and the
+// `production` one (bf16 inputs, fp32 accumulation, bf16 or f32 output).
+//
+// Row-major convention: c[i] = alpha · op(a[i]) · op(b[i]) + beta · c[i] for i < batch, where
+// op(a) is a [m, k] (a^T when trans_a, a stored [k, m]) and op(b) is [k, n].
+// A BlasHandle owns one cublasHandle_t; work is queued on the default stream.
+// Thread-safety: a handle is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/tensor.h"
+
+namespace v4rl::kernels::cuda {
+
+class BlasHandle {
+ public:
+  static absl::StatusOr<std::unique_ptr<BlasHandle>> Create();
+  ~BlasHandle();
+  BlasHandle(const BlasHandle&) = delete;
+  BlasHandle& operator=(const BlasHandle&) = delete;
+  void* raw() const { return handle_; }  // cublasHandle_t
+
+ private:
+  explicit BlasHandle(void* handle) : handle_(handle) {}
+  void* handle_;
+};
+
+// One operand: row-major storage with row stride ld (elements) and batch stride (elements).
+struct GemmOperand {
+  const void* data = nullptr;
+  core::DType dtype = core::DType::kF32;  // kF32 or kBF16
+  int64_t ld = 0;
+  int64_t batch_stride = 0;
+};
+
+struct BatchedGemmParams {
+  GemmOperand a, b;
+  void* c = nullptr;
+  core::DType c_dtype = core::DType::kF32;
+  int64_t ldc = 0, batch_stride_c = 0;
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  bool trans_a = false, trans_b = false;
+  float alpha = 1.0f, beta = 0.0f;
+};
+
+// a and b share a dtype; f32 inputs need an f32 c. InvalidArgument on a mismatch (leading
+// dimensions too small, null pointers); Internal on a cuBLAS failure.
+absl::Status BatchedGemm(BlasHandle& handle, const BatchedGemmParams& params);
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,181 @@
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/elementwise_backward.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+bool IsRows(const core::TensorView& v) {
+  return v.device == core::Device::kCuda && v.rank == 2 && v.strides[1] == 1 &&
+         v.strides[0] >= v.shape[1] && v.data != nullptr &&
+         (v.dtype == core::DType::kF32 || v.dtype == core::DType::kBF16);
+}
+bool IsBf16(const core::TensorView& v) { return v.dtype == core::DType::kBF16; }
+
+struct RmsNormBackwardParams {
+  const void* x;
+  bool x_bf16;
+  int64_t ldx;
+  const void* weight;  // nullptr: unweighted
+  bool weight_bf16;
+  const void* dy;
+  bool dy_bf16;
+  int64_t ldy;
+  void* dx;
+  bool dx_bf16;
+  int64_t lddx;
+  float* inv_rms;  // [rows] out, or nullptr
+  int64_t rows, dim;
+  float eps;
+};
+
+// One block per row: inv = 1/rms, dot = Σ w·dy·x, dx += inv·w·dy - inv³·dot/D · x.
+__global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int64_t xo = r * p.ldx, yo = r * p.ldy, go = r * p.lddx;
+  float sum_sq = 0, dot = 0;
+  for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x) {
+    const float x = LoadF(p.x, p.x_bf16, xo + c);
+    const float w = p.weight ? LoadF(p.weight, p.weight_bf16, c) : 1.0f;
+    sum_sq += x * x;
+    dot += w * LoadF(p.dy, p.dy_bf16, yo + c) * x;
+  }
+  sum_sq = BlockSum(sum_sq, scratch);
+  dot = BlockSum(dot, scratch);
+  const float inv = rsqrtf(sum_sq / float(p.dim) + p.eps);
+  const float coef = inv * inv * inv * dot / float(p.dim);
+  for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x) {
+    const float x = LoadF(p.x, p.x_bf16, xo + c);
+    const float w = p.weight ? LoadF(p.weight, p.weight_bf16, c) : 1.0f;
+    const float g = inv * w * LoadF(p.dy, p.dy_bf16, yo + c) - coef * x;
+    StoreF(p.dx, p.dx_bf16, go + c, LoadF(p.dx, p.dx_bf16, go + c) + g);
+  }
+  if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
+}
+
+// One thread per channel, rows summed in order: dweight[c] += Σ_r dy[r, c]·x[r, c]·inv[r].
+__global__ void RmsNormWeightGradKernel(RmsNormBackwardParams p, float* dweight) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= p.dim) return;
+  float sum = 0;
+  for (int64_t r = 0; r < p.rows; ++r) {
+    sum += LoadF(p.dy, p.dy_bf16, r * p.ldy + c) * LoadF(p.x, p.x_bf16, r * p.ldx + c) *
+           p.inv_rms[r];
+  }
+  dweight[c] += sum;
+}
+
+struct SwiGluBackwardParams {
+  const void* gate;
+  const void* up;
+  const void* dy;
+  void* dgate;
+  void* dup;
+  bool gate_bf16, up_bf16, dy_bf16, dgate_bf16, dup_bf16;
+  int64_t ld_gate, ld_up, ld_dy, ld_dgate, ld_dup;
+  int64_t rows, cols;
+  float limit;
+};
+
+__global__ void SwiGluBackwardKernel(SwiGluBackwardParams p) {
+  const int64_t total = p.rows * p.cols;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / p.cols, c = i % p.cols;
+    float g = LoadF(p.gate, p.gate_bf16, r * p.ld_gate + c);
+    float u = LoadF(p.up, p.up_bf16, r * p.ld_up + c);
+    const float dy = LoadF(p.dy, p.dy_bf16, r * p.ld_dy + c);
+    bool gate_passes = true, up_passes = true;
+    if (p.limit > 0.0f) {
+      gate_passes = g <= p.limit;
+      up_passes = u >= -p.limit && u <= p.limit;
+      g = fminf(g, p.limit);
+      u = fminf(fmaxf(u, -p.limit), p.limit);
+    }
+    const float sig = 1.0f / (1.0f + expf(-g));
+    if (gate_passes) {
+      const int64_t o = r * p.ld_dgate + c;
+      StoreF(p.dgate, p.dgate_bf16, o,
+             LoadF(p.dgate, p.dgate_bf16, o) + dy * u * sig * (1.0f + g * (1.0f - sig)));
+    }
+    if (up_passes) {
+      const int64_t o = r * p.ld_dup + c;
+      StoreF(p.dup, p.dup_bf16, o, LoadF(p.dup, p.dup_bf16, o) + dy * g * sig);
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
+                             const core::TensorView& dy, const core::TensorView& dx,
+                             const core::TensorView& dweight) {
+  const bool weighted = weight.data != nullptr;
+  if (!IsRows(x) || !IsRows(dy) || !IsRows(dx) || dy.shape[0] != x.shape[0] ||
+      dy.shape[1] != x.shape[1] || dx.shape[0] != x.shape[0] || dx.shape[1] != x.shape[1] ||
+      (weighted && (weight.device != core::Device::kCuda || weight.numel() != x.shape[1] ||
+                    !weight.is_contiguous() ||
+                    (weight.dtype != core::DType::kF32 && !IsBf16(weight)))) ||
+      (dweight.data != nullptr &&
+       (dweight.device != core::Device::kCuda || dweight.dtype != core::DType::kF32 ||
+        dweight.numel() != x.shape[1] || !dweight.is_contiguous())) ||
+      dx.data == x.data || dx.data == dy.data) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "RmsNormBackward: x %s, weight %s, dy %s, dx %s, dweight %s do not fit", x.DebugString(),
+        weight.DebugString(), dy.DebugString(), dx.DebugString(), dweight.DebugString()));
+  }
+  const int64_t rows = x.shape[0], dim = x.shape[1];
+  if (rows == 0 || dim == 0) return absl::OkStatus();
+  const bool want_dweight = weighted && dweight.data != nullptr;
+  float* inv_rms = nullptr;
+  if (want_dweight) {
+    if (cudaMallocAsync(reinterpret_cast<void**>(&inv_rms), rows * sizeof(float), 0) != cudaSuccess) {
+      return absl::ResourceExhaustedError("RmsNormBackward: cudaMallocAsync of the row statistics");
+    }
+  }
+  RmsNormBackwardParams p{x.data,      IsBf16(x),  x.strides[0],  weight.data, IsBf16(weight),
+                          dy.data,     IsBf16(dy), dy.strides[0], dx.data,     IsBf16(dx),
+                          dx.strides[0], inv_rms,  rows,          dim,         eps};
+  const int threads = dim >= 1024 ? 1024 : dim >= 256 ? 256 : 128;
+  RmsNormBackwardKernel<<<rows, threads>>>(p);
+  if (want_dweight) {
+    RmsNormWeightGradKernel<<<(dim + 255) / 256, 256>>>(p, static_cast<float*>(dweight.data));
+    cudaFreeAsync(inv_rms, 0);
+  }
+  return LaunchStatus("RmsNormBackward");
+}
+
+absl::Status RopeBackward(const core::TensorView& grad, const core::TensorView& cos,
+                          const core::TensorView& sin, bool inverse) {
+  return ApplyRope(grad, cos, sin, !inverse);
+}
+
+absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::TensorView& up,
+                                 float limit, const core::TensorView& dy,
+                                 const core::TensorView& dgate, const core::TensorView& dup) {
+  const core::TensorView* views[] = {&gate, &up, &dy, &dgate, &dup};
+  for (const core::TensorView* v : views) {
+    if (!IsRows(*v) || v->shape[0] != gate.shape[0] || v->shape[1] != gate.shape[1]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "SwiGluClampBackward: gate %s, up %s, dy %s, dgate %s, dup %s must be equal-shaped "
+          "bf16|f32 device row views", gate.DebugString(), up.DebugString(), dy.DebugString(),
+          dgate.DebugString(), dup.DebugString()));
+    }
+  }
+  if (dgate.data == dup.data || dgate.data == gate.data || dgate.data == up.data ||
+      dup.data == gate.data || dup.data == up.data || dgate.data == dy.data || dup.data == dy.data) {
+    return absl::InvalidArgumentError("SwiGluClampBackward: gradients alias an input or each other");
+  }
+  SwiGluBackwardParams p{gate.data,     up.data,        dy.data,       dgate.data,     dup.data,
+                         IsBf16(gate),  IsBf16(up),     IsBf16(dy),    IsBf16(dgate),  IsBf16(dup),
+                         gate.strides[0], up.strides[0], dy.strides[0], dgate.strides[0],
+                         dup.strides[0], gate.shape[0], gate.shape[1], limit};
+  const int64_t total = p.rows * p.cols;
+  if (total == 0) return absl::OkStatus();
+  const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
+  SwiGluBackwardKernel<<<blocks, 256>>>(p);
+  return LaunchStatus("SwiGluClampBackward");
+}
+
+}  // namespace v4rl::kernels::cuda

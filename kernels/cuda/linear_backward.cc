@@ -1,0 +1,124 @@
+#include "kernels/cuda/linear_backward.h"
+
+#include "absl/strings/str_format.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+bool IsRowView(const core::TensorView& v) {
+  return v.device == core::Device::kCuda && v.rank == 2 && v.strides[1] == 1 &&
+         v.strides[0] >= v.shape[1] && v.data != nullptr &&
+         (v.dtype == core::DType::kF32 || v.dtype == core::DType::kBF16);
+}
+
+GemmOperand Operand(const core::TensorView& v, int64_t batch_stride = 0) {
+  return GemmOperand{v.data, v.dtype, std::max<int64_t>(v.strides[0], 1), batch_stride};
+}
+
+absl::Status Validate(const char* op, const core::TensorView& x, const core::TensorView& w,
+                      const core::TensorView& dy, const core::TensorView& dx,
+                      const core::TensorView& dw, int64_t n, int64_t k) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s (x %s, w %s, dy %s, dx %s, dw %s)", op, why, x.DebugString(), w.DebugString(),
+        dy.DebugString(), dx.DebugString(), dw.DebugString()));
+  };
+  if (!IsRowView(x) || !IsRowView(dy)) return bad("x and dy must be rank-2 f32|bf16 device row views");
+  if (x.dtype != w.dtype || x.dtype != dy.dtype) return bad("x, w and dy must share a dtype");
+  if (x.shape[1] != k || dy.shape[1] != n || dy.shape[0] != x.shape[0]) return bad("shape mismatch");
+  if (dx.data != nullptr) {
+    if (!IsRowView(dx) || dx.shape[0] != x.shape[0] || dx.shape[1] != k) return bad("bad dx");
+    if (x.dtype == core::DType::kF32 && dx.dtype != core::DType::kF32) return bad("f32 inputs need f32 dx");
+    if (dx.data == x.data || dx.data == w.data || dx.data == dy.data) return bad("dx aliases an input");
+  }
+  if (dw.data != nullptr) {
+    if (dw.device != core::Device::kCuda || !dw.SameShape(w.shape_vector()) ||
+        (dw.dtype != core::DType::kF32 && dw.dtype != core::DType::kBF16)) {
+      return bad("bad dw");
+    }
+    if (x.dtype == core::DType::kF32 && dw.dtype != core::DType::kF32) return bad("f32 inputs need f32 dw");
+    if (dw.data == x.data || dw.data == w.data || dw.data == dy.data) return bad("dw aliases an input");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
+                            const core::TensorView& w, const core::TensorView& dy,
+                            const core::TensorView& dx, const core::TensorView& dw) {
+  if (!IsRowView(w)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "LinearBackward: w must be a rank-2 f32|bf16 device row view, got %s", w.DebugString()));
+  }
+  const int64_t n = w.shape[0], k = w.shape[1];
+  if (absl::Status s = Validate("LinearBackward", x, w, dy, dx, dw, n, k); !s.ok()) return s;
+  if (dw.data != nullptr && !IsRowView(dw)) {
+    return absl::InvalidArgumentError("LinearBackward: dw must be a row view");
+  }
+  const int64_t m = x.shape[0];
+  if (dx.data != nullptr) {
+    // dx [m, k] += dy [m, n] · w [n, k]
+    BatchedGemmParams p;
+    p.a = Operand(dy);
+    p.b = Operand(w);
+    p.c = dx.data;
+    p.c_dtype = dx.dtype;
+    p.ldc = dx.strides[0];
+    p.m = m, p.n = k, p.k = n;
+    p.beta = 1.0f;
+    if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
+  }
+  if (dw.data != nullptr && m > 0) {
+    // dw [n, k] += dyᵀ [n, m] · x [m, k]
+    BatchedGemmParams p;
+    p.a = Operand(dy);
+    p.trans_a = true;
+    p.b = Operand(x);
+    p.c = dw.data;
+    p.c_dtype = dw.dtype;
+    p.ldc = dw.strides[0];
+    p.m = n, p.n = k, p.k = m;
+    p.beta = 1.0f;
+    if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x,
+                                   const core::TensorView& w, const core::TensorView& dy,
+                                   const int64_t* offsets, const core::TensorView& dx,
+                                   const core::TensorView& dw) {
+  if (w.device != core::Device::kCuda || w.rank != 3 || !w.is_contiguous() || offsets == nullptr ||
+      (dw.data != nullptr && !dw.is_contiguous())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GroupedLinearBackward: w and dw must be contiguous [E, n, k] device views and offsets "
+        "given, got w %s, dw %s", w.DebugString(), dw.DebugString()));
+  }
+  const int64_t experts = w.shape[0], n = w.shape[1], k = w.shape[2];
+  const core::TensorView w0 = w.Select(0, 0);
+  if (absl::Status s = Validate("GroupedLinearBackward", x, w0, dy, dx,
+                                dw.data ? dw.Select(0, 0) : dw, n, k);
+      !s.ok()) {
+    return s;
+  }
+  if (offsets[0] != 0 || offsets[experts] != x.shape[0]) {
+    return absl::InvalidArgumentError("GroupedLinearBackward: offsets must run from 0 to P");
+  }
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t begin = offsets[e], end = offsets[e + 1];
+    if (end < begin) return absl::InvalidArgumentError("GroupedLinearBackward: offsets decrease");
+    if (end == begin) continue;
+    const core::TensorView no_view;
+    if (absl::Status s = LinearBackward(handle, x.Slice(0, begin, end), w.Select(0, e),
+                                        dy.Slice(0, begin, end),
+                                        dx.data ? dx.Slice(0, begin, end) : no_view,
+                                        dw.data ? dw.Select(0, e) : no_view);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,327 @@
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/token_losses.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+
+struct Rows {
+  const void* data;
+  bool bf16;
+  int64_t ld;
+};
+
+struct LogprobParams {
+  Rows logits;
+  int64_t rows, vocab;
+  const int32_t* targets;
+  const int32_t* kept_counts;    // or nullptr
+  float* logprobs;               // or nullptr
+  float* entropies;              // or nullptr
+  const float* grad_logprobs;    // or nullptr
+  const float* grad_entropies;   // or nullptr
+  const float* mask;             // cross-entropy mode (or nullptr)
+  float mask_scale;
+  float* losses;                 // cross-entropy mode output (or nullptr)
+  void* grad;                    // [rows, vocab] or nullptr
+  bool grad_bf16;
+  int64_t ld_grad;
+};
+
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The support of one row: all tokens (threshold 0, cut = vocab), or the `kept` largest logits
+// with ties to the lower id: key > threshold, or key == threshold and j < cut.
+struct Support {
+  uint32_t threshold;
+  int64_t cut;
+  __device__ bool Contains(uint32_t key, int64_t j) const {
+    return key > threshold || (key == threshold && j < cut);
+  }
+};
+
+__device__ Support FindSupport(const Rows& x, int64_t offset, int64_t vocab, int32_t kept,
+                               float* scratch) {
+  if (kept <= 0 || kept >= vocab) return {0u, vocab};
+  // The kept-th largest key, built bit by bit: the largest t with #(key >= t) >= kept.
+  uint32_t t = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t candidate = t | (1u << bit);
+    float count = 0;
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+      count += OrderedKey(LoadF(x.data, x.bf16, offset + j)) >= candidate ? 1.0f : 0.0f;
+    }
+    if (BlockSum(count, scratch) >= float(kept)) t = candidate;
+  }
+  float greater = 0;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    greater += OrderedKey(LoadF(x.data, x.bf16, offset + j)) > t ? 1.0f : 0.0f;
+  }
+  const float need = float(kept) - BlockSum(greater, scratch);
+  // Smallest cut with #(j < cut, key == t) >= need.
+  int64_t lo = 0, hi = vocab;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    float ties = 0;
+    for (int64_t j = threadIdx.x; j < mid; j += blockDim.x) {
+      ties += OrderedKey(LoadF(x.data, x.bf16, offset + j)) == t ? 1.0f : 0.0f;
+    }
+    if (BlockSum(ties, scratch) >= need) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return {t, lo};
+}
+
+__global__ void LogprobKernel(LogprobParams p) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int64_t offset = r * p.logits.ld;
+  int32_t target = p.targets[r];
+  if (p.mask != nullptr && p.mask[r] == 0.0f) target = -1;
+  if (target < 0 || target >= p.vocab) {
+    if (threadIdx.x == 0) {
+      if (p.logprobs) p.logprobs[r] = 0.0f;
+      if (p.entropies) p.entropies[r] = 0.0f;
+      if (p.losses) p.losses[r] = 0.0f;
+    }
+    if (p.grad) {
+      for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+        StoreF(p.grad, p.grad_bf16, r * p.ld_grad + j, 0.0f);
+      }
+    }
+    return;
+  }
+  const Support support =
+      FindSupport(p.logits, offset, p.vocab, p.kept_counts ? p.kept_counts[r] : 0, scratch);
+  float max_logit = -INFINITY;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
+    if (support.Contains(OrderedKey(z), j)) max_logit = fmaxf(max_logit, z);
+  }
+  max_logit = BlockMax(max_logit, scratch);
+  float sum = 0, weighted = 0;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
+    if (!support.Contains(OrderedKey(z), j)) continue;
+    const float shifted = z - max_logit;
+    const float e = expf(shifted);
+    sum += e;
+    weighted += e * shifted;
+  }
+  sum = BlockSum(sum, scratch);
+  weighted = BlockSum(weighted, scratch);
+  const float log_sum = logf(sum);
+  const float log_normaliser = max_logit + log_sum;
+  const float entropy = log_sum - weighted / sum;
+  const float target_logit = LoadF(p.logits.data, p.logits.bf16, offset + target);
+  const bool target_in = support.Contains(OrderedKey(target_logit), target);
+  const float logprob = target_in ? target_logit - log_normaliser : -INFINITY;
+  if (p.grad == nullptr) {
+    if (threadIdx.x == 0) {
+      if (p.logprobs) p.logprobs[r] = logprob;
+      if (p.entropies) p.entropies[r] = entropy;
+      if (p.losses) p.losses[r] = -p.mask[r] * p.mask_scale * logprob;
+    }
+    return;
+  }
+  // All reads of the row's logits are done before any write: grad may overwrite logits. The
+  // final pass reads element j and writes it from the same thread.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (p.logprobs) p.logprobs[r] = logprob;
+    if (p.entropies) p.entropies[r] = entropy;
+    if (p.losses) p.losses[r] = -p.mask[r] * p.mask_scale * logprob;
+  }
+  const float g_logprob = p.mask ? -p.mask[r] * p.mask_scale : p.grad_logprobs[r];
+  const float g_entropy = p.grad_entropies ? p.grad_entropies[r] : 0.0f;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
+    float g = 0.0f;
+    if (support.Contains(OrderedKey(z), j)) {
+      const float log_p = z - log_normaliser;
+      const float prob = expf(log_p);
+      g = -g_logprob * prob - g_entropy * prob * (log_p + entropy);
+      if (j == target) g += g_logprob;
+    }
+    StoreF(p.grad, p.grad_bf16, r * p.ld_grad + j, g);
+  }
+}
+
+struct KlParams {
+  Rows student, teacher;
+  int64_t rows, vocab;
+  const float* weights;  // or nullptr
+  float* kl;
+  void* grad;  // or nullptr
+  bool grad_bf16;
+  int64_t ld_grad;
+};
+
+__device__ float LogNormaliser(const Rows& x, int64_t offset, int64_t vocab, float* scratch) {
+  float max_logit = -INFINITY;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    max_logit = fmaxf(max_logit, LoadF(x.data, x.bf16, offset + j));
+  }
+  max_logit = BlockMax(max_logit, scratch);
+  float sum = 0;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    sum += expf(LoadF(x.data, x.bf16, offset + j) - max_logit);
+  }
+  return max_logit + logf(BlockSum(sum, scratch));
+}
+
+__global__ void KlKernel(KlParams p) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int64_t so = r * p.student.ld, to = r * p.teacher.ld;
+  const float log_zs = LogNormaliser(p.student, so, p.vocab, scratch);
+  const float log_zt = LogNormaliser(p.teacher, to, p.vocab, scratch);
+  float divergence = 0;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float log_p = LoadF(p.student.data, p.student.bf16, so + j) - log_zs;
+    const float log_q = LoadF(p.teacher.data, p.teacher.bf16, to + j) - log_zt;
+    divergence += expf(log_p) * (log_p - log_q);
+  }
+  divergence = BlockSum(divergence, scratch);
+  __syncthreads();  // every read done before grad (which may alias the student) is written
+  if (threadIdx.x == 0) p.kl[r] = divergence;
+  if (p.grad == nullptr) return;
+  const float weight = p.weights ? p.weights[r] : 1.0f;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float log_p = LoadF(p.student.data, p.student.bf16, so + j) - log_zs;
+    const float log_q = LoadF(p.teacher.data, p.teacher.bf16, to + j) - log_zt;
+    StoreF(p.grad, p.grad_bf16, r * p.ld_grad + j,
+           weight * expf(log_p) * (log_p - log_q - divergence));
+  }
+}
+
+bool IsLogits(const core::TensorView& v) {
+  return v.device == core::Device::kCuda && v.rank == 2 && v.strides[1] == 1 &&
+         v.strides[0] >= v.shape[1] && v.data != nullptr &&
+         (v.dtype == core::DType::kF32 || v.dtype == core::DType::kBF16);
+}
+
+// A [rows] contiguous device array of `dtype`; optional ones may be empty.
+bool IsPerRow(const core::TensorView& v, core::DType dtype, int64_t rows, bool optional) {
+  if (v.data == nullptr) return optional;
+  return v.device == core::Device::kCuda && v.dtype == dtype && v.numel() == rows &&
+         v.is_contiguous();
+}
+
+bool IsGrad(const core::TensorView& grad, const core::TensorView& logits) {
+  if (grad.data == nullptr) return true;
+  return IsLogits(grad) && grad.shape[0] == logits.shape[0] && grad.shape[1] == logits.shape[1] &&
+         (grad.data != logits.data ||
+          (grad.dtype == logits.dtype && grad.strides[0] == logits.strides[0]));
+}
+
+Rows AsRows(const core::TensorView& v) {
+  return Rows{v.data, v.dtype == core::DType::kBF16, v.strides[0]};
+}
+
+absl::Status RunLogprobs(const char* op, const core::TensorView& logits,
+                         const core::TensorView& targets, const core::TensorView& kept_counts,
+                         LogprobParams p, const core::TensorView& grad) {
+  if (!IsLogits(logits) || !IsPerRow(targets, core::DType::kI32, logits.shape[0], false) ||
+      !IsPerRow(kept_counts, core::DType::kI32, logits.shape[0], true) || !IsGrad(grad, logits)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: logits %s, targets %s, kept_counts %s, grad %s do not fit", op,
+        logits.DebugString(), targets.DebugString(), kept_counts.DebugString(),
+        grad.DebugString()));
+  }
+  p.logits = AsRows(logits);
+  p.rows = logits.shape[0];
+  p.vocab = logits.shape[1];
+  p.targets = static_cast<const int32_t*>(targets.data);
+  p.kept_counts = static_cast<const int32_t*>(kept_counts.data);
+  p.grad = grad.data;
+  p.grad_bf16 = grad.dtype == core::DType::kBF16;
+  p.ld_grad = grad.data ? grad.strides[0] : 0;
+  if (p.rows == 0) return absl::OkStatus();
+  LogprobKernel<<<p.rows, kThreads>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status BadPerRow(const char* op) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: per-row arrays must be contiguous [rows] device views", op));
+}
+
+}  // namespace
+
+absl::Status TokenLogprobs(const core::TensorView& logits, const core::TensorView& targets,
+                           const core::TensorView& kept_counts, const core::TensorView& logprobs,
+                           const core::TensorView& entropies) {
+  const int64_t rows = logits.rank == 2 ? logits.shape[0] : -1;
+  if (!IsPerRow(logprobs, core::DType::kF32, rows, false) ||
+      !IsPerRow(entropies, core::DType::kF32, rows, true)) {
+    return BadPerRow("TokenLogprobs");
+  }
+  LogprobParams p{};
+  p.logprobs = static_cast<float*>(logprobs.data);
+  p.entropies = static_cast<float*>(entropies.data);
+  return RunLogprobs("TokenLogprobs", logits, targets, kept_counts, p, core::TensorView());
+}
+
+absl::Status TokenLogprobsBackward(const core::TensorView& logits, const core::TensorView& targets,
+                                   const core::TensorView& kept_counts,
+                                   const core::TensorView& grad_logprobs,
+                                   const core::TensorView& grad_entropies,
+                                   const core::TensorView& grad_logits) {
+  const int64_t rows = logits.rank == 2 ? logits.shape[0] : -1;
+  if (!IsPerRow(grad_logprobs, core::DType::kF32, rows, false) ||
+      !IsPerRow(grad_entropies, core::DType::kF32, rows, true) || grad_logits.data == nullptr) {
+    return BadPerRow("TokenLogprobsBackward");
+  }
+  LogprobParams p{};
+  p.grad_logprobs = static_cast<const float*>(grad_logprobs.data);
+  p.grad_entropies = static_cast<const float*>(grad_entropies.data);
+  return RunLogprobs("TokenLogprobsBackward", logits, targets, kept_counts, p, grad_logits);
+}
+
+absl::Status MaskedCrossEntropy(const core::TensorView& logits, const core::TensorView& targets,
+                                const core::TensorView& mask, float inv_mask_total,
+                                const core::TensorView& losses,
+                                const core::TensorView& grad_logits) {
+  const int64_t rows = logits.rank == 2 ? logits.shape[0] : -1;
+  if (!IsPerRow(mask, core::DType::kF32, rows, false) ||
+      !IsPerRow(losses, core::DType::kF32, rows, false)) {
+    return BadPerRow("MaskedCrossEntropy");
+  }
+  LogprobParams p{};
+  p.mask = static_cast<const float*>(mask.data);
+  p.mask_scale = inv_mask_total;
+  p.losses = static_cast<float*>(losses.data);
+  return RunLogprobs("MaskedCrossEntropy", logits, targets, core::TensorView(), p, grad_logits);
+}
+
+absl::Status KlDivergence(const core::TensorView& student, const core::TensorView& teacher,
+                          const core::TensorView& weights, const core::TensorView& kl,
+                          const core::TensorView& grad_student) {
+  const int64_t rows = student.rank == 2 ? student.shape[0] : -1;
+  if (!IsLogits(student) || !IsLogits(teacher) || teacher.shape[0] != student.shape[0] ||
+      teacher.shape[1] != student.shape[1] || !IsGrad(grad_student, student) ||
+      grad_student.data == teacher.data || !IsPerRow(weights, core::DType::kF32, rows, true) ||
+      !IsPerRow(kl, core::DType::kF32, rows, false)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "KlDivergence: student %s, teacher %s, weights %s, kl %s, grad %s do not fit",
+        student.DebugString(), teacher.DebugString(), weights.DebugString(), kl.DebugString(),
+        grad_student.DebugString()));
+  }
+  KlParams p{AsRows(student), AsRows(teacher), rows, student.shape[1],
+             static_cast<const float*>(weights.data), static_cast<float*>(kl.data),
+             grad_student.data, grad_student.dtype == core::DType::kBF16,
+             grad_student.data ? grad_student.strides[0] : 0};
+  if (rows == 0) return absl::OkStatus();
+  KlKernel<<<rows, kThreads>>>(p);
+  return LaunchStatus("KlDivergence");
+}
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,323 @@
+// CUDA backward kernels (linear via cuBLAS, RMSNorm, RoPE, clamped SwiGLU) and the chunked token
+// losses against the CPU references of kernels/cpu/*_backward.h and kernels/cpu/token_losses.h, on
+// odd sizes, in f32 (the `reference` precision) and with bf16 storage (gpu label; skips without a
+// device). Every comparison prints its measured error next to the stated tolerance.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/elementwise_backward.h"
+#include "kernels/cpu/linear_backward.h"
+#include "kernels/cpu/token_losses.h"
+#include "kernels/cuda/blas.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise_backward.h"
+#include "kernels/cuda/linear_backward.h"
+#include "kernels/cuda/token_losses.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+using testing::RandomUniform;
+
+// f32 everywhere: fp32 sums in another order than the CPU's.
+constexpr testing::Tolerance kF32{.atol = 1e-5, .rtol = 1e-4};
+// bf16 inputs, f32 outputs: exact bf16 products, fp32 sums (tensor-core order).
+constexpr testing::Tolerance kBf16InF32Out{.atol = 1e-4, .rtol = 1e-4};
+
+Tensor I32Device(const std::vector<int32_t>& values) {
+  Tensor host = Tensor::Empty(DType::kI32, {static_cast<int64_t>(values.size())});
+  for (size_t i = 0; i < values.size(); ++i) host.data<int32_t>()[i] = values[i];
+  return testing::ToDevice(host, DType::kI32);
+}
+
+std::unique_ptr<BlasHandle> Blas() {
+  auto handle = BlasHandle::Create();
+  V4RL_CHECK(handle.ok()) << handle.status();
+  return std::move(*handle);
+}
+
+TEST(CudaBackward, LinearF32AndBf16AccumulateOddSizes) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto blas = Blas();
+  const int64_t m = 37, n = 53, k = 71;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor x = testing::RoundToBf16(RandomNormal({m, k}, 1));
+    const Tensor w = testing::RoundToBf16(RandomNormal({n, k}, 2));
+    const Tensor dy = testing::RoundToBf16(RandomNormal({m, n}, 3));
+    Tensor want_dx = RandomNormal({m, k}, 4), want_dw = RandomNormal({n, k}, 5);
+    const Tensor dx = testing::ToDevice(want_dx, DType::kF32);
+    const Tensor dw = testing::ToDevice(want_dw, DType::kF32);
+    cpu::LinearBackwardRef<float>(x.data<float>(), k, w.data<float>(), k, dy.data<float>(), n,
+                                  want_dx.data<float>(), k, want_dw.data<float>(), k, m, n, k,
+                                  nullptr);
+    const Tensor xd = testing::ToDevice(x, dtype), wd = testing::ToDevice(w, dtype),
+                 dyd = testing::ToDevice(dy, dtype);
+    ASSERT_TRUE(LinearBackward(*blas, xd.view(), wd.view(), dyd.view(), dx.view(), dw.view()).ok());
+    const auto tol = dtype == DType::kF32 ? kF32 : kBf16InF32Out;
+    const std::string name = dtype == DType::kF32 ? "linear f32" : "linear bf16";
+    EXPECT_TRUE(testing::CloseAndReport(name + " dx", testing::ToHost(dx.view()).view(),
+                                        want_dx.view(), tol));
+    EXPECT_TRUE(testing::CloseAndReport(name + " dw", testing::ToHost(dw.view()).view(),
+                                        want_dw.view(), tol));
+  }
+}
+
+TEST(CudaBackward, LinearStridedAndGroupedExperts) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto blas = Blas();
+  const int64_t p = 41, n = 19, k = 33, experts = 4, wide = 40;
+  const std::vector<int64_t> offsets = {0, 13, 13, 30, 41};  // an empty expert
+  const Tensor x = RandomNormal({p, wide}, 6);                // x = columns [3, 3 + k)
+  const Tensor w = RandomNormal({experts, n, k}, 7);
+  const Tensor dy = RandomNormal({p, n}, 8);
+  Tensor want_dx = Tensor::Zeros(DType::kF32, {p, k});
+  Tensor want_dw = Tensor::Zeros(DType::kF32, {experts, n, k});
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t b = offsets[e], rows = offsets[e + 1] - offsets[e];
+    cpu::LinearBackwardRef<float>(x.data<float>() + b * wide + 3, wide,
+                                  w.data<float>() + e * n * k, k, dy.data<float>() + b * n, n,
+                                  want_dx.data<float>() + b * k, k,
+                                  want_dw.data<float>() + e * n * k, k, rows, n, k, nullptr);
+  }
+  const Tensor xd = testing::ToDevice(x, DType::kF32), wd = testing::ToDevice(w, DType::kF32),
+               dyd = testing::ToDevice(dy, DType::kF32);
+  const Tensor dx = Tensor::Zeros(DType::kF32, {p, k}, DeviceAllocator());
+  const Tensor dw = Tensor::Zeros(DType::kF32, {experts, n, k}, DeviceAllocator());
+  ASSERT_TRUE(GroupedLinearBackward(*blas, xd.view().Slice(1, 3, 3 + k), wd.view(), dyd.view(),
+                                    offsets.data(), dx.view(), dw.view())
+                  .ok());
+  EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dx", testing::ToHost(dx.view()).view(),
+                                      want_dx.view(), kF32));
+  EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dw", testing::ToHost(dw.view()).view(),
+                                      want_dw.view(), kF32));
+  // Mismatched shapes are rejected.
+  EXPECT_FALSE(LinearBackward(*blas, xd.view().Slice(1, 0, k), wd.view().Select(0, 0),
+                              dyd.view().Slice(1, 0, n - 1), dx.view(), core::TensorView())
+                   .ok());
+}
+
+TEST(CudaBackward, RmsNormWeightedUnweightedBf16) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 23, dim = 1031;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 11, 2.0f));
+    const Tensor weight = testing::RoundToBf16(RandomNormal({dim}, 12));
+    const Tensor dy = testing::RoundToBf16(RandomNormal({rows, dim}, 13));
+    for (bool weighted : {true, false}) {
+      Tensor want_dx = RandomNormal({rows, dim}, 14), want_dw = RandomNormal({dim}, 15);
+      const Tensor dx = testing::ToDevice(want_dx, DType::kF32);
+      const Tensor dwd = testing::ToDevice(want_dw, DType::kF32);
+      cpu::RmsNormBackwardRef<float>(x.data<float>(), dim,
+                                     weighted ? weight.data<float>() : nullptr, 1e-6f,
+                                     dy.data<float>(), dim, want_dx.data<float>(), dim,
+                                     want_dw.data<float>(), rows, dim, nullptr);
+      const Tensor xd = testing::ToDevice(x, dtype), dyd = testing::ToDevice(dy, dtype),
+                   wd = testing::ToDevice(weight, dtype);
+      ASSERT_TRUE(RmsNormBackward(xd.view(), weighted ? wd.view() : core::TensorView(), 1e-6f,
+                                  dyd.view(), dx.view(), dwd.view())
+                      .ok());
+      const std::string name = std::string("rmsnorm backward ") +
+                               (dtype == DType::kF32 ? "f32" : "bf16 in") +
+                               (weighted ? " weighted" : " unweighted");
+      EXPECT_TRUE(testing::CloseAndReport(name + " dx", testing::ToHost(dx.view()).view(),
+                                          want_dx.view(), kF32));
+      EXPECT_TRUE(testing::CloseAndReport(name + " dweight", testing::ToHost(dwd.view()).view(),
+                                          want_dw.view(), kF32));
+    }
+  }
+}
+
+TEST(CudaBackward, RopeInverseRotationBothDirections) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 19, heads = 3, head_dim = 72, half = 16;
+  const Tensor cos = RandomUniform({rows, half}, 16, -1.0f, 1.0f);
+  Tensor sin = Tensor::Empty(DType::kF32, {rows, half});
+  for (int64_t i = 0; i < rows * half; ++i) {
+    sin.data<float>()[i] = std::sqrt(1.0f - cos.data<float>()[i] * cos.data<float>()[i]);
+  }
+  const Tensor dcos = testing::ToDevice(cos, DType::kF32), dsin = testing::ToDevice(sin, DType::kF32);
+  for (bool inverse : {false, true}) {
+    const Tensor grad = RandomNormal({rows, heads, head_dim}, 17);
+    Tensor want = Tensor::CopyOf(grad.view());
+    cpu::RopeBackwardRef<float>(want.data<float>(), rows, heads, heads * head_dim, head_dim,
+                                head_dim, 2 * half, cos.data<float>(), sin.data<float>(), inverse,
+                                nullptr);
+    const Tensor gd = testing::ToDevice(grad, DType::kF32);
+    ASSERT_TRUE(RopeBackward(gd.view(), dcos.view(), dsin.view(), inverse).ok());
+    EXPECT_TRUE(testing::CloseAndReport(inverse ? "rope backward (inverse)" : "rope backward",
+                                        testing::ToHost(gd.view()).view(), want.view(),
+                                        {.atol = 1e-6, .rtol = 1e-5}));
+  }
+}
+
+TEST(CudaBackward, SwiGluClampF32AndBf16) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 17, inter = 333;
+  const Tensor gate = testing::RoundToBf16(RandomNormal({rows, inter}, 18, 3.0f));
+  const Tensor up = testing::RoundToBf16(RandomNormal({rows, inter}, 19, 3.0f));
+  const Tensor dy = testing::RoundToBf16(RandomNormal({rows, inter}, 20));
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (float limit : {2.5f, 0.0f}) {
+      Tensor want_dg = RandomNormal({rows, inter}, 21), want_du = RandomNormal({rows, inter}, 22);
+      const Tensor dg = testing::ToDevice(want_dg, DType::kF32);
+      const Tensor du = testing::ToDevice(want_du, DType::kF32);
+      cpu::SwiGluClampBackwardRef<float>(gate.data<float>(), up.data<float>(), limit,
+                                         dy.data<float>(), want_dg.data<float>(),
+                                         want_du.data<float>(), rows * inter);
+      const Tensor gd = testing::ToDevice(gate, dtype), ud = testing::ToDevice(up, dtype),
+                   dyd = testing::ToDevice(dy, dtype);
+      ASSERT_TRUE(SwiGluClampBackward(gd.view(), ud.view(), limit, dyd.view(), dg.view(), du.view())
+                      .ok());
+      const std::string name = std::string("swiglu backward ") +
+                               (dtype == DType::kF32 ? "f32" : "bf16 in") +
+                               (limit > 0 ? " clamped" : "");
+      EXPECT_TRUE(testing::CloseAndReport(name + " dgate", testing::ToHost(dg.view()).view(),
+                                          want_dg.view(), {.atol = 1e-5, .rtol = 1e-5}));
+      EXPECT_TRUE(testing::CloseAndReport(name + " dup", testing::ToHost(du.view()).view(),
+                                          want_du.view(), {.atol = 1e-5, .rtol = 1e-5}));
+    }
+  }
+}
+
+// Logits on a 1/8 grid: many exact ties, so the kept-support tie rule is exercised.
+Tensor TiedLogits(int64_t rows, int64_t vocab, uint64_t seed) {
+  Tensor logits = RandomNormal({rows, vocab}, seed, 3.0f);
+  for (int64_t i = 0; i < rows * vocab; ++i) {
+    logits.data<float>()[i] = std::round(logits.data<float>()[i] * 8.0f) / 8.0f;
+  }
+  return logits;
+}
+
+// fp32 row reductions against the CPU's double ones.
+constexpr testing::Tolerance kLoss{.atol = 2e-5, .rtol = 2e-5};
+constexpr testing::Tolerance kLossGrad{.atol = 1e-6, .rtol = 1e-4};
+
+TEST(CudaTokenLosses, LogprobsEntropiesKeptSupportAndBackward) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 13, vocab = 1031;
+  const Tensor logits = TiedLogits(rows, vocab, 23);
+  std::vector<int32_t> targets(rows), kept(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    // The row's argmax is always in the support; some targets are arbitrary.
+    int32_t best = 0;
+    for (int64_t j = 1; j < vocab; ++j) {
+      if (logits.data<float>()[r * vocab + j] > logits.data<float>()[r * vocab + best]) best = j;
+    }
+    targets[r] = r % 3 == 0 ? static_cast<int32_t>((r * 97) % vocab) : best;
+    kept[r] = r % 4 == 0 ? 0 : static_cast<int32_t>(1 + (r * 131) % 400);
+  }
+  targets[5] = -1;       // skipped row
+  kept[7] = int32_t(vocab);  // the whole vocabulary
+  const Tensor grad_lp = RandomNormal({rows}, 24), grad_h = RandomNormal({rows}, 25);
+  for (bool with_kept : {false, true}) {
+    const int32_t* kept_ptr = with_kept ? kept.data() : nullptr;
+    Tensor want_lp = Tensor::Empty(DType::kF32, {rows}), want_h = Tensor::Empty(DType::kF32, {rows});
+    Tensor want_grad = Tensor::Empty(DType::kF32, {rows, vocab});
+    cpu::TokenLogprobsRef<float>(logits.data<float>(), targets.data(), kept_ptr, rows, vocab,
+                                 want_lp.data<float>(), want_h.data<float>(), nullptr);
+    cpu::TokenLogprobsBackwardRef<float>(logits.data<float>(), targets.data(), kept_ptr, rows,
+                                         vocab, grad_lp.data<float>(), grad_h.data<float>(),
+                                         want_grad.data<float>(), nullptr);
+    for (DType dtype : {DType::kF32, DType::kBF16}) {  // 1/8-grid logits are exact in bf16
+      const Tensor ld = testing::ToDevice(logits, dtype);
+      const Tensor td = I32Device(targets);
+      const Tensor kd = I32Device(kept);
+      const core::TensorView kv = with_kept ? kd.view() : core::TensorView();
+      const Tensor lp = Tensor::Empty(DType::kF32, {rows}, DeviceAllocator());
+      const Tensor h = Tensor::Empty(DType::kF32, {rows}, DeviceAllocator());
+      ASSERT_TRUE(TokenLogprobs(ld.view(), td.view(), kv, lp.view(), h.view()).ok());
+      const Tensor glp = testing::ToDevice(grad_lp, DType::kF32);
+      const Tensor gh = testing::ToDevice(grad_h, DType::kF32);
+      const Tensor grad = Tensor::Empty(DType::kF32, {rows, vocab}, DeviceAllocator());
+      ASSERT_TRUE(TokenLogprobsBackward(ld.view(), td.view(), kv, glp.view(), gh.view(), grad.view())
+                      .ok());
+      const std::string name = std::string(with_kept ? "kept-support " : "full ") +
+                               (dtype == DType::kF32 ? "f32" : "bf16");
+      Tensor got_lp = testing::ToHost(lp.view());
+      // Targets outside the kept support: -inf on both sides (compared apart).
+      for (int64_t r = 0; r < rows; ++r) {
+        if (std::isinf(want_lp.data<float>()[r])) {
+          EXPECT_TRUE(std::isinf(got_lp.data<float>()[r]) && got_lp.data<float>()[r] < 0) << r;
+          got_lp.data<float>()[r] = want_lp.data<float>()[r] = 0;
+        }
+      }
+      EXPECT_TRUE(testing::CloseAndReport(name + " logprobs", got_lp.view(), want_lp.view(), kLoss));
+      EXPECT_TRUE(testing::CloseAndReport(name + " entropies", testing::ToHost(h.view()).view(),
+                                          want_h.view(), kLoss));
+      EXPECT_TRUE(testing::CloseAndReport(name + " logprob grad", testing::ToHost(grad.view()).view(),
+                                          want_grad.view(), kLossGrad));
+    }
+  }
+}
+
+TEST(CudaTokenLosses, MaskedCrossEntropyInTwoChunksGradInPlace) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 11, vocab = 2053, chunk = 6;
+  const Tensor logits = RandomNormal({rows, vocab}, 26, 2.0f);
+  std::vector<int32_t> targets(rows);
+  Tensor mask = Tensor::Empty(DType::kF32, {rows});
+  double mask_total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    targets[r] = static_cast<int32_t>((r * 389) % vocab);
+    mask.data<float>()[r] = r % 4 == 1 ? 0.0f : 1.0f;
+    mask_total += mask.data<float>()[r];
+  }
+  targets[1] = -7;  // masked out: ignored
+  Tensor want_grad = Tensor::Empty(DType::kF32, {rows, vocab});
+  const double want_loss = cpu::MaskedCrossEntropyRef<float>(
+      logits.data<float>(), targets.data(), mask.data<float>(), rows, vocab,
+      want_grad.data<float>(), nullptr);
+  const Tensor ld = testing::ToDevice(logits, DType::kF32);
+  const Tensor td = I32Device(targets), md = testing::ToDevice(mask, DType::kF32);
+  const Tensor losses = Tensor::Empty(DType::kF32, {rows}, DeviceAllocator());
+  for (int64_t begin = 0; begin < rows; begin += chunk) {
+    const int64_t end = std::min(rows, begin + chunk);
+    const core::TensorView chunk_logits = ld.view().Slice(0, begin, end);
+    ASSERT_TRUE(MaskedCrossEntropy(chunk_logits, td.view().Slice(0, begin, end),
+                                   md.view().Slice(0, begin, end),
+                                   static_cast<float>(1.0 / mask_total),
+                                   losses.view().Slice(0, begin, end), chunk_logits)
+                    .ok());
+  }
+  const Tensor got_losses = testing::ToHost(losses.view());
+  double loss = 0;
+  for (int64_t r = 0; r < rows; ++r) loss += got_losses.data<float>()[r];
+  std::printf("[measured] masked cross entropy: %.9g vs CPU %.9g (tolerance 2e-6 rel)\n", loss,
+              want_loss);
+  EXPECT_NEAR(loss, want_loss, 2e-6 * std::fabs(want_loss));
+  EXPECT_TRUE(testing::CloseAndReport("cross entropy grad (in place of the logits)",
+                                      testing::ToHost(ld.view()).view(), want_grad.view(),
+                                      kLossGrad));
+}
+
+TEST(CudaTokenLosses, KlDivergenceWeightedGradBf16Student) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 9, vocab = 3001;
+  const Tensor student = testing::RoundToBf16(RandomNormal({rows, vocab}, 27, 2.0f));
+  const Tensor teacher = RandomNormal({rows, vocab}, 28, 2.0f);
+  const Tensor weights = RandomUniform({rows}, 29, 0.0f, 2.0f);
+  Tensor want_kl = Tensor::Empty(DType::kF32, {rows});
+  Tensor want_grad = Tensor::Empty(DType::kF32, {rows, vocab});
+  cpu::KlDivergenceRef<float>(student.data<float>(), teacher.data<float>(), weights.data<float>(),
+                              rows, vocab, want_kl.data<float>(), want_grad.data<float>(), nullptr);
+  const Tensor sd = testing::ToDevice(student, DType::kBF16);
+  const Tensor tdev = testing::ToDevice(teacher, DType::kF32);
+  const Tensor wd = testing::ToDevice(weights, DType::kF32);
+  const Tensor kl = Tensor::Empty(DType::kF32, {rows}, DeviceAllocator());
+  const Tensor grad = Tensor::Empty(DType::kF32, {rows, vocab}, DeviceAllocator());
+  ASSERT_TRUE(KlDivergence(sd.view(), tdev.view(), wd.view(), kl.view(), grad.view()).ok());
+  EXPECT_TRUE(testing::CloseAndReport("kl", testing::ToHost(kl.view()).view(), want_kl.view(),
+                                      kLoss));
+  EXPECT_TRUE(testing::CloseAndReport("kl grad", testing::ToHost(grad.view()).view(),
+                                      want_grad.view(), kLossGrad));
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
