@@ -88,8 +88,8 @@ TEST(CudaBackward, LinearStridedAndGroupedExperts) {
   }
   const Tensor xd = testing::ToDevice(x, DType::kF32), wd = testing::ToDevice(w, DType::kF32),
                dyd = testing::ToDevice(dy, DType::kF32);
-  const Tensor dx = Tensor::Zeros(DType::kF32, {p, k}, DeviceAllocator());
-  const Tensor dw = Tensor::Zeros(DType::kF32, {experts, n, k}, DeviceAllocator());
+  const Tensor dx = testing::ToDevice(Tensor::Zeros(DType::kF32, {p, k}), DType::kF32);
+  const Tensor dw = testing::ToDevice(Tensor::Zeros(DType::kF32, {experts, n, k}), DType::kF32);
   ASSERT_TRUE(GroupedLinearBackward(*blas, xd.view().Slice(1, 3, 3 + k), wd.view(), dyd.view(),
                                     offsets.data(), dx.view(), dw.view())
                   .ok());

@@ -166,9 +166,9 @@ TEST(CudaMuon, TwoOptimizerStepsMatchCpuOptimizer) {
     values.push_back(testing::RandomNormal(params[i].shape, 50 + i, 0.1f));
     grads.push_back(Tensor::Zeros(DType::kF32, params[i].shape));
     device_values.push_back(testing::ToDevice(values[i], DType::kF32));
-    device_grads.push_back(Tensor::Zeros(DType::kF32, params[i].shape, DeviceAllocator()));
-    first.push_back(Tensor::Zeros(DType::kF32, params[i].shape, DeviceAllocator()));
-    second.push_back(Tensor::Zeros(DType::kF32, params[i].shape, DeviceAllocator()));
+    device_grads.push_back(testing::ToDevice(Tensor::Zeros(DType::kF32, params[i].shape), DType::kF32));
+    first.push_back(testing::ToDevice(Tensor::Zeros(DType::kF32, params[i].shape), DType::kF32));
+    second.push_back(testing::ToDevice(Tensor::Zeros(DType::kF32, params[i].shape), DType::kF32));
     trainable.push_back({params[i].name, values[i].view(), grads[i].view()});
   }
   learner::MuonOptions muon;

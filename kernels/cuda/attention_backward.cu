@@ -1,0 +1,191 @@
+#include <algorithm>
+
+#include "kernels/cuda/attention_backward.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/plan/compressed_attention.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+struct Params {
+  const void* q;
+  const void* kv;
+  const void* comp_kv;
+  const int32_t* comp_idx;
+  const float* sink;
+  const void* out;
+  const float* lse;
+  const void* dout;
+  float* dq;
+  float* dkv;
+  float* dcomp_kv;
+  float* dsink;
+  bool q_bf16, kv_bf16, comp_bf16, out_bf16, dout_bf16;
+  int64_t num_heads, head_dim, num_kv, num_comp, comp_topk, q_pos0, kv_pos0, window, comp_ratio;
+  float scale;
+};
+
+// One block per query, warp h = head h; lane holds channels lane + 32·j, j < kPerLane.
+template <int kPerLane>
+__global__ void SparseAttentionBackwardKernel(Params p) {
+  extern __shared__ float key_grad[];  // [num_heads, head_dim]
+  const int64_t i = blockIdx.x;
+  const int h = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t D = p.head_dim;
+  const int64_t item = (i * p.num_heads + h) * D;
+  float q[kPerLane], dout[kPerLane], dq[kPerLane];
+  float d_dot_out = 0;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t c = lane + 32 * j;
+    q[j] = c < D ? LoadF(p.q, p.q_bf16, item + c) : 0.0f;
+    dout[j] = c < D ? LoadF(p.dout, p.dout_bf16, item + c) : 0.0f;
+    d_dot_out += c < D ? dout[j] * LoadF(p.out, p.out_bf16, item + c) : 0.0f;
+    dq[j] = 0.0f;
+  }
+  d_dot_out = WarpSum(d_dot_out);
+  const float lse = p.lse[i * p.num_heads + h];
+  if (p.dsink != nullptr && lane == 0) {
+    atomicAdd(&p.dsink[h], -expf(p.sink[h] - lse) * d_dot_out);
+  }
+  const int64_t t = p.q_pos0 + i;
+  const int64_t first = Max64(plan::WindowBegin(t, p.window), p.kv_pos0);
+  const int64_t num_window = t - first + 1;
+  int64_t num_comp_keys = 0;
+  if (p.comp_kv != nullptr) {
+    num_comp_keys = p.comp_idx != nullptr
+                        ? p.comp_topk
+                        : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
+  }
+  for (int64_t k = 0; k < num_window + num_comp_keys; ++k) {
+    const void* key;
+    bool key_bf16;
+    float* dkey;
+    int64_t row;
+    if (k < num_window) {
+      row = first + k - p.kv_pos0;
+      key = p.kv, key_bf16 = p.kv_bf16, dkey = p.dkv;
+    } else {
+      row = p.comp_idx ? p.comp_idx[i * p.comp_topk + (k - num_window)] : k - num_window;
+      if (row < 0 || row >= p.num_comp) continue;  // uniform across the block
+      key = p.comp_kv, key_bf16 = p.comp_bf16, dkey = p.dcomp_kv;
+    }
+    float kr[kPerLane];
+    float s = 0, dp = 0;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t c = lane + 32 * j;
+      kr[j] = c < D ? LoadF(key, key_bf16, row * D + c) : 0.0f;
+      s += q[j] * kr[j];
+      dp += dout[j] * kr[j];
+    }
+    s = WarpSum(s) * p.scale;
+    dp = WarpSum(dp);
+    const float prob = expf(s - lse);
+    const float ds = prob * (dp - d_dot_out);
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t c = lane + 32 * j;
+      dq[j] += p.scale * ds * kr[j];
+      if (c < D) key_grad[h * D + c] = p.scale * ds * q[j] + prob * dout[j];
+    }
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
+      float sum = 0;
+      for (int64_t g = 0; g < p.num_heads; ++g) sum += key_grad[g * D + c];
+      atomicAdd(&dkey[row * D + c], sum);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t c = lane + 32 * j;
+    if (c < D) p.dq[item + c] += dq[j];
+  }
+}
+
+bool IsInput(const core::TensorView& v) {
+  return v.device == core::Device::kCuda && v.data != nullptr && v.is_contiguous() &&
+         (v.dtype == core::DType::kF32 || v.dtype == core::DType::kBF16);
+}
+bool IsF32(const core::TensorView& v, absl::Span<const int64_t> shape) {
+  return v.device == core::Device::kCuda && v.data != nullptr && v.is_contiguous() &&
+         v.dtype == core::DType::kF32 && v.SameShape(shape);
+}
+bool IsBf16(const core::TensorView& v) { return v.dtype == core::DType::kBF16; }
+
+}  // namespace
+
+absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
+  auto bad = [&](const char* why) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "SparseAttentionBackward: %s (q %s, kv %s, comp_kv %s, comp_idx %s, out %s, lse %s, dout "
+        "%s, dq %s, dkv %s, dcomp_kv %s, dsink %s)",
+        why, a.q.DebugString(), a.kv.DebugString(), a.comp_kv.DebugString(),
+        a.comp_idx.DebugString(), a.out.DebugString(), a.lse.DebugString(),
+        a.dout.DebugString(), a.dq.DebugString(), a.dkv.DebugString(),
+        a.dcomp_kv.DebugString(), a.dsink.DebugString()));
+  };
+  if (!IsInput(a.q) || a.q.rank != 3 || !IsInput(a.kv) || a.kv.rank != 2) {
+    return bad("q must be [num_q, heads, head_dim] and kv [num_kv, head_dim]");
+  }
+  const int64_t num_q = a.q.shape[0], heads = a.q.shape[1], D = a.q.shape[2];
+  const int64_t num_kv = a.kv.shape[0];
+  const core::Shape qshape = {num_q, heads, D};
+  if (a.kv.shape[1] != D || heads < 1 || heads > 32 || D < 1 || D > 512) {
+    return bad("needs 1 <= heads <= 32, 1 <= head_dim <= 512 and kv rows of head_dim");
+  }
+  if (!IsInput(a.out) || !a.out.SameShape(qshape) || !IsInput(a.dout) ||
+      !a.dout.SameShape(qshape) || !IsF32(a.lse, {num_q, heads}) || !IsF32(a.sink, {heads}) ||
+      !IsF32(a.dq, qshape) || !IsF32(a.dkv, {num_kv, D}) ||
+      (a.dsink.data != nullptr && !IsF32(a.dsink, {heads}))) {
+    return bad("out/dout must match q; lse [num_q, heads], sink [heads], dq, dkv f32");
+  }
+  const bool has_comp = a.comp_kv.data != nullptr;
+  int64_t num_comp = 0, topk = 0;
+  if (has_comp) {
+    if (!IsInput(a.comp_kv) || a.comp_kv.rank != 2 || a.comp_kv.shape[1] != D) {
+      return bad("comp_kv must be [num_comp, head_dim]");
+    }
+    num_comp = a.comp_kv.shape[0];
+    if (!IsF32(a.dcomp_kv, {num_comp, D})) return bad("dcomp_kv must be f32 like comp_kv");
+    if (a.comp_idx.data != nullptr) {
+      if (a.comp_idx.device != core::Device::kCuda || a.comp_idx.dtype != core::DType::kI32 ||
+          a.comp_idx.rank != 2 || a.comp_idx.shape[0] != num_q || !a.comp_idx.is_contiguous()) {
+        return bad("comp_idx must be [num_q, topk] i32");
+      }
+      topk = a.comp_idx.shape[1];
+    } else if (a.comp_ratio <= 0) {
+      return bad("comp_ratio must be > 0 without comp_idx");
+    }
+  }
+  if (num_q == 0) return absl::OkStatus();
+  const int64_t last = a.q_pos0 + num_q - 1;
+  if (a.window < 1 || last - a.kv_pos0 >= num_kv ||
+      a.q_pos0 < a.kv_pos0) {
+    return bad("every query's position must have its raw row (kv_pos0 <= q_pos0, last < kv end)");
+  }
+  Params p{a.q.data, a.kv.data, has_comp ? a.comp_kv.data : nullptr,
+           static_cast<const int32_t*>(a.comp_idx.data), a.sink.data_as<float>(), a.out.data,
+           a.lse.data_as<float>(), a.dout.data, a.dq.data_as<float>(), a.dkv.data_as<float>(),
+           has_comp ? a.dcomp_kv.data_as<float>() : nullptr,
+           a.dsink.data ? a.dsink.data_as<float>() : nullptr, IsBf16(a.q), IsBf16(a.kv),
+           has_comp && IsBf16(a.comp_kv), IsBf16(a.out), IsBf16(a.dout), heads, D, num_kv,
+           num_comp, topk, a.q_pos0, a.kv_pos0, a.window, a.comp_ratio, a.scale};
+  const int threads = static_cast<int>(heads * 32);
+  const size_t shared = static_cast<size_t>(heads * D) * sizeof(float);
+  auto launch = [&](auto kernel) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+    kernel<<<num_q, threads, shared>>>(p);
+  };
+  if (D <= 128) {
+    launch(SparseAttentionBackwardKernel<4>);
+  } else if (D <= 256) {
+    launch(SparseAttentionBackwardKernel<8>);
+  } else {
+    launch(SparseAttentionBackwardKernel<16>);
+  }
+  return LaunchStatus("SparseAttentionBackward");
+}
+
+}  // namespace v4rl::kernels::cuda
