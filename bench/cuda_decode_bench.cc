@@ -17,9 +17,12 @@
 //    weight_bytes = bytes of weights one step touches (every dense matrix, the head, the routed
 //    experts the step's tokens picked, counted from its routing) and the bound = batch /
 //    (weight_bytes / copy bandwidth);
+//  - {"kind": "decode_host_moe", "batch", "ms_per_step", "tokens_per_s"} with COMPARE_HOST_MOE=1:
+//    the same decode steps with the MoE plan built on the host (one sync per layer);
 //  - {"kind": "decode_long", "context", "ms_per_step", "tokens_per_s"}: batch-1 decode after the
 //    longest prefill above.
-// Times include the host-side parts (MoE plans, per-sequence launches, allocations).
+// Times include the host-side parts (per-sequence launch setup, uploads, allocations); logits stay
+// on the device unless HOST_LOGITS=1.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -77,6 +80,12 @@ int Main(int argc, char** argv) {
   const int64_t chunk = argc > 5 ? std::stoll(argv[5]) : 8192;
   const int64_t context = argc > 6 ? std::stoll(argv[6]) : 4096;
   const int64_t steps = argc > 7 ? std::stoll(argv[7]) : 16;
+  // COMPARE_HOST_MOE=1: each decode batch also with the host-built MoE plan
+  // (CudaDecodeStepOptions::device_moe_dispatch = false), a "decode_host_moe" row.
+  const char* compare_env = std::getenv("COMPARE_HOST_MOE");
+  const bool compare_host_moe = compare_env != nullptr && std::string(compare_env) == "1";
+  const char* host_logits_env = std::getenv("HOST_LOGITS");
+  const bool host_logits = host_logits_env != nullptr && std::string(host_logits_env) == "1";
   const int64_t vocab = config->vocab_size;
 
   auto start = std::chrono::steady_clock::now();
@@ -180,7 +189,8 @@ int Main(int argc, char** argv) {
   }
 
   // One-token decode steps for `handles`; returns ms per step and the step's weight bytes.
-  auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes) {
+  auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes,
+                    bool device_moe = true) {
     std::vector<int32_t> tokens(handles.size());
     auto step = [&](int64_t j, bool routing) {
       std::vector<model::CudaDecodeInput> inputs;
@@ -190,6 +200,10 @@ int Main(int argc, char** argv) {
       }
       model::CudaDecodeStepOptions options;
       options.return_routing = routing;
+      options.device_moe_dispatch = device_moe;
+      // Logits stay on the device, as `v4rl generate --device cuda` samples them there
+      // (HOST_LOGITS=1: copied to the host every step, the bench's behaviour before).
+      options.device_logits = !host_logits;
       auto out = (*decoder)->Step(inputs, options);
       Check(out.status(), "decode step");
       if (routing) {
@@ -220,7 +234,7 @@ int Main(int argc, char** argv) {
   }
 
   for (int64_t batch : batches) {
-    auto prompt = (*decoder)->AddSequence(context + steps + 8);
+    auto prompt = (*decoder)->AddSequence(context + (compare_host_moe ? 2 : 1) * (steps + 2) + 8);
     Check(prompt.status(), "add");
     prefill(**decoder, *prompt, make_ids(context));
     std::vector<int64_t> handles;
@@ -239,6 +253,14 @@ int Main(int argc, char** argv) {
                 static_cast<long long>(batch), static_cast<long long>(context), ms, tps,
                 weight_bytes, bound, tps / bound);
     std::fflush(stdout);
+    if (compare_host_moe) {  // the same step with the MoE plan built on the host
+      double unused = 0;
+      const double host_ms = decode(handles, &unused, /*device_moe=*/false);
+      std::printf("{\"kind\": \"decode_host_moe\", \"batch\": %lld, \"ms_per_step\": %.3f, "
+                  "\"tokens_per_s\": %.0f}\n",
+                  static_cast<long long>(batch), host_ms, batch * 1e3 / host_ms);
+      std::fflush(stdout);
+    }
     for (int64_t h : handles) Check((*decoder)->RemoveSequence(h), "remove");
     Check((*decoder)->RemoveSequence(*prompt), "remove");
   }

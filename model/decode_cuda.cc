@@ -176,15 +176,17 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
 
   // Pool, normalise, rotate every new entry; then entries and the rows later entries need go
   // back to the states.
+  // Every sequence's completed windows in one launch (work rows are whole windows per job).
   const Tensor entries = Dev(DType::kBF16, {total_entries, entry_dim});
+  std::vector<kc::PoolEntry> pool;
+  pool.reserve(total_entries);
   for (const Job& job : jobs) {
-    const int64_t rows = job.work_windows * ratio;
-    V4RL_RETURN_IF_ERROR(kc::CompressPool(
-        work_kv.view().Slice(0, job.work_row, job.work_row + rows),
-        work_score.view().Slice(0, job.work_row, job.work_row + rows), ratio, overlap,
-        job.first_entry,
-        entries.view().Slice(0, job.entry_row, job.entry_row + job.num_entries)));
+    for (int64_t w = job.first_entry; w < job.work_windows; ++w) {
+      pool.push_back({static_cast<int32_t>(job.work_row / ratio + w), overlap && w >= 1});
+    }
   }
+  V4RL_RETURN_IF_ERROR(
+      kc::CompressPoolEntries(work_kv.view(), work_score.view(), ratio, overlap, pool, entries.view()));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
   const int64_t half = m.config.rope_head_dim / 2;
   Tensor cos = Tensor::Empty(DType::kF32, {total_entries, half});
@@ -251,6 +253,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
   const TensorView kv_rows = kv.view().Reshape({n, dim});
+  profile.Mark("attn.proj");
 
   // New entries; for CSA the indexer's keys and picks.
   const bool compressed = !sliding;
@@ -263,11 +266,13 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   const int64_t ratio = compressed ? config.CompressRatio(type) : 0;
   if (compressed) {
     V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.compressor, ratio, csa, false, x));
+    profile.Mark("attn.compress");
   }
   std::vector<TensorView> picks(st.spans.size());
   Tensor picks_storage, workspace, decode_storage;
   if (csa) {
     V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.indexer.compressor, ratio, true, true, x));
+    profile.Mark("attn.index_compress");
     const std::vector<TensorView>& replays = st.options->index_replay;
     if (static_cast<size_t>(st.layer) < replays.size() && replays[st.layer].data != nullptr) {
       const TensorView replay = replays[st.layer];
@@ -368,6 +373,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
     }
   }
 
+  if (csa) profile.Mark("attn.indexer");
   // Each sequence's raw rows in position order: the cached positions the first new token's
   // window reaches (from the ring), then the new rows.
   const Tensor attn = Dev(DType::kBF16, {n, heads, dim});
@@ -396,6 +402,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   V4RL_RETURN_IF_ERROR(kc::DecodeAttention(
       items, w.sink.data<float>(), heads, dim, window,
       static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))));
+  profile.Mark("attn.decode_kernel");
   std::vector<int64_t> row_offsets(st.spans.size()), cached(st.spans.size());
   int64_t total_rows = 0;
   for (size_t i = 0; i < st.spans.size(); ++i) {
@@ -445,6 +452,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
     }
     V4RL_RETURN_IF_ERROR(kc::SparseAttention(args));
   }
+  profile.Mark("attn.prefill_kernels");
   // Ring update after the reads: the last `window` new rows take their slots.
   copies.clear();
   for (const StepSpan& s : st.spans) {
@@ -459,6 +467,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   }
   V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(attn.view(), cos, sin, /*inverse=*/true));
+  profile.Mark("attn.ring_rope");
   // Grouped output projection, then wo_b.
   const int64_t groups = config.o_groups, rank = config.o_lora_rank;
   const int64_t group_in = heads * dim / groups;
@@ -588,6 +597,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   CudaModel::Impl& m = *d.model->impl_;
   const ModelConfig& config = m.config;
   if (inputs.empty()) return absl::InvalidArgumentError("decode step has no inputs");
+  m.profile.Start();
   DecodeStepState st;
   std::set<int64_t> seen;
   int64_t num_tokens = 0;
@@ -667,6 +677,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
     if (replay.rank == 2 && replay.is_contiguous()) replay = replay.Reshape({1, num_tokens, k});
   }
   m.options.indexer_q_chunk = options.indexer_q_chunk;
+  m.options.device_moe_dispatch = options.device_moe_dispatch && num_tokens <= 4096;
   CudaDecodeStepOutput output;
   m.routed = options.return_routing ? &output.routed_experts : nullptr;
   m.captures = nullptr;
@@ -675,6 +686,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   absl::Cleanup reset = [&m] { m.decode = nullptr; };
 
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  m.profile.Mark("setup");
   Tensor streams = Dev(m.stream_dtype(), {num_tokens, n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
@@ -685,6 +697,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   for (StepSpan& s : st.spans) s.sequence->num_tokens += s.count;
 
   // hc_head collapse, model norm, head (every row, or each input's last).
+  m.profile.Mark("other");
   const Tensor pre = Dev(DType::kF32, {num_tokens, n});
   const Tensor x = Dev(DType::kBF16, {num_tokens, hidden});
   kc::MhcPreArgs head;
@@ -721,6 +734,8 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
     V4RL_RETURN_IF_ERROR(kc::Copy(logits.view(), output.logits.view()));
   }
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
+  m.profile.Mark("head");
+  m.profile.Report("decode step", num_tokens);
   return output;
 }
 

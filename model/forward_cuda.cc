@@ -13,6 +13,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/plan/moe_dispatch.h"
 
@@ -317,6 +318,7 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
     route.replay_idx = replay.view().Reshape({num_tokens, k});
   }
   V4RL_RETURN_IF_ERROR(kc::RouteTopK(route));
+  if (options.device_moe_dispatch) return MoeDevicePlan(w, x, idx, weight, out);
   // Dispatch plan on the host (the CPU's order), then gather, experts, combine on the device.
   Tensor host_idx = Tensor::Empty(DType::kI32, {num_tokens, k});
   V4RL_RETURN_IF_ERROR(kc::Copy(idx.view(), host_idx.view()));
@@ -342,6 +344,52 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
   // Shared expert on every token.
+  Tensor shared_out;
+  if (config.num_shared_experts > 0) {
+    const int64_t width = w.shared_w1.size(0);
+    const Tensor sg = Dev(DType::kBF16, {num_tokens, width});
+    const Tensor su = Dev(DType::kBF16, {num_tokens, width});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w1.view(), sg.view()));
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w3.view(), su.view()));
+    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg.view(), su.view(), limit, sg.view()));
+    shared_out = Dev(DType::kF32, {num_tokens, hidden});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg.view(), w.shared_w2.view(), shared_out.view()));
+  }
+  return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
+                        shared_out.defined() ? shared_out.view() : TensorView(), out);
+}
+
+absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorView& x,
+                                            const Tensor& idx, const Tensor& weight,
+                                            const TensorView& out) {
+  const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
+  const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
+  const float limit = static_cast<float>(config.swiglu_limit);
+  if (routed != nullptr) {  // a host copy only when asked (it waits for the device)
+    Tensor ids = Tensor::Empty(DType::kI32, {batch, seq_len, k});
+    V4RL_RETURN_IF_ERROR(kc::Copy(idx.view().Reshape({batch, seq_len, k}), ids.view()));
+    routed->push_back(ids);
+  }
+  // Plan on the device; every buffer sized for N · k picks (rows past the real picks are zeros
+  // in, ignored out).
+  const int64_t slots_n = num_tokens * k;
+  const Tensor offsets = Dev(DType::kI32, {experts + 1});
+  const Tensor slots = Dev(DType::kI32, {slots_n});
+  const Tensor pick_of_slot = Dev(DType::kI32, {slots_n});
+  V4RL_RETURN_IF_ERROR(kc::BuildMoePlanOnDevice(idx.view(), experts, offsets.view(), slots.view(),
+                                                pick_of_slot.view()));
+  const Tensor xp = Dev(DType::kBF16, {slots_n, hidden});
+  V4RL_RETURN_IF_ERROR(kc::MoeGather(x, slots.view(), k, xp.view()));
+  const Tensor gate = Dev(DType::kBF16, {slots_n, inter});
+  const Tensor up = Dev(DType::kBF16, {slots_n, inter});
+  V4RL_RETURN_IF_ERROR(
+      kc::GroupedGemmDeviceOffsets(xp.view(), w.w1.view(), offsets.view(), gate.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::GroupedGemmDeviceOffsets(xp.view(), w.w3.view(), offsets.view(), up.view()));
+  V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
+  const Tensor expert_out = Dev(DType::kF32, {slots_n, hidden});
+  V4RL_RETURN_IF_ERROR(
+      kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(), expert_out.view()));
   Tensor shared_out;
   if (config.num_shared_experts > 0) {
     const int64_t width = w.shared_w1.size(0);
@@ -383,22 +431,28 @@ absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const T
   capture = captures != nullptr ? &captures->emplace_back() : nullptr;
   // Attention site: collapse + norm, attend, expand + mix.
   Tensor pre, post, comb, x;
+  profile.Mark("other");
   V4RL_RETURN_IF_ERROR(site(layer.hc_attn, streams, layer.attn_norm, &pre, &post, &comb, &x));
+  profile.Mark("mhc");
   const Tensor attn_in = x;
   const Tensor attn_out = Dev(DType::kBF16, {num_tokens, hidden});
   V4RL_RETURN_IF_ERROR(decode != nullptr ? AttentionDecode(layer.attn, layer.attention_type,
                                                            x.view(), attn_out.view())
                                          : Attention(layer.attn, layer.attention_type, x.view(),
                                                      attn_out.view()));
+  profile.Mark("attention");
   const Tensor mid = Dev(stream_dtype(), {num_tokens, n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::MhcPost(streams.view(), attn_out.view(), post.view(), comb.view(), mid.view()));
   // FFN site.
   V4RL_RETURN_IF_ERROR(site(layer.hc_ffn, mid, layer.ffn_norm, &pre, &post, &comb, &x));
+  profile.Mark("mhc");
   const Tensor ffn_out = Dev(DType::kBF16, {num_tokens, hidden});
   V4RL_RETURN_IF_ERROR(Moe(layer.ffn, layer.mlp_type, x.view(), ffn_out.view()));
+  profile.Mark("moe");
   Tensor out = Dev(stream_dtype(), {num_tokens, n, hidden});
   V4RL_RETURN_IF_ERROR(kc::MhcPost(mid.view(), ffn_out.view(), post.view(), comb.view(), out.view()));
+  profile.Mark("mhc");
   if (capture != nullptr) {
     CudaBlockCapture& c = *capture;
     V4RL_ASSIGN_OR_RETURN(c.attn_in, Download(attn_in.view()));
@@ -452,6 +506,7 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
   }
   CudaForwardOutput output;
   m.routed = options.return_routing ? &output.routed_experts : nullptr;
+  m.profile.Start();
   m.captures = options.capture_blocks ? &output.blocks : nullptr;
 
   // Every residual stream starts as the token embedding.
@@ -493,6 +548,8 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
   V4RL_RETURN_IF_ERROR(kc::Copy(logits.view().Reshape({m.batch, positions, config.vocab_size}),
                                 output.logits.view()));
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
+  m.profile.Mark("head");
+  m.profile.Report("forward", m.num_tokens);
   return output;
 }
 

@@ -29,6 +29,11 @@ struct CudaForwardOptions {
   int64_t indexer_q_chunk = 64;  // queries scored per indexer GEMM (bounds its workspace)
   bool capture_blocks = false;   // host copies of every block's intermediate outputs
   bool last_position_logits = false;  // logits [B, 1, V] of each sequence's last token only
+  // MoE dispatch plan built on the device and the routed experts through one grouped GEMM per
+  // projection driven by device offsets (kernels/cuda/grouped_gemm.h): no host sync per layer.
+  // Same plan as the host's; the expert GEMMs round differently from cuBLASLt (bf16 ulps).
+  // false: plan on the host, one cuBLASLt GEMM per expert (faster for long prefills).
+  bool device_moe_dispatch = false;
   // Routing replay (keep-routing): per layer [B, T, k] i32 host expert ids used instead of the
   // MoE selection. Empty: every layer selects.
   std::vector<core::TensorView> routing_replay;

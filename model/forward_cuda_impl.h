@@ -3,10 +3,16 @@
 // Built only with V4RL_WITH_CUDA.
 #pragma once
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "kernels/cuda/device.h"
@@ -66,6 +72,51 @@ struct RopeTables {
 
 struct DecodeStepState;  // model/decode_cuda.cc
 
+// Diagnostics: with V4RL_CUDA_PROFILE=1 in the environment, Mark(name) waits for the device and
+// adds the time since the previous mark to `name`; Report prints the sums to stderr and clears
+// them (CudaDecoder::Step calls it per step). Serialises host and device: only for finding where
+// a step's time goes. Disabled: Mark is a branch.
+struct PhaseProfile {
+  bool enabled = false;
+  std::chrono::steady_clock::time_point last;
+  std::vector<std::pair<std::string, double>> ms;  // first-mark order
+
+  PhaseProfile() {
+    const char* env = std::getenv("V4RL_CUDA_PROFILE");
+    enabled = env != nullptr && std::string(env) == "1";
+  }
+  void Mark(const char* name) {
+    if (!enabled) return;
+    (void)kc::Synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double, std::milli>(now - last).count();
+    last = now;
+    for (auto& [key, value] : ms) {
+      if (key == name) {
+        value += elapsed;
+        return;
+      }
+    }
+    ms.emplace_back(name, elapsed);
+  }
+  void Start() {
+    if (!enabled) return;
+    (void)kc::Synchronize();
+    last = std::chrono::steady_clock::now();
+  }
+  void Report(const char* what, int64_t tokens) {
+    if (!enabled) return;
+    std::string line = absl::StrFormat("[profile] %s %d tokens:", what, tokens);
+    double total = 0;
+    for (const auto& [key, value] : ms) {
+      absl::StrAppendFormat(&line, " %s %.3f", key, value);
+      total += value;
+    }
+    std::fprintf(stderr, "%s | total %.3f ms\n", line.c_str(), total);
+    ms.clear();
+  }
+};
+
 }  // namespace cuda_internal
 
 using namespace cuda_internal;  // NOLINT: private header of two files
@@ -100,7 +151,12 @@ struct CudaModel::Impl {
   absl::Status Attention(const AttentionWeights& w, AttentionType type, const TensorView& x,
                          const TensorView& out);
   absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
+  // Moe's experts after routing with options.device_moe_dispatch (no host sync).
+  absl::Status MoeDevicePlan(const MoeWeights& w, const TensorView& x, const Tensor& idx,
+                             const Tensor& weight, const TensorView& out);
   absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
+
+  PhaseProfile profile;  // V4RL_CUDA_PROFILE=1 diagnostics
 
   // Set while a CudaDecoder step runs (model/decode_cuda.cc): Block then attends through
   // AttentionDecode against the step's per-sequence device states.

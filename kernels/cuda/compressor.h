@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "core/tensor.h"
 
 namespace v4rl::kernels::cuda {
@@ -18,5 +19,20 @@ namespace v4rl::kernels::cuda {
 absl::Status CompressPool(const core::TensorView& kv, const core::TensorView& score,
                           int64_t ratio, bool overlap, int64_t first_entry,
                           const core::TensorView& out);
+
+// One entry of a batched pooling: window `window` of the rows (rows [window · ratio, + ratio)),
+// with the previous window's series A as extra slots when `with_previous` (overlap only).
+struct PoolEntry {
+  int32_t window = 0;
+  bool with_previous = false;
+};
+
+// CompressPool for entries of many sequences at once (the decode step's completed windows):
+// out[i] pools entries[i] of kv/score ([rows, (overlap ? 2 : 1) · head_dim], rows a multiple
+// of ratio). out: [entries.size(), head_dim]. Same arithmetic as CompressPool; the entry list
+// travels in the launch parameters (no upload, no sync; one launch per 512 entries).
+absl::Status CompressPoolEntries(const core::TensorView& kv, const core::TensorView& score,
+                                 int64_t ratio, bool overlap, absl::Span<const PoolEntry> entries,
+                                 const core::TensorView& out);
 
 }  // namespace v4rl::kernels::cuda

@@ -60,9 +60,22 @@ struct GemmHandle::Impl {
   // (m, n, k, lda, ldb, ldc, out f32, alignments, accumulate) -> algorithm, or none found.
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, uint32_t,
                          uint32_t, uint32_t, bool>;
-  std::map<Key, std::pair<bool, cublasLtMatmulAlgo_t>> algos;
+  // Per shape: the heuristic's algorithm (or none found) and the descriptors, created once.
+  struct Plan {
+    bool ok = false;
+    cublasLtMatmulAlgo_t algo = {};
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  };
+  std::map<Key, Plan> algos;
 
   ~Impl() {
+    for (auto& [key, plan] : algos) {
+      if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
+      if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
+      if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
+      if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
+    }
     if (lt != nullptr) cublasLtDestroy(lt);
     if (blas != nullptr) cublasDestroy(blas);
     if (workspace != nullptr) cudaFree(workspace);
@@ -103,27 +116,21 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
                  align_c = Alignment(out.data, out.ld, out_f32 ? 4 : 2);
   const Key key{m, n, k, w.ld, x.ld, out.ld, out_f32, align_a, align_b, align_c, accumulate};
 
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  auto cleanup = [&] {
-    if (desc) cublasLtMatmulDescDestroy(desc);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-  };
-  auto run_lt = [&]() -> absl::Status {
-    V4RL_CUBLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-    V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
-                                               sizeof(trans_a)));
-    V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
-                                               sizeof(trans_b)));
-    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, m, w.ld));
-    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, n, x.ld));
-    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&c, out_type, m, n, out.ld));
-    auto found = algos.find(key);
-    if (found == algos.end()) {
-      cublasLtMatmulPreference_t preference = nullptr;
+  auto found = algos.find(key);
+  if (found == algos.end()) {
+    // First call of this shape: descriptors and the heuristic's pick, kept for later calls.
+    Plan plan;
+    cublasLtMatmulPreference_t preference = nullptr;
+    auto build = [&]() -> absl::Status {
+      V4RL_CUBLAS(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+      V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
+                                                 sizeof(trans_a)));
+      V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
+                                                 sizeof(trans_b)));
+      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, k, m, w.ld));
+      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, k, n, x.ld));
+      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.c, out_type, m, n, out.ld));
       V4RL_CUBLAS(cublasLtMatmulPreferenceCreate(&preference));
       const uint64_t bytes = static_cast<uint64_t>(workspace_bytes);
       cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -138,28 +145,36 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
           preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c));
       cublasLtMatmulHeuristicResult_t result = {};
       int count = 0;
-      const cublasStatus_t status =
-          cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c, c, preference, 1, &result, &count);
-      cublasLtMatmulPreferenceDestroy(preference);
-      const bool ok = status == CUBLAS_STATUS_SUCCESS && count > 0;
-      found = algos.emplace(key, std::make_pair(ok, result.algo)).first;
-    }
-    if (!found->second.first) {
-      // No cuBLASLt algorithm (e.g. a leading dimension cuBLASLt rejects): plain cuBLAS.
-      V4RL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha,
-                               w.data, CUDA_R_16BF, int(w.ld), x.data, CUDA_R_16BF, int(x.ld),
-                               &beta, out.data, out_type, int(out.ld), CUBLAS_COMPUTE_32F,
-                               CUBLAS_GEMM_DEFAULT));
+      const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+          lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, 1, &result, &count);
+      plan.ok = status == CUBLAS_STATUS_SUCCESS && count > 0;
+      plan.algo = result.algo;
       return absl::OkStatus();
+    };
+    absl::Status built = build();
+    if (preference) cublasLtMatmulPreferenceDestroy(preference);
+    if (!built.ok()) {
+      if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
+      if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
+      if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
+      if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
+      return built;
     }
-    V4RL_CUBLAS(cublasLtMatmul(lt, desc, &alpha, w.data, a, x.data, b, &beta, out.data, c,
-                               out.data, c, &found->second.second, workspace, workspace_bytes,
-                               /*stream=*/0));
+    found = algos.emplace(key, plan).first;
+  }
+  const Plan& plan = found->second;
+  if (!plan.ok) {
+    // No cuBLASLt algorithm (e.g. a leading dimension cuBLASLt rejects): plain cuBLAS.
+    V4RL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha,
+                             w.data, CUDA_R_16BF, int(w.ld), x.data, CUDA_R_16BF, int(x.ld),
+                             &beta, out.data, out_type, int(out.ld), CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
     return absl::OkStatus();
-  };
-  absl::Status status = run_lt();
-  cleanup();
-  return status;
+  }
+  V4RL_CUBLAS(cublasLtMatmul(lt, plan.desc, &alpha, w.data, plan.a, x.data, plan.b, &beta,
+                             out.data, plan.c, out.data, plan.c, &plan.algo, workspace,
+                             workspace_bytes, /*stream=*/0));
+  return absl::OkStatus();
 }
 
 absl::Status Gemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,

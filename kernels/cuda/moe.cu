@@ -76,8 +76,8 @@ __global__ void GatherKernel(GatherParams p) {
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = e / p.hidden, h = e % p.hidden;
-    const int64_t token = p.slots[row] / p.k;
-    StoreF(p.out, p.out_bf16, e, LoadF(p.x, p.x_bf16, token * p.hidden + h));
+    const int32_t slot = p.slots[row];
+    StoreF(p.out, p.out_bf16, e, slot < 0 ? 0.0f : LoadF(p.x, p.x_bf16, slot / p.k * p.hidden + h));
   }
 }
 

@@ -4,6 +4,8 @@
 //    ids, and weights = picked scores / (their sum + 1e-20) · route_scale, as model/moe.cc.
 //  - UploadMoePlan: the dispatch plan (built on the host by plan::BuildMoeDispatchPlan from the
 //    routed ids, so the expert order is the CPU's) as device slot lists.
+//  - BuildMoePlanOnDevice: the same plan built on the device from the device topk_idx
+//    (identical offsets and slot order; no host sync), for GroupedGemmDeviceOffsets.
 //  - MoeGather: rows of x in plan order, the input of the per-expert GEMMs (GroupedGemm).
 //  - MoeCombine: out[t] = Σ_j w[t, j] · expert_out[pick(t, j)] (+ shared[t]), picks in slot
 //    order, each pick's row scaled by its weight before the sum (as the CPU).
@@ -42,7 +44,15 @@ absl::Status RouteTopK(const RouteArgs& args);
 absl::Status UploadMoePlan(const plan::MoeDispatchPlan& plan, const core::TensorView& slots,
                            const core::TensorView& pick_of_slot);
 
-// out[p] = x[slots[p] / k] for p < P. x: [N, H] bf16|f32 contiguous; slots: [>= P] i32 device;
+// plan::BuildMoeDispatchPlan on the device: offsets [E + 1] i32 (expert e owns plan positions
+// [offsets[e], offsets[e + 1])); slots [N · k] i32 (first P = offsets[E] entries: slot ids in
+// plan order, then -1); pick_of_slot [N · k] i32 (as UploadMoePlan). topk_idx: [N, k] i32
+// device; ids outside [0, E) are dropped picks. One single-block launch, queued.
+absl::Status BuildMoePlanOnDevice(const core::TensorView& topk_idx, int64_t num_experts,
+                                  const core::TensorView& offsets, const core::TensorView& slots,
+                                  const core::TensorView& pick_of_slot);
+
+// out[p] = x[slots[p] / k] for p < P; rows whose slot is -1 are zeros. x: [N, H] bf16|f32 contiguous; slots: [>= P] i32 device;
 // out: [P, H] bf16|f32 contiguous.
 absl::Status MoeGather(const core::TensorView& x, const core::TensorView& slots, int64_t k,
                        const core::TensorView& out);

@@ -185,5 +185,41 @@ TEST(CudaCompressor, PoolMatchesCpu) {
   CheckPool(128, /*overlap=*/false, 33, 3, 1, 4);
 }
 
+// The batched pooling (one launch for the completed windows of many sequences) gives exactly
+// CompressPool's values per sequence: two "sequences" of 3 and 4 windows in one work buffer,
+// the first from entry 1 (its window 0 is the previous window), the second from entry 0.
+TEST(CudaCompressor, PoolEntriesMatchesPerSequencePool) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  for (const bool overlap : {true, false}) {
+    const int64_t ratio = 4, head_dim = 37, width = (overlap ? 2 : 1) * head_dim;
+    const int64_t windows_a = 3, windows_b = 4, rows = (windows_a + windows_b) * ratio;
+    const Tensor kv = testing::ToDevice(RandomNormal({rows, width}, 91), DType::kBF16);
+    const Tensor score = testing::ToDevice(RandomNormal({rows, width}, 92, 3.0f), DType::kF32);
+    const int64_t first_a = overlap ? 1 : 0;
+    const int64_t count = windows_a - first_a + windows_b;
+    const Tensor want = Tensor::Empty(DType::kBF16, {count, head_dim}, DeviceAllocator());
+    const int64_t split = (windows_a - first_a);
+    ASSERT_TRUE(CompressPool(kv.view().Slice(0, 0, windows_a * ratio),
+                             score.view().Slice(0, 0, windows_a * ratio), ratio, overlap, first_a,
+                             want.view().Slice(0, 0, split))
+                    .ok());
+    ASSERT_TRUE(CompressPool(kv.view().Slice(0, windows_a * ratio, rows),
+                             score.view().Slice(0, windows_a * ratio, rows), ratio, overlap, 0,
+                             want.view().Slice(0, split, count))
+                    .ok());
+    std::vector<PoolEntry> entries;
+    for (int64_t w = first_a; w < windows_a; ++w) entries.push_back({int32_t(w), overlap && w >= 1});
+    for (int64_t w = 0; w < windows_b; ++w) {
+      entries.push_back({int32_t(windows_a + w), overlap && w >= 1});
+    }
+    const Tensor got = Tensor::Empty(DType::kBF16, {count, head_dim}, DeviceAllocator());
+    ASSERT_TRUE(CompressPoolEntries(kv.view(), score.view(), ratio, overlap, entries, got.view()).ok());
+    const Tensor got_host = testing::ToHost(got.view()), want_host = testing::ToHost(want.view());
+    for (int64_t i = 0; i < got_host.numel(); ++i) {
+      ASSERT_EQ(got_host.data<float>()[i], want_host.data<float>()[i]) << "overlap " << overlap << " " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace v4rl::kernels::cuda

@@ -1,15 +1,21 @@
 // CUDA MoE: routing (sqrt-softplus scores, biased top-k with ties, hash, replay) exactly against
 // the CPU rule, and the whole routed + shared expert block (gate GEMM, routing, host plan,
 // gather, grouped expert GEMMs, clamped SwiGLU, weighted combine) against model::MoeForward on
-// bf16-rounded weights and inputs (gpu label; skips without a device).
+// bf16-rounded weights and inputs, both with the host plan + cuBLASLt per expert and with the
+// device plan + device-offset grouped GEMM; the device plan identical to the host plan; the
+// device grouped GEMM against cuBLASLt per expert (gpu label; skips without a device).
 #include <cmath>
+#include <string>
 #include <vector>
+
+#include "absl/strings/str_format.h"
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/plan/moe_dispatch.h"
 #include "kernels/plan/topk.h"
@@ -133,7 +139,7 @@ MoeCase MakeCase(int64_t hidden, int64_t inter, int64_t experts, int64_t k, int6
   return c;
 }
 
-void CheckMoeBlock(model::MlpType type) {
+void CheckMoeBlock(model::MlpType type, bool device_plan = false) {
   const int64_t n = 17, hidden = 72, inter = 40, experts = 8, k = 3, vocab = 29;
   const MoeCase c = MakeCase(hidden, inter, experts, k, vocab);
   const Tensor x = testing::RoundToBf16(RandomNormal({n, hidden}, 41));
@@ -177,20 +183,35 @@ void CheckMoeBlock(model::MlpType type) {
   for (int64_t i = 0; i < n * k; ++i) {
     ASSERT_EQ(host_idx.data<int32_t>()[i], acts.topk_idx.data<int32_t>()[i]) << "pick " << i;
   }
-  // Plan on the host (the CPU's order), permutation and experts on the device.
+  // Plan on the host (the CPU's order) or on the device, permutation and experts on the device.
   const plan::MoeDispatchPlan plan =
       plan::BuildMoeDispatchPlan(host_idx.data<int32_t>(), n, k, experts);
-  const int64_t picks = static_cast<int64_t>(plan.slots.size());
+  const int64_t picks = device_plan ? n * k : static_cast<int64_t>(plan.slots.size());
   const Tensor slots = dev(n * k, 1, DType::kI32), pick_of_slot = dev(n * k, 1, DType::kI32);
-  ASSERT_TRUE(UploadMoePlan(plan, slots.view(), pick_of_slot.view()).ok());
+  const Tensor offsets = Tensor::Empty(DType::kI32, {experts + 1}, DeviceAllocator());
+  if (device_plan) {
+    ASSERT_TRUE(BuildMoePlanOnDevice(idx.view(), experts, offsets.view(),
+                                     slots.view().Reshape({n * k}),
+                                     pick_of_slot.view().Reshape({n * k}))
+                    .ok());
+  } else {
+    ASSERT_TRUE(UploadMoePlan(plan, slots.view(), pick_of_slot.view()).ok());
+  }
   const Tensor xp = dev(picks, hidden, DType::kBF16);
   ASSERT_TRUE(MoeGather(dx.view(), slots.view(), k, xp.view()).ok());
   const Tensor g = dev(picks, inter, DType::kBF16), u = dev(picks, inter, DType::kBF16);
-  ASSERT_TRUE(GroupedGemm(handle, xp.view(), d_w1.view(), plan.expert_offsets, g.view()).ok());
-  ASSERT_TRUE(GroupedGemm(handle, xp.view(), d_w3.view(), plan.expert_offsets, u.view()).ok());
-  ASSERT_TRUE(SwiGluClamp(g.view(), u.view(), 10.0f, g.view()).ok());
   const Tensor eo = dev(picks, hidden, DType::kF32);
-  ASSERT_TRUE(GroupedGemm(handle, g.view(), d_w2.view(), plan.expert_offsets, eo.view()).ok());
+  if (device_plan) {
+    ASSERT_TRUE(GroupedGemmDeviceOffsets(xp.view(), d_w1.view(), offsets.view(), g.view()).ok());
+    ASSERT_TRUE(GroupedGemmDeviceOffsets(xp.view(), d_w3.view(), offsets.view(), u.view()).ok());
+    ASSERT_TRUE(SwiGluClamp(g.view(), u.view(), 10.0f, g.view()).ok());
+    ASSERT_TRUE(GroupedGemmDeviceOffsets(g.view(), d_w2.view(), offsets.view(), eo.view()).ok());
+  } else {
+    ASSERT_TRUE(GroupedGemm(handle, xp.view(), d_w1.view(), plan.expert_offsets, g.view()).ok());
+    ASSERT_TRUE(GroupedGemm(handle, xp.view(), d_w3.view(), plan.expert_offsets, u.view()).ok());
+    ASSERT_TRUE(SwiGluClamp(g.view(), u.view(), 10.0f, g.view()).ok());
+    ASSERT_TRUE(GroupedGemm(handle, g.view(), d_w2.view(), plan.expert_offsets, eo.view()).ok());
+  }
   // Shared expert.
   const Tensor sg = dev(n, inter, DType::kBF16), su = dev(n, inter, DType::kBF16);
   ASSERT_TRUE(Gemm(handle, dx.view(), d_sw1.view(), sg.view()).ok());
@@ -205,7 +226,8 @@ void CheckMoeBlock(model::MlpType type) {
   for (int64_t i = 0; i < want.numel(); ++i) max_ref = std::max(max_ref, std::abs(want.data<float>()[i]));
   const testing::Tolerance tolerance{.atol = 1e-2 * max_ref, .rtol = 1e-2};
   EXPECT_TRUE(testing::CloseAndReport(
-      type == model::MlpType::kHashMoe ? "moe block (hash)" : "moe block (top-k)",
+      std::string(type == model::MlpType::kHashMoe ? "moe block (hash)" : "moe block (top-k)") +
+          (device_plan ? ", device plan" : ", host plan"),
       testing::ToHost(out.view()).view(), want.view(), tolerance));
   const testing::CompareStats stats =
       testing::Compare(testing::ToHost(out.view()).view(), want.view(), tolerance);
@@ -220,6 +242,93 @@ TEST(CudaMoe, BlockMatchesCpuMoeForwardTopK) {
 TEST(CudaMoe, BlockMatchesCpuMoeForwardHash) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   CheckMoeBlock(model::MlpType::kHashMoe);
+}
+
+TEST(CudaMoe, DevicePlanBlockMatchesCpuMoeForward) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckMoeBlock(model::MlpType::kMoe, /*device_plan=*/true);
+  CheckMoeBlock(model::MlpType::kHashMoe, /*device_plan=*/true);
+}
+
+// The device plan is the host plan, entry for entry (offsets, slot order, pick of each slot).
+TEST(CudaMoe, DevicePlanIdenticalToHostPlan) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    int64_t n, k, experts;
+    int mode;  // 0 random with dropped picks, 1 random, 2 all on one expert
+  };
+  for (const Case c : {Case{17, 6, 37, 0}, Case{1, 6, 32, 1}, Case{300, 6, 32, 1},
+                       Case{256, 6, 32, 2}, Case{33, 3, 1024, 0}}) {
+    const int64_t slots_n = c.n * c.k;
+    Tensor idx = Tensor::Empty(DType::kI32, {c.n, c.k});
+    uint64_t state = 12345 + c.n;
+    for (int64_t i = 0; i < slots_n; ++i) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      int32_t e = static_cast<int32_t>((state >> 33) % c.experts);
+      if (c.mode == 0 && (state >> 20) % 7 == 0) e = -1;
+      if (c.mode == 2) e = 3;
+      idx.data<int32_t>()[i] = e;
+    }
+    const plan::MoeDispatchPlan want =
+        plan::BuildMoeDispatchPlan(idx.data<int32_t>(), c.n, c.k, c.experts);
+    const Tensor d_idx = testing::ToDevice(idx, DType::kI32);
+    const Tensor offsets = Tensor::Empty(DType::kI32, {c.experts + 1}, DeviceAllocator());
+    const Tensor slots = Tensor::Empty(DType::kI32, {slots_n}, DeviceAllocator());
+    const Tensor picks = Tensor::Empty(DType::kI32, {slots_n}, DeviceAllocator());
+    ASSERT_TRUE(
+        BuildMoePlanOnDevice(d_idx.view(), c.experts, offsets.view(), slots.view(), picks.view())
+            .ok());
+    const Tensor got_offsets = testing::ToHost(offsets.view());
+    const Tensor got_slots = testing::ToHost(slots.view());
+    const Tensor got_picks = testing::ToHost(picks.view());
+    for (int64_t e = 0; e <= c.experts; ++e) {
+      ASSERT_EQ(got_offsets.data<int32_t>()[e], want.expert_offsets[e]) << "n " << c.n << " e " << e;
+    }
+    std::vector<int32_t> want_picks(slots_n, -1);
+    for (size_t p = 0; p < want.slots.size(); ++p) want_picks[want.slots[p]] = static_cast<int32_t>(p);
+    for (int64_t p = 0; p < slots_n; ++p) {
+      const int64_t expected = p < static_cast<int64_t>(want.slots.size()) ? want.slots[p] : -1;
+      ASSERT_EQ(got_slots.data<int32_t>()[p], expected) << "n " << c.n << " position " << p;
+      ASSERT_EQ(got_picks.data<int32_t>()[p], want_picks[p]) << "n " << c.n << " slot " << p;
+    }
+  }
+}
+
+// The device-offset grouped GEMM against cuBLASLt per expert: empty experts, experts of more
+// than one 64-row tile, K a multiple of 8 (vector loads) and not, bf16 and f32 outputs.
+TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto handle_or = GemmHandle::Create();
+  ASSERT_TRUE(handle_or.ok());
+  const std::vector<int64_t> counts = {5, 0, 150, 1, 64, 0, 65, 17};
+  const int64_t experts = static_cast<int64_t>(counts.size());
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const int64_t picks = offsets.back(), rows = picks + 9;  // spare rows past the picks
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{130, 72}, {40, 37}}) {
+    for (const DType out_dtype : {DType::kF32, DType::kBF16}) {
+      const Tensor x = testing::RoundToBf16(RandomNormal({rows, k}, 51 + k));
+      const Tensor w = testing::RoundToBf16(RandomNormal({experts, n, k}, 52 + n, 0.2f));
+      const Tensor dx = testing::ToDevice(x, DType::kBF16);
+      const Tensor dw = testing::ToDevice(w, DType::kBF16);
+      Tensor host_offsets = Tensor::Empty(DType::kI32, {experts + 1});
+      for (int64_t e = 0; e <= experts; ++e) host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
+      const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
+      const Tensor want = Tensor::Empty(out_dtype, {picks, n}, DeviceAllocator());
+      const Tensor got = Tensor::Empty(out_dtype, {rows, n}, DeviceAllocator());
+      ASSERT_TRUE(GroupedGemm(**handle_or, dx.view().Slice(0, 0, picks), dw.view(), offsets,
+                              want.view())
+                      .ok());
+      ASSERT_TRUE(GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(), got.view()).ok());
+      const Tensor got_host = testing::ToHost(got.view().Slice(0, 0, picks));
+      const Tensor want_host = testing::ToHost(want.view());
+      const bool bf16 = out_dtype == DType::kBF16;
+      EXPECT_TRUE(testing::CloseAndReport(
+          absl::StrFormat("grouped gemm device offsets n %d k %d %s", n, k, bf16 ? "bf16" : "f32"),
+          got_host.view(), want_host.view(),
+          {.atol = bf16 ? 2e-2 : 1e-4, .rtol = bf16 ? 8e-3 : 1e-4}));
+    }
+  }
 }
 
 }  // namespace

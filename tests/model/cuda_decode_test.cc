@@ -112,7 +112,7 @@ Tensor StepRows(const Tensor& table, const std::vector<Piece>& step, int64_t n) 
 // Runs `schedule` through a CudaDecoder; returns logits [B, T, V].
 Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
               const Schedule& schedule, const std::vector<Tensor>* routing,
-              const std::vector<Tensor>* picks, bool batched = true) {
+              const std::vector<Tensor>* picks, bool batched = true, bool device_moe = true) {
   const int64_t batch = ids.size(0), length = ids.size(1), vocab = config.vocab_size;
   auto decoder = CudaDecoder::Create(&gpu, int64_t{64} << 20, 64 << 10);
   EXPECT_TRUE(decoder.ok()) << decoder.status();
@@ -136,6 +136,7 @@ Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
     options.all_logits = true;
     options.indexer_q_chunk = 5;
     options.batched_decode = batched;
+    options.device_moe_dispatch = device_moe;
     std::vector<Tensor> keep;
     if (routing != nullptr) {
       for (size_t l = 0; l < routing->size(); ++l) {
@@ -225,7 +226,8 @@ void CheckFixture(const std::string& fixture, uint64_t seed) {
 
   // Every input through the prefill kernels: Forward's arithmetic exactly.
   const Tensor per_sequence =
-      RunGpu(*gpu, model.config, ids, schedule, &routing, &picks, /*batched=*/false);
+      RunGpu(*gpu, model.config, ids, schedule, &routing, &picks, /*batched=*/false,
+             /*device_moe=*/false);
   Report(fixture + " decode (prefill kernels) vs GPU forward, selections replayed", per_sequence,
          full_replayed.logits, {2e-5, 2e-2, 1e-2});
   // Single-token inputs through the batched decode kernels (fp32 attention probabilities).
@@ -234,6 +236,12 @@ void CheckFixture(const std::string& fixture, uint64_t seed) {
          {1e-4, 5e-2, 2e-2});
   Report(fixture + " decode vs CPU forward, selections replayed", replayed, cpu.logits,
          {2e-4, 1e-1, 3e-2});
+  // The MoE plan built on the device with the device-offset expert GEMMs (the default) against
+  // the host plan with cuBLASLt per expert: the same picks, bf16 roundings of other GEMMs.
+  const Tensor host_moe = RunGpu(*gpu, model.config, ids, schedule, &routing, &picks,
+                                 /*batched=*/true, /*device_moe=*/false);
+  Report(fixture + " decode, device vs host MoE dispatch, selections replayed", replayed, host_moe,
+         {2e-5, 2e-2, 1e-2});
   const Tensor free = RunGpu(*gpu, model.config, ids, schedule, nullptr, nullptr);
   const Tensor cpu_decode = RunCpu(model, ids, schedule);
   Report(fixture + " decode vs GPU forward, free-running", free, full_free.logits,
