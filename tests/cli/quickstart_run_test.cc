@@ -34,7 +34,9 @@ TEST(QuickstartRun, GrpoBeatsSftAndEveryTrajectoryIsStored) {
   std::ofstream(config_path) << config;
 
   const auto start = std::chrono::steady_clock::now();
-  const testing::CommandResult run = testing::RunV4rl("run " + config_path);
+  // From the source directory: the config's paths are relative to it.
+  const testing::CommandResult run = testing::RunCommand(
+      "cd '" + source + "' && '" + std::getenv("V4RL_BINARY") + "' run '" + config_path + "' 2>&1");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_EQ(run.exit_code, 0) << run.output;
