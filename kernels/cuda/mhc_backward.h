@@ -1,0 +1,50 @@
+// Backward of the mHC arithmetic on the GPU (kernels/cpu/mhc_backward.h is the reference): the
+// pre/post gates and the Sinkhorn projection (recomputed per token and reversed through every
+// row/column normalisation), the hc_head gate, the collapse Σ_j pre_j·X_j and the expand-and-mix
+// out_k = post_k·y + Σ_j comb[j][k]·X_j. The mixes' own backward (normed · fnᵀ, the stream RMS)
+// is LinearBackward + RmsNormBackward on the same buffers.
+// n = hc_mult <= 4 (kMaxHcMult), sinkhorn iters <= 32. Coefficients and every gradient f32;
+// streams, y and dout bf16|f32. Gradients are ADDED to (the caller zeroes them); parameter
+// gradients (dbase, dscale) are summed over tokens by a fixed-order block reduction
+// (deterministic). Thread-safety: reentrant; default stream.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "core/tensor.h"
+
+namespace v4rl::kernels::cuda {
+
+// mixes: [N, (2+n)·n] f32; base: [(2+n)·n]; scale: [3]; dpre, dpost: [N, n]; dcomb: [N, n, n];
+// dmixes: [N, (2+n)·n] +=; dbase: [(2+n)·n] +=; dscale: [3] +=. n is dpre's second dimension.
+absl::Status MhcCoefficientsBackward(const core::TensorView& mixes, const core::TensorView& base,
+                                     const core::TensorView& scale, int64_t sinkhorn_iters,
+                                     float eps, const core::TensorView& dpre,
+                                     const core::TensorView& dpost, const core::TensorView& dcomb,
+                                     const core::TensorView& dmixes, const core::TensorView& dbase,
+                                     const core::TensorView& dscale);
+
+// hc_head: pre = sigmoid(scale[0]·m + base) + eps. mixes, dpre, dmixes: [N, n]; base, dbase: [n];
+// scale, dscale: [1].
+absl::Status HcHeadPreBackward(const core::TensorView& mixes, const core::TensorView& base,
+                               const core::TensorView& scale, const core::TensorView& dpre,
+                               const core::TensorView& dmixes, const core::TensorView& dbase,
+                               const core::TensorView& dscale);
+
+// out[t] = Σ_j pre[t, j]·streams[t, j]: streams [N, n, H] bf16|f32; pre [N, n] f32; dout [N, H]
+// bf16|f32; dstreams [N, n, H] f32 +=; dpre [N, n] f32 +=.
+absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
+                                 const core::TensorView& dout, const core::TensorView& dstreams,
+                                 const core::TensorView& dpre);
+
+// out[t, k] = post[t, k]·y[t] + Σ_j comb[t, j, k]·streams[t, j]: streams, dout [N, n, H]
+// bf16|f32; y [N, H] bf16|f32; post [N, n] f32; comb [N, n, n] f32. Added to: dstreams
+// [N, n, H] f32, dy [N, H] f32, dpost [N, n] f32, dcomb [N, n, n] f32.
+absl::Status MhcExpandBackward(const core::TensorView& streams, const core::TensorView& y,
+                               const core::TensorView& post, const core::TensorView& comb,
+                               const core::TensorView& dout, const core::TensorView& dstreams,
+                               const core::TensorView& dy, const core::TensorView& dpost,
+                               const core::TensorView& dcomb);
+
+}  // namespace v4rl::kernels::cuda

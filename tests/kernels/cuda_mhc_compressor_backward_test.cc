@@ -1,0 +1,159 @@
+// CUDA mHC backward (gates + Sinkhorn, hc_head gate, collapse, expand-and-mix) and compressor
+// pool backward (CSA overlapping and HCA plain windows) against kernels/cpu/mhc_backward.h and
+// kernels/cpu/compressor_backward.h on odd sizes; gradients start from random values to check
+// that they are added to (gpu label; skips without a device).
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/compressor_backward.h"
+#include "kernels/cpu/mhc_backward.h"
+#include "kernels/cuda/compressor_backward.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/mhc_backward.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+using testing::RandomUniform;
+
+// A CPU gradient buffer with random contents and its device copy (f32).
+struct Grad {
+  Tensor host, device;
+  Grad(const core::Shape& shape, uint64_t seed)
+      : host(RandomNormal(shape, seed)), device(testing::ToDevice(host, DType::kF32)) {}
+  float* cpu() { return host.data<float>(); }
+  ::testing::AssertionResult Check(const std::string& name, const testing::Tolerance& tol) {
+    return testing::CloseAndReport(name, testing::ToHost(device.view()).view(), host.view(), tol);
+  }
+};
+
+constexpr testing::Tolerance kTol{.atol = 1e-5, .rtol = 1e-4};
+
+TEST(CudaMhcBackward, CoefficientsWithSinkhornAndHcHead) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t tokens = 37, n = 4, width = (2 + n) * n, iters = 20;
+  const float eps = 1e-6f;
+  const Tensor mixes = RandomNormal({tokens, width}, 1);
+  const Tensor base = RandomNormal({width}, 2, 0.5f);
+  const Tensor scale = RandomNormal({3}, 3, 0.5f);
+  const Tensor dpre = RandomNormal({tokens, n}, 4), dpost = RandomNormal({tokens, n}, 5);
+  const Tensor dcomb = RandomNormal({tokens, n, n}, 6);
+  Grad dmixes({tokens, width}, 7), dbase({width}, 8), dscale({3}, 9);
+  cpu::MhcCoefficientsBackwardRef<float>(mixes.data<float>(), base.data<float>(),
+                                         scale.data<float>(), tokens, n, iters, eps,
+                                         dpre.data<float>(), dpost.data<float>(),
+                                         dcomb.data<float>(), dmixes.cpu(), dbase.cpu(),
+                                         dscale.cpu(), nullptr);
+  auto dev = [](const Tensor& t) { return testing::ToDevice(t, DType::kF32); };
+  const Tensor m_d = dev(mixes), b_d = dev(base), s_d = dev(scale), dpre_d = dev(dpre),
+               dpost_d = dev(dpost), dcomb_d = dev(dcomb);
+  const absl::Status status =
+      MhcCoefficientsBackward(m_d.view(), b_d.view(), s_d.view(), iters, eps, dpre_d.view(),
+                              dpost_d.view(), dcomb_d.view(), dmixes.device.view(),
+                              dbase.device.view(), dscale.device.view());
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(dmixes.Check("mhc coefficients dmixes", kTol));
+  EXPECT_TRUE(dbase.Check("mhc coefficients dbase", kTol));
+  EXPECT_TRUE(dscale.Check("mhc coefficients dscale", {.atol = 1e-4, .rtol = 1e-4}));
+
+  // hc_head: n mixes, one scale.
+  const Tensor head_mixes = RandomNormal({tokens, n}, 10);
+  const Tensor head_base = RandomNormal({n}, 11), head_scale = RandomNormal({1}, 12);
+  Grad hdm({tokens, n}, 13), hdb({n}, 14), hds({1}, 15);
+  cpu::HcHeadPreBackwardRef<float>(head_mixes.data<float>(), head_base.data<float>(),
+                                   head_scale.data<float>(), tokens, n, dpre.data<float>(),
+                                   hdm.cpu(), hdb.cpu(), hds.cpu());
+  const Tensor hm_d = dev(head_mixes), hb_d = dev(head_base), hs_d = dev(head_scale);
+  ASSERT_TRUE(HcHeadPreBackward(hm_d.view(), hb_d.view(), hs_d.view(), dpre_d.view(),
+                                hdm.device.view(), hdb.device.view(), hds.device.view())
+                  .ok());
+  EXPECT_TRUE(hdm.Check("hc_head dmixes", kTol));
+  EXPECT_TRUE(hdb.Check("hc_head dbase", kTol));
+  EXPECT_TRUE(hds.Check("hc_head dscale", kTol));
+}
+
+TEST(CudaMhcBackward, CollapseAndExpandBf16Streams) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t tokens = 13, n = 4, hidden = 1031;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor streams = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 20));
+    const Tensor y = testing::RoundToBf16(RandomNormal({tokens, hidden}, 21));
+    const Tensor dout_collapse = testing::RoundToBf16(RandomNormal({tokens, hidden}, 22));
+    const Tensor dout_expand = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 23));
+    const Tensor pre = RandomNormal({tokens, n}, 24), post = RandomNormal({tokens, n}, 25);
+    const Tensor comb = RandomUniform({tokens, n, n}, 26, 0.0f, 1.0f);
+    const std::string kind = dtype == DType::kF32 ? " f32" : " bf16";
+    {
+      Grad dstreams({tokens, n, hidden}, 27), dpre({tokens, n}, 28);
+      cpu::MhcCollapseBackwardRef<float>(streams.data<float>(), pre.data<float>(),
+                                         dout_collapse.data<float>(), tokens, n, hidden,
+                                         dstreams.cpu(), dpre.cpu(), nullptr);
+      const Tensor s_d = testing::ToDevice(streams, dtype), g_d = testing::ToDevice(dout_collapse, dtype),
+                   p_d = testing::ToDevice(pre, DType::kF32);
+      ASSERT_TRUE(MhcCollapseBackward(s_d.view(), p_d.view(), g_d.view(), dstreams.device.view(),
+                                      dpre.device.view())
+                      .ok());
+      EXPECT_TRUE(dstreams.Check("collapse dstreams" + kind, kTol));
+      EXPECT_TRUE(dpre.Check("collapse dpre" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+    }
+    {
+      Grad dstreams({tokens, n, hidden}, 29), dy({tokens, hidden}, 30), dpost({tokens, n}, 31),
+          dcomb({tokens, n, n}, 32);
+      cpu::MhcExpandBackwardRef<float>(streams.data<float>(), y.data<float>(), post.data<float>(),
+                                       comb.data<float>(), dout_expand.data<float>(), tokens, n,
+                                       hidden, dstreams.cpu(), dy.cpu(), dpost.cpu(), dcomb.cpu(),
+                                       nullptr);
+      const Tensor s_d = testing::ToDevice(streams, dtype), y_d = testing::ToDevice(y, dtype),
+                   g_d = testing::ToDevice(dout_expand, dtype),
+                   p_d = testing::ToDevice(post, DType::kF32),
+                   c_d = testing::ToDevice(comb, DType::kF32);
+      ASSERT_TRUE(MhcExpandBackward(s_d.view(), y_d.view(), p_d.view(), c_d.view(), g_d.view(),
+                                    dstreams.device.view(), dy.device.view(), dpost.device.view(),
+                                    dcomb.device.view())
+                      .ok());
+      EXPECT_TRUE(dstreams.Check("expand dstreams" + kind, kTol));
+      EXPECT_TRUE(dy.Check("expand dy" + kind, kTol));
+      EXPECT_TRUE(dpost.Check("expand dpost" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+      EXPECT_TRUE(dcomb.Check("expand dcomb" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+    }
+  }
+}
+
+TEST(CudaCompressorBackward, OverlappingAndPlainWindows) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    const char* name;
+    int64_t windows, ratio, head_dim, extra_rows, first_entry;
+    bool overlap;
+    DType dtype;
+  };
+  for (const Case& c : {Case{"csa overlap f32", 7, 4, 37, 3, 0, true, DType::kF32},
+                        Case{"hca plain bf16", 5, 8, 45, 5, 2, false, DType::kBF16}}) {
+    const int64_t width = (c.overlap ? 2 : 1) * c.head_dim;
+    const int64_t rows = c.windows * c.ratio + c.extra_rows;  // a trailing incomplete window
+    const Tensor kv = testing::RoundToBf16(RandomNormal({rows, width}, 40));
+    const Tensor score = testing::RoundToBf16(RandomNormal({rows, width}, 41, 2.0f));
+    const Tensor dout = testing::RoundToBf16(RandomNormal({c.windows - c.first_entry, c.head_dim}, 42));
+    Grad dkv({rows, width}, 43), dscore({rows, width}, 44);
+    cpu::CompressPoolBackwardRef<float>(kv.data<float>(), score.data<float>(), c.windows, c.ratio,
+                                        c.head_dim, c.overlap, c.first_entry, dout.data<float>(),
+                                        dkv.cpu(), dscore.cpu(), nullptr);
+    const Tensor kv_d = testing::ToDevice(kv, c.dtype), s_d = testing::ToDevice(score, c.dtype),
+                 g_d = testing::ToDevice(dout, c.dtype);
+    const absl::Status status =
+        CompressPoolBackward(kv_d.view(), s_d.view(), c.windows, c.ratio, c.overlap,
+                             c.first_entry, g_d.view(), dkv.device.view(), dscore.device.view());
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_TRUE(dkv.Check(std::string("compress pool dkv ") + c.name, kTol));
+    EXPECT_TRUE(dscore.Check(std::string("compress pool dscore ") + c.name, kTol));
+  }
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
