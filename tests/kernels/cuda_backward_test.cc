@@ -13,6 +13,7 @@
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise_backward.h"
+#include "kernels/cuda/head_loss.h"
 #include "kernels/cuda/linear_backward.h"
 #include "kernels/cuda/token_losses.h"
 #include "tests/kernels/cuda_test_util.h"
@@ -317,6 +318,62 @@ TEST(CudaTokenLosses, KlDivergenceWeightedGradBf16Student) {
                                       kLoss));
   EXPECT_TRUE(testing::CloseAndReport("kl grad", testing::ToHost(grad.view()).view(),
                                       want_grad.view(), kLossGrad));
+}
+
+TEST(CudaTokenLosses, ChunkedHeadCrossEntropyGradients) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto blas = Blas();
+  const int64_t rows = 19, hidden = 67, vocab = 1031;
+  const Tensor x = testing::RoundToBf16(RandomNormal({rows, hidden}, 60));
+  const Tensor head = testing::RoundToBf16(RandomNormal({vocab, hidden}, 61, 0.2f));
+  std::vector<int32_t> targets(rows);
+  Tensor mask = Tensor::Empty(DType::kF32, {rows});
+  for (int64_t r = 0; r < rows; ++r) {
+    targets[r] = static_cast<int32_t>((r * 541) % vocab);
+    mask.data<float>()[r] = r % 5 == 2 ? 0.0f : 1.0f;
+  }
+  Tensor logits = Tensor::Empty(DType::kF32, {rows, vocab});
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t v = 0; v < vocab; ++v) {
+      double sum = 0;
+      for (int64_t h = 0; h < hidden; ++h) {
+        sum += double(x.data<float>()[r * hidden + h]) * head.data<float>()[v * hidden + h];
+      }
+      logits.data<float>()[r * vocab + v] = static_cast<float>(sum);
+    }
+  }
+  Tensor grad = Tensor::Empty(DType::kF32, {rows, vocab});
+  const double want_loss = cpu::MaskedCrossEntropyRef<float>(
+      logits.data<float>(), targets.data(), mask.data<float>(), rows, vocab, grad.data<float>(),
+      nullptr);
+  Tensor want_dx = Tensor::Zeros(DType::kF32, {rows, hidden});
+  Tensor want_dhead = Tensor::Zeros(DType::kF32, {vocab, hidden});
+  cpu::LinearBackwardRef<float>(x.data<float>(), hidden, head.data<float>(), hidden,
+                                grad.data<float>(), vocab, want_dx.data<float>(), hidden,
+                                want_dhead.data<float>(), hidden, rows, vocab, hidden, nullptr);
+  const Tensor td = I32Device(targets), md = testing::ToDevice(mask, DType::kF32);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor xd = testing::ToDevice(x, dtype), hd = testing::ToDevice(head, dtype);
+    const Tensor dx = testing::ToDevice(Tensor::Zeros(DType::kF32, {rows, hidden}), DType::kF32);
+    const Tensor dhead = testing::ToDevice(Tensor::Zeros(DType::kF32, {vocab, hidden}), DType::kF32);
+    ChunkedCrossEntropyArgs args;
+    args.hidden = xd.view(), args.head = hd.view(), args.targets = td.view(), args.mask = md.view();
+    args.dhidden = dx.view(), args.dhead = dhead.view(), args.chunk_rows = 7;
+    const absl::StatusOr<double> loss = ChunkedCrossEntropy(*blas, args);
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    const bool f32 = dtype == DType::kF32;
+    const std::string name = f32 ? "chunked head CE f32" : "chunked head CE bf16 (bf16 dlogits)";
+    std::printf("[measured] %s loss %.9g vs CPU %.9g (tolerance 1e-5 rel)\n", name.c_str(), *loss,
+                want_loss);
+    EXPECT_NEAR(*loss, want_loss, 1e-5 * std::fabs(want_loss));
+    // f32: the f32 reference; bf16: dlogits rounded to bf16 before the GEMMs (2^-9 relative).
+    const testing::Tolerance tol = f32 ? testing::Tolerance{.atol = 1e-6, .rtol = 1e-4}
+                                       : testing::Tolerance{.atol = 2e-5, .rtol = 2e-2};
+    EXPECT_TRUE(testing::CloseAndReport(name + " dhidden", testing::ToHost(dx.view()).view(),
+                                        want_dx.view(), tol));
+    EXPECT_TRUE(testing::CloseAndReport(name + " dhead", testing::ToHost(dhead.view()).view(),
+                                        want_dhead.view(), tol));
+  }
 }
 
 }  // namespace

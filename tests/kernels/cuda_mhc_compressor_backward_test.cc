@@ -1,4 +1,4 @@
-// CUDA mHC backward (gates + Sinkhorn, hc_head gate, collapse, expand-and-mix) and compressor
+// CUDA MoE combine/gather backward (reference loops written here), mHC backward (gates + Sinkhorn, hc_head gate, collapse, expand-and-mix) and compressor
 // pool backward (CSA overlapping and HCA plain windows) against kernels/cpu/mhc_backward.h and
 // kernels/cpu/compressor_backward.h on odd sizes; gradients start from random values to check
 // that they are added to (gpu label; skips without a device).
@@ -10,6 +10,7 @@
 #include "kernels/cpu/mhc_backward.h"
 #include "kernels/cuda/compressor_backward.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/expert_backward.h"
 #include "kernels/cuda/mhc_backward.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/testing/random_tensor.h"
@@ -152,6 +153,53 @@ TEST(CudaCompressorBackward, OverlappingAndPlainWindows) {
     ASSERT_TRUE(status.ok()) << status;
     EXPECT_TRUE(dkv.Check(std::string("compress pool dkv ") + c.name, kTol));
     EXPECT_TRUE(dscore.Check(std::string("compress pool dscore ") + c.name, kTol));
+  }
+}
+
+TEST(CudaExpertBackward, CombineAndGatherWithDroppedPicks) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t tokens = 11, k = 3, hidden = 517;
+  // Plan rows: a permutation of the kept picks; every 5th pick dropped (-1).
+  std::vector<int32_t> pick(tokens * k);
+  int64_t rows = 0;
+  for (int64_t i = 0; i < tokens * k; ++i) pick[i] = i % 5 == 4 ? -1 : static_cast<int32_t>(rows++);
+  for (int64_t i = 0; i < tokens * k; ++i) {  // shuffle the plan order deterministically
+    const int64_t j = (i * 7 + 3) % (tokens * k);
+    std::swap(pick[i], pick[j]);
+  }
+  Tensor pick_host = Tensor::Empty(DType::kI32, {tokens * k});
+  for (int64_t i = 0; i < tokens * k; ++i) pick_host.data<int32_t>()[i] = pick[i];
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor expert_out = testing::RoundToBf16(RandomNormal({rows, hidden}, 50));
+    const Tensor dout = testing::RoundToBf16(RandomNormal({tokens, hidden}, 51));
+    const Tensor weight = RandomUniform({tokens, k}, 52, 0.0f, 1.0f);
+    Grad dexpert({rows, hidden}, 53), dweight({tokens, k}, 54), dx({tokens, hidden}, 55);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t p = pick[t * k + j];
+        if (p < 0) continue;
+        double dot = 0;
+        for (int64_t h = 0; h < hidden; ++h) {
+          const float g = dout.data<float>()[t * hidden + h];
+          dexpert.cpu()[p * hidden + h] += weight.data<float>()[t * k + j] * g;
+          dot += double(g) * expert_out.data<float>()[p * hidden + h];
+          // Gather backward with dgathered = expert_out as the incoming gradient.
+          dx.cpu()[t * hidden + h] += expert_out.data<float>()[p * hidden + h];
+        }
+        dweight.cpu()[t * k + j] += static_cast<float>(dot);
+      }
+    }
+    const Tensor eo_d = testing::ToDevice(expert_out, dtype), g_d = testing::ToDevice(dout, dtype),
+                 w_d = testing::ToDevice(weight, DType::kF32),
+                 p_d = testing::ToDevice(pick_host, DType::kI32);
+    ASSERT_TRUE(MoeCombineBackward(eo_d.view(), p_d.view(), w_d.view(), g_d.view(),
+                                   dexpert.device.view(), dweight.device.view())
+                    .ok());
+    ASSERT_TRUE(MoeGatherBackward(eo_d.view(), p_d.view(), k, dx.device.view()).ok());
+    const std::string kind = dtype == DType::kF32 ? " f32" : " bf16";
+    EXPECT_TRUE(dexpert.Check("moe combine dexpert_out" + kind, kTol));
+    EXPECT_TRUE(dweight.Check("moe combine dweight" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+    EXPECT_TRUE(dx.Check("moe gather dx" + kind, kTol));
   }
 }
 
