@@ -21,62 +21,182 @@ __device__ __forceinline__ float Bf(const __nv_bfloat16* p, int64_t i) {
 struct AttnParams {
   const DecodeAttentionItem* items;
   const float* sink;
+  float* partial;  // splits > 1: [items, splits, heads, head_dim + 2] (acc, max, denom)
   int64_t heads, head_dim, window;
+  int splits;
   float scale;
 };
 
-// Block (item, group of kWarps heads); warp w takes head blockIdx.y · kWarps + w; lane l holds
-// dims l, l + 32, ...
-__global__ void DecodeAttentionKernel(AttnParams p) {
+constexpr int kIlp = 4;  // keys in flight per warp
+
+// Lane `lane`'s contiguous nj dims of a bf16 row as bf16 pairs (16-byte loads when nj % 8 == 0);
+// kept packed to hold kIlp keys in few registers.
+__device__ __forceinline__ void LoadLane(const __nv_bfloat16* row, int lane, int nj,
+                                         __nv_bfloat162* v) {
+  const __nv_bfloat16* p = row + lane * nj;
+  if (nj % 8 == 0) {
+#pragma unroll
+    for (int c = 0; c < kMaxLaneDims / 8; ++c) {
+      if (c * 8 < nj) {
+        const uint4 raw = reinterpret_cast<const uint4*>(p)[c];
+        const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[c * 4 + i] = b[i];
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[c * 4 + i] = __float2bfloat162_rn(0.0f);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMaxLaneDims / 2; ++j) {
+      v[j].x = 2 * j < nj ? p[2 * j] : __float2bfloat16(0.0f);
+      v[j].y = 2 * j + 1 < nj ? p[2 * j + 1] : __float2bfloat16(0.0f);
+    }
+  }
+}
+
+// Block (item, group of kWarps heads, key split); warp w takes head blockIdx.y · kWarps + w;
+// lane l holds dims [l · nj, (l + 1) · nj). The item's keys in order (window positions, its own
+// row, the compressed entries) are cut into `splits` contiguous ranges; each warp walks its range
+// kIlp keys at a time with an fp32 online softmax. One split: the max starts at the sink and the
+// output is written; several: partial (acc, max, denom) for DecodeAttentionCombine.
+__global__ void __launch_bounds__(32 * kWarps, 4) DecodeAttentionKernel(AttnParams p) {
   const DecodeAttentionItem it = p.items[blockIdx.x];
   const int lane = threadIdx.x % 32;
   const int64_t h = int64_t{blockIdx.y} * kWarps + threadIdx.x / 32;
   if (h >= p.heads) return;
   const int nj = static_cast<int>(p.head_dim / 32);
-  const auto* q = static_cast<const __nv_bfloat16*>(it.q) + h * p.head_dim;
   float qr[kMaxLaneDims], acc[kMaxLaneDims];
+  {
+    __nv_bfloat162 raw[kMaxLaneDims / 2];
+    LoadLane(static_cast<const __nv_bfloat16*>(it.q) + h * p.head_dim, lane, nj, raw);
 #pragma unroll
-  for (int j = 0; j < kMaxLaneDims; ++j) {
-    qr[j] = j < nj ? Bf(q, lane + 32 * j) : 0.0f;
-    acc[j] = 0.0f;
+    for (int j = 0; j < kMaxLaneDims / 2; ++j) {
+      qr[2 * j] = __low2float(raw[j]);
+      qr[2 * j + 1] = __high2float(raw[j]);
+    }
   }
-  float mx = p.sink[h], denom = 1.0f;  // the value-less sink: exp(sink - mx) = 1
-  auto visit = [&](const __nv_bfloat16* key) {
-    float s = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kMaxLaneDims; ++j) {
-      if (j < nj) s += qr[j] * Bf(key, lane + 32 * j);
-    }
-    s = WarpSum(s) * p.scale;
-    const float next = fmaxf(mx, s);
-    const float correction = expf(mx - next), e = expf(s - next);
-    denom = denom * correction + e;
-#pragma unroll
-    for (int j = 0; j < kMaxLaneDims; ++j) {
-      if (j < nj) acc[j] = acc[j] * correction + e * Bf(key, lane + 32 * j);
-    }
-    mx = next;
-  };
+  for (int j = 0; j < kMaxLaneDims; ++j) acc[j] = 0.0f;
+  const bool single = p.splits == 1;
+  float mx = single ? p.sink[h] : -INFINITY, denom = single ? 1.0f : 0.0f;
   const auto* ring = static_cast<const __nv_bfloat16*>(it.ring);
+  const auto* comp = static_cast<const __nv_bfloat16*>(it.comp);
   const int64_t t = it.position;
   const int64_t cached = Min64(t, p.window - 1);
-  for (int64_t pos = t - cached; pos < t; ++pos) visit(ring + (pos % p.window) * p.head_dim);
-  visit(static_cast<const __nv_bfloat16*>(it.own_kv));
-  if (it.comp != nullptr) {
-    const auto* comp = static_cast<const __nv_bfloat16*>(it.comp);
-    if (it.comp_idx != nullptr) {
-      for (int64_t j = 0; j < it.comp_topk; ++j) {
-        const int32_t w = it.comp_idx[j];
-        if (w >= 0 && w < it.num_comp) visit(comp + w * p.head_dim);
+  const int64_t num_comp_keys = comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
+  const int64_t total = cached + 1 + num_comp_keys;
+  const int64_t chunk = (total + p.splits - 1) / p.splits;
+  const int64_t begin = Min64(total, int64_t{blockIdx.z} * chunk), end = Min64(total, begin + chunk);
+  auto key_at = [&](int64_t v) -> const __nv_bfloat16* {
+    if (v < cached) return ring + ((t - cached + v) % p.window) * p.head_dim;
+    if (v == cached) return static_cast<const __nv_bfloat16*>(it.own_kv);
+    const int64_t j = v - cached - 1;
+    if (it.comp_idx == nullptr) return comp + j * p.head_dim;
+    const int32_t w = it.comp_idx[j];
+    return w >= 0 && w < it.num_comp ? comp + int64_t{w} * p.head_dim : nullptr;
+  };
+  for (int64_t v0 = begin; v0 < end; v0 += kIlp) {
+    const __nv_bfloat16* keys[kIlp];
+    __nv_bfloat162 kv[kIlp][kMaxLaneDims / 2];
+    float sc[kIlp];
+#pragma unroll
+    for (int i = 0; i < kIlp; ++i) {
+      keys[i] = v0 + i < end ? key_at(v0 + i) : nullptr;
+      if (keys[i] != nullptr) {
+        LoadLane(keys[i], lane, nj, kv[i]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kMaxLaneDims / 2; ++j) kv[i][j] = __float2bfloat162_rn(0.0f);
       }
-    } else {
-      for (int64_t w = 0; w < it.num_comp; ++w) visit(comp + w * p.head_dim);
     }
+#pragma unroll
+    for (int i = 0; i < kIlp; ++i) {
+      float d = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxLaneDims / 2; ++j) {
+        d += qr[2 * j] * __low2float(kv[i][j]) + qr[2 * j + 1] * __high2float(kv[i][j]);
+      }
+      sc[i] = d;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+#pragma unroll
+      for (int i = 0; i < kIlp; ++i) sc[i] += __shfl_xor_sync(0xffffffffu, sc[i], offset);
+    }
+    float next = mx;
+#pragma unroll
+    for (int i = 0; i < kIlp; ++i) {
+      sc[i] *= p.scale;
+      if (keys[i] != nullptr) next = fmaxf(next, sc[i]);
+    }
+    if (next == -INFINITY) continue;  // no valid key yet (split without a sink)
+    const float correction = expf(mx - next);
+    float e[kIlp];
+    denom *= correction;
+#pragma unroll
+    for (int i = 0; i < kIlp; ++i) {
+      e[i] = keys[i] != nullptr ? expf(sc[i] - next) : 0.0f;
+      denom += e[i];
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxLaneDims / 2; ++j) {
+      float a0 = acc[2 * j] * correction, a1 = acc[2 * j + 1] * correction;
+#pragma unroll
+      for (int i = 0; i < kIlp; ++i) {
+        a0 += e[i] * __low2float(kv[i][j]);
+        a1 += e[i] * __high2float(kv[i][j]);
+      }
+      acc[2 * j] = a0;
+      acc[2 * j + 1] = a1;
+    }
+    mx = next;
   }
-  auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim;
+  if (single) {
+    auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim + lane * nj;
+#pragma unroll
+    for (int j = 0; j < kMaxLaneDims; ++j) {
+      if (j < nj) out[j] = __float2bfloat16(acc[j] / denom);
+    }
+    return;
+  }
+  const int64_t stride = p.head_dim + 2;
+  float* part = p.partial +
+                ((int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h) * stride;
 #pragma unroll
   for (int j = 0; j < kMaxLaneDims; ++j) {
-    if (j < nj) out[lane + 32 * j] = __float2bfloat16(acc[j] / denom);
+    if (j < nj) part[lane * nj + j] = acc[j];
+  }
+  if (lane == 0) {
+    part[p.head_dim] = mx;
+    part[p.head_dim + 1] = denom;
+  }
+}
+
+// out[item, h] = (Σ_s acc_s · e^(m_s - M)) / (e^(sink - M) + Σ_s l_s · e^(m_s - M)), M the max
+// of the sink and the splits' maxima. Block (item, head), threads over dims.
+__global__ void DecodeAttentionCombine(AttnParams p) {
+  const DecodeAttentionItem it = p.items[blockIdx.x];
+  const int64_t h = blockIdx.y;
+  const int64_t stride = p.head_dim + 2;
+  const float* part = p.partial + int64_t{blockIdx.x} * p.splits * p.heads * stride + h * stride;
+  const int64_t split_stride = p.heads * stride;
+  float m = p.sink[h];
+  for (int s = 0; s < p.splits; ++s) m = fmaxf(m, part[s * split_stride + p.head_dim]);
+  float denom = expf(p.sink[h] - m);
+  for (int s = 0; s < p.splits; ++s) {
+    const float ms = part[s * split_stride + p.head_dim];
+    if (ms != -INFINITY) denom += part[s * split_stride + p.head_dim + 1] * expf(ms - m);
+  }
+  auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim;
+  for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    float a = 0.0f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float ms = part[s * split_stride + p.head_dim];
+      if (ms != -INFINITY) a += part[s * split_stride + d] * expf(ms - m);
+    }
+    out[d] = __float2bfloat16(a / denom);
   }
 }
 
@@ -152,13 +272,50 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
         "cuda::DecodeAttention: head_dim %d must be a multiple of 32 <= 512", head_dim));
   }
   if (items.empty()) return absl::OkStatus();
+  // Key splits: enough blocks to fill the device twice, at least 8 keys per split.
+  static const int sms = [] {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return std::max(count, 1);
+  }();
+  int64_t max_keys = 1;
+  for (const DecodeAttentionItem& it : items) {
+    const int64_t comp = it.comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
+    max_keys = std::max(max_keys, std::min(it.position, window - 1) + 1 + comp);
+  }
+  const int64_t groups = (heads + kWarps - 1) / kWarps;
+  const int64_t batch_blocks = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * groups;
+  const int splits = static_cast<int>(std::clamp<int64_t>(
+      std::min((2 * sms + batch_blocks - 1) / batch_blocks, (max_keys + 7) / 8), 1, 256));
+  float* partial = nullptr;
+  if (splits > 1) {
+    static std::mutex mu;
+    static float* buffer = nullptr;
+    static size_t capacity = 0;
+    const size_t need = std::min<size_t>(items.size(), 65535) * splits * heads * (head_dim + 2);
+    std::lock_guard<std::mutex> lock(mu);
+    if (need > capacity) {
+      if (buffer != nullptr) cudaFree(buffer);
+      capacity = std::max(need, 2 * capacity);
+      if (cudaError_t e = cudaMalloc(&buffer, capacity * sizeof(float)); e != cudaSuccess) {
+        buffer = nullptr;
+        capacity = 0;
+        return absl::InternalError(absl::StrFormat("decode partials: %s", cudaGetErrorString(e)));
+      }
+    }
+    partial = buffer;
+  }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();
   for (size_t first = 0; first < items.size(); first += 65535) {
-    const dim3 grid(static_cast<unsigned>(std::min<size_t>(65535, items.size() - first)),
-                    static_cast<unsigned>((heads + kWarps - 1) / kWarps));
-    DecodeAttentionKernel<<<grid, 32 * kWarps>>>(
-        AttnParams{*staged + first, sink, heads, head_dim, window, scale});
+    const unsigned count = static_cast<unsigned>(std::min<size_t>(65535, items.size() - first));
+    const AttnParams params{*staged + first, sink, partial, heads, head_dim, window, splits, scale};
+    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), 32 * kWarps>>>(
+        params);
+    if (splits > 1) {
+      DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads)), 128>>>(params);
+    }
   }
   return LaunchStatus("cuda::DecodeAttention");
 }

@@ -3,7 +3,9 @@
 //  - DecodeAttention: sparse attention with the sink (semantics of attention.h / kernels/cpu/
 //    attention.h) for one query per item over its sliding window (the ring slots of positions
 //    t - min(t, window - 1) .. t - 1, then its own K=V row) and its compressed entries (the picks,
-//    or all of them). One warp per (item, head), fp32 online softmax whose max starts at the sink;
+//    or all of them). One warp per (item, head, key split), 4 keys in flight, fp32 online
+//    softmax; few items (long-context single-stream decode) split each item's keys over enough
+//    blocks to fill the device, and a second launch merges the splits with the sink;
 //    fp32 probabilities (the tensor-core prefill kernel rounds them to bf16, so results differ by
 //    that rounding).
 //  - DecodeIndexerScores: the indexer's scores Σ_h w[h] · ReLU(q[h] · K[e]) · score_scale of one
