@@ -677,7 +677,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
     if (replay.rank == 2 && replay.is_contiguous()) replay = replay.Reshape({1, num_tokens, k});
   }
   m.options.indexer_q_chunk = options.indexer_q_chunk;
-  m.options.device_moe_dispatch = options.device_moe_dispatch && num_tokens <= 4096;
+  m.options.device_moe_dispatch = options.device_moe_dispatch && num_tokens <= 512;
   CudaDecodeStepOutput output;
   m.routed = options.return_routing ? &output.routed_experts : nullptr;
   m.captures = nullptr;

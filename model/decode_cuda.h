@@ -56,8 +56,9 @@ struct CudaDecodeStepOptions {
   // (kernels/cuda/decode_attention.h: one launch per layer for all of them, fp32 attention
   // probabilities); false: every input through the prefill kernels, one launch per sequence.
   bool batched_decode = true;
-  // Steps of at most 4096 tokens dispatch the MoE on the device (CudaForwardOptions::
-  // device_moe_dispatch: no host sync per layer); false: host plan, cuBLASLt per expert.
+  // Steps of at most 512 tokens dispatch the MoE on the device (CudaForwardOptions::
+  // device_moe_dispatch: no host sync per layer); longer steps (prefill chunks) and false: host
+  // plan, cuBLASLt per expert (faster on hundreds of rows per expert).
   bool device_moe_dispatch = true;
 };
 
