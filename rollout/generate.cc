@@ -76,6 +76,19 @@ absl::Status GenerateOptions::Validate(const model::ModelConfig& config) const {
   return absl::OkStatus();
 }
 
+bool AppendSampledToken(const kernels::cpu::SampledToken& token, const GenerateOptions& options,
+                        GenerationResult* result) {
+  result->tokens.push_back(token.token);
+  result->sampling_logprobs.push_back(token.sampling_logprob);
+  result->model_logprobs.push_back(token.model_logprob);
+  result->kept_counts.push_back(token.kept_count);
+  const bool stop = std::find(options.stop_tokens.begin(), options.stop_tokens.end(),
+                              token.token) != options.stop_tokens.end();
+  if (!stop && static_cast<int64_t>(result->tokens.size()) < options.max_new_tokens) return false;
+  result->finish_reason = stop ? FinishReason::kStop : FinishReason::kLength;
+  return true;
+}
+
 absl::StatusOr<std::vector<GenerationResult>> Generate(
     const model::Model& model, absl::Span<const GenerationRequest> requests,
     const GenerateOptions& options) {
@@ -155,16 +168,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(
                                   params.data(), sampled.data(), &core::ThreadPool::Default());
     for (size_t r = 0; r < rows.size(); ++r) {
       Sequence& seq = *stepping[rows[r]];
-      GenerationResult& result = *seq.result;
-      const kernels::cpu::SampledToken& token = sampled[r];
-      result.tokens.push_back(token.token);
-      result.sampling_logprobs.push_back(token.sampling_logprob);
-      result.model_logprobs.push_back(token.model_logprob);
-      result.kept_counts.push_back(token.kept_count);
-      const bool stop = std::find(options.stop_tokens.begin(), options.stop_tokens.end(),
-                                  token.token) != options.stop_tokens.end();
-      if (stop || static_cast<int64_t>(result.tokens.size()) == options.max_new_tokens) {
-        result.finish_reason = stop ? FinishReason::kStop : FinishReason::kLength;
+      if (AppendSampledToken(sampled[r], options, seq.result)) {
         seq.done = true;
         seq.state = model::DecodeState();  // release its memory now
       }

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/cpu/sampling.h"
 #include "model/forward.h"
 
 namespace v4rl::rollout {
@@ -68,6 +69,12 @@ struct GenerationResult {
   std::vector<int32_t> routed_experts;
   FinishReason finish_reason = FinishReason::kLength;  // kStop: tokens ends with a stop token
 };
+
+// Appends one sampled token to `result` (token, both logprobs, kept count). Returns true when it
+// ends the sequence: a stop token of `options`, or max_new_tokens reached; finish_reason says which.
+// Shared by the CPU and CUDA generation loops.
+bool AppendSampledToken(const kernels::cpu::SampledToken& token, const GenerateOptions& options,
+                        GenerationResult* result);
 
 // Generates for every request; results[b] belongs to requests[b].
 // Errors (InvalidArgument): options.Validate; a request with an empty prompt or a prompt token

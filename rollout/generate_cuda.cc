@@ -138,16 +138,7 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateCuda(
                                           absl::MakeSpan(sampled)));
     for (int64_t r = 0; r < num_rows; ++r) {
       Sequence& seq = *stepping[rows[r]];
-      GenerationResult& result = *seq.result;
-      const kernels::cpu::SampledToken& token = sampled[r];
-      result.tokens.push_back(token.token);
-      result.sampling_logprobs.push_back(token.sampling_logprob);
-      result.model_logprobs.push_back(token.model_logprob);
-      result.kept_counts.push_back(token.kept_count);
-      const bool stop = std::find(options.stop_tokens.begin(), options.stop_tokens.end(),
-                                  token.token) != options.stop_tokens.end();
-      if (stop || static_cast<int64_t>(result.tokens.size()) == options.max_new_tokens) {
-        result.finish_reason = stop ? FinishReason::kStop : FinishReason::kLength;
+      if (AppendSampledToken(sampled[r], options, seq.result)) {
         seq.done = true;
         V4RL_RETURN_IF_ERROR(decoder->RemoveSequence(seq.handle));  // blocks back to the pool
       }
