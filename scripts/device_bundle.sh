@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds v4rl with CUDA for the H200 (sm_90a) and packs the `v4rl` binary, every test and
-# benchmark executable, and their non-system shared libraries into ./device_bundle (git-ignored),
-# ready to be carried to the GPU machine:
+# Builds v4rl with CUDA for the H200 (sm_90a) and packs the `v4rl` binary, the `gpu`-labelled test
+# executables, the CUDA benchmarks (bench/cuda_*) and their non-system shared libraries into
+# ./device_bundle (git-ignored), ready to be carried to the GPU machine (`carry` takes 64 MiB at
+# most; ALL_BINARIES=1 packs every test and benchmark executable instead):
 #
 #   scripts/device_bundle.sh                      # here, on the CPU machine
 #   bash device_bundle/run_gpu_tests.sh           # there: runs every `gpu`-labelled test
@@ -23,10 +24,24 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" ${BUNDLE_TARGETS:+--target $BUNDLE_TARG
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/bin" "$BUNDLE/lib"
 
-# Every executable target the build produced (skip CMake's own probes).
+# gpu-labelled tests, by executable name, from ctest's own listing.
+(cd "$BUILD_DIR" && ctest -L gpu --show-only=json-v1) | python3 -c '
+import json, os, sys
+for test in json.load(sys.stdin)["tests"]:
+    if test.get("command"):  # tests whose executable this build has (BUNDLE_TARGETS)
+        print(os.path.basename(test["command"][0]))' > "$BUNDLE/gpu_tests.txt"
+
+# The executables the build produced (skip CMake's own probes), filtered unless ALL_BINARIES=1.
 mapfile -t binaries < <(find "$BUILD_DIR" -type f -executable -not -path '*/CMakeFiles/*' \
   -not -name '*.so*' -not -name '*.sh' | sort)
-for binary in "${binaries[@]}"; do cp "$binary" "$BUNDLE/bin/"; done
+for binary in "${binaries[@]}"; do
+  name=$(basename "$binary")
+  if [[ "${ALL_BINARIES:-0}" != 1 && "$name" != v4rl && "$name" != cuda_* ]] &&
+     ! grep -qx "$name" "$BUNDLE/gpu_tests.txt"; then
+    continue
+  fi
+  cp "$binary" "$BUNDLE/bin/"
+done
 
 is_system_library() {
   [[ "$1" =~ ^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libnccl|libnvidia|libnvrtc) ]]
@@ -37,13 +52,6 @@ for binary in "$BUNDLE"/bin/*; do
     [[ -e "$BUNDLE/lib/$name" ]] || cp -L "$path" "$BUNDLE/lib/$name"
   done
 done
-
-# gpu-labelled tests, by executable name, from ctest's own listing.
-(cd "$BUILD_DIR" && ctest -L gpu --show-only=json-v1) | python3 -c '
-import json, os, sys
-for test in json.load(sys.stdin)["tests"]:
-    if test.get("command"):  # tests whose executable this build has (BUNDLE_TARGETS)
-        print(os.path.basename(test["command"][0]))' > "$BUNDLE/gpu_tests.txt"
 
 cat > "$BUNDLE/env.sh" <<'ENV'
 #!/usr/bin/env bash
