@@ -1,0 +1,617 @@
+#include "model/backward_cuda.h"
+
+#include <cmath>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "kernels/cpu/token_losses.h"
+#include "kernels/cuda/attention_backward.h"
+#include "kernels/cuda/blas.h"
+#include "kernels/cuda/compressor_backward.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise_backward.h"
+#include "kernels/cuda/expert_backward.h"
+#include "kernels/cuda/linear_backward.h"
+#include "kernels/cuda/mhc_backward.h"
+#include "kernels/cuda/model_backward_misc.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/ops.h"
+#include "model/params.h"
+
+namespace v4rl::model {
+namespace kc = kernels::cuda;
+using core::DType;
+using core::Tensor;
+using core::TensorView;
+
+// Routing weights are renormalised with transformers' epsilon (as model/moe_backward.cc).
+constexpr float kRoutingDenomEps = 1e-20f;
+
+struct CudaBackward::Impl {
+  const Model* model = nullptr;
+  ModelWeights weights;  // device f32 copies (trainable parameters and what the backward reads)
+  std::unique_ptr<kc::BlasHandle> blas;
+};
+
+namespace {
+
+// One backward call: the first error sticks and later launches are skipped (every device tensor
+// is allocated with its final shape even after an error, so views stay well-formed).
+class Run {
+ public:
+  explicit Run(kc::BlasHandle* blas) : blas_(blas) {}
+  const absl::Status& status() const { return status_; }
+  kc::BlasHandle& blas() { return *blas_; }
+  void Ok(absl::Status s) {
+    if (status_.ok() && !s.ok()) status_ = std::move(s);
+  }
+
+  // A device f32 (or i32) copy of a host tensor (floating dtypes converted to f32).
+  Tensor Up(const Tensor& host) {
+    Tensor src = host;
+    if (host.dtype() != DType::kF32 && host.dtype() != DType::kI32) {
+      src = Tensor::FromFloats(host.view().shape_vector(), host.ToFloatVector());
+    } else if (!host.view().is_contiguous()) {
+      src = Tensor::CopyOf(host.view());
+    }
+    Tensor out = Tensor::Empty(src.dtype(), src.view().shape_vector(), kc::CachingDeviceAllocator());
+    if (status_.ok()) Ok(kc::Copy(src.view(), out.view()));
+    return out;
+  }
+  Tensor Z(absl::Span<const int64_t> shape) {
+    Tensor out = Tensor::Empty(DType::kF32, shape, kc::CachingDeviceAllocator());
+    if (status_.ok()) Ok(kc::FillZero(out.view()));
+    return out;
+  }
+  // dx += dy · w, dw += dyᵀ · x (either may be an empty view).
+  void Linear(const TensorView& x, const TensorView& w, const TensorView& dy, const TensorView& dx,
+              const TensorView& dw) {
+    if (status_.ok()) Ok(kc::LinearBackward(*blas_, x, w, dy, dx, dw));
+  }
+  void RmsNorm(const TensorView& x, const TensorView& weight, float eps, const TensorView& dy,
+               const TensorView& dx, const TensorView& dweight) {
+    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
+  }
+  // y = x · wᵀ (f32 GEMM, overwrites y). x: [m, k]; w: [n, k]; y: [m, n] contiguous.
+  void Forward(const TensorView& x, const TensorView& w, const TensorView& y) {
+    if (!status_.ok()) return;
+    kc::BatchedGemmParams p;
+    p.a = {x.data, DType::kF32, x.strides[0], 0};
+    p.b = {w.data, DType::kF32, w.strides[0], 0};
+    p.trans_b = true;
+    p.c = y.data;
+    p.ldc = y.strides[0];
+    p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
+    Ok(kc::BatchedGemm(*blas_, p));
+  }
+  template <typename F>
+  void Do(F&& launch) {
+    if (status_.ok()) Ok(launch());
+  }
+
+ private:
+  kc::BlasHandle* blas_;
+  absl::Status status_;
+};
+
+TensorView Rows2(const Tensor& t, int64_t rows) {
+  return t.view().Reshape({rows, t.numel() / rows});
+}
+
+// mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward).
+void MixesBackward(Run& run, const TensorView& streams, const Tensor& normed, const Tensor& fn,
+                   float eps, const Tensor& dmixes, const TensorView& dstreams, const Tensor& dfn) {
+  const int64_t num_tokens = streams.shape[0];
+  const int64_t width = streams.shape[1] * streams.shape[2];
+  Tensor dnormed = run.Z({num_tokens, width});
+  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), dnormed.view(), dfn.view());
+  run.RmsNorm(streams.Reshape({num_tokens, width}), TensorView(), eps, dnormed.view(),
+              dstreams.Reshape({num_tokens, width}), TensorView());
+}
+
+// model/backward.cc SiteBackward + model/mhc_backward.cc MhcPost/PreBackward.
+Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const ModelConfig& config,
+                    const Tensor& streams, const MhcActivations& host_acts, const Tensor& y,
+                    const Tensor& dstreams_out,
+                    const std::function<void(const Tensor&, const Tensor&)>& sub_backward,
+                    MhcWeights* g, const Tensor& dnorm) {
+  const int64_t num_tokens = streams.size(0);
+  const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  const Tensor post = run.Up(host_acts.post), comb = run.Up(host_acts.comb);
+  Tensor dstreams = run.Z({num_tokens, n, hidden});
+  Tensor dy = run.Z({num_tokens, hidden});
+  Tensor dpost = run.Z({num_tokens, n});
+  Tensor dcomb = run.Z({num_tokens, n, n});
+  run.Do([&] {
+    return kc::MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
+                                 dstreams_out.view(), dstreams.view(), dy.view(), dpost.view(),
+                                 dcomb.view());
+  });
+  Tensor dsub_in = run.Z({num_tokens, hidden});
+  sub_backward(dy, dsub_in);
+  Tensor dcollapsed = run.Z({num_tokens, hidden});
+  const Tensor collapsed = run.Up(host_acts.collapsed);
+  run.RmsNorm(collapsed.view(), norm.view(), eps, dsub_in.view(), dcollapsed.view(), dnorm.view());
+  // MhcPreBackward: the collapse, the gates and Sinkhorn, then the mixes.
+  const Tensor pre = run.Up(host_acts.pre), mixes = run.Up(host_acts.mixes);
+  Tensor dpre = run.Z({num_tokens, n});
+  run.Do([&] {
+    return kc::MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), dstreams.view(),
+                                   dpre.view());
+  });
+  Tensor dmixes = run.Z({num_tokens, (2 + n) * n});
+  run.Do([&] {
+    return kc::MhcCoefficientsBackward(
+        mixes.view(), w.base.view(), w.scale.view(), config.hc_sinkhorn_iters,
+        static_cast<float>(config.hc_eps), dpre.view(), dpost.view(), dcomb.view(), dmixes.view(),
+        g->base.view(), g->scale.view());
+  });
+  const Tensor normed = run.Up(host_acts.normed);
+  MixesBackward(run, streams.view(), normed, w.fn, eps, dmixes, dstreams.view(), g->fn);
+  return dstreams;
+}
+
+// model/compressor_backward.cc.
+void CompressorBackward(Run& run, const CompressorWeights& w, int64_t ratio, bool overlap,
+                        const RopeTable& rope, float eps, int64_t batch, int64_t seq_len,
+                        const Tensor& x, const CompressorActivations& host_acts,
+                        const Tensor& dentries, const Tensor& dx, CompressorWeights* g) {
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t width = w.wkv.size(0);
+  const int64_t num_entries = host_acts.entries.size(1);
+  const int64_t entry_dim = host_acts.entries.size(2);
+  if (num_entries == 0) return;
+  Tensor host_cos, host_sin;
+  rope.Make(0, ratio, num_entries, &host_cos, &host_sin);
+  const Tensor cos = run.Up(host_cos), sin = run.Up(host_sin);
+  for (int64_t b = 0; b < batch; ++b) {
+    run.Do([&] {
+      return kc::RopeBackward(
+          dentries.view().Select(0, b).Reshape({num_entries, 1, entry_dim}), cos.view(),
+          sin.view(), /*inverse=*/false);
+    });
+  }
+  const Tensor pooled = run.Up(host_acts.pooled);
+  Tensor dpooled = run.Z({batch, num_entries, entry_dim});
+  run.RmsNorm(Rows2(pooled, batch * num_entries), w.norm.view(),
+              eps, Rows2(dentries, batch * num_entries), Rows2(dpooled, batch * num_entries),
+              g->norm.view());
+  const Tensor kv = run.Up(host_acts.kv), score = run.Up(host_acts.score);
+  Tensor dkv = run.Z({num_tokens, width});
+  Tensor dscore = run.Z({num_tokens, width});
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = first + num_entries * ratio;
+    run.Do([&] {
+      return kc::CompressPoolBackward(kv.view().Slice(0, first, last),
+                                      score.view().Slice(0, first, last), num_entries, ratio,
+                                      overlap, /*first_entry=*/0, dpooled.view().Select(0, b),
+                                      dkv.view().Slice(0, first, last),
+                                      dscore.view().Slice(0, first, last));
+    });
+  }
+  run.Do([&] {
+    return kc::ApeBackward(dscore.view(), seq_len, ratio, g->ape.view().Reshape({ratio, width}));
+  });
+  run.Linear(x.view(), w.wkv.view(), dkv.view(), dx.view(), g->wkv.view());
+  run.Linear(x.view(), w.wgate.view(), dscore.view(), dx.view(), g->wgate.view());
+}
+
+// model/attention_backward.cc.
+void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
+                       const ModelConfig& config, const RopeTable& rope, int64_t batch,
+                       int64_t seq_len, const Tensor& x, const AttentionActivations& host_acts,
+                       const Tensor& dout, const Tensor& dx, AttentionWeights* g) {
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t heads = config.num_heads, dim = config.head_dim;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  Tensor host_cos, host_sin;
+  rope.Make(0, 1, seq_len, &host_cos, &host_sin);
+  const Tensor cos = run.Up(host_cos), sin = run.Up(host_sin);
+  auto rotate_back_each_sequence = [&](const Tensor& grad, bool inverse) {
+    const TensorView rows = grad.view().Reshape({num_tokens, grad.numel() / (num_tokens * dim), dim});
+    for (int64_t b = 0; b < batch; ++b) {
+      run.Do([&] {
+        return kc::RopeBackward(rows.Slice(0, b * seq_len, (b + 1) * seq_len), cos.view(),
+                                sin.view(), inverse);
+      });
+    }
+  };
+
+  // Grouped output projection.
+  const int64_t groups = config.o_groups;
+  const int64_t group_in = heads * dim / groups;
+  const int64_t rank = config.o_lora_rank;
+  const Tensor u = run.Up(host_acts.u), o = run.Up(host_acts.o);
+  Tensor du = run.Z({num_tokens, groups * rank});
+  run.Linear(u.view(), w.wo_b.view(), dout.view(), du.view(), g->wo_b.view());
+  Tensor dattn = run.Z({num_tokens, heads, dim});
+  const TensorView o_groups = o.view().Reshape({num_tokens, groups, group_in});
+  const TensorView do_groups = dattn.view().Reshape({num_tokens, groups, group_in});
+  const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
+  const TensorView dw_groups = g->wo_a.view().Reshape({groups, rank, group_in});
+  const TensorView du_groups = du.view().Reshape({num_tokens, groups, rank});
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    run.Linear(o_groups.Select(1, gi), w_groups.Select(0, gi), du_groups.Select(1, gi),
+               do_groups.Select(1, gi), dw_groups.Select(0, gi));
+  }
+  rotate_back_each_sequence(dattn, /*inverse=*/true);
+
+  // Sparse attention, one sequence at a time.
+  const bool compressed = type != AttentionType::kSliding;
+  const int64_t num_entries = compressed ? host_acts.compressor.entries.size(1) : 0;
+  const Tensor q = run.Up(host_acts.q), kv = run.Up(host_acts.kv);
+  const Tensor attn = run.Up(host_acts.attn), lse = run.Up(host_acts.lse);
+  Tensor entries, topk;
+  if (num_entries > 0) {
+    entries = run.Up(host_acts.compressor.entries);
+    if (type == AttentionType::kCompressedSparse) topk = run.Up(host_acts.indexer.topk);
+  }
+  Tensor dq = run.Z({num_tokens, heads, dim});
+  Tensor dkv = run.Z({num_tokens, 1, dim});
+  Tensor dentries;
+  if (num_entries > 0) dentries = run.Z({batch, num_entries, dim});
+  const TensorView kv_rows = kv.view().Reshape({num_tokens, dim});
+  const TensorView dkv_rows = dkv.view().Reshape({num_tokens, dim});
+  const TensorView q3 = q.view().Reshape({num_tokens, heads, dim});
+  const TensorView attn3 = attn.view().Reshape({num_tokens, heads, dim});
+  const TensorView lse2 = lse.view().Reshape({num_tokens, heads});
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = (b + 1) * seq_len;
+    kc::SparseAttentionBackwardArgs args;
+    args.q = q3.Slice(0, first, last);
+    args.kv = kv_rows.Slice(0, first, last);
+    args.sink = w.sink.view();
+    args.out = attn3.Slice(0, first, last);
+    args.lse = lse2.Slice(0, first, last);
+    args.dout = dattn.view().Slice(0, first, last);
+    args.dq = dq.view().Slice(0, first, last);
+    args.dkv = dkv_rows.Slice(0, first, last);
+    args.dsink = g->sink.view();
+    args.window = config.sliding_window;
+    args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+    if (num_entries > 0) {
+      args.comp_kv = entries.view().Select(0, b);
+      args.dcomp_kv = dentries.view().Select(0, b);
+      if (type == AttentionType::kCompressedSparse) {
+        args.comp_idx = topk.view().Select(0, b);
+      } else {
+        args.comp_ratio = config.CompressRatio(type);
+      }
+    }
+    run.Do([&] { return kc::SparseAttentionBackward(args); });
+  }
+
+  // Query path: RoPE, per-head unweighted RMSNorm (input recomputed as on the CPU), wq_b,
+  // q_norm, wq_a.
+  rotate_back_each_sequence(dq, /*inverse=*/false);
+  const Tensor qr = run.Up(host_acts.qr), qr_raw = run.Up(host_acts.qr_raw);
+  Tensor q_raw = run.Z({num_tokens, heads * dim});
+  run.Forward(qr.view(), w.wq_b.view(), q_raw.view());
+  Tensor dq_raw = run.Z({num_tokens, heads * dim});
+  run.RmsNorm(q_raw.view().Reshape({num_tokens * heads, dim}), TensorView(), eps,
+              dq.view().Reshape({num_tokens * heads, dim}),
+              dq_raw.view().Reshape({num_tokens * heads, dim}), TensorView());
+  Tensor dqr = run.Z({num_tokens, config.q_lora_rank});
+  run.Linear(qr.view(), w.wq_b.view(), dq_raw.view(), dqr.view(), g->wq_b.view());
+  Tensor dqr_raw = run.Z({num_tokens, config.q_lora_rank});
+  run.RmsNorm(qr_raw.view(), w.q_norm.view(), eps, dqr.view(), dqr_raw.view(), g->q_norm.view());
+  run.Linear(x.view(), w.wq_a.view(), dqr_raw.view(), dx.view(), g->wq_a.view());
+
+  // Shared K=V path: RoPE, kv_norm, wkv.
+  rotate_back_each_sequence(dkv, /*inverse=*/false);
+  const Tensor kv_raw = run.Up(host_acts.kv_raw);
+  Tensor dkv_raw = run.Z({num_tokens, dim});
+  run.RmsNorm(Rows2(kv_raw, num_tokens), w.kv_norm.view(), eps, dkv_rows, dkv_raw.view(),
+              g->kv_norm.view());
+  run.Linear(x.view(), w.wkv.view(), dkv_raw.view(), dx.view(), g->wkv.view());
+
+  if (num_entries > 0) {
+    CompressorBackward(run, w.compressor, config.CompressRatio(type),
+                       type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x,
+                       host_acts.compressor, dentries, dx, &g->compressor);
+  }
+}
+
+// model/moe_backward.cc.
+void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const Tensor& x,
+                 const MoeActivations& host_acts, const Tensor& dout, const Tensor& dx,
+                 MoeWeights* g) {
+  const int64_t num_tokens = x.size(0);
+  const int64_t hidden = config.hidden_size;
+  const int64_t inter = config.moe_intermediate_size;
+  const int64_t k = config.num_experts_per_tok;
+  const int64_t experts = config.num_routed_experts;
+  const float limit = static_cast<float>(config.swiglu_limit);
+
+  if (config.num_shared_experts > 0) {
+    const int64_t shared = w.shared_w1.size(0);
+    const Tensor act = run.Up(host_acts.shared_act), gate = run.Up(host_acts.shared_gate),
+                 up = run.Up(host_acts.shared_up);
+    Tensor dact = run.Z({num_tokens, shared});
+    run.Linear(act.view(), w.shared_w2.view(), dout.view(), dact.view(), g->shared_w2.view());
+    Tensor dgate = run.Z({num_tokens, shared});
+    Tensor dup = run.Z({num_tokens, shared});
+    run.Do([&] {
+      return kc::SwiGluClampBackward(gate.view(), up.view(), limit, dact.view(), dgate.view(),
+                                     dup.view());
+    });
+    run.Linear(x.view(), w.shared_w1.view(), dgate.view(), dx.view(), g->shared_w1.view());
+    run.Linear(x.view(), w.shared_w3.view(), dup.view(), dx.view(), g->shared_w3.view());
+  }
+
+  // Routed picks in plan order (expert-major), as the CPU.
+  const kernels::plan::MoeDispatchPlan& plan = host_acts.plan;
+  const int64_t num_picks = static_cast<int64_t>(plan.slots.size());
+  Tensor dweights = run.Z({num_tokens, k});
+  if (num_picks > 0) {
+    Tensor host_slots = Tensor::Empty(DType::kI32, {num_picks});
+    Tensor host_pick_of_slot = Tensor::Empty(DType::kI32, {num_tokens * k});
+    std::fill(host_pick_of_slot.data<int32_t>(), host_pick_of_slot.data<int32_t>() + num_tokens * k,
+              -1);
+    for (int64_t p = 0; p < num_picks; ++p) {
+      host_slots.data<int32_t>()[p] = static_cast<int32_t>(plan.slots[p]);
+      host_pick_of_slot.data<int32_t>()[plan.slots[p]] = static_cast<int32_t>(p);
+    }
+    const Tensor slots = run.Up(host_slots), pick_of_slot = run.Up(host_pick_of_slot);
+    const Tensor topk_weight = run.Up(host_acts.topk_weight);
+    const Tensor act = run.Up(host_acts.expert_act);
+    const int64_t* offsets = plan.expert_offsets.data();
+    Tensor picked_dout = run.Z({num_picks, hidden});
+    run.Do([&] { return kc::MoeGather(dout.view(), slots.view(), k, picked_dout.view()); });
+    // u = g · w2 per expert; then dweight = <u, act>, u *= w, weighted = w · act; dw2.
+    Tensor u = run.Z({num_picks, inter});
+    Tensor weighted_act = run.Z({num_picks, inter});
+    run.Do([&] {
+      return kc::GroupedLinearBackward(run.blas(), act.view(), w.w2.view(), picked_dout.view(),
+                                       offsets, u.view(), TensorView());
+    });
+    run.Do([&] {
+      return kc::ExpertWeightBackward(act.view(), slots.view(), topk_weight.view(), u.view(),
+                                      weighted_act.view(), dweights.view());
+    });
+    run.Do([&] {
+      return kc::GroupedLinearBackward(run.blas(), weighted_act.view(), w.w2.view(),
+                                       picked_dout.view(), offsets, TensorView(), g->w2.view());
+    });
+    const Tensor egate = run.Up(host_acts.expert_gate), eup = run.Up(host_acts.expert_up);
+    Tensor dgate = run.Z({num_picks, inter});
+    Tensor dup = run.Z({num_picks, inter});
+    run.Do([&] {
+      return kc::SwiGluClampBackward(egate.view(), eup.view(), limit, u.view(), dgate.view(),
+                                     dup.view());
+    });
+    const Tensor ex = run.Up(host_acts.expert_x);
+    Tensor dexpert_x = run.Z({num_picks, hidden});
+    run.Do([&] {
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w.w1.view(), dgate.view(), offsets,
+                                       dexpert_x.view(), g->w1.view());
+    });
+    run.Do([&] {
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w.w3.view(), dup.view(), offsets,
+                                       dexpert_x.view(), g->w3.view());
+    });
+    run.Do([&] {
+      return kc::MoeGatherBackward(dexpert_x.view(), pick_of_slot.view(), k, dx.view());
+    });
+  }
+
+  // Router: renormalised weights -> scores of the picks -> sqrt(softplus) -> gate projection.
+  const Tensor scores = run.Up(host_acts.scores), logits = run.Up(host_acts.logits);
+  const Tensor topk_idx = run.Up(host_acts.topk_idx);
+  Tensor dscores = run.Z({num_tokens, experts});
+  run.Do([&] {
+    return kc::RoutingWeightsBackward(scores.view(), topk_idx.view(),
+                                      static_cast<float>(config.routed_scaling_factor),
+                                      kRoutingDenomEps, dweights.view(), dscores.view());
+  });
+  Tensor dlogits = run.Z({num_tokens, experts});
+  run.Do([&] { return kc::SqrtSoftplusBackward(logits.view(), dscores.view(), dlogits.view()); });
+  run.Linear(x.view(), w.gate.view(), dlogits.view(), dx.view(), g->gate.view());
+}
+
+}  // namespace
+
+CudaBackward::CudaBackward(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaBackward::~CudaBackward() = default;
+
+absl::StatusOr<std::unique_ptr<CudaBackward>> CudaBackward::Create(const Model& model) {
+  if (kc::DeviceCount() == 0) return absl::FailedPreconditionError("no CUDA device");
+  auto impl = std::make_unique<Impl>();
+  impl->model = &model;
+  V4RL_ASSIGN_OR_RETURN(impl->blas, kc::BlasHandle::Create());
+  Run run(impl->blas.get());
+  impl->weights = model.weights;  // shallow copy; every slot is replaced by its device copy
+  VisitParams(model.config, &impl->weights, /*include_mtp=*/false,
+              [&](const ParamSpec& spec, Tensor* slot) {
+                if (!slot->defined() || spec.is_index_table) {
+                  *slot = Tensor();
+                  return;
+                }
+                *slot = run.Up(*slot);
+              });
+  if (model.config.tie_word_embeddings) impl->weights.head = impl->weights.embed;
+  V4RL_RETURN_IF_ERROR(run.status());
+  V4RL_RETURN_IF_ERROR(kc::Synchronize());
+  return std::unique_ptr<CudaBackward>(new CudaBackward(std::move(impl)));
+}
+
+absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOutput& forward,
+                                    const TensorView& dlogits, ModelWeights* grads) {
+  const Model& model = *impl_->model;
+  const ModelConfig& config = model.config;
+  const ModelWeights& w = impl_->weights;
+  if (input_ids.rank != 2) return absl::InvalidArgumentError("input_ids must be [B, T]");
+  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  if (!forward.hidden.defined() || !forward.streams.defined() ||
+      !forward.hc_head.collapsed.defined() ||
+      static_cast<int64_t>(forward.blocks.size()) != config.num_layers ||
+      (config.num_layers > 0 && !forward.blocks[0].ffn_out.defined())) {
+    return absl::InvalidArgumentError(
+        "CudaBackward needs a forward with return_hidden, return_streams and save_activations");
+  }
+  if (dlogits.dtype != DType::kF32 || !dlogits.is_contiguous() ||
+      !dlogits.SameShape({batch, seq_len, config.vocab_size})) {
+    return absl::InvalidArgumentError("CudaBackward: dlogits must be contiguous f32 [B, T, V], got " +
+                                      dlogits.DebugString());
+  }
+  Run run(impl_->blas.get());
+  const float eps = static_cast<float>(config.rms_norm_eps);
+
+  // Device gradients in the ZeroGradients layout.
+  ModelWeights g = ZeroGradients(config);
+  VisitParams(config, &g, /*include_mtp=*/false, [&](const ParamSpec&, Tensor* slot) {
+    if (slot->defined()) *slot = run.Z(slot->view().shape_vector());
+  });
+  if (config.tie_word_embeddings) g.head = g.embed;
+
+  // Token ids as contiguous i32 [B·T].
+  Tensor host_ids = Tensor::Empty(DType::kI32, {num_tokens});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < seq_len; ++t) {
+      const int64_t offset = b * input_ids.strides[0] + t * input_ids.strides[1];
+      host_ids.data<int32_t>()[b * seq_len + t] =
+          input_ids.dtype == DType::kI64
+              ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
+              : input_ids.data_as<int32_t>()[offset];
+    }
+  }
+
+  // Head: logits = hidden · headᵀ; hidden = norm(hc_head collapse of the final streams).
+  {
+    Tensor host_dlogits = Tensor::CopyOf(dlogits);
+    const Tensor dl = run.Up(host_dlogits), hid = run.Up(forward.hidden);
+    Tensor dhidden = run.Z({num_tokens, hidden});
+    run.Linear(Rows2(hid, num_tokens), w.head.view(), Rows2(dl, num_tokens), dhidden.view(),
+               g.head.view());
+    const Tensor collapsed = run.Up(forward.hc_head.collapsed);
+    Tensor dcollapsed = run.Z({num_tokens, hidden});
+    run.RmsNorm(collapsed.view(), w.norm.view(), eps, dhidden.view(), dcollapsed.view(),
+                g.norm.view());
+    const Tensor streams = run.Up(forward.streams);
+    const TensorView streams3 = streams.view().Reshape({num_tokens, n, hidden});
+    Tensor dstreams = run.Z({num_tokens, n, hidden});
+    const Tensor pre = run.Up(forward.hc_head.pre), mixes = run.Up(forward.hc_head.mixes);
+    Tensor dpre = run.Z({num_tokens, n});
+    run.Do([&] {
+      return kc::MhcCollapseBackward(streams3, pre.view(), dcollapsed.view(), dstreams.view(),
+                                     dpre.view());
+    });
+    Tensor dmixes = run.Z({num_tokens, n});
+    run.Do([&] {
+      return kc::HcHeadPreBackward(mixes.view(), w.hc_head.base.view(), w.hc_head.scale.view(),
+                                   dpre.view(), dmixes.view(), g.hc_head.base.view(),
+                                   g.hc_head.scale.view());
+    });
+    const Tensor normed = run.Up(forward.hc_head.normed);
+    MixesBackward(run, streams3, normed, w.hc_head.fn, eps, dmixes, dstreams.view(), g.hc_head.fn);
+
+    // Blocks, last first, activations uploaded one block at a time.
+    for (int64_t l = config.num_layers - 1; l >= 0; --l) {
+      const LayerWeights& layer = w.layers[l];
+      LayerWeights* gl = &g.layers[l];
+      const RopeTable& rope = model.rope(layer.attention_type);
+      const BlockActivations& acts = forward.blocks[l];
+      const Tensor streams_mid = run.Up(acts.streams_mid);
+      const Tensor ffn_out = run.Up(acts.ffn_out), ffn_in = run.Up(acts.ffn_in);
+      Tensor dstreams_mid = SiteBackward(
+          run, layer.hc_ffn, layer.ffn_norm, config, streams_mid, acts.ffn_hc, ffn_out, dstreams,
+          [&](const Tensor& dy, const Tensor& dx) {
+            MoeBackward(run, layer.ffn, config, ffn_in, acts.moe, dy, dx, &gl->ffn);
+          },
+          &gl->hc_ffn, gl->ffn_norm);
+      const Tensor streams_in = run.Up(acts.streams_in);
+      const Tensor attn_out = run.Up(acts.attn_out), attn_in = run.Up(acts.attn_in);
+      dstreams = SiteBackward(
+          run, layer.hc_attn, layer.attn_norm, config, streams_in, acts.attn_hc, attn_out,
+          dstreams_mid,
+          [&](const Tensor& dy, const Tensor& dx) {
+            AttentionBackward(run, layer.attn, layer.attention_type, config, rope, batch, seq_len,
+                              attn_in, acts.attn, dy, dx, &gl->attn);
+          },
+          &gl->hc_attn, gl->attn_norm);
+      V4RL_RETURN_IF_ERROR(run.status());
+    }
+
+    // Embedding: every stream started as a copy of the token's row.
+    const Tensor ids = run.Up(host_ids);
+    run.Do([&] { return kc::EmbeddingBackward(dstreams.view(), ids.view(), g.embed.view()); });
+  }
+  V4RL_RETURN_IF_ERROR(run.status());
+  V4RL_RETURN_IF_ERROR(kc::Synchronize());
+
+  // Add the device gradients to the host ones.
+  absl::Status status;
+  ModelWeights host = *grads;  // shallow: the slots share the caller's buffers
+  std::vector<Tensor*> device_slots;
+  VisitParams(config, &g, false, [&](const ParamSpec&, Tensor* slot) {
+    device_slots.push_back(slot);
+  });
+  size_t index = 0;
+  VisitParams(config, &host, false, [&](const ParamSpec& spec, Tensor* slot) {
+    const Tensor& device = *device_slots[index++];
+    if (!slot->defined() || !device.defined() || !status.ok()) return;
+    Tensor copy = Tensor::Empty(DType::kF32, device.view().shape_vector());
+    status = kc::Copy(device.view(), copy.view());
+    if (!status.ok()) return;
+    if (!slot->view().SameShape(copy.view().shape_vector()) || slot->dtype() != DType::kF32) {
+      status = absl::InvalidArgumentError("CudaBackward: gradient slot " + spec.name +
+                                          " is not f32 " + copy.view().DebugString());
+      return;
+    }
+    float* dst = slot->data<float>();
+    const float* src = copy.data<float>();
+    for (int64_t i = 0; i < copy.numel(); ++i) dst[i] += src[i];
+  });
+  return status;
+}
+
+absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
+    CudaBackward& backward, const Model& model, const TensorView& input_ids,
+    const NextTokenLossOptions& options) {
+  if (input_ids.rank != 2 || input_ids.shape[1] < 2) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input_ids must be [batch, seq_len] with seq_len >= 2 for a next-token loss, got %s",
+        input_ids.DebugString()));
+  }
+  if (options.backward.recompute) {
+    return absl::InvalidArgumentError("the CUDA backward does not recompute yet");
+  }
+  ForwardOptions forward_options;
+  forward_options.return_routing = true;
+  forward_options.return_hidden = true;
+  forward_options.return_streams = true;
+  forward_options.save_activations = true;
+  forward_options.routing_replay = options.routing_replay;
+  V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, Forward(model, input_ids, forward_options));
+  // Targets and the loss exactly as model/next_token_loss.cc.
+  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  const int64_t rows = batch * seq_len, vocab = model.config.vocab_size;
+  std::vector<int32_t> targets(rows, 0);
+  std::vector<float> mask(rows, 0.0f);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) {
+      const int64_t offset = b * input_ids.strides[0] + (t + 1) * input_ids.strides[1];
+      targets[b * seq_len + t] = input_ids.dtype == DType::kI64
+                                     ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
+                                     : input_ids.data_as<int32_t>()[offset];
+      mask[b * seq_len + t] = 1.0f;
+    }
+  }
+  NextTokenLossResult result;
+  Tensor dlogits = Tensor::Empty(DType::kF32, {batch, seq_len, vocab});
+  result.loss = kernels::cpu::MaskedCrossEntropyRef<float>(
+      forward.logits.data<float>(), targets.data(), mask.data(), rows, vocab, dlogits.data<float>(),
+      kernels::OpsThreadPool());
+  result.grads = ZeroGradients(model.config);
+  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), &result.grads));
+  result.routed_experts = forward.routed_experts;
+  return result;
+}
+
+}  // namespace v4rl::model
