@@ -1,0 +1,177 @@
+// gpu test of model/backward_cuda.h (issue 9): the whole-model backward on the GPU in fp32
+// reference precision against the CPU reference Backward (model/backward.h) on the same fp32
+// CPU forward, and against transformers' autograd gradients where the fixture has them.
+//  - mixed_small (sliding/CSA/HCA, hash + top-k MoE, B = 2, T = 40) and ratios_4_128 (ratios 4
+//    and 128, T = 300): every trainable parameter's gradient of the mean next-token cross entropy,
+//    GPU vs CPU, relative error by norm <= 1e-5 per tensor (both fp32; only summation order and
+//    atomics differ); the loss is the same number (same CPU forward and loss).
+//  - mixed_small vs transformers' grads.safetensors: <= 1e-4 per tensor (the CPU test's bound);
+//    the indexer (no gradient from the LM loss) exactly zero.
+//  - random dlogits, two Backward calls into the same gradients (accumulation), GPU vs CPU 1e-5;
+//  - routing replay with other ids (layer 2 shifted to the next expert), GPU vs CPU 1e-5.
+// Skips without a CUDA device.
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/safetensors.h"
+#include "gtest/gtest.h"
+#include "kernels/cuda/device.h"
+#include "model/backward_cuda.h"
+#include "model/checkpoint_gradients.h"
+#include "model/next_token_loss.h"
+#include "model/params.h"
+#include "tests/model/fixtures.h"
+#include "tests/testing/random_tensor.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/tensor_compare.h"
+
+namespace v4rl::model {
+namespace {
+
+using testing::FixtureDir;
+using testing::Reference;
+
+constexpr double kGpuVsCpu = 1e-5;
+constexpr double kVsTransformers = 1e-4;
+
+// Every trainable gradient of `got` against `want` by relative error by norm; prints the worst.
+void ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeights want,
+                          double tolerance, const std::string& label) {
+  std::vector<std::pair<std::string, core::Tensor>> want_slots;
+  VisitParams(config, &want, false, [&](const ParamSpec& spec, core::Tensor* slot) {
+    want_slots.emplace_back(spec.name, *slot);
+  });
+  size_t index = 0;
+  double worst = 0;
+  std::string worst_name;
+  int compared = 0;
+  VisitParams(config, &got, false, [&](const ParamSpec& spec, core::Tensor* slot) {
+    const auto& [name, expected] = want_slots[index++];
+    ASSERT_EQ(name, spec.name);
+    ASSERT_EQ(slot->defined(), expected.defined()) << name;
+    if (!slot->defined()) return;
+    const v4rl::testing::CompareStats stats =
+        v4rl::testing::Compare(slot->view(), expected.view());
+    if (stats.rel_error_by_norm > worst) {
+      worst = stats.rel_error_by_norm;
+      worst_name = name;
+    }
+    ++compared;
+    EXPECT_TRUE(v4rl::testing::RelErrorByNormAtMost(slot->view(), expected.view(), tolerance))
+        << label << ": " << name << " " << v4rl::testing::Describe(stats);
+  });
+  std::printf("[cuda backward] %s: %d gradients, worst relative error by norm %.3e (%s), "
+              "tolerance %.0e\n",
+              label.c_str(), compared, worst, worst_name.c_str(), tolerance);
+}
+
+class CudaBackwardTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaBackwardTest, NextTokenGradientsMatchTheCpu) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir(GetParam()) + "/model"));
+  Reference reference(GetParam());
+  const core::Tensor ids = reference.Get("input_ids");
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult cpu,
+                            NextTokenLossAndGradients(model, ids.view()));
+  V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model));
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult gpu,
+                            CudaNextTokenLossAndGradients(*backward, model, ids.view()));
+  EXPECT_EQ(gpu.loss, cpu.loss);
+  ExpectGradientsClose(model.config, gpu.grads, cpu.grads, kGpuVsCpu, GetParam() + " GPU vs CPU");
+
+  // Against transformers' autograd where the fixture has it (mixed_small).
+  const std::string grads_path = FixtureDir(GetParam()) + "/grads.safetensors";
+  auto file = core::SafetensorsFile::Open(grads_path);
+  if (!file.ok()) return;
+  V4RL_ASSERT_OK_AND_ASSIGN(auto directory,
+                            core::TensorDirectory::Open(FixtureDir(GetParam()) + "/model"));
+  V4RL_ASSERT_OK_AND_ASSIGN(const std::vector<NamedGradient> named,
+                            CheckpointGradients(model.config, gpu.grads, *directory));
+  std::map<std::string, core::Tensor> ours;
+  for (const NamedGradient& g : named) ours[g.key] = g.tensor;
+  double worst = 0;
+  std::string worst_key;
+  for (const core::SafetensorsEntry& entry : (*file)->entries()) {
+    auto it = ours.find(entry.name);
+    ASSERT_NE(it, ours.end()) << "no gradient for " << entry.name;
+    const core::Tensor expected = (*file)->Read(entry);
+    const v4rl::testing::CompareStats stats =
+        v4rl::testing::Compare(it->second.view(), expected.view());
+    if (stats.rel_error_by_norm > worst) {
+      worst = stats.rel_error_by_norm;
+      worst_key = entry.name;
+    }
+    EXPECT_TRUE(
+        v4rl::testing::RelErrorByNormAtMost(it->second.view(), expected.view(), kVsTransformers))
+        << entry.name;
+  }
+  std::printf("[cuda backward] %s vs transformers: %zu gradients, worst %.3e (%s), tolerance "
+              "%.0e\n",
+              GetParam().c_str(), (*file)->entries().size(), worst, worst_key.c_str(),
+              kVsTransformers);
+  for (const auto& [key, tensor] : ours) {
+    if ((*file)->Find(key) != nullptr) continue;
+    EXPECT_NE(key.find("indexer"), std::string::npos) << key << " has no transformers gradient";
+    for (float v : tensor.ToFloatVector()) ASSERT_EQ(v, 0.0f) << key;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBackwardTest,
+                         ::testing::Values("mixed_small", "ratios_4_128"));
+
+TEST(CudaBackwardAccumulationTest, RandomDlogitsTwiceMatchTheCpu) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir("mixed_small") + "/model"));
+  Reference reference("mixed_small");
+  const core::Tensor ids = reference.Get("input_ids");
+  ForwardOptions options;
+  options.return_routing = options.return_hidden = options.return_streams = true;
+  options.save_activations = true;
+  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput forward, Forward(model, ids.view(), options));
+  const core::Tensor dlogits =
+      v4rl::testing::RandomNormal(forward.logits.view().shape_vector(), 7, 1e-3f);
+  ModelWeights cpu = ZeroGradients(model.config), gpu = ZeroGradients(model.config);
+  V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model));
+  for (int i = 0; i < 2; ++i) {
+    Backward(model, ids.view(), forward, dlogits.view(), {}, &cpu);
+    V4RL_ASSERT_OK(backward->Backward(ids.view(), forward, dlogits.view(), &gpu));
+  }
+  ExpectGradientsClose(model.config, gpu, cpu, kGpuVsCpu, "random dlogits x2");
+
+  // A forward without saved activations is refused.
+  ForwardOptions plain;
+  plain.return_hidden = plain.return_streams = true;
+  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput bare, Forward(model, ids.view(), plain));
+  EXPECT_FALSE(backward->Backward(ids.view(), bare, dlogits.view(), &gpu).ok());
+}
+
+TEST(CudaBackwardReplayTest, OtherRoutingMatchesTheCpu) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir("mixed_small") + "/model"));
+  Reference reference("mixed_small");
+  const core::Tensor ids = reference.Get("input_ids");
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult base,
+                            NextTokenLossAndGradients(model, ids.view()));
+  std::vector<core::Tensor> routing;
+  NextTokenLossOptions options;
+  for (const core::Tensor& r : base.routed_experts) {
+    routing.push_back(core::Tensor::CopyOf(r.view()));
+    options.routing_replay.push_back(routing.back().view());
+  }
+  const int64_t experts = model.config.num_routed_experts;
+  int32_t* layer2 = routing[2].data<int32_t>();
+  for (int64_t i = 0; i < routing[2].numel(); ++i) layer2[i] = (layer2[i] + 1) % experts;
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult cpu,
+                            NextTokenLossAndGradients(model, ids.view(), options));
+  V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model));
+  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult gpu,
+                            CudaNextTokenLossAndGradients(*backward, model, ids.view(), options));
+  EXPECT_EQ(gpu.loss, cpu.loss);
+  ExpectGradientsClose(model.config, gpu.grads, cpu.grads, kGpuVsCpu, "replayed routing");
+}
+
+}  // namespace
+}  // namespace v4rl::model
