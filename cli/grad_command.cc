@@ -1,6 +1,8 @@
 // `v4rl grad`: the mean next-token cross entropy of token ids under a model directory (as
 // transformers computes it with labels = input_ids) and its gradient w.r.t. every trainable
 // parameter, in fp32 on the CPU, written to a safetensors file under the checkpoint's own names.
+// --device cuda runs the backward on the GPU (model/backward_cuda.h, fp32 reference precision;
+// the forward and the loss stay on the CPU in fp32); builds with CUDA only.
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +15,9 @@
 #include "core/safetensors.h"
 #include "model/checkpoint_gradients.h"
 #include "model/next_token_loss.h"
+#if V4RL_WITH_CUDA
+#include "model/backward_cuda.h"
+#endif
 
 namespace v4rl::cli {
 namespace {
@@ -27,10 +32,12 @@ int RunGrad(const std::vector<std::string>& args) {
       "named and shaped as in the checkpoint (transformers names and merged experts, or DeepSeek "
       "names and per-expert tensors; FP8/FP4 weights get the gradient of their dequantised "
       "values). Not trained: gate.bias / e_score_correction_bias, tid2eid; the lightning "
-      "indexer's gradients are zero (no gradient flows through its top-k).");
+      "indexer's gradients are zero (no gradient flows through its top-k). --device cuda computes the "
+      "backward on the GPU in fp32 (same gradients to summation order; no --recompute).");
   std::string model_dir, input_path, output_path;
   int64_t threads = 0;
   bool recompute = false, replay_routing = false;
+  std::string device = "cpu";
   parser.AddString("model", &model_dir, "model directory (config.json + safetensors)");
   parser.AddString("input", &input_path, "safetensors file with input_ids [B, T]");
   parser.AddString("output", &output_path, "safetensors file to write");
@@ -40,8 +47,21 @@ int RunGrad(const std::vector<std::string>& args) {
   parser.AddBool("replay_routing", &replay_routing,
                  "route with IN's int32 `routed_experts` [layers, B, T, k] (as `v4rl logits "
                  "--routing` writes) instead of the router's choice");
+  parser.AddString("device", &device,
+                   "cpu (fp32 reference) or cuda (the backward on the GPU in fp32)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
+  if (device != "cpu" && device != "cuda") {
+    return CommandError("grad", "--device must be cpu or cuda, got " + device, 2);
+  }
+#if !V4RL_WITH_CUDA
+  if (device == "cuda") {
+    return CommandError("grad", "--device cuda: this v4rl was built without CUDA", 2);
+  }
+#endif
+  if (device == "cuda" && recompute) {
+    return CommandError("grad", "--device cuda does not support --recompute yet", 2);
+  }
   if (model_dir.empty() || input_path.empty() || output_path.empty()) {
     std::cerr << "v4rl grad: --model, --input and --output are required\n" << parser.Help();
     return 2;
@@ -75,8 +95,15 @@ int RunGrad(const std::vector<std::string>& args) {
     }
   }
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<model::NextTokenLossResult> result =
-      model::NextTokenLossAndGradients(model, ids->view(), options);
+  absl::StatusOr<model::NextTokenLossResult> result;
+#if V4RL_WITH_CUDA
+  if (device == "cuda") {
+    absl::StatusOr<std::unique_ptr<model::CudaBackward>> gpu = model::CudaBackward::Create(model);
+    if (!gpu.ok()) return CommandError("grad", std::string(gpu.status().message()));
+    result = model::CudaNextTokenLossAndGradients(**gpu, model, ids->view(), options);
+  }
+#endif
+  if (device == "cpu") result = model::NextTokenLossAndGradients(model, ids->view(), options);
   if (!result.ok()) return CommandError("grad", std::string(result.status().message()));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -92,7 +119,7 @@ int RunGrad(const std::vector<std::string>& args) {
     tensors.push_back({"grad." + g.key, g.tensor.view()});
   const absl::Status written = core::WriteSafetensors(output_path, tensors);
   if (!written.ok()) return CommandError("grad", std::string(written.message()));
-  std::cerr << "v4rl grad: loss " << result->loss << " over " << ids->size(0) << " x "
+  std::cerr << "v4rl grad (" << device << "): loss " << result->loss << " over " << ids->size(0) << " x "
             << ids->size(1) << " tokens, " << named->size() << " gradients in " << seconds
             << " s, wrote " << output_path << "\n";
   return 0;
