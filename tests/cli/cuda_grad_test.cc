@@ -1,6 +1,6 @@
 // `v4rl grad --device cuda` (the backward on the GPU, fp32) against `--device cpu` on the
 // committed mixed_small model: the same loss (the forward and the loss run on the CPU in both),
-// the same tensor names, and every `grad.*` tensor within relative error by norm 1e-5 (fp32 on
+// the same tensor names, and every `grad.*` tensor within relative error by norm 1e-4 (fp32 on
 // both sides; only summation order and atomics differ). gpu label; skips without a device. Uses
 // $V4RL_BINARY, else the `v4rl` next to this test (the device bundle's layout).
 #include <unistd.h>
@@ -66,10 +66,10 @@ TEST(CliCudaGrad, MatchesCpuGradients) {
       worst = stats.rel_error_by_norm;
       worst_name = entry.name;
     }
-    EXPECT_TRUE(testing::RelErrorByNormAtMost(got.view(), want.view(), 1e-5)) << entry.name;
+    EXPECT_TRUE(testing::RelErrorByNormAtMost(got.view(), want.view(), 1e-4)) << entry.name;
   }
   std::printf("[measured] v4rl grad --device cuda vs cpu: worst relative error by norm %.3e "
-              "(%s), tolerance 1e-5\n",
+              "(%s), tolerance 1e-4\n",
               worst, worst_name.c_str());
   // --recompute is not supported on the GPU yet: refused.
   const testing::CommandResult recompute =

@@ -3,12 +3,13 @@
 // CPU forward, and against transformers' autograd gradients where the fixture has them.
 //  - mixed_small (sliding/CSA/HCA, hash + top-k MoE, B = 2, T = 40) and ratios_4_128 (ratios 4
 //    and 128, T = 300): every trainable parameter's gradient of the mean next-token cross entropy,
-//    GPU vs CPU, relative error by norm <= 1e-5 per tensor (both fp32; only summation order and
-//    atomics differ); the loss is the same number (same CPU forward and loss).
+//    GPU vs CPU, relative error by norm <= 1e-4 per tensor (both fp32; only summation order and
+//    atomics differ, so the measured worst, printed, should be far below); the loss is the same
+//    number (same CPU forward and loss).
 //  - mixed_small vs transformers' grads.safetensors: <= 1e-4 per tensor (the CPU test's bound);
 //    the indexer (no gradient from the LM loss) exactly zero.
-//  - random dlogits, two Backward calls into the same gradients (accumulation), GPU vs CPU 1e-5;
-//  - routing replay with other ids (layer 2 shifted to the next expert), GPU vs CPU 1e-5.
+//  - random dlogits, two Backward calls into the same gradients (accumulation), GPU vs CPU 1e-4;
+//  - routing replay with other ids (layer 2 shifted to the next expert), GPU vs CPU 1e-4.
 // Skips without a CUDA device.
 #include <cstdio>
 #include <map>
@@ -33,7 +34,9 @@ namespace {
 using testing::FixtureDir;
 using testing::Reference;
 
-constexpr double kGpuVsCpu = 1e-5;
+// fp32 on both sides; only summation order, fp32 atomics (attention key rows, embedding rows)
+// and cuBLAS's f32 GEMM blocking differ. Per-tensor bound of the brief; the worst is printed.
+constexpr double kGpuVsCpu = 1e-4;
 constexpr double kVsTransformers = 1e-4;
 
 // Every trainable gradient of `got` against `want` by relative error by norm; prints the worst.
