@@ -7,7 +7,6 @@
 
 #include "absl/strings/str_format.h"
 #include "core/status.h"
-#include "kernels/cpu/token_losses.h"
 #include "kernels/cuda/attention_backward.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/compressor_backward.h"
@@ -589,25 +588,9 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
   forward_options.save_activations = true;
   forward_options.routing_replay = options.routing_replay;
   V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, Forward(model, input_ids, forward_options));
-  // Targets and the loss exactly as model/next_token_loss.cc.
-  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
-  const int64_t rows = batch * seq_len, vocab = model.config.vocab_size;
-  std::vector<int32_t> targets(rows, 0);
-  std::vector<float> mask(rows, 0.0f);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t + 1 < seq_len; ++t) {
-      const int64_t offset = b * input_ids.strides[0] + (t + 1) * input_ids.strides[1];
-      targets[b * seq_len + t] = input_ids.dtype == DType::kI64
-                                     ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
-                                     : input_ids.data_as<int32_t>()[offset];
-      mask[b * seq_len + t] = 1.0f;
-    }
-  }
   NextTokenLossResult result;
-  Tensor dlogits = Tensor::Empty(DType::kF32, {batch, seq_len, vocab});
-  result.loss = kernels::cpu::MaskedCrossEntropyRef<float>(
-      forward.logits.data<float>(), targets.data(), mask.data(), rows, vocab, dlogits.data<float>(),
-      kernels::OpsThreadPool());
+  Tensor dlogits;
+  result.loss = NextTokenCrossEntropy(input_ids, forward.logits, &dlogits);
   result.grads = ZeroGradients(model.config);
   V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), &result.grads));
   result.routed_experts = forward.routed_experts;

@@ -10,6 +10,29 @@ namespace v4rl::model {
 using core::DType;
 using core::Tensor;
 
+double NextTokenCrossEntropy(const core::TensorView& input_ids, const core::Tensor& logits,
+                             core::Tensor* dlogits) {
+  // Targets: the next token of each position; the last position of a sequence has none.
+  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  const int64_t rows = batch * seq_len, vocab = logits.size(2);
+  std::vector<int32_t> targets(rows, 0);
+  std::vector<float> mask(rows, 0.0f);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) {
+      const int64_t offset = b * input_ids.strides[0] + (t + 1) * input_ids.strides[1];
+      targets[b * seq_len + t] = input_ids.dtype == DType::kI64
+                                     ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
+                                     : input_ids.data_as<int32_t>()[offset];
+      mask[b * seq_len + t] = 1.0f;
+    }
+  }
+  *dlogits = Tensor::Empty(DType::kF32, {batch, seq_len, vocab});
+  return kernels::cpu::MaskedCrossEntropyRef<float>(logits.data<float>(), targets.data(),
+                                                    mask.data(), rows, vocab,
+                                                    dlogits->data<float>(),
+                                                    kernels::OpsThreadPool());
+}
+
 absl::StatusOr<NextTokenLossResult> NextTokenLossAndGradients(const Model& model,
                                                               const core::TensorView& input_ids,
                                                               const NextTokenLossOptions& options) {
@@ -27,25 +50,9 @@ absl::StatusOr<NextTokenLossResult> NextTokenLossAndGradients(const Model& model
   forward_options.routing_replay = options.routing_replay;
   V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, Forward(model, input_ids, forward_options));
 
-  // Targets: the next token of each position; the last position of a sequence has none.
-  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
-  const int64_t rows = batch * seq_len, vocab = model.config.vocab_size;
-  std::vector<int32_t> targets(rows, 0);
-  std::vector<float> mask(rows, 0.0f);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t + 1 < seq_len; ++t) {
-      const int64_t offset = b * input_ids.strides[0] + (t + 1) * input_ids.strides[1];
-      targets[b * seq_len + t] = input_ids.dtype == DType::kI64
-                                     ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
-                                     : input_ids.data_as<int32_t>()[offset];
-      mask[b * seq_len + t] = 1.0f;
-    }
-  }
   NextTokenLossResult result;
-  Tensor dlogits = Tensor::Empty(DType::kF32, {batch, seq_len, vocab});
-  result.loss = kernels::cpu::MaskedCrossEntropyRef<float>(
-      forward.logits.data<float>(), targets.data(), mask.data(), rows, vocab, dlogits.data<float>(),
-      kernels::OpsThreadPool());
+  Tensor dlogits;
+  result.loss = NextTokenCrossEntropy(input_ids, forward.logits, &dlogits);
   result.grads = ZeroGradients(model.config);
   Backward(model, input_ids, forward, dlogits.view(), options.backward, &result.grads);
   result.routed_experts = forward.routed_experts;

@@ -26,6 +26,12 @@ struct NextTokenLossResult {
   std::vector<core::Tensor> routed_experts;  // per layer [B, T, k] i32: the ids used
 };
 
+// The loss half of the above, for callers with their own forward/backward (the CUDA backward):
+// the mean next-token cross entropy of logits [B, T, V] f32 for input_ids [B, T] i32/i64 (T >= 2,
+// not checked here), and d loss / d logits [B, T, V] f32 into *dlogits.
+double NextTokenCrossEntropy(const core::TensorView& input_ids, const core::Tensor& logits,
+                             core::Tensor* dlogits);
+
 // input_ids: [B, T] i32 or i64 with T >= 2. Errors: InvalidArgument for T < 2, and Forward's.
 absl::StatusOr<NextTokenLossResult> NextTokenLossAndGradients(
     const Model& model, const core::TensorView& input_ids,
