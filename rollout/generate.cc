@@ -12,32 +12,6 @@
 namespace v4rl::rollout {
 namespace {
 
-absl::Status ValidateRequests(const model::ModelConfig& config,
-                              absl::Span<const GenerationRequest> requests,
-                              int64_t max_new_tokens) {
-  for (size_t b = 0; b < requests.size(); ++b) {
-    const std::vector<int32_t>& prompt = requests[b].prompt;
-    if (prompt.empty()) {
-      return absl::InvalidArgumentError(absl::StrFormat("request %d has an empty prompt", b));
-    }
-    for (size_t t = 0; t < prompt.size(); ++t) {
-      if (prompt[t] < 0 || prompt[t] >= config.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("request %d: prompt[%d] = %d is outside the vocabulary [0, %d)", b,
-                            t, prompt[t], config.vocab_size));
-      }
-    }
-    const int64_t length = static_cast<int64_t>(prompt.size());
-    if (length + max_new_tokens > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "request %d: prompt of %d tokens + max_new_tokens %d = %d exceeds the model's context "
-          "(max_position_embeddings = %d)",
-          b, length, max_new_tokens, length + max_new_tokens, config.max_position_embeddings));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // A sequence being generated.
 struct Sequence {
   const GenerationRequest* request = nullptr;
@@ -76,6 +50,32 @@ absl::Status GenerateOptions::Validate(const model::ModelConfig& config) const {
   return absl::OkStatus();
 }
 
+absl::Status ValidateGenerationRequests(const model::ModelConfig& config,
+                                        absl::Span<const GenerationRequest> requests,
+                                        int64_t max_new_tokens) {
+  for (size_t b = 0; b < requests.size(); ++b) {
+    const std::vector<int32_t>& prompt = requests[b].prompt;
+    if (prompt.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat("request %d has an empty prompt", b));
+    }
+    for (size_t t = 0; t < prompt.size(); ++t) {
+      if (prompt[t] < 0 || prompt[t] >= config.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("request %d: prompt[%d] = %d is outside the vocabulary [0, %d)", b,
+                            t, prompt[t], config.vocab_size));
+      }
+    }
+    const int64_t length = static_cast<int64_t>(prompt.size());
+    if (length + max_new_tokens > config.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "request %d: prompt of %d tokens + max_new_tokens %d = %d exceeds the model's context "
+          "(max_position_embeddings = %d)",
+          b, length, max_new_tokens, length + max_new_tokens, config.max_position_embeddings));
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool AppendSampledToken(const kernels::cpu::SampledToken& token, const GenerateOptions& options,
                         GenerationResult* result) {
   result->tokens.push_back(token.token);
@@ -94,7 +94,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(
     const GenerateOptions& options) {
   const model::ModelConfig& config = model.config;
   V4RL_RETURN_IF_ERROR(options.Validate(config));
-  V4RL_RETURN_IF_ERROR(ValidateRequests(config, requests, options.max_new_tokens));
+  V4RL_RETURN_IF_ERROR(ValidateGenerationRequests(config, requests, options.max_new_tokens));
   const int64_t num_layers = config.num_layers, k = config.num_experts_per_tok;
   const int64_t vocab = config.vocab_size;
 

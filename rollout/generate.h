@@ -70,6 +70,13 @@ struct GenerationResult {
   FinishReason finish_reason = FinishReason::kLength;  // kStop: tokens ends with a stop token
 };
 
+// InvalidArgument naming the request: an empty prompt, a prompt token outside [0, vocab_size), or
+// prompt_len + max_new_tokens beyond max_position_embeddings. Generate's request checks, shared
+// with the CUDA loop.
+absl::Status ValidateGenerationRequests(const model::ModelConfig& config,
+                                        absl::Span<const GenerationRequest> requests,
+                                        int64_t max_new_tokens);
+
 // Appends one sampled token to `result` (token, both logprobs, kept count). Returns true when it
 // ends the sequence: a stop token of `options`, or max_new_tokens reached; finish_reason says which.
 // Shared by the CPU and CUDA generation loops.

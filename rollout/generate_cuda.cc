@@ -31,27 +31,7 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateCuda(
     const GenerateOptions& options) {
   const model::ModelConfig& config = model.config;
   V4RL_RETURN_IF_ERROR(options.Validate(config));
-  // The CPU path's request checks (empty prompts, ids, context) on a zero-token dry run.
-  for (size_t b = 0; b < requests.size(); ++b) {
-    const std::vector<int32_t>& prompt = requests[b].prompt;
-    if (prompt.empty()) {
-      return absl::InvalidArgumentError(absl::StrFormat("request %d has an empty prompt", b));
-    }
-    for (size_t t = 0; t < prompt.size(); ++t) {
-      if (prompt[t] < 0 || prompt[t] >= config.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("request %d: prompt[%d] = %d is outside the vocabulary [0, %d)", b,
-                            t, prompt[t], config.vocab_size));
-      }
-    }
-    if (static_cast<int64_t>(prompt.size()) + options.max_new_tokens >
-        config.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "request %d: prompt of %d tokens + max_new_tokens %d exceeds the model's context "
-          "(max_position_embeddings = %d)",
-          b, prompt.size(), options.max_new_tokens, config.max_position_embeddings));
-    }
-  }
+  V4RL_RETURN_IF_ERROR(ValidateGenerationRequests(config, requests, options.max_new_tokens));
   const int64_t num_layers = config.num_layers, k = config.num_experts_per_tok;
   const int64_t vocab = config.vocab_size;
   constexpr int64_t kBlock = 1 << 20;
