@@ -12,6 +12,7 @@
 #include "kernels/cpu/linear_backward.h"
 #include "kernels/cpu/mhc_backward.h"
 #include "kernels/cpu/routing.h"
+#include "kernels/op_checks.h"
 #include "kernels/ops.h"
 
 namespace v4rl::kernels {
@@ -19,36 +20,12 @@ namespace {
 
 using core::DType;
 
-// A 2-D row view: element (r, c) at data[r * ld + c].
-struct Rows {
-  float* data;
-  int64_t rows;
-  int64_t cols;
-  int64_t ld;
-};
-
-bool Present(const TensorView& v) { return v.data != nullptr; }
-
-void CheckCpuF32(const char* op, const char* name, const TensorView& v) {
-  V4RL_CHECK(v.dtype == DType::kF32)
-      << op << ": " << name << " must be f32, got " << v.DebugString();
-  V4RL_CHECK(v.device == core::Device::kCpu)
-      << op << ": " << name << " is on a device without a kernel for this op yet";
-}
-
-void CheckContiguousF32(const char* op, const char* name, const TensorView& v) {
-  CheckCpuF32(op, name, v);
-  V4RL_CHECK(v.is_contiguous()) << op << ": " << name << " must be contiguous, got "
-                                << v.DebugString();
-}
-
-void CheckShape(const char* op, const char* name, const TensorView& v,
-                std::initializer_list<int64_t> shape) {
-  std::string dims;
-  for (int64_t d : shape) dims += std::to_string(d) + " ";
-  V4RL_CHECK(v.SameShape(shape)) << op << ": " << name << " has shape " << v.DebugString()
-                                 << ", expected dims " << dims;
-}
+using internal::AsRows;
+using internal::CheckContiguousF32;
+using internal::CheckCpuF32;
+using internal::CheckShape;
+using internal::Present;
+using internal::Rows;
 
 void CheckTopkIdx(const char* op, const TensorView& idx, int64_t rows, int64_t num_experts) {
   V4RL_CHECK(idx.dtype == DType::kI32 && idx.is_contiguous() && idx.rank == 2 &&
@@ -58,21 +35,6 @@ void CheckTopkIdx(const char* op, const TensorView& idx, int64_t rows, int64_t n
     const int32_t id = idx.data_as<int32_t>()[i];
     V4RL_CHECK(id >= 0 && id < num_experts) << op << ": topk_idx entry " << i << " = " << id;
   }
-}
-
-Rows AsRows(const char* op, const char* name, const TensorView& v) {
-  CheckCpuF32(op, name, v);
-  V4RL_CHECK_GE(v.rank, 1) << op << ": " << name;
-  if (v.rank == 2 && v.strides[1] == 1) {
-    return {v.data_as<float>(), v.shape[0], v.shape[1], v.strides[0]};
-  }
-  V4RL_CHECK(v.is_contiguous()) << op << ": " << name
-                                << " must be a row view (rank 2, unit inner stride) or "
-                                   "contiguous, got "
-                                << v.DebugString();
-  const int64_t cols = v.shape[v.rank - 1];
-  const int64_t rows = cols == 0 ? 0 : v.numel() / cols;
-  return {v.data_as<float>(), rows, cols, cols};
 }
 
 void CheckSameRows(const char* op, const char* a_name, const Rows& a, const char* b_name,
@@ -153,69 +115,28 @@ void ApplyRopeBackward(const TensorView& grad, const TensorView& cos, const Tens
 
 void SparseAttentionBackward(const SparseAttentionBackwardArgs& args) {
   const char* op = "SparseAttentionBackward";
-  CheckContiguousF32(op, "q", args.q);
-  V4RL_CHECK_EQ(args.q.rank, 3) << op << ": q " << args.q.DebugString();
-  const int64_t num_q = args.q.shape[0];
-  const int64_t num_heads = args.q.shape[1];
-  const int64_t head_dim = args.q.shape[2];
-  CheckContiguousF32(op, "kv", args.kv);
-  V4RL_CHECK(args.kv.rank == 2 && args.kv.shape[1] == head_dim)
-      << op << ": kv " << args.kv.DebugString() << " vs q " << args.q.DebugString();
-  for (const auto& [name, v] : {std::pair{"sink", &args.sink}, std::pair{"dsink", &args.dsink}}) {
-    CheckContiguousF32(op, name, *v);
-    CheckShape(op, name, *v, {num_heads});
-  }
+  cpu::SparseAttentionBackwardParams<float> p;
+  internal::CheckSparseAttentionInputs(op, args, &p);
+  const int64_t num_q = p.num_q, num_heads = p.num_heads, head_dim = p.head_dim;
+  CheckContiguousF32(op, "dsink", args.dsink);
+  CheckShape(op, "dsink", args.dsink, {num_heads});
   for (const auto& [name, v] : {std::pair{"dout", &args.dout}, std::pair{"dq", &args.dq}}) {
     CheckContiguousF32(op, name, *v);
     CheckShape(op, name, *v, {num_q, num_heads, head_dim});
   }
   CheckContiguousF32(op, "dkv", args.dkv);
-  CheckShape(op, "dkv", args.dkv, {args.kv.shape[0], head_dim});
-  V4RL_CHECK_GT(args.window, 0) << op;
-  V4RL_CHECK_LE(args.q_pos0 + num_q, args.kv_pos0 + args.kv.shape[0])
-      << op << ": queries beyond the raw KV rows";
-  cpu::SparseAttentionBackwardParams<float> p;
-  p.q = args.q.data_as<float>();
-  p.kv = args.kv.data_as<float>();
-  p.sink = args.sink.data_as<float>();
+  CheckShape(op, "dkv", args.dkv, {p.num_kv, head_dim});
+  V4RL_CHECK_EQ(Present(args.comp_kv), Present(args.dcomp_kv))
+      << op << ": dcomp_kv must be given exactly when comp_kv is";
+  if (Present(args.comp_kv)) {
+    CheckContiguousF32(op, "dcomp_kv", args.dcomp_kv);
+    CheckShape(op, "dcomp_kv", args.dcomp_kv, {p.num_comp, head_dim});
+    p.dcomp_kv = args.dcomp_kv.data_as<float>();
+  }
   p.dout = args.dout.data_as<float>();
   p.dq = args.dq.data_as<float>();
   p.dkv = args.dkv.data_as<float>();
   p.dsink = args.dsink.data_as<float>();
-  p.num_q = num_q;
-  p.num_heads = num_heads;
-  p.head_dim = head_dim;
-  p.num_kv = args.kv.shape[0];
-  p.q_pos0 = args.q_pos0;
-  p.kv_pos0 = args.kv_pos0;
-  p.window = args.window;
-  p.scale = args.scale;
-  V4RL_CHECK_EQ(Present(args.comp_kv), Present(args.dcomp_kv))
-      << op << ": dcomp_kv must be given exactly when comp_kv is";
-  if (Present(args.comp_kv)) {
-    CheckContiguousF32(op, "comp_kv", args.comp_kv);
-    V4RL_CHECK(args.comp_kv.rank == 2 && args.comp_kv.shape[1] == head_dim)
-        << op << ": comp_kv " << args.comp_kv.DebugString();
-    CheckContiguousF32(op, "dcomp_kv", args.dcomp_kv);
-    CheckShape(op, "dcomp_kv", args.dcomp_kv, {args.comp_kv.shape[0], head_dim});
-    p.comp_kv = args.comp_kv.data_as<float>();
-    p.dcomp_kv = args.dcomp_kv.data_as<float>();
-    p.num_comp = args.comp_kv.shape[0];
-    if (Present(args.comp_idx)) {
-      V4RL_CHECK(args.comp_idx.dtype == DType::kI32 && args.comp_idx.is_contiguous() &&
-                 args.comp_idx.rank == 2 && args.comp_idx.shape[0] == num_q)
-          << op << ": comp_idx must be contiguous i32 [num_q, topk], got "
-          << args.comp_idx.DebugString();
-      p.comp_idx = args.comp_idx.data_as<int32_t>();
-      p.comp_topk = args.comp_idx.shape[1];
-      for (int64_t i = 0; i < num_q * p.comp_topk; ++i) {
-        V4RL_CHECK_LT(p.comp_idx[i], p.num_comp) << op << ": comp_idx entry " << i;
-      }
-    } else {
-      V4RL_CHECK_GT(args.comp_ratio, 0) << op << ": comp_kv without comp_idx needs comp_ratio";
-      p.comp_ratio = args.comp_ratio;
-    }
-  }
   cpu::SparseAttentionBackwardRef<float>(p, Pool());
 }
 
