@@ -408,8 +408,27 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   return file;
 }
 
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromImage(
+    std::string path, std::unique_ptr<uint8_t[]> image, size_t bytes) {
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = std::move(path);
+  file->owned_image_ = std::move(image);
+  file->mapping_ = file->owned_image_.get();
+  file->mapping_bytes_ = bytes;
+  absl::StatusOr<SafetensorsHeader> header =
+      ParseSafetensorsImage(absl::MakeConstSpan(file->mapping_, bytes), &file->data_start_);
+  if (!header.ok()) return Annotate(header.status(), file->path_ + ": ");
+  file->header_ = *std::move(header);
+  for (size_t i = 0; i < file->header_.entries.size(); ++i) {
+    file->index_.emplace(file->header_.entries[i].name, i);
+  }
+  return file;
+}
+
 SafetensorsFile::~SafetensorsFile() {
-  if (mapping_ != nullptr) munmap(const_cast<uint8_t*>(mapping_), mapping_bytes_);
+  if (mapping_ != nullptr && owned_image_ == nullptr) {
+    munmap(const_cast<uint8_t*>(mapping_), mapping_bytes_);
+  }
 }
 
 const SafetensorsEntry* SafetensorsFile::Find(std::string_view name) const {
@@ -766,6 +785,16 @@ absl::StatusOr<std::unique_ptr<TensorDirectory>> TensorDirectory::Open(const std
       }
     }
   }
+  return directory;
+}
+
+std::unique_ptr<TensorDirectory> TensorDirectory::FromFile(std::unique_ptr<SafetensorsFile> file) {
+  auto directory = std::make_unique<TensorDirectory>();
+  // A file's header has no duplicate names, so every emplace inserts.
+  for (const SafetensorsEntry& entry : file->entries()) {
+    directory->tensors_.emplace(entry.name, Location{file.get(), &entry});
+  }
+  directory->files_.push_back(std::move(file));
   return directory;
 }
 

@@ -59,6 +59,12 @@ class SafetensorsFile {
   // Maps the file read-only and validates its header; errors name `path` (NotFound when missing,
   // InvalidArgument for a bad header).
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // The same over a file image already in memory (length prefix + header + data, `bytes` long),
+  // which the file takes ownership of; `path` only names it in messages. Used for weights that
+  // arrive over the network (rollout/weight_stream.h). InvalidArgument for a bad header.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromImage(std::string path,
+                                                                    std::unique_ptr<uint8_t[]> image,
+                                                                    size_t bytes);
   ~SafetensorsFile();
 
   const std::string& path() const { return path_; }
@@ -76,8 +82,9 @@ class SafetensorsFile {
   std::string path_;
   SafetensorsHeader header_;
   std::map<std::string, size_t, std::less<>> index_;
-  const uint8_t* mapping_ = nullptr;
+  const uint8_t* mapping_ = nullptr;  // mmapped, or owned_image_
   size_t mapping_bytes_ = 0;
+  std::unique_ptr<uint8_t[]> owned_image_;  // FromImage's buffer; null for a mapping
   int64_t data_start_ = 0;
 };
 
@@ -102,6 +109,8 @@ class TensorDirectory {
   // shard; InvalidArgument for an index that is not {"weight_map": {name: file}} or names a file
   // outside the directory, the same tensor in two files, and any shard's header error.
   static absl::StatusOr<std::unique_ptr<TensorDirectory>> Open(const std::string& path);
+  // A directory of one already-open file (e.g. SafetensorsFile::FromImage).
+  static std::unique_ptr<TensorDirectory> FromFile(std::unique_ptr<SafetensorsFile> file);
 
   struct Location {
     const SafetensorsFile* file;

@@ -8,9 +8,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "model/params.h"
+#include "model/save.h"
+#include "nlohmann/json.hpp"
 #include "protos/server_service.h"
 #include "rollout/generate.h"
+#include "rollout/weight_stream.h"
 
 namespace v4rl::rollout {
 namespace {
@@ -317,16 +322,154 @@ grpc::Status RolloutServiceImpl::UpdateWeights(grpc::ServerContext* context,
                                absl::StrFormat("checkpoint_dir %s: %s", request->checkpoint_dir(),
                                                loaded.status().message())));
   }
-  Snapshot replaced;  // freed after the lock, unless a running call still holds it
-  {
-    std::lock_guard<std::mutex> lock(snapshot_mutex_);
-    if (request->version() <= snapshot_.version) return stale(snapshot_.version);
-    replaced = std::exchange(
-        snapshot_,
-        Snapshot{std::make_shared<const model::Model>(*std::move(loaded)), request->version()});
+  if (grpc::Status swapped = SwapIn(*std::move(loaded), request->version()); !swapped.ok()) {
+    return swapped;
   }
   response->set_version(request->version());
   return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::SwapIn(model::Model model, int64_t version) {
+  Snapshot replaced;  // freed after the lock, unless a running call still holds it
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mutex_);
+    if (version <= snapshot_.version) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrFormat("version: %d must exceed the served version %d", version,
+                                          snapshot_.version));
+    }
+    replaced = std::exchange(
+        snapshot_, Snapshot{std::make_shared<const model::Model>(std::move(model)), version});
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
+                                               grpc::ServerReader<WeightChunk>* reader,
+                                               UpdateWeightsResponse* response) {
+  if (grpc::Status auth = protos::CheckToken(*context, options_.token); !auth.ok()) return auth;
+  const auto cancelled = [&](const std::string& when) {
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        absl::StrFormat("the client cancelled the weight stream %s", when));
+  };
+  WeightChunk message;
+  if (!reader->Read(&message)) {
+    if (context->IsCancelled()) return cancelled("before its header");
+    return Invalid("header: empty stream; the first message must carry the header");
+  }
+  if (!message.has_header()) {
+    return Invalid("header: the first message carries data; the header must come first");
+  }
+  const WeightStreamHeader& header = message.header();
+  const int64_t version = header.version();
+  // Checked before the transfer, and again at the swap against concurrent updates.
+  const Snapshot served = Current();
+  if (version <= served.version) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrFormat("header.version: %d must exceed the served version %d",
+                                        version, served.version));
+  }
+  // The update replaces weights, never the architecture: the config must be the served one's.
+  const nlohmann::json config_json = nlohmann::json::parse(header.config_json(), nullptr, false);
+  if (config_json.is_discarded()) return Invalid("header.config_json: not valid JSON");
+  absl::StatusOr<model::ModelConfig> config =
+      model::ParseModelConfig(config_json, "header.config_json");
+  if (!config.ok()) return ToGrpc(config.status());
+  const nlohmann::json streamed = model::ModelConfigToJson(*config);
+  const nlohmann::json expected = model::ModelConfigToJson(served.model->config);
+  for (const auto& [key, value] : expected.items()) {
+    const auto it = streamed.find(key);
+    if (it == streamed.end() || *it != value) {
+      return grpc::Status(
+          grpc::StatusCode::FAILED_PRECONDITION,
+          absl::StrFormat("header.config_json: %s is %s, the served model's is %s (a weight "
+                          "update cannot change the architecture)",
+                          key, it == streamed.end() ? "missing" : it->dump(), value.dump()));
+    }
+  }
+  // Bound the allocation by the architecture: every parameter (MTP included) at 8 bytes.
+  int64_t max_total_bytes = 1 << 20;
+  for (const model::ParamSpec& spec : model::ModelParamSpecs(*config, /*include_mtp=*/true)) {
+    int64_t numel = 1;
+    for (const int64_t dim : spec.shape) numel *= dim;
+    max_total_bytes += 8 * numel;
+  }
+  std::vector<StreamTensor> tensors(header.tensors_size());
+  for (int i = 0; i < header.tensors_size(); ++i) {
+    const WeightStreamHeader::Tensor& in = header.tensors(i);
+    tensors[i].name = in.name();
+    tensors[i].dtype = in.dtype();
+    tensors[i].shape.assign(in.shape().begin(), in.shape().end());
+    tensors[i].num_bytes = in.num_bytes();
+  }
+  absl::StatusOr<std::unique_ptr<WeightStreamAssembler>> assembler =
+      WeightStreamAssembler::Start(tensors, max_total_bytes);
+  if (!assembler.ok()) {
+    return ToGrpc(absl::Status(assembler.status().code(),
+                               absl::StrCat("header.", assembler.status().message())));
+  }
+  for (int64_t index = 1; reader->Read(&message); ++index) {
+    if (!message.has_data()) {
+      return Invalid(absl::StrFormat("header: a second header in message %d", index));
+    }
+    if (absl::Status added = (*assembler)->AddChunk(message.data()); !added.ok()) {
+      return ToGrpc(absl::Status(added.code(), absl::StrFormat("message %d: %s", index,
+                                                               added.message())));
+    }
+  }
+  if (context->IsCancelled()) {
+    return cancelled(absl::StrFormat("after %d of %d bytes", (*assembler)->received_bytes(),
+                                     (*assembler)->total_bytes()));
+  }
+  const std::string what = absl::StrFormat("streamed weights version %d", version);
+  absl::StatusOr<std::unique_ptr<core::TensorDirectory>> directory = (*assembler)->Finish(what);
+  if (!directory.ok()) return ToGrpc(directory.status());
+  absl::StatusOr<model::ModelWeights> weights = model::LoadWeights(*config, **directory);
+  if (!weights.ok()) {
+    return ToGrpc(absl::Status(weights.status().code(),
+                               absl::StrCat("header.tensors: ", weights.status().message())));
+  }
+  if (grpc::Status swapped =
+          SwapIn(model::Model::Create(*std::move(config), *std::move(weights)), version);
+      !swapped.ok()) {
+    return swapped;
+  }
+  response->set_version(version);
+  return grpc::Status::OK;
+}
+
+grpc::Status SendWeightStream(v4rl::RolloutService::StubInterface* stub,
+                              grpc::ClientContext* context, const model::ModelConfig& config,
+                              const model::ModelWeights& weights, int64_t version,
+                              int64_t chunk_bytes, UpdateWeightsResponse* response) {
+  std::vector<core::Tensor> storage;
+  const std::vector<core::NamedTensor> named = model::HubNamedTensors(config, weights, &storage);
+  absl::StatusOr<std::vector<StreamTensor>> directory = MakeStreamDirectory(named);
+  if (!directory.ok()) return ToGrpc(directory.status());
+  WeightChunk first;
+  WeightStreamHeader* header = first.mutable_header();
+  header->set_version(version);
+  header->set_config_json(model::ModelConfigToJson(config).dump());
+  for (const StreamTensor& tensor : *directory) {
+    WeightStreamHeader::Tensor* out = header->add_tensors();
+    out->set_name(tensor.name);
+    out->set_dtype(tensor.dtype);
+    out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
+    out->set_num_bytes(tensor.num_bytes);
+  }
+  std::unique_ptr<grpc::ClientWriterInterface<WeightChunk>> writer =
+      stub->StreamWeights(context, response);
+  // A failed Write means the server ended the call; Finish says why.
+  if (writer->Write(first)) {
+    WeightChunk chunk;
+    if (ForEachWeightChunk(named, chunk_bytes, [&](std::string_view bytes) {
+          chunk.set_data(bytes.data(), bytes.size());
+          return writer->Write(chunk);
+        })) {
+      writer->WritesDone();
+    }
+  }
+  return writer->Finish();
 }
 
 }  // namespace v4rl::rollout

@@ -1,7 +1,10 @@
 // The Rollout gRPC service (protos/rollout_service.proto): validates each request before touching
 // the model, turns it into rollout::Generate's plain structs, and streams one GenerateResult per
 // prompt, tagged with the weight version the whole call ran with. UpdateWeights loads a
-// checkpoint directory and swaps it in atomically under a strictly increasing version.
+// checkpoint directory and swaps it in atomically under a strictly increasing version;
+// StreamWeights does the same with the weights sent in the call (a header, then raw bytes;
+// rollout/weight_stream.h assembles them, model::LoadWeights reads them as from a directory), for
+// a client whose files this host cannot read. SendWeightStream is that call's client side.
 //
 // Prompts arrive as token ids already rendered in the mode's chat format (actor/chat_encoding.h
 // with thinking_mode kChat for NON_THINK, kThinking with reasoning_effort kHigh / kMax for
@@ -69,6 +72,10 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
                         grpc::ServerWriter<GenerateResult>* writer) override;
   grpc::Status UpdateWeights(grpc::ServerContext* context, const UpdateWeightsRequest* request,
                              UpdateWeightsResponse* response) override;
+  // The streamed update. Memory: the assembled bytes plus the loaded f32 weights, until the swap.
+  grpc::Status StreamWeights(grpc::ServerContext* context,
+                             grpc::ServerReader<WeightChunk>* reader,
+                             UpdateWeightsResponse* response) override;
 
   // The version now served (calls already running may still use an older one).
   int64_t version() const;
@@ -85,6 +92,9 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
   struct PendingCall;
 
   Snapshot Current() const;
+  // Serves `model` as `version` from now on, unless a concurrent update got there first
+  // (FAILED_PRECONDITION naming the version).
+  grpc::Status SwapIn(model::Model model, int64_t version);
   // Queues the call and returns its results, running it in a batch with others (see above).
   absl::StatusOr<std::vector<GenerationResult>> GenerateBatched(
       const std::shared_ptr<const model::Model>& model,
@@ -99,5 +109,13 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
   bool batch_running_ = false;
   int64_t batches_run_ = 0;
 };
+
+// StreamWeights' client side: sends `config` and `weights` (hub naming, model/save.h) as weight
+// version `version` in chunks of `chunk_bytes` (clamped to [1, kMaxWeightChunkBytes]) and returns
+// the call's status; `context` carries the token and deadline.
+grpc::Status SendWeightStream(v4rl::RolloutService::StubInterface* stub,
+                              grpc::ClientContext* context, const model::ModelConfig& config,
+                              const model::ModelWeights& weights, int64_t version,
+                              int64_t chunk_bytes, UpdateWeightsResponse* response);
 
 }  // namespace v4rl::rollout

@@ -1,8 +1,9 @@
 // The Rollout service over real gRPC on loopback with a tiny random model: streamed results equal
 // a direct rollout::Generate call, the per-mode length budget, INVALID_ARGUMENT for malformed
 // requests (the server keeps serving), batching of concurrent calls, UpdateWeights (versions, new
-// outputs, every call on one version while updates race it), standard health checking and the
-// shared token.
+// outputs, every call on one version while updates race it), StreamWeights (the same generations
+// as the path update; malformed, truncated and cancelled streams rejected with the field named
+// while the old version keeps serving), standard health checking and the shared token.
 #include "rollout/rollout_service.h"
 
 #include <thread>
@@ -16,6 +17,7 @@
 #include "protos/health.grpc.pb.h"
 #include "protos/server_service.h"
 #include "rollout/generate.h"
+#include "rollout/weight_stream.h"
 
 namespace v4rl::rollout {
 namespace {
@@ -422,6 +424,229 @@ TEST(RolloutServiceToken, RequiresTheSharedToken) {
     EXPECT_TRUE(reader->Finish().ok());
     EXPECT_EQ(count, 3);
   }
+  running->server->Shutdown();
+}
+
+// ---- StreamWeights ----
+
+// model_b_ as a valid stream: the header, then the data in chunks of `chunk_bytes`.
+struct StreamParts {
+  WeightChunk header;
+  std::vector<WeightChunk> data;
+};
+
+StreamParts MakeStream(const model::Model& model, int64_t version, int64_t chunk_bytes) {
+  std::vector<core::Tensor> storage;
+  const std::vector<core::NamedTensor> named =
+      model::HubNamedTensors(model.config, model.weights, &storage);
+  StreamParts parts;
+  WeightStreamHeader* header = parts.header.mutable_header();
+  header->set_version(version);
+  header->set_config_json(model::ModelConfigToJson(model.config).dump());
+  const absl::StatusOr<std::vector<StreamTensor>> directory = MakeStreamDirectory(named);
+  EXPECT_TRUE(directory.ok()) << directory.status();
+  for (const StreamTensor& tensor : *directory) {
+    WeightStreamHeader::Tensor* out = header->add_tensors();
+    out->set_name(tensor.name);
+    out->set_dtype(tensor.dtype);
+    out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
+    out->set_num_bytes(tensor.num_bytes);
+  }
+  EXPECT_TRUE(ForEachWeightChunk(named, chunk_bytes, [&](std::string_view bytes) {
+    parts.data.emplace_back().set_data(std::string(bytes));
+    return true;
+  }));
+  return parts;
+}
+
+class StreamWeightsTest : public RolloutServiceTest {
+ protected:
+  // Sends `messages` as one StreamWeights call.
+  grpc::Status SendRaw(const std::vector<WeightChunk>& messages) {
+    grpc::ClientContext context;
+    UpdateWeightsResponse response;
+    auto writer = stub_->StreamWeights(&context, &response);
+    for (const WeightChunk& message : messages) {
+      if (!writer->Write(message)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+  grpc::Status Send(const StreamParts& parts) {
+    std::vector<WeightChunk> messages = {parts.header};
+    messages.insert(messages.end(), parts.data.begin(), parts.data.end());
+    return SendRaw(messages);
+  }
+  // The served version is 1 and generates exactly model_a_'s outputs.
+  void ExpectStillServesModelA() {
+    EXPECT_EQ(service_->version(), 1);
+    const GenerateRequest request = TestRequest();
+    std::vector<GenerateResult> results;
+    ASSERT_TRUE(Call(request, &results).ok());
+    const std::vector<GenerationResult> want = DirectGenerate(model_a_, request, 6);
+    ASSERT_EQ(results.size(), want.size());
+    for (int b = 0; b < static_cast<int>(want.size()); ++b) {
+      ExpectEqual(results[b], want[b], b);
+      EXPECT_EQ(results[b].weight_version(), 1);
+    }
+  }
+};
+
+TEST_F(StreamWeightsTest, StreamedUpdateGeneratesBitIdenticallyToThePathUpdate) {
+  const GenerateRequest request = TestRequest();
+  grpc::ClientContext context;
+  UpdateWeightsResponse response;
+  // Small chunks: tensors split across chunks and chunks spanning tensors.
+  ASSERT_TRUE(SendWeightStream(stub_.get(), &context, model_b_.config, model_b_.weights, 3, 1000,
+                               &response)
+                  .ok());
+  EXPECT_EQ(response.version(), 3);
+  EXPECT_EQ(service_->version(), 3);
+  std::vector<GenerateResult> streamed;
+  ASSERT_TRUE(Call(request, &streamed).ok());
+
+  ASSERT_TRUE(Update(SaveModelB(), 4).ok());
+  std::vector<GenerateResult> from_path;
+  ASSERT_TRUE(Call(request, &from_path).ok());
+  const std::vector<GenerationResult> want = DirectGenerate(model_b_, request, 6);
+  ASSERT_EQ(streamed.size(), want.size());
+  ASSERT_EQ(from_path.size(), want.size());
+  for (int b = 0; b < static_cast<int>(want.size()); ++b) {
+    ExpectEqual(streamed[b], want[b], b);
+    EXPECT_EQ(streamed[b].weight_version(), 3);
+    from_path[b].set_weight_version(3);
+    EXPECT_EQ(streamed[b].SerializeAsString(), from_path[b].SerializeAsString()) << b;
+  }
+  // The default chunk size (one chunk for the tiny model) works too; versions still increase.
+  grpc::ClientContext again;
+  EXPECT_EQ(SendWeightStream(stub_.get(), &again, model_b_.config, model_b_.weights, 4,
+                             kMaxWeightChunkBytes, &response)
+                .error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(StreamWeightsTest, MalformedStreamsAreRejectedWithTheFieldAndTheOldVersionServes) {
+  const StreamParts valid = MakeStream(model_b_, 2, 4096);
+  ASSERT_GE(valid.data.size(), 3u);
+  const auto expect = [&](const grpc::Status& status, grpc::StatusCode code,
+                          const std::string& field) {
+    EXPECT_EQ(status.error_code(), code) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr(field));
+  };
+  const auto with_header = [&](const std::function<void(WeightStreamHeader*)>& edit) {
+    StreamParts parts = valid;
+    edit(parts.header.mutable_header());
+    return parts;
+  };
+  std::vector<WeightChunk> all = {valid.header};
+  all.insert(all.end(), valid.data.begin(), valid.data.end());
+
+  expect(SendRaw({}), grpc::StatusCode::INVALID_ARGUMENT, "header: empty stream");
+  expect(SendRaw({valid.data[0]}), grpc::StatusCode::INVALID_ARGUMENT, "header: the first");
+  expect(Send(with_header([](WeightStreamHeader* h) { h->set_version(1); })),
+         grpc::StatusCode::FAILED_PRECONDITION, "header.version: 1");
+  expect(Send(with_header([](WeightStreamHeader* h) { h->set_config_json("{"); })),
+         grpc::StatusCode::INVALID_ARGUMENT, "header.config_json");
+  expect(Send(with_header([&](WeightStreamHeader* h) {
+           model::ModelConfig other = model_b_.config;
+           other.num_routed_experts *= 2;
+           other.num_experts_per_tok = 2;
+           h->set_config_json(model::ModelConfigToJson(other).dump());
+         })),
+         grpc::StatusCode::FAILED_PRECONDITION, "header.config_json: n_routed_experts");
+  expect(Send(with_header([](WeightStreamHeader* h) {
+           h->mutable_tensors(1)->set_num_bytes(h->tensors(1).num_bytes() - 4);
+         })),
+         grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[1].num_bytes");
+  expect(Send(with_header([](WeightStreamHeader* h) { h->mutable_tensors(0)->set_dtype("F33"); })),
+         grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[0].dtype");
+  expect(Send(with_header([](WeightStreamHeader* h) {
+           h->mutable_tensors(2)->mutable_shape()->Set(0, -1);
+         })),
+         grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[2].shape[0]");
+  expect(Send(with_header([](WeightStreamHeader* h) {
+           *h->mutable_tensors(1) = h->tensors(0);
+         })),
+         grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[1].name");
+  {
+    // A tensor missing from the directory (and its bytes from the data): the loader names it.
+    StreamParts parts = MakeStream(model_b_, 2, kMaxWeightChunkBytes);
+    WeightStreamHeader* h = parts.header.mutable_header();
+    const int64_t dropped = h->tensors(h->tensors_size() - 1).num_bytes();
+    const std::string name = h->tensors(h->tensors_size() - 1).name();
+    h->mutable_tensors()->RemoveLast();
+    ASSERT_EQ(parts.data.size(), 1u);
+    std::string* data = parts.data[0].mutable_data();
+    data->resize(data->size() - dropped);
+    expect(Send(parts), grpc::StatusCode::INVALID_ARGUMENT, "missing: " + name);
+  }
+  {
+    // Truncated: the last chunk never arrives.
+    std::vector<WeightChunk> truncated(all.begin(), all.end() - 1);
+    expect(SendRaw(truncated), grpc::StatusCode::INVALID_ARGUMENT, "data: the stream ended");
+  }
+  {
+    std::vector<WeightChunk> surplus = all;
+    surplus.push_back(valid.data[0]);
+    expect(SendRaw(surplus), grpc::StatusCode::INVALID_ARGUMENT, "the tensor directory declares");
+  }
+  {
+    std::vector<WeightChunk> oversize = {valid.header};
+    oversize.emplace_back().set_data(std::string(kMaxWeightChunkBytes + 1, '\0'));
+    expect(SendRaw(oversize), grpc::StatusCode::INVALID_ARGUMENT, "exceeds the limit");
+  }
+  {
+    std::vector<WeightChunk> empty_chunk = {valid.header, WeightChunk()};
+    empty_chunk.back().set_data("");
+    expect(SendRaw(empty_chunk), grpc::StatusCode::INVALID_ARGUMENT, "data: empty chunk");
+  }
+  {
+    std::vector<WeightChunk> two_headers = all;
+    two_headers.insert(two_headers.begin() + 2, valid.header);
+    expect(SendRaw(two_headers), grpc::StatusCode::INVALID_ARGUMENT, "a second header");
+  }
+  ExpectStillServesModelA();
+  // And a valid stream still goes through afterwards.
+  EXPECT_TRUE(Send(valid).ok());
+  EXPECT_EQ(service_->version(), 2);
+}
+
+TEST_F(StreamWeightsTest, ClientCancellingMidStreamChangesNothing) {
+  const StreamParts valid = MakeStream(model_b_, 2, 4096);
+  {
+    grpc::ClientContext context;
+    UpdateWeightsResponse response;
+    auto writer = stub_->StreamWeights(&context, &response);
+    ASSERT_TRUE(writer->Write(valid.header));
+    ASSERT_TRUE(writer->Write(valid.data[0]));
+    context.TryCancel();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  ExpectStillServesModelA();
+  EXPECT_TRUE(Send(valid).ok());
+  EXPECT_EQ(service_->version(), 2);
+}
+
+TEST(RolloutServiceStreamToken, StreamWeightsRequiresTheSharedToken) {
+  auto service = RolloutServiceImpl::Create(TestModel(1), 1, TestOptions("s3cret"));
+  ASSERT_TRUE(service.ok());
+  auto running = protos::StartServer({service->get()});
+  ASSERT_TRUE(running.ok());
+  auto stub = v4rl::RolloutService::NewStub(
+      grpc::CreateChannel(running->address(), grpc::InsecureChannelCredentials()));
+  const model::Model model_b = TestModel(2);
+  UpdateWeightsResponse response;
+  grpc::ClientContext without;
+  EXPECT_EQ(SendWeightStream(stub.get(), &without, model_b.config, model_b.weights, 2,
+                             kMaxWeightChunkBytes, &response)
+                .error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext with;
+  protos::AttachToken(with, "s3cret");
+  EXPECT_TRUE(SendWeightStream(stub.get(), &with, model_b.config, model_b.weights, 2,
+                               kMaxWeightChunkBytes, &response)
+                  .ok());
+  EXPECT_EQ((*service)->version(), 2);
   running->server->Shutdown();
 }
 
