@@ -46,6 +46,10 @@ absl::StatusOr<learner::GrpoJobOptions> ToOptions(const RunConfig& config) {
       (!services.rollout_address().empty() || !services.reward_address().empty())) {
     problems.push_back("services.rollout_address / reward_address need services.mode CONNECT");
   }
+  if (services.mode() == ServicesConfig::MODE_IN_PROCESS &&
+      services.weight_transfer() != ServicesConfig::WEIGHT_TRANSFER_DEFAULT) {
+    problems.push_back("services.weight_transfer needs services.mode SPAWN or CONNECT");
+  }
   if (services.connect_timeout_s() < 0) {
     problems.push_back(absl::StrFormat("services.connect_timeout_s must be >= 0 (got %g)",
                                        services.connect_timeout_s()));
@@ -113,9 +117,12 @@ int RunRunCommand(const std::vector<std::string>& args) {
       "stops them at the end; CONNECT uses workers already running at services.rollout_address "
       "and services.reward_address and waits up to services.connect_timeout_s for one that stops "
       "answering. With SPAWN or CONNECT the learner publishes every new weight version to the "
-      "rollout worker (RUN/published/version-N) and serves the Learner service on 127.0.0.1 "
-      "(SubmitTrajectories, WaitForWeightVersion); each sample's weight version and lag are "
-      "recorded (metrics, store header policy_version) and services.max_policy_lag bounds the "
+      "rollout worker: it writes RUN/published/version-N and then, per "
+      "services.weight_transfer, passes the path (PATH, the default with SPAWN: the worker reads "
+      "this host's files) or streams the weights in the call (STREAM, the default with CONNECT: "
+      "a worker on another host; chunks of 1 MiB, re-sent after a worker restart). It also "
+      "serves the Learner service on 127.0.0.1 (SubmitTrajectories, WaitForWeightVersion); each "
+      "sample's weight version and lag are recorded (metrics, store header policy_version) and services.max_policy_lag bounds the "
       "lag. The results are bit-identical in every mode for a fixed seed.");
   std::string config_path;
   bool quiet = false;
@@ -181,6 +188,12 @@ int RunRunCommand(const std::vector<std::string>& args) {
     }
     learner::RemoteOptions remote;
     remote.token = services.token();
+    const bool stream =
+        services.weight_transfer() == ServicesConfig::WEIGHT_TRANSFER_STREAM ||
+        (services.weight_transfer() == ServicesConfig::WEIGHT_TRANSFER_DEFAULT &&
+         services.mode() == ServicesConfig::MODE_CONNECT);
+    remote.weight_transfer =
+        stream ? learner::WeightTransfer::kStream : learner::WeightTransfer::kPath;
     if (services.max_attempts() > 0) remote.max_attempts = services.max_attempts();
     remote_rollout = std::make_unique<learner::RemoteRollout>(
         rollout_worker.get(), options->run_dir + "/published", remote);

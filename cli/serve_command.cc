@@ -78,14 +78,19 @@ int ServeRollout(const std::vector<std::string>& args) {
       "serve rollout", "v4rl serve rollout --model DIR [--version N] [--port P] [flags]",
       "Serves the Rollout service (protos/rollout_service.proto): streamed Generate with tokens, "
       "logprobs, kept-set sizes, routed experts and the weight version; UpdateWeights from a "
-      "model directory; gRPC health. Prompts are token ids; each may carry its own seed.");
+      "model directory on this host, or StreamWeights with the weights in the call (a header "
+      "with the version, config.json and tensor directory, then chunks of at most 4 MiB - 64 KiB; "
+      "the config must equal the served model's, and any error leaves the served version "
+      "unchanged) for a learner on another host; gRPC health. Prompts are token ids; each may "
+      "carry its own seed.");
   ServeFlags flags;
   std::string model_dir;
   int64_t version = 0, threads = 0, batch_window_us = 2000, prefill_chunk = 0;
   int64_t non_think = 256, think_high = 1024, think_max = 4096;
   AddServeFlags(parser, &flags);
   parser.AddString("model", &model_dir, "model directory served first (required)");
-  parser.AddInt("version", &version, "weight version of --model; UpdateWeights must exceed it");
+  parser.AddInt("version", &version,
+                "weight version of --model; UpdateWeights / StreamWeights must exceed it");
   parser.AddInt("max_new_tokens_non_think", &non_think, "length budget of NON_THINK requests");
   parser.AddInt("max_new_tokens_think_high", &think_high, "length budget of THINK_HIGH requests");
   parser.AddInt("max_new_tokens_think_max", &think_max, "length budget of THINK_MAX requests");
@@ -179,7 +184,7 @@ int RunServe(const std::vector<std::string>& args) {
       "Starts one v4rl gRPC service on 127.0.0.1 (gRPC health included). The port it listens on\n"
       "is printed alone on the first stdout line (--port 0, the default, picks a free one);\n"
       "SIGTERM or SIGINT stops it. `v4rl serve SERVICE --help` lists each service's flags.\n"
-      "  rollout  --model DIR [--version N]: Generate / UpdateWeights\n"
+      "  rollout  --model DIR [--version N]: Generate / UpdateWeights / StreamWeights\n"
       "  reward   rule verifiers: Score\n"
       "  learner  --store DIR: SubmitTrajectories / WaitForWeightVersion\n"
       "`v4rl run` starts the rollout and reward workers itself with services { mode: SPAWN }.\n";

@@ -72,10 +72,26 @@ void RemoteRollout::Connect() {
       grpc::CreateChannel(supervisor_->address(), grpc::InsecureChannelCredentials()));
 }
 
-grpc::Status RemoteRollout::UpdateWeights(const std::string& dir, int64_t version) {
+grpc::Status RemoteRollout::UpdateWeights(const std::string& dir, const model::Model* model,
+                                          int64_t version) {
   grpc::ClientContext context;
   protos::AttachToken(context, options_.token);
   SetDeadline(context, options_.call_timeout_s);
+  if (options_.weight_transfer == WeightTransfer::kStream) {
+    absl::StatusOr<model::Model> loaded;
+    if (model == nullptr) {
+      loaded = model::Model::Load(dir);
+      if (!loaded.ok()) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            absl::StrFormat("reading back the published weights %s: %s", dir,
+                                            loaded.status().message()));
+      }
+      model = &*loaded;
+    }
+    UpdateWeightsResponse response;
+    return rollout::SendWeightStream(stub_.get(), &context, model->config, model->weights,
+                                     version, options_.stream_chunk_bytes, &response);
+  }
   UpdateWeightsRequest request;
   request.set_checkpoint_dir(dir);
   request.set_version(version);
@@ -83,7 +99,8 @@ grpc::Status RemoteRollout::UpdateWeights(const std::string& dir, int64_t versio
   return stub_->UpdateWeights(&context, request, &response);
 }
 
-absl::Status RemoteRollout::Recover(const std::string& what, const grpc::Status& failure) {
+absl::Status RemoteRollout::Recover(const std::string& what, const grpc::Status& failure,
+                                    const model::Model* latest) {
   if (!failure.ok()) {
     V4RL_LOG(WARNING) << absl::StrFormat(
         "%s failed during %s (%s); bringing a worker back (restart or wait) with weights "
@@ -96,7 +113,14 @@ absl::Status RemoteRollout::Recover(const std::string& what, const grpc::Status&
                         supervisor_->Recover(published_dir_, published_version_));
   Connect();
   if (!serves_latest) {
-    const grpc::Status updated = UpdateWeights(published_dir_, published_version_);
+    if (!failure.ok()) {
+      V4RL_LOG(WARNING) << absl::StrFormat(
+          "re-sending weights version %d to %s by %s", published_version_,
+          supervisor_->Describe(),
+          options_.weight_transfer == WeightTransfer::kStream ? "StreamWeights"
+                                                              : "UpdateWeights (path)");
+    }
+    const grpc::Status updated = UpdateWeights(published_dir_, latest, published_version_);
     // FAILED_PRECONDITION: the worker came back already serving this version (or a newer one);
     // each result's weight_version tells the job which, and the lag bound judges it.
     if (!updated.ok() && updated.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
@@ -125,9 +149,9 @@ absl::Status RemoteRollout::PublishWeights(const model::Model& model, int64_t ve
   published_dir_ = dir;
   published_version_ = version;
   if (stub_ == nullptr) {
-    V4RL_RETURN_IF_ERROR(Recover("start-up", grpc::Status::OK));
+    V4RL_RETURN_IF_ERROR(Recover("start-up", grpc::Status::OK, &model));
   } else {
-    grpc::Status status = UpdateWeights(dir, version);
+    grpc::Status status = UpdateWeights(dir, &model, version);
     for (int attempt = 1; !status.ok() && IsTransportFailure(status) &&
                           attempt < options_.max_attempts;
          ++attempt) {
@@ -137,7 +161,11 @@ absl::Status RemoteRollout::PublishWeights(const model::Model& model, int64_t ve
       status = grpc::Status::OK;
     }
     if (!status.ok()) {
-      return ToAbsl(absl::StrFormat("%s: UpdateWeights(%s, version %d)", Describe(), dir, version),
+      return ToAbsl(absl::StrFormat("%s: %s(%s, version %d)", Describe(),
+                                    options_.weight_transfer == WeightTransfer::kStream
+                                        ? "StreamWeights"
+                                        : "UpdateWeights",
+                                    dir, version),
                     status);
     }
   }

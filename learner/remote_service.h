@@ -5,17 +5,21 @@
 //
 // RemoteRollout
 //   PublishWeights(model, v)  writes the model directory PUBLISH_ROOT/version-0000000v
-//                             (model/save.h; only the newest three are kept) and calls the
-//                             worker's UpdateWeights(dir, v). The first publication starts the
-//                             worker through its supervisor (SPAWN: a child process started on
-//                             those weights; CONNECT: waits for the address to answer).
+//                             (model/save.h; only the newest three are kept) and hands version v
+//                             to the worker: WeightTransfer::kPath calls UpdateWeights(dir, v)
+//                             (the worker reads the directory: same host or shared storage);
+//                             kStream sends the weights in a StreamWeights call (a worker on
+//                             another host). The first publication starts the worker through its
+//                             supervisor (SPAWN: a child process started on those weights;
+//                             CONNECT: waits for the address to answer).
 //   Generate(requests, opts)  one Generate RPC per kMaxPromptsPerRequest requests, in NON_THINK
 //                             mode, each prompt with its own seed; every result is checked (count,
 //                             budget) and converted back, routing unpacked to i32.
 // Failure handling: a call that fails in transport (the worker died, was killed, or is
 // unreachable: UNAVAILABLE, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, ABORTED) is reported on
 // stderr (which worker, what failed, what happens next), the supervisor brings a worker back
-// (restart or wait), the latest weights are re-published to it, and the call is retried, up to
+// (restart or wait), the latest weights are re-published to it the same way (kStream streams
+// the latest published directory, read back from disk), and the call is retried, up to
 // max_attempts times. A request the worker rejects (INVALID_ARGUMENT, ...) is returned as is.
 //
 // Ownership: the adapters own their channels; the supervisor is not owned and outlives them.
@@ -51,8 +55,16 @@ class WorkerSupervisor {
   virtual absl::StatusOr<bool> Recover(const std::string& checkpoint_dir, int64_t version) = 0;
 };
 
+// How PublishWeights hands weights to the rollout worker.
+enum class WeightTransfer {
+  kPath,    // UpdateWeights with the published directory's path
+  kStream,  // StreamWeights with the weights' bytes
+};
+
 struct RemoteOptions {
   std::string token;      // shared secret sent as "authorization: Bearer <token>"; empty = none
+  WeightTransfer weight_transfer = WeightTransfer::kPath;
+  int64_t stream_chunk_bytes = 1 << 20;  // kStream: bytes per chunk, <= rollout::kMaxWeightChunkBytes
   int max_attempts = 3;   // tries per call, recoveries included; >= 1
   double call_timeout_s = 600;  // deadline of one RPC
 };
@@ -73,9 +85,12 @@ class RemoteRollout final : public RolloutBackend {
 
  private:
   // Brings the worker back after `failure` (or starts it: `failure` OK) and re-publishes the
-  // latest weights to it.
-  absl::Status Recover(const std::string& what, const grpc::Status& failure);
-  grpc::Status UpdateWeights(const std::string& dir, int64_t version);
+  // latest weights to it (`latest`, or read back from published_dir_ when null).
+  absl::Status Recover(const std::string& what, const grpc::Status& failure,
+                       const model::Model* latest = nullptr);
+  // Hands `version` (`model`, published in `dir`) to the worker by the configured transfer;
+  // kStream with model == nullptr reads `dir` back first.
+  grpc::Status UpdateWeights(const std::string& dir, const model::Model* model, int64_t version);
   grpc::Status GenerateOnce(const GenerateRequest& request, std::vector<GenerateResult>* results);
   void Connect();
 

@@ -434,6 +434,7 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
       !swapped.ok()) {
     return swapped;
   }
+  ++streamed_updates_;
   response->set_version(version);
   return grpc::Status::OK;
 }

@@ -29,6 +29,7 @@
 // lock and swaps under a short one.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -79,6 +80,8 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
 
   // The version now served (calls already running may still use an older one).
   int64_t version() const;
+  // Weight versions installed by StreamWeights so far.
+  int64_t streamed_updates() const { return streamed_updates_.load(); }
   // rollout::Generate calls run so far (fewer than Generate RPCs when calls were batched).
   int64_t batches_run() const;
 
@@ -101,6 +104,7 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
       const std::vector<GenerationRequest>& requests, const GenerateOptions& options);
 
   const RolloutServiceOptions options_;
+  std::atomic<int64_t> streamed_updates_{0};
   mutable std::mutex snapshot_mutex_;  // guards snapshot_
   Snapshot snapshot_;
   mutable std::mutex queue_mutex_;    // guards the members below

@@ -1,7 +1,9 @@
 // The GRPO job's gRPC adapters against real services on loopback: RemoteRollout returns exactly
 // what InProcessRollout returns for the same weights and seeds (tokens, logprobs, kept sets,
 // routing, versions), also after its worker went away mid-job and a supervisor brought a new one
-// up on the latest published weights; RemoteReward scores exactly as ExactMatchReward.
+// up on the latest published weights; the same with the weights streamed (WeightTransfer::kStream)
+// to a worker that comes back on its own initial weights, as a CONNECT worker does; RemoteReward
+// scores exactly as ExactMatchReward.
 #include "learner/remote_service.h"
 
 #include <filesystem>
@@ -21,7 +23,10 @@ namespace {
 // rollout, a new RolloutServiceImpl loaded from the checkpoint) on a new port.
 class InProcessServerSupervisor final : public WorkerSupervisor {
  public:
-  explicit InProcessServerSupervisor(bool rollout) : rollout_(rollout) {}
+  // With `restart_model`, every worker starts on that model as version -1 (not the published
+  // one) and Recover says it does not serve the latest: a CONNECT worker restarted by hand.
+  explicit InProcessServerSupervisor(bool rollout, const model::Model* restart_model = nullptr)
+      : rollout_(rollout), restart_model_(restart_model) {}
   ~InProcessServerSupervisor() override { Kill(); }
   std::string address() const override { return running_.address(); }
   std::string Describe() const override { return "test worker at " + address(); }
@@ -30,11 +35,13 @@ class InProcessServerSupervisor final : public WorkerSupervisor {
     ++recoveries;
     grpc::Service* service = &reward_;
     if (rollout_) {
-      absl::StatusOr<model::Model> model = model::Model::Load(dir);
+      absl::StatusOr<model::Model> model =
+          restart_model_ != nullptr ? *restart_model_ : model::Model::Load(dir);
       if (!model.ok()) return model.status();
       rollout::RolloutServiceOptions options;
       options.batch_window_us = 0;
-      auto created = rollout::RolloutServiceImpl::Create(*std::move(model), version, options);
+      auto created = rollout::RolloutServiceImpl::Create(
+          *std::move(model), restart_model_ != nullptr ? -1 : version, options);
       if (!created.ok()) return created.status();
       rollout_service_ = *std::move(created);
       service = rollout_service_.get();
@@ -42,7 +49,7 @@ class InProcessServerSupervisor final : public WorkerSupervisor {
     absl::StatusOr<protos::RunningServer> running = protos::StartServer({service});
     if (!running.ok()) return running.status();
     running_ = *std::move(running);
-    return true;
+    return restart_model_ == nullptr;
   }
   // The worker goes away: its server stops and every later call fails in transport.
   void Kill() {
@@ -50,9 +57,11 @@ class InProcessServerSupervisor final : public WorkerSupervisor {
     running_ = {};
   }
   int recoveries = 0;
+  rollout::RolloutServiceImpl* rollout_service() { return rollout_service_.get(); }
 
  private:
   const bool rollout_;
+  const model::Model* restart_model_;
   reward::RewardServiceImpl reward_;
   std::unique_ptr<rollout::RolloutServiceImpl> rollout_service_;
   protos::RunningServer running_;
@@ -119,6 +128,46 @@ TEST(RemoteRollout, EqualsInProcessAndSurvivesALostWorker) {
   EXPECT_TRUE(absl::IsInvalidArgument(rejected)) << rejected;
   EXPECT_THAT(rejected.message(), ::testing::HasSubstr("prompts[1].token_ids[0]: 1000"));
   EXPECT_EQ(remote.recoveries(), 1);
+}
+
+TEST(RemoteRollout, StreamedWeightsEqualInProcessAndAreReStreamedAfterARestart) {
+  const std::string root = ::testing::TempDir() + "/remote_rollout_stream_test";
+  std::filesystem::remove_all(root);
+  const auto random = [](uint64_t seed) {
+    return model::RandomModel(model::TinyConfig(),
+                              {.scheme = model::InitScheme::kExercise, .seed = seed});
+  };
+  const model::Model initial = random(7), v0 = random(1), v1 = random(2);
+  InProcessServerSupervisor supervisor(/*rollout=*/true, &initial);
+  RemoteOptions stream_options;
+  stream_options.weight_transfer = WeightTransfer::kStream;
+  stream_options.stream_chunk_bytes = 4096;
+  RemoteRollout remote(&supervisor, root, stream_options);
+  InProcessRollout local;
+  const std::vector<rollout::GenerationRequest> requests = {
+      {.prompt = {3, 9, 4}, .seed = 5}, {.prompt = {7}, .seed = 12}};
+  rollout::GenerateOptions options;
+  options.max_new_tokens = 5;
+  options.sampling.top_k = 7;
+
+  ASSERT_TRUE(remote.PublishWeights(v0, 0).ok());
+  ASSERT_TRUE(local.PublishWeights(v0, 0).ok());
+  EXPECT_EQ(supervisor.rollout_service()->streamed_updates(), 1);
+  auto got = remote.Generate(requests, options);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSameResults(*got, *local.Generate(requests, options));
+
+  ASSERT_TRUE(remote.PublishWeights(v1, 1).ok());
+  ASSERT_TRUE(local.PublishWeights(v1, 1).ok());
+  EXPECT_EQ(supervisor.rollout_service()->streamed_updates(), 2);
+  supervisor.Kill();  // comes back on `initial`, version -1: the latest must be sent again
+  got = remote.Generate(requests, options);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSameResults(*got, *local.Generate(requests, options));
+  EXPECT_EQ((*got)[0].weight_version, 1);
+  EXPECT_EQ(remote.recoveries(), 1);
+  EXPECT_EQ(supervisor.rollout_service()->streamed_updates(), 1);
+  EXPECT_EQ(supervisor.rollout_service()->version(), 1);
 }
 
 TEST(RemoteReward, EqualsExactMatch) {
