@@ -22,6 +22,7 @@ declare -A TARGETS=(
   [dsml_parse]="fuzz/dsml_parse_fuzz.cc actor/chat_encoding.cc actor/chat_parse.cc actor/dsml.cc actor/message.cc actor/py_json.cc actor/unicode.cc actor/unicode_class_table.cc"
   [sft_jsonl]="fuzz/sft_jsonl_fuzz.cc learner/sft_data.cc learner/synthetic_tasks.cc"
   [model_config]="fuzz/model_config_fuzz.cc model/config.cc model/params.cc"
+  [weight_stream]="fuzz/weight_stream_fuzz.cc rollout/weight_stream.cc"
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

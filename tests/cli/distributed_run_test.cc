@@ -236,9 +236,10 @@ TEST(DistributedRun, KilledRolloutWorkerIsRestartedAndTheResultIsUnchanged) {
   std::cerr << log;
 }
 
-// Workers started by hand (`v4rl serve`), the job in CONNECT mode: the same result; the rollout
-// worker killed mid-job and started again on the same port some time later: the job waits for
-// it, gives it the latest weights, retries, and still ends with the same result.
+// Workers started by hand (`v4rl serve`), the job in CONNECT mode (so weights are streamed,
+// services.weight_transfer's default there): the same result as in process; the rollout worker
+// killed mid-job and started again on the same port some time later, on its initial weights: the
+// job waits for it, streams it the latest weights, retries, and still ends with the same result.
 TEST(DistributedRun, ConnectWaitsForARestartedWorker) {
   const RunResult& baseline = Baseline();
   const std::string initial =
@@ -287,6 +288,8 @@ TEST(DistributedRun, ConnectWaitsForARestartedWorker) {
   EXPECT_EQ(again, rollout_port);
   ReadUntil(job, "no such line: read to the end", &log);
   EXPECT_EQ(job.Wait(180).value_or("still running"), "exited with status 0") << log;
+  EXPECT_THAT(log, HasSubstr("re-sending weights version 2 to rollout worker at 127.0.0.1:"));
+  EXPECT_THAT(log, HasSubstr("by StreamWeights"));
   EXPECT_THAT(log, HasSubstr("is back with weights version 2; retrying"));
   ExpectSameResult(ReadRun(run_dir), baseline);
   EXPECT_EQ(StoreStatsCount(run_dir + "/trajectories"), kTrajectories);
