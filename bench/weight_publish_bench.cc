@@ -26,8 +26,7 @@ namespace v4rl::rollout {
 namespace {
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // ~80M parameters: a 32k vocabulary at H = 512 and four layers of 16 experts of width 512.
@@ -101,8 +100,8 @@ int Run(const char* label, const model::ModelConfig& config, int reps, const std
       grpc::ClientContext context;
       UpdateWeightsResponse response;
       start = Now();
-      const grpc::Status status = SendWeightStream(stub.get(), &context, config, next.weights,
-                                                   ++version, chunk, &response);
+      const grpc::Status status =
+          SendWeightStream(stub.get(), &context, config, next.weights, ++version, chunk, &response);
       if (!status.ok()) return std::fprintf(stderr, "%s\n", status.error_message().c_str()), 1;
       double& best = chunk == kMaxWeightChunkBytes ? best_stream_max : best_stream_1m;
       best = std::min(best, Now() - start);
@@ -114,8 +113,8 @@ int Run(const char* label, const model::ModelConfig& config, int reps, const std
       "stream (1 MiB chunks) %.3f s (%.0f MiB/s), (%.1f MiB chunks) %.3f s | stream/path "
       "%.2f, stream/UpdateWeights %.2f\n",
       label, NumParams(config) / 1e6, mb, best_save, best_load, best_save + best_load,
-      best_stream_1m, mb / best_stream_1m, kMaxWeightChunkBytes / double(1 << 20),
-      best_stream_max, best_stream_1m / (best_save + best_load), best_stream_1m / best_load);
+      best_stream_1m, mb / best_stream_1m, kMaxWeightChunkBytes / double(1 << 20), best_stream_max,
+      best_stream_1m / (best_save + best_load), best_stream_1m / best_load);
   return 0;
 }
 

@@ -110,7 +110,8 @@ int RunRunCommand(const std::vector<std::string>& args) {
       "version; `v4rl store stats RUN/trajectories`), RUN/metrics_grpo.jsonl (one line per GRPO "
       "step and one for the final evaluation), RUN/checkpoints (the GRPO policy, a model "
       "directory) and RUN/summary.json (held-out accuracy after SFT and after GRPO, greedy and "
-      "sampled pass@1 over grpo.eval_samples samples per prompt, mean reward per step). A run directory that already has trajectories is refused.\n\n"
+      "sampled pass@1 over grpo.eval_samples samples per prompt, mean reward per step). A run "
+      "directory that already has trajectories is refused.\n\n"
       "Services (the config's `services` section): mode IN_PROCESS (default) runs rollout and "
       "reward here; SPAWN starts `v4rl serve rollout` and `v4rl serve reward` as child processes "
       "on 127.0.0.1 with ephemeral ports, restarts a worker that dies and retries its call, and "
@@ -122,8 +123,9 @@ int RunRunCommand(const std::vector<std::string>& args) {
       "this host's files) or streams the weights in the call (STREAM, the default with CONNECT: "
       "a worker on another host; chunks of 1 MiB, re-sent after a worker restart). It also "
       "serves the Learner service on 127.0.0.1 (SubmitTrajectories, WaitForWeightVersion); each "
-      "sample's weight version and lag are recorded (metrics, store header policy_version) and services.max_policy_lag bounds the "
-      "lag. The results are bit-identical in every mode for a fixed seed.");
+      "sample's weight version and lag are recorded (metrics, store header policy_version) and "
+      "services.max_policy_lag bounds the lag. The results are bit-identical in every mode for "
+      "a fixed seed.");
   std::string config_path;
   bool quiet = false;
   parser.AddPositional("CONFIG.textproto", &config_path, "RunConfig in protobuf text format");
@@ -188,10 +190,9 @@ int RunRunCommand(const std::vector<std::string>& args) {
     }
     learner::RemoteOptions remote;
     remote.token = services.token();
-    const bool stream =
-        services.weight_transfer() == ServicesConfig::WEIGHT_TRANSFER_STREAM ||
-        (services.weight_transfer() == ServicesConfig::WEIGHT_TRANSFER_DEFAULT &&
-         services.mode() == ServicesConfig::MODE_CONNECT);
+    const bool stream = services.weight_transfer() == ServicesConfig::WEIGHT_TRANSFER_STREAM ||
+                        (services.weight_transfer() == ServicesConfig::WEIGHT_TRANSFER_DEFAULT &&
+                         services.mode() == ServicesConfig::MODE_CONNECT);
     remote.weight_transfer =
         stream ? learner::WeightTransfer::kStream : learner::WeightTransfer::kPath;
     if (services.max_attempts() > 0) remote.max_attempts = services.max_attempts();

@@ -62,9 +62,8 @@ class SafetensorsFile {
   // The same over a file image already in memory (length prefix + header + data, `bytes` long),
   // which the file takes ownership of; `path` only names it in messages. Used for weights that
   // arrive over the network (rollout/weight_stream.h). InvalidArgument for a bad header.
-  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromImage(std::string path,
-                                                                    std::unique_ptr<uint8_t[]> image,
-                                                                    size_t bytes);
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromImage(
+      std::string path, std::unique_ptr<uint8_t[]> image, size_t bytes);
   ~SafetensorsFile();
 
   const std::string& path() const { return path_; }

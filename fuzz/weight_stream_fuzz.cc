@@ -30,8 +30,8 @@ void Require(bool condition) {
   if (!condition) __builtin_trap();
 }
 
-constexpr const char* kDTypes[] = {"F32", "BF16", "F16", "F64", "I32", "I64", "U8",  "BOOL",
-                                   "F8_E4M3", "F8_E8M0", "F4", "I8", "E8M0", "f32", "", "F33"};
+constexpr const char* kDTypes[] = {"F32",     "BF16",    "F16", "F64", "I32",  "I64", "U8", "BOOL",
+                                   "F8_E4M3", "F8_E8M0", "F4",  "I8",  "E8M0", "f32", "",   "F33"};
 
 }  // namespace
 
@@ -92,8 +92,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const v4rl::core::TensorDirectory::Location* at = (*tensors)->Find(tensor.name);
     Require(at != nullptr);
     Require(v4rl::core::SafetensorsDTypeName(at->entry->dtype) ==
-                std::string(v4rl::core::SafetensorsDTypeName(
-                    *v4rl::core::DTypeFromSafetensorsName(tensor.dtype))));
+            std::string(v4rl::core::SafetensorsDTypeName(
+                *v4rl::core::DTypeFromSafetensorsName(tensor.dtype))));
     Require(at->entry->shape == tensor.shape);
     Require(at->entry->data_end - at->entry->data_begin == tensor.num_bytes);
     const v4rl::core::Tensor read = at->file->Read(*at->entry);

@@ -89,8 +89,8 @@ grpc::Status RemoteRollout::UpdateWeights(const std::string& dir, const model::M
       model = &*loaded;
     }
     UpdateWeightsResponse response;
-    return rollout::SendWeightStream(stub_.get(), &context, model->config, model->weights,
-                                     version, options_.stream_chunk_bytes, &response);
+    return rollout::SendWeightStream(stub_.get(), &context, model->config, model->weights, version,
+                                     options_.stream_chunk_bytes, &response);
   }
   UpdateWeightsRequest request;
   request.set_checkpoint_dir(dir);
@@ -115,8 +115,7 @@ absl::Status RemoteRollout::Recover(const std::string& what, const grpc::Status&
   if (!serves_latest) {
     if (!failure.ok()) {
       V4RL_LOG(WARNING) << absl::StrFormat(
-          "re-sending weights version %d to %s by %s", published_version_,
-          supervisor_->Describe(),
+          "re-sending weights version %d to %s by %s", published_version_, supervisor_->Describe(),
           options_.weight_transfer == WeightTransfer::kStream ? "StreamWeights"
                                                               : "UpdateWeights (path)");
     }
@@ -161,12 +160,12 @@ absl::Status RemoteRollout::PublishWeights(const model::Model& model, int64_t ve
       status = grpc::Status::OK;
     }
     if (!status.ok()) {
-      return ToAbsl(absl::StrFormat("%s: %s(%s, version %d)", Describe(),
-                                    options_.weight_transfer == WeightTransfer::kStream
-                                        ? "StreamWeights"
-                                        : "UpdateWeights",
-                                    dir, version),
-                    status);
+      return ToAbsl(
+          absl::StrFormat("%s: %s(%s, version %d)", Describe(),
+                          options_.weight_transfer == WeightTransfer::kStream ? "StreamWeights"
+                                                                              : "UpdateWeights",
+                          dir, version),
+          status);
     }
   }
   // Keep the newest few directories: a restarted worker loads the latest.

@@ -64,7 +64,8 @@ enum class WeightTransfer {
 struct RemoteOptions {
   std::string token;      // shared secret sent as "authorization: Bearer <token>"; empty = none
   WeightTransfer weight_transfer = WeightTransfer::kPath;
-  int64_t stream_chunk_bytes = 1 << 20;  // kStream: bytes per chunk, <= rollout::kMaxWeightChunkBytes
+  // kStream: data bytes per chunk, at most rollout::kMaxWeightChunkBytes.
+  int64_t stream_chunk_bytes = 1 << 20;
   int max_attempts = 3;   // tries per call, recoveries included; >= 1
   double call_timeout_s = 600;  // deadline of one RPC
 };

@@ -413,8 +413,8 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
       return Invalid(absl::StrFormat("header: a second header in message %d", index));
     }
     if (absl::Status added = (*assembler)->AddChunk(message.data()); !added.ok()) {
-      return ToGrpc(absl::Status(added.code(), absl::StrFormat("message %d: %s", index,
-                                                               added.message())));
+      return ToGrpc(
+          absl::Status(added.code(), absl::StrFormat("message %d: %s", index, added.message())));
     }
   }
   if (context->IsCancelled()) {
@@ -425,6 +425,7 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
   absl::StatusOr<std::unique_ptr<core::TensorDirectory>> directory = (*assembler)->Finish(what);
   if (!directory.ok()) return ToGrpc(directory.status());
   absl::StatusOr<model::ModelWeights> weights = model::LoadWeights(*config, **directory);
+  directory->reset();  // the assembled bytes: freed before the swap, not after
   if (!weights.ok()) {
     return ToGrpc(absl::Status(weights.status().code(),
                                absl::StrCat("header.tensors: ", weights.status().message())));

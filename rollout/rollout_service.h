@@ -74,8 +74,7 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
   grpc::Status UpdateWeights(grpc::ServerContext* context, const UpdateWeightsRequest* request,
                              UpdateWeightsResponse* response) override;
   // The streamed update. Memory: the assembled bytes plus the loaded f32 weights, until the swap.
-  grpc::Status StreamWeights(grpc::ServerContext* context,
-                             grpc::ServerReader<WeightChunk>* reader,
+  grpc::Status StreamWeights(grpc::ServerContext* context, grpc::ServerReader<WeightChunk>* reader,
                              UpdateWeightsResponse* response) override;
 
   // The version now served (calls already running may still use an older one).

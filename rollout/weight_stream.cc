@@ -62,8 +62,8 @@ absl::StatusOr<std::unique_ptr<WeightStreamAssembler>> WeightStreamAssembler::St
     }
     absl::StatusOr<core::DType> dtype = core::DTypeFromSafetensorsName(tensor.dtype);
     if (!dtype.ok()) {
-      return Invalid(absl::StrFormat("tensors[%d].dtype (%s): %s", i, tensor.name,
-                                     dtype.status().message()));
+      return Invalid(
+          absl::StrFormat("tensors[%d].dtype (%s): %s", i, tensor.name, dtype.status().message()));
     }
     if (tensor.shape.size() > static_cast<size_t>(core::kMaxRank)) {
       return Invalid(absl::StrFormat("tensors[%d].shape (%s): rank %d above the limit of %d", i,
@@ -100,7 +100,8 @@ absl::StatusOr<std::unique_ptr<WeightStreamAssembler>> WeightStreamAssembler::St
     assembler->names_.push_back(tensor.name);
     assembler->ends_.push_back(total);
   }
-  const std::string header_json = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string header_json =
+      header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (static_cast<int64_t>(header_json.size()) > core::kMaxSafetensorsHeaderBytes) {
     return Invalid(absl::StrFormat("tensors: a directory of %d bytes exceeds the limit of %d",
                                    header_json.size(), core::kMaxSafetensorsHeaderBytes));
@@ -125,12 +126,12 @@ absl::StatusOr<std::unique_ptr<WeightStreamAssembler>> WeightStreamAssembler::St
 absl::Status WeightStreamAssembler::AddChunk(std::string_view bytes) {
   if (finished_) return Invalid("data: chunk after the end of the stream");
   if (bytes.empty()) {
-    return Invalid(absl::StrFormat("data: empty chunk after %d of %d bytes", received_bytes_,
-                                   total_bytes_));
+    return Invalid(
+        absl::StrFormat("data: empty chunk after %d of %d bytes", received_bytes_, total_bytes_));
   }
   if (static_cast<int64_t>(bytes.size()) > kMaxWeightChunkBytes) {
-    return Invalid(absl::StrFormat("data: chunk of %d bytes exceeds the limit of %d",
-                                   bytes.size(), kMaxWeightChunkBytes));
+    return Invalid(absl::StrFormat("data: chunk of %d bytes exceeds the limit of %d", bytes.size(),
+                                   kMaxWeightChunkBytes));
   }
   if (static_cast<int64_t>(bytes.size()) > total_bytes_ - received_bytes_) {
     return Invalid(absl::StrFormat(
@@ -147,15 +148,14 @@ absl::StatusOr<std::unique_ptr<core::TensorDirectory>> WeightStreamAssembler::Fi
   if (finished_) return absl::FailedPreconditionError("data: Finish called twice");
   finished_ = true;
   if (received_bytes_ != total_bytes_) {
-    const size_t index = std::upper_bound(ends_.begin(), ends_.end(), received_bytes_) -
-                         ends_.begin();
+    const size_t index =
+        std::upper_bound(ends_.begin(), ends_.end(), received_bytes_) - ends_.begin();
     return Invalid(absl::StrFormat(
         "data: the stream ended after %d of %d bytes; tensors[%d] (%s) and later are incomplete",
         received_bytes_, total_bytes_, index, index < names_.size() ? names_[index] : "?"));
   }
-  V4RL_ASSIGN_OR_RETURN(
-      std::unique_ptr<core::SafetensorsFile> file,
-      core::SafetensorsFile::FromImage(what, std::move(image_), image_bytes_));
+  V4RL_ASSIGN_OR_RETURN(std::unique_ptr<core::SafetensorsFile> file,
+                        core::SafetensorsFile::FromImage(what, std::move(image_), image_bytes_));
   return core::TensorDirectory::FromFile(std::move(file));
 }
 

@@ -47,9 +47,9 @@ struct StreamTensor {
 
 class WeightStreamAssembler {
  public:
-  // Checks the directory `tensors` (see above) and allocates the image; max_total_bytes bounds the sum
-  // of num_bytes (the caller derives it from the served model). InvalidArgument naming the field;
-  // ResourceExhausted when the image cannot be allocated.
+  // Checks the directory `tensors` (see above) and allocates the image; max_total_bytes bounds the
+  // sum of num_bytes (the caller derives it from the served model). InvalidArgument naming the
+  // field; ResourceExhausted when the image cannot be allocated.
   static absl::StatusOr<std::unique_ptr<WeightStreamAssembler>> Start(
       absl::Span<const StreamTensor> tensors, int64_t max_total_bytes);
 
@@ -67,9 +67,9 @@ class WeightStreamAssembler {
  private:
   WeightStreamAssembler() = default;
 
-  std::vector<std::string> names_;     // directory order
-  std::vector<int64_t> ends_;          // cumulative byte ends, directory order
-  std::unique_ptr<uint8_t[]> image_;   // length prefix + header JSON + data
+  std::vector<std::string> names_;    // directory order
+  std::vector<int64_t> ends_;         // cumulative byte ends, directory order
+  std::unique_ptr<uint8_t[]> image_;  // length prefix + header JSON + data
   size_t image_bytes_ = 0;
   size_t data_start_ = 0;
   int64_t total_bytes_ = 0;

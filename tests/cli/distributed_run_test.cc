@@ -296,6 +296,19 @@ TEST(DistributedRun, ConnectWaitsForARestartedWorker) {
   std::cerr << log;
 }
 
+// services.weight_transfer means something only with workers: rejected in process, at
+// validation (nothing runs).
+TEST(DistributedRun, WeightTransferNeedsSpawnOrConnect) {
+  const std::string run_dir = Root() + "/transfer_in_process";
+  std::filesystem::remove_all(run_dir);
+  std::filesystem::create_directories(Root());
+  const testing::CommandResult result = testing::RunV4rl(
+      "run " + WriteConfig(run_dir, "services { weight_transfer: WEIGHT_TRANSFER_STREAM }"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_THAT(result.output,
+              HasSubstr("services.weight_transfer needs services.mode SPAWN or CONNECT"));
+}
+
 // A `v4rl serve SERVICE ...` child and a channel to it.
 struct Served {
   std::unique_ptr<core::Subprocess> process;

@@ -144,8 +144,8 @@ TEST(RemoteRollout, StreamedWeightsEqualInProcessAndAreReStreamedAfterARestart) 
   stream_options.stream_chunk_bytes = 4096;
   RemoteRollout remote(&supervisor, root, stream_options);
   InProcessRollout local;
-  const std::vector<rollout::GenerationRequest> requests = {
-      {.prompt = {3, 9, 4}, .seed = 5}, {.prompt = {7}, .seed = 12}};
+  const std::vector<rollout::GenerationRequest> requests = {{.prompt = {3, 9, 4}, .seed = 5},
+                                                            {.prompt = {7}, .seed = 12}};
   rollout::GenerateOptions options;
   options.max_new_tokens = 5;
   options.sampling.top_k = 7;

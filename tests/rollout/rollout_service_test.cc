@@ -497,9 +497,9 @@ TEST_F(StreamWeightsTest, StreamedUpdateGeneratesBitIdenticallyToThePathUpdate) 
   grpc::ClientContext context;
   UpdateWeightsResponse response;
   // Small chunks: tensors split across chunks and chunks spanning tensors.
-  ASSERT_TRUE(SendWeightStream(stub_.get(), &context, model_b_.config, model_b_.weights, 3, 1000,
-                               &response)
-                  .ok());
+  ASSERT_TRUE(
+      SendWeightStream(stub_.get(), &context, model_b_.config, model_b_.weights, 3, 1000, &response)
+          .ok());
   EXPECT_EQ(response.version(), 3);
   EXPECT_EQ(service_->version(), 3);
   std::vector<GenerateResult> streamed;
@@ -560,13 +560,10 @@ TEST_F(StreamWeightsTest, MalformedStreamsAreRejectedWithTheFieldAndTheOldVersio
          grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[1].num_bytes");
   expect(Send(with_header([](WeightStreamHeader* h) { h->mutable_tensors(0)->set_dtype("F33"); })),
          grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[0].dtype");
-  expect(Send(with_header([](WeightStreamHeader* h) {
-           h->mutable_tensors(2)->mutable_shape()->Set(0, -1);
-         })),
+  expect(Send(with_header(
+             [](WeightStreamHeader* h) { h->mutable_tensors(2)->mutable_shape()->Set(0, -1); })),
          grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[2].shape[0]");
-  expect(Send(with_header([](WeightStreamHeader* h) {
-           *h->mutable_tensors(1) = h->tensors(0);
-         })),
+  expect(Send(with_header([](WeightStreamHeader* h) { *h->mutable_tensors(1) = h->tensors(0); })),
          grpc::StatusCode::INVALID_ARGUMENT, "header.tensors[1].name");
   {
     // A tensor missing from the directory (and its bytes from the data): the loader names it.

@@ -31,7 +31,8 @@ Fixture MakeTensors() {
     for (int64_t i = 0; i < t.numel(); ++i) data[i] = next += 1.25f;
     f.tensors.push_back(t);
   }
-  for (size_t i = 0; i < specs.size(); ++i) f.named.push_back({specs[i].first, f.tensors[i].view()});
+  for (size_t i = 0; i < specs.size(); ++i)
+    f.named.push_back({specs[i].first, f.tensors[i].view()});
   return f;
 }
 
@@ -69,9 +70,8 @@ TEST(WeightStream, ChunksOfAnySizeReassembleTheBytes) {
       ASSERT_NE(at, nullptr) << f.named[i].name;
       const core::Tensor read = at->file->Read(*at->entry);
       ASSERT_EQ(read.numel(), f.tensors[i].numel());
-      EXPECT_EQ(std::memcmp(read.data<float>(), f.tensors[i].data<float>(),
-                            f.tensors[i].numel() * 4),
-                0);
+      EXPECT_EQ(
+          std::memcmp(read.data<float>(), f.tensors[i].data<float>(), f.tensors[i].numel() * 4), 0);
     }
   }
 }
@@ -96,8 +96,7 @@ TEST(WeightStream, MalformedDirectoriesAndStreamsNameTheField) {
   };
   expect(Assemble(edited([](auto& d) { d[1].name = ""; }), chunks), "tensors[1].name");
   expect(Assemble(edited([](auto& d) { d[1].name = "a b"; }), chunks), "tensors[1].name");
-  expect(Assemble(edited([](auto& d) { d[1].name = "__metadata__"; }), chunks),
-         "tensors[1].name");
+  expect(Assemble(edited([](auto& d) { d[1].name = "__metadata__"; }), chunks), "tensors[1].name");
   expect(Assemble(edited([](auto& d) { d[3].name = d[0].name; }), chunks),
          "tensors[3].name: embed.weight appears twice");
   expect(Assemble(edited([](auto& d) { d[0].dtype = "F31"; }), chunks), "tensors[0].dtype");
@@ -108,8 +107,8 @@ TEST(WeightStream, MalformedDirectoriesAndStreamsNameTheField) {
          "tensors[0].num_bytes (embed.weight): 141, expected 140");
   // Sizes that overflow int64 or exceed the budget, before any allocation.
   expect(Assemble(edited([](auto& d) {
-           d[0].shape = {int64_t{1} << 40, int64_t{1} << 40, int64_t{1} << 40};
-         }),
+                    d[0].shape = {int64_t{1} << 40, int64_t{1} << 40, int64_t{1} << 40};
+                  }),
                   chunks),
          "tensors[0].shape (embed.weight): more bytes than the limit");
   expect(Assemble(valid, chunks, /*budget=*/100), "tensors[0].shape");
