@@ -358,7 +358,7 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
     return Invalid("header: empty stream; the first message must carry the header");
   }
   if (!message.has_header()) {
-    return Invalid("header: the first message carries data; the header must come first");
+    return Invalid("header: the first message is not the header; the header must come first");
   }
   const WeightStreamHeader& header = message.header();
   const int64_t version = header.version();
@@ -394,13 +394,27 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
     for (const int64_t dim : spec.shape) numel *= dim;
     max_total_bytes += 8 * numel;
   }
-  std::vector<StreamTensor> tensors(header.tensors_size());
-  for (int i = 0; i < header.tensors_size(); ++i) {
-    const WeightStreamHeader::Tensor& in = header.tensors(i);
-    tensors[i].name = in.name();
-    tensors[i].dtype = in.dtype();
-    tensors[i].shape.assign(in.shape().begin(), in.shape().end());
-    tensors[i].num_bytes = in.num_bytes();
+  // The directory: the header's entries, then any more_tensors messages before the data.
+  std::vector<StreamTensor> tensors;
+  const auto append =
+      [&](const google::protobuf::RepeatedPtrField<WeightStreamHeader::Tensor>& entries) {
+        for (const WeightStreamHeader::Tensor& in : entries) {
+          StreamTensor& tensor = tensors.emplace_back();
+          tensor.name = in.name();
+          tensor.dtype = in.dtype();
+          tensor.shape.assign(in.shape().begin(), in.shape().end());
+          tensor.num_bytes = in.num_bytes();
+        }
+        return static_cast<int64_t>(tensors.size()) <= kMaxStreamTensors;
+      };
+  append(header.tensors());
+  int64_t index = 1;  // of the message in `message`
+  bool have_message = false;
+  for (; (have_message = reader->Read(&message)) && message.has_more_tensors(); ++index) {
+    if (!append(message.more_tensors().tensors())) {
+      return Invalid(absl::StrFormat("more_tensors (message %d): more than %d tensors in all",
+                                     index, kMaxStreamTensors));
+    }
   }
   absl::StatusOr<std::unique_ptr<WeightStreamAssembler>> assembler =
       WeightStreamAssembler::Start(tensors, max_total_bytes);
@@ -408,9 +422,13 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
     return ToGrpc(absl::Status(assembler.status().code(),
                                absl::StrCat("header.", assembler.status().message())));
   }
-  for (int64_t index = 1; reader->Read(&message); ++index) {
-    if (!message.has_data()) {
+  for (; have_message; have_message = reader->Read(&message), ++index) {
+    if (message.has_header()) {
       return Invalid(absl::StrFormat("header: a second header in message %d", index));
+    }
+    if (message.has_more_tensors()) {
+      return Invalid(absl::StrFormat(
+          "more_tensors (message %d): directory entries after data; they must precede it", index));
     }
     if (absl::Status added = (*assembler)->AddChunk(message.data()); !added.ok()) {
       return ToGrpc(
@@ -443,26 +461,41 @@ grpc::Status RolloutServiceImpl::StreamWeights(grpc::ServerContext* context,
 grpc::Status SendWeightStream(v4rl::RolloutService::StubInterface* stub,
                               grpc::ClientContext* context, const model::ModelConfig& config,
                               const model::ModelWeights& weights, int64_t version,
-                              int64_t chunk_bytes, UpdateWeightsResponse* response) {
+                              int64_t chunk_bytes, UpdateWeightsResponse* response,
+                              int64_t directory_message_bytes) {
   std::vector<core::Tensor> storage;
   const std::vector<core::NamedTensor> named = model::HubNamedTensors(config, weights, &storage);
   absl::StatusOr<std::vector<StreamTensor>> directory = MakeStreamDirectory(named);
   if (!directory.ok()) return ToGrpc(directory.status());
-  WeightChunk first;
-  WeightStreamHeader* header = first.mutable_header();
+  // The directory goes in the header and, past directory_message_bytes, in more_tensors
+  // messages, so no message nears gRPC's 4 MiB limit however many tensors the model has.
+  std::vector<WeightChunk> directory_messages(1);
+  WeightStreamHeader* header = directory_messages[0].mutable_header();
   header->set_version(version);
   header->set_config_json(model::ModelConfigToJson(config).dump());
+  google::protobuf::RepeatedPtrField<WeightStreamHeader::Tensor>* entries =
+      header->mutable_tensors();
+  int64_t message_bytes = static_cast<int64_t>(header->config_json().size());
   for (const StreamTensor& tensor : *directory) {
-    WeightStreamHeader::Tensor* out = header->add_tensors();
+    if (message_bytes >= directory_message_bytes) {
+      entries = directory_messages.emplace_back().mutable_more_tensors()->mutable_tensors();
+      message_bytes = 0;
+    }
+    WeightStreamHeader::Tensor* out = entries->Add();
     out->set_name(tensor.name);
     out->set_dtype(tensor.dtype);
     out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
     out->set_num_bytes(tensor.num_bytes);
+    message_bytes += static_cast<int64_t>(out->ByteSizeLong()) + 4;
   }
   std::unique_ptr<grpc::ClientWriterInterface<WeightChunk>> writer =
       stub->StreamWeights(context, response);
   // A failed Write means the server ended the call; Finish says why.
-  if (writer->Write(first)) {
+  bool written = true;
+  for (const WeightChunk& message : directory_messages) {
+    if (!(written = writer->Write(message))) break;
+  }
+  if (written) {
     WeightChunk chunk;
     if (ForEachWeightChunk(named, chunk_bytes, [&](std::string_view bytes) {
           chunk.set_data(bytes.data(), bytes.size());

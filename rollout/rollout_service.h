@@ -115,10 +115,14 @@ class RolloutServiceImpl final : public v4rl::RolloutService::Service {
 
 // StreamWeights' client side: sends `config` and `weights` (hub naming, model/save.h) as weight
 // version `version` in chunks of `chunk_bytes` (clamped to [1, kMaxWeightChunkBytes]) and returns
-// the call's status; `context` carries the token and deadline.
+// the call's status; `context` carries the token and deadline. The tensor directory fills the
+// header up to about `directory_message_bytes`, the rest goes in more_tensors messages of that
+// size (tests make it small).
+inline constexpr int64_t kDirectoryMessageBytes = 1 << 20;
 grpc::Status SendWeightStream(v4rl::RolloutService::StubInterface* stub,
                               grpc::ClientContext* context, const model::ModelConfig& config,
                               const model::ModelWeights& weights, int64_t version,
-                              int64_t chunk_bytes, UpdateWeightsResponse* response);
+                              int64_t chunk_bytes, UpdateWeightsResponse* response,
+                              int64_t directory_message_bytes = kDirectoryMessageBytes);
 
 }  // namespace v4rl::rollout

@@ -496,10 +496,11 @@ TEST_F(StreamWeightsTest, StreamedUpdateGeneratesBitIdenticallyToThePathUpdate) 
   const GenerateRequest request = TestRequest();
   grpc::ClientContext context;
   UpdateWeightsResponse response;
-  // Small chunks: tensors split across chunks and chunks spanning tensors.
-  ASSERT_TRUE(
-      SendWeightStream(stub_.get(), &context, model_b_.config, model_b_.weights, 3, 1000, &response)
-          .ok());
+  // Small chunks: tensors split across chunks and chunks spanning tensors; the directory split
+  // over the header and several more_tensors messages.
+  ASSERT_TRUE(SendWeightStream(stub_.get(), &context, model_b_.config, model_b_.weights, 3, 1000,
+                               &response, /*directory_message_bytes=*/300)
+                  .ok());
   EXPECT_EQ(response.version(), 3);
   EXPECT_EQ(service_->version(), 3);
   std::vector<GenerateResult> streamed;
@@ -543,6 +544,19 @@ TEST_F(StreamWeightsTest, MalformedStreamsAreRejectedWithTheFieldAndTheOldVersio
 
   expect(SendRaw({}), grpc::StatusCode::INVALID_ARGUMENT, "header: empty stream");
   expect(SendRaw({valid.data[0]}), grpc::StatusCode::INVALID_ARGUMENT, "header: the first");
+  {
+    // Directory entries: the first tensor in a more_tensors message is fine before the data,
+    // not as the first message nor after data.
+    StreamParts split = valid;
+    WeightChunk more;
+    *more.mutable_more_tensors()->add_tensors() = split.header.header().tensors(0);
+    split.header.mutable_header()->mutable_tensors()->DeleteSubrange(0, 1);
+    expect(SendRaw({more}), grpc::StatusCode::INVALID_ARGUMENT, "header: the first");
+    std::vector<WeightChunk> late = {split.header, split.data[0], more};
+    late.insert(late.end(), split.data.begin() + 1, split.data.end());
+    expect(SendRaw(late), grpc::StatusCode::INVALID_ARGUMENT,
+           "more_tensors (message 2): directory entries after data");
+  }
   expect(Send(with_header([](WeightStreamHeader* h) { h->set_version(1); })),
          grpc::StatusCode::FAILED_PRECONDITION, "header.version: 1");
   expect(Send(with_header([](WeightStreamHeader* h) { h->set_config_json("{"); })),
