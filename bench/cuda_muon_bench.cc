@@ -74,7 +74,7 @@ int Main(int argc, char** argv) {
   for (const model::ParamSpec& spec : model::ModelParamSpecs(*config, /*include_mtp=*/false)) {
     const learner::ParameterAssignment a = learner::AssignOptimizer(spec.name, spec.shape);
     if (a.kind != learner::OptimizerKind::kMuon || spec.is_index_table) continue;
-    MuonMatrix m{spec.name, a.num_matrices, a.rows, a.cols};
+    MuonMatrix m{spec.name, a.num_matrices, a.rows, a.cols, {}, {}, {}};
     const core::Shape shape = {a.num_matrices, a.rows, a.cols};
     m.value = Tensor::Empty(DType::kF32, shape, kc::DeviceAllocator());
     m.grad = Tensor::Empty(DType::kF32, shape, kc::DeviceAllocator());

@@ -171,7 +171,9 @@ TEST(DistributedRun, SpawnedWorkersGiveTheInProcessResultBitForBit) {
   EXPECT_THAT(spawned.log, HasSubstr("started reward worker pid"));
   ExpectSameResult(spawned, baseline);
   for (const nlohmann::json& metrics : spawned.metrics) {
-    if (metrics.contains("max_lag")) EXPECT_EQ(metrics["max_lag"], 0);
+    if (metrics.contains("max_lag")) {
+      EXPECT_EQ(metrics["max_lag"], 0);
+    }
   }
   EXPECT_EQ(StoreStatsCount(Root() + "/spawn/trajectories"), kTrajectories);
   // The weights of the last step were published for the worker.

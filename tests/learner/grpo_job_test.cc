@@ -159,7 +159,7 @@ TEST(GrpoJob, LagIsRecordedAndBoundedByMaxPolicyLag) {
     OneVersionBehindRollout rollout(options.run_dir + "/served");
     store::MemoryTrajectoryStore trajectories;
     V4RL_ASSERT_OK_AND_ASSIGN(GrpoJobSummary summary,
-                              RunGrpoJob(options, &trajectories, {.rollout = &rollout}));
+                              RunGrpoJob(options, &trajectories, {.rollout = &rollout, .reward = nullptr, .on_weights_published = {}}));
     EXPECT_EQ(summary.steps, 3);
     std::istringstream metrics(ReadAll(options.run_dir + "/metrics_grpo.jsonl"));
     std::vector<int64_t> max_lags;
@@ -182,7 +182,7 @@ TEST(GrpoJob, LagIsRecordedAndBoundedByMaxPolicyLag) {
   options.max_policy_lag = 0;
   OneVersionBehindRollout rollout(options.run_dir + "/served");
   store::MemoryTrajectoryStore trajectories;
-  const absl::Status status = RunGrpoJob(options, &trajectories, {.rollout = &rollout}).status();
+  const absl::Status status = RunGrpoJob(options, &trajectories, {.rollout = &rollout, .reward = nullptr, .on_weights_published = {}}).status();
   EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
   EXPECT_THAT(status.message(), ::testing::HasSubstr("beyond max_policy_lag 0"));
   V4RL_ASSERT_OK_AND_ASSIGN(std::vector<store::TrajectoryMeta> metas,

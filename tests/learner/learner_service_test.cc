@@ -77,15 +77,18 @@ TEST_F(LearnerServiceTest, WaitReturnsWhenAnotherThreadPublishes) {
 }
 
 TEST_F(LearnerServiceTest, SubmittedTrajectoriesReachTheInboxInOrder) {
-  store::TrajectoryHeader header{.job_id = "job", .policy_version = 1};
+  store::TrajectoryHeader header;
+  header.job_id = "job";
+  header.policy_version = 1;
   std::vector<store::TrajectoryId> ids;
   for (int i = 0; i < 2; ++i) {
     auto id = store_->Begin(header, std::vector<int32_t>{0, 4});
     ASSERT_TRUE(id.ok());
-    store::CompletionTokens tokens{.token_ids = {5, 1},
-                                   .logprobs = {-1, -2},
-                                   .weight_versions = {1, 1},
-                                   .kept_set_sizes = {3, 3}};
+    store::CompletionTokens tokens;
+    tokens.token_ids = {5, 1};
+    tokens.logprobs = {-1, -2};
+    tokens.weight_versions = {1, 1};
+    tokens.kept_set_sizes = {3, 3};
     ASSERT_TRUE(store_->AppendTokens(*id, 0, tokens).ok());
     if (i == 0) {
       ASSERT_TRUE(store_->Finish(*id, store::TrajectoryStatus::kComplete).ok());
