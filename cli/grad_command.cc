@@ -33,7 +33,8 @@ int RunGrad(const std::vector<std::string>& args) {
       "names and per-expert tensors; FP8/FP4 weights get the gradient of their dequantised "
       "values). Not trained: gate.bias / e_score_correction_bias, tid2eid; the lightning "
       "indexer's gradients are zero (no gradient flows through its top-k). --device cuda computes the "
-      "backward on the GPU in fp32 (same gradients to summation order; no --recompute).");
+      "backward on the GPU in fp32 (same gradients to summation order; no --recompute; "
+      "experimental: its gpu tests have not run on a GPU yet).");
   std::string model_dir, input_path, output_path;
   int64_t threads = 0;
   bool recompute = false, replay_routing = false;
