@@ -468,18 +468,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   V4RL_RETURN_IF_ERROR(kc::BatchCopy(copies));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(attn.view(), cos, sin, /*inverse=*/true));
   profile.Mark("attn.ring_rope");
-  // Grouped output projection, then wo_b.
-  const int64_t groups = config.o_groups, rank = config.o_lora_rank;
-  const int64_t group_in = heads * dim / groups;
-  const Tensor u = Dev(DType::kBF16, {n, groups * rank});
-  const TensorView o_groups = attn.view().Reshape({n, groups, group_in});
-  const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
-  const TensorView u_groups = u.view().Reshape({n, groups, rank});
-  for (int64_t g = 0; g < groups; ++g) {
-    V4RL_RETURN_IF_ERROR(
-        kc::Gemm(*gemm, o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g)));
-  }
-  return kc::Gemm(*gemm, u.view(), w.wo_b.view(), out);
+  return OutputProjection(w, attn, out);
 }
 
 struct CudaDecoder::Impl {

@@ -264,7 +264,12 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
     V4RL_RETURN_IF_ERROR(kc::SparseAttention(args));
   }
   V4RL_RETURN_IF_ERROR(RotateSequences(attn.view(), rope, /*inverse=*/true));
-  // Grouped output projection, then wo_b.
+  return OutputProjection(w, attn, out);
+}
+
+absl::Status CudaModel::Impl::OutputProjection(const AttentionWeights& w, const Tensor& attn,
+                                               const TensorView& out) {
+  const int64_t heads = config.num_heads, dim = config.head_dim;
   const int64_t groups = config.o_groups, rank = config.o_lora_rank;
   const int64_t group_in = heads * dim / groups;
   const Tensor u = Dev(DType::kBF16, {num_tokens, groups * rank});
@@ -343,20 +348,7 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
-  // Shared expert on every token.
-  Tensor shared_out;
-  if (config.num_shared_experts > 0) {
-    const int64_t width = w.shared_w1.size(0);
-    const Tensor sg = Dev(DType::kBF16, {num_tokens, width});
-    const Tensor su = Dev(DType::kBF16, {num_tokens, width});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w1.view(), sg.view()));
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w3.view(), su.view()));
-    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg.view(), su.view(), limit, sg.view()));
-    shared_out = Dev(DType::kF32, {num_tokens, hidden});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg.view(), w.shared_w2.view(), shared_out.view()));
-  }
-  return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
-                        shared_out.defined() ? shared_out.view() : TensorView(), out);
+  return SharedExpertsAndCombine(w, x, expert_out, pick_of_slot, weight, out);
 }
 
 absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorView& x,
@@ -390,6 +382,16 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
   const Tensor expert_out = Dev(DType::kF32, {slots_n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(), expert_out.view()));
+  return SharedExpertsAndCombine(w, x, expert_out, pick_of_slot, weight, out);
+}
+
+absl::Status CudaModel::Impl::SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
+                                                      const Tensor& expert_out,
+                                                      const Tensor& pick_of_slot,
+                                                      const Tensor& weight,
+                                                      const TensorView& out) {
+  const int64_t hidden = config.hidden_size;
+  const float limit = static_cast<float>(config.swiglu_limit);
   Tensor shared_out;
   if (config.num_shared_experts > 0) {
     const int64_t width = w.shared_w1.size(0);

@@ -150,7 +150,18 @@ struct CudaModel::Impl {
                                      const TensorView& x, const TensorView& qr);
   absl::Status Attention(const AttentionWeights& w, AttentionType type, const TensorView& x,
                          const TensorView& out);
+  // attn [num_tokens, heads, head_dim] bf16 -> out [num_tokens, hidden]: the grouped low-rank
+  // output projection (o_groups GEMMs with wo_a), then wo_b. Shared by Attention and
+  // AttentionDecode.
+  absl::Status OutputProjection(const AttentionWeights& w, const Tensor& attn,
+                                const TensorView& out);
   absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
+  // The shared experts on x [num_tokens, hidden] plus the weighted combine of the routed
+  // experts' rows expert_out (MoeCombine's pick_of_slot, weight) into out. Shared by Moe and
+  // MoeDevicePlan.
+  absl::Status SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
+                                       const Tensor& expert_out, const Tensor& pick_of_slot,
+                                       const Tensor& weight, const TensorView& out);
   // Moe's experts after routing with options.device_moe_dispatch (no host sync).
   absl::Status MoeDevicePlan(const MoeWeights& w, const TensorView& x, const Tensor& idx,
                              const Tensor& weight, const TensorView& out);
