@@ -15,6 +15,7 @@
 #include "core/safetensors.h"
 #include "model/checkpoint_gradients.h"
 #include "model/next_token_loss.h"
+#include "v4rl/build_config.h"
 #if V4RL_WITH_CUDA
 #include "model/backward_cuda.h"
 #endif

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
@@ -16,7 +17,6 @@
 #include "kernels/cuda/mhc.h"
 #include "kernels/cuda/rows.h"
 #include "model/forward_cuda_impl.h"
-#include "model/rope.h"
 
 namespace v4rl::model {
 namespace cuda_internal {
@@ -83,7 +83,6 @@ struct DecodeStepState {
   Tensor positions;                  // [N] i32 device
   Tensor main_cos, main_sin;         // [N, rd / 2] f32 device
   Tensor compress_cos, compress_sin;  // [N, rd / 2] f32 device
-  const RopeTable* compress_rope = nullptr;  // host table for entry rotation
   const CudaDecodeStepOptions* options = nullptr;
   int64_t layer = 0;
 };
@@ -94,6 +93,14 @@ char* Ptr(const TensorView& v, int64_t row) {
   return static_cast<char*>(v.data) + row * (v.nbytes() / std::max<int64_t>(v.shape[0], 1));
 }
 int64_t RowBytes(const TensorView& v) { return core::DTypeBytes(v.dtype, v.numel() / v.shape[0]); }
+
+// Queries the indexer scores per GEMM: at most `limit` and `count`, and few enough that the
+// [chunk, heads, entries] f32 score block stays within 256 MiB (16 queries at 1M tokens).
+int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, int64_t entries) {
+  constexpr int64_t kScoreFloats = int64_t{64} << 20;
+  const int64_t fits = kScoreFloats / std::max<int64_t>(1, heads * entries);
+  return std::max<int64_t>(1, std::min({limit, count, fits}));
+}
 
 // Appends the step's compressor rows (values, biased gate scores of x) to each sequence's
 // pending rows; every window completed becomes an entry (pooled, normalised, rotated at w·m).
@@ -189,16 +196,17 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
       kc::CompressPoolEntries(work_kv.view(), work_score.view(), ratio, overlap, pool, entries.view()));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
   const int64_t half = m.config.rope_head_dim / 2;
-  Tensor cos = Tensor::Empty(DType::kF32, {total_entries, half});
-  Tensor sin = Tensor::Empty(DType::kF32, {total_entries, half});
+  std::vector<int32_t> entry_positions;  // entry w sits at position w · ratio
+  entry_positions.reserve(total_entries);
   for (const Job& job : jobs) {
-    st.compress_rope->Fill(job.open_window * ratio, ratio, job.num_entries,
-                           cos.data<float>() + job.entry_row * half,
-                           sin.data<float>() + job.entry_row * half);
+    for (int64_t e = 0; e < job.num_entries; ++e) {
+      entry_positions.push_back(static_cast<int32_t>((job.open_window + e) * ratio));
+    }
   }
-  int64_t unused = 0;
-  V4RL_ASSIGN_OR_RETURN(const Tensor dcos, Upload(cos, DType::kF32, &unused));
-  V4RL_ASSIGN_OR_RETURN(const Tensor dsin, Upload(sin, DType::kF32, &unused));
+  const Tensor dcos = Dev(DType::kF32, {total_entries, half});
+  const Tensor dsin = Dev(DType::kF32, {total_entries, half});
+  V4RL_RETURN_IF_ERROR(kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions,
+                                       dcos.view(), dsin.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({total_entries, 1, entry_dim}),
                                      dcos.view(), dsin.view(), /*inverse=*/false));
   copies.clear();
@@ -344,7 +352,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
         topks[i] = std::min(config.index_topk, entries);
         offsets[i] = total;
         total += s.count * topks[i];
-        const int64_t chunk = std::max<int64_t>(1, std::min(options.indexer_q_chunk, s.count));
+        const int64_t chunk = IndexerQueryChunk(st.options->indexer_q_chunk, s.count, ih, entries);
         if (topks[i] > 0) {
           work = std::max(work, kc::IndexerTopKWorkspaceFloats(chunk, ih, entries));
         }
@@ -367,7 +375,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
         args.q_pos0 = s.position;
         args.ratio = ratio;
         args.score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)));
-        args.q_chunk = std::max<int64_t>(1, std::min(options.indexer_q_chunk, s.count));
+        args.q_chunk = IndexerQueryChunk(st.options->indexer_q_chunk, s.count, ih, entries);
         V4RL_RETURN_IF_ERROR(kc::IndexerTopK(*gemm, args));
       }
     }
@@ -478,7 +486,6 @@ struct CudaDecoder::Impl {
   std::vector<bool> used;  // per block
   std::map<int64_t, std::unique_ptr<Sequence>> sequences;
   int64_t next_id = 0;
-  RopeTable main_rope, compress_rope;  // host tables (step cos/sin, entry rotation)
 };
 
 CudaDecoder::CudaDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -501,9 +508,6 @@ absl::StatusOr<std::unique_ptr<CudaDecoder>> CudaDecoder::Create(CudaModel* mode
   const int64_t blocks = (pool_bytes + block_bytes - 1) / block_bytes;
   impl->pool = Tensor::Empty(DType::kU8, {blocks * block_bytes}, kc::DeviceAllocator());
   impl->used.assign(blocks, false);
-  const ModelConfig& config = model->impl_->config;
-  impl->main_rope = MakeRopeTable(config, AttentionType::kSliding);
-  impl->compress_rope = MakeRopeTable(config, AttentionType::kCompressedSparse);
   return std::unique_ptr<CudaDecoder>(new CudaDecoder(std::move(impl)));
 }
 
@@ -627,33 +631,28 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
           m.weights.layers.size()));
     }
   }
-  // Ids, positions and both RoPE tables' rows of the step's tokens.
+  // Ids and positions of the step's tokens (one upload each), both RoPE tables' rows from the
+  // positions on the device.
   const int64_t half = config.rope_head_dim / 2;
   Tensor ids = Tensor::Empty(DType::kI32, {num_tokens});
   Tensor positions = Tensor::Empty(DType::kI32, {num_tokens});
-  Tensor main_cos = Tensor::Empty(DType::kF32, {num_tokens, half});
-  Tensor main_sin = Tensor::Empty(DType::kF32, {num_tokens, half});
-  Tensor comp_cos = Tensor::Empty(DType::kF32, {num_tokens, half});
-  Tensor comp_sin = Tensor::Empty(DType::kF32, {num_tokens, half});
   for (size_t i = 0; i < inputs.size(); ++i) {
     const StepSpan& s = st.spans[i];
     for (int64_t t = 0; t < s.count; ++t) {
       ids.data<int32_t>()[s.row + t] = inputs[i].tokens[t];
       positions.data<int32_t>()[s.row + t] = static_cast<int32_t>(s.position + t);
     }
-    d.main_rope.Fill(s.position, 1, s.count, main_cos.data<float>() + s.row * half,
-                     main_sin.data<float>() + s.row * half);
-    d.compress_rope.Fill(s.position, 1, s.count, comp_cos.data<float>() + s.row * half,
-                         comp_sin.data<float>() + s.row * half);
   }
   int64_t unused = 0;
   V4RL_ASSIGN_OR_RETURN(m.token_ids, Upload(ids, DType::kI32, &unused));
   V4RL_ASSIGN_OR_RETURN(st.positions, Upload(positions, DType::kI32, &unused));
-  V4RL_ASSIGN_OR_RETURN(st.main_cos, Upload(main_cos, DType::kF32, &unused));
-  V4RL_ASSIGN_OR_RETURN(st.main_sin, Upload(main_sin, DType::kF32, &unused));
-  V4RL_ASSIGN_OR_RETURN(st.compress_cos, Upload(comp_cos, DType::kF32, &unused));
-  V4RL_ASSIGN_OR_RETURN(st.compress_sin, Upload(comp_sin, DType::kF32, &unused));
-  st.compress_rope = &d.compress_rope;
+  for (auto [rope, cos, sin] : {std::tuple{&m.main_rope, &st.main_cos, &st.main_sin},
+                                std::tuple{&m.compress_rope, &st.compress_cos, &st.compress_sin}}) {
+    *cos = Dev(DType::kF32, {num_tokens, half});
+    *sin = Dev(DType::kF32, {num_tokens, half});
+    V4RL_RETURN_IF_ERROR(
+        kc::RopeTableAt(rope->inv_freq.view(), st.positions.view(), cos->view(), sin->view()));
+  }
   st.options = &options;
 
   // The model's per-call state: one "sequence" of the step's N tokens for the token-wise ops.
@@ -692,6 +691,8 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   kc::MhcPreArgs head;
   head.streams = streams.view();
   head.fn = m.weights.hc_head.fn.view();
+  head.fn_split = true;
+  head.gemm = m.gemm.get();
   head.base = m.weights.hc_head.base.view();
   head.scale = m.weights.hc_head.scale.view();
   head.pre = pre.view();

@@ -42,7 +42,9 @@ struct CudaDecodeStepOptions {
   // Logits of every new token ([N, V], step order); otherwise of each input's last token
   // ([num_inputs, V]). Default: false.
   bool all_logits = false;
-  int64_t indexer_q_chunk = 64;  // queries scored per indexer GEMM within a sequence
+  // Queries scored per indexer GEMM within a sequence (fewer when the [chunk, heads, entries] f32
+  // scores would pass 256 MiB).
+  int64_t indexer_q_chunk = 512;
   // Replays for diffing against another run without the discrete flips of near-tied scores:
   // per layer [N, k] i32 host routed experts of the step's tokens (step order); per layer
   // [N, k'] i32 host indexer picks (ascending, -1 padding; undefined views for non-CSA layers).

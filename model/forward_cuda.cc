@@ -38,8 +38,9 @@ absl::Status CudaModel::Impl::UploadWeights(const ModelWeights& host) {
     V4RL_ASSIGN_OR_RETURN(*out, Upload(t, DType::kF32, bytes));
     return absl::OkStatus();
   };
+  // fn in the split bf16 form (kernels/cuda/mhc.h): the mixes run as one GEMM per site.
   auto mhc = [&](const auto& from, auto* to) -> absl::Status {
-    V4RL_RETURN_IF_ERROR(f32(from.fn, &to->fn));
+    V4RL_ASSIGN_OR_RETURN(to->fn, Upload(kc::SplitMhcFn(from.fn.view()), DType::kBF16, bytes));
     V4RL_RETURN_IF_ERROR(f32(from.base, &to->base));
     return f32(from.scale, &to->scale);
   };
@@ -418,6 +419,8 @@ absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const T
     kc::MhcPreArgs args;
     args.streams = in.view();
     args.fn = hc.fn.view();
+    args.fn_split = true;
+    args.gemm = gemm.get();
     args.base = hc.base.view();
     args.scale = hc.scale.view();
     args.pre = pre->view();
@@ -530,6 +533,8 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
   kc::MhcPreArgs head;
   head.streams = streams.view();
   head.fn = m.weights.hc_head.fn.view();
+  head.fn_split = true;
+  head.gemm = m.gemm.get();
   head.base = m.weights.hc_head.base.view();
   head.scale = m.weights.hc_head.scale.view();
   head.pre = pre.view();

@@ -1,5 +1,6 @@
 // The V4 forward pass on one GPU in the `production` precision (DESIGN.md §3): weights uploaded
-// once (matrices in bf16; norms, mHC mixes, sinks, gate biases in f32), activations in bf16 with
+// once (matrices in bf16; norms, mHC bases and scales, sinks, gate biases in f32; mHC fn as bf16
+// high and low parts, kernels/cuda/mhc.h SplitMhcFn), activations in bf16 with
 // fp32 accumulation, residual streams in bf16 (or f32, an option), every op a kernels/cuda
 // launcher. Same math and order as model/forward.cc (the fp32 CPU reference), which the gpu test
 // tests/model/cuda_forward_test.cc measures it against (cosine distance and max error).

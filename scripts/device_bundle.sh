@@ -66,11 +66,15 @@ cat > "$BUNDLE/run_gpu_tests.sh" <<'RUN'
 # Runs every gpu-labelled test of the bundle; exits non-zero if any fails.
 here=$(cd "$(dirname "$0")" && pwd)
 failed=0
+failures=()
 while read -r test; do
   echo "=== $test"
-  "$here/env.sh" "$here/bin/$test" || failed=$((failed + 1))
+  if ! "$here/env.sh" "$here/bin/$test"; then
+    failed=$((failed + 1))
+    failures+=("$test")
+  fi
 done < "$here/gpu_tests.txt"
-echo "gpu tests: $(wc -l < "$here/gpu_tests.txt") run, $failed failed"
+echo "gpu tests: $(wc -l < "$here/gpu_tests.txt") run, $failed failed ${failures[*]:-}"
 exit $((failed > 0))
 RUN
 chmod +x "$BUNDLE/env.sh" "$BUNDLE/run_gpu_tests.sh"

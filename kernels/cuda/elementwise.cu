@@ -40,6 +40,7 @@ struct RmsNormParams {
   int64_t rows, dim, ldx, ldo;
   float eps;
   bool x_bf16, w_bf16, out_bf16;
+  bool vec;  // 8-wide accesses (Vec8Ok on x, out and the weight)
 };
 
 // One block per row: the sum of squares in f32, then every channel scaled (and weighted).
@@ -48,6 +49,28 @@ __global__ void RmsNormKernel(RmsNormParams p) {
   const int64_t r = blockIdx.x;
   const int64_t x0 = r * p.ldx, o0 = r * p.ldo;
   float sum = 0.0f;
+  if (p.vec) {
+    for (int64_t c = 8 * threadIdx.x; c < p.dim; c += 8 * blockDim.x) {
+      float v[8];
+      Load8(p.x, p.x_bf16, x0 + c, v);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum += v[k] * v[k];
+    }
+    sum = BlockSum(sum, scratch);
+    const float inv = 1.0f / sqrtf(sum / static_cast<float>(p.dim) + p.eps);
+    for (int64_t c = 8 * threadIdx.x; c < p.dim; c += 8 * blockDim.x) {
+      float v[8], w[8];
+      Load8(p.x, p.x_bf16, x0 + c, v);
+      if (p.weight != nullptr) Load8(p.weight, p.w_bf16, c, w);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        v[k] *= inv;
+        if (p.weight != nullptr) v[k] *= w[k];
+      }
+      Store8(p.out, p.out_bf16, o0 + c, v);
+    }
+    return;
+  }
   for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x) {
     const float v = LoadF(p.x, p.x_bf16, x0 + c);
     sum += v * v;
@@ -61,11 +84,16 @@ __global__ void RmsNormKernel(RmsNormParams p) {
   }
 }
 
+constexpr int kInlinePositions = 512;  // positions passed in the launch parameters (2 KiB)
+
 struct RopeTableParams {
   const float* inv_freq;
   float* cos;
   float* sin;
   int64_t first, stride, count, half;
+  const int32_t* positions;  // device [count], or null: inline, or else first + r · stride
+  bool use_inline;
+  int32_t inline_positions[kInlinePositions];
 };
 
 __global__ void RopeTableKernel(RopeTableParams p) {
@@ -74,7 +102,10 @@ __global__ void RopeTableKernel(RopeTableParams p) {
        e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = e / p.half, i = e % p.half;
     // f32 position times f32 frequency (one rounding, as the CPU table), then double cos/sin.
-    const float angle = __fmul_rn(static_cast<float>(p.first + r * p.stride), p.inv_freq[i]);
+    const int64_t position = p.positions != nullptr ? p.positions[r]
+                             : p.use_inline         ? p.inline_positions[r]
+                                                    : p.first + r * p.stride;
+    const float angle = __fmul_rn(static_cast<float>(position), p.inv_freq[i]);
     p.cos[e] = static_cast<float>(::cos(static_cast<double>(angle)));
     p.sin[e] = static_cast<float>(::sin(static_cast<double>(angle)));
   }
@@ -112,13 +143,30 @@ struct SwiGluParams {
   int64_t rows, cols, ldg, ldu, ldo;
   float limit;
   bool gate_bf16, up_bf16, out_bf16;
+  bool vec;  // 8-wide accesses (Vec8Ok on gate, up and out)
 };
 
+// One block per row (no 64-bit division per element).
 __global__ void SwiGluKernel(SwiGluParams p) {
-  const int64_t n = p.rows * p.cols;
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = e / p.cols, c = e % p.cols;
+  const int64_t r = blockIdx.x;
+  if (p.vec) {
+    for (int64_t c = 8 * threadIdx.x; c < p.cols; c += 8 * blockDim.x) {
+      float g[8], u[8];
+      Load8(p.gate, p.gate_bf16, r * p.ldg + c, g);
+      Load8(p.up, p.up_bf16, r * p.ldu + c, u);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (p.limit > 0) {
+          g[k] = fminf(g[k], p.limit);
+          u[k] = fminf(fmaxf(u[k], -p.limit), p.limit);
+        }
+        g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+      }
+      Store8(p.out, p.out_bf16, r * p.ldo + c, g);
+    }
+    return;
+  }
+  for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) {
     float g = LoadF(p.gate, p.gate_bf16, r * p.ldg + c);
     float u = LoadF(p.up, p.up_bf16, r * p.ldu + c);
     if (p.limit > 0) {
@@ -191,14 +239,18 @@ absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, 
     p.w_bf16 = IsBf16(weight);
   }
   if (a.rows == 0) return absl::OkStatus();
-  const int threads = a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128);
+  p.vec = Vec8Ok(p.x, p.ldx) && Vec8Ok(p.out, p.ldo) && p.dim % 8 == 0 &&
+          (p.weight == nullptr || Vec8Ok(p.weight, p.dim));
+  const int threads = p.vec ? static_cast<int>(std::clamp<int64_t>((a.cols / 8 + 31) / 32 * 32, 32, 256))
+                            : (a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128));
   RmsNormKernel<<<static_cast<unsigned>(a.rows), threads>>>(p);
   return LaunchStatus(op);
 }
 
-absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int64_t stride,
-                           const core::TensorView& cos, const core::TensorView& sin) {
-  const char* op = "cuda::RopeTableFill";
+namespace {
+
+absl::Status CheckRopeTables(const char* op, const core::TensorView& inv_freq,
+                             const core::TensorView& cos, const core::TensorView& sin) {
   for (const auto& [name, v] : {std::pair{"inv_freq", &inv_freq}, std::pair{"cos", &cos},
                                 std::pair{"sin", &sin}}) {
     if (absl::Status s = CheckDeviceView(op, name, *v, {core::DType::kF32}); !s.ok()) return s;
@@ -209,14 +261,65 @@ absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int6
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]}); !s.ok()) {
-    return s;
-  }
-  RopeTableParams p{inv_freq.data_as<float>(), cos.data_as<float>(), sin.data_as<float>(), first,
-                    stride, cos.shape[0], cos.shape[1]};
+  return CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]});
+}
+
+absl::Status LaunchRopeTable(const char* op, RopeTableParams& p) {
   if (p.count * p.half == 0) return absl::OkStatus();
   RopeTableKernel<<<GridFor(p.count * p.half, 256), 256>>>(p);
   return LaunchStatus(op);
+}
+
+}  // namespace
+
+absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int64_t stride,
+                           const core::TensorView& cos, const core::TensorView& sin) {
+  const char* op = "cuda::RopeTableFill";
+  if (absl::Status s = CheckRopeTables(op, inv_freq, cos, sin); !s.ok()) return s;
+  RopeTableParams p{};
+  p = {inv_freq.data_as<float>(), cos.data_as<float>(), sin.data_as<float>(), first, stride,
+       cos.shape[0], cos.shape[1]};
+  return LaunchRopeTable(op, p);
+}
+
+absl::Status RopeTableAt(const core::TensorView& inv_freq, const core::TensorView& positions,
+                         const core::TensorView& cos, const core::TensorView& sin) {
+  const char* op = "cuda::RopeTableAt";
+  if (absl::Status s = CheckRopeTables(op, inv_freq, cos, sin); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "positions", positions, {core::DType::kI32}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckViewShape(op, "positions", positions, {cos.shape[0]}); !s.ok()) {
+    return s;
+  }
+  RopeTableParams p{};
+  p = {inv_freq.data_as<float>(), cos.data_as<float>(), sin.data_as<float>(), 0, 0, cos.shape[0],
+       cos.shape[1], positions.data_as<const int32_t>()};
+  return LaunchRopeTable(op, p);
+}
+
+absl::Status RopeTableAt(const core::TensorView& inv_freq, absl::Span<const int32_t> positions,
+                         const core::TensorView& cos, const core::TensorView& sin) {
+  const char* op = "cuda::RopeTableAt";
+  if (absl::Status s = CheckRopeTables(op, inv_freq, cos, sin); !s.ok()) return s;
+  if (absl::Status s = CheckArg(static_cast<int64_t>(positions.size()) == cos.shape[0], op,
+                                "one position per row of cos");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t half = cos.shape[1];
+  for (size_t begin = 0; begin < positions.size(); begin += kInlinePositions) {
+    RopeTableParams p{};
+    p.inv_freq = inv_freq.data_as<float>();
+    p.cos = cos.data_as<float>() + begin * half;
+    p.sin = sin.data_as<float>() + begin * half;
+    p.count = static_cast<int64_t>(std::min<size_t>(kInlinePositions, positions.size() - begin));
+    p.half = half;
+    p.use_inline = true;
+    std::copy_n(positions.begin() + begin, p.count, p.inline_positions);
+    if (absl::Status s = LaunchRopeTable(op, p); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
@@ -263,7 +366,8 @@ absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& u
   SwiGluParams p{g.data, u.data, o.data, g.rows, g.cols, g.ld, u.ld, o.ld, limit,
                  g.bf16, u.bf16, o.bf16};
   if (g.rows * g.cols == 0) return absl::OkStatus();
-  SwiGluKernel<<<GridFor(g.rows * g.cols, 256), 256>>>(p);
+  p.vec = Vec8Ok(g.data, g.ld) && Vec8Ok(u.data, u.ld) && Vec8Ok(o.data, o.ld) && g.cols % 8 == 0;
+  SwiGluKernel<<<static_cast<unsigned>(g.rows), 256>>>(p);
   return LaunchStatus(op);
 }
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "core/tensor.h"
 
 namespace v4rl::kernels::cuda {
@@ -25,6 +26,12 @@ absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, 
 // [count, rope_dim / 2] f32 for positions first, first + stride, ...
 absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int64_t stride,
                            const core::TensorView& cos, const core::TensorView& sin);
+// The same tables at arbitrary positions: positions [count] i32 on the device, or a host span
+// passed in the launch parameters (512 a launch: no upload, no wait for earlier work).
+absl::Status RopeTableAt(const core::TensorView& inv_freq, const core::TensorView& positions,
+                         const core::TensorView& cos, const core::TensorView& sin);
+absl::Status RopeTableAt(const core::TensorView& inv_freq, absl::Span<const int32_t> positions,
+                         const core::TensorView& cos, const core::TensorView& sin);
 
 // In-place interleaved RoPE on the trailing 2·cos.size(1) channels of every head (spec §3.2).
 // x: [M, heads, head_dim] bf16|f32 with a contiguous last dim; cos, sin: [M, rope_dim / 2] f32

@@ -1,7 +1,10 @@
 #include <algorithm>
 
+#include "core/dtype.h"
+
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/mhc.h"
 
 namespace v4rl::kernels::cuda {
@@ -13,6 +16,7 @@ constexpr int kPreThreads = 256;
 struct MhcPreParams {
   const void* streams;
   const void* fn;
+  const float* raw;  // [N, 2·M] f32 dot products of the split fn, or null: the kernel computes them
   const float* base;
   const float* scale;
   float* pre;
@@ -23,7 +27,8 @@ struct MhcPreParams {
   int n;
   int num_mixes;
   bool head;  // hc_head: pre gate only
-  bool streams_bf16, fn_bf16, collapsed_bf16;
+  bool streams_bf16, fn_bf16, collapsed_bf16, fn_split;
+  bool vec;  // 8-wide accesses to streams and collapsed (Vec8Ok)
   float norm_eps, hc_eps;
   int sinkhorn_iters;
 };
@@ -59,6 +64,26 @@ __device__ void Sinkhorn(float* m, int n, int iters, float eps) {
   }
 }
 
+// The same for n = 4 on the 16 lanes of a half warp, lane e holding m[e / 4][e % 4] (both halves
+// of the warp compute the same): row sums over lane bits 0-1, column sums over bits 2-3 by
+// butterfly shuffles, so every lane of a row or column holds the same sum. Summation order
+// (m0 + m1) + (m2 + m3) instead of the CPU's left to right: differences of a few f32 ulps.
+__device__ float SinkhornWarp4(float v, int iters, float eps) {
+  auto sum_over = [](float x, int a, int b) {
+    x += __shfl_xor_sync(0xffffffffu, x, a);
+    return x + __shfl_xor_sync(0xffffffffu, x, b);
+  };
+  float mx = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  v = expf(v - mx);
+  v = v / sum_over(v, 1, 2) + eps;
+  for (int it = 0; it < iters; ++it) {
+    if (it > 0) v /= sum_over(v, 1, 2) + eps;
+    v /= sum_over(v, 4, 8) + eps;
+  }
+  return v;
+}
+
 // One block per token.
 __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
   __shared__ float scratch[32];
@@ -73,12 +98,26 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
   float acc[kMaxMixes];
 #pragma unroll
   for (int m = 0; m < kMaxMixes; ++m) acc[m] = 0.0f;
-  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+  const int64_t low = int64_t{p.num_mixes} * width;  // split fn: offset of the low parts
+  if (p.raw != nullptr && p.vec) {
+    for (int64_t c = 8 * threadIdx.x; c < width; c += 8 * blockDim.x) {
+      float v[8];
+      Load8(p.streams, p.streams_bf16, x0 + c, v);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum_sq += v[k] * v[k];
+    }
+  }
+  for (int64_t c = threadIdx.x; c < width && !(p.raw != nullptr && p.vec); c += blockDim.x) {
     const float v = LoadF(p.streams, p.streams_bf16, x0 + c);
     sum_sq += v * v;
+    if (p.raw != nullptr) continue;
 #pragma unroll
     for (int m = 0; m < kMaxMixes; ++m) {
-      if (m < p.num_mixes) acc[m] += v * LoadF(p.fn, p.fn_bf16, m * width + c);
+      if (m < p.num_mixes) {
+        float f = LoadF(p.fn, p.fn_bf16, m * width + c);
+        if (p.fn_split) f += LoadF(p.fn, p.fn_bf16, low + m * width + c);
+        acc[m] += v * f;
+      }
     }
   }
   const float inv = 1.0f / sqrtf(BlockSum(sum_sq, scratch) / static_cast<float>(width) + p.norm_eps);
@@ -91,22 +130,32 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
   __syncthreads();
   if (threadIdx.x < p.num_mixes) {
     float s = 0.0f;
-    for (int w = 0; w < kPreThreads / 32; ++w) s += partial[w][threadIdx.x];
+    if (p.raw != nullptr) {
+      const float* row = p.raw + t * 2 * p.num_mixes;
+      s = row[threadIdx.x] + row[p.num_mixes + threadIdx.x];
+    } else {
+      for (int w = 0; w < kPreThreads / 32; ++w) s += partial[w][threadIdx.x];
+    }
     // (Σ x·fn) / rms equals normed · fn up to rounding.
     mixes[threadIdx.x] = s * inv;
   }
   __syncthreads();
-  // 2. Gates and Sinkhorn on one thread (n <= 4: a few hundred flops).
-  if (threadIdx.x == 0) {
-    const int n = p.n;
-    for (int j = 0; j < n; ++j) {
-      pre[j] = Sigmoid(mixes[j] * p.scale[0] + p.base[j]) + p.hc_eps;
-      p.pre[t * n + j] = pre[j];
-    }
-    if (!p.head) {
-      for (int j = 0; j < n; ++j) {
-        p.post[t * n + j] = 2.0f * Sigmoid(mixes[n + j] * p.scale[1] + p.base[n + j]);
+  // 2. Gates on the first n lanes; Sinkhorn on a half warp for n = 4, else on one thread.
+  if (threadIdx.x < 32) {
+    const int n = p.n, lane = threadIdx.x;
+    if (lane < n) {
+      pre[lane] = Sigmoid(mixes[lane] * p.scale[0] + p.base[lane]) + p.hc_eps;
+      p.pre[t * n + lane] = pre[lane];
+      if (!p.head) {
+        p.post[t * n + lane] = 2.0f * Sigmoid(mixes[n + lane] * p.scale[1] + p.base[n + lane]);
       }
+    }
+    if (!p.head && n == 4) {
+      const int e = lane & 15;
+      const float v = SinkhornWarp4(mixes[2 * n + e] * p.scale[2] + p.base[2 * n + e],
+                                    p.sinkhorn_iters, p.hc_eps);
+      if (lane < 16) p.comb[t * 16 + e] = v;
+    } else if (!p.head && lane == 0) {
       float c[kMaxHcMult * kMaxHcMult];
       for (int e = 0; e < n * n; ++e) c[e] = mixes[2 * n + e] * p.scale[2] + p.base[2 * n + e];
       Sinkhorn(c, n, p.sinkhorn_iters, p.hc_eps);
@@ -115,6 +164,19 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
   }
   __syncthreads();
   // 3. Collapse: Σ_j pre_j · X_j, stream 0 first.
+  if (p.vec) {
+    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+      float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int j = 0; j < p.n; ++j) {
+        float v[8];
+        Load8(p.streams, p.streams_bf16, x0 + j * p.hidden + h, v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) sum[k] += pre[j] * v[k];
+      }
+      Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
+    }
+    return;
+  }
   for (int64_t h = threadIdx.x; h < p.hidden; h += blockDim.x) {
     float sum = 0.0f;
     for (int j = 0; j < p.n; ++j) sum += pre[j] * LoadF(p.streams, p.streams_bf16, x0 + j * p.hidden + h);
@@ -131,24 +193,54 @@ struct MhcPostParams {
   int64_t num_tokens, hidden;
   int n;
   bool streams_bf16, y_bf16, out_bf16;
+  bool vec;  // 8 channels a thread (Vec8Ok on every buffer)
 };
 
-// One thread per (token, channel): all n output streams from the n inputs.
+// Grid (channel blocks, tokens): each thread one channel of one token, all n output streams from
+// the n inputs; the token's coefficients are loaded once per thread (broadcast reads).
 __global__ void MhcPostKernel(MhcPostParams p) {
-  const int64_t total = p.num_tokens * p.hidden;
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t t = e / p.hidden, h = e % p.hidden;
-    const int n = p.n;
-    float x[kMaxHcMult];
-    for (int j = 0; j < n; ++j) x[j] = LoadF(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h);
-    const float yv = LoadF(p.y, p.y_bf16, e);
-    const float* c = p.comb + t * n * n;
+  const int64_t t = blockIdx.y;
+  const int64_t h = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * (p.vec ? 8 : 1);
+  if (h >= p.hidden) return;
+  const int n = p.n;
+  if (p.vec) {
+    float x[kMaxHcMult][8], y[8];
+    for (int j = 0; j < n; ++j) Load8(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h, x[j]);
+    Load8(p.y, p.y_bf16, t * p.hidden + h, y);
     for (int k = 0; k < n; ++k) {
-      float mixed = 0.0f;
-      for (int j = 0; j < n; ++j) mixed += c[j * n + k] * x[j];
-      StoreF(p.out, p.out_bf16, (t * n + k) * p.hidden + h, p.post[t * n + k] * yv + mixed);
+      const float post_k = p.post[t * n + k];
+      float out[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float mixed = 0.0f;
+        for (int j = 0; j < n; ++j) mixed += p.comb[t * n * n + j * n + k] * x[j][e];
+        out[e] = post_k * y[e] + mixed;
+      }
+      Store8(p.out, p.out_bf16, (t * n + k) * p.hidden + h, out);
     }
+    return;
+  }
+  float c[kMaxHcMult * kMaxHcMult], post[kMaxHcMult], x[kMaxHcMult];
+#pragma unroll
+  for (int j = 0; j < kMaxHcMult; ++j) {
+    if (j >= n) break;
+    post[j] = p.post[t * n + j];
+    x[j] = LoadF(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h);
+#pragma unroll
+    for (int k = 0; k < kMaxHcMult; ++k) {
+      if (k < n) c[j * kMaxHcMult + k] = p.comb[t * n * n + j * n + k];
+    }
+  }
+  const float yv = LoadF(p.y, p.y_bf16, t * p.hidden + h);
+#pragma unroll
+  for (int k = 0; k < kMaxHcMult; ++k) {
+    if (k >= n) break;
+    float mixed = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxHcMult; ++j) {
+      if (j < n) mixed += c[j * kMaxHcMult + k] * x[j];
+    }
+    StoreF(p.out, p.out_bf16, (t * n + k) * p.hidden + h, post[k] * yv + mixed);
   }
 }
 
@@ -180,7 +272,12 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
       !s.ok()) {
     return s;
   }
-  for (absl::Status s : {CheckViewShape(op, "fn", a.fn, {num_mixes, n * hidden}),
+  if (absl::Status s = CheckArg(!a.fn_split || IsBf16(a.fn), op, "a split fn must be bf16");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t fn_rows = a.fn_split ? 2 * num_mixes : num_mixes;
+  for (absl::Status s : {CheckViewShape(op, "fn", a.fn, {fn_rows, n * hidden}),
                          CheckViewShape(op, "base", a.base, {num_mixes}),
                          CheckViewShape(op, "scale", a.scale, {head ? 1 : 3}),
                          CheckViewShape(op, "pre", a.pre, {num_tokens, n}),
@@ -212,16 +309,42 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
   p.head = head;
   p.streams_bf16 = IsBf16(a.streams);
   p.fn_bf16 = IsBf16(a.fn);
+  p.fn_split = a.fn_split;
+  p.vec = Vec8Ok(a.streams.data, hidden) && Vec8Ok(a.collapsed.data, hidden);
   p.collapsed_bf16 = IsBf16(a.collapsed);
   p.norm_eps = a.norm_eps;
   p.hc_eps = a.hc_eps;
   p.sinkhorn_iters = static_cast<int>(a.sinkhorn_iters);
   if (num_tokens == 0) return absl::OkStatus();
+  core::Tensor raw;  // the GEMM path's dot products; freed in stream order by the caching allocator
+  if (a.gemm != nullptr && a.fn_split && p.streams_bf16) {
+    raw = core::Tensor::Empty(DType::kF32, {num_tokens, 2 * num_mixes}, CachingDeviceAllocator());
+    if (absl::Status s = Gemm(*a.gemm, a.streams.Reshape({num_tokens, n * hidden}), a.fn,
+                              raw.view());
+        !s.ok()) {
+      return s;
+    }
+    p.raw = raw.data<float>();
+  }
   MhcPreKernel<<<static_cast<unsigned>(num_tokens), kPreThreads>>>(p);
   return LaunchStatus(op);
 }
 
 }  // namespace
+
+core::Tensor SplitMhcFn(const core::TensorView& fn) {
+  const core::Tensor f32 = core::ToFloat32(fn);
+  const int64_t rows = fn.shape[0], cols = fn.shape[1];
+  core::Tensor split = core::Tensor::Empty(core::DType::kBF16, {2 * rows, cols});
+  uint16_t* out = split.data<uint16_t>();
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float value = f32.data<float>()[i];
+    const uint16_t high = core::FloatToBf16(value);
+    out[i] = high;
+    out[rows * cols + i] = core::FloatToBf16(value - core::Bf16ToFloat(high));
+  }
+  return split;
+}
 
 absl::Status MhcPre(const MhcPreArgs& args) { return LaunchPre(args, /*head=*/false); }
 absl::Status HcHeadPre(const MhcPreArgs& args) { return LaunchPre(args, /*head=*/true); }
@@ -253,13 +376,28 @@ absl::Status MhcPost(const core::TensorView& streams, const core::TensorView& y,
     if (!s.ok()) return s;
   }
   MhcPostParams p{streams.data, y.data, post.data_as<float>(), comb.data_as<float>(), out.data,
-                  num_tokens, hidden, static_cast<int>(n), IsBf16(streams), IsBf16(y), IsBf16(out)};
-  const int64_t total = num_tokens * hidden;
-  if (total == 0) return absl::OkStatus();
-  const unsigned blocks =
-      static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-  MhcPostKernel<<<blocks, 256>>>(p);
-  return LaunchStatus(op);
+                  num_tokens, hidden, static_cast<int>(n), IsBf16(streams), IsBf16(y), IsBf16(out),
+                  Vec8Ok(streams.data, hidden) && Vec8Ok(y.data, hidden) &&
+                      Vec8Ok(out.data, hidden)};
+  if (num_tokens * hidden == 0) return absl::OkStatus();
+  // gridDim.y is at most 65535: tokens beyond go in further launches.
+  for (int64_t first = 0; first < num_tokens; first += 65535) {
+    MhcPostParams chunk = p;
+    const int64_t count = std::min<int64_t>(65535, num_tokens - first);
+    const int64_t sb = IsBf16(streams) ? 2 : 4, yb = IsBf16(y) ? 2 : 4, ob = IsBf16(out) ? 2 : 4;
+    chunk.streams = static_cast<const char*>(p.streams) + first * n * hidden * sb;
+    chunk.y = static_cast<const char*>(p.y) + first * hidden * yb;
+    chunk.out = static_cast<char*>(p.out) + first * n * hidden * ob;
+    chunk.post = p.post + first * n;
+    chunk.comb = p.comb + first * n * n;
+    chunk.num_tokens = count;
+    const int64_t per_block = 256 * (p.vec ? 8 : 1);
+    const dim3 grid(static_cast<unsigned>((hidden + per_block - 1) / per_block),
+                    static_cast<unsigned>(count));
+    MhcPostKernel<<<grid, 256>>>(chunk);
+    if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace v4rl::kernels::cuda

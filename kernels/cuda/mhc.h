@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "core/tensor.h"
+#include "kernels/cuda/gemm.h"
 
 namespace v4rl::kernels::cuda {
 
@@ -20,7 +21,10 @@ inline constexpr int64_t kMaxHcMult = 4;
 
 struct MhcPreArgs {
   core::TensorView streams;    // [N, n, H] bf16|f32 contiguous
-  core::TensorView fn;         // [(2+n)·n, n·H] f32|bf16 contiguous (hc_head: [n, n·H])
+  // fn: [M, n·H] f32|bf16 contiguous with M = (2+n)·n mixes (hc_head: n), or with fn_split the
+  // [2·M, n·H] bf16 of SplitMhcFn (high parts, then low parts).
+  core::TensorView fn;
+  bool fn_split = false;
   core::TensorView base;       // [(2+n)·n] f32 (hc_head: [n])
   core::TensorView scale;      // [3] f32 (hc_head: [1])
   core::TensorView pre;        // [N, n] f32 out
@@ -30,7 +34,16 @@ struct MhcPreArgs {
   float norm_eps = 1e-6f;      // rms_norm_eps of the stream RMSNorm
   float hc_eps = 1e-6f;        // eps of the gates and of Sinkhorn
   int64_t sinkhorn_iters = 20;
+  // With a handle, bf16 streams and fn_split, the mixes' dot products run first as one cuBLASLt
+  // GEMM (fp32 accumulation) into a [N, 2·M] f32 scratch; without, the fused kernel computes them
+  // itself, each token reading all of fn (fine for a few tokens, slow for thousands).
+  GemmHandle* gemm = nullptr;
 };
+
+// fn [M, K] f32 (host or any view) -> [2·M, K] bf16 host: rows [0, M) bf16(fn), rows [M, 2·M)
+// bf16(fn - rows [0, M)). The sum of the two halves is fn within ~2^-16 relative, so a bf16 GEMM
+// over the split keeps the f32 mixes of the reference.
+core::Tensor SplitMhcFn(const core::TensorView& fn);
 absl::Status MhcPre(const MhcPreArgs& args);
 // hc_head: post, comb and sinkhorn_iters are ignored.
 absl::Status HcHeadPre(const MhcPreArgs& args);

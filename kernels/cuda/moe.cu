@@ -69,15 +69,24 @@ struct GatherParams {
   void* out;
   int64_t picks, hidden, k;
   bool x_bf16, out_bf16;
+  bool vec;  // 8-wide accesses (Vec8Ok on x and out)
 };
 
+// One block per gathered row (no 64-bit division per element).
 __global__ void GatherKernel(GatherParams p) {
-  const int64_t total = p.picks * p.hidden;
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t row = e / p.hidden, h = e % p.hidden;
-    const int32_t slot = p.slots[row];
-    StoreF(p.out, p.out_bf16, e, slot < 0 ? 0.0f : LoadF(p.x, p.x_bf16, slot / p.k * p.hidden + h));
+  const int64_t row = blockIdx.x;
+  const int32_t slot = p.slots[row];
+  const int64_t src = slot < 0 ? 0 : int64_t{slot / static_cast<int32_t>(p.k)} * p.hidden;
+  if (p.vec) {
+    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+      float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (slot >= 0) Load8(p.x, p.x_bf16, src + h, v);
+      Store8(p.out, p.out_bf16, row * p.hidden + h, v);
+    }
+    return;
+  }
+  for (int64_t h = threadIdx.x; h < p.hidden; h += blockDim.x) {
+    StoreF(p.out, p.out_bf16, row * p.hidden + h, slot < 0 ? 0.0f : LoadF(p.x, p.x_bf16, src + h));
   }
 }
 
@@ -89,25 +98,45 @@ struct CombineParams {
   void* out;
   int64_t num_tokens, hidden, k;
   bool eo_bf16, shared_bf16, out_bf16;
+  bool vec;  // 8-wide accesses (Vec8Ok on expert_out, shared and out)
 };
 
+// One block per token: its picks and weights read once, then every channel.
 __global__ void CombineKernel(CombineParams p) {
-  const int64_t total = p.num_tokens * p.hidden;
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t t = e / p.hidden, h = e % p.hidden;
+  const int64_t t = blockIdx.x;
+  if (p.vec) {
+    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+      float routed[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t j = 0; j < p.k; ++j) {
+        const int32_t pick = p.pick_of_slot[t * p.k + j];
+        if (pick < 0) continue;
+        const float weight = p.weight[t * p.k + j];
+        float v[8];
+        Load8(p.expert_out, p.eo_bf16, pick * p.hidden + h, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) routed[e] += v[e] * weight;
+      }
+      if (p.shared != nullptr) {
+        float v[8];
+        Load8(p.shared, p.shared_bf16, t * p.hidden + h, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) routed[e] += v[e];
+      }
+      Store8(p.out, p.out_bf16, t * p.hidden + h, routed);
+    }
+    return;
+  }
+  for (int64_t h = threadIdx.x; h < p.hidden; h += blockDim.x) {
     float routed = 0.0f;
     for (int64_t j = 0; j < p.k; ++j) {
       const int32_t pick = p.pick_of_slot[t * p.k + j];
-      if (pick >= 0) routed += LoadF(p.expert_out, p.eo_bf16, pick * p.hidden + h) * p.weight[t * p.k + j];
+      if (pick >= 0) {
+        routed += LoadF(p.expert_out, p.eo_bf16, pick * p.hidden + h) * p.weight[t * p.k + j];
+      }
     }
-    if (p.shared != nullptr) routed += LoadF(p.shared, p.shared_bf16, e);
-    StoreF(p.out, p.out_bf16, e, routed);
+    if (p.shared != nullptr) routed += LoadF(p.shared, p.shared_bf16, t * p.hidden + h);
+    StoreF(p.out, p.out_bf16, t * p.hidden + h, routed);
   }
-}
-
-unsigned Blocks(int64_t total) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((total + 255) / 256, 1 << 16)));
 }
 
 }  // namespace
@@ -224,7 +253,8 @@ absl::Status MoeGather(const core::TensorView& x, const core::TensorView& slots,
   GatherParams p{x.data, slots.data_as<int32_t>(), out.data, out.shape[0], x.shape[1], k,
                  IsBf16(x), IsBf16(out)};
   if (p.picks * p.hidden == 0) return absl::OkStatus();
-  GatherKernel<<<Blocks(p.picks * p.hidden), 256>>>(p);
+  p.vec = Vec8Ok(p.x, p.hidden) && Vec8Ok(p.out, p.hidden);
+  GatherKernel<<<static_cast<unsigned>(p.picks), 256>>>(p);
   return LaunchStatus(op);
 }
 
@@ -260,7 +290,9 @@ absl::Status MoeCombine(const core::TensorView& expert_out, const core::TensorVi
     p.shared_bf16 = IsBf16(shared);
   }
   if (p.num_tokens * p.hidden == 0) return absl::OkStatus();
-  CombineKernel<<<Blocks(p.num_tokens * p.hidden), 256>>>(p);
+  p.vec = Vec8Ok(p.expert_out, p.hidden) && Vec8Ok(p.out, p.hidden) &&
+          (p.shared == nullptr || Vec8Ok(p.shared, p.hidden));
+  CombineKernel<<<static_cast<unsigned>(p.num_tokens), 256>>>(p);
   return LaunchStatus(op);
 }
 

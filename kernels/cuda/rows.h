@@ -1,8 +1,7 @@
 // Row movement for the GPU decode state (model/decode_cuda.h): many small device-to-device copies
 // in one launch (ring reads and writes, compressor rows, entries), and the compressor's
 // positional gate bias for rows at arbitrary positions.
-// Thread-safety: BatchCopy stages its descriptors in one process-wide device buffer; call it from
-// one host thread at a time. Kernels go to the default stream.
+// Thread-safety: stateless; kernels go to the default stream.
 #pragma once
 
 #include <cstdint>
@@ -20,9 +19,10 @@ struct RowCopy {
   int64_t bytes = 0;
 };
 
-// Runs every copy in one kernel (one block per copy). No copy's destination may overlap another
-// copy's source or destination in the same call. Returns after queueing (the descriptors are
-// uploaded synchronously first).
+// Runs the copies in as few launches as possible: copies are cut into 64 KiB pieces, one block
+// per piece, 128 pieces per launch, the descriptors passed in the launch's parameters (no
+// host-to-device transfer, no wait for earlier work). No copy's destination may overlap another
+// copy's source or destination in the same call. Returns after queueing.
 absl::Status BatchCopy(absl::Span<const RowCopy> copies);
 
 // x[r, :] += bias[positions[r] mod ratio, :]. x: [rows, W] f32; bias: [ratio, W] f32;

@@ -20,20 +20,23 @@ using testing::RandomNormal;
 // bf16 outputs: half an ulp (2^-9 relative) plus fp32 reduction-order noise.
 constexpr testing::Tolerance kBf16Out{.atol = 1e-5, .rtol = 4e-3};
 
-TEST(CudaElementwise, RmsNormBf16WithWeightOddSize) {
+TEST(CudaElementwise, RmsNormBf16WithWeightOddAndVectorSizes) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t rows = 17, dim = 1031;
-  const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 1, 3.0f));
-  const Tensor weight = RandomNormal({dim}, 2);
-  Tensor want = Tensor::Empty(DType::kF32, {rows, dim});
-  cpu::RmsNormRef(x.data<float>(), dim, weight.data<float>(), 1e-6f, want.data<float>(), dim,
-                  rows, dim, nullptr);
-  const Tensor dx = testing::ToDevice(x, DType::kBF16);
-  const Tensor dw = testing::ToDevice(weight, DType::kF32);
-  const Tensor dout = Tensor::Empty(DType::kBF16, {rows, dim}, DeviceAllocator());
-  ASSERT_TRUE(RmsNorm(dx.view(), dw.view(), 1e-6f, dout.view()).ok());
-  EXPECT_TRUE(testing::CloseAndReport("rmsnorm bf16 weighted", testing::ToHost(dout.view()).view(),
-                                      want.view(), kBf16Out));
+  for (int64_t dim : {1031, 1024}) {  // scalar path; 8-wide path
+    const int64_t rows = 17;
+    const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 1, 3.0f));
+    const Tensor weight = RandomNormal({dim}, 2);
+    Tensor want = Tensor::Empty(DType::kF32, {rows, dim});
+    cpu::RmsNormRef(x.data<float>(), dim, weight.data<float>(), 1e-6f, want.data<float>(), dim,
+                    rows, dim, nullptr);
+    const Tensor dx = testing::ToDevice(x, DType::kBF16);
+    const Tensor dw = testing::ToDevice(weight, DType::kF32);
+    const Tensor dout = Tensor::Empty(DType::kBF16, {rows, dim}, DeviceAllocator());
+    ASSERT_TRUE(RmsNorm(dx.view(), dw.view(), 1e-6f, dout.view()).ok());
+    EXPECT_TRUE(testing::CloseAndReport("rmsnorm bf16 weighted D=" + std::to_string(dim),
+                                        testing::ToHost(dout.view()).view(), want.view(),
+                                        kBf16Out));
+  }
 }
 
 TEST(CudaElementwise, RmsNormF32StridedRowsInPlaceUnweighted) {

@@ -56,7 +56,11 @@ Reference CpuPre(const Tensor& streams, const Tensor& fn, const Tensor& base, co
   return r;
 }
 
-void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed) {
+// How the mixes' fn reaches the device: as is (f32), or split into bf16 high and low rows
+// (SplitMhcFn) used by the fused kernel or by a cuBLASLt GEMM ahead of it.
+enum class FnPath { kF32, kSplitFused, kSplitGemm };
+
+void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed, FnPath path = FnPath::kF32) {
   const int64_t num_tokens = 17, num_mixes = head ? n : (2 + n) * n;
   const Tensor streams = testing::RoundToBf16(RandomNormal({num_tokens, n, hidden}, seed, 2.0f));
   const Tensor fn = RandomNormal({num_mixes, n * hidden}, seed + 1, 0.05f);
@@ -65,12 +69,17 @@ void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed) {
   const Reference want = CpuPre(streams, fn, base, scale, head, 20);
 
   const Tensor d_streams = testing::ToDevice(streams, DType::kBF16);
-  const Tensor d_fn = testing::ToDevice(fn, DType::kF32);
+  const Tensor d_fn = path == FnPath::kF32 ? testing::ToDevice(fn, DType::kF32)
+                                           : testing::ToDevice(core::ToFloat32(SplitMhcFn(fn.view()).view()), DType::kBF16);
+  auto gemm = GemmHandle::Create();
+  ASSERT_TRUE(gemm.ok()) << gemm.status();
   const Tensor d_base = testing::ToDevice(base, DType::kF32);
   const Tensor d_scale = testing::ToDevice(scale, DType::kF32);
   MhcPreArgs args;
   args.streams = d_streams.view();
   args.fn = d_fn.view();
+  args.fn_split = path != FnPath::kF32;
+  args.gemm = path == FnPath::kSplitGemm ? gemm->get() : nullptr;
   args.base = d_base.view();
   args.scale = d_scale.view();
   const Tensor pre = Tensor::Empty(DType::kF32, {num_tokens, n}, DeviceAllocator());
@@ -83,8 +92,10 @@ void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed) {
   args.collapsed = collapsed.view();
   args.sinkhorn_iters = 20;
   ASSERT_TRUE((head ? HcHeadPre(args) : MhcPre(args)).ok());
+  const char* path_name[] = {"f32 fn", "split fn", "split fn gemm"};
   const std::string tag = std::string(head ? "hc_head" : "mhc pre") + " n=" + std::to_string(n) +
-                          " H=" + std::to_string(hidden);
+                          " H=" + std::to_string(hidden) + " " +
+                          path_name[static_cast<int>(path)];
   EXPECT_TRUE(testing::CloseAndReport(tag + " pre", testing::ToHost(pre.view()).view(),
                                       want.pre.view(), kCoefficients));
   if (!head) {
@@ -102,6 +113,15 @@ TEST(CudaMhc, PreMatchesCpuOddSizes) {
   CheckPre(4, 333, /*head=*/false, 1);
   CheckPre(2, 77, /*head=*/false, 11);
   CheckPre(3, 1029, /*head=*/false, 21);
+}
+
+TEST(CudaMhc, PreWithSplitFnMatchesCpuFusedAndThroughGemm) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  for (FnPath path : {FnPath::kSplitFused, FnPath::kSplitGemm}) {
+    CheckPre(4, 333, /*head=*/false, 51, path);
+    CheckPre(4, 512, /*head=*/false, 61, path);  // aligned rows: the cuBLASLt path proper
+    CheckPre(4, 333, /*head=*/true, 71, path);
+  }
 }
 
 TEST(CudaMhc, HcHeadPreMatchesCpu) {
