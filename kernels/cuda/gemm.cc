@@ -57,15 +57,22 @@ struct GemmHandle::Impl {
   cublasHandle_t blas = nullptr;
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
-  // (m, n, k, lda, ldb, ldc, out f32, alignments, accumulate) -> algorithm, or none found.
+  // (m, bucket of n, k, lda, ldb, ldc, out f32, alignments, accumulate) -> algorithm. The token
+  // count n varies from call to call (every decode batch, every expert's rows); the heuristic
+  // (~0.1 ms a query) runs once per power-of-two bucket of n, and each exact n only checks that
+  // the bucket's algorithm serves it (cublasLtMatmulAlgoCheck).
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, uint32_t,
                          uint32_t, uint32_t, bool>;
-  // Per shape: the heuristic's algorithm (or none found) and the descriptors, created once.
+  struct Layouts {  // the n-dependent layouts of one exact n
+    bool ok = false;  // the plan's algorithm serves this n
+    cublasLtMatrixLayout_t b = nullptr, c = nullptr;
+  };
   struct Plan {
-    bool ok = false;
+    bool ok = false;  // the heuristic found an algorithm for the bucket
     cublasLtMatmulAlgo_t algo = {};
     cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatrixLayout_t a = nullptr;
+    std::map<int64_t, Layouts> by_n;
   };
   std::map<Key, Plan> algos;
 
@@ -73,8 +80,10 @@ struct GemmHandle::Impl {
     for (auto& [key, plan] : algos) {
       if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
       if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
-      if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
-      if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
+      for (auto& [n, layouts] : plan.by_n) {
+        if (layouts.b) cublasLtMatrixLayoutDestroy(layouts.b);
+        if (layouts.c) cublasLtMatrixLayoutDestroy(layouts.c);
+      }
     }
     if (lt != nullptr) cublasLtDestroy(lt);
     if (blas != nullptr) cublasDestroy(blas);
@@ -114,13 +123,16 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
   const cudaDataType_t out_type = out_f32 ? CUDA_R_32F : CUDA_R_16BF;
   const uint32_t align_a = Alignment(w.data, w.ld, 2), align_b = Alignment(x.data, x.ld, 2),
                  align_c = Alignment(out.data, out.ld, out_f32 ? 4 : 2);
-  const Key key{m, n, k, w.ld, x.ld, out.ld, out_f32, align_a, align_b, align_c, accumulate};
+  int64_t bucket = 1;
+  while (bucket < n) bucket *= 2;
+  const Key key{m, bucket, k, w.ld, x.ld, out.ld, out_f32, align_a, align_b, align_c, accumulate};
 
   auto found = algos.find(key);
   if (found == algos.end()) {
-    // First call of this shape: descriptors and the heuristic's pick, kept for later calls.
+    // First call of this bucket: descriptors and the heuristic's pick for n = bucket, kept.
     Plan plan;
     cublasLtMatmulPreference_t preference = nullptr;
+    cublasLtMatrixLayout_t b = nullptr, c = nullptr;  // for the bucket's n, dropped after
     auto build = [&]() -> absl::Status {
       V4RL_CUBLAS(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
       const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
@@ -129,8 +141,8 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
       V4RL_CUBLAS(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
                                                  sizeof(trans_b)));
       V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, k, m, w.ld));
-      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, k, n, x.ld));
-      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.c, out_type, m, n, out.ld));
+      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, bucket, x.ld));
+      V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&c, out_type, m, bucket, out.ld));
       V4RL_CUBLAS(cublasLtMatmulPreferenceCreate(&preference));
       const uint64_t bytes = static_cast<uint64_t>(workspace_bytes);
       cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -146,24 +158,42 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
       cublasLtMatmulHeuristicResult_t result = {};
       int count = 0;
       const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-          lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, 1, &result, &count);
+          lt, plan.desc, plan.a, b, c, c, preference, 1, &result, &count);
       plan.ok = status == CUBLAS_STATUS_SUCCESS && count > 0;
       plan.algo = result.algo;
       return absl::OkStatus();
     };
     absl::Status built = build();
     if (preference) cublasLtMatmulPreferenceDestroy(preference);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
     if (!built.ok()) {
       if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
       if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
-      if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
-      if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
       return built;
     }
-    found = algos.emplace(key, plan).first;
+    found = algos.emplace(key, std::move(plan)).first;
   }
-  const Plan& plan = found->second;
-  if (!plan.ok) {
+  Plan& plan = found->second;
+  auto exact = plan.by_n.find(n);
+  if (exact == plan.by_n.end()) {
+    Layouts layouts;
+    V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&layouts.b, CUDA_R_16BF, k, n, x.ld));
+    if (cublasStatus_t e = cublasLtMatrixLayoutCreate(&layouts.c, out_type, m, n, out.ld);
+        e != CUBLAS_STATUS_SUCCESS) {
+      cublasLtMatrixLayoutDestroy(layouts.b);
+      return CublasError(e, "cublasLtMatrixLayoutCreate(c)");
+    }
+    if (plan.ok) {
+      cublasLtMatmulHeuristicResult_t result = {};
+      layouts.ok = cublasLtMatmulAlgoCheck(lt, plan.desc, plan.a, layouts.b, layouts.c, layouts.c,
+                                           &plan.algo, &result) == CUBLAS_STATUS_SUCCESS &&
+                   result.workspaceSize <= static_cast<size_t>(workspace_bytes);
+    }
+    exact = plan.by_n.emplace(n, layouts).first;
+  }
+  const Layouts& layouts = exact->second;
+  if (!layouts.ok) {
     // No cuBLASLt algorithm (e.g. a leading dimension cuBLASLt rejects): plain cuBLAS.
     V4RL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha,
                              w.data, CUDA_R_16BF, int(w.ld), x.data, CUDA_R_16BF, int(x.ld),
@@ -171,8 +201,8 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
                              CUBLAS_GEMM_DEFAULT));
     return absl::OkStatus();
   }
-  V4RL_CUBLAS(cublasLtMatmul(lt, plan.desc, &alpha, w.data, plan.a, x.data, plan.b, &beta,
-                             out.data, plan.c, out.data, plan.c, &plan.algo, workspace,
+  V4RL_CUBLAS(cublasLtMatmul(lt, plan.desc, &alpha, w.data, plan.a, x.data, layouts.b, &beta,
+                             out.data, layouts.c, out.data, layouts.c, &plan.algo, workspace,
                              workspace_bytes, /*stream=*/0));
   return absl::OkStatus();
 }

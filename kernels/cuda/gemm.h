@@ -1,9 +1,11 @@
 // Dense and per-expert GEMMs on the GPU through cuBLASLt: out = x · wᵀ with bf16 inputs, fp32
 // accumulation and a bf16 or f32 output (the `production` precision of DESIGN.md §3).
 //
-// A GemmHandle owns the cuBLASLt handle, a workspace in device memory and a cache, per shape, of
-// the heuristic's algorithm and the matmul descriptors (no per-call query or setup). Shapes cuBLASLt has no algorithm for (odd leading dimensions)
-// fall back to cublasGemmEx with the same types. Work is queued on the default stream.
+// A GemmHandle owns the cuBLASLt handle, a workspace in device memory and a cache of the
+// heuristic's algorithms and the matmul descriptors: one heuristic query per weight shape and
+// power-of-two bucket of the row count M (row counts vary with every batch and expert), then a
+// cheap check per exact M. Shapes cuBLASLt has no algorithm for (odd leading dimensions) fall
+// back to cublasGemmEx with the same types. Work is queued on the default stream.
 // Thread-safety: a handle is used by one thread at a time; create one per thread or stream.
 #pragma once
 
