@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/staging.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -239,28 +240,12 @@ __global__ void DecodeIndexerKernel(IndexParams p) {
   }
 }
 
-// Uploads `bytes` of host items to a growing device buffer (one per call site).
+// The items on the device for this call's launches (kernels/cuda/staging.h: no host sync).
 template <typename T>
-absl::StatusOr<T*> Stage(absl::Span<const T> items) {
-  static std::mutex mu;
-  static T* staged = nullptr;
-  static size_t capacity = 0;
-  std::lock_guard<std::mutex> lock(mu);
-  if (items.size() > capacity) {
-    if (staged != nullptr) cudaFree(staged);
-    capacity = std::max<size_t>(items.size(), 2 * capacity);
-    if (cudaError_t e = cudaMalloc(&staged, capacity * sizeof(T)); e != cudaSuccess) {
-      staged = nullptr;
-      capacity = 0;
-      return absl::InternalError(absl::StrFormat("decode staging: %s", cudaGetErrorString(e)));
-    }
-  }
-  if (cudaError_t e =
-          cudaMemcpy(staged, items.data(), items.size() * sizeof(T), cudaMemcpyHostToDevice);
-      e != cudaSuccess) {
-    return absl::InternalError(absl::StrFormat("decode staging: %s", cudaGetErrorString(e)));
-  }
-  return staged;
+absl::StatusOr<const T*> Stage(absl::Span<const T> items) {
+  auto staged = StageAsync(items.data(), items.size() * sizeof(T));
+  if (!staged.ok()) return staged.status();
+  return static_cast<const T*>(*staged);
 }
 
 }  // namespace

@@ -12,7 +12,8 @@
 //    query per item over its first num_keys entries, written to row i of a [items, ld] f32 matrix
 //    and -inf beyond num_keys (IndexerSelect with q_pos0 >= ld · ratio then picks the top-k of
 //    every row with the padding ranked last).
-// Items are host structs of device pointers, uploaded per call (synchronously).
+// Items are host structs of device pointers, staged per call without a host sync
+// (kernels/cuda/staging.h).
 // bf16 only; head_dim % 32 == 0 and <= 512.
 // Thread-safety: one host thread at a time (shared staging buffer); default stream.
 #pragma once

@@ -13,6 +13,12 @@ constexpr int kBm = 64, kBn = 64, kBk = 64;
 constexpr int kLds = kBk + 8;   // bf16 tile row pitch (multiple of 8; 16-row steps 32B-aligned)
 constexpr int kLdc = kBn + 4;   // f32 output tile row pitch
 constexpr int kThreads = 128;   // 4 warps, 2 x 2, each 32 x 32 of the tile
+// K tiles in flight: while one is multiplied, the next two stream in (cp.async), so a block
+// keeps loads outstanding instead of waiting for each tile (decode MoE is bandwidth bound).
+constexpr int kStages = 3;
+constexpr int kStageElems = (kBm + kBn) * kLds;  // A tile then B tile, bf16
+constexpr size_t kSharedBytes = sizeof(__nv_bfloat16) * kStages * kStageElems;
+static_assert(sizeof(float) * kBm * kLdc <= kSharedBytes, "the output tile reuses the stages");
 
 struct GroupedParams {
   const __nv_bfloat16* x;
@@ -24,8 +30,20 @@ struct GroupedParams {
   bool out_bf16, vec;  // vec: 16-byte loads (K % 8 == 0, aligned bases)
 };
 
+// 16 bytes global -> shared without passing through registers; src_bytes 0 writes zeros.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
 // Copies a [64, kBk] bf16 tile (rows [row0, row_end), columns [k0, K)) into shared memory, zeros
-// outside.
+// outside: asynchronously in 16-byte pieces when vec (K % 8 == 0), else element by element.
 __device__ __forceinline__ void LoadTile(__nv_bfloat16* dst, const __nv_bfloat16* src,
                                          int64_t row0, int64_t row_end, int64_t ld, int64_t k0,
                                          int64_t k, bool vec) {
@@ -34,8 +52,9 @@ __device__ __forceinline__ void LoadTile(__nv_bfloat16* dst, const __nv_bfloat16
     const int r = c / (kBk / 8), kc = (c % (kBk / 8)) * 8;
     const int64_t row = row0 + r, col = k0 + kc;
     __nv_bfloat16* d = dst + r * kLds + kc;
-    if (vec && row < row_end && col + 8 <= k) {
-      *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(src + row * ld + col);
+    if (vec) {
+      const bool valid = row < row_end && col < k;
+      CpAsync16(d, valid ? src + row * ld + col : src, valid);
     } else {
       for (int i = 0; i < 8; ++i) {
         d[i] = row < row_end && col + i < k ? src[row * ld + col + i] : __float2bfloat16(0.0f);
@@ -66,19 +85,32 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
   }
   if (row0 < 0) return;
   const int64_t col0 = int64_t{blockIdx.x} * kBn;
-  __shared__ __align__(128) __nv_bfloat16 a_tile[kBm * kLds];
-  __shared__ __align__(128) __nv_bfloat16 b_tile[kBn * kLds];
-  __shared__ __align__(128) float c_tile[kBm * kLdc];
+  extern __shared__ __align__(128) unsigned char grouped_smem[];
+  __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(grouped_smem);
+  float* c_tile = reinterpret_cast<float*>(grouped_smem);  // after the last stage is consumed
   const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
   const __nv_bfloat16* w = p.w + int64_t{expert} * p.n * p.k;
-  for (int64_t k0 = 0; k0 < p.k; k0 += kBk) {
-    LoadTile(a_tile, p.x, row0, row_end, p.k, k0, p.k, p.vec);
-    LoadTile(b_tile, w, col0, p.n, p.k, k0, p.k, p.vec);
+  const int64_t num_k = (p.k + kBk - 1) / kBk;
+  auto load_stage = [&](int64_t kt) {
+    __nv_bfloat16* a_tile = stages + (kt % kStages) * kStageElems;
+    LoadTile(a_tile, p.x, row0, row_end, p.k, kt * kBk, p.k, p.vec);
+    LoadTile(a_tile + kBm * kLds, w, col0, p.n, p.k, kt * kBk, p.k, p.vec);
+  };
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_k) load_stage(s);
+    CpAsyncCommit();  // one group per stage, empty ones included, so the counts line up
+  }
+  for (int64_t kt = 0; kt < num_k; ++kt) {
+    if (kt + kStages - 1 < num_k) load_stage(kt + kStages - 1);
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();  // tile kt has landed
     __syncthreads();
+    const __nv_bfloat16* a_tile = stages + (kt % kStages) * kStageElems;
+    const __nv_bfloat16* b_tile = a_tile + kBm * kLds;
     for (int kk = 0; kk < kBk; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
       wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
@@ -90,8 +122,10 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
       }
     }
-    __syncthreads();
+    __syncthreads();  // every warp is done with this stage before it is refilled
   }
+  CpAsyncWait<0>();
+  __syncthreads();
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
       wmma::store_matrix_sync(c_tile + (wm * 32 + i * 16) * kLdc + wn * 32 + j * 16, acc[i][j],
@@ -145,8 +179,14 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
   p.out_bf16 = IsBf16(out);
   p.vec = k % 8 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
           reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      GroupedGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int{kSharedBytes});
+  if (configured != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
+                                               kSharedBytes, cudaGetErrorString(configured)));
+  }
   const dim3 grid(static_cast<unsigned>((n + kBn - 1) / kBn), static_cast<unsigned>(row_tiles));
-  GroupedGemmKernel<<<grid, kThreads>>>(p);
+  GroupedGemmKernel<<<grid, kThreads, kSharedBytes>>>(p);
   return LaunchStatus(op);
 }
 
