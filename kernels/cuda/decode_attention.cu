@@ -13,7 +13,8 @@ namespace v4rl::kernels::cuda {
 namespace {
 
 constexpr int kMaxLaneDims = 16;  // head_dim <= 512
-constexpr int kWarps = 4;
+constexpr int kAttnWarps = 16;    // DecodeAttentionKernel: query heads a block serves
+constexpr int kTileKeys = 32;     // keys DecodeAttentionKernel stages in shared memory at a time
 
 __device__ __forceinline__ float Bf(const __nv_bfloat16* p, int64_t i) {
   return __bfloat162float(p[i]);
@@ -57,21 +58,26 @@ __device__ __forceinline__ void LoadLane(const __nv_bfloat16* row, int lane, int
   }
 }
 
-// Block (item, group of kWarps heads, key split); warp w takes head blockIdx.y · kWarps + w;
-// lane l holds dims [l · nj, (l + 1) · nj). The item's keys in order (window positions, its own
-// row, the compressed entries) are cut into `splits` contiguous ranges; each warp walks its range
-// kIlp keys at a time with an fp32 online softmax. One split: the max starts at the sink and the
-// output is written; several: partial (acc, max, denom) for DecodeAttentionCombine.
-__global__ void __launch_bounds__(32 * kWarps, 4) DecodeAttentionKernel(AttnParams p) {
+// Block (item, group of kAttnWarps heads, key split); warp w takes head
+// blockIdx.y · kAttnWarps + w; lane l holds dims [l · nj, (l + 1) · nj). The item's keys in order
+// (window positions, its own row, the compressed entries) are cut into `splits` contiguous ranges;
+// the block stages its range kTileKeys keys at a time in shared memory (the one K=V head serves
+// every query head: each key leaves L2 once per block, not once per head) and each warp walks the
+// tile kIlp keys at a time with an fp32 online softmax. One split: the max starts at the sink and
+// the output is written; several: partial (acc, max, denom) for DecodeAttentionCombine.
+__global__ void __launch_bounds__(32 * kAttnWarps) DecodeAttentionKernel(AttnParams p) {
+  __shared__ __align__(16) __nv_bfloat16 tile[kTileKeys * 32 * kMaxLaneDims];
+  __shared__ const __nv_bfloat16* tile_rows[kTileKeys];
   const DecodeAttentionItem it = p.items[blockIdx.x];
   const int lane = threadIdx.x % 32;
-  const int64_t h = int64_t{blockIdx.y} * kWarps + threadIdx.x / 32;
-  if (h >= p.heads) return;
+  const int64_t h = int64_t{blockIdx.y} * kAttnWarps + threadIdx.x / 32;
+  const bool active = h < p.heads;  // idle warps still help stage the keys
   const int nj = static_cast<int>(p.head_dim / 32);
   float qr[kMaxLaneDims], acc[kMaxLaneDims];
   {
     __nv_bfloat162 raw[kMaxLaneDims / 2];
-    LoadLane(static_cast<const __nv_bfloat16*>(it.q) + h * p.head_dim, lane, nj, raw);
+    LoadLane(static_cast<const __nv_bfloat16*>(it.q) + (active ? h : 0) * p.head_dim, lane, nj,
+             raw);
 #pragma unroll
     for (int j = 0; j < kMaxLaneDims / 2; ++j) {
       qr[2 * j] = __low2float(raw[j]);
@@ -81,7 +87,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) DecodeAttentionKernel(AttnPara
 #pragma unroll
   for (int j = 0; j < kMaxLaneDims; ++j) acc[j] = 0.0f;
   const bool single = p.splits == 1;
-  float mx = single ? p.sink[h] : -INFINITY, denom = single ? 1.0f : 0.0f;
+  float mx = single && active ? p.sink[h] : -INFINITY, denom = single ? 1.0f : 0.0f;
   const auto* ring = static_cast<const __nv_bfloat16*>(it.ring);
   const auto* comp = static_cast<const __nv_bfloat16*>(it.comp);
   const int64_t t = it.position;
@@ -98,62 +104,81 @@ __global__ void __launch_bounds__(32 * kWarps, 4) DecodeAttentionKernel(AttnPara
     const int32_t w = it.comp_idx[j];
     return w >= 0 && w < it.num_comp ? comp + int64_t{w} * p.head_dim : nullptr;
   };
-  for (int64_t v0 = begin; v0 < end; v0 += kIlp) {
-    const __nv_bfloat16* keys[kIlp];
-    __nv_bfloat162 kv[kIlp][kMaxLaneDims / 2];
-    float sc[kIlp];
-#pragma unroll
-    for (int i = 0; i < kIlp; ++i) {
-      keys[i] = v0 + i < end ? key_at(v0 + i) : nullptr;
-      if (keys[i] != nullptr) {
-        LoadLane(keys[i], lane, nj, kv[i]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < kMaxLaneDims / 2; ++j) kv[i][j] = __float2bfloat162_rn(0.0f);
-      }
+  const int64_t vec_per_row = p.head_dim / 8;
+  for (int64_t base = begin; base < end; base += kTileKeys) {
+    __syncthreads();  // the previous tile is consumed
+    if (threadIdx.x < kTileKeys) {
+      const int64_t v = base + threadIdx.x;
+      tile_rows[threadIdx.x] = v < end ? key_at(v) : nullptr;
     }
-#pragma unroll
-    for (int i = 0; i < kIlp; ++i) {
-      float d = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kMaxLaneDims / 2; ++j) {
-        d += qr[2 * j] * __low2float(kv[i][j]) + qr[2 * j + 1] * __high2float(kv[i][j]);
-      }
-      sc[i] = d;
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < kTileKeys * vec_per_row; e += blockDim.x) {
+      const int64_t r = e / vec_per_row, c = e % vec_per_row;
+      const __nv_bfloat16* row = tile_rows[r];
+      *reinterpret_cast<uint4*>(tile + r * p.head_dim + c * 8) =
+          row != nullptr ? reinterpret_cast<const uint4*>(row)[c] : make_uint4(0, 0, 0, 0);
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-#pragma unroll
-      for (int i = 0; i < kIlp; ++i) sc[i] += __shfl_xor_sync(0xffffffffu, sc[i], offset);
-    }
-    float next = mx;
-#pragma unroll
-    for (int i = 0; i < kIlp; ++i) {
-      sc[i] *= p.scale;
-      if (keys[i] != nullptr) next = fmaxf(next, sc[i]);
-    }
-    if (next == -INFINITY) continue;  // no valid key yet (split without a sink)
-    const float correction = expf(mx - next);
-    float e[kIlp];
-    denom *= correction;
-#pragma unroll
-    for (int i = 0; i < kIlp; ++i) {
-      e[i] = keys[i] != nullptr ? expf(sc[i] - next) : 0.0f;
-      denom += e[i];
-    }
-#pragma unroll
-    for (int j = 0; j < kMaxLaneDims / 2; ++j) {
-      float a0 = acc[2 * j] * correction, a1 = acc[2 * j + 1] * correction;
+    __syncthreads();
+    if (!active) continue;
+    for (int64_t v0 = base; v0 < Min64(end, base + kTileKeys); v0 += kIlp) {
+      const __nv_bfloat16* keys[kIlp];
+      __nv_bfloat162 kv[kIlp][kMaxLaneDims / 2];
+      float sc[kIlp];
 #pragma unroll
       for (int i = 0; i < kIlp; ++i) {
-        a0 += e[i] * __low2float(kv[i][j]);
-        a1 += e[i] * __high2float(kv[i][j]);
+        const int64_t r = v0 + i - base;
+        keys[i] = v0 + i < end && tile_rows[r] != nullptr ? tile + r * p.head_dim : nullptr;
+        if (keys[i] != nullptr) {
+          LoadLane(keys[i], lane, nj, kv[i]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < kMaxLaneDims / 2; ++j) kv[i][j] = __float2bfloat162_rn(0.0f);
+        }
       }
-      acc[2 * j] = a0;
-      acc[2 * j + 1] = a1;
+#pragma unroll
+      for (int i = 0; i < kIlp; ++i) {
+        float d = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kMaxLaneDims / 2; ++j) {
+          d += qr[2 * j] * __low2float(kv[i][j]) + qr[2 * j + 1] * __high2float(kv[i][j]);
+        }
+        sc[i] = d;
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+#pragma unroll
+        for (int i = 0; i < kIlp; ++i) sc[i] += __shfl_xor_sync(0xffffffffu, sc[i], offset);
+      }
+      float next = mx;
+#pragma unroll
+      for (int i = 0; i < kIlp; ++i) {
+        sc[i] *= p.scale;
+        if (keys[i] != nullptr) next = fmaxf(next, sc[i]);
+      }
+      if (next == -INFINITY) continue;  // no valid key yet (split without a sink)
+      const float correction = expf(mx - next);
+      float e[kIlp];
+      denom *= correction;
+#pragma unroll
+      for (int i = 0; i < kIlp; ++i) {
+        e[i] = keys[i] != nullptr ? expf(sc[i] - next) : 0.0f;
+        denom += e[i];
+      }
+#pragma unroll
+      for (int j = 0; j < kMaxLaneDims / 2; ++j) {
+        float a0 = acc[2 * j] * correction, a1 = acc[2 * j + 1] * correction;
+#pragma unroll
+        for (int i = 0; i < kIlp; ++i) {
+          a0 += e[i] * __low2float(kv[i][j]);
+          a1 += e[i] * __high2float(kv[i][j]);
+        }
+        acc[2 * j] = a0;
+        acc[2 * j + 1] = a1;
+      }
+      mx = next;
     }
-    mx = next;
   }
+  if (!active) return;
   if (single) {
     auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim + lane * nj;
 #pragma unroll
@@ -207,37 +232,48 @@ struct IndexParams {
   float score_scale;
 };
 
-// Block (item, slice of keys); one warp per key at a time; the item's queries in shared memory.
-__global__ void DecodeIndexerKernel(IndexParams p) {
-  extern __shared__ float q[];  // [heads, head_dim]
+// Block (item, slice of kIndexKeys keys), one thread per key: the item's queries (f32) and head
+// weights in shared memory, read as broadcasts; each thread streams its key row 8 dims at a time
+// and keeps the 16-or-fewer head dot products in registers (no shuffles).
+constexpr int kIndexKeys = 128;
+
+__global__ void __launch_bounds__(kIndexKeys) DecodeIndexerKernel(IndexParams p) {
+  extern __shared__ __align__(16) float q[];  // [heads, head_dim]
   const DecodeIndexerItem it = p.items[blockIdx.x];
   const auto* qb = static_cast<const __nv_bfloat16*>(it.q);
   for (int64_t i = threadIdx.x; i < p.heads * p.head_dim; i += blockDim.x) q[i] = Bf(qb, i);
   __syncthreads();
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int nj = static_cast<int>(p.head_dim / 32);
-  const auto* keys = static_cast<const __nv_bfloat16*>(it.keys);
-  const int64_t warps = int64_t{gridDim.y} * kWarps;
-  for (int64_t e = int64_t{blockIdx.y} * kWarps + warp; e < p.ld; e += warps) {
-    if (e >= it.num_keys) {
-      if (lane == 0) it.scores[e] = -INFINITY;
-      continue;
-    }
-    float k[kMaxLaneDims];
-#pragma unroll
-    for (int j = 0; j < kMaxLaneDims; ++j) k[j] = j < nj ? Bf(keys, e * p.head_dim + lane + 32 * j) : 0.0f;
-    float sum = 0.0f;
-    for (int64_t h = 0; h < p.heads; ++h) {
-      float dot = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kMaxLaneDims; ++j) {
-        if (j < nj) dot += q[h * p.head_dim + lane + 32 * j] * k[j];
-      }
-      dot = WarpSum(dot);
-      sum += fmaxf(dot, 0.0f) * p.score_scale * it.weights[h];
-    }
-    if (lane == 0) it.scores[e] = sum;
+  const int64_t e = int64_t{blockIdx.y} * kIndexKeys + threadIdx.x;
+  if (e >= p.ld) return;
+  if (e >= it.num_keys) {
+    it.scores[e] = -INFINITY;
+    return;
   }
+  const auto* key = static_cast<const __nv_bfloat16*>(it.keys) + e * p.head_dim;
+  float sum = 0.0f;
+  for (int64_t h0 = 0; h0 < p.heads; h0 += 16) {  // 16 heads of dot products in registers
+    float dot[16];
+#pragma unroll
+    for (int h = 0; h < 16; ++h) dot[h] = 0.0f;
+    for (int64_t c = 0; c < p.head_dim; c += 8) {
+      float k[8];
+      Load8(key, /*bf16=*/true, c, k);
+#pragma unroll
+      for (int h = 0; h < 16; ++h) {
+        if (h0 + h < p.heads) {
+          const float4* qh = reinterpret_cast<const float4*>(q + (h0 + h) * p.head_dim + c);
+          const float4 a = qh[0], b = qh[1];
+          dot[h] += a.x * k[0] + a.y * k[1] + a.z * k[2] + a.w * k[3] + b.x * k[4] + b.y * k[5] +
+                    b.z * k[6] + b.w * k[7];
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 16; ++h) {
+      if (h0 + h < p.heads) sum += fmaxf(dot[h], 0.0f) * p.score_scale * it.weights[h0 + h];
+    }
+  }
+  it.scores[e] = sum;
 }
 
 // The items on the device for this call's launches (kernels/cuda/staging.h: no host sync).
@@ -269,7 +305,7 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
     const int64_t comp = it.comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
     max_keys = std::max(max_keys, std::min(it.position, window - 1) + 1 + comp);
   }
-  const int64_t groups = (heads + kWarps - 1) / kWarps;
+  const int64_t groups = (heads + kAttnWarps - 1) / kAttnWarps;
   const int64_t batch_blocks = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * groups;
   const int splits = static_cast<int>(std::clamp<int64_t>(
       std::min((2 * sms + batch_blocks - 1) / batch_blocks, (max_keys + 7) / 8), 1, 256));
@@ -296,8 +332,8 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   for (size_t first = 0; first < items.size(); first += 65535) {
     const unsigned count = static_cast<unsigned>(std::min<size_t>(65535, items.size() - first));
     const AttnParams params{*staged + first, sink, partial, heads, head_dim, window, splits, scale};
-    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), 32 * kWarps>>>(
-        params);
+    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits),
+                            32 * kAttnWarps>>>(params);
     if (splits > 1) {
       DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads)), 128>>>(params);
     }
@@ -308,17 +344,19 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
 absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
                                  int64_t head_dim, int64_t ld, float score_scale) {
   if (head_dim % 32 != 0 || head_dim > 32 * kMaxLaneDims || heads < 1 ||
-      heads * head_dim * 4 > 48 * 1024) {
+      heads * head_dim * 4 > 48 * 1024 || (ld + kIndexKeys - 1) / kIndexKeys > 65535) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "cuda::DecodeIndexerScores: unsupported heads %d x head_dim %d", heads, head_dim));
+        "cuda::DecodeIndexerScores: unsupported heads %d x head_dim %d (head_dim a multiple of "
+        "32 <= 512, queries within 48 KiB) or ld %d over 65535 key slices",
+        heads, head_dim, ld));
   }
   if (items.empty() || ld == 0) return absl::OkStatus();
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();
-  const unsigned slices = static_cast<unsigned>(std::min<int64_t>((ld + 63) / 64, 1024));
+  const unsigned slices = static_cast<unsigned>((ld + kIndexKeys - 1) / kIndexKeys);
   for (size_t first = 0; first < items.size(); first += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<size_t>(65535, items.size() - first)), slices);
-    DecodeIndexerKernel<<<grid, 32 * kWarps, heads * head_dim * sizeof(float)>>>(
+    DecodeIndexerKernel<<<grid, kIndexKeys, heads * head_dim * sizeof(float)>>>(
         IndexParams{*staged + first, heads, head_dim, ld, score_scale});
   }
   return LaunchStatus("cuda::DecodeIndexerScores");
