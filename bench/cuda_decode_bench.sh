@@ -2,7 +2,10 @@
 # Chunked long-prompt prefill and batched decode of v4rl's CUDA decoder against transformers'
 # DeepseekV4ForCausalLM (bf16) on the same random weights of a config, same GPU, same token ids;
 # decode next to the HBM bound (weight bytes a step touches / copy bandwidth measured in the run).
-# Run on the H200 machine (needs ~20 GB of disk under OUT_DIR for the checkpoint):
+# Run on the H200 machine (needs ~20 GB of disk under OUT_DIR for the checkpoint), through the
+# device bundle's env.sh so that the binary finds its libraries:
+#
+#   device_bundle/env.sh bash bench/cuda_decode_bench.sh device_bundle/bin/cuda_decode_bench ...
 #
 #   bench/cuda_decode_bench.sh BENCH_BINARY [CONFIG=configs/models/mid.json]
 #       [PREFILL=4096,16384,32768,131072] [BATCHES=1,64,256] [OUT_DIR=/tmp/v4rl_decode]
