@@ -50,8 +50,20 @@ struct SelectParams {
   int64_t num_keys, ld, topk, q_pos0, ratio;
 };
 
+constexpr int kPerThread = 8;  // consecutive scores a thread handles per tile
+constexpr int64_t kTile = int64_t{kSelectThreads} * kPerThread;
+
+// Scores [s, s + kPerThread) of the row as order keys; past n: 0 (never counted, never taken).
+__device__ __forceinline__ void TileKeys(const float* row, int64_t s, int64_t n,
+                                         uint32_t key[kPerThread]) {
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) key[u] = s + u < n ? OrderKey(row[s + u]) : 0u;
+}
+
 // One block per query: radix select (4 passes of 8 bits) of the k-th key, then one ordered pass
-// emitting every id above it plus the lowest ids equal to it, ascending.
+// emitting every id above it plus the lowest ids equal to it, ascending. Each thread takes
+// kPerThread consecutive scores of a tile of kTile, so every load batch keeps 8 loads in flight
+// and the ordered pass needs one block scan per tile (long rows: 250K keys at 1M tokens).
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   __shared__ uint32_t hist[256];
   __shared__ uint32_t scratch[kSelectThreads / 32 + 1];
@@ -68,9 +80,14 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
-    for (int64_t s = threadIdx.x; s < n; s += blockDim.x) {
-      const uint32_t key = OrderKey(row[s]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFFu], 1u);
+    for (int64_t start = 0; start < n; start += kTile) {
+      const int64_t s = start + int64_t{threadIdx.x} * kPerThread;
+      uint32_t key[kPerThread];
+      TileKeys(row, s, n, key);
+#pragma unroll
+      for (int u = 0; u < kPerThread; ++u) {
+        if (s + u < n && (key[u] & mask) == prefix) atomicAdd(&hist[(key[u] >> shift) & 0xFFu], 1u);
+      }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -90,20 +107,35 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
     remaining = shared_remaining;
     mask |= 0xFFu << shift;
   }
-  // prefix is the k-th key; `remaining` ids equal to it are taken, lowest first.
+  // prefix is the k-th key; the `remaining` lowest ids equal to it are taken. Per tile one scan of
+  // (above count, equal count) packed in 16 bits each (at most kTile = 4096 per tile).
   uint32_t emitted = 0, equal_seen = 0;
-  for (int64_t start = 0; start < n; start += blockDim.x) {
-    const int64_t s = start + threadIdx.x;
-    const uint32_t key = s < n ? OrderKey(row[s]) : 0u;
-    const bool above = s < n && key > prefix;
-    const bool equal = s < n && key == prefix;
-    uint32_t equal_total = 0, selected_total = 0;
-    const uint32_t equal_rank = equal_seen + BlockExclusiveScan(equal ? 1u : 0u, &equal_total, scratch);
-    const bool selected = above || (equal && equal_rank < remaining);
-    const uint32_t position = emitted + BlockExclusiveScan(selected ? 1u : 0u, &selected_total, scratch);
-    if (selected) out[position] = static_cast<int32_t>(s);
-    emitted += selected_total;
-    equal_seen += equal_total;
+  for (int64_t start = 0; start < n; start += kTile) {
+    const int64_t s = start + int64_t{threadIdx.x} * kPerThread;
+    uint32_t key[kPerThread];
+    TileKeys(row, s, n, key);
+    uint32_t above = 0, equal = 0;
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+      above += s + u < n && key[u] > prefix ? 1u : 0u;
+      equal += s + u < n && key[u] == prefix ? 1u : 0u;
+    }
+    uint32_t total = 0;
+    const uint32_t before = BlockExclusiveScan((equal << 16) | above, &total, scratch);
+    const uint32_t above_before = before & 0xFFFFu, equal_before = equal_seen + (before >> 16);
+    // Equal ids taken before this thread's: the first `remaining` equals of the row.
+    auto taken = [&](uint32_t equals) { return equals < remaining ? equals : remaining; };
+    uint32_t position = emitted + above_before + taken(equal_before) - taken(equal_seen);
+    uint32_t equal_rank = equal_before;
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+      if (s + u >= n) continue;
+      bool selected = key[u] > prefix;
+      if (key[u] == prefix) selected = equal_rank++ < remaining;
+      if (selected) out[position++] = static_cast<int32_t>(s + u);
+    }
+    emitted += (total & 0xFFFFu) + taken(equal_seen + (total >> 16)) - taken(equal_seen);
+    equal_seen += total >> 16;
   }
 }
 
