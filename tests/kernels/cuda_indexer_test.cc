@@ -65,6 +65,9 @@ TEST(CudaIndexer, SelectMatchesCpuTopKWithTies) {
   CheckSelect(17, 203, 37, 120, 4, 3, 2);     // early rows keep all visible ids, -1 padding
   CheckSelect(5, 5003, 512, 20000, 4, 50, 3);  // V4's k over > 1 chunk of 512 threads
   CheckSelect(3, 700, 64, 4000, 4, 1 << 20, 4);  // nearly distinct scores
+  // Long rows (decode at long contexts): several 4096-score tiles, the k-th score's ties spread
+  // over all of them.
+  CheckSelect(3, 20011, 512, 90000, 4, 7, 5);
 }
 
 TEST(CudaIndexer, TopKMatchesCpuUpToNearTies) {
