@@ -34,8 +34,9 @@ int RunGrad(const std::vector<std::string>& args) {
       "names and per-expert tensors; FP8/FP4 weights get the gradient of their dequantised "
       "values). Not trained: gate.bias / e_score_correction_bias, tid2eid; the lightning "
       "indexer's gradients are zero (no gradient flows through its top-k). --device cuda computes the "
-      "backward on the GPU in fp32 (same gradients to summation order; no --recompute; "
-      "experimental: its gpu tests have not run on a GPU yet).");
+      "backward on the GPU in fp32 from the CPU forward's activations (the gpu test "
+      "cli_cuda_grad_test: every gradient within 1e-4 relative by norm of the CPU's; no "
+      "--recompute).");
   std::string model_dir, input_path, output_path;
   int64_t threads = 0;
   bool recompute = false, replay_routing = false;
