@@ -10,6 +10,7 @@ v4rl's figures from stdin.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -29,6 +30,9 @@ def main():
     prefill = [r for r in rows if r["kind"] == "prefill"]
     decode = [r for r in rows if r["kind"] == "decode"]
     decode_long = [r for r in rows if r["kind"] == "decode_long"]
+    if not os.path.isfile(os.path.join(args.out_dir, "model", "config.json")):
+        sys.exit(f"no checkpoint in {args.out_dir}/model: the v4rl bench failed before writing it "
+                 "(on the GPU machine run it through device_bundle/env.sh)")
     model = DeepseekV4ForCausalLM.from_pretrained(args.out_dir + "/model", dtype=torch.bfloat16)
     model = model.cuda().eval()
     vocab = model.config.vocab_size
