@@ -33,7 +33,7 @@ int RunLogits(const std::vector<std::string>& args) {
       "position). --device cuda runs the bf16 GPU forward (logits and --routing only).");
   std::string model_dir, input_path, output_path;
   int64_t threads = 0;
-  bool routing = false, hidden = false, mtp = false;
+  bool routing = false, hidden = false, mtp = false, fp8_sim = false;
   std::string device = "cpu";
   parser.AddString("model", &model_dir, "model directory (or one .safetensors file's directory)");
   parser.AddString("input", &input_path, "safetensors file with input_ids [B, T]");
@@ -45,6 +45,10 @@ int RunLogits(const std::vector<std::string>& args) {
   parser.AddString("device", &device,
                    "cpu (fp32 reference) or cuda (bf16 weights and activations, fp32 "
                    "accumulation, on GPU 0)");
+  parser.AddBool("fp8-sim", &fp8_sim,
+                 "with --device cuda: the FP8/FP4 simulation of DeepSeek's official inference "
+                 "code (FP8 activations before the FP8/FP4 GEMMs, KV QAT, FP4 indexer; experimental: not "
+                 "yet run on a GPU)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (model_dir.empty() || input_path.empty() || output_path.empty()) {
@@ -53,6 +57,9 @@ int RunLogits(const std::vector<std::string>& args) {
   }
   if (device != "cpu" && device != "cuda") {
     return CommandError("logits", "--device must be cpu or cuda, got " + device, 2);
+  }
+  if (fp8_sim && device != "cuda") {
+    return CommandError("logits", "--fp8-sim needs --device cuda", 2);
   }
   if (device == "cuda" && (hidden || mtp)) {
     return CommandError("logits", "--device cuda writes logits and --routing only", 2);
@@ -87,6 +94,7 @@ int RunLogits(const std::vector<std::string>& args) {
     if (!gpu.ok()) return CommandError("logits", std::string(gpu.status().message()));
     model::CudaForwardOptions gpu_options;
     gpu_options.return_routing = routing;
+    gpu_options.fp8_simulation = fp8_sim;
     start = std::chrono::steady_clock::now();
     absl::StatusOr<model::CudaForwardOutput> gpu_out = (*gpu)->Forward(ids->view(), gpu_options);
     if (!gpu_out.ok()) return CommandError("logits", std::string(gpu_out.status().message()));

@@ -209,6 +209,7 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
                                        dcos.view(), dsin.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({total_entries, 1, entry_dim}),
                                      dcos.view(), dsin.view(), /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(indexer ? m.IndexerFp4(entries.view()) : m.KvQat(entries.view()));
   copies.clear();
   for (const Job& job : jobs) {
     const StepSpan& s = st.spans[job.span];
@@ -248,18 +249,22 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
   const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
   // Query path and the single K=V head, as Attention.
+  Tensor xq_storage;
+  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
   const Tensor qr = Dev(DType::kBF16, {n, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wq_a.view(), qr.view()));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wq_a.view(), qr.view()));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(qr.view(), w.q_norm.view(), eps(), qr.view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));
   const Tensor q = Dev(DType::kBF16, {n, heads, dim});
   V4RL_RETURN_IF_ERROR(
       kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({n, heads * dim})));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(q.view(), cos, sin, /*inverse=*/false));
   const Tensor kv = Dev(DType::kBF16, {n, 1, dim});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wkv.view(), kv.view().Reshape({n, dim})));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wkv.view(), kv.view().Reshape({n, dim})));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({n, dim})));
   const TensorView kv_rows = kv.view().Reshape({n, dim});
   profile.Mark("attn.proj");
 
@@ -302,6 +307,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       V4RL_RETURN_IF_ERROR(
           kc::Gemm(*gemm, qr.view(), w.indexer.wq_b.view(), iq.view().Reshape({n, ih * id})));
       V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
+      V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
       const Tensor head_weights = Dev(DType::kF32, {n, ih});
       V4RL_RETURN_IF_ERROR(
           kc::Gemm(*gemm, x, w.indexer.weights_proj.view(), head_weights.view(),
@@ -666,6 +672,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   }
   m.options.indexer_q_chunk = options.indexer_q_chunk;
   m.options.device_moe_dispatch = options.device_moe_dispatch && num_tokens <= 512;
+  m.options.fp8_simulation = options.fp8_simulation;
   CudaDecodeStepOutput output;
   m.routed = options.return_routing ? &output.routed_experts : nullptr;
   m.captures = nullptr;

@@ -62,6 +62,9 @@ struct CudaDecodeStepOptions {
   // device_moe_dispatch: no host sync per layer); longer steps (prefill chunks) and false: host
   // plan, cuBLASLt per expert (faster on hundreds of rows per expert).
   bool device_moe_dispatch = true;
+  // The official FP8/FP4 simulation (CudaForwardOptions::fp8_simulation); the states then hold
+  // the simulated K=V rows, entries and indexer keys, so a sequence keeps one setting throughout.
+  bool fp8_simulation = false;
 };
 
 struct CudaDecodeStepOutput {

@@ -15,6 +15,7 @@
 #include "kernels/cuda/mhc.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/cuda/quant_sim.h"
 #include "kernels/plan/moe_dispatch.h"
 
 namespace v4rl::model {
@@ -110,6 +111,31 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& model)
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
 }
 
+absl::StatusOr<TensorView> CudaModel::Impl::Fp8Operand(const TensorView& x, Tensor* storage) {
+  if (!options.fp8_simulation) return x;
+  *storage = Dev(x.dtype, x.shape_vector());
+  V4RL_RETURN_IF_ERROR(kc::Copy(x, storage->view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(storage->view()));
+  return storage->view();
+}
+
+absl::Status CudaModel::Impl::Fp8OperandInPlace(const TensorView& x) {
+  if (!options.fp8_simulation) return absl::OkStatus();
+  return kc::BlockQuantDequant(x, x.shape[x.rank - 1], 128, kc::SimFormat::kFp8E4M3);
+}
+
+absl::Status CudaModel::Impl::KvQat(const TensorView& rows) {
+  if (!options.fp8_simulation) return absl::OkStatus();
+  return kc::BlockQuantDequant(rows, config.head_dim - config.rope_head_dim, 64,
+                               kc::SimFormat::kFp8E4M3);
+}
+
+absl::Status CudaModel::Impl::IndexerFp4(const TensorView& rows) {
+  if (!options.fp8_simulation) return absl::OkStatus();
+  V4RL_RETURN_IF_ERROR(kc::Hadamard(rows));
+  return kc::BlockQuantDequant(rows, rows.shape[rows.rank - 1], 32, kc::SimFormat::kFp4E2M1);
+}
+
 absl::Status CudaModel::Impl::RotateSequences(const TensorView& x, const RopeTables& rope,
                                               bool inverse) {
   for (int64_t b = 0; b < batch; ++b) {
@@ -160,6 +186,7 @@ absl::StatusOr<Tensor> CudaModel::Impl::IndexerTopK(const IndexerWeights& w,
   const int64_t ratio = config.csa_compress_ratio;
   V4RL_ASSIGN_OR_RETURN(const Tensor keys, Compress(w.compressor, ratio, /*overlap=*/true, rope, x));
   const int64_t num_entries = keys.size(1);
+  V4RL_RETURN_IF_ERROR(IndexerFp4(keys.view().Reshape({batch * num_entries, dim})));
   const int64_t topk = std::min(config.index_topk, num_entries);
   Tensor picks = Dev(DType::kI32, {batch, seq_len, topk});
   if (topk == 0) return picks;
@@ -168,6 +195,7 @@ absl::StatusOr<Tensor> CudaModel::Impl::IndexerTopK(const IndexerWeights& w,
   V4RL_RETURN_IF_ERROR(
       kc::Gemm(*gemm, qr, w.wq_b.view(), q.view().Reshape({num_tokens, heads * dim})));
   V4RL_RETURN_IF_ERROR(RotateSequences(q.view(), rope, /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(IndexerFp4(q.view().Reshape({num_tokens * heads, dim})));
   const Tensor head_weights = Dev(DType::kF32, {num_tokens, heads});
   V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.weights_proj.view(), head_weights.view(),
                                 static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads)))));
@@ -195,10 +223,13 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
                                         const TensorView& x, const TensorView& out) {
   const int64_t heads = config.num_heads, dim = config.head_dim;
   const RopeTables& rope = this->rope(type);
+  Tensor xq_storage;  // x as the FP8 GEMMs see it (the compressors read x itself)
+  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
   // Query path: low-rank latent, normalised; per-head unweighted RMSNorm; RoPE.
   const Tensor qr = Dev(DType::kBF16, {num_tokens, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wq_a.view(), qr.view()));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wq_a.view(), qr.view()));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(qr.view(), w.q_norm.view(), eps(), qr.view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));  // read by wq_b and the indexer's wq_b
   const Tensor q = Dev(DType::kBF16, {num_tokens, heads, dim});
   V4RL_RETURN_IF_ERROR(
       kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({num_tokens, heads * dim})));
@@ -207,15 +238,17 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
   // The single K=V head.
   const Tensor kv = Dev(DType::kBF16, {num_tokens, 1, dim});
   V4RL_RETURN_IF_ERROR(
-      kc::Gemm(*gemm, x, w.wkv.view(), kv.view().Reshape({num_tokens, dim})));
+      kc::Gemm(*gemm, xq, w.wkv.view(), kv.view().Reshape({num_tokens, dim})));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
   V4RL_RETURN_IF_ERROR(RotateSequences(kv.view(), rope, /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({num_tokens, dim})));
   // Compressed entries and, for CSA, the indexer's picks.
   const bool compressed = type != AttentionType::kSliding;
   Tensor entries, picks;
   if (compressed) {
     V4RL_ASSIGN_OR_RETURN(entries, Compress(w.compressor, config.CompressRatio(type),
                                             type == AttentionType::kCompressedSparse, rope, x));
+    V4RL_RETURN_IF_ERROR(KvQat(entries.view().Reshape({batch * entries.size(1), dim})));
   }
   if (type == AttentionType::kCompressedSparse) {
     if (layer_index < options.index_replay.size() &&
@@ -281,6 +314,7 @@ absl::Status CudaModel::Impl::OutputProjection(const AttentionWeights& w, const 
     V4RL_RETURN_IF_ERROR(
         kc::Gemm(*gemm, o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g)));
   }
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(u.view()));  // wo_a is bf16 officially, wo_b FP8
   return kc::Gemm(*gemm, u.view(), w.wo_b.view(), out);
 }
 
@@ -289,6 +323,8 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
   const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
   const float limit = static_cast<float>(config.swiglu_limit);
+  Tensor xq_storage;  // x as the experts see it (the router reads x itself)
+  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
   // Router.
   const Tensor logits = Dev(DType::kF32, {num_tokens, experts});
   V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.gate.view(), logits.view()));
@@ -324,7 +360,7 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
     route.replay_idx = replay.view().Reshape({num_tokens, k});
   }
   V4RL_RETURN_IF_ERROR(kc::RouteTopK(route));
-  if (options.device_moe_dispatch) return MoeDevicePlan(w, x, idx, weight, out);
+  if (options.device_moe_dispatch) return MoeDevicePlan(w, xq, idx, weight, out);
   // Dispatch plan on the host (the CPU's order), then gather, experts, combine on the device.
   Tensor host_idx = Tensor::Empty(DType::kI32, {num_tokens, k});
   V4RL_RETURN_IF_ERROR(kc::Copy(idx.view(), host_idx.view()));
@@ -340,16 +376,17 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   const Tensor pick_of_slot = Dev(DType::kI32, {num_tokens * k});
   V4RL_RETURN_IF_ERROR(kc::UploadMoePlan(plan, slots.view(), pick_of_slot.view()));
   const Tensor xp = Dev(DType::kBF16, {picks, hidden});
-  V4RL_RETURN_IF_ERROR(kc::MoeGather(x, slots.view(), k, xp.view()));
+  V4RL_RETURN_IF_ERROR(kc::MoeGather(xq, slots.view(), k, xp.view()));
   const Tensor gate = Dev(DType::kBF16, {picks, inter});
   const Tensor up = Dev(DType::kBF16, {picks, inter});
   V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w1.view(), plan.expert_offsets, gate.view()));
   V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w3.view(), plan.expert_offsets, up.view()));
   V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(gate.view()));
   const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
-  return SharedExpertsAndCombine(w, x, expert_out, pick_of_slot, weight, out);
+  return SharedExpertsAndCombine(w, xq, expert_out, pick_of_slot, weight, out);
 }
 
 absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorView& x,
@@ -380,6 +417,7 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemmDeviceOffsets(xp.view(), w.w3.view(), offsets.view(), up.view()));
   V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(gate.view()));
   const Tensor expert_out = Dev(DType::kF32, {slots_n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(), expert_out.view()));
@@ -401,6 +439,7 @@ absl::Status CudaModel::Impl::SharedExpertsAndCombine(const MoeWeights& w, const
     V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w1.view(), sg.view()));
     V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w3.view(), su.view()));
     V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg.view(), su.view(), limit, sg.view()));
+    V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg.view()));
     shared_out = Dev(DType::kF32, {num_tokens, hidden});
     V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg.view(), w.shared_w2.view(), shared_out.view()));
   }

@@ -38,6 +38,14 @@ struct CudaForwardOptions {
   // Routing replay (keep-routing): per layer [B, T, k] i32 host expert ids used instead of the
   // MoE selection. Empty: every layer selects.
   std::vector<core::TensorView> routing_replay;
+  // The FP8/FP4 simulation of the official inference code (spec/model.md §6.4): activations
+  // quantised (E4M3, power-of-two scales per 128) before every GEMM whose weight is FP8/FP4 in the
+  // official checkpoints (wq_a, wq_b, wkv, wo_b, the indexer's wq_b, routed and shared experts),
+  // whatever this checkpoint stores; the KV QAT of the window K=V rows and the compressed entries
+  // (non-rope dims, blocks of 64); the indexer's queries and keys rotated by a Hadamard and
+  // rounded to FP4 (blocks of 32). Off: plain bf16 (DESIGN.md's production precision without
+  // the simulation).
+  bool fp8_simulation = false;
   // Indexer replay, for diffing against another implementation without the discrete flips of
   // near-tied scores: per layer [B, T, k] i32 host picks (ascending, -1 padding; undefined views
   // for non-CSA layers) used instead of the indexer's. Empty: every CSA layer selects.

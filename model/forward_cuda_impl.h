@@ -176,6 +176,17 @@ struct CudaModel::Impl {
                                const TensorView& out);
   // Rotates rows [b·T, (b+1)·T) of x ([N, heads, dim]) for every sequence b.
   absl::Status RotateSequences(const TensorView& x, const RopeTables& rope, bool inverse);
+
+  // The official FP8/FP4 simulation (options.fp8_simulation; kernels/cuda/quant_sim.h), no-ops
+  // when off. Fp8Operand: the operand of a GEMM whose weight is FP8/FP4 in the official
+  // checkpoints (x itself when off, else a copy quantised in blocks of 128, held by *storage);
+  // Fp8OperandInPlace: the same on a tensor only such GEMMs read. KvQat: K=V rows [n, head_dim],
+  // the non-rope dims in blocks of 64. IndexerFp4: indexer queries or keys
+  // [n, index_head_dim], Hadamard then FP4 in blocks of 32.
+  absl::StatusOr<TensorView> Fp8Operand(const TensorView& x, Tensor* storage);
+  absl::Status Fp8OperandInPlace(const TensorView& x);
+  absl::Status KvQat(const TensorView& rows);
+  absl::Status IndexerFp4(const TensorView& rows);
 };
 
 }  // namespace v4rl::model

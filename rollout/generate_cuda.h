@@ -18,10 +18,11 @@
 
 namespace v4rl::rollout {
 
-// `model` is the host model `gpu` was created from (config and validation). Errors as Generate,
-// plus ResourceExhausted / Internal from the device.
+// `model` is the host model `gpu` was created from (config and validation). fp8_simulation:
+// every step with the official FP8/FP4 simulation (model::CudaDecodeStepOptions). Errors as
+// Generate, plus ResourceExhausted / Internal from the device.
 absl::StatusOr<std::vector<GenerationResult>> GenerateCuda(
     const model::Model& model, model::CudaModel* gpu, absl::Span<const GenerationRequest> requests,
-    const GenerateOptions& options);
+    const GenerateOptions& options, bool fp8_simulation = false);
 
 }  // namespace v4rl::rollout

@@ -71,6 +71,18 @@ TEST(CliCudaLogits, MatchesCpuLogits) {
   const testing::CommandResult hidden =
       testing::RunV4rl(common + " --device cuda --hidden --output " + gpu_out);
   EXPECT_NE(hidden.exit_code, 0) << hidden.output;
+  // --fp8-sim: the official FP8/FP4 simulation moves the logits by quantisation noise only.
+  const std::string sim_out = ::testing::TempDir() + "/cuda_logits_fp8.safetensors";
+  const testing::CommandResult sim =
+      testing::RunV4rl(common + " --device cuda --fp8-sim --output " + sim_out);
+  ASSERT_EQ(sim.exit_code, 0) << sim.output;
+  const testing::CompareStats sim_stats =
+      testing::Compare(ReadTensor(sim_out, "logits").view(), cpu_logits.view());
+  std::printf("[measured] v4rl logits --device cuda --fp8-sim vs cpu: cosine distance %.3e\n",
+              sim_stats.cosine_distance);
+  EXPECT_LE(sim_stats.cosine_distance, 1e-1);
+  EXPECT_NE(testing::RunV4rl(common + " --fp8-sim --output " + sim_out).exit_code, 0)
+      << "--fp8-sim without --device cuda";
 }
 
 }  // namespace

@@ -112,7 +112,8 @@ Tensor StepRows(const Tensor& table, const std::vector<Piece>& step, int64_t n) 
 // Runs `schedule` through a CudaDecoder; returns logits [B, T, V].
 Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
               const Schedule& schedule, const std::vector<Tensor>* routing,
-              const std::vector<Tensor>* picks, bool batched = true, bool device_moe = true) {
+              const std::vector<Tensor>* picks, bool batched = true, bool device_moe = true,
+              bool fp8_simulation = false) {
   const int64_t batch = ids.size(0), length = ids.size(1), vocab = config.vocab_size;
   auto decoder = CudaDecoder::Create(&gpu, int64_t{64} << 20, 64 << 10);
   EXPECT_TRUE(decoder.ok()) << decoder.status();
@@ -137,6 +138,7 @@ Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
     options.indexer_q_chunk = 5;
     options.batched_decode = batched;
     options.device_moe_dispatch = device_moe;
+    options.fp8_simulation = fp8_simulation;
     std::vector<Tensor> keep;
     if (routing != nullptr) {
       for (size_t l = 0; l < routing->size(); ++l) {
@@ -251,6 +253,54 @@ void CheckFixture(const std::string& fixture, uint64_t seed) {
 }
 
 TEST(CudaDecodeTest, MixedSmallRaggedChunks) { CheckFixture("mixed_small", 11); }
+
+// The official FP8/FP4 simulation: the decoder (ragged steps, states holding simulated rows)
+// against CudaModel::Forward with the same option and the CPU's selections replayed, as the
+// plain comparisons above; and the simulation against the plain forward (it must change the
+// logits, and only by quantisation noise).
+TEST(CudaDecodeTest, Fp8SimulationDecodeMatchesForward) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  for (const std::string fixture : {"mixed_small", "ratios_4_128"}) {
+    V4RL_ASSERT_OK_AND_ASSIGN(const Model model,
+                              Model::Load(testing::FixtureDir(fixture) + "/model"));
+    testing::Reference ref(fixture);
+    ASSERT_TRUE(ref.ok());
+    const Tensor ids = ToI32(ref.Get("input_ids"));
+    const Schedule schedule = MakeSchedule(ids.size(0), ids.size(1), 21);
+    ForwardOptions cpu_options;
+    cpu_options.return_routing = true;
+    cpu_options.save_activations = true;
+    V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput cpu, Forward(model, ids.view(), cpu_options));
+    std::vector<Tensor> routing, picks;
+    CudaForwardOptions options;
+    for (size_t l = 0; l < cpu.blocks.size(); ++l) {
+      routing.push_back(cpu.routed_experts[l]);
+      picks.push_back(cpu.blocks[l].attn.indexer.topk);
+      options.routing_replay.push_back(routing.back().view());
+      options.index_replay.push_back(picks.back().defined() ? picks.back().view()
+                                                            : core::TensorView());
+    }
+    V4RL_ASSERT_OK_AND_ASSIGN(auto gpu, CudaModel::Create(model));
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput plain, gpu->Forward(ids.view(), options));
+    options.fp8_simulation = true;
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput simulated,
+                              gpu->Forward(ids.view(), options));
+    const Tensor per_sequence = RunGpu(*gpu, model.config, ids, schedule, &routing, &picks,
+                                       /*batched=*/false, /*device_moe=*/false,
+                                       /*fp8_simulation=*/true);
+    Report(fixture + " fp8 simulation: decode (prefill kernels) vs forward", per_sequence,
+           simulated.logits, {2e-5, 2e-2, 1e-2});
+    const Tensor batched = RunGpu(*gpu, model.config, ids, schedule, &routing, &picks,
+                                  /*batched=*/true, /*device_moe=*/true, /*fp8_simulation=*/true);
+    Report(fixture + " fp8 simulation: decode vs forward", batched, simulated.logits,
+           {1e-4, 5e-2, 2e-2});
+    Report(fixture + " fp8 simulation vs plain bf16 forward", simulated.logits, plain.logits,
+           {2e-2, 0.5, 0.2});
+    const v4rl::testing::CompareStats change =
+        v4rl::testing::Compare(simulated.logits.view(), plain.logits.view());
+    EXPECT_GT(change.max_abs_error, 0.0) << fixture << ": the simulation changed nothing";
+  }
+}
 TEST(CudaDecodeTest, Ratios4And128RaggedChunks) { CheckFixture("ratios_4_128", 12); }
 
 // Greedy decoding, CPU tokens fed to both; mismatches only at near-ties.
