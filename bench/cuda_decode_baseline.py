@@ -2,11 +2,11 @@
 weights) as DeepseekV4ForCausalLM in bf16 on the GPU (under bf16 autocast), times one-sequence
 prefill at the same lengths and token ids (logits of the last position only; out of memory is
 reported as such), and cached greedy decode at the given batches (a CONTEXT-token prompt per row,
-STEPS timed one-token steps after the prefill and one warm-up step). Prints one table next to
-v4rl's figures from stdin.
+fed PREFILL_CHUNK tokens per forward into the cache, then STEPS timed one-token steps after one
+warm-up step). Prints one table next to v4rl's figures from stdin.
 
   cuda_decode_bench CONFIG OUT_DIR 4096,... 1,64,256 | python3 bench/cuda_decode_baseline.py OUT_DIR
-      [--decode-batches 1,64] [--context 4096] [--steps 16]
+      [--decode-batches 1,64,256] [--context 4096] [--steps 16] [--prefill-chunk 512]
 """
 import argparse
 import json
@@ -24,6 +24,9 @@ def main():
     parser.add_argument("--decode-batches", default="1,64")
     parser.add_argument("--context", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--prefill-chunk", type=int, default=512,
+                        help="prompt tokens per forward when filling the decode batch's cache "
+                             "(eager attention's scores grow with batch x chunk x context)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in sys.stdin if line.startswith("{")]
     copy = next((r for r in rows if r["kind"] == "copy"), None)
@@ -55,8 +58,11 @@ def main():
             t = args.context
             ids = ((torch.arange(t) * 7919 + 13) % vocab).view(1, t).repeat(batch, 1).cuda()
             try:
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
+                cache = None
+                for begin in range(0, t, args.prefill_chunk):
+                    out = model(input_ids=ids[:, begin:begin + args.prefill_chunk],
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    cache = out.past_key_values
                 nxt = out.logits[:, -1:].argmax(-1)
                 out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
                 nxt = out.logits[:, -1:].argmax(-1)

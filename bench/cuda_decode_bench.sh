@@ -11,7 +11,7 @@
 #       [PREFILL=4096,16384,32768,131072] [BATCHES=1,64,256] [OUT_DIR=/tmp/v4rl_decode]
 #       [PYTHON=/opt/torch/.venv/bin/python3]
 # Env: CHUNK (prefill chunk, 8192), CONTEXT (decode prompt, 4096), STEPS (16),
-# HF_DECODE_BATCHES (batches transformers decodes, 1,64).
+# HF_DECODE_BATCHES (batches transformers decodes, 1,64,256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary="$1" config="${2:-configs/models/mid.json}" prefill="${3:-4096,16384,32768,131072}"
@@ -19,5 +19,5 @@ batches="${4:-1,64,256}" out="${5:-/tmp/v4rl_decode}" python="${6:-/opt/torch/.v
 mkdir -p "$out"
 "$binary" "$config" "$out" "$prefill" "$batches" "${CHUNK:-8192}" "${CONTEXT:-4096}" \
     "${STEPS:-16}" | tee /dev/stderr |
-  "$python" bench/cuda_decode_baseline.py "$out" --decode-batches "${HF_DECODE_BATCHES:-1,64}" \
+  "$python" bench/cuda_decode_baseline.py "$out" --decode-batches "${HF_DECODE_BATCHES:-1,64,256}" \
     --context "${CONTEXT:-4096}" --steps "${STEPS:-16}"
