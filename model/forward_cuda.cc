@@ -130,6 +130,14 @@ absl::Status CudaModel::Impl::KvQat(const TensorView& rows) {
                                kc::SimFormat::kFp8E4M3);
 }
 
+absl::Status CudaModel::Impl::WeightedFp8ExpertActivations(const TensorView& act,
+                                                          const Tensor& pick_of_slot,
+                                                          const Tensor& weight) {
+  if (!options.fp8_simulation) return absl::OkStatus();
+  V4RL_RETURN_IF_ERROR(kc::MoeScalePicks(act, pick_of_slot.view(), weight.view()));
+  return Fp8OperandInPlace(act);
+}
+
 absl::Status CudaModel::Impl::IndexerFp4(const TensorView& rows) {
   if (!options.fp8_simulation) return absl::OkStatus();
   V4RL_RETURN_IF_ERROR(kc::Hadamard(rows));
@@ -382,7 +390,7 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w1.view(), plan.expert_offsets, gate.view()));
   V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w3.view(), plan.expert_offsets, up.view()));
   V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
-  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(gate.view()));
+  V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), pick_of_slot, weight));
   const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
@@ -417,7 +425,7 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemmDeviceOffsets(xp.view(), w.w3.view(), offsets.view(), up.view()));
   V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
-  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(gate.view()));
+  V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), pick_of_slot, weight));
   const Tensor expert_out = Dev(DType::kF32, {slots_n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(), expert_out.view()));
@@ -443,8 +451,10 @@ absl::Status CudaModel::Impl::SharedExpertsAndCombine(const MoeWeights& w, const
     shared_out = Dev(DType::kF32, {num_tokens, hidden});
     V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg.view(), w.shared_w2.view(), shared_out.view()));
   }
+  // With the FP8 simulation the weights were applied before the down projection.
   return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
-                        shared_out.defined() ? shared_out.view() : TensorView(), out);
+                        shared_out.defined() ? shared_out.view() : TensorView(), out,
+                        /*weighted=*/!options.fp8_simulation);
 }
 
 absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const Tensor& streams) {

@@ -187,6 +187,11 @@ struct CudaModel::Impl {
   absl::Status Fp8OperandInPlace(const TensorView& x);
   absl::Status KvQat(const TensorView& rows);
   absl::Status IndexerFp4(const TensorView& rows);
+  // The routed experts' activations [>= picks, I] before the down projection: with the
+  // simulation, times their routing weights (the official order) then FP8-quantised; the combine
+  // then runs unweighted.
+  absl::Status WeightedFp8ExpertActivations(const TensorView& act, const Tensor& pick_of_slot,
+                                            const Tensor& weight);
 };
 
 }  // namespace v4rl::model

@@ -22,6 +22,25 @@ absl::Status CheckDeviceView(const char* op, const char* name, const core::Tenso
   return absl::OkStatus();
 }
 
+absl::Status AsRows(const char* op, const char* name, const core::TensorView& v, RowView* rows) {
+  const bool dtype_ok = v.dtype == core::DType::kBF16 || v.dtype == core::DType::kF32;
+  if (v.device != core::Device::kCuda || !dtype_ok || v.rank < 1 || v.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s must be a bf16|f32 device view, got %s", op, name, v.DebugString()));
+  }
+  const int64_t cols = v.shape[v.rank - 1];
+  if (v.rank == 2 && v.strides[1] == 1) {
+    *rows = {v.data, IsBf16(v), v.shape[0], cols, v.strides[0]};
+    return absl::OkStatus();
+  }
+  if (!v.is_contiguous()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s must be a row view or contiguous, got %s", op, name, v.DebugString()));
+  }
+  *rows = {v.data, IsBf16(v), cols == 0 ? 0 : v.numel() / cols, cols, cols};
+  return absl::OkStatus();
+}
+
 absl::Status CheckViewShape(const char* op, const char* name, const core::TensorView& v,
                             std::initializer_list<int64_t> shape) {
   if (v.SameShape(shape)) return absl::OkStatus();

@@ -21,6 +21,15 @@ absl::Status CheckViewShape(const char* op, const char* name, const core::Tensor
 // A plain condition with its message.
 absl::Status CheckArg(bool ok, const char* op, const char* what);
 
+// `v` as rows for the row-wise kernels: a bf16|f32 device view of rank 2 with a unit inner stride
+// (any row stride), or a contiguous view of any rank flattened to rows of its last dimension.
+struct RowView {
+  void* data;
+  bool bf16;
+  int64_t rows, cols, ld;
+};
+absl::Status AsRows(const char* op, const char* name, const core::TensorView& v, RowView* rows);
+
 // True for bf16 views; the kernels read and write bf16 or f32 through one flag.
 inline bool IsBf16(const core::TensorView& v) { return v.dtype == core::DType::kBF16; }
 

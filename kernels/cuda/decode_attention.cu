@@ -232,9 +232,9 @@ struct IndexParams {
   float score_scale;
 };
 
-// Block (item, slice of kIndexKeys keys), one thread per key: the item's queries (f32) and head
-// weights in shared memory, read as broadcasts; each thread streams its key row 8 dims at a time
-// and keeps the 16-or-fewer head dot products in registers (no shuffles).
+// Block (item, slice of kIndexKeys keys), one thread per key: the item's queries (f32) in shared
+// memory, read as broadcasts (head weights from global); each thread streams its key row 8 dims
+// at a time and keeps 16 heads' dot products in registers at a time (no shuffles).
 constexpr int kIndexKeys = 128;
 
 __global__ void __launch_bounds__(kIndexKeys) DecodeIndexerKernel(IndexParams p) {
@@ -276,6 +276,8 @@ __global__ void __launch_bounds__(kIndexKeys) DecodeIndexerKernel(IndexParams p)
   it.scores[e] = sum;
 }
 
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // The items on the device for this call's launches (kernels/cuda/staging.h: no host sync).
 template <typename T>
 absl::StatusOr<const T*> Stage(absl::Span<const T> items) {
@@ -293,6 +295,14 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
         "cuda::DecodeAttention: head_dim %d must be a multiple of 32 <= 512", head_dim));
   }
   if (items.empty()) return absl::OkStatus();
+  // The kernel copies key rows in 16-byte pieces.
+  for (size_t i = 0; i < items.size(); ++i) {
+    const DecodeAttentionItem& it = items[i];
+    if (!Aligned16(it.ring) || !Aligned16(it.own_kv) || !Aligned16(it.comp)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "cuda::DecodeAttention: item %d's ring, own_kv and comp must be 16-byte aligned", i));
+    }
+  }
   // Key splits: enough blocks to fill the device twice, at least 8 keys per split.
   static const int sms = [] {
     int device = 0, count = 0;
@@ -351,6 +361,12 @@ absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int6
         heads, head_dim, ld));
   }
   if (items.empty() || ld == 0) return absl::OkStatus();
+  for (size_t i = 0; i < items.size(); ++i) {  // key rows are read 16 bytes at a time
+    if (!Aligned16(items[i].keys)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "cuda::DecodeIndexerScores: item %d's keys must be 16-byte aligned", i));
+    }
+  }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();
   const unsigned slices = static_cast<unsigned>((ld + kIndexKeys - 1) / kIndexKeys);

@@ -14,7 +14,8 @@
 //    every row with the padding ranked last).
 // Items are host structs of device pointers, staged per call without a host sync
 // (kernels/cuda/staging.h).
-// bf16 only; head_dim % 32 == 0 and <= 512.
+// bf16 only; head_dim % 32 == 0 and <= 512; key rows (ring, own_kv, comp, indexer keys) 16-byte
+// aligned (InvalidArgument otherwise).
 // Thread-safety: one host thread at a time (shared staging buffer); default stream.
 #pragma once
 

@@ -60,11 +60,12 @@ struct GemmHandle::Impl {
   // (m, bucket of n, k, lda, ldb, ldc, out f32, alignments, accumulate) -> algorithm. The token
   // count n varies from call to call (every decode batch, every expert's rows); the heuristic
   // (~0.1 ms a query) runs once per power-of-two bucket of n, and each exact n only checks that
-  // the bucket's algorithm serves it (cublasLtMatmulAlgoCheck).
+  // the bucket's algorithm serves it (cublasLtMatmulAlgoCheck), querying its own when not.
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, uint32_t,
                          uint32_t, uint32_t, bool>;
   struct Layouts {  // the n-dependent layouts of one exact n
-    bool ok = false;  // the plan's algorithm serves this n
+    bool ok = false;  // `algo` serves this n (else plain cuBLAS)
+    cublasLtMatmulAlgo_t algo = {};
     cublasLtMatrixLayout_t b = nullptr, c = nullptr;
   };
   struct Plan {
@@ -89,6 +90,12 @@ struct GemmHandle::Impl {
     if (blas != nullptr) cublasDestroy(blas);
     if (workspace != nullptr) cudaFree(workspace);
   }
+
+  // The heuristic's best algorithm for these layouts within the workspace and alignments, or
+  // false when it has none.
+  bool Heuristic(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                 cublasLtMatrixLayout_t c, uint32_t align_a, uint32_t align_b, uint32_t align_c,
+                 cublasLtMatmulAlgo_t* algo);
 
   // out[M, N] (col-major N x M, ldc) = w[N, K] (col-major K x N, lda, transposed) ·
   // x[M, K] (col-major K x M, ldb).
@@ -115,6 +122,33 @@ absl::StatusOr<std::unique_ptr<GemmHandle>> GemmHandle::Create(int64_t workspace
   return std::unique_ptr<GemmHandle>(new GemmHandle(std::move(impl)));
 }
 
+bool GemmHandle::Impl::Heuristic(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
+                                 cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                                 uint32_t align_a, uint32_t align_b, uint32_t align_c,
+                                 cublasLtMatmulAlgo_t* algo) {
+  cublasLtMatmulPreference_t preference = nullptr;
+  if (cublasLtMatmulPreferenceCreate(&preference) != CUBLAS_STATUS_SUCCESS) return false;
+  const uint64_t bytes = static_cast<uint64_t>(workspace_bytes);
+  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                       &bytes, sizeof(bytes));
+  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                       &align_a, sizeof(align_a));
+  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                       &align_b, sizeof(align_b));
+  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                       &align_c, sizeof(align_c));
+  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                       &align_c, sizeof(align_c));
+  cublasLtMatmulHeuristicResult_t result = {};
+  int count = 0;
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c, c, preference, 1, &result, &count);
+  cublasLtMatmulPreferenceDestroy(preference);
+  if (status != CUBLAS_STATUS_SUCCESS || count == 0) return false;
+  *algo = result.algo;
+  return true;
+}
+
 absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matrix& out,
                                    bool out_f32, float alpha, bool accumulate) {
   const int64_t m = w.rows, n = x.rows, k = x.cols;
@@ -131,7 +165,6 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
   if (found == algos.end()) {
     // First call of this bucket: descriptors and the heuristic's pick for n = bucket, kept.
     Plan plan;
-    cublasLtMatmulPreference_t preference = nullptr;
     cublasLtMatrixLayout_t b = nullptr, c = nullptr;  // for the bucket's n, dropped after
     auto build = [&]() -> absl::Status {
       V4RL_CUBLAS(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -143,28 +176,10 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
       V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, k, m, w.ld));
       V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, bucket, x.ld));
       V4RL_CUBLAS(cublasLtMatrixLayoutCreate(&c, out_type, m, bucket, out.ld));
-      V4RL_CUBLAS(cublasLtMatmulPreferenceCreate(&preference));
-      const uint64_t bytes = static_cast<uint64_t>(workspace_bytes);
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                           &bytes, sizeof(bytes));
-      cublasLtMatmulPreferenceSetAttribute(
-          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a));
-      cublasLtMatmulPreferenceSetAttribute(
-          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b));
-      cublasLtMatmulPreferenceSetAttribute(
-          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c));
-      cublasLtMatmulPreferenceSetAttribute(
-          preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c));
-      cublasLtMatmulHeuristicResult_t result = {};
-      int count = 0;
-      const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-          lt, plan.desc, plan.a, b, c, c, preference, 1, &result, &count);
-      plan.ok = status == CUBLAS_STATUS_SUCCESS && count > 0;
-      plan.algo = result.algo;
+      plan.ok = Heuristic(plan.desc, plan.a, b, c, align_a, align_b, align_c, &plan.algo);
       return absl::OkStatus();
     };
     absl::Status built = build();
-    if (preference) cublasLtMatmulPreferenceDestroy(preference);
     if (b) cublasLtMatrixLayoutDestroy(b);
     if (c) cublasLtMatrixLayoutDestroy(c);
     if (!built.ok()) {
@@ -186,9 +201,14 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
     }
     if (plan.ok) {
       cublasLtMatmulHeuristicResult_t result = {};
+      layouts.algo = plan.algo;
       layouts.ok = cublasLtMatmulAlgoCheck(lt, plan.desc, plan.a, layouts.b, layouts.c, layouts.c,
                                            &plan.algo, &result) == CUBLAS_STATUS_SUCCESS &&
                    result.workspaceSize <= static_cast<size_t>(workspace_bytes);
+    }
+    if (!layouts.ok) {  // the bucket's algorithm does not serve this n: its own query
+      layouts.ok = Heuristic(plan.desc, plan.a, layouts.b, layouts.c, align_a, align_b, align_c,
+                             &layouts.algo);
     }
     exact = plan.by_n.emplace(n, layouts).first;
   }
@@ -202,7 +222,7 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
     return absl::OkStatus();
   }
   V4RL_CUBLAS(cublasLtMatmul(lt, plan.desc, &alpha, w.data, plan.a, x.data, layouts.b, &beta,
-                             out.data, layouts.c, out.data, layouts.c, &plan.algo, workspace,
+                             out.data, layouts.c, out.data, layouts.c, &layouts.algo, workspace,
                              workspace_bytes, /*stream=*/0));
   return absl::OkStatus();
 }

@@ -203,17 +203,25 @@ __global__ void MhcPostKernel(MhcPostParams p) {
   const int64_t h = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * (p.vec ? 8 : 1);
   if (h >= p.hidden) return;
   const int n = p.n;
-  if (p.vec) {
+  if (p.vec) {  // loops over kMaxHcMult with guards keep x in registers
     float x[kMaxHcMult][8], y[8];
-    for (int j = 0; j < n; ++j) Load8(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h, x[j]);
+#pragma unroll
+    for (int j = 0; j < kMaxHcMult; ++j) {
+      if (j < n) Load8(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h, x[j]);
+    }
     Load8(p.y, p.y_bf16, t * p.hidden + h, y);
-    for (int k = 0; k < n; ++k) {
+#pragma unroll
+    for (int k = 0; k < kMaxHcMult; ++k) {
+      if (k >= n) break;
       const float post_k = p.post[t * n + k];
       float out[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         float mixed = 0.0f;
-        for (int j = 0; j < n; ++j) mixed += p.comb[t * n * n + j * n + k] * x[j][e];
+#pragma unroll
+        for (int j = 0; j < kMaxHcMult; ++j) {
+          if (j < n) mixed += p.comb[t * n * n + j * n + k] * x[j][e];
+        }
         out[e] = post_k * y[e] + mixed;
       }
       Store8(p.out, p.out_bf16, (t * n + k) * p.hidden + h, out);

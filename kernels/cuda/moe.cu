@@ -99,6 +99,7 @@ struct CombineParams {
   int64_t num_tokens, hidden, k;
   bool eo_bf16, shared_bf16, out_bf16;
   bool vec;  // 8-wide accesses (Vec8Ok on expert_out, shared and out)
+  bool weighted;  // false: every pick weighs 1
 };
 
 // One block per token: its picks and weights read once, then every channel.
@@ -110,7 +111,7 @@ __global__ void CombineKernel(CombineParams p) {
       for (int64_t j = 0; j < p.k; ++j) {
         const int32_t pick = p.pick_of_slot[t * p.k + j];
         if (pick < 0) continue;
-        const float weight = p.weight[t * p.k + j];
+        const float weight = p.weighted ? p.weight[t * p.k + j] : 1.0f;
         float v[8];
         Load8(p.expert_out, p.eo_bf16, pick * p.hidden + h, v);
 #pragma unroll
@@ -131,11 +132,25 @@ __global__ void CombineKernel(CombineParams p) {
     for (int64_t j = 0; j < p.k; ++j) {
       const int32_t pick = p.pick_of_slot[t * p.k + j];
       if (pick >= 0) {
-        routed += LoadF(p.expert_out, p.eo_bf16, pick * p.hidden + h) * p.weight[t * p.k + j];
+        routed += LoadF(p.expert_out, p.eo_bf16, pick * p.hidden + h) *
+                  (p.weighted ? p.weight[t * p.k + j] : 1.0f);
       }
     }
     if (p.shared != nullptr) routed += LoadF(p.shared, p.shared_bf16, t * p.hidden + h);
     StoreF(p.out, p.out_bf16, t * p.hidden + h, routed);
+  }
+}
+
+// One block per slot: its pick's row times its weight.
+__global__ void ScalePicksKernel(void* act, bool bf16, int64_t cols, const int32_t* pick_of_slot,
+                                 const float* weight) {
+  const int64_t s = blockIdx.x;
+  const int32_t pick = pick_of_slot[s];
+  if (pick < 0) return;
+  const float w = weight[s];
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const int64_t e = int64_t{pick} * cols + c;
+    StoreF(act, bf16, e, LoadF(act, bf16, e) * w);
   }
 }
 
@@ -260,7 +275,7 @@ absl::Status MoeGather(const core::TensorView& x, const core::TensorView& slots,
 
 absl::Status MoeCombine(const core::TensorView& expert_out, const core::TensorView& pick_of_slot,
                         const core::TensorView& topk_weight, const core::TensorView& shared,
-                        const core::TensorView& out) {
+                        const core::TensorView& out, bool weighted) {
   const char* op = "cuda::MoeCombine";
   using core::DType;
   for (absl::Status s :
@@ -292,7 +307,31 @@ absl::Status MoeCombine(const core::TensorView& expert_out, const core::TensorVi
   if (p.num_tokens * p.hidden == 0) return absl::OkStatus();
   p.vec = Vec8Ok(p.expert_out, p.hidden) && Vec8Ok(p.out, p.hidden) &&
           (p.shared == nullptr || Vec8Ok(p.shared, p.hidden));
+  p.weighted = weighted;
   CombineKernel<<<static_cast<unsigned>(p.num_tokens), 256>>>(p);
+  return LaunchStatus(op);
+}
+
+absl::Status MoeScalePicks(const core::TensorView& act, const core::TensorView& pick_of_slot,
+                           const core::TensorView& topk_weight) {
+  const char* op = "cuda::MoeScalePicks";
+  using core::DType;
+  for (absl::Status s :
+       {CheckDeviceView(op, "act", act, {DType::kBF16, DType::kF32}),
+        CheckDeviceView(op, "pick_of_slot", pick_of_slot, {DType::kI32}),
+        CheckDeviceView(op, "topk_weight", topk_weight, {DType::kF32}),
+        CheckArg(act.rank == 2 && pick_of_slot.numel() == topk_weight.numel(), op,
+                 "act [P, I], pick_of_slot [N·k], topk_weight [N, k]")}) {
+    if (!s.ok()) return s;
+  }
+  const int64_t slots = pick_of_slot.numel();
+  if (slots == 0 || act.shape[1] == 0) return absl::OkStatus();
+  if (absl::Status s = CheckArg(slots < (int64_t{1} << 31), op, "too many slots"); !s.ok()) {
+    return s;
+  }
+  ScalePicksKernel<<<static_cast<unsigned>(slots), 256>>>(
+      act.data, IsBf16(act), act.shape[1], pick_of_slot.data_as<int32_t>(),
+      topk_weight.data_as<float>());
   return LaunchStatus(op);
 }
 

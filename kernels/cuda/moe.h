@@ -9,6 +9,9 @@
 //  - MoeGather: rows of x in plan order, the input of the per-expert GEMMs (GroupedGemm).
 //  - MoeCombine: out[t] = Σ_j w[t, j] · expert_out[pick(t, j)] (+ shared[t]), picks in slot
 //    order, each pick's row scaled by its weight before the sum (as the CPU).
+//  - MoeScalePicks: the routing weights applied to the experts' activations instead (before
+//    the down projection, the official order the FP8 simulation needs), then MoeCombine
+//    unweighted.
 // fp32 arithmetic; activations bf16 or f32. Thread-safety: reentrant; default stream.
 #pragma once
 
@@ -60,8 +63,15 @@ absl::Status MoeGather(const core::TensorView& x, const core::TensorView& slots,
 // out[t, h] = Σ_j w[t, j] · expert_out[pick_of_slot[t·k + j], h] (+ shared[t, h]).
 // expert_out: [P, H] bf16|f32; pick_of_slot: [N · k] i32; topk_weight: [N, k] f32;
 // shared: optional [N, H] bf16|f32; out: [N, H] bf16|f32. All contiguous device views.
+// weighted false: w = 1 (the weights were applied by MoeScalePicks).
 absl::Status MoeCombine(const core::TensorView& expert_out, const core::TensorView& pick_of_slot,
                         const core::TensorView& topk_weight, const core::TensorView& shared,
-                        const core::TensorView& out);
+                        const core::TensorView& out, bool weighted = true);
+
+// act[pick_of_slot[s]] *= topk_weight[s] for every slot s with a pick (in place; bf16 rows round
+// once). act: [>= P, I] bf16|f32 contiguous (rows in plan order); pick_of_slot: [N · k] i32;
+// topk_weight: [N, k] f32.
+absl::Status MoeScalePicks(const core::TensorView& act, const core::TensorView& pick_of_slot,
+                           const core::TensorView& topk_weight);
 
 }  // namespace v4rl::kernels::cuda

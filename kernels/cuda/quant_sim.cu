@@ -9,8 +9,9 @@ namespace v4rl::kernels::cuda {
 namespace {
 
 // 2^ceil(log2(v)) for v > 0, as core::Ue8m0FromFloatCeil then Ue8m0ToFloat (exponent in
-// [-127, 127]).
+// [-127, 127]; NaN for an infinite or NaN v, as the ue8m0 NaN code).
 __device__ float Pow2Ceil(float v) {
+  if (!(v <= 3.402823466e38f)) return __int_as_float(0x7fc00000);
   if (v <= ldexpf(1.0f, -127)) return ldexpf(1.0f, -127);
   int exponent;
   const float fraction = frexpf(v, &exponent);
@@ -20,6 +21,7 @@ __device__ float Pow2Ceil(float v) {
 
 // Nearest E4M3 value (ties to even) of |x| <= 448, as core::FloatToF8E4M3 + F8E4M3ToFloat.
 __device__ float RoundE4M3(float x) {
+  if (x != x) return x;  // NaN stays NaN
   const float magnitude = fabsf(x);
   float value;
   if (magnitude < ldexpf(1.0f, -6)) {
@@ -36,6 +38,7 @@ __device__ float RoundE4M3(float x) {
 // Nearest E2M1 value (ties to the even code) of |x| <= 6, as core::FloatToF4E2M1 + F4E2M1ToFloat.
 __device__ float RoundE2M1(float x) {
   constexpr float kValues[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  if (x != x) return 0.0f;  // NaN encodes as code 0
   const float magnitude = fabsf(x);
   float value = kValues[7];
   for (int code = 0; code < 7; ++code) {
@@ -70,7 +73,8 @@ __global__ void BlockQuantDequantKernel(QuantParams p) {
   amax = WarpMax(amax);
   const float scale = Pow2Ceil(amax / max_code);
   for (int64_t c = begin + lane; c < end; c += 32) {
-    const float scaled = fminf(fmaxf(LoadF(p.x, p.bf16, base + c) / scale, -max_code), max_code);
+    const float v = LoadF(p.x, p.bf16, base + c) / scale;
+    const float scaled = v < -max_code ? -max_code : (v > max_code ? max_code : v);  // NaN kept
     StoreF(p.x, p.bf16, base + c, (p.fp8 ? RoundE4M3(scaled) : RoundE2M1(scaled)) * scale);
   }
 }
@@ -113,34 +117,14 @@ __global__ void HadamardKernel(HadamardParams p) {
   for (int i = 0; i < 4 && active; ++i) StoreF(p.x, p.bf16, base + i, v[i] * p.norm);
 }
 
-// Rows of x: a rank-2 view with a unit inner stride, or a contiguous view of any rank.
-absl::Status Rows(const char* op, const core::TensorView& x, int64_t* rows, int64_t* cols,
-                  int64_t* ld) {
-  if (absl::Status s = CheckDeviceView(op, "x", x, {core::DType::kBF16, core::DType::kF32});
-      !s.ok()) {
-    return s;
-  }
-  if (x.rank == 2 && x.strides[1] == 1) {
-    *rows = x.shape[0], *cols = x.shape[1], *ld = x.strides[0];
-    return absl::OkStatus();
-  }
-  if (x.rank >= 1 && x.is_contiguous()) {
-    *cols = x.shape[x.rank - 1];
-    *rows = *cols == 0 ? 0 : x.numel() / *cols;
-    *ld = *cols;
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "%s: x must be a row view or contiguous, got %s", op, x.DebugString()));
-}
-
 }  // namespace
 
 absl::Status BlockQuantDequant(const core::TensorView& x, int64_t width, int64_t block,
                                SimFormat format) {
   const char* op = "cuda::BlockQuantDequant";
-  int64_t rows = 0, cols = 0, ld = 0;
-  if (absl::Status s = Rows(op, x, &rows, &cols, &ld); !s.ok()) return s;
+  RowView v{};
+  if (absl::Status s = AsRows(op, "x", x, &v); !s.ok()) return s;
+  const int64_t rows = v.rows, cols = v.cols, ld = v.ld;
   if (absl::Status s = CheckArg(block >= 1 && block <= 128 && width >= 0 && width <= cols, op,
                                 "needs 1 <= block <= 128 and 0 <= width <= the row length");
       !s.ok()) {
@@ -158,8 +142,9 @@ absl::Status BlockQuantDequant(const core::TensorView& x, int64_t width, int64_t
 
 absl::Status Hadamard(const core::TensorView& x) {
   const char* op = "cuda::Hadamard";
-  int64_t rows = 0, cols = 0, ld = 0;
-  if (absl::Status s = Rows(op, x, &rows, &cols, &ld); !s.ok()) return s;
+  RowView v{};
+  if (absl::Status s = AsRows(op, "x", x, &v); !s.ok()) return s;
+  const int64_t rows = v.rows, cols = v.cols, ld = v.ld;
   if (absl::Status s = CheckArg(cols >= 4 && cols <= 128 && (cols & (cols - 1)) == 0, op,
                                 "rows must have a power of two in [4, 128] columns");
       !s.ok()) {

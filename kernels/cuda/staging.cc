@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -24,24 +25,41 @@ struct Ring {
   void* oversized = nullptr;  // the last table larger than a slot
   size_t oversized_bytes = 0;
 
+  // Allocates everything or nothing (a failed call leaves the ring as it was: uninitialised).
   absl::Status Init() {
     if (host != nullptr) return absl::OkStatus();
     const size_t total = kStagingSlots * kStagingSlotBytes;
-    if (cudaError_t e = cudaMallocHost(&host, total); e != cudaSuccess) {
-      host = nullptr;
+    char* new_host = nullptr;
+    char* new_device = nullptr;
+    cudaEvent_t events[kStagingSlots] = {};
+    auto release = [&] {
+      for (cudaEvent_t event : events) {
+        if (event != nullptr) cudaEventDestroy(event);
+      }
+      if (new_device != nullptr) cudaFree(new_device);
+      if (new_host != nullptr) cudaFreeHost(new_host);
+    };
+    if (cudaError_t e = cudaMallocHost(&new_host, total); e != cudaSuccess) {
+      new_host = nullptr;
+      release();
       return CudaError("cudaMallocHost", e);
     }
-    if (cudaError_t e = cudaMalloc(&device, total); e != cudaSuccess) {
-      cudaFreeHost(host);
-      host = nullptr;
+    if (cudaError_t e = cudaMalloc(&new_device, total); e != cudaSuccess) {
+      new_device = nullptr;
+      release();
       return CudaError("cudaMalloc", e);
     }
-    for (cudaEvent_t& event : copied) {
+    for (cudaEvent_t& event : events) {
       if (cudaError_t e = cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
           e != cudaSuccess) {
+        event = nullptr;
+        release();
         return CudaError("cudaEventCreate", e);
       }
     }
+    host = new_host;
+    device = new_device;
+    std::copy_n(events, kStagingSlots, copied);
     return absl::OkStatus();
   }
 };
@@ -79,6 +97,7 @@ absl::StatusOr<void*> StageAsync(const void* host, size_t bytes) {
     if (cudaError_t e = cudaEventSynchronize(ring.copied[slot]); e != cudaSuccess) {
       return CudaError("cudaEventSynchronize", e);
     }
+    ring.used[slot] = false;
   }
   char* host_slot = ring.host + slot * kStagingSlotBytes;
   char* device_slot = ring.device + slot * kStagingSlotBytes;
@@ -88,6 +107,8 @@ absl::StatusOr<void*> StageAsync(const void* host, size_t bytes) {
     return CudaError("cudaMemcpyAsync", e);
   }
   if (cudaError_t e = cudaEventRecord(ring.copied[slot], 0); e != cudaSuccess) {
+    // The copy may still be pending with no event to wait on: wait for the device instead.
+    cudaDeviceSynchronize();
     return CudaError("cudaEventRecord", e);
   }
   ring.used[slot] = true;

@@ -305,7 +305,8 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
   std::vector<int64_t> offsets = {0};
   for (int64_t c : counts) offsets.push_back(offsets.back() + c);
   const int64_t picks = offsets.back(), rows = picks + 9;  // spare rows past the picks
-  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{130, 72}, {40, 37}}) {
+  // k 72 and 37: one or two K tiles; 520: nine, so the 3-stage cp.async ring wraps.
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{130, 72}, {40, 37}, {72, 520}}) {
     for (const DType out_dtype : {DType::kF32, DType::kBF16}) {
       const Tensor x = testing::RoundToBf16(RandomNormal({rows, k}, 51 + k));
       const Tensor w = testing::RoundToBf16(RandomNormal({experts, n, k}, 52 + n, 0.2f));
