@@ -17,7 +17,9 @@
 #include "kernels/cuda/mhc_backward.h"
 #include "kernels/cuda/model_backward_misc.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/cuda/token_losses.h"
 #include "kernels/ops.h"
+#include "model/backward_cuda_impl.h"
 #include "model/params.h"
 
 namespace v4rl::model {
@@ -29,76 +31,10 @@ using core::TensorView;
 // Routing weights are renormalised with transformers' epsilon (as model/moe_backward.cc).
 constexpr float kRoutingDenomEps = 1e-20f;
 
-struct CudaBackward::Impl {
-  const Model* model = nullptr;
-  ModelWeights weights;  // device f32 copies (trainable parameters and what the backward reads)
-  std::unique_ptr<kc::BlasHandle> blas;
-};
-
 namespace {
 
-// One backward call: the first error sticks and later launches are skipped (every device tensor
-// is allocated with its final shape even after an error, so views stay well-formed).
-class Run {
- public:
-  explicit Run(kc::BlasHandle* blas) : blas_(blas) {}
-  const absl::Status& status() const { return status_; }
-  kc::BlasHandle& blas() { return *blas_; }
-  void Ok(absl::Status s) {
-    if (status_.ok() && !s.ok()) status_ = std::move(s);
-  }
-
-  // A device f32 (or i32) copy of a host tensor (floating dtypes converted to f32).
-  Tensor Up(const Tensor& host) {
-    Tensor src = host;
-    if (host.dtype() != DType::kF32 && host.dtype() != DType::kI32) {
-      src = Tensor::FromFloats(host.view().shape_vector(), host.ToFloatVector());
-    } else if (!host.view().is_contiguous()) {
-      src = Tensor::CopyOf(host.view());
-    }
-    Tensor out = Tensor::Empty(src.dtype(), src.view().shape_vector(), kc::CachingDeviceAllocator());
-    if (status_.ok()) Ok(kc::Copy(src.view(), out.view()));
-    return out;
-  }
-  Tensor Z(absl::Span<const int64_t> shape) {
-    Tensor out = Tensor::Empty(DType::kF32, shape, kc::CachingDeviceAllocator());
-    if (status_.ok()) Ok(kc::FillZero(out.view()));
-    return out;
-  }
-  // dx += dy · w, dw += dyᵀ · x (either may be an empty view).
-  void Linear(const TensorView& x, const TensorView& w, const TensorView& dy, const TensorView& dx,
-              const TensorView& dw) {
-    if (status_.ok()) Ok(kc::LinearBackward(*blas_, x, w, dy, dx, dw));
-  }
-  void RmsNorm(const TensorView& x, const TensorView& weight, float eps, const TensorView& dy,
-               const TensorView& dx, const TensorView& dweight) {
-    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
-  }
-  // y = x · wᵀ (f32 GEMM, overwrites y). x: [m, k]; w: [n, k]; y: [m, n] contiguous.
-  void Forward(const TensorView& x, const TensorView& w, const TensorView& y) {
-    if (!status_.ok()) return;
-    kc::BatchedGemmParams p;
-    p.a = {x.data, DType::kF32, x.strides[0], 0};
-    p.b = {w.data, DType::kF32, w.strides[0], 0};
-    p.trans_b = true;
-    p.c = y.data;
-    p.ldc = y.strides[0];
-    p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
-    Ok(kc::BatchedGemm(*blas_, p));
-  }
-  template <typename F>
-  void Do(F&& launch) {
-    if (status_.ok()) Ok(launch());
-  }
-
- private:
-  kc::BlasHandle* blas_;
-  absl::Status status_;
-};
-
-TensorView Rows2(const Tensor& t, int64_t rows) {
-  return t.view().Reshape({rows, t.numel() / rows});
-}
+using cuda_reference::Rows2;
+using cuda_reference::Run;
 
 // mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward).
 void MixesBackward(Run& run, const TensorView& streams, const Tensor& normed, const Tensor& fn,
@@ -412,6 +348,48 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
   run.Linear(x.view(), w.gate.view(), dlogits.view(), dx.view(), g->gate.view());
 }
 
+// Copies every parameter of `host` the passes read into the same slot of `device` (f32; tid2eid
+// i32), each slot allocated on first use; slots of the two walks correspond one to one.
+absl::Status UploadParams(const ModelConfig& config, const ModelWeights& host,
+                          ModelWeights* device) {
+  ModelWeights from = host;  // shallow: VisitParams needs a mutable walk
+  std::vector<const Tensor*> host_slots;
+  VisitParams(config, &from, /*include_mtp=*/false,
+              [&](const ParamSpec&, Tensor* slot) { host_slots.push_back(slot); });
+  absl::Status status;
+  size_t index = 0;
+  VisitParams(config, device, /*include_mtp=*/false, [&](const ParamSpec& spec, Tensor* slot) {
+    const Tensor& source = *host_slots[index++];
+    if (!status.ok()) return;
+    if (!source.defined()) {
+      *slot = Tensor();
+      return;
+    }
+    const bool usable = spec.is_index_table ? source.dtype() == DType::kI32
+                                            : core::IsFloatingPoint(source.dtype());
+    if (!usable) {
+      status = absl::InvalidArgumentError(absl::StrFormat(
+          "CudaBackward: parameter %s is %s, expected %s", spec.name,
+          source.view().DebugString(), spec.is_index_table ? "i32" : "floating point"));
+      return;
+    }
+    if (slot->defined() && slot->view().device == core::Device::kCuda &&
+        slot->view().SameShape(source.view().shape_vector())) {
+      // Refresh in place: the device buffers (and views of them) stay valid.
+      const Tensor staged = source.dtype() == slot->dtype() && source.view().is_contiguous()
+                                ? source
+                                : (spec.is_index_table ? Tensor::CopyOf(source.view())
+                                                       : core::ToFloat32(source.view()));
+      status = kc::Copy(staged.view(), slot->view());
+      return;
+    }
+    Run run(nullptr);
+    *slot = run.Up(source);
+    status = run.status();
+  });
+  return status;
+}
+
 }  // namespace
 
 CudaBackward::CudaBackward(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -422,20 +400,17 @@ absl::StatusOr<std::unique_ptr<CudaBackward>> CudaBackward::Create(const Model& 
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   V4RL_ASSIGN_OR_RETURN(impl->blas, kc::BlasHandle::Create());
-  Run run(impl->blas.get());
-  impl->weights = model.weights;  // shallow copy; every slot is replaced by its device copy
-  VisitParams(model.config, &impl->weights, /*include_mtp=*/false,
-              [&](const ParamSpec& spec, Tensor* slot) {
-                if (!slot->defined() || spec.is_index_table) {
-                  *slot = Tensor();
-                  return;
-                }
-                *slot = run.Up(*slot);
-              });
-  if (model.config.tie_word_embeddings) impl->weights.head = impl->weights.embed;
-  V4RL_RETURN_IF_ERROR(run.status());
-  V4RL_RETURN_IF_ERROR(kc::Synchronize());
-  return std::unique_ptr<CudaBackward>(new CudaBackward(std::move(impl)));
+  impl->weights = model.weights;  // shallow copy; UpdateWeights replaces every slot it reads
+  std::unique_ptr<CudaBackward> result(new CudaBackward(std::move(impl)));
+  V4RL_RETURN_IF_ERROR(result->UpdateWeights());
+  return result;
+}
+
+absl::Status CudaBackward::UpdateWeights() {
+  const Model& model = *impl_->model;
+  V4RL_RETURN_IF_ERROR(UploadParams(model.config, model.weights, &impl_->weights));
+  if (model.config.tie_word_embeddings) impl_->weights.head = impl_->weights.embed;
+  return kc::Synchronize();
 }
 
 absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOutput& forward,
@@ -443,7 +418,11 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
   const Model& model = *impl_->model;
   const ModelConfig& config = model.config;
   const ModelWeights& w = impl_->weights;
-  if (input_ids.rank != 2) return absl::InvalidArgumentError("input_ids must be [B, T]");
+  if (input_ids.rank != 2 || input_ids.device != core::Device::kCpu ||
+      (input_ids.dtype != DType::kI32 && input_ids.dtype != DType::kI64)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "CudaBackward: input_ids must be CPU i32/i64 [B, T], got %s", input_ids.DebugString()));
+  }
   const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
   const int64_t num_tokens = batch * seq_len;
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
@@ -461,6 +440,13 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
   }
   Run run(impl_->blas.get());
   const float eps = static_cast<float>(config.rms_norm_eps);
+  // dlogits as [B·T, V] on the device: as given, or a copy of the host tensor.
+  Tensor dlogits_copy;
+  TensorView dl = dlogits.Reshape({num_tokens, config.vocab_size});
+  if (dlogits.device != core::Device::kCuda) {
+    dlogits_copy = run.Up(Tensor::CopyOf(dl));
+    dl = dlogits_copy.view();
+  }
 
   // Device gradients in the ZeroGradients layout.
   ModelWeights g = ZeroGradients(config);
@@ -483,11 +469,9 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
 
   // Head: logits = hidden · headᵀ; hidden = norm(hc_head collapse of the final streams).
   {
-    Tensor host_dlogits = Tensor::CopyOf(dlogits);
-    const Tensor dl = run.Up(host_dlogits), hid = run.Up(forward.hidden);
+    const Tensor hid = run.Up(forward.hidden);
     Tensor dhidden = run.Z({num_tokens, hidden});
-    run.Linear(Rows2(hid, num_tokens), w.head.view(), Rows2(dl, num_tokens), dhidden.view(),
-               g.head.view());
+    run.Linear(Rows2(hid, num_tokens), w.head.view(), dl, dhidden.view(), g.head.view());
     const Tensor collapsed = run.Up(forward.hc_head.collapsed);
     Tensor dcollapsed = run.Z({num_tokens, hidden});
     run.RmsNorm(collapsed.view(), w.norm.view(), eps, dhidden.view(), dcollapsed.view(),
@@ -587,10 +571,42 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
   forward_options.return_streams = true;
   forward_options.save_activations = true;
   forward_options.routing_replay = options.routing_replay;
-  V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, Forward(model, input_ids, forward_options));
+  V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward,
+                        backward.Forward(input_ids, forward_options));
+
+  // The loss of model/next_token_loss.cc NextTokenCrossEntropy on the device: position t of a
+  // sequence predicts token t + 1; the last position has no target (mask 0).
+  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  const int64_t rows = batch * seq_len, vocab = model.config.vocab_size;
+  Tensor targets = Tensor::Zeros(DType::kI32, {rows});
+  Tensor mask = Tensor::Zeros(DType::kF32, {rows});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) {
+      const int64_t offset = b * input_ids.strides[0] + (t + 1) * input_ids.strides[1];
+      targets.data<int32_t>()[b * seq_len + t] =
+          input_ids.dtype == DType::kI64
+              ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
+              : input_ids.data_as<int32_t>()[offset];
+      mask.data<float>()[b * seq_len + t] = 1.0f;
+    }
+  }
+  auto device = [](DType dtype, absl::Span<const int64_t> shape) {
+    return Tensor::Empty(dtype, shape, kc::CachingDeviceAllocator());
+  };
+  const Tensor device_targets = device(DType::kI32, {rows});
+  const Tensor device_mask = device(DType::kF32, {rows});
+  const Tensor losses = device(DType::kF32, {rows});
+  const Tensor dlogits = device(DType::kF32, {batch, seq_len, vocab});
+  V4RL_RETURN_IF_ERROR(kc::Copy(targets.view(), device_targets.view()));
+  V4RL_RETURN_IF_ERROR(kc::Copy(mask.view(), device_mask.view()));
+  V4RL_RETURN_IF_ERROR(kc::MaskedCrossEntropy(
+      forward.logits.view().Reshape({rows, vocab}), device_targets.view(), device_mask.view(),
+      static_cast<float>(1.0 / static_cast<double>(batch * (seq_len - 1))), losses.view(),
+      dlogits.view().Reshape({rows, vocab})));
+  Tensor host_losses = Tensor::Empty(DType::kF32, {rows});
+  V4RL_RETURN_IF_ERROR(kc::Copy(losses.view(), host_losses.view()));
   NextTokenLossResult result;
-  Tensor dlogits;
-  result.loss = NextTokenCrossEntropy(input_ids, forward.logits, &dlogits);
+  for (int64_t r = 0; r < rows; ++r) result.loss += host_losses.data<float>()[r];
   result.grads = ZeroGradients(model.config);
   V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), &result.grads));
   result.routed_experts = forward.routed_experts;

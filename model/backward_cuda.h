@@ -1,19 +1,27 @@
-// The whole-model backward on one GPU in the fp32 `reference` precision (issue 9): the device
-// twin of model/backward.h's Backward, op for op (same decomposition, same order), every op a
-// kernels/cuda launcher (linear_backward, elementwise_backward, attention_backward,
-// compressor_backward, mhc_backward, expert_backward, model_backward_misc). Parameters are
-// uploaded once in f32; gradients come back in the ZeroGradients layout and are ADDED to the
-// caller's host gradients (micro-batches accumulate as on the CPU).
-//
-// Activations: the fp32 activations of the CPU reference Forward (save_activations), uploaded one
-// block at a time. CudaModel's forward runs in the bf16 `production` precision (bf16 weights and
-// activations), so it cannot feed a backward meant to match the CPU to 1e-4; a CudaModel
-// save-activations hook filling the same per-block device tensors is the next step (see the
-// README of issue 9 in the report). Routing replay: the forward's routing (replayed or not) is
-// what the saved activations hold, so the backward follows it as the CPU does.
+// The fp32 `reference` training path on one GPU (issue 9): forward with saved activations, the
+// whole-model backward, and a refresh of the parameters after an optimizer step. Each pass is
+// the device twin of the CPU reference, op for op (same decomposition, same order):
+//  - Forward (model/forward_cuda_reference.cc): model/forward.h's Forward with f32 cuBLAS GEMMs
+//    and the kernels/cuda launchers; the ForwardOutput holds device tensors (f32, i32 for index
+//    tensors) in the fields and shapes the CPU fills, so Backward reads them without a copy.
+//    The MoE dispatch plan is built on the host from the routed ids (one device-to-host copy a
+//    layer), as the CPU builds it.
+//  - Backward (model/backward_cuda.cc): model/backward.h's Backward without recompute, every op
+//    a kernels/cuda launcher (linear_backward, elementwise_backward, attention_backward,
+//    compressor_backward, mhc_backward, expert_backward, model_backward_misc). Gradients come back
+//    in the ZeroGradients layout and are ADDED to the caller's host gradients (micro-batches
+//    accumulate as on the CPU). It also takes the host activations of the CPU Forward.
+//  - UpdateWeights: re-uploads the parameters of the Model this was created from (the optimizer
+//    updates the host Model between steps).
+// CudaModel (model/forward_cuda.h) is the bf16 `production` forward; it cannot feed a backward
+// meant to match the CPU to 1e-4, which is why this class has its own fp32 forward.
+// Routing replay: the forward's routing (replayed or not) is what the saved activations hold, so
+// the backward follows it as the CPU does.
 // What is trained: as model/backward.h (no gradient to tid2eid, gate.bias, the indexer, MTP).
+// Memory: parameters once in f32 on the device, plus every block's activations in f32 between
+// Forward and Backward (the CPU's save_activations footprint, on the device).
 // Built only with V4RL_WITH_CUDA (library v4rl_model_cuda_train).
-// Thread-safety: one Backward at a time per CudaBackward (it owns a cuBLAS handle).
+// Thread-safety: one call at a time per CudaBackward (it owns a cuBLAS handle).
 #pragma once
 
 #include <memory>
@@ -29,19 +37,34 @@ namespace v4rl::model {
 
 class CudaBackward {
  public:
-  // Uploads `model`'s parameters (f32) to the current device; `model` must outlive the result.
-  // Errors: no device, out of memory, parameters that are not floating point.
+  // Uploads `model`'s parameters to the current device (f32; tid2eid i32); `model` must outlive
+  // the result. Errors: no device, out of memory, parameters that are not floating point.
   static absl::StatusOr<std::unique_ptr<CudaBackward>> Create(const Model& model);
   ~CudaBackward();
   CudaBackward(const CudaBackward&) = delete;
   CudaBackward& operator=(const CudaBackward&) = delete;
 
-  // As model::Backward without recompute: forward from the CPU Forward with return_hidden,
-  // return_streams and save_activations; dlogits [B, T, V] f32 host. Adds to `grads` (host, from
-  // ZeroGradients). InvalidArgument when `forward` lacks saved activations; Internal on CUDA
-  // errors.
+  // As model::Forward (same options and InvalidArgument errors: input_ids CPU i32/i64 [B, T],
+  // ids in the vocabulary, routing_replay per layer contiguous CPU i32 [B, T, k] with ids in
+  // [0, num_routed_experts)) on the device. logits [B, T, V], hidden, streams and every
+  // activation are device tensors (f32; topk_idx and indexer.topk i32; moe.plan a host struct);
+  // routed_experts (return_routing) are CPU i32 [B, T, k], the form routing_replay takes.
+  // Internal on CUDA errors.
+  absl::StatusOr<ForwardOutput> Forward(const core::TensorView& input_ids,
+                                        const ForwardOptions& options = {});
+
+  // As model::Backward without recompute. input_ids: CPU i32/i64 [B, T]; forward: from Forward
+  // above or from the CPU Forward, with return_hidden, return_streams and save_activations;
+  // dlogits: [B, T, V] f32 contiguous, on the device or the host. Adds to `grads` (host, from
+  // ZeroGradients). InvalidArgument when `forward` lacks saved activations or holds a device
+  // tensor that is not contiguous f32/i32; Internal on CUDA errors.
   absl::Status Backward(const core::TensorView& input_ids, const ForwardOutput& forward,
                         const core::TensorView& dlogits, ModelWeights* grads);
+
+  // Copies the current values of the Model's parameters into the device copies (in place: the
+  // device buffers stay). Call after every optimizer step on the host Model. InvalidArgument for a
+  // parameter whose dtype changed to a non-floating one; Internal on CUDA errors.
+  absl::Status UpdateWeights();
 
   struct Impl;
 
@@ -50,8 +73,11 @@ class CudaBackward {
   std::unique_ptr<Impl> impl_;
 };
 
-// NextTokenLossAndGradients with the backward on the GPU (the forward and the loss on the CPU in
-// fp32). options.backward.recompute is not supported (InvalidArgument).
+// NextTokenLossAndGradients on the GPU: Forward, the mean next-token cross entropy
+// (kernels/cuda/token_losses.h MaskedCrossEntropy; the loss summed on the host in double, within
+// fp32 rounding of the CPU's) and Backward, nothing of the forward on the CPU. `model` is the
+// Model `backward` was created from. options.backward.recompute is not supported
+// (InvalidArgument); the rest as NextTokenLossAndGradients.
 absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
     CudaBackward& backward, const Model& model, const core::TensorView& input_ids,
     const NextTokenLossOptions& options = {});

@@ -1,0 +1,185 @@
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/model_forward_misc.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+constexpr int kMaxN = 4;  // kernels/cuda/mhc.h kMaxHcMult
+
+bool F32(const core::TensorView& v) {
+  return v.device == core::Device::kCuda && v.data != nullptr && v.is_contiguous() &&
+         v.dtype == core::DType::kF32;
+}
+absl::Status Bad(const char* op, const char* expected, const core::TensorView& got) {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s: expected %s (contiguous f32 on the device), got %s", op, expected, got.DebugString()));
+}
+unsigned Blocks(int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// kernels/cpu/mhc.cc SinkhornRef on one thread: row softmax (max-subtracted) + eps, column
+// normalisation, then iters - 1 rounds of rows then columns; sums left to right.
+__device__ void Sinkhorn(float* m, int n, int64_t iters, float eps) {
+  for (int j = 0; j < n; ++j) {
+    float* row = m + j * n;
+    float mx = row[0];
+    for (int k = 1; k < n; ++k) mx = fmaxf(mx, row[k]);
+    float sum = 0.0f;
+    for (int k = 0; k < n; ++k) {
+      row[k] = expf(row[k] - mx);
+      sum += row[k];
+    }
+    for (int k = 0; k < n; ++k) row[k] = row[k] / sum + eps;
+  }
+  for (int64_t it = 0; it < iters; ++it) {
+    if (it > 0) {
+      for (int j = 0; j < n; ++j) {
+        float sum = 0.0f;
+        for (int k = 0; k < n; ++k) sum += m[j * n + k];
+        const float denom = sum + eps;
+        for (int k = 0; k < n; ++k) m[j * n + k] /= denom;
+      }
+    }
+    for (int k = 0; k < n; ++k) {
+      float sum = 0.0f;
+      for (int j = 0; j < n; ++j) sum += m[j * n + k];
+      const float denom = sum + eps;
+      for (int j = 0; j < n; ++j) m[j * n + k] /= denom;
+    }
+  }
+}
+
+// One thread a token: split [pre | post | res], gates, Sinkhorn of res.
+__global__ void CoefficientsKernel(const float* mixes, const float* base, const float* scale,
+                                   int64_t tokens, int n, int64_t iters, float eps, float* pre,
+                                   float* post, float* comb) {
+  const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (t >= tokens) return;
+  const int width = (2 + n) * n;
+  const float* m = mixes + t * width;
+  for (int j = 0; j < n; ++j) {
+    pre[t * n + j] = Sigmoid(m[j] * scale[0] + base[j]) + eps;
+    post[t * n + j] = 2.0f * Sigmoid(m[n + j] * scale[1] + base[n + j]);
+  }
+  float c[kMaxN * kMaxN];
+  for (int e = 0; e < n * n; ++e) c[e] = m[2 * n + e] * scale[2] + base[2 * n + e];
+  Sinkhorn(c, n, iters, eps);
+  for (int e = 0; e < n * n; ++e) comb[t * n * n + e] = c[e];
+}
+
+__global__ void HeadCoefficientsKernel(const float* mixes, const float* base, const float* scale,
+                                       int64_t count, int n, float eps, float* pre) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= count) return;
+  pre[i] = Sigmoid(mixes[i] * scale[0] + base[i % n]) + eps;
+}
+
+// One thread a (token, channel): the token's streams weighted by pre, stream 0 first.
+__global__ void CollapseKernel(const float* streams, const float* pre, int64_t tokens, int n,
+                               int64_t hidden, float* out) {
+  const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (e >= tokens * hidden) return;
+  const int64_t t = e / hidden, h = e % hidden;
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) sum += pre[t * n + j] * streams[(t * n + j) * hidden + h];
+  out[e] = sum;
+}
+
+// One thread a (query, key): heads in order, as kernels/cpu/indexer.cc.
+__global__ void HeadScoresKernel(const float* dots, const float* weights, int64_t num_q,
+                                 int64_t heads, int64_t num_keys, float score_scale,
+                                 float* scores) {
+  const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (e >= num_q * num_keys) return;
+  const int64_t i = e / num_keys, s = e % num_keys;
+  float total = 0.0f;
+  for (int64_t h = 0; h < heads; ++h) {
+    total +=
+        fmaxf(dots[(i * heads + h) * num_keys + s], 0.0f) * score_scale * weights[i * heads + h];
+  }
+  scores[e] = total;
+}
+
+}  // namespace
+
+absl::Status MhcCoefficients(const core::TensorView& mixes, const core::TensorView& base,
+                             const core::TensorView& scale, int64_t iters, float eps,
+                             const core::TensorView& pre, const core::TensorView& post,
+                             const core::TensorView& comb) {
+  const char* op = "cuda::MhcCoefficients";
+  if (!F32(pre) || pre.rank != 2 || pre.shape[1] < 1 || pre.shape[1] > kMaxN) {
+    return Bad(op, "pre [N, n] with n <= 4", pre);
+  }
+  const int64_t tokens = pre.shape[0], n = pre.shape[1];
+  if (!F32(mixes) || !mixes.SameShape({tokens, (2 + n) * n}))
+    return Bad(op, "mixes [N, (2+n)·n]", mixes);
+  if (!F32(base) || !base.SameShape({(2 + n) * n})) return Bad(op, "base [(2+n)·n]", base);
+  if (!F32(scale) || !scale.SameShape({3})) return Bad(op, "scale [3]", scale);
+  if (!F32(post) || !post.SameShape({tokens, n})) return Bad(op, "post [N, n]", post);
+  if (!F32(comb) || !comb.SameShape({tokens, n, n})) return Bad(op, "comb [N, n, n]", comb);
+  if (iters < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: iters = %d, expected >= 1", op, iters));
+  }
+  if (tokens == 0) return absl::OkStatus();
+  CoefficientsKernel<<<Blocks(tokens, 128), 128>>>(
+      mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens,
+      static_cast<int>(n), iters, eps, pre.data_as<float>(), post.data_as<float>(),
+      comb.data_as<float>());
+  return LaunchStatus(op);
+}
+
+absl::Status HcHeadCoefficients(const core::TensorView& mixes, const core::TensorView& base,
+                                const core::TensorView& scale, float eps,
+                                const core::TensorView& pre) {
+  const char* op = "cuda::HcHeadCoefficients";
+  if (!F32(mixes) || mixes.rank != 2 || mixes.shape[1] < 1) return Bad(op, "mixes [N, n]", mixes);
+  const int64_t n = mixes.shape[1];
+  if (!F32(base) || !base.SameShape({n})) return Bad(op, "base [n]", base);
+  if (!F32(scale) || !scale.SameShape({1})) return Bad(op, "scale [1]", scale);
+  if (!F32(pre) || !pre.SameShape(mixes.shape_vector())) return Bad(op, "pre [N, n]", pre);
+  const int64_t count = mixes.numel();
+  if (count == 0) return absl::OkStatus();
+  HeadCoefficientsKernel<<<Blocks(count, 256), 256>>>(
+      mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), count,
+      static_cast<int>(n), eps, pre.data_as<float>());
+  return LaunchStatus(op);
+}
+
+absl::Status MhcCollapse(const core::TensorView& streams, const core::TensorView& pre,
+                         const core::TensorView& out) {
+  const char* op = "cuda::MhcCollapse";
+  if (!F32(streams) || streams.rank != 3) return Bad(op, "streams [N, n, H]", streams);
+  const int64_t tokens = streams.shape[0], n = streams.shape[1], hidden = streams.shape[2];
+  if (!F32(pre) || !pre.SameShape({tokens, n})) return Bad(op, "pre [N, n]", pre);
+  if (!F32(out) || !out.SameShape({tokens, hidden})) return Bad(op, "out [N, H]", out);
+  if (tokens * hidden == 0) return absl::OkStatus();
+  CollapseKernel<<<Blocks(tokens * hidden, 256), 256>>>(
+      streams.data_as<float>(), pre.data_as<float>(), tokens, static_cast<int>(n), hidden,
+      out.data_as<float>());
+  return LaunchStatus(op);
+}
+
+absl::Status IndexerHeadScores(const core::TensorView& dots, const core::TensorView& weights,
+                               float score_scale, const core::TensorView& scores) {
+  const char* op = "cuda::IndexerHeadScores";
+  if (!F32(weights) || weights.rank != 2) return Bad(op, "weights [num_q, heads]", weights);
+  const int64_t num_q = weights.shape[0], heads = weights.shape[1];
+  if (!F32(scores) || scores.rank != 2 || scores.shape[0] != num_q) {
+    return Bad(op, "scores [num_q, num_keys]", scores);
+  }
+  const int64_t num_keys = scores.shape[1];
+  if (!F32(dots) || !dots.SameShape({num_q * heads, num_keys})) {
+    return Bad(op, "dots [num_q · heads, num_keys]", dots);
+  }
+  if (num_q * num_keys == 0) return absl::OkStatus();
+  HeadScoresKernel<<<Blocks(num_q * num_keys, 256), 256>>>(
+      dots.data_as<float>(), weights.data_as<float>(), num_q, heads, num_keys, score_scale,
+      scores.data_as<float>());
+  return LaunchStatus(op);
+}
+
+}  // namespace v4rl::kernels::cuda

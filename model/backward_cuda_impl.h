@@ -1,0 +1,120 @@
+// Private to model/backward_cuda.cc and model/forward_cuda_reference.cc: CudaBackward's state
+// (the f32 device copies of the parameters, the cuBLAS handle) and `Run`, the sticky-error
+// launcher helper both passes use. Built only with V4RL_WITH_CUDA.
+#pragma once
+
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "core/tensor.h"
+#include "kernels/cuda/blas.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise_backward.h"
+#include "kernels/cuda/linear_backward.h"
+#include "kernels/cuda/model_backward_misc.h"
+#include "model/backward_cuda.h"
+
+namespace v4rl::model {
+
+struct CudaBackward::Impl {
+  const Model* model = nullptr;
+  // f32 device copies of every parameter the passes read (tid2eid as i32), in ModelWeights'
+  // layout; UpdateWeights refreshes them in place.
+  ModelWeights weights;
+  std::unique_ptr<kernels::cuda::BlasHandle> blas;
+};
+
+namespace cuda_reference {
+
+namespace kc = kernels::cuda;
+
+// One forward or backward call: the first error sticks and later launches are skipped (every
+// device tensor is allocated with its final shape even after an error, so views stay
+// well-formed).
+class Run {
+ public:
+  explicit Run(kc::BlasHandle* blas) : blas_(blas) {}
+  const absl::Status& status() const { return status_; }
+  kc::BlasHandle& blas() { return *blas_; }
+  void Ok(absl::Status s) {
+    if (status_.ok() && !s.ok()) status_ = std::move(s);
+  }
+
+  // A device f32 (or i32) tensor holding `t`: a contiguous f32/i32 device tensor as it is (no
+  // copy; an activation of CudaBackward::Forward), else a copy of a host tensor (floating dtypes
+  // converted to f32). A device tensor of another dtype or layout is an InvalidArgument.
+  core::Tensor Up(const core::Tensor& t) {
+    const core::TensorView& v = t.view();
+    const bool f32_or_i32 = v.dtype == core::DType::kF32 || v.dtype == core::DType::kI32;
+    if (v.device == core::Device::kCuda) {
+      if (f32_or_i32 && v.is_contiguous()) return t;
+      Ok(absl::InvalidArgumentError(
+          absl::StrFormat("CudaBackward: a device activation must be contiguous f32 or i32, got %s",
+                          v.DebugString())));
+      return New(core::DType::kF32, v.shape_vector());
+    }
+    core::Tensor src = t;
+    if (!f32_or_i32) {
+      src = core::Tensor::FromFloats(v.shape_vector(), t.ToFloatVector());
+    } else if (!v.is_contiguous()) {
+      src = core::Tensor::CopyOf(v);
+    }
+    core::Tensor out = New(src.dtype(), src.view().shape_vector());
+    if (status_.ok()) Ok(kc::Copy(src.view(), out.view()));
+    return out;
+  }
+  // Uninitialised device tensor.
+  static core::Tensor New(core::DType dtype, absl::Span<const int64_t> shape) {
+    return core::Tensor::Empty(dtype, shape, kc::CachingDeviceAllocator());
+  }
+  core::Tensor New(absl::Span<const int64_t> shape) { return New(core::DType::kF32, shape); }
+  // Zeroed f32 device tensor.
+  core::Tensor Z(absl::Span<const int64_t> shape) {
+    core::Tensor out = New(shape);
+    if (status_.ok()) Ok(kc::FillZero(out.view()));
+    return out;
+  }
+  // dx += dy · w, dw += dyᵀ · x (either may be an empty view).
+  void Linear(const core::TensorView& x, const core::TensorView& w, const core::TensorView& dy,
+              const core::TensorView& dx, const core::TensorView& dw) {
+    if (status_.ok()) Ok(kc::LinearBackward(*blas_, x, w, dy, dx, dw));
+  }
+  void RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
+               const core::TensorView& dy, const core::TensorView& dx,
+               const core::TensorView& dweight) {
+    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
+  }
+  // y = alpha · x · wᵀ (f32 GEMM, overwrites y). x: [m, k]; w: [n, k]; y: [m, n]; each a row
+  // view with a unit inner stride.
+  void Forward(const core::TensorView& x, const core::TensorView& w, const core::TensorView& y,
+               float alpha = 1.0f) {
+    if (!status_.ok()) return;
+    kc::BatchedGemmParams p;
+    p.a = {x.data, core::DType::kF32, x.strides[0], 0};
+    p.b = {w.data, core::DType::kF32, w.strides[0], 0};
+    p.trans_b = true;
+    p.c = y.data;
+    p.ldc = y.strides[0];
+    p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
+    p.alpha = alpha;
+    Ok(kc::BatchedGemm(*blas_, p));
+  }
+  template <typename F>
+  void Do(F&& launch) {
+    if (status_.ok()) Ok(launch());
+  }
+
+ private:
+  kc::BlasHandle* blas_;
+  absl::Status status_;
+};
+
+// t as [rows, numel / rows].
+inline core::TensorView Rows2(const core::Tensor& t, int64_t rows) {
+  return t.view().Reshape({rows, t.numel() / rows});
+}
+
+}  // namespace cuda_reference
+}  // namespace v4rl::model

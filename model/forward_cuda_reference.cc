@@ -1,0 +1,544 @@
+// CudaBackward::Forward: the fp32 `reference` forward on the GPU, the device twin of
+// model/forward.cc and the modules it calls (mhc.cc, attention.cc, compressor.cc, indexer.cc,
+// moe.cc), op for op in the same order, saving the same activations as device tensors for
+// CudaBackward::Backward. Every GEMM is an f32 cuBLAS GEMM (Run::Forward); the RoPE tables are
+// the CPU's (RopeTable::Make, uploaded), so rotations use the same angles bit for bit.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/compressor.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/indexer.h"
+#include "kernels/cuda/mhc.h"
+#include "kernels/cuda/model_forward_misc.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/plan/moe_dispatch.h"
+#include "model/backward_cuda_impl.h"
+
+namespace v4rl::model {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using core::TensorView;
+using cuda_reference::Run;
+namespace kc = kernels::cuda;
+
+// Queries scored per indexer GEMM: bounds the [chunk · heads, Nc] f32 dot products.
+constexpr int64_t kIndexerQueryChunk = 256;
+
+// [B, T] integer CPU ids -> contiguous i32 [B·T], every id in the vocabulary.
+absl::StatusOr<Tensor> HostTokenIds(const TensorView& ids, int64_t vocab_size) {
+  if (ids.rank != 2 || (ids.dtype != DType::kI32 && ids.dtype != DType::kI64) ||
+      ids.device != core::Device::kCpu || ids.shape[0] == 0 || ids.shape[1] == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input_ids must be a non-empty CPU int32/int64 [batch, seq_len] tensor, got %s",
+        ids.DebugString()));
+  }
+  const int64_t batch = ids.shape[0], seq_len = ids.shape[1];
+  Tensor out = Tensor::Empty(DType::kI32, {batch * seq_len});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < seq_len; ++t) {
+      const int64_t offset = b * ids.strides[0] + t * ids.strides[1];
+      const int64_t id = ids.dtype == DType::kI64 ? ids.data_as<int64_t>()[offset]
+                                                  : ids.data_as<int32_t>()[offset];
+      if (id < 0 || id >= vocab_size) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id, vocab_size));
+      }
+      out.data<int32_t>()[b * seq_len + t] = static_cast<int32_t>(id);
+    }
+  }
+  return out;
+}
+
+// As model/forward.cc CheckRoutingReplay: one contiguous CPU i32 [B, T, k] per layer, every id an
+// expert.
+absl::Status CheckRoutingReplay(const std::vector<TensorView>& replay, const ModelConfig& config,
+                                int64_t batch, int64_t seq_len) {
+  if (replay.empty()) return absl::OkStatus();
+  if (static_cast<int64_t>(replay.size()) != config.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("routing_replay has %d layers, expected num_layers = %d", replay.size(),
+                        config.num_layers));
+  }
+  const int64_t k = config.num_experts_per_tok;
+  for (size_t l = 0; l < replay.size(); ++l) {
+    const TensorView& ids = replay[l];
+    if (ids.dtype != DType::kI32 || !ids.is_contiguous() || ids.device != core::Device::kCpu ||
+        !ids.SameShape({batch, seq_len, k})) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "routing_replay[%d] must be a contiguous CPU i32 [%d, %d, %d] tensor, got %s", l, batch,
+          seq_len, k, ids.DebugString()));
+    }
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      const int32_t id = ids.data_as<int32_t>()[i];
+      if (id < 0 || id >= config.num_routed_experts) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)", l, i, id,
+                            config.num_routed_experts));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Device cos/sin [count, rope_dim / 2] f32 of positions first, first + stride, ... (the CPU's
+// tables, uploaded).
+void RopeTables(Run& run, const RopeTable& rope, int64_t first, int64_t stride, int64_t count,
+                Tensor* cos, Tensor* sin) {
+  Tensor host_cos, host_sin;
+  rope.Make(first, stride, count, &host_cos, &host_sin);
+  *cos = run.Up(host_cos);
+  *sin = run.Up(host_sin);
+}
+
+// model/mhc.cc NormalizeStreams + the mixes GEMM: streams [N, n, H] -> normed [N, n·H],
+// mixes [N, M] with fn [M, n·H].
+void StreamMixes(Run& run, const ModelConfig& config, const TensorView& streams, const Tensor& fn,
+                 Tensor* normed, Tensor* mixes) {
+  const int64_t num_tokens = streams.shape[0];
+  const int64_t width = config.hc_mult * config.hidden_size;
+  *normed = run.New({num_tokens, width});
+  run.Do([&] {
+    return kc::RmsNorm(streams.Reshape({num_tokens, width}), TensorView(),
+                       static_cast<float>(config.rms_norm_eps), normed->view());
+  });
+  *mixes = run.New({num_tokens, fn.size(0)});
+  run.Forward(normed->view(), fn.view(), mixes->view());
+}
+
+// model/mhc.cc MhcPreForward. streams: [N, n, H] f32 device.
+void MhcPre(Run& run, const MhcWeights& w, const ModelConfig& config, const TensorView& streams,
+            MhcActivations* acts) {
+  const int64_t num_tokens = streams.shape[0], n = config.hc_mult;
+  StreamMixes(run, config, streams, w.fn, &acts->normed, &acts->mixes);
+  acts->pre = run.New({num_tokens, n});
+  acts->post = run.New({num_tokens, n});
+  acts->comb = run.New({num_tokens, n, n});
+  run.Do([&] {
+    return kc::MhcCoefficients(acts->mixes.view(), w.base.view(), w.scale.view(),
+                               config.hc_sinkhorn_iters, static_cast<float>(config.hc_eps),
+                               acts->pre.view(), acts->post.view(), acts->comb.view());
+  });
+  acts->collapsed = run.New({num_tokens, config.hidden_size});
+  run.Do([&] { return kc::MhcCollapse(streams, acts->pre.view(), acts->collapsed.view()); });
+}
+
+// model/compressor.cc. x: [B·T, H] f32 device.
+void Compressor(Run& run, const CompressorWeights& w, int64_t ratio, bool overlap,
+                const RopeTable& rope, float eps, int64_t batch, int64_t seq_len,
+                const TensorView& x, CompressorActivations* acts) {
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t width = w.wkv.size(0);
+  const int64_t entry_dim = overlap ? width / 2 : width;
+  const int64_t num_entries = seq_len / ratio;
+
+  // Values and gate scores for every token; the gate gets the bias of its slot in the window.
+  acts->kv = run.New({num_tokens, width});
+  acts->score = run.New({num_tokens, width});
+  run.Forward(x, w.wkv.view(), acts->kv.view());
+  run.Forward(x, w.wgate.view(), acts->score.view());
+  run.Do([&] {
+    return kc::AddPositionBias(acts->score.view(), w.ape.view().Reshape({ratio, width}), seq_len);
+  });
+
+  acts->pooled = run.New({batch, num_entries, entry_dim});
+  acts->entries = run.New({batch, num_entries, entry_dim});
+  if (num_entries == 0) return;
+  // Pool the complete windows of each sequence.
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = first + num_entries * ratio;
+    run.Do([&] {
+      return kc::CompressPool(acts->kv.view().Slice(0, first, last),
+                              acts->score.view().Slice(0, first, last), ratio, overlap,
+                              /*first_entry=*/0, acts->pooled.view().Select(0, b));
+    });
+  }
+  // Normalise, then rotate entry w at position w · ratio.
+  run.Do(
+      [&] { return kc::RmsNorm(acts->pooled.view(), w.norm.view(), eps, acts->entries.view()); });
+  Tensor cos, sin;
+  RopeTables(run, rope, 0, ratio, num_entries, &cos, &sin);
+  for (int64_t b = 0; b < batch; ++b) {
+    run.Do([&] {
+      return kc::ApplyRope(acts->entries.view().Select(0, b).Reshape({num_entries, 1, entry_dim}),
+                           cos.view(), sin.view(), /*inverse=*/false);
+    });
+  }
+}
+
+// model/indexer.cc. x: [B·T, H]; qr: [B·T, q_lora_rank]; cos, sin: the rope table of positions
+// 0 .. T - 1.
+void Indexer(Run& run, const IndexerWeights& w, const ModelConfig& config, const RopeTable& rope,
+             const Tensor& cos, const Tensor& sin, int64_t batch, int64_t seq_len,
+             const TensorView& x, const TensorView& qr, IndexerActivations* acts) {
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t heads = config.index_n_heads, dim = config.index_head_dim;
+  const int64_t ratio = config.csa_compress_ratio;
+  Compressor(run, w.compressor, ratio, /*overlap=*/true, rope,
+             static_cast<float>(config.rms_norm_eps), batch, seq_len, x, &acts->keys);
+  const int64_t num_entries = acts->keys.entries.size(1);
+
+  // Queries from the q latent, rotated at their positions.
+  acts->q = run.New({num_tokens, heads, dim});
+  run.Forward(qr, w.wq_b.view(), acts->q.view().Reshape({num_tokens, heads * dim}));
+  for (int64_t b = 0; b < batch; ++b) {
+    run.Do([&] {
+      return kc::ApplyRope(acts->q.view().Slice(0, b * seq_len, (b + 1) * seq_len), cos.view(),
+                           sin.view(), /*inverse=*/false);
+    });
+  }
+
+  // Per-head weights scaled by heads^-0.5 (the GEMM's alpha: one rounding of the f32 dot
+  // product times the scale, as the CPU's multiply after its Linear).
+  acts->weights = run.New({num_tokens, heads});
+  run.Forward(x, w.weights_proj.view(), acts->weights.view(),
+              static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads))));
+
+  const int64_t topk = std::min(config.index_topk, num_entries);
+  acts->topk = Run::New(DType::kI32, {batch, seq_len, topk});
+  if (topk == 0) return;
+  // Scores per chunk of queries: f32 dot products with every entry, the head-weighted ReLU sum,
+  // then the CPU's selection (ascending ids, -1 padding).
+  const float score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+  const int64_t chunk = std::min(kIndexerQueryChunk, seq_len);
+  Tensor dots = run.New({chunk * heads, num_entries});
+  Tensor scores = run.New({chunk, num_entries});
+  for (int64_t b = 0; b < batch; ++b) {
+    const TensorView keys = acts->keys.entries.view().Select(0, b);
+    for (int64_t c0 = 0; c0 < seq_len; c0 += chunk) {
+      const int64_t rows = std::min(chunk, seq_len - c0);
+      const int64_t first = b * seq_len + c0;
+      const TensorView chunk_dots = dots.view().Slice(0, 0, rows * heads);
+      const TensorView chunk_scores = scores.view().Slice(0, 0, rows);
+      run.Forward(acts->q.view().Slice(0, first, first + rows).Reshape({rows * heads, dim}), keys,
+                  chunk_dots);
+      run.Do([&] {
+        return kc::IndexerHeadScores(chunk_dots, acts->weights.view().Slice(0, first, first + rows),
+                                     score_scale, chunk_scores);
+      });
+      run.Do([&] {
+        return kc::IndexerSelect(chunk_scores, /*q_pos0=*/c0, ratio,
+                                 acts->topk.view().Select(0, b).Slice(0, c0, c0 + rows));
+      });
+    }
+  }
+}
+
+// model/attention.cc. x: [B·T, H] f32 device; out: [B·T, H] f32 device.
+void Attention(Run& run, const AttentionWeights& w, AttentionType type, const ModelConfig& config,
+               const RopeTable& rope, int64_t batch, int64_t seq_len, const TensorView& x,
+               AttentionActivations* acts, const TensorView& out) {
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t heads = config.num_heads, dim = config.head_dim;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  Tensor cos, sin;
+  RopeTables(run, rope, 0, 1, seq_len, &cos, &sin);
+  auto rotate_each_sequence = [&](const Tensor& t, bool inverse) {
+    for (int64_t b = 0; b < batch; ++b) {
+      run.Do([&] {
+        return kc::ApplyRope(t.view().Slice(0, b * seq_len, (b + 1) * seq_len), cos.view(),
+                             sin.view(), inverse);
+      });
+    }
+  };
+
+  // Query path: low-rank latent, normalised; per-head unweighted RMSNorm; RoPE.
+  acts->qr_raw = run.New({num_tokens, config.q_lora_rank});
+  run.Forward(x, w.wq_a.view(), acts->qr_raw.view());
+  acts->qr = run.New({num_tokens, config.q_lora_rank});
+  run.Do([&] { return kc::RmsNorm(acts->qr_raw.view(), w.q_norm.view(), eps, acts->qr.view()); });
+  acts->q = run.New({num_tokens, heads, dim});
+  run.Forward(acts->qr.view(), w.wq_b.view(), acts->q.view().Reshape({num_tokens, heads * dim}));
+  run.Do([&] { return kc::RmsNorm(acts->q.view(), TensorView(), eps, acts->q.view()); });
+  rotate_each_sequence(acts->q, /*inverse=*/false);
+
+  // The single K=V head.
+  acts->kv_raw = run.New({num_tokens, dim});
+  run.Forward(x, w.wkv.view(), acts->kv_raw.view());
+  acts->kv = run.New({num_tokens, 1, dim});
+  run.Do([&] {
+    return kc::RmsNorm(acts->kv_raw.view(), w.kv_norm.view(), eps,
+                       acts->kv.view().Reshape({num_tokens, dim}));
+  });
+  rotate_each_sequence(acts->kv, /*inverse=*/false);
+  acts->kv.mutable_view() = acts->kv.view().Reshape({num_tokens, dim});
+
+  // Compressed entries (and, for CSA, the indexer's picks).
+  const bool compressed = type != AttentionType::kSliding;
+  if (compressed) {
+    Compressor(run, w.compressor, config.CompressRatio(type),
+               type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x,
+               &acts->compressor);
+  }
+  if (type == AttentionType::kCompressedSparse) {
+    Indexer(run, w.indexer, config, rope, cos, sin, batch, seq_len, x, acts->qr.view(),
+            &acts->indexer);
+  }
+
+  // Sparse attention over window ∪ compressed keys, one sequence at a time.
+  acts->attn = run.New({num_tokens, heads, dim});
+  acts->lse = run.New({num_tokens, heads});
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t first = b * seq_len, last = (b + 1) * seq_len;
+    kc::SparseAttentionArgs args;
+    args.q = acts->q.view().Slice(0, first, last);
+    args.kv = acts->kv.view().Slice(0, first, last);
+    args.sink = w.sink.view();
+    args.out = acts->attn.view().Slice(0, first, last);
+    args.lse = acts->lse.view().Slice(0, first, last);
+    args.window = config.sliding_window;
+    args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+    if (compressed && acts->compressor.entries.size(1) > 0) {
+      args.comp_kv = acts->compressor.entries.view().Select(0, b);
+      if (type == AttentionType::kCompressedSparse) {
+        args.comp_idx = acts->indexer.topk.view().Select(0, b);
+      } else {
+        args.comp_ratio = config.CompressRatio(type);
+      }
+    }
+    run.Do([&] { return kc::SparseAttention(args); });
+  }
+
+  // Undo the values' rotation at the query position.
+  acts->o = run.New({num_tokens, heads, dim});
+  run.Do([&] { return kc::Copy(acts->attn.view(), acts->o.view()); });
+  rotate_each_sequence(acts->o, /*inverse=*/true);
+
+  // Grouped output projection: group g maps its heads' nh·D/G values to o_lora_rank.
+  const int64_t groups = config.o_groups;
+  const int64_t group_in = heads * dim / groups;
+  const int64_t rank = config.o_lora_rank;
+  acts->u = run.New({num_tokens, groups * rank});
+  const TensorView o_groups = acts->o.view().Reshape({num_tokens, groups, group_in});
+  const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
+  const TensorView u_groups = acts->u.view().Reshape({num_tokens, groups, rank});
+  for (int64_t g = 0; g < groups; ++g) {
+    run.Forward(o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g));
+  }
+  run.Forward(acts->u.view(), w.wo_b.view(), out);
+}
+
+// model/moe.cc MoeForward (with RouteTokens). x: [N, H] f32 device; token_ids: [N] i32 device;
+// replay: [N, k] i32 CPU ids or an empty view; out: [N, H] f32 device. *routed gets the ids used
+// ([N, k] i32 CPU), from which the dispatch plan is built on the host as the CPU does.
+void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
+         const TensorView& x, const Tensor& token_ids, const TensorView& replay,
+         MoeActivations* acts, const TensorView& out, Tensor* routed) {
+  const int64_t num_tokens = x.shape[0];
+  const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
+  const int64_t k = config.num_experts_per_tok, experts = config.num_routed_experts;
+  const float limit = static_cast<float>(config.swiglu_limit);
+
+  // Router: logits, sqrt(softplus) scores, selection (replayed, hash or top-k), weights.
+  acts->logits = run.New({num_tokens, experts});
+  run.Forward(x, w.gate.view(), acts->logits.view());
+  acts->scores = run.New({num_tokens, experts});
+  acts->topk_idx = Run::New(DType::kI32, {num_tokens, k});
+  acts->topk_weight = run.New({num_tokens, k});
+  Tensor replay_ids;
+  if (replay.data != nullptr) replay_ids = run.Up(Tensor::CopyOf(replay));
+  kc::RouteArgs route;
+  route.logits = acts->logits.view();
+  route.bias = w.bias.view();
+  route.tid2eid = w.tid2eid.view();
+  route.token_ids = token_ids.view();
+  route.replay_idx = replay_ids.view();
+  route.scores = acts->scores.view();
+  route.topk_idx = acts->topk_idx.view();
+  route.topk_weight = acts->topk_weight.view();
+  route.hash = type == MlpType::kHashMoe;
+  route.route_scale = static_cast<float>(config.routed_scaling_factor);
+  run.Do([&] { return kc::RouteTopK(route); });
+
+  // Group the picks by expert (on the host, the CPU's plan) and gather their inputs.
+  *routed = Tensor::Zeros(DType::kI32, {num_tokens, k});  // zeros stay after an earlier error
+  run.Do([&] { return kc::Copy(acts->topk_idx.view(), routed->view()); });
+  acts->plan = kernels::plan::BuildMoeDispatchPlan(routed->data<int32_t>(), num_tokens, k, experts);
+  const int64_t num_picks = static_cast<int64_t>(acts->plan.slots.size());
+  const Tensor slots = Run::New(DType::kI32, {num_tokens * k});
+  const Tensor pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
+  run.Do([&] { return kc::UploadMoePlan(acts->plan, slots.view(), pick_of_slot.view()); });
+  acts->expert_x = run.New({num_picks, hidden});
+  run.Do([&] { return kc::MoeGather(x, slots.view(), k, acts->expert_x.view()); });
+
+  // Each expert on its contiguous block of picks: gate/up, clamped SwiGLU, down.
+  acts->expert_gate = run.New({num_picks, inter});
+  acts->expert_up = run.New({num_picks, inter});
+  acts->expert_act = run.New({num_picks, inter});
+  acts->expert_out = run.New({num_picks, hidden});
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t begin = acts->plan.expert_offsets[e], end = acts->plan.expert_offsets[e + 1];
+    if (begin == end) continue;
+    const TensorView xe = acts->expert_x.view().Slice(0, begin, end);
+    run.Forward(xe, w.w1.view().Select(0, e), acts->expert_gate.view().Slice(0, begin, end));
+    run.Forward(xe, w.w3.view().Select(0, e), acts->expert_up.view().Slice(0, begin, end));
+    run.Do([&] {
+      return kc::SwiGluClamp(acts->expert_gate.view().Slice(0, begin, end),
+                             acts->expert_up.view().Slice(0, begin, end), limit,
+                             acts->expert_act.view().Slice(0, begin, end));
+    });
+    run.Forward(acts->expert_act.view().Slice(0, begin, end), w.w2.view().Select(0, e),
+                acts->expert_out.view().Slice(0, begin, end));
+  }
+  // The routing weight multiplies each pick's output row (the CPU's expert_out is weighted).
+  run.Do([&] {
+    return kc::MoeScalePicks(acts->expert_out.view(), pick_of_slot.view(),
+                             acts->topk_weight.view());
+  });
+
+  // Shared expert on every token.
+  if (config.num_shared_experts > 0) {
+    const int64_t shared = w.shared_w1.size(0);
+    acts->shared_gate = run.New({num_tokens, shared});
+    acts->shared_up = run.New({num_tokens, shared});
+    acts->shared_act = run.New({num_tokens, shared});
+    acts->shared_out = run.New({num_tokens, hidden});
+    run.Forward(x, w.shared_w1.view(), acts->shared_gate.view());
+    run.Forward(x, w.shared_w3.view(), acts->shared_up.view());
+    run.Do([&] {
+      return kc::SwiGluClamp(acts->shared_gate.view(), acts->shared_up.view(), limit,
+                             acts->shared_act.view());
+    });
+    run.Forward(acts->shared_act.view(), w.shared_w2.view(), acts->shared_out.view());
+  }
+
+  // out = Σ_j routed pick j (slot order, already weighted) + shared.
+  run.Do([&] {
+    return kc::MoeCombine(acts->expert_out.view(), pick_of_slot.view(), acts->topk_weight.view(),
+                          acts->shared_out.defined() ? acts->shared_out.view() : TensorView(), out,
+                          /*weighted=*/false);
+  });
+}
+
+// model/forward.cc BlockForward. streams_in: [B·T, n, H] f32 device; token_ids: [B·T] i32
+// device; replay: [B·T, k] i32 CPU or empty. Returns the block's output streams.
+Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, const RopeTable& rope,
+             int64_t batch, int64_t seq_len, const Tensor& streams_in, const Tensor& token_ids,
+             const TensorView& replay, BlockActivations* acts, Tensor* routed) {
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t hidden = config.hidden_size;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  acts->streams_in = streams_in;
+
+  // Attention site: collapse, normalise, attend, expand + mix.
+  MhcPre(run, layer.hc_attn, config, streams_in.view(), &acts->attn_hc);
+  acts->attn_in = run.New({num_tokens, hidden});
+  run.Do([&] {
+    return kc::RmsNorm(acts->attn_hc.collapsed.view(), layer.attn_norm.view(), eps,
+                       acts->attn_in.view());
+  });
+  acts->attn_out = run.New({num_tokens, hidden});
+  Attention(run, layer.attn, layer.attention_type, config, rope, batch, seq_len,
+            acts->attn_in.view(), &acts->attn, acts->attn_out.view());
+  acts->streams_mid = run.New(streams_in.view().shape_vector());
+  run.Do([&] {
+    return kc::MhcPost(streams_in.view(), acts->attn_out.view(), acts->attn_hc.post.view(),
+                       acts->attn_hc.comb.view(), acts->streams_mid.view());
+  });
+
+  // FFN site: collapse, normalise, MoE, expand + mix.
+  MhcPre(run, layer.hc_ffn, config, acts->streams_mid.view(), &acts->ffn_hc);
+  acts->ffn_in = run.New({num_tokens, hidden});
+  run.Do([&] {
+    return kc::RmsNorm(acts->ffn_hc.collapsed.view(), layer.ffn_norm.view(), eps,
+                       acts->ffn_in.view());
+  });
+  acts->ffn_out = run.New({num_tokens, hidden});
+  Moe(run, layer.ffn, layer.mlp_type, config, acts->ffn_in.view(), token_ids, replay, &acts->moe,
+      acts->ffn_out.view(), routed);
+  Tensor streams_out = run.New(streams_in.view().shape_vector());
+  run.Do([&] {
+    return kc::MhcPost(acts->streams_mid.view(), acts->ffn_out.view(), acts->ffn_hc.post.view(),
+                       acts->ffn_hc.comb.view(), streams_out.view());
+  });
+  return streams_out;
+}
+
+}  // namespace
+
+absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
+                                                    const ForwardOptions& options) {
+  const Model& model = *impl_->model;
+  const ModelConfig& config = model.config;
+  const ModelWeights& w = impl_->weights;
+  V4RL_ASSIGN_OR_RETURN(const Tensor host_ids, HostTokenIds(input_ids, config.vocab_size));
+  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  const int64_t num_tokens = batch * seq_len;
+  const int64_t n = config.hc_mult, hidden = config.hidden_size;
+  const int64_t k = config.num_experts_per_tok;
+  V4RL_RETURN_IF_ERROR(CheckRoutingReplay(options.routing_replay, config, batch, seq_len));
+  Run run(impl_->blas.get());
+  const Tensor ids = run.Up(host_ids);
+
+  // Every residual stream starts as a copy of the token embedding.
+  Tensor streams = run.New({num_tokens, n, hidden});
+  run.Do([&] { return kc::EmbedStreams(w.embed.view(), ids.view(), streams.view()); });
+
+  ForwardOutput output;
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    const LayerWeights& layer = w.layers[l];
+    BlockActivations acts;
+    const TensorView replay = options.routing_replay.empty()
+                                  ? TensorView()
+                                  : options.routing_replay[l].Reshape({num_tokens, k});
+    Tensor routed;
+    streams = Block(run, layer, config, model.rope(layer.attention_type), batch, seq_len, streams,
+                    ids, replay, &acts, &routed);
+    V4RL_RETURN_IF_ERROR(run.status());
+    if (options.return_routing) {
+      routed.mutable_view() = routed.view().Reshape({batch, seq_len, k});
+      output.routed_experts.push_back(routed);
+    }
+    if (options.save_activations) {
+      output.blocks.push_back(std::move(acts));
+    } else if (options.save_block_inputs) {
+      output.blocks.emplace_back().streams_in = acts.streams_in;
+    }
+  }
+
+  // hc_head collapse (model/mhc.cc HcHeadForward), model norm, head.
+  HcHeadActivations head_acts;
+  StreamMixes(run, config, streams.view(), w.hc_head.fn, &head_acts.normed, &head_acts.mixes);
+  head_acts.pre = run.New({num_tokens, n});
+  run.Do([&] {
+    return kc::HcHeadCoefficients(head_acts.mixes.view(), w.hc_head.base.view(),
+                                  w.hc_head.scale.view(), static_cast<float>(config.hc_eps),
+                                  head_acts.pre.view());
+  });
+  head_acts.collapsed = run.New({num_tokens, hidden});
+  run.Do([&] {
+    return kc::MhcCollapse(streams.view(), head_acts.pre.view(), head_acts.collapsed.view());
+  });
+  Tensor hidden_state = run.New({num_tokens, hidden});
+  run.Do([&] {
+    return kc::RmsNorm(head_acts.collapsed.view(), w.norm.view(),
+                       static_cast<float>(config.rms_norm_eps), hidden_state.view());
+  });
+  Tensor logits = run.New({num_tokens, config.vocab_size});
+  run.Forward(hidden_state.view(), w.head.view(), logits.view());
+  V4RL_RETURN_IF_ERROR(run.status());
+  V4RL_RETURN_IF_ERROR(kc::Synchronize());
+
+  output.logits = logits;
+  output.logits.mutable_view() = logits.view().Reshape({batch, seq_len, config.vocab_size});
+  if (options.return_hidden) {
+    output.hidden = hidden_state;
+    output.hidden.mutable_view() = hidden_state.view().Reshape({batch, seq_len, hidden});
+  }
+  if (options.return_streams) {
+    output.streams = streams;
+    output.streams.mutable_view() = streams.view().Reshape({batch, seq_len, n, hidden});
+  }
+  if (options.save_activations || options.save_block_inputs) {
+    output.hc_head = std::move(head_acts);
+  }
+  return output;
+}
+
+}  // namespace v4rl::model
