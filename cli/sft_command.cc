@@ -1,6 +1,6 @@
-// `v4rl sft --config FILE.textproto`: supervised fine-tuning on the CPU (learner/sft_trainer.h).
-// The config is protos/sft_config.proto in text format; flags override a few fields for quick
-// experiments.
+// `v4rl sft --config FILE.textproto`: supervised fine-tuning (learner/sft_trainer.h), the loss and
+// gradients on the CPU or, with --device cuda, on the GPU (learner/sft_step_cuda.h). The config
+// is protos/sft_config.proto in text format; flags override a few fields for quick experiments.
 #include <iostream>
 
 #include "absl/strings/str_format.h"
@@ -9,30 +9,48 @@
 #include "cli/textproto_config.h"
 #include "learner/sft_trainer.h"
 #include "protos/sft_config.pb.h"
+#include "v4rl/build_config.h"
+#if V4RL_WITH_CUDA
+#include "learner/sft_step_cuda.h"
+#endif
 
 namespace v4rl::cli {
 namespace {
 
 int RunSftCommand(const std::vector<std::string>& args) {
   FlagParser parser(
-      "sft", "v4rl sft --config FILE.textproto [--run-dir DIR] [--steps N] [--quiet]",
-      "Supervised fine-tuning on the CPU: completion-masked cross entropy, Muon + AdamW, warmup-"
+      "sft",
+      "v4rl sft --config FILE.textproto [--run-dir DIR] [--steps N] [--device cpu|cuda] [--quiet]",
+      "Supervised fine-tuning in fp32: completion-masked cross entropy, Muon + AdamW, warmup-"
       "cosine LR, held-out greedy exact match, metrics in RUN/metrics.jsonl, checkpoints in "
       "RUN/checkpoints (a rerun resumes from the latest one, bit-identically). The config schema "
-      "is protos/sft_config.proto; configs/sft_addition.textproto is an example.");
-  std::string config_path, run_dir;
+      "is protos/sft_config.proto; configs/sft_addition.textproto is an example. --device cuda "
+      "computes each step's forward, loss and backward on the GPU (fp32; the optimizer and the "
+      "evaluation stay on the CPU; experimental: not yet run on a GPU).");
+  std::string config_path, run_dir, device = "cpu";
   int64_t steps = 0;
   bool quiet = false;
   parser.AddString("config", &config_path, "SftConfig in protobuf text format (required)");
   parser.AddString("run-dir", &run_dir, "overrides run_dir");
   parser.AddInt("steps", &steps, "overrides steps");
   parser.AddBool("quiet", &quiet, "no progress lines");
+  parser.AddString("device", &device, "where each step's loss and gradients run: cpu or cuda");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (config_path.empty()) {
     std::cerr << "v4rl sft: --config is required (see v4rl sft --help)\n";
     return 2;
   }
+  if (device != "cpu" && device != "cuda") {
+    std::cerr << "v4rl sft: --device must be cpu or cuda, got " << device << "\n";
+    return 2;
+  }
+#if !V4RL_WITH_CUDA
+  if (device == "cuda") {
+    std::cerr << "v4rl sft: --device cuda: this v4rl was built without CUDA\n";
+    return 2;
+  }
+#endif
   SftConfig config;
   if (absl::Status parsed = ParseTextprotoFile(config_path, &config); !parsed.ok()) {
     std::cerr << "v4rl sft: " << parsed.message() << "\n";
@@ -42,6 +60,15 @@ int RunSftCommand(const std::vector<std::string>& args) {
   if (!run_dir.empty()) options.run_dir = run_dir;
   if (steps > 0) options.steps = steps;
   options.quiet = quiet;
+#if V4RL_WITH_CUDA
+  if (device == "cuda") {
+    if (options.recompute) {
+      std::cerr << "v4rl sft: --device cuda does not support recompute yet\n";
+      return 2;
+    }
+    options.gradient_backend = learner::MakeCudaSftGradientBackend;
+  }
+#endif
   auto summary = learner::RunSft(options);
   if (!summary.ok()) {
     std::cerr << "v4rl sft: " << summary.status().message() << "\n";
@@ -57,5 +84,5 @@ int RunSftCommand(const std::vector<std::string>& args) {
 }  // namespace
 }  // namespace v4rl::cli
 
-V4RL_REGISTER_COMMAND(sft, "Supervised fine-tuning on the CPU (textproto config)",
+V4RL_REGISTER_COMMAND(sft, "Supervised fine-tuning, CPU or GPU (textproto config)",
                       v4rl::cli::RunSftCommand);

@@ -105,4 +105,14 @@ SftBatch MakeSftBatch(const std::vector<const SftExample*>& examples) {
   return batch;
 }
 
+std::vector<int32_t> NextTokenTargets(const SftBatch& batch) {
+  const int64_t rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
+  std::vector<int32_t> targets(rows * width, 0);
+  const int32_t* ids = batch.input_ids.data<int32_t>();
+  for (int64_t b = 0; b < rows; ++b) {
+    for (int64_t t = 0; t + 1 < width; ++t) targets[b * width + t] = ids[b * width + t + 1];
+  }
+  return targets;
+}
+
 }  // namespace v4rl::learner

@@ -35,4 +35,8 @@ struct SftBatch {
 // Packs examples (prompt + completion) into a batch of width max length.
 SftBatch MakeSftBatch(const std::vector<const SftExample*>& examples);
 
+// The next-token target of every position, [B·T] i32 in row order: position (b, t) predicts
+// input_ids[b, t + 1]; each row's last position gets 0 (loss_mask is 0 there).
+std::vector<int32_t> NextTokenTargets(const SftBatch& batch);
+
 }  // namespace v4rl::learner

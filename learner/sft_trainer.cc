@@ -57,32 +57,35 @@ absl::StatusOr<SftData> LoadData(const SftOptions& options, int64_t vocab_size) 
 }
 
 // One optimisation step's loss and gradients (added into the parameters' grad views).
-absl::StatusOr<double> LossAndGradients(const model::Model& model, const SftBatch& batch,
-                                        bool recompute, model::ModelWeights* grads) {
-  model::ForwardOptions forward_options;
-  forward_options.return_hidden = true;
-  forward_options.return_streams = true;
-  forward_options.save_activations = !recompute;
-  forward_options.save_block_inputs = recompute;
-  forward_options.return_routing = recompute;
-  V4RL_ASSIGN_OR_RETURN(model::ForwardOutput forward,
-                        model::Forward(model, batch.input_ids.view(), forward_options));
-  const int64_t rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
-  const int64_t vocab = model.config.vocab_size;
-  // Row b*T + t predicts token t+1 of row b; masked rows (prompt, padding, last) are ignored.
-  std::vector<int32_t> targets(rows * width, 0);
-  const int32_t* ids = batch.input_ids.data<int32_t>();
-  for (int64_t b = 0; b < rows; ++b) {
-    for (int64_t t = 0; t + 1 < width; ++t) targets[b * width + t] = ids[b * width + t + 1];
+class CpuSftGradientBackend : public SftGradientBackend {
+ public:
+  explicit CpuSftGradientBackend(bool recompute) : recompute_(recompute) {}
+
+  absl::StatusOr<double> LossAndGradients(const model::Model& model, const SftBatch& batch,
+                                          model::ModelWeights* grads) override {
+    model::ForwardOptions forward_options;
+    forward_options.return_hidden = true;
+    forward_options.return_streams = true;
+    forward_options.save_activations = !recompute_;
+    forward_options.save_block_inputs = recompute_;
+    forward_options.return_routing = recompute_;
+    V4RL_ASSIGN_OR_RETURN(model::ForwardOutput forward,
+                          model::Forward(model, batch.input_ids.view(), forward_options));
+    const int64_t rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
+    const int64_t vocab = model.config.vocab_size;
+    const std::vector<int32_t> targets = NextTokenTargets(batch);
+    core::Tensor dlogits = core::Tensor::Empty(core::DType::kF32, {rows, width, vocab});
+    const double loss = kernels::cpu::MaskedCrossEntropyRef<float>(
+        forward.logits.data<float>(), targets.data(), batch.loss_mask.data<float>(), rows * width,
+        vocab, dlogits.data<float>(), &core::ThreadPool::Default());
+    model::Backward(model, batch.input_ids.view(), forward, dlogits.view(),
+                    {.recompute = recompute_}, grads);
+    return loss;
   }
-  core::Tensor dlogits = core::Tensor::Empty(core::DType::kF32, {rows, width, vocab});
-  const double loss = kernels::cpu::MaskedCrossEntropyRef<float>(
-      forward.logits.data<float>(), targets.data(), batch.loss_mask.data<float>(), rows * width,
-      vocab, dlogits.data<float>(), &core::ThreadPool::Default());
-  model::Backward(model, batch.input_ids.view(), forward, dlogits.view(), {.recompute = recompute},
-                  grads);
-  return loss;
-}
+
+ private:
+  bool recompute_;
+};
 
 absl::Status WriteSftCheckpoint(const SftOptions& options, const model::Model& model,
                                 const Optimizer& optimizer, int64_t step, double loss) {
@@ -122,6 +125,10 @@ class MetricsLog {
 };
 
 }  // namespace
+
+std::unique_ptr<SftGradientBackend> MakeCpuSftGradientBackend(bool recompute) {
+  return std::make_unique<CpuSftGradientBackend>(recompute);
+}
 
 absl::Status SftOptions::Validate() const {
   std::vector<std::string> problems;
@@ -185,6 +192,12 @@ absl::StatusOr<SftSummary> RunSft(const SftOptions& options) {
   }
   V4RL_ASSIGN_OR_RETURN(SftData data, LoadData(options, model.config.vocab_size));
 
+  std::unique_ptr<SftGradientBackend> backend;
+  if (options.gradient_backend) {
+    V4RL_ASSIGN_OR_RETURN(backend, options.gradient_backend(model));
+  } else {
+    backend = MakeCpuSftGradientBackend(options.recompute);
+  }
   model::ModelWeights grads = model::ZeroGradients(model.config);
   std::vector<TrainableParameter> parameters = TrainableParameters(model, grads);
   V4RL_ASSIGN_OR_RETURN(Optimizer optimizer,
@@ -230,7 +243,7 @@ absl::StatusOr<SftSummary> RunSft(const SftOptions& options) {
     const SftBatch batch = MakeSftBatch(pointers);
     ZeroGradients(parameters);
     V4RL_ASSIGN_OR_RETURN(const double loss,
-                          LossAndGradients(model, batch, options.recompute, &grads));
+                          backend->LossAndGradients(model, batch, &grads));
     const double grad_norm = ClipGradientNorm(parameters, options.grad_clip);
     const double lr = schedule.LearningRate(step);
     optimizer.Step(static_cast<float>(lr));

@@ -1,5 +1,6 @@
-// Supervised fine-tuning of a V4 model on the CPU (reference precision): completion-masked next-
-// token cross entropy, Muon + AdamW, warmup-cosine learning rate, optional gradient clipping,
+// Supervised fine-tuning of a V4 model (reference precision): completion-masked next-token cross
+// entropy — its loss and gradients on the CPU, or on the GPU through a gradient backend
+// (learner/sft_step_cuda.h, `v4rl sft --device cuda`) — Muon + AdamW on the CPU, warmup-cosine learning rate, optional gradient clipping,
 // loss-spike reports, periodic greedy exact-match evaluation on held-out prompts, metrics JSONL
 // and atomic checkpoints from which a killed run resumes bit-identically.
 //
@@ -17,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,20 @@
 #include "model/forward.h"
 
 namespace v4rl::learner {
+
+// Where a step's loss and gradients are computed: the batch's completion-masked next-token cross
+// entropy (mean over the masked tokens) under `model`'s current weights, and its gradient ADDED to
+// *grads (ZeroGradients layout). The trainer updates the host model's weights between calls.
+class SftGradientBackend {
+ public:
+  virtual ~SftGradientBackend() = default;
+  virtual absl::StatusOr<double> LossAndGradients(const model::Model& model,
+                                                  const SftBatch& batch,
+                                                  model::ModelWeights* grads) = 0;
+};
+
+// The CPU reference (model::Forward, Backward; `recompute`: per-layer activation recomputation).
+std::unique_ptr<SftGradientBackend> MakeCpuSftGradientBackend(bool recompute);
 
 struct SftOptions {
   std::string run_dir;
@@ -44,7 +60,10 @@ struct SftOptions {
   double grad_clip = 1.0;         // <= 0: off
   MuonOptions muon;
   AdamWOptions adamw;
-  bool recompute = false;         // per-layer activation recomputation
+  bool recompute = false;         // per-layer activation recomputation (CPU backend)
+  // Makes the gradient backend once the model is loaded; empty: the CPU's (with `recompute`).
+  std::function<absl::StatusOr<std::unique_ptr<SftGradientBackend>>(const model::Model&)>
+      gradient_backend;
   int64_t eval_every = 0;         // steps; 0: only at the end
   int64_t eval_examples = 64;     // held-out prompts (synthetic eval split, or dataset tail)
   int64_t checkpoint_every = 0;   // steps; 0: only at the end

@@ -554,32 +554,35 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
   return status;
 }
 
-absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
-    CudaBackward& backward, const Model& model, const TensorView& input_ids,
-    const NextTokenLossOptions& options) {
+absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Model& model,
+                                               const TensorView& input_ids,
+                                               const TensorView& loss_mask,
+                                               const ForwardOptions& forward_options,
+                                               ModelWeights* grads,
+                                               std::vector<Tensor>* routed_experts) {
   if (input_ids.rank != 2 || input_ids.shape[1] < 2) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "input_ids must be [batch, seq_len] with seq_len >= 2 for a next-token loss, got %s",
         input_ids.DebugString()));
   }
-  if (options.backward.recompute) {
-    return absl::InvalidArgumentError("the CUDA backward does not recompute yet");
-  }
-  ForwardOptions forward_options;
-  forward_options.return_routing = true;
-  forward_options.return_hidden = true;
-  forward_options.return_streams = true;
-  forward_options.save_activations = true;
-  forward_options.routing_replay = options.routing_replay;
-  V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward,
-                        backward.Forward(input_ids, forward_options));
-
-  // The loss of model/next_token_loss.cc NextTokenCrossEntropy on the device: position t of a
-  // sequence predicts token t + 1; the last position has no target (mask 0).
   const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  if (loss_mask.device != core::Device::kCpu || loss_mask.dtype != DType::kF32 ||
+      !loss_mask.is_contiguous() || !loss_mask.SameShape({batch, seq_len})) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "loss_mask must be a contiguous f32 host [%d, %d], got %s", batch, seq_len,
+        loss_mask.DebugString()));
+  }
+  ForwardOptions options = forward_options;
+  options.return_hidden = true;
+  options.return_streams = true;
+  options.save_activations = true;
+  V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, backward.Forward(input_ids, options));
+
+  // Position t of a sequence predicts token t + 1; the last position has no target.
   const int64_t rows = batch * seq_len, vocab = model.config.vocab_size;
   Tensor targets = Tensor::Zeros(DType::kI32, {rows});
   Tensor mask = Tensor::Zeros(DType::kF32, {rows});
+  double mask_total = 0;
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t + 1 < seq_len; ++t) {
       const int64_t offset = b * input_ids.strides[0] + (t + 1) * input_ids.strides[1];
@@ -587,7 +590,9 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
           input_ids.dtype == DType::kI64
               ? static_cast<int32_t>(input_ids.data_as<int64_t>()[offset])
               : input_ids.data_as<int32_t>()[offset];
-      mask.data<float>()[b * seq_len + t] = 1.0f;
+      const float weight = loss_mask.data_as<float>()[b * seq_len + t];
+      mask.data<float>()[b * seq_len + t] = weight;
+      mask_total += weight;
     }
   }
   auto device = [](DType dtype, absl::Span<const int64_t> shape) {
@@ -601,15 +606,42 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
   V4RL_RETURN_IF_ERROR(kc::Copy(mask.view(), device_mask.view()));
   V4RL_RETURN_IF_ERROR(kc::MaskedCrossEntropy(
       forward.logits.view().Reshape({rows, vocab}), device_targets.view(), device_mask.view(),
-      static_cast<float>(1.0 / static_cast<double>(batch * (seq_len - 1))), losses.view(),
+      mask_total > 0 ? static_cast<float>(1.0 / mask_total) : 0.0f, losses.view(),
       dlogits.view().Reshape({rows, vocab})));
   Tensor host_losses = Tensor::Empty(DType::kF32, {rows});
   V4RL_RETURN_IF_ERROR(kc::Copy(losses.view(), host_losses.view()));
+  double loss = 0;
+  for (int64_t r = 0; r < rows; ++r) loss += host_losses.data<float>()[r];
+  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), grads));
+  if (routed_experts != nullptr) *routed_experts = forward.routed_experts;
+  return loss;
+}
+
+absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
+    CudaBackward& backward, const Model& model, const TensorView& input_ids,
+    const NextTokenLossOptions& options) {
+  if (options.backward.recompute) {
+    return absl::InvalidArgumentError("the CUDA backward does not recompute yet");
+  }
+  if (input_ids.rank != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("input_ids must be [batch, seq_len], got %s", input_ids.DebugString()));
+  }
+  // Every position but each sequence's last.
+  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
+  Tensor mask = Tensor::Zeros(DType::kF32, {batch, seq_len});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) mask.data<float>()[b * seq_len + t] = 1.0f;
+  }
+  ForwardOptions forward_options;
+  forward_options.return_routing = true;
+  forward_options.routing_replay = options.routing_replay;
   NextTokenLossResult result;
-  for (int64_t r = 0; r < rows; ++r) result.loss += host_losses.data<float>()[r];
   result.grads = ZeroGradients(model.config);
-  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), &result.grads));
-  result.routed_experts = forward.routed_experts;
+  V4RL_ASSIGN_OR_RETURN(result.loss,
+                        CudaMaskedNextTokenLoss(backward, model, input_ids, mask.view(),
+                                                forward_options, &result.grads,
+                                                &result.routed_experts));
   return result;
 }
 

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
@@ -72,6 +73,20 @@ class CudaBackward {
   explicit CudaBackward(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// A next-token cross entropy on the GPU weighted per position: loss = -Σ mask[b, t] ·
+// log p(ids[b, t+1] | ids[b, ≤ t]) / Σ mask (each sequence's last position ignored; supervised
+// fine-tuning masks the prompt), by Forward (forward_options with return_hidden, return_streams
+// and save_activations forced on), kernels/cuda MaskedCrossEntropy and Backward; the gradients
+// are ADDED to *grads (ZeroGradients layout). input_ids: [B, T] i32/i64 host, T >= 2; loss_mask:
+// [B, T] f32 host. `model` is the Model `backward` was created from. routed_experts (optional)
+// receives Forward's routed ids.
+absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Model& model,
+                                               const core::TensorView& input_ids,
+                                               const core::TensorView& loss_mask,
+                                               const ForwardOptions& forward_options,
+                                               ModelWeights* grads,
+                                               std::vector<core::Tensor>* routed_experts = nullptr);
 
 // NextTokenLossAndGradients on the GPU: Forward, the mean next-token cross entropy
 // (kernels/cuda/token_losses.h MaskedCrossEntropy; the loss summed on the host in double, within

@@ -1,7 +1,8 @@
-// `v4rl grad --device cuda` (the backward on the GPU, fp32) against `--device cpu` on the
-// committed mixed_small model: the same loss (the forward and the loss run on the CPU in both),
-// the same tensor names, and every `grad.*` tensor within relative error by norm 1e-4 (fp32 on
-// both sides; only summation order and atomics differ). gpu label; skips without a device. Uses
+// `v4rl grad --device cuda` (forward, loss and backward on the GPU, fp32) against `--device cpu`
+// on the committed mixed_small model: the loss within 1e-6 relative, the same tensor names, and
+// every `grad.*` tensor within relative error by norm 1e-4 (fp32 on both sides; summation order
+// and atomics differ; a router near-tie closer than that rounding would flip a pick, which these
+// 480 picks are not measured to have). gpu label; skips without a device. Uses
 // $V4RL_BINARY, else the `v4rl` next to this test (the device bundle's layout).
 #include <unistd.h>
 
@@ -57,8 +58,8 @@ TEST(CliCudaGrad, MatchesCpuGradients) {
     ASSERT_NE(other, nullptr) << entry.name;
     const core::Tensor want = (*cpu_file)->Read(entry);
     const core::Tensor got = (*gpu_file)->Read(*other);
-    if (entry.name == "loss") {
-      EXPECT_EQ(got.data<float>()[0], want.data<float>()[0]);
+    if (entry.name == "loss") {  // the GPU sums its cross entropy in another order
+      EXPECT_NEAR(got.data<float>()[0], want.data<float>()[0], 1e-6 * want.data<float>()[0]);
       continue;
     }
     const testing::CompareStats stats = testing::Compare(got.view(), want.view());
