@@ -194,20 +194,29 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
   HcHeadActivations head_acts;
   Head(model.weights.hc_head, model.weights.norm, model.weights.head, config, streams,
        &head_acts, &hidden_state, &logits);
-  output.logits = logits;
-  output.logits.mutable_view() = logits.view().Reshape({batch, seq_len, config.vocab_size});
+  FinishForwardOutput(config, options, batch, seq_len, logits, hidden_state, streams,
+                      std::move(head_acts), &output);
+  return output;
+}
+
+void FinishForwardOutput(const ModelConfig& config, const ForwardOptions& options, int64_t batch,
+                         int64_t seq_len, const Tensor& logits, const Tensor& hidden_state,
+                         const Tensor& streams, HcHeadActivations head_acts,
+                         ForwardOutput* output) {
+  const int64_t hidden = config.hidden_size, n = config.hc_mult;
+  output->logits = logits;
+  output->logits.mutable_view() = logits.view().Reshape({batch, seq_len, config.vocab_size});
   if (options.return_hidden) {
-    output.hidden = hidden_state;
-    output.hidden.mutable_view() = hidden_state.view().Reshape({batch, seq_len, hidden});
+    output->hidden = hidden_state;
+    output->hidden.mutable_view() = hidden_state.view().Reshape({batch, seq_len, hidden});
   }
   if (options.return_streams) {
-    output.streams = streams;
-    output.streams.mutable_view() = streams.view().Reshape({batch, seq_len, n, hidden});
+    output->streams = streams;
+    output->streams.mutable_view() = streams.view().Reshape({batch, seq_len, n, hidden});
   }
   if (options.save_activations || options.save_block_inputs) {
-    output.hc_head = std::move(head_acts);
+    output->hc_head = std::move(head_acts);
   }
-  return output;
 }
 
 absl::StatusOr<Tensor> MtpForward(const Model& model, const core::TensorView& streams,

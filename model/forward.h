@@ -95,6 +95,14 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
 // token that follows position t (the caller shifts). Returns [B, T, V] f32.
 // Errors: FailedPrecondition when the model has no such MTP block; InvalidArgument on shapes or
 // token ids as in Forward.
+// The last step of a forward (this one and model/forward_cuda_reference.cc's): the [B·T, ·]
+// logits, final hidden state and streams reshaped to [B, T, ·] into *output as `options` asks,
+// and the hc_head activations when saved.
+void FinishForwardOutput(const ModelConfig& config, const ForwardOptions& options, int64_t batch,
+                         int64_t seq_len, const core::Tensor& logits,
+                         const core::Tensor& hidden_state, const core::Tensor& streams,
+                         HcHeadActivations head_acts, ForwardOutput* output);
+
 absl::StatusOr<core::Tensor> MtpForward(const Model& model, const core::TensorView& streams,
                                         const core::TensorView& next_ids, int mtp_index = 0);
 

@@ -524,20 +524,8 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   run.Forward(hidden_state.view(), w.head.view(), logits.view());
   V4RL_RETURN_IF_ERROR(run.status());
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
-
-  output.logits = logits;
-  output.logits.mutable_view() = logits.view().Reshape({batch, seq_len, config.vocab_size});
-  if (options.return_hidden) {
-    output.hidden = hidden_state;
-    output.hidden.mutable_view() = hidden_state.view().Reshape({batch, seq_len, hidden});
-  }
-  if (options.return_streams) {
-    output.streams = streams;
-    output.streams.mutable_view() = streams.view().Reshape({batch, seq_len, n, hidden});
-  }
-  if (options.save_activations || options.save_block_inputs) {
-    output.hc_head = std::move(head_acts);
-  }
+  FinishForwardOutput(config, options, batch, seq_len, logits, hidden_state, streams,
+                      std::move(head_acts), &output);
   return output;
 }
 
