@@ -61,13 +61,7 @@ int RunSftCommand(const std::vector<std::string>& args) {
   if (steps > 0) options.steps = steps;
   options.quiet = quiet;
 #if V4RL_WITH_CUDA
-  if (device == "cuda") {
-    if (options.recompute) {
-      std::cerr << "v4rl sft: --device cuda does not support recompute yet\n";
-      return 2;
-    }
-    options.gradient_backend = learner::MakeCudaSftGradientBackend;
-  }
+  if (device == "cuda") options.gradient_backend = learner::MakeCudaSftGradientBackend;
 #endif
   auto summary = learner::RunSft(options);
   if (!summary.ok()) {

@@ -19,6 +19,8 @@ class CudaSftGradientBackend : public SftGradientBackend {
       return absl::InvalidArgumentError(
           "the CUDA SFT backend serves the model it was created from only");
     }
+    // No target (one-token rows, an all-prompt batch): loss 0 and no gradient, as the CPU's.
+    if (batch.input_ids.size(1) < 2 || batch.num_target_tokens == 0) return 0.0;
     // The optimizer changed the host weights since the last call.
     if (!first_call_) V4RL_RETURN_IF_ERROR(gpu_->UpdateWeights());
     first_call_ = false;

@@ -145,6 +145,10 @@ absl::Status SftOptions::Validate() const {
   if (dataset.empty()) {
     if (absl::Status s = synthetic.Validate(); !s.ok()) problems.push_back(std::string(s.message()));
   }
+  if (recompute && gradient_backend) {
+    problems.push_back("recompute applies to the CPU backend only (unset it with a gradient "
+                       "backend such as --device cuda)");
+  }
   WarmupCosineSchedule full = schedule;
   full.total_steps = steps;
   if (absl::Status s = full.Validate(); !s.ok()) problems.push_back(std::string(s.message()));

@@ -594,6 +594,10 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
       mask.data<float>()[b * seq_len + t] = weight;
       mask_total += weight;
     }
+    if (loss_mask.data_as<float>()[b * seq_len + seq_len - 1] != 0.0f) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "loss_mask[%d, %d] must be 0: the last position has no next token", b, seq_len - 1));
+    }
   }
   auto device = [](DType dtype, absl::Span<const int64_t> shape) {
     return Tensor::Empty(dtype, shape, kc::CachingDeviceAllocator());

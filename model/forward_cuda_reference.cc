@@ -18,6 +18,7 @@
 #include "kernels/cuda/moe.h"
 #include "kernels/plan/moe_dispatch.h"
 #include "model/backward_cuda_impl.h"
+#include "model/forward_inputs.h"
 
 namespace v4rl::model {
 namespace {
@@ -30,62 +31,6 @@ namespace kc = kernels::cuda;
 
 // Queries scored per indexer GEMM: bounds the [chunk · heads, Nc] f32 dot products.
 constexpr int64_t kIndexerQueryChunk = 256;
-
-// [B, T] integer CPU ids -> contiguous i32 [B·T], every id in the vocabulary.
-absl::StatusOr<Tensor> HostTokenIds(const TensorView& ids, int64_t vocab_size) {
-  if (ids.rank != 2 || (ids.dtype != DType::kI32 && ids.dtype != DType::kI64) ||
-      ids.device != core::Device::kCpu || ids.shape[0] == 0 || ids.shape[1] == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "input_ids must be a non-empty CPU int32/int64 [batch, seq_len] tensor, got %s",
-        ids.DebugString()));
-  }
-  const int64_t batch = ids.shape[0], seq_len = ids.shape[1];
-  Tensor out = Tensor::Empty(DType::kI32, {batch * seq_len});
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < seq_len; ++t) {
-      const int64_t offset = b * ids.strides[0] + t * ids.strides[1];
-      const int64_t id = ids.dtype == DType::kI64 ? ids.data_as<int64_t>()[offset]
-                                                  : ids.data_as<int32_t>()[offset];
-      if (id < 0 || id >= vocab_size) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id, vocab_size));
-      }
-      out.data<int32_t>()[b * seq_len + t] = static_cast<int32_t>(id);
-    }
-  }
-  return out;
-}
-
-// As model/forward.cc CheckRoutingReplay: one contiguous CPU i32 [B, T, k] per layer, every id an
-// expert.
-absl::Status CheckRoutingReplay(const std::vector<TensorView>& replay, const ModelConfig& config,
-                                int64_t batch, int64_t seq_len) {
-  if (replay.empty()) return absl::OkStatus();
-  if (static_cast<int64_t>(replay.size()) != config.num_layers) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("routing_replay has %d layers, expected num_layers = %d", replay.size(),
-                        config.num_layers));
-  }
-  const int64_t k = config.num_experts_per_tok;
-  for (size_t l = 0; l < replay.size(); ++l) {
-    const TensorView& ids = replay[l];
-    if (ids.dtype != DType::kI32 || !ids.is_contiguous() || ids.device != core::Device::kCpu ||
-        !ids.SameShape({batch, seq_len, k})) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "routing_replay[%d] must be a contiguous CPU i32 [%d, %d, %d] tensor, got %s", l, batch,
-          seq_len, k, ids.DebugString()));
-    }
-    for (int64_t i = 0; i < ids.numel(); ++i) {
-      const int32_t id = ids.data_as<int32_t>()[i];
-      if (id < 0 || id >= config.num_routed_experts) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)", l, i, id,
-                            config.num_routed_experts));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
 
 // Device cos/sin [count, rope_dim / 2] f32 of positions first, first + stride, ... (the CPU's
 // tables, uploaded).
@@ -467,7 +412,8 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   const Model& model = *impl_->model;
   const ModelConfig& config = model.config;
   const ModelWeights& w = impl_->weights;
-  V4RL_ASSIGN_OR_RETURN(const Tensor host_ids, HostTokenIds(input_ids, config.vocab_size));
+  V4RL_ASSIGN_OR_RETURN(const Tensor host_ids,
+                        TokenIds(input_ids, config.vocab_size, "input_ids"));
   const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
   const int64_t num_tokens = batch * seq_len;
   const int64_t n = config.hc_mult, hidden = config.hidden_size;

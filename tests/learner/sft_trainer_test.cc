@@ -68,12 +68,18 @@ TEST(Sft, InvalidOptionsNameEveryProblem) {
   SftOptions options;
   options.steps = 0;
   options.batch_size = -1;
+  options.recompute = true;  // with a gradient backend: CPU-only option
+  options.gradient_backend = [](const model::Model&)
+      -> absl::StatusOr<std::unique_ptr<SftGradientBackend>> {
+    return MakeCpuSftGradientBackend(false);
+  };
   EXPECT_THAT(RunSft(options).status(),
               testing::StatusIs(absl::StatusCode::kInvalidArgument,
                                 ::testing::AllOf(::testing::HasSubstr("run_dir"),
                                                  ::testing::HasSubstr("model_dir and init_config"),
                                                  ::testing::HasSubstr("steps must be"),
-                                                 ::testing::HasSubstr("batch_size"))));
+                                                 ::testing::HasSubstr("batch_size"),
+                                                 ::testing::HasSubstr("recompute"))));
 }
 
 }  // namespace
