@@ -1,0 +1,131 @@
+// Forward + backward tokens/s of v4rl's GPU training path (model/backward_cuda.h: forward, next-
+// token cross entropy and backward on the device, fp32 reference precision for now) on a random
+// model of a config (configs/models/mid.json: issue 9's "mid"), with model FLOPs utilisation:
+// FLOPs per token from model/flops.h over the bf16 dense GEMM peak measured in the same run.
+// Writes the checkpoint bench/cuda_train_baseline.py times transformers on.
+//
+//   cuda_train_bench CONFIG_JSON OUT_DIR [SEQ_LEN=4096] [BATCH=1] [STEPS=3]
+//
+// Prints JSON lines:
+//  - {"kind": "peak", "tflops"}: the best of 5 bf16 cuBLASLt GEMMs of 8192^3 (fp32 accumulation);
+//  - {"kind": "flops", "forward_per_token", "training_per_token", "formula"} (model/flops.h);
+//  - {"kind": "train", "precision", "batch", "seq_len", "ms", "tokens_per_s", "tflops", "mfu"}:
+//    STEPS timed steps after one warm-up, each forward + loss + backward with the gradients
+//    copied back to the host (what `v4rl sft --device cuda` does; the optimizer not included).
+// OUT_DIR "-" skips the checkpoint. Token t of each row is (7919 t + 13 + row) mod V.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/gemm.h"
+#include "model/backward_cuda.h"
+#include "model/config.h"
+#include "model/flops.h"
+#include "model/init.h"
+#include "model/save.h"
+
+namespace v4rl {
+namespace {
+
+void Check(const absl::Status& status, const char* what) {
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The best of a few 8192^3 bf16 GEMMs through cuBLASLt, in TFLOP/s.
+double MeasureBf16Peak() {
+  namespace kc = kernels::cuda;
+  constexpr int64_t kN = 8192;
+  auto gemm = kc::GemmHandle::Create();
+  Check(gemm.status(), "gemm handle");
+  const core::Tensor a = core::Tensor::Zeros(core::DType::kBF16, {kN, kN});
+  core::Tensor x = core::Tensor::Empty(core::DType::kBF16, {kN, kN}, kc::DeviceAllocator());
+  core::Tensor w = core::Tensor::Empty(core::DType::kBF16, {kN, kN}, kc::DeviceAllocator());
+  core::Tensor y = core::Tensor::Empty(core::DType::kBF16, {kN, kN}, kc::DeviceAllocator());
+  Check(kc::Copy(a.view(), x.view()), "upload");
+  Check(kc::Copy(a.view(), w.view()), "upload");
+  Check(kc::Gemm(**gemm, x.view(), w.view(), y.view()), "gemm");
+  double best = 0;
+  for (int r = 0; r < 5; ++r) {
+    Check(kc::Synchronize(), "sync");
+    const auto start = std::chrono::steady_clock::now();
+    Check(kc::Gemm(**gemm, x.view(), w.view(), y.view()), "gemm");
+    Check(kc::Synchronize(), "sync");
+    best = std::max(best, 2.0 * kN * kN * kN / Seconds(start) / 1e12);
+  }
+  return best;
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: cuda_train_bench CONFIG_JSON OUT_DIR [SEQ_LEN] [BATCH] [STEPS]\n");
+    return 2;
+  }
+  auto config = model::LoadModelConfig(argv[1]);
+  Check(config.status(), "config");
+  const std::string out_dir = argv[2];
+  const int64_t seq_len = argc > 3 ? std::stoll(argv[3]) : 4096;
+  const int64_t batch = argc > 4 ? std::stoll(argv[4]) : 1;
+  const int64_t steps = argc > 5 ? std::stoll(argv[5]) : 3;
+
+  const double peak = MeasureBf16Peak();
+  std::printf("{\"kind\": \"peak\", \"tflops\": %.1f}\n", peak);
+  const model::ForwardFlops flops = model::ForwardFlopsPerToken(*config, seq_len);
+  std::printf("{\"kind\": \"flops\", \"forward_per_token\": %.6e, \"training_per_token\": %.6e, "
+              "\"formula\": \"%s\"}\n",
+              flops.forward(), flops.training(), model::ForwardFlopsFormula().c_str());
+  std::fflush(stdout);
+
+  auto start = std::chrono::steady_clock::now();
+  model::InitOptions init;
+  init.seed = 1;
+  init.include_mtp = false;
+  const model::Model model = model::RandomModel(*config, init);
+  std::fprintf(stderr, "random model: %.1f s\n", Seconds(start));
+  if (out_dir != "-") {
+    start = std::chrono::steady_clock::now();
+    Check(model::SaveModel(out_dir + "/model", *config, model.weights), "save");
+    std::fprintf(stderr, "checkpoint: %.1f s\n", Seconds(start));
+  }
+  auto gpu = model::CudaBackward::Create(model);
+  Check(gpu.status(), "upload");
+
+  core::Tensor ids = core::Tensor::Empty(core::DType::kI32, {batch, seq_len});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < seq_len; ++t) {
+      ids.data<int32_t>()[b * seq_len + t] =
+          static_cast<int32_t>((7919 * t + 13 + b) % config->vocab_size);
+    }
+  }
+  auto step = [&] {
+    auto result = model::CudaNextTokenLossAndGradients(**gpu, model, ids.view());
+    Check(result.status(), "train step");
+    return result->loss;
+  };
+  step();  // warm-up: allocator, cuBLAS
+  start = std::chrono::steady_clock::now();
+  double loss = 0;
+  for (int64_t s = 0; s < steps; ++s) loss = step();
+  const double ms = Seconds(start) * 1e3 / static_cast<double>(steps);
+  const double tokens_per_s = static_cast<double>(batch * seq_len) / (ms * 1e-3);
+  const double tflops = tokens_per_s * flops.training() / 1e12;
+  std::printf("{\"kind\": \"train\", \"precision\": \"fp32 reference\", \"batch\": %lld, "
+              "\"seq_len\": %lld, \"ms\": %.1f, \"tokens_per_s\": %.0f, \"tflops\": %.1f, "
+              "\"mfu\": %.4f, \"loss\": %.4f}\n",
+              static_cast<long long>(batch), static_cast<long long>(seq_len), ms, tokens_per_s,
+              tflops, tflops / peak, loss);
+  return 0;
+}
+
+}  // namespace
+}  // namespace v4rl
+
+int main(int argc, char** argv) { return v4rl::Main(argc, argv); }
