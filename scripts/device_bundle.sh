@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds v4rl with CUDA for the H200 (sm_90a) and packs the `v4rl` binary, the `gpu`-labelled test
 # executables, the CUDA benchmarks (bench/cuda_*) and their non-system shared libraries into
-# ./device_bundle (git-ignored), ready to be carried to the GPU machine (`carry` takes 64 MiB at
-# most; ALL_BINARIES=1 packs every test and benchmark executable instead):
+# ./device_bundle (git-ignored), and the same compressed into ./device_bundle_packed/bundle.tar.xz
+# (~14 MB for the full set, which uncompressed passes `carry`'s 64 MiB; ALL_BINARIES=1 packs
+# every test and benchmark executable instead). Binaries are stripped.
 #
 #   scripts/device_bundle.sh                      # here, on the CPU machine
+#   tar -xJf device_bundle_packed/bundle.tar.xz   # there, with carry ["device_bundle_packed"]
 #   bash device_bundle/run_gpu_tests.sh           # there: runs every `gpu`-labelled test
 #   device_bundle/env.sh v4rl version             # there: any binary with the right paths
 #
@@ -78,5 +80,11 @@ echo "gpu tests: $(wc -l < "$here/gpu_tests.txt") run, $failed failed ${failures
 exit $((failed > 0))
 RUN
 chmod +x "$BUNDLE/env.sh" "$BUNDLE/run_gpu_tests.sh"
+strip --strip-unneeded "$BUNDLE"/bin/*
+packed="${BUNDLE}_packed"
+rm -rf "$packed"
+mkdir -p "$packed"
+tar -cf - "$BUNDLE" | xz -T0 -6 > "$packed/bundle.tar.xz"
 echo "bundle: $(ls "$BUNDLE/bin" | wc -l) binaries, $(ls "$BUNDLE/lib" | wc -l) libraries, $(du -sh "$BUNDLE" | cut -f1)"
-echo "on the GPU machine: bash $BUNDLE/run_gpu_tests.sh"
+echo "packed: $packed/bundle.tar.xz, $(du -sh "$packed/bundle.tar.xz" | cut -f1)"
+echo "on the GPU machine (carry [\"$packed\"]): tar -xJf $packed/bundle.tar.xz && bash $BUNDLE/run_gpu_tests.sh"
