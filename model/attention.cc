@@ -12,7 +12,7 @@ using core::Tensor;
 void AttentionForward(const AttentionWeights& weights, AttentionType type,
                       const ModelConfig& config, const RopeTable& rope, int64_t batch,
                       int64_t seq_len, const core::TensorView& x, AttentionActivations* acts,
-                      const core::TensorView& out) {
+                      const core::TensorView& out, const core::TensorView& replay_index_topk) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t heads = config.num_heads;
   const int64_t dim = config.head_dim;
@@ -54,7 +54,7 @@ void AttentionForward(const AttentionWeights& weights, AttentionType type,
   }
   if (type == AttentionType::kCompressedSparse) {
     IndexerForward(weights.indexer, config, rope, batch, seq_len, x, acts->qr.view(),
-                   &acts->indexer);
+                   &acts->indexer, replay_index_topk);
   }
 
   // Sparse attention over window ∪ compressed keys, one sequence at a time.

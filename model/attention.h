@@ -33,9 +33,11 @@ struct AttentionActivations {
 };
 
 // x: [B·T, H] f32 contiguous (attn_norm output); out: [B·T, H] f32 contiguous.
+// replay_index_topk: the indexer's picks to use instead of its selection (CSA), or empty.
 void AttentionForward(const AttentionWeights& weights, AttentionType type,
                       const ModelConfig& config, const RopeTable& rope, int64_t batch,
                       int64_t seq_len, const core::TensorView& x, AttentionActivations* acts,
-                      const core::TensorView& out);
+                      const core::TensorView& out,
+                      const core::TensorView& replay_index_topk = core::TensorView());
 
 }  // namespace v4rl::model

@@ -58,7 +58,7 @@ absl::StatusOr<Model> Model::Load(const std::string& path) {
 Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config, const RopeTable& rope,
                     int64_t batch, int64_t seq_len, const Tensor& streams_in,
                     const core::TensorView& token_ids, const core::TensorView& replay_topk_idx,
-                    BlockActivations* acts) {
+                    BlockActivations* acts, const core::TensorView& replay_index_topk) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
@@ -71,7 +71,7 @@ Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config, const 
                    acts->attn_in.view());
   acts->attn_out = Tensor::Empty(DType::kF32, {num_tokens, hidden});
   AttentionForward(layer.attn, layer.attention_type, config, rope, batch, seq_len,
-                   acts->attn_in.view(), &acts->attn, acts->attn_out.view());
+                   acts->attn_in.view(), &acts->attn, acts->attn_out.view(), replay_index_topk);
   acts->streams_mid = Tensor::Empty(DType::kF32, streams_in.view().shape_vector());
   MhcPostForward(acts->attn_hc, streams_in.view(), acts->attn_out.view(),
                  acts->streams_mid.view());
@@ -98,6 +98,7 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
   const int64_t num_tokens = batch * seq_len;
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
   V4RL_RETURN_IF_ERROR(CheckRoutingReplay(options.routing_replay, config, batch, seq_len));
+  V4RL_RETURN_IF_ERROR(CheckIndexReplay(options.index_replay, config, batch, seq_len));
 
   // Every residual stream starts as a copy of the token embedding.
   const Tensor embedded = Embed(model.weights.embed, ids);
@@ -118,7 +119,9 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
             ? core::TensorView()
             : options.routing_replay[l].Reshape({num_tokens, config.num_experts_per_tok});
     streams = BlockForward(layer, config, model.rope(layer.attention_type), batch, seq_len,
-                           streams, ids.view(), replay, &acts);
+                           streams, ids.view(), replay, &acts,
+                           options.index_replay.empty() ? core::TensorView()
+                                                        : options.index_replay[l]);
     if (options.return_routing) {
       Tensor routed = acts.moe.topk_idx;
       routed.mutable_view() = routed.view().Reshape({batch, seq_len, config.num_experts_per_tok});

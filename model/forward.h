@@ -55,11 +55,13 @@ struct BlockActivations {
 
 // One decoder block: streams_in [B·T, n, H] -> returned streams [B·T, n, H], f32.
 // token_ids: [B·T] i32 (hash routing); replay_topk_idx: [B·T, k] i32 expert ids replacing the
-// MoE selection (routing replay), or an empty view. Fills `acts`.
+// MoE selection (routing replay), or an empty view; replay_index_topk: [B, T, k'] i32 indexer
+// picks replacing its selection (CSA layers), or an empty view. Fills `acts`.
 core::Tensor BlockForward(const LayerWeights& layer, const ModelConfig& config,
                           const RopeTable& rope, int64_t batch, int64_t seq_len,
                           const core::Tensor& streams_in, const core::TensorView& token_ids,
-                          const core::TensorView& replay_topk_idx, BlockActivations* acts);
+                          const core::TensorView& replay_topk_idx, BlockActivations* acts,
+                          const core::TensorView& replay_index_topk = core::TensorView());
 
 struct ForwardOptions {
   bool return_routing = false;    // routed expert ids of every layer
@@ -72,6 +74,11 @@ struct ForwardOptions {
   // Routing replay (keep-routing): per layer [B, T, k] i32 expert ids used instead of the MoE
   // selection, e.g. the ids a rollout routed with. Empty: every layer selects.
   std::vector<core::TensorView> routing_replay;
+  // Index replay, for diffing two implementations without the flips of near-tied indexer scores:
+  // per layer [B, T, min(index_topk, T / csa_compress_ratio)] i32 picks (ascending, -1 padding;
+  // an empty view for non-CSA layers) used instead of the indexer's selection. Empty: every CSA
+  // layer selects. (A recomputing backward re-selects: not for training with recompute.)
+  std::vector<core::TensorView> index_replay;
 };
 
 struct ForwardOutput {

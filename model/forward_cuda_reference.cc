@@ -121,7 +121,8 @@ void Compressor(Run& run, const CompressorWeights& w, int64_t ratio, bool overla
 // 0 .. T - 1.
 void Indexer(Run& run, const IndexerWeights& w, const ModelConfig& config, const RopeTable& rope,
              const Tensor& cos, const Tensor& sin, int64_t batch, int64_t seq_len,
-             const TensorView& x, const TensorView& qr, IndexerActivations* acts) {
+             const TensorView& x, const TensorView& qr, IndexerActivations* acts,
+             const TensorView& replay_topk) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t heads = config.index_n_heads, dim = config.index_head_dim;
   const int64_t ratio = config.csa_compress_ratio;
@@ -145,6 +146,10 @@ void Indexer(Run& run, const IndexerWeights& w, const ModelConfig& config, const
   run.Forward(x, w.weights_proj.view(), acts->weights.view(),
               static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads))));
 
+  if (replay_topk.data != nullptr) {  // index replay (checked by Forward): the given picks
+    acts->topk = run.Up(Tensor::CopyOf(replay_topk));
+    return;
+  }
   const int64_t topk = std::min(config.index_topk, num_entries);
   acts->topk = Run::New(DType::kI32, {batch, seq_len, topk});
   if (topk == 0) return;
@@ -178,7 +183,8 @@ void Indexer(Run& run, const IndexerWeights& w, const ModelConfig& config, const
 // model/attention.cc. x: [B·T, H] f32 device; out: [B·T, H] f32 device.
 void Attention(Run& run, const AttentionWeights& w, AttentionType type, const ModelConfig& config,
                const RopeTable& rope, int64_t batch, int64_t seq_len, const TensorView& x,
-               AttentionActivations* acts, const TensorView& out) {
+               AttentionActivations* acts, const TensorView& out,
+               const TensorView& replay_index_topk) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t heads = config.num_heads, dim = config.head_dim;
   const float eps = static_cast<float>(config.rms_norm_eps);
@@ -223,7 +229,7 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   }
   if (type == AttentionType::kCompressedSparse) {
     Indexer(run, w.indexer, config, rope, cos, sin, batch, seq_len, x, acts->qr.view(),
-            &acts->indexer);
+            &acts->indexer, replay_index_topk);
   }
 
   // Sparse attention over window ∪ compressed keys, one sequence at a time.
@@ -362,10 +368,12 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
 }
 
 // model/forward.cc BlockForward. streams_in: [B·T, n, H] f32 device; token_ids: [B·T] i32
-// device; replay: [B·T, k] i32 CPU or empty. Returns the block's output streams.
+// device; replay: [B·T, k] i32 CPU or empty; replay_index_topk: [B, T, k'] i32 CPU indexer
+// picks or empty. Returns the block's output streams.
 Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, const RopeTable& rope,
              int64_t batch, int64_t seq_len, const Tensor& streams_in, const Tensor& token_ids,
-             const TensorView& replay, BlockActivations* acts, Tensor* routed) {
+             const TensorView& replay, const TensorView& replay_index_topk,
+             BlockActivations* acts, Tensor* routed) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
@@ -380,7 +388,7 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
   });
   acts->attn_out = run.New({num_tokens, hidden});
   Attention(run, layer.attn, layer.attention_type, config, rope, batch, seq_len,
-            acts->attn_in.view(), &acts->attn, acts->attn_out.view());
+            acts->attn_in.view(), &acts->attn, acts->attn_out.view(), replay_index_topk);
   acts->streams_mid = run.New(streams_in.view().shape_vector());
   run.Do([&] {
     return kc::MhcPost(streams_in.view(), acts->attn_out.view(), acts->attn_hc.post.view(),
@@ -419,6 +427,7 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
   const int64_t k = config.num_experts_per_tok;
   V4RL_RETURN_IF_ERROR(CheckRoutingReplay(options.routing_replay, config, batch, seq_len));
+  V4RL_RETURN_IF_ERROR(CheckIndexReplay(options.index_replay, config, batch, seq_len));
   Run run(impl_->blas.get());
   const Tensor ids = run.Up(host_ids);
 
@@ -435,7 +444,9 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
                                   : options.routing_replay[l].Reshape({num_tokens, k});
     Tensor routed;
     streams = Block(run, layer, config, model.rope(layer.attention_type), batch, seq_len, streams,
-                    ids, replay, &acts, &routed);
+                    ids, replay,
+                    options.index_replay.empty() ? TensorView() : options.index_replay[l], &acts,
+                    &routed);
     V4RL_RETURN_IF_ERROR(run.status());
     if (options.return_routing) {
       routed.mutable_view() = routed.view().Reshape({batch, seq_len, k});

@@ -1,5 +1,7 @@
 #include "model/forward_inputs.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 
 namespace v4rl::model {
@@ -59,6 +61,43 @@ absl::Status CheckRoutingReplay(const std::vector<core::TensorView>& replay,
         return absl::InvalidArgumentError(
             absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)", l, i,
                             id, config.num_routed_experts));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckIndexReplay(const std::vector<core::TensorView>& replay,
+                              const ModelConfig& config, int64_t batch, int64_t seq_len) {
+  if (replay.empty()) return absl::OkStatus();
+  if (static_cast<int64_t>(replay.size()) != config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "index_replay has %d layers, expected num_layers = %d", replay.size(),
+        config.num_layers));
+  }
+  const int64_t entries = seq_len / config.csa_compress_ratio;
+  const int64_t topk = std::min(config.index_topk, entries);
+  for (size_t l = 0; l < replay.size(); ++l) {
+    const core::TensorView& picks = replay[l];
+    if (config.layer_types[l] != AttentionType::kCompressedSparse) {
+      if (picks.data != nullptr) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "index_replay[%d] must be empty: layer %d has no indexer", l, l));
+      }
+      continue;
+    }
+    if (picks.dtype != DType::kI32 || !picks.is_contiguous() ||
+        picks.device != core::Device::kCpu || !picks.SameShape({batch, seq_len, topk})) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "index_replay[%d] must be a contiguous CPU i32 [%d, %d, %d] tensor, got %s", l, batch,
+          seq_len, topk, picks.DebugString()));
+    }
+    for (int64_t i = 0; i < picks.numel(); ++i) {
+      const int32_t pick = picks.data_as<int32_t>()[i];
+      if (pick < -1 || pick >= entries) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "index_replay[%d] entry %d is %d, expected -1 or an entry in [0, %d)", l, i, pick,
+            entries));
       }
     }
   }

@@ -23,4 +23,10 @@ absl::StatusOr<core::Tensor> TokenIds(const core::TensorView& ids, int64_t vocab
 absl::Status CheckRoutingReplay(const std::vector<core::TensorView>& replay,
                                 const ModelConfig& config, int64_t batch, int64_t seq_len);
 
+// Index replay picks: empty, or one view per layer: for CSA layers a contiguous CPU i32
+// [B, T, min(index_topk, T / csa_compress_ratio)] with every pick in [-1, T / ratio), for the
+// others an empty view.
+absl::Status CheckIndexReplay(const std::vector<core::TensorView>& replay,
+                              const ModelConfig& config, int64_t batch, int64_t seq_len);
+
 }  // namespace v4rl::model

@@ -13,7 +13,7 @@ using core::Tensor;
 void IndexerForward(const IndexerWeights& weights, const ModelConfig& config,
                     const RopeTable& rope, int64_t batch, int64_t seq_len,
                     const core::TensorView& x, const core::TensorView& qr,
-                    IndexerActivations* acts) {
+                    IndexerActivations* acts, const core::TensorView& replay_topk) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t heads = config.index_n_heads;
   const int64_t dim = config.index_head_dim;
@@ -39,6 +39,10 @@ void IndexerForward(const IndexerWeights& weights, const ModelConfig& config,
   float* w = acts->weights.data<float>();
   for (int64_t i = 0; i < num_tokens * heads; ++i) w[i] *= head_scale;
 
+  if (replay_topk.data != nullptr) {
+    acts->topk = Tensor::CopyOf(replay_topk);
+    return;
+  }
   const int64_t topk = std::min(config.index_topk, num_entries);
   acts->topk = Tensor::Empty(DType::kI32, {batch, seq_len, topk});
   if (topk == 0) return;

@@ -114,6 +114,47 @@ TEST(ForwardTest, BatchRowsAreIndependent) {
   EXPECT_TRUE(both.routed_experts[0].view().SameShape({2, 12, config.num_experts_per_tok}));
 }
 
+TEST(ForwardTest, IndexReplayUsesTheGivenPicks) {
+  // TinyConfig: layers sliding, CSA, HCA, CSA. Replaying the forward's own picks reproduces it
+  // exactly; other picks change the logits; wrong shapes and non-CSA replays are refused.
+  const ModelConfig config = TinyConfig();
+  const Model model = testing::RandomModel(config, 10);
+  Tensor ids = Tensor::Empty(DType::kI32, {2, 16});
+  for (int64_t i = 0; i < 32; ++i) ids.data<int32_t>()[i] = (i * 31 + 5) % config.vocab_size;
+  ForwardOptions options;
+  options.save_activations = true;
+  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput base, Forward(model, ids.view(), options));
+  std::vector<Tensor> picks;
+  for (const BlockActivations& acts : base.blocks) picks.push_back(acts.attn.indexer.topk);
+  ForwardOptions replay;
+  for (const Tensor& p : picks) {
+    replay.index_replay.push_back(p.defined() ? p.view() : core::TensorView());
+  }
+  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput same, Forward(model, ids.view(), replay));
+  EXPECT_TRUE(std::equal(same.logits.data<float>(),
+                         same.logits.data<float>() + same.logits.numel(),
+                         base.logits.data<float>()));
+  // Only the first visible entry for every query of layer 1.
+  Tensor first = Tensor::CopyOf(picks[1].view());
+  for (int64_t i = 0; i < first.numel(); ++i) {
+    if (i % first.size(2) != 0) first.data<int32_t>()[i] = -1;
+  }
+  replay.index_replay[1] = first.view();
+  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput other, Forward(model, ids.view(), replay));
+  EXPECT_FALSE(std::equal(other.logits.data<float>(),
+                          other.logits.data<float>() + other.logits.numel(),
+                          base.logits.data<float>()));
+  replay.index_replay[0] = picks[1].view();  // layer 0 is sliding: no indexer
+  EXPECT_THAT(Forward(model, ids.view(), replay),
+              v4rl::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                      ::testing::HasSubstr("index_replay[0] must be empty")));
+  replay.index_replay[0] = core::TensorView();
+  replay.index_replay[1] = picks[1].view().Slice(1, 0, 8);
+  EXPECT_THAT(Forward(model, ids.view(), replay),
+              v4rl::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                      ::testing::HasSubstr("index_replay[1] must be")));
+}
+
 TEST(ForwardTest, RejectsBadTokenIds) {
   const Model model = testing::RandomModel(TinyConfig(), 9);
   Tensor ids = Tensor::Zeros(DType::kI32, {1, 4});
