@@ -640,6 +640,7 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
   ForwardOptions forward_options;
   forward_options.return_routing = true;
   forward_options.routing_replay = options.routing_replay;
+  forward_options.index_replay = options.index_replay;
   NextTokenLossResult result;
   result.grads = ZeroGradients(model.config);
   V4RL_ASSIGN_OR_RETURN(result.loss,

@@ -41,6 +41,11 @@ absl::StatusOr<NextTokenLossResult> NextTokenLossAndGradients(const Model& model
         "input_ids must be [batch, seq_len] with seq_len >= 2 for a next-token loss, got %s",
         input_ids.DebugString()));
   }
+  if (options.backward.recompute && !options.index_replay.empty()) {
+    return absl::InvalidArgumentError(
+        "index_replay cannot be combined with backward.recompute (the recomputed blocks would "
+        "select their own indexer picks)");
+  }
   ForwardOptions forward_options;
   forward_options.return_routing = true;
   forward_options.return_hidden = true;
@@ -48,6 +53,7 @@ absl::StatusOr<NextTokenLossResult> NextTokenLossAndGradients(const Model& model
   forward_options.save_activations = !options.backward.recompute;
   forward_options.save_block_inputs = options.backward.recompute;
   forward_options.routing_replay = options.routing_replay;
+  forward_options.index_replay = options.index_replay;
   V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, Forward(model, input_ids, forward_options));
 
   NextTokenLossResult result;

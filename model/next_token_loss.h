@@ -18,6 +18,9 @@ struct NextTokenLossOptions {
   BackwardOptions backward;
   // Routing replay: per layer [B, T, k] i32 expert ids (see ForwardOptions::routing_replay).
   std::vector<core::TensorView> routing_replay;
+  // Index replay (ForwardOptions::index_replay); not with backward.recompute (InvalidArgument:
+  // the recomputed blocks would select again).
+  std::vector<core::TensorView> index_replay;
 };
 
 struct NextTokenLossResult {

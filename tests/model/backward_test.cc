@@ -131,6 +131,12 @@ TEST_F(BackwardTest, RecomputationGivesIdenticalGradients) {
                             NextTokenLossAndGradients(*model_, ids_->view(), options));
   EXPECT_EQ(recomputed.loss, base_->loss);
   EXPECT_TRUE(BitIdentical(recomputed.grads, base_->grads));
+  // Index replay would not survive the recomputation: refused.
+  std::vector<core::Tensor> empty_picks(model_->config.num_layers);
+  for (const core::Tensor& t : empty_picks) options.index_replay.push_back(t.view());
+  EXPECT_THAT(NextTokenLossAndGradients(*model_, ids_->view(), options).status(),
+              v4rl::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                      ::testing::HasSubstr("index_replay")));
 }
 
 TEST_F(BackwardTest, ReplayingTheComputedRoutingChangesNothing) {

@@ -85,8 +85,16 @@ TEST_P(CudaBackwardTest, NextTokenGradientsMatchTheCpu) {
   V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult cpu,
                             NextTokenLossAndGradients(model, ids.view()));
   V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model));
+  // The CPU's routing and indexer picks replayed: no near-tie can flip a discrete choice.
+  ForwardOptions save;
+  save.save_activations = true;
+  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput cpu_forward, Forward(model, ids.view(), save));
   NextTokenLossOptions replay;
   for (const core::Tensor& r : cpu.routed_experts) replay.routing_replay.push_back(r.view());
+  for (const BlockActivations& block : cpu_forward.blocks) {
+    const core::Tensor& picks = block.attn.indexer.topk;
+    replay.index_replay.push_back(picks.defined() ? picks.view() : core::TensorView());
+  }
   V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult gpu,
                             CudaNextTokenLossAndGradients(*backward, model, ids.view(), replay));
   EXPECT_NEAR(gpu.loss, cpu.loss, kLossGpuVsCpu * std::abs(cpu.loss));
@@ -152,9 +160,13 @@ TEST(CudaBackwardAccumulationTest, RandomDlogitsTwiceMatchTheCpu) {
   ExpectGradientsClose(model.config, gpu, cpu, kGpuVsCpu, "random dlogits x2");
 
   // The same from the GPU forward's device activations and device dlogits (the CPU routing
-  // replayed).
+  // and indexer picks replayed).
   ForwardOptions replay = options;
   for (const core::Tensor& r : forward.routed_experts) replay.routing_replay.push_back(r.view());
+  for (const BlockActivations& block : forward.blocks) {
+    const core::Tensor& picks = block.attn.indexer.topk;
+    replay.index_replay.push_back(picks.defined() ? picks.view() : core::TensorView());
+  }
   V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput device_forward,
                             backward->Forward(ids.view(), replay));
   core::Tensor device_dlogits = core::Tensor::Empty(
