@@ -28,37 +28,21 @@
 #include <cstdio>
 #include <cstdlib>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "kernels/cuda/device.h"
 #include "model/config.h"
 #include "model/decode_cuda.h"
 #include "model/forward_cuda.h"
-#include "model/init.h"
-#include "model/save.h"
 
 namespace v4rl {
 namespace {
 
-void Check(const absl::Status& status, const char* what) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-    std::exit(1);
-  }
-}
-
-double Seconds(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-std::vector<int64_t> ParseList(const char* text) {
-  std::vector<int64_t> values;
-  std::stringstream list(text);
-  for (std::string item; std::getline(list, item, ',');) values.push_back(std::stoll(item));
-  return values;
-}
+using bench::Check;
+using bench::ParseList;
+using bench::Seconds;
 
 // bf16 bytes of a host f32 tensor on the device (matrices); f32 vectors count as stored.
 int64_t DeviceBytes(const core::Tensor& t) {
@@ -88,17 +72,8 @@ int Main(int argc, char** argv) {
   const bool host_logits = host_logits_env != nullptr && std::string(host_logits_env) == "1";
   const int64_t vocab = config->vocab_size;
 
+  const model::Model model = bench::RandomBenchModel(*config, out_dir);
   auto start = std::chrono::steady_clock::now();
-  model::InitOptions init;
-  init.seed = 1;
-  init.include_mtp = false;
-  const model::Model model = model::RandomModel(*config, init);
-  std::fprintf(stderr, "random model: %.1f s\n", Seconds(start));
-  if (out_dir != "-") {
-    start = std::chrono::steady_clock::now();
-    Check(model::SaveModel(out_dir + "/model", *config, model.weights), "save");
-    std::fprintf(stderr, "checkpoint: %.1f s\n", Seconds(start));
-  }
   auto gpu = model::CudaModel::Create(model);
   Check(gpu.status(), "upload");
   std::fprintf(stderr, "%.2f GB of weights on the device\n", (*gpu)->weight_bytes() / 1e9);

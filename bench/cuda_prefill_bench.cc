@@ -12,29 +12,20 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "core/safetensors.h"
 #include "model/config.h"
 #include "model/forward_cuda.h"
-#include "model/init.h"
-#include "model/save.h"
 
 namespace v4rl {
 namespace {
 
-void Check(const absl::Status& status, const char* what) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-    std::exit(1);
-  }
-}
-
-double Seconds(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using bench::Check;
+using bench::ParseList;
+using bench::Seconds;
 
 int Main(int argc, char** argv) {
   if (argc < 4) {
@@ -44,20 +35,10 @@ int Main(int argc, char** argv) {
   auto config = model::LoadModelConfig(argv[1]);
   Check(config.status(), "config");
   const std::string out_dir = argv[2];
-  std::vector<int64_t> lengths;
-  std::stringstream list(argv[3]);
-  for (std::string item; std::getline(list, item, ',');) lengths.push_back(std::stoll(item));
+  const std::vector<int64_t> lengths = ParseList(argv[3]);
 
+  const model::Model model = bench::RandomBenchModel(*config, out_dir);
   auto start = std::chrono::steady_clock::now();
-  model::InitOptions init;
-  init.seed = 1;
-  init.include_mtp = false;
-  const model::Model model = model::RandomModel(*config, init);
-  std::fprintf(stderr, "random model: %.1f s\n", Seconds(start));
-  start = std::chrono::steady_clock::now();
-  Check(model::SaveModel(out_dir + "/model", *config, model.weights), "save");
-  std::fprintf(stderr, "checkpoint: %.1f s\n", Seconds(start));
-  start = std::chrono::steady_clock::now();
   auto gpu = model::CudaModel::Create(model);
   Check(gpu.status(), "upload");
   std::fprintf(stderr, "upload: %.1f s, %.2f GB of weights on the device\n", Seconds(start),

@@ -18,27 +18,18 @@
 #include <cstdlib>
 #include <string>
 
+#include "bench/bench_common.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
 #include "model/backward_cuda.h"
 #include "model/config.h"
 #include "model/flops.h"
-#include "model/init.h"
-#include "model/save.h"
 
 namespace v4rl {
 namespace {
 
-void Check(const absl::Status& status, const char* what) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-    std::exit(1);
-  }
-}
-
-double Seconds(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using bench::Check;
+using bench::Seconds;
 
 // The best of a few 8192^3 bf16 GEMMs through cuBLASLt, in TFLOP/s.
 double MeasureBf16Peak() {
@@ -84,17 +75,8 @@ int Main(int argc, char** argv) {
               flops.forward(), flops.training(), model::ForwardFlopsFormula().c_str());
   std::fflush(stdout);
 
+  const model::Model model = bench::RandomBenchModel(*config, out_dir);
   auto start = std::chrono::steady_clock::now();
-  model::InitOptions init;
-  init.seed = 1;
-  init.include_mtp = false;
-  const model::Model model = model::RandomModel(*config, init);
-  std::fprintf(stderr, "random model: %.1f s\n", Seconds(start));
-  if (out_dir != "-") {
-    start = std::chrono::steady_clock::now();
-    Check(model::SaveModel(out_dir + "/model", *config, model.weights), "save");
-    std::fprintf(stderr, "checkpoint: %.1f s\n", Seconds(start));
-  }
   auto gpu = model::CudaBackward::Create(model);
   Check(gpu.status(), "upload");
 

@@ -1,5 +1,6 @@
-// Private to model/forward_cuda.cc and model/decode_cuda.cc: CudaModel's implementation struct
-// (device weights, GEMM handle, per-call state) and the host<->device helpers they share.
+// Private to model/forward_cuda.cc, decode_cuda.cc and attention_decode_cuda.cc: CudaModel's
+// implementation struct (device weights, GEMM handle, per-call state) and the host<->device
+// helpers they share.
 // Built only with V4RL_WITH_CUDA.
 #pragma once
 
@@ -70,7 +71,7 @@ struct RopeTables {
   Tensor cos, sin;  // [T, rd / 2] f32 device, positions 0 .. T - 1 (per forward)
 };
 
-struct DecodeStepState;  // model/decode_cuda.cc
+struct DecodeStepState;  // model/decode_cuda_state.h
 
 // Diagnostics: with V4RL_CUDA_PROFILE=1 in the environment, Mark(name) waits for the device and
 // adds the time since the previous mark to `name`; Report prints the sums to stderr and clears
@@ -119,7 +120,7 @@ struct PhaseProfile {
 
 }  // namespace cuda_internal
 
-using namespace cuda_internal;  // NOLINT: private header of two files
+using namespace cuda_internal;  // NOLINT: private header of the model/*cuda*.cc files
 
 struct CudaModel::Impl {
   ModelConfig config;
