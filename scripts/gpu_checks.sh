@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# On the GPU machine, in one `run` call: unpacks the bundle scripts/device_bundle.sh packed
+# (carry ["device_bundle_packed"]), runs every gpu-labelled test, then the benchmarks the CUDA
+# issues quote, each under a time limit, writing logs to OUT_DIR and a short summary to stdout.
+#
+#   bash scripts/gpu_checks.sh [STEPS=tests,decode,train,long] [OUT_DIR=$OUT or /tmp/gpu_checks]
+#
+# STEPS: tests   every gpu test (device_bundle/run_gpu_tests.sh)            -> tests.log
+#        decode  bench/cuda_decode_bench.sh on the mid config vs transformers -> decode.txt
+#        train   bench/cuda_train_bench.sh on the mid config vs transformers  -> train.txt
+#        long    a 1,000,000-token prefill and single-stream decode after it  -> long.txt
+# Env: BUNDLE (device_bundle), LIMIT_S (per step, 420).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+steps="${1:-tests,decode,train,long}"
+out="${2:-${OUT:-/tmp/gpu_checks}}"
+bundle="${BUNDLE:-device_bundle}"
+limit="${LIMIT_S:-420}"
+mkdir -p "$out"
+if [[ ! -d "$bundle" && -f "${bundle}_packed/bundle.tar.xz" ]]; then
+  tar -xJf "${bundle}_packed/bundle.tar.xz"
+fi
+[[ -x "$bundle/env.sh" ]] || { echo "no $bundle (run scripts/device_bundle.sh and carry it)"; exit 2; }
+export V4RL_SOURCE_DIR=$PWD
+wants() { [[ ",$steps," == *",$1,"* ]]; }
+
+if wants tests; then
+  timeout "$limit" bash "$bundle/run_gpu_tests.sh" > "$out/tests.log" 2>&1
+  echo "== tests (rc $?): $(grep '^gpu tests:' "$out/tests.log")"
+  grep -E '^\[measured\]|^\[cuda' "$out/tests.log" | head -40
+fi
+if wants decode; then
+  timeout "$limit" "$bundle/env.sh" bash bench/cuda_decode_bench.sh "$bundle/bin/cuda_decode_bench" \
+    configs/models/mid.json 4096,16384,32768,131072 1,64,256 /tmp/v4rl_decode \
+    > "$out/decode.txt" 2> "$out/decode.err"
+  echo "== decode (rc $?)"
+  cat "$out/decode.txt"
+fi
+if wants train; then
+  timeout "$limit" "$bundle/env.sh" bash bench/cuda_train_bench.sh "$bundle/bin/cuda_train_bench" \
+    > "$out/train.txt" 2> "$out/train.err"
+  echo "== train (rc $?)"
+  cat "$out/train.txt"
+fi
+if wants long; then
+  timeout "$limit" "$bundle/env.sh" cuda_decode_bench configs/models/mid.json - 1000000 1 8192 \
+    4096 8 > "$out/long.txt" 2> "$out/long.err"
+  echo "== long (rc $?)"
+  grep kind "$out/long.txt"
+fi
