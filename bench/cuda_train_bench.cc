@@ -70,9 +70,10 @@ int Main(int argc, char** argv) {
   const double peak = MeasureBf16Peak();
   std::printf("{\"kind\": \"peak\", \"tflops\": %.1f}\n", peak);
   const model::ForwardFlops flops = model::ForwardFlopsPerToken(*config, seq_len);
-  std::printf("{\"kind\": \"flops\", \"forward_per_token\": %.6e, \"training_per_token\": %.6e, "
-              "\"formula\": \"%s\"}\n",
-              flops.forward(), flops.training(), model::ForwardFlopsFormula().c_str());
+  std::printf(
+      "{\"kind\": \"flops\", \"forward_per_token\": %.6e, \"training_per_token\": %.6e, "
+      "\"formula\": \"%s\"}\n",
+      flops.forward(), flops.training(), model::ForwardFlopsFormula().c_str());
   std::fflush(stdout);
 
   const model::Model model = bench::RandomBenchModel(*config, out_dir);
@@ -99,11 +100,12 @@ int Main(int argc, char** argv) {
   const double ms = Seconds(start) * 1e3 / static_cast<double>(steps);
   const double tokens_per_s = static_cast<double>(batch * seq_len) / (ms * 1e-3);
   const double tflops = tokens_per_s * flops.training() / 1e12;
-  std::printf("{\"kind\": \"train\", \"precision\": \"fp32 reference\", \"batch\": %lld, "
-              "\"seq_len\": %lld, \"ms\": %.1f, \"tokens_per_s\": %.0f, \"tflops\": %.1f, "
-              "\"mfu\": %.4f, \"loss\": %.4f}\n",
-              static_cast<long long>(batch), static_cast<long long>(seq_len), ms, tokens_per_s,
-              tflops, tflops / peak, loss);
+  std::printf(
+      "{\"kind\": \"train\", \"precision\": \"fp32 reference\", \"batch\": %lld, "
+      "\"seq_len\": %lld, \"ms\": %.1f, \"tokens_per_s\": %.0f, \"tflops\": %.1f, "
+      "\"mfu\": %.4f, \"loss\": %.4f}\n",
+      static_cast<long long>(batch), static_cast<long long>(seq_len), ms, tokens_per_s, tflops,
+      tflops / peak, loss);
   return 0;
 }
 

@@ -45,10 +45,11 @@ int RunLogits(const std::vector<std::string>& args) {
   parser.AddString("device", &device,
                    "cpu (fp32 reference) or cuda (bf16 weights and activations, fp32 "
                    "accumulation, on GPU 0)");
-  parser.AddBool("fp8-sim", &fp8_sim,
-                 "with --device cuda: the FP8/FP4 simulation of DeepSeek's official inference "
-                 "code (FP8 activations before the FP8/FP4 GEMMs, KV QAT, FP4 indexer; experimental: not "
-                 "yet run on a GPU)");
+  parser.AddBool(
+      "fp8-sim", &fp8_sim,
+      "with --device cuda: the FP8/FP4 simulation of DeepSeek's official inference "
+      "code (FP8 activations before the FP8/FP4 GEMMs, KV QAT, FP4 indexer; experimental: not "
+      "yet run on a GPU)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (model_dir.empty() || input_path.empty() || output_path.empty()) {

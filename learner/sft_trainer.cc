@@ -146,8 +146,9 @@ absl::Status SftOptions::Validate() const {
     if (absl::Status s = synthetic.Validate(); !s.ok()) problems.push_back(std::string(s.message()));
   }
   if (recompute && gradient_backend) {
-    problems.push_back("recompute applies to the CPU backend only (unset it with a gradient "
-                       "backend such as --device cuda)");
+    problems.push_back(
+        "recompute applies to the CPU backend only (unset it with a gradient "
+        "backend such as --device cuda)");
   }
   WarmupCosineSchedule full = schedule;
   full.total_steps = steps;
@@ -246,8 +247,7 @@ absl::StatusOr<SftSummary> RunSft(const SftOptions& options) {
     for (const SftExample& e : examples) pointers.push_back(&e);
     const SftBatch batch = MakeSftBatch(pointers);
     ZeroGradients(parameters);
-    V4RL_ASSIGN_OR_RETURN(const double loss,
-                          backend->LossAndGradients(model, batch, &grads));
+    V4RL_ASSIGN_OR_RETURN(const double loss, backend->LossAndGradients(model, batch, &grads));
     const double grad_norm = ClipGradientNorm(parameters, options.grad_clip);
     const double lr = schedule.LearningRate(step);
     optimizer.Step(static_cast<float>(lr));

@@ -1,8 +1,9 @@
 // Supervised fine-tuning of a V4 model (reference precision): completion-masked next-token cross
 // entropy — its loss and gradients on the CPU, or on the GPU through a gradient backend
-// (learner/sft_step_cuda.h, `v4rl sft --device cuda`) — Muon + AdamW on the CPU, warmup-cosine learning rate, optional gradient clipping,
-// loss-spike reports, periodic greedy exact-match evaluation on held-out prompts, metrics JSONL
-// and atomic checkpoints from which a killed run resumes bit-identically.
+// (learner/sft_step_cuda.h, `v4rl sft --device cuda`) — Muon + AdamW on the CPU, warmup-cosine
+// learning rate, optional gradient clipping, loss-spike reports, periodic greedy exact-match
+// evaluation on held-out prompts, metrics JSONL and atomic checkpoints from which a killed run
+// resumes bit-identically.
 //
 // Run directory layout:
 //   RUN/metrics.jsonl      one JSON object per step ("step", "loss", "lr", "grad_norm", ...) and
@@ -37,8 +38,7 @@ namespace v4rl::learner {
 class SftGradientBackend {
  public:
   virtual ~SftGradientBackend() = default;
-  virtual absl::StatusOr<double> LossAndGradients(const model::Model& model,
-                                                  const SftBatch& batch,
+  virtual absl::StatusOr<double> LossAndGradients(const model::Model& model, const SftBatch& batch,
                                                   model::ModelWeights* grads) = 0;
 };
 
@@ -60,7 +60,7 @@ struct SftOptions {
   double grad_clip = 1.0;         // <= 0: off
   MuonOptions muon;
   AdamWOptions adamw;
-  bool recompute = false;         // per-layer activation recomputation (CPU backend)
+  bool recompute = false;  // per-layer activation recomputation (CPU backend)
   // Makes the gradient backend once the model is loaded; empty: the CPU's (with `recompute`).
   std::function<absl::StatusOr<std::unique_ptr<SftGradientBackend>>(const model::Model&)>
       gradient_backend;

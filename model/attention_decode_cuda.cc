@@ -62,8 +62,8 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
     const int64_t open_window = s.position / ratio, open_rows = s.position % ratio;
     const int64_t end_window = (s.position + s.count) / ratio;
     if (end_window == open_window) {  // still inside the open window: append in place
-      copies.push_back({Ptr(kv.view(), s.row), Ptr(skv, open_slot + open_rows),
-                        s.count * RowBytes(kv.view())});
+      copies.push_back(
+          {Ptr(kv.view(), s.row), Ptr(skv, open_slot + open_rows), s.count * RowBytes(kv.view())});
       copies.push_back({Ptr(score.view(), s.row), Ptr(ssc, open_slot + open_rows),
                         s.count * RowBytes(score.view())});
       continue;
@@ -95,10 +95,10 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
     state(s, &skv, &ssc, &ent);
     const int64_t from = job.first_entry ? 0 : open_slot;  // prev window + open rows are adjacent
     if (job.lead > 0) {
-      copies.push_back({Ptr(skv, from), Ptr(work_kv.view(), job.work_row),
-                        job.lead * RowBytes(skv)});
-      copies.push_back({Ptr(ssc, from), Ptr(work_score.view(), job.work_row),
-                        job.lead * RowBytes(ssc)});
+      copies.push_back(
+          {Ptr(skv, from), Ptr(work_kv.view(), job.work_row), job.lead * RowBytes(skv)});
+      copies.push_back(
+          {Ptr(ssc, from), Ptr(work_score.view(), job.work_row), job.lead * RowBytes(ssc)});
     }
     copies.push_back({Ptr(kv.view(), s.row), Ptr(work_kv.view(), job.work_row + job.lead),
                       s.count * RowBytes(kv.view())});
@@ -119,8 +119,8 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
       pool.push_back({static_cast<int32_t>(job.work_row / ratio + w), overlap && w >= 1});
     }
   }
-  V4RL_RETURN_IF_ERROR(
-      kc::CompressPoolEntries(work_kv.view(), work_score.view(), ratio, overlap, pool, entries.view()));
+  V4RL_RETURN_IF_ERROR(kc::CompressPoolEntries(work_kv.view(), work_score.view(), ratio, overlap,
+                                               pool, entries.view()));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
   const int64_t half = m.config.rope_head_dim / 2;
   std::vector<int32_t> entry_positions;  // entry w sits at position w · ratio
@@ -132,8 +132,8 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
   }
   const Tensor dcos = Dev(DType::kF32, {total_entries, half});
   const Tensor dsin = Dev(DType::kF32, {total_entries, half});
-  V4RL_RETURN_IF_ERROR(kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions,
-                                       dcos.view(), dsin.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions, dcos.view(), dsin.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({total_entries, 1, entry_dim}),
                                      dcos.view(), dsin.view(), /*inverse=*/false));
   V4RL_RETURN_IF_ERROR(indexer ? m.IndexerFp4(entries.view()) : m.KvQat(entries.view()));
@@ -157,8 +157,8 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
     if (end % ratio > 0) {
       copies.push_back({Ptr(work_kv.view(), work_row(end_window * ratio)), Ptr(skv, open_slot),
                         (end % ratio) * RowBytes(skv)});
-      copies.push_back({Ptr(work_score.view(), work_row(end_window * ratio)),
-                        Ptr(ssc, open_slot), (end % ratio) * RowBytes(ssc)});
+      copies.push_back({Ptr(work_score.view(), work_row(end_window * ratio)), Ptr(ssc, open_slot),
+                        (end % ratio) * RowBytes(ssc)});
     }
   }
   return kc::BatchCopy(copies);
@@ -218,15 +218,15 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       const TensorView replay = replays[st.layer];
       if (replay.dtype != DType::kI32 || !replay.is_contiguous() || replay.rank != 2 ||
           replay.shape[0] != n) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "index_replay[%d] must be contiguous i32 [%d, k], got %s", st.layer, n,
-            replay.DebugString()));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("index_replay[%d] must be contiguous i32 [%d, k], got %s", st.layer, n,
+                            replay.DebugString()));
       }
       int64_t unused = 0;
       V4RL_ASSIGN_OR_RETURN(picks_storage, Upload(Tensor::CopyOf(replay), DType::kI32, &unused));
       for (size_t i = 0; i < st.spans.size(); ++i) {
-        picks[i] = picks_storage.view().Slice(0, st.spans[i].row,
-                                              st.spans[i].row + st.spans[i].count);
+        picks[i] =
+            picks_storage.view().Slice(0, st.spans[i].row, st.spans[i].row + st.spans[i].count);
       }
     } else {
       const int64_t ih = config.index_n_heads, id = config.index_head_dim;
@@ -236,9 +236,8 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
       V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
       const Tensor head_weights = Dev(DType::kF32, {n, ih});
-      V4RL_RETURN_IF_ERROR(
-          kc::Gemm(*gemm, x, w.indexer.weights_proj.view(), head_weights.view(),
-                   static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)))));
+      V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.indexer.weights_proj.view(), head_weights.view(),
+                                    static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)))));
       // Single-token spans: scores of every sequence in one launch, then one selection.
       std::vector<kc::DecodeIndexerItem> items;
       std::vector<size_t> item_spans;
@@ -269,8 +268,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
         V4RL_RETURN_IF_ERROR(kc::DecodeIndexerScores(
             items, ih, id, ld, static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)))));
         V4RL_RETURN_IF_ERROR(kc::IndexerSelect(decode_scores.view().Slice(0, 0, rows),
-                                               /*q_pos0=*/ld * ratio, ratio,
-                                               decode_picks.view()));
+                                               /*q_pos0=*/ld * ratio, ratio, decode_picks.view()));
         for (size_t r = 0; r < item_spans.size(); ++r) {
           picks[item_spans[r]] = decode_picks.view().Slice(0, r, r + 1);
         }
@@ -340,9 +338,9 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
     }
     items.push_back(item);
   }
-  V4RL_RETURN_IF_ERROR(kc::DecodeAttention(
-      items, w.sink.data<float>(), heads, dim, window,
-      static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))));
+  V4RL_RETURN_IF_ERROR(
+      kc::DecodeAttention(items, w.sink.data<float>(), heads, dim, window,
+                          static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))));
   profile.Mark("attn.decode_kernel");
   std::vector<int64_t> row_offsets(st.spans.size()), cached(st.spans.size());
   int64_t total_rows = 0;

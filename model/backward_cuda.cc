@@ -365,12 +365,12 @@ absl::Status UploadParams(const ModelConfig& config, const ModelWeights& host,
       *slot = Tensor();
       return;
     }
-    const bool usable = spec.is_index_table ? source.dtype() == DType::kI32
-                                            : core::IsFloatingPoint(source.dtype());
+    const bool usable =
+        spec.is_index_table ? source.dtype() == DType::kI32 : core::IsFloatingPoint(source.dtype());
     if (!usable) {
       status = absl::InvalidArgumentError(absl::StrFormat(
-          "CudaBackward: parameter %s is %s, expected %s", spec.name,
-          source.view().DebugString(), spec.is_index_table ? "i32" : "floating point"));
+          "CudaBackward: parameter %s is %s, expected %s", spec.name, source.view().DebugString(),
+          spec.is_index_table ? "i32" : "floating point"));
       return;
     }
     if (slot->defined() && slot->view().device == core::Device::kCuda &&
@@ -568,9 +568,9 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
   const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
   if (loss_mask.device != core::Device::kCpu || loss_mask.dtype != DType::kF32 ||
       !loss_mask.is_contiguous() || !loss_mask.SameShape({batch, seq_len})) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "loss_mask must be a contiguous f32 host [%d, %d], got %s", batch, seq_len,
-        loss_mask.DebugString()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("loss_mask must be a contiguous f32 host [%d, %d], got %s", batch, seq_len,
+                        loss_mask.DebugString()));
   }
   ForwardOptions options = forward_options;
   options.return_hidden = true;
@@ -643,10 +643,9 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
   forward_options.index_replay = options.index_replay;
   NextTokenLossResult result;
   result.grads = ZeroGradients(model.config);
-  V4RL_ASSIGN_OR_RETURN(result.loss,
-                        CudaMaskedNextTokenLoss(backward, model, input_ids, mask.view(),
-                                                forward_options, &result.grads,
-                                                &result.routed_experts));
+  V4RL_ASSIGN_OR_RETURN(
+      result.loss, CudaMaskedNextTokenLoss(backward, model, input_ids, mask.view(), forward_options,
+                                           &result.grads, &result.routed_experts));
   return result;
 }
 

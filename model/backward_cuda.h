@@ -76,11 +76,11 @@ class CudaBackward {
 
 // A next-token cross entropy on the GPU weighted per position: loss = -Σ mask[b, t] ·
 // log p(ids[b, t+1] | ids[b, ≤ t]) / Σ mask (each sequence's last position must have mask 0;
-// supervised fine-tuning masks the prompt), by Forward (forward_options with return_hidden, return_streams
-// and save_activations forced on), kernels/cuda MaskedCrossEntropy and Backward; the gradients
-// are ADDED to *grads (ZeroGradients layout). input_ids: [B, T] i32/i64 host, T >= 2; loss_mask:
-// [B, T] f32 host. `model` is the Model `backward` was created from. routed_experts (optional)
-// receives Forward's routed ids.
+// supervised fine-tuning masks the prompt), by Forward (forward_options with return_hidden,
+// return_streams and save_activations forced on), kernels/cuda MaskedCrossEntropy and Backward; the
+// gradients are ADDED to *grads (ZeroGradients layout). input_ids: [B, T] i32/i64 host, T >= 2;
+// loss_mask: [B, T] f32 host. `model` is the Model `backward` was created from. routed_experts
+// (optional) receives Forward's routed ids.
 absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Model& model,
                                                const core::TensorView& input_ids,
                                                const core::TensorView& loss_mask,

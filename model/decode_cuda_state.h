@@ -16,11 +16,11 @@ namespace cuda_internal {
 
 // Device views of one sequence's state for one layer (inside the pool).
 struct LayerState {
-  TensorView ring;                    // [window, D] bf16
-  TensorView entries;                 // [capacity / m, D] bf16 (CSA, HCA)
-  TensorView comp_kv, comp_score;     // [(2|1)·m, c·D] bf16 / f32 (CSA, HCA)
-  TensorView index_keys;              // [capacity / m, di] bf16 (CSA)
-  TensorView index_kv, index_score;   // [2m, 2·di] bf16 / f32 (CSA)
+  TensorView ring;                   // [window, D] bf16
+  TensorView entries;                // [capacity / m, D] bf16 (CSA, HCA)
+  TensorView comp_kv, comp_score;    // [(2|1)·m, c·D] bf16 / f32 (CSA, HCA)
+  TensorView index_keys;             // [capacity / m, di] bf16 (CSA)
+  TensorView index_kv, index_score;  // [2m, 2·di] bf16 / f32 (CSA)
 };
 
 struct Sequence {
@@ -36,8 +36,8 @@ struct StepSpan {
 
 struct DecodeStepState {
   std::vector<StepSpan> spans;
-  Tensor positions;                  // [N] i32 device
-  Tensor main_cos, main_sin;         // [N, rd / 2] f32 device
+  Tensor positions;                   // [N] i32 device
+  Tensor main_cos, main_sin;          // [N, rd / 2] f32 device
   Tensor compress_cos, compress_sin;  // [N, rd / 2] f32 device
   const CudaDecodeStepOptions* options = nullptr;
   int64_t layer = 0;
@@ -47,7 +47,9 @@ struct DecodeStepState {
 inline char* Ptr(const TensorView& v, int64_t row) {
   return static_cast<char*>(v.data) + row * (v.nbytes() / std::max<int64_t>(v.shape[0], 1));
 }
-inline int64_t RowBytes(const TensorView& v) { return core::DTypeBytes(v.dtype, v.numel() / v.shape[0]); }
+inline int64_t RowBytes(const TensorView& v) {
+  return core::DTypeBytes(v.dtype, v.numel() / v.shape[0]);
+}
 
 }  // namespace cuda_internal
 }  // namespace v4rl::model

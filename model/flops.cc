@@ -31,7 +31,8 @@ ForwardFlops ForwardFlopsPerToken(const ModelConfig& c, int64_t seq_len) {
     });
     attention += qkv_width * 2 * keys;
     if (csa) {
-      const double ih = static_cast<double>(c.index_n_heads), id = static_cast<double>(c.index_head_dim);
+      const double ih = static_cast<double>(c.index_n_heads),
+                   id = static_cast<double>(c.index_head_dim);
       indexer += static_cast<double>(c.q_lora_rank) * ih * id + hidden * ih + 2 * hidden * 2 * id;
       indexer += ih * id * mean_over_positions([&](int64_t t) { return (t + 1) / ratio; });
     }

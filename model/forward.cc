@@ -118,10 +118,9 @@ absl::StatusOr<ForwardOutput> Forward(const Model& model, const core::TensorView
         options.routing_replay.empty()
             ? core::TensorView()
             : options.routing_replay[l].Reshape({num_tokens, config.num_experts_per_tok});
-    streams = BlockForward(layer, config, model.rope(layer.attention_type), batch, seq_len,
-                           streams, ids.view(), replay, &acts,
-                           options.index_replay.empty() ? core::TensorView()
-                                                        : options.index_replay[l]);
+    streams = BlockForward(
+        layer, config, model.rope(layer.attention_type), batch, seq_len, streams, ids.view(),
+        replay, &acts, options.index_replay.empty() ? core::TensorView() : options.index_replay[l]);
     if (options.return_routing) {
       Tensor routed = acts.moe.topk_idx;
       routed.mutable_view() = routed.view().Reshape({batch, seq_len, config.num_experts_per_tok});

@@ -1,7 +1,5 @@
 #include "model/forward_cuda.h"
 
-#include "model/forward_cuda_impl.h"
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -11,12 +9,13 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compressor.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
-#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/quant_sim.h"
 #include "kernels/plan/moe_dispatch.h"
+#include "model/forward_cuda_impl.h"
 
 namespace v4rl::model {
 namespace kc = kernels::cuda;
@@ -131,8 +130,8 @@ absl::Status CudaModel::Impl::KvQat(const TensorView& rows) {
 }
 
 absl::Status CudaModel::Impl::WeightedFp8ExpertActivations(const TensorView& act,
-                                                          const Tensor& pick_of_slot,
-                                                          const Tensor& weight) {
+                                                           const Tensor& pick_of_slot,
+                                                           const Tensor& weight) {
   if (!options.fp8_simulation) return absl::OkStatus();
   V4RL_RETURN_IF_ERROR(kc::MoeScalePicks(act, pick_of_slot.view(), weight.view()));
   return Fp8OperandInPlace(act);
@@ -245,8 +244,7 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
   V4RL_RETURN_IF_ERROR(RotateSequences(q.view(), rope, /*inverse=*/false));
   // The single K=V head.
   const Tensor kv = Dev(DType::kBF16, {num_tokens, 1, dim});
-  V4RL_RETURN_IF_ERROR(
-      kc::Gemm(*gemm, xq, w.wkv.view(), kv.view().Reshape({num_tokens, dim})));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wkv.view(), kv.view().Reshape({num_tokens, dim})));
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
   V4RL_RETURN_IF_ERROR(RotateSequences(kv.view(), rope, /*inverse=*/false));
   V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({num_tokens, dim})));

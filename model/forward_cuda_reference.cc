@@ -372,8 +372,8 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
 // picks or empty. Returns the block's output streams.
 Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, const RopeTable& rope,
              int64_t batch, int64_t seq_len, const Tensor& streams_in, const Tensor& token_ids,
-             const TensorView& replay, const TensorView& replay_index_topk,
-             BlockActivations* acts, Tensor* routed) {
+             const TensorView& replay, const TensorView& replay_index_topk, BlockActivations* acts,
+             Tensor* routed) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
@@ -420,8 +420,7 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   const Model& model = *impl_->model;
   const ModelConfig& config = model.config;
   const ModelWeights& w = impl_->weights;
-  V4RL_ASSIGN_OR_RETURN(const Tensor host_ids,
-                        TokenIds(input_ids, config.vocab_size, "input_ids"));
+  V4RL_ASSIGN_OR_RETURN(const Tensor host_ids, TokenIds(input_ids, config.vocab_size, "input_ids"));
   const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
   const int64_t num_tokens = batch * seq_len;
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
@@ -443,10 +442,9 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
                                   ? TensorView()
                                   : options.routing_replay[l].Reshape({num_tokens, k});
     Tensor routed;
-    streams = Block(run, layer, config, model.rope(layer.attention_type), batch, seq_len, streams,
-                    ids, replay,
-                    options.index_replay.empty() ? TensorView() : options.index_replay[l], &acts,
-                    &routed);
+    streams = Block(
+        run, layer, config, model.rope(layer.attention_type), batch, seq_len, streams, ids, replay,
+        options.index_replay.empty() ? TensorView() : options.index_replay[l], &acts, &routed);
     V4RL_RETURN_IF_ERROR(run.status());
     if (options.return_routing) {
       routed.mutable_view() = routed.view().Reshape({batch, seq_len, k});

@@ -9,16 +9,14 @@ namespace v4rl::model {
 using core::DType;
 using core::Tensor;
 
-absl::StatusOr<Tensor> TokenIds(const core::TensorView& ids, int64_t vocab_size,
-                                const char* what) {
+absl::StatusOr<Tensor> TokenIds(const core::TensorView& ids, int64_t vocab_size, const char* what) {
   if (ids.rank != 2 || (ids.dtype != DType::kI32 && ids.dtype != DType::kI64) ||
       ids.device != core::Device::kCpu) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s must be a CPU int32/int64 [batch, seq_len] tensor, got %s", what, ids.DebugString()));
   }
   if (ids.shape[0] == 0 || ids.shape[1] == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s is empty (%s)", what, ids.DebugString()));
+    return absl::InvalidArgumentError(absl::StrFormat("%s is empty (%s)", what, ids.DebugString()));
   }
   const int64_t batch = ids.shape[0], seq_len = ids.shape[1];
   Tensor out = Tensor::Empty(DType::kI32, {batch * seq_len});
@@ -41,9 +39,9 @@ absl::Status CheckRoutingReplay(const std::vector<core::TensorView>& replay,
                                 const ModelConfig& config, int64_t batch, int64_t seq_len) {
   if (replay.empty()) return absl::OkStatus();
   if (static_cast<int64_t>(replay.size()) != config.num_layers) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "routing_replay has %d layers, expected num_layers = %d", replay.size(),
-        config.num_layers));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("routing_replay has %d layers, expected num_layers = %d", replay.size(),
+                        config.num_layers));
   }
   const int64_t k = config.num_experts_per_tok;
   for (size_t l = 0; l < replay.size(); ++l) {
@@ -59,8 +57,8 @@ absl::Status CheckRoutingReplay(const std::vector<core::TensorView>& replay,
       const int32_t id = ids.data_as<int32_t>()[i];
       if (id < 0 || id >= config.num_routed_experts) {
         return absl::InvalidArgumentError(
-            absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)", l, i,
-                            id, config.num_routed_experts));
+            absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)", l, i, id,
+                            config.num_routed_experts));
       }
     }
   }
@@ -72,8 +70,7 @@ absl::Status CheckIndexReplay(const std::vector<core::TensorView>& replay,
   if (replay.empty()) return absl::OkStatus();
   if (static_cast<int64_t>(replay.size()) != config.num_layers) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "index_replay has %d layers, expected num_layers = %d", replay.size(),
-        config.num_layers));
+        "index_replay has %d layers, expected num_layers = %d", replay.size(), config.num_layers));
   }
   const int64_t entries = seq_len / config.csa_compress_ratio;
   const int64_t topk = std::min(config.index_topk, entries);
@@ -81,8 +78,8 @@ absl::Status CheckIndexReplay(const std::vector<core::TensorView>& replay,
     const core::TensorView& picks = replay[l];
     if (config.layer_types[l] != AttentionType::kCompressedSparse) {
       if (picks.data != nullptr) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "index_replay[%d] must be empty: layer %d has no indexer", l, l));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("index_replay[%d] must be empty: layer %d has no indexer", l, l));
       }
       continue;
     }
@@ -95,9 +92,9 @@ absl::Status CheckIndexReplay(const std::vector<core::TensorView>& replay,
     for (int64_t i = 0; i < picks.numel(); ++i) {
       const int32_t pick = picks.data_as<int32_t>()[i];
       if (pick < -1 || pick >= entries) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "index_replay[%d] entry %d is %d, expected -1 or an entry in [0, %d)", l, i, pick,
-            entries));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("index_replay[%d] entry %d is %d, expected -1 or an entry in [0, %d)",
+                            l, i, pick, entries));
       }
     }
   }

@@ -10,10 +10,10 @@ namespace v4rl::model {
 using core::DType;
 using core::Tensor;
 
-void IndexerForward(const IndexerWeights& weights, const ModelConfig& config,
-                    const RopeTable& rope, int64_t batch, int64_t seq_len,
-                    const core::TensorView& x, const core::TensorView& qr,
-                    IndexerActivations* acts, const core::TensorView& replay_topk) {
+void IndexerForward(const IndexerWeights& weights, const ModelConfig& config, const RopeTable& rope,
+                    int64_t batch, int64_t seq_len, const core::TensorView& x,
+                    const core::TensorView& qr, IndexerActivations* acts,
+                    const core::TensorView& replay_topk) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t heads = config.index_n_heads;
   const int64_t dim = config.index_head_dim;

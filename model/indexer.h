@@ -25,10 +25,9 @@ struct IndexerActivations {
 // x: [B·T, H] f32 (attention input); qr: [B·T, q_lora_rank] f32 (normalised q latent).
 // replay_topk: [B, T, min(index_topk, Nc)] i32 picks used instead of the selection (index
 // replay, checked by the caller), or an empty view.
-void IndexerForward(const IndexerWeights& weights, const ModelConfig& config,
-                    const RopeTable& rope, int64_t batch, int64_t seq_len,
-                    const core::TensorView& x, const core::TensorView& qr,
-                    IndexerActivations* acts,
+void IndexerForward(const IndexerWeights& weights, const ModelConfig& config, const RopeTable& rope,
+                    int64_t batch, int64_t seq_len, const core::TensorView& x,
+                    const core::TensorView& qr, IndexerActivations* acts,
                     const core::TensorView& replay_topk = core::TensorView());
 
 }  // namespace v4rl::model

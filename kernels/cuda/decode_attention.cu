@@ -1,12 +1,10 @@
-#include "kernels/cuda/decode_attention.h"
-
 #include <algorithm>
-#include <type_traits>
 #include <mutex>
+#include <type_traits>
 
 #include "absl/status/statusor.h"
-
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/staging.h"
 
 namespace v4rl::kernels::cuda {
@@ -342,8 +340,8 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   for (size_t first = 0; first < items.size(); first += 65535) {
     const unsigned count = static_cast<unsigned>(std::min<size_t>(65535, items.size() - first));
     const AttnParams params{*staged + first, sink, partial, heads, head_dim, window, splits, scale};
-    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits),
-                            32 * kAttnWarps>>>(params);
+    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), 32 * kAttnWarps>>>(
+        params);
     if (splits > 1) {
       DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads)), 128>>>(params);
     }
@@ -363,8 +361,8 @@ absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int6
   if (items.empty() || ld == 0) return absl::OkStatus();
   for (size_t i = 0; i < items.size(); ++i) {  // key rows are read 16 bytes at a time
     if (!Aligned16(items[i].keys)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda::DecodeIndexerScores: item %d's keys must be 16-byte aligned", i));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("cuda::DecodeIndexerScores: item %d's keys must be 16-byte aligned", i));
     }
   }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);

@@ -215,8 +215,9 @@ absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, 
   if (a.rows == 0) return absl::OkStatus();
   p.vec = Vec8Ok(p.x, p.ldx) && Vec8Ok(p.out, p.ldo) && p.dim % 8 == 0 &&
           (p.weight == nullptr || Vec8Ok(p.weight, p.dim));
-  const int threads = p.vec ? static_cast<int>(std::clamp<int64_t>((a.cols / 8 + 31) / 32 * 32, 32, 256))
-                            : (a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128));
+  const int threads =
+      p.vec ? static_cast<int>(std::clamp<int64_t>((a.cols / 8 + 31) / 32 * 32, 32, 256))
+            : (a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128));
   RmsNormKernel<<<static_cast<unsigned>(a.rows), threads>>>(p);
   return LaunchStatus(op);
 }
@@ -251,8 +252,13 @@ absl::Status RopeTableFill(const core::TensorView& inv_freq, int64_t first, int6
   const char* op = "cuda::RopeTableFill";
   if (absl::Status s = CheckRopeTables(op, inv_freq, cos, sin); !s.ok()) return s;
   RopeTableParams p{};
-  p = {inv_freq.data_as<float>(), cos.data_as<float>(), sin.data_as<float>(), first, stride,
-       cos.shape[0], cos.shape[1]};
+  p = {inv_freq.data_as<float>(),
+       cos.data_as<float>(),
+       sin.data_as<float>(),
+       first,
+       stride,
+       cos.shape[0],
+       cos.shape[1]};
   return LaunchRopeTable(op, p);
 }
 
@@ -267,8 +273,14 @@ absl::Status RopeTableAt(const core::TensorView& inv_freq, const core::TensorVie
     return s;
   }
   RopeTableParams p{};
-  p = {inv_freq.data_as<float>(), cos.data_as<float>(), sin.data_as<float>(), 0, 0, cos.shape[0],
-       cos.shape[1], positions.data_as<const int32_t>()};
+  p = {inv_freq.data_as<float>(),
+       cos.data_as<float>(),
+       sin.data_as<float>(),
+       0,
+       0,
+       cos.shape[0],
+       cos.shape[1],
+       positions.data_as<const int32_t>()};
   return LaunchRopeTable(op, p);
 }
 

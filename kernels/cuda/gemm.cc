@@ -63,7 +63,7 @@ struct GemmHandle::Impl {
   // the bucket's algorithm serves it (cublasLtMatmulAlgoCheck), querying its own when not.
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, uint32_t,
                          uint32_t, uint32_t, bool>;
-  struct Layouts {  // the n-dependent layouts of one exact n
+  struct Layouts {    // the n-dependent layouts of one exact n
     bool ok = false;  // `algo` serves this n (else plain cuBLAS)
     cublasLtMatmulAlgo_t algo = {};
     cublasLtMatrixLayout_t b = nullptr, c = nullptr;
@@ -129,8 +129,8 @@ bool GemmHandle::Impl::Heuristic(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout
   cublasLtMatmulPreference_t preference = nullptr;
   if (cublasLtMatmulPreferenceCreate(&preference) != CUBLAS_STATUS_SUCCESS) return false;
   const uint64_t bytes = static_cast<uint64_t>(workspace_bytes);
-  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                       &bytes, sizeof(bytes));
+  cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &bytes,
+                                       sizeof(bytes));
   cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                        &align_a, sizeof(align_a));
   cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,

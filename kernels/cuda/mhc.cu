@@ -1,7 +1,6 @@
 #include <algorithm>
 
 #include "core/dtype.h"
-
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device.h"
@@ -327,8 +326,8 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
   core::Tensor raw;  // the GEMM path's dot products; freed in stream order by the caching allocator
   if (a.gemm != nullptr && a.fn_split && p.streams_bf16) {
     raw = core::Tensor::Empty(DType::kF32, {num_tokens, 2 * num_mixes}, CachingDeviceAllocator());
-    if (absl::Status s = Gemm(*a.gemm, a.streams.Reshape({num_tokens, n * hidden}), a.fn,
-                              raw.view());
+    if (absl::Status s =
+            Gemm(*a.gemm, a.streams.Reshape({num_tokens, n * hidden}), a.fn, raw.view());
         !s.ok()) {
       return s;
     }
@@ -383,10 +382,19 @@ absl::Status MhcPost(const core::TensorView& streams, const core::TensorView& y,
                          CheckViewShape(op, "out", out, {num_tokens, n, hidden})}) {
     if (!s.ok()) return s;
   }
-  MhcPostParams p{streams.data, y.data, post.data_as<float>(), comb.data_as<float>(), out.data,
-                  num_tokens, hidden, static_cast<int>(n), IsBf16(streams), IsBf16(y), IsBf16(out),
-                  Vec8Ok(streams.data, hidden) && Vec8Ok(y.data, hidden) &&
-                      Vec8Ok(out.data, hidden)};
+  MhcPostParams p{
+      streams.data,
+      y.data,
+      post.data_as<float>(),
+      comb.data_as<float>(),
+      out.data,
+      num_tokens,
+      hidden,
+      static_cast<int>(n),
+      IsBf16(streams),
+      IsBf16(y),
+      IsBf16(out),
+      Vec8Ok(streams.data, hidden) && Vec8Ok(y.data, hidden) && Vec8Ok(out.data, hidden)};
   if (num_tokens * hidden == 0) return absl::OkStatus();
   // gridDim.y is at most 65535: tokens beyond go in further launches.
   for (int64_t first = 0; first < num_tokens; first += 65535) {

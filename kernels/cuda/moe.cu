@@ -98,7 +98,7 @@ struct CombineParams {
   void* out;
   int64_t num_tokens, hidden, k;
   bool eo_bf16, shared_bf16, out_bf16;
-  bool vec;  // 8-wide accesses (Vec8Ok on expert_out, shared and out)
+  bool vec;       // 8-wide accesses (Vec8Ok on expert_out, shared and out)
   bool weighted;  // false: every pick weighs 1
 };
 
@@ -316,12 +316,11 @@ absl::Status MoeScalePicks(const core::TensorView& act, const core::TensorView& 
                            const core::TensorView& topk_weight) {
   const char* op = "cuda::MoeScalePicks";
   using core::DType;
-  for (absl::Status s :
-       {CheckDeviceView(op, "act", act, {DType::kBF16, DType::kF32}),
-        CheckDeviceView(op, "pick_of_slot", pick_of_slot, {DType::kI32}),
-        CheckDeviceView(op, "topk_weight", topk_weight, {DType::kF32}),
-        CheckArg(act.rank == 2 && pick_of_slot.numel() == topk_weight.numel(), op,
-                 "act [P, I], pick_of_slot [N·k], topk_weight [N, k]")}) {
+  for (absl::Status s : {CheckDeviceView(op, "act", act, {DType::kBF16, DType::kF32}),
+                         CheckDeviceView(op, "pick_of_slot", pick_of_slot, {DType::kI32}),
+                         CheckDeviceView(op, "topk_weight", topk_weight, {DType::kF32}),
+                         CheckArg(act.rank == 2 && pick_of_slot.numel() == topk_weight.numel(), op,
+                                  "act [P, I], pick_of_slot [N·k], topk_weight [N, k]")}) {
     if (!s.ok()) return s;
   }
   const int64_t slots = pick_of_slot.numel();
@@ -329,9 +328,9 @@ absl::Status MoeScalePicks(const core::TensorView& act, const core::TensorView& 
   if (absl::Status s = CheckArg(slots < (int64_t{1} << 31), op, "too many slots"); !s.ok()) {
     return s;
   }
-  ScalePicksKernel<<<static_cast<unsigned>(slots), 256>>>(
-      act.data, IsBf16(act), act.shape[1], pick_of_slot.data_as<int32_t>(),
-      topk_weight.data_as<float>());
+  ScalePicksKernel<<<static_cast<unsigned>(slots), 256>>>(act.data, IsBf16(act), act.shape[1],
+                                                          pick_of_slot.data_as<int32_t>(),
+                                                          topk_weight.data_as<float>());
   return LaunchStatus(op);
 }
 

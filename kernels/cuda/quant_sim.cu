@@ -1,9 +1,8 @@
-#include "kernels/cuda/quant_sim.h"
-
 #include <cmath>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/quant_sim.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -69,7 +68,8 @@ __global__ void BlockQuantDequantKernel(QuantParams p) {
   const int64_t base = r * p.ld;
   const float max_code = p.fp8 ? 448.0f : 6.0f;
   float amax = p.fp8 ? 1e-4f : 6.0f * ldexpf(1.0f, -126);
-  for (int64_t c = begin + lane; c < end; c += 32) amax = fmaxf(amax, fabsf(LoadF(p.x, p.bf16, base + c)));
+  for (int64_t c = begin + lane; c < end; c += 32)
+    amax = fmaxf(amax, fabsf(LoadF(p.x, p.bf16, base + c)));
   amax = WarpMax(amax);
   const float scale = Pow2Ceil(amax / max_code);
   for (int64_t c = begin + lane; c < end; c += 32) {
@@ -133,8 +133,8 @@ absl::Status BlockQuantDequant(const core::TensorView& x, int64_t width, int64_t
   const int64_t blocks_per_row = (width + block - 1) / block;
   const int64_t items = rows * blocks_per_row;
   if (items == 0) return absl::OkStatus();
-  const QuantParams p{x.data, rows, ld, width, block, blocks_per_row, IsBf16(x),
-                      format == SimFormat::kFp8E4M3};
+  const QuantParams p{x.data, rows,           ld,        width,
+                      block,  blocks_per_row, IsBf16(x), format == SimFormat::kFp8E4M3};
   BlockQuantDequantKernel<<<static_cast<unsigned>((items + kWarpsPerBlock - 1) / kWarpsPerBlock),
                             32 * kWarpsPerBlock>>>(p);
   return LaunchStatus(op);
@@ -152,10 +152,11 @@ absl::Status Hadamard(const core::TensorView& x) {
   }
   if (rows == 0) return absl::OkStatus();
   // The same float as HadamardRef's 1 / sqrt(n).
-  const HadamardParams p{x.data, rows, ld, static_cast<int>(cols),
-                         1.0f / std::sqrt(static_cast<float>(cols)), IsBf16(x)};
+  const HadamardParams p{
+      x.data,   rows, ld, static_cast<int>(cols), 1.0f / std::sqrt(static_cast<float>(cols)),
+      IsBf16(x)};
   HadamardKernel<<<static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                      32 * kWarpsPerBlock>>>(p);
+                   32 * kWarpsPerBlock>>>(p);
   return LaunchStatus(op);
 }
 

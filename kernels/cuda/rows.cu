@@ -1,9 +1,8 @@
-#include "kernels/cuda/rows.h"
-
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/rows.h"
 
 namespace v4rl::kernels::cuda {
 namespace {

@@ -69,8 +69,10 @@ void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed, FnPath path =
   const Reference want = CpuPre(streams, fn, base, scale, head, 20);
 
   const Tensor d_streams = testing::ToDevice(streams, DType::kBF16);
-  const Tensor d_fn = path == FnPath::kF32 ? testing::ToDevice(fn, DType::kF32)
-                                           : testing::ToDevice(core::ToFloat32(SplitMhcFn(fn.view()).view()), DType::kBF16);
+  const Tensor d_fn =
+      path == FnPath::kF32
+          ? testing::ToDevice(fn, DType::kF32)
+          : testing::ToDevice(core::ToFloat32(SplitMhcFn(fn.view()).view()), DType::kBF16);
   auto gemm = GemmHandle::Create();
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   const Tensor d_base = testing::ToDevice(base, DType::kF32);
@@ -94,8 +96,7 @@ void CheckPre(int64_t n, int64_t hidden, bool head, uint64_t seed, FnPath path =
   ASSERT_TRUE((head ? HcHeadPre(args) : MhcPre(args)).ok());
   const char* path_name[] = {"f32 fn", "split fn", "split fn gemm"};
   const std::string tag = std::string(head ? "hc_head" : "mhc pre") + " n=" + std::to_string(n) +
-                          " H=" + std::to_string(hidden) + " " +
-                          path_name[static_cast<int>(path)];
+                          " H=" + std::to_string(hidden) + " " + path_name[static_cast<int>(path)];
   EXPECT_TRUE(testing::CloseAndReport(tag + " pre", testing::ToHost(pre.view()).view(),
                                       want.pre.view(), kCoefficients));
   if (!head) {

@@ -45,7 +45,8 @@ TEST(CudaQuantSim, Fp8ActivationBlocksAndKvQatMatchTheCpuBitForBit) {
     // Activations: 17 rows of 1000, blocks of 128 over the first 936 (a partial last block).
     // Scales spread over many binades so that blocks take different exponents.
     Tensor x = testing::RandomNormal({17, 1000}, 7, 3.0f);
-    for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] *= std::ldexp(1.0f, int(i % 97) / 4 - 12);
+    for (int64_t i = 0; i < x.numel(); ++i)
+      x.data<float>()[i] *= std::ldexp(1.0f, int(i % 97) / 4 - 12);
     if (dtype == DType::kBF16) x = testing::RoundToBf16(x);
     Tensor want = Tensor::CopyOf(x.view());
     cpu::BlockQuantDequantRef(want.data<float>(), 17, 1000, 936, 128, SimFormat::kFp8E4M3);
@@ -80,8 +81,7 @@ TEST(CudaQuantSim, IndexerHadamardThenFp4MatchesTheCpuBitForBit) {
     ASSERT_TRUE(Hadamard(d.view()).ok());
     EXPECT_EQ(Mismatches(testing::ToHost(d.view()), rotated, "hadamard " + tag), 0);
     ASSERT_TRUE(BlockQuantDequant(d.view(), n, 32, SimFormat::kFp4E2M1).ok());
-    EXPECT_EQ(Mismatches(testing::ToHost(d.view()), want, "hadamard + fp4 blocks of 32 " + tag),
-              0);
+    EXPECT_EQ(Mismatches(testing::ToHost(d.view()), want, "hadamard + fp4 blocks of 32 " + tag), 0);
   }
 }
 
@@ -91,18 +91,19 @@ TEST(CudaQuantSim, SpecialValuesAsTheCpu) {
   // an infinity (its block turns NaN), values at the clamp and at E4M3's subnormal edge.
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  const std::vector<float> values = {0, 0, 0, 0, -0.0f, 1e-9f, -1e-7f, 0, 1, nan, -2, 3,
-                                     inf, 1, 2, 3, 448, -448, 447, 1e-3f, 1.0f / 512, 3.0f / 1024,
-                                     -1.0f / 64, 5};
+  const std::vector<float> values = {0,   0,    0,   0,     -0.0f,      1e-9f,       -1e-7f,     0,
+                                     1,   nan,  -2,  3,     inf,        1,           2,          3,
+                                     448, -448, 447, 1e-3f, 1.0f / 512, 3.0f / 1024, -1.0f / 64, 5};
   for (SimFormat format : {SimFormat::kFp8E4M3, SimFormat::kFp4E2M1}) {
     Tensor x = Tensor::FromFloats({6, 4}, values);
     Tensor want = Tensor::CopyOf(x.view());
     cpu::BlockQuantDequantRef(want.data<float>(), 6, 4, 4, 4, format);
     const Tensor d = testing::ToDevice(x, DType::kF32);
     ASSERT_TRUE(BlockQuantDequant(d.view(), 4, 4, format).ok());
-    EXPECT_EQ(Mismatches(testing::ToHost(d.view()), want,
-                         format == SimFormat::kFp8E4M3 ? "fp8 special values" : "fp4 special values"),
-              0);
+    EXPECT_EQ(
+        Mismatches(testing::ToHost(d.view()), want,
+                   format == SimFormat::kFp8E4M3 ? "fp8 special values" : "fp4 special values"),
+        0);
   }
 }
 

@@ -51,9 +51,10 @@ TEST(SftCuda, LossCurveFollowsTheCpuRunFor100Steps) {
     EXPECT_LE(diff, 1e-3) << "step " << i + 1 << ": gpu " << got.losses[i] << " cpu "
                           << want.losses[i];
   }
-  std::printf("[measured] sft --device cuda vs cpu, 100 steps: worst |loss difference| %.3e at "
-              "step %d (losses %.4f -> %.4f on the CPU)\n",
-              worst, worst_step, want.losses.front(), want.losses.back());
+  std::printf(
+      "[measured] sft --device cuda vs cpu, 100 steps: worst |loss difference| %.3e at "
+      "step %d (losses %.4f -> %.4f on the CPU)\n",
+      worst, worst_step, want.losses.front(), want.losses.back());
 }
 
 }  // namespace

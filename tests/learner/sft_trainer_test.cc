@@ -69,8 +69,8 @@ TEST(Sft, InvalidOptionsNameEveryProblem) {
   options.steps = 0;
   options.batch_size = -1;
   options.recompute = true;  // with a gradient backend: CPU-only option
-  options.gradient_backend = [](const model::Model&)
-      -> absl::StatusOr<std::unique_ptr<SftGradientBackend>> {
+  options.gradient_backend =
+      [](const model::Model&) -> absl::StatusOr<std::unique_ptr<SftGradientBackend>> {
     return MakeCpuSftGradientBackend(false);
   };
   EXPECT_THAT(RunSft(options).status(),

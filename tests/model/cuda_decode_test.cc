@@ -283,8 +283,7 @@ TEST(CudaDecodeTest, Fp8SimulationDecodeMatchesForward) {
     V4RL_ASSERT_OK_AND_ASSIGN(auto gpu, CudaModel::Create(model));
     V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput plain, gpu->Forward(ids.view(), options));
     options.fp8_simulation = true;
-    V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput simulated,
-                              gpu->Forward(ids.view(), options));
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput simulated, gpu->Forward(ids.view(), options));
     const Tensor per_sequence = RunGpu(*gpu, model.config, ids, schedule, &routing, &picks,
                                        /*batched=*/false, /*device_moe=*/false,
                                        /*fp8_simulation=*/true);

@@ -73,10 +73,11 @@ TEST(ForwardFlops, MidConfigIsDominatedByItsActiveParameters) {
   auto config = LoadModelConfig(std::string(root ? root : ".") + "/configs/models/mid.json");
   ASSERT_TRUE(config.ok()) << config.status();
   const ForwardFlops f = ForwardFlopsPerToken(*config, 4096);
-  std::printf("[measured] mid config, T = 4096: forward %.3f GFLOP/token (projections %.3f, "
-              "attention %.3f, indexer %.3f), training %.3f GFLOP/token\n",
-              f.forward() / 1e9, f.projections / 1e9, f.attention / 1e9, f.indexer / 1e9,
-              f.training() / 1e9);
+  std::printf(
+      "[measured] mid config, T = 4096: forward %.3f GFLOP/token (projections %.3f, "
+      "attention %.3f, indexer %.3f), training %.3f GFLOP/token\n",
+      f.forward() / 1e9, f.projections / 1e9, f.attention / 1e9, f.indexer / 1e9,
+      f.training() / 1e9);
   const double active = static_cast<double>(CountParameters(*config).active);
   const double embedding = static_cast<double>(config->vocab_size) * config->hidden_size;
   EXPECT_NEAR(f.projections / (2 * (active - embedding)), 1.0, 0.02);

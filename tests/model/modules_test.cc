@@ -131,8 +131,7 @@ TEST(ForwardTest, IndexReplayUsesTheGivenPicks) {
     replay.index_replay.push_back(p.defined() ? p.view() : core::TensorView());
   }
   V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput same, Forward(model, ids.view(), replay));
-  EXPECT_TRUE(std::equal(same.logits.data<float>(),
-                         same.logits.data<float>() + same.logits.numel(),
+  EXPECT_TRUE(std::equal(same.logits.data<float>(), same.logits.data<float>() + same.logits.numel(),
                          base.logits.data<float>()));
   // Only the first visible entry for every query of layer 1.
   Tensor first = Tensor::CopyOf(picks[1].view());
