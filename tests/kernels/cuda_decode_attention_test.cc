@@ -1,0 +1,188 @@
+// The batched single-token decode kernels (kernels/cuda/decode_attention.h) against direct
+// double-precision references at V4-like shapes the model fixtures do not reach: 20 query heads
+// of 512 (two 16-head groups, the 16-byte shared-memory path), a 128-row ring that has wrapped,
+// top-k compressed picks with -1 padding, all visible entries (HCA), one long item whose keys are
+// split over many blocks; the indexer's scores with 20 heads of 128 (two 16-head register
+// chunks) and -inf padding. gpu label; skips without a device.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/device.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/testing/random_tensor.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+using core::DType;
+using core::Tensor;
+using testing::RandomNormal;
+
+// bf16 output of an fp32 online softmax: half an ulp plus reordering.
+constexpr testing::Tolerance kBf16Out{.atol = 2e-4, .rtol = 4e-3};
+
+struct Item {
+  int64_t position, num_comp;
+  std::vector<int32_t> picks;  // empty: every entry (HCA)
+};
+
+// Softmax over the item's keys with the sink, in double: keys are the ring rows of positions
+// t - min(t, W - 1) .. t - 1, the item's own row, then its compressed entries (picks or all).
+std::vector<float> Reference(const float* q, const Tensor& ring, const float* own,
+                             const Tensor& comp, const Item& it, const std::vector<float>& sink,
+                             int64_t heads, int64_t dim, int64_t window, float scale) {
+  std::vector<const float*> keys;
+  const int64_t t = it.position, cached = std::min(t, window - 1);
+  for (int64_t p = t - cached; p < t; ++p) keys.push_back(ring.data<float>() + (p % window) * dim);
+  keys.push_back(own);
+  if (it.picks.empty()) {
+    for (int64_t e = 0; e < it.num_comp; ++e) keys.push_back(comp.data<float>() + e * dim);
+  } else {
+    for (int32_t w : it.picks) {
+      if (w >= 0 && w < it.num_comp) keys.push_back(comp.data<float>() + int64_t{w} * dim);
+    }
+  }
+  std::vector<float> out(heads * dim);
+  for (int64_t h = 0; h < heads; ++h) {
+    std::vector<double> s(keys.size());
+    double mx = sink[h];
+    for (size_t j = 0; j < keys.size(); ++j) {
+      double d = 0;
+      for (int64_t c = 0; c < dim; ++c) d += double(q[h * dim + c]) * keys[j][c];
+      s[j] = d * scale;
+      mx = std::max(mx, s[j]);
+    }
+    double denom = std::exp(sink[h] - mx);
+    for (double& v : s) denom += (v = std::exp(v - mx));
+    for (int64_t c = 0; c < dim; ++c) {
+      double acc = 0;
+      for (size_t j = 0; j < keys.size(); ++j) acc += s[j] * keys[j][c];
+      out[h * dim + c] = static_cast<float>(acc / denom);
+    }
+  }
+  return out;
+}
+
+TEST(CudaDecodeAttention, TwentyHeadsOf512WrappedRingPicksAndSplits) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t heads = 20, dim = 512, window = 128;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  // Items: early (ring not full), wrapped ring with top-k picks (-1 and out-of-range padding),
+  // HCA with every entry, and a long one (the splits path when it is alone below).
+  const std::vector<Item> items = {
+      {5, 1, {0, -1, -1}},
+      {300, 75, {3, 70, 11, -1, 74}},
+      {1000, 7, {}},
+      {4000, 1000, {}},
+  };
+  const Tensor sink_host = RandomNormal({heads}, 90, 0.5f);
+  std::vector<float> sink(sink_host.data<float>(), sink_host.data<float>() + heads);
+  const Tensor d_sink = testing::ToDevice(sink_host, DType::kF32);
+  std::vector<Tensor> host_q, host_ring, host_own, host_comp, d_q, d_ring, d_own, d_comp, d_out;
+  std::vector<Tensor> d_picks;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const uint64_t seed = 100 + 10 * i;
+    host_q.push_back(testing::RoundToBf16(RandomNormal({heads, dim}, seed)));
+    host_ring.push_back(testing::RoundToBf16(RandomNormal({window, dim}, seed + 1)));
+    host_own.push_back(testing::RoundToBf16(RandomNormal({dim}, seed + 2)));
+    host_comp.push_back(testing::RoundToBf16(RandomNormal({items[i].num_comp, dim}, seed + 3)));
+    d_q.push_back(testing::ToDevice(host_q[i], DType::kBF16));
+    d_ring.push_back(testing::ToDevice(host_ring[i], DType::kBF16));
+    d_own.push_back(testing::ToDevice(host_own[i], DType::kBF16));
+    d_comp.push_back(testing::ToDevice(host_comp[i], DType::kBF16));
+    d_out.push_back(Tensor::Empty(DType::kBF16, {heads, dim}, DeviceAllocator()));
+    Tensor picks = Tensor::Empty(DType::kI32, {std::max<int64_t>(1, items[i].picks.size())});
+    std::copy(items[i].picks.begin(), items[i].picks.end(), picks.data<int32_t>());
+    d_picks.push_back(testing::ToDevice(picks, DType::kI32));
+  }
+  auto run = [&](const std::vector<size_t>& which, const std::string& tag) {
+    std::vector<DecodeAttentionItem> batch;
+    for (size_t i : which) {
+      DecodeAttentionItem it;
+      it.q = d_q[i].data<uint16_t>();
+      it.ring = d_ring[i].data<uint16_t>();
+      it.own_kv = d_own[i].data<uint16_t>();
+      it.comp = d_comp[i].data<uint16_t>();
+      it.num_comp = items[i].num_comp;
+      if (!items[i].picks.empty()) {
+        it.comp_idx = d_picks[i].data<int32_t>();
+        it.comp_topk = static_cast<int64_t>(items[i].picks.size());
+      }
+      it.out = d_out[i].data<uint16_t>();
+      it.position = items[i].position;
+      batch.push_back(it);
+    }
+    ASSERT_TRUE(DecodeAttention(batch, d_sink.data<float>(), heads, dim, window, scale).ok());
+    for (size_t i : which) {
+      const std::vector<float> want =
+          Reference(host_q[i].data<float>(), host_ring[i], host_own[i].data<float>(),
+                    host_comp[i], items[i], sink, heads, dim, window, scale);
+      const Tensor want_t = Tensor::FromFloats({heads, dim}, want);
+      EXPECT_TRUE(testing::CloseAndReport(tag + " item " + std::to_string(i),
+                                          testing::ToHost(d_out[i].view()).view(), want_t.view(),
+                                          kBf16Out));
+    }
+  };
+  run({0, 1, 2, 3}, "decode attention batch of 4");
+  run({3}, "decode attention long item alone (key splits)");
+}
+
+TEST(CudaDecodeIndexer, TwentyHeadsOf128WithPadding) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t heads = 20, dim = 128, ld = 300;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  const std::vector<int64_t> num_keys = {1, 299, 150};
+  std::vector<Tensor> host_q, host_w, host_k, d_q, d_w, d_k;
+  const Tensor scores = Tensor::Empty(DType::kF32, {3, ld}, DeviceAllocator());
+  std::vector<DecodeIndexerItem> items;
+  for (size_t i = 0; i < num_keys.size(); ++i) {
+    host_q.push_back(testing::RoundToBf16(RandomNormal({heads, dim}, 200 + i)));
+    host_w.push_back(RandomNormal({heads}, 210 + i));
+    host_k.push_back(testing::RoundToBf16(RandomNormal({num_keys[i], dim}, 220 + i)));
+    d_q.push_back(testing::ToDevice(host_q[i], DType::kBF16));
+    d_w.push_back(testing::ToDevice(host_w[i], DType::kF32));
+    d_k.push_back(testing::ToDevice(host_k[i], DType::kBF16));
+    DecodeIndexerItem it;
+    it.q = d_q[i].data<uint16_t>();
+    it.weights = d_w[i].data<float>();
+    it.keys = d_k[i].data<uint16_t>();
+    it.scores = scores.data<float>() + i * ld;
+    it.num_keys = num_keys[i];
+    items.push_back(it);
+  }
+  ASSERT_TRUE(DecodeIndexerScores(items, heads, dim, ld, scale).ok());
+  const Tensor got = testing::ToHost(scores.view());
+  Tensor want = Tensor::Empty(DType::kF32, {3, ld});
+  for (size_t i = 0; i < num_keys.size(); ++i) {
+    for (int64_t e = 0; e < ld; ++e) {
+      double sum = 0;
+      if (e < num_keys[i]) {
+        for (int64_t h = 0; h < heads; ++h) {
+          double d = 0;
+          for (int64_t c = 0; c < dim; ++c) {
+            d += double(host_q[i].data<float>()[h * dim + c]) * host_k[i].data<float>()[e * dim + c];
+          }
+          sum += std::max(d, 0.0) * scale * host_w[i].data<float>()[h];
+        }
+      } else {
+        sum = -std::numeric_limits<double>::infinity();
+      }
+      want.data<float>()[i * ld + e] = static_cast<float>(sum);
+    }
+  }
+  for (int64_t e = 0; e < 3 * ld; ++e) {
+    const float w = want.data<float>()[e], g = got.data<float>()[e];
+    if (std::isinf(w)) {
+      EXPECT_TRUE(std::isinf(g) && g < 0) << "padding score " << e << " is " << g;
+    } else {
+      EXPECT_NEAR(g, w, 1e-4 + 1e-5 * std::fabs(w)) << "score " << e;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::cuda
