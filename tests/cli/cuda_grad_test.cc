@@ -1,8 +1,8 @@
 // `v4rl grad --device cuda` (forward, loss and backward on the GPU, fp32) against `--device cpu`
 // on the committed mixed_small model: the loss within 1e-6 relative, the same tensor names, and
 // every `grad.*` tensor within relative error by norm 1e-4 (fp32 on both sides; summation order
-// and atomics differ; a router near-tie closer than that rounding would flip a pick, which these
-// 480 picks are not measured to have). gpu label; skips without a device. Uses
+// and atomics differ). Both route with the fixture's routed ids (--replay_routing); the indexer
+// selects on each side (an fp32 near-tie there would show as a larger error). gpu label; skips without a device. Uses
 // $V4RL_BINARY, else the `v4rl` next to this test (the device bundle's layout).
 #include <unistd.h>
 
@@ -37,8 +37,23 @@ TEST(CliCudaGrad, MatchesCpuGradients) {
   const std::string fixture = std::string(root ? root : ".") + "/tests/data/model/mixed_small";
   const std::string cpu_out = ::testing::TempDir() + "/cuda_grad_cpu.safetensors";
   const std::string gpu_out = ::testing::TempDir() + "/cuda_grad_gpu.safetensors";
-  const std::string common =
-      "grad --model " + fixture + "/model --input " + fixture + "/reference.safetensors";
+  // Both devices route with the fixture's routed ids (--replay_routing), so that a router near-tie
+  // cannot pick different experts on the two sides: input_ids and routed_experts
+  // [layers, B, T, k] from the fixture's routed_ids [layers, B·T, k].
+  const std::string input = ::testing::TempDir() + "/cuda_grad_input.safetensors";
+  {
+    auto reference = core::SafetensorsFile::Open(fixture + "/reference.safetensors");
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    const core::Tensor ids = (*reference)->Read(*(*reference)->Find("input_ids"));
+    core::Tensor routed = (*reference)->Read(*(*reference)->Find("routed_ids"));
+    routed.mutable_view() = routed.view().Reshape(
+        {routed.size(0), ids.size(0), ids.size(1), routed.size(2)});
+    ASSERT_TRUE(core::WriteSafetensors(input, {{"input_ids", ids.view()},
+                                               {"routed_experts", routed.view()}})
+                    .ok());
+  }
+  const std::string common = "grad --model " + fixture + "/model --input " + input +
+                             " --replay_routing";
   const testing::CommandResult cpu = testing::RunV4rl(common + " --output " + cpu_out);
   ASSERT_EQ(cpu.exit_code, 0) << cpu.output;
   const testing::CommandResult gpu =
