@@ -21,14 +21,6 @@ namespace v4rl::model {
 namespace cuda_internal {
 namespace {
 
-// Queries the indexer scores per GEMM: at most `limit` and `count`, and few enough that the
-// [chunk, heads, entries] f32 score block stays within 256 MiB (16 queries at 1M tokens).
-int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, int64_t entries) {
-  constexpr int64_t kScoreFloats = int64_t{64} << 20;
-  const int64_t fits = kScoreFloats / std::max<int64_t>(1, heads * entries);
-  return std::max<int64_t>(1, std::min({limit, count, fits}));
-}
-
 // Appends the step's compressor rows (values, biased gate scores of x) to each sequence's
 // pending rows; every window completed becomes an entry (pooled, normalised, rotated at w·m).
 absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const CompressorWeights& w,

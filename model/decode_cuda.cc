@@ -12,7 +12,6 @@
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "kernels/cuda/elementwise.h"
-#include "kernels/cuda/mhc.h"
 #include "kernels/cuda/rows.h"
 #include "model/decode_cuda_state.h"
 
@@ -268,21 +267,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
 
   // hc_head collapse, model norm, head (every row, or each input's last).
   m.profile.Mark("other");
-  const Tensor pre = Dev(DType::kF32, {num_tokens, n});
-  const Tensor x = Dev(DType::kBF16, {num_tokens, hidden});
-  kc::MhcPreArgs head;
-  head.streams = streams.view();
-  head.fn = m.weights.hc_head.fn.view();
-  head.fn_split = true;
-  head.gemm = m.gemm.get();
-  head.base = m.weights.hc_head.base.view();
-  head.scale = m.weights.hc_head.scale.view();
-  head.pre = pre.view();
-  head.collapsed = x.view();
-  head.norm_eps = m.eps();
-  head.hc_eps = static_cast<float>(config.hc_eps);
-  V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), m.weights.norm.view(), m.eps(), x.view()));
+  V4RL_ASSIGN_OR_RETURN(const Tensor x, m.FinalHidden(streams));
   Tensor head_in = x;
   if (!options.all_logits) {
     head_in = Dev(DType::kBF16, {static_cast<int64_t>(inputs.size()), hidden});

@@ -110,6 +110,25 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& model)
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
 }
 
+absl::StatusOr<Tensor> CudaModel::Impl::FinalHidden(const Tensor& streams) {
+  const Tensor pre = Dev(DType::kF32, {num_tokens, config.hc_mult});
+  const Tensor x = Dev(DType::kBF16, {num_tokens, config.hidden_size});
+  kc::MhcPreArgs head;
+  head.streams = streams.view();
+  head.fn = weights.hc_head.fn.view();
+  head.fn_split = true;
+  head.gemm = gemm.get();
+  head.base = weights.hc_head.base.view();
+  head.scale = weights.hc_head.scale.view();
+  head.pre = pre.view();
+  head.collapsed = x.view();
+  head.norm_eps = eps();
+  head.hc_eps = static_cast<float>(config.hc_eps);
+  V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), weights.norm.view(), eps(), x.view()));
+  return x;
+}
+
 absl::StatusOr<TensorView> CudaModel::Impl::Fp8Operand(const TensorView& x, Tensor* storage) {
   if (!options.fp8_simulation) return x;
   *storage = Dev(x.dtype, x.shape_vector());
@@ -206,7 +225,7 @@ absl::StatusOr<Tensor> CudaModel::Impl::IndexerTopK(const IndexerWeights& w,
   const Tensor head_weights = Dev(DType::kF32, {num_tokens, heads});
   V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.weights_proj.view(), head_weights.view(),
                                 static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads)))));
-  const int64_t chunk = std::max<int64_t>(1, std::min(options.indexer_q_chunk, seq_len));
+  const int64_t chunk = IndexerQueryChunk(options.indexer_q_chunk, seq_len, heads, num_entries);
   const Tensor workspace =
       Dev(DType::kF32, {kc::IndexerTopKWorkspaceFloats(chunk, heads, num_entries)});
   for (int64_t b = 0; b < batch; ++b) {
@@ -575,21 +594,7 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
     V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));
   }
   // hc_head collapse, model norm, head.
-  const Tensor pre = Dev(DType::kF32, {m.num_tokens, n});
-  const Tensor x = Dev(DType::kBF16, {m.num_tokens, hidden});
-  kc::MhcPreArgs head;
-  head.streams = streams.view();
-  head.fn = m.weights.hc_head.fn.view();
-  head.fn_split = true;
-  head.gemm = m.gemm.get();
-  head.base = m.weights.hc_head.base.view();
-  head.scale = m.weights.hc_head.scale.view();
-  head.pre = pre.view();
-  head.collapsed = x.view();
-  head.norm_eps = m.eps();
-  head.hc_eps = static_cast<float>(config.hc_eps);
-  V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), m.weights.norm.view(), m.eps(), x.view()));
+  V4RL_ASSIGN_OR_RETURN(const Tensor x, m.FinalHidden(streams));
   // All positions, or each sequence's last one (rows b·T + T - 1: a strided row view).
   const int64_t positions = options.last_position_logits ? 1 : m.seq_len;
   const TensorView head_in =

@@ -4,6 +4,7 @@
 // Built only with V4RL_WITH_CUDA.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -72,6 +73,14 @@ struct RopeTables {
 };
 
 struct DecodeStepState;  // model/decode_cuda_state.h
+
+// Queries the indexer scores per GEMM: at most `limit` and `count`, and few enough that the
+// [chunk, heads, entries] f32 score block stays within 256 MiB (16 queries at 1M tokens).
+inline int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, int64_t entries) {
+  constexpr int64_t kScoreFloats = int64_t{64} << 20;
+  const int64_t fits = kScoreFloats / std::max<int64_t>(1, heads * entries);
+  return std::max<int64_t>(1, std::min({limit, count, fits}));
+}
 
 // Diagnostics: with V4RL_CUDA_PROFILE=1 in the environment, Mark(name) waits for the device and
 // adds the time since the previous mark to `name`; Report prints the sums to stderr and clears
@@ -167,6 +176,9 @@ struct CudaModel::Impl {
   absl::Status MoeDevicePlan(const MoeWeights& w, const TensorView& x, const Tensor& idx,
                              const Tensor& weight, const TensorView& out);
   absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
+  // The head's input [num_tokens, H] bf16: the hc_head collapse of the final streams
+  // [num_tokens, n, H], then the model norm. Shared by Forward and the decode step.
+  absl::StatusOr<Tensor> FinalHidden(const Tensor& streams);
 
   PhaseProfile profile;  // V4RL_CUDA_PROFILE=1 diagnostics
 
