@@ -5,9 +5,6 @@
 // tokens up to the first near-tie (printed: how many tokens agree before the first difference);
 // at least the first token of every row agrees. Uses $V4RL_BINARY, else the `v4rl` next to this
 // test (the device bundle's layout).
-#include <unistd.h>
-
-#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -22,16 +19,6 @@ namespace {
 
 using core::DType;
 using core::Tensor;
-
-void UseBundledBinaryIfUnset() {
-  if (std::getenv("V4RL_BINARY") != nullptr) return;
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return;
-  std::string dir(self, n);
-  dir = dir.substr(0, dir.rfind('/'));
-  setenv("V4RL_BINARY", (dir + "/v4rl").c_str(), 0);
-}
 
 std::string Fixture(const std::string& file) {
   const char* root = std::getenv("V4RL_SOURCE_DIR");
@@ -51,8 +38,7 @@ class CudaGenerateTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-    UseBundledBinaryIfUnset();
-    const Tensor ids = ReadTensor(Fixture("reference.safetensors"), "input_ids");  // [2, 40] i64
+      const Tensor ids = ReadTensor(Fixture("reference.safetensors"), "input_ids");  // [2, 40] i64
     Tensor prompts = Tensor::Empty(DType::kI64, {3, 37});
     for (int64_t b = 0; b < 3; ++b) {
       for (int64_t t = 0; t < 37; ++t) {

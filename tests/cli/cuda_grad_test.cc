@@ -2,11 +2,8 @@
 // on the committed mixed_small model: the loss within 1e-6 relative, the same tensor names, and
 // every `grad.*` tensor within relative error by norm 1e-4 (fp32 on both sides; summation order
 // and atomics differ). Both route with the fixture's routed ids (--replay_routing); the indexer
-// selects on each side (an fp32 near-tie there would show as a larger error). gpu label; skips without a device. Uses
-// $V4RL_BINARY, else the `v4rl` next to this test (the device bundle's layout).
-#include <unistd.h>
-
-#include <climits>
+// selects on each side (an fp32 near-tie there would show as a larger error). gpu label; skips
+// without a device. Uses $V4RL_BINARY, else the `v4rl` next to this test (the device bundle).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -20,19 +17,8 @@
 namespace v4rl {
 namespace {
 
-void UseBundledBinaryIfUnset() {
-  if (std::getenv("V4RL_BINARY") != nullptr) return;
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return;
-  std::string dir(self, n);
-  dir = dir.substr(0, dir.rfind('/'));
-  setenv("V4RL_BINARY", (dir + "/v4rl").c_str(), 0);
-}
-
 TEST(CliCudaGrad, MatchesCpuGradients) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  UseBundledBinaryIfUnset();
   const char* root = std::getenv("V4RL_SOURCE_DIR");
   const std::string fixture = std::string(root ? root : ".") + "/tests/data/model/mixed_small";
   const std::string cpu_out = ::testing::TempDir() + "/cuda_grad_cpu.safetensors";

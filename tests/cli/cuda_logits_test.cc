@@ -2,9 +2,6 @@
 // mixed_small model: same shapes, routed experts mostly equal, logits within the free-running
 // bounds of tests/model/cuda_forward_test.cc (gpu label; skips without a device). Uses
 // $V4RL_BINARY, else the `v4rl` next to this test (the device bundle's layout).
-#include <unistd.h>
-
-#include <climits>
 #include <cstdlib>
 #include <string>
 
@@ -17,16 +14,6 @@
 namespace v4rl {
 namespace {
 
-void UseBundledBinaryIfUnset() {
-  if (std::getenv("V4RL_BINARY") != nullptr) return;
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return;
-  std::string dir(self, n);
-  dir = dir.substr(0, dir.rfind('/'));
-  setenv("V4RL_BINARY", (dir + "/v4rl").c_str(), 0);
-}
-
 core::Tensor ReadTensor(const std::string& path, const std::string& name) {
   auto file = core::SafetensorsFile::Open(path);
   EXPECT_TRUE(file.ok()) << file.status();
@@ -38,7 +25,6 @@ core::Tensor ReadTensor(const std::string& path, const std::string& name) {
 
 TEST(CliCudaLogits, MatchesCpuLogits) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  UseBundledBinaryIfUnset();
   const char* root = std::getenv("V4RL_SOURCE_DIR");
   const std::string fixture = std::string(root ? root : ".") + "/tests/data/model/mixed_small";
   const std::string cpu_out = ::testing::TempDir() + "/cuda_logits_cpu.safetensors";

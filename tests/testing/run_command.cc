@@ -1,7 +1,9 @@
 #include "tests/testing/run_command.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 
@@ -23,10 +25,26 @@ CommandResult RunCommand(const std::string& command) {
   return result;
 }
 
+namespace {
+
+// $V4RL_BINARY, else the `v4rl` beside the running test (the device bundle's bin/ layout), else
+// empty.
+std::string V4rlBinary() {
+  if (const char* binary = std::getenv("V4RL_BINARY")) return binary;
+  char self[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return "";
+  std::string beside(self, n);
+  beside = beside.substr(0, beside.rfind('/')) + "/v4rl";
+  return access(beside.c_str(), X_OK) == 0 ? beside : "";
+}
+
+}  // namespace
+
 CommandResult RunV4rl(const std::string& arguments) {
-  const char* binary = std::getenv("V4RL_BINARY");
-  EXPECT_NE(binary, nullptr) << "V4RL_BINARY is set by ctest";
-  return RunCommand(std::string(binary ? binary : "v4rl") + " " + arguments + " 2>&1");
+  const std::string binary = V4rlBinary();
+  EXPECT_FALSE(binary.empty()) << "V4RL_BINARY is set by ctest (or a v4rl beside the test)";
+  return RunCommand((binary.empty() ? std::string("v4rl") : binary) + " " + arguments + " 2>&1");
 }
 
 }  // namespace v4rl::testing

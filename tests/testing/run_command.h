@@ -14,7 +14,8 @@ struct CommandResult {
 // Runs `command` with /bin/sh; redirect stderr in the command ("2>&1") to capture it too.
 CommandResult RunCommand(const std::string& command);
 
-// Runs `$V4RL_BINARY arguments` (ctest sets V4RL_BINARY), stdout and stderr merged.
+// Runs `$V4RL_BINARY arguments` (ctest sets V4RL_BINARY; without it, the `v4rl` beside the test
+// executable, as in the device bundle), stdout and stderr merged.
 CommandResult RunV4rl(const std::string& arguments);
 
 }  // namespace v4rl::testing
