@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "absl/status/status.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -29,13 +30,7 @@ namespace {
 namespace kc = kernels::cuda;
 using core::DType;
 using core::Tensor;
-
-void Check(const absl::Status& status, const char* what) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-    std::exit(1);
-  }
-}
+using bench::Check;
 
 // A device tensor of N(0, stddev) values in `dtype` (bf16 or f32).
 Tensor RandomDevice(DType dtype, const core::Shape& shape, uint64_t seed, float stddev) {

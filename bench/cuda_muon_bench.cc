@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/cuda/blas.h"
@@ -28,13 +29,7 @@ namespace {
 namespace kc = kernels::cuda;
 using core::DType;
 using core::Tensor;
-
-void Check(const absl::Status& status, const char* what) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
-    std::exit(1);
-  }
-}
+using bench::Check;
 
 // Fills a device f32 tensor by tiling one host block of N(0, stddev) values (or zeros).
 void Fill(const Tensor& device, const Tensor& block) {
