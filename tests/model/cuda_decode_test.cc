@@ -109,6 +109,44 @@ Tensor StepRows(const Tensor& table, const std::vector<Piece>& step, int64_t n) 
   return rows;
 }
 
+// A step's logits [N, V] (rows in step order) into their [B, T, V] places.
+void ScatterStepLogits(const std::vector<Piece>& step, const Tensor& rows, Tensor* logits) {
+  const int64_t length = logits->size(1), vocab = logits->size(2);
+  int64_t row = 0;
+  for (const Piece& piece : step) {
+    for (int64_t i = 0; i < piece.count; ++i, ++row) {
+      std::copy_n(rows.data<float>() + row * vocab, vocab,
+                  logits->data<float>() + ((piece.b * length) + piece.position + i) * vocab);
+    }
+  }
+}
+
+// The CPU forward's discrete choices, to replay on the GPU: per layer routed ids [B, T, k] and
+// indexer picks [B, T, k'] (undefined for non-CSA layers).
+struct CpuSelections {
+  ForwardOutput forward;  // the CPU forward (logits, activations)
+  std::vector<Tensor> routing, picks;
+  void ReplayIn(CudaForwardOptions* options) const {
+    for (size_t l = 0; l < routing.size(); ++l) {
+      options->routing_replay.push_back(routing[l].view());
+      options->index_replay.push_back(picks[l].defined() ? picks[l].view() : core::TensorView());
+    }
+  }
+};
+
+absl::StatusOr<CpuSelections> SelectOnCpu(const Model& model, const Tensor& ids) {
+  ForwardOptions options;
+  options.return_routing = true;
+  options.save_activations = true;
+  CpuSelections out;
+  V4RL_ASSIGN_OR_RETURN(out.forward, Forward(model, ids.view(), options));
+  for (size_t l = 0; l < out.forward.blocks.size(); ++l) {
+    out.routing.push_back(out.forward.routed_experts[l]);
+    out.picks.push_back(out.forward.blocks[l].attn.indexer.topk);
+  }
+  return out;
+}
+
 // Runs `schedule` through a CudaDecoder; returns logits [B, T, V].
 Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
               const Schedule& schedule, const std::vector<Tensor>* routing,
@@ -155,13 +193,7 @@ Tensor RunGpu(CudaModel& gpu, const ModelConfig& config, const Tensor& ids,
     auto out = (*decoder)->Step(inputs, options);
     EXPECT_TRUE(out.ok()) << out.status();
     if (!out.ok()) return logits;
-    int64_t row = 0;
-    for (const Piece& piece : step) {
-      for (int64_t i = 0; i < piece.count; ++i, ++row) {
-        std::copy_n(out->logits.data<float>() + row * vocab, vocab,
-                    logits.data<float>() + ((piece.b * length) + piece.position + i) * vocab);
-      }
-    }
+    ScatterStepLogits(step, out->logits, &logits);
   }
   return logits;
 }
@@ -183,13 +215,7 @@ Tensor RunCpu(const Model& model, const Tensor& ids, const Schedule& schedule) {
     options.all_logits = true;
     auto out = DecodeStep(model, inputs, options);
     EXPECT_TRUE(out.ok()) << out.status();
-    int64_t row = 0;
-    for (const Piece& piece : step) {
-      for (int64_t i = 0; i < piece.count; ++i, ++row) {
-        std::copy_n(out->logits.data<float>() + row * vocab, vocab,
-                    logits.data<float>() + ((piece.b * length) + piece.position + i) * vocab);
-      }
-    }
+    ScatterStepLogits(step, out->logits, &logits);
   }
   return logits;
 }
@@ -206,22 +232,13 @@ void CheckFixture(const std::string& fixture, uint64_t seed) {
               schedule.size());
 
   // CPU selections (routing, indexer picks) to replay on both GPU paths.
-  ForwardOptions cpu_options;
-  cpu_options.return_routing = true;
-  cpu_options.save_activations = true;
-  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput cpu, Forward(model, ids.view(), cpu_options));
-  std::vector<Tensor> routing, picks;
-  std::vector<core::TensorView> routing_views, pick_views;
-  for (size_t l = 0; l < cpu.blocks.size(); ++l) {
-    routing.push_back(cpu.routed_experts[l]);
-    picks.push_back(cpu.blocks[l].attn.indexer.topk);
-    routing_views.push_back(routing.back().view());
-    pick_views.push_back(picks.back().defined() ? picks.back().view() : core::TensorView());
-  }
+  V4RL_ASSERT_OK_AND_ASSIGN(const CpuSelections selections, SelectOnCpu(model, ids));
+  const ForwardOutput& cpu = selections.forward;
+  const std::vector<Tensor>& routing = selections.routing;
+  const std::vector<Tensor>& picks = selections.picks;
   V4RL_ASSERT_OK_AND_ASSIGN(auto gpu, CudaModel::Create(model));
   CudaForwardOptions forward_options;
-  forward_options.routing_replay = routing_views;
-  forward_options.index_replay = pick_views;
+  selections.ReplayIn(&forward_options);
   V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput full_replayed,
                             gpu->Forward(ids.view(), forward_options));
   V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput full_free, gpu->Forward(ids.view()));
@@ -267,19 +284,11 @@ TEST(CudaDecodeTest, Fp8SimulationDecodeMatchesForward) {
     ASSERT_TRUE(ref.ok());
     const Tensor ids = ToI32(ref.Get("input_ids"));
     const Schedule schedule = MakeSchedule(ids.size(0), ids.size(1), 21);
-    ForwardOptions cpu_options;
-    cpu_options.return_routing = true;
-    cpu_options.save_activations = true;
-    V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput cpu, Forward(model, ids.view(), cpu_options));
-    std::vector<Tensor> routing, picks;
+    V4RL_ASSERT_OK_AND_ASSIGN(const CpuSelections selections, SelectOnCpu(model, ids));
+    const std::vector<Tensor>& routing = selections.routing;
+    const std::vector<Tensor>& picks = selections.picks;
     CudaForwardOptions options;
-    for (size_t l = 0; l < cpu.blocks.size(); ++l) {
-      routing.push_back(cpu.routed_experts[l]);
-      picks.push_back(cpu.blocks[l].attn.indexer.topk);
-      options.routing_replay.push_back(routing.back().view());
-      options.index_replay.push_back(picks.back().defined() ? picks.back().view()
-                                                            : core::TensorView());
-    }
+    selections.ReplayIn(&options);
     V4RL_ASSERT_OK_AND_ASSIGN(auto gpu, CudaModel::Create(model));
     V4RL_ASSERT_OK_AND_ASSIGN(const CudaForwardOutput plain, gpu->Forward(ids.view(), options));
     options.fp8_simulation = true;
