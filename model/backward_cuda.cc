@@ -605,18 +605,20 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
   const Tensor device_targets = device(DType::kI32, {rows});
   const Tensor device_mask = device(DType::kF32, {rows});
   const Tensor losses = device(DType::kF32, {rows});
-  const Tensor dlogits = device(DType::kF32, {batch, seq_len, vocab});
   V4RL_RETURN_IF_ERROR(kc::Copy(targets.view(), device_targets.view()));
   V4RL_RETURN_IF_ERROR(kc::Copy(mask.view(), device_mask.view()));
+  // The gradient overwrites the logits in place (Backward does not read them): no second
+  // [B·T, V] buffer.
+  const TensorView logit_rows = forward.logits.view().Reshape({rows, vocab});
   V4RL_RETURN_IF_ERROR(kc::MaskedCrossEntropy(
-      forward.logits.view().Reshape({rows, vocab}), device_targets.view(), device_mask.view(),
-      mask_total > 0 ? static_cast<float>(1.0 / mask_total) : 0.0f, losses.view(),
-      dlogits.view().Reshape({rows, vocab})));
+      logit_rows, device_targets.view(), device_mask.view(),
+      mask_total > 0 ? static_cast<float>(1.0 / mask_total) : 0.0f, losses.view(), logit_rows));
+  const TensorView dlogits = forward.logits.view();
   Tensor host_losses = Tensor::Empty(DType::kF32, {rows});
   V4RL_RETURN_IF_ERROR(kc::Copy(losses.view(), host_losses.view()));
   double loss = 0;
   for (int64_t r = 0; r < rows; ++r) loss += host_losses.data<float>()[r];
-  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), grads));
+  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits, grads));
   if (routed_experts != nullptr) *routed_experts = forward.routed_experts;
   return loss;
 }
