@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "bench/bench_common.h"
 #include "absl/status/status.h"
+#include "bench/bench_common.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/cuda/attention.h"
@@ -28,9 +28,9 @@ namespace v4rl {
 namespace {
 
 namespace kc = kernels::cuda;
+using bench::Check;
 using core::DType;
 using core::Tensor;
-using bench::Check;
 
 // A device tensor of N(0, stddev) values in `dtype` (bf16 or f32).
 Tensor RandomDevice(DType dtype, const core::Shape& shape, uint64_t seed, float stddev) {

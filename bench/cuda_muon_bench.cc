@@ -27,9 +27,9 @@ namespace v4rl {
 namespace {
 
 namespace kc = kernels::cuda;
+using bench::Check;
 using core::DType;
 using core::Tensor;
-using bench::Check;
 
 // Fills a device f32 tensor by tiling one host block of N(0, stddev) values (or zeros).
 void Fill(const Tensor& device, const Tensor& block) {

@@ -38,7 +38,7 @@ class CudaGenerateTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-      const Tensor ids = ReadTensor(Fixture("reference.safetensors"), "input_ids");  // [2, 40] i64
+    const Tensor ids = ReadTensor(Fixture("reference.safetensors"), "input_ids");  // [2, 40] i64
     Tensor prompts = Tensor::Empty(DType::kI64, {3, 37});
     for (int64_t b = 0; b < 3; ++b) {
       for (int64_t t = 0; t < 37; ++t) {

@@ -32,14 +32,14 @@ TEST(CliCudaGrad, MatchesCpuGradients) {
     ASSERT_TRUE(reference.ok()) << reference.status();
     const core::Tensor ids = (*reference)->Read(*(*reference)->Find("input_ids"));
     core::Tensor routed = (*reference)->Read(*(*reference)->Find("routed_ids"));
-    routed.mutable_view() = routed.view().Reshape(
-        {routed.size(0), ids.size(0), ids.size(1), routed.size(2)});
-    ASSERT_TRUE(core::WriteSafetensors(input, {{"input_ids", ids.view()},
-                                               {"routed_experts", routed.view()}})
+    routed.mutable_view() =
+        routed.view().Reshape({routed.size(0), ids.size(0), ids.size(1), routed.size(2)});
+    ASSERT_TRUE(core::WriteSafetensors(
+                    input, {{"input_ids", ids.view()}, {"routed_experts", routed.view()}})
                     .ok());
   }
-  const std::string common = "grad --model " + fixture + "/model --input " + input +
-                             " --replay_routing";
+  const std::string common =
+      "grad --model " + fixture + "/model --input " + input + " --replay_routing";
   const testing::CommandResult cpu = testing::RunV4rl(common + " --output " + cpu_out);
   ASSERT_EQ(cpu.exit_code, 0) << cpu.output;
   const testing::CommandResult gpu =
