@@ -17,7 +17,10 @@ cd "$(dirname "$0")/.."
 binary="$1" config="${2:-configs/models/mid.json}" prefill="${3:-4096,16384,32768,131072}"
 batches="${4:-1,64,256}" out="${5:-/tmp/v4rl_decode}" python="${6:-/opt/torch/.venv/bin/python3}"
 mkdir -p "$out"
+# v4rl's JSON lines go to a file, then to stderr and the baseline (tee /dev/stderr would reopen
+# a redirected stderr file and lose them).
 "$binary" "$config" "$out" "$prefill" "$batches" "${CHUNK:-8192}" "${CONTEXT:-4096}" \
-    "${STEPS:-16}" | tee /dev/stderr |
-  "$python" bench/cuda_decode_baseline.py "$out" --decode-batches "${HF_DECODE_BATCHES:-1,64,256}" \
-    --context "${CONTEXT:-4096}" --steps "${STEPS:-16}"
+    "${STEPS:-16}" > "$out/v4rl.jsonl"
+cat "$out/v4rl.jsonl" >&2
+"$python" bench/cuda_decode_baseline.py "$out" --decode-batches "${HF_DECODE_BATCHES:-1,64,256}" \
+    --context "${CONTEXT:-4096}" --steps "${STEPS:-16}" < "$out/v4rl.jsonl"

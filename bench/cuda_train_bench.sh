@@ -13,5 +13,8 @@ cd "$(dirname "$0")/.."
 binary="$1" config="${2:-configs/models/mid.json}" seq_len="${3:-4096}" batch="${4:-1}"
 out="${5:-/tmp/v4rl_train}" python="${6:-/opt/torch/.venv/bin/python3}"
 mkdir -p "$out"
-"$binary" "$config" "$out" "$seq_len" "$batch" 3 | tee /dev/stderr |
-  "$python" bench/cuda_train_baseline.py "$out"
+# v4rl's JSON lines go to a file, then to stderr and the baseline (tee /dev/stderr would reopen
+# a redirected stderr file and lose them).
+"$binary" "$config" "$out" "$seq_len" "$batch" 3 > "$out/v4rl.jsonl"
+cat "$out/v4rl.jsonl" >&2
+"$python" bench/cuda_train_baseline.py "$out" < "$out/v4rl.jsonl"

@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/plan/compressed_attention.h"
@@ -157,48 +158,15 @@ __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParam
 // ---- Tensor-core path (bf16 inputs, head_dim % 32 == 0, head_dim <= 512) ----
 //
 // MQA makes each query's scores a small GEMM: Q [16 heads, D] · Kᵀ [D, keys] and P [16, keys] ·
-// V [keys, D], so one block takes one query and up to 16 heads and runs both products on
-// mma.sync m16n8k16 (bf16 in, fp32 accumulate). Keys come in tiles of kTcKeys rows gathered into
-// shared memory (window rows, then compressed entries); four warps split the tile's keys for
-// Q·Kᵀ and the head dimension for P·V. The online softmax keeps its running max (starting at the
-// sink), sum and the fp32 output accumulators across tiles; P is rounded to bf16 for the second
-// product, as flash attention does.
-constexpr int kTcWarps = 4;
-constexpr int kTcThreads = 32 * kTcWarps;
-constexpr int kTcHeads = 16;
-constexpr int kTcKeys = 64;
-constexpr int kTcMaxTiles = 16;  // D / 32 output n-tiles per warp, D <= 512
-
-__device__ __forceinline__ void MmaBf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ uint32_t Pack(uint16_t lo, uint16_t hi) {
-  return uint32_t(lo) | (uint32_t(hi) << 16);
-}
-
-size_t TcSharedBytes(int64_t head_dim) {
-  const int64_t stride = head_dim + 8;  // bf16 row stride, padded against bank conflicts
-  return sizeof(uint16_t) * (kTcHeads * stride + kTcKeys * stride +
-                             kTcHeads * (kTcKeys + 8)) +
-         sizeof(float) * (kTcHeads * kTcKeys + 4 * kTcHeads) + sizeof(int) * kTcKeys;
-}
-
+// V [keys, D], so one block takes one query and up to 16 heads; its keys (window rows, then
+// compressed entries) come in tiles of kTcKeys rows gathered into shared memory (cp.async) and
+// go through the shared tensor-core tile (attention_tile.cuh), the running max starting at the
+// sink.
 __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionParams p) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
-  const int64_t D = p.head_dim, stride = D + 8;
-  uint16_t* q_s = reinterpret_cast<uint16_t*>(tc_smem);        // [16][stride]
-  uint16_t* k_s = q_s + kTcHeads * stride;                       // [kTcKeys][stride]
-  uint16_t* p_s = k_s + kTcKeys * stride;                        // [16][kTcKeys + 8]
-  float* s_s = reinterpret_cast<float*>(p_s + kTcHeads * (kTcKeys + 8));  // [16][kTcKeys]
-  float* run_max = s_s + kTcHeads * kTcKeys;
-  float* run_sum = run_max + kTcHeads;
-  float* rescale = run_sum + kTcHeads;
-  int* valid = reinterpret_cast<int*>(rescale + 2 * kTcHeads);  // [kTcKeys]
+  const int64_t D = p.head_dim;
+  const TcTile tile_smem = TcCarve(tc_smem, D);
+  const int64_t stride = tile_smem.stride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
 
@@ -215,141 +183,66 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
                          : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
   }
   const int64_t num_keys = num_window + num_comp_slots;
-  const int64_t vec_per_row = D / 8;  // 16-byte vectors of 8 bf16
+  const int vec_per_row = static_cast<int>(D / 8);  // 16-byte vectors of 8 bf16
 
   // Q rows of this query's heads (zero rows past the last head).
   const uint4* q_rows = reinterpret_cast<const uint4*>(
       static_cast<const uint16_t*>(p.q) + (i * p.num_heads + h0) * D);
-  for (int64_t e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
-    const int64_t h = e / vec_per_row, v = e % vec_per_row;
+  for (int e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
+    const int h = e / vec_per_row, v = e % vec_per_row;
     const uint4 value = h < heads ? q_rows[h * vec_per_row + v] : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(q_s + h * stride + v * 8) = value;
+    *reinterpret_cast<uint4*>(tile_smem.q + h * stride + v * 8) = value;
   }
   if (threadIdx.x < kTcHeads) {
-    run_max[threadIdx.x] = threadIdx.x < heads ? p.sink[h0 + threadIdx.x] : 0.0f;
-    run_sum[threadIdx.x] = 0.0f;
+    tile_smem.run_max[threadIdx.x] = threadIdx.x < heads ? p.sink[h0 + threadIdx.x] : 0.0f;
+    tile_smem.run_sum[threadIdx.x] = 0.0f;
   }
-  const int ntiles = static_cast<int>(D / 32);  // output n-tiles of 8 columns per warp
+  __shared__ const uint16_t* rows[kTcKeys];
   float acc[kTcMaxTiles][4];
 #pragma unroll
   for (int n = 0; n < kTcMaxTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
   for (int64_t tile = 0; tile < num_keys; tile += kTcKeys) {
-    __syncthreads();  // the previous tile's keys and probabilities are consumed
     // 1. Gather the tile's key rows (zeros for missing keys) and their validity.
     if (threadIdx.x < kTcKeys) {
       const int64_t j = tile + threadIdx.x;
-      int64_t row = -1;  // >= 0: raw row; <= -2: compressed entry -(row + 2)
+      const uint16_t* row = nullptr;
       if (j < num_keys) {
         if (j < num_window) {
-          row = first - p.kv_pos0 + j;
+          row = static_cast<const uint16_t*>(p.kv) + (first - p.kv_pos0 + j) * D;
         } else {
           int64_t w = j - num_window;
           if (p.comp_idx != nullptr) w = p.comp_idx[i * p.comp_topk + w];
-          if (w >= 0 && w < p.num_comp) row = -2 - w;
+          if (w >= 0 && w < p.num_comp) row = static_cast<const uint16_t*>(p.comp_kv) + w * D;
         }
       }
-      valid[threadIdx.x] = row == -1 ? 0 : (row >= 0 ? int(row) + 1 : int(row));
+      rows[threadIdx.x] = row;
+      tile_smem.valid[threadIdx.x] = row != nullptr;
     }
     __syncthreads();
-    for (int64_t e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
-      const int64_t k = e / vec_per_row, v = e % vec_per_row;
-      const int code = valid[k];
-      uint4 value = make_uint4(0, 0, 0, 0);
-      if (code > 0) {
-        value = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.kv) + int64_t(code - 1) * D)[v];
-      } else if (code < 0) {
-        value = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.comp_kv) + int64_t(-2 - code) * D)[v];
-      }
-      *reinterpret_cast<uint4*>(k_s + k * stride + v * 8) = value;
+    for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
+      const int k = e / vec_per_row, v = e % vec_per_row;
+      const uint16_t* row = rows[k];
+      CpAsync16(tile_smem.keys + k * stride + v * 8, row != nullptr ? row + v * 8 : p.kv,
+                row != nullptr);
     }
+    CpAsyncCommit();
+    CpAsyncWait<0>();
     __syncthreads();
-    // 2. S = scale · Q Kᵀ: warp w takes keys [16w, 16w + 16) as two n-tiles of 8.
-    {
-      float c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-      for (int64_t kk = 0; kk < D; kk += 16) {
-        uint32_t a[4];
-        a[0] = *reinterpret_cast<const uint32_t*>(q_s + g * stride + kk + 2 * t4);
-        a[1] = *reinterpret_cast<const uint32_t*>(q_s + (g + 8) * stride + kk + 2 * t4);
-        a[2] = *reinterpret_cast<const uint32_t*>(q_s + g * stride + kk + 2 * t4 + 8);
-        a[3] = *reinterpret_cast<const uint32_t*>(q_s + (g + 8) * stride + kk + 2 * t4 + 8);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const uint16_t* key = k_s + (16 * warp + 8 * j + g) * stride + kk + 2 * t4;
-          const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(key),
-                                 *reinterpret_cast<const uint32_t*>(key + 8)};
-          MmaBf16(c[j], a, b);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int col = 16 * warp + 8 * j + 2 * t4;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = g + (e >= 2 ? 8 : 0), key = col + (e & 1);
-          const bool ok = valid[key] != 0;
-          s_s[row * kTcKeys + key] = ok ? p.scale * c[j][e] : -INFINITY;
-        }
-      }
-    }
-    __syncthreads();
-    // 3. Online softmax, warp w on rows 4w .. 4w + 3: new max, rescale, P in bf16, sums.
-    for (int r = 4 * warp; r < 4 * warp + 4; ++r) {
-      const float s0 = s_s[r * kTcKeys + lane], s1 = s_s[r * kTcKeys + lane + 32];
-      const float old_max = run_max[r];
-      const float new_max = fmaxf(old_max, WarpMax(fmaxf(s0, s1)));
-      const float e0 = s0 == -INFINITY ? 0.0f : expf(s0 - new_max);
-      const float e1 = s1 == -INFINITY ? 0.0f : expf(s1 - new_max);
-      const float tile_sum = WarpSum(e0 + e1);
-      const __nv_bfloat16 b0 = __float2bfloat16(e0), b1 = __float2bfloat16(e1);
-      p_s[r * (kTcKeys + 8) + lane] = *reinterpret_cast<const uint16_t*>(&b0);
-      p_s[r * (kTcKeys + 8) + lane + 32] = *reinterpret_cast<const uint16_t*>(&b1);
-      if (lane == 0) {
-        const float factor = expf(old_max - new_max);
-        rescale[r] = factor;
-        run_sum[r] = run_sum[r] * factor + tile_sum;
-        run_max[r] = new_max;
-      }
-    }
-    __syncthreads();
-    // 4. O = O · rescale + P V: warp w owns output columns [w·D/4, (w+1)·D/4).
-    const float f0 = rescale[g], f1 = rescale[g + 8];
-#pragma unroll
-    for (int n = 0; n < kTcMaxTiles; ++n) {
-      if (n < ntiles) {
-        acc[n][0] *= f0, acc[n][1] *= f0, acc[n][2] *= f1, acc[n][3] *= f1;
-      }
-    }
-    for (int kk = 0; kk < kTcKeys; kk += 16) {
-      uint32_t a[4];
-      const int pstride = kTcKeys + 8;
-      a[0] = *reinterpret_cast<const uint32_t*>(p_s + g * pstride + kk + 2 * t4);
-      a[1] = *reinterpret_cast<const uint32_t*>(p_s + (g + 8) * pstride + kk + 2 * t4);
-      a[2] = *reinterpret_cast<const uint32_t*>(p_s + g * pstride + kk + 2 * t4 + 8);
-      a[3] = *reinterpret_cast<const uint32_t*>(p_s + (g + 8) * pstride + kk + 2 * t4 + 8);
-      const uint16_t* v0 = k_s + (kk + 2 * t4) * stride;
-#pragma unroll
-      for (int n = 0; n < kTcMaxTiles; ++n) {
-        if (n < ntiles) {
-          const int64_t col = warp * (D / 4) + 8 * n + g;
-          const uint32_t b[2] = {Pack(v0[col], v0[stride + col]),
-                                 Pack(v0[8 * stride + col], v0[9 * stride + col])};
-          MmaBf16(acc[n], a, b);
-        }
-      }
-    }
+    // 2-4. Scores, online softmax, P·V (ends synchronised: rows and keys may be refilled).
+    TcAttendTile(tile_smem, D, p.scale, acc);
   }
-  __syncthreads();
   // Normalise (the sink adds exp(sink - max) to the denominator) and store.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = g + 8 * half;
     if (r >= heads) continue;
-    const float denom = run_sum[r] + expf(p.sink[h0 + r] - run_max[r]);
+    const float denom =
+        tile_smem.run_sum[r] + expf(p.sink[h0 + r] - tile_smem.run_max[r]);
     const int64_t out_row = (i * p.num_heads + h0 + r) * D;
 #pragma unroll
     for (int n = 0; n < kTcMaxTiles; ++n) {
-      if (n < ntiles) {
+      if (n < static_cast<int>(D / 32)) {
         const int64_t col = warp * (D / 4) + 8 * n + 2 * t4;
         StoreF(p.out, p.out_bf16, out_row + col, acc[n][2 * half] / denom);
         StoreF(p.out, p.out_bf16, out_row + col + 1, acc[n][2 * half + 1] / denom);
@@ -358,7 +251,9 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
   }
   if (p.lse != nullptr && threadIdx.x < heads) {
     const int r = threadIdx.x;
-    p.lse[i * p.num_heads + h0 + r] = run_max[r] + logf(run_sum[r] + expf(p.sink[h0 + r] - run_max[r]));
+    p.lse[i * p.num_heads + h0 + r] =
+        tile_smem.run_max[r] +
+        logf(tile_smem.run_sum[r] + expf(p.sink[h0 + r] - tile_smem.run_max[r]));
   }
 }
 

@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "absl/status/statusor.h"
+#include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/staging.h"
@@ -10,9 +11,7 @@
 namespace v4rl::kernels::cuda {
 namespace {
 
-constexpr int kMaxLaneDims = 16;  // head_dim <= 512
-constexpr int kAttnWarps = 16;    // DecodeAttentionKernel: query heads a block serves
-constexpr int kTileKeys = 32;     // keys DecodeAttentionKernel stages in shared memory at a time
+constexpr int kMaxHeadDim = 512;
 
 __device__ __forceinline__ float Bf(const __nv_bfloat16* p, int64_t i) {
   return __bfloat162float(p[i]);
@@ -27,174 +26,116 @@ struct AttnParams {
   float scale;
 };
 
-constexpr int kIlp = 4;  // keys in flight per warp
-
-// Lane `lane`'s contiguous nj dims of a bf16 row as bf16 pairs (16-byte loads when nj % 8 == 0);
-// kept packed to hold kIlp keys in few registers.
-__device__ __forceinline__ void LoadLane(const __nv_bfloat16* row, int lane, int nj,
-                                         __nv_bfloat162* v) {
-  const __nv_bfloat16* p = row + lane * nj;
-  if (nj % 8 == 0) {
-#pragma unroll
-    for (int c = 0; c < kMaxLaneDims / 8; ++c) {
-      if (c * 8 < nj) {
-        const uint4 raw = reinterpret_cast<const uint4*>(p)[c];
-        const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) v[c * 4 + i] = b[i];
-      } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) v[c * 4 + i] = __float2bfloat162_rn(0.0f);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < kMaxLaneDims / 2; ++j) {
-      v[j].x = 2 * j < nj ? p[2 * j] : __float2bfloat16(0.0f);
-      v[j].y = 2 * j + 1 < nj ? p[2 * j + 1] : __float2bfloat16(0.0f);
-    }
-  }
-}
-
-// Block (item, group of kAttnWarps heads, key split); warp w takes head
-// blockIdx.y · kAttnWarps + w; lane l holds dims [l · nj, (l + 1) · nj). The item's keys in order
-// (window positions, its own row, the compressed entries) are cut into `splits` contiguous ranges;
-// the block stages its range kTileKeys keys at a time in shared memory (the one K=V head serves
-// every query head: each key leaves L2 once per block, not once per head) and each warp walks the
-// tile kIlp keys at a time with an fp32 online softmax. One split: the max starts at the sink and
+// Block (item, group of 16 heads, key split) on the tensor-core tile (attention_tile.cuh): the
+// item's keys in order (window positions, its own row, the compressed entries) are cut into
+// `splits` ranges of whole tiles; the block gathers its range kTcKeys rows at a time with cp.async
+// (missing picks are zero rows marked invalid). One split: the running max starts at the sink and
 // the output is written; several: partial (acc, max, denom) for DecodeAttentionCombine.
-__global__ void __launch_bounds__(32 * kAttnWarps) DecodeAttentionKernel(AttnParams p) {
-  __shared__ __align__(16) __nv_bfloat16 tile[kTileKeys * 32 * kMaxLaneDims];
-  __shared__ const __nv_bfloat16* tile_rows[kTileKeys];
+__global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t D = p.head_dim;
+  const TcTile tile_smem = TcCarve(smem, D);
+  const int64_t stride = tile_smem.stride;
+  __shared__ const uint16_t* rows[kTcKeys];
   const DecodeAttentionItem it = p.items[blockIdx.x];
-  const int lane = threadIdx.x % 32;
-  const int64_t h = int64_t{blockIdx.y} * kAttnWarps + threadIdx.x / 32;
-  const bool active = h < p.heads;  // idle warps still help stage the keys
-  const int nj = static_cast<int>(p.head_dim / 32);
-  float qr[kMaxLaneDims], acc[kMaxLaneDims];
-  {
-    __nv_bfloat162 raw[kMaxLaneDims / 2];
-    LoadLane(static_cast<const __nv_bfloat16*>(it.q) + (active ? h : 0) * p.head_dim, lane, nj,
-             raw);
-#pragma unroll
-    for (int j = 0; j < kMaxLaneDims / 2; ++j) {
-      qr[2 * j] = __low2float(raw[j]);
-      qr[2 * j + 1] = __high2float(raw[j]);
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kMaxLaneDims; ++j) acc[j] = 0.0f;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t h0 = int64_t{blockIdx.y} * kTcHeads;
+  const int heads = static_cast<int>(Min64(kTcHeads, p.heads - h0));
+  const int vec_per_row = static_cast<int>(D / 8);
   const bool single = p.splits == 1;
-  float mx = single && active ? p.sink[h] : -INFINITY, denom = single ? 1.0f : 0.0f;
-  const auto* ring = static_cast<const __nv_bfloat16*>(it.ring);
-  const auto* comp = static_cast<const __nv_bfloat16*>(it.comp);
+  const auto* q_rows = static_cast<const uint16_t*>(it.q) + h0 * D;
+  for (int e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
+    const int h = e / vec_per_row, v = e % vec_per_row;
+    CpAsync16(tile_smem.q + h * stride + v * 8, h < heads ? q_rows + h * D + v * 8 : q_rows,
+              h < heads);
+  }
+  CpAsyncCommit();
+  if (threadIdx.x < kTcHeads) {
+    tile_smem.run_max[threadIdx.x] =
+        single ? (threadIdx.x < heads ? p.sink[h0 + threadIdx.x] : 0.0f) : -INFINITY;
+    tile_smem.run_sum[threadIdx.x] = 0.0f;
+  }
+  const auto* ring = static_cast<const uint16_t*>(it.ring);
+  const auto* comp = static_cast<const uint16_t*>(it.comp);
   const int64_t t = it.position;
   const int64_t cached = Min64(t, p.window - 1);
-  const int64_t num_comp_keys = comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
+  const int64_t num_comp_keys =
+      comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
   const int64_t total = cached + 1 + num_comp_keys;
-  const int64_t chunk = (total + p.splits - 1) / p.splits;
-  const int64_t begin = Min64(total, int64_t{blockIdx.z} * chunk), end = Min64(total, begin + chunk);
-  auto key_at = [&](int64_t v) -> const __nv_bfloat16* {
-    if (v < cached) return ring + ((t - cached + v) % p.window) * p.head_dim;
-    if (v == cached) return static_cast<const __nv_bfloat16*>(it.own_kv);
-    const int64_t j = v - cached - 1;
-    if (it.comp_idx == nullptr) return comp + j * p.head_dim;
-    const int32_t w = it.comp_idx[j];
-    return w >= 0 && w < it.num_comp ? comp + int64_t{w} * p.head_dim : nullptr;
-  };
-  const int64_t vec_per_row = p.head_dim / 8;
-  for (int64_t base = begin; base < end; base += kTileKeys) {
-    __syncthreads();  // the previous tile is consumed
-    if (threadIdx.x < kTileKeys) {
+  const int64_t tiles = (total + kTcKeys - 1) / kTcKeys;
+  const int64_t chunk = (tiles + p.splits - 1) / p.splits * kTcKeys;
+  const int64_t begin = Min64(total, int64_t{blockIdx.z} * chunk);
+  const int64_t end = Min64(total, begin + chunk);
+  float acc[kTcMaxTiles][4];
+#pragma unroll
+  for (int n = 0; n < kTcMaxTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  for (int64_t base = begin; base < end; base += kTcKeys) {
+    if (threadIdx.x < kTcKeys) {
       const int64_t v = base + threadIdx.x;
-      tile_rows[threadIdx.x] = v < end ? key_at(v) : nullptr;
-    }
-    __syncthreads();
-    for (int64_t e = threadIdx.x; e < kTileKeys * vec_per_row; e += blockDim.x) {
-      const int64_t r = e / vec_per_row, c = e % vec_per_row;
-      const __nv_bfloat16* row = tile_rows[r];
-      *reinterpret_cast<uint4*>(tile + r * p.head_dim + c * 8) =
-          row != nullptr ? reinterpret_cast<const uint4*>(row)[c] : make_uint4(0, 0, 0, 0);
-    }
-    __syncthreads();
-    if (!active) continue;
-    for (int64_t v0 = base; v0 < Min64(end, base + kTileKeys); v0 += kIlp) {
-      const __nv_bfloat16* keys[kIlp];
-      __nv_bfloat162 kv[kIlp][kMaxLaneDims / 2];
-      float sc[kIlp];
-#pragma unroll
-      for (int i = 0; i < kIlp; ++i) {
-        const int64_t r = v0 + i - base;
-        keys[i] = v0 + i < end && tile_rows[r] != nullptr ? tile + r * p.head_dim : nullptr;
-        if (keys[i] != nullptr) {
-          LoadLane(keys[i], lane, nj, kv[i]);
+      const uint16_t* row = nullptr;
+      if (v < end) {
+        if (v < cached) {
+          row = ring + ((t - cached + v) % p.window) * D;
+        } else if (v == cached) {
+          row = static_cast<const uint16_t*>(it.own_kv);
         } else {
-#pragma unroll
-          for (int j = 0; j < kMaxLaneDims / 2; ++j) kv[i][j] = __float2bfloat162_rn(0.0f);
+          const int64_t j = v - cached - 1;
+          const int64_t w = it.comp_idx == nullptr ? j : it.comp_idx[j];
+          if (w >= 0 && w < it.num_comp) row = comp + w * D;
         }
       }
-#pragma unroll
-      for (int i = 0; i < kIlp; ++i) {
-        float d = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kMaxLaneDims / 2; ++j) {
-          d += qr[2 * j] * __low2float(kv[i][j]) + qr[2 * j + 1] * __high2float(kv[i][j]);
-        }
-        sc[i] = d;
-      }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) {
-#pragma unroll
-        for (int i = 0; i < kIlp; ++i) sc[i] += __shfl_xor_sync(0xffffffffu, sc[i], offset);
-      }
-      float next = mx;
-#pragma unroll
-      for (int i = 0; i < kIlp; ++i) {
-        sc[i] *= p.scale;
-        if (keys[i] != nullptr) next = fmaxf(next, sc[i]);
-      }
-      if (next == -INFINITY) continue;  // no valid key yet (split without a sink)
-      const float correction = expf(mx - next);
-      float e[kIlp];
-      denom *= correction;
-#pragma unroll
-      for (int i = 0; i < kIlp; ++i) {
-        e[i] = keys[i] != nullptr ? expf(sc[i] - next) : 0.0f;
-        denom += e[i];
-      }
-#pragma unroll
-      for (int j = 0; j < kMaxLaneDims / 2; ++j) {
-        float a0 = acc[2 * j] * correction, a1 = acc[2 * j + 1] * correction;
-#pragma unroll
-        for (int i = 0; i < kIlp; ++i) {
-          a0 += e[i] * __low2float(kv[i][j]);
-          a1 += e[i] * __high2float(kv[i][j]);
-        }
-        acc[2 * j] = a0;
-        acc[2 * j + 1] = a1;
-      }
-      mx = next;
+      rows[threadIdx.x] = row;
+      tile_smem.valid[threadIdx.x] = row != nullptr;
     }
-  }
-  if (!active) return;
-  if (single) {
-    auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim + lane * nj;
-#pragma unroll
-    for (int j = 0; j < kMaxLaneDims; ++j) {
-      if (j < nj) out[j] = __float2bfloat16(acc[j] / denom);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
+      const int k = e / vec_per_row, v = e % vec_per_row;
+      const uint16_t* row = rows[k];
+      CpAsync16(tile_smem.keys + k * stride + v * 8, row != nullptr ? row + v * 8 : q_rows,
+                row != nullptr);
     }
-    return;
+    CpAsyncCommit();
+    CpAsyncWait<0>();
+    __syncthreads();
+    TcAttendTile(tile_smem, D, p.scale, acc);  // ends synchronised
   }
-  const int64_t stride = p.head_dim + 2;
-  float* part = p.partial +
-                ((int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h) * stride;
+  CpAsyncWait<0>();  // the query rows, when the range is empty
+  __syncthreads();
+  const int ntiles = static_cast<int>(D / 32);
 #pragma unroll
-  for (int j = 0; j < kMaxLaneDims; ++j) {
-    if (j < nj) part[lane * nj + j] = acc[j];
-  }
-  if (lane == 0) {
-    part[p.head_dim] = mx;
-    part[p.head_dim + 1] = denom;
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    if (r >= heads) continue;
+    const int64_t h = h0 + r;
+    const float mx = tile_smem.run_max[r], sum = tile_smem.run_sum[r];
+    if (single) {
+      const float denom = sum + expf(p.sink[h] - mx);
+      auto* out = static_cast<__nv_bfloat16*>(it.out) + h * D;
+#pragma unroll
+      for (int n = 0; n < kTcMaxTiles; ++n) {
+        if (n < ntiles) {
+          const int64_t col = warp * (D / 4) + 8 * n + 2 * t4;
+          out[col] = __float2bfloat16(acc[n][2 * half] / denom);
+          out[col + 1] = __float2bfloat16(acc[n][2 * half + 1] / denom);
+        }
+      }
+      continue;
+    }
+    float* part = p.partial +
+                  ((int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h) * (D + 2);
+#pragma unroll
+    for (int n = 0; n < kTcMaxTiles; ++n) {
+      if (n < ntiles) {
+        const int64_t col = warp * (D / 4) + 8 * n + 2 * t4;
+        part[col] = acc[n][2 * half];
+        part[col + 1] = acc[n][2 * half + 1];
+      }
+    }
+    if (warp == 0 && t4 == 0) {
+      part[D] = mx;
+      part[D + 1] = sum;
+    }
   }
 }
 
@@ -288,20 +229,22 @@ absl::StatusOr<const T*> Stage(absl::Span<const T> items) {
 
 absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const float* sink,
                              int64_t heads, int64_t head_dim, int64_t window, float scale) {
-  if (head_dim % 32 != 0 || head_dim > 32 * kMaxLaneDims || heads < 1 || window < 1) {
+  if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 || window < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "cuda::DecodeAttention: head_dim %d must be a multiple of 32 <= 512", head_dim));
+        "cuda::DecodeAttention: head_dim %d must be a multiple of 32 <= 512, heads %d and "
+        "window %d positive", head_dim, heads, window));
   }
   if (items.empty()) return absl::OkStatus();
-  // The kernel copies key rows in 16-byte pieces.
+  // The kernel copies query and key rows in 16-byte pieces.
   for (size_t i = 0; i < items.size(); ++i) {
     const DecodeAttentionItem& it = items[i];
-    if (!Aligned16(it.ring) || !Aligned16(it.own_kv) || !Aligned16(it.comp)) {
+    if (!Aligned16(it.q) || !Aligned16(it.ring) || !Aligned16(it.own_kv) || !Aligned16(it.comp)) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda::DecodeAttention: item %d's ring, own_kv and comp must be 16-byte aligned", i));
+          "cuda::DecodeAttention: item %d's q, ring, own_kv and comp must be 16-byte aligned", i));
     }
   }
-  // Key splits: enough blocks to fill the device twice, at least 8 keys per split.
+  // Key splits of whole tiles: enough blocks for four per SM (two fit at a time with ~90 KB of
+  // shared memory each) when the batch alone does not.
   static const int sms = [] {
     int device = 0, count = 0;
     cudaGetDevice(&device);
@@ -313,10 +256,11 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
     const int64_t comp = it.comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
     max_keys = std::max(max_keys, std::min(it.position, window - 1) + 1 + comp);
   }
-  const int64_t groups = (heads + kAttnWarps - 1) / kAttnWarps;
+  const int64_t groups = (heads + kTcHeads - 1) / kTcHeads;
   const int64_t batch_blocks = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * groups;
   const int splits = static_cast<int>(std::clamp<int64_t>(
-      std::min((2 * sms + batch_blocks - 1) / batch_blocks, (max_keys + 7) / 8), 1, 256));
+      std::min((4 * sms + batch_blocks - 1) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys),
+      1, 1024));
   float* partial = nullptr;
   if (splits > 1) {
     static std::mutex mu;
@@ -335,13 +279,22 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
     }
     partial = buffer;
   }
+  const size_t shared = TcSharedBytes(head_dim);
+  static const cudaError_t attribute = cudaFuncSetAttribute(
+      DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(TcSharedBytes(kMaxHeadDim)));
+  if (attribute != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat("cuda::DecodeAttention: %d bytes of shared memory: %s",
+                                               TcSharedBytes(kMaxHeadDim),
+                                               cudaGetErrorString(attribute)));
+  }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();
   for (size_t first = 0; first < items.size(); first += 65535) {
     const unsigned count = static_cast<unsigned>(std::min<size_t>(65535, items.size() - first));
     const AttnParams params{*staged + first, sink, partial, heads, head_dim, window, splits, scale};
-    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), 32 * kAttnWarps>>>(
-        params);
+    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), kTcThreads,
+                            shared>>>(params);
     if (splits > 1) {
       DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads)), 128>>>(params);
     }
@@ -351,7 +304,7 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
 
 absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
                                  int64_t head_dim, int64_t ld, float score_scale) {
-  if (head_dim % 32 != 0 || head_dim > 32 * kMaxLaneDims || heads < 1 ||
+  if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 ||
       heads * head_dim * 4 > 48 * 1024 || (ld + kIndexKeys - 1) / kIndexKeys > 65535) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "cuda::DecodeIndexerScores: unsupported heads %d x head_dim %d (head_dim a multiple of "

@@ -3,19 +3,19 @@
 //  - DecodeAttention: sparse attention with the sink (semantics of attention.h / kernels/cpu/
 //    attention.h) for one query per item over its sliding window (the ring slots of positions
 //    t - min(t, window - 1) .. t - 1, then its own K=V row) and its compressed entries (the picks,
-//    or all of them). One block per (item, 16 heads, key split) stages 32 keys at a time in
-//    shared memory for all its heads (one K=V head); one warp per head, fp32 online softmax; few
-//    items (long-context single-stream decode) split each item's keys over enough blocks to fill
-//    the device, and a second launch merges the splits with the sink; fp32 probabilities (the
-//    tensor-core prefill kernel rounds them to bf16, so results differ by that rounding).
+//    or all of them). One block per (item, 16 heads, key split) gathers 64 keys at a time into
+//    shared memory (cp.async) and runs the tensor-core tile of the prefill kernel
+//    (attention_tile.cuh: Q·Kᵀ and P·V on mma.sync, fp32 online softmax, P rounded to bf16);
+//    few items (long-context single-stream decode) split each item's keys over enough blocks to
+//    fill the device, and a second launch merges the splits with the sink.
 //  - DecodeIndexerScores: the indexer's scores Σ_h w[h] · ReLU(q[h] · K[e]) · score_scale of one
 //    query per item (one thread per key) over its first num_keys entries, written to row i of a
 //    [items, ld] f32 matrix and -inf beyond num_keys (IndexerSelect with q_pos0 >= ld · ratio then
 //    picks the top-k of every row with the padding ranked last).
 // Items are host structs of device pointers, staged per call without a host sync
 // (kernels/cuda/staging.h).
-// bf16 only; head_dim % 32 == 0 and <= 512; key rows (ring, own_kv, comp, indexer keys) 16-byte
-// aligned (InvalidArgument otherwise).
+// bf16 only; head_dim % 32 == 0 and <= 512; queries and key rows (q, ring, own_kv, comp, indexer
+// keys) 16-byte aligned (InvalidArgument otherwise).
 // Thread-safety: one host thread at a time (shared staging buffer); default stream.
 #pragma once
 

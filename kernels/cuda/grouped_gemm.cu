@@ -30,18 +30,6 @@ struct GroupedParams {
   bool out_bf16, vec;  // vec: 16-byte loads (K % 8 == 0, aligned bases)
 };
 
-// 16 bytes global -> shared without passing through registers; src_bytes 0 writes zeros.
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
 // Copies a [64, kBk] bf16 tile (rows [row0, row_end), columns [k0, K)) into shared memory, zeros
 // outside: asynchronously in 16-byte pieces when vec (K % 8 == 0), else element by element.
 __device__ __forceinline__ void LoadTile(__nv_bfloat16* dst, const __nv_bfloat16* src,

@@ -1,0 +1,165 @@
+// The tensor-core attention tile shared by the prefill kernel (attention.cu: one query per block)
+// and the batched decode kernel (decode_attention.cu: one sequence's query per block): 16 query
+// heads against kTcKeys bf16 key rows staged in shared memory (one K=V head), mma.sync m16n8k16
+// with bf16 inputs and fp32 accumulation, an fp32 online softmax whose running max may start at
+// the sink or at -inf, P rounded to bf16 for the second product (as flash attention does).
+// Four warps: warp w takes keys [16w, 16w + 16) for Q·Kᵀ and output columns [w·D/4, (w+1)·D/4)
+// for P·V. D (head_dim) % 32 == 0 and D <= 512. Include only from .cu files.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+
+namespace v4rl::kernels::cuda {
+
+constexpr int kTcWarps = 4;
+constexpr int kTcThreads = 32 * kTcWarps;
+constexpr int kTcHeads = 16;
+constexpr int kTcKeys = 64;
+constexpr int kTcMaxTiles = 16;  // D / 32 output n-tiles of 8 columns per warp, D <= 512
+
+// Shared memory of one block: q [16][D + 8] and keys [kTcKeys][D + 8] bf16 (rows padded against
+// bank conflicts, 16-byte aligned), probabilities [16][kTcKeys + 8] bf16, scores [16][kTcKeys]
+// f32, per-head running max / sum / rescale factor, the keys' validity [kTcKeys].
+struct TcTile {
+  uint16_t* q;
+  uint16_t* keys;
+  uint16_t* probs;
+  float* scores;
+  float* run_max;
+  float* run_sum;
+  float* rescale;
+  int* valid;  // non-zero: a real key; zero: padding (score -inf)
+  int64_t stride;  // bf16 elements between rows of q and keys
+};
+
+inline size_t TcSharedBytes(int64_t head_dim) {
+  const int64_t stride = head_dim + 8;
+  return sizeof(uint16_t) * (kTcHeads * stride + kTcKeys * stride + kTcHeads * (kTcKeys + 8)) +
+         sizeof(float) * (kTcHeads * kTcKeys + 4 * kTcHeads) + sizeof(int) * kTcKeys;
+}
+
+__device__ __forceinline__ TcTile TcCarve(unsigned char* smem, int64_t head_dim) {
+  TcTile t;
+  t.stride = head_dim + 8;
+  t.q = reinterpret_cast<uint16_t*>(smem);
+  t.keys = t.q + kTcHeads * t.stride;
+  t.probs = t.keys + kTcKeys * t.stride;
+  t.scores = reinterpret_cast<float*>(t.probs + kTcHeads * (kTcKeys + 8));
+  t.run_max = t.scores + kTcHeads * kTcKeys;
+  t.run_sum = t.run_max + kTcHeads;
+  t.rescale = t.run_sum + kTcHeads;
+  t.valid = reinterpret_cast<int*>(t.rescale + 2 * kTcHeads);
+  return t;
+}
+
+__device__ __forceinline__ void MmaBf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Four 8x8 b16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8
+// (16-byte aligned). Without .trans lane l receives (row l / 4, columns 2(l % 4), +1) of each;
+// with .trans the transposed matrix's.
+__device__ __forceinline__ void LdMatrixX4(uint32_t r[4], const uint16_t* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t r[4], const uint16_t* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// One staged tile (keys and valid filled, then __syncthreads by the caller): S = scale · Q Kᵀ,
+// the online softmax update of run_max / run_sum (a max of -inf with no valid key yet leaves
+// the accumulators untouched), acc = acc · rescale + P V. acc: this thread's fragments of the
+// [16, D] f32 output (rows g and g + 8 of n-tile n, columns 2(l % 4), +1). Ends synchronised.
+__device__ __forceinline__ void TcAttendTile(const TcTile& t, int64_t head_dim, float scale,
+                                             float acc[kTcMaxTiles][4]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t stride = t.stride;
+  // Row addresses for ldmatrix: matrices 0/1 rows 0-7 / 8-15, matrices 2/3 eight columns on.
+  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
+  {
+    float c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    // Keys of this warp as B (col-major = key rows): matrices (keys 0-7, 8 dims), (keys 0-7, next
+    // 8 dims), (keys 8-15, 8 dims), (keys 8-15, next 8 dims) give b of both n-tiles.
+    const int krow = (lane % 8) + 8 * (lane / 16), kcol = 8 * ((lane / 8) % 2);
+    const uint16_t* q_row = t.q + mrow * stride + mcol;
+    const uint16_t* k_row = t.keys + (16 * warp + krow) * stride + kcol;
+    for (int64_t kk = 0; kk < head_dim; kk += 16) {
+      uint32_t a[4], b[4];
+      LdMatrixX4(a, q_row + kk);
+      LdMatrixX4(b, k_row + kk);
+      MmaBf16(c[0], a, b);
+      MmaBf16(c[1], a, b + 2);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int col = 16 * warp + 8 * j + 2 * t4;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = g + (e >= 2 ? 8 : 0), key = col + (e & 1);
+        t.scores[row * kTcKeys + key] = t.valid[key] != 0 ? scale * c[j][e] : -INFINITY;
+      }
+    }
+  }
+  __syncthreads();
+  // Online softmax, warp w on rows 4w .. 4w + 3: new max, rescale, P in bf16, sums.
+  for (int r = 4 * warp; r < 4 * warp + 4; ++r) {
+    const float s0 = t.scores[r * kTcKeys + lane], s1 = t.scores[r * kTcKeys + lane + 32];
+    const float old_max = t.run_max[r];
+    const float new_max = fmaxf(old_max, WarpMax(fmaxf(s0, s1)));
+    const float e0 = s0 == -INFINITY ? 0.0f : expf(s0 - new_max);
+    const float e1 = s1 == -INFINITY ? 0.0f : expf(s1 - new_max);
+    const float tile_sum = WarpSum(e0 + e1);
+    const __nv_bfloat16 b0 = __float2bfloat16(e0), b1 = __float2bfloat16(e1);
+    t.probs[r * (kTcKeys + 8) + lane] = *reinterpret_cast<const uint16_t*>(&b0);
+    t.probs[r * (kTcKeys + 8) + lane + 32] = *reinterpret_cast<const uint16_t*>(&b1);
+    if (lane == 0) {
+      const float factor = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
+      t.rescale[r] = factor;
+      t.run_sum[r] = t.run_sum[r] * factor + tile_sum;
+      t.run_max[r] = new_max;
+    }
+  }
+  __syncthreads();
+  const float f0 = t.rescale[g], f1 = t.rescale[g + 8];
+  const int ntiles = static_cast<int>(head_dim / 32);
+#pragma unroll
+  for (int n = 0; n < kTcMaxTiles; ++n) {
+    if (n < ntiles) acc[n][0] *= f0, acc[n][1] *= f0, acc[n][2] *= f1, acc[n][3] *= f1;
+  }
+  const int pstride = kTcKeys + 8;
+  const int64_t col0 = warp * (head_dim / 4);
+  // V = the key rows as B (row-major in k = keys, .trans): matrices (keys 0-7, n-tile n), (keys
+  // 8-15, n-tile n), (keys 0-7, n-tile n + 1), (keys 8-15, n-tile n + 1).
+  const uint16_t* v_row = t.keys + mrow * stride + col0 + mcol;
+  for (int kk = 0; kk < kTcKeys; kk += 16) {
+    uint32_t a[4];
+    LdMatrixX4(a, t.probs + mrow * pstride + kk + mcol);
+#pragma unroll
+    for (int n = 0; n < kTcMaxTiles; n += 2) {
+      if (n < ntiles) {
+        uint32_t b[4];
+        LdMatrixX4Trans(b, v_row + kk * stride + 8 * n);
+        MmaBf16(acc[n], a, b);
+        MmaBf16(acc[n + 1], a, b + 2);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+}  // namespace v4rl::kernels::cuda
