@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "bench/bench_common.h"
+#include "bench/cuda_bench_common.h"
 #include "kernels/cuda/device.h"
 #include "model/config.h"
 #include "model/decode_cuda.h"
@@ -78,23 +79,9 @@ int Main(int argc, char** argv) {
   Check(gpu.status(), "upload");
   std::fprintf(stderr, "%.2f GB of weights on the device\n", (*gpu)->weight_bytes() / 1e9);
 
-  // Copy bandwidth.
-  double gb_per_s = 0;
-  {
-    const int64_t bytes = int64_t{1} << 30;
-    core::Tensor a = core::Tensor::Empty(core::DType::kU8, {bytes}, kernels::cuda::DeviceAllocator());
-    core::Tensor b = core::Tensor::Empty(core::DType::kU8, {bytes}, kernels::cuda::DeviceAllocator());
-    Check(kernels::cuda::Copy(a.view(), b.view()), "copy");
-    for (int r = 0; r < 3; ++r) {
-      Check(kernels::cuda::Synchronize(), "sync");
-      start = std::chrono::steady_clock::now();
-      Check(kernels::cuda::Copy(a.view(), b.view()), "copy");
-      Check(kernels::cuda::Synchronize(), "sync");
-      gb_per_s = std::max(gb_per_s, 2.0 * bytes / Seconds(start) / 1e9);
-    }
-    std::printf("{\"kind\": \"copy\", \"gb_per_s\": %.1f}\n", gb_per_s);
-    std::fflush(stdout);
-  }
+  const double gb_per_s = bench::CopyBandwidthGbPerS();
+  std::printf("{\"kind\": \"copy\", \"gb_per_s\": %.1f}\n", gb_per_s);
+  std::fflush(stdout);
 
   // Weight bytes a decode step touches, apart from the routed experts.
   int64_t dense = DeviceBytes(model.weights.head) + DeviceBytes(model.weights.norm);

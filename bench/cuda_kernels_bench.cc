@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "bench/bench_common.h"
+#include "bench/cuda_bench_common.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/cuda/attention.h"
@@ -29,32 +30,10 @@ namespace {
 
 namespace kc = kernels::cuda;
 using bench::Check;
+using bench::RandomDevice;
+using bench::TimeMs;
 using core::DType;
 using core::Tensor;
-
-// A device tensor of N(0, stddev) values in `dtype` (bf16 or f32).
-Tensor RandomDevice(DType dtype, const core::Shape& shape, uint64_t seed, float stddev) {
-  Tensor host = Tensor::Empty(DType::kF32, shape);
-  core::Rng(seed).FillNormal(host.view(), 0.0f, stddev);
-  Tensor f32 = Tensor::Empty(DType::kF32, shape, kc::DeviceAllocator());
-  Check(kc::Copy(host.view(), f32.view()), "upload");
-  if (dtype == DType::kF32) return f32;
-  Tensor out = Tensor::Empty(dtype, shape, kc::DeviceAllocator());
-  Check(kc::F32ToBf16(f32.view(), out.view()), "convert");
-  return out;
-}
-
-// Mean milliseconds per call over `iters` calls after 3 warm-up calls.
-double TimeMs(int iters, const std::function<void()>& body) {
-  for (int i = 0; i < 3; ++i) body();
-  Check(kc::Synchronize(), "sync");
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) body();
-  Check(kc::Synchronize(), "sync");
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-             .count() /
-         iters;
-}
 
 void Print(const std::string& op, const std::string& shape, double ms, double flops) {
   std::printf("{\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f}\n", op.c_str(),

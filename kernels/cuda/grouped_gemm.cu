@@ -9,130 +9,188 @@
 namespace v4rl::kernels::cuda {
 namespace {
 
-constexpr int kBm = 64, kBn = 64, kBk = 64;
-constexpr int kLds = kBk + 8;   // bf16 tile row pitch (multiple of 8; 16-row steps 32B-aligned)
-constexpr int kLdc = kBn + 4;   // f32 output tile row pitch
-constexpr int kThreads = 128;   // 4 warps, 2 x 2, each 32 x 32 of the tile
-// K tiles in flight: while one is multiplied, the next two stream in (cp.async), so a block
-// keeps loads outstanding instead of waiting for each tile (decode MoE is bandwidth bound).
-constexpr int kStages = 3;
-constexpr int kStageElems = (kBm + kBn) * kLds;  // A tile then B tile, bf16
-constexpr size_t kSharedBytes = sizeof(__nv_bfloat16) * kStages * kStageElems;
-static_assert(sizeof(float) * kBm * kLdc <= kSharedBytes, "the output tile reuses the stages");
+constexpr int kBk = 64;
+constexpr int kLds = kBk + 8;  // bf16 tile row pitch (multiple of 8; 16-row steps 32B-aligned)
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kMaxExperts = 1024;  // offsets staged in shared memory
 
 struct GroupedParams {
   const __nv_bfloat16* x;
   const __nv_bfloat16* w;
   const int32_t* offsets;
   void* out;
-  int64_t n, k;
-  int32_t experts;
+  int n, k;
+  int experts;
   bool out_bf16, vec;  // vec: 16-byte loads (K % 8 == 0, aligned bases)
 };
 
-// Copies a [64, kBk] bf16 tile (rows [row0, row_end), columns [k0, K)) into shared memory, zeros
-// outside: asynchronously in 16-byte pieces when vec (K % 8 == 0), else element by element.
-__device__ __forceinline__ void LoadTile(__nv_bfloat16* dst, const __nv_bfloat16* src,
-                                         int64_t row0, int64_t row_end, int64_t ld, int64_t k0,
-                                         int64_t k, bool vec) {
-  constexpr int kChunks = 64 * kBk / 8;
-  for (int c = threadIdx.x; c < kChunks; c += kThreads) {
-    const int r = c / (kBk / 8), kc = (c % (kBk / 8)) * 8;
-    const int64_t row = row0 + r, col = k0 + kc;
+// A block tile of kBm rows (one expert's) by kBn columns; the four warps split it kWarpsM x
+// kWarpsN, each warp kFm x kFn WMMA 16x16 fragments. kStages K tiles in flight (cp.async): while
+// one is multiplied the others stream in, so a block keeps loads outstanding (decode MoE is
+// bandwidth bound).
+template <int kBm_, int kBn_, int kStages_>
+struct Tile {
+  static constexpr int kBm = kBm_, kBn = kBn_, kStages = kStages_;
+  static constexpr int kWarpsM = kBm >= 32 ? kBm / 32 : 1;
+  static constexpr int kWarpsN = 4 / kWarpsM;
+  static constexpr int kFm = kBm / kWarpsM / 16, kFn = kBn / kWarpsN / 16;
+  static constexpr int kStageElems = (kBm + kBn) * kLds;  // A tile then B tile, bf16
+  static constexpr int kLdc = kBn + 4;                    // f32 output tile row pitch
+  static constexpr size_t kSharedBytes = sizeof(__nv_bfloat16) * kStages * kStageElems;
+  // Rows of 16-byte chunks a thread copies: row threadIdx / 8 + 16 i, columns (threadIdx % 8) · 8.
+  static constexpr int kRowsA = kBm / 16, kRowsB = kBn / 16;
+  static_assert(kWarpsM * kWarpsN == 4 && kFm >= 1 && kFn >= 1, "four warps cover the tile");
+  static_assert(sizeof(float) * kBm * kLdc <= kSharedBytes, "the output tile reuses the stages");
+};
+
+// Copies rows [row0 + threadIdx / 8 + 16 i] of a K tile (columns k0 + (threadIdx % 8) · 8, 8 at
+// a time) into shared memory, zeros past row_end or K: cp.async when vec, else element by element.
+template <int kRows>
+__device__ __forceinline__ void LoadRows(__nv_bfloat16* dst, const __nv_bfloat16* src, int row0,
+                                         int row_end, int ld, int k0, bool vec) {
+  const int r0 = threadIdx.x / 8, kc = (threadIdx.x % 8) * 8, col = k0 + kc;
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int r = r0 + 16 * i, row = row0 + r;
     __nv_bfloat16* d = dst + r * kLds + kc;
+    const __nv_bfloat16* s = src + static_cast<int64_t>(row) * ld + col;
     if (vec) {
-      const bool valid = row < row_end && col < k;
-      CpAsync16(d, valid ? src + row * ld + col : src, valid);
+      const bool valid = row < row_end && col < ld;
+      CpAsync16(d, valid ? s : src, valid);
     } else {
-      for (int i = 0; i < 8; ++i) {
-        d[i] = row < row_end && col + i < k ? src[row * ld + col + i] : __float2bfloat16(0.0f);
+      for (int j = 0; j < 8; ++j) {
+        d[j] = row < row_end && col + j < ld ? s[j] : __float2bfloat16(0.0f);
       }
     }
   }
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
   using namespace nvcuda;
+  extern __shared__ __align__(128) unsigned char grouped_smem[];
+  __shared__ int offsets[kMaxExperts + 1];
+  __shared__ int tile_expert, tile_row0;
   // Which expert and row tile this block computes: the experts' tiles in expert order.
-  int64_t row0 = -1, row_end = 0;
-  int expert = 0;
-  {
-    int64_t before = 0;
-    const int64_t tile = blockIdx.y;
+  for (int e = threadIdx.x; e <= p.experts; e += kThreads) offsets[e] = p.offsets[e];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    tile_expert = -1;
+    int before = 0;
+    const int tile = static_cast<int>(blockIdx.y);
     for (int e = 0; e < p.experts; ++e) {
-      const int64_t begin = p.offsets[e], end = p.offsets[e + 1];
-      const int64_t tiles = (end - begin + kBm - 1) / kBm;
+      const int tiles = (offsets[e + 1] - offsets[e] + T::kBm - 1) / T::kBm;
       if (tile < before + tiles) {
-        expert = e;
-        row0 = begin + (tile - before) * kBm;
-        row_end = end;
+        tile_expert = e;
+        tile_row0 = offsets[e] + (tile - before) * T::kBm;
         break;
       }
       before += tiles;
     }
   }
-  if (row0 < 0) return;
-  const int64_t col0 = int64_t{blockIdx.x} * kBn;
-  extern __shared__ __align__(128) unsigned char grouped_smem[];
+  __syncthreads();
+  const int expert = tile_expert;
+  if (expert < 0) return;
+  const int row0 = tile_row0, row_end = offsets[expert + 1];
+  const int col0 = static_cast<int>(blockIdx.x) * T::kBn;
   __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(grouped_smem);
   float* c_tile = reinterpret_cast<float*>(grouped_smem);  // after the last stage is consumed
-  const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  const int warp = threadIdx.x / 32, wm = warp / T::kWarpsN, wn = warp % T::kWarpsN;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[T::kFm][T::kFn];
+#pragma unroll
+  for (int i = 0; i < T::kFm; ++i) {
+#pragma unroll
+    for (int j = 0; j < T::kFn; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
-  const __nv_bfloat16* w = p.w + int64_t{expert} * p.n * p.k;
-  const int64_t num_k = (p.k + kBk - 1) / kBk;
-  auto load_stage = [&](int64_t kt) {
-    __nv_bfloat16* a_tile = stages + (kt % kStages) * kStageElems;
-    LoadTile(a_tile, p.x, row0, row_end, p.k, kt * kBk, p.k, p.vec);
-    LoadTile(a_tile + kBm * kLds, w, col0, p.n, p.k, kt * kBk, p.k, p.vec);
+  const __nv_bfloat16* w = p.w + static_cast<int64_t>(expert) * p.n * p.k;
+  const int num_k = (p.k + kBk - 1) / kBk;
+  auto load_stage = [&](int kt) {
+    __nv_bfloat16* a_tile = stages + (kt % T::kStages) * T::kStageElems;
+    LoadRows<T::kRowsA>(a_tile, p.x, row0, row_end, p.k, kt * kBk, p.vec);
+    LoadRows<T::kRowsB>(a_tile + T::kBm * kLds, w, col0, p.n, p.k, kt * kBk, p.vec);
   };
-  for (int s = 0; s < kStages - 1; ++s) {
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; ++s) {
     if (s < num_k) load_stage(s);
     CpAsyncCommit();  // one group per stage, empty ones included, so the counts line up
   }
-  for (int64_t kt = 0; kt < num_k; ++kt) {
-    if (kt + kStages - 1 < num_k) load_stage(kt + kStages - 1);
+  for (int kt = 0; kt < num_k; ++kt) {
+    if (kt + T::kStages - 1 < num_k) load_stage(kt + T::kStages - 1);
     CpAsyncCommit();
-    CpAsyncWait<kStages - 1>();  // tile kt has landed
+    CpAsyncWait<T::kStages - 1>();  // tile kt has landed
     __syncthreads();
-    const __nv_bfloat16* a_tile = stages + (kt % kStages) * kStageElems;
-    const __nv_bfloat16* b_tile = a_tile + kBm * kLds;
+    const __nv_bfloat16* a_tile = stages + (kt % T::kStages) * T::kStageElems;
+    const __nv_bfloat16* b_tile = a_tile + T::kBm * kLds;
+#pragma unroll
     for (int kk = 0; kk < kBk; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
-      for (int i = 0; i < 2; ++i) {
-        wmma::load_matrix_sync(a[i], a_tile + (wm * 32 + i * 16) * kLds + kk, kLds);
-        wmma::load_matrix_sync(b[i], b_tile + (wn * 32 + i * 16) * kLds + kk, kLds);
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[T::kFm];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[T::kFn];
+#pragma unroll
+      for (int i = 0; i < T::kFm; ++i) {
+        wmma::load_matrix_sync(a[i], a_tile + (wm * T::kFm + i) * 16 * kLds + kk, kLds);
       }
-      for (int i = 0; i < 2; ++i) {
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+#pragma unroll
+      for (int j = 0; j < T::kFn; ++j) {
+        wmma::load_matrix_sync(b[j], b_tile + (wn * T::kFn + j) * 16 * kLds + kk, kLds);
+      }
+#pragma unroll
+      for (int i = 0; i < T::kFm; ++i) {
+#pragma unroll
+        for (int j = 0; j < T::kFn; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
       }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
   CpAsyncWait<0>();
   __syncthreads();
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(c_tile + (wm * 32 + i * 16) * kLdc + wn * 32 + j * 16, acc[i][j],
-                              kLdc, wmma::mem_row_major);
+#pragma unroll
+  for (int i = 0; i < T::kFm; ++i) {
+#pragma unroll
+    for (int j = 0; j < T::kFn; ++j) {
+      wmma::store_matrix_sync(
+          c_tile + (wm * T::kFm + i) * 16 * T::kLdc + (wn * T::kFn + j) * 16, acc[i][j],
+          T::kLdc, wmma::mem_row_major);
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < kBm * kBn; e += kThreads) {
-    const int r = e / kBn, c = e % kBn;
-    const int64_t row = row0 + r, col = col0 + c;
-    if (row < row_end && col < p.n) StoreF(p.out, p.out_bf16, row * p.n + col, c_tile[r * kLdc + c]);
+  for (int e = threadIdx.x; e < T::kBm * T::kBn; e += kThreads) {
+    const int r = e / T::kBn, c = e % T::kBn;
+    const int row = row0 + r, col = col0 + c;
+    if (row < row_end && col < p.n) {
+      StoreF(p.out, p.out_bf16, static_cast<int64_t>(row) * p.n + col, c_tile[r * T::kLdc + c]);
+    }
   }
+}
+
+using SmallTile = Tile<16, 64, 6>;   // a few rows per expert: deep pipeline, many blocks
+using MediumTile = Tile<64, 64, 3>;
+using WideTile = Tile<64, 128, 3>;
+
+template <typename T>
+absl::Status Launch(const GroupedParams& p, int64_t rows, const char* op) {
+  const int64_t row_tiles = (rows + T::kBm - 1) / T::kBm + p.experts;  // >= the experts' tiles
+  if (row_tiles > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %d rows and %d experts need more than 65535 row tiles of %d", op,
+                        rows, p.experts, T::kBm));
+  }
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      GroupedGemmKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int{T::kSharedBytes});
+  if (configured != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
+                                               T::kSharedBytes, cudaGetErrorString(configured)));
+  }
+  const dim3 grid(static_cast<unsigned>((p.n + T::kBn - 1) / T::kBn),
+                  static_cast<unsigned>(row_tiles));
+  GroupedGemmKernel<T><<<grid, kThreads, T::kSharedBytes>>>(p);
+  return LaunchStatus(op);
 }
 
 }  // namespace
 
 absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::TensorView& w,
-                                      const core::TensorView& offsets,
-                                      const core::TensorView& out) {
+                                      const core::TensorView& offsets, const core::TensorView& out,
+                                      GroupedGemmTile tile) {
   const char* op = "cuda::GroupedGemmDeviceOffsets";
   using core::DType;
   for (absl::Status s : {CheckDeviceView(op, "x", x, {DType::kBF16}),
@@ -149,9 +207,9 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
     return s;
   }
   const int64_t rows = x.shape[0], experts = w.shape[0], n = w.shape[1], k = w.shape[2];
-  const int64_t row_tiles = (rows + kBm - 1) / kBm + experts;  // >= the experts' tiles
-  if (absl::Status s = CheckArg(row_tiles <= 65535 && experts <= (1 << 20), op,
-                                "too many rows or experts for one launch");
+  if (absl::Status s = CheckArg(experts <= kMaxExperts && rows < (int64_t{1} << 31) &&
+                                    n < (int64_t{1} << 31) && k < (int64_t{1} << 31),
+                                op, "at most 1024 experts; rows, N and K below 2^31");
       !s.ok()) {
     return s;
   }
@@ -161,21 +219,23 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
   p.w = static_cast<const __nv_bfloat16*>(w.data);
   p.offsets = offsets.data_as<int32_t>();
   p.out = out.data;
-  p.n = n;
-  p.k = k;
-  p.experts = static_cast<int32_t>(experts);
+  p.n = static_cast<int>(n);
+  p.k = static_cast<int>(k);
+  p.experts = static_cast<int>(experts);
   p.out_bf16 = IsBf16(out);
   p.vec = k % 8 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
           reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
-  static const cudaError_t configured = cudaFuncSetAttribute(
-      GroupedGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int{kSharedBytes});
-  if (configured != cudaSuccess) {
-    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
-                                               kSharedBytes, cudaGetErrorString(configured)));
+  if (tile == GroupedGemmTile::kAuto) {
+    tile = rows <= 16 * experts ? GroupedGemmTile::kSmall16x64 : GroupedGemmTile::kWide64x128;
   }
-  const dim3 grid(static_cast<unsigned>((n + kBn - 1) / kBn), static_cast<unsigned>(row_tiles));
-  GroupedGemmKernel<<<grid, kThreads, kSharedBytes>>>(p);
-  return LaunchStatus(op);
+  switch (tile) {
+    case GroupedGemmTile::kSmall16x64:
+      return Launch<SmallTile>(p, rows, op);
+    case GroupedGemmTile::kWide64x128:
+      return Launch<WideTile>(p, rows, op);
+    default:
+      return Launch<MediumTile>(p, rows, op);
+  }
 }
 
 }  // namespace v4rl::kernels::cuda

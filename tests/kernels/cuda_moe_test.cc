@@ -294,8 +294,8 @@ TEST(CudaMoe, DevicePlanIdenticalToHostPlan) {
   }
 }
 
-// The device-offset grouped GEMM against cuBLASLt per expert: empty experts, experts of more
-// than one 64-row tile, K a multiple of 8 (vector loads) and not, bf16 and f32 outputs.
+// The device-offset grouped GEMM against cuBLASLt per expert, every tile: empty experts, experts
+// of more than one row tile, K a multiple of 8 (vector loads) and not, bf16 and f32 outputs.
 TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto handle_or = GemmHandle::Create();
@@ -305,7 +305,11 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
   std::vector<int64_t> offsets = {0};
   for (int64_t c : counts) offsets.push_back(offsets.back() + c);
   const int64_t picks = offsets.back(), rows = picks + 9;  // spare rows past the picks
-  // k 72 and 37: one or two K tiles; 520: nine, so the 3-stage cp.async ring wraps.
+  const std::pair<GroupedGemmTile, const char*> tiles[] = {
+      {GroupedGemmTile::kSmall16x64, "16x64"},
+      {GroupedGemmTile::kMedium64x64, "64x64"},
+      {GroupedGemmTile::kWide64x128, "64x128"}};
+  // k 72 and 37: one or two K tiles; 520: nine, so the cp.async rings (3 and 6 stages) wrap.
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{130, 72}, {40, 37}, {72, 520}}) {
     for (const DType out_dtype : {DType::kF32, DType::kBF16}) {
       const Tensor x = testing::RoundToBf16(RandomNormal({rows, k}, 51 + k));
@@ -316,20 +320,35 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
       for (int64_t e = 0; e <= experts; ++e) host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
       const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
       const Tensor want = Tensor::Empty(out_dtype, {picks, n}, DeviceAllocator());
-      const Tensor got = Tensor::Empty(out_dtype, {rows, n}, DeviceAllocator());
       ASSERT_TRUE(GroupedGemm(**handle_or, dx.view().Slice(0, 0, picks), dw.view(), offsets,
                               want.view())
                       .ok());
-      ASSERT_TRUE(GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(), got.view()).ok());
-      const Tensor got_host = testing::ToHost(got.view().Slice(0, 0, picks));
       const Tensor want_host = testing::ToHost(want.view());
       const bool bf16 = out_dtype == DType::kBF16;
-      EXPECT_TRUE(testing::CloseAndReport(
-          absl::StrFormat("grouped gemm device offsets n %d k %d %s", n, k, bf16 ? "bf16" : "f32"),
-          got_host.view(), want_host.view(),
-          {.atol = bf16 ? 2e-2 : 1e-4, .rtol = bf16 ? 8e-3 : 1e-4}));
+      for (const auto& [tile, tile_name] : tiles) {
+        const Tensor got = Tensor::Empty(out_dtype, {rows, n}, DeviceAllocator());
+        ASSERT_TRUE(
+            GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(), got.view(), tile).ok());
+        const Tensor got_host = testing::ToHost(got.view().Slice(0, 0, picks));
+        EXPECT_TRUE(testing::CloseAndReport(
+            absl::StrFormat("grouped gemm device offsets %s n %d k %d %s", tile_name, n, k,
+                            bf16 ? "bf16" : "f32"),
+            got_host.view(), want_host.view(),
+            {.atol = bf16 ? 2e-2 : 1e-4, .rtol = bf16 ? 8e-3 : 1e-4}));
+      }
     }
   }
+}
+
+TEST(CudaMoe, GroupedGemmDeviceOffsetsRejectsTooManyExperts) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor x = Tensor::Empty(DType::kBF16, {4, 8}, DeviceAllocator());
+  const Tensor w = Tensor::Empty(DType::kBF16, {1025, 8, 8}, DeviceAllocator());
+  const Tensor offsets = Tensor::Empty(DType::kI32, {1026}, DeviceAllocator());
+  const Tensor out = Tensor::Empty(DType::kF32, {4, 8}, DeviceAllocator());
+  const absl::Status s = GroupedGemmDeviceOffsets(x.view(), w.view(), offsets.view(), out.view());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("1024 experts"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -1,0 +1,60 @@
+// Helpers of the CUDA benches: random device tensors, mean time of a call, and the device's copy
+// bandwidth (the HBM figure bandwidth-bound kernels are held to).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+
+#include "bench/bench_common.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "kernels/cuda/convert.h"
+#include "kernels/cuda/device.h"
+
+namespace v4rl::bench {
+
+// A device tensor of N(0, stddev) values in `dtype` (bf16 or f32).
+inline core::Tensor RandomDevice(core::DType dtype, const core::Shape& shape, uint64_t seed,
+                                 float stddev) {
+  namespace kc = kernels::cuda;
+  core::Tensor host = core::Tensor::Empty(core::DType::kF32, shape);
+  core::Rng(seed).FillNormal(host.view(), 0.0f, stddev);
+  core::Tensor f32 = core::Tensor::Empty(core::DType::kF32, shape, kc::DeviceAllocator());
+  Check(kc::Copy(host.view(), f32.view()), "upload");
+  if (dtype == core::DType::kF32) return f32;
+  core::Tensor out = core::Tensor::Empty(dtype, shape, kc::DeviceAllocator());
+  Check(kc::F32ToBf16(f32.view(), out.view()), "convert");
+  return out;
+}
+
+// Mean milliseconds per call over `iters` calls after 3 warm-up calls.
+inline double TimeMs(int iters, const std::function<void()>& body) {
+  for (int i = 0; i < 3; ++i) body();
+  Check(kernels::cuda::Synchronize(), "sync");
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) body();
+  Check(kernels::cuda::Synchronize(), "sync");
+  return Seconds(start) * 1e3 / iters;
+}
+
+// (read + write) bytes / time of a 1 GiB device-to-device cudaMemcpy, best of 3.
+inline double CopyBandwidthGbPerS() {
+  const int64_t bytes = int64_t{1} << 30;
+  namespace kc = kernels::cuda;
+  core::Tensor a = core::Tensor::Empty(core::DType::kU8, {bytes}, kc::DeviceAllocator());
+  core::Tensor b = core::Tensor::Empty(core::DType::kU8, {bytes}, kc::DeviceAllocator());
+  Check(kc::Copy(a.view(), b.view()), "copy");
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    Check(kc::Synchronize(), "sync");
+    const auto start = std::chrono::steady_clock::now();
+    Check(kc::Copy(a.view(), b.view()), "copy");
+    Check(kc::Synchronize(), "sync");
+    best = std::max(best, 2.0 * bytes / Seconds(start) / 1e9);
+  }
+  return best;
+}
+
+}  // namespace v4rl::bench
