@@ -12,17 +12,22 @@
 //    t = (7919 t + 13) mod V, as bench/cuda_prefill_bench.cc) prefilled through CudaDecoder in
 //    chunks of CHUNK tokens (device memory bounded by the chunk, not by T), one timed run;
 //  - {"kind": "decode", "batch", "context", "ms_per_step", "tokens_per_s", "weight_bytes",
-//    "bound_tokens_per_s", "fraction_of_bound"}: B sequences forked from one prefilled
+//    "bound_tokens_per_s", "fraction_of_bound", "host_ms_per_step"}: B sequences forked from one prefilled
 //    DECODE_CONTEXT-token prompt, DECODE_STEPS one-token steps timed after 2 warm-up steps;
 //    weight_bytes = bytes of weights one step touches (every dense matrix, the head, the routed
 //    experts the step's tokens picked, counted from its routing) and the bound = batch /
 //    (weight_bytes / copy bandwidth);
 //  - {"kind": "decode_host_moe", "batch", "ms_per_step", "tokens_per_s"} with COMPARE_HOST_MOE=1:
 //    the same decode steps with the MoE plan built on the host (one sync per layer);
-//  - {"kind": "decode_long", "context", "ms_per_step", "tokens_per_s"}: batch-1 decode after the
-//    longest prefill above.
+//  - {"kind": "decode_long", "context", "ms_per_step", "tokens_per_s", "host_ms_per_step"}: batch-1
+//    decode after the longest prefill above.
+// host_ms_per_step: the host's time inside Step() (near ms_per_step: the host is the bottleneck).
+// PROFILE_DECODE=1 adds one untimed step per decode run between cudaProfilerStart/Stop, for
+// `ncu --profile-from-start off --print-summary per-kernel ...`.
 // Times include the host-side parts (per-sequence launch setup, uploads, allocations); logits stay
 // on the device unless HOST_LOGITS=1.
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -71,6 +76,10 @@ int Main(int argc, char** argv) {
   const bool compare_host_moe = compare_env != nullptr && std::string(compare_env) == "1";
   const char* host_logits_env = std::getenv("HOST_LOGITS");
   const bool host_logits = host_logits_env != nullptr && std::string(host_logits_env) == "1";
+  // PROFILE_DECODE=1: one extra untimed step of each decode run between cudaProfilerStart and
+  // cudaProfilerStop (ncu --profile-from-start off ... times just that step's kernels).
+  const char* profile_env = std::getenv("PROFILE_DECODE");
+  const bool profile_one_step = profile_env != nullptr && std::string(profile_env) == "1";
   const int64_t vocab = config->vocab_size;
 
   const model::Model model = bench::RandomBenchModel(*config, out_dir);
@@ -150,10 +159,12 @@ int Main(int argc, char** argv) {
     long_sequence = *s;
   }
 
-  // One-token decode steps for `handles`; returns ms per step and the step's weight bytes.
+  // One-token decode steps for `handles`; returns ms per step, the step's weight bytes and the
+  // host's ms per step inside Step() (close to the step time: the host is the bottleneck).
   auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes,
-                    bool device_moe = true) {
+                    double* host_ms, bool device_moe = true) {
     std::vector<int32_t> tokens(handles.size());
+    double host_seconds = 0;
     auto step = [&](int64_t j, bool routing) {
       std::vector<model::CudaDecodeInput> inputs;
       for (size_t i = 0; i < handles.size(); ++i) {
@@ -166,7 +177,9 @@ int Main(int argc, char** argv) {
       // Logits stay on the device, as `v4rl generate --device cuda` samples them there
       // (HOST_LOGITS=1: copied to the host every step, the bench's behaviour before).
       options.device_logits = !host_logits;
+      const auto call = std::chrono::steady_clock::now();
       auto out = (*decoder)->Step(inputs, options);
+      host_seconds += Seconds(call);
       Check(out.status(), "decode step");
       if (routing) {
         int64_t touched = 0;
@@ -180,17 +193,25 @@ int Main(int argc, char** argv) {
     step(0, true);
     step(1, false);
     Check(kernels::cuda::Synchronize(), "sync");
+    if (profile_one_step) {  // PROFILE_DECODE=1: one step between cudaProfilerStart and Stop
+      cudaProfilerStart();
+      step(2, false);
+      Check(kernels::cuda::Synchronize(), "sync");
+      cudaProfilerStop();
+    }
+    host_seconds = 0;
     const auto begin = std::chrono::steady_clock::now();
     for (int64_t j = 0; j < steps; ++j) step(2 + j, false);
+    *host_ms = host_seconds * 1e3 / steps;
     return Seconds(begin) * 1e3 / steps;
   };
 
   if (long_sequence >= 0) {
-    double unused = 0;
-    const double ms = decode({long_sequence}, &unused);
+    double unused = 0, host_ms = 0;
+    const double ms = decode({long_sequence}, &unused, &host_ms);
     std::printf("{\"kind\": \"decode_long\", \"context\": %lld, \"ms_per_step\": %.3f, "
-                "\"tokens_per_s\": %.1f}\n",
-                static_cast<long long>(longest), ms, 1e3 / ms);
+                "\"tokens_per_s\": %.1f, \"host_ms_per_step\": %.3f}\n",
+                static_cast<long long>(longest), ms, 1e3 / ms, host_ms);
     std::fflush(stdout);
     Check((*decoder)->RemoveSequence(long_sequence), "remove");
   }
@@ -205,19 +226,19 @@ int Main(int argc, char** argv) {
       Check(fork.status(), "fork");
       handles.push_back(*fork);
     }
-    double weight_bytes = 0;
-    const double ms = decode(handles, &weight_bytes);
+    double weight_bytes = 0, host_ms = 0;
+    const double ms = decode(handles, &weight_bytes, &host_ms);
     const double tps = batch * 1e3 / ms;
     const double bound = batch / (weight_bytes / (gb_per_s * 1e9));
     std::printf("{\"kind\": \"decode\", \"batch\": %lld, \"context\": %lld, \"ms_per_step\": "
                 "%.3f, \"tokens_per_s\": %.0f, \"weight_bytes\": %.0f, \"bound_tokens_per_s\": "
-                "%.0f, \"fraction_of_bound\": %.4f}\n",
+                "%.0f, \"fraction_of_bound\": %.4f, \"host_ms_per_step\": %.3f}\n",
                 static_cast<long long>(batch), static_cast<long long>(context), ms, tps,
-                weight_bytes, bound, tps / bound);
+                weight_bytes, bound, tps / bound, host_ms);
     std::fflush(stdout);
     if (compare_host_moe) {  // the same step with the MoE plan built on the host
-      double unused = 0;
-      const double host_ms = decode(handles, &unused, /*device_moe=*/false);
+      double unused = 0, unused_host = 0;
+      const double host_ms = decode(handles, &unused, &unused_host, /*device_moe=*/false);
       std::printf("{\"kind\": \"decode_host_moe\", \"batch\": %lld, \"ms_per_step\": %.3f, "
                   "\"tokens_per_s\": %.0f}\n",
                   static_cast<long long>(batch), host_ms, batch * 1e3 / host_ms);

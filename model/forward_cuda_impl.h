@@ -85,19 +85,23 @@ inline int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, in
 // Diagnostics: with V4RL_CUDA_PROFILE=1 in the environment, Mark(name) waits for the device and
 // adds the time since the previous mark to `name`; Report prints the sums to stderr and clears
 // them (CudaDecoder::Step calls it per step). Serialises host and device: only for finding where
-// a step's time goes. Disabled: Mark is a branch.
+// a step's time goes. V4RL_CUDA_PROFILE=host: the same without waiting, i.e. the host's own time
+// per phase (launches, allocations, item tables). Disabled: Mark is a branch.
 struct PhaseProfile {
   bool enabled = false;
+  bool wait_for_device = true;
   std::chrono::steady_clock::time_point last;
   std::vector<std::pair<std::string, double>> ms;  // first-mark order
 
   PhaseProfile() {
     const char* env = std::getenv("V4RL_CUDA_PROFILE");
-    enabled = env != nullptr && std::string(env) == "1";
+    const std::string mode = env == nullptr ? "" : env;
+    enabled = mode == "1" || mode == "host";
+    wait_for_device = mode == "1";
   }
   void Mark(const char* name) {
     if (!enabled) return;
-    (void)kc::Synchronize();
+    if (wait_for_device) (void)kc::Synchronize();
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double, std::milli>(now - last).count();
     last = now;
@@ -111,12 +115,13 @@ struct PhaseProfile {
   }
   void Start() {
     if (!enabled) return;
-    (void)kc::Synchronize();
+    if (wait_for_device) (void)kc::Synchronize();
     last = std::chrono::steady_clock::now();
   }
   void Report(const char* what, int64_t tokens) {
     if (!enabled) return;
-    std::string line = absl::StrFormat("[profile] %s %d tokens:", what, tokens);
+    std::string line = absl::StrFormat("[profile%s] %s %d tokens:", wait_for_device ? "" : " host",
+                                       what, tokens);
     double total = 0;
     for (const auto& [key, value] : ms) {
       absl::StrAppendFormat(&line, " %s %.3f", key, value);

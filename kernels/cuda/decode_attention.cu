@@ -140,8 +140,12 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
 }
 
 // out[item, h] = (Σ_s acc_s · e^(m_s - M)) / (e^(sink - M) + Σ_s l_s · e^(m_s - M)), M the max
-// of the sink and the splits' maxima. Block (item, head), threads over dims.
+// of the sink and the splits' maxima. Block (item, head): the splits' factors e^(m_s - M) once in
+// shared memory, then threads over dims.
+constexpr int kMaxSplits = 1024;
+
 __global__ void DecodeAttentionCombine(AttnParams p) {
+  __shared__ float factor[kMaxSplits];
   const DecodeAttentionItem it = p.items[blockIdx.x];
   const int64_t h = blockIdx.y;
   const int64_t stride = p.head_dim + 2;
@@ -150,17 +154,16 @@ __global__ void DecodeAttentionCombine(AttnParams p) {
   float m = p.sink[h];
   for (int s = 0; s < p.splits; ++s) m = fmaxf(m, part[s * split_stride + p.head_dim]);
   float denom = expf(p.sink[h] - m);
-  for (int s = 0; s < p.splits; ++s) {
+  for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
     const float ms = part[s * split_stride + p.head_dim];
-    if (ms != -INFINITY) denom += part[s * split_stride + p.head_dim + 1] * expf(ms - m);
+    factor[s] = ms == -INFINITY ? 0.0f : expf(ms - m);
   }
+  __syncthreads();
+  for (int s = 0; s < p.splits; ++s) denom += part[s * split_stride + p.head_dim + 1] * factor[s];
   auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim;
   for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float a = 0.0f;
-    for (int s = 0; s < p.splits; ++s) {
-      const float ms = part[s * split_stride + p.head_dim];
-      if (ms != -INFINITY) a += part[s * split_stride + d] * expf(ms - m);
-    }
+    for (int s = 0; s < p.splits; ++s) a += part[s * split_stride + d] * factor[s];
     out[d] = __float2bfloat16(a / denom);
   }
 }
@@ -243,8 +246,9 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
           "cuda::DecodeAttention: item %d's q, ring, own_kv and comp must be 16-byte aligned", i));
     }
   }
-  // Key splits of whole tiles: enough blocks for four per SM (two fit at a time with ~90 KB of
-  // shared memory each) when the batch alone does not.
+  // Key splits of whole tiles when the batch alone leaves SMs idle: two blocks fit on an SM at a
+  // time (~90 KB of shared memory each), so splits = (2 · SMs) / blocks of the batch, rounded
+  // down (a batch that fills one wave keeps one split and needs no combine).
   static const int sms = [] {
     int device = 0, count = 0;
     cudaGetDevice(&device);
@@ -259,8 +263,7 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   const int64_t groups = (heads + kTcHeads - 1) / kTcHeads;
   const int64_t batch_blocks = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * groups;
   const int splits = static_cast<int>(std::clamp<int64_t>(
-      std::min((4 * sms + batch_blocks - 1) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys),
-      1, 1024));
+      std::min((2 * sms) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys), 1, kMaxSplits));
   float* partial = nullptr;
   if (splits > 1) {
     static std::mutex mu;

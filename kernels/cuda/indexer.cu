@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <mutex>
 
+#include "absl/status/statusor.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/indexer.h"
@@ -48,45 +50,67 @@ struct SelectParams {
   const float* scores;
   int32_t* topk_idx;
   int64_t num_keys, ld, topk, q_pos0, ratio;
+  int32_t* candidates;  // segmented: [rows, segments, topk] ids (-1: none)
+  int64_t segment_len;
+  int segments;
 };
 
 constexpr int kPerThread = 8;  // consecutive scores a thread handles per tile
 constexpr int64_t kTile = int64_t{kSelectThreads} * kPerThread;
 
-// Scores [s, s + kPerThread) of the row as order keys; past n: 0 (never counted, never taken).
-__device__ __forceinline__ void TileKeys(const float* row, int64_t s, int64_t n,
-                                         uint32_t key[kPerThread]) {
+// The keys a selection ranks, by position s in [0, size): a row's scores from `offset` on.
+struct RowKeys {
+  const float* row;
+  int64_t offset, size;
+  __device__ bool Valid(int64_t s) const { return s < size; }
+  __device__ uint32_t Key(int64_t s) const { return OrderKey(row[offset + s]); }
+  __device__ int32_t Id(int64_t s) const { return static_cast<int32_t>(offset + s); }
+};
+
+// The segments' candidates of a row, in ascending id order with -1 gaps (never counted).
+struct CandidateKeys {
+  const float* row;
+  const int32_t* ids;
+  int64_t size;
+  __device__ bool Valid(int64_t s) const { return s < size && ids[s] >= 0; }
+  __device__ uint32_t Key(int64_t s) const { return OrderKey(row[ids[s]]); }
+  __device__ int32_t Id(int64_t s) const { return ids[s]; }
+};
+
+// Keys [s, s + kPerThread); invalid ones are 0 and flagged (never counted, never taken).
+template <typename Keys>
+__device__ __forceinline__ void TileKeys(const Keys& keys, int64_t s, uint32_t key[kPerThread],
+                                         bool valid[kPerThread]) {
 #pragma unroll
-  for (int u = 0; u < kPerThread; ++u) key[u] = s + u < n ? OrderKey(row[s + u]) : 0u;
+  for (int u = 0; u < kPerThread; ++u) {
+    valid[u] = keys.Valid(s + u);
+    key[u] = valid[u] ? keys.Key(s + u) : 0u;
+  }
 }
 
-// One block per query: radix select (4 passes of 8 bits) of the k-th key, then one ordered pass
-// emitting every id above it plus the lowest ids equal to it, ascending. Each thread takes
-// kPerThread consecutive scores of a tile of kTile, so every load batch keeps 8 loads in flight
-// and the ordered pass needs one block scan per tile (long rows: 250K keys at 1M tokens).
-__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+// The top `topk` of keys.size keys (more than topk of them valid) into out, ids ascending: radix
+// select (4 passes of 8 bits) of the k-th key, then one ordered pass emitting every id above it
+// plus the lowest ids equal to it. Each thread takes kPerThread consecutive keys of a tile of
+// kTile, so every load batch keeps 8 loads in flight and the ordered pass needs one block scan per
+// tile. Called by every thread of a kSelectThreads block.
+template <typename Keys>
+__device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out) {
   __shared__ uint32_t hist[256];
   __shared__ uint32_t scratch[kSelectThreads / 32 + 1];
   __shared__ uint32_t shared_prefix, shared_remaining;
-  const int64_t i = blockIdx.x;
-  const float* row = p.scores + i * p.ld;
-  int32_t* out = p.topk_idx + i * p.topk;
-  const int64_t n = Min64(plan::NumVisibleCompressed(p.q_pos0 + i, p.ratio), p.num_keys);
-  if (n <= p.topk) {
-    for (int64_t s = threadIdx.x; s < p.topk; s += blockDim.x) out[s] = s < n ? int32_t(s) : -1;
-    return;
-  }
-  uint32_t prefix = 0, mask = 0, remaining = static_cast<uint32_t>(p.topk);
+  const int64_t n = keys.size;
+  uint32_t prefix = 0, mask = 0, remaining = static_cast<uint32_t>(topk);
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
     for (int64_t start = 0; start < n; start += kTile) {
       const int64_t s = start + int64_t{threadIdx.x} * kPerThread;
       uint32_t key[kPerThread];
-      TileKeys(row, s, n, key);
+      bool valid[kPerThread];
+      TileKeys(keys, s, key, valid);
 #pragma unroll
       for (int u = 0; u < kPerThread; ++u) {
-        if (s + u < n && (key[u] & mask) == prefix) atomicAdd(&hist[(key[u] >> shift) & 0xFFu], 1u);
+        if (valid[u] && (key[u] & mask) == prefix) atomicAdd(&hist[(key[u] >> shift) & 0xFFu], 1u);
       }
     }
     __syncthreads();
@@ -113,12 +137,13 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   for (int64_t start = 0; start < n; start += kTile) {
     const int64_t s = start + int64_t{threadIdx.x} * kPerThread;
     uint32_t key[kPerThread];
-    TileKeys(row, s, n, key);
+    bool valid[kPerThread];
+    TileKeys(keys, s, key, valid);
     uint32_t above = 0, equal = 0;
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
-      above += s + u < n && key[u] > prefix ? 1u : 0u;
-      equal += s + u < n && key[u] == prefix ? 1u : 0u;
+      above += valid[u] && key[u] > prefix ? 1u : 0u;
+      equal += valid[u] && key[u] == prefix ? 1u : 0u;
     }
     uint32_t total = 0;
     const uint32_t before = BlockExclusiveScan((equal << 16) | above, &total, scratch);
@@ -129,14 +154,56 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
     uint32_t equal_rank = equal_before;
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
-      if (s + u >= n) continue;
+      if (!valid[u]) continue;
       bool selected = key[u] > prefix;
       if (key[u] == prefix) selected = equal_rank++ < remaining;
-      if (selected) out[position++] = static_cast<int32_t>(s + u);
+      if (selected) out[position++] = keys.Id(s + u);
     }
     emitted += (total & 0xFFFFu) + taken(equal_seen + (total >> 16)) - taken(equal_seen);
     equal_seen += total >> 16;
   }
+}
+
+// Ids [begin, end) then -1 up to topk (a range of at most topk keys takes all of them).
+__device__ __forceinline__ void TakeAll(int64_t begin, int64_t end, int64_t topk, int32_t* out) {
+  for (int64_t s = threadIdx.x; s < topk; s += blockDim.x) {
+    out[s] = begin + s < end ? static_cast<int32_t>(begin + s) : -1;
+  }
+}
+
+__device__ __forceinline__ int64_t VisibleKeys(const SelectParams& p, int64_t i) {
+  return Min64(plan::NumVisibleCompressed(p.q_pos0 + i, p.ratio), p.num_keys);
+}
+
+// One block per query over its whole row.
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+  const int64_t i = blockIdx.x;
+  int32_t* out = p.topk_idx + i * p.topk;
+  const int64_t n = VisibleKeys(p, i);
+  if (n <= p.topk) return TakeAll(0, n, p.topk, out);
+  SelectTopK(RowKeys{p.scores + i * p.ld, 0, n}, p.topk, out);
+}
+
+// Long rows of few queries (single-stream decode at long context: 250K keys at 1M tokens): block
+// (query, segment) picks its segment's top-k candidates, SelectMergeKernel then the query's top-k
+// among them. The row's top-k under (score descending, id ascending) lies within the segments'.
+__global__ void __launch_bounds__(kSelectThreads) SelectSegmentKernel(SelectParams p) {
+  const int64_t i = blockIdx.x, j = blockIdx.y;
+  int32_t* out = p.candidates + (i * p.segments + j) * p.topk;
+  const int64_t n = VisibleKeys(p, i);
+  const int64_t begin = Min64(n, j * p.segment_len), end = Min64(n, begin + p.segment_len);
+  if (end - begin <= p.topk) return TakeAll(begin, end, p.topk, out);
+  SelectTopK(RowKeys{p.scores + i * p.ld, begin, end - begin}, p.topk, out);
+}
+
+__global__ void __launch_bounds__(kSelectThreads) SelectMergeKernel(SelectParams p) {
+  const int64_t i = blockIdx.x;
+  int32_t* out = p.topk_idx + i * p.topk;
+  const int64_t n = VisibleKeys(p, i);
+  if (n <= p.topk) return TakeAll(0, n, p.topk, out);
+  SelectTopK(CandidateKeys{p.scores + i * p.ld, p.candidates + i * p.segments * p.topk,
+                           p.segments * p.topk},
+             p.topk, out);
 }
 
 struct ReduceParams {
@@ -162,11 +229,45 @@ __global__ void ReduceHeadsKernel(ReduceParams p) {
   }
 }
 
+// Candidate ids of the segmented selection: a grow-only device buffer (one host thread at a time).
+absl::StatusOr<int32_t*> CandidateBuffer(size_t ints) {
+  static std::mutex mu;
+  static int32_t* buffer = nullptr;
+  static size_t capacity = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (ints > capacity) {
+    if (buffer != nullptr) cudaFree(buffer);
+    capacity = std::max(ints, 2 * capacity);
+    if (cudaError_t e = cudaMalloc(&buffer, capacity * sizeof(int32_t)); e != cudaSuccess) {
+      buffer = nullptr;
+      capacity = 0;
+      return absl::InternalError(
+          absl::StrFormat("cuda::IndexerSelect candidates: %s", cudaGetErrorString(e)));
+    }
+  }
+  return buffer;
+}
+
 absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t num_keys,
                           int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
   if (rows == 0 || topk == 0) return absl::OkStatus();
-  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(
-      SelectParams{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio});
+  SelectParams p{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio, nullptr, 0, 1};
+  // Few long rows: segments of kSegmentLen keys on their own blocks, then a merge.
+  constexpr int64_t kSegmentLen = 2 * kTile, kMaxSegmentedRows = 16;
+  if (rows <= kMaxSegmentedRows && num_keys > 2 * kSegmentLen && topk <= kSegmentLen / 4) {
+    p.segment_len = kSegmentLen;
+    p.segments = static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen,
+                                                    65535));
+    p.segment_len = (num_keys + p.segments - 1) / p.segments;
+    auto buffer = CandidateBuffer(static_cast<size_t>(rows * p.segments * topk));
+    if (!buffer.ok()) return buffer.status();
+    p.candidates = *buffer;
+    SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
+                          kSelectThreads>>>(p);
+    SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(p);
+    return LaunchStatus("cuda::IndexerSelect");
+  }
+  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(p);
   return LaunchStatus("cuda::IndexerSelect");
 }
 
