@@ -12,10 +12,10 @@
 //    t = (7919 t + 13) mod V, as bench/cuda_prefill_bench.cc) prefilled through CudaDecoder in
 //    chunks of CHUNK tokens (device memory bounded by the chunk, not by T), one timed run;
 //  - {"kind": "decode", "batch", "context", "ms_per_step", "tokens_per_s", "weight_bytes",
-//    "bound_tokens_per_s", "fraction_of_bound", "host_ms_per_step"}: B sequences forked from one prefilled
-//    DECODE_CONTEXT-token prompt, DECODE_STEPS one-token steps timed after 2 warm-up steps;
-//    weight_bytes = bytes of weights one step touches (every dense matrix, the head, the routed
-//    experts the step's tokens picked, counted from its routing) and the bound = batch /
+//    "bound_tokens_per_s", "fraction_of_bound", "host_ms_per_step"}: B sequences forked from one
+//    prefilled DECODE_CONTEXT-token prompt, DECODE_STEPS one-token steps timed after 2 warm-up
+//    steps; weight_bytes = bytes of weights one step touches (every dense matrix, the head, the
+//    routed experts the step's tokens picked, counted from its routing) and the bound = batch /
 //    (weight_bytes / copy bandwidth);
 //  - {"kind": "decode_host_moe", "batch", "ms_per_step", "tokens_per_s"} with COMPARE_HOST_MOE=1:
 //    the same decode steps with the MoE plan built on the host (one sync per layer);
@@ -161,8 +161,8 @@ int Main(int argc, char** argv) {
 
   // One-token decode steps for `handles`; returns ms per step, the step's weight bytes and the
   // host's ms per step inside Step() (close to the step time: the host is the bottleneck).
-  auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes,
-                    double* host_ms, bool device_moe = true) {
+  auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes, double* host_ms,
+                    bool device_moe = true) {
     std::vector<int32_t> tokens(handles.size());
     double host_seconds = 0;
     auto step = [&](int64_t j, bool routing) {
@@ -209,9 +209,10 @@ int Main(int argc, char** argv) {
   if (long_sequence >= 0) {
     double unused = 0, host_ms = 0;
     const double ms = decode({long_sequence}, &unused, &host_ms);
-    std::printf("{\"kind\": \"decode_long\", \"context\": %lld, \"ms_per_step\": %.3f, "
-                "\"tokens_per_s\": %.1f, \"host_ms_per_step\": %.3f}\n",
-                static_cast<long long>(longest), ms, 1e3 / ms, host_ms);
+    std::printf(
+        "{\"kind\": \"decode_long\", \"context\": %lld, \"ms_per_step\": %.3f, "
+        "\"tokens_per_s\": %.1f, \"host_ms_per_step\": %.3f}\n",
+        static_cast<long long>(longest), ms, 1e3 / ms, host_ms);
     std::fflush(stdout);
     Check((*decoder)->RemoveSequence(long_sequence), "remove");
   }
@@ -230,11 +231,12 @@ int Main(int argc, char** argv) {
     const double ms = decode(handles, &weight_bytes, &host_ms);
     const double tps = batch * 1e3 / ms;
     const double bound = batch / (weight_bytes / (gb_per_s * 1e9));
-    std::printf("{\"kind\": \"decode\", \"batch\": %lld, \"context\": %lld, \"ms_per_step\": "
-                "%.3f, \"tokens_per_s\": %.0f, \"weight_bytes\": %.0f, \"bound_tokens_per_s\": "
-                "%.0f, \"fraction_of_bound\": %.4f, \"host_ms_per_step\": %.3f}\n",
-                static_cast<long long>(batch), static_cast<long long>(context), ms, tps,
-                weight_bytes, bound, tps / bound, host_ms);
+    std::printf(
+        "{\"kind\": \"decode\", \"batch\": %lld, \"context\": %lld, \"ms_per_step\": "
+        "%.3f, \"tokens_per_s\": %.0f, \"weight_bytes\": %.0f, \"bound_tokens_per_s\": "
+        "%.0f, \"fraction_of_bound\": %.4f, \"host_ms_per_step\": %.3f}\n",
+        static_cast<long long>(batch), static_cast<long long>(context), ms, tps, weight_bytes,
+        bound, tps / bound, host_ms);
     std::fflush(stdout);
     if (compare_host_moe) {  // the same step with the MoE plan built on the host
       double unused = 0, unused_host = 0;

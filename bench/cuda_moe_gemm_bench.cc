@@ -56,7 +56,9 @@ int Main(int argc, char** argv) {
     for (int64_t t = 0; t < batch; ++t) {
       std::iota(order.begin(), order.end(), 0);
       for (int64_t j = 0; j < kPicks; ++j) {
-        const int64_t swap = j + static_cast<int64_t>(rng.UniformDouble(static_cast<uint64_t>(t * kPicks + j)) * (kExperts - j));
+        const int64_t swap =
+            j + static_cast<int64_t>(rng.UniformDouble(static_cast<uint64_t>(t * kPicks + j)) *
+                                     (kExperts - j));
         std::swap(order[j], order[std::min(swap, kExperts - 1)]);
         ++counts[order[j]];
       }
@@ -64,7 +66,8 @@ int Main(int argc, char** argv) {
     std::vector<int64_t> offsets = {0};
     for (int64_t c : counts) offsets.push_back(offsets.back() + c);
     const int64_t rows = offsets.back();
-    const int64_t used = std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
+    const int64_t used =
+        std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
     Tensor host_offsets = Tensor::Empty(DType::kI32, {kExperts + 1});
     for (int64_t e = 0; e <= kExperts; ++e) {
       host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
@@ -88,15 +91,18 @@ int Main(int argc, char** argv) {
       int64_t call = 0;
       auto next_w = [&] { return g.w[call++ % kLayers].view(); };
       const double bytes = 2.0 * used * n * k + 2.0 * rows * k + double(g.out_bytes) * rows * n;
-      const double cublas_us = 1e3 * TimeMs(iters, [&] {
-        Check(kc::GroupedGemm(**handle, g.in.view(), next_w(), offsets, g.out.view()), "cublas");
-      });
+      const double cublas_us =
+          1e3 * TimeMs(iters, [&] {
+            Check(kc::GroupedGemm(**handle, g.in.view(), next_w(), offsets, g.out.view()),
+                  "cublas");
+          });
       auto report = [&](const char* kernel, double us) {
         const double gb_per_s = bytes / us / 1e3;
-        std::printf("{\"batch\": %lld, \"gemm\": \"%s\", \"kernel\": \"%s\", \"us\": %.1f, "
-                    "\"gb_per_s\": %.0f, \"of_copy\": %.3f, \"vs_cublas\": %.2f}\n",
-                    static_cast<long long>(batch), g.name, kernel, us, gb_per_s,
-                    gb_per_s / copy_gb_per_s, cublas_us / us);
+        std::printf(
+            "{\"batch\": %lld, \"gemm\": \"%s\", \"kernel\": \"%s\", \"us\": %.1f, "
+            "\"gb_per_s\": %.0f, \"of_copy\": %.3f, \"vs_cublas\": %.2f}\n",
+            static_cast<long long>(batch), g.name, kernel, us, gb_per_s, gb_per_s / copy_gb_per_s,
+            cublas_us / us);
       };
       report("cublaslt per expert (baseline)", cublas_us);
       for (const auto& [tile, name] :
@@ -105,10 +111,10 @@ int Main(int argc, char** argv) {
             std::pair{kc::GroupedGemmTile::kWide64x128, "device offsets 64x128"},
             std::pair{kc::GroupedGemmTile::kAuto, "device offsets auto"}}) {
         report(name, 1e3 * TimeMs(iters, [&] {
-                 Check(kc::GroupedGemmDeviceOffsets(g.in.view(), next_w(), d_offsets.view(),
-                                                    g.out.view(), tile),
-                       name);
-               }));
+                       Check(kc::GroupedGemmDeviceOffsets(g.in.view(), next_w(), d_offsets.view(),
+                                                          g.out.view(), tile),
+                             name);
+                     }));
       }
       std::fflush(stdout);
     }

@@ -48,8 +48,8 @@ int RunLogits(const std::vector<std::string>& args) {
   parser.AddBool(
       "fp8-sim", &fp8_sim,
       "with --device cuda: the FP8/FP4 simulation of DeepSeek's official inference "
-      "code (FP8 activations before the FP8/FP4 GEMMs, KV QAT, FP4 indexer; experimental: not "
-      "yet run on a GPU)");
+      "code (FP8 activations before the FP8/FP4 GEMMs, KV QAT, FP4 indexer; its kernels equal the "
+      "CPU references bit for bit on the H200)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (model_dir.empty() || input_path.empty() || output_path.empty()) {

@@ -120,8 +120,8 @@ struct PhaseProfile {
   }
   void Report(const char* what, int64_t tokens) {
     if (!enabled) return;
-    std::string line = absl::StrFormat("[profile%s] %s %d tokens:", wait_for_device ? "" : " host",
-                                       what, tokens);
+    std::string line =
+        absl::StrFormat("[profile%s] %s %d tokens:", wait_for_device ? "" : " host", what, tokens);
     double total = 0;
     for (const auto& [key, value] : ms) {
       absl::StrAppendFormat(&line, " %s %.3f", key, value);

@@ -237,8 +237,7 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
   for (int half = 0; half < 2; ++half) {
     const int r = g + 8 * half;
     if (r >= heads) continue;
-    const float denom =
-        tile_smem.run_sum[r] + expf(p.sink[h0 + r] - tile_smem.run_max[r]);
+    const float denom = tile_smem.run_sum[r] + expf(p.sink[h0 + r] - tile_smem.run_max[r]);
     const int64_t out_row = (i * p.num_heads + h0 + r) * D;
 #pragma unroll
     for (int n = 0; n < kTcMaxTiles; ++n) {

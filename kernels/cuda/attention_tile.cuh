@@ -32,7 +32,7 @@ struct TcTile {
   float* run_max;
   float* run_sum;
   float* rescale;
-  int* valid;  // non-zero: a real key; zero: padding (score -inf)
+  int* valid;      // non-zero: a real key; zero: padding (score -inf)
   int64_t stride;  // bf16 elements between rows of q and keys
 };
 

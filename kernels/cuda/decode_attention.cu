@@ -122,8 +122,8 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
       }
       continue;
     }
-    float* part = p.partial +
-                  ((int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h) * (D + 2);
+    float* part =
+        p.partial + ((int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h) * (D + 2);
 #pragma unroll
     for (int n = 0; n < kTcMaxTiles; ++n) {
       if (n < ntiles) {
@@ -235,7 +235,8 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 || window < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "cuda::DecodeAttention: head_dim %d must be a multiple of 32 <= 512, heads %d and "
-        "window %d positive", head_dim, heads, window));
+        "window %d positive",
+        head_dim, heads, window));
   }
   if (items.empty()) return absl::OkStatus();
   // The kernel copies query and key rows in 16-byte pieces.
@@ -283,13 +284,13 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
     partial = buffer;
   }
   const size_t shared = TcSharedBytes(head_dim);
-  static const cudaError_t attribute = cudaFuncSetAttribute(
-      DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(TcSharedBytes(kMaxHeadDim)));
+  static const cudaError_t attribute =
+      cudaFuncSetAttribute(DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(TcSharedBytes(kMaxHeadDim)));
   if (attribute != cudaSuccess) {
-    return absl::InternalError(absl::StrFormat("cuda::DecodeAttention: %d bytes of shared memory: %s",
-                                               TcSharedBytes(kMaxHeadDim),
-                                               cudaGetErrorString(attribute)));
+    return absl::InternalError(
+        absl::StrFormat("cuda::DecodeAttention: %d bytes of shared memory: %s",
+                        TcSharedBytes(kMaxHeadDim), cudaGetErrorString(attribute)));
   }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();

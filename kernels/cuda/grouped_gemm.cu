@@ -10,8 +10,8 @@ namespace v4rl::kernels::cuda {
 namespace {
 
 constexpr int kBk = 64;
-constexpr int kLds = kBk + 8;  // bf16 tile row pitch (multiple of 8; 16-row steps 32B-aligned)
-constexpr int kThreads = 128;  // 4 warps
+constexpr int kLds = kBk + 8;      // bf16 tile row pitch (multiple of 8; 16-row steps 32B-aligned)
+constexpr int kThreads = 128;      // 4 warps
 constexpr int kMaxExperts = 1024;  // offsets staged in shared memory
 
 struct GroupedParams {
@@ -147,9 +147,8 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
   for (int i = 0; i < T::kFm; ++i) {
 #pragma unroll
     for (int j = 0; j < T::kFn; ++j) {
-      wmma::store_matrix_sync(
-          c_tile + (wm * T::kFm + i) * 16 * T::kLdc + (wn * T::kFn + j) * 16, acc[i][j],
-          T::kLdc, wmma::mem_row_major);
+      wmma::store_matrix_sync(c_tile + (wm * T::kFm + i) * 16 * T::kLdc + (wn * T::kFn + j) * 16,
+                              acc[i][j], T::kLdc, wmma::mem_row_major);
     }
   }
   __syncthreads();
@@ -162,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
   }
 }
 
-using SmallTile = Tile<16, 64, 6>;   // a few rows per expert: deep pipeline, many blocks
+using SmallTile = Tile<16, 64, 6>;  // a few rows per expert: deep pipeline, many blocks
 using MediumTile = Tile<64, 64, 3>;
 using WideTile = Tile<64, 128, 3>;
 
@@ -171,8 +170,8 @@ absl::Status Launch(const GroupedParams& p, int64_t rows, const char* op) {
   const int64_t row_tiles = (rows + T::kBm - 1) / T::kBm + p.experts;  // >= the experts' tiles
   if (row_tiles > 65535) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("%s: %d rows and %d experts need more than 65535 row tiles of %d", op,
-                        rows, p.experts, T::kBm));
+        absl::StrFormat("%s: %d rows and %d experts need more than 65535 row tiles of %d", op, rows,
+                        p.experts, T::kBm));
   }
   static const cudaError_t configured = cudaFuncSetAttribute(
       GroupedGemmKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int{T::kSharedBytes});

@@ -256,8 +256,8 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
   constexpr int64_t kSegmentLen = 2 * kTile, kMaxSegmentedRows = 16;
   if (rows <= kMaxSegmentedRows && num_keys > 2 * kSegmentLen && topk <= kSegmentLen / 4) {
     p.segment_len = kSegmentLen;
-    p.segments = static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen,
-                                                    65535));
+    p.segments =
+        static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen, 65535));
     p.segment_len = (num_keys + p.segments - 1) / p.segments;
     auto buffer = CandidateBuffer(static_cast<size_t>(rows * p.segments * topk));
     if (!buffer.ok()) return buffer.status();

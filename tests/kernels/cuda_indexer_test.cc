@@ -68,9 +68,9 @@ TEST(CudaIndexer, SelectMatchesCpuTopKWithTies) {
   // Long rows (decode at long contexts): several 4096-score tiles, the k-th score's ties spread
   // over all of them; few rows this long go through per-segment candidates and a merge.
   CheckSelect(3, 20011, 512, 90000, 4, 7, 5);
-  CheckSelect(4, 40000, 512, 100000, 4, 3, 6);  // visible 25000-25001: partial and empty segments
-  CheckSelect(1, 250007, 512, 1000100, 4, 7, 7);         // 1M tokens: 250K keys, heavy ties
-  CheckSelect(1, 250007, 512, 1000100, 4, 1 << 20, 8);   // and nearly distinct scores
+  CheckSelect(4, 40000, 512, 100000, 4, 3, 6);    // visible 25000-25001: partial and empty segments
+  CheckSelect(1, 250007, 512, 1000100, 4, 7, 7);  // 1M tokens: 250K keys, heavy ties
+  CheckSelect(1, 250007, 512, 1000100, 4, 1 << 20, 8);  // and nearly distinct scores
 }
 
 TEST(CudaIndexer, TopKMatchesCpuUpToNearTies) {

@@ -320,21 +320,22 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
       for (int64_t e = 0; e <= experts; ++e) host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
       const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
       const Tensor want = Tensor::Empty(out_dtype, {picks, n}, DeviceAllocator());
-      ASSERT_TRUE(GroupedGemm(**handle_or, dx.view().Slice(0, 0, picks), dw.view(), offsets,
-                              want.view())
-                      .ok());
+      ASSERT_TRUE(
+          GroupedGemm(**handle_or, dx.view().Slice(0, 0, picks), dw.view(), offsets, want.view())
+              .ok());
       const Tensor want_host = testing::ToHost(want.view());
       const bool bf16 = out_dtype == DType::kBF16;
       for (const auto& [tile, tile_name] : tiles) {
         const Tensor got = Tensor::Empty(out_dtype, {rows, n}, DeviceAllocator());
         ASSERT_TRUE(
-            GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(), got.view(), tile).ok());
+            GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(), got.view(), tile)
+                .ok());
         const Tensor got_host = testing::ToHost(got.view().Slice(0, 0, picks));
-        EXPECT_TRUE(testing::CloseAndReport(
-            absl::StrFormat("grouped gemm device offsets %s n %d k %d %s", tile_name, n, k,
-                            bf16 ? "bf16" : "f32"),
-            got_host.view(), want_host.view(),
-            {.atol = bf16 ? 2e-2 : 1e-4, .rtol = bf16 ? 8e-3 : 1e-4}));
+        EXPECT_TRUE(
+            testing::CloseAndReport(absl::StrFormat("grouped gemm device offsets %s n %d k %d %s",
+                                                    tile_name, n, k, bf16 ? "bf16" : "f32"),
+                                    got_host.view(), want_host.view(),
+                                    {.atol = bf16 ? 2e-2 : 1e-4, .rtol = bf16 ? 8e-3 : 1e-4}));
       }
     }
   }

@@ -307,8 +307,10 @@ TEST(CudaDecodeTest, Fp8SimulationDecodeMatchesForward) {
                                         /*fp8_simulation=*/false);
     const v4rl::testing::CompareStats gap =
         v4rl::testing::Compare(plain_batched.view(), plain.logits.view());
-    std::printf("[measured] %s plain bf16: decode vs forward: cosine distance %.3e, rel err by "
-                "norm %.3e\n", fixture.c_str(), gap.cosine_distance, gap.rel_error_by_norm);
+    std::printf(
+        "[measured] %s plain bf16: decode vs forward: cosine distance %.3e, rel err by "
+        "norm %.3e\n",
+        fixture.c_str(), gap.cosine_distance, gap.rel_error_by_norm);
     const Tensor batched = RunGpu(*gpu, model.config, ids, schedule, &routing, &picks,
                                   /*batched=*/true, /*device_moe=*/true, /*fp8_simulation=*/true);
     Report(fixture + " fp8 simulation: decode vs forward", batched, simulated.logits,
