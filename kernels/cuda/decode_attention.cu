@@ -13,10 +13,6 @@ namespace {
 
 constexpr int kMaxHeadDim = 512;
 
-__device__ __forceinline__ float Bf(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-
 struct AttnParams {
   const DecodeAttentionItem* items;
   const float* sink;
@@ -174,48 +170,77 @@ struct IndexParams {
   float score_scale;
 };
 
-// Block (item, slice of kIndexKeys keys), one thread per key: the item's queries (f32) in shared
-// memory, read as broadcasts (head weights from global); each thread streams its key row 8 dims
-// at a time and keeps 16 heads' dot products in registers at a time (no shuffles).
-constexpr int kIndexKeys = 128;
+// Block (item, slice of kIndexKeys keys) on tensor cores: the item's queries [heads padded to 16,
+// D] and the slice's keys [kIndexKeys, D] in shared memory (cp.async, zero rows past num_keys);
+// per group of 16 heads, warp w computes the logits of keys [16w, 16w + 16) with mma.sync as
+// attention_tile.cuh's Q·Kᵀ, adds ReLU(logit) · w[h] over its rows (heads g and g + 8), and a
+// shuffle over the 8 lanes of a column sums the heads.
+constexpr int kIndexKeys = 64;
+constexpr int kIndexThreads = 128;
 
-__global__ void __launch_bounds__(kIndexKeys) DecodeIndexerKernel(IndexParams p) {
-  extern __shared__ __align__(16) float q[];  // [heads, head_dim]
+size_t IndexerSharedBytes(int64_t heads, int64_t head_dim) {
+  const int64_t padded_heads = (heads + 15) / 16 * 16;
+  return sizeof(uint16_t) * (padded_heads + kIndexKeys) * (head_dim + 8);
+}
+
+__global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams p) {
+  extern __shared__ __align__(16) unsigned char index_smem[];
   const DecodeIndexerItem it = p.items[blockIdx.x];
-  const auto* qb = static_cast<const __nv_bfloat16*>(it.q);
-  for (int64_t i = threadIdx.x; i < p.heads * p.head_dim; i += blockDim.x) q[i] = Bf(qb, i);
+  const int64_t D = p.head_dim, stride = D + 8;
+  const int padded_heads = static_cast<int>((p.heads + 15) / 16 * 16);
+  uint16_t* q_s = reinterpret_cast<uint16_t*>(index_smem);  // [padded_heads][stride]
+  uint16_t* k_s = q_s + padded_heads * stride;                // [kIndexKeys][stride]
+  const int64_t key0 = int64_t{blockIdx.y} * kIndexKeys;
+  const int vec_per_row = static_cast<int>(D / 8);
+  const auto* q = static_cast<const uint16_t*>(it.q);
+  const auto* keys = static_cast<const uint16_t*>(it.keys);
+  for (int e = threadIdx.x; e < padded_heads * vec_per_row; e += kIndexThreads) {
+    const int h = e / vec_per_row, v = e % vec_per_row;
+    const bool valid = h < p.heads;
+    CpAsync16(q_s + h * stride + v * 8, valid ? q + h * D + v * 8 : q, valid);
+  }
+  for (int e = threadIdx.x; e < kIndexKeys * vec_per_row; e += kIndexThreads) {
+    const int r = e / vec_per_row, v = e % vec_per_row;
+    const bool valid = key0 + r < it.num_keys;
+    CpAsync16(k_s + r * stride + v * 8, valid ? keys + (key0 + r) * D + v * 8 : q, valid);
+  }
+  CpAsyncCommit();
+  CpAsyncWait<0>();
   __syncthreads();
-  const int64_t e = int64_t{blockIdx.y} * kIndexKeys + threadIdx.x;
-  if (e >= p.ld) return;
-  if (e >= it.num_keys) {
-    it.scores[e] = -INFINITY;
-    return;
-  }
-  const auto* key = static_cast<const __nv_bfloat16*>(it.keys) + e * p.head_dim;
-  float sum = 0.0f;
-  for (int64_t h0 = 0; h0 < p.heads; h0 += 16) {  // 16 heads of dot products in registers
-    float dot[16];
-#pragma unroll
-    for (int h = 0; h < 16; ++h) dot[h] = 0.0f;
-    for (int64_t c = 0; c < p.head_dim; c += 8) {
-      float k[8];
-      Load8(key, /*bf16=*/true, c, k);
-#pragma unroll
-      for (int h = 0; h < 16; ++h) {
-        if (h0 + h < p.heads) {
-          const float4* qh = reinterpret_cast<const float4*>(q + (h0 + h) * p.head_dim + c);
-          const float4 a = qh[0], b = qh[1];
-          dot[h] += a.x * k[0] + a.y * k[1] + a.z * k[2] + a.w * k[3] + b.x * k[4] + b.y * k[5] +
-                    b.z * k[6] + b.w * k[7];
-        }
-      }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
+  const int krow = (lane % 8) + 8 * (lane / 16), kcol = 8 * ((lane / 8) % 2);
+  float part[2][2] = {{0, 0}, {0, 0}};  // [n-tile][column parity]: Σ_h ReLU(logit) · w[h]
+  for (int h0 = 0; h0 < padded_heads; h0 += 16) {
+    float c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    const uint16_t* q_row = q_s + (h0 + mrow) * stride + mcol;
+    const uint16_t* k_row = k_s + (16 * warp + krow) * stride + kcol;
+    for (int64_t kk = 0; kk < D; kk += 16) {
+      uint32_t a[4], b[4];
+      LdMatrixX4(a, q_row + kk);
+      LdMatrixX4(b, k_row + kk);
+      MmaBf16(c[0], a, b);
+      MmaBf16(c[1], a, b + 2);
     }
+    const float w0 = h0 + g < p.heads ? it.weights[h0 + g] : 0.0f;
+    const float w1 = h0 + g + 8 < p.heads ? it.weights[h0 + g + 8] : 0.0f;
 #pragma unroll
-    for (int h = 0; h < 16; ++h) {
-      if (h0 + h < p.heads) sum += fmaxf(dot[h], 0.0f) * p.score_scale * it.weights[h0 + h];
+    for (int j = 0; j < 2; ++j) {
+      part[j][0] += fmaxf(c[j][0], 0.0f) * w0 + fmaxf(c[j][2], 0.0f) * w1;
+      part[j][1] += fmaxf(c[j][1], 0.0f) * w0 + fmaxf(c[j][3], 0.0f) * w1;
     }
   }
-  it.scores[e] = sum;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = part[j][e];
+      for (int offset = 4; offset < 32; offset *= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      const int64_t key = key0 + 16 * warp + 8 * j + 2 * t4 + e;
+      if (g == 0 && key < p.ld) it.scores[key] = key < it.num_keys ? v * p.score_scale : -INFINITY;
+    }
+  }
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -309,25 +334,27 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
 absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
                                  int64_t head_dim, int64_t ld, float score_scale) {
   if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 ||
-      heads * head_dim * 4 > 48 * 1024 || (ld + kIndexKeys - 1) / kIndexKeys > 65535) {
+      IndexerSharedBytes(heads, head_dim) > 48 * 1024 ||
+      (ld + kIndexKeys - 1) / kIndexKeys > 65535) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "cuda::DecodeIndexerScores: unsupported heads %d x head_dim %d (head_dim a multiple of "
-        "32 <= 512, queries within 48 KiB) or ld %d over 65535 key slices",
+        "32 <= 512, queries and a tile of keys within 48 KiB) or ld %d over 65535 key slices",
         heads, head_dim, ld));
   }
   if (items.empty() || ld == 0) return absl::OkStatus();
-  for (size_t i = 0; i < items.size(); ++i) {  // key rows are read 16 bytes at a time
-    if (!Aligned16(items[i].keys)) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("cuda::DecodeIndexerScores: item %d's keys must be 16-byte aligned", i));
+  for (size_t i = 0; i < items.size(); ++i) {  // rows are read 16 bytes at a time
+    if (!Aligned16(items[i].q) || !Aligned16(items[i].keys)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "cuda::DecodeIndexerScores: item %d's q and keys must be 16-byte aligned", i));
     }
   }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();
   const unsigned slices = static_cast<unsigned>((ld + kIndexKeys - 1) / kIndexKeys);
+  const size_t shared = IndexerSharedBytes(heads, head_dim);
   for (size_t first = 0; first < items.size(); first += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<size_t>(65535, items.size() - first)), slices);
-    DecodeIndexerKernel<<<grid, kIndexKeys, heads * head_dim * sizeof(float)>>>(
+    DecodeIndexerKernel<<<grid, kIndexThreads, shared>>>(
         IndexParams{*staged + first, heads, head_dim, ld, score_scale});
   }
   return LaunchStatus("cuda::DecodeIndexerScores");
