@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams
   const int64_t D = p.head_dim, stride = D + 8;
   const int padded_heads = static_cast<int>((p.heads + 15) / 16 * 16);
   uint16_t* q_s = reinterpret_cast<uint16_t*>(index_smem);  // [padded_heads][stride]
-  uint16_t* k_s = q_s + padded_heads * stride;                // [kIndexKeys][stride]
+  uint16_t* k_s = q_s + padded_heads * stride;              // [kIndexKeys][stride]
   const int64_t key0 = int64_t{blockIdx.y} * kIndexKeys;
   const int vec_per_row = static_cast<int>(D / 8);
   const auto* q = static_cast<const uint16_t*>(it.q);
