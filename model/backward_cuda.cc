@@ -67,6 +67,7 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
                                  dcomb.view());
   });
   Tensor dsub_in = run.Z({num_tokens, hidden});
+  run.Mark("bwd.mhc");
   sub_backward(dy, dsub_in);
   Tensor dcollapsed = run.Z({num_tokens, hidden});
   const Tensor collapsed = run.Up(host_acts.collapsed);
@@ -87,6 +88,7 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   });
   const Tensor normed = run.Up(host_acts.normed);
   MixesBackward(run, streams.view(), normed, w.fn, eps, dmixes, dstreams.view(), g->fn);
+  run.Mark("bwd.mhc");
   return dstreams;
 }
 
@@ -174,6 +176,7 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
                do_groups.Select(1, gi), dw_groups.Select(0, gi));
   }
   rotate_back_each_sequence(dattn, /*inverse=*/true);
+  run.Mark("bwd.attn.output");
 
   // Sparse attention, one sequence at a time.
   const bool compressed = type != AttentionType::kSliding;
@@ -219,6 +222,7 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
     }
     run.Do([&] { return kc::SparseAttentionBackward(args); });
   }
+  run.Mark("bwd.attn.core");
 
   // Query path: RoPE, per-head unweighted RMSNorm (input recomputed as on the CPU), wq_b,
   // q_norm, wq_a.
@@ -243,11 +247,13 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   run.RmsNorm(Rows2(kv_raw, num_tokens), w.kv_norm.view(), eps, dkv_rows, dkv_raw.view(),
               g->kv_norm.view());
   run.Linear(x.view(), w.wkv.view(), dkv_raw.view(), dx.view(), g->wkv.view());
+  run.Mark("bwd.attn.proj");
 
   if (num_entries > 0) {
     CompressorBackward(run, w.compressor, config.CompressRatio(type),
                        type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x,
                        host_acts.compressor, dentries, dx, &g->compressor);
+    run.Mark("bwd.attn.compressor");
   }
 }
 
@@ -467,6 +473,7 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
     }
   }
 
+  run.Mark("bwd.setup");
   // Head: logits = hidden · headᵀ; hidden = norm(hc_head collapse of the final streams).
   {
     const Tensor hid = run.Up(forward.hidden);
@@ -493,6 +500,7 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
     });
     const Tensor normed = run.Up(forward.hc_head.normed);
     MixesBackward(run, streams3, normed, w.hc_head.fn, eps, dmixes, dstreams.view(), g.hc_head.fn);
+    run.Mark("bwd.head");
 
     // Blocks, last first, activations uploaded one block at a time.
     for (int64_t l = config.num_layers - 1; l >= 0; --l) {
@@ -506,6 +514,7 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
           run, layer.hc_ffn, layer.ffn_norm, config, streams_mid, acts.ffn_hc, ffn_out, dstreams,
           [&](const Tensor& dy, const Tensor& dx) {
             MoeBackward(run, layer.ffn, config, ffn_in, acts.moe, dy, dx, &gl->ffn);
+            run.Mark("bwd.moe");
           },
           &gl->hc_ffn, gl->ffn_norm);
       const Tensor streams_in = run.Up(acts.streams_in);
@@ -524,6 +533,7 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
     // Embedding: every stream started as a copy of the token's row.
     const Tensor ids = run.Up(host_ids);
     run.Do([&] { return kc::EmbeddingBackward(dstreams.view(), ids.view(), g.embed.view()); });
+    run.Mark("bwd.embed");
   }
   V4RL_RETURN_IF_ERROR(run.status());
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
@@ -551,6 +561,8 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
     const float* src = copy.data<float>();
     for (int64_t i = 0; i < copy.numel(); ++i) dst[i] += src[i];
   });
+  run.Mark("bwd.grads_to_host");
+  run.Report("train backward", num_tokens);
   return status;
 }
 

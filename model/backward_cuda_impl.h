@@ -15,6 +15,7 @@
 #include "kernels/cuda/linear_backward.h"
 #include "kernels/cuda/model_backward_misc.h"
 #include "model/backward_cuda.h"
+#include "model/cuda_phase_profile.h"
 
 namespace v4rl::model {
 
@@ -32,10 +33,13 @@ namespace kc = kernels::cuda;
 
 // One forward or backward call: the first error sticks and later launches are skipped (every
 // device tensor is allocated with its final shape even after an error, so views stay
-// well-formed).
+// well-formed). Mark(phase) feeds V4RL_CUDA_PROFILE (model/cuda_phase_profile.h); Report prints
+// the call's phases.
 class Run {
  public:
-  explicit Run(kc::BlasHandle* blas) : blas_(blas) {}
+  explicit Run(kc::BlasHandle* blas) : blas_(blas) { profile_.Start(); }
+  void Mark(const char* phase) { profile_.Mark(phase); }
+  void Report(const char* what, int64_t tokens) { profile_.Report(what, tokens); }
   const absl::Status& status() const { return status_; }
   kc::BlasHandle& blas() { return *blas_; }
   void Ok(absl::Status s) {
@@ -109,6 +113,7 @@ class Run {
  private:
   kc::BlasHandle* blas_;
   absl::Status status_;
+  model::cuda_internal::PhaseProfile profile_;
 };
 
 // t as [rows, numel / rows].

@@ -220,16 +220,19 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   rotate_each_sequence(acts->kv, /*inverse=*/false);
   acts->kv.mutable_view() = acts->kv.view().Reshape({num_tokens, dim});
 
+  run.Mark("fwd.attn.proj");
   // Compressed entries (and, for CSA, the indexer's picks).
   const bool compressed = type != AttentionType::kSliding;
   if (compressed) {
     Compressor(run, w.compressor, config.CompressRatio(type),
                type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x,
                &acts->compressor);
+    run.Mark("fwd.attn.compressor");
   }
   if (type == AttentionType::kCompressedSparse) {
     Indexer(run, w.indexer, config, rope, cos, sin, batch, seq_len, x, acts->qr.view(),
             &acts->indexer, replay_index_topk);
+    run.Mark("fwd.attn.indexer");
   }
 
   // Sparse attention over window ∪ compressed keys, one sequence at a time.
@@ -255,6 +258,7 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
     }
     run.Do([&] { return kc::SparseAttention(args); });
   }
+  run.Mark("fwd.attn.core");
 
   // Undo the values' rotation at the query position.
   acts->o = run.New({num_tokens, heads, dim});
@@ -273,6 +277,7 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
     run.Forward(o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g));
   }
   run.Forward(acts->u.view(), w.wo_b.view(), out);
+  run.Mark("fwd.attn.output");
 }
 
 // model/moe.cc MoeForward (with RouteTokens). x: [N, H] f32 device; token_ids: [N] i32 device;
@@ -387,6 +392,7 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
                        acts->attn_in.view());
   });
   acts->attn_out = run.New({num_tokens, hidden});
+  run.Mark("fwd.mhc");
   Attention(run, layer.attn, layer.attention_type, config, rope, batch, seq_len,
             acts->attn_in.view(), &acts->attn, acts->attn_out.view(), replay_index_topk);
   acts->streams_mid = run.New(streams_in.view().shape_vector());
@@ -403,8 +409,10 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
                        acts->ffn_in.view());
   });
   acts->ffn_out = run.New({num_tokens, hidden});
+  run.Mark("fwd.mhc");
   Moe(run, layer.ffn, layer.mlp_type, config, acts->ffn_in.view(), token_ids, replay, &acts->moe,
       acts->ffn_out.view(), routed);
+  run.Mark("fwd.moe");
   Tensor streams_out = run.New(streams_in.view().shape_vector());
   run.Do([&] {
     return kc::MhcPost(acts->streams_mid.view(), acts->ffn_out.view(), acts->ffn_hc.post.view(),
@@ -477,6 +485,8 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   });
   Tensor logits = run.New({num_tokens, config.vocab_size});
   run.Forward(hidden_state.view(), w.head.view(), logits.view());
+  run.Mark("fwd.head");
+  run.Report("train forward", num_tokens);
   V4RL_RETURN_IF_ERROR(run.status());
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
   FinishForwardOutput(config, options, batch, seq_len, logits, hidden_state, streams,
