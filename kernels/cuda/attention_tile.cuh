@@ -80,6 +80,30 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t r[4], const uint16_t* r
                : "r"(a));
 }
 
+// Logits of 16 query rows against the 16 keys of this warp: c[j] = n-tile j (keys 8j .. 8j + 7)
+// of q_rows [16, D] · keysᵀ in the mma C layout (rows l / 4 and l / 4 + 8, columns 2(l % 4), +1).
+// q_rows and warp_keys: bf16 rows `stride` apart in shared memory, 16-byte aligned.
+__device__ __forceinline__ void TcWarpLogits(const uint16_t* q_rows, const uint16_t* warp_keys,
+                                             int64_t stride, int64_t head_dim, float c[2][4]) {
+  const int lane = threadIdx.x % 32;
+  // A: matrices 0/1 rows 0-7 / 8-15, matrices 2/3 eight columns on. B (col-major = key rows):
+  // (keys 0-7, 8 dims), (keys 0-7, next 8 dims), (keys 8-15, 8 dims), (keys 8-15, next 8 dims)
+  // give b of both n-tiles.
+  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
+  const int krow = (lane % 8) + 8 * (lane / 16), kcol = 8 * ((lane / 8) % 2);
+  const uint16_t* q_row = q_rows + mrow * stride + mcol;
+  const uint16_t* k_row = warp_keys + krow * stride + kcol;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+  for (int64_t kk = 0; kk < head_dim; kk += 16) {
+    uint32_t a[4], b[4];
+    LdMatrixX4(a, q_row + kk);
+    LdMatrixX4(b, k_row + kk);
+    MmaBf16(c[0], a, b);
+    MmaBf16(c[1], a, b + 2);
+  }
+}
+
 // One staged tile (keys and valid filled, then __syncthreads by the caller): S = scale · Q Kᵀ,
 // the online softmax update of run_max / run_sum (a max of -inf with no valid key yet leaves
 // the accumulators untouched), acc = acc · rescale + P V. acc: this thread's fragments of the
@@ -89,22 +113,11 @@ __device__ __forceinline__ void TcAttendTile(const TcTile& t, int64_t head_dim, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t stride = t.stride;
-  // Row addresses for ldmatrix: matrices 0/1 rows 0-7 / 8-15, matrices 2/3 eight columns on.
+  // ldmatrix row addresses for P·V below: matrices 0/1 rows 0-7 / 8-15, 2/3 eight columns on.
   const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
   {
-    float c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    // Keys of this warp as B (col-major = key rows): matrices (keys 0-7, 8 dims), (keys 0-7, next
-    // 8 dims), (keys 8-15, 8 dims), (keys 8-15, next 8 dims) give b of both n-tiles.
-    const int krow = (lane % 8) + 8 * (lane / 16), kcol = 8 * ((lane / 8) % 2);
-    const uint16_t* q_row = t.q + mrow * stride + mcol;
-    const uint16_t* k_row = t.keys + (16 * warp + krow) * stride + kcol;
-    for (int64_t kk = 0; kk < head_dim; kk += 16) {
-      uint32_t a[4], b[4];
-      LdMatrixX4(a, q_row + kk);
-      LdMatrixX4(b, k_row + kk);
-      MmaBf16(c[0], a, b);
-      MmaBf16(c[1], a, b + 2);
-    }
+    float c[2][4];
+    TcWarpLogits(t.q, t.keys + 16 * warp * stride, stride, head_dim, c);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int col = 16 * warp + 8 * j + 2 * t4;

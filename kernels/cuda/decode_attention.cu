@@ -1,11 +1,11 @@
 #include <algorithm>
-#include <mutex>
 #include <type_traits>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/staging.h"
 
 namespace v4rl::kernels::cuda {
@@ -209,20 +209,10 @@ __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
-  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
-  const int krow = (lane % 8) + 8 * (lane / 16), kcol = 8 * ((lane / 8) % 2);
   float part[2][2] = {{0, 0}, {0, 0}};  // [n-tile][column parity]: Σ_h ReLU(logit) · w[h]
   for (int h0 = 0; h0 < padded_heads; h0 += 16) {
-    float c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    const uint16_t* q_row = q_s + (h0 + mrow) * stride + mcol;
-    const uint16_t* k_row = k_s + (16 * warp + krow) * stride + kcol;
-    for (int64_t kk = 0; kk < D; kk += 16) {
-      uint32_t a[4], b[4];
-      LdMatrixX4(a, q_row + kk);
-      LdMatrixX4(b, k_row + kk);
-      MmaBf16(c[0], a, b);
-      MmaBf16(c[1], a, b + 2);
-    }
+    float c[2][4];
+    TcWarpLogits(q_s + h0 * stride, k_s + 16 * warp * stride, stride, D, c);
     const float w0 = h0 + g < p.heads ? it.weights[h0 + g] : 0.0f;
     const float w1 = h0 + g + 8 < p.heads ? it.weights[h0 + g + 8] : 0.0f;
 #pragma unroll
@@ -292,21 +282,11 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
       std::min((2 * sms) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys), 1, kMaxSplits));
   float* partial = nullptr;
   if (splits > 1) {
-    static std::mutex mu;
-    static float* buffer = nullptr;
-    static size_t capacity = 0;
-    const size_t need = std::min<size_t>(items.size(), 65535) * splits * heads * (head_dim + 2);
-    std::lock_guard<std::mutex> lock(mu);
-    if (need > capacity) {
-      if (buffer != nullptr) cudaFree(buffer);
-      capacity = std::max(need, 2 * capacity);
-      if (cudaError_t e = cudaMalloc(&buffer, capacity * sizeof(float)); e != cudaSuccess) {
-        buffer = nullptr;
-        capacity = 0;
-        return absl::InternalError(absl::StrFormat("decode partials: %s", cudaGetErrorString(e)));
-      }
-    }
-    partial = buffer;
+    static GrowingDeviceBuffer partials("cuda::DecodeAttention partials");
+    const size_t floats = std::min<size_t>(items.size(), 65535) * splits * heads * (head_dim + 2);
+    auto buffer = partials.Get(floats * sizeof(float));
+    if (!buffer.ok()) return buffer.status();
+    partial = static_cast<float*>(*buffer);
   }
   const size_t shared = TcSharedBytes(head_dim);
   static const cudaError_t attribute =

@@ -1,9 +1,8 @@
 #include <algorithm>
-#include <mutex>
 
-#include "absl/status/statusor.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/plan/compressed_attention.h"
 
@@ -229,25 +228,6 @@ __global__ void ReduceHeadsKernel(ReduceParams p) {
   }
 }
 
-// Candidate ids of the segmented selection: a grow-only device buffer (one host thread at a time).
-absl::StatusOr<int32_t*> CandidateBuffer(size_t ints) {
-  static std::mutex mu;
-  static int32_t* buffer = nullptr;
-  static size_t capacity = 0;
-  std::lock_guard<std::mutex> lock(mu);
-  if (ints > capacity) {
-    if (buffer != nullptr) cudaFree(buffer);
-    capacity = std::max(ints, 2 * capacity);
-    if (cudaError_t e = cudaMalloc(&buffer, capacity * sizeof(int32_t)); e != cudaSuccess) {
-      buffer = nullptr;
-      capacity = 0;
-      return absl::InternalError(
-          absl::StrFormat("cuda::IndexerSelect candidates: %s", cudaGetErrorString(e)));
-    }
-  }
-  return buffer;
-}
-
 absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t num_keys,
                           int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
   if (rows == 0 || topk == 0) return absl::OkStatus();
@@ -259,9 +239,10 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
     p.segments =
         static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen, 65535));
     p.segment_len = (num_keys + p.segments - 1) / p.segments;
-    auto buffer = CandidateBuffer(static_cast<size_t>(rows * p.segments * topk));
+    static GrowingDeviceBuffer candidates("cuda::IndexerSelect candidates");
+    auto buffer = candidates.Get(static_cast<size_t>(rows * p.segments * topk) * sizeof(int32_t));
     if (!buffer.ok()) return buffer.status();
-    p.candidates = *buffer;
+    p.candidates = static_cast<int32_t*>(*buffer);
     SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
                           kSelectThreads>>>(p);
     SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(p);
