@@ -280,14 +280,14 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   const int64_t batch_blocks = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * groups;
   const int splits = static_cast<int>(std::clamp<int64_t>(
       std::min((2 * sms) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys), 1, kMaxSplits));
-  float* partial = nullptr;
+  // Split partials from the stream-ordered cache (free again once the launches are queued).
+  core::Tensor partials;
   if (splits > 1) {
-    static GrowingDeviceBuffer partials("cuda::DecodeAttention partials");
-    const size_t floats = std::min<size_t>(items.size(), 65535) * splits * heads * (head_dim + 2);
-    auto buffer = partials.Get(floats * sizeof(float));
-    if (!buffer.ok()) return buffer.status();
-    partial = static_cast<float*>(*buffer);
+    const int64_t floats =
+        std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * splits * heads * (head_dim + 2);
+    partials = core::Tensor::Empty(core::DType::kF32, {floats}, CachingDeviceAllocator());
   }
+  float* partial = partials.defined() ? partials.data<float>() : nullptr;
   const size_t shared = TcSharedBytes(head_dim);
   static const cudaError_t attribute =
       cudaFuncSetAttribute(DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -121,20 +121,4 @@ absl::Status Synchronize() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<void*> GrowingDeviceBuffer::Get(size_t bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (bytes > capacity_) {
-    if (data_ != nullptr) cudaFree(data_);
-    const size_t want = std::max(bytes, 2 * capacity_);
-    if (cudaError_t error = cudaMalloc(&data_, want); error != cudaSuccess) {
-      data_ = nullptr;
-      capacity_ = 0;
-      return absl::InternalError(absl::StrFormat("%s: cudaMalloc(%d): %s", what_, want,
-                                                 cudaGetErrorString(error)));
-    }
-    capacity_ = want;
-  }
-  return data_;
-}
-
 }  // namespace v4rl::kernels::cuda

@@ -3,8 +3,6 @@
 // Only code built with V4RL_WITH_CUDA links this library. Thread-safe.
 #pragma once
 
-#include <cstddef>
-#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -24,21 +22,6 @@ core::Allocator* DeviceAllocator();
 // size instead of cudaFree (which synchronises the device). Blocks are reused in stream order, so
 // only for memory used on the default stream. Never shrinks except when cudaMalloc fails.
 core::Allocator* CachingDeviceAllocator();
-
-// A device scratch buffer that only grows (cudaFree of the old one synchronises the device):
-// kernels keep one per call site for per-launch temporaries, e.g. split partials. Get returns at
-// least `bytes`, valid until the next Get; one host thread at a time uses the contents.
-class GrowingDeviceBuffer {
- public:
-  explicit GrowingDeviceBuffer(const char* what) : what_(what) {}
-  absl::StatusOr<void*> Get(size_t bytes);
-
- private:
-  const char* what_;
-  std::mutex mu_;
-  void* data_ = nullptr;
-  size_t capacity_ = 0;
-};
 
 // Copies between contiguous views of equal dtype and shape on any devices.
 absl::Status Copy(const core::TensorView& source, const core::TensorView& destination);

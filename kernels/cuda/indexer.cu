@@ -239,10 +239,10 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
     p.segments =
         static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen, 65535));
     p.segment_len = (num_keys + p.segments - 1) / p.segments;
-    static GrowingDeviceBuffer candidates("cuda::IndexerSelect candidates");
-    auto buffer = candidates.Get(static_cast<size_t>(rows * p.segments * topk) * sizeof(int32_t));
-    if (!buffer.ok()) return buffer.status();
-    p.candidates = static_cast<int32_t*>(*buffer);
+    // Candidates from the stream-ordered cache (free again once both launches are queued).
+    const core::Tensor candidates = core::Tensor::Empty(
+        core::DType::kI32, {rows * p.segments * topk}, CachingDeviceAllocator());
+    p.candidates = candidates.data<int32_t>();
     SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
                           kSelectThreads>>>(p);
     SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(p);
