@@ -56,7 +56,8 @@ def main():
     print(f"{'v4rl (' + train['precision'] + ')':28s} {ours:10.0f} "
           f"{ours * per_token / 1e12:8.1f} {100 * ours * per_token / 1e12 / peak['tflops']:5.1f}%")
     if theirs:
-        print(f"{'transformers (bf16 autocast)':28s} {theirs:10.0f} {theirs * per_token / 1e12:8.1f} "
+        label = "transformers (bf16 autocast)"
+        print(f"{label:28s} {theirs:10.0f} {theirs * per_token / 1e12:8.1f} "
               f"{100 * theirs * per_token / 1e12 / peak['tflops']:5.1f}%")
         print(f"ratio v4rl / transformers: {ours / theirs:.2f}x")
     else:

@@ -283,8 +283,8 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   // Split partials from the stream-ordered cache (free again once the launches are queued).
   core::Tensor partials;
   if (splits > 1) {
-    const int64_t floats =
-        std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * splits * heads * (head_dim + 2);
+    const int64_t rows = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535);
+    const int64_t floats = rows * splits * heads * (head_dim + 2);
     partials = core::Tensor::Empty(core::DType::kF32, {floats}, CachingDeviceAllocator());
   }
   float* partial = partials.defined() ? partials.data<float>() : nullptr;
