@@ -9,6 +9,9 @@
 #        decode  bench/cuda_decode_bench.sh on the mid config vs transformers -> decode.txt
 #        train   bench/cuda_train_bench.sh on the mid config vs transformers  -> train.txt
 #        long    a 1,000,000-token prefill and single-stream decode after it  -> long.txt
+#        profile V4RL_CUDA_PROFILE phases (not in the default STEPS): decode steps at batch 1 and
+#                256 (synchronised and host-only), and one fp32 training step at 4,096 tokens
+#                                                                             -> profile.txt
 # Env: BUNDLE (device_bundle), LIMIT_S (per step, 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,4 +50,19 @@ if wants long; then
     4096 8 > "$out/long.txt" 2> "$out/long.err"
   echo "== long (rc $?)"
   grep kind "$out/long.txt"
+fi
+if wants profile; then
+  {
+    for mode in 1 host; do
+      for batch in 1 256; do
+        V4RL_CUDA_PROFILE=$mode timeout "$limit" "$bundle/env.sh" cuda_decode_bench \
+          configs/models/mid.json - 4096 "$batch" 8192 4096 3 2>&1 | grep "decode step $batch " |
+          tail -1
+      done
+    done
+    V4RL_CUDA_PROFILE=1 timeout "$limit" "$bundle/env.sh" cuda_train_bench configs/models/mid.json \
+      - 4096 1 1 2>&1 | grep -E "^\[profile|\"train\"" | tail -3
+  } > "$out/profile.txt"
+  echo "== profile"
+  cat "$out/profile.txt"
 fi
