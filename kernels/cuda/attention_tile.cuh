@@ -4,7 +4,8 @@
 // with bf16 inputs and fp32 accumulation, an fp32 online softmax whose running max may start at
 // the sink or at -inf, P rounded to bf16 for the second product (as flash attention does).
 // Four warps: warp w takes keys [16w, 16w + 16) for Q·Kᵀ and output columns [w·D/4, (w+1)·D/4)
-// for P·V. D (head_dim) % 32 == 0 and D <= 512. Include only from .cu files.
+// for P·V. D (head_dim) % 32 == 0 and D <= 512. TcWarpLogits (a warp's 16 keys against 16 query
+// rows) also serves the decode indexer's scores. Include only from .cu files.
 #pragma once
 
 #include <cuda_bf16.h>
