@@ -10,8 +10,9 @@
 //  - {"kind": "peak", "tflops"}: the best of 5 bf16 cuBLASLt GEMMs of 8192^3 (fp32 accumulation);
 //  - {"kind": "flops", "forward_per_token", "training_per_token", "formula"} (model/flops.h);
 //  - {"kind": "train", "precision", "batch", "seq_len", "ms", "tokens_per_s", "tflops", "mfu"}:
-//    STEPS timed steps after one warm-up, each forward + loss + backward with the gradients
-//    copied back to the host (what `v4rl sft --device cuda` does; the optimizer not included).
+//    STEPS timed steps after one warm-up, each forward + loss + backward with the gradients left
+//    on the device (CudaMaskedNextTokenLossOnDevice; torch's stay on the device too; `v4rl sft
+//    --device cuda` copies them to its host optimizer on top; the optimizer not included).
 // OUT_DIR "-" skips the checkpoint. Token t of each row is (7919 t + 13 + row) mod V.
 #include <chrono>
 #include <cstdio>
@@ -88,10 +89,18 @@ int Main(int argc, char** argv) {
           static_cast<int32_t>((7919 * t + 13 + b) % config->vocab_size);
     }
   }
+  // Every position but each sequence's last; the gradients stay on the device, as torch's do.
+  core::Tensor mask = core::Tensor::Zeros(core::DType::kF32, {batch, seq_len});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) mask.data<float>()[b * seq_len + t] = 1.0f;
+  }
+  model::ForwardOptions forward_options;
   auto step = [&] {
-    auto result = model::CudaNextTokenLossAndGradients(**gpu, model, ids.view());
-    Check(result.status(), "train step");
-    return result->loss;
+    model::ModelWeights grads;
+    auto loss = model::CudaMaskedNextTokenLossOnDevice(**gpu, model, ids.view(), mask.view(),
+                                                       forward_options, &grads);
+    Check(loss.status(), "train step");
+    return *loss;
   };
   step();  // warm-up: allocator, cuBLAS
   start = std::chrono::steady_clock::now();

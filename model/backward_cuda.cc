@@ -419,8 +419,9 @@ absl::Status CudaBackward::UpdateWeights() {
   return kc::Synchronize();
 }
 
-absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOutput& forward,
-                                    const TensorView& dlogits, ModelWeights* grads) {
+absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& input_ids,
+                                                           const ForwardOutput& forward,
+                                                           const TensorView& dlogits) {
   const Model& model = *impl_->model;
   const ModelConfig& config = model.config;
   const ModelWeights& w = impl_->weights;
@@ -535,10 +536,17 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
     run.Do([&] { return kc::EmbeddingBackward(dstreams.view(), ids.view(), g.embed.view()); });
     run.Mark("bwd.embed");
   }
+  run.Report("train backward", num_tokens);
   V4RL_RETURN_IF_ERROR(run.status());
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
+  return g;
+}
 
+absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOutput& forward,
+                                    const TensorView& dlogits, ModelWeights* grads) {
+  V4RL_ASSIGN_OR_RETURN(ModelWeights g, DeviceGradients(input_ids, forward, dlogits));
   // Add the device gradients to the host ones.
+  const ModelConfig& config = impl_->model->config;
   absl::Status status;
   ModelWeights host = *grads;  // shallow: the slots share the caller's buffers
   std::vector<Tensor*> device_slots;
@@ -561,17 +569,19 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
     const float* src = copy.data<float>();
     for (int64_t i = 0; i < copy.numel(); ++i) dst[i] += src[i];
   });
-  run.Mark("bwd.grads_to_host");
-  run.Report("train backward", num_tokens);
   return status;
 }
 
-absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Model& model,
-                                               const TensorView& input_ids,
-                                               const TensorView& loss_mask,
-                                               const ForwardOptions& forward_options,
-                                               ModelWeights* grads,
-                                               std::vector<Tensor>* routed_experts) {
+namespace {
+
+// Forward, the masked cross entropy and its gradient: returns the loss; forward->logits then hold
+// dlogits (the gradient overwrites the logits in place: Backward does not read them, so no
+// second [B·T, V] buffer).
+absl::StatusOr<double> MaskedLossAndDlogits(CudaBackward& backward, const Model& model,
+                                            const TensorView& input_ids,
+                                            const TensorView& loss_mask,
+                                            const ForwardOptions& forward_options,
+                                            ForwardOutput* forward) {
   if (input_ids.rank != 2 || input_ids.shape[1] < 2) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "input_ids must be [batch, seq_len] with seq_len >= 2 for a next-token loss, got %s",
@@ -588,7 +598,7 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
   options.return_hidden = true;
   options.return_streams = true;
   options.save_activations = true;
-  V4RL_ASSIGN_OR_RETURN(const ForwardOutput forward, backward.Forward(input_ids, options));
+  V4RL_ASSIGN_OR_RETURN(*forward, backward.Forward(input_ids, options));
 
   // Position t of a sequence predicts token t + 1; the last position has no target.
   const int64_t rows = batch * seq_len, vocab = model.config.vocab_size;
@@ -619,19 +629,45 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
   const Tensor losses = device(DType::kF32, {rows});
   V4RL_RETURN_IF_ERROR(kc::Copy(targets.view(), device_targets.view()));
   V4RL_RETURN_IF_ERROR(kc::Copy(mask.view(), device_mask.view()));
-  // The gradient overwrites the logits in place (Backward does not read them): no second
-  // [B·T, V] buffer.
-  const TensorView logit_rows = forward.logits.view().Reshape({rows, vocab});
+  const TensorView logit_rows = forward->logits.view().Reshape({rows, vocab});
   V4RL_RETURN_IF_ERROR(kc::MaskedCrossEntropy(
       logit_rows, device_targets.view(), device_mask.view(),
       mask_total > 0 ? static_cast<float>(1.0 / mask_total) : 0.0f, losses.view(), logit_rows));
-  const TensorView dlogits = forward.logits.view();
   Tensor host_losses = Tensor::Empty(DType::kF32, {rows});
   V4RL_RETURN_IF_ERROR(kc::Copy(losses.view(), host_losses.view()));
   double loss = 0;
   for (int64_t r = 0; r < rows; ++r) loss += host_losses.data<float>()[r];
-  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits, grads));
+  return loss;
+}
+
+}  // namespace
+
+absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Model& model,
+                                               const TensorView& input_ids,
+                                               const TensorView& loss_mask,
+                                               const ForwardOptions& forward_options,
+                                               ModelWeights* grads,
+                                               std::vector<Tensor>* routed_experts) {
+  ForwardOutput forward;
+  V4RL_ASSIGN_OR_RETURN(const double loss, MaskedLossAndDlogits(backward, model, input_ids,
+                                                                loss_mask, forward_options,
+                                                                &forward));
+  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, forward.logits.view(), grads));
   if (routed_experts != nullptr) *routed_experts = forward.routed_experts;
+  return loss;
+}
+
+absl::StatusOr<double> CudaMaskedNextTokenLossOnDevice(CudaBackward& backward, const Model& model,
+                                                       const TensorView& input_ids,
+                                                       const TensorView& loss_mask,
+                                                       const ForwardOptions& forward_options,
+                                                       ModelWeights* device_grads) {
+  ForwardOutput forward;
+  V4RL_ASSIGN_OR_RETURN(const double loss, MaskedLossAndDlogits(backward, model, input_ids,
+                                                                loss_mask, forward_options,
+                                                                &forward));
+  V4RL_ASSIGN_OR_RETURN(*device_grads,
+                        backward.DeviceGradients(input_ids, forward, forward.logits.view()));
   return loss;
 }
 

@@ -62,6 +62,13 @@ class CudaBackward {
   absl::Status Backward(const core::TensorView& input_ids, const ForwardOutput& forward,
                         const core::TensorView& dlogits, ModelWeights* grads);
 
+  // Backward without the host round trip: the gradients as f32 device tensors in the
+  // ZeroGradients layout (a tied head shares the embedding's tensor), for an optimizer on the
+  // device and for timing the backward alone. Same arguments and errors as Backward.
+  absl::StatusOr<ModelWeights> DeviceGradients(const core::TensorView& input_ids,
+                                               const ForwardOutput& forward,
+                                               const core::TensorView& dlogits);
+
   // Copies the current values of the Model's parameters into the device copies (in place: the
   // device buffers stay). Call after every optimizer step on the host Model. InvalidArgument for a
   // parameter whose dtype changed to a non-floating one; Internal on CUDA errors.
@@ -87,6 +94,13 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
                                                const ForwardOptions& forward_options,
                                                ModelWeights* grads,
                                                std::vector<core::Tensor>* routed_experts = nullptr);
+
+// The same loss with the gradients left on the device: *device_grads is replaced by
+// DeviceGradients' f32 device tensors (no host copy).
+absl::StatusOr<double> CudaMaskedNextTokenLossOnDevice(
+    CudaBackward& backward, const Model& model, const core::TensorView& input_ids,
+    const core::TensorView& loss_mask, const ForwardOptions& forward_options,
+    ModelWeights* device_grads);
 
 // NextTokenLossAndGradients on the GPU: Forward, the mean next-token cross entropy
 // (kernels/cuda/token_losses.h MaskedCrossEntropy; the loss summed on the host in double, within

@@ -12,6 +12,7 @@
 //    same gradients (accumulation), GPU vs CPU 1e-4; the same with the GPU forward's device
 //    activations and device dlogits.
 //  - routing replay with other ids (layer 2 shifted to the next expert), GPU vs CPU 1e-4.
+//  - CudaMaskedNextTokenLossOnDevice: the host path's loss and gradients, left on the device.
 // Skips without a CUDA device.
 #include <cmath>
 #include <cstdio>
@@ -209,6 +210,41 @@ TEST(CudaBackwardReplayTest, OtherRoutingMatchesTheCpu) {
                             CudaNextTokenLossAndGradients(*backward, model, ids.view(), options));
   EXPECT_NEAR(gpu.loss, cpu.loss, kLossGpuVsCpu * std::abs(cpu.loss));
   ExpectGradientsClose(model.config, gpu.grads, cpu.grads, kGpuVsCpu, "replayed routing");
+}
+
+// CudaMaskedNextTokenLossOnDevice: the loss and the gradients of CudaMaskedNextTokenLoss, left
+// on the device (compared after a copy; only the order of fp32 atomics may differ).
+TEST(CudaBackwardDeviceGradientsTest, EqualTheHostGradients) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir("mixed_small") + "/model"));
+  Reference reference("mixed_small");
+  const core::Tensor ids = reference.Get("input_ids");
+  const int64_t batch = ids.size(0), seq_len = ids.size(1);
+  core::Tensor mask = core::Tensor::Zeros(core::DType::kF32, {batch, seq_len});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 1; t + 1 < seq_len; ++t) mask.data<float>()[b * seq_len + t] = 1.0f;
+  }
+  V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model));
+  ForwardOptions options;
+  std::vector<core::Tensor> routed;
+  ModelWeights host = ZeroGradients(model.config);
+  V4RL_ASSERT_OK_AND_ASSIGN(const double host_loss,
+                            CudaMaskedNextTokenLoss(*backward, model, ids.view(), mask.view(),
+                                                    options, &host, &routed));
+  for (const core::Tensor& r : routed) options.routing_replay.push_back(r.view());
+  ModelWeights device;
+  V4RL_ASSERT_OK_AND_ASSIGN(const double device_loss,
+                            CudaMaskedNextTokenLossOnDevice(*backward, model, ids.view(),
+                                                            mask.view(), options, &device));
+  EXPECT_NEAR(device_loss, host_loss, 1e-6 * std::abs(host_loss));
+  VisitParams(model.config, &device, false, [&](const ParamSpec& spec, core::Tensor* slot) {
+    if (!slot->defined()) return;
+    ASSERT_EQ(slot->view().device, core::Device::kCuda) << spec.name;
+    core::Tensor copy = core::Tensor::Empty(core::DType::kF32, slot->view().shape_vector());
+    ASSERT_TRUE(kernels::cuda::Copy(slot->view(), copy.view()).ok()) << spec.name;
+    *slot = copy;
+  });
+  ExpectGradientsClose(model.config, device, host, 1e-5, "device gradients vs host gradients");
 }
 
 }  // namespace
