@@ -166,7 +166,6 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int64_t D = p.head_dim;
   const TcTile tile_smem = TcCarve(tc_smem, D);
-  const int64_t stride = tile_smem.stride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
 
@@ -183,21 +182,14 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
                          : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
   }
   const int64_t num_keys = num_window + num_comp_slots;
-  const int vec_per_row = static_cast<int>(D / 8);  // 16-byte vectors of 8 bf16
 
   // Q rows of this query's heads (zero rows past the last head).
-  const uint4* q_rows = reinterpret_cast<const uint4*>(
-      static_cast<const uint16_t*>(p.q) + (i * p.num_heads + h0) * D);
-  for (int e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
-    const int h = e / vec_per_row, v = e % vec_per_row;
-    const uint4 value = h < heads ? q_rows[h * vec_per_row + v] : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(tile_smem.q + h * stride + v * 8) = value;
-  }
+  TcLoadQueries(tile_smem, static_cast<const uint16_t*>(p.q) + (i * p.num_heads + h0) * D, heads,
+                D);
   if (threadIdx.x < kTcHeads) {
     tile_smem.run_max[threadIdx.x] = threadIdx.x < heads ? p.sink[h0 + threadIdx.x] : 0.0f;
     tile_smem.run_sum[threadIdx.x] = 0.0f;
   }
-  __shared__ const uint16_t* rows[kTcKeys];
   float acc[kTcMaxTiles][4];
 #pragma unroll
   for (int n = 0; n < kTcMaxTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -216,19 +208,9 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
           if (w >= 0 && w < p.num_comp) row = static_cast<const uint16_t*>(p.comp_kv) + w * D;
         }
       }
-      rows[threadIdx.x] = row;
-      tile_smem.valid[threadIdx.x] = row != nullptr;
+      tile_smem.rows[threadIdx.x] = row;
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
-      const int k = e / vec_per_row, v = e % vec_per_row;
-      const uint16_t* row = rows[k];
-      CpAsync16(tile_smem.keys + k * stride + v * 8, row != nullptr ? row + v * 8 : p.kv,
-                row != nullptr);
-    }
-    CpAsyncCommit();
-    CpAsyncWait<0>();
-    __syncthreads();
+    TcGatherKeys(tile_smem, D, p.kv);
     // 2-4. Scores, online softmax, P·V (ends synchronised: rows and keys may be refilled).
     TcAttendTile(tile_smem, D, p.scale, acc);
   }

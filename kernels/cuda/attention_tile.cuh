@@ -24,7 +24,7 @@ constexpr int kTcMaxTiles = 16;  // D / 32 output n-tiles of 8 columns per warp,
 
 // Shared memory of one block: q [16][D + 8] and keys [kTcKeys][D + 8] bf16 (rows padded against
 // bank conflicts, 16-byte aligned), probabilities [16][kTcKeys + 8] bf16, scores [16][kTcKeys]
-// f32, per-head running max / sum / rescale factor, the keys' validity [kTcKeys].
+// f32, per-head running max / sum / rescale factor, the keys' validity and source rows [kTcKeys].
 struct TcTile {
   uint16_t* q;
   uint16_t* keys;
@@ -33,14 +33,16 @@ struct TcTile {
   float* run_max;
   float* run_sum;
   float* rescale;
-  int* valid;      // non-zero: a real key; zero: padding (score -inf)
-  int64_t stride;  // bf16 elements between rows of q and keys
+  int* valid;              // non-zero: a real key; zero: padding (score -inf)
+  const uint16_t** rows;   // the tile's key rows in global memory (null: padding), for TcGatherKeys
+  int64_t stride;          // bf16 elements between rows of q and keys
 };
 
 inline size_t TcSharedBytes(int64_t head_dim) {
   const int64_t stride = head_dim + 8;
   return sizeof(uint16_t) * (kTcHeads * stride + kTcKeys * stride + kTcHeads * (kTcKeys + 8)) +
-         sizeof(float) * (kTcHeads * kTcKeys + 4 * kTcHeads) + sizeof(int) * kTcKeys;
+         sizeof(float) * (kTcHeads * kTcKeys + 4 * kTcHeads) + sizeof(int) * kTcKeys +
+         sizeof(const uint16_t*) * kTcKeys;
 }
 
 __device__ __forceinline__ TcTile TcCarve(unsigned char* smem, int64_t head_dim) {
@@ -54,7 +56,40 @@ __device__ __forceinline__ TcTile TcCarve(unsigned char* smem, int64_t head_dim)
   t.run_sum = t.run_max + kTcHeads;
   t.rescale = t.run_sum + kTcHeads;
   t.valid = reinterpret_cast<int*>(t.rescale + 2 * kTcHeads);
+  t.rows = reinterpret_cast<const uint16_t**>(t.valid + kTcKeys);  // 8-byte aligned offset
   return t;
+}
+
+// Starts copying the `heads` (<= 16) query rows at q_rows (head_dim apart, 16-byte aligned) into
+// t.q with cp.async, zeros past the last head; the next TcGatherKeys (or CpAsyncWait) completes it.
+__device__ __forceinline__ void TcLoadQueries(const TcTile& t, const uint16_t* q_rows, int heads,
+                                              int64_t head_dim) {
+  const int vec_per_row = static_cast<int>(head_dim / 8);
+  for (int e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
+    const int h = e / vec_per_row, v = e % vec_per_row;
+    CpAsync16(t.q + h * t.stride + v * 8, h < heads ? q_rows + h * head_dim + v * 8 : q_rows,
+              h < heads);
+  }
+  CpAsyncCommit();
+}
+
+// Copies the rows t.rows[0 .. kTcKeys) (filled by threads < kTcKeys before the call; null: a zero
+// row marked invalid) into t.keys with cp.async and sets t.valid. `fallback`: any global address
+// (never read). Starts and ends with a barrier.
+__device__ __forceinline__ void TcGatherKeys(const TcTile& t, int64_t head_dim,
+                                             const void* fallback) {
+  __syncthreads();
+  if (threadIdx.x < kTcKeys) t.valid[threadIdx.x] = t.rows[threadIdx.x] != nullptr;
+  const int vec_per_row = static_cast<int>(head_dim / 8);
+  for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
+    const int k = e / vec_per_row, v = e % vec_per_row;
+    const uint16_t* row = t.rows[k];
+    CpAsync16(t.keys + k * t.stride + v * 8, row != nullptr ? row + v * 8 : fallback,
+              row != nullptr);
+  }
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
 }
 
 __device__ __forceinline__ void MmaBf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {

@@ -31,22 +31,14 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t D = p.head_dim;
   const TcTile tile_smem = TcCarve(smem, D);
-  const int64_t stride = tile_smem.stride;
-  __shared__ const uint16_t* rows[kTcKeys];
   const DecodeAttentionItem it = p.items[blockIdx.x];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t h0 = int64_t{blockIdx.y} * kTcHeads;
   const int heads = static_cast<int>(Min64(kTcHeads, p.heads - h0));
-  const int vec_per_row = static_cast<int>(D / 8);
   const bool single = p.splits == 1;
   const auto* q_rows = static_cast<const uint16_t*>(it.q) + h0 * D;
-  for (int e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
-    const int h = e / vec_per_row, v = e % vec_per_row;
-    CpAsync16(tile_smem.q + h * stride + v * 8, h < heads ? q_rows + h * D + v * 8 : q_rows,
-              h < heads);
-  }
-  CpAsyncCommit();
+  TcLoadQueries(tile_smem, q_rows, heads, D);
   if (threadIdx.x < kTcHeads) {
     tile_smem.run_max[threadIdx.x] =
         single ? (threadIdx.x < heads ? p.sink[h0 + threadIdx.x] : 0.0f) : -INFINITY;
@@ -81,19 +73,9 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
           if (w >= 0 && w < it.num_comp) row = comp + w * D;
         }
       }
-      rows[threadIdx.x] = row;
-      tile_smem.valid[threadIdx.x] = row != nullptr;
+      tile_smem.rows[threadIdx.x] = row;
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
-      const int k = e / vec_per_row, v = e % vec_per_row;
-      const uint16_t* row = rows[k];
-      CpAsync16(tile_smem.keys + k * stride + v * 8, row != nullptr ? row + v * 8 : q_rows,
-                row != nullptr);
-    }
-    CpAsyncCommit();
-    CpAsyncWait<0>();
-    __syncthreads();
+    TcGatherKeys(tile_smem, D, q_rows);
     TcAttendTile(tile_smem, D, p.scale, acc);  // ends synchronised
   }
   CpAsyncWait<0>();  // the query rows, when the range is empty
