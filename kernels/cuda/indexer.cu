@@ -232,10 +232,10 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
                           int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
   if (rows == 0 || topk == 0) return absl::OkStatus();
   SelectParams p{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio, nullptr, 0, 1};
-  // Few long rows: segments of kSegmentLen keys on their own blocks, then a merge.
+  // Few long rows: segments of at most kSegmentLen keys (evened out) on their own blocks, then a
+  // merge.
   constexpr int64_t kSegmentLen = 2 * kTile, kMaxSegmentedRows = 16;
   if (rows <= kMaxSegmentedRows && num_keys > 2 * kSegmentLen && topk <= kSegmentLen / 4) {
-    p.segment_len = kSegmentLen;
     p.segments =
         static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen, 65535));
     p.segment_len = (num_keys + p.segments - 1) / p.segments;
