@@ -107,7 +107,6 @@ int Main(int argc, char** argv) {
       report("cublaslt per expert (baseline)", cublas_us);
       for (const auto& [tile, name] :
            {std::pair{kc::GroupedGemmTile::kSmall16x64, "device offsets 16x64"},
-            std::pair{kc::GroupedGemmTile::kMedium64x64, "device offsets 64x64"},
             std::pair{kc::GroupedGemmTile::kWide64x128, "device offsets 64x128"},
             std::pair{kc::GroupedGemmTile::kAuto, "device offsets auto"}}) {
         report(name, 1e3 * TimeMs(iters, [&] {

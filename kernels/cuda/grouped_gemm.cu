@@ -162,7 +162,6 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
 }
 
 using SmallTile = Tile<16, 64, 6>;  // a few rows per expert: deep pipeline, many blocks
-using MediumTile = Tile<64, 64, 3>;
 using WideTile = Tile<64, 128, 3>;
 
 template <typename T>
@@ -227,14 +226,8 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
   if (tile == GroupedGemmTile::kAuto) {
     tile = rows <= 16 * experts ? GroupedGemmTile::kSmall16x64 : GroupedGemmTile::kWide64x128;
   }
-  switch (tile) {
-    case GroupedGemmTile::kSmall16x64:
-      return Launch<SmallTile>(p, rows, op);
-    case GroupedGemmTile::kWide64x128:
-      return Launch<WideTile>(p, rows, op);
-    default:
-      return Launch<MediumTile>(p, rows, op);
-  }
+  return tile == GroupedGemmTile::kSmall16x64 ? Launch<SmallTile>(p, rows, op)
+                                              : Launch<WideTile>(p, rows, op);
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -6,9 +6,9 @@
 // real tiles return at once. Meant for the decode step's few rows per expert; the prefill keeps
 // cuBLASLt per expert (GroupedGemm in gemm.h), which is faster on hundreds of rows.
 // Tiles (rows of one expert x columns): 16x64 with six K tiles in flight for a few rows per expert
-// (batch-1 and small-batch decode), 64x64 or 64x128 with three; kAuto takes 16x64 when the rows
-// average at most 16 per expert, else 64x128 (bench/cuda_moe_gemm_bench.cc times them all; on the
-// H200 at the mid shapes 16x64 is fastest up to batch 64, 64x128 at batch 256).
+// (batch-1 and small-batch decode), 64x128 with three; kAuto takes 16x64 when the rows average at
+// most 16 per expert, else 64x128 (bench/cuda_moe_gemm_bench.cc times both; on the H200 at the
+// mid shapes 16x64 is fastest up to batch 64, 64x128 at batch 256, and a 64x64 tile won nowhere).
 // Thread-safety: reentrant; default stream.
 #pragma once
 
@@ -17,7 +17,7 @@
 
 namespace v4rl::kernels::cuda {
 
-enum class GroupedGemmTile { kAuto, kSmall16x64, kMedium64x64, kWide64x128 };
+enum class GroupedGemmTile { kAuto, kSmall16x64, kWide64x128 };
 
 // x: [R, K] bf16 contiguous; w: [E, N, K] bf16 contiguous, E <= 1024; offsets: [E + 1] i32
 // device, non-decreasing from 0 with offsets[E] <= R; out: [R, N] bf16|f32 contiguous. Rows from

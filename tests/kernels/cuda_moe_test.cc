@@ -307,7 +307,6 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
   const int64_t picks = offsets.back(), rows = picks + 9;  // spare rows past the picks
   const std::pair<GroupedGemmTile, const char*> tiles[] = {
       {GroupedGemmTile::kSmall16x64, "16x64"},
-      {GroupedGemmTile::kMedium64x64, "64x64"},
       {GroupedGemmTile::kWide64x128, "64x128"}};
   // k 72 and 37: one or two K tiles; 520: nine, so the cp.async rings (3 and 6 stages) wrap.
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{130, 72}, {40, 37}, {72, 520}}) {
