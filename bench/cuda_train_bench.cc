@@ -89,11 +89,8 @@ int Main(int argc, char** argv) {
           static_cast<int32_t>((7919 * t + 13 + b) % config->vocab_size);
     }
   }
-  // Every position but each sequence's last; the gradients stay on the device, as torch's do.
-  core::Tensor mask = core::Tensor::Zeros(core::DType::kF32, {batch, seq_len});
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t + 1 < seq_len; ++t) mask.data<float>()[b * seq_len + t] = 1.0f;
-  }
+  // The gradients stay on the device, as torch's do.
+  const core::Tensor mask = model::NextTokenLossMask(batch, seq_len);
   model::ForwardOptions forward_options;
   auto step = [&] {
     model::ModelWeights grads;

@@ -671,6 +671,14 @@ absl::StatusOr<double> CudaMaskedNextTokenLossOnDevice(CudaBackward& backward, c
   return loss;
 }
 
+Tensor NextTokenLossMask(int64_t batch, int64_t seq_len) {
+  Tensor mask = Tensor::Zeros(DType::kF32, {batch, seq_len});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) mask.data<float>()[b * seq_len + t] = 1.0f;
+  }
+  return mask;
+}
+
 absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
     CudaBackward& backward, const Model& model, const TensorView& input_ids,
     const NextTokenLossOptions& options) {
@@ -681,12 +689,7 @@ absl::StatusOr<NextTokenLossResult> CudaNextTokenLossAndGradients(
     return absl::InvalidArgumentError(
         absl::StrFormat("input_ids must be [batch, seq_len], got %s", input_ids.DebugString()));
   }
-  // Every position but each sequence's last.
-  const int64_t batch = input_ids.shape[0], seq_len = input_ids.shape[1];
-  Tensor mask = Tensor::Zeros(DType::kF32, {batch, seq_len});
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t + 1 < seq_len; ++t) mask.data<float>()[b * seq_len + t] = 1.0f;
-  }
+  const Tensor mask = NextTokenLossMask(input_ids.shape[0], input_ids.shape[1]);
   ForwardOptions forward_options;
   forward_options.return_routing = true;
   forward_options.routing_replay = options.routing_replay;

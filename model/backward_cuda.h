@@ -102,6 +102,10 @@ absl::StatusOr<double> CudaMaskedNextTokenLossOnDevice(
     const core::TensorView& loss_mask, const ForwardOptions& forward_options,
     ModelWeights* device_grads);
 
+// The loss_mask of a plain next-token loss: f32 host [batch, seq_len], 1 at every position but
+// each sequence's last.
+core::Tensor NextTokenLossMask(int64_t batch, int64_t seq_len);
+
 // NextTokenLossAndGradients on the GPU: Forward, the mean next-token cross entropy
 // (kernels/cuda/token_losses.h MaskedCrossEntropy; the loss summed on the host in double, within
 // fp32 rounding of the CPU's) and Backward, nothing of the forward on the CPU. `model` is the
