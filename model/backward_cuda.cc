@@ -455,10 +455,10 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
     dl = dlogits_copy.view();
   }
 
-  // Device gradients in the ZeroGradients layout.
-  ModelWeights g = ZeroGradients(config);
-  VisitParams(config, &g, /*include_mtp=*/false, [&](const ParamSpec&, Tensor* slot) {
-    if (slot->defined()) *slot = run.Z(slot->view().shape_vector());
+  // Device gradients in the ZeroGradients layout, zeroed on the device (no host tensors).
+  ModelWeights g;
+  VisitParams(config, &g, /*include_mtp=*/false, [&](const ParamSpec& spec, Tensor* slot) {
+    if (IsTrainable(spec)) *slot = run.Z(spec.shape);
   });
   if (config.tie_word_embeddings) g.head = g.embed;
 
