@@ -118,32 +118,46 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
 }
 
 // out[item, h] = (Σ_s acc_s · e^(m_s - M)) / (e^(sink - M) + Σ_s l_s · e^(m_s - M)), M the max
-// of the sink and the splits' maxima. Block (item, head): the splits' factors e^(m_s - M) once in
-// shared memory, then threads over dims.
+// of the sink and the splits' maxima. Block (item, head, slice of kCombineThreads dims): the
+// splits' factors e^(m_s - M) in shared memory (threads over splits, block reductions for M and the
+// denominator), then one dim per thread, kCombineUnroll splits' loads in flight at a time (a long
+// context at batch 1 has ~100 splits; a serial loop of dependent loads cost ~90 µs a layer).
 constexpr int kMaxSplits = 1024;
+constexpr int kCombineThreads = 128, kCombineUnroll = 8;
 
-__global__ void DecodeAttentionCombine(AttnParams p) {
+__global__ void __launch_bounds__(kCombineThreads) DecodeAttentionCombine(AttnParams p) {
   __shared__ float factor[kMaxSplits];
+  __shared__ float scratch[32];
   const DecodeAttentionItem it = p.items[blockIdx.x];
   const int64_t h = blockIdx.y;
   const int64_t stride = p.head_dim + 2;
   const float* part = p.partial + int64_t{blockIdx.x} * p.splits * p.heads * stride + h * stride;
   const int64_t split_stride = p.heads * stride;
   float m = p.sink[h];
-  for (int s = 0; s < p.splits; ++s) m = fmaxf(m, part[s * split_stride + p.head_dim]);
-  float denom = expf(p.sink[h] - m);
+  for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
+    m = fmaxf(m, part[s * split_stride + p.head_dim]);
+  }
+  m = BlockMax(m, scratch);
+  float denom = 0.0f;
   for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
     const float ms = part[s * split_stride + p.head_dim];
     factor[s] = ms == -INFINITY ? 0.0f : expf(ms - m);
+    denom += part[s * split_stride + p.head_dim + 1] * factor[s];
   }
-  __syncthreads();
-  for (int s = 0; s < p.splits; ++s) denom += part[s * split_stride + p.head_dim + 1] * factor[s];
-  auto* out = static_cast<__nv_bfloat16*>(it.out) + h * p.head_dim;
-  for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    float a = 0.0f;
-    for (int s = 0; s < p.splits; ++s) a += part[s * split_stride + d] * factor[s];
-    out[d] = __float2bfloat16(a / denom);
+  denom = BlockSum(denom, scratch) + expf(p.sink[h] - m);  // BlockSum synchronises: factor ready
+  const int64_t d = int64_t{blockIdx.z} * kCombineThreads + threadIdx.x;
+  if (d >= p.head_dim) return;
+  float a = 0.0f;
+  int s = 0;
+  for (; s + kCombineUnroll <= p.splits; s += kCombineUnroll) {
+    float v[kCombineUnroll];
+#pragma unroll
+    for (int u = 0; u < kCombineUnroll; ++u) v[u] = part[(s + u) * split_stride + d];
+#pragma unroll
+    for (int u = 0; u < kCombineUnroll; ++u) a += v[u] * factor[s + u];
   }
+  for (; s < p.splits; ++s) a += part[s * split_stride + d] * factor[s];
+  static_cast<__nv_bfloat16*>(it.out)[h * p.head_dim + d] = __float2bfloat16(a / denom);
 }
 
 struct IndexParams {
@@ -287,7 +301,9 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
     DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), kTcThreads,
                             shared>>>(params);
     if (splits > 1) {
-      DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads)), 128>>>(params);
+      const unsigned slices = static_cast<unsigned>((head_dim + kCombineThreads - 1) / kCombineThreads);
+      DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads), slices), kCombineThreads>>>(
+          params);
     }
   }
   return LaunchStatus("cuda::DecodeAttention");

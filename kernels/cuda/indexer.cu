@@ -9,7 +9,7 @@
 namespace v4rl::kernels::cuda {
 namespace {
 
-constexpr int kSelectThreads = 512;
+constexpr int kSelectThreads = 512;  // >= 256: the bin walk gives each bin a thread
 
 // Monotone map of a score to uint32: a higher key ranks first; -0 equals +0; NaN lowest.
 __device__ __forceinline__ uint32_t OrderKey(float f) {
@@ -49,7 +49,10 @@ struct SelectParams {
   const float* scores;
   int32_t* topk_idx;
   int64_t num_keys, ld, topk, q_pos0, ratio;
-  int32_t* candidates;  // segmented: [rows, segments, topk] ids (-1: none)
+  // Segmented selection: per row, segments · topk candidates (ids ascending, -1: none) with
+  // their keys.
+  int32_t* candidates;
+  uint32_t* candidate_keys;
   int64_t segment_len;
   int segments;
 };
@@ -66,15 +69,37 @@ struct RowKeys {
   __device__ int32_t Id(int64_t s) const { return static_cast<int32_t>(offset + s); }
 };
 
-// The segments' candidates of a row, in ascending id order with -1 gaps (never counted).
-struct CandidateKeys {
-  const float* row;
+// Keys already in order-key form (staged in shared memory, or a merge's candidates), with their
+// ids (-1: an empty slot, never counted) or ids offset + s when `ids` is null.
+struct StagedKeys {
+  const uint32_t* keys;
   const int32_t* ids;
-  int64_t size;
-  __device__ bool Valid(int64_t s) const { return s < size && ids[s] >= 0; }
-  __device__ uint32_t Key(int64_t s) const { return OrderKey(row[ids[s]]); }
-  __device__ int32_t Id(int64_t s) const { return ids[s]; }
+  int64_t offset, size;
+  __device__ bool Valid(int64_t s) const { return s < size && (ids == nullptr || ids[s] >= 0); }
+  __device__ uint32_t Key(int64_t s) const { return keys[s]; }
+  __device__ int32_t Id(int64_t s) const {
+    return ids != nullptr ? ids[s] : static_cast<int32_t>(offset + s);
+  }
 };
+
+// Rows of at most kStagedKeys scores are copied into shared memory once as order keys, so the
+// five passes of SelectTopK read shared memory instead of global (latency-bound for one block).
+constexpr int64_t kStagedKeys = 2 * kTile;
+constexpr size_t kStagedBytes = kStagedKeys * sizeof(uint32_t);
+
+__device__ __forceinline__ void StageRow(const float* row, int64_t n, uint32_t* staged) {
+  for (int64_t start = 0; start < n; start += kTile) {
+    const int64_t s = start + int64_t{threadIdx.x} * kPerThread;
+    float v[kPerThread];
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) v[u] = s + u < n ? row[s + u] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+      if (s + u < n) staged[s + u] = OrderKey(v[u]);
+    }
+  }
+  __syncthreads();
+}
 
 // Keys [s, s + kPerThread); invalid ones are 0 and flagged (never counted, never taken).
 template <typename Keys>
@@ -91,13 +116,17 @@ __device__ __forceinline__ void TileKeys(const Keys& keys, int64_t s, uint32_t k
 // select (4 passes of 8 bits) of the k-th key, then one ordered pass emitting every id above it
 // plus the lowest ids equal to it. Each thread takes kPerThread consecutive keys of a tile of
 // kTile, so every load batch keeps 8 loads in flight and the ordered pass needs one block scan per
-// tile. Called by every thread of a kSelectThreads block.
+// tile. Called by every thread of a kSelectThreads block; returns the k-th key and, with
+// out_keys, writes each pick's key beside its id.
 template <typename Keys>
-__device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out) {
+__device__ uint32_t SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
+                               uint32_t* out_keys = nullptr) {
   __shared__ uint32_t hist[256];
   __shared__ uint32_t scratch[kSelectThreads / 32 + 1];
   __shared__ uint32_t shared_prefix, shared_remaining;
+  constexpr uint32_t kNoBin = 256;
   const int64_t n = keys.size;
+  const int lane = threadIdx.x % 32;
   uint32_t prefix = 0, mask = 0, remaining = static_cast<uint32_t>(topk);
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
@@ -107,23 +136,27 @@ __device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out) {
       uint32_t key[kPerThread];
       bool valid[kPerThread];
       TileKeys(keys, s, key, valid);
+      // Warp-aggregated: the leading bytes of nearby scores mostly agree, so one atomic per
+      // distinct bin of the warp instead of up to 32 on one address.
 #pragma unroll
       for (int u = 0; u < kPerThread; ++u) {
-        if (valid[u] && (key[u] & mask) == prefix) atomicAdd(&hist[(key[u] >> shift) & 0xFFu], 1u);
+        const uint32_t bin =
+            valid[u] && (key[u] & mask) == prefix ? (key[u] >> shift) & 0xFFu : kNoBin;
+        const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+        if (bin != kNoBin && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
       }
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      // Walk the bins from the top until the remaining picks are covered.
-      uint32_t above = 0;
-      for (int b = 255; b >= 0; --b) {
-        if (above + hist[b] >= remaining) {
-          shared_prefix = prefix | (uint32_t(b) << shift);
-          shared_remaining = remaining - above;
-          break;
-        }
-        above += hist[b];
-      }
+    // The bin holding the remaining-th key from the top: thread j scans bin 255 - j, the exclusive
+    // scan gives the keys in higher bins, and exactly one thread's bin covers the remaining picks
+    // (a serial walk by one thread cost ~4 µs a pass).
+    const uint32_t bin = 255 - threadIdx.x;
+    const uint32_t count = threadIdx.x < 256 ? hist[bin] : 0u;
+    uint32_t unused = 0;
+    const uint32_t above = BlockExclusiveScan(count, &unused, scratch);
+    if (threadIdx.x < 256 && above < remaining && above + count >= remaining) {
+      shared_prefix = prefix | (bin << shift);
+      shared_remaining = remaining - above;
     }
     __syncthreads();
     prefix = shared_prefix;
@@ -156,11 +189,14 @@ __device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out) {
       if (!valid[u]) continue;
       bool selected = key[u] > prefix;
       if (key[u] == prefix) selected = equal_rank++ < remaining;
-      if (selected) out[position++] = keys.Id(s + u);
+      if (!selected) continue;
+      if (out_keys != nullptr) out_keys[position] = key[u];
+      out[position++] = keys.Id(s + u);
     }
     emitted += (total & 0xFFFFu) + taken(equal_seen + (total >> 16)) - taken(equal_seen);
     equal_seen += total >> 16;
   }
+  return prefix;
 }
 
 // Ids [begin, end) then -1 up to topk (a range of at most topk keys takes all of them).
@@ -174,35 +210,70 @@ __device__ __forceinline__ int64_t VisibleKeys(const SelectParams& p, int64_t i)
   return Min64(plan::NumVisibleCompressed(p.q_pos0 + i, p.ratio), p.num_keys);
 }
 
-// One block per query over its whole row.
+// One block per query over its whole row (staged in shared memory when it fits).
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+  extern __shared__ uint32_t staged[];
   const int64_t i = blockIdx.x;
   int32_t* out = p.topk_idx + i * p.topk;
   const int64_t n = VisibleKeys(p, i);
   if (n <= p.topk) return TakeAll(0, n, p.topk, out);
-  SelectTopK(RowKeys{p.scores + i * p.ld, 0, n}, p.topk, out);
+  const float* row = p.scores + i * p.ld;
+  if (n > kStagedKeys) {
+    SelectTopK(RowKeys{row, 0, n}, p.topk, out);
+    return;
+  }
+  StageRow(row, n, staged);
+  SelectTopK(StagedKeys{staged, nullptr, 0, n}, p.topk, out);
 }
 
 // Long rows of few queries (single-stream decode at long context: 250K keys at 1M tokens): block
-// (query, segment) picks its segment's top-k candidates, SelectMergeKernel then the query's top-k
-// among them. The row's top-k under (score descending, id ascending) lies within the segments'.
+// (query, segment) stages its segment of at most kStagedKeys scores and picks its top-k
+// candidates (ids and keys); SelectMergeKernel then the query's top-k among them, staged in
+// shared memory when they fit in kMergeStagedBytes. The row's top-k under (score descending, id
+// ascending) lies within the segments'.
 __global__ void __launch_bounds__(kSelectThreads) SelectSegmentKernel(SelectParams p) {
+  extern __shared__ uint32_t staged[];
   const int64_t i = blockIdx.x, j = blockIdx.y;
-  int32_t* out = p.candidates + (i * p.segments + j) * p.topk;
+  const int64_t slot = (i * p.segments + j) * p.topk;
   const int64_t n = VisibleKeys(p, i);
   const int64_t begin = Min64(n, j * p.segment_len), end = Min64(n, begin + p.segment_len);
-  if (end - begin <= p.topk) return TakeAll(begin, end, p.topk, out);
-  SelectTopK(RowKeys{p.scores + i * p.ld, begin, end - begin}, p.topk, out);
+  if (end - begin > p.topk) {
+    StageRow(p.scores + i * p.ld + begin, end - begin, staged);
+    SelectTopK(StagedKeys{staged, nullptr, begin, end - begin}, p.topk, p.candidates + slot,
+               p.candidate_keys + slot);
+    return;
+  }
+  TakeAll(begin, end, p.topk, p.candidates + slot);
+  for (int64_t s = threadIdx.x; s < p.topk; s += blockDim.x) {
+    p.candidate_keys[slot + s] = s < end - begin ? OrderKey(p.scores[i * p.ld + begin + s]) : 0u;
+  }
 }
 
+// 8 bytes a candidate; 31 segments of 512 (1M tokens, top-512) take 127 KB.
+constexpr size_t kMergeStagedBytes = 200 * 1024;
+
 __global__ void __launch_bounds__(kSelectThreads) SelectMergeKernel(SelectParams p) {
+  extern __shared__ uint32_t staged[];
   const int64_t i = blockIdx.x;
   int32_t* out = p.topk_idx + i * p.topk;
   const int64_t n = VisibleKeys(p, i);
   if (n <= p.topk) return TakeAll(0, n, p.topk, out);
-  SelectTopK(CandidateKeys{p.scores + i * p.ld, p.candidates + i * p.segments * p.topk,
-                           p.segments * p.topk},
-             p.topk, out);
+  const int64_t total = p.segments * p.topk;
+  const int32_t* ids = p.candidates + i * total;
+  const uint32_t* keys = p.candidate_keys + i * total;
+  // Staged (keys, then ids) when they fit.
+  if (static_cast<size_t>(total) * 8 > kMergeStagedBytes) {
+    SelectTopK(StagedKeys{keys, ids, 0, total}, p.topk, out);
+    return;
+  }
+  uint32_t* staged_keys = staged;
+  auto* staged_ids = reinterpret_cast<int32_t*>(staged + total);
+  for (int64_t s = threadIdx.x; s < total; s += blockDim.x) {
+    staged_keys[s] = keys[s];
+    staged_ids[s] = ids[s];
+  }
+  __syncthreads();
+  SelectTopK(StagedKeys{staged_keys, staged_ids, 0, total}, p.topk, out);
 }
 
 struct ReduceParams {
@@ -231,24 +302,42 @@ __global__ void ReduceHeadsKernel(ReduceParams p) {
 absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t num_keys,
                           int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
   if (rows == 0 || topk == 0) return absl::OkStatus();
-  SelectParams p{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio, nullptr, 0, 1};
-  // Few long rows: segments of at most kSegmentLen keys (evened out) on their own blocks, then a
+  SelectParams p{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio};
+  static const cudaError_t attributes[] = {
+      cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kStagedBytes)),
+      cudaFuncSetAttribute(SelectSegmentKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kStagedBytes)),
+      cudaFuncSetAttribute(SelectMergeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kMergeStagedBytes))};
+  for (cudaError_t attribute : attributes) {
+    if (attribute != cudaSuccess) {
+      return absl::InternalError(absl::StrFormat("cuda::IndexerSelect: shared memory: %s",
+                                                 cudaGetErrorString(attribute)));
+    }
+  }
+  // Few long rows: segments of at most kStagedKeys keys (evened out) on their own blocks, then a
   // merge.
-  constexpr int64_t kSegmentLen = 2 * kTile, kMaxSegmentedRows = 16;
-  if (rows <= kMaxSegmentedRows && num_keys > 2 * kSegmentLen && topk <= kSegmentLen / 4) {
+  constexpr int64_t kMaxSegmentedRows = 16;
+  if (rows <= kMaxSegmentedRows && num_keys > 2 * kStagedKeys && topk <= kStagedKeys / 4) {
     p.segments =
-        static_cast<int>(std::min<int64_t>((num_keys + kSegmentLen - 1) / kSegmentLen, 65535));
+        static_cast<int>(std::min<int64_t>((num_keys + kStagedKeys - 1) / kStagedKeys, 65535));
     p.segment_len = (num_keys + p.segments - 1) / p.segments;
-    // Candidates from the stream-ordered cache (free again once both launches are queued).
-    const core::Tensor candidates = core::Tensor::Empty(
-        core::DType::kI32, {rows * p.segments * topk}, CachingDeviceAllocator());
-    p.candidates = candidates.data<int32_t>();
+    // Candidates and their keys from the stream-ordered cache (free again once both launches
+    // are queued).
+    const int64_t per_row = p.segments * topk;
+    const core::Tensor scratch = core::Tensor::Empty(core::DType::kI32, {rows * 2 * per_row},
+                                                     CachingDeviceAllocator());
+    p.candidates = scratch.data<int32_t>();
+    p.candidate_keys = reinterpret_cast<uint32_t*>(p.candidates + rows * per_row);
+    const size_t merge_bytes =
+        static_cast<size_t>(per_row) * 8 <= kMergeStagedBytes ? static_cast<size_t>(per_row) * 8 : 0;
     SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
-                          kSelectThreads>>>(p);
-    SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(p);
+                          kSelectThreads, kStagedBytes>>>(p);
+    SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads, merge_bytes>>>(p);
     return LaunchStatus("cuda::IndexerSelect");
   }
-  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads>>>(p);
+  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads, kStagedBytes>>>(p);
   return LaunchStatus("cuda::IndexerSelect");
 }
 
