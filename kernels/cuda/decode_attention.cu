@@ -166,17 +166,19 @@ struct IndexParams {
   float score_scale;
 };
 
-// Block (item, slice of kIndexKeys keys) on tensor cores: the item's queries [heads padded to 16,
-// D] and the slice's keys [kIndexKeys, D] in shared memory (cp.async, zero rows past num_keys);
-// per group of 16 heads, warp w computes the logits of keys [16w, 16w + 16) with mma.sync as
+// Block (item, b) on tensor cores scores the item's tiles of kIndexKeys keys b, b + gridDim.y, ..:
+// the queries [heads padded to 16, D] once and the tiles double-buffered in shared memory (cp.async
+// of the next tile in flight while the current one is scored; zero rows past num_keys); per group
+// of 16 heads, warp w computes the logits of keys [16w, 16w + 16) with mma.sync as
 // attention_tile.cuh's Q·Kᵀ, adds ReLU(logit) · w[h] over its rows (heads g and g + 8), and a
-// shuffle over the 8 lanes of a column sums the heads.
+// shuffle over the 8 lanes of a column sums the heads. Few items (single-stream decode at long
+// context: 3,900 tiles at 1M tokens) take several tiles a block instead of a block a tile.
 constexpr int kIndexKeys = 64;
 constexpr int kIndexThreads = 128;
 
 size_t IndexerSharedBytes(int64_t heads, int64_t head_dim) {
   const int64_t padded_heads = (heads + 15) / 16 * 16;
-  return sizeof(uint16_t) * (padded_heads + kIndexKeys) * (head_dim + 8);
+  return sizeof(uint16_t) * (padded_heads + 2 * kIndexKeys) * (head_dim + 8);
 }
 
 __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams p) {
@@ -185,51 +187,76 @@ __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams
   const int64_t D = p.head_dim, stride = D + 8;
   const int padded_heads = static_cast<int>((p.heads + 15) / 16 * 16);
   uint16_t* q_s = reinterpret_cast<uint16_t*>(index_smem);  // [padded_heads][stride]
-  uint16_t* k_s = q_s + padded_heads * stride;              // [kIndexKeys][stride]
-  const int64_t key0 = int64_t{blockIdx.y} * kIndexKeys;
+  uint16_t* k_s = q_s + padded_heads * stride;              // [2][kIndexKeys][stride]
   const int vec_per_row = static_cast<int>(D / 8);
   const auto* q = static_cast<const uint16_t*>(it.q);
   const auto* keys = static_cast<const uint16_t*>(it.keys);
+  const int64_t tiles = (p.ld + kIndexKeys - 1) / kIndexKeys;
+  auto load_tile = [&](int64_t tile, uint16_t* dst) {
+    const int64_t key0 = tile * kIndexKeys;
+    for (int e = threadIdx.x; e < kIndexKeys * vec_per_row; e += kIndexThreads) {
+      const int r = e / vec_per_row, v = e % vec_per_row;
+      const bool valid = key0 + r < it.num_keys;
+      CpAsync16(dst + r * stride + v * 8, valid ? keys + (key0 + r) * D + v * 8 : q, valid);
+    }
+  };
   for (int e = threadIdx.x; e < padded_heads * vec_per_row; e += kIndexThreads) {
     const int h = e / vec_per_row, v = e % vec_per_row;
     const bool valid = h < p.heads;
     CpAsync16(q_s + h * stride + v * 8, valid ? q + h * D + v * 8 : q, valid);
   }
-  for (int e = threadIdx.x; e < kIndexKeys * vec_per_row; e += kIndexThreads) {
-    const int r = e / vec_per_row, v = e % vec_per_row;
-    const bool valid = key0 + r < it.num_keys;
-    CpAsync16(k_s + r * stride + v * 8, valid ? keys + (key0 + r) * D + v * 8 : q, valid);
-  }
+  if (blockIdx.y < tiles) load_tile(blockIdx.y, k_s);
   CpAsyncCommit();
-  CpAsyncWait<0>();
-  __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
-  float part[2][2] = {{0, 0}, {0, 0}};  // [n-tile][column parity]: Σ_h ReLU(logit) · w[h]
-  for (int h0 = 0; h0 < padded_heads; h0 += 16) {
-    float c[2][4];
-    TcWarpLogits(q_s + h0 * stride, k_s + 16 * warp * stride, stride, D, c);
-    const float w0 = h0 + g < p.heads ? it.weights[h0 + g] : 0.0f;
-    const float w1 = h0 + g + 8 < p.heads ? it.weights[h0 + g + 8] : 0.0f;
+  int buffer = 0;
+  for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y, buffer ^= 1) {
+    const int64_t next = tile + gridDim.y;
+    if (next < tiles) load_tile(next, k_s + (buffer ^ 1) * kIndexKeys * stride);
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // this tile (and the queries) landed; the next may be in flight
+    __syncthreads();
+    const uint16_t* tile_s = k_s + buffer * kIndexKeys * stride;
+    float part[2][2] = {{0, 0}, {0, 0}};  // [n-tile][column parity]: Σ_h ReLU(logit) · w[h]
+    for (int h0 = 0; h0 < padded_heads; h0 += 16) {
+      float c[2][4];
+      TcWarpLogits(q_s + h0 * stride, tile_s + 16 * warp * stride, stride, D, c);
+      const float w0 = h0 + g < p.heads ? it.weights[h0 + g] : 0.0f;
+      const float w1 = h0 + g + 8 < p.heads ? it.weights[h0 + g + 8] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        part[j][0] += fmaxf(c[j][0], 0.0f) * w0 + fmaxf(c[j][2], 0.0f) * w1;
+        part[j][1] += fmaxf(c[j][1], 0.0f) * w0 + fmaxf(c[j][3], 0.0f) * w1;
+      }
+    }
+    const int64_t key0 = tile * kIndexKeys;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      part[j][0] += fmaxf(c[j][0], 0.0f) * w0 + fmaxf(c[j][2], 0.0f) * w1;
-      part[j][1] += fmaxf(c[j][1], 0.0f) * w0 + fmaxf(c[j][3], 0.0f) * w1;
-    }
-  }
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float v = part[j][e];
-      for (int offset = 4; offset < 32; offset *= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      const int64_t key = key0 + 16 * warp + 8 * j + 2 * t4 + e;
-      if (g == 0 && key < p.ld) it.scores[key] = key < it.num_keys ? v * p.score_scale : -INFINITY;
+      for (int e = 0; e < 2; ++e) {
+        float v = part[j][e];
+        for (int offset = 4; offset < 32; offset *= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+        const int64_t key = key0 + 16 * warp + 8 * j + 2 * t4 + e;
+        if (g == 0 && key < p.ld) it.scores[key] = key < it.num_keys ? v * p.score_scale : -INFINITY;
+      }
     }
+    __syncthreads();  // the next iteration's prefetch overwrites this buffer
   }
+  CpAsyncWait<0>();
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The current device's SM count, read once.
+int MultiprocessorCount() {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return std::max(count, 1);
+  }();
+  return sms;
+}
 
 // The items on the device for this call's launches (kernels/cuda/staging.h: no host sync).
 template <typename T>
@@ -261,12 +288,7 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
   // Key splits of whole tiles when the batch alone leaves SMs idle: two blocks fit on an SM at a
   // time (~90 KB of shared memory each), so splits = (2 · SMs) / blocks of the batch, rounded
   // down (a batch that fills one wave keeps one split and needs no combine).
-  static const int sms = [] {
-    int device = 0, count = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    return std::max(count, 1);
-  }();
+  const int sms = MultiprocessorCount();
   int64_t max_keys = 1;
   for (const DecodeAttentionItem& it : items) {
     const int64_t comp = it.comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
@@ -312,11 +334,10 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
 absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
                                  int64_t head_dim, int64_t ld, float score_scale) {
   if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 ||
-      IndexerSharedBytes(heads, head_dim) > 48 * 1024 ||
-      (ld + kIndexKeys - 1) / kIndexKeys > 65535) {
+      IndexerSharedBytes(heads, head_dim) > 48 * 1024 || ld < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "cuda::DecodeIndexerScores: unsupported heads %d x head_dim %d (head_dim a multiple of "
-        "32 <= 512, queries and a tile of keys within 48 KiB) or ld %d over 65535 key slices",
+        "32 <= 512, queries and two tiles of keys within 48 KiB) or negative ld %d",
         heads, head_dim, ld));
   }
   if (items.empty() || ld == 0) return absl::OkStatus();
@@ -328,7 +349,12 @@ absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int6
   }
   auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
   if (!staged.ok()) return staged.status();
-  const unsigned slices = static_cast<unsigned>((ld + kIndexKeys - 1) / kIndexKeys);
+  // Blocks per item: every tile its own block while the batch fills the device (~8 blocks of
+  // 128 threads per SM), else enough blocks for that, each looping over several tiles.
+  const int sms = MultiprocessorCount();
+  const int64_t tiles = (ld + kIndexKeys - 1) / kIndexKeys;
+  const int64_t wanted = std::max<int64_t>(1, (8 * sms) / static_cast<int64_t>(items.size()));
+  const unsigned slices = static_cast<unsigned>(std::min(tiles, wanted));
   const size_t shared = IndexerSharedBytes(heads, head_dim);
   for (size_t first = 0; first < items.size(); first += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<size_t>(65535, items.size() - first)), slices);

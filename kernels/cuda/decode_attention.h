@@ -9,8 +9,9 @@
 //    few items (long-context single-stream decode) split each item's keys over enough blocks to
 //    fill the device, and a second launch merges the splits with the sink.
 //  - DecodeIndexerScores: the indexer's scores Σ_h w[h] · ReLU(q[h] · K[e]) · score_scale of one
-//    query per item over its first num_keys entries (blocks of 64 keys, the logits on tensor
-//    cores in fp32), written to row i of a [items, ld] f32 matrix and -inf beyond num_keys
+//    query per item over its first num_keys entries (tiles of 64 keys, double-buffered, a block
+//    looping over several tiles when few items leave SMs idle; the logits on tensor cores in
+//    fp32), written to row i of a [items, ld] f32 matrix and -inf beyond num_keys
 //    (IndexerSelect with q_pos0 >= ld · ratio then picks the top-k of every row with the padding
 //    ranked last).
 // Items are host structs of device pointers, staged per call without a host sync
