@@ -97,9 +97,15 @@ def main():
         print(f"{b:14d} {row['context']:8d} {row['tokens_per_s']:11.0f} "
               f"{row['bound_tokens_per_s']:10.0f} {row['fraction_of_bound'] * 100:8.1f}% "
               f"{row['weight_bytes'] / 1e9:11.2f}GB {base} {ratio}")
+    short = next((r for r in decode if r["batch"] == 1), None)
     for row in decode_long:
-        print(f"single-stream decode after a {row['context']}-token prompt: "
-              f"{row['tokens_per_s']:.1f} tok/s ({row['ms_per_step']:.2f} ms/step)")
+        line = (f"single-stream decode after a {row['context']}-token prompt: "
+                f"{row['tokens_per_s']:.1f} tok/s ({row['ms_per_step']:.2f} ms/step)")
+        if short:
+            slower = (row["ms_per_step"] / short["ms_per_step"] - 1) * 100
+            line += (f", {slower:+.1f}% per step against batch 1 after {short['context']} "
+                     f"({short['ms_per_step']:.2f} ms)")
+        print(line)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
 
 

@@ -8,13 +8,16 @@
 #   device_bundle/env.sh bash bench/cuda_decode_bench.sh device_bundle/bin/cuda_decode_bench ...
 #
 #   bench/cuda_decode_bench.sh BENCH_BINARY [CONFIG=configs/models/mid.json]
-#       [PREFILL=4096,16384,32768,131072] [BATCHES=1,64,256] [OUT_DIR=/tmp/v4rl_decode]
+#       [PREFILL=4096,16384,32768,131072,1000000] [BATCHES=1,64,256] [OUT_DIR=/tmp/v4rl_decode]
 #       [PYTHON=/opt/torch/.venv/bin/python3]
 # Env: CHUNK (prefill chunk, 8192), CONTEXT (decode prompt, 4096), STEPS (16),
 # HF_DECODE_BATCHES (batches transformers decodes, 1,64,256).
+# Single-stream decode runs after the longest prompt (1M tokens by default: stricter than the 900K
+# of issue 11, since the per-step work grows with the context) and is compared with batch 1 after
+# CONTEXT tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-binary="$1" config="${2:-configs/models/mid.json}" prefill="${3:-4096,16384,32768,131072}"
+binary="$1" config="${2:-configs/models/mid.json}" prefill="${3:-4096,16384,32768,131072,1000000}"
 batches="${4:-1,64,256}" out="${5:-/tmp/v4rl_decode}" python="${6:-/opt/torch/.venv/bin/python3}"
 mkdir -p "$out"
 # v4rl's JSON lines go to a file, then to stderr and the baseline (tee /dev/stderr would reopen

@@ -9,6 +9,7 @@
 #        decode  bench/cuda_decode_bench.sh on the mid config vs transformers -> decode.txt
 #        train   bench/cuda_train_bench.sh on the mid config vs transformers  -> train.txt
 #        long    a 1,000,000-token prefill and single-stream decode after it  -> long.txt
+#                and the context-growing decode ops at 4K, 900K, 1M         -> long_ops.txt
 #        profile V4RL_CUDA_PROFILE phases (not in the default STEPS): decode steps at batch 1 and
 #                256 (synchronised and host-only), and one fp32 training step at 4,096 tokens
 #                                                                             -> profile.txt
@@ -50,6 +51,10 @@ if wants long; then
     4096 8 > "$out/long.txt" 2> "$out/long.err"
   echo "== long (rc $?)"
   grep kind "$out/long.txt"
+  timeout "$limit" "$bundle/env.sh" cuda_long_decode_bench 4096,900000,1000000 50 \
+    > "$out/long_ops.txt" 2>&1
+  echo "== long ops (rc $?)"
+  grep step_ "$out/long_ops.txt"
 fi
 if wants profile; then
   {
