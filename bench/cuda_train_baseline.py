@@ -19,7 +19,8 @@ def main():
     out_dir = sys.argv[1]
     rows = [json.loads(line) for line in sys.stdin if line.startswith("{")]
     by_kind = {row["kind"]: row for row in rows}
-    train, flops, peak = by_kind.get("train"), by_kind.get("flops"), by_kind.get("peak")
+    trains = [row for row in rows if row["kind"] == "train"]
+    train, flops, peak = (trains[0] if trains else None), by_kind.get("flops"), by_kind.get("peak")
     if not (train and flops and peak):
         sys.exit("the v4rl bench printed no train/flops/peak lines (run it through env.sh)")
     if not os.path.isfile(os.path.join(out_dir, "model", "config.json")):
@@ -52,14 +53,18 @@ def main():
     print(f"bf16 dense GEMM peak measured: {peak['tflops']:.0f} TFLOP/s; training FLOPs/token "
           f"{per_token / 1e9:.3f} G at T = {seq_len}")
     print(f"{'':28s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s}")
-    ours = train["tokens_per_s"]
-    print(f"{'v4rl (' + train['precision'] + ')':28s} {ours:10.0f} "
-          f"{ours * per_token / 1e12:8.1f} {100 * ours * per_token / 1e12 / peak['tflops']:5.1f}%")
+    for row in trains:
+        ours = row["tokens_per_s"]
+        print(f"{'v4rl (' + row['precision'] + ')':28s} {ours:10.0f} "
+              f"{ours * per_token / 1e12:8.1f} "
+              f"{100 * ours * per_token / 1e12 / peak['tflops']:5.1f}%")
     if theirs:
         label = "transformers (bf16 autocast)"
         print(f"{label:28s} {theirs:10.0f} {theirs * per_token / 1e12:8.1f} "
               f"{100 * theirs * per_token / 1e12 / peak['tflops']:5.1f}%")
-        print(f"ratio v4rl / transformers: {ours / theirs:.2f}x")
+        for row in trains:
+            print(f"ratio v4rl ({row['precision']}) / transformers: "
+                  f"{row['tokens_per_s'] / theirs:.2f}x")
     else:
         print(f"{'transformers (bf16 autocast)':28s} {'out of memory':>10s}")
     print(f"formula: {flops['formula']}")

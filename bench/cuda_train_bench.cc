@@ -1,5 +1,6 @@
 // Forward + backward tokens/s of v4rl's GPU training path (model/backward_cuda.h: forward, next-
-// token cross entropy and backward on the device, fp32 reference precision for now) on a random
+// token cross entropy and backward on the device, f32 storage; GEMMs in exact f32, then on bf16
+// tensor cores) on a random
 // model of a config (configs/models/mid.json: issue 9's "mid"), with model FLOPs utilisation:
 // FLOPs per token from model/flops.h over the bf16 dense GEMM peak measured in the same run.
 // Writes the checkpoint bench/cuda_train_baseline.py times transformers on.
@@ -9,7 +10,8 @@
 // Prints JSON lines:
 //  - {"kind": "peak", "tflops"}: the best of 5 bf16 cuBLASLt GEMMs of 8192^3 (fp32 accumulation);
 //  - {"kind": "flops", "forward_per_token", "training_per_token", "formula"} (model/flops.h);
-//  - {"kind": "train", "precision", "batch", "seq_len", "ms", "tokens_per_s", "tflops", "mfu"}:
+//  - {"kind": "train", "precision", "batch", "seq_len", "ms", "tokens_per_s", "tflops", "mfu"}
+//    per GEMM arithmetic ("fp32 reference", then "bf16 GEMMs"):
 //    STEPS timed steps after one warm-up, each forward + loss + backward with the gradients left
 //    on the device (CudaMaskedNextTokenLossOnDevice; torch's stay on the device too; `v4rl sft
 //    --device cuda` copies them to its host optimizer on top; the optimizer not included).
@@ -78,10 +80,6 @@ int Main(int argc, char** argv) {
   std::fflush(stdout);
 
   const model::Model model = bench::RandomBenchModel(*config, out_dir);
-  auto start = std::chrono::steady_clock::now();
-  auto gpu = model::CudaBackward::Create(model);
-  Check(gpu.status(), "upload");
-
   core::Tensor ids = core::Tensor::Empty(core::DType::kI32, {batch, seq_len});
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t < seq_len; ++t) {
@@ -89,29 +87,39 @@ int Main(int argc, char** argv) {
           static_cast<int32_t>((7919 * t + 13 + b) % config->vocab_size);
     }
   }
-  // The gradients stay on the device, as torch's do.
   const core::Tensor mask = model::NextTokenLossMask(batch, seq_len);
-  model::ForwardOptions forward_options;
-  auto step = [&] {
-    model::ModelWeights grads;
-    auto loss = model::CudaMaskedNextTokenLossOnDevice(**gpu, model, ids.view(), mask.view(),
-                                                       forward_options, &grads);
-    Check(loss.status(), "train step");
-    return *loss;
-  };
-  step();  // warm-up: allocator, cuBLAS
-  start = std::chrono::steady_clock::now();
-  double loss = 0;
-  for (int64_t s = 0; s < steps; ++s) loss = step();
-  const double ms = Seconds(start) * 1e3 / static_cast<double>(steps);
-  const double tokens_per_s = static_cast<double>(batch * seq_len) / (ms * 1e-3);
-  const double tflops = tokens_per_s * flops.training() / 1e12;
-  std::printf(
-      "{\"kind\": \"train\", \"precision\": \"fp32 reference\", \"batch\": %lld, "
-      "\"seq_len\": %lld, \"ms\": %.1f, \"tokens_per_s\": %.0f, \"tflops\": %.1f, "
-      "\"mfu\": %.4f, \"loss\": %.4f}\n",
-      static_cast<long long>(batch), static_cast<long long>(seq_len), ms, tokens_per_s, tflops,
-      tflops / peak, loss);
+  const struct {
+    kernels::cuda::GemmMath math;
+    const char* label;
+  } modes[] = {{kernels::cuda::GemmMath::kExactF32, "fp32 reference"},
+               {kernels::cuda::GemmMath::kBf16Inputs, "bf16 GEMMs"}};
+  for (const auto& mode : modes) {
+    auto gpu = model::CudaBackward::Create(model, mode.math);
+    Check(gpu.status(), "upload");
+    // The gradients stay on the device, as torch's do.
+    model::ForwardOptions forward_options;
+    auto step = [&] {
+      model::ModelWeights grads;
+      auto loss = model::CudaMaskedNextTokenLossOnDevice(**gpu, model, ids.view(), mask.view(),
+                                                         forward_options, &grads);
+      Check(loss.status(), "train step");
+      return *loss;
+    };
+    step();  // warm-up: allocator, cuBLAS
+    const auto start = std::chrono::steady_clock::now();
+    double loss = 0;
+    for (int64_t s = 0; s < steps; ++s) loss = step();
+    const double ms = Seconds(start) * 1e3 / static_cast<double>(steps);
+    const double tokens_per_s = static_cast<double>(batch * seq_len) / (ms * 1e-3);
+    const double tflops = tokens_per_s * flops.training() / 1e12;
+    std::printf(
+        "{\"kind\": \"train\", \"precision\": \"%s\", \"batch\": %lld, "
+        "\"seq_len\": %lld, \"ms\": %.1f, \"tokens_per_s\": %.0f, \"tflops\": %.1f, "
+        "\"mfu\": %.4f, \"loss\": %.4f}\n",
+        mode.label, static_cast<long long>(batch), static_cast<long long>(seq_len), ms,
+        tokens_per_s, tflops, tflops / peak, loss);
+    std::fflush(stdout);
+  }
   return 0;
 }
 

@@ -20,15 +20,18 @@ namespace {
 int RunSftCommand(const std::vector<std::string>& args) {
   FlagParser parser(
       "sft",
-      "v4rl sft --config FILE.textproto [--run-dir DIR] [--steps N] [--device cpu|cuda] [--quiet]",
+      "v4rl sft --config FILE.textproto [--run-dir DIR] [--steps N] [--device cpu|cuda] "
+      "[--gemm f32|bf16] [--quiet]",
       "Supervised fine-tuning in fp32: completion-masked cross entropy, Muon + AdamW, warmup-"
       "cosine LR, held-out greedy exact match, metrics in RUN/metrics.jsonl, checkpoints in "
       "RUN/checkpoints (a rerun resumes from the latest one, bit-identically). The config schema "
       "is protos/sft_config.proto; configs/sft_addition.textproto is an example. --device cuda "
       "computes each step's forward, loss and backward on the GPU (fp32; the optimizer and the "
       "evaluation stay on the CPU; on the H200 100 steps follow the CPU run's losses within "
-      "1e-5).");
-  std::string config_path, run_dir, device = "cpu";
+      "1e-5). --gemm bf16 (with --device cuda) runs its GEMMs on bf16 tensor cores: inputs "
+      "rounded to bf16, fp32 accumulation, as a bf16 autocast Linear; everything else stays "
+      "fp32.");
+  std::string config_path, run_dir, device = "cpu", gemm = "f32";
   int64_t steps = 0;
   bool quiet = false;
   parser.AddString("config", &config_path, "SftConfig in protobuf text format (required)");
@@ -36,6 +39,8 @@ int RunSftCommand(const std::vector<std::string>& args) {
   parser.AddInt("steps", &steps, "overrides steps");
   parser.AddBool("quiet", &quiet, "no progress lines");
   parser.AddString("device", &device, "where each step's loss and gradients run: cpu or cuda");
+  parser.AddString("gemm", &gemm,
+                   "GEMM arithmetic of --device cuda: f32 (exact) or bf16 (tensor cores)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (config_path.empty()) {
@@ -44,6 +49,14 @@ int RunSftCommand(const std::vector<std::string>& args) {
   }
   if (device != "cpu" && device != "cuda") {
     std::cerr << "v4rl sft: --device must be cpu or cuda, got " << device << "\n";
+    return 2;
+  }
+  if (gemm != "f32" && gemm != "bf16") {
+    std::cerr << "v4rl sft: --gemm must be f32 or bf16, got " << gemm << "\n";
+    return 2;
+  }
+  if (gemm == "bf16" && device != "cuda") {
+    std::cerr << "v4rl sft: --gemm bf16 needs --device cuda (the CPU computes in f32)\n";
     return 2;
   }
 #if !V4RL_WITH_CUDA
@@ -62,7 +75,13 @@ int RunSftCommand(const std::vector<std::string>& args) {
   if (steps > 0) options.steps = steps;
   options.quiet = quiet;
 #if V4RL_WITH_CUDA
-  if (device == "cuda") options.gradient_backend = learner::MakeCudaSftGradientBackend;
+  if (device == "cuda") {
+    const kernels::cuda::GemmMath math =
+        gemm == "bf16" ? kernels::cuda::GemmMath::kBf16Inputs : kernels::cuda::GemmMath::kExactF32;
+    options.gradient_backend = [math](const model::Model& model) {
+      return learner::MakeCudaSftGradientBackend(model, math);
+    };
+  }
 #endif
   auto summary = learner::RunSft(options);
   if (!summary.ok()) {

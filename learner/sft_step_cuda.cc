@@ -37,9 +37,9 @@ class CudaSftGradientBackend : public SftGradientBackend {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SftGradientBackend>> MakeCudaSftGradientBackend(
-    const model::Model& model) {
+    const model::Model& model, kernels::cuda::GemmMath gemm_math) {
   V4RL_ASSIGN_OR_RETURN(std::unique_ptr<model::CudaBackward> gpu,
-                        model::CudaBackward::Create(model));
+                        model::CudaBackward::Create(model, gemm_math));
   return std::unique_ptr<SftGradientBackend>(
       std::make_unique<CudaSftGradientBackend>(model, std::move(gpu)));
 }

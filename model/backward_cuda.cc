@@ -401,11 +401,12 @@ absl::Status UploadParams(const ModelConfig& config, const ModelWeights& host,
 CudaBackward::CudaBackward(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaBackward::~CudaBackward() = default;
 
-absl::StatusOr<std::unique_ptr<CudaBackward>> CudaBackward::Create(const Model& model) {
+absl::StatusOr<std::unique_ptr<CudaBackward>> CudaBackward::Create(const Model& model,
+                                                                   kc::GemmMath gemm_math) {
   if (kc::DeviceCount() == 0) return absl::FailedPreconditionError("no CUDA device");
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
-  V4RL_ASSIGN_OR_RETURN(impl->blas, kc::BlasHandle::Create());
+  V4RL_ASSIGN_OR_RETURN(impl->blas, kc::BlasHandle::Create(gemm_math));
   impl->weights = model.weights;  // shallow copy; UpdateWeights replaces every slot it reads
   std::unique_ptr<CudaBackward> result(new CudaBackward(std::move(impl)));
   V4RL_RETURN_IF_ERROR(result->UpdateWeights());

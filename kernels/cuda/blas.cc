@@ -6,7 +6,7 @@
 
 namespace v4rl::kernels::cuda {
 
-absl::StatusOr<std::unique_ptr<BlasHandle>> BlasHandle::Create() {
+absl::StatusOr<std::unique_ptr<BlasHandle>> BlasHandle::Create(GemmMath math) {
   cublasHandle_t handle = nullptr;
   if (cublasStatus_t s = cublasCreate(&handle); s != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError(
@@ -14,7 +14,7 @@ absl::StatusOr<std::unique_ptr<BlasHandle>> BlasHandle::Create() {
   }
   // Default math: f32 GEMMs stay exact f32 (no TF32), bf16 ones use tensor cores.
   cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
-  return std::unique_ptr<BlasHandle>(new BlasHandle(handle));
+  return std::unique_ptr<BlasHandle>(new BlasHandle(handle, math));
 }
 
 BlasHandle::~BlasHandle() { cublasDestroy(static_cast<cublasHandle_t>(handle_)); }
@@ -51,7 +51,9 @@ absl::Status BatchedGemm(BlasHandle& handle, const BatchedGemmParams& p) {
       p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(p.n), int(p.m), int(p.k), &p.alpha, p.b.data,
       in_type, int(p.b.ld), p.b.batch_stride, p.a.data, in_type, int(p.a.ld), p.a.batch_stride,
       &p.beta, p.c, out_type, int(p.ldc), p.batch_stride_c, int(p.batch),
-      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      in_type == CUDA_R_32F && handle.math() == GemmMath::kBf16Inputs ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                      : CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError(absl::StrFormat("BatchedGemm: cublasGemmStridedBatchedEx: %s",
                                                cublasGetStatusString(status)));

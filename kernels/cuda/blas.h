@@ -1,6 +1,9 @@
 // Batched strided GEMMs through cuBLAS for the backward pass and the optimizer, in both the
 // `reference` precision (f32 inputs and outputs, exact f32 arithmetic: no TF32) and the
-// `production` one (bf16 inputs, fp32 accumulation, bf16 or f32 output).
+// `production` one (bf16 inputs, fp32 accumulation, bf16 or f32 output). A handle created with
+// GemmMath::kBf16Inputs runs f32 GEMMs on bf16 tensor cores instead: cuBLAS rounds the f32 inputs
+// to bf16 and accumulates in fp32 (CUBLAS_COMPUTE_32F_FAST_16BF; the arithmetic of a bf16
+// autocast Linear, on f32 storage).
 //
 // Row-major convention: c[i] = alpha · op(a[i]) · op(b[i]) + beta · c[i] for i < batch, where
 // op(a) is a [m, k] (a^T when trans_a, a stored [k, m]) and op(b) is [k, n].
@@ -17,17 +20,25 @@
 
 namespace v4rl::kernels::cuda {
 
+// How a handle computes GEMMs whose inputs are f32 (bf16 inputs always use tensor cores).
+enum class GemmMath {
+  kExactF32,    // f32 arithmetic (no TF32): the reference precision
+  kBf16Inputs,  // inputs rounded to bf16, fp32 accumulation, on tensor cores
+};
+
 class BlasHandle {
  public:
-  static absl::StatusOr<std::unique_ptr<BlasHandle>> Create();
+  static absl::StatusOr<std::unique_ptr<BlasHandle>> Create(GemmMath math = GemmMath::kExactF32);
   ~BlasHandle();
   BlasHandle(const BlasHandle&) = delete;
   BlasHandle& operator=(const BlasHandle&) = delete;
   void* raw() const { return handle_; }  // cublasHandle_t
+  GemmMath math() const { return math_; }
 
  private:
-  explicit BlasHandle(void* handle) : handle_(handle) {}
+  BlasHandle(void* handle, GemmMath math) : handle_(handle), math_(math) {}
   void* handle_;
+  GemmMath math_;
 };
 
 // One operand: row-major storage with row stride ld (elements) and batch stride (elements).

@@ -70,6 +70,41 @@ TEST(CudaBackward, LinearF32AndBf16AccumulateOddSizes) {
   }
 }
 
+TEST(CudaBackward, LinearWithBf16GemmMathIsWithinBf16RoundingOfF32) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto handle = BlasHandle::Create(GemmMath::kBf16Inputs);
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  const int64_t m = 37, n = 53, k = 71;
+  // f32 inputs off the bf16 grid. cuBLAS's down-conversion (CUBLAS_COMPUTE_32F_FAST_16BF) is its
+  // own, so the result is held to the exact f32 one by the size of a bf16 input rounding (2^-8
+  // relative, truncating or not): near it, and not equal to it (the math did change).
+  const Tensor x = RandomNormal({m, k}, 21), w = RandomNormal({n, k}, 22),
+               dy = RandomNormal({m, n}, 23);
+  Tensor want_dx = Tensor::Zeros(DType::kF32, {m, k}), want_dw = Tensor::Zeros(DType::kF32, {n, k});
+  cpu::LinearBackwardRef<float>(x.data<float>(), k, w.data<float>(), k, dy.data<float>(), n,
+                                want_dx.data<float>(), k, want_dw.data<float>(), k, m, n, k,
+                                nullptr);
+  const Tensor dx = testing::ToDevice(Tensor::Zeros(DType::kF32, {m, k}), DType::kF32);
+  const Tensor dw = testing::ToDevice(Tensor::Zeros(DType::kF32, {n, k}), DType::kF32);
+  const Tensor xd = testing::ToDevice(x, DType::kF32), wd = testing::ToDevice(w, DType::kF32),
+               dyd = testing::ToDevice(dy, DType::kF32);
+  ASSERT_TRUE(
+      LinearBackward(**handle, xd.view(), wd.view(), dyd.view(), dx.view(), dw.view()).ok());
+  const struct {
+    const char* name;
+    const Tensor& got;
+    const Tensor& want;
+  } outputs[] = {{"dx", dx, want_dx}, {"dw", dw, want_dw}};
+  for (const auto& [name, got, want] : outputs) {
+    const testing::CompareStats stats =
+        testing::Compare(testing::ToHost(got.view()).view(), want.view());
+    std::printf("[measured] linear bf16 math %s vs exact f32: %s (bounds 1e-4 .. 1e-2 by norm)\n",
+                name, testing::Describe(stats).c_str());
+    EXPECT_LT(stats.rel_error_by_norm, 1e-2) << name;
+    EXPECT_GT(stats.rel_error_by_norm, 1e-4) << name << ": bf16 math left the result exact";
+  }
+}
+
 TEST(CudaBackward, LinearStridedAndGroupedExperts) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto blas = Blas();

@@ -36,7 +36,9 @@ TEST(SftCuda, LossCurveFollowsTheCpuRunFor100Steps) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   SftOptions cpu = TinyOptions("sft_parity_cpu");
   SftOptions gpu = TinyOptions("sft_parity_gpu");
-  gpu.gradient_backend = MakeCudaSftGradientBackend;
+  gpu.gradient_backend = [](const model::Model& model) {
+    return MakeCudaSftGradientBackend(model, kernels::cuda::GemmMath::kExactF32);
+  };
   std::filesystem::remove_all(cpu.run_dir);
   std::filesystem::remove_all(gpu.run_dir);
   V4RL_ASSERT_OK_AND_ASSIGN(const SftSummary want, RunSft(cpu));

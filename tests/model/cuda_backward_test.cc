@@ -44,6 +44,10 @@ constexpr double kGpuVsCpu = 1e-4;
 constexpr double kVsTransformers = 1e-4;
 // The GPU loss sums f32 per-row terms in double, the CPU's accumulates in double throughout.
 constexpr double kLossGpuVsCpu = 1e-6;
+// bf16-rounded GEMM inputs (relative rounding 2^-9 per operand) through every layer of the tiny
+// fixtures, forward and backward: per-tensor relative error by norm and the loss's relative error.
+constexpr double kBf16GemmVsCpu = 5e-2;
+constexpr double kLossBf16GemmVsCpu = 1e-2;
 
 // Every trainable gradient of `got` against `want` by relative error by norm; prints the worst.
 void ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeights want,
@@ -78,26 +82,38 @@ void ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeig
 
 class CudaBackwardTest : public ::testing::TestWithParam<std::string> {};
 
+// The CPU's loss and gradients on a fixture's input_ids, and the GPU's with the CPU's routing and
+// indexer picks replayed (no near-tie can flip a discrete choice), GEMMs in `math`.
+struct CpuAndGpu {
+  NextTokenLossResult cpu, gpu;
+};
+absl::StatusOr<CpuAndGpu> CpuAndReplayedGpu(const Model& model, const core::Tensor& ids,
+                                            kernels::cuda::GemmMath math) {
+  CpuAndGpu out;
+  V4RL_ASSIGN_OR_RETURN(out.cpu, NextTokenLossAndGradients(model, ids.view()));
+  V4RL_ASSIGN_OR_RETURN(auto backward, CudaBackward::Create(model, math));
+  ForwardOptions save;
+  save.save_activations = true;
+  V4RL_ASSIGN_OR_RETURN(const ForwardOutput cpu_forward, Forward(model, ids.view(), save));
+  NextTokenLossOptions replay;
+  for (const core::Tensor& r : out.cpu.routed_experts) replay.routing_replay.push_back(r.view());
+  for (const BlockActivations& block : cpu_forward.blocks) {
+    const core::Tensor& picks = block.attn.indexer.topk;
+    replay.index_replay.push_back(picks.defined() ? picks.view() : core::TensorView());
+  }
+  V4RL_ASSIGN_OR_RETURN(out.gpu, CudaNextTokenLossAndGradients(*backward, model, ids.view(), replay));
+  return out;
+}
+
 TEST_P(CudaBackwardTest, NextTokenGradientsMatchTheCpu) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir(GetParam()) + "/model"));
   Reference reference(GetParam());
   const core::Tensor ids = reference.Get("input_ids");
-  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult cpu,
-                            NextTokenLossAndGradients(model, ids.view()));
-  V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model));
-  // The CPU's routing and indexer picks replayed: no near-tie can flip a discrete choice.
-  ForwardOptions save;
-  save.save_activations = true;
-  V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput cpu_forward, Forward(model, ids.view(), save));
-  NextTokenLossOptions replay;
-  for (const core::Tensor& r : cpu.routed_experts) replay.routing_replay.push_back(r.view());
-  for (const BlockActivations& block : cpu_forward.blocks) {
-    const core::Tensor& picks = block.attn.indexer.topk;
-    replay.index_replay.push_back(picks.defined() ? picks.view() : core::TensorView());
-  }
-  V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult gpu,
-                            CudaNextTokenLossAndGradients(*backward, model, ids.view(), replay));
+  V4RL_ASSERT_OK_AND_ASSIGN(const CpuAndGpu both,
+                            CpuAndReplayedGpu(model, ids, kernels::cuda::GemmMath::kExactF32));
+  const NextTokenLossResult& cpu = both.cpu;
+  const NextTokenLossResult& gpu = both.gpu;
   EXPECT_NEAR(gpu.loss, cpu.loss, kLossGpuVsCpu * std::abs(cpu.loss));
   ExpectGradientsClose(model.config, gpu.grads, cpu.grads, kGpuVsCpu, GetParam() + " GPU vs CPU");
 
@@ -136,6 +152,22 @@ TEST_P(CudaBackwardTest, NextTokenGradientsMatchTheCpu) {
     EXPECT_NE(key.find("indexer"), std::string::npos) << key << " has no transformers gradient";
     for (float v : tensor.ToFloatVector()) ASSERT_EQ(v, 0.0f) << key;
   }
+}
+
+// bf16 tensor-core GEMMs (inputs rounded to bf16, fp32 accumulation) against the fp32 CPU: the
+// loss and every gradient near (kernels_cuda_train_test checks that the GEMMs' math changed).
+TEST_P(CudaBackwardTest, Bf16GemmGradientsStayNearTheCpu) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir(GetParam()) + "/model"));
+  Reference reference(GetParam());
+  const core::Tensor ids = reference.Get("input_ids");
+  V4RL_ASSERT_OK_AND_ASSIGN(const CpuAndGpu both,
+                            CpuAndReplayedGpu(model, ids, kernels::cuda::GemmMath::kBf16Inputs));
+  EXPECT_NEAR(both.gpu.loss, both.cpu.loss, kLossBf16GemmVsCpu * std::abs(both.cpu.loss));
+  std::printf("[cuda backward] %s bf16 GEMMs: loss %.6f vs CPU %.6f\n", GetParam().c_str(),
+              both.gpu.loss, both.cpu.loss);
+  ExpectGradientsClose(model.config, both.gpu.grads, both.cpu.grads, kBf16GemmVsCpu,
+                       GetParam() + " bf16 GEMMs vs CPU");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBackwardTest,
