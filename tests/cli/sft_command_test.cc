@@ -1,5 +1,6 @@
 // `v4rl sft` as a process: SIGKILL during training, rerun, and the loss curve continues
-// bit-identically to an uninterrupted run; a malformed config is one clear error line.
+// bit-identically to an uninterrupted run; a malformed config is one clear error line; bad
+// --gemm values are refused up front.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -101,6 +102,19 @@ TEST(SftCommand, MalformedConfigIsOneErrorLine) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(output.find("line 1"), std::string::npos) << output;
   EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 1) << output;
+}
+
+TEST(SftCommand, GemmFlagIsCheckedBeforeAnyWork) {
+  const std::string config = WriteConfig("gemm_flag", ::testing::TempDir() + "/sft_gemm_flag");
+  const testing::CommandResult unknown =
+      testing::RunV4rl("sft --config " + config + " --device cuda --gemm fp16");
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.output.find("--gemm must be f32 or bf16, got fp16"), std::string::npos)
+      << unknown.output;
+  const testing::CommandResult on_cpu = testing::RunV4rl("sft --config " + config + " --gemm bf16");
+  EXPECT_EQ(on_cpu.exit_code, 2);
+  EXPECT_NE(on_cpu.output.find("--gemm bf16 needs --device cuda"), std::string::npos)
+      << on_cpu.output;
 }
 
 }  // namespace
