@@ -11,6 +11,7 @@
 #include "core/status.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compressor.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
@@ -235,21 +236,37 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
     run.Mark("fwd.attn.indexer");
   }
 
-  // Sparse attention over window ∪ compressed keys, one sequence at a time.
+  // Sparse attention over window ∪ compressed keys, one sequence at a time. With bf16 GEMM math
+  // its two products run on tensor cores too: q, kv and the compressed entries go in as bf16
+  // copies (the f32 originals stay saved for the backward), output and lse in f32.
   acts->attn = run.New({num_tokens, heads, dim});
   acts->lse = run.New({num_tokens, heads});
+  const bool bf16_products = run.blas().math() == kc::GemmMath::kBf16Inputs;
+  auto operand = [&](const TensorView& f32) {
+    if (!bf16_products) return core::Tensor();
+    core::Tensor bf16 = Run::New(DType::kBF16, f32.shape_vector());
+    run.Do([&] { return kc::F32ToBf16(f32, bf16.view()); });
+    return bf16;
+  };
+  const core::Tensor q_bf16 = operand(acts->q.view()), kv_bf16 = operand(acts->kv.view());
+  const bool has_entries = compressed && acts->compressor.entries.size(1) > 0;
+  const core::Tensor entries_bf16 =
+      has_entries ? operand(acts->compressor.entries.view()) : core::Tensor();
+  const core::Tensor& q_in = bf16_products ? q_bf16 : acts->q;
+  const core::Tensor& kv_in = bf16_products ? kv_bf16 : acts->kv;
+  const core::Tensor& entries_in = bf16_products ? entries_bf16 : acts->compressor.entries;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t first = b * seq_len, last = (b + 1) * seq_len;
     kc::SparseAttentionArgs args;
-    args.q = acts->q.view().Slice(0, first, last);
-    args.kv = acts->kv.view().Slice(0, first, last);
+    args.q = q_in.view().Slice(0, first, last);
+    args.kv = kv_in.view().Slice(0, first, last);
     args.sink = w.sink.view();
     args.out = acts->attn.view().Slice(0, first, last);
     args.lse = acts->lse.view().Slice(0, first, last);
     args.window = config.sliding_window;
     args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
-    if (compressed && acts->compressor.entries.size(1) > 0) {
-      args.comp_kv = acts->compressor.entries.view().Select(0, b);
+    if (has_entries) {
+      args.comp_kv = entries_in.view().Select(0, b);
       if (type == AttentionType::kCompressedSparse) {
         args.comp_idx = acts->indexer.topk.view().Select(0, b);
       } else {
