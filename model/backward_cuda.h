@@ -1,10 +1,11 @@
 // The fp32 `reference` training path on one GPU (issue 9): forward with saved activations, the
 // whole-model backward, and a refresh of the parameters after an optimizer step; optionally with
 // every GEMM on bf16 tensor cores (GemmMath::kBf16Inputs: f32 storage, inputs rounded to bf16,
-// fp32 accumulation), the forward's attention products included (bf16 copies of q, kv and the
-// compressed entries through the prefill's tensor-core kernel; the backward recomputes the
-// probabilities in f32 from the saved f32 tensors and that lse). Each pass is the device twin of
-// the CPU reference, op for op (same decomposition, order):
+// fp32 accumulation), attention's products included: bf16 copies of q, kv and the compressed
+// entries through the prefill's tensor-core kernel in the forward (f32 output and lse saved) and
+// through SparseAttentionBackward's tensor-core kernel in the backward (with a bf16 copy of the
+// output gradient). Each pass is the device twin of the CPU reference, op for op (same
+// decomposition, order):
 //  - Forward (model/forward_cuda_reference.cc): model/forward.h's Forward with f32 cuBLAS GEMMs
 //    and the kernels/cuda launchers; the ForwardOutput holds device tensors (f32, i32 for index
 //    tensors) in the fields and shapes the CPU fills, so Backward reads them without a copy.

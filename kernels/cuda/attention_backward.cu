@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention_backward.h"
+#include "kernels/cuda/attention_backward_tc.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/plan/compressed_attention.h"
 
@@ -159,12 +160,22 @@ absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
       return bad("comp_ratio must be > 0 without comp_idx");
     }
   }
+  if (a.tensor_cores) {
+    const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+    if (!IsBf16(a.q) || !IsBf16(a.kv) || !IsBf16(a.dout) || (has_comp && !IsBf16(a.comp_kv)) ||
+        D % 32 != 0 || !aligned(a.q.data) || !aligned(a.kv.data) || !aligned(a.dout.data) ||
+        (has_comp && !aligned(a.comp_kv.data))) {
+      return bad("tensor_cores needs bf16 q, kv, comp_kv and dout, 16-byte aligned, and "
+                 "head_dim a multiple of 32");
+    }
+  }
   if (num_q == 0) return absl::OkStatus();
   const int64_t last = a.q_pos0 + num_q - 1;
   if (a.window < 1 || last - a.kv_pos0 >= num_kv ||
       a.q_pos0 < a.kv_pos0) {
     return bad("every query's position must have its raw row (kv_pos0 <= q_pos0, last < kv end)");
   }
+  if (a.tensor_cores) return LaunchSparseAttentionBackwardTc(a);
   Params p{a.q.data, a.kv.data, has_comp ? a.comp_kv.data : nullptr,
            static_cast<const int32_t*>(a.comp_idx.data), a.sink.data_as<float>(), a.out.data,
            a.lse.data_as<float>(), a.dout.data, a.dq.data_as<float>(), a.dkv.data_as<float>(),

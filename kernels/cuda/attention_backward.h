@@ -7,10 +7,13 @@
 // in position order, then comp_idx's entries (ids outside [0, num_comp) skipped) or every visible
 // compressed entry.
 //
-// This is the `reference`-precision kernel: CUDA-core fp32 arithmetic on bf16|f32 inputs, one
-// block per query with a warp per head (num_heads <= 32, head_dim <= 512), key-row gradients
-// summed over the block's heads and then added with fp32 atomics (so dkv / dcomp_kv / dsink are
-// not bit-reproducible run to run; dq is). A tensor-core production kernel is future work.
+// Two kernels. By default the `reference`-precision one: CUDA-core fp32 arithmetic on bf16|f32
+// inputs, one block per query with a warp per head (num_heads <= 32, head_dim <= 512), key-row
+// gradients summed over the block's heads and then added with fp32 atomics. With tensor_cores
+// (bf16 q, kv, comp_kv and dout; head_dim % 32 == 0 and <= 512; rows 16-byte aligned) the
+// products run on mma.sync tiles as the forward's tensor-core kernel (attention_backward_tc.cu):
+// P and dS rounded to bf16 for the second products, fp32 accumulation. Either way dkv / dcomp_kv
+// / dsink are not bit-reproducible run to run (atomics); dq is.
 // Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; default stream.
 #pragma once
 
@@ -39,6 +42,7 @@ struct SparseAttentionBackwardArgs {
   int64_t window = 0;
   int64_t comp_ratio = 0;
   float scale = 0.0f;
+  bool tensor_cores = false;  // the bf16 tensor-core kernel (requirements above)
 };
 
 absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& args);

@@ -1,6 +1,7 @@
 // CUDA sparse-attention backward (flash-style from the saved lse and output) against
 // kernels/cpu/attention_backward.h on odd sizes: window + top-k compressed entries (with skipped
-// -1 ids) in f32, and window + every visible compressed entry with bf16 inputs (gpu label).
+// -1 ids) in f32, and window + every visible compressed entry with bf16 inputs; the tensor-core
+// kernel against the same reference within bf16 rounding of P and dS (gpu label).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -24,6 +25,7 @@ struct Case {
   const char* name;
   int64_t num_q, heads, head_dim, num_kv, num_comp, topk, q_pos0, kv_pos0, window, ratio;
   DType dtype;
+  bool tensor_cores = false;
 };
 
 void RunCase(const Case& c) {
@@ -93,11 +95,34 @@ void RunCase(const Case& c) {
   args.dq = dq.view(), args.dkv = dkv.view(), args.dcomp_kv = dcomp.view(), args.dsink = dsink.view();
   args.q_pos0 = c.q_pos0, args.kv_pos0 = c.kv_pos0, args.window = c.window;
   args.comp_ratio = c.ratio, args.scale = scale;
+  args.tensor_cores = c.tensor_cores;
   const absl::Status status = SparseAttentionBackward(args);
   ASSERT_TRUE(status.ok()) << status;
+  const std::string name = std::string("attention backward ") + c.name;
+  if (c.tensor_cores) {
+    // P and dS rounded to bf16 before the second products (2^-9 relative each), fp32 sums:
+    // bounded by the relative error by norm of each gradient.
+    constexpr double kTensorCoreByNorm = 1.5e-2;
+    const struct {
+      const char* what;
+      const Tensor& got;
+      const Tensor& want;
+    } checks[] = {{"dq", dq, want_dq},
+                  {"dkv", dkv, want_dkv},
+                  {"dcomp_kv", dcomp, want_dcomp},
+                  {"dsink", dsink, want_dsink}};
+    for (const auto& [what, got, want] : checks) {
+      const Tensor host = testing::ToHost(got.view());
+      std::printf("[measured] %s %s: %s (bound %.1e by norm)\n", name.c_str(), what,
+                  testing::Describe(testing::Compare(host.view(), want.view())).c_str(),
+                  kTensorCoreByNorm);
+      EXPECT_TRUE(testing::RelErrorByNormAtMost(host.view(), want.view(), kTensorCoreByNorm))
+          << name << " " << what;
+    }
+    return;
+  }
   // fp32 sums in other orders (and atomics for the key rows) than the CPU's.
   const testing::Tolerance tol{.atol = 2e-5, .rtol = 2e-4};
-  const std::string name = std::string("attention backward ") + c.name;
   EXPECT_TRUE(testing::CloseAndReport(name + " dq", testing::ToHost(dq.view()).view(), want_dq.view(), tol));
   EXPECT_TRUE(testing::CloseAndReport(name + " dkv", testing::ToHost(dkv.view()).view(), want_dkv.view(), tol));
   EXPECT_TRUE(testing::CloseAndReport(name + " dcomp_kv", testing::ToHost(dcomp.view()).view(), want_dcomp.view(), tol));
@@ -116,6 +141,37 @@ TEST(CudaAttentionBackward, WindowAndVisibleCompressedBf16Offset) {
   RunCase({"bf16 window+visible", /*num_q=*/19, /*heads=*/3, /*head_dim=*/160, /*num_kv=*/25,
            /*num_comp=*/4, /*topk=*/0, /*q_pos0=*/13, /*kv_pos0=*/7, /*window=*/6, /*ratio=*/8,
            DType::kBF16});
+}
+
+TEST(CudaAttentionBackward, TensorCoresWindowAndTopKTwoHeadGroups) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  RunCase({"tensor cores window+topk", /*num_q=*/23, /*heads=*/20, /*head_dim=*/64, /*num_kv=*/31,
+           /*num_comp=*/9, /*topk=*/5, /*q_pos0=*/8, /*kv_pos0=*/0, /*window=*/9, /*ratio=*/4,
+           DType::kBF16, /*tensor_cores=*/true});
+}
+
+TEST(CudaAttentionBackward, TensorCoresSeveralKeyTilesOddColumnTiles) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  // ~118 keys a query (two tiles of 64), head_dim 96: three output n-tiles per warp.
+  RunCase({"tensor cores two tiles", /*num_q=*/40, /*heads=*/3, /*head_dim=*/96, /*num_kv=*/150,
+           /*num_comp=*/30, /*topk=*/0, /*q_pos0=*/100, /*kv_pos0=*/0, /*window=*/90,
+           /*ratio=*/4, DType::kBF16, /*tensor_cores=*/true});
+}
+
+TEST(CudaAttentionBackward, TensorCoresRejectF32Inputs) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor q = Tensor::Empty(DType::kF32, {2, 4, 64}, DeviceAllocator());
+  const Tensor kv = Tensor::Empty(DType::kF32, {2, 64}, DeviceAllocator());
+  const Tensor lse = Tensor::Empty(DType::kF32, {2, 4}, DeviceAllocator());
+  const Tensor sink = Tensor::Empty(DType::kF32, {4}, DeviceAllocator());
+  const Tensor dkv = Tensor::Empty(DType::kF32, {2, 64}, DeviceAllocator());
+  SparseAttentionBackwardArgs args;
+  args.q = args.out = args.dout = args.dq = q.view();
+  args.kv = kv.view(), args.dkv = dkv.view(), args.lse = lse.view(), args.sink = sink.view();
+  args.window = 4, args.scale = 0.125f, args.tensor_cores = true;
+  const absl::Status status = SparseAttentionBackward(args);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("tensor_cores needs bf16"), std::string::npos) << status;
 }
 
 TEST(CudaAttentionBackward, RejectsTooManyHeads) {

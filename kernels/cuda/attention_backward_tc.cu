@@ -1,0 +1,280 @@
+// The tensor-core path of SparseAttentionBackward (attention_backward.h, tensor_cores = true):
+// bf16 q, kv, comp_kv and dout; head_dim % 32 == 0 and <= 512. Block (query, 16 heads) walks the
+// query's keys as the forward's tensor-core kernel does (window rows, then compressed entries,
+// kTcKeys at a time gathered into shared memory by attention_tile.cuh), and per tile:
+//   S = Q·Kᵀ and dP = dO·Kᵀ (TcWarpLogits: warp w on keys [16w, 16w + 16)),
+//   P = exp(scale·S - lse), dS = P ∘ (dP - Δ) with Δ = dO·O per head, scale·dS and P rounded to
+//   bf16 into shared memory (as flash attention's backward rounds them),
+//   dQ += (scale·dS)·K in registers over the tiles (the forward's P·V, warp w on columns
+//   [w·D/4, (w+1)·D/4)),
+//   the tile's key-row gradients [scale·dS; P]ᵀ·[Q; dO] (keys × D with K = 32 heads' rows, warp w
+//   on its 16 keys, 64 columns at a time), added to dkv / dcomp_kv with float2 atomics.
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/attention_backward_tc.h"
+#include "kernels/cuda/attention_tile.cuh"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/plan/compressed_attention.h"
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+constexpr int kPStride = kTcKeys + 8;  // bf16 elements between rows of the [32][kTcKeys] dS|P
+constexpr int kKeyGradColumns = 64;    // key-row gradient columns a warp holds at a time
+
+struct TcParams {
+  const uint16_t* q;
+  const uint16_t* kv;
+  const uint16_t* comp_kv;
+  const int32_t* comp_idx;
+  const float* sink;
+  const void* out;
+  const float* lse;
+  const uint16_t* dout;
+  float* dq;
+  float* dkv;
+  float* dcomp_kv;
+  float* dsink;
+  bool out_bf16;
+  int64_t num_heads, head_dim, num_comp, comp_topk, q_pos0, kv_pos0, window, comp_ratio;
+  float scale;
+};
+
+// Shared memory: q and dO [16][D + 8] bf16, keys [kTcKeys][D + 8] bf16, scale·dS and P
+// [2 · 16][kPStride] bf16, lse and Δ [16] f32, the keys' validity, source rows and gradient rows.
+size_t TcBackwardSharedBytes(int64_t head_dim) {
+  const int64_t stride = head_dim + 8;
+  return sizeof(uint16_t) * ((2 * kTcHeads + kTcKeys) * stride + 2 * kTcHeads * kPStride) +
+         sizeof(float) * 2 * kTcHeads + sizeof(int) * kTcKeys +
+         (sizeof(const uint16_t*) + sizeof(float*)) * kTcKeys;
+}
+
+__device__ __forceinline__ uint16_t Bf16Bits(float v) {
+  const __nv_bfloat16 b = __float2bfloat16(v);
+  return *reinterpret_cast<const uint16_t*>(&b);
+}
+
+__global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(TcParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t D = p.head_dim, stride = D + 8, H = p.num_heads;
+  uint16_t* q_s = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* do_s = q_s + kTcHeads * stride;
+  uint16_t* k_s = do_s + kTcHeads * stride;
+  uint16_t* ds_p = k_s + kTcKeys * stride;  // rows 0-15 scale·dS, 16-31 P; columns = keys
+  float* lse_s = reinterpret_cast<float*>(ds_p + 2 * kTcHeads * kPStride);
+  float* delta_s = lse_s + kTcHeads;
+  int* valid = reinterpret_cast<int*>(delta_s + kTcHeads);
+  const uint16_t** rows = reinterpret_cast<const uint16_t**>(valid + kTcKeys);
+  float** grad_rows = reinterpret_cast<float**>(reinterpret_cast<uintptr_t>(rows + kTcKeys));
+  TcTile tile{};  // the fields TcLoadQueries and TcGatherKeys use
+  tile.q = q_s, tile.keys = k_s, tile.valid = valid, tile.rows = rows, tile.stride = stride;
+  TcTile dout_tile = tile;
+  dout_tile.q = do_s;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t i = blockIdx.x;
+  const int64_t h0 = int64_t{blockIdx.y} * kTcHeads;
+  const int heads = static_cast<int>(Min64(kTcHeads, H - h0));
+  TcLoadQueries(tile, p.q + (i * H + h0) * D, heads, D);
+  TcLoadQueries(dout_tile, p.dout + (i * H + h0) * D, heads, D);
+  CpAsyncWait<0>();
+  __syncthreads();
+  // Δ = dO·O per head (dO as staged in bf16, as dP uses it) and the saved lse.
+  for (int r = warp; r < kTcHeads; r += kTcWarps) {
+    float sum = 0.0f;
+    if (r < heads) {
+      for (int64_t c = lane; c < D; c += 32) {
+        sum += LoadF(do_s, true, r * stride + c) * LoadF(p.out, p.out_bf16, (i * H + h0 + r) * D + c);
+      }
+    }
+    sum = WarpSum(sum);
+    if (lane == 0) {
+      delta_s[r] = sum;
+      lse_s[r] = r < heads ? p.lse[i * H + h0 + r] : 0.0f;
+    }
+  }
+  __syncthreads();
+  if (p.dsink != nullptr && threadIdx.x < heads) {
+    const int r = threadIdx.x;
+    atomicAdd(&p.dsink[h0 + r], -expf(p.sink[h0 + r] - lse_s[r]) * delta_s[r]);
+  }
+
+  const int64_t t = p.q_pos0 + i;
+  const int64_t first = Max64(plan::WindowBegin(t, p.window), p.kv_pos0);
+  const int64_t num_window = t - first + 1;
+  int64_t num_comp_slots = 0;
+  if (p.comp_kv != nullptr) {
+    num_comp_slots = p.comp_idx != nullptr
+                         ? p.comp_topk
+                         : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
+  }
+  const int64_t num_keys = num_window + num_comp_slots;
+  // ldmatrix row addresses (as attention_tile.cuh's P·V): A row-major matrices 0/1 rows 0-7 /
+  // 8-15, 2/3 eight columns on; B rows of a row-major [k][n] operand with .trans.
+  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
+  // A of the key-row gradients from the [k][m] store (.trans): k rows (lane % 8) + 8 (lane / 16),
+  // m columns 8 ((lane / 8) % 2) on from the warp's first key.
+  const int at_k = (lane % 8) + 8 * (lane / 16), at_m = 16 * warp + 8 * ((lane / 8) % 2);
+  const int64_t col0 = warp * (D / 4);
+  const int ntiles = static_cast<int>(D / 32);
+  float dq[kTcMaxTiles][4];
+#pragma unroll
+  for (int n = 0; n < kTcMaxTiles; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+
+  for (int64_t tile0 = 0; tile0 < num_keys; tile0 += kTcKeys) {
+    if (threadIdx.x < kTcKeys) {
+      const int64_t j = tile0 + threadIdx.x;
+      const uint16_t* row = nullptr;
+      float* grad = nullptr;
+      if (j < num_keys) {
+        if (j < num_window) {
+          const int64_t r = first - p.kv_pos0 + j;
+          row = p.kv + r * D, grad = p.dkv + r * D;
+        } else {
+          int64_t w = j - num_window;
+          if (p.comp_idx != nullptr) w = p.comp_idx[i * p.comp_topk + w];
+          if (w >= 0 && w < p.num_comp) row = p.comp_kv + w * D, grad = p.dcomp_kv + w * D;
+        }
+      }
+      rows[threadIdx.x] = row;
+      grad_rows[threadIdx.x] = grad;
+    }
+    TcGatherKeys(tile, D, p.kv);
+    // P and scale·dS of the warp's 16 keys.
+    {
+      float s[2][4], dp[2][4];
+      TcWarpLogits(q_s, k_s + 16 * warp * stride, stride, D, s);
+      TcWarpLogits(do_s, k_s + 16 * warp * stride, stride, D, dp);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = g + (e >= 2 ? 8 : 0), key = 16 * warp + 8 * j + 2 * t4 + (e & 1);
+          float prob = 0.0f, ds = 0.0f;
+          if (valid[key] != 0 && r < heads) {
+            prob = expf(p.scale * s[j][e] - lse_s[r]);
+            ds = prob * (dp[j][e] - delta_s[r]);
+          }
+          ds_p[r * kPStride + key] = Bf16Bits(p.scale * ds);
+          ds_p[(kTcHeads + r) * kPStride + key] = Bf16Bits(prob);
+        }
+      }
+    }
+    __syncthreads();
+    // dQ += (scale·dS) · K over the tile's keys, the warp's output columns.
+    {
+      const uint16_t* k_row = k_s + mrow * stride + col0 + mcol;
+      for (int kk = 0; kk < kTcKeys; kk += 16) {
+        uint32_t a[4];
+        LdMatrixX4(a, ds_p + mrow * kPStride + kk + mcol);
+#pragma unroll
+        for (int n = 0; n < kTcMaxTiles; n += 2) {
+          if (n < ntiles) {
+            uint32_t b[4];
+            LdMatrixX4Trans(b, k_row + kk * stride + 8 * n);
+            MmaBf16(dq[n], a, b);
+            MmaBf16(dq[n + 1], a, b + 2);
+          }
+        }
+      }
+    }
+    // Key-row gradients of the warp's 16 keys: [scale·dS; P]ᵀ (16 keys × 32) · [Q; dO] (32 × D).
+    {
+      uint32_t a[2][4];
+      LdMatrixX4Trans(a[0], ds_p + at_k * kPStride + at_m);
+      LdMatrixX4Trans(a[1], ds_p + (kTcHeads + at_k) * kPStride + at_m);
+      const uint16_t* b_rows[2] = {q_s + mrow * stride + mcol, do_s + mrow * stride + mcol};
+      float* const dst[2] = {grad_rows[16 * warp + g], grad_rows[16 * warp + g + 8]};
+      for (int64_t c0 = 0; c0 < D; c0 += kKeyGradColumns) {
+        float acc[kKeyGradColumns / 8][4];
+#pragma unroll
+        for (int n = 0; n < kKeyGradColumns / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+#pragma unroll
+          for (int n = 0; n < kKeyGradColumns / 8; n += 2) {
+            if (c0 + 8 * n < D) {
+              uint32_t b[4];
+              LdMatrixX4Trans(b, b_rows[ks] + c0 + 8 * n);
+              MmaBf16(acc[n], a[ks], b);
+              MmaBf16(acc[n + 1], a[ks], b + 2);
+            }
+          }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          if (dst[half] == nullptr) continue;
+#pragma unroll
+          for (int n = 0; n < kKeyGradColumns / 8; ++n) {
+            const int64_t col = c0 + 8 * n + 2 * t4;
+            if (col < D) {
+              atomicAdd(reinterpret_cast<float2*>(dst[half] + col),
+                        make_float2(acc[n][2 * half], acc[n][2 * half + 1]));
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // rows, grad_rows, keys and dS|P are refilled by the next tile
+  }
+  // dQ: rows g and g + 8 of the fragments are heads, columns the warp's.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    if (r >= heads) continue;
+    float* row = p.dq + (i * H + h0 + r) * D;
+#pragma unroll
+    for (int n = 0; n < kTcMaxTiles; ++n) {
+      if (n < ntiles) {
+        const int64_t col = col0 + 8 * n + 2 * t4;
+        row[col] += dq[n][2 * half];
+        row[col + 1] += dq[n][2 * half + 1];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status LaunchSparseAttentionBackwardTc(const SparseAttentionBackwardArgs& a) {
+  const int64_t num_q = a.q.shape[0], heads = a.q.shape[1], D = a.q.shape[2];
+  const bool has_comp = a.comp_kv.data != nullptr;
+  TcParams p{static_cast<const uint16_t*>(a.q.data),
+             static_cast<const uint16_t*>(a.kv.data),
+             has_comp ? static_cast<const uint16_t*>(a.comp_kv.data) : nullptr,
+             static_cast<const int32_t*>(a.comp_idx.data),
+             a.sink.data_as<float>(),
+             a.out.data,
+             a.lse.data_as<float>(),
+             static_cast<const uint16_t*>(a.dout.data),
+             a.dq.data_as<float>(),
+             a.dkv.data_as<float>(),
+             has_comp ? a.dcomp_kv.data_as<float>() : nullptr,
+             a.dsink.data != nullptr ? a.dsink.data_as<float>() : nullptr,
+             a.out.dtype == core::DType::kBF16,
+             heads,
+             D,
+             has_comp ? a.comp_kv.shape[0] : 0,
+             a.comp_idx.data != nullptr ? a.comp_idx.shape[1] : 0,
+             a.q_pos0,
+             a.kv_pos0,
+             a.window,
+             a.comp_ratio,
+             a.scale};
+  const size_t shared = TcBackwardSharedBytes(D);
+  if (cudaError_t e = cudaFuncSetAttribute(SparseAttentionBackwardTcKernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared));
+      e != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat(
+        "SparseAttentionBackward: %d bytes of shared memory: %s", shared, cudaGetErrorString(e)));
+  }
+  const dim3 grid(static_cast<unsigned>(num_q),
+                  static_cast<unsigned>((heads + kTcHeads - 1) / kTcHeads));
+  SparseAttentionBackwardTcKernel<<<grid, kTcThreads, shared>>>(p);
+  return LaunchStatus("SparseAttentionBackward (tensor cores)");
+}
+
+}  // namespace v4rl::kernels::cuda
