@@ -55,15 +55,11 @@ __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParam
   const int64_t h0 = int64_t{blockIdx.y} * hb;
   const int heads = static_cast<int>(Min64(hb, p.num_heads - h0));
   const int64_t t = p.q_pos0 + i;
-  const int64_t first = Max64(plan::WindowBegin(t, p.window), p.kv_pos0);
-  const int64_t num_window = t - first + 1;
-  int64_t num_comp_slots = 0;
-  if (p.comp_kv != nullptr) {
-    num_comp_slots = p.comp_idx != nullptr
-                         ? p.comp_topk
-                         : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
-  }
-  const int64_t num_keys = num_window + num_comp_slots;
+  const plan::QueryKeySlots slots =
+      plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
+                     p.comp_topk, p.comp_ratio, p.num_comp);
+  const int64_t first = slots.first, num_window = slots.num_window;
+  const int64_t num_keys = slots.total();
 
   for (int64_t e = threadIdx.x; e < heads * D; e += kThreads) {
     const int64_t h = e / D, d = e % D;
@@ -173,15 +169,11 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
   const int64_t h0 = int64_t{blockIdx.y} * kTcHeads;
   const int heads = static_cast<int>(Min64(kTcHeads, p.num_heads - h0));
   const int64_t t = p.q_pos0 + i;
-  const int64_t first = Max64(plan::WindowBegin(t, p.window), p.kv_pos0);
-  const int64_t num_window = t - first + 1;
-  int64_t num_comp_slots = 0;
-  if (p.comp_kv != nullptr) {
-    num_comp_slots = p.comp_idx != nullptr
-                         ? p.comp_topk
-                         : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
-  }
-  const int64_t num_keys = num_window + num_comp_slots;
+  const plan::QueryKeySlots slots =
+      plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
+                     p.comp_topk, p.comp_ratio, p.num_comp);
+  const int64_t first = slots.first, num_window = slots.num_window;
+  const int64_t num_keys = slots.total();
 
   // Q rows of this query's heads (zero rows past the last head).
   TcLoadQueries(tile_smem, static_cast<const uint16_t*>(p.q) + (i * p.num_heads + h0) * D, heads,

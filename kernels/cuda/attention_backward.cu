@@ -50,15 +50,11 @@ __global__ void SparseAttentionBackwardKernel(Params p) {
     atomicAdd(&p.dsink[h], -expf(p.sink[h] - lse) * d_dot_out);
   }
   const int64_t t = p.q_pos0 + i;
-  const int64_t first = Max64(plan::WindowBegin(t, p.window), p.kv_pos0);
-  const int64_t num_window = t - first + 1;
-  int64_t num_comp_keys = 0;
-  if (p.comp_kv != nullptr) {
-    num_comp_keys = p.comp_idx != nullptr
-                        ? p.comp_topk
-                        : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
-  }
-  for (int64_t k = 0; k < num_window + num_comp_keys; ++k) {
+  const plan::QueryKeySlots slots =
+      plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
+                     p.comp_topk, p.comp_ratio, p.num_comp);
+  const int64_t first = slots.first, num_window = slots.num_window;
+  for (int64_t k = 0; k < slots.total(); ++k) {
     const void* key;
     bool key_bf16;
     float* dkey;

@@ -102,17 +102,13 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
   }
 
   const int64_t t = p.q_pos0 + i;
-  const int64_t first = Max64(plan::WindowBegin(t, p.window), p.kv_pos0);
-  const int64_t num_window = t - first + 1;
-  int64_t num_comp_slots = 0;
-  if (p.comp_kv != nullptr) {
-    num_comp_slots = p.comp_idx != nullptr
-                         ? p.comp_topk
-                         : Min64(plan::NumVisibleCompressed(t, p.comp_ratio), p.num_comp);
-  }
-  const int64_t num_keys = num_window + num_comp_slots;
-  // ldmatrix row addresses (as attention_tile.cuh's P·V): A row-major matrices 0/1 rows 0-7 /
-  // 8-15, 2/3 eight columns on; B rows of a row-major [k][n] operand with .trans.
+  const plan::QueryKeySlots slots =
+      plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
+                     p.comp_topk, p.comp_ratio, p.num_comp);
+  const int64_t first = slots.first, num_window = slots.num_window;
+  const int64_t num_keys = slots.total();
+  // ldmatrix row addresses of the key-row gradients' B, a row-major [k][n] operand read with
+  // .trans (as attention_tile.cuh's V): k rows (lane % 8) + 8 ((lane / 8) % 2), n 8 (lane / 16) on.
   const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
   // A of the key-row gradients from the [k][m] store (.trans): k rows (lane % 8) + 8 (lane / 16),
   // m columns 8 ((lane / 8) % 2) on from the warp's first key.
@@ -164,22 +160,7 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
     }
     __syncthreads();
     // dQ += (scale·dS) · K over the tile's keys, the warp's output columns.
-    {
-      const uint16_t* k_row = k_s + mrow * stride + col0 + mcol;
-      for (int kk = 0; kk < kTcKeys; kk += 16) {
-        uint32_t a[4];
-        LdMatrixX4(a, ds_p + mrow * kPStride + kk + mcol);
-#pragma unroll
-        for (int n = 0; n < kTcMaxTiles; n += 2) {
-          if (n < ntiles) {
-            uint32_t b[4];
-            LdMatrixX4Trans(b, k_row + kk * stride + 8 * n);
-            MmaBf16(dq[n], a, b);
-            MmaBf16(dq[n + 1], a, b + 2);
-          }
-        }
-      }
-    }
+    TcProbsTimesKeys(ds_p, kPStride, k_s, stride, D, dq);
     // Key-row gradients of the warp's 16 keys: [scale·dS; P]ᵀ (16 keys × 32) · [Q; dO] (32 × D).
     {
       uint32_t a[2][4];

@@ -140,6 +140,35 @@ __device__ __forceinline__ void TcWarpLogits(const uint16_t* q_rows, const uint1
   }
 }
 
+// acc += P · V for this warp's output columns [w·D/4, (w+1)·D/4): P [16][kTcKeys] bf16 in shared
+// memory (rows `pstride` apart), V the kTcKeys staged key rows (`stride` apart). acc: this
+// thread's fragments of the [16, D] f32 product (rows g and g + 8 of n-tile n, columns 2(l % 4),
+// +1). The caller synchronises around it.
+__device__ __forceinline__ void TcProbsTimesKeys(const uint16_t* probs, int pstride,
+                                                 const uint16_t* keys, int64_t stride,
+                                                 int64_t head_dim, float acc[kTcMaxTiles][4]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // ldmatrix row addresses: matrices 0/1 rows 0-7 / 8-15, 2/3 eight columns on.
+  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
+  const int ntiles = static_cast<int>(head_dim / 32);
+  // V = the key rows as B (row-major in k = keys, .trans): matrices (keys 0-7, n-tile n), (keys
+  // 8-15, n-tile n), (keys 0-7, n-tile n + 1), (keys 8-15, n-tile n + 1).
+  const uint16_t* v_row = keys + mrow * stride + warp * (head_dim / 4) + mcol;
+  for (int kk = 0; kk < kTcKeys; kk += 16) {
+    uint32_t a[4];
+    LdMatrixX4(a, probs + mrow * pstride + kk + mcol);
+#pragma unroll
+    for (int n = 0; n < kTcMaxTiles; n += 2) {
+      if (n < ntiles) {
+        uint32_t b[4];
+        LdMatrixX4Trans(b, v_row + kk * stride + 8 * n);
+        MmaBf16(acc[n], a, b);
+        MmaBf16(acc[n + 1], a, b + 2);
+      }
+    }
+  }
+}
+
 // One staged tile (keys and valid filled, then __syncthreads by the caller): S = scale · Q Kᵀ,
 // the online softmax update of run_max / run_sum (a max of -inf with no valid key yet leaves
 // the accumulators untouched), acc = acc · rescale + P V. acc: this thread's fragments of the
@@ -149,8 +178,6 @@ __device__ __forceinline__ void TcAttendTile(const TcTile& t, int64_t head_dim, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t stride = t.stride;
-  // ldmatrix row addresses for P·V below: matrices 0/1 rows 0-7 / 8-15, 2/3 eight columns on.
-  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
   {
     float c[2][4];
     TcWarpLogits(t.q, t.keys + 16 * warp * stride, stride, head_dim, c);
@@ -190,24 +217,7 @@ __device__ __forceinline__ void TcAttendTile(const TcTile& t, int64_t head_dim, 
   for (int n = 0; n < kTcMaxTiles; ++n) {
     if (n < ntiles) acc[n][0] *= f0, acc[n][1] *= f0, acc[n][2] *= f1, acc[n][3] *= f1;
   }
-  const int pstride = kTcKeys + 8;
-  const int64_t col0 = warp * (head_dim / 4);
-  // V = the key rows as B (row-major in k = keys, .trans): matrices (keys 0-7, n-tile n), (keys
-  // 8-15, n-tile n), (keys 0-7, n-tile n + 1), (keys 8-15, n-tile n + 1).
-  const uint16_t* v_row = t.keys + mrow * stride + col0 + mcol;
-  for (int kk = 0; kk < kTcKeys; kk += 16) {
-    uint32_t a[4];
-    LdMatrixX4(a, t.probs + mrow * pstride + kk + mcol);
-#pragma unroll
-    for (int n = 0; n < kTcMaxTiles; n += 2) {
-      if (n < ntiles) {
-        uint32_t b[4];
-        LdMatrixX4Trans(b, v_row + kk * stride + 8 * n);
-        MmaBf16(acc[n], a, b);
-        MmaBf16(acc[n + 1], a, b + 2);
-      }
-    }
-  }
+  TcProbsTimesKeys(t.probs, kTcKeys + 8, t.keys, stride, head_dim, acc);
   __syncthreads();
 }
 

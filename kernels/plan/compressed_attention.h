@@ -35,4 +35,29 @@ V4RL_HOST_DEVICE inline int64_t CompressedEntryPosition(int64_t entry, int64_t r
   return entry * ratio;
 }
 
+// The key slots of the query at `position` when raw rows start at position kv_pos0: the window's
+// raw rows first .. position in order, then comp_slots compressed slots, either the query's
+// comp_topk picks (ids outside [0, num_comp) are the caller's to skip) or every visible entry.
+struct QueryKeySlots {
+  int64_t first;       // first raw position of the window (at least kv_pos0)
+  int64_t num_window;  // position - first + 1
+  int64_t comp_slots;
+  V4RL_HOST_DEVICE int64_t total() const { return num_window + comp_slots; }
+};
+
+V4RL_HOST_DEVICE inline QueryKeySlots KeySlots(int64_t position, int64_t window, int64_t kv_pos0,
+                                               bool has_comp, bool has_picks, int64_t comp_topk,
+                                               int64_t ratio, int64_t num_comp) {
+  QueryKeySlots slots;
+  const int64_t begin = WindowBegin(position, window);
+  slots.first = begin > kv_pos0 ? begin : kv_pos0;
+  slots.num_window = position - slots.first + 1;
+  slots.comp_slots = 0;
+  if (has_comp) {
+    const int64_t visible = has_picks ? 0 : NumVisibleCompressed(position, ratio);
+    slots.comp_slots = has_picks ? comp_topk : (visible < num_comp ? visible : num_comp);
+  }
+  return slots;
+}
+
 }  // namespace v4rl::kernels::plan

@@ -207,6 +207,26 @@ TEST(SparseAttentionTest, QuerySeesOnlyCompleteCompressedWindows) {
   EXPECT_EQ(plan::WindowBegin(2, 4), 0);
 }
 
+TEST(SparseAttentionTest, KeySlotsOfAQuery) {
+  // Window clipped by the sequence's first raw row, then all visible entries (capped by those
+  // that exist) or the query's top-k slots.
+  plan::QueryKeySlots s = plan::KeySlots(/*position=*/10, /*window=*/4, /*kv_pos0=*/0,
+                                         /*has_comp=*/true, /*has_picks=*/false, 0, 4, 100);
+  EXPECT_EQ(s.first, 7);
+  EXPECT_EQ(s.num_window, 4);
+  EXPECT_EQ(s.comp_slots, 2);  // entries 0 and 1 (tokens 0-7) are complete at position 10
+  EXPECT_EQ(s.total(), 6);
+  s = plan::KeySlots(10, 128, /*kv_pos0=*/5, true, false, 0, 4, /*num_comp=*/1);
+  EXPECT_EQ(s.first, 5);
+  EXPECT_EQ(s.num_window, 6);
+  EXPECT_EQ(s.comp_slots, 1);
+  s = plan::KeySlots(10, 4, 0, true, /*has_picks=*/true, /*comp_topk=*/9, 4, 1);
+  EXPECT_EQ(s.comp_slots, 9);
+  s = plan::KeySlots(10, 4, 0, /*has_comp=*/false, true, 9, 4, 100);
+  EXPECT_EQ(s.comp_slots, 0);
+  EXPECT_EQ(s.total(), 4);
+}
+
 TEST(SparseAttentionTest, TopKListsSkipInvalidPicks) {
   const int64_t dim = 4;
   Tensor q = Tensor::FromFloats({1, 1, dim}, {1, 1, 0, 0});
