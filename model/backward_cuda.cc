@@ -34,6 +34,7 @@ constexpr float kRoutingDenomEps = 1e-20f;
 
 namespace {
 
+using cuda_reference::DeviceRopeTables;
 using cuda_reference::Rows2;
 using cuda_reference::Run;
 
@@ -103,9 +104,8 @@ void CompressorBackward(Run& run, const CompressorWeights& w, int64_t ratio, boo
   const int64_t num_entries = host_acts.entries.size(1);
   const int64_t entry_dim = host_acts.entries.size(2);
   if (num_entries == 0) return;
-  Tensor host_cos, host_sin;
-  rope.Make(0, ratio, num_entries, &host_cos, &host_sin);
-  const Tensor cos = run.Up(host_cos), sin = run.Up(host_sin);
+  Tensor cos, sin;
+  DeviceRopeTables(run, rope, 0, ratio, num_entries, &cos, &sin);
   for (int64_t b = 0; b < batch; ++b) {
     run.Do([&] {
       return kc::RopeBackward(
@@ -146,9 +146,8 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   const int64_t num_tokens = batch * seq_len;
   const int64_t heads = config.num_heads, dim = config.head_dim;
   const float eps = static_cast<float>(config.rms_norm_eps);
-  Tensor host_cos, host_sin;
-  rope.Make(0, 1, seq_len, &host_cos, &host_sin);
-  const Tensor cos = run.Up(host_cos), sin = run.Up(host_sin);
+  Tensor cos, sin;
+  DeviceRopeTables(run, rope, 0, 1, seq_len, &cos, &sin);
   auto rotate_back_each_sequence = [&](const Tensor& grad, bool inverse) {
     const TensorView rows = grad.view().Reshape({num_tokens, grad.numel() / (num_tokens * dim), dim});
     for (int64_t b = 0; b < batch; ++b) {

@@ -27,21 +27,12 @@ namespace {
 using core::DType;
 using core::Tensor;
 using core::TensorView;
+using cuda_reference::DeviceRopeTables;
 using cuda_reference::Run;
 namespace kc = kernels::cuda;
 
 // Queries scored per indexer GEMM: bounds the [chunk · heads, Nc] f32 dot products.
 constexpr int64_t kIndexerQueryChunk = 256;
-
-// Device cos/sin [count, rope_dim / 2] f32 of positions first, first + stride, ... (the CPU's
-// tables, uploaded).
-void RopeTables(Run& run, const RopeTable& rope, int64_t first, int64_t stride, int64_t count,
-                Tensor* cos, Tensor* sin) {
-  Tensor host_cos, host_sin;
-  rope.Make(first, stride, count, &host_cos, &host_sin);
-  *cos = run.Up(host_cos);
-  *sin = run.Up(host_sin);
-}
 
 // model/mhc.cc NormalizeStreams + the mixes GEMM: streams [N, n, H] -> normed [N, n·H],
 // mixes [N, M] with fn [M, n·H].
@@ -109,7 +100,7 @@ void Compressor(Run& run, const CompressorWeights& w, int64_t ratio, bool overla
   run.Do(
       [&] { return kc::RmsNorm(acts->pooled.view(), w.norm.view(), eps, acts->entries.view()); });
   Tensor cos, sin;
-  RopeTables(run, rope, 0, ratio, num_entries, &cos, &sin);
+  DeviceRopeTables(run, rope, 0, ratio, num_entries, &cos, &sin);
   for (int64_t b = 0; b < batch; ++b) {
     run.Do([&] {
       return kc::ApplyRope(acts->entries.view().Select(0, b).Reshape({num_entries, 1, entry_dim}),
@@ -190,7 +181,7 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   const int64_t heads = config.num_heads, dim = config.head_dim;
   const float eps = static_cast<float>(config.rms_norm_eps);
   Tensor cos, sin;
-  RopeTables(run, rope, 0, 1, seq_len, &cos, &sin);
+  DeviceRopeTables(run, rope, 0, 1, seq_len, &cos, &sin);
   auto rotate_each_sequence = [&](const Tensor& t, bool inverse) {
     for (int64_t b = 0; b < batch; ++b) {
       run.Do([&] {
