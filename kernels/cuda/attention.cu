@@ -36,8 +36,8 @@ size_t SharedBytes(int heads_per_block, int64_t head_dim) {
                           heads_per_block * kKeysPerTile + 3 * kMaxHeadsPerBlock);
 }
 
-// grid (num_q, head groups). Key j of query i: j < num_window -> raw row first_row + j; else
-// compressed slot j - num_window (comp_idx entry, or entry id itself when all are visible).
+// grid (num_q, head groups). Key slot j of query i: plan::KeySlotAt (window rows, then the
+// compressed picks or every visible entry).
 __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParams p) {
   extern __shared__ float smem[];
   const int hb = p.heads_per_block;
@@ -58,7 +58,6 @@ __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParam
   const plan::QueryKeySlots slots =
       plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
                      p.comp_topk, p.comp_ratio, p.num_comp);
-  const int64_t first = slots.first, num_window = slots.num_window;
   const int64_t num_keys = slots.total();
 
   for (int64_t e = threadIdx.x; e < heads * D; e += kThreads) {
@@ -72,29 +71,24 @@ __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParam
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
+  const int32_t* picks = p.comp_idx != nullptr ? p.comp_idx + i * p.comp_topk : nullptr;
   for (int64_t tile = 0; tile < num_keys; tile += kKeysPerTile) {
     const int tile_keys = static_cast<int>(Min64(kKeysPerTile, num_keys - tile));
     __syncthreads();  // previous tile fully consumed
     // 1. Stage the tile's key rows (K = V) as f32.
     if (threadIdx.x < kKeysPerTile) {
-      bool valid = threadIdx.x < tile_keys;
-      const int64_t j = tile + threadIdx.x;
-      if (valid && j >= num_window && p.comp_idx != nullptr) {
-        const int32_t w = p.comp_idx[i * p.comp_topk + (j - num_window)];
-        valid = w >= 0 && w < p.num_comp;
-      }
-      key_valid[threadIdx.x] = valid;
+      key_valid[threadIdx.x] =
+          threadIdx.x < tile_keys &&
+          plan::KeySlotAt(slots, tile + threadIdx.x, p.kv_pos0, picks, p.num_comp).index >= 0;
     }
     for (int64_t e = threadIdx.x; e < tile_keys * D; e += kThreads) {
       const int64_t k = e / D, d = e % D;
-      const int64_t j = tile + k;
+      const plan::KeySlotSource src = plan::KeySlotAt(slots, tile + k, p.kv_pos0, picks, p.num_comp);
       float v = 0.0f;
-      if (j < num_window) {
-        v = LoadF(p.kv, p.kv_bf16, (first - p.kv_pos0 + j) * D + d);
-      } else {
-        int64_t w = j - num_window;
-        if (p.comp_idx != nullptr) w = p.comp_idx[i * p.comp_topk + w];
-        if (w >= 0 && w < p.num_comp) v = LoadF(p.comp_kv, p.comp_bf16, w * D + d);
+      if (!src.compressed) {
+        v = LoadF(p.kv, p.kv_bf16, src.index * D + d);
+      } else if (src.index >= 0) {
+        v = LoadF(p.comp_kv, p.comp_bf16, src.index * D + d);
       }
       keys[k * D + d] = v;
     }
@@ -172,7 +166,6 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
   const plan::QueryKeySlots slots =
       plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
                      p.comp_topk, p.comp_ratio, p.num_comp);
-  const int64_t first = slots.first, num_window = slots.num_window;
   const int64_t num_keys = slots.total();
 
   // Q rows of this query's heads (zero rows past the last head).
@@ -192,12 +185,10 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionP
       const int64_t j = tile + threadIdx.x;
       const uint16_t* row = nullptr;
       if (j < num_keys) {
-        if (j < num_window) {
-          row = static_cast<const uint16_t*>(p.kv) + (first - p.kv_pos0 + j) * D;
-        } else {
-          int64_t w = j - num_window;
-          if (p.comp_idx != nullptr) w = p.comp_idx[i * p.comp_topk + w];
-          if (w >= 0 && w < p.num_comp) row = static_cast<const uint16_t*>(p.comp_kv) + w * D;
+        const int32_t* picks = p.comp_idx != nullptr ? p.comp_idx + i * p.comp_topk : nullptr;
+        const plan::KeySlotSource src = plan::KeySlotAt(slots, j, p.kv_pos0, picks, p.num_comp);
+        if (src.index >= 0) {
+          row = static_cast<const uint16_t*>(src.compressed ? p.comp_kv : p.kv) + src.index * D;
         }
       }
       tile_smem.rows[threadIdx.x] = row;

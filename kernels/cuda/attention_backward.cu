@@ -53,20 +53,14 @@ __global__ void SparseAttentionBackwardKernel(Params p) {
   const plan::QueryKeySlots slots =
       plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
                      p.comp_topk, p.comp_ratio, p.num_comp);
-  const int64_t first = slots.first, num_window = slots.num_window;
+  const int32_t* picks = p.comp_idx != nullptr ? p.comp_idx + i * p.comp_topk : nullptr;
   for (int64_t k = 0; k < slots.total(); ++k) {
-    const void* key;
-    bool key_bf16;
-    float* dkey;
-    int64_t row;
-    if (k < num_window) {
-      row = first + k - p.kv_pos0;
-      key = p.kv, key_bf16 = p.kv_bf16, dkey = p.dkv;
-    } else {
-      row = p.comp_idx ? p.comp_idx[i * p.comp_topk + (k - num_window)] : k - num_window;
-      if (row < 0 || row >= p.num_comp) continue;  // uniform across the block
-      key = p.comp_kv, key_bf16 = p.comp_bf16, dkey = p.dcomp_kv;
-    }
+    const plan::KeySlotSource src = plan::KeySlotAt(slots, k, p.kv_pos0, picks, p.num_comp);
+    if (src.index < 0) continue;  // a skipped pick, uniform across the block
+    const int64_t row = src.index;
+    const void* key = src.compressed ? p.comp_kv : p.kv;
+    const bool key_bf16 = src.compressed ? p.comp_bf16 : p.kv_bf16;
+    float* dkey = src.compressed ? p.dcomp_kv : p.dkv;
     float kr[kPerLane];
     float s = 0, dp = 0;
 #pragma unroll

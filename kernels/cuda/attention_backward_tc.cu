@@ -105,7 +105,6 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
   const plan::QueryKeySlots slots =
       plan::KeySlots(t, p.window, p.kv_pos0, p.comp_kv != nullptr, p.comp_idx != nullptr,
                      p.comp_topk, p.comp_ratio, p.num_comp);
-  const int64_t first = slots.first, num_window = slots.num_window;
   const int64_t num_keys = slots.total();
   // ldmatrix row addresses of the key-row gradients' B, a row-major [k][n] operand read with
   // .trans (as attention_tile.cuh's V): k rows (lane % 8) + 8 ((lane / 8) % 2), n 8 (lane / 16) on.
@@ -125,13 +124,11 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
       const uint16_t* row = nullptr;
       float* grad = nullptr;
       if (j < num_keys) {
-        if (j < num_window) {
-          const int64_t r = first - p.kv_pos0 + j;
-          row = p.kv + r * D, grad = p.dkv + r * D;
-        } else {
-          int64_t w = j - num_window;
-          if (p.comp_idx != nullptr) w = p.comp_idx[i * p.comp_topk + w];
-          if (w >= 0 && w < p.num_comp) row = p.comp_kv + w * D, grad = p.dcomp_kv + w * D;
+        const int32_t* picks = p.comp_idx != nullptr ? p.comp_idx + i * p.comp_topk : nullptr;
+        const plan::KeySlotSource src = plan::KeySlotAt(slots, j, p.kv_pos0, picks, p.num_comp);
+        if (src.index >= 0) {
+          row = (src.compressed ? p.comp_kv : p.kv) + src.index * D;
+          grad = (src.compressed ? p.dcomp_kv : p.dkv) + src.index * D;
         }
       }
       rows[threadIdx.x] = row;

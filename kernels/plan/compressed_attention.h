@@ -60,4 +60,22 @@ V4RL_HOST_DEVICE inline QueryKeySlots KeySlots(int64_t position, int64_t window,
   return slots;
 }
 
+// Where key slot j (< slots.total()) of a query lives: row `index` of the sequence's raw KV
+// (compressed false) or compressed entry `index` (compressed true); index -1 for a skipped pick
+// (outside [0, num_comp)). picks: the query's comp_topk picks, or null when the slots are every
+// visible entry.
+struct KeySlotSource {
+  int64_t index;
+  bool compressed;
+};
+
+V4RL_HOST_DEVICE inline KeySlotSource KeySlotAt(const QueryKeySlots& slots, int64_t j,
+                                                int64_t kv_pos0, const int32_t* picks,
+                                                int64_t num_comp) {
+  if (j < slots.num_window) return {slots.first - kv_pos0 + j, false};
+  int64_t w = j - slots.num_window;
+  if (picks != nullptr) w = picks[w];
+  return {w >= 0 && w < num_comp ? w : -1, true};
+}
+
 }  // namespace v4rl::kernels::plan

@@ -225,6 +225,19 @@ TEST(SparseAttentionTest, KeySlotsOfAQuery) {
   s = plan::KeySlots(10, 4, 0, /*has_comp=*/false, true, 9, 4, 100);
   EXPECT_EQ(s.comp_slots, 0);
   EXPECT_EQ(s.total(), 4);
+  // Where each slot lives: window rows relative to kv_pos0, then picks (out-of-range ones -1).
+  s = plan::KeySlots(10, 4, /*kv_pos0=*/2, true, true, /*comp_topk=*/3, 4, /*num_comp=*/2);
+  const int32_t picks[] = {1, -1, 2};
+  const plan::KeySlotSource first = plan::KeySlotAt(s, 0, 2, picks, 2);
+  EXPECT_EQ(first.index, 5);  // position 7 is row 5 of a sequence whose rows start at 2
+  EXPECT_FALSE(first.compressed);
+  EXPECT_EQ(plan::KeySlotAt(s, 3, 2, picks, 2).index, 8);
+  const plan::KeySlotSource pick = plan::KeySlotAt(s, 4, 2, picks, 2);
+  EXPECT_EQ(pick.index, 1);
+  EXPECT_TRUE(pick.compressed);
+  EXPECT_EQ(plan::KeySlotAt(s, 5, 2, picks, 2).index, -1);  // -1 pick
+  EXPECT_EQ(plan::KeySlotAt(s, 6, 2, picks, 2).index, -1);  // 2 >= num_comp
+  EXPECT_EQ(plan::KeySlotAt(s, 4, 2, nullptr, 2).index, 0);  // all visible: slot order
 }
 
 TEST(SparseAttentionTest, TopKListsSkipInvalidPicks) {
