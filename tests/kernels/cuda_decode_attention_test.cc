@@ -200,5 +200,40 @@ TEST(CudaDecodeIndexer, OneLongRowLoopsOverTiles) {
   CheckDecodeIndexer(16, 128, 100003, {99995});
 }
 
+// Rows are copied 16 bytes at a time: a query two bytes off is refused, naming the item.
+TEST(CudaDecodeAttention, MisalignedRowsAreInvalidArgument) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t heads = 4, dim = 64, window = 8;
+  const Tensor q = Tensor::Empty(DType::kBF16, {heads * dim + 8}, DeviceAllocator());
+  const Tensor ring = Tensor::Empty(DType::kBF16, {window, dim}, DeviceAllocator());
+  const Tensor own = Tensor::Empty(DType::kBF16, {dim}, DeviceAllocator());
+  const Tensor out = Tensor::Empty(DType::kBF16, {heads, dim}, DeviceAllocator());
+  const Tensor sink = Tensor::Empty(DType::kF32, {heads}, DeviceAllocator());
+  DecodeAttentionItem it;
+  it.q = q.data<uint16_t>() + 1;
+  it.ring = ring.data<uint16_t>();
+  it.own_kv = own.data<uint16_t>();
+  it.out = out.data<uint16_t>();
+  it.position = 3;
+  const absl::Status status =
+      DecodeAttention({&it, 1}, sink.data<float>(), heads, dim, window, 0.125f);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("item 0's q"), std::string::npos) << status;
+
+  const Tensor weights = Tensor::Empty(DType::kF32, {heads}, DeviceAllocator());
+  const Tensor keys = Tensor::Empty(DType::kBF16, {5, dim}, DeviceAllocator());
+  const Tensor scores = Tensor::Empty(DType::kF32, {5}, DeviceAllocator());
+  DecodeIndexerItem index_item;
+  index_item.q = q.data<uint16_t>() + 1;
+  index_item.weights = weights.data<float>();
+  index_item.keys = keys.data<uint16_t>();
+  index_item.scores = scores.data<float>();
+  index_item.num_keys = 5;
+  const absl::Status index_status = DecodeIndexerScores({&index_item, 1}, heads, dim, 5, 0.1f);
+  EXPECT_EQ(index_status.code(), absl::StatusCode::kInvalidArgument) << index_status;
+  EXPECT_NE(index_status.message().find("item 0's q and keys"), std::string::npos)
+      << index_status;
+}
+
 }  // namespace
 }  // namespace v4rl::kernels::cuda
