@@ -4,8 +4,8 @@
 // and sparse attention over the 512 picks plus the window; per HCA layer attention over all T/128
 // entries plus the window (16 heads of 512, window 128). Each context prints one JSON line per op
 // with microseconds per call, and every context after the first also the growth over the first
-// (the baseline, run in the same process) per op and for one decode step (3 CSA + 4 HCA layers,
-// as the mid config).
+// and the ratio to it (the baseline, run in the same process) per op and for one decode step's
+// share of these ops (3 CSA + 4 HCA layers, as the mid config).
 //
 //   cuda_long_decode_bench [CONTEXTS=4096,1000000] [ITERS=50]
 #include <cstdio>
@@ -98,7 +98,9 @@ OpTimes Measure(int64_t context, int iters) {
 void PrintOp(int64_t context, const char* op, double us, double base_us) {
   std::printf("{\"context\": %lld, \"op\": \"%s\", \"us\": %.2f", static_cast<long long>(context),
               op, us);
-  if (base_us > 0) std::printf(", \"growth_us\": %.2f", us - base_us);
+  if (base_us > 0) {
+    std::printf(", \"growth_us\": %.2f, \"ratio_to_first\": %.2f", us - base_us, us / base_us);
+  }
   std::printf("}\n");
 }
 
