@@ -50,9 +50,10 @@ struct SelectParams {
   int32_t* topk_idx;
   int64_t num_keys, ld, topk, q_pos0, ratio;
   // Segmented selection: per row, segments · topk candidates (ids ascending, -1: none) with
-  // their keys.
+  // their keys; the merge stages them in shared memory when they fit in merge_staged_bytes.
   int32_t* candidates;
   uint32_t* candidate_keys;
+  int64_t merge_staged_bytes;
   int64_t segment_len;
   int segments;
 };
@@ -116,10 +117,10 @@ __device__ __forceinline__ void TileKeys(const Keys& keys, int64_t s, uint32_t k
 // select (4 passes of 8 bits) of the k-th key, then one ordered pass emitting every id above it
 // plus the lowest ids equal to it. Each thread takes kPerThread consecutive keys of a tile of
 // kTile, so every load batch keeps 8 loads in flight and the ordered pass needs one block scan per
-// tile. Called by every thread of a kSelectThreads block; returns the k-th key and, with
-// out_keys, writes each pick's key beside its id.
+// tile. Called by every thread of a kSelectThreads block; with out_keys, each pick's key is
+// written beside its id.
 template <typename Keys>
-__device__ uint32_t SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
+__device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
                                uint32_t* out_keys = nullptr) {
   __shared__ uint32_t hist[256];
   __shared__ uint32_t scratch[kSelectThreads / 32 + 1];
@@ -149,7 +150,7 @@ __device__ uint32_t SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
     __syncthreads();
     // The bin holding the remaining-th key from the top: thread j scans bin 255 - j, the exclusive
     // scan gives the keys in higher bins, and exactly one thread's bin covers the remaining picks
-    // (a serial walk by one thread cost ~4 µs a pass).
+    // (instead of one thread walking the 256 bins serially).
     const uint32_t bin = 255 - threadIdx.x;
     const uint32_t count = threadIdx.x < 256 ? hist[bin] : 0u;
     uint32_t unused = 0;
@@ -196,7 +197,6 @@ __device__ uint32_t SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
     emitted += (total & 0xFFFFu) + taken(equal_seen + (total >> 16)) - taken(equal_seen);
     equal_seen += total >> 16;
   }
-  return prefix;
 }
 
 // Ids [begin, end) then -1 up to topk (a range of at most topk keys takes all of them).
@@ -249,8 +249,9 @@ __global__ void __launch_bounds__(kSelectThreads) SelectSegmentKernel(SelectPara
   }
 }
 
-// 8 bytes a candidate; 31 segments of 512 (1M tokens, top-512) take 127 KB.
-constexpr size_t kMergeStagedBytes = 200 * 1024;
+// 8 bytes a candidate; 31 segments of 512 (1M tokens, top-512) take 127 KB. At most this much,
+// and at most what the device allows a block (less the kernels' static shared memory).
+constexpr int64_t kMergeStagedBytes = 200 * 1024;
 
 __global__ void __launch_bounds__(kSelectThreads) SelectMergeKernel(SelectParams p) {
   extern __shared__ uint32_t staged[];
@@ -262,7 +263,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectMergeKernel(SelectParams
   const int32_t* ids = p.candidates + i * total;
   const uint32_t* keys = p.candidate_keys + i * total;
   // Staged (keys, then ids) when they fit.
-  if (static_cast<size_t>(total) * 8 > kMergeStagedBytes) {
+  if (total * 8 > p.merge_staged_bytes) {
     SelectTopK(StagedKeys{keys, ids, 0, total}, p.topk, out);
     return;
   }
@@ -303,13 +304,20 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
                           int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
   if (rows == 0 || topk == 0) return absl::OkStatus();
   SelectParams p{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio};
+  static const int64_t merge_staged_bytes = [] {
+    int device = 0, optin = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    return std::max<int64_t>(0, std::min<int64_t>(kMergeStagedBytes, optin - 8 * 1024));
+  }();
+  p.merge_staged_bytes = merge_staged_bytes;
   static const cudaError_t attributes[] = {
       cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(kStagedBytes)),
       cudaFuncSetAttribute(SelectSegmentKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(kStagedBytes)),
       cudaFuncSetAttribute(SelectMergeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kMergeStagedBytes))};
+                           static_cast<int>(merge_staged_bytes))};
   for (cudaError_t attribute : attributes) {
     if (attribute != cudaSuccess) {
       return absl::InternalError(absl::StrFormat("cuda::IndexerSelect: shared memory: %s",
@@ -330,8 +338,7 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
                                                      CachingDeviceAllocator());
     p.candidates = scratch.data<int32_t>();
     p.candidate_keys = reinterpret_cast<uint32_t*>(p.candidates + rows * per_row);
-    const size_t merge_bytes =
-        static_cast<size_t>(per_row) * 8 <= kMergeStagedBytes ? static_cast<size_t>(per_row) * 8 : 0;
+    const size_t merge_bytes = per_row * 8 <= merge_staged_bytes ? per_row * 8 : 0;
     SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
                           kSelectThreads, kStagedBytes>>>(p);
     SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads, merge_bytes>>>(p);
