@@ -11,7 +11,8 @@
 #        long    a 1,000,000-token prefill and single-stream decode after it  -> long.txt
 #                and the context-growing decode ops at 4K, 900K, 1M         -> long_ops.txt
 #        profile V4RL_CUDA_PROFILE phases (not in the default STEPS): decode steps at batch 1 and
-#                256 (synchronised and host-only), and one fp32 training step at 4,096 tokens
+#                256 (synchronised and host-only), and training steps at 4,096 tokens (exact f32
+#                GEMMs, then bf16 GEMM math; a warm-up and one timed step each)
 #                                                                             -> profile.txt
 # Env: BUNDLE (device_bundle), LIMIT_S (per step, 420).
 set -uo pipefail
@@ -66,7 +67,7 @@ if wants profile; then
       done
     done
     V4RL_CUDA_PROFILE=1 timeout "$limit" "$bundle/env.sh" cuda_train_bench configs/models/mid.json \
-      - 4096 1 1 2>&1 | grep -E "^\[profile|\"train\"" | tail -3
+      - 4096 1 1 2>&1 | grep -E "^\[profile|\"train\""
   } > "$out/profile.txt"
   echo "== profile"
   cat "$out/profile.txt"
