@@ -228,7 +228,12 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
       cudaSuccess) {
     return absl::ResourceExhaustedError(absl::StrFormat("%s: cudaMallocAsync failed", op));
   }
-  CoefficientsKernel<<<(tokens + 127) / 128, 128>>>(
+  // One warp a block: each thread keeps its token's Sinkhorn states (up to 4 KB) in local
+  // memory, so tokens spread over every SM keep them in L1 (blocks of 128 threads put 4,096
+  // tokens on 32 SMs).
+  constexpr int kCoefficientThreads = 32;
+  CoefficientsKernel<<<(tokens + kCoefficientThreads - 1) / kCoefficientThreads,
+                       kCoefficientThreads>>>(
       mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens, int(n),
       int(iters), eps, dpre.data_as<float>(), head ? nullptr : dpost.data_as<float>(),
       head ? nullptr : dcomb.data_as<float>(), dz, dmixes.data_as<float>(), head);
