@@ -8,6 +8,7 @@
 # STEPS: tests   every gpu test (device_bundle/run_gpu_tests.sh)            -> tests.log
 #        decode  bench/cuda_decode_bench.sh on the mid config vs transformers -> decode.txt
 #        train   bench/cuda_train_bench.sh on the mid config vs transformers  -> train.txt
+#                and the attention backward's two kernels -> attention_backward.txt
 #        long    a 1,000,000-token prefill and single-stream decode after it  -> long.txt
 #                and the context-growing decode ops at 4K, 900K, 1M         -> long_ops.txt
 #        profile V4RL_CUDA_PROFILE phases (not in the default STEPS): decode steps at batch 1 and
@@ -46,6 +47,10 @@ if wants train; then
     > "$out/train.txt" 2> "$out/train.err"
   echo "== train (rc $?)"
   cat "$out/train.txt"
+  timeout "$limit" "$bundle/env.sh" cuda_attention_backward_bench 4096 5 \
+    > "$out/attention_backward.txt" 2>&1
+  echo "== attention backward (rc $?)"
+  cat "$out/attention_backward.txt"
 fi
 if wants long; then
   timeout "$limit" "$bundle/env.sh" cuda_decode_bench configs/models/mid.json - 1000000 1 8192 \
