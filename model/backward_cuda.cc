@@ -10,7 +10,6 @@
 #include "kernels/cuda/attention_backward.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/compressor_backward.h"
-#include "kernels/cuda/convert.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise_backward.h"
 #include "kernels/cuda/expert_backward.h"
@@ -194,15 +193,8 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   if (num_entries > 0) dentries = run.Z({batch, num_entries, dim});
   // With bf16 GEMM math the products run on tensor cores: bf16 copies of q, kv, the entries
   // and the output gradient (out and lse stay f32).
-  const bool tensor_cores = run.blas().math() == kc::GemmMath::kBf16Inputs;
-  auto operand = [&](const Tensor& f32) {
-    if (!tensor_cores || !f32.defined()) return f32;
-    Tensor bf16 = Run::New(DType::kBF16, f32.view().shape_vector());
-    run.Do([&] { return kc::F32ToBf16(f32.view(), bf16.view()); });
-    return bf16;
-  };
-  const Tensor q_in = operand(q), kv_in = operand(kv), entries_in = operand(entries),
-               dattn_in = operand(dattn);
+  const Tensor q_in = run.ProductOperand(q), kv_in = run.ProductOperand(kv),
+               entries_in = run.ProductOperand(entries), dattn_in = run.ProductOperand(dattn);
   const TensorView kv_rows = kv_in.view().Reshape({num_tokens, dim});
   const TensorView dkv_rows = dkv.view().Reshape({num_tokens, dim});
   const TensorView q3 = q_in.view().Reshape({num_tokens, heads, dim});
@@ -217,7 +209,7 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
     args.out = attn3.Slice(0, first, last);
     args.lse = lse2.Slice(0, first, last);
     args.dout = dattn_in.view().Slice(0, first, last);
-    args.tensor_cores = tensor_cores && dim % 32 == 0 && dim <= 512;
+    args.tensor_cores = run.bf16_products() && dim % 32 == 0 && dim <= 512;
     args.dq = dq.view().Slice(0, first, last);
     args.dkv = dkv_rows.Slice(0, first, last);
     args.dsink = g->sink.view();

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "core/tensor.h"
 #include "kernels/cuda/blas.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/elementwise_backward.h"
@@ -45,6 +46,19 @@ class Run {
   void Report(const char* what, int64_t tokens) { profile_.Report(what, tokens); }
   const absl::Status& status() const { return status_; }
   kc::BlasHandle& blas() { return *blas_; }
+  // Whether this call's matrix products (GEMMs and attention's two) run on bf16 tensor cores
+  // (GemmMath::kBf16Inputs).
+  bool bf16_products() const {
+    return blas_ != nullptr && blas_->math() == kc::GemmMath::kBf16Inputs;
+  }
+  // What a matrix product reads of the f32 device tensor `t`: `t` itself, or with bf16 products a
+  // bf16 copy of it (same shape; an undefined `t` stays undefined).
+  core::Tensor ProductOperand(const core::Tensor& t) {
+    if (!bf16_products() || !t.defined()) return t;
+    core::Tensor bf16 = New(core::DType::kBF16, t.view().shape_vector());
+    if (status_.ok()) Ok(kc::F32ToBf16(t.view(), bf16.view()));
+    return bf16;
+  }
   void Ok(absl::Status s) {
     if (status_.ok() && !s.ok()) status_ = std::move(s);
   }

@@ -11,7 +11,6 @@
 #include "core/status.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compressor.h"
-#include "kernels/cuda/convert.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
@@ -232,20 +231,9 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   // copies (the f32 originals stay saved for the backward), output and lse in f32.
   acts->attn = run.New({num_tokens, heads, dim});
   acts->lse = run.New({num_tokens, heads});
-  const bool bf16_products = run.blas().math() == kc::GemmMath::kBf16Inputs;
-  auto operand = [&](const TensorView& f32) {
-    if (!bf16_products) return core::Tensor();
-    core::Tensor bf16 = Run::New(DType::kBF16, f32.shape_vector());
-    run.Do([&] { return kc::F32ToBf16(f32, bf16.view()); });
-    return bf16;
-  };
-  const core::Tensor q_bf16 = operand(acts->q.view()), kv_bf16 = operand(acts->kv.view());
   const bool has_entries = compressed && acts->compressor.entries.size(1) > 0;
-  const core::Tensor entries_bf16 =
-      has_entries ? operand(acts->compressor.entries.view()) : core::Tensor();
-  const core::Tensor& q_in = bf16_products ? q_bf16 : acts->q;
-  const core::Tensor& kv_in = bf16_products ? kv_bf16 : acts->kv;
-  const core::Tensor& entries_in = bf16_products ? entries_bf16 : acts->compressor.entries;
+  const Tensor q_in = run.ProductOperand(acts->q), kv_in = run.ProductOperand(acts->kv);
+  const Tensor entries_in = has_entries ? run.ProductOperand(acts->compressor.entries) : Tensor();
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t first = b * seq_len, last = (b + 1) * seq_len;
     kc::SparseAttentionArgs args;
