@@ -5,7 +5,7 @@
 // FLOPs per token from model/flops.h over the bf16 dense GEMM peak measured in the same run.
 // Writes the checkpoint bench/cuda_train_baseline.py times transformers on.
 //
-//   cuda_train_bench CONFIG_JSON OUT_DIR [SEQ_LEN=4096] [BATCH=1] [STEPS=3]
+//   cuda_train_bench CONFIG_JSON OUT_DIR [SEQ_LEN=4096] [BATCH=1] [STEPS=3] [MODES=fp32,bf16]
 //
 // Prints JSON lines:
 //  - {"kind": "peak", "tflops"}: the best of 5 bf16 cuBLASLt GEMMs of 8192^3 (fp32 accumulation);
@@ -16,10 +16,15 @@
 //    on the device (CudaMaskedNextTokenLossOnDevice; torch's stay on the device too; `v4rl sft
 //    --device cuda` copies them to its host optimizer on top; the optimizer not included).
 // OUT_DIR "-" skips the checkpoint. Token t of each row is (7919 t + 13 + row) mod V.
+// MODES picks the GEMM arithmetics to time (fp32, bf16 or both). PROFILE_TRAIN=1 adds one untimed
+// step of each mode between cudaProfilerStart and cudaProfilerStop, for
+// `ncu --profile-from-start off` (scripts/ncu_kernel_table.py sums its launches by kernel).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+
+#include <cuda_profiler_api.h>
 
 #include "bench/bench_common.h"
 #include "kernels/cuda/device.h"
@@ -60,7 +65,9 @@ double MeasureBf16Peak() {
 
 int Main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: cuda_train_bench CONFIG_JSON OUT_DIR [SEQ_LEN] [BATCH] [STEPS]\n");
+    std::fprintf(stderr,
+                 "usage: cuda_train_bench CONFIG_JSON OUT_DIR [SEQ_LEN] [BATCH] [STEPS] "
+                 "[MODES=fp32,bf16]\n");
     return 2;
   }
   auto config = model::LoadModelConfig(argv[1]);
@@ -69,6 +76,9 @@ int Main(int argc, char** argv) {
   const int64_t seq_len = argc > 3 ? std::stoll(argv[3]) : 4096;
   const int64_t batch = argc > 4 ? std::stoll(argv[4]) : 1;
   const int64_t steps = argc > 5 ? std::stoll(argv[5]) : 3;
+  const std::string wanted_modes = argc > 6 ? argv[6] : "fp32,bf16";
+  const char* profile_env = std::getenv("PROFILE_TRAIN");
+  const bool profile_one_step = profile_env != nullptr && std::string(profile_env) == "1";
 
   const double peak = MeasureBf16Peak();
   std::printf("{\"kind\": \"peak\", \"tflops\": %.1f}\n", peak);
@@ -90,10 +100,14 @@ int Main(int argc, char** argv) {
   const core::Tensor mask = model::NextTokenLossMask(batch, seq_len);
   const struct {
     kernels::cuda::GemmMath math;
+    const char* name;
     const char* label;
-  } modes[] = {{kernels::cuda::GemmMath::kExactF32, "fp32 reference"},
-               {kernels::cuda::GemmMath::kBf16Inputs, "bf16 GEMMs"}};
+  } modes[] = {{kernels::cuda::GemmMath::kExactF32, "fp32", "fp32 reference"},
+               {kernels::cuda::GemmMath::kBf16Inputs, "bf16", "bf16 GEMMs"}};
   for (const auto& mode : modes) {
+    if (("," + wanted_modes + ",").find(std::string(",") + mode.name + ",") == std::string::npos) {
+      continue;
+    }
     auto gpu = model::CudaBackward::Create(model, mode.math);
     Check(gpu.status(), "upload");
     // The gradients stay on the device, as torch's do.
@@ -106,6 +120,12 @@ int Main(int argc, char** argv) {
       return *loss;
     };
     step();  // warm-up: allocator, cuBLAS
+    if (profile_one_step) {
+      cudaProfilerStart();
+      step();
+      Check(kernels::cuda::Synchronize(), "sync");
+      cudaProfilerStop();
+    }
     const auto start = std::chrono::steady_clock::now();
     double loss = 0;
     for (int64_t s = 0; s < steps; ++s) loss = step();

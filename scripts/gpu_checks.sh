@@ -15,6 +15,9 @@
 #                256 (synchronised and host-only), and training steps at 4,096 tokens (exact f32
 #                GEMMs, then bf16 GEMM math; a warm-up and one timed step each)
 #                                                                             -> profile.txt
+#        kernels Nsight Compute per-kernel time of one bf16-GEMM training step at 4,096 tokens and
+#                of one decode step at batch 256 (scripts/ncu_kernel_table.py; base clocks, so
+#                compare shares)                    -> kernels_train.txt, kernels_decode.txt
 # Env: BUNDLE (device_bundle), LIMIT_S (per step, 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,4 +79,21 @@ if wants profile; then
   } > "$out/profile.txt"
   echo "== profile"
   cat "$out/profile.txt"
+fi
+if wants kernels; then
+  ncu_table() {  # ncu_table OUT_FILE ENV=VALUE BINARY ARGS...
+    local file="$1"; shift
+    local ncu; ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    timeout "$limit" env "$1" "$bundle/env.sh" "$ncu" --profile-from-start off --csv --page raw \
+      --metrics gpu__time_duration.sum "$bundle/bin/$2" "${@:3}" 2> "$file.err" |
+      python3 scripts/ncu_kernel_table.py 45 > "$file"
+  }
+  ncu_table "$out/kernels_train.txt" PROFILE_TRAIN=1 cuda_train_bench configs/models/mid.json - \
+    4096 1 1 bf16
+  echo "== kernels: training step (bf16 GEMMs)"
+  cat "$out/kernels_train.txt"
+  ncu_table "$out/kernels_decode.txt" PROFILE_DECODE=1 cuda_decode_bench configs/models/mid.json \
+    - 4096 256 8192 4096 2
+  echo "== kernels: decode step at batch 256"
+  cat "$out/kernels_decode.txt"
 fi
