@@ -1,10 +1,11 @@
 // Device helpers shared by the .cu files of kernels/cuda/: bf16-or-f32 loads and stores through
-// one flag, warp and block reductions, and the launch-error Status. Include only from .cu files.
+// one flag, warp and block reductions, deterministic column sums, and the launch-error Status. Include only from .cu files.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -118,6 +119,84 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : -INFINITY;
   return WarpMax(v);
+}
+
+// out[i] += Σ over the block of v[i] for i < count (count <= N); thread i of the block writes
+// out[i]. `scratch` holds 32 * N floats of shared memory; the call synchronises the block. One
+// pass of shuffles and two barriers for all N sums (N BlockSum calls would take 2N barriers).
+template <int N>
+__device__ __forceinline__ void BlockSumsAddTo(float (&v)[N], int count, float* scratch,
+                                               float* out) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (i < count) v[i] = WarpSum(v[i]);
+  }
+  __syncthreads();
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) scratch[warp * N + i] = v[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < count) {
+    float total = 0;
+    for (int w = 0; w < warps; ++w) total += scratch[w * N + threadIdx.x];
+    out[threadIdx.x] += total;
+  }
+}
+
+// Column sums out[c] += Σ_r value(r, c) over r < rows, c < cols, in two launches and in a fixed
+// order (so runs repeat bit for bit, unlike atomics): blocks of 256 columns x a chunk of rows
+// write partial sums, then one thread a column adds the chunks in order. `value` is a copyable
+// functor with `__device__ float operator()(int64_t r, int64_t c) const`. Spreads tall reductions
+// (4,096 rows x 2,048 columns: 8 blocks with one thread a column) over every SM.
+template <typename Value>
+__global__ void ColumnPartialsKernel(Value value, int64_t rows, int64_t cols,
+                                     int64_t rows_per_chunk, float* partials) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  const int64_t first = blockIdx.y * rows_per_chunk;
+  const int64_t last = Min64(rows, first + rows_per_chunk);
+  float sum = 0;
+#pragma unroll 8
+  for (int64_t r = first; r < last; ++r) sum += value(r, c);
+  partials[blockIdx.y * cols + c] = sum;
+}
+
+static __global__ void AddChunkSumsKernel(const float* partials, int64_t chunks, int64_t cols,
+                                          float* out) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  float sum = 0;
+#pragma unroll 8
+  for (int64_t k = 0; k < chunks; ++k) sum += partials[k * cols + c];
+  out[c] += sum;
+}
+
+template <typename Value>
+absl::Status AddColumnSums(const char* op, Value value, int64_t rows, int64_t cols, float* out) {
+  if (rows <= 0 || cols <= 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  constexpr int64_t kTargetBlocks = 512;    // ~4 per SM on the H200
+  constexpr int64_t kMinRowsPerChunk = 16;  // a chunk's loads outweigh its partial's
+  constexpr int64_t kMaxChunks = 64;        // the second launch adds this many a column
+  const int64_t column_blocks = (cols + kThreads - 1) / kThreads;
+  const int64_t chunks_wanted =
+      std::min({kTargetBlocks / column_blocks, rows / kMinRowsPerChunk, kMaxChunks});
+  int64_t chunks = std::max<int64_t>(1, chunks_wanted);
+  const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
+  chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  float* partials = nullptr;
+  if (cudaMallocAsync(reinterpret_cast<void**>(&partials), chunks * cols * sizeof(float), 0) !=
+      cudaSuccess) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("%s: cudaMallocAsync of %d column partials", op, chunks * cols));
+  }
+  ColumnPartialsKernel<<<dim3(unsigned(column_blocks), unsigned(chunks)), kThreads>>>(
+      value, rows, cols, rows_per_chunk, partials);
+  AddChunkSumsKernel<<<unsigned(column_blocks), kThreads>>>(partials, chunks, cols, out);
+  cudaFreeAsync(partials, 0);
+  return LaunchStatus(op);
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -54,17 +54,14 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
   if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
 }
 
-// One thread per channel, rows summed in order: dweight[c] += Σ_r dy[r, c]·x[r, c]·inv[r].
-__global__ void RmsNormWeightGradKernel(RmsNormBackwardParams p, float* dweight) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= p.dim) return;
-  float sum = 0;
-  for (int64_t r = 0; r < p.rows; ++r) {
-    sum += LoadF(p.dy, p.dy_bf16, r * p.ldy + c) * LoadF(p.x, p.x_bf16, r * p.ldx + c) *
+// dweight[c] += Σ_r dy[r, c]·x[r, c]·inv[r] (AddColumnSums' value).
+struct RmsNormWeightGradValue {
+  RmsNormBackwardParams p;
+  __device__ float operator()(int64_t r, int64_t c) const {
+    return LoadF(p.dy, p.dy_bf16, r * p.ldy + c) * LoadF(p.x, p.x_bf16, r * p.ldx + c) *
            p.inv_rms[r];
   }
-  dweight[c] += sum;
-}
+};
 
 struct SwiGluBackwardParams {
   const void* gate;
@@ -140,8 +137,10 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
   const int threads = dim >= 1024 ? 1024 : dim >= 256 ? 256 : 128;
   RmsNormBackwardKernel<<<rows, threads>>>(p);
   if (want_dweight) {
-    RmsNormWeightGradKernel<<<(dim + 255) / 256, 256>>>(p, static_cast<float*>(dweight.data));
+    const absl::Status status = AddColumnSums("RmsNormBackward", RmsNormWeightGradValue{p}, rows,
+                                              dim, static_cast<float*>(dweight.data));
     cudaFreeAsync(inv_rms, 0);
+    if (!status.ok()) return status;
   }
   return LaunchStatus("RmsNormBackward");
 }

@@ -103,34 +103,31 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
   for (int e = 0; e < width; ++e) dmixes[t * width + e] += z[e] * scale[Group(e, n)];
 }
 
-// Block b < width: dbase[b] += Σ_t dz[t, b]; block width + g: dscale[g] += Σ_t Σ_{e in g} dz·m.
-__global__ void ParameterGradKernel(const float* dz, const float* mixes, int64_t tokens, int width,
-                                    int n, float* dbase, float* dscale) {
-  __shared__ float scratch[32];
-  const int b = blockIdx.x;
-  float sum = 0;
-  if (b < width) {
-    for (int64_t t = threadIdx.x; t < tokens; t += blockDim.x) sum += dz[t * width + b];
-  } else {
-    const int g = b - width;
-    for (int64_t i = threadIdx.x; i < tokens * width; i += blockDim.x) {
-      if (Group(static_cast<int>(i % width), n) == g) sum += dz[i] * mixes[i];
+// dbase[e] += Σ_t dz[t, e] (AddColumnSums' value).
+struct BaseGradValue {
+  const float* dz;
+  int width;
+  __device__ float operator()(int64_t t, int64_t e) const { return dz[t * width + e]; }
+};
+
+// dscale[g] += Σ_t Σ_{e in group g} dz[t, e]·mixes[t, e] (AddColumnSums' value).
+struct ScaleGradValue {
+  const float* dz;
+  const float* mixes;
+  int width, n;
+  __device__ float operator()(int64_t t, int64_t g) const {
+    float sum = 0;
+    for (int e = 0; e < width; ++e) {
+      if (Group(e, n) == g) sum += dz[t * width + e] * mixes[t * width + e];
     }
+    return sum;
   }
-  sum = BlockSum(sum, scratch);
-  if (threadIdx.x == 0) {
-    if (b < width) {
-      dbase[b] += sum;
-    } else {
-      dscale[b - width] += sum;
-    }
-  }
-}
+};
 
 __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, const float* pre,
                                        const void* dout, bool dout_bf16, int n, int64_t hidden,
                                        float* dstreams, float* dpre) {
-  __shared__ float scratch[32];
+  __shared__ float scratch[32 * kMaxN];
   const int64_t t = blockIdx.x;
   float dot[kMaxN] = {};
   for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x) {
@@ -141,17 +138,14 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
       dot[j] += g * LoadF(streams, streams_bf16, at);
     }
   }
-  for (int j = 0; j < n; ++j) {
-    const float total = BlockSum(dot[j], scratch);
-    if (threadIdx.x == 0) dpre[t * n + j] += total;
-  }
+  BlockSumsAddTo(dot, n, scratch, dpre + t * n);
 }
 
 __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, const void* y,
                                      bool y_bf16, const float* post, const float* comb,
                                      const void* dout, bool dout_bf16, int n, int64_t hidden,
                                      float* dstreams, float* dy, float* dpost, float* dcomb) {
-  __shared__ float scratch[32];
+  __shared__ float scratch[32 * kMaxN * kMaxN];
   const int64_t t = blockIdx.x;
   float post_dot[kMaxN] = {};
   float comb_dot[kMaxN * kMaxN] = {};
@@ -177,14 +171,8 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
       dstreams[at] += dx;
     }
   }
-  for (int k = 0; k < n; ++k) {
-    const float total = BlockSum(post_dot[k], scratch);
-    if (threadIdx.x == 0) dpost[t * n + k] += total;
-  }
-  for (int e = 0; e < n * n; ++e) {
-    const float total = BlockSum(comb_dot[e], scratch);
-    if (threadIdx.x == 0) dcomb[t * n * n + e] += total;
-  }
+  BlockSumsAddTo(post_dot, n, scratch, dpost + t * n);
+  BlockSumsAddTo(comb_dot, n * n, scratch, dcomb + t * n * n);
 }
 
 bool F32(const core::TensorView& v, absl::Span<const int64_t> shape) {
@@ -237,14 +225,20 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
       mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens, int(n),
       int(iters), eps, dpre.data_as<float>(), head ? nullptr : dpost.data_as<float>(),
       head ? nullptr : dcomb.data_as<float>(), dz, dmixes.data_as<float>(), head);
-  ParameterGradKernel<<<width + groups, 256>>>(dz, mixes.data_as<float>(), tokens, int(width),
-                                               int(n), dbase.data_as<float>(),
-                                               dscale.data_as<float>());
+  absl::Status status = LaunchStatus(op);
+  if (status.ok()) {
+    status = AddColumnSums(op, BaseGradValue{dz, int(width)}, tokens, width,
+                           dbase.data_as<float>());
+  }
+  if (status.ok()) {
+    status = AddColumnSums(op, ScaleGradValue{dz, mixes.data_as<float>(), int(width), int(n)},
+                           tokens, groups, dscale.data_as<float>());
+  }
   cudaFreeAsync(dz, 0);
-  return LaunchStatus(op);
+  return status;
 }
 
-int Threads(int64_t hidden) { return hidden >= 1024 ? 512 : hidden >= 256 ? 256 : 128; }
+int Threads(int64_t hidden) { return hidden >= 256 ? 256 : 128; }
 
 }  // namespace
 

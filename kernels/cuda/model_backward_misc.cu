@@ -62,17 +62,19 @@ __global__ void ExpertWeightKernel(const float* act, const int32_t* slots, const
   if (threadIdx.x == 0) dweight[slot] += dot;  // each slot belongs to one pick: no race
 }
 
-__global__ void ApeBackwardKernel(const float* dscore, int64_t rows, int64_t seq_len,
-                                  int64_t ratio, int64_t width, float* dape) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= ratio * width) return;
-  const int64_t j = i / width, c = i % width;
-  float sum = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if ((r % seq_len) % ratio == j) sum += dscore[r * width + c];
+// dape[j, c] += Σ dscore[r, c] over the rows r whose position r mod seq_len is j mod ratio, as
+// AddColumnSums' value: column j·width + c, row q the q-th such row of phase j (b = q / per_seq,
+// position j + (q mod per_seq)·ratio; 0 past the sequence's end).
+struct ApeGradValue {
+  const float* dscore;
+  int64_t seq_len, ratio, width, per_seq;
+  __device__ float operator()(int64_t q, int64_t column) const {
+    const int64_t j = column / width, c = column % width;
+    const int64_t position = j + (q % per_seq) * ratio;
+    if (position >= seq_len) return 0.0f;
+    return dscore[((q / per_seq) * seq_len + position) * width + c];
   }
-  dape[i] += sum;
-}
+};
 
 __global__ void EmbeddingBackwardKernel(const float* ds, const int32_t* ids, int64_t n,
                                         int64_t hidden, float* dembed) {
@@ -85,19 +87,17 @@ __global__ void EmbeddingBackwardKernel(const float* ds, const int32_t* ids, int
   }
 }
 
-__global__ void FillZeroKernel(float* x, int64_t n) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) x[i] = 0.0f;
-}
-
 }  // namespace
 
 absl::Status FillZero(const core::TensorView& x) {
   const int64_t n = x.numel();
   if (n == 0 && x.dtype == core::DType::kF32) return absl::OkStatus();  // data may be null
   if (!F32(x)) return Bad("FillZero");
-  FillZeroKernel<<<Blocks(n, 256), 256>>>(x.data_as<float>(), n);
-  return LaunchStatus("FillZero");
+  // All-zero bytes are 0.0f; the driver's memset runs at copy bandwidth.
+  if (cudaMemsetAsync(x.data, 0, n * sizeof(float), 0) != cudaSuccess) {
+    return LaunchStatus("FillZero");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RoutingWeightsBackward(const core::TensorView& scores,
@@ -155,11 +155,12 @@ absl::Status ApeBackward(const core::TensorView& dscore, int64_t seq_len, int64_
       ratio < 1 || dape.shape[0] != ratio || dape.shape[1] != dscore.shape[1]) {
     return Bad("ApeBackward");
   }
-  const int64_t n = ratio * dscore.shape[1];
-  if (n == 0) return absl::OkStatus();
-  ApeBackwardKernel<<<Blocks(n, 128), 128>>>(dscore.data_as<float>(), dscore.shape[0], seq_len,
-                                             ratio, dscore.shape[1], dape.data_as<float>());
-  return LaunchStatus("ApeBackward");
+  const int64_t width = dscore.shape[1], rows = dscore.shape[0];
+  if (rows % seq_len != 0) return Bad("ApeBackward");
+  const int64_t per_seq = (seq_len + ratio - 1) / ratio;
+  const ApeGradValue value{dscore.data_as<float>(), seq_len, ratio, width, per_seq};
+  return AddColumnSums("ApeBackward", value, rows / seq_len * per_seq, ratio * width,
+                       dape.data_as<float>());
 }
 
 absl::Status EmbeddingBackward(const core::TensorView& dstreams, const core::TensorView& ids,

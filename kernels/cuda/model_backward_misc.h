@@ -5,7 +5,8 @@
 //  - ExpertWeightBackward: the routing-weight step of model/moe_backward.cc (per pick p of slot s:
 //    dweight[s] += <u_p, act_p>; u_p *= w_s) plus the weighted activation w_s·act_p for dw2.
 //  - ApeBackward: compressor's positional bias, dape[j] += Σ_{rows r, (r mod T) mod ratio = j}
-//    dscore[r] (model/compressor_backward.cc), rows summed in ascending order (deterministic).
+//    dscore[r] (model/compressor_backward.cc), summed in a fixed order of row chunks
+//    (deterministic; AddColumnSums in common.cuh).
 //  - FillZero: x = 0 (device zeroing without CUDA headers in the caller).
 //  - EmbeddingBackward: dembed[id_t] += Σ_j dstreams[t, j] (model/backward.cc); repeated ids are
 //    summed with fp32 atomics (not bit-reproducible run to run).
