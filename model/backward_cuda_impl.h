@@ -108,9 +108,9 @@ class Run {
     if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
   }
   // y = alpha · x · wᵀ (f32 GEMM, overwrites y). x: [m, k]; w: [n, k]; y: [m, n]; each a row
-  // view with a unit inner stride.
+  // view with a unit inner stride. `lane`: one of blas()'s lanes instead of the default stream.
   void Forward(const core::TensorView& x, const core::TensorView& w, const core::TensorView& y,
-               float alpha = 1.0f) {
+               float alpha = 1.0f, kc::BlasHandle* lane = nullptr) {
     if (!status_.ok()) return;
     kc::BatchedGemmParams p;
     p.a = {x.data, core::DType::kF32, x.strides[0], 0};
@@ -120,7 +120,7 @@ class Run {
     p.ldc = y.strides[0];
     p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
     p.alpha = alpha;
-    Ok(kc::BatchedGemm(*blas_, p));
+    Ok(kc::BatchedGemm(lane != nullptr ? *lane : *blas_, p));
   }
   template <typename F>
   void Do(F&& launch) {

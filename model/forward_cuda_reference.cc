@@ -319,24 +319,37 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   acts->expert_x = run.New({num_picks, hidden});
   run.Do([&] { return kc::MoeGather(x, slots.view(), k, acts->expert_x.view()); });
 
-  // Each expert on its contiguous block of picks: gate/up, clamped SwiGLU, down.
+  // Each expert on its contiguous block of picks: gate/up, clamped SwiGLU, down. An expert's
+  // GEMMs are too small to fill the GPU, so they run on the BLAS lanes, several experts at once;
+  // the SwiGLU between the two waves covers every pick in one launch.
   acts->expert_gate = run.New({num_picks, inter});
   acts->expert_up = run.New({num_picks, inter});
   acts->expert_act = run.New({num_picks, inter});
   acts->expert_out = run.New({num_picks, hidden});
+  auto expert_rows = [&](const Tensor& t, int64_t e) {
+    return t.view().Slice(0, acts->plan.expert_offsets[e], acts->plan.expert_offsets[e + 1]);
+  };
+  auto has_rows = [&](int64_t e) {
+    return acts->plan.expert_offsets[e] < acts->plan.expert_offsets[e + 1];
+  };
   for (int64_t e = 0; e < experts; ++e) {
-    const int64_t begin = acts->plan.expert_offsets[e], end = acts->plan.expert_offsets[e + 1];
-    if (begin == end) continue;
-    const TensorView xe = acts->expert_x.view().Slice(0, begin, end);
-    run.Forward(xe, w.w1.view().Select(0, e), acts->expert_gate.view().Slice(0, begin, end));
-    run.Forward(xe, w.w3.view().Select(0, e), acts->expert_up.view().Slice(0, begin, end));
+    if (!has_rows(e)) continue;
+    kc::BlasHandle& lane = run.blas().Lane(static_cast<int>(e));
+    run.Forward(expert_rows(acts->expert_x, e), w.w1.view().Select(0, e),
+                expert_rows(acts->expert_gate, e), 1.0f, &lane);
+    run.Forward(expert_rows(acts->expert_x, e), w.w3.view().Select(0, e),
+                expert_rows(acts->expert_up, e), 1.0f, &lane);
+  }
+  if (num_picks > 0) {
     run.Do([&] {
-      return kc::SwiGluClamp(acts->expert_gate.view().Slice(0, begin, end),
-                             acts->expert_up.view().Slice(0, begin, end), limit,
-                             acts->expert_act.view().Slice(0, begin, end));
+      return kc::SwiGluClamp(acts->expert_gate.view(), acts->expert_up.view(), limit,
+                             acts->expert_act.view());
     });
-    run.Forward(acts->expert_act.view().Slice(0, begin, end), w.w2.view().Select(0, e),
-                acts->expert_out.view().Slice(0, begin, end));
+  }
+  for (int64_t e = 0; e < experts; ++e) {
+    if (!has_rows(e)) continue;
+    run.Forward(expert_rows(acts->expert_act, e), w.w2.view().Select(0, e),
+                expert_rows(acts->expert_out, e), 1.0f, &run.blas().Lane(static_cast<int>(e)));
   }
   // The routing weight multiplies each pick's output row (the CPU's expert_out is weighted).
   run.Do([&] {

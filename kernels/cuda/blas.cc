@@ -1,6 +1,7 @@
 #include "kernels/cuda/blas.h"
 
 #include <cublas_v2.h>
+#include <cuda_runtime.h>
 
 #include "absl/strings/str_format.h"
 
@@ -17,7 +18,31 @@ absl::StatusOr<std::unique_ptr<BlasHandle>> BlasHandle::Create(GemmMath math) {
   return std::unique_ptr<BlasHandle>(new BlasHandle(handle, math));
 }
 
-BlasHandle::~BlasHandle() { cublasDestroy(static_cast<cublasHandle_t>(handle_)); }
+BlasHandle::~BlasHandle() {
+  for (std::unique_ptr<BlasHandle>& lane : lanes_) lane.reset();
+  cublasDestroy(static_cast<cublasHandle_t>(handle_));
+  if (stream_ != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+BlasHandle& BlasHandle::Lane(int index) {
+  if (stream_ != nullptr) return *this;
+  std::unique_ptr<BlasHandle>& lane = lanes_[((index % kLanes) + kLanes) % kLanes];
+  if (lane == nullptr) {
+    cudaStream_t stream = nullptr;
+    // cudaStreamCreate makes a blocking stream: ordered against the legacy default stream.
+    if (cudaStreamCreate(&stream) != cudaSuccess) return *this;
+    cublasHandle_t handle = nullptr;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetStream(handle, stream) != CUBLAS_STATUS_SUCCESS) {
+      if (handle != nullptr) cublasDestroy(handle);
+      cudaStreamDestroy(stream);
+      return *this;
+    }
+    cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+    lane.reset(new BlasHandle(handle, math_, stream));
+  }
+  return *lane;
+}
 
 absl::Status BatchedGemm(BlasHandle& handle, const BatchedGemmParams& p) {
   auto bad = [&](const std::string& why) {

@@ -7,8 +7,10 @@
 //
 // Row-major convention: c[i] = alpha · op(a[i]) · op(b[i]) + beta · c[i] for i < batch, where
 // op(a) is a [m, k] (a^T when trans_a, a stored [k, m]) and op(b) is [k, n].
-// A BlasHandle owns one cublasHandle_t; work is queued on the default stream.
-// Thread-safety: a handle is used by one thread at a time.
+// A BlasHandle owns one cublasHandle_t; work is queued on the default stream, or on one of the
+// handle's lanes (Lane): child handles on their own streams for independent GEMMs too small to
+// fill the GPU alone, such as one expert's rows.
+// Thread-safety: a handle (lanes included) is used by one thread at a time.
 #pragma once
 
 #include <cstdint>
@@ -35,10 +37,22 @@ class BlasHandle {
   void* raw() const { return handle_; }  // cublasHandle_t
   GemmMath math() const { return math_; }
 
+  // Lanes for concurrent GEMMs: lane `index` mod kLanes, a child handle (same math) on its own
+  // blocking stream, created on first use. Work queued on lanes runs concurrently across lanes,
+  // in order within a lane, and in order with the default stream's work before and after it (the
+  // legacy default stream waits for blocking streams and they wait for it), so callers need no
+  // events. Give each lane GEMMs whose outputs no other lane touches. If a lane cannot be created
+  // this handle serves instead (the same results, serially). A lane's own Lane() is itself.
+  static constexpr int kLanes = 4;
+  BlasHandle& Lane(int index);
+
  private:
-  BlasHandle(void* handle, GemmMath math) : handle_(handle), math_(math) {}
+  BlasHandle(void* handle, GemmMath math, void* stream = nullptr)
+      : handle_(handle), math_(math), stream_(stream) {}
   void* handle_;
   GemmMath math_;
+  void* stream_;  // cudaStream_t of a lane; nullptr: the default stream
+  std::unique_ptr<BlasHandle> lanes_[kLanes];
 };
 
 // One operand: row-major storage with row stride ld (elements) and batch stride (elements).

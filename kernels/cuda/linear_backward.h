@@ -22,6 +22,7 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
 
 // Batched over experts (stacked weights): x[e], dy[e] are rows [offsets[e], offsets[e + 1]) of
 // x [P, k] and dy [P, n]; w, dw: [E, n, k] contiguous. offsets: host, E + 1 entries from 0 to P.
+// The experts' GEMMs run on the handle's lanes (BlasHandle::Lane), several at once.
 absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x,
                                    const core::TensorView& w, const core::TensorView& dy,
                                    const int64_t* offsets, const core::TensorView& dx,
