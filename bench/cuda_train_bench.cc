@@ -19,12 +19,12 @@
 // MODES picks the GEMM arithmetics to time (fp32, bf16 or both). PROFILE_TRAIN=1 adds one untimed
 // step of each mode between cudaProfilerStart and cudaProfilerStop, for
 // `ncu --profile-from-start off` (scripts/ncu_kernel_table.py sums its launches by kernel).
+#include <cuda_profiler_api.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-
-#include <cuda_profiler_api.h>
 
 #include "bench/bench_common.h"
 #include "kernels/cuda/device.h"

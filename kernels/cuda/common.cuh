@@ -1,5 +1,6 @@
 // Device helpers shared by the .cu files of kernels/cuda/: bf16-or-f32 loads and stores through
-// one flag, warp and block reductions, deterministic column sums, and the launch-error Status. Include only from .cu files.
+// one flag, warp and block reductions, deterministic column sums, and the launch-error Status.
+// Include only from .cu files.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -111,11 +111,10 @@ absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x
     if (end == begin) continue;
     const core::TensorView no_view;
     // Experts write disjoint rows of dx and slices of dw: one lane each, round robin.
-    if (absl::Status s = LinearBackward(handle.Lane(static_cast<int>(e)), x.Slice(0, begin, end),
-                                        w.Select(0, e),
-                                        dy.Slice(0, begin, end),
-                                        dx.data ? dx.Slice(0, begin, end) : no_view,
-                                        dw.data ? dw.Select(0, e) : no_view);
+    if (absl::Status s =
+            LinearBackward(handle.Lane(static_cast<int>(e)), x.Slice(0, begin, end), w.Select(0, e),
+                           dy.Slice(0, begin, end), dx.data ? dx.Slice(0, begin, end) : no_view,
+                           dw.data ? dw.Select(0, e) : no_view);
         !s.ok()) {
       return s;
     }

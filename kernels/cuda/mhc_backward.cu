@@ -227,8 +227,8 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
       head ? nullptr : dcomb.data_as<float>(), dz, dmixes.data_as<float>(), head);
   absl::Status status = LaunchStatus(op);
   if (status.ok()) {
-    status = AddColumnSums(op, BaseGradValue{dz, int(width)}, tokens, width,
-                           dbase.data_as<float>());
+    status =
+        AddColumnSums(op, BaseGradValue{dz, int(width)}, tokens, width, dbase.data_as<float>());
   }
   if (status.ok()) {
     status = AddColumnSums(op, ScaleGradValue{dz, mixes.data_as<float>(), int(width), int(n)},
