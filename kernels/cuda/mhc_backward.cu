@@ -1,3 +1,5 @@
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mhc_backward.h"
 
@@ -73,7 +75,9 @@ __device__ void SinkhornBackward(const float* logits, int n, int iters, float ep
 
 __device__ __forceinline__ int Group(int e, int n) { return e / n < 2 ? e / n : 2; }
 
-// One thread per token: dz (the gate/Sinkhorn logit gradients) into `dz`, dmixes += dz·scale.
+// One thread per token: dz (the gate/Sinkhorn logit gradients) into row t of `dz` [tokens,
+// width + groups], followed by the token's group sums Σ_{e in g} dz·mixes (the scale gradient's
+// terms); dmixes += dz·scale.
 __global__ void CoefficientsKernel(const float* mixes, const float* base, const float* scale,
                                    int64_t tokens, int n, int iters, float eps, const float* dpre,
                                    const float* dpost, const float* dcomb, float* dz,
@@ -81,8 +85,9 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= tokens) return;
   const int width = head ? n : (2 + n) * n;
+  const int groups = head ? 1 : 3;
   const float* m = mixes + t * width;
-  float* z = dz + t * width;
+  float* z = dz + t * (width + groups);
   for (int j = 0; j < n; ++j) {
     const float sp = Sigmoid(m[j] * scale[0] + base[j]);
     z[j] = dpre[t * n + j] * sp * (1.0f - sp);
@@ -100,79 +105,139 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
     SinkhornBackward(logits, n, iters, eps, dcomb + t * n * n, dlogits);
     for (int e = 0; e < n * n; ++e) z[2 * n + e] = dlogits[e];
   }
-  for (int e = 0; e < width; ++e) dmixes[t * width + e] += z[e] * scale[Group(e, n)];
+  float group_sums[3] = {};
+  for (int e = 0; e < width; ++e) {
+    dmixes[t * width + e] += z[e] * scale[Group(e, n)];
+    group_sums[Group(e, n)] += z[e] * m[e];
+  }
+  for (int g = 0; g < groups; ++g) z[width + g] = group_sums[g];
 }
 
-// dbase[e] += Σ_t dz[t, e] (AddColumnSums' value).
-struct BaseGradValue {
+// Column `first + c` of the [tokens, ld] rows (AddColumnSums' value): dbase[e] += Σ_t dz[t, e]
+// and dscale[g] += Σ_t (token t's group sum g).
+struct DzColumnValue {
   const float* dz;
-  int width;
-  __device__ float operator()(int64_t t, int64_t e) const { return dz[t * width + e]; }
+  int ld, first;
+  __device__ float operator()(int64_t t, int64_t c) const { return dz[t * ld + first + c]; }
 };
 
-// dscale[g] += Σ_t Σ_{e in group g} dz[t, e]·mixes[t, e] (AddColumnSums' value).
-struct ScaleGradValue {
-  const float* dz;
-  const float* mixes;
-  int width, n;
-  __device__ float operator()(int64_t t, int64_t g) const {
-    float sum = 0;
-    for (int e = 0; e < width; ++e) {
-      if (Group(e, n) == g) sum += dz[t * width + e] * mixes[t * width + e];
-    }
-    return sum;
+// W consecutive values from element i: Load8 (W = 8; Vec8Ok buffers) or one LoadF.
+template <int W>
+__device__ __forceinline__ void LoadW(const void* p, bool bf16, int64_t i, float (&v)[W]) {
+  if constexpr (W == 8) {
+    Load8(p, bf16, i, v);
+  } else {
+    v[0] = LoadF(p, bf16, i);
   }
-};
+}
+template <int W>
+__device__ __forceinline__ void StoreW(float* p, int64_t i, const float (&v)[W]) {
+  if constexpr (W == 8) {
+    Store8(p, false, i, v);
+  } else {
+    p[i] = v[0];
+  }
+}
 
+// One block per token, W consecutive channels a thread per step. N (the stream count) is a
+// template parameter so that the per-stream sums stay in registers (indexing them by a runtime n
+// put them in local memory).
+template <int N, int W>
 __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, const float* pre,
-                                       const void* dout, bool dout_bf16, int n, int64_t hidden,
+                                       const void* dout, bool dout_bf16, int64_t hidden,
                                        float* dstreams, float* dpre) {
-  __shared__ float scratch[32 * kMaxN];
+  __shared__ float scratch[32 * N];
   const int64_t t = blockIdx.x;
-  float dot[kMaxN] = {};
-  for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x) {
-    const float g = LoadF(dout, dout_bf16, t * hidden + h);
-    for (int j = 0; j < n; ++j) {
-      const int64_t at = (t * n + j) * hidden + h;
-      dstreams[at] += pre[t * n + j] * g;
-      dot[j] += g * LoadF(streams, streams_bf16, at);
+  float weight[N], dot[N] = {};
+#pragma unroll
+  for (int j = 0; j < N; ++j) weight[j] = pre[t * N + j];
+  for (int64_t h = int64_t(threadIdx.x) * W; h < hidden; h += int64_t(blockDim.x) * W) {
+    float g[W];
+    LoadW<W>(dout, dout_bf16, t * hidden + h, g);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const int64_t at = (t * N + j) * hidden + h;
+      float x[W], d[W];
+      LoadW<W>(streams, streams_bf16, at, x);
+      LoadW<W>(dstreams, false, at, d);
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        d[i] += weight[j] * g[i];
+        dot[j] += g[i] * x[i];
+      }
+      StoreW<W>(dstreams, at, d);
     }
   }
-  BlockSumsAddTo(dot, n, scratch, dpre + t * n);
+  BlockSumsAddTo(dot, N, scratch, dpre + t * N);
 }
 
+template <int N, int W>
 __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, const void* y,
                                      bool y_bf16, const float* post, const float* comb,
-                                     const void* dout, bool dout_bf16, int n, int64_t hidden,
+                                     const void* dout, bool dout_bf16, int64_t hidden,
                                      float* dstreams, float* dy, float* dpost, float* dcomb) {
-  __shared__ float scratch[32 * kMaxN * kMaxN];
+  __shared__ float scratch[32 * N * N];
   const int64_t t = blockIdx.x;
-  float post_dot[kMaxN] = {};
-  float comb_dot[kMaxN * kMaxN] = {};
-  const float* c = comb + t * n * n;
-  for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x) {
-    float g[kMaxN];
-    float dy_h = 0;
-    const float yh = LoadF(y, y_bf16, t * hidden + h);
-    for (int k = 0; k < n; ++k) {
-      g[k] = LoadF(dout, dout_bf16, (t * n + k) * hidden + h);
-      dy_h += post[t * n + k] * g[k];
-      post_dot[k] += g[k] * yh;
-    }
-    dy[t * hidden + h] += dy_h;
-    for (int j = 0; j < n; ++j) {
-      const int64_t at = (t * n + j) * hidden + h;
-      const float x = LoadF(streams, streams_bf16, at);
-      float dx = 0;
-      for (int k = 0; k < n; ++k) {
-        dx += c[j * n + k] * g[k];
-        comb_dot[j * n + k] += g[k] * x;
+  float p[N], c[N * N], post_dot[N] = {}, comb_dot[N * N] = {};
+#pragma unroll
+  for (int k = 0; k < N; ++k) p[k] = post[t * N + k];
+#pragma unroll
+  for (int e = 0; e < N * N; ++e) c[e] = comb[t * N * N + e];
+  for (int64_t h = int64_t(threadIdx.x) * W; h < hidden; h += int64_t(blockDim.x) * W) {
+    float g[N][W], yv[W], dyv[W];
+    LoadW<W>(y, y_bf16, t * hidden + h, yv);
+    LoadW<W>(dy, false, t * hidden + h, dyv);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      LoadW<W>(dout, dout_bf16, (t * N + k) * hidden + h, g[k]);
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        dyv[i] += p[k] * g[k][i];
+        post_dot[k] += g[k][i] * yv[i];
       }
-      dstreams[at] += dx;
+    }
+    StoreW<W>(dy, t * hidden + h, dyv);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const int64_t at = (t * N + j) * hidden + h;
+      float x[W], d[W];
+      LoadW<W>(streams, streams_bf16, at, x);
+      LoadW<W>(dstreams, false, at, d);
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        float dx = 0;
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          dx += c[j * N + k] * g[k][i];
+          comb_dot[j * N + k] += g[k][i] * x[i];
+        }
+        d[i] += dx;
+      }
+      StoreW<W>(dstreams, at, d);
     }
   }
-  BlockSumsAddTo(post_dot, n, scratch, dpost + t * n);
-  BlockSumsAddTo(comb_dot, n * n, scratch, dcomb + t * n * n);
+  BlockSumsAddTo(post_dot, N, scratch, dpost + t * N);
+  BlockSumsAddTo(comb_dot, N * N, scratch, dcomb + t * N * N);
+}
+
+// Calls f(std::integral_constant<int, n>) for the runtime stream count n (1 .. kMaxN), so that
+// launchers pick the kernel instantiation of that N.
+template <typename F>
+void WithStreamCount(int64_t n, F&& f) {
+  switch (n) {
+    case 1:
+      f(std::integral_constant<int, 1>());
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>());
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>());
+      break;
+    default:
+      f(std::integral_constant<int, kMaxN>());
+      break;
+  }
 }
 
 bool F32(const core::TensorView& v, absl::Span<const int64_t> shape) {
@@ -211,8 +276,9 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
         kMaxN, kMaxIters));
   }
   if (tokens == 0) return absl::OkStatus();
-  float* dz = nullptr;
-  if (cudaMallocAsync(reinterpret_cast<void**>(&dz), tokens * width * sizeof(float), 0) !=
+  float* dz = nullptr;  // [tokens, width + groups]
+  const int ld = int(width + groups);
+  if (cudaMallocAsync(reinterpret_cast<void**>(&dz), tokens * ld * sizeof(float), 0) !=
       cudaSuccess) {
     return absl::ResourceExhaustedError(absl::StrFormat("%s: cudaMallocAsync failed", op));
   }
@@ -227,12 +293,12 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
       head ? nullptr : dcomb.data_as<float>(), dz, dmixes.data_as<float>(), head);
   absl::Status status = LaunchStatus(op);
   if (status.ok()) {
-    status =
-        AddColumnSums(op, BaseGradValue{dz, int(width)}, tokens, width, dbase.data_as<float>());
+    status.Update(
+        AddColumnSums(op, DzColumnValue{dz, ld, 0}, tokens, width, dbase.data_as<float>()));
   }
   if (status.ok()) {
-    status = AddColumnSums(op, ScaleGradValue{dz, mixes.data_as<float>(), int(width), int(n)},
-                           tokens, groups, dscale.data_as<float>());
+    status.Update(AddColumnSums(op, DzColumnValue{dz, ld, int(width)}, tokens, groups,
+                                dscale.data_as<float>()));
   }
   cudaFreeAsync(dz, 0);
   return status;
@@ -276,9 +342,15 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
         dpre.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
-  CollapseBackwardKernel<<<tokens, Threads(hidden)>>>(
-      streams.data, Bf16(streams), pre.data_as<float>(), dout.data, Bf16(dout), int(n), hidden,
-      dstreams.data_as<float>(), dpre.data_as<float>());
+  const bool vec8 =
+      Vec8Ok(streams.data, hidden) && Vec8Ok(dout.data, hidden) && Vec8Ok(dstreams.data, hidden);
+  WithStreamCount(n, [&](auto n_constant) {
+    constexpr int kN = decltype(n_constant)::value;
+    auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;
+    kernel<<<tokens, Threads(hidden)>>>(streams.data, Bf16(streams), pre.data_as<float>(),
+                                        dout.data, Bf16(dout), hidden, dstreams.data_as<float>(),
+                                        dpre.data_as<float>());
+  });
   return LaunchStatus("MhcCollapseBackward");
 }
 
@@ -302,10 +374,17 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
         dy.DebugString(), dpost.DebugString(), dcomb.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
-  ExpandBackwardKernel<<<tokens, Threads(hidden)>>>(
-      streams.data, Bf16(streams), y.data, Bf16(y), post.data_as<float>(), comb.data_as<float>(),
-      dout.data, Bf16(dout), int(n), hidden, dstreams.data_as<float>(), dy.data_as<float>(),
-      dpost.data_as<float>(), dcomb.data_as<float>());
+  const bool vec8 = Vec8Ok(streams.data, hidden) && Vec8Ok(y.data, hidden) &&
+                    Vec8Ok(dout.data, hidden) && Vec8Ok(dstreams.data, hidden) &&
+                    Vec8Ok(dy.data, hidden);
+  WithStreamCount(n, [&](auto n_constant) {
+    constexpr int kN = decltype(n_constant)::value;
+    auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
+    kernel<<<tokens, Threads(hidden)>>>(
+        streams.data, Bf16(streams), y.data, Bf16(y), post.data_as<float>(), comb.data_as<float>(),
+        dout.data, Bf16(dout), hidden, dstreams.data_as<float>(), dy.data_as<float>(),
+        dpost.data_as<float>(), dcomb.data_as<float>());
+  });
   return LaunchStatus("MhcExpandBackward");
 }
 

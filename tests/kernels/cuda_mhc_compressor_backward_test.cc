@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/compressor_backward.h"
 #include "kernels/cpu/mhc_backward.h"
@@ -81,47 +82,53 @@ TEST(CudaMhcBackward, CoefficientsWithSinkhornAndHcHead) {
 
 TEST(CudaMhcBackward, CollapseAndExpandBf16Streams) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t tokens = 13, n = 4, hidden = 1031;
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
-    const Tensor streams = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 20));
-    const Tensor y = testing::RoundToBf16(RandomNormal({tokens, hidden}, 21));
-    const Tensor dout_collapse = testing::RoundToBf16(RandomNormal({tokens, hidden}, 22));
-    const Tensor dout_expand = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 23));
-    const Tensor pre = RandomNormal({tokens, n}, 24), post = RandomNormal({tokens, n}, 25);
-    const Tensor comb = RandomUniform({tokens, n, n}, 26, 0.0f, 1.0f);
-    const std::string kind = dtype == DType::kF32 ? " f32" : " bf16";
-    {
-      Grad dstreams({tokens, n, hidden}, 27), dpre({tokens, n}, 28);
-      cpu::MhcCollapseBackwardRef<float>(streams.data<float>(), pre.data<float>(),
-                                         dout_collapse.data<float>(), tokens, n, hidden,
-                                         dstreams.cpu(), dpre.cpu(), nullptr);
-      const Tensor s_d = testing::ToDevice(streams, dtype), g_d = testing::ToDevice(dout_collapse, dtype),
-                   p_d = testing::ToDevice(pre, DType::kF32);
-      ASSERT_TRUE(MhcCollapseBackward(s_d.view(), p_d.view(), g_d.view(), dstreams.device.view(),
-                                      dpre.device.view())
-                      .ok());
-      EXPECT_TRUE(dstreams.Check("collapse dstreams" + kind, kTol));
-      EXPECT_TRUE(dpre.Check("collapse dpre" + kind, {.atol = 1e-4, .rtol = 1e-4}));
-    }
-    {
-      Grad dstreams({tokens, n, hidden}, 29), dy({tokens, hidden}, 30), dpost({tokens, n}, 31),
-          dcomb({tokens, n, n}, 32);
-      cpu::MhcExpandBackwardRef<float>(streams.data<float>(), y.data<float>(), post.data<float>(),
-                                       comb.data<float>(), dout_expand.data<float>(), tokens, n,
-                                       hidden, dstreams.cpu(), dy.cpu(), dpost.cpu(), dcomb.cpu(),
-                                       nullptr);
-      const Tensor s_d = testing::ToDevice(streams, dtype), y_d = testing::ToDevice(y, dtype),
-                   g_d = testing::ToDevice(dout_expand, dtype),
-                   p_d = testing::ToDevice(post, DType::kF32),
-                   c_d = testing::ToDevice(comb, DType::kF32);
-      ASSERT_TRUE(MhcExpandBackward(s_d.view(), y_d.view(), p_d.view(), c_d.view(), g_d.view(),
-                                    dstreams.device.view(), dy.device.view(), dpost.device.view(),
-                                    dcomb.device.view())
-                      .ok());
-      EXPECT_TRUE(dstreams.Check("expand dstreams" + kind, kTol));
-      EXPECT_TRUE(dy.Check("expand dy" + kind, kTol));
-      EXPECT_TRUE(dpost.Check("expand dpost" + kind, {.atol = 1e-4, .rtol = 1e-4}));
-      EXPECT_TRUE(dcomb.Check("expand dcomb" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+  const int64_t tokens = 13;
+  // H = 1031 takes the one-channel path; H = 1024 and 520 (multiples of 8) the eight-channel one.
+  const struct { int64_t n, hidden; } shapes[] = {{4, 1031}, {2, 1024}, {3, 520}, {4, 1024}};
+  for (const auto& [n, hidden] : shapes) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Tensor streams = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 20));
+      const Tensor y = testing::RoundToBf16(RandomNormal({tokens, hidden}, 21));
+      const Tensor dout_collapse = testing::RoundToBf16(RandomNormal({tokens, hidden}, 22));
+      const Tensor dout_expand = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 23));
+      const Tensor pre = RandomNormal({tokens, n}, 24), post = RandomNormal({tokens, n}, 25);
+      const Tensor comb = RandomUniform({tokens, n, n}, 26, 0.0f, 1.0f);
+      const std::string kind =
+          absl::StrFormat(" %s n=%d H=%d", dtype == DType::kF32 ? "f32" : "bf16", n, hidden);
+      {
+        Grad dstreams({tokens, n, hidden}, 27), dpre({tokens, n}, 28);
+        cpu::MhcCollapseBackwardRef<float>(streams.data<float>(), pre.data<float>(),
+                                           dout_collapse.data<float>(), tokens, n, hidden,
+                                           dstreams.cpu(), dpre.cpu(), nullptr);
+        const Tensor s_d = testing::ToDevice(streams, dtype),
+                     g_d = testing::ToDevice(dout_collapse, dtype),
+                     p_d = testing::ToDevice(pre, DType::kF32);
+        ASSERT_TRUE(MhcCollapseBackward(s_d.view(), p_d.view(), g_d.view(), dstreams.device.view(),
+                                        dpre.device.view())
+                        .ok());
+        EXPECT_TRUE(dstreams.Check("collapse dstreams" + kind, kTol));
+        EXPECT_TRUE(dpre.Check("collapse dpre" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+      }
+      {
+        Grad dstreams({tokens, n, hidden}, 29), dy({tokens, hidden}, 30), dpost({tokens, n}, 31),
+            dcomb({tokens, n, n}, 32);
+        cpu::MhcExpandBackwardRef<float>(streams.data<float>(), y.data<float>(), post.data<float>(),
+                                         comb.data<float>(), dout_expand.data<float>(), tokens, n,
+                                         hidden, dstreams.cpu(), dy.cpu(), dpost.cpu(), dcomb.cpu(),
+                                         nullptr);
+        const Tensor s_d = testing::ToDevice(streams, dtype), y_d = testing::ToDevice(y, dtype),
+                     g_d = testing::ToDevice(dout_expand, dtype),
+                     p_d = testing::ToDevice(post, DType::kF32),
+                     c_d = testing::ToDevice(comb, DType::kF32);
+        ASSERT_TRUE(MhcExpandBackward(s_d.view(), y_d.view(), p_d.view(), c_d.view(), g_d.view(),
+                                      dstreams.device.view(), dy.device.view(), dpost.device.view(),
+                                      dcomb.device.view())
+                        .ok());
+        EXPECT_TRUE(dstreams.Check("expand dstreams" + kind, kTol));
+        EXPECT_TRUE(dy.Check("expand dy" + kind, kTol));
+        EXPECT_TRUE(dpost.Check("expand dpost" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+        EXPECT_TRUE(dcomb.Check("expand dcomb" + kind, {.atol = 1e-4, .rtol = 1e-4}));
+      }
     }
   }
 }
