@@ -3,6 +3,7 @@
 // launcher helper both passes use. Built only with V4RL_WITH_CUDA.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -126,11 +127,22 @@ class Run {
   void Do(F&& launch) {
     if (status_.ok()) Ok(launch());
   }
+  // rope.inv_freq() as an f32 device tensor [rope_dim / 2], uploaded on the call's first use of
+  // `rope` (a pageable upload waits for the queued work, so once a pass rather than per layer).
+  const core::Tensor& DeviceInvFreq(const RopeTable& rope) {
+    core::Tensor& cached = inv_freq_[&rope];
+    if (!cached.defined()) {
+      const std::vector<float>& inv_freq = rope.inv_freq();
+      cached = Up(core::Tensor::FromFloats({static_cast<int64_t>(inv_freq.size())}, inv_freq));
+    }
+    return cached;
+  }
 
  private:
   kc::BlasHandle* blas_;
   absl::Status status_;
   model::cuda_internal::PhaseProfile profile_;
+  std::map<const RopeTable*, core::Tensor> inv_freq_;  // DeviceInvFreq's uploads
 };
 
 // Device cos/sin [count, rope_dim / 2] f32 of positions first, first + stride, ...: `rope`'s
@@ -139,12 +151,10 @@ class Run {
 // position and pair) and uploaded, in every layer of both passes.
 inline void DeviceRopeTables(Run& run, const RopeTable& rope, int64_t first, int64_t stride,
                              int64_t count, core::Tensor* cos, core::Tensor* sin) {
-  const std::vector<float>& inv_freq = rope.inv_freq();
-  const core::Tensor host_inv_freq =
-      core::Tensor::FromFloats({static_cast<int64_t>(inv_freq.size())}, inv_freq);
-  const core::Tensor device_inv_freq = run.Up(host_inv_freq);
-  *cos = run.New({count, static_cast<int64_t>(inv_freq.size())});
-  *sin = run.New({count, static_cast<int64_t>(inv_freq.size())});
+  const core::Tensor& device_inv_freq = run.DeviceInvFreq(rope);
+  const int64_t pairs = device_inv_freq.numel();
+  *cos = run.New({count, pairs});
+  *sin = run.New({count, pairs});
   run.Do([&] {
     return kc::RopeTableFill(device_inv_freq.view(), first, stride, cos->view(), sin->view());
   });
