@@ -11,106 +11,104 @@ constexpr int kMaxIters = 32;
 
 __device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// y = x / (line sums + eps) along rows (by_rows) or columns.
-__device__ void Normalize(const float* x, int n, float eps, bool by_rows, float* y) {
-  for (int a = 0; a < n; ++a) {
-    float sum = 0;
-    for (int b = 0; b < n; ++b) sum += by_rows ? x[a * n + b] : x[b * n + a];
-    const float denom = sum + eps;
-    for (int b = 0; b < n; ++b) {
-      const int at = by_rows ? a * n + b : b * n + a;
-      y[at] = x[at] / denom;
-    }
+// A team of kTeam lanes works on one token, lane e on entry e of the n x n Sinkhorn matrix (row
+// e / n, column e % n; lanes past n·n idle but join every shuffle). Two teams a warp.
+constexpr int kTeam = kMaxN * kMaxN;
+
+// Σ (or max) of the team's v over entry e's line: its row (by_rows) or its column, in the line's
+// order (the per-token serial loops' order, so sums repeat them bit for bit).
+template <bool kMax>
+__device__ __forceinline__ float LineReduce(float v, int e, int n, bool by_rows, int team_base) {
+  const int line = by_rows ? e / n : e % n;
+  float acc = kMax ? -INFINITY : 0.0f;
+  for (int b = 0; b < n; ++b) {
+    int source = by_rows ? line * n + b : b * n + line;
+    source = source < n * n ? source : 0;  // idle lanes read any live entry
+    const float other = __shfl_sync(0xffffffffu, v, team_base + source);
+    acc = kMax ? fmaxf(acc, other) : acc + other;
   }
+  return acc;
 }
 
-__device__ void NormalizeBackward(const float* x, int n, float eps, bool by_rows, float* grad) {
-  for (int a = 0; a < n; ++a) {
-    float sum = 0, dot = 0;
-    for (int b = 0; b < n; ++b) {
-      const int at = by_rows ? a * n + b : b * n + a;
-      sum += x[at];
-      dot += grad[at] * x[at];
-    }
-    const float denom = sum + eps;
-    for (int b = 0; b < n; ++b) {
-      const int at = by_rows ? a * n + b : b * n + a;
-      grad[at] = grad[at] / denom - dot / (denom * denom);
-    }
+// Σ of v over the team (the lanes of one token), in a fixed shuffle tree.
+__device__ __forceinline__ float TeamSum(float v) {
+  for (int offset = kTeam / 2; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   }
+  return v;
 }
 
-// dlogits (n x n) += d Sinkhorn(logits) given dmatrix; kernels/cpu/mhc_backward.cc's order.
-__device__ void SinkhornBackward(const float* logits, int n, int iters, float eps,
-                                 const float* dmatrix, float* dlogits) {
-  const int nn = n * n;
-  const int num_norms = 2 * iters - 1;
-  float states[(2 * kMaxIters) * kMaxN * kMaxN];
-  float* softmax = states;
-  for (int j = 0; j < n; ++j) {
-    float mx = -INFINITY;
-    for (int k = 0; k < n; ++k) mx = fmaxf(mx, logits[j * n + k]);
-    float sum = 0;
-    for (int k = 0; k < n; ++k) {
-      softmax[j * n + k] = expf(logits[j * n + k] - mx);
-      sum += softmax[j * n + k];
-    }
-    for (int k = 0; k < n; ++k) softmax[j * n + k] /= sum;
-  }
-  for (int e = 0; e < nn; ++e) states[nn + e] = softmax[e] + eps;
-  for (int s = 0; s + 1 < num_norms; ++s) {
-    Normalize(states + (s + 1) * nn, n, eps, s % 2 == 1, states + (s + 2) * nn);
-  }
-  float grad[kMaxN * kMaxN];
-  for (int e = 0; e < nn; ++e) grad[e] = dmatrix[e];
-  for (int s = num_norms - 1; s >= 0; --s) {
-    NormalizeBackward(states + (s + 1) * nn, n, eps, s % 2 == 1, grad);
-  }
-  for (int j = 0; j < n; ++j) {
-    float dot = 0;
-    for (int k = 0; k < n; ++k) dot += grad[j * n + k] * softmax[j * n + k];
-    for (int k = 0; k < n; ++k) dlogits[j * n + k] += softmax[j * n + k] * (grad[j * n + k] - dot);
-  }
-}
-
-__device__ __forceinline__ int Group(int e, int n) { return e / n < 2 ? e / n : 2; }
-
-// One thread per token: dz (the gate/Sinkhorn logit gradients) into row t of `dz` [tokens,
-// width + groups], followed by the token's group sums Σ_{e in g} dz·mixes (the scale gradient's
-// terms); dmixes += dz·scale.
+// One team per token (kTeam lanes): the gate gradients (lanes e < n) and the Sinkhorn backward
+// (lane e on matrix entry e: softmax, 2·iters - 1 line normalisations kept per lane, then their
+// backward in reverse), written as dz row t [tokens, width + groups]: the logit gradients, then
+// the token's group sums Σ_{e in g} dz·mixes (the scale gradient's terms); dmixes += dz·scale.
 __global__ void CoefficientsKernel(const float* mixes, const float* base, const float* scale,
                                    int64_t tokens, int n, int iters, float eps, const float* dpre,
                                    const float* dpost, const float* dcomb, float* dz,
                                    float* dmixes, bool head) {
-  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (t >= tokens) return;
-  const int width = head ? n : (2 + n) * n;
-  const int groups = head ? 1 : 3;
-  const float* m = mixes + t * width;
-  float* z = dz + t * (width + groups);
-  for (int j = 0; j < n; ++j) {
-    const float sp = Sigmoid(m[j] * scale[0] + base[j]);
-    z[j] = dpre[t * n + j] * sp * (1.0f - sp);
-  }
-  if (!head) {
-    for (int j = 0; j < n; ++j) {
-      const float sq = Sigmoid(m[n + j] * scale[1] + base[n + j]);
-      z[n + j] = dpost[t * n + j] * 2.0f * sq * (1.0f - sq);
+  const int lane = threadIdx.x % 32, team_base = lane & ~(kTeam - 1), e = lane - team_base;
+  const int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kTeam;
+  const bool live = t < tokens;
+  const int64_t row = live ? t : tokens - 1;  // a team past the end reads a real row, writes none
+  const int width = head ? n : (2 + n) * n, groups = head ? 1 : 3, nn = n * n;
+  const float* m = mixes + row * width;
+  float z_pre = 0, z_post = 0, z_comb = 0;
+  if (e < n) {
+    const float sp = Sigmoid(m[e] * scale[0] + base[e]);
+    z_pre = dpre[row * n + e] * sp * (1.0f - sp);
+    if (!head) {
+      const float sq = Sigmoid(m[n + e] * scale[1] + base[n + e]);
+      z_post = dpost[row * n + e] * 2.0f * sq * (1.0f - sq);
     }
-    float logits[kMaxN * kMaxN], dlogits[kMaxN * kMaxN];
-    for (int e = 0; e < n * n; ++e) {
-      logits[e] = m[2 * n + e] * scale[2] + base[2 * n + e];
-      dlogits[e] = 0.0f;
+  }
+  if (!head) {  // uniform over the grid
+    const bool entry = e < nn;
+    const float logit = entry ? m[2 * n + e] * scale[2] + base[2 * n + e] : 0.0f;
+    const float row_max = LineReduce<true>(logit, e, n, true, team_base);
+    const float exp_logit = expf(logit - row_max);
+    const float softmax = exp_logit / LineReduce<false>(exp_logit, e, n, true, team_base);
+    // state[s]: this entry of the input of normalisation s (s < num_norms; row-wise when s is odd).
+    const int num_norms = 2 * iters - 1;
+    float state[2 * kMaxIters];
+    state[0] = softmax + eps;
+    for (int s = 0; s + 1 < num_norms; ++s) {
+      state[s + 1] = state[s] / (LineReduce<false>(state[s], e, n, s % 2 == 1, team_base) + eps);
     }
-    SinkhornBackward(logits, n, iters, eps, dcomb + t * n * n, dlogits);
-    for (int e = 0; e < n * n; ++e) z[2 * n + e] = dlogits[e];
+    float grad = entry ? dcomb[row * nn + e] : 0.0f;
+    for (int s = num_norms - 1; s >= 0; --s) {
+      const float x = state[s];
+      const float denom = LineReduce<false>(x, e, n, s % 2 == 1, team_base) + eps;
+      const float dot = LineReduce<false>(grad * x, e, n, s % 2 == 1, team_base);
+      grad = grad / denom - dot / (denom * denom);
+    }
+    const float row_dot = LineReduce<false>(grad * softmax, e, n, true, team_base);
+    z_comb = softmax * (grad - row_dot);
   }
-  float group_sums[3] = {};
-  for (int e = 0; e < width; ++e) {
-    dmixes[t * width + e] += z[e] * scale[Group(e, n)];
-    group_sums[Group(e, n)] += z[e] * m[e];
+  const float pre_part = TeamSum(e < n ? z_pre * m[e] : 0.0f);
+  const float post_part = head ? 0.0f : TeamSum(e < n ? z_post * m[n + e] : 0.0f);
+  const float comb_part = head ? 0.0f : TeamSum(e < nn ? z_comb * m[2 * n + e] : 0.0f);
+  if (!live) return;
+  float* z = dz + row * (width + groups);
+  float* dm = dmixes + row * width;
+  if (e < n) {
+    z[e] = z_pre;
+    dm[e] += z_pre * scale[0];
+    if (!head) {
+      z[n + e] = z_post;
+      dm[n + e] += z_post * scale[1];
+    }
   }
-  for (int g = 0; g < groups; ++g) z[width + g] = group_sums[g];
+  if (!head && e < nn) {
+    z[2 * n + e] = z_comb;
+    dm[2 * n + e] += z_comb * scale[2];
+  }
+  if (e == 0) {
+    z[width] = pre_part;
+    if (!head) {
+      z[width + 1] = post_part;
+      z[width + 2] = comb_part;
+    }
+  }
 }
 
 // Column `first + c` of the [tokens, ld] rows (AddColumnSums' value): dbase[e] += Σ_t dz[t, e]
@@ -282,11 +280,9 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
       cudaSuccess) {
     return absl::ResourceExhaustedError(absl::StrFormat("%s: cudaMallocAsync failed", op));
   }
-  // One warp a block: each thread keeps its token's Sinkhorn states (up to 4 KB) in local
-  // memory, so tokens spread over every SM keep them in L1 (blocks of 128 threads put 4,096
-  // tokens on 32 SMs).
-  constexpr int kCoefficientThreads = 32;
-  CoefficientsKernel<<<(tokens + kCoefficientThreads - 1) / kCoefficientThreads,
+  constexpr int kCoefficientThreads = 128;  // 8 tokens a block
+  const int64_t threads_needed = tokens * kTeam;
+  CoefficientsKernel<<<(threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
                        kCoefficientThreads>>>(
       mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens, int(n),
       int(iters), eps, dpre.data_as<float>(), head ? nullptr : dpost.data_as<float>(),

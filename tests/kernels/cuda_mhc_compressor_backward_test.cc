@@ -1,8 +1,10 @@
-// CUDA MoE combine/gather backward (reference loops written here), mHC backward (gates + Sinkhorn, hc_head gate, collapse, expand-and-mix) and compressor
-// pool backward (CSA overlapping and HCA plain windows) against kernels/cpu/mhc_backward.h and
-// kernels/cpu/compressor_backward.h on odd sizes; gradients start from random values to check
-// that they are added to (gpu label; skips without a device).
+// CUDA MoE combine/gather backward (reference loops written here), mHC backward (gates +
+// Sinkhorn, hc_head gate, collapse, expand-and-mix) and compressor pool backward (CSA overlapping
+// and HCA plain windows) against kernels/cpu/mhc_backward.h and kernels/cpu/compressor_backward.h
+// on odd sizes; gradients start from random values to check that they are added to (gpu label;
+// skips without a device).
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -37,9 +39,16 @@ struct Grad {
 
 constexpr testing::Tolerance kTol{.atol = 1e-5, .rtol = 1e-4};
 
-TEST(CudaMhcBackward, CoefficientsWithSinkhornAndHcHead) {
+// One token's Sinkhorn backward runs on a team of 16 lanes, two tokens a warp: 37 tokens leave a
+// half-filled last warp; n = 2 and 3 leave lanes of each team idle; iters = 1 has no forward
+// normalisation to keep.
+class CudaMhcCoefficientsTest : public ::testing::TestWithParam<std::pair<int64_t, int64_t>> {};
+
+TEST_P(CudaMhcCoefficientsTest, SinkhornAndHcHeadMatchTheCpu) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t tokens = 37, n = 4, width = (2 + n) * n, iters = 20;
+  const auto [n, iters] = GetParam();
+  const int64_t tokens = 37, width = (2 + n) * n;
+  const std::string shape = absl::StrFormat(" n=%d iters=%d", n, iters);
   const float eps = 1e-6f;
   const Tensor mixes = RandomNormal({tokens, width}, 1);
   const Tensor base = RandomNormal({width}, 2, 0.5f);
@@ -60,9 +69,9 @@ TEST(CudaMhcBackward, CoefficientsWithSinkhornAndHcHead) {
                               dpost_d.view(), dcomb_d.view(), dmixes.device.view(),
                               dbase.device.view(), dscale.device.view());
   ASSERT_TRUE(status.ok()) << status;
-  EXPECT_TRUE(dmixes.Check("mhc coefficients dmixes", kTol));
-  EXPECT_TRUE(dbase.Check("mhc coefficients dbase", kTol));
-  EXPECT_TRUE(dscale.Check("mhc coefficients dscale", {.atol = 1e-4, .rtol = 1e-4}));
+  EXPECT_TRUE(dmixes.Check("mhc coefficients dmixes" + shape, kTol));
+  EXPECT_TRUE(dbase.Check("mhc coefficients dbase" + shape, kTol));
+  EXPECT_TRUE(dscale.Check("mhc coefficients dscale" + shape, {.atol = 1e-4, .rtol = 1e-4}));
 
   // hc_head: n mixes, one scale.
   const Tensor head_mixes = RandomNormal({tokens, n}, 10);
@@ -75,10 +84,16 @@ TEST(CudaMhcBackward, CoefficientsWithSinkhornAndHcHead) {
   ASSERT_TRUE(HcHeadPreBackward(hm_d.view(), hb_d.view(), hs_d.view(), dpre_d.view(),
                                 hdm.device.view(), hdb.device.view(), hds.device.view())
                   .ok());
-  EXPECT_TRUE(hdm.Check("hc_head dmixes", kTol));
-  EXPECT_TRUE(hdb.Check("hc_head dbase", kTol));
-  EXPECT_TRUE(hds.Check("hc_head dscale", kTol));
+  EXPECT_TRUE(hdm.Check("hc_head dmixes" + shape, kTol));
+  EXPECT_TRUE(hdb.Check("hc_head dbase" + shape, kTol));
+  EXPECT_TRUE(hds.Check("hc_head dscale" + shape, kTol));
 }
+
+INSTANTIATE_TEST_SUITE_P(StreamsAndIterations, CudaMhcCoefficientsTest,
+                         ::testing::Values(std::pair<int64_t, int64_t>{4, 20},
+                                           std::pair<int64_t, int64_t>{3, 7},
+                                           std::pair<int64_t, int64_t>{2, 1},
+                                           std::pair<int64_t, int64_t>{1, 3}));
 
 TEST(CudaMhcBackward, CollapseAndExpandBf16Streams) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
