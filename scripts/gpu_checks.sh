@@ -15,9 +15,10 @@
 #                256 (synchronised and host-only), and training steps at 4,096 tokens (exact f32
 #                GEMMs, then bf16 GEMM math; a warm-up and one timed step each)
 #                                                                             -> profile.txt
-#        kernels Nsight Compute per-kernel time of one bf16-GEMM training step at 4,096 tokens and
-#                of one decode step at batch 256 (scripts/ncu_kernel_table.py; base clocks, so
-#                compare shares)                    -> kernels_train.txt, kernels_decode.txt
+#        kernels Nsight Compute GPU time by kernel (not in the default STEPS) of one bf16-GEMM
+#                training step at 4,096 tokens and one decode step at batch 256
+#                (scripts/ncu_kernel_table.py; base clocks, so compare shares)
+#                                                      -> kernels_train.txt, kernels_decode.txt
 # Env: BUNDLE (device_bundle), LIMIT_S (per step, 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
