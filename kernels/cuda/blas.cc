@@ -19,7 +19,6 @@ absl::StatusOr<std::unique_ptr<BlasHandle>> BlasHandle::Create(GemmMath math) {
 }
 
 BlasHandle::~BlasHandle() {
-  for (std::unique_ptr<BlasHandle>& lane : lanes_) lane.reset();
   cublasDestroy(static_cast<cublasHandle_t>(handle_));
   if (stream_ != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
@@ -28,18 +27,17 @@ BlasHandle& BlasHandle::Lane(int index) {
   if (stream_ != nullptr) return *this;
   std::unique_ptr<BlasHandle>& lane = lanes_[((index % kLanes) + kLanes) % kLanes];
   if (lane == nullptr) {
+    absl::StatusOr<std::unique_ptr<BlasHandle>> created = Create(math_);
+    if (!created.ok()) return *this;
     cudaStream_t stream = nullptr;
     // cudaStreamCreate makes a blocking stream: ordered against the legacy default stream.
     if (cudaStreamCreate(&stream) != cudaSuccess) return *this;
-    cublasHandle_t handle = nullptr;
-    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetStream(handle, stream) != CUBLAS_STATUS_SUCCESS) {
-      if (handle != nullptr) cublasDestroy(handle);
-      cudaStreamDestroy(stream);
+    (*created)->stream_ = stream;  // the lane's destructor destroys it
+    if (cublasSetStream(static_cast<cublasHandle_t>((*created)->raw()), stream) !=
+        CUBLAS_STATUS_SUCCESS) {
       return *this;
     }
-    cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
-    lane.reset(new BlasHandle(handle, math_, stream));
+    lane = std::move(*created);
   }
   return *lane;
 }
