@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "absl/strings/str_split.h"
 #include "bench/bench_common.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
@@ -77,6 +78,13 @@ int Main(int argc, char** argv) {
   const int64_t batch = argc > 4 ? std::stoll(argv[4]) : 1;
   const int64_t steps = argc > 5 ? std::stoll(argv[5]) : 3;
   const std::string wanted_modes = argc > 6 ? argv[6] : "fp32,bf16";
+  for (const absl::string_view mode : absl::StrSplit(wanted_modes, ',')) {
+    if (mode != "fp32" && mode != "bf16") {
+      std::fprintf(stderr, "cuda_train_bench: MODES \"%s\": each mode must be fp32 or bf16\n",
+                   wanted_modes.c_str());
+      return 2;
+    }
+  }
   const char* profile_env = std::getenv("PROFILE_TRAIN");
   const bool profile_one_step = profile_env != nullptr && std::string(profile_env) == "1";
 

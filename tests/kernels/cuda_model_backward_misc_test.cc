@@ -145,6 +145,8 @@ TEST(CudaModelBackwardMisc, ApeEmbeddingAndFillZeroMatchTheCpuLoops) {
 
   // Mismatched shapes are rejected.
   EXPECT_FALSE(ApeBackward(Dev(dscore).view(), seq_len, ratio + 1, ape.view()).ok());
+  // Rows that are not whole sequences of seq_len.
+  EXPECT_FALSE(ApeBackward(Dev(dscore).view(), seq_len + 1, ratio, ape.view()).ok());
 }
 
 }  // namespace
