@@ -307,20 +307,28 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     const int64_t* offsets = plan.expert_offsets.data();
     Tensor picked_dout = run.Z({num_picks, hidden});
     run.Do([&] { return kc::MoeGather(dout.view(), slots.view(), k, picked_dout.view()); });
+    // With bf16 products each GEMM operand is read as a bf16 copy, made once (the weights'
+    // mirrors: Run::ProductWeight); the f32 originals feed the elementwise steps.
+    const Tensor picked_dout_product = run.ProductOperand(picked_dout);
+    const Tensor &w1 = run.ProductWeight(w.w1), &w3 = run.ProductWeight(w.w3),
+                 &w2 = run.ProductWeight(w.w2);
     // u = g · w2 per expert; then dweight = <u, act>, u *= w, weighted = w · act; dw2.
     Tensor u = run.Z({num_picks, inter});
     Tensor weighted_act = run.Z({num_picks, inter});
+    const Tensor act_product = run.ProductOperand(act);
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), act.view(), w.w2.view(), picked_dout.view(),
-                                       offsets, u.view(), TensorView());
+      return kc::GroupedLinearBackward(run.blas(), act_product.view(), w2.view(),
+                                       picked_dout_product.view(), offsets, u.view(), TensorView());
     });
     run.Do([&] {
       return kc::ExpertWeightBackward(act.view(), slots.view(), topk_weight.view(), u.view(),
                                       weighted_act.view(), dweights.view());
     });
+    const Tensor weighted_act_product = run.ProductOperand(weighted_act);
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), weighted_act.view(), w.w2.view(),
-                                       picked_dout.view(), offsets, TensorView(), g->w2.view());
+      return kc::GroupedLinearBackward(run.blas(), weighted_act_product.view(), w2.view(),
+                                       picked_dout_product.view(), offsets, TensorView(),
+                                       g->w2.view());
     });
     const Tensor egate = run.Up(host_acts.expert_gate), eup = run.Up(host_acts.expert_up);
     Tensor dgate = run.Z({num_picks, inter});
@@ -329,15 +337,16 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
       return kc::SwiGluClampBackward(egate.view(), eup.view(), limit, u.view(), dgate.view(),
                                      dup.view());
     });
-    const Tensor ex = run.Up(host_acts.expert_x);
+    const Tensor ex = run.ProductOperand(run.Up(host_acts.expert_x));
+    const Tensor dgate_product = run.ProductOperand(dgate), dup_product = run.ProductOperand(dup);
     Tensor dexpert_x = run.Z({num_picks, hidden});
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w.w1.view(), dgate.view(), offsets,
-                                       dexpert_x.view(), g->w1.view());
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w1.view(), dgate_product.view(),
+                                       offsets, dexpert_x.view(), g->w1.view());
     });
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w.w3.view(), dup.view(), offsets,
-                                       dexpert_x.view(), g->w3.view());
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w3.view(), dup_product.view(),
+                                       offsets, dexpert_x.view(), g->w3.view());
     });
     run.Do([&] {
       return kc::MoeGatherBackward(dexpert_x.view(), pick_of_slot.view(), k, dx.view());
@@ -400,6 +409,27 @@ absl::Status UploadParams(const ModelConfig& config, const ModelWeights& host,
   return status;
 }
 
+// Refills the bf16 mirrors of the routed experts' matrices from the f32 device copies,
+// reusing each mirror's buffer while its parameter keeps its device address and shape.
+absl::Status RefreshBf16Mirrors(const ModelWeights& weights, Bf16Mirrors* mirrors) {
+  Bf16Mirrors refreshed;
+  for (const LayerWeights& layer : weights.layers) {
+    const MoeWeights& f = layer.ffn;
+    for (const Tensor* t : {&f.w1, &f.w2, &f.w3}) {
+      if (!t->defined()) continue;
+      const auto old = mirrors->find(t->view().data);
+      Tensor mirror =
+          old != mirrors->end() && old->second.view().SameShape(t->view().shape_vector())
+              ? old->second
+              : Run::New(DType::kBF16, t->view().shape_vector());
+      V4RL_RETURN_IF_ERROR(kc::F32ToBf16(t->view(), mirror.view()));
+      refreshed[t->view().data] = std::move(mirror);
+    }
+  }
+  *mirrors = std::move(refreshed);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 CudaBackward::CudaBackward(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -421,6 +451,9 @@ absl::Status CudaBackward::UpdateWeights() {
   const Model& model = *impl_->model;
   V4RL_RETURN_IF_ERROR(UploadParams(model.config, model.weights, &impl_->weights));
   if (model.config.tie_word_embeddings) impl_->weights.head = impl_->weights.embed;
+  if (impl_->blas->math() == kc::GemmMath::kBf16Inputs) {
+    V4RL_RETURN_IF_ERROR(RefreshBf16Mirrors(impl_->weights, &impl_->bf16_mirrors));
+  }
   return kc::Synchronize();
 }
 
@@ -450,7 +483,7 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
     return absl::InvalidArgumentError("CudaBackward: dlogits must be contiguous f32 [B, T, V], got " +
                                       dlogits.DebugString());
   }
-  Run run(impl_->blas.get());
+  Run run(impl_->blas.get(), &impl_->bf16_mirrors);
   const float eps = static_cast<float>(config.rms_norm_eps);
   // dlogits as [B·T, V] on the device: as given, or a copy of the host tensor.
   Tensor dlogits_copy;

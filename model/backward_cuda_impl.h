@@ -5,6 +5,7 @@
 
 #include <map>
 #include <memory>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -24,11 +25,18 @@
 
 namespace v4rl::model {
 
+// With bf16 GEMM math: bf16 copies of the routed experts' matrices, keyed by the f32 device copy's
+// data pointer, for the experts' native bf16 GEMMs (Run::ProductWeight). An expert's GEMMs are
+// small; cuBLAS ran sm80 converting kernels (forward) and TF32 kernels (backward) for them on f32
+// operands under CUBLAS_COMPUTE_32F_FAST_16BF.
+using Bf16Mirrors = std::unordered_map<const void*, core::Tensor>;
+
 struct CudaBackward::Impl {
   const Model* model = nullptr;
   // f32 device copies of every parameter the passes read (tid2eid as i32), in ModelWeights'
   // layout; UpdateWeights refreshes them in place.
   ModelWeights weights;
+  Bf16Mirrors bf16_mirrors;  // filled by UpdateWeights under GemmMath::kBf16Inputs
   std::unique_ptr<kernels::cuda::BlasHandle> blas;
 };
 
@@ -42,7 +50,10 @@ namespace kc = kernels::cuda;
 // the call's phases.
 class Run {
  public:
-  explicit Run(kc::BlasHandle* blas) : blas_(blas) { profile_.Start(); }
+  explicit Run(kc::BlasHandle* blas, const Bf16Mirrors* mirrors = nullptr)
+      : blas_(blas), mirrors_(mirrors) {
+    profile_.Start();
+  }
   void Mark(const char* phase) { profile_.Mark(phase); }
   void Report(const char* what, int64_t tokens) { profile_.Report(what, tokens); }
   const absl::Status& status() const { return status_; }
@@ -59,6 +70,14 @@ class Run {
     core::Tensor bf16 = New(core::DType::kBF16, t.view().shape_vector());
     if (status_.ok()) Ok(kc::F32ToBf16(t.view(), bf16.view()));
     return bf16;
+  }
+  // What a matrix product reads of the weight `w` (an f32 device parameter): its bf16 mirror
+  // when bf16 products are on and the parameter has one (CudaBackward::Impl::bf16_mirrors), else
+  // `w` itself.
+  const core::Tensor& ProductWeight(const core::Tensor& w) const {
+    if (!bf16_products() || mirrors_ == nullptr || !w.defined()) return w;
+    const auto it = mirrors_->find(w.view().data);
+    return it == mirrors_->end() ? w : it->second;
   }
   void Ok(absl::Status s) {
     if (status_.ok() && !s.ok()) status_ = std::move(s);
@@ -108,14 +127,15 @@ class Run {
                const core::TensorView& dweight) {
     if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
   }
-  // y = alpha · x · wᵀ (f32 GEMM, overwrites y). x: [m, k]; w: [n, k]; y: [m, n]; each a row
-  // view with a unit inner stride. `lane`: one of blas()'s lanes instead of the default stream.
+  // y = alpha · x · wᵀ (overwrites y). x: [m, k]; w: [n, k], both f32 or both bf16; y: [m, n]
+  // f32; each a row view with a unit inner stride. `lane`: one of blas()'s lanes instead of the
+  // default stream.
   void Forward(const core::TensorView& x, const core::TensorView& w, const core::TensorView& y,
                float alpha = 1.0f, kc::BlasHandle* lane = nullptr) {
     if (!status_.ok()) return;
     kc::BatchedGemmParams p;
-    p.a = {x.data, core::DType::kF32, x.strides[0], 0};
-    p.b = {w.data, core::DType::kF32, w.strides[0], 0};
+    p.a = {x.data, x.dtype, x.strides[0], 0};
+    p.b = {w.data, w.dtype, w.strides[0], 0};
     p.trans_b = true;
     p.c = y.data;
     p.ldc = y.strides[0];
@@ -140,6 +160,7 @@ class Run {
 
  private:
   kc::BlasHandle* blas_;
+  const Bf16Mirrors* mirrors_;
   absl::Status status_;
   model::cuda_internal::PhaseProfile profile_;
   std::map<const RopeTable*, core::Tensor> inv_freq_;  // DeviceInvFreq's uploads

@@ -332,13 +332,18 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   auto has_rows = [&](int64_t e) {
     return acts->plan.expert_offsets[e] < acts->plan.expert_offsets[e + 1];
   };
+  // With bf16 products the GEMMs read bf16 copies: the picks' inputs converted once, the weights'
+  // mirrors (Run::ProductWeight).
+  const Tensor expert_x = run.ProductOperand(acts->expert_x);
+  const Tensor &w1 = run.ProductWeight(w.w1), &w3 = run.ProductWeight(w.w3),
+               &w2 = run.ProductWeight(w.w2);
   for (int64_t e = 0; e < experts; ++e) {
     if (!has_rows(e)) continue;
     kc::BlasHandle& lane = run.blas().Lane(static_cast<int>(e));
-    run.Forward(expert_rows(acts->expert_x, e), w.w1.view().Select(0, e),
-                expert_rows(acts->expert_gate, e), 1.0f, &lane);
-    run.Forward(expert_rows(acts->expert_x, e), w.w3.view().Select(0, e),
-                expert_rows(acts->expert_up, e), 1.0f, &lane);
+    run.Forward(expert_rows(expert_x, e), w1.view().Select(0, e), expert_rows(acts->expert_gate, e),
+                1.0f, &lane);
+    run.Forward(expert_rows(expert_x, e), w3.view().Select(0, e), expert_rows(acts->expert_up, e),
+                1.0f, &lane);
   }
   if (num_picks > 0) {
     run.Do([&] {
@@ -346,9 +351,10 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
                              acts->expert_act.view());
     });
   }
+  const Tensor expert_act = run.ProductOperand(acts->expert_act);
   for (int64_t e = 0; e < experts; ++e) {
     if (!has_rows(e)) continue;
-    run.Forward(expert_rows(acts->expert_act, e), w.w2.view().Select(0, e),
+    run.Forward(expert_rows(expert_act, e), w2.view().Select(0, e),
                 expert_rows(acts->expert_out, e), 1.0f, &run.blas().Lane(static_cast<int>(e)));
   }
   // The routing weight multiplies each pick's output row (the CPU's expert_out is weighted).
@@ -444,7 +450,7 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   const int64_t k = config.num_experts_per_tok;
   V4RL_RETURN_IF_ERROR(CheckRoutingReplay(options.routing_replay, config, batch, seq_len));
   V4RL_RETURN_IF_ERROR(CheckIndexReplay(options.index_replay, config, batch, seq_len));
-  Run run(impl_->blas.get());
+  Run run(impl_->blas.get(), &impl_->bf16_mirrors);
   const Tensor ids = run.Up(host_ids);
 
   // Every residual stream starts as a copy of the token embedding.
