@@ -310,14 +310,14 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     // With bf16 products each GEMM operand is read as a bf16 copy, made once (the weights'
     // mirrors: Run::ProductWeight); the f32 originals feed the elementwise steps.
     const Tensor picked_dout_product = run.ProductOperand(picked_dout);
-    const Tensor &w1 = run.ProductWeight(w.w1), &w3 = run.ProductWeight(w.w3),
-                 &w2 = run.ProductWeight(w.w2);
+    const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
+                     w2 = run.ProductWeight(w.w2.view());
     // u = g · w2 per expert; then dweight = <u, act>, u *= w, weighted = w · act; dw2.
     Tensor u = run.Z({num_picks, inter});
     Tensor weighted_act = run.Z({num_picks, inter});
     const Tensor act_product = run.ProductOperand(act);
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), act_product.view(), w2.view(),
+      return kc::GroupedLinearBackward(run.blas(), act_product.view(), w2,
                                        picked_dout_product.view(), offsets, u.view(), TensorView());
     });
     run.Do([&] {
@@ -326,7 +326,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     });
     const Tensor weighted_act_product = run.ProductOperand(weighted_act);
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), weighted_act_product.view(), w2.view(),
+      return kc::GroupedLinearBackward(run.blas(), weighted_act_product.view(), w2,
                                        picked_dout_product.view(), offsets, TensorView(),
                                        g->w2.view());
     });
@@ -341,12 +341,12 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     const Tensor dgate_product = run.ProductOperand(dgate), dup_product = run.ProductOperand(dup);
     Tensor dexpert_x = run.Z({num_picks, hidden});
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w1.view(), dgate_product.view(),
-                                       offsets, dexpert_x.view(), g->w1.view());
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w1, dgate_product.view(), offsets,
+                                       dexpert_x.view(), g->w1.view());
     });
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w3.view(), dup_product.view(),
-                                       offsets, dexpert_x.view(), g->w3.view());
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w3, dup_product.view(), offsets,
+                                       dexpert_x.view(), g->w3.view());
     });
     run.Do([&] {
       return kc::MoeGatherBackward(dexpert_x.view(), pick_of_slot.view(), k, dx.view());
@@ -409,23 +409,27 @@ absl::Status UploadParams(const ModelConfig& config, const ModelWeights& host,
   return status;
 }
 
-// Refills the bf16 mirrors of the routed experts' matrices from the f32 device copies,
-// reusing each mirror's buffer while its parameter keeps its device address and shape.
-absl::Status RefreshBf16Mirrors(const ModelWeights& weights, Bf16Mirrors* mirrors) {
+// Refills the bf16 mirror of every matrix parameter (rank >= 2) from the f32 device copies,
+// reusing each mirror's buffer while its parameter keeps its device address and size.
+absl::Status RefreshBf16Mirrors(const ModelConfig& config, ModelWeights* weights,
+                                Bf16Mirrors* mirrors) {
   Bf16Mirrors refreshed;
-  for (const LayerWeights& layer : weights.layers) {
-    const MoeWeights& f = layer.ffn;
-    for (const Tensor* t : {&f.w1, &f.w2, &f.w3}) {
-      if (!t->defined()) continue;
-      const auto old = mirrors->find(t->view().data);
-      Tensor mirror =
-          old != mirrors->end() && old->second.view().SameShape(t->view().shape_vector())
-              ? old->second
-              : Run::New(DType::kBF16, t->view().shape_vector());
-      V4RL_RETURN_IF_ERROR(kc::F32ToBf16(t->view(), mirror.view()));
-      refreshed[t->view().data] = std::move(mirror);
-    }
-  }
+  absl::Status status;
+  VisitParams(config, weights, /*include_mtp=*/false, [&](const ParamSpec&, Tensor* slot) {
+    const TensorView& v = slot->view();
+    if (!status.ok() || !slot->defined() || v.rank < 2 || v.dtype != DType::kF32) return;
+    const char* key = static_cast<const char*>(v.data);
+    if (refreshed.count(key) > 0) return;  // a tied parameter
+    Bf16Mirror mirror;
+    mirror.bytes = static_cast<int64_t>(v.nbytes());
+    const auto old = mirrors->find(key);
+    mirror.bf16 = old != mirrors->end() && old->second.bytes == mirror.bytes
+                      ? old->second.bf16
+                      : Run::New(DType::kBF16, v.shape_vector());
+    status = kc::F32ToBf16(v, mirror.bf16.view());
+    refreshed[key] = std::move(mirror);
+  });
+  V4RL_RETURN_IF_ERROR(status);
   *mirrors = std::move(refreshed);
   return absl::OkStatus();
 }
@@ -452,7 +456,7 @@ absl::Status CudaBackward::UpdateWeights() {
   V4RL_RETURN_IF_ERROR(UploadParams(model.config, model.weights, &impl_->weights));
   if (model.config.tie_word_embeddings) impl_->weights.head = impl_->weights.embed;
   if (impl_->blas->math() == kc::GemmMath::kBf16Inputs) {
-    V4RL_RETURN_IF_ERROR(RefreshBf16Mirrors(impl_->weights, &impl_->bf16_mirrors));
+    V4RL_RETURN_IF_ERROR(RefreshBf16Mirrors(model.config, &impl_->weights, &impl_->bf16_mirrors));
   }
   return kc::Synchronize();
 }

@@ -5,7 +5,6 @@
 
 #include <map>
 #include <memory>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -25,11 +24,15 @@
 
 namespace v4rl::model {
 
-// With bf16 GEMM math: bf16 copies of the routed experts' matrices, keyed by the f32 device copy's
-// data pointer, for the experts' native bf16 GEMMs (Run::ProductWeight). An expert's GEMMs are
-// small; cuBLAS ran sm80 converting kernels (forward) and TF32 kernels (backward) for them on f32
-// operands under CUBLAS_COMPUTE_32F_FAST_16BF.
-using Bf16Mirrors = std::unordered_map<const void*, core::Tensor>;
+// With bf16 GEMM math: a bf16 copy of every matrix parameter (rank >= 2), keyed by the f32 device
+// copy's address, so that GEMMs run natively in bf16 (Run::ProductWeight finds the mirror of any
+// view into a parameter). On f32 operands cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF ran sm80
+// converting kernels and TF32 kernels on the H200.
+struct Bf16Mirror {
+  int64_t bytes = 0;  // of the f32 parameter
+  core::Tensor bf16;  // same shape, contiguous
+};
+using Bf16Mirrors = std::map<const char*, Bf16Mirror>;
 
 struct CudaBackward::Impl {
   const Model* model = nullptr;
@@ -71,13 +74,31 @@ class Run {
     if (status_.ok()) Ok(kc::F32ToBf16(t.view(), bf16.view()));
     return bf16;
   }
-  // What a matrix product reads of the weight `w` (an f32 device parameter): its bf16 mirror
-  // when bf16 products are on and the parameter has one (CudaBackward::Impl::bf16_mirrors), else
-  // `w` itself.
-  const core::Tensor& ProductWeight(const core::Tensor& w) const {
-    if (!bf16_products() || mirrors_ == nullptr || !w.defined()) return w;
-    const auto it = mirrors_->find(w.view().data);
-    return it == mirrors_->end() ? w : it->second;
+  // What a matrix product reads of `w`, a view into an f32 device parameter: the same view of
+  // its bf16 mirror when bf16 products are on and the parameter has one
+  // (CudaBackward::Impl::bf16_mirrors), else `w` itself.
+  core::TensorView ProductWeight(const core::TensorView& w) const {
+    if (!bf16_products() || mirrors_ == nullptr || w.dtype != core::DType::kF32 ||
+        w.data == nullptr || mirrors_->empty()) {
+      return w;
+    }
+    const char* at = static_cast<const char*>(w.data);
+    auto it = mirrors_->upper_bound(at);
+    if (it == mirrors_->begin()) return w;
+    --it;
+    if (at >= it->first + it->second.bytes) return w;
+    core::TensorView bf16 = w;
+    bf16.dtype = core::DType::kBF16;
+    bf16.data = static_cast<char*>(it->second.bf16.view().data) + (at - it->first) / 2;
+    return bf16;
+  }
+  // A matrix product's operand `v` (a rank-2 row view): as it is, or with bf16 products and f32
+  // storage a contiguous bf16 copy, kept alive by *copy.
+  core::TensorView ProductRows(const core::TensorView& v, core::Tensor* copy) {
+    if (!bf16_products() || v.dtype != core::DType::kF32 || v.data == nullptr) return v;
+    *copy = New(core::DType::kBF16, v.shape_vector());
+    if (status_.ok()) Ok(kc::F32ToBf16Rows(v, copy->view()));
+    return copy->view();
   }
   void Ok(absl::Status s) {
     if (status_.ok() && !s.ok()) status_ = std::move(s);
@@ -117,21 +138,30 @@ class Run {
     if (status_.ok()) Ok(kc::FillZero(out.view()));
     return out;
   }
-  // dx += dy · w, dw += dyᵀ · x (either may be an empty view).
+  // dx += dy · w, dw += dyᵀ · x (either may be an empty view). With bf16 products x, w and dy
+  // are read as bf16 (copies, and w's mirror).
   void Linear(const core::TensorView& x, const core::TensorView& w, const core::TensorView& dy,
               const core::TensorView& dx, const core::TensorView& dw) {
-    if (status_.ok()) Ok(kc::LinearBackward(*blas_, x, w, dy, dx, dw));
+    if (!status_.ok()) return;
+    core::Tensor x_copy, w_copy, dy_copy;
+    const core::TensorView xp = ProductRows(x, &x_copy), dyp = ProductRows(dy, &dy_copy);
+    const core::TensorView wp = ProductRows(ProductWeight(w), &w_copy);
+    if (status_.ok()) Ok(kc::LinearBackward(*blas_, xp, wp, dyp, dx, dw));
   }
   void RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
                const core::TensorView& dy, const core::TensorView& dx,
                const core::TensorView& dweight) {
     if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
   }
-  // y = alpha · x · wᵀ (overwrites y). x: [m, k]; w: [n, k], both f32 or both bf16; y: [m, n]
-  // f32; each a row view with a unit inner stride. `lane`: one of blas()'s lanes instead of the
-  // default stream.
-  void Forward(const core::TensorView& x, const core::TensorView& w, const core::TensorView& y,
-               float alpha = 1.0f, kc::BlasHandle* lane = nullptr) {
+  // y = alpha · x · wᵀ (overwrites y). x: [m, k]; w: [n, k] f32 or bf16; y: [m, n] f32; each a
+  // row view with a unit inner stride. With bf16 products both are read as bf16 (a copy of x,
+  // w's mirror). `lane`: one of blas()'s lanes instead of the default stream.
+  void Forward(const core::TensorView& x_in, const core::TensorView& w_in,
+               const core::TensorView& y, float alpha = 1.0f, kc::BlasHandle* lane = nullptr) {
+    if (!status_.ok()) return;
+    core::Tensor x_copy, w_copy;
+    const core::TensorView x = ProductRows(x_in, &x_copy);
+    const core::TensorView w = ProductRows(ProductWeight(w_in), &w_copy);
     if (!status_.ok()) return;
     kc::BatchedGemmParams p;
     p.a = {x.data, x.dtype, x.strides[0], 0};

@@ -335,15 +335,15 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   // With bf16 products the GEMMs read bf16 copies: the picks' inputs converted once, the weights'
   // mirrors (Run::ProductWeight).
   const Tensor expert_x = run.ProductOperand(acts->expert_x);
-  const Tensor &w1 = run.ProductWeight(w.w1), &w3 = run.ProductWeight(w.w3),
-               &w2 = run.ProductWeight(w.w2);
+  const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
+                   w2 = run.ProductWeight(w.w2.view());
   for (int64_t e = 0; e < experts; ++e) {
     if (!has_rows(e)) continue;
     kc::BlasHandle& lane = run.blas().Lane(static_cast<int>(e));
-    run.Forward(expert_rows(expert_x, e), w1.view().Select(0, e), expert_rows(acts->expert_gate, e),
-                1.0f, &lane);
-    run.Forward(expert_rows(expert_x, e), w3.view().Select(0, e), expert_rows(acts->expert_up, e),
-                1.0f, &lane);
+    run.Forward(expert_rows(expert_x, e), w1.Select(0, e), expert_rows(acts->expert_gate, e), 1.0f,
+                &lane);
+    run.Forward(expert_rows(expert_x, e), w3.Select(0, e), expert_rows(acts->expert_up, e), 1.0f,
+                &lane);
   }
   if (num_picks > 0) {
     run.Do([&] {
@@ -354,8 +354,8 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   const Tensor expert_act = run.ProductOperand(acts->expert_act);
   for (int64_t e = 0; e < experts; ++e) {
     if (!has_rows(e)) continue;
-    run.Forward(expert_rows(expert_act, e), w2.view().Select(0, e),
-                expert_rows(acts->expert_out, e), 1.0f, &run.blas().Lane(static_cast<int>(e)));
+    run.Forward(expert_rows(expert_act, e), w2.Select(0, e), expert_rows(acts->expert_out, e), 1.0f,
+                &run.blas().Lane(static_cast<int>(e)));
   }
   // The routing weight multiplies each pick's output row (the CPU's expert_out is weighted).
   run.Do([&] {
