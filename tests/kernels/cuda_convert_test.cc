@@ -39,6 +39,38 @@ TEST(CudaConvert, F32ToBf16MatchesCpuOnOddSize) {
   std::printf("device: %s\n", description->c_str());
 }
 
+// Row views of a wider buffer (the strided GEMM operands of bf16 products): the four-column path
+// (cols and row stride multiples of 4) and the one-element path, each equal to core's rounding.
+TEST(CudaConvert, F32ToBf16RowsCopiesStridedRows) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const struct {
+    int64_t rows, cols, ld, first_col;
+  } cases[] = {{37, 64, 72, 4}, {29, 33, 41, 3}, {1, 8, 8, 0}};
+  for (const auto& [rows, cols, ld, first_col] : cases) {
+    const core::Tensor host = testing::RandomNormal({rows, ld}, 7, 10.0f);
+    core::Tensor device_in = core::Tensor::Empty(core::DType::kF32, {rows, ld}, DeviceAllocator());
+    core::Tensor device_out =
+        core::Tensor::Empty(core::DType::kBF16, {rows, cols}, DeviceAllocator());
+    core::Tensor back = core::Tensor::Empty(core::DType::kBF16, {rows, cols});
+    ASSERT_TRUE(Copy(host.view(), device_in.view()).ok());
+    ASSERT_TRUE(
+        F32ToBf16Rows(device_in.view().Slice(1, first_col, first_col + cols), device_out.view())
+            .ok());
+    ASSERT_TRUE(Copy(device_out.view(), back.view()).ok());
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        ASSERT_EQ(back.data<uint16_t>()[r * cols + c],
+                  core::FloatToBf16(host.data<float>()[r * ld + first_col + c]))
+            << "rows " << rows << " cols " << cols << " at " << r << ", " << c;
+      }
+    }
+  }
+  // A shape mismatch is refused.
+  core::Tensor in = core::Tensor::Empty(core::DType::kF32, {4, 8}, DeviceAllocator());
+  core::Tensor out = core::Tensor::Empty(core::DType::kBF16, {4, 7}, DeviceAllocator());
+  EXPECT_FALSE(F32ToBf16Rows(in.view(), out.view()).ok());
+}
+
 TEST(CudaConvert, RejectsHostViews) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   core::Tensor host = core::Tensor::Empty(core::DType::kF32, {4});
