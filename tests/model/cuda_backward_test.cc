@@ -14,17 +14,21 @@
 //  - routing replay with other ids (layer 2 shifted to the next expert), GPU vs CPU 1e-4.
 //  - CudaMaskedNextTokenLossOnDevice: the host path's loss and gradients, left on the device.
 // Skips without a CUDA device.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "core/json.h"
 #include "core/safetensors.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/device.h"
 #include "model/backward_cuda.h"
 #include "model/checkpoint_gradients.h"
+#include "model/checkpoint_names.h"
 #include "model/next_token_loss.h"
 #include "model/params.h"
 #include "tests/model/fixtures.h"
@@ -45,13 +49,63 @@ constexpr double kVsTransformers = 1e-4;
 // The GPU loss sums f32 per-row terms in double, the CPU's accumulates in double throughout.
 constexpr double kLossGpuVsCpu = 1e-6;
 // bf16-rounded GEMM inputs (relative rounding 2^-9 per operand) through every layer of the tiny
-// fixtures, forward and backward: per-tensor relative error by norm and the loss's relative error.
-constexpr double kBf16GemmVsCpu = 5e-2;
+// fixtures, forward and backward. The bar is what bf16 does to the same gradients in the reference
+// implementation: tests/data/model/bf16_autocast_grad_errors.json holds, per parameter,
+// transformers' own bf16-autocast gradient error against its fp32 gradient on these fixtures
+// (scripts/measure_bf16_autocast_grads.py on the H200). Each v4rl gradient may be off by
+// kBf16GemmFloor or kBf16GemmFactor x that parameter's autocast error, whichever is larger (one
+// sample of rounding noise against another: small vectors such as the mHC scales measure 0.03 to
+// 1.8 there), and the mean error over all parameters must not pass transformers' mean.
+constexpr double kBf16GemmFloor = 5e-2;
+constexpr double kBf16GemmFactor = 2;
 constexpr double kLossBf16GemmVsCpu = 1e-2;
 
+// Canonical parameter name -> transformers' bf16-autocast gradient error by norm, for `fixture`.
+// The merged expert tensors (gate_up_proj, down_proj) stand for the stacked w1/w3 and w2.
+std::map<std::string, double> AutocastGradientErrors(const std::string& fixture) {
+  std::map<std::string, double> errors;
+  const std::string path = FixtureDir("") + "/bf16_autocast_grad_errors.json";
+  const absl::StatusOr<nlohmann::json> all = core::ReadJsonFile(path);
+  EXPECT_TRUE(all.ok()) << all.status();
+  if (!all.ok()) return errors;
+  for (const auto& [key, error] : all->at(fixture).at("grad_rel_err_by_norm").items()) {
+    std::string name = CanonicalTensorName(key);
+    const auto merged = [&](const std::string& from, std::initializer_list<const char*> to) {
+      const size_t at = name.find(from);
+      if (at == std::string::npos || at + from.size() != name.size()) return false;
+      for (const char* part : to) errors[name.substr(0, at) + part] = error.get<double>();
+      return true;
+    };
+    if (merged("experts.gate_up_proj", {"experts.w1.weight", "experts.w3.weight"})) continue;
+    if (merged("experts.down_proj", {"experts.w2.weight"})) continue;
+    errors[name] = error.get<double>();
+  }
+  return errors;
+}
+
+// Per-parameter tolerance: `floor`, or `factor` x the parameter's entry in `measured` where that is
+// larger.
+struct GradientBar {
+  double floor = 0;
+  const std::map<std::string, double>* measured = nullptr;
+  double factor = 1;
+
+  double For(const std::string& name) const {
+    if (measured == nullptr) return floor;
+    const auto it = measured->find(name);
+    return it == measured->end() ? floor : std::max(floor, factor * it->second);
+  }
+};
+
+// Mean relative errors by norm over the compared parameters: ours, and `measured`'s entries for
+// the same parameters (0 without a bar table).
+struct MeanErrors {
+  double ours = 0, measured = 0;
+};
+
 // Every trainable gradient of `got` against `want` by relative error by norm; prints the worst.
-void ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeights want,
-                          double tolerance, const std::string& label) {
+MeanErrors ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeights want,
+                                const GradientBar& bar, const std::string& label) {
   std::vector<std::pair<std::string, core::Tensor>> want_slots;
   VisitParams(config, &want, false, [&](const ParamSpec& spec, core::Tensor* slot) {
     want_slots.emplace_back(spec.name, *slot);
@@ -60,6 +114,7 @@ void ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeig
   double worst = 0;
   std::string worst_name;
   int compared = 0;
+  MeanErrors mean;
   VisitParams(config, &got, false, [&](const ParamSpec& spec, core::Tensor* slot) {
     const auto& [name, expected] = want_slots[index++];
     ASSERT_EQ(name, spec.name);
@@ -72,12 +127,23 @@ void ExpectGradientsClose(const ModelConfig& config, ModelWeights got, ModelWeig
       worst_name = name;
     }
     ++compared;
+    mean.ours += stats.rel_error_by_norm;
+    if (bar.measured != nullptr && bar.measured->count(name))
+      mean.measured += bar.measured->at(name);
+    const double tolerance = bar.For(name);
     EXPECT_TRUE(v4rl::testing::RelErrorByNormAtMost(slot->view(), expected.view(), tolerance))
-        << label << ": " << name << " " << v4rl::testing::Describe(stats);
+        << label << ": " << name << " " << v4rl::testing::Describe(stats) << " (bar " << tolerance
+        << ")";
   });
-  std::printf("[cuda backward] %s: %d gradients, worst relative error by norm %.3e (%s), "
-              "tolerance %.0e\n",
-              label.c_str(), compared, worst, worst_name.c_str(), tolerance);
+  if (compared > 0) {
+    mean.ours /= compared;
+    mean.measured /= compared;
+  }
+  std::printf(
+      "[cuda backward] %s: %d gradients, worst relative error by norm %.3e (%s, bar "
+      "%.2e), mean %.3e\n",
+      label.c_str(), compared, worst, worst_name.c_str(), bar.For(worst_name), mean.ours);
+  return mean;
 }
 
 class CudaBackwardTest : public ::testing::TestWithParam<std::string> {};
@@ -115,7 +181,7 @@ TEST_P(CudaBackwardTest, NextTokenGradientsMatchTheCpu) {
   const NextTokenLossResult& cpu = both.cpu;
   const NextTokenLossResult& gpu = both.gpu;
   EXPECT_NEAR(gpu.loss, cpu.loss, kLossGpuVsCpu * std::abs(cpu.loss));
-  ExpectGradientsClose(model.config, gpu.grads, cpu.grads, kGpuVsCpu, GetParam() + " GPU vs CPU");
+  ExpectGradientsClose(model.config, gpu.grads, cpu.grads, {kGpuVsCpu}, GetParam() + " GPU vs CPU");
 
   // Against transformers' autograd where the fixture has it (mixed_small).
   const std::string grads_path = FixtureDir(GetParam()) + "/grads.safetensors";
@@ -166,8 +232,16 @@ TEST_P(CudaBackwardTest, Bf16GemmGradientsStayNearTheCpu) {
   EXPECT_NEAR(both.gpu.loss, both.cpu.loss, kLossBf16GemmVsCpu * std::abs(both.cpu.loss));
   std::printf("[cuda backward] %s bf16 GEMMs: loss %.6f vs CPU %.6f\n", GetParam().c_str(),
               both.gpu.loss, both.cpu.loss);
-  ExpectGradientsClose(model.config, both.gpu.grads, both.cpu.grads, kBf16GemmVsCpu,
-                       GetParam() + " bf16 GEMMs vs CPU");
+  const std::map<std::string, double> autocast = AutocastGradientErrors(GetParam());
+  const MeanErrors mean = ExpectGradientsClose(model.config, both.gpu.grads, both.cpu.grads,
+                                               {kBf16GemmFloor, &autocast, kBf16GemmFactor},
+                                               GetParam() + " bf16 GEMMs vs CPU");
+  std::printf(
+      "[cuda backward] %s mean gradient error by norm: v4rl bf16 GEMMs %.3e, "
+      "transformers bf16 autocast %.3e\n",
+      GetParam().c_str(), mean.ours, mean.measured);
+  EXPECT_LE(mean.ours, mean.measured) << "bf16 GEMM math is on average less accurate than "
+                                         "transformers' bf16 autocast on the same fixture";
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBackwardTest,
@@ -190,7 +264,7 @@ TEST(CudaBackwardAccumulationTest, RandomDlogitsTwiceMatchTheCpu) {
     Backward(model, ids.view(), forward, dlogits.view(), {}, &cpu);
     V4RL_ASSERT_OK(backward->Backward(ids.view(), forward, dlogits.view(), &gpu));
   }
-  ExpectGradientsClose(model.config, gpu, cpu, kGpuVsCpu, "random dlogits x2");
+  ExpectGradientsClose(model.config, gpu, cpu, {kGpuVsCpu}, "random dlogits x2");
 
   // The same from the GPU forward's device activations and device dlogits (the CPU routing
   // and indexer picks replayed).
@@ -209,7 +283,7 @@ TEST(CudaBackwardAccumulationTest, RandomDlogitsTwiceMatchTheCpu) {
   Backward(model, ids.view(), forward, dlogits.view(), {}, &once);
   V4RL_ASSERT_OK(
       backward->Backward(ids.view(), device_forward, device_dlogits.view(), &from_device));
-  ExpectGradientsClose(model.config, from_device, once, kGpuVsCpu,
+  ExpectGradientsClose(model.config, from_device, once, {kGpuVsCpu},
                        "device forward, device dlogits");
 
   // A forward without saved activations is refused.
@@ -241,7 +315,7 @@ TEST(CudaBackwardReplayTest, OtherRoutingMatchesTheCpu) {
   V4RL_ASSERT_OK_AND_ASSIGN(const NextTokenLossResult gpu,
                             CudaNextTokenLossAndGradients(*backward, model, ids.view(), options));
   EXPECT_NEAR(gpu.loss, cpu.loss, kLossGpuVsCpu * std::abs(cpu.loss));
-  ExpectGradientsClose(model.config, gpu.grads, cpu.grads, kGpuVsCpu, "replayed routing");
+  ExpectGradientsClose(model.config, gpu.grads, cpu.grads, {kGpuVsCpu}, "replayed routing");
 }
 
 // CudaMaskedNextTokenLossOnDevice: the loss and the gradients of CudaMaskedNextTokenLoss, left
@@ -276,7 +350,7 @@ TEST(CudaBackwardDeviceGradientsTest, EqualTheHostGradients) {
     ASSERT_TRUE(kernels::cuda::Copy(slot->view(), copy.view()).ok()) << spec.name;
     *slot = copy;
   });
-  ExpectGradientsClose(model.config, device, host, 1e-5, "device gradients vs host gradients");
+  ExpectGradientsClose(model.config, device, host, {1e-5}, "device gradients vs host gradients");
 }
 
 }  // namespace
