@@ -93,10 +93,11 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   return dstreams;
 }
 
-// model/compressor_backward.cc.
+// model/compressor_backward.cc. x: [B·T, H] the layer input as the weight gradients read it (bf16
+// under bf16 products).
 void CompressorBackward(Run& run, const CompressorWeights& w, int64_t ratio, bool overlap,
                         const RopeTable& rope, float eps, int64_t batch, int64_t seq_len,
-                        const Tensor& x, const CompressorActivations& host_acts,
+                        const TensorView& x, const CompressorActivations& host_acts,
                         const Tensor& dentries, const Tensor& dx, CompressorWeights* g) {
   const int64_t num_tokens = batch * seq_len;
   const int64_t width = w.wkv.size(0);
@@ -133,8 +134,8 @@ void CompressorBackward(Run& run, const CompressorWeights& w, int64_t ratio, boo
   run.Do([&] {
     return kc::ApeBackward(dscore.view(), seq_len, ratio, g->ape.view().Reshape({ratio, width}));
   });
-  run.Linear(x.view(), w.wkv.view(), dkv.view(), dx.view(), g->wkv.view());
-  run.Linear(x.view(), w.wgate.view(), dscore.view(), dx.view(), g->wgate.view());
+  run.Linear(x, w.wkv.view(), dkv.view(), dx.view(), g->wkv.view());
+  run.Linear(x, w.wgate.view(), dscore.view(), dx.view(), g->wgate.view());
 }
 
 // model/attention_backward.cc.
@@ -180,21 +181,21 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   // Sparse attention, one sequence at a time.
   const bool compressed = type != AttentionType::kSliding;
   const int64_t num_entries = compressed ? host_acts.compressor.entries.size(1) : 0;
-  const Tensor q = run.Up(host_acts.q), kv = run.Up(host_acts.kv);
   const Tensor attn = run.Up(host_acts.attn), lse = run.Up(host_acts.lse);
-  Tensor entries, topk;
-  if (num_entries > 0) {
-    entries = run.Up(host_acts.compressor.entries);
-    if (type == AttentionType::kCompressedSparse) topk = run.Up(host_acts.indexer.topk);
+  Tensor topk;
+  if (num_entries > 0 && type == AttentionType::kCompressedSparse) {
+    topk = run.Up(host_acts.indexer.topk);
   }
   Tensor dq = run.Z({num_tokens, heads, dim});
   Tensor dkv = run.Z({num_tokens, 1, dim});
   Tensor dentries;
   if (num_entries > 0) dentries = run.Z({batch, num_entries, dim});
-  // With bf16 GEMM math the products run on tensor cores: bf16 copies of q, kv, the entries
-  // and the output gradient (out and lse stay f32).
-  const Tensor q_in = run.ProductOperand(q), kv_in = run.ProductOperand(kv),
-               entries_in = run.ProductOperand(entries), dattn_in = run.ProductOperand(dattn);
+  // With bf16 GEMM math the products run on tensor cores: q, kv and the entries as the forward
+  // saved them (bf16 then) and a bf16 copy of the output gradient (out and lse stay f32).
+  const Tensor q_in = run.ProductInput(host_acts.q), kv_in = run.ProductInput(host_acts.kv);
+  const Tensor entries_in =
+      num_entries > 0 ? run.ProductInput(host_acts.compressor.entries) : Tensor();
+  const Tensor dattn_in = run.ProductOperand(dattn);
   const TensorView kv_rows = kv_in.view().Reshape({num_tokens, dim});
   const TensorView dkv_rows = dkv.view().Reshape({num_tokens, dim});
   const TensorView q3 = q_in.view().Reshape({num_tokens, heads, dim});
@@ -242,7 +243,10 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   run.Linear(qr.view(), w.wq_b.view(), dq_raw.view(), dqr.view(), g->wq_b.view());
   Tensor dqr_raw = run.Z({num_tokens, config.q_lora_rank});
   run.RmsNorm(qr_raw.view(), w.q_norm.view(), eps, dqr.view(), dqr_raw.view(), g->q_norm.view());
-  run.Linear(x.view(), w.wq_a.view(), dqr_raw.view(), dx.view(), g->wq_a.view());
+  // x as every weight gradient of this layer reads it (one bf16 copy under bf16 products).
+  Tensor x_copy;
+  const TensorView x_product = run.ProductRows(x.view(), &x_copy);
+  run.Linear(x_product, w.wq_a.view(), dqr_raw.view(), dx.view(), g->wq_a.view());
 
   // Shared K=V path: RoPE, kv_norm, wkv.
   rotate_back_each_sequence(dkv, /*inverse=*/false);
@@ -250,13 +254,13 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   Tensor dkv_raw = run.Z({num_tokens, dim});
   run.RmsNorm(Rows2(kv_raw, num_tokens), w.kv_norm.view(), eps, dkv_rows, dkv_raw.view(),
               g->kv_norm.view());
-  run.Linear(x.view(), w.wkv.view(), dkv_raw.view(), dx.view(), g->wkv.view());
+  run.Linear(x_product, w.wkv.view(), dkv_raw.view(), dx.view(), g->wkv.view());
   run.Mark("bwd.attn.proj");
 
   if (num_entries > 0) {
     CompressorBackward(run, w.compressor, config.CompressRatio(type),
-                       type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x,
-                       host_acts.compressor, dentries, dx, &g->compressor);
+                       type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len,
+                       x_product, host_acts.compressor, dentries, dx, &g->compressor);
     run.Mark("bwd.attn.compressor");
   }
 }
@@ -271,6 +275,10 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
   const int64_t k = config.num_experts_per_tok;
   const int64_t experts = config.num_routed_experts;
   const float limit = static_cast<float>(config.swiglu_limit);
+  // x as the shared expert's and the router's weight gradients read it (one bf16 copy for all
+  // three under bf16 products).
+  Tensor x_copy;
+  const TensorView x_product = run.ProductRows(x.view(), &x_copy);
 
   if (config.num_shared_experts > 0) {
     const int64_t shared = w.shared_w1.size(0);
@@ -284,8 +292,8 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
       return kc::SwiGluClampBackward(gate.view(), up.view(), limit, dact.view(), dgate.view(),
                                      dup.view());
     });
-    run.Linear(x.view(), w.shared_w1.view(), dgate.view(), dx.view(), g->shared_w1.view());
-    run.Linear(x.view(), w.shared_w3.view(), dup.view(), dx.view(), g->shared_w3.view());
+    run.Linear(x_product, w.shared_w1.view(), dgate.view(), dx.view(), g->shared_w1.view());
+    run.Linear(x_product, w.shared_w3.view(), dup.view(), dx.view(), g->shared_w3.view());
   }
 
   // Routed picks in plan order (expert-major), as the CPU.
@@ -305,47 +313,44 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     const Tensor topk_weight = run.Up(host_acts.topk_weight);
     const Tensor act = run.Up(host_acts.expert_act);
     const int64_t* offsets = plan.expert_offsets.data();
-    Tensor picked_dout = run.Z({num_picks, hidden});
+    // With bf16 products every GEMM operand is bf16, written so by the step that makes it (the
+    // gather, the routing-weight step, the SwiGLU backward) instead of copied from f32, and the
+    // weights are their mirrors (Run::ProductWeight); the elementwise steps read f32.
+    const DType product_dtype = run.bf16_products() ? DType::kBF16 : DType::kF32;
+    const Tensor picked_dout = Run::New(product_dtype, {num_picks, hidden});
     run.Do([&] { return kc::MoeGather(dout.view(), slots.view(), k, picked_dout.view()); });
-    // With bf16 products each GEMM operand is read as a bf16 copy, made once (the weights'
-    // mirrors: Run::ProductWeight); the f32 originals feed the elementwise steps.
-    const Tensor picked_dout_product = run.ProductOperand(picked_dout);
     const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                      w2 = run.ProductWeight(w.w2.view());
-    // u = g · w2 per expert; then dweight = <u, act>, u *= w, weighted = w · act; dw2.
+    // u = g · w2 per expert (no dw2 yet: act is not read); then dweight = <u, act>, u *= w,
+    // weighted = w · act; dw2.
     Tensor u = run.Z({num_picks, inter});
-    Tensor weighted_act = run.Z({num_picks, inter});
-    const Tensor act_product = run.ProductOperand(act);
+    const Tensor weighted_act = Run::New(product_dtype, {num_picks, inter});
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), act_product.view(), w2,
-                                       picked_dout_product.view(), offsets, u.view(), TensorView());
+      return kc::GroupedLinearBackward(run.blas(), TensorView(), w2, picked_dout.view(), offsets,
+                                       u.view(), TensorView());
     });
     run.Do([&] {
       return kc::ExpertWeightBackward(act.view(), slots.view(), topk_weight.view(), u.view(),
                                       weighted_act.view(), dweights.view());
     });
-    const Tensor weighted_act_product = run.ProductOperand(weighted_act);
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), weighted_act_product.view(), w2,
-                                       picked_dout_product.view(), offsets, TensorView(),
-                                       g->w2.view());
+      return kc::GroupedLinearBackward(run.blas(), weighted_act.view(), w2, picked_dout.view(),
+                                       offsets, TensorView(), g->w2.view());
     });
     const Tensor egate = run.Up(host_acts.expert_gate), eup = run.Up(host_acts.expert_up);
-    Tensor dgate = run.Z({num_picks, inter});
-    Tensor dup = run.Z({num_picks, inter});
+    const Tensor dgate = run.ProductZ({num_picks, inter}), dup = run.ProductZ({num_picks, inter});
     run.Do([&] {
       return kc::SwiGluClampBackward(egate.view(), eup.view(), limit, u.view(), dgate.view(),
                                      dup.view());
     });
-    const Tensor ex = run.ProductOperand(run.Up(host_acts.expert_x));
-    const Tensor dgate_product = run.ProductOperand(dgate), dup_product = run.ProductOperand(dup);
+    const Tensor ex = run.ProductInput(host_acts.expert_x);
     Tensor dexpert_x = run.Z({num_picks, hidden});
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w1, dgate_product.view(), offsets,
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w1, dgate.view(), offsets,
                                        dexpert_x.view(), g->w1.view());
     });
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w3, dup_product.view(), offsets,
+      return kc::GroupedLinearBackward(run.blas(), ex.view(), w3, dup.view(), offsets,
                                        dexpert_x.view(), g->w3.view());
     });
     run.Do([&] {
@@ -364,7 +369,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
   });
   Tensor dlogits = run.Z({num_tokens, experts});
   run.Do([&] { return kc::SqrtSoftplusBackward(logits.view(), dscores.view(), dlogits.view()); });
-  run.Linear(x.view(), w.gate.view(), dlogits.view(), dx.view(), g->gate.view());
+  run.Linear(x_product, w.gate.view(), dlogits.view(), dx.view(), g->gate.view());
 }
 
 // Copies every parameter of `host` the passes read into the same slot of `device` (f32; tid2eid

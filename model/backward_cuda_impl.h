@@ -66,13 +66,33 @@ class Run {
   bool bf16_products() const {
     return blas_ != nullptr && blas_->math() == kc::GemmMath::kBf16Inputs;
   }
-  // What a matrix product reads of the f32 device tensor `t`: `t` itself, or with bf16 products a
-  // bf16 copy of it (same shape; an undefined `t` stays undefined).
+  // What a matrix product reads of the device tensor `t`: `t` itself, or with bf16 products and
+  // f32 `t` a bf16 copy of it (same shape; an undefined or bf16 `t` is returned as it is).
   core::Tensor ProductOperand(const core::Tensor& t) {
-    if (!bf16_products() || !t.defined()) return t;
+    if (!bf16_products() || !t.defined() || t.dtype() != core::DType::kF32) return t;
     core::Tensor bf16 = New(core::DType::kBF16, t.view().shape_vector());
     if (status_.ok()) Ok(kc::F32ToBf16(t.view(), bf16.view()));
     return bf16;
+  }
+  // The product operand of a saved activation that only matrix products read: with bf16 products
+  // the forward may have saved it as bf16 on the device already (taken as it is); otherwise
+  // ProductOperand(Up(t)).
+  core::Tensor ProductInput(const core::Tensor& t) {
+    const core::TensorView& v = t.view();
+    if (bf16_products() && v.device == core::Device::kCuda && v.dtype == core::DType::kBF16 &&
+        v.is_contiguous()) {
+      return t;
+    }
+    return ProductOperand(Up(t));
+  }
+  // A zeroed device tensor for values only matrix products read (gradients written by kernels
+  // that accumulate): bf16 under bf16 products (each value rounds once, as ProductOperand's
+  // copy of the f32 sum would), else f32.
+  core::Tensor ProductZ(absl::Span<const int64_t> shape) {
+    if (!bf16_products()) return Z(shape);
+    core::Tensor out = New(core::DType::kBF16, shape);
+    if (status_.ok()) Ok(kc::FillZero(out.view()));
+    return out;
   }
   // What a matrix product reads of `w`, a view into an f32 device parameter: the same view of
   // its bf16 mirror when bf16 products are on and the parameter has one

@@ -65,7 +65,7 @@ void MhcPre(Run& run, const MhcWeights& w, const ModelConfig& config, const Tens
   run.Do([&] { return kc::MhcCollapse(streams, acts->pre.view(), acts->collapsed.view()); });
 }
 
-// model/compressor.cc. x: [B·T, H] f32 device.
+// model/compressor.cc. x: [B·T, H] device, f32 (bf16 under bf16 products: only products read it).
 void Compressor(Run& run, const CompressorWeights& w, int64_t ratio, bool overlap,
                 const RopeTable& rope, float eps, int64_t batch, int64_t seq_len,
                 const TensorView& x, CompressorActivations* acts) {
@@ -190,9 +190,13 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
     }
   };
 
+  // x as every product of this layer reads it (one bf16 copy under bf16 products).
+  Tensor x_copy;
+  const TensorView x_product = run.ProductRows(x, &x_copy);
+
   // Query path: low-rank latent, normalised; per-head unweighted RMSNorm; RoPE.
   acts->qr_raw = run.New({num_tokens, config.q_lora_rank});
-  run.Forward(x, w.wq_a.view(), acts->qr_raw.view());
+  run.Forward(x_product, w.wq_a.view(), acts->qr_raw.view());
   acts->qr = run.New({num_tokens, config.q_lora_rank});
   run.Do([&] { return kc::RmsNorm(acts->qr_raw.view(), w.q_norm.view(), eps, acts->qr.view()); });
   acts->q = run.New({num_tokens, heads, dim});
@@ -202,7 +206,7 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
 
   // The single K=V head.
   acts->kv_raw = run.New({num_tokens, dim});
-  run.Forward(x, w.wkv.view(), acts->kv_raw.view());
+  run.Forward(x_product, w.wkv.view(), acts->kv_raw.view());
   acts->kv = run.New({num_tokens, 1, dim});
   run.Do([&] {
     return kc::RmsNorm(acts->kv_raw.view(), w.kv_norm.view(), eps,
@@ -216,24 +220,29 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   const bool compressed = type != AttentionType::kSliding;
   if (compressed) {
     Compressor(run, w.compressor, config.CompressRatio(type),
-               type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x,
+               type == AttentionType::kCompressedSparse, rope, eps, batch, seq_len, x_product,
                &acts->compressor);
     run.Mark("fwd.attn.compressor");
   }
   if (type == AttentionType::kCompressedSparse) {
-    Indexer(run, w.indexer, config, rope, cos, sin, batch, seq_len, x, acts->qr.view(),
+    Indexer(run, w.indexer, config, rope, cos, sin, batch, seq_len, x_product, acts->qr.view(),
             &acts->indexer, replay_index_topk);
     run.Mark("fwd.attn.indexer");
   }
 
   // Sparse attention over window ∪ compressed keys, one sequence at a time. With bf16 GEMM math
   // its two products run on tensor cores too: q, kv and the compressed entries go in as bf16
-  // copies (the f32 originals stay saved for the backward), output and lse in f32.
+  // copies, which replace the f32 originals in the saved activations (only the attention's
+  // products read them, here and in the backward); output and lse in f32.
   acts->attn = run.New({num_tokens, heads, dim});
   acts->lse = run.New({num_tokens, heads});
   const bool has_entries = compressed && acts->compressor.entries.size(1) > 0;
-  const Tensor q_in = run.ProductOperand(acts->q), kv_in = run.ProductOperand(acts->kv);
-  const Tensor entries_in = has_entries ? run.ProductOperand(acts->compressor.entries) : Tensor();
+  acts->q = run.ProductOperand(acts->q);
+  acts->kv = run.ProductOperand(acts->kv);
+  if (has_entries) acts->compressor.entries = run.ProductOperand(acts->compressor.entries);
+  const Tensor& q_in = acts->q;
+  const Tensor& kv_in = acts->kv;
+  const Tensor entries_in = has_entries ? acts->compressor.entries : Tensor();
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t first = b * seq_len, last = (b + 1) * seq_len;
     kc::SparseAttentionArgs args;
@@ -287,9 +296,14 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   const int64_t k = config.num_experts_per_tok, experts = config.num_routed_experts;
   const float limit = static_cast<float>(config.swiglu_limit);
 
+  // x as the router's, the experts' and the shared expert's products read it (one bf16 copy
+  // under bf16 products).
+  Tensor x_copy;
+  const TensorView x_product = run.ProductRows(x, &x_copy);
+
   // Router: logits, sqrt(softplus) scores, selection (replayed, hash or top-k), weights.
   acts->logits = run.New({num_tokens, experts});
-  run.Forward(x, w.gate.view(), acts->logits.view());
+  run.Forward(x_product, w.gate.view(), acts->logits.view());
   acts->scores = run.New({num_tokens, experts});
   acts->topk_idx = Run::New(DType::kI32, {num_tokens, k});
   acts->topk_weight = run.New({num_tokens, k});
@@ -316,8 +330,10 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   const Tensor slots = Run::New(DType::kI32, {num_tokens * k});
   const Tensor pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
   run.Do([&] { return kc::UploadMoePlan(acts->plan, slots.view(), pick_of_slot.view()); });
-  acts->expert_x = run.New({num_picks, hidden});
-  run.Do([&] { return kc::MoeGather(x, slots.view(), k, acts->expert_x.view()); });
+  // The picks' inputs in the products' dtype (bf16 under bf16 products: only products read them,
+  // here and in the backward).
+  acts->expert_x = Run::New(x_product.dtype, {num_picks, hidden});
+  run.Do([&] { return kc::MoeGather(x_product, slots.view(), k, acts->expert_x.view()); });
 
   // Each expert on its contiguous block of picks: gate/up, clamped SwiGLU, down. An expert's
   // GEMMs are too small to fill the GPU, so they run on the BLAS lanes, several experts at once;
@@ -332,9 +348,9 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   auto has_rows = [&](int64_t e) {
     return acts->plan.expert_offsets[e] < acts->plan.expert_offsets[e + 1];
   };
-  // With bf16 products the GEMMs read bf16 copies: the picks' inputs converted once, the weights'
-  // mirrors (Run::ProductWeight).
-  const Tensor expert_x = run.ProductOperand(acts->expert_x);
+  // With bf16 products the GEMMs read bf16: the picks' inputs as gathered, the weights' mirrors
+  // (Run::ProductWeight).
+  const Tensor& expert_x = acts->expert_x;
   const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                    w2 = run.ProductWeight(w.w2.view());
   for (int64_t e = 0; e < experts; ++e) {
@@ -370,8 +386,8 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
     acts->shared_up = run.New({num_tokens, shared});
     acts->shared_act = run.New({num_tokens, shared});
     acts->shared_out = run.New({num_tokens, hidden});
-    run.Forward(x, w.shared_w1.view(), acts->shared_gate.view());
-    run.Forward(x, w.shared_w3.view(), acts->shared_up.view());
+    run.Forward(x_product, w.shared_w1.view(), acts->shared_gate.view());
+    run.Forward(x_product, w.shared_w3.view(), acts->shared_up.view());
     run.Do([&] {
       return kc::SwiGluClamp(acts->shared_gate.view(), acts->shared_up.view(), limit,
                              acts->shared_act.view());

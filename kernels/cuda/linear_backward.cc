@@ -23,12 +23,21 @@ absl::Status Validate(const char* op, const core::TensorView& x, const core::Ten
         "%s: %s (x %s, w %s, dy %s, dx %s, dw %s)", op, why, x.DebugString(), w.DebugString(),
         dy.DebugString(), dx.DebugString(), dw.DebugString()));
   };
-  if (!IsRowView(x) || !IsRowView(dy)) return bad("x and dy must be rank-2 f32|bf16 device row views");
-  if (x.dtype != w.dtype || x.dtype != dy.dtype) return bad("x, w and dy must share a dtype");
-  if (x.shape[1] != k || dy.shape[1] != n || dy.shape[0] != x.shape[0]) return bad("shape mismatch");
+  // x is read only for dw: without dw it may be an empty view.
+  const bool reads_x = dw.data != nullptr || x.data != nullptr;
+  if (!IsRowView(dy) || (reads_x && !IsRowView(x))) {
+    return bad("x and dy must be rank-2 f32|bf16 device row views (x may be empty without dw)");
+  }
+  if (dy.dtype != w.dtype || (reads_x && x.dtype != dy.dtype)) {
+    return bad("x, w and dy must share a dtype");
+  }
+  if (dy.shape[1] != n || (reads_x && (x.shape[1] != k || dy.shape[0] != x.shape[0]))) {
+    return bad("shape mismatch");
+  }
   if (dx.data != nullptr) {
-    if (!IsRowView(dx) || dx.shape[0] != x.shape[0] || dx.shape[1] != k) return bad("bad dx");
-    if (x.dtype == core::DType::kF32 && dx.dtype != core::DType::kF32) return bad("f32 inputs need f32 dx");
+    if (!IsRowView(dx) || dx.shape[0] != dy.shape[0] || dx.shape[1] != k) return bad("bad dx");
+    if (dy.dtype == core::DType::kF32 && dx.dtype != core::DType::kF32)
+      return bad("f32 inputs need f32 dx");
     if (dx.data == x.data || dx.data == w.data || dx.data == dy.data) return bad("dx aliases an input");
   }
   if (dw.data != nullptr) {
@@ -36,7 +45,8 @@ absl::Status Validate(const char* op, const core::TensorView& x, const core::Ten
         (dw.dtype != core::DType::kF32 && dw.dtype != core::DType::kBF16)) {
       return bad("bad dw");
     }
-    if (x.dtype == core::DType::kF32 && dw.dtype != core::DType::kF32) return bad("f32 inputs need f32 dw");
+    if (dy.dtype == core::DType::kF32 && dw.dtype != core::DType::kF32)
+      return bad("f32 inputs need f32 dw");
     if (dw.data == x.data || dw.data == w.data || dw.data == dy.data) return bad("dw aliases an input");
   }
   return absl::OkStatus();
@@ -56,7 +66,7 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
   if (dw.data != nullptr && !IsRowView(dw)) {
     return absl::InvalidArgumentError("LinearBackward: dw must be a row view");
   }
-  const int64_t m = x.shape[0];
+  const int64_t m = dy.shape[0];
   if (dx.data != nullptr) {
     // dx [m, k] += dy [m, n] · w [n, k]
     BatchedGemmParams p;
@@ -102,7 +112,7 @@ absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x
       !s.ok()) {
     return s;
   }
-  if (offsets[0] != 0 || offsets[experts] != x.shape[0]) {
+  if (offsets[0] != 0 || offsets[experts] != dy.shape[0]) {
     return absl::InvalidArgumentError("GroupedLinearBackward: offsets must run from 0 to P");
   }
   for (int64_t e = 0; e < experts; ++e) {
@@ -111,10 +121,10 @@ absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x
     if (end == begin) continue;
     const core::TensorView no_view;
     // Experts write disjoint rows of dx and slices of dw: one lane each, round robin.
-    if (absl::Status s =
-            LinearBackward(handle.Lane(static_cast<int>(e)), x.Slice(0, begin, end), w.Select(0, e),
-                           dy.Slice(0, begin, end), dx.data ? dx.Slice(0, begin, end) : no_view,
-                           dw.data ? dw.Select(0, e) : no_view);
+    if (absl::Status s = LinearBackward(
+            handle.Lane(static_cast<int>(e)), x.data ? x.Slice(0, begin, end) : no_view,
+            w.Select(0, e), dy.Slice(0, begin, end), dx.data ? dx.Slice(0, begin, end) : no_view,
+            dw.data ? dw.Select(0, e) : no_view);
         !s.ok()) {
       return s;
     }

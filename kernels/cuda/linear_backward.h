@@ -13,7 +13,8 @@
 
 namespace v4rl::kernels::cuda {
 
-// x: [m, k]; w: [n, k]; dy: [m, n]: rank-2 device row views (unit inner stride, any row stride).
+// x: [m, k]; w: [n, k]; dy: [m, n]: rank-2 device row views (unit inner stride, any row stride);
+// x is read only for dw and may be an empty view when dw is.
 // dx: [m, k] or an empty view (data == nullptr: not needed); dw: [n, k] or empty (frozen).
 // InvalidArgument on a shape or dtype mismatch, or when dx/dw alias an input.
 absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,

@@ -46,7 +46,8 @@ __global__ void SqrtSoftplusBackwardKernel(const float* x, const float* dy, floa
 }
 
 __global__ void ExpertWeightKernel(const float* act, const int32_t* slots, const float* w,
-                                   int64_t inter, float* u, float* weighted, float* dweight) {
+                                   int64_t inter, float* u, void* weighted, bool weighted_bf16,
+                                   float* dweight) {
   __shared__ float scratch[32];
   const int64_t p = blockIdx.x;
   const int64_t slot = slots[p];
@@ -56,7 +57,7 @@ __global__ void ExpertWeightKernel(const float* act, const int32_t* slots, const
     const float a = act[p * inter + i];
     dot += u[p * inter + i] * a;
     u[p * inter + i] *= ws;
-    weighted[p * inter + i] = ws * a;
+    StoreF(weighted, weighted_bf16, p * inter + i, ws * a);
   }
   dot = BlockSum(dot, scratch);
   if (threadIdx.x == 0) dweight[slot] += dot;  // each slot belongs to one pick: no race
@@ -91,10 +92,14 @@ __global__ void EmbeddingBackwardKernel(const float* ds, const int32_t* ids, int
 
 absl::Status FillZero(const core::TensorView& x) {
   const int64_t n = x.numel();
-  if (n == 0 && x.dtype == core::DType::kF32) return absl::OkStatus();  // data may be null
-  if (!F32(x)) return Bad("FillZero");
-  // All-zero bytes are 0.0f; the driver's memset runs at copy bandwidth.
-  if (cudaMemsetAsync(x.data, 0, n * sizeof(float), 0) != cudaSuccess) {
+  const bool bf16 = x.dtype == core::DType::kBF16;
+  if (n == 0 && (bf16 || x.dtype == core::DType::kF32)) return absl::OkStatus();  // may be null
+  if (!F32(x) &&
+      !(bf16 && x.device == core::Device::kCuda && x.data != nullptr && x.is_contiguous())) {
+    return Bad("FillZero");
+  }
+  // All-zero bytes are +0 in f32 and bf16; the driver's memset runs at copy bandwidth.
+  if (cudaMemsetAsync(x.data, 0, n * (bf16 ? 2 : 4), 0) != cudaSuccess) {
     return LaunchStatus("FillZero");
   }
   return absl::OkStatus();
@@ -137,7 +142,9 @@ absl::Status ExpertWeightBackward(const core::TensorView& act, const core::Tenso
                                   const core::TensorView& weighted_act,
                                   const core::TensorView& dweight) {
   if (!F32(act) || act.rank != 2 || !I32(slots) || slots.numel() != act.shape[0] || !F32(u) ||
-      !u.SameShape(act.shape_vector()) || !F32(weighted_act) ||
+      !u.SameShape(act.shape_vector()) || weighted_act.device != core::Device::kCuda ||
+      weighted_act.data == nullptr || !weighted_act.is_contiguous() ||
+      (weighted_act.dtype != core::DType::kF32 && weighted_act.dtype != core::DType::kBF16) ||
       !weighted_act.SameShape(act.shape_vector()) || !F32(topk_weight) || !F32(dweight) ||
       !dweight.SameShape(topk_weight.shape_vector())) {
     return Bad("ExpertWeightBackward");
@@ -145,7 +152,8 @@ absl::Status ExpertWeightBackward(const core::TensorView& act, const core::Tenso
   if (act.shape[0] == 0) return absl::OkStatus();
   ExpertWeightKernel<<<static_cast<unsigned>(act.shape[0]), 128>>>(
       act.data_as<float>(), static_cast<const int32_t*>(slots.data), topk_weight.data_as<float>(),
-      act.shape[1], u.data_as<float>(), weighted_act.data_as<float>(), dweight.data_as<float>());
+      act.shape[1], u.data_as<float>(), weighted_act.data, weighted_act.dtype == core::DType::kBF16,
+      dweight.data_as<float>());
   return LaunchStatus("ExpertWeightBackward");
 }
 

@@ -10,7 +10,8 @@
 //  - FillZero: x = 0 (device zeroing without CUDA headers in the caller).
 //  - EmbeddingBackward: dembed[id_t] += Σ_j dstreams[t, j] (model/backward.cc); repeated ids are
 //    summed with fp32 atomics (not bit-reproducible run to run).
-// Every tensor is f32 (or i32 ids) device memory, contiguous; gradients are ADDED to.
+// Every tensor is f32 (or i32 ids) device memory, contiguous, except where a declaration says
+// otherwise; gradients are ADDED to.
 // InvalidArgument on a shape/dtype/device mismatch. Thread-safety: reentrant; default stream.
 #pragma once
 
@@ -31,8 +32,9 @@ absl::Status RoutingWeightsBackward(const core::TensorView& scores,
 absl::Status SqrtSoftplusBackward(const core::TensorView& x, const core::TensorView& dy,
                                   const core::TensorView& dx);
 
-// act, u, weighted_act: [P, I]; slots: [P] i32 (plan order, slot = token·k + j); topk_weight,
-// dweight: [N, k] (dweight +=). weighted_act = w·act (overwritten); u *= w in place.
+// act, u: [P, I] f32; weighted_act: [P, I] f32 or bf16 (one rounding, for a bf16 product);
+// slots: [P] i32 (plan order, slot = token·k + j); topk_weight, dweight: [N, k] f32
+// (dweight +=). weighted_act = w·act (overwritten); u *= w in place.
 absl::Status ExpertWeightBackward(const core::TensorView& act, const core::TensorView& slots,
                                   const core::TensorView& topk_weight, const core::TensorView& u,
                                   const core::TensorView& weighted_act,
@@ -42,7 +44,7 @@ absl::Status ExpertWeightBackward(const core::TensorView& act, const core::Tenso
 absl::Status ApeBackward(const core::TensorView& dscore, int64_t seq_len, int64_t ratio,
                          const core::TensorView& dape);
 
-// x: any contiguous f32 device tensor, set to zero.
+// x: any contiguous f32 or bf16 device tensor, set to zero.
 absl::Status FillZero(const core::TensorView& x);
 
 // dstreams: [N, n, H]; ids: [N] i32 in [0, V); dembed: [V, H] +=.

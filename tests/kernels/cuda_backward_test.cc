@@ -133,6 +133,18 @@ TEST(CudaBackward, LinearStridedAndGroupedExperts) {
                                       want_dx.view(), kF32));
   EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dw", testing::ToHost(dw.view()).view(),
                                       want_dw.view(), kF32));
+  // Without dw, x is not read: an empty x gives the same dx.
+  const Tensor dx_only = testing::ToDevice(Tensor::Zeros(DType::kF32, {p, k}), DType::kF32);
+  ASSERT_TRUE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(), dyd.view(),
+                                    offsets.data(), dx_only.view(), core::TensorView())
+                  .ok());
+  EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dx without x",
+                                      testing::ToHost(dx_only.view()).view(), want_dx.view(),
+                                      kF32));
+  // ... but dw needs it.
+  EXPECT_FALSE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(), dyd.view(),
+                                     offsets.data(), dx.view(), dw.view())
+                   .ok());
   // Mismatched shapes are rejected.
   EXPECT_FALSE(LinearBackward(*blas, xd.view().Slice(1, 0, k), wd.view().Select(0, 0),
                               dyd.view().Slice(1, 0, n - 1), dx.view(), core::TensorView())

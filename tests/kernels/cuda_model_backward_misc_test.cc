@@ -101,6 +101,17 @@ TEST(CudaModelBackwardMisc, ExpertWeightMatchesTheMoeBackwardLoop) {
                                       want_weighted.view(), kF32));
   EXPECT_TRUE(
       testing::CloseAndReport("dweight", testing::ToHost(dw.view()).view(), want_dw.view(), kF32));
+
+  // A bf16 weighted activation (a bf16 product's operand): w·act rounded once, bit for bit.
+  const Tensor u_again = Dev(want_u), dw_again = Dev(want_dw);
+  const Tensor weighted_bf16 = Dev(Tensor::Zeros(DType::kBF16, {picks, inter}));
+  ASSERT_TRUE(ExpertWeightBackward(Dev(act).view(), Dev(I32Host(slots)).view(), Dev(weight).view(),
+                                   u_again.view(), weighted_bf16.view(), dw_again.view())
+                  .ok());
+  const std::vector<float> got_bf16 = testing::ToHost(weighted_bf16.view()).ToFloatVector();
+  const std::vector<float> want_bf16 = testing::RoundToBf16(want_weighted).ToFloatVector();
+  ASSERT_EQ(got_bf16.size(), want_bf16.size());
+  for (size_t i = 0; i < got_bf16.size(); ++i) ASSERT_EQ(got_bf16[i], want_bf16[i]) << i;
 }
 
 TEST(CudaModelBackwardMisc, ApeEmbeddingAndFillZeroMatchTheCpuLoops) {
@@ -142,6 +153,10 @@ TEST(CudaModelBackwardMisc, ApeEmbeddingAndFillZeroMatchTheCpuLoops) {
   const Tensor zeroed = Dev(RandomNormal({5, 77}, 5));
   ASSERT_TRUE(FillZero(zeroed.view()).ok());
   for (float v : testing::ToHost(zeroed.view()).ToFloatVector()) ASSERT_EQ(v, 0.0f);
+  const Tensor zeroed_bf16 = testing::ToDevice(RandomNormal({3, 129}, 6), DType::kBF16);
+  ASSERT_TRUE(FillZero(zeroed_bf16.view()).ok());
+  for (float v : testing::ToHost(zeroed_bf16.view()).ToFloatVector()) ASSERT_EQ(v, 0.0f);
+  EXPECT_FALSE(FillZero(Dev(I32Host({1, 2, 3})).view()).ok());  // neither f32 nor bf16
 
   // Mismatched shapes are rejected.
   EXPECT_FALSE(ApeBackward(Dev(dscore).view(), seq_len, ratio + 1, ape.view()).ok());
