@@ -27,7 +27,24 @@ struct RmsNormBackwardParams {
   float* inv_rms;  // [rows] out, or nullptr
   int64_t rows, dim;
   float eps;
+  bool vec;  // Load8/Store8 on every row (dim % 8 == 0, 16-byte aligned bases and row strides)
 };
+
+// The row's Σ x² and Σ w·dy·x, eight columns a thread per step (p.vec).
+__device__ __forceinline__ void RmsNormBackwardSums8(const RmsNormBackwardParams& p, int64_t xo,
+                                                     int64_t yo, float* sum_sq, float* dot) {
+  for (int64_t c = 8 * threadIdx.x; c < p.dim; c += 8 * blockDim.x) {
+    float x[8], dy[8], w[8];
+    Load8(p.x, p.x_bf16, xo + c, x);
+    Load8(p.dy, p.dy_bf16, yo + c, dy);
+    if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      *sum_sq += x[k] * x[k];
+      *dot += (p.weight ? w[k] : 1.0f) * dy[k] * x[k];
+    }
+  }
+}
 
 // One block per row: inv = 1/rms, dot = Σ w·dy·x, dx += inv·w·dy - inv³·dot/D · x.
 __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
@@ -35,6 +52,25 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
   const int64_t r = blockIdx.x;
   const int64_t xo = r * p.ldx, yo = r * p.ldy, go = r * p.lddx;
   float sum_sq = 0, dot = 0;
+  if (p.vec) {
+    RmsNormBackwardSums8(p, xo, yo, &sum_sq, &dot);
+    sum_sq = BlockSum(sum_sq, scratch);
+    dot = BlockSum(dot, scratch);
+    const float inv = rsqrtf(sum_sq / float(p.dim) + p.eps);
+    const float coef = inv * inv * inv * dot / float(p.dim);
+    for (int64_t c = 8 * threadIdx.x; c < p.dim; c += 8 * blockDim.x) {
+      float x[8], dy[8], w[8], dx[8];
+      Load8(p.x, p.x_bf16, xo + c, x);
+      Load8(p.dy, p.dy_bf16, yo + c, dy);
+      Load8(p.dx, p.dx_bf16, go + c, dx);
+      if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) dx[k] += inv * (p.weight ? w[k] : 1.0f) * dy[k] - coef * x[k];
+      Store8(p.dx, p.dx_bf16, go + c, dx);
+    }
+    if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
+    return;
+  }
   for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x) {
     const float x = LoadF(p.x, p.x_bf16, xo + c);
     const float w = p.weight ? LoadF(p.weight, p.weight_bf16, c) : 1.0f;
@@ -134,7 +170,14 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
   RmsNormBackwardParams p{x.data,      IsBf16(x),  x.strides[0],  weight.data, IsBf16(weight),
                           dy.data,     IsBf16(dy), dy.strides[0], dx.data,     IsBf16(dx),
                           dx.strides[0], inv_rms,  rows,          dim,         eps};
-  const int threads = dim >= 1024 ? 1024 : dim >= 256 ? 256 : 128;
+  p.vec = Vec8Ok(x.data, x.strides[0]) && Vec8Ok(dy.data, dy.strides[0]) &&
+          Vec8Ok(dx.data, dx.strides[0]) && dim % 8 == 0 && (!weighted || Vec8Ok(weight.data, dim));
+  // Vectorised: a thread per 8 columns, up to 256 (a row of 512 gets two warps, so that the many
+  // short rows of the per-head norms fill the GPU); else up to 1024 threads a column each.
+  const int threads = p.vec ? static_cast<int>(std::min<int64_t>(256, (dim / 8 + 31) / 32 * 32))
+                      : dim >= 1024 ? 1024
+                      : dim >= 256  ? 256
+                                    : 128;
   RmsNormBackwardKernel<<<rows, threads>>>(p);
   if (want_dweight) {
     const absl::Status status = AddColumnSums("RmsNormBackward", RmsNormWeightGradValue{p}, rows,

@@ -151,33 +151,37 @@ TEST(CudaBackward, LinearStridedAndGroupedExperts) {
                    .ok());
 }
 
+// dim 1031: the scalar path; 512 and 2056 (multiples of 8): eight columns a thread, one step and
+// several.
 TEST(CudaBackward, RmsNormWeightedUnweightedBf16) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t rows = 23, dim = 1031;
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
-    const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 11, 2.0f));
-    const Tensor weight = testing::RoundToBf16(RandomNormal({dim}, 12));
-    const Tensor dy = testing::RoundToBf16(RandomNormal({rows, dim}, 13));
-    for (bool weighted : {true, false}) {
-      Tensor want_dx = RandomNormal({rows, dim}, 14), want_dw = RandomNormal({dim}, 15);
-      const Tensor dx = testing::ToDevice(want_dx, DType::kF32);
-      const Tensor dwd = testing::ToDevice(want_dw, DType::kF32);
-      cpu::RmsNormBackwardRef<float>(x.data<float>(), dim,
-                                     weighted ? weight.data<float>() : nullptr, 1e-6f,
-                                     dy.data<float>(), dim, want_dx.data<float>(), dim,
-                                     want_dw.data<float>(), rows, dim, nullptr);
-      const Tensor xd = testing::ToDevice(x, dtype), dyd = testing::ToDevice(dy, dtype),
-                   wd = testing::ToDevice(weight, dtype);
-      ASSERT_TRUE(RmsNormBackward(xd.view(), weighted ? wd.view() : core::TensorView(), 1e-6f,
-                                  dyd.view(), dx.view(), dwd.view())
-                      .ok());
-      const std::string name = std::string("rmsnorm backward ") +
-                               (dtype == DType::kF32 ? "f32" : "bf16 in") +
-                               (weighted ? " weighted" : " unweighted");
-      EXPECT_TRUE(testing::CloseAndReport(name + " dx", testing::ToHost(dx.view()).view(),
-                                          want_dx.view(), kF32));
-      EXPECT_TRUE(testing::CloseAndReport(name + " dweight", testing::ToHost(dwd.view()).view(),
-                                          want_dw.view(), kF32));
+  const int64_t rows = 23;
+  for (const int64_t dim : {1031, 512, 2056}) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 11, 2.0f));
+      const Tensor weight = testing::RoundToBf16(RandomNormal({dim}, 12));
+      const Tensor dy = testing::RoundToBf16(RandomNormal({rows, dim}, 13));
+      for (bool weighted : {true, false}) {
+        Tensor want_dx = RandomNormal({rows, dim}, 14), want_dw = RandomNormal({dim}, 15);
+        const Tensor dx = testing::ToDevice(want_dx, DType::kF32);
+        const Tensor dwd = testing::ToDevice(want_dw, DType::kF32);
+        cpu::RmsNormBackwardRef<float>(x.data<float>(), dim,
+                                       weighted ? weight.data<float>() : nullptr, 1e-6f,
+                                       dy.data<float>(), dim, want_dx.data<float>(), dim,
+                                       want_dw.data<float>(), rows, dim, nullptr);
+        const Tensor xd = testing::ToDevice(x, dtype), dyd = testing::ToDevice(dy, dtype),
+                     wd = testing::ToDevice(weight, dtype);
+        ASSERT_TRUE(RmsNormBackward(xd.view(), weighted ? wd.view() : core::TensorView(), 1e-6f,
+                                    dyd.view(), dx.view(), dwd.view())
+                        .ok());
+        const std::string name = "rmsnorm backward D=" + std::to_string(dim) + " " +
+                                 (dtype == DType::kF32 ? "f32" : "bf16 in") +
+                                 (weighted ? " weighted" : " unweighted");
+        EXPECT_TRUE(testing::CloseAndReport(name + " dx", testing::ToHost(dx.view()).view(),
+                                            want_dx.view(), kF32));
+        EXPECT_TRUE(testing::CloseAndReport(name + " dweight", testing::ToHost(dwd.view()).view(),
+                                            want_dw.view(), kF32));
+      }
     }
   }
 }
