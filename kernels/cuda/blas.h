@@ -36,6 +36,8 @@ class BlasHandle {
   BlasHandle& operator=(const BlasHandle&) = delete;
   void* raw() const { return handle_; }  // cublasHandle_t
   GemmMath math() const { return math_; }
+  // Whether this handle queues on the default stream (false for a lane).
+  bool on_default_stream() const { return stream_ == nullptr; }
 
   // Lanes for concurrent GEMMs: lane `index` mod kLanes, a child handle (same math) on its own
   // blocking stream, created on first use. Work queued on lanes runs concurrently across lanes,

@@ -1,6 +1,11 @@
 #include "kernels/cuda/linear_backward.h"
 
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/model_backward_misc.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -52,6 +57,58 @@ absl::Status Validate(const char* op, const core::TensorView& x, const core::Ten
   return absl::OkStatus();
 }
 
+// Row chunks for dw's GEMM: 1, or more when dw's own ~128 x 128 output tiles are too few to fill
+// the H200's 132 SMs while the summed rows are many (the mHC's fn: 24 x n·H over every token;
+// the router gate: E x H). Only on the default stream into a contiguous f32 dw.
+int64_t WeightGradientRowChunks(const BlasHandle& handle, const core::TensorView& dw, int64_t m,
+                                int64_t n, int64_t k) {
+  if (!handle.on_default_stream() || dw.dtype != core::DType::kF32 || dw.strides[0] != k) return 1;
+  const int64_t tiles = ((n + 127) / 128) * ((k + 127) / 128);
+  if (tiles >= 132) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>({16, (4 * 132 + tiles - 1) / tiles, m / 512}));
+}
+
+// dw [n, k] += dyᵀ · x over `chunks` equal row chunks (split K): one batched GEMM into f32
+// partials [chunks, n, k], the rows past the last whole chunk straight into dw, then the partials
+// added in chunk order (AddRowSums; deterministic).
+absl::Status ChunkedWeightGradient(BlasHandle& handle, const core::TensorView& x,
+                                   const core::TensorView& dy, const core::TensorView& dw,
+                                   int64_t chunks) {
+  const int64_t m = dy.shape[0], n = dw.shape[0], k = dw.shape[1];
+  const int64_t chunk = m / chunks, whole = chunk * chunks;
+  void* partials = nullptr;
+  if (cudaMallocAsync(&partials, chunks * n * k * sizeof(float), 0) != cudaSuccess) {
+    return absl::ResourceExhaustedError("LinearBackward: cudaMallocAsync of the split-K partials");
+  }
+  BatchedGemmParams p;
+  p.a = Operand(dy, chunk * dy.strides[0]);
+  p.trans_a = true;
+  p.b = Operand(x, chunk * x.strides[0]);
+  p.c = partials;
+  p.ldc = k;
+  p.batch_stride_c = n * k;
+  p.m = n, p.n = k, p.k = chunk, p.batch = chunks;
+  absl::Status status = BatchedGemm(handle, p);
+  if (status.ok() && whole < m) {
+    BatchedGemmParams tail;
+    tail.a = Operand(dy.Slice(0, whole, m));
+    tail.trans_a = true;
+    tail.b = Operand(x.Slice(0, whole, m));
+    tail.c = dw.data;
+    tail.ldc = k;
+    tail.m = n, tail.n = k, tail.k = m - whole;
+    tail.beta = 1.0f;
+    status = BatchedGemm(handle, tail);
+  }
+  if (status.ok()) {
+    status = AddRowSums(core::TensorView::Contiguous(partials, core::DType::kF32, {chunks, n * k},
+                                                     core::Device::kCuda),
+                        dw);
+  }
+  cudaFreeAsync(partials, 0);
+  return status;
+}
+
 }  // namespace
 
 absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
@@ -80,6 +137,9 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
     if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
   }
   if (dw.data != nullptr && m > 0) {
+    if (const int64_t chunks = WeightGradientRowChunks(handle, dw, m, n, k); chunks > 1) {
+      return ChunkedWeightGradient(handle, x, dy, dw, chunks);
+    }
     // dw [n, k] += dyᵀ [n, m] · x [m, k]
     BatchedGemmParams p;
     p.a = Operand(dy);

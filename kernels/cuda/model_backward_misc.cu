@@ -88,7 +88,27 @@ __global__ void EmbeddingBackwardKernel(const float* ds, const int32_t* ids, int
   }
 }
 
+__global__ void AddRowSumsKernel(const float* rows, int64_t count, int64_t width, float* out) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < width;
+       c += int64_t(gridDim.x) * blockDim.x) {
+    float sum = 0;
+    for (int64_t r = 0; r < count; ++r) sum += rows[r * width + c];
+    out[c] += sum;
+  }
+}
+
 }  // namespace
+
+absl::Status AddRowSums(const core::TensorView& rows, const core::TensorView& out) {
+  if (!F32(rows) || rows.rank != 2 || !F32(out) || out.numel() != rows.shape[1]) {
+    return Bad("AddRowSums");
+  }
+  if (rows.shape[0] == 0) return absl::OkStatus();
+  const int64_t width = rows.shape[1];
+  AddRowSumsKernel<<<static_cast<unsigned>(std::min<int64_t>((width + 255) / 256, 4096)), 256>>>(
+      rows.data_as<float>(), rows.shape[0], width, out.data_as<float>());
+  return LaunchStatus("AddRowSums");
+}
 
 absl::Status FillZero(const core::TensorView& x) {
   const int64_t n = x.numel();

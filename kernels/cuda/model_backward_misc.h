@@ -7,6 +7,7 @@
 //  - ApeBackward: compressor's positional bias, dape[j] += Σ_{rows r, (r mod T) mod ratio = j}
 //    dscore[r] (model/compressor_backward.cc), summed in a fixed order of row chunks
 //    (deterministic; AddColumnSums in common.cuh).
+//  - AddRowSums: out += the column sums of rows, in row order (split-K partials).
 //  - FillZero: x = 0 (device zeroing without CUDA headers in the caller).
 //  - EmbeddingBackward: dembed[id_t] += Σ_j dstreams[t, j] (model/backward.cc); repeated ids are
 //    summed with fp32 atomics (not bit-reproducible run to run).
@@ -43,6 +44,10 @@ absl::Status ExpertWeightBackward(const core::TensorView& act, const core::Tenso
 // dscore: [B·T, width]; dape: [ratio, width] +=.
 absl::Status ApeBackward(const core::TensorView& dscore, int64_t seq_len, int64_t ratio,
                          const core::TensorView& dape);
+
+// out[c] += Σ_r rows[r, c], summed in row order (deterministic). rows: [R, N] f32; out: N
+// elements f32 (any shape), contiguous.
+absl::Status AddRowSums(const core::TensorView& rows, const core::TensorView& out);
 
 // x: any contiguous f32 or bf16 device tensor, set to zero.
 absl::Status FillZero(const core::TensorView& x);

@@ -70,6 +70,36 @@ TEST(CudaBackward, LinearF32AndBf16AccumulateOddSizes) {
   }
 }
 
+// A small dw summed over many rows (the mHC fn's shape) takes the split-K path: 3 chunks of 512
+// rows plus a 1-row tail, partials added in order. On a lane (no split) the same within f32 sums.
+TEST(CudaBackward, LinearSmallWeightGradientOverManyRowsSplitsRows) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto blas = Blas();
+  const int64_t m = 1537, n = 24, k = 200;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor x = testing::RoundToBf16(RandomNormal({m, k}, 21));
+    const Tensor w = testing::RoundToBf16(RandomNormal({n, k}, 22));
+    const Tensor dy = testing::RoundToBf16(RandomNormal({m, n}, 23));
+    Tensor want_dw = RandomNormal({n, k}, 25);
+    const Tensor start_dw = want_dw;
+    cpu::LinearBackwardRef<float>(x.data<float>(), k, w.data<float>(), k, dy.data<float>(), n,
+                                  nullptr, k, want_dw.data<float>(), k, m, n, k, nullptr);
+    const Tensor xd = testing::ToDevice(x, dtype), wd = testing::ToDevice(w, dtype),
+                 dyd = testing::ToDevice(dy, dtype);
+    const auto tol = dtype == DType::kF32 ? kF32 : kBf16InF32Out;
+    for (BlasHandle* handle : {blas.get(), &blas->Lane(0)}) {
+      const Tensor dw = testing::ToDevice(start_dw, DType::kF32);
+      ASSERT_TRUE(
+          LinearBackward(*handle, xd.view(), wd.view(), dyd.view(), core::TensorView(), dw.view())
+              .ok());
+      const std::string name = std::string(dtype == DType::kF32 ? "f32" : "bf16") +
+                               (handle == blas.get() ? " split rows dw" : " lane dw");
+      EXPECT_TRUE(testing::CloseAndReport("linear " + name, testing::ToHost(dw.view()).view(),
+                                          want_dw.view(), tol));
+    }
+  }
+}
+
 TEST(CudaBackward, LinearWithBf16GemmMathIsWithinBf16RoundingOfF32) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto handle = BlasHandle::Create(GemmMath::kBf16Inputs);
