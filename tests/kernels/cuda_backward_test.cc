@@ -81,7 +81,7 @@ TEST(CudaBackward, LinearSmallWeightGradientOverManyRowsSplitsRows) {
     const Tensor w = testing::RoundToBf16(RandomNormal({n, k}, 22));
     const Tensor dy = testing::RoundToBf16(RandomNormal({m, n}, 23));
     Tensor want_dw = RandomNormal({n, k}, 25);
-    const Tensor start_dw = want_dw;
+    const Tensor start_dw = Tensor::CopyOf(want_dw.view());  // want_dw is updated in place below
     cpu::LinearBackwardRef<float>(x.data<float>(), k, w.data<float>(), k, dy.data<float>(), n,
                                   nullptr, k, want_dw.data<float>(), k, m, n, k, nullptr);
     const Tensor xd = testing::ToDevice(x, dtype), wd = testing::ToDevice(w, dtype),

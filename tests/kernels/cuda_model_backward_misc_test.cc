@@ -104,7 +104,8 @@ TEST(CudaModelBackwardMisc, ExpertWeightMatchesTheMoeBackwardLoop) {
 
   // A bf16 weighted activation (a bf16 product's operand): w·act rounded once, bit for bit.
   const Tensor u_again = Dev(want_u), dw_again = Dev(want_dw);
-  const Tensor weighted_bf16 = Dev(Tensor::Zeros(DType::kBF16, {picks, inter}));
+  const Tensor weighted_bf16 =
+      testing::ToDevice(Tensor::Zeros(DType::kF32, {picks, inter}), DType::kBF16);
   ASSERT_TRUE(ExpertWeightBackward(Dev(act).view(), Dev(I32Host(slots)).view(), Dev(weight).view(),
                                    u_again.view(), weighted_bf16.view(), dw_again.view())
                   .ok());
