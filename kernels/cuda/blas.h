@@ -18,7 +18,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "core/tensor.h"
 
 namespace v4rl::kernels::cuda {
@@ -79,27 +78,5 @@ struct BatchedGemmParams {
 // a and b share a dtype; f32 inputs need an f32 c. InvalidArgument on a mismatch (leading
 // dimensions too small, null pointers); Internal on a cuBLAS failure.
 absl::Status BatchedGemm(BlasHandle& handle, const BatchedGemmParams& params);
-
-// One product of a grouped GEMM, row-major: c [m, n] = alpha · op(a) · op(b) + beta · c, with
-// op(a) [m, k] (a stored [k, m] when trans_a) and op(b) [k, n] (b stored [n, k] when trans_b);
-// lda, ldb, ldc: row strides in elements.
-struct GemmProblem {
-  const void* a = nullptr;
-  const void* b = nullptr;
-  void* c = nullptr;
-  int64_t m = 0, n = 0, k = 0;
-  int64_t lda = 0, ldb = 0, ldc = 0;
-};
-
-// Every problem in one cublasGemmGroupedBatchedEx call (problems of different sizes, such as one
-// per routed expert, in one launch instead of one GEMM each): bf16 a and b, c of `c_dtype` (f32
-// or bf16), fp32 accumulation; one transpose pair, alpha and beta for all. Problems with m or n
-// zero are skipped; k zero scales c by beta. Queues on the default stream (the handle must not be
-// a lane); the device pointer arrays are staged through kernels/cuda/staging.h, so the call does
-// not wait for the device. InvalidArgument on bad sizes or strides; Internal on a cuBLAS failure
-// (including a cuBLAS that does not support the call).
-absl::Status GroupedBatchedGemm(BlasHandle& handle, absl::Span<const GemmProblem> problems,
-                                core::DType c_dtype, bool trans_a, bool trans_b, float alpha,
-                                float beta);
 
 }  // namespace v4rl::kernels::cuda
