@@ -123,6 +123,19 @@ class Run {
   void Ok(absl::Status s) {
     if (status_.ok() && !s.ok()) status_ = std::move(s);
   }
+  // y = alpha · x · wᵀ as BatchedGemm's parameters (x: [m, k], w: [n, k], y: [m, n] row views).
+  static kc::BatchedGemmParams ProductParams(const core::TensorView& x, const core::TensorView& w,
+                                             const core::TensorView& y, float alpha) {
+    kc::BatchedGemmParams p;
+    p.a = {x.data, x.dtype, x.strides[0], 0};
+    p.b = {w.data, w.dtype, w.strides[0], 0};
+    p.trans_b = true;
+    p.c = y.data;
+    p.ldc = y.strides[0];
+    p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
+    p.alpha = alpha;
+    return p;
+  }
 
   // A device f32 (or i32) tensor holding `t`: a contiguous f32/i32 device tensor as it is (no
   // copy; an activation of CudaBackward::Forward), else a copy of a host tensor (floating dtypes
@@ -175,23 +188,35 @@ class Run {
   }
   // y = alpha · x · wᵀ (overwrites y). x: [m, k]; w: [n, k] f32 or bf16; y: [m, n] f32; each a
   // row view with a unit inner stride. With bf16 products both are read as bf16 (a copy of x,
-  // w's mirror). `lane`: one of blas()'s lanes instead of the default stream.
+  // w's mirror).
   void Forward(const core::TensorView& x_in, const core::TensorView& w_in,
-               const core::TensorView& y, float alpha = 1.0f, kc::BlasHandle* lane = nullptr) {
+               const core::TensorView& y, float alpha = 1.0f) {
     if (!status_.ok()) return;
     core::Tensor x_copy, w_copy;
     const core::TensorView x = ProductRows(x_in, &x_copy);
     const core::TensorView w = ProductRows(ProductWeight(w_in), &w_copy);
+    if (status_.ok()) Ok(kc::BatchedGemm(*blas_, ProductParams(x, w, y, alpha)));
+  }
+  // y[rows of e] = x[rows of e] · w[e]ᵀ for every expert e with rows [offsets[e], offsets[e + 1])
+  // (routed experts: too small to fill the GPU one at a time). x: [P, k]; w: [E, n, k]; y: [P, n]
+  // f32; x and w already as the products read them (ProductOperand, ProductWeight: one dtype).
+  // Expert e runs on lane e mod kLanes, the lanes' GEMMs issued from their own host threads.
+  void ExpertsForward(const core::TensorView& x, const core::TensorView& w,
+                      const core::TensorView& y, absl::Span<const int64_t> offsets) {
     if (!status_.ok()) return;
-    kc::BatchedGemmParams p;
-    p.a = {x.data, x.dtype, x.strides[0], 0};
-    p.b = {w.data, w.dtype, w.strides[0], 0};
-    p.trans_b = true;
-    p.c = y.data;
-    p.ldc = y.strides[0];
-    p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
-    p.alpha = alpha;
-    Ok(kc::BatchedGemm(lane != nullptr ? *lane : *blas_, p));
+    Ok(blas_->ForEachLane([&](int lane_index, kc::BlasHandle& lane) -> absl::Status {
+      for (size_t e = lane_index; e + 1 < offsets.size(); e += kc::BlasHandle::kLanes) {
+        if (offsets[e] == offsets[e + 1]) continue;
+        const int64_t first = offsets[e], last = offsets[e + 1];
+        if (absl::Status s =
+                kc::BatchedGemm(lane, ProductParams(x.Slice(0, first, last), w.Select(0, e),
+                                                    y.Slice(0, first, last), 1.0f));
+            !s.ok()) {
+          return s;
+        }
+      }
+      return absl::OkStatus();
+    }));
   }
   template <typename F>
   void Do(F&& launch) {

@@ -336,31 +336,20 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   run.Do([&] { return kc::MoeGather(x_product, slots.view(), k, acts->expert_x.view()); });
 
   // Each expert on its contiguous block of picks: gate/up, clamped SwiGLU, down. An expert's
-  // GEMMs are too small to fill the GPU, so they run on the BLAS lanes, several experts at once;
-  // the SwiGLU between the two waves covers every pick in one launch.
+  // GEMMs are too small to fill the GPU, so they run on the BLAS lanes, several experts at once
+  // (Run::ExpertsForward); the SwiGLU between the two waves covers every pick in one launch.
   acts->expert_gate = run.New({num_picks, inter});
   acts->expert_up = run.New({num_picks, inter});
   acts->expert_act = run.New({num_picks, inter});
   acts->expert_out = run.New({num_picks, hidden});
-  auto expert_rows = [&](const Tensor& t, int64_t e) {
-    return t.view().Slice(0, acts->plan.expert_offsets[e], acts->plan.expert_offsets[e + 1]);
-  };
-  auto has_rows = [&](int64_t e) {
-    return acts->plan.expert_offsets[e] < acts->plan.expert_offsets[e + 1];
-  };
   // With bf16 products the GEMMs read bf16: the picks' inputs as gathered, the weights' mirrors
   // (Run::ProductWeight).
   const Tensor& expert_x = acts->expert_x;
   const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                    w2 = run.ProductWeight(w.w2.view());
-  for (int64_t e = 0; e < experts; ++e) {
-    if (!has_rows(e)) continue;
-    kc::BlasHandle& lane = run.blas().Lane(static_cast<int>(e));
-    run.Forward(expert_rows(expert_x, e), w1.Select(0, e), expert_rows(acts->expert_gate, e), 1.0f,
-                &lane);
-    run.Forward(expert_rows(expert_x, e), w3.Select(0, e), expert_rows(acts->expert_up, e), 1.0f,
-                &lane);
-  }
+  const absl::Span<const int64_t> offsets = acts->plan.expert_offsets;
+  run.ExpertsForward(expert_x.view(), w1, acts->expert_gate.view(), offsets);
+  run.ExpertsForward(expert_x.view(), w3, acts->expert_up.view(), offsets);
   if (num_picks > 0) {
     run.Do([&] {
       return kc::SwiGluClamp(acts->expert_gate.view(), acts->expert_up.view(), limit,
@@ -368,11 +357,7 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
     });
   }
   const Tensor expert_act = run.ProductOperand(acts->expert_act);
-  for (int64_t e = 0; e < experts; ++e) {
-    if (!has_rows(e)) continue;
-    run.Forward(expert_rows(expert_act, e), w2.Select(0, e), expert_rows(acts->expert_out, e), 1.0f,
-                &run.blas().Lane(static_cast<int>(e)));
-  }
+  run.ExpertsForward(expert_act.view(), w2, acts->expert_out.view(), offsets);
   // The routing weight multiplies each pick's output row (the CPU's expert_out is weighted).
   run.Do([&] {
     return kc::MoeScalePicks(acts->expert_out.view(), pick_of_slot.view(),

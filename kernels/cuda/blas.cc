@@ -42,6 +42,26 @@ BlasHandle& BlasHandle::Lane(int index) {
   return *lane;
 }
 
+absl::Status BlasHandle::ForEachLane(const std::function<absl::Status(int, BlasHandle&)>& fn) {
+  if (stream_ != nullptr) {
+    for (int i = 0; i < kLanes; ++i) {
+      if (absl::Status s = fn(i, *this); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  BlasHandle* lanes[kLanes];
+  for (int i = 0; i < kLanes; ++i) lanes[i] = &Lane(i);  // created here, not by the threads
+  if (lane_threads_ == nullptr) lane_threads_ = std::make_unique<core::ThreadPool>(kLanes);
+  absl::Status statuses[kLanes];
+  lane_threads_->ParallelFor(0, kLanes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) statuses[i] = fn(static_cast<int>(i), *lanes[i]);
+  });
+  for (const absl::Status& s : statuses) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status BatchedGemm(BlasHandle& handle, const BatchedGemmParams& p) {
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrFormat(

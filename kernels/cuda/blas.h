@@ -14,11 +14,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
+#include "core/thread_pool.h"
 
 namespace v4rl::kernels::cuda {
 
@@ -48,6 +50,14 @@ class BlasHandle {
   static constexpr int kLanes = 4;
   BlasHandle& Lane(int index);
 
+  // fn(lane_index, lane) for every lane index in [0, kLanes), issued from kLanes host threads at
+  // once (one thread a lane, so each lane's handle has one user): many small GEMMs cost cuBLAS
+  // several microseconds of host time each, which the lanes then pay in parallel. Returns when
+  // every call has returned (their work is queued, not done), with the first error. The lanes'
+  // work is ordered with the default stream's as for Lane(). On a lane, runs fn(i, *this) for
+  // each i in turn on the calling thread.
+  absl::Status ForEachLane(const std::function<absl::Status(int, BlasHandle&)>& fn);
+
  private:
   BlasHandle(void* handle, GemmMath math, void* stream = nullptr)
       : handle_(handle), math_(math), stream_(stream) {}
@@ -55,6 +65,7 @@ class BlasHandle {
   GemmMath math_;
   void* stream_;  // cudaStream_t of a lane; nullptr: the default stream
   std::unique_ptr<BlasHandle> lanes_[kLanes];
+  std::unique_ptr<core::ThreadPool> lane_threads_;  // ForEachLane's, made on first use
 };
 
 // One operand: row-major storage with row stride ld (elements) and batch stride (elements).

@@ -176,20 +176,27 @@ absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x
     return absl::InvalidArgumentError("GroupedLinearBackward: offsets must run from 0 to P");
   }
   for (int64_t e = 0; e < experts; ++e) {
-    const int64_t begin = offsets[e], end = offsets[e + 1];
-    if (end < begin) return absl::InvalidArgumentError("GroupedLinearBackward: offsets decrease");
-    if (end == begin) continue;
-    const core::TensorView no_view;
-    // Experts write disjoint rows of dx and slices of dw: one lane each, round robin.
-    if (absl::Status s = LinearBackward(
-            handle.Lane(static_cast<int>(e)), x.data ? x.Slice(0, begin, end) : no_view,
-            w.Select(0, e), dy.Slice(0, begin, end), dx.data ? dx.Slice(0, begin, end) : no_view,
-            dw.data ? dw.Select(0, e) : no_view);
-        !s.ok()) {
-      return s;
+    if (offsets[e + 1] < offsets[e]) {
+      return absl::InvalidArgumentError("GroupedLinearBackward: offsets decrease");
     }
   }
-  return absl::OkStatus();
+  // Experts write disjoint rows of dx and slices of dw: expert e on lane e mod kLanes, the lanes'
+  // GEMMs issued from their own host threads.
+  return handle.ForEachLane([&](int lane_index, BlasHandle& lane) -> absl::Status {
+    const core::TensorView no_view;
+    for (int64_t e = lane_index; e < experts; e += BlasHandle::kLanes) {
+      const int64_t begin = offsets[e], end = offsets[e + 1];
+      if (end == begin) continue;
+      if (absl::Status s =
+              LinearBackward(lane, x.data ? x.Slice(0, begin, end) : no_view, w.Select(0, e),
+                             dy.Slice(0, begin, end), dx.data ? dx.Slice(0, begin, end) : no_view,
+                             dw.data ? dw.Select(0, e) : no_view);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace v4rl::kernels::cuda
