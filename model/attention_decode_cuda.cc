@@ -21,17 +21,15 @@ namespace v4rl::model {
 namespace cuda_internal {
 namespace {
 
-// Appends the step's compressor rows (values, biased gate scores of x) to each sequence's
-// pending rows; every window completed becomes an entry (pooled, normalised, rotated at w·m).
+// Appends the step's compressor rows (values, gate scores of x biased at each row's position;
+// ProjectAttentionInput) to each sequence's pending rows; every window completed becomes an
+// entry (pooled, normalised, rotated at w·m).
 absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const CompressorWeights& w,
-                            int64_t ratio, bool overlap, bool indexer, const TensorView& x) {
-  const int64_t n = m.num_tokens, width = w.wkv.size(0);
+                            const CompressorRows& rows, int64_t ratio, bool overlap, bool indexer) {
+  const int64_t width = rows.kv.size(1);
   const int64_t entry_dim = overlap ? width / 2 : width;
-  const Tensor kv = Dev(DType::kBF16, {n, width});
-  const Tensor score = Dev(DType::kF32, {n, width});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x, w.wkv.view(), kv.view()));
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x, w.wgate.view(), score.view()));
-  V4RL_RETURN_IF_ERROR(kc::AddPositionBiasAt(score.view(), w.ape.view(), st.positions.view()));
+  const Tensor& kv = rows.kv;
+  const Tensor& score = rows.score;
   const int64_t open_slot = overlap ? ratio : 0;
   auto state = [&](const StepSpan& s, TensorView* skv, TensorView* ssc, TensorView* ent) {
     const LayerState& l = s.sequence->layers[st.layer];
@@ -167,12 +165,14 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   const bool sliding = type == AttentionType::kSliding;
   const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
   const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
-  // Query path and the single K=V head, as Attention.
+  // Query path and the single K=V head, as Attention (the fused input GEMMs, the compressors'
+  // gate bias at each row's position).
   Tensor xq_storage;
   V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
+  V4RL_ASSIGN_OR_RETURN(const AttentionProjections p,
+                        ProjectAttentionInput(w, type, x, xq, st.positions.view()));
   const Tensor qr = Dev(DType::kBF16, {n, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wq_a.view(), qr.view()));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(qr.view(), w.q_norm.view(), eps(), qr.view()));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), qr.view()));
   V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));
   const Tensor q = Dev(DType::kBF16, {n, heads, dim});
   V4RL_RETURN_IF_ERROR(
@@ -180,8 +180,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(q.view(), cos, sin, /*inverse=*/false));
   const Tensor kv = Dev(DType::kBF16, {n, 1, dim});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wkv.view(), kv.view().Reshape({n, dim})));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), kv.view().Reshape({n, dim})));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
   V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({n, dim})));
   const TensorView kv_rows = kv.view().Reshape({n, dim});
@@ -197,13 +196,14 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   auto one_token = [&](const StepSpan& s) { return batched && s.count == 1; };
   const int64_t ratio = compressed ? config.CompressRatio(type) : 0;
   if (compressed) {
-    V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.compressor, ratio, csa, false, x));
+    V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.compressor, p.comp, ratio, csa, false));
     profile.Mark("attn.compress");
   }
   std::vector<TensorView> picks(st.spans.size());
   Tensor picks_storage, workspace, decode_storage;
   if (csa) {
-    V4RL_RETURN_IF_ERROR(CompressAppend(*this, st, w.indexer.compressor, ratio, true, true, x));
+    V4RL_RETURN_IF_ERROR(
+        CompressAppend(*this, st, w.indexer.compressor, p.index, ratio, true, true));
     profile.Mark("attn.index_compress");
     const std::vector<TensorView>& replays = st.options->index_replay;
     if (static_cast<size_t>(st.layer) < replays.size() && replays[st.layer].data != nullptr) {
@@ -227,9 +227,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
           kc::Gemm(*gemm, qr.view(), w.indexer.wq_b.view(), iq.view().Reshape({n, ih * id})));
       V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
       V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
-      const Tensor head_weights = Dev(DType::kF32, {n, ih});
-      V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.indexer.weights_proj.view(), head_weights.view(),
-                                    static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)))));
+      const Tensor& head_weights = p.index_weights;  // scaled by ih^-0.5
       // Single-token spans: scores of every sequence in one launch, then one selection.
       std::vector<kc::DecodeIndexerItem> items;
       std::vector<size_t> item_spans;

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/column_split.h"
 #include "kernels/cuda/compressor.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/grouped_gemm.h"
@@ -23,6 +26,52 @@ using core::DType;
 using core::Tensor;
 using core::TensorView;
 using namespace cuda_internal;
+
+namespace {
+
+// One weight of a fused group (FusedLayerWeights): its host tensor, where its device view goes,
+// and its field name for errors.
+struct FusedPart {
+  std::string field;
+  const Tensor* host;
+  Tensor* device;
+};
+
+// Uploads the row concatenation of `parts` (each [rows_i, K] on the host, any dtype Upload
+// converts) as one [Σ rows_i, K] bf16 device tensor, rounded as each part's own upload would be,
+// and points every part's device tensor at its rows (views sharing the buffer).
+absl::Status UploadFused(const std::vector<FusedPart>& parts, Tensor* fused, int64_t* bytes) {
+  const Tensor& first = *parts.front().host;
+  const int64_t k = first.defined() && first.rank() == 2 ? first.size(1) : 0;
+  int64_t rows = 0;
+  for (const FusedPart& part : parts) {
+    const Tensor& host = *part.host;
+    if (k == 0 || !host.defined() || host.rank() != 2 || host.size(1) != k) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s must be a [rows, %d] matrix (fused with %s), got %s", part.field, k,
+          parts.front().field, host.defined() ? host.view().DebugString() : "no tensor"));
+    }
+    rows += host.size(0);
+  }
+  Tensor concat = Tensor::Empty(DType::kF32, {rows, k});
+  int64_t row = 0;
+  for (const FusedPart& part : parts) {
+    const Tensor f32 = core::ToFloat32(part.host->view());
+    std::memcpy(concat.data<float>() + row * k, f32.data<float>(), f32.numel() * sizeof(float));
+    row += f32.size(0);
+  }
+  V4RL_ASSIGN_OR_RETURN(*fused, Upload(concat, DType::kBF16, bytes));
+  row = 0;
+  for (const FusedPart& part : parts) {
+    const int64_t count = part.host->size(0);
+    *part.device = *fused;
+    part.device->mutable_view() = fused->view().Slice(0, row, row + count);
+    row += count;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaModel::~CudaModel() = default;
@@ -44,9 +93,8 @@ absl::Status CudaModel::Impl::UploadWeights(const ModelWeights& host) {
     V4RL_RETURN_IF_ERROR(f32(from.base, &to->base));
     return f32(from.scale, &to->scale);
   };
+  // wkv and wgate travel in the layer's fused attention groups.
   auto compressor = [&](const CompressorWeights& from, CompressorWeights* to) -> absl::Status {
-    V4RL_RETURN_IF_ERROR(bf16(from.wkv, &to->wkv));
-    V4RL_RETURN_IF_ERROR(bf16(from.wgate, &to->wgate));
     V4RL_RETURN_IF_ERROR(f32(from.ape, &to->ape));
     return f32(from.norm, &to->norm);
   };
@@ -55,9 +103,11 @@ absl::Status CudaModel::Impl::UploadWeights(const ModelWeights& host) {
   V4RL_RETURN_IF_ERROR(f32(host.norm, &weights.norm));
   V4RL_RETURN_IF_ERROR(mhc(host.hc_head, &weights.hc_head));
   weights.layers.resize(host.layers.size());
+  fused.assign(host.layers.size(), {});
   for (size_t l = 0; l < host.layers.size(); ++l) {
     const LayerWeights& from = host.layers[l];
     LayerWeights& to = weights.layers[l];
+    FusedLayerWeights& f = fused[l];
     to.attention_type = from.attention_type;
     to.mlp_type = from.mlp_type;
     V4RL_RETURN_IF_ERROR(f32(from.attn_norm, &to.attn_norm));
@@ -66,17 +116,33 @@ absl::Status CudaModel::Impl::UploadWeights(const ModelWeights& host) {
     V4RL_RETURN_IF_ERROR(mhc(from.hc_ffn, &to.hc_ffn));
     const AttentionWeights& a = from.attn;
     AttentionWeights& b = to.attn;
-    V4RL_RETURN_IF_ERROR(bf16(a.wq_a, &b.wq_a));
+    // The products of the attention input, grouped by the GEMM output dtype (FusedLayerWeights).
+    const std::string at = absl::StrFormat("layers[%d].attn.", l);
+    std::vector<FusedPart> attn_bf16 = {{at + "wq_a", &a.wq_a, &b.wq_a},
+                                        {at + "wkv", &a.wkv, &b.wkv}};
+    std::vector<FusedPart> attn_f32;
+    if (from.attention_type != AttentionType::kSliding) {
+      attn_bf16.push_back({at + "compressor.wkv", &a.compressor.wkv, &b.compressor.wkv});
+      attn_f32.push_back({at + "compressor.wgate", &a.compressor.wgate, &b.compressor.wgate});
+    }
+    if (from.attention_type == AttentionType::kCompressedSparse) {
+      const IndexerWeights& i = a.indexer;
+      IndexerWeights& j = b.indexer;
+      attn_bf16.push_back({at + "indexer.compressor.wkv", &i.compressor.wkv, &j.compressor.wkv});
+      attn_f32.push_back(
+          {at + "indexer.compressor.wgate", &i.compressor.wgate, &j.compressor.wgate});
+      attn_f32.push_back({at + "indexer.weights_proj", &i.weights_proj, &j.weights_proj});
+    }
+    V4RL_RETURN_IF_ERROR(UploadFused(attn_bf16, &f.attn_bf16, bytes));
+    if (!attn_f32.empty()) V4RL_RETURN_IF_ERROR(UploadFused(attn_f32, &f.attn_f32, bytes));
     V4RL_RETURN_IF_ERROR(f32(a.q_norm, &b.q_norm));
     V4RL_RETURN_IF_ERROR(bf16(a.wq_b, &b.wq_b));
-    V4RL_RETURN_IF_ERROR(bf16(a.wkv, &b.wkv));
     V4RL_RETURN_IF_ERROR(f32(a.kv_norm, &b.kv_norm));
     V4RL_RETURN_IF_ERROR(bf16(a.wo_a, &b.wo_a));
     V4RL_RETURN_IF_ERROR(bf16(a.wo_b, &b.wo_b));
     V4RL_RETURN_IF_ERROR(f32(a.sink, &b.sink));
     V4RL_RETURN_IF_ERROR(compressor(a.compressor, &b.compressor));
     V4RL_RETURN_IF_ERROR(bf16(a.indexer.wq_b, &b.indexer.wq_b));
-    V4RL_RETURN_IF_ERROR(bf16(a.indexer.weights_proj, &b.indexer.weights_proj));
     V4RL_RETURN_IF_ERROR(compressor(a.indexer.compressor, &b.indexer.compressor));
     const MoeWeights& m = from.ffn;
     MoeWeights& n = to.ffn;
@@ -86,8 +152,12 @@ absl::Status CudaModel::Impl::UploadWeights(const ModelWeights& host) {
     V4RL_RETURN_IF_ERROR(bf16(m.w1, &n.w1));
     V4RL_RETURN_IF_ERROR(bf16(m.w3, &n.w3));
     V4RL_RETURN_IF_ERROR(bf16(m.w2, &n.w2));
-    V4RL_RETURN_IF_ERROR(bf16(m.shared_w1, &n.shared_w1));
-    V4RL_RETURN_IF_ERROR(bf16(m.shared_w3, &n.shared_w3));
+    if (m.shared_w1.defined() || m.shared_w3.defined()) {  // [gate | up] from one GEMM
+      const std::string ffn = absl::StrFormat("layers[%d].ffn.", l);
+      V4RL_RETURN_IF_ERROR(UploadFused({{ffn + "shared_w1", &m.shared_w1, &n.shared_w1},
+                                        {ffn + "shared_w3", &m.shared_w3, &n.shared_w3}},
+                                       &f.shared_w13, bytes));
+    }
     V4RL_RETURN_IF_ERROR(bf16(m.shared_w2, &n.shared_w2));
   }
   return absl::OkStatus();
@@ -100,12 +170,12 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& model)
   V4RL_RETURN_IF_ERROR(impl->UploadWeights(model.weights));
   const int64_t half = model.config.rope_head_dim / 2;
   int64_t unused = 0;
-  V4RL_ASSIGN_OR_RETURN(impl->main_rope.inv_freq,
-                        Upload(Tensor::FromFloats({half}, model.main_rope.inv_freq()),
-                               DType::kF32, &unused));
-  V4RL_ASSIGN_OR_RETURN(impl->compress_rope.inv_freq,
-                        Upload(Tensor::FromFloats({half}, model.compress_rope.inv_freq()),
-                               DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(
+      impl->main_rope.inv_freq,
+      Upload(Tensor::FromFloats({half}, model.main_rope.inv_freq()), DType::kF32, &unused));
+  V4RL_ASSIGN_OR_RETURN(
+      impl->compress_rope.inv_freq,
+      Upload(Tensor::FromFloats({half}, model.compress_rope.inv_freq()), DType::kF32, &unused));
   V4RL_ASSIGN_OR_RETURN(impl->gemm, kc::GemmHandle::Create());
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
 }
@@ -165,24 +235,71 @@ absl::Status CudaModel::Impl::IndexerFp4(const TensorView& rows) {
 absl::Status CudaModel::Impl::RotateSequences(const TensorView& x, const RopeTables& rope,
                                               bool inverse) {
   for (int64_t b = 0; b < batch; ++b) {
-    V4RL_RETURN_IF_ERROR(kc::ApplyRope(x.Slice(0, b * seq_len, (b + 1) * seq_len),
-                                       rope.cos.view(), rope.sin.view(), inverse));
+    V4RL_RETURN_IF_ERROR(kc::ApplyRope(x.Slice(0, b * seq_len, (b + 1) * seq_len), rope.cos.view(),
+                                       rope.sin.view(), inverse));
   }
   return absl::OkStatus();
 }
 
+absl::StatusOr<AttentionProjections> CudaModel::Impl::ProjectAttentionInput(
+    const AttentionWeights& w, AttentionType type, const TensorView& x, const TensorView& xq,
+    const TensorView& positions) {
+  const FusedLayerWeights& f = fused[layer_index];
+  const int64_t n = num_tokens, q_cols = w.wq_a.size(0), kv_cols = w.wkv.size(0);
+  AttentionProjections p;
+  p.bf16_out = Dev(DType::kBF16, {n, f.attn_bf16.size(0)});
+  const TensorView out = p.bf16_out.view();
+  if (!options.fp8_simulation) {
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, f.attn_bf16.view(), out));
+  } else {  // wq_a and wkv read the quantised copy, the compressors x itself
+    const int64_t split = q_cols + kv_cols, end = f.attn_bf16.size(0);
+    V4RL_RETURN_IF_ERROR(
+        kc::Gemm(*gemm, xq, f.attn_bf16.view().Slice(0, 0, split), out.Slice(1, 0, split)));
+    if (end > split) {
+      V4RL_RETURN_IF_ERROR(
+          kc::Gemm(*gemm, x, f.attn_bf16.view().Slice(0, split, end), out.Slice(1, split, end)));
+    }
+  }
+  p.qr = out.Slice(1, 0, q_cols);
+  p.kv = out.Slice(1, q_cols, q_cols + kv_cols);
+  if (type == AttentionType::kSliding) return p;
+  // Compressor rows, gate scores and head weights out of the fused outputs into buffers of
+  // their own (the pooling and the indexer take contiguous rows), bias and scale applied.
+  const Tensor scores = Dev(DType::kF32, {n, f.attn_f32.size(0)});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, f.attn_f32.view(), scores.view()));
+  std::vector<kc::ColumnSlice> slices;
+  int64_t bf16_col = q_cols + kv_cols, f32_col = 0;
+  auto rows = [&](const CompressorWeights& c, CompressorRows* to) {
+    const int64_t width = c.wkv.size(0);
+    to->kv = Dev(DType::kBF16, {n, width});
+    to->score = Dev(DType::kF32, {n, width});
+    slices.push_back({out.Slice(1, bf16_col, bf16_col + width), to->kv.view(), TensorView()});
+    slices.push_back(
+        {scores.view().Slice(1, f32_col, f32_col + width), to->score.view(), c.ape.view()});
+    bf16_col += width;
+    f32_col += width;
+  };
+  rows(w.compressor, &p.comp);
+  if (type == AttentionType::kCompressedSparse) {
+    rows(w.indexer.compressor, &p.index);
+    const int64_t heads = w.indexer.weights_proj.size(0);
+    p.index_weights = Dev(DType::kF32, {n, heads});
+    slices.push_back({scores.view().Slice(1, f32_col, f32_col + heads), p.index_weights.view(),
+                      TensorView(),
+                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads)))});
+  }
+  V4RL_RETURN_IF_ERROR(kc::SplitColumns(slices, positions, seq_len));
+  return p;
+}
+
 absl::StatusOr<Tensor> CudaModel::Impl::Compress(const CompressorWeights& w, int64_t ratio,
                                                  bool overlap, const RopeTables& rope,
-                                                 const TensorView& x) {
-  const int64_t width = w.wkv.size(0);
+                                                 const CompressorRows& rows) {
+  const int64_t width = rows.kv.size(1);
   const int64_t entry_dim = overlap ? width / 2 : width;
   const int64_t num_entries = seq_len / ratio;
-  // Values and gate scores (+ the slot's positional bias) of every token.
-  const Tensor kv = Dev(DType::kBF16, {num_tokens, width});
-  const Tensor score = Dev(DType::kF32, {num_tokens, width});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wkv.view(), kv.view()));
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.wgate.view(), score.view()));
-  V4RL_RETURN_IF_ERROR(kc::AddPositionBias(score.view(), w.ape.view(), seq_len));
+  const Tensor& kv = rows.kv;
+  const Tensor& score = rows.score;
   Tensor entries = Dev(DType::kBF16, {batch, num_entries, entry_dim});
   if (num_entries == 0) return entries;
   // Pool each sequence's complete windows, normalise, rotate entry w at position w · ratio.
@@ -205,26 +322,25 @@ absl::StatusOr<Tensor> CudaModel::Impl::Compress(const CompressorWeights& w, int
   return entries;
 }
 
-absl::StatusOr<Tensor> CudaModel::Impl::IndexerTopK(const IndexerWeights& w,
-                                                    const RopeTables& rope, const TensorView& x,
+absl::StatusOr<Tensor> CudaModel::Impl::IndexerTopK(const IndexerWeights& w, const RopeTables& rope,
+                                                    const AttentionProjections& p,
                                                     const TensorView& qr) {
   const int64_t heads = config.index_n_heads, dim = config.index_head_dim;
   const int64_t ratio = config.csa_compress_ratio;
-  V4RL_ASSIGN_OR_RETURN(const Tensor keys, Compress(w.compressor, ratio, /*overlap=*/true, rope, x));
+  V4RL_ASSIGN_OR_RETURN(const Tensor keys,
+                        Compress(w.compressor, ratio, /*overlap=*/true, rope, p.index));
   const int64_t num_entries = keys.size(1);
   V4RL_RETURN_IF_ERROR(IndexerFp4(keys.view().Reshape({batch * num_entries, dim})));
   const int64_t topk = std::min(config.index_topk, num_entries);
   Tensor picks = Dev(DType::kI32, {batch, seq_len, topk});
   if (topk == 0) return picks;
-  // Queries from the q latent, rotated; head weights scaled by heads^-0.5 in the GEMM.
+  // Queries from the q latent, rotated; the head weights (scaled by heads^-0.5) come with p.
   const Tensor q = Dev(DType::kBF16, {num_tokens, heads, dim});
   V4RL_RETURN_IF_ERROR(
       kc::Gemm(*gemm, qr, w.wq_b.view(), q.view().Reshape({num_tokens, heads * dim})));
   V4RL_RETURN_IF_ERROR(RotateSequences(q.view(), rope, /*inverse=*/false));
   V4RL_RETURN_IF_ERROR(IndexerFp4(q.view().Reshape({num_tokens * heads, dim})));
-  const Tensor head_weights = Dev(DType::kF32, {num_tokens, heads});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.weights_proj.view(), head_weights.view(),
-                                static_cast<float>(1.0 / std::sqrt(static_cast<double>(heads)))));
+  const Tensor& head_weights = p.index_weights;
   const int64_t chunk = IndexerQueryChunk(options.indexer_q_chunk, seq_len, heads, num_entries);
   const Tensor workspace =
       Dev(DType::kF32, {kc::IndexerTopKWorkspaceFloats(chunk, heads, num_entries)});
@@ -251,10 +367,11 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
   const RopeTables& rope = this->rope(type);
   Tensor xq_storage;  // x as the FP8 GEMMs see it (the compressors read x itself)
   V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
+  V4RL_ASSIGN_OR_RETURN(const AttentionProjections p,
+                        ProjectAttentionInput(w, type, x, xq, /*positions=*/TensorView()));
   // Query path: low-rank latent, normalised; per-head unweighted RMSNorm; RoPE.
   const Tensor qr = Dev(DType::kBF16, {num_tokens, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wq_a.view(), qr.view()));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(qr.view(), w.q_norm.view(), eps(), qr.view()));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), qr.view()));
   V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));  // read by wq_b and the indexer's wq_b
   const Tensor q = Dev(DType::kBF16, {num_tokens, heads, dim});
   V4RL_RETURN_IF_ERROR(
@@ -263,16 +380,17 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
   V4RL_RETURN_IF_ERROR(RotateSequences(q.view(), rope, /*inverse=*/false));
   // The single K=V head.
   const Tensor kv = Dev(DType::kBF16, {num_tokens, 1, dim});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, xq, w.wkv.view(), kv.view().Reshape({num_tokens, dim})));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(kv.view(), w.kv_norm.view(), eps(), kv.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), kv.view().Reshape({num_tokens, dim})));
   V4RL_RETURN_IF_ERROR(RotateSequences(kv.view(), rope, /*inverse=*/false));
   V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({num_tokens, dim})));
   // Compressed entries and, for CSA, the indexer's picks.
   const bool compressed = type != AttentionType::kSliding;
   Tensor entries, picks;
   if (compressed) {
-    V4RL_ASSIGN_OR_RETURN(entries, Compress(w.compressor, config.CompressRatio(type),
-                                            type == AttentionType::kCompressedSparse, rope, x));
+    V4RL_ASSIGN_OR_RETURN(entries,
+                          Compress(w.compressor, config.CompressRatio(type),
+                                   type == AttentionType::kCompressedSparse, rope, p.comp));
     V4RL_RETURN_IF_ERROR(KvQat(entries.view().Reshape({batch * entries.size(1), dim})));
   }
   if (type == AttentionType::kCompressedSparse) {
@@ -282,14 +400,14 @@ absl::Status CudaModel::Impl::Attention(const AttentionWeights& w, AttentionType
       if (replay.dtype != DType::kI32 || !replay.is_contiguous() || replay.rank != 3 ||
           replay.shape[0] != batch || replay.shape[1] != seq_len ||
           replay.shape[2] > entries.size(1)) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "index_replay[%d] must be contiguous i32 [%d, %d, <= %d], got %s", layer_index, batch,
-            seq_len, entries.size(1), replay.DebugString()));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("index_replay[%d] must be contiguous i32 [%d, %d, <= %d], got %s",
+                            layer_index, batch, seq_len, entries.size(1), replay.DebugString()));
       }
       int64_t unused = 0;
       V4RL_ASSIGN_OR_RETURN(picks, Upload(Tensor::CopyOf(replay), DType::kI32, &unused));
     } else {
-      V4RL_ASSIGN_OR_RETURN(picks, IndexerTopK(w.indexer, rope, x, qr.view()));
+      V4RL_ASSIGN_OR_RETURN(picks, IndexerTopK(w.indexer, rope, p, qr.view()));
     }
   }
   if (capture != nullptr && compressed) {
@@ -332,13 +450,12 @@ absl::Status CudaModel::Impl::OutputProjection(const AttentionWeights& w, const 
   const int64_t groups = config.o_groups, rank = config.o_lora_rank;
   const int64_t group_in = heads * dim / groups;
   const Tensor u = Dev(DType::kBF16, {num_tokens, groups * rank});
-  const TensorView o_groups = attn.view().Reshape({num_tokens, groups, group_in});
+  // Group g: u[:, g] = attn[:, g] · wo_a[g]ᵀ, every group in one batched GEMM over
+  // [groups, num_tokens, ·] views of the token-major activations.
+  const TensorView o_groups = attn.view().Reshape({num_tokens, groups, group_in}).Transpose(0, 1);
   const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
-  const TensorView u_groups = u.view().Reshape({num_tokens, groups, rank});
-  for (int64_t g = 0; g < groups; ++g) {
-    V4RL_RETURN_IF_ERROR(
-        kc::Gemm(*gemm, o_groups.Select(1, g), w_groups.Select(0, g), u_groups.Select(1, g)));
-  }
+  const TensorView u_groups = u.view().Reshape({num_tokens, groups, rank}).Transpose(0, 1);
+  V4RL_RETURN_IF_ERROR(kc::BatchedGemm(*gemm, o_groups, w_groups, u_groups));
   V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(u.view()));  // wo_a is bf16 officially, wo_b FP8
   return kc::Gemm(*gemm, u.view(), w.wo_b.view(), out);
 }
@@ -368,16 +485,16 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   if (layer_index < options.routing_replay.size()) {
     const TensorView ids = options.routing_replay[layer_index];
     if (ids.dtype != DType::kI32 || !ids.is_contiguous() || !ids.SameShape({batch, seq_len, k})) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "routing_replay[%d] must be contiguous i32 [%d, %d, %d], got %s", layer_index, batch,
-          seq_len, k, ids.DebugString()));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("routing_replay[%d] must be contiguous i32 [%d, %d, %d], got %s",
+                          layer_index, batch, seq_len, k, ids.DebugString()));
     }
     for (int64_t i = 0; i < ids.numel(); ++i) {
       const int32_t id = ids.data_as<int32_t>()[i];
       if (id < 0 || id >= experts) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "routing_replay[%d] entry %d is expert %d, expected [0, %d)", layer_index, i, id,
-            experts));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("routing_replay[%d] entry %d is expert %d, expected [0, %d)",
+                            layer_index, i, id, experts));
       }
     }
     int64_t unused = 0;
@@ -404,8 +521,10 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   V4RL_RETURN_IF_ERROR(kc::MoeGather(xq, slots.view(), k, xp.view()));
   const Tensor gate = Dev(DType::kBF16, {picks, inter});
   const Tensor up = Dev(DType::kBF16, {picks, inter});
-  V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w1.view(), plan.expert_offsets, gate.view()));
-  V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, xp.view(), w.w3.view(), plan.expert_offsets, up.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::GroupedGemm(*gemm, xp.view(), w.w1.view(), plan.expert_offsets, gate.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::GroupedGemm(*gemm, xp.view(), w.w3.view(), plan.expert_offsets, up.view()));
   V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
   V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), pick_of_slot, weight));
   const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
@@ -452,21 +571,21 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
 absl::Status CudaModel::Impl::SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
                                                       const Tensor& expert_out,
                                                       const Tensor& pick_of_slot,
-                                                      const Tensor& weight,
-                                                      const TensorView& out) {
+                                                      const Tensor& weight, const TensorView& out) {
   const int64_t hidden = config.hidden_size;
   const float limit = static_cast<float>(config.swiglu_limit);
   Tensor shared_out;
   if (config.num_shared_experts > 0) {
     const int64_t width = w.shared_w1.size(0);
-    const Tensor sg = Dev(DType::kBF16, {num_tokens, width});
-    const Tensor su = Dev(DType::kBF16, {num_tokens, width});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w1.view(), sg.view()));
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.shared_w3.view(), su.view()));
-    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg.view(), su.view(), limit, sg.view()));
-    V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg.view()));
+    // [gate | up] from one GEMM; the activation overwrites the gate columns in place.
+    const Tensor gate_up = Dev(DType::kBF16, {num_tokens, 2 * width});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, fused[layer_index].shared_w13.view(), gate_up.view()));
+    const TensorView sg = gate_up.view().Slice(1, 0, width);
+    const TensorView su = gate_up.view().Slice(1, width, 2 * width);
+    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg, su, limit, sg));
+    V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg));
     shared_out = Dev(DType::kF32, {num_tokens, hidden});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg.view(), w.shared_w2.view(), shared_out.view()));
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg, w.shared_w2.view(), shared_out.view()));
   }
   // With the FP8 simulation the weights were applied before the down projection.
   return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
@@ -507,10 +626,10 @@ absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const T
   profile.Mark("mhc");
   const Tensor attn_in = x;
   const Tensor attn_out = Dev(DType::kBF16, {num_tokens, hidden});
-  V4RL_RETURN_IF_ERROR(decode != nullptr ? AttentionDecode(layer.attn, layer.attention_type,
-                                                           x.view(), attn_out.view())
-                                         : Attention(layer.attn, layer.attention_type, x.view(),
-                                                     attn_out.view()));
+  V4RL_RETURN_IF_ERROR(
+      decode != nullptr
+          ? AttentionDecode(layer.attn, layer.attention_type, x.view(), attn_out.view())
+          : Attention(layer.attn, layer.attention_type, x.view(), attn_out.view()));
   profile.Mark("attention");
   const Tensor mid = Dev(stream_dtype(), {num_tokens, n, hidden});
   V4RL_RETURN_IF_ERROR(
@@ -522,7 +641,8 @@ absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const T
   V4RL_RETURN_IF_ERROR(Moe(layer.ffn, layer.mlp_type, x.view(), ffn_out.view()));
   profile.Mark("moe");
   Tensor out = Dev(stream_dtype(), {num_tokens, n, hidden});
-  V4RL_RETURN_IF_ERROR(kc::MhcPost(mid.view(), ffn_out.view(), post.view(), comb.view(), out.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::MhcPost(mid.view(), ffn_out.view(), post.view(), comb.view(), out.view()));
   profile.Mark("mhc");
   if (capture != nullptr) {
     CudaBlockCapture& c = *capture;
@@ -558,9 +678,9 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
       const int64_t id = input_ids.dtype == DType::kI64 ? input_ids.data_as<int64_t>()[offset]
                                                         : input_ids.data_as<int32_t>()[offset];
       if (id < 0 || id >= config.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id,
-            config.vocab_size));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id,
+                            config.vocab_size));
       }
       ids.data<int32_t>()[b * m.seq_len + t] = static_cast<int32_t>(id);
     }
@@ -572,8 +692,8 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
   for (RopeTables* rope : {&m.main_rope, &m.compress_rope}) {
     rope->cos = Dev(DType::kF32, {m.seq_len, half});
     rope->sin = Dev(DType::kF32, {m.seq_len, half});
-    V4RL_RETURN_IF_ERROR(kc::RopeTableFill(rope->inv_freq.view(), 0, 1, rope->cos.view(),
-                                           rope->sin.view()));
+    V4RL_RETURN_IF_ERROR(
+        kc::RopeTableFill(rope->inv_freq.view(), 0, 1, rope->cos.view(), rope->sin.view()));
   }
   CudaForwardOutput output;
   m.routed = options.return_routing ? &output.routed_experts : nullptr;
@@ -583,12 +703,12 @@ absl::StatusOr<CudaForwardOutput> CudaModel::Forward(const TensorView& input_ids
   // Every residual stream starts as the token embedding.
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
   Tensor streams = Dev(m.stream_dtype(), {m.num_tokens, n, hidden});
-  V4RL_RETURN_IF_ERROR(kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
-  if (!options.routing_replay.empty() &&
-      options.routing_replay.size() != m.weights.layers.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "routing_replay has %d layers, expected %d", options.routing_replay.size(),
-        m.weights.layers.size()));
+  V4RL_RETURN_IF_ERROR(
+      kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
+  if (!options.routing_replay.empty() && options.routing_replay.size() != m.weights.layers.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("routing_replay has %d layers, expected %d",
+                                                      options.routing_replay.size(),
+                                                      m.weights.layers.size()));
   }
   for (m.layer_index = 0; m.layer_index < m.weights.layers.size(); ++m.layer_index) {
     V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));

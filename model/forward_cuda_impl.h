@@ -27,7 +27,6 @@ using core::DType;
 using core::Tensor;
 using core::TensorView;
 
-
 inline Tensor Dev(DType dtype, absl::Span<const int64_t> shape) {
   return Tensor::Empty(dtype, shape, kc::CachingDeviceAllocator());
 }
@@ -37,8 +36,9 @@ inline absl::StatusOr<Tensor> Upload(const Tensor& host, DType dtype, int64_t* b
   if (!host.defined()) return Tensor();
   Tensor staged;
   if (dtype == DType::kI32) {
-    staged = host.dtype() == DType::kI32 && host.view().is_contiguous() ? host
-                                                                        : Tensor::CopyOf(host.view());
+    staged = host.dtype() == DType::kI32 && host.view().is_contiguous()
+                 ? host
+                 : Tensor::CopyOf(host.view());
   } else {
     const Tensor f32 = host.dtype() == DType::kF32 && host.view().is_contiguous()
                            ? host
@@ -72,6 +72,41 @@ struct RopeTables {
 
 struct DecodeStepState;  // model/decode_cuda_state.h
 
+// One layer's weights that read the same activation, concatenated by rows at upload so that one
+// GEMM per output dtype computes all their products (decode at batch 256 is bound by the GEMM
+// launches, not their bytes). The layer's AttentionWeights / MoeWeights tensors are views into
+// these; no weight is stored twice.
+struct FusedLayerWeights {
+  // [q_lora_rank + head_dim (+ c·head_dim (+ 2·index_head_dim)), hidden] bf16, GEMM out bf16:
+  // wq_a and wkv (they read the FP8 operand xq), then the compressor's wkv (compressed layers)
+  // and the indexer compressor's wkv (CSA), which read x.
+  Tensor attn_bf16;
+  // [c·head_dim (+ 2·index_head_dim + index_n_heads), hidden] bf16, GEMM out f32 (compressed
+  // layers; all read x): the compressor's wgate, then for CSA the indexer compressor's wgate and
+  // the indexer's weights_proj (its heads^-0.5 scale is applied when the slice is split out, not
+  // folded into the bf16 weights, so that its products stay those of the unfused GEMM).
+  Tensor attn_f32;
+  // [2·I_shared, hidden] bf16: shared_w1 rows then shared_w3 rows (undefined without shared
+  // experts); one GEMM gives [gate | up].
+  Tensor shared_w13;
+};
+
+// A compressor's per-token rows before pooling: values [N, width] bf16 and gate scores
+// [N, width] f32 with the slot's positional bias added; contiguous.
+struct CompressorRows {
+  Tensor kv, score;
+};
+
+// The products of an attention layer's input (CudaModel::Impl::ProjectAttentionInput).
+struct AttentionProjections {
+  TensorView qr;         // [N, q_lora_rank] bf16 row view (x · wq_aᵀ, before q_norm)
+  TensorView kv;         // [N, head_dim] bf16 row view (x · wkvᵀ, before kv_norm)
+  CompressorRows comp;   // compressed layers
+  CompressorRows index;  // CSA: the indexer's compressor
+  Tensor index_weights;  // CSA: [N, index_n_heads] f32, the head weights times heads^-0.5
+  Tensor bf16_out;       // [N, attn_bf16 rows] bf16: the storage qr and kv view
+};
+
 // Queries the indexer scores per GEMM: at most `limit` and `count`, and few enough that the
 // [chunk, heads, entries] f32 score block stays within 256 MiB (16 queries at 1M tokens).
 inline int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, int64_t entries) {
@@ -79,7 +114,6 @@ inline int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, in
   const int64_t fits = kScoreFloats / std::max<int64_t>(1, heads * entries);
   return std::max<int64_t>(1, std::min({limit, count, fits}));
 }
-
 
 }  // namespace cuda_internal
 
@@ -91,6 +125,7 @@ struct CudaModel::Impl {
   RopeTables main_rope, compress_rope;
   std::unique_ptr<kc::GemmHandle> gemm;
   int64_t weight_bytes = 0;
+  std::vector<FusedLayerWeights> fused;  // per layer
 
   // Per-forward state.
   int64_t batch = 0, seq_len = 0, num_tokens = 0;
@@ -108,19 +143,33 @@ struct CudaModel::Impl {
   DType stream_dtype() const { return options.bf16_streams ? DType::kBF16 : DType::kF32; }
 
   absl::Status UploadWeights(const ModelWeights& host);
+  // The fused GEMMs of layer layer_index's attention input (FusedLayerWeights): x [N, hidden]
+  // bf16 and xq, the FP8 operand (x itself unless options.fp8_simulation; wq_a and wkv read it).
+  // One bf16-out and, for compressed layers, one f32-out GEMM (one more with the FP8
+  // simulation, where the bf16 group's operands differ), then one SplitColumns launch for the
+  // compressor rows (gate bias of position positions[r] ([N] i32 device), or r mod seq_len when
+  // positions is empty) and the indexer head weights.
+  absl::StatusOr<AttentionProjections> ProjectAttentionInput(const AttentionWeights& w,
+                                                             AttentionType type,
+                                                             const TensorView& x,
+                                                             const TensorView& xq,
+                                                             const TensorView& positions);
   absl::StatusOr<Tensor> Compress(const CompressorWeights& w, int64_t ratio, bool overlap,
-                                  const RopeTables& rope, const TensorView& x);
+                                  const RopeTables& rope, const CompressorRows& rows);
+  // qr: [N, q_lora_rank] bf16 row view (normalised); p: the layer's projections (index rows and
+  // head weights).
   absl::StatusOr<Tensor> IndexerTopK(const IndexerWeights& w, const RopeTables& rope,
-                                     const TensorView& x, const TensorView& qr);
+                                     const AttentionProjections& p, const TensorView& qr);
   absl::Status Attention(const AttentionWeights& w, AttentionType type, const TensorView& x,
                          const TensorView& out);
   // attn [num_tokens, heads, head_dim] bf16 -> out [num_tokens, hidden]: the grouped low-rank
-  // output projection (o_groups GEMMs with wo_a), then wo_b. Shared by Attention and
-  // AttentionDecode.
+  // output projection (one batched GEMM over the o_groups with wo_a), then wo_b. Shared by
+  // Attention and AttentionDecode.
   absl::Status OutputProjection(const AttentionWeights& w, const Tensor& attn,
                                 const TensorView& out);
   absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
-  // The shared experts on x [num_tokens, hidden] plus the weighted combine of the routed
+  // The shared experts on x [num_tokens, hidden] (w1 and w3 as one GEMM over
+  // FusedLayerWeights::shared_w13 of layer layer_index) plus the weighted combine of the routed
   // experts' rows expert_out (MoeCombine's pick_of_slot, weight) into out. Shared by Moe and
   // MoeDevicePlan.
   absl::Status SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,

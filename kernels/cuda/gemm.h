@@ -41,6 +41,15 @@ class GemmHandle {
 absl::Status Gemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,
                   const core::TensorView& out, float alpha = 1.0f, bool accumulate = false);
 
+// out[b] = x[b] · w[b]ᵀ for every b < batch in one strided-batched cuBLASLt call (the grouped
+// low-rank output projection's o_groups GEMMs). x: [batch, M, K] bf16; w: [batch, N, K] bf16;
+// out: [batch, M, N] bf16 or f32, distinct from x and w. Device views with a unit inner stride,
+// a row stride of at least the row length and any batch stride (e.g. x = the [M, batch, K]
+// activations transposed to [batch, M, K]). InvalidArgument on a mismatch; Internal on a cuBLAS
+// failure.
+absl::Status BatchedGemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,
+                         const core::TensorView& out);
+
 // Routed experts: rows [offsets[e], offsets[e + 1]) of x go through expert e's weight.
 // x: [P, K] bf16; w: [E, N, K] bf16 contiguous; out: [P, N] bf16 or f32; offsets: host array of
 // E + 1 non-decreasing row offsets with offsets[0] = 0 and offsets[E] = P (plan/moe_dispatch.h).

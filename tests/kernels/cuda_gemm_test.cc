@@ -48,7 +48,7 @@ void CheckGemm(int64_t m, int64_t n, int64_t k, DType out_dtype, uint64_t seed) 
 
 TEST(CudaGemm, OddSizesBf16AndF32Out) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  CheckGemm(17, 77, 133, DType::kF32, 1);   // odd K: leading dims cuBLASLt may reject
+  CheckGemm(17, 77, 133, DType::kF32, 1);  // odd K: leading dims cuBLASLt may reject
   CheckGemm(17, 77, 133, DType::kBF16, 2);
   CheckGemm(17, 264, 1032, DType::kBF16, 3);  // aligned K
   CheckGemm(1, 129, 512, DType::kF32, 4);     // one decode row
@@ -75,8 +75,8 @@ TEST(CudaGemm, StridedRowsAlphaAndAccumulate) {
   ASSERT_TRUE(Gemm(*handle, dx.view().Slice(1, 8, 8 + k), dw.view(), dout.view(), 0.5f,
                    /*accumulate=*/true)
                   .ok());
-  EXPECT_TRUE(testing::CloseAndReport("gemm strided alpha accumulate", testing::ToHost(dout.view()).view(),
-                                      want.view(), kF32Out));
+  EXPECT_TRUE(testing::CloseAndReport("gemm strided alpha accumulate",
+                                      testing::ToHost(dout.view()).view(), want.view(), kF32Out));
 }
 
 TEST(CudaGemm, GroupedMatchesPerExpertReference) {
@@ -99,6 +99,42 @@ TEST(CudaGemm, GroupedMatchesPerExpertReference) {
   ASSERT_TRUE(GroupedGemm(*handle, dx.view(), dw.view(), offsets, dout.view()).ok());
   EXPECT_TRUE(testing::CloseAndReport("grouped gemm", testing::ToHost(dout.view()).view(),
                                       want.view(), kF32Out));
+}
+
+// The output projection's layout: x [M, G, K] token-major read as [G, M, K], out [M, G, N] written
+// as [G, M, N] (interleaved batch entries), each group against its own weight.
+TEST(CudaGemm, BatchedInterleavedGroupsMatchPerGroupReference) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t groups = 3, m = 17, n = 40, k = 72;
+  const Tensor x = testing::RoundToBf16(RandomNormal({m, groups, k}, 31));
+  const Tensor w = testing::RoundToBf16(RandomNormal({groups, n, k}, 32, 0.3f));
+  Tensor want = Tensor::Empty(DType::kF32, {m, groups, n});
+  for (int64_t g = 0; g < groups; ++g) {
+    cpu::LinearRef(x.data<float>() + g * k, groups * k, w.data<float>() + g * n * k, k,
+                   want.data<float>() + g * n, groups * n, m, n, k, nullptr);
+  }
+  const Tensor dx = testing::ToDevice(x, DType::kBF16);
+  const Tensor dw = testing::ToDevice(w, DType::kBF16);
+  auto handle = MakeHandle();
+  for (DType out_dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor dout = Tensor::Empty(out_dtype, {m, groups, n}, DeviceAllocator());
+    ASSERT_TRUE(
+        BatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view(), dout.view().Transpose(0, 1))
+            .ok());
+    EXPECT_TRUE(testing::CloseAndReport(
+        out_dtype == DType::kF32 ? "batched gemm f32 out" : "batched gemm bf16 out",
+        testing::ToHost(dout.view()).view(), want.view(),
+        out_dtype == DType::kF32 ? kF32Out : kBf16Out));
+  }
+  // Overlapping outputs and mismatched batches are refused.
+  const Tensor small = Tensor::Empty(DType::kF32, {m, n}, DeviceAllocator());
+  core::TensorView overlapping = small.view().Reshape({1, m, n});
+  overlapping.shape[0] = groups;
+  overlapping.strides[0] = 1;
+  EXPECT_FALSE(BatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view(), overlapping).ok());
+  EXPECT_FALSE(BatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view().Slice(0, 0, 2),
+                           small.view().Reshape({1, m, n}))
+                   .ok());
 }
 
 TEST(CudaGemm, RejectsMismatchedShapesAndHostViews) {
