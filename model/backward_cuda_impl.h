@@ -131,6 +131,7 @@ class Run {
     p.b = {w.data, w.dtype, w.strides[0], 0};
     p.trans_b = true;
     p.c = y.data;
+    p.c_dtype = y.dtype;
     p.ldc = y.strides[0];
     p.m = x.shape[0], p.n = w.shape[0], p.k = x.shape[1];
     p.alpha = alpha;
@@ -199,7 +200,8 @@ class Run {
   }
   // y[rows of e] = x[rows of e] · w[e]ᵀ for every expert e with rows [offsets[e], offsets[e + 1])
   // (routed experts: too small to fill the GPU one at a time). x: [P, k]; w: [E, n, k]; y: [P, n]
-  // f32; x and w already as the products read them (ProductOperand, ProductWeight: one dtype).
+  // f32, or bf16 for bf16 x and w; x and w already as the products read them (ProductOperand,
+  // ProductWeight: one dtype).
   // Expert e runs on lane e mod kLanes, the lanes' GEMMs issued from their own host threads.
   void ExpertsForward(const core::TensorView& x, const core::TensorView& w,
                       const core::TensorView& y, absl::Span<const int64_t> offsets) {

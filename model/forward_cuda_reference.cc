@@ -341,7 +341,6 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   acts->expert_gate = run.New({num_picks, inter});
   acts->expert_up = run.New({num_picks, inter});
   acts->expert_act = run.New({num_picks, inter});
-  acts->expert_out = run.New({num_picks, hidden});
   // With bf16 products the GEMMs read bf16: the picks' inputs as gathered, the weights' mirrors
   // (Run::ProductWeight).
   const Tensor& expert_x = acts->expert_x;
@@ -357,12 +356,11 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
     });
   }
   const Tensor expert_act = run.ProductOperand(acts->expert_act);
-  run.ExpertsForward(expert_act.view(), w2, acts->expert_out.view(), offsets);
-  // The routing weight multiplies each pick's output row (the CPU's expert_out is weighted).
-  run.Do([&] {
-    return kc::MoeScalePicks(acts->expert_out.view(), pick_of_slot.view(),
-                             acts->topk_weight.view());
-  });
+  // The picks' outputs feed only the weighted combine below (the backward does not read them):
+  // a temporary in the products' dtype, unweighted (the CPU saves expert_out weighted; this path
+  // saves none and the combine applies the routing weights).
+  const Tensor expert_out = Run::New(expert_act.dtype(), {num_picks, hidden});
+  run.ExpertsForward(expert_act.view(), w2, expert_out.view(), offsets);
 
   // Shared expert on every token.
   if (config.num_shared_experts > 0) {
@@ -380,11 +378,11 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
     run.Forward(acts->shared_act.view(), w.shared_w2.view(), acts->shared_out.view());
   }
 
-  // out = Σ_j routed pick j (slot order, already weighted) + shared.
+  // out = Σ_j weight_j · routed pick j (slot order) + shared.
   run.Do([&] {
-    return kc::MoeCombine(acts->expert_out.view(), pick_of_slot.view(), acts->topk_weight.view(),
+    return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), acts->topk_weight.view(),
                           acts->shared_out.defined() ? acts->shared_out.view() : TensorView(), out,
-                          /*weighted=*/false);
+                          /*weighted=*/true);
   });
 }
 

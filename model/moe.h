@@ -25,7 +25,7 @@ struct MoeActivations {
   core::Tensor expert_gate;  // [num_picks, I] expert_x · w1[e]ᵀ
   core::Tensor expert_up;    // [num_picks, I] expert_x · w3[e]ᵀ
   core::Tensor expert_act;   // [num_picks, I] clamped SwiGLU
-  core::Tensor expert_out;   // [num_picks, H] expert_act · w2[e]ᵀ · routing weight
+  core::Tensor expert_out;   // [num_picks, H] expert_act · w2[e]ᵀ · routing weight (CPU only)
   core::Tensor shared_gate;  // [N, S]
   core::Tensor shared_up;    // [N, S]
   core::Tensor shared_act;   // [N, S]
