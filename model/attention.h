@@ -21,6 +21,7 @@ namespace v4rl::model {
 struct AttentionActivations {
   core::Tensor qr_raw;  // [B·T, q_lora_rank] x · wq_aᵀ
   core::Tensor qr;      // [B·T, q_lora_rank] RMSNorm · q_norm (also the indexer's input)
+  core::Tensor q_raw;  // [B·T, nh·D] qr · wq_bᵀ (saved by the GPU path; the CPU recomputes it)
   core::Tensor q;       // [B·T, nh, D] wq_b, per-head unweighted RMSNorm, RoPE
   core::Tensor kv_raw;  // [B·T, D] x · wkvᵀ
   core::Tensor kv;      // [B·T, D] RMSNorm · kv_norm, RoPE

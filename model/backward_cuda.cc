@@ -229,12 +229,17 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   }
   run.Mark("bwd.attn.core");
 
-  // Query path: RoPE, per-head unweighted RMSNorm (input recomputed as on the CPU), wq_b,
-  // q_norm, wq_a.
+  // Query path: RoPE, per-head unweighted RMSNorm (its input as the GPU forward saved it, or
+  // recomputed as on the CPU), wq_b, q_norm, wq_a.
   rotate_back_each_sequence(dq, /*inverse=*/false);
   const Tensor qr = run.Up(host_acts.qr), qr_raw = run.Up(host_acts.qr_raw);
-  Tensor q_raw = run.Z({num_tokens, heads * dim});
-  run.Forward(qr.view(), w.wq_b.view(), q_raw.view());
+  Tensor q_raw;
+  if (host_acts.q_raw.defined()) {
+    q_raw = run.Up(host_acts.q_raw);
+  } else {
+    q_raw = run.New({num_tokens, heads * dim});
+    run.Forward(qr.view(), w.wq_b.view(), q_raw.view());
+  }
   Tensor dq_raw = run.Z({num_tokens, heads * dim});
   run.RmsNorm(q_raw.view().Reshape({num_tokens * heads, dim}), TensorView(), eps,
               dq.view().Reshape({num_tokens * heads, dim}),

@@ -199,9 +199,15 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   run.Forward(x_product, w.wq_a.view(), acts->qr_raw.view());
   acts->qr = run.New({num_tokens, config.q_lora_rank});
   run.Do([&] { return kc::RmsNorm(acts->qr_raw.view(), w.q_norm.view(), eps, acts->qr.view()); });
+  // q before its per-head norm is saved: the backward's norm gradient reads it (the CPU
+  // recomputes it there instead).
+  acts->q_raw = run.New({num_tokens, heads * dim});
+  run.Forward(acts->qr.view(), w.wq_b.view(), acts->q_raw.view());
   acts->q = run.New({num_tokens, heads, dim});
-  run.Forward(acts->qr.view(), w.wq_b.view(), acts->q.view().Reshape({num_tokens, heads * dim}));
-  run.Do([&] { return kc::RmsNorm(acts->q.view(), TensorView(), eps, acts->q.view()); });
+  run.Do([&] {
+    return kc::RmsNorm(acts->q_raw.view().Reshape({num_tokens, heads, dim}), TensorView(), eps,
+                       acts->q.view());
+  });
   rotate_each_sequence(acts->q, /*inverse=*/false);
 
   // The single K=V head.
