@@ -3,7 +3,8 @@
 // fixtures (mixed_small: sliding/CSA/HCA, hash + top-k MoE, B = 2, T = 40; ratios_4_128: ratios
 // 4 and 128, T = 300).
 //  - logits, hidden, streams and every saved activation (BlockActivations, MhcActivations,
-//    AttentionActivations with the compressor and indexer ones, MoeActivations, HcHeadActivations):
+//    AttentionActivations with the compressor and indexer ones, MoeActivations but expert_out,
+//    which only the CPU saves, HcHeadActivations):
 //    relative error by norm <= 1e-5 per tensor (fp32 on both sides; only summation order, cuBLAS's
 //    f32 GEMM blocking and the device's expf/log1pf differ); the worst is printed. The CPU's
 //    routing is replayed on the GPU so that the MoE's discrete choices match (a top-k between two
@@ -84,7 +85,8 @@ void AddMoe(const std::string& p, const MoeActivations& m, Named* out) {
   out->emplace_back(p + "expert_gate", m.expert_gate);
   out->emplace_back(p + "expert_up", m.expert_up);
   out->emplace_back(p + "expert_act", m.expert_act);
-  out->emplace_back(p + "expert_out", m.expert_out);
+  // expert_out is saved by the CPU only (the GPU combines a temporary; the backward never reads
+  // it); the GPU's q_raw (AttentionActivations) is checked through the gradients instead.
   out->emplace_back(p + "shared_gate", m.shared_gate);
   out->emplace_back(p + "shared_up", m.shared_up);
   out->emplace_back(p + "shared_act", m.shared_act);
