@@ -238,6 +238,105 @@ void WithStreamCount(int64_t n, F&& f) {
   }
 }
 
+// The mixes' input gradient through the stream RMS norm, kMixRows tokens a block: each thread
+// keeps fn's column c (kM values, zeros past m) in registers for all the block's tokens, whose
+// dmixes rows sit in shared memory. Pass 1: Σ x² and Σ dnormed·x of each token, with
+// dnormed = dmixes[t] · fn computed on the fly (j ascending); pass 2: dstreams[t] +=
+// inv·dnormed - inv³·(Σ dnormed·x)/D · x (RmsNormBackwardRef's arithmetic, unweighted).
+constexpr int kMixRows = 16;
+constexpr int kMaxMixes = 32;
+constexpr int kMixThreads = 256;
+
+struct MixesNormParams {
+  const void* streams;
+  bool streams_bf16;
+  const float* fn;      // [m, width]
+  const float* dmixes;  // [tokens, m]
+  float* dstreams;      // [tokens, width] +=
+  int64_t tokens, width;
+  int m;
+  float eps;
+};
+
+template <int kM>
+__global__ void __launch_bounds__(kMixThreads) MixesNormBackwardKernel(MixesNormParams p) {
+  static_assert(kM % 4 == 0 && kM <= kMaxMixes, "dmixes rows are read four at a time");
+  __shared__ __align__(16) float dm[kMixRows][kMaxMixes];
+  __shared__ float warp_sums[kMixThreads / 32][2 * kMixRows];
+  __shared__ float inv[kMixRows], coef[kMixRows];
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kMixRows;
+  const int rows = static_cast<int>(Min64(kMixRows, p.tokens - t0));
+  for (int i = threadIdx.x; i < kMixRows * kMaxMixes; i += blockDim.x) {
+    const int r = i / kMaxMixes, j = i % kMaxMixes;
+    dm[r][j] = r < rows && j < p.m ? p.dmixes[(t0 + r) * p.m + j] : 0.0f;
+  }
+  __syncthreads();
+  float f[kM];
+  auto load_column = [&](int64_t c) {
+#pragma unroll
+    for (int j = 0; j < kM; ++j) f[j] = j < p.m ? p.fn[j * p.width + c] : 0.0f;
+  };
+  auto dnormed = [&](int r) {
+    float v = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kM; j += 4) {
+      const float4 d = *reinterpret_cast<const float4*>(&dm[r][j]);
+      v = fmaf(d.x, f[j], v);
+      v = fmaf(d.y, f[j + 1], v);
+      v = fmaf(d.z, f[j + 2], v);
+      v = fmaf(d.w, f[j + 3], v);
+    }
+    return v;
+  };
+  float sum_sq[kMixRows], dot[kMixRows];
+#pragma unroll
+  for (int r = 0; r < kMixRows; ++r) sum_sq[r] = dot[r] = 0.0f;
+  for (int64_t c = threadIdx.x; c < p.width; c += blockDim.x) {
+    load_column(c);
+#pragma unroll
+    for (int r = 0; r < kMixRows; ++r) {
+      if (r < rows) {
+        const float x = LoadF(p.streams, p.streams_bf16, (t0 + r) * p.width + c);
+        sum_sq[r] += x * x;
+        dot[r] += dnormed(r) * x;
+      }
+    }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int r = 0; r < kMixRows; ++r) {
+    const float a = WarpSum(sum_sq[r]), b = WarpSum(dot[r]);
+    if (lane == 0) {
+      warp_sums[warp][2 * r] = a;
+      warp_sums[warp][2 * r + 1] = b;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    const int r = threadIdx.x;
+    float a = 0.0f, b = 0.0f;
+    for (int w = 0; w < kMixThreads / 32; ++w) {
+      a += warp_sums[w][2 * r];
+      b += warp_sums[w][2 * r + 1];
+    }
+    const float width = static_cast<float>(p.width);
+    inv[r] = rsqrtf(a / width + p.eps);
+    coef[r] = inv[r] * inv[r] * inv[r] * b / width;
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < p.width; c += blockDim.x) {
+    load_column(c);
+#pragma unroll
+    for (int r = 0; r < kMixRows; ++r) {
+      if (r < rows) {
+        const int64_t o = (t0 + r) * p.width + c;
+        const float x = LoadF(p.streams, p.streams_bf16, o);
+        p.dstreams[o] += inv[r] * dnormed(r) - coef[r] * x;
+      }
+    }
+  }
+}
+
 bool F32(const core::TensorView& v, absl::Span<const int64_t> shape) {
   return v.device == core::Device::kCuda && v.data != nullptr && v.dtype == core::DType::kF32 &&
          v.is_contiguous() && v.SameShape(shape);
@@ -382,6 +481,43 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
         dpost.data_as<float>(), dcomb.data_as<float>());
   });
   return LaunchStatus("MhcExpandBackward");
+}
+
+absl::Status MhcMixesNormBackward(const core::TensorView& streams, const core::TensorView& fn,
+                                  const core::TensorView& dmixes, float eps,
+                                  const core::TensorView& dstreams) {
+  const bool shaped = streams.rank == 3 && fn.rank == 2 && dmixes.rank == 2;
+  const int64_t tokens = shaped ? streams.shape[0] : -1;
+  const int64_t width = shaped ? streams.shape[1] * streams.shape[2] : -1;
+  const int64_t m = shaped ? fn.shape[0] : -1;
+  if (!shaped || m < 1 || m > kMaxMixes || !Any(streams, streams.shape_vector()) ||
+      !F32(fn, {m, width}) || !F32(dmixes, {tokens, m}) || !F32(dstreams, streams.shape_vector()) ||
+      dstreams.data == streams.data) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "MhcMixesNormBackward: streams %s, fn %s, dmixes %s, dstreams %s do not fit (streams "
+        "[N, n, H] f32|bf16, fn [M <= %d, n·H] f32, dmixes [N, M] f32, dstreams [N, n, H] f32)",
+        streams.DebugString(), fn.DebugString(), dmixes.DebugString(), dstreams.DebugString(),
+        kMaxMixes));
+  }
+  if (tokens == 0 || width == 0) return absl::OkStatus();
+  MixesNormParams p{streams.data,
+                    Bf16(streams),
+                    fn.data_as<float>(),
+                    dmixes.data_as<float>(),
+                    dstreams.data_as<float>(),
+                    tokens,
+                    width,
+                    static_cast<int>(m),
+                    eps};
+  const unsigned blocks = static_cast<unsigned>((tokens + kMixRows - 1) / kMixRows);
+  // fn's column in registers: the smallest of 4, 8, 16, 24, 32 values that holds m.
+  auto* kernel = m <= 4    ? MixesNormBackwardKernel<4>
+                 : m <= 8  ? MixesNormBackwardKernel<8>
+                 : m <= 16 ? MixesNormBackwardKernel<16>
+                 : m <= 24 ? MixesNormBackwardKernel<24>
+                           : MixesNormBackwardKernel<32>;
+  kernel<<<blocks, kMixThreads>>>(p);
+  return LaunchStatus("MhcMixesNormBackward");
 }
 
 }  // namespace v4rl::kernels::cuda
