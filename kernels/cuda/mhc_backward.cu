@@ -258,6 +258,18 @@ struct MixesNormParams {
   float eps;
 };
 
+// Four floats from shared memory, read at this point of the loop: the dmixes rows are the same
+// for every column, and a plain load lets the compiler hoist all 16 x kM of them into registers
+// (measured: 8 KB of spills at kM = 24 and 2.7x slower than the unfused GEMM + norm).
+__device__ __forceinline__ float4 LoadSharedNoHoist(const float* p) {
+  float4 v;
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(address));
+  return v;
+}
+
 template <int kM>
 __global__ void __launch_bounds__(kMixThreads) MixesNormBackwardKernel(MixesNormParams p) {
   static_assert(kM % 4 == 0 && kM <= kMaxMixes, "dmixes rows are read four at a time");
@@ -280,7 +292,7 @@ __global__ void __launch_bounds__(kMixThreads) MixesNormBackwardKernel(MixesNorm
     float v = 0.0f;
 #pragma unroll
     for (int j = 0; j < kM; j += 4) {
-      const float4 d = *reinterpret_cast<const float4*>(&dm[r][j]);
+      const float4 d = LoadSharedNoHoist(&dm[r][j]);
       v = fmaf(d.x, f[j], v);
       v = fmaf(d.y, f[j + 1], v);
       v = fmaf(d.z, f[j + 2], v);
