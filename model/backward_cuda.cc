@@ -37,15 +37,15 @@ using cuda_reference::DeviceRopeTables;
 using cuda_reference::Rows2;
 using cuda_reference::Run;
 
-// mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward): fn's
-// gradient as a weight gradient; the streams' through the norm in one kernel that never writes
-// dnormed = dmixes · fn ([N, n·H] f32) out (MhcMixesNormBackward, f32 fn and dmixes).
+// mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward).
 void MixesBackward(Run& run, const TensorView& streams, const Tensor& normed, const Tensor& fn,
                    float eps, const Tensor& dmixes, const TensorView& dstreams, const Tensor& dfn) {
   const int64_t num_tokens = streams.shape[0];
-  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), TensorView(), dfn.view());
-  run.Do(
-      [&] { return kc::MhcMixesNormBackward(streams, fn.view(), dmixes.view(), eps, dstreams); });
+  const int64_t width = streams.shape[1] * streams.shape[2];
+  Tensor dnormed = run.Z({num_tokens, width});
+  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), dnormed.view(), dfn.view());
+  run.RmsNorm(streams.Reshape({num_tokens, width}), TensorView(), eps, dnormed.view(),
+              dstreams.Reshape({num_tokens, width}), TensorView());
 }
 
 // model/backward.cc SiteBackward + model/mhc_backward.cc MhcPost/PreBackward.

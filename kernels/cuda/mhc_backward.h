@@ -1,8 +1,8 @@
 // Backward of the mHC arithmetic on the GPU (kernels/cpu/mhc_backward.h is the reference): the
 // pre/post gates and the Sinkhorn projection (recomputed per token and reversed through every
 // row/column normalisation), the hc_head gate, the collapse Σ_j pre_j·X_j and the expand-and-mix
-// out_k = post_k·y + Σ_j comb[j][k]·X_j, and the mixes' input gradient through the stream RMS
-// norm (MhcMixesNormBackward; fn's own gradient is a LinearBackward).
+// out_k = post_k·y + Σ_j comb[j][k]·X_j. The mixes' own backward (normed · fnᵀ, the stream RMS)
+// is LinearBackward + RmsNormBackward on the same buffers.
 // n = hc_mult <= 4 (kMaxHcMult), sinkhorn iters <= 32. Coefficients and every gradient f32;
 // streams, y and dout bf16|f32. Gradients are ADDED to (the caller zeroes them); parameter
 // gradients (dbase, dscale) are summed over tokens by a fixed-order block reduction
@@ -46,14 +46,5 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
                                const core::TensorView& dout, const core::TensorView& dstreams,
                                const core::TensorView& dy, const core::TensorView& dpost,
                                const core::TensorView& dcomb);
-
-// The streams' gradient through mixes = RmsNorm(flattened streams) · fnᵀ without materialising
-// dnormed = dmixes · fn: dstreams[t] += inv_t·dnormed[t] - inv_t³·(Σ_c dnormed[t, c]·x[t, c])/D ·
-// x[t] (unweighted RMS over the D = n·H flattened values, kernels/cpu RmsNormBackwardRef's
-// arithmetic). streams: [N, n, H] bf16|f32; fn: [M, n·H] f32 with M <= 32 (the layers' (2+n)·n
-// mixes, hc_head's n); dmixes: [N, M] f32; dstreams: [N, n, H] f32 +=.
-absl::Status MhcMixesNormBackward(const core::TensorView& streams, const core::TensorView& fn,
-                                  const core::TensorView& dmixes, float eps,
-                                  const core::TensorView& dstreams);
 
 }  // namespace v4rl::kernels::cuda

@@ -10,7 +10,6 @@
 #include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/compressor_backward.h"
-#include "kernels/cpu/elementwise_backward.h"
 #include "kernels/cpu/mhc_backward.h"
 #include "kernels/cuda/compressor_backward.h"
 #include "kernels/cuda/device.h"
@@ -147,59 +146,6 @@ TEST(CudaMhcBackward, CollapseAndExpandBf16Streams) {
       }
     }
   }
-}
-
-// The mixes' input gradient through the stream RMS norm against the CPU's two steps (dnormed =
-// dmixes · fn, then RmsNormBackwardRef, unweighted): 37 tokens (a partial last block of 16),
-// M = 24 (a layer's (2+n)·n mixes), 15 (n = 3), 4 (hc_head) and 32 (the largest kernel).
-TEST(CudaMhcBackward, MixesNormBackwardMatchesGemmThenNorm) {
-  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t tokens = 37;
-  const float eps = 1e-6f;
-  const struct {
-    int64_t n, hidden, m;
-  } shapes[] = {{4, 333, 24}, {3, 129, 15}, {4, 96, 4}, {4, 64, 32}};
-  for (const auto& [n, hidden, m] : shapes) {
-    for (DType dtype : {DType::kF32, DType::kBF16}) {
-      const int64_t width = n * hidden;
-      const Tensor streams = testing::RoundToBf16(RandomNormal({tokens, n, hidden}, 40, 2.0f));
-      const Tensor fn = RandomNormal({m, width}, 41, 0.1f);
-      const Tensor dmixes = RandomNormal({tokens, m}, 42);
-      Grad dstreams({tokens, n, hidden}, 43);
-      std::vector<float> dnormed(tokens * width, 0.0f);
-      for (int64_t t = 0; t < tokens; ++t) {
-        for (int64_t j = 0; j < m; ++j) {
-          const float d = dmixes.data<float>()[t * m + j];
-          for (int64_t c = 0; c < width; ++c) {
-            dnormed[t * width + c] += d * fn.data<float>()[j * width + c];
-          }
-        }
-      }
-      cpu::RmsNormBackwardRef<float>(streams.data<float>(), width, nullptr, eps, dnormed.data(),
-                                     width, dstreams.cpu(), width, nullptr, tokens, width, nullptr);
-      const Tensor s_d = testing::ToDevice(streams, dtype),
-                   fn_d = testing::ToDevice(fn, DType::kF32),
-                   dm_d = testing::ToDevice(dmixes, DType::kF32);
-      const absl::Status status =
-          MhcMixesNormBackward(s_d.view(), fn_d.view(), dm_d.view(), eps, dstreams.device.view());
-      ASSERT_TRUE(status.ok()) << status;
-      EXPECT_TRUE(
-          dstreams.Check(absl::StrFormat("mixes norm dstreams %s n=%d H=%d M=%d",
-                                         dtype == DType::kF32 ? "f32" : "bf16", n, hidden, m),
-                         kTol));
-    }
-  }
-  // More than 32 mixes, or a mismatched fn, is refused.
-  const Tensor s_d = testing::ToDevice(RandomNormal({3, 2, 8}, 44), DType::kF32);
-  const Tensor big_fn = testing::ToDevice(RandomNormal({33, 16}, 45), DType::kF32);
-  const Tensor big_dm = testing::ToDevice(RandomNormal({3, 33}, 46), DType::kF32);
-  const Tensor out = testing::ToDevice(RandomNormal({3, 2, 8}, 47), DType::kF32);
-  EXPECT_FALSE(
-      MhcMixesNormBackward(s_d.view(), big_fn.view(), big_dm.view(), 1e-6f, out.view()).ok());
-  const Tensor short_fn = testing::ToDevice(RandomNormal({4, 15}, 48), DType::kF32);
-  const Tensor dm4 = testing::ToDevice(RandomNormal({3, 4}, 49), DType::kF32);
-  EXPECT_FALSE(
-      MhcMixesNormBackward(s_d.view(), short_fn.view(), dm4.view(), 1e-6f, out.view()).ok());
 }
 
 TEST(CudaCompressorBackward, OverlappingAndPlainWindows) {
