@@ -319,7 +319,9 @@ TEST(CudaBackwardReplayTest, OtherRoutingMatchesTheCpu) {
 }
 
 // CudaMaskedNextTokenLossOnDevice: the loss and the gradients of CudaMaskedNextTokenLoss, left
-// on the device (compared after a copy; only the order of fp32 atomics may differ).
+// on the device (compared after a copy; only the order of fp32 atomics may differ, so the bar is
+// the GPU-vs-CPU one: on the H200 the 3-element hc_attn_scale gradients moved by 3.2e-6 to
+// 1.1e-5 by norm between runs of the same code).
 TEST(CudaBackwardDeviceGradientsTest, EqualTheHostGradients) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir("mixed_small") + "/model"));
@@ -350,7 +352,8 @@ TEST(CudaBackwardDeviceGradientsTest, EqualTheHostGradients) {
     ASSERT_TRUE(kernels::cuda::Copy(slot->view(), copy.view()).ok()) << spec.name;
     *slot = copy;
   });
-  ExpectGradientsClose(model.config, device, host, {1e-5}, "device gradients vs host gradients");
+  ExpectGradientsClose(model.config, device, host, {kGpuVsCpu},
+                       "device gradients vs host gradients");
 }
 
 }  // namespace
