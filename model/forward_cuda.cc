@@ -455,7 +455,7 @@ absl::Status CudaModel::Impl::OutputProjection(const AttentionWeights& w, const 
   const TensorView o_groups = attn.view().Reshape({num_tokens, groups, group_in}).Transpose(0, 1);
   const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
   const TensorView u_groups = u.view().Reshape({num_tokens, groups, rank}).Transpose(0, 1);
-  V4RL_RETURN_IF_ERROR(kc::BatchedGemm(*gemm, o_groups, w_groups, u_groups));
+  V4RL_RETURN_IF_ERROR(kc::StridedBatchedGemm(*gemm, o_groups, w_groups, u_groups));
   V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(u.view()));  // wo_a is bf16 officially, wo_b FP8
   return kc::Gemm(*gemm, u.view(), w.wo_b.view(), out);
 }

@@ -63,10 +63,11 @@ absl::StatusOr<Matrix> AsBatch(const char* name, const core::TensorView& v, bool
   if (v.device != core::Device::kCuda || !dtype_ok || v.rank != 3 || v.strides[2] != 1 ||
       v.strides[1] < v.shape[2] || v.strides[0] < 0 || v.data == nullptr ||
       v.shape[0] > INT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "BatchedGemm: %s must be a rank-3 %s device view [batch, rows, cols] with a unit inner "
-        "stride, got %s",
-        name, allow_f32 ? "bf16|f32" : "bf16", v.DebugString()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("StridedBatchedGemm: %s must be a rank-3 %s device view [batch, rows, "
+                        "cols] with a unit inner "
+                        "stride, got %s",
+                        name, allow_f32 ? "bf16|f32" : "bf16", v.DebugString()));
   }
   return Matrix{v.data, v.shape[1], v.shape[2], std::max<int64_t>(v.strides[1], 1), v.strides[0]};
 }
@@ -300,8 +301,8 @@ absl::Status Gemm(GemmHandle& handle, const core::TensorView& x, const core::Ten
   return handle.impl()->Run(*xm, *wm, *om, out.dtype == core::DType::kF32, alpha, accumulate);
 }
 
-absl::Status BatchedGemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,
-                         const core::TensorView& out) {
+absl::Status StridedBatchedGemm(GemmHandle& handle, const core::TensorView& x,
+                                const core::TensorView& w, const core::TensorView& out) {
   auto xm = AsBatch("x", x, /*allow_f32=*/false);
   if (!xm.ok()) return xm.status();
   auto wm = AsBatch("w", w, /*allow_f32=*/false);
@@ -312,7 +313,7 @@ absl::Status BatchedGemm(GemmHandle& handle, const core::TensorView& x, const co
   if (w.shape[0] != batch || out.shape[0] != batch || xm->cols != wm->cols ||
       om->rows != xm->rows || om->cols != wm->rows) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("BatchedGemm: x %s · wᵀ %s does not give out %s", x.DebugString(),
+        absl::StrFormat("StridedBatchedGemm: x %s · wᵀ %s does not give out %s", x.DebugString(),
                         w.DebugString(), out.DebugString()));
   }
   // The batch's outputs must not overlap: interleaved within rows, or one after another.
@@ -320,11 +321,11 @@ absl::Status BatchedGemm(GemmHandle& handle, const core::TensorView& x, const co
       om->batch_stride >= om->cols && (batch - 1) * om->batch_stride + om->cols <= om->ld;
   const bool stacked = om->batch_stride >= om->rows * om->ld;
   if (batch > 1 && !interleaved && !stacked) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("BatchedGemm: out %s has overlapping batch entries", out.DebugString()));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "StridedBatchedGemm: out %s has overlapping batch entries", out.DebugString()));
   }
   if (out.data == x.data || out.data == w.data) {
-    return absl::InvalidArgumentError("BatchedGemm: out must not alias x or w");
+    return absl::InvalidArgumentError("StridedBatchedGemm: out must not alias x or w");
   }
   return handle.impl()->Run(*xm, *wm, *om, out.dtype == core::DType::kF32, /*alpha=*/1.0f,
                             /*accumulate=*/false, batch);

@@ -47,8 +47,8 @@ absl::Status Gemm(GemmHandle& handle, const core::TensorView& x, const core::Ten
 // a row stride of at least the row length and any batch stride (e.g. x = the [M, batch, K]
 // activations transposed to [batch, M, K]). InvalidArgument on a mismatch; Internal on a cuBLAS
 // failure.
-absl::Status BatchedGemm(GemmHandle& handle, const core::TensorView& x, const core::TensorView& w,
-                         const core::TensorView& out);
+absl::Status StridedBatchedGemm(GemmHandle& handle, const core::TensorView& x,
+                                const core::TensorView& w, const core::TensorView& out);
 
 // Routed experts: rows [offsets[e], offsets[e + 1]) of x go through expert e's weight.
 // x: [P, K] bf16; w: [E, N, K] bf16 contiguous; out: [P, N] bf16 or f32; offsets: host array of

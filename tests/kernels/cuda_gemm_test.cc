@@ -118,9 +118,9 @@ TEST(CudaGemm, BatchedInterleavedGroupsMatchPerGroupReference) {
   auto handle = MakeHandle();
   for (DType out_dtype : {DType::kF32, DType::kBF16}) {
     const Tensor dout = Tensor::Empty(out_dtype, {m, groups, n}, DeviceAllocator());
-    ASSERT_TRUE(
-        BatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view(), dout.view().Transpose(0, 1))
-            .ok());
+    ASSERT_TRUE(StridedBatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view(),
+                                   dout.view().Transpose(0, 1))
+                    .ok());
     EXPECT_TRUE(testing::CloseAndReport(
         out_dtype == DType::kF32 ? "batched gemm f32 out" : "batched gemm bf16 out",
         testing::ToHost(dout.view()).view(), want.view(),
@@ -131,9 +131,9 @@ TEST(CudaGemm, BatchedInterleavedGroupsMatchPerGroupReference) {
   core::TensorView overlapping = small.view().Reshape({1, m, n});
   overlapping.shape[0] = groups;
   overlapping.strides[0] = 1;
-  EXPECT_FALSE(BatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view(), overlapping).ok());
-  EXPECT_FALSE(BatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view().Slice(0, 0, 2),
-                           small.view().Reshape({1, m, n}))
+  EXPECT_FALSE(StridedBatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view(), overlapping).ok());
+  EXPECT_FALSE(StridedBatchedGemm(*handle, dx.view().Transpose(0, 1), dw.view().Slice(0, 0, 2),
+                                  small.view().Reshape({1, m, n}))
                    .ok());
 }
 
