@@ -19,7 +19,12 @@
 #                training step at 4,096 tokens and one decode step at batch 256
 #                (scripts/ncu_kernel_table.py; base clocks, so compare shares)
 #                                                      -> kernels_train.txt, kernels_decode.txt
-# Env: BUNDLE (device_bundle), LIMIT_S (per step, 420).
+#        ab      (not in the default STEPS) the same v4rl-only timings of BUNDLE and of BASELINE
+#                (another bundle carried in the same call, e.g. one packed from the parent commit
+#                with BUNDLE_DIR=device_bundle_base scripts/device_bundle.sh): bf16 training steps
+#                at 4,096 tokens, prefill at 4K/16K and decode at batch 1/64/256, BASELINE first
+#                                                                             -> ab.txt
+# Env: BUNDLE (device_bundle), BASELINE (for ab), LIMIT_S (per step, 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-tests,decode,train,long}"
@@ -27,9 +32,11 @@ out="${2:-${OUT:-/tmp/gpu_checks}}"
 bundle="${BUNDLE:-device_bundle}"
 limit="${LIMIT_S:-420}"
 mkdir -p "$out"
-if [[ ! -d "$bundle" && -f "${bundle}_packed/bundle.tar.xz" ]]; then
-  tar -xJf "${bundle}_packed/bundle.tar.xz"
-fi
+for packed in "$bundle" ${BASELINE:-}; do
+  if [[ ! -d "$packed" && -f "${packed}_packed/bundle.tar.xz" ]]; then
+    tar -xJf "${packed}_packed/bundle.tar.xz"
+  fi
+done
 [[ -x "$bundle/env.sh" ]] || { echo "no $bundle (run scripts/device_bundle.sh and carry it)"; exit 2; }
 export V4RL_SOURCE_DIR=$PWD
 wants() { [[ ",$steps," == *",$1,"* ]]; }
@@ -97,4 +104,16 @@ if wants kernels; then
     - 4096 256 8192 4096 2
   echo "== kernels: decode step at batch 256"
   cat "$out/kernels_decode.txt"
+fi
+if wants ab; then
+  [[ -x "${BASELINE:-}/env.sh" ]] || { echo "ab: set BASELINE to a second carried bundle"; exit 2; }
+  for side in "$BASELINE" "$bundle"; do
+    echo "== $side"
+    timeout "$limit" "$side/env.sh" cuda_train_bench configs/models/mid.json - 4096 1 3 bf16 \
+      2>&1 | grep '"train"'
+    timeout "$limit" "$side/env.sh" cuda_decode_bench configs/models/mid.json - 4096,16384 \
+      1,64,256 8192 4096 16 2>/dev/null | grep -E '"prefill"|"decode"'
+  done > "$out/ab.txt"
+  echo "== ab (baseline first)"
+  cat "$out/ab.txt"
 fi
