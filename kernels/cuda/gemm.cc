@@ -65,8 +65,7 @@ absl::StatusOr<Matrix> AsBatch(const char* name, const core::TensorView& v, bool
       v.shape[0] > INT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrFormat("StridedBatchedGemm: %s must be a rank-3 %s device view [batch, rows, "
-                        "cols] with a unit inner "
-                        "stride, got %s",
+                        "cols] with a unit inner stride, got %s",
                         name, allow_f32 ? "bf16|f32" : "bf16", v.DebugString()));
   }
   return Matrix{v.data, v.shape[1], v.shape[2], std::max<int64_t>(v.strides[1], 1), v.strides[0]};

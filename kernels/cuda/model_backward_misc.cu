@@ -88,15 +88,6 @@ __global__ void EmbeddingBackwardKernel(const float* ds, const int32_t* ids, int
   }
 }
 
-__global__ void AddRowSumsKernel(const float* rows, int64_t count, int64_t width, float* out) {
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < width;
-       c += int64_t(gridDim.x) * blockDim.x) {
-    float sum = 0;
-    for (int64_t r = 0; r < count; ++r) sum += rows[r * width + c];
-    out[c] += sum;
-  }
-}
-
 }  // namespace
 
 absl::Status AddRowSums(const core::TensorView& rows, const core::TensorView& out) {
@@ -104,8 +95,9 @@ absl::Status AddRowSums(const core::TensorView& rows, const core::TensorView& ou
     return Bad("AddRowSums");
   }
   if (rows.shape[0] == 0) return absl::OkStatus();
+  // AddColumnSums' second launch: one thread a column, the rows added in order.
   const int64_t width = rows.shape[1];
-  AddRowSumsKernel<<<static_cast<unsigned>(std::min<int64_t>((width + 255) / 256, 4096)), 256>>>(
+  AddChunkSumsKernel<<<static_cast<unsigned>((width + 255) / 256), 256>>>(
       rows.data_as<float>(), rows.shape[0], width, out.data_as<float>());
   return LaunchStatus("AddRowSums");
 }
