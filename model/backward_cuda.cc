@@ -321,15 +321,14 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     // With bf16 products every GEMM operand is bf16, written so by the step that makes it (the
     // gather, the routing-weight step, the SwiGLU backward) instead of copied from f32, and the
     // weights are their mirrors (Run::ProductWeight); the elementwise steps read f32.
-    const DType product_dtype = run.bf16_products() ? DType::kBF16 : DType::kF32;
-    const Tensor picked_dout = Run::New(product_dtype, {num_picks, hidden});
+    const Tensor picked_dout = Run::New(run.product_dtype(), {num_picks, hidden});
     run.Do([&] { return kc::MoeGather(dout.view(), slots.view(), k, picked_dout.view()); });
     const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                      w2 = run.ProductWeight(w.w2.view());
     // u = g · w2 per expert (no dw2 yet: act is not read); then dweight = <u, act>, u *= w,
     // weighted = w · act; dw2.
     Tensor u = run.Z({num_picks, inter});
-    const Tensor weighted_act = Run::New(product_dtype, {num_picks, inter});
+    const Tensor weighted_act = Run::New(run.product_dtype(), {num_picks, inter});
     run.Do([&] {
       return kc::GroupedLinearBackward(run.blas(), TensorView(), w2, picked_dout.view(), offsets,
                                        u.view(), TensorView());

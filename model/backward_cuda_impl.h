@@ -66,6 +66,10 @@ class Run {
   bool bf16_products() const {
     return blas_ != nullptr && blas_->math() == kc::GemmMath::kBf16Inputs;
   }
+  // The dtype matrix products read: bf16 under bf16 products, else f32.
+  core::DType product_dtype() const {
+    return bf16_products() ? core::DType::kBF16 : core::DType::kF32;
+  }
   // What a matrix product reads of the device tensor `t`: `t` itself, or with bf16 products and
   // f32 `t` a bf16 copy of it (same shape; an undefined or bf16 `t` is returned as it is).
   core::Tensor ProductOperand(const core::Tensor& t) {
@@ -88,12 +92,7 @@ class Run {
   // A zeroed device tensor for values only matrix products read (gradients written by kernels
   // that accumulate): bf16 under bf16 products (each value rounds once, as ProductOperand's
   // copy of the f32 sum would), else f32.
-  core::Tensor ProductZ(absl::Span<const int64_t> shape) {
-    if (!bf16_products()) return Z(shape);
-    core::Tensor out = New(core::DType::kBF16, shape);
-    if (status_.ok()) Ok(kc::FillZero(out.view()));
-    return out;
-  }
+  core::Tensor ProductZ(absl::Span<const int64_t> shape) { return Z(shape, product_dtype()); }
   // What a matrix product reads of `w`, a view into an f32 device parameter: the same view of
   // its bf16 mirror when bf16 products are on and the parameter has one
   // (CudaBackward::Impl::bf16_mirrors), else `w` itself.
@@ -166,9 +165,9 @@ class Run {
     return core::Tensor::Empty(dtype, shape, kc::CachingDeviceAllocator());
   }
   core::Tensor New(absl::Span<const int64_t> shape) { return New(core::DType::kF32, shape); }
-  // Zeroed f32 device tensor.
-  core::Tensor Z(absl::Span<const int64_t> shape) {
-    core::Tensor out = New(shape);
+  // Zeroed device tensor (f32 unless `dtype` says bf16).
+  core::Tensor Z(absl::Span<const int64_t> shape, core::DType dtype = core::DType::kF32) {
+    core::Tensor out = New(dtype, shape);
     if (status_.ok()) Ok(kc::FillZero(out.view()));
     return out;
   }
