@@ -33,6 +33,7 @@ def main():
     prefill = [r for r in rows if r["kind"] == "prefill"]
     decode = [r for r in rows if r["kind"] == "decode"]
     decode_long = [r for r in rows if r["kind"] == "decode_long"]
+    no_graphs = {r["batch"]: r for r in rows if r["kind"] == "decode_no_graphs"}
     if not os.path.isfile(os.path.join(args.out_dir, "model", "config.json")):
         sys.exit(f"no checkpoint in {args.out_dir}/model: the v4rl bench failed before writing it "
                  "(on the GPU machine run it through device_bundle/env.sh)")
@@ -87,7 +88,8 @@ def main():
         ratio = f"{row['tokens_per_s'] / (t / (b * 1e-3)):6.2f}x" if b else "      -"
         print(f"{t:14d} {row['tokens_per_s']:11.0f} {row['ms'] / t * 1e3:14.2f} {base} {ratio}")
     print(f"{'decode batch':>14s} {'context':>8s} {'v4rl tok/s':>11s} {'HBM bound':>10s} "
-          f"{'of bound':>9s} {'weights/step':>13s} {'transformers tok/s':>19s} {'ratio':>7s}")
+          f"{'of bound':>9s} {'weights/step':>13s} {'transformers tok/s':>19s} {'ratio':>7s} "
+          f"{'no graphs tok/s':>16s} {'graphs gain':>12s}")
     for row in decode:
         b = row["batch"]
         theirs = theirs_decode.get(b)
@@ -96,7 +98,9 @@ def main():
         ratio = f"{row['tokens_per_s'] / (b / (theirs * 1e-3)):6.2f}x" if theirs else "      -"
         print(f"{b:14d} {row['context']:8d} {row['tokens_per_s']:11.0f} "
               f"{row['bound_tokens_per_s']:10.0f} {row['fraction_of_bound'] * 100:8.1f}% "
-              f"{row['weight_bytes'] / 1e9:11.2f}GB {base} {ratio}")
+              f"{row['weight_bytes'] / 1e9:11.2f}GB {base} {ratio} "
+              + (f"{no_graphs[b]['tokens_per_s']:16.0f} {no_graphs[b]['graphs_speedup']:11.2f}x"
+                 if b in no_graphs else f"{'-':>16s} {'-':>12s}"))
     short = next((r for r in decode if r["batch"] == 1), None)
     for row in decode_long:
         line = (f"single-stream decode after a {row['context']}-token prompt: "

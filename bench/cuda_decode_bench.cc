@@ -17,6 +17,9 @@
 //    steps; weight_bytes = bytes of weights one step touches (every dense matrix, the head, the
 //    routed experts the step's tokens picked, counted from its routing) and the bound = batch /
 //    (weight_bytes / copy bandwidth);
+//    Decode steps replay CUDA graphs (CudaDecodeStepOptions::cuda_graphs; the first step records);
+//  - {"kind": "decode_no_graphs", "batch", "ms_per_step", "tokens_per_s", "host_ms_per_step",
+//    "graphs_speedup"}: the same steps launch by launch right after, and the graphs' ratio;
 //  - {"kind": "decode_host_moe", "batch", "ms_per_step", "tokens_per_s"} with COMPARE_HOST_MOE=1:
 //    the same decode steps with the MoE plan built on the host (one sync per layer);
 //  - {"kind": "decode_long", "context", "ms_per_step", "tokens_per_s", "host_ms_per_step"}: batch-1
@@ -162,7 +165,7 @@ int Main(int argc, char** argv) {
   // One-token decode steps for `handles`; returns ms per step, the step's weight bytes and the
   // host's ms per step inside Step() (close to the step time: the host is the bottleneck).
   auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes, double* host_ms,
-                    bool device_moe = true) {
+                    bool device_moe = true, bool graphs = true) {
     std::vector<int32_t> tokens(handles.size());
     double host_seconds = 0;
     auto step = [&](int64_t j, bool routing) {
@@ -174,6 +177,7 @@ int Main(int argc, char** argv) {
       model::CudaDecodeStepOptions options;
       options.return_routing = routing;
       options.device_moe_dispatch = device_moe;
+      options.cuda_graphs = graphs;
       // Logits stay on the device, as `v4rl generate --device cuda` samples them there
       // (HOST_LOGITS=1: copied to the host every step, the bench's behaviour before).
       options.device_logits = !host_logits;
@@ -218,7 +222,7 @@ int Main(int argc, char** argv) {
   }
 
   for (int64_t batch : batches) {
-    auto prompt = (*decoder)->AddSequence(context + (compare_host_moe ? 2 : 1) * (steps + 2) + 8);
+    auto prompt = (*decoder)->AddSequence(context + (compare_host_moe ? 3 : 2) * (steps + 3) + 8);
     Check(prompt.status(), "add");
     prefill(**decoder, *prompt, make_ids(context));
     std::vector<int64_t> handles;
@@ -238,6 +242,18 @@ int Main(int argc, char** argv) {
         static_cast<long long>(batch), static_cast<long long>(context), ms, tps, weight_bytes,
         bound, tps / bound, host_ms);
     std::fflush(stdout);
+    {  // the same steps launch by launch (no CUDA graphs): the baseline of the graphs' gain
+      double unused = 0, direct_host_ms = 0;
+      const double direct_ms =
+          decode(handles, &unused, &direct_host_ms, /*device_moe=*/true, /*graphs=*/false);
+      std::printf(
+          "{\"kind\": \"decode_no_graphs\", \"batch\": %lld, \"ms_per_step\": %.3f, "
+          "\"tokens_per_s\": %.0f, \"host_ms_per_step\": %.3f, \"graphs_speedup\": "
+          "%.2f}\n",
+          static_cast<long long>(batch), direct_ms, batch * 1e3 / direct_ms, direct_host_ms,
+          direct_ms / ms);
+      std::fflush(stdout);
+    }
     if (compare_host_moe) {  // the same step with the MoE plan built on the host
       double unused = 0, unused_host = 0;
       const double host_ms = decode(handles, &unused, &unused_host, /*device_moe=*/false);

@@ -160,6 +160,7 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
 absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, AttentionType type,
                                               const TensorView& x, const TensorView& out) {
   DecodeStepState& st = *decode;
+  if (st.table != nullptr) return AttentionDecodeGraph(w, type, x, out);
   const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
   const int64_t window = config.sliding_window;
   const bool sliding = type == AttentionType::kSliding;
@@ -190,9 +191,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   const bool compressed = !sliding;
   const bool csa = type == AttentionType::kCompressedSparse;
   // Single-token spans go through the batched decode kernels (one launch for all of them).
-  const bool batched = st.options->batched_decode && dim % 32 == 0 && dim <= 512 &&
-                       config.index_head_dim % 32 == 0 && config.index_head_dim <= 512 &&
-                       config.index_n_heads * config.index_head_dim * 4 <= 48 * 1024;
+  const bool batched = st.options->batched_decode && BatchedDecodeKernelsFit(config);
   auto one_token = [&](const StepSpan& s) { return batched && s.count == 1; };
   const int64_t ratio = compressed ? config.CompressRatio(type) : 0;
   if (compressed) {

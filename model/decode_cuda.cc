@@ -59,15 +59,6 @@ int64_t Layout(const ModelConfig& config, int64_t capacity, char* base,
 }  // namespace
 }  // namespace cuda_internal
 
-struct CudaDecoder::Impl {
-  CudaModel* model = nullptr;
-  Tensor pool;
-  int64_t block_bytes = 0;
-  std::vector<bool> used;  // per block
-  std::map<int64_t, std::unique_ptr<Sequence>> sequences;
-  int64_t next_id = 0;
-};
-
 CudaDecoder::CudaDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaDecoder::~CudaDecoder() = default;
 
@@ -159,6 +150,8 @@ absl::StatusOr<int64_t> CudaDecoder::num_tokens(int64_t sequence) const {
   return it->second->num_tokens;
 }
 
+int64_t CudaDecoder::graphs_recorded() const { return impl_->graphs_recorded; }
+int64_t CudaDecoder::graphs_held() const { return static_cast<int64_t>(impl_->graphs.size()); }
 int64_t CudaDecoder::num_blocks() const { return static_cast<int64_t>(impl_->used.size()); }
 int64_t CudaDecoder::free_blocks() const {
   return static_cast<int64_t>(std::count(impl_->used.begin(), impl_->used.end(), false));
@@ -203,6 +196,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
     st.spans.push_back({num_tokens, count, sequence.num_tokens, &sequence});
     num_tokens += count;
   }
+  if (d.GraphStepFits(st.spans, options)) return d.GraphStep(inputs, st.spans, options);
   const int64_t k = config.num_experts_per_tok;
   if (!options.routing_replay.empty()) {
     if (options.routing_replay.size() != m.weights.layers.size()) {

@@ -62,6 +62,17 @@ struct CudaDecodeStepOptions {
   // device_moe_dispatch: no host sync per layer); longer steps (prefill chunks) and false: host
   // plan, cuBLASLt per expert (faster on hundreds of rows per expert).
   bool device_moe_dispatch = true;
+  // Steps whose inputs are all single tokens (with batched_decode and device_moe_dispatch, no
+  // replays, at most 512 inputs, V4RL_CUDA_PROFILE unset) replay a CUDA graph: the first such step
+  // of a given input count, position bound (one past the latest position, rounded up to 1,024
+  // positions, or to 1/16 of it on long contexts) and fp8_simulation records its launches
+  // once (kernels/cuda/graph.h), later ones upload their token ids, positions and per-sequence
+  // state table and replay it — one launch instead of hundreds, the same kernels with positions
+  // read on the device (model/attention_decode_graph_cuda.cc). Logits equal the launch-by-launch
+  // step's up to the attention's key splits at small batches (tests/model/cuda_decode_test.cc
+  // states the measured difference). The decoder keeps the 4 most recently used graphs, each
+  // with the memory of one step's temporaries. Default: true.
+  bool cuda_graphs = true;
   // The official FP8/FP4 simulation (CudaForwardOptions::fp8_simulation); the states then hold
   // the simulated K=V rows, entries and indexer keys, so a sequence keeps one setting throughout.
   bool fp8_simulation = false;
@@ -100,6 +111,10 @@ class CudaDecoder {
   absl::StatusOr<int64_t> num_tokens(int64_t sequence) const;
   int64_t num_blocks() const;
   int64_t free_blocks() const;
+  // CUDA graphs of single-token steps recorded so far (CudaDecodeStepOptions::cuda_graphs),
+  // and how many the decoder holds now.
+  int64_t graphs_recorded() const;
+  int64_t graphs_held() const;
 
   // Runs one step and advances each sequence by its token count.
   // InvalidArgument (naming the input): no inputs, an unknown or repeated sequence, no tokens,

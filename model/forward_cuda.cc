@@ -202,7 +202,7 @@ absl::StatusOr<Tensor> CudaModel::Impl::FinalHidden(const Tensor& streams) {
 absl::StatusOr<TensorView> CudaModel::Impl::Fp8Operand(const TensorView& x, Tensor* storage) {
   if (!options.fp8_simulation) return x;
   *storage = Dev(x.dtype, x.shape_vector());
-  V4RL_RETURN_IF_ERROR(kc::Copy(x, storage->view()));
+  V4RL_RETURN_IF_ERROR(kc::CopyOnDevice(x, storage->view()));
   V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(storage->view()));
   return storage->view();
 }
@@ -539,6 +539,7 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
   const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
   const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
   const float limit = static_cast<float>(config.swiglu_limit);
+  if (routed_on_device != nullptr) routed_on_device->push_back(idx);
   if (routed != nullptr) {  // a host copy only when asked (it waits for the device)
     Tensor ids = Tensor::Empty(DType::kI32, {batch, seq_len, k});
     V4RL_RETURN_IF_ERROR(kc::Copy(idx.view().Reshape({batch, seq_len, k}), ids.view()));

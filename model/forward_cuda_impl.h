@@ -190,6 +190,14 @@ struct CudaModel::Impl {
   DecodeStepState* decode = nullptr;
   absl::Status AttentionDecode(const AttentionWeights& w, AttentionType type, const TensorView& x,
                                const TensorView& out);
+  // AttentionDecode for a graph step (decode->table set): positions read on the device only
+  // (model/attention_decode_graph_cuda.cc).
+  absl::Status AttentionDecodeGraph(const AttentionWeights& w, AttentionType type,
+                                    const TensorView& x, const TensorView& out);
+  // Set while a decode graph is recorded: MoeDevicePlan keeps each layer's routed expert ids
+  // ([N, k] i32 device) here instead of copying them to `routed` (a copy would wait for the
+  // device).
+  std::vector<Tensor>* routed_on_device = nullptr;
   // Rotates rows [b·T, (b+1)·T) of x ([N, heads, dim]) for every sequence b.
   absl::Status RotateSequences(const TensorView& x, const RopeTables& rope, bool inverse);
 

@@ -112,7 +112,7 @@ if wants ab; then
     timeout "$limit" "$side/env.sh" cuda_train_bench configs/models/mid.json - 4096 1 3 bf16 \
       2>&1 | grep '"train"'
     timeout "$limit" "$side/env.sh" cuda_decode_bench configs/models/mid.json - 4096,16384 \
-      1,64,256 8192 4096 16 2>/dev/null | grep -E '"prefill"|"decode"'
+      1,64,256 8192 4096 16 2>/dev/null | grep -E '"prefill"|"decode"|"decode_no_graphs"'
   done > "$out/ab.txt"
   echo "== ab (baseline first)"
   cat "$out/ab.txt"

@@ -320,7 +320,7 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
     }
     const dim3 grid(static_cast<unsigned>(num_q),
                     static_cast<unsigned>((num_heads + kTcHeads - 1) / kTcHeads));
-    SparseAttentionTcKernel<<<grid, kTcThreads, shared>>>(p);
+    SparseAttentionTcKernel<<<grid, kTcThreads, shared, LaunchStream()>>>(p);
     return LaunchStatus(op);
   }
   p.heads_per_block = static_cast<int>(std::min<int64_t>(kMaxHeadsPerBlock, num_heads));
@@ -336,7 +336,7 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
   }
   const dim3 grid(static_cast<unsigned>(num_q),
                   static_cast<unsigned>((num_heads + p.heads_per_block - 1) / p.heads_per_block));
-  SparseAttentionKernel<<<grid, kThreads, shared>>>(p);
+  SparseAttentionKernel<<<grid, kThreads, shared, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

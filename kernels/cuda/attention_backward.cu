@@ -177,7 +177,7 @@ absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
   const size_t shared = static_cast<size_t>(heads * D) * sizeof(float);
   auto launch = [&](auto kernel) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-    kernel<<<num_q, threads, shared>>>(p);
+    kernel<<<num_q, threads, shared, LaunchStream()>>>(p);
   };
   if (D <= 128) {
     launch(SparseAttentionBackwardKernel<4>);

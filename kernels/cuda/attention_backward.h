@@ -14,7 +14,8 @@
 // products run on mma.sync tiles as the forward's tensor-core kernel (attention_backward_tc.cu):
 // P and dS rounded to bf16 for the second products, fp32 accumulation. Either way dkv / dcomp_kv
 // / dsink are not bit-reproducible run to run (atomics); dq is.
-// Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; default stream.
+// Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; the launch stream
+// (stream.h).
 #pragma once
 
 #include <cstdint>

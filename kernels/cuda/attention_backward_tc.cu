@@ -251,7 +251,7 @@ absl::Status LaunchSparseAttentionBackwardTc(const SparseAttentionBackwardArgs& 
   }
   const dim3 grid(static_cast<unsigned>(num_q),
                   static_cast<unsigned>((heads + kTcHeads - 1) / kTcHeads));
-  SparseAttentionBackwardTcKernel<<<grid, kTcThreads, shared>>>(p);
+  SparseAttentionBackwardTcKernel<<<grid, kTcThreads, shared, LaunchStream()>>>(p);
   return LaunchStatus("SparseAttentionBackward (tensor cores)");
 }
 

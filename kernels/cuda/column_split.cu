@@ -127,7 +127,7 @@ absl::Status SplitColumns(absl::Span<const ColumnSlice> slices, const core::Tens
   if (widest == 0) return absl::OkStatus();
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((widest + 255) / 256, 2048)),
                   static_cast<unsigned>(slices.size()));
-  SplitColumnsKernel<<<grid, 256>>>(p);
+  SplitColumnsKernel<<<grid, 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

@@ -4,7 +4,7 @@
 // indexer, the decode state's row copies, the positional gate bias) take contiguous rows. One
 // launch moves every slice and applies on the way what those GEMMs' consumers applied after
 // them: the compressor's positional gate bias and the indexer head weights' scale.
-// Thread-safety: reentrant; the kernel goes to the default stream.
+// Thread-safety: reentrant; the kernel goes to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // Device helpers shared by the .cu files of kernels/cuda/: bf16-or-f32 loads and stores through
-// one flag, warp and block reductions, deterministic column sums, and the launch-error Status.
+// one flag, warp and block reductions, deterministic column sums, the launch stream and the
+// launch-error Status.
 // Include only from .cu files.
 #pragma once
 
@@ -11,8 +12,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/stream.h"
 
 namespace v4rl::kernels::cuda {
+
+// The stream of this thread's launches (stream.h): every <<<>>> here passes it.
+inline cudaStream_t LaunchStream() { return static_cast<cudaStream_t>(CurrentStream()); }
 
 // Status of the last launch (configuration errors); execution errors surface at Synchronize.
 inline absl::Status LaunchStatus(const char* op) {
@@ -193,9 +198,10 @@ absl::Status AddColumnSums(const char* op, Value value, int64_t rows, int64_t co
     return absl::ResourceExhaustedError(
         absl::StrFormat("%s: cudaMallocAsync of %d column partials", op, chunks * cols));
   }
-  ColumnPartialsKernel<<<dim3(unsigned(column_blocks), unsigned(chunks)), kThreads>>>(
-      value, rows, cols, rows_per_chunk, partials);
-  AddChunkSumsKernel<<<unsigned(column_blocks), kThreads>>>(partials, chunks, cols, out);
+  ColumnPartialsKernel<<<dim3(unsigned(column_blocks), unsigned(chunks)), kThreads, 0,
+                         LaunchStream()>>>(value, rows, cols, rows_per_chunk, partials);
+  AddChunkSumsKernel<<<unsigned(column_blocks), kThreads, 0, LaunchStream()>>>(partials, chunks,
+                                                                               cols, out);
   cudaFreeAsync(partials, 0);
   return LaunchStatus(op);
 }

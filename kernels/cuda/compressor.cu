@@ -3,6 +3,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/compressor.h"
+#include "kernels/cuda/compressor_pool.cuh"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -32,17 +33,9 @@ __global__ void CompressPoolKernel(PoolParams p) {
        e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t w = p.first_entry + e / p.head_dim, d = e % p.head_dim;
     const int64_t num_slots = (p.overlap && w >= 1 ? 2 : 1) * p.ratio;
-    // Softmax over the slots (max, then the sum of exponentials), then the weighted values.
-    float mx = -INFINITY;
-    for (int64_t s = 0; s < num_slots; ++s) mx = fmaxf(mx, LoadF(p.score, p.score_bf16, SlotOffset(p, w, s, d)));
-    float denom = 0.0f;
-    for (int64_t s = 0; s < num_slots; ++s) denom += expf(LoadF(p.score, p.score_bf16, SlotOffset(p, w, s, d)) - mx);
-    float sum = 0.0f;
-    for (int64_t s = 0; s < num_slots; ++s) {
-      const int64_t off = SlotOffset(p, w, s, d);
-      sum += LoadF(p.kv, p.kv_bf16, off) * (expf(LoadF(p.score, p.score_bf16, off) - mx) / denom);
-    }
-    StoreF(p.out, p.out_bf16, e, sum);
+    const float pooled = PoolChannel(p.kv, p.kv_bf16, p.score, p.score_bf16, num_slots,
+                                     [&](int64_t s) { return SlotOffset(p, w, s, d); });
+    StoreF(p.out, p.out_bf16, e, pooled);
   }
 }
 
@@ -71,16 +64,8 @@ __global__ void CompressPoolEntriesKernel(PoolEntriesParams p) {
       const int64_t j = has_a ? s - p.ratio : s;
       return (w * p.ratio + j) * width + (p.overlap ? p.head_dim : 0) + d;
     };
-    float mx = -INFINITY;
-    for (int64_t s = 0; s < num_slots; ++s) mx = fmaxf(mx, LoadF(p.score, p.score_bf16, offset(s)));
-    float denom = 0.0f;
-    for (int64_t s = 0; s < num_slots; ++s) denom += expf(LoadF(p.score, p.score_bf16, offset(s)) - mx);
-    float sum = 0.0f;
-    for (int64_t s = 0; s < num_slots; ++s) {
-      const int64_t off = offset(s);
-      sum += LoadF(p.kv, p.kv_bf16, off) * (expf(LoadF(p.score, p.score_bf16, off) - mx) / denom);
-    }
-    StoreF(p.out, p.out_bf16, e, sum);
+    StoreF(p.out, p.out_bf16, e,
+           PoolChannel(p.kv, p.kv_bf16, p.score, p.score_bf16, num_slots, offset));
   }
 }
 
@@ -138,7 +123,7 @@ absl::Status CompressPoolEntries(const core::TensorView& kv, const core::TensorV
     if (total == 0) continue;
     const unsigned blocks =
         static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-    CompressPoolEntriesKernel<<<blocks, 256>>>(p);
+    CompressPoolEntriesKernel<<<blocks, 256, 0, LaunchStream()>>>(p);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   }
   return absl::OkStatus();
@@ -181,7 +166,7 @@ absl::Status CompressPool(const core::TensorView& kv, const core::TensorView& sc
   if (total == 0) return absl::OkStatus();
   const unsigned blocks =
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-  CompressPoolKernel<<<blocks, 256>>>(p);
+  CompressPoolKernel<<<blocks, 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

@@ -3,7 +3,7 @@
 // the values; with overlap (CSA, indexer) the previous window's series A joins as extra slots
 // (none for entry 0). Same slot order and arithmetic as kernels/cpu/compressor.h, fp32 math on
 // bf16 or f32 inputs. One thread per (entry, channel).
-// Thread-safety: reentrant; the kernel goes to the default stream.
+// Thread-safety: reentrant; the kernel goes to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

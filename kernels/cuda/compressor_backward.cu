@@ -86,7 +86,8 @@ absl::Status CompressPoolBackward(const core::TensorView& kv, const core::Tensor
            kv.dtype == core::DType::kBF16, score.dtype == core::DType::kBF16,
            dout.dtype == core::DType::kBF16, overlap, num_windows, ratio, head_dim, width,
            first_entry};
-  CompressPoolBackwardKernel<<<std::min<int64_t>((total + 255) / 256, 65536), 256>>>(p);
+  CompressPoolBackwardKernel<<<std::min<int64_t>((total + 255) / 256, 65536), 256, 0,
+                               LaunchStream()>>>(p);
   return LaunchStatus("CompressPoolBackward");
 }
 

@@ -4,7 +4,7 @@
 // one entry, so one thread per (entry, channel) writes disjoint elements: deterministic, no
 // atomics. Gradients are ADDED to (the caller zeroes them); rows of an incomplete trailing window
 // and series A of the last complete window receive nothing.
-// Thread-safety: reentrant; default stream.
+// Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

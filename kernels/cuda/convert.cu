@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/convert.h"
 
 namespace v4rl::kernels::cuda {
@@ -75,7 +76,7 @@ absl::Status Launch(Kernel kernel, const ConvertParams& params) {
   if (params.n == 0) return absl::OkStatus();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((params.n + threads - 1) / threads, 65535);
-  kernel<<<static_cast<unsigned>(blocks), threads>>>(params);
+  kernel<<<static_cast<unsigned>(blocks), threads, 0, LaunchStream()>>>(params);
   if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
     return absl::InternalError(absl::StrFormat("kernel launch: %s", cudaGetErrorString(error)));
   }
@@ -112,9 +113,9 @@ absl::Status F32ToBf16Rows(const core::TensorView& in, const core::TensorView& o
   const auto blocks =
       static_cast<unsigned>(std::min<int64_t>((work + threads - 1) / threads, 4 * 65535));
   if (vec4) {
-    F32ToBf16RowsVec4Kernel<<<blocks, threads>>>(p, n / 4);
+    F32ToBf16RowsVec4Kernel<<<blocks, threads, 0, LaunchStream()>>>(p, n / 4);
   } else {
-    F32ToBf16RowsKernel<<<blocks, threads>>>(p, n);
+    F32ToBf16RowsKernel<<<blocks, threads, 0, LaunchStream()>>>(p, n);
   }
   if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
     return absl::InternalError(

@@ -1,8 +1,8 @@
 #include <algorithm>
-#include <type_traits>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/attention_tile.cuh"
+#include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device.h"
@@ -266,42 +266,52 @@ absl::StatusOr<const T*> Stage(absl::Span<const T> items) {
   return static_cast<const T*>(*staged);
 }
 
+absl::Status CheckAttentionSizes(const char* op, int64_t heads, int64_t head_dim, int64_t window) {
+  if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 || window < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: head_dim %d must be a multiple of 32 <= 512, heads %d and window %d "
+                        "positive",
+                        op, head_dim, heads, window));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckIndexerSizes(const char* op, int64_t heads, int64_t head_dim, int64_t ld) {
+  if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 ||
+      IndexerSharedBytes(heads, head_dim) > 48 * 1024 || ld < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: unsupported heads %d x head_dim %d (head_dim a multiple of 32 <= 512, queries and "
+        "two tiles of keys within 48 KiB) or negative ld %d",
+        op, heads, head_dim, ld));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const float* sink,
-                             int64_t heads, int64_t head_dim, int64_t window, float scale) {
-  if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 || window < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "cuda::DecodeAttention: head_dim %d must be a multiple of 32 <= 512, heads %d and "
-        "window %d positive",
-        head_dim, heads, window));
+absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t count,
+                                     int64_t max_keys, const float* sink, int64_t heads,
+                                     int64_t head_dim, int64_t window, float scale) {
+  const char* op = "cuda::DecodeAttentionOnDevice";
+  if (absl::Status s = CheckAttentionSizes(op, heads, head_dim, window); !s.ok()) return s;
+  if (absl::Status s = CheckArg(count >= 0 && max_keys >= 1, op,
+                                "count must be non-negative and max_keys positive");
+      !s.ok()) {
+    return s;
   }
-  if (items.empty()) return absl::OkStatus();
-  // The kernel copies query and key rows in 16-byte pieces.
-  for (size_t i = 0; i < items.size(); ++i) {
-    const DecodeAttentionItem& it = items[i];
-    if (!Aligned16(it.q) || !Aligned16(it.ring) || !Aligned16(it.own_kv) || !Aligned16(it.comp)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda::DecodeAttention: item %d's q, ring, own_kv and comp must be 16-byte aligned", i));
-    }
-  }
+  if (count == 0) return absl::OkStatus();
   // Key splits of whole tiles when the batch alone leaves SMs idle: two blocks fit on an SM at a
   // time (~90 KB of shared memory each), so splits = (2 · SMs) / blocks of the batch, rounded
   // down (a batch that fills one wave keeps one split and needs no combine).
   const int sms = MultiprocessorCount();
-  int64_t max_keys = 1;
-  for (const DecodeAttentionItem& it : items) {
-    const int64_t comp = it.comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
-    max_keys = std::max(max_keys, std::min(it.position, window - 1) + 1 + comp);
-  }
   const int64_t groups = (heads + kTcHeads - 1) / kTcHeads;
-  const int64_t batch_blocks = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535) * groups;
+  const int64_t batch_blocks = std::min<int64_t>(count, 65535) * groups;
   const int splits = static_cast<int>(std::clamp<int64_t>(
       std::min((2 * sms) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys), 1, kMaxSplits));
   // Split partials from the stream-ordered cache (free again once the launches are queued).
   core::Tensor partials;
   if (splits > 1) {
-    const int64_t rows = std::min<int64_t>(static_cast<int64_t>(items.size()), 65535);
+    const int64_t rows = std::min<int64_t>(count, 65535);
     const int64_t floats = rows * splits * heads * (head_dim + 2);
     partials = core::Tensor::Empty(core::DType::kF32, {floats}, CachingDeviceAllocator());
   }
@@ -311,57 +321,85 @@ absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const 
       cudaFuncSetAttribute(DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(TcSharedBytes(kMaxHeadDim)));
   if (attribute != cudaSuccess) {
-    return absl::InternalError(
-        absl::StrFormat("cuda::DecodeAttention: %d bytes of shared memory: %s",
-                        TcSharedBytes(kMaxHeadDim), cudaGetErrorString(attribute)));
+    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
+                                               TcSharedBytes(kMaxHeadDim),
+                                               cudaGetErrorString(attribute)));
   }
-  auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
-  if (!staged.ok()) return staged.status();
-  for (size_t first = 0; first < items.size(); first += 65535) {
-    const unsigned count = static_cast<unsigned>(std::min<size_t>(65535, items.size() - first));
-    const AttnParams params{*staged + first, sink, partial, heads, head_dim, window, splits, scale};
-    DecodeAttentionKernel<<<dim3(count, static_cast<unsigned>(groups), splits), kTcThreads,
-                            shared>>>(params);
+  for (int64_t first = 0; first < count; first += 65535) {
+    const unsigned rows = static_cast<unsigned>(std::min<int64_t>(65535, count - first));
+    const AttnParams params{items + first, sink, partial, heads, head_dim, window, splits, scale};
+    DecodeAttentionKernel<<<dim3(rows, static_cast<unsigned>(groups), splits), kTcThreads, shared,
+                            LaunchStream()>>>(params);
     if (splits > 1) {
-      const unsigned slices = static_cast<unsigned>((head_dim + kCombineThreads - 1) / kCombineThreads);
-      DecodeAttentionCombine<<<dim3(count, static_cast<unsigned>(heads), slices), kCombineThreads>>>(
-          params);
+      const unsigned slices =
+          static_cast<unsigned>((head_dim + kCombineThreads - 1) / kCombineThreads);
+      DecodeAttentionCombine<<<dim3(rows, static_cast<unsigned>(heads), slices), kCombineThreads, 0,
+                               LaunchStream()>>>(params);
     }
   }
-  return LaunchStatus("cuda::DecodeAttention");
+  return LaunchStatus(op);
 }
 
-absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
-                                 int64_t head_dim, int64_t ld, float score_scale) {
-  if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 ||
-      IndexerSharedBytes(heads, head_dim) > 48 * 1024 || ld < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "cuda::DecodeIndexerScores: unsupported heads %d x head_dim %d (head_dim a multiple of "
-        "32 <= 512, queries and two tiles of keys within 48 KiB) or negative ld %d",
-        heads, head_dim, ld));
-  }
-  if (items.empty() || ld == 0) return absl::OkStatus();
-  for (size_t i = 0; i < items.size(); ++i) {  // rows are read 16 bytes at a time
-    if (!Aligned16(items[i].q) || !Aligned16(items[i].keys)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda::DecodeIndexerScores: item %d's q and keys must be 16-byte aligned", i));
+absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const float* sink,
+                             int64_t heads, int64_t head_dim, int64_t window, float scale) {
+  const char* op = "cuda::DecodeAttention";
+  if (absl::Status s = CheckAttentionSizes(op, heads, head_dim, window); !s.ok()) return s;
+  if (items.empty()) return absl::OkStatus();
+  // The kernel copies query and key rows in 16-byte pieces.
+  int64_t max_keys = 1;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const DecodeAttentionItem& it = items[i];
+    if (!Aligned16(it.q) || !Aligned16(it.ring) || !Aligned16(it.own_kv) || !Aligned16(it.comp)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: item %d's q, ring, own_kv and comp must be 16-byte aligned", op, i));
     }
+    const int64_t comp =
+        it.comp == nullptr ? 0 : (it.comp_idx != nullptr ? it.comp_topk : it.num_comp);
+    max_keys = std::max(max_keys, std::min(it.position, window - 1) + 1 + comp);
   }
-  auto staged = Stage<std::remove_cv_t<typename decltype(items)::value_type>>(items);
+  auto staged = Stage(items);
   if (!staged.ok()) return staged.status();
+  return DecodeAttentionOnDevice(*staged, static_cast<int64_t>(items.size()), max_keys, sink, heads,
+                                 head_dim, window, scale);
+}
+
+absl::Status DecodeIndexerScoresOnDevice(const DecodeIndexerItem* items, int64_t count,
+                                         int64_t heads, int64_t head_dim, int64_t ld,
+                                         float score_scale) {
+  const char* op = "cuda::DecodeIndexerScoresOnDevice";
+  if (absl::Status s = CheckIndexerSizes(op, heads, head_dim, ld); !s.ok()) return s;
+  if (absl::Status s = CheckArg(count >= 0, op, "count must be non-negative"); !s.ok()) return s;
+  if (count == 0 || ld == 0) return absl::OkStatus();
   // Blocks per item: every tile its own block while the batch fills the device (~8 blocks of
   // 128 threads per SM), else enough blocks for that, each looping over several tiles.
   const int sms = MultiprocessorCount();
   const int64_t tiles = (ld + kIndexKeys - 1) / kIndexKeys;
-  const int64_t wanted = std::max<int64_t>(1, (8 * sms) / static_cast<int64_t>(items.size()));
+  const int64_t wanted = std::max<int64_t>(1, (8 * sms) / count);
   const unsigned slices = static_cast<unsigned>(std::min(tiles, wanted));
   const size_t shared = IndexerSharedBytes(heads, head_dim);
-  for (size_t first = 0; first < items.size(); first += 65535) {
-    const dim3 grid(static_cast<unsigned>(std::min<size_t>(65535, items.size() - first)), slices);
-    DecodeIndexerKernel<<<grid, kIndexThreads, shared>>>(
-        IndexParams{*staged + first, heads, head_dim, ld, score_scale});
+  for (int64_t first = 0; first < count; first += 65535) {
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(65535, count - first)), slices);
+    DecodeIndexerKernel<<<grid, kIndexThreads, shared, LaunchStream()>>>(
+        IndexParams{items + first, heads, head_dim, ld, score_scale});
   }
-  return LaunchStatus("cuda::DecodeIndexerScores");
+  return LaunchStatus(op);
+}
+
+absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
+                                 int64_t head_dim, int64_t ld, float score_scale) {
+  const char* op = "cuda::DecodeIndexerScores";
+  if (absl::Status s = CheckIndexerSizes(op, heads, head_dim, ld); !s.ok()) return s;
+  if (items.empty() || ld == 0) return absl::OkStatus();
+  for (size_t i = 0; i < items.size(); ++i) {  // rows are read 16 bytes at a time
+    if (!Aligned16(items[i].q) || !Aligned16(items[i].keys)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: item %d's q and keys must be 16-byte aligned", op, i));
+    }
+  }
+  auto staged = Stage(items);
+  if (!staged.ok()) return staged.status();
+  return DecodeIndexerScoresOnDevice(*staged, static_cast<int64_t>(items.size()), heads, head_dim,
+                                     ld, score_scale);
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -15,10 +15,14 @@
 //    (IndexerSelect with q_pos0 >= ld · ratio then picks the top-k of every row with the padding
 //    ranked last).
 // Items are host structs of device pointers, staged per call without a host sync
-// (kernels/cuda/staging.h).
+// (kernels/cuda/staging.h); the ...OnDevice entry points take items already in device memory
+// (decode_graph.h builds them there) and are what a CUDA graph (graph.h) records: staging refuses
+// during a capture, and a recorded launch must read what changes between replays from memory.
 // bf16 only; head_dim % 32 == 0 and <= 512; queries and key rows (q, ring, own_kv, comp, indexer
-// keys) 16-byte aligned (InvalidArgument otherwise).
-// Thread-safety: one host thread at a time (shared staging buffer); default stream.
+// keys) 16-byte aligned (InvalidArgument otherwise from the span versions; the ...OnDevice
+// versions cannot read their items and leave alignment to the caller).
+// Thread-safety: the span versions one host thread at a time (shared staging buffer); kernels go
+// to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>
@@ -40,9 +44,20 @@ struct DecodeAttentionItem {
   int64_t comp_topk = 0;
 };
 
-// sink: [heads] f32 device. InvalidArgument on unsupported sizes.
+// sink: [heads] f32 device. InvalidArgument on unsupported sizes or misaligned rows.
 absl::Status DecodeAttention(absl::Span<const DecodeAttentionItem> items, const float* sink,
                              int64_t heads, int64_t head_dim, int64_t window, float scale);
+
+// DecodeAttention of `count` items in device memory (alignment unchecked: the caller's duty).
+// max_keys (>= 1) bounds every item's key count min(position, window - 1) + 1 + (comp null ? 0 :
+// comp_idx ? comp_topk : num_comp) and sets the key splits: with the largest item's count (what
+// DecodeAttention computes from its items) the result is DecodeAttention's bit for bit; a larger
+// bound (a graph recorded for later positions) may split keys differently, which changes the
+// rounding (running maxima, partial sums), not the result's meaning. InvalidArgument on
+// unsupported sizes, count < 0 or max_keys < 1.
+absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t count,
+                                     int64_t max_keys, const float* sink, int64_t heads,
+                                     int64_t head_dim, int64_t window, float scale);
 
 struct DecodeIndexerItem {
   const void* q = nullptr;        // [heads, head_dim] bf16 (rotated)
@@ -52,7 +67,14 @@ struct DecodeIndexerItem {
   int64_t num_keys = 0;
 };
 
+// Item i's scores into its [ld] row. InvalidArgument on unsupported sizes or misaligned rows.
 absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
                                  int64_t head_dim, int64_t ld, float score_scale);
+
+// DecodeIndexerScores of `count` items in device memory (alignment unchecked: the caller's duty);
+// the same bits. InvalidArgument on unsupported sizes or count < 0.
+absl::Status DecodeIndexerScoresOnDevice(const DecodeIndexerItem* items, int64_t count,
+                                         int64_t heads, int64_t head_dim, int64_t ld,
+                                         float score_scale);
 
 }  // namespace v4rl::kernels::cuda

@@ -2,14 +2,14 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <unordered_map>
 
 #include "absl/strings/str_format.h"
 #include "core/logging.h"
-
-#include <algorithm>
+#include "kernels/cuda/stream.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -63,6 +63,11 @@ class CachingAllocatorImpl final : public core::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     free_.emplace(sizes_.at(pointer), pointer);
   }
+  // Frees every block it handed out (the process-wide cache is never destroyed).
+  ~CachingAllocatorImpl() override {
+    cudaDeviceSynchronize();
+    for (const auto& [pointer, size] : sizes_) cudaFree(pointer);
+  }
   core::Device device() const override { return core::Device::kCuda; }
 
  private:
@@ -71,12 +76,32 @@ class CachingAllocatorImpl final : public core::Allocator {
   std::multimap<size_t, void*> free_;
 };
 
+thread_local core::Allocator* thread_caching_allocator = nullptr;
+thread_local void* thread_stream = nullptr;
+
 }  // namespace
 
 core::Allocator* CachingDeviceAllocator() {
+  if (thread_caching_allocator != nullptr) return thread_caching_allocator;
   static auto* allocator = new CachingAllocatorImpl();
   return allocator;
 }
+
+std::unique_ptr<core::Allocator> NewCachingDeviceAllocator() {
+  return std::make_unique<CachingAllocatorImpl>();
+}
+
+ScopedCachingDeviceAllocator::ScopedCachingDeviceAllocator(core::Allocator* allocator)
+    : previous_(thread_caching_allocator) {
+  thread_caching_allocator = allocator;
+}
+ScopedCachingDeviceAllocator::~ScopedCachingDeviceAllocator() {
+  thread_caching_allocator = previous_;
+}
+
+void* CurrentStream() { return thread_stream; }
+ScopedStream::ScopedStream(void* stream) : previous_(thread_stream) { thread_stream = stream; }
+ScopedStream::~ScopedStream() { thread_stream = previous_; }
 
 int DeviceCount() {
   int count = 0;
@@ -111,6 +136,21 @@ absl::Status Copy(const core::TensorView& source, const core::TensorView& destin
   const cudaError_t error =
       cudaMemcpy(destination.data, source.data, source.nbytes(), cudaMemcpyDefault);
   if (error != cudaSuccess) return CudaError(error, "cudaMemcpy");
+  return absl::OkStatus();
+}
+
+absl::Status CopyOnDevice(const core::TensorView& source, const core::TensorView& destination) {
+  if (source.dtype != destination.dtype || !source.SameShape(destination.shape_vector()) ||
+      !source.is_contiguous() || !destination.is_contiguous() ||
+      source.device != core::Device::kCuda || destination.device != core::Device::kCuda) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cuda::CopyOnDevice needs contiguous device views of equal dtype and shape, got %s -> %s",
+        source.DebugString(), destination.DebugString()));
+  }
+  const cudaError_t error =
+      cudaMemcpyAsync(destination.data, source.data, source.nbytes(), cudaMemcpyDeviceToDevice,
+                      static_cast<cudaStream_t>(CurrentStream()));
+  if (error != cudaSuccess) return CudaError(error, "cudaMemcpyAsync");
   return absl::OkStatus();
 }
 

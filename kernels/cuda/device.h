@@ -3,6 +3,7 @@
 // Only code built with V4RL_WITH_CUDA links this library. Thread-safe.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -20,11 +21,34 @@ absl::StatusOr<std::string> DeviceDescription(int device = 0);
 core::Allocator* DeviceAllocator();
 // The same memory through a cache: freed blocks are kept for later requests of the same rounded
 // size instead of cudaFree (which synchronises the device). Blocks are reused in stream order, so
-// only for memory used on the default stream. Never shrinks except when cudaMalloc fails.
+// only for memory used on this thread's launch stream (stream.h). Never shrinks except when
+// cudaMalloc fails. A ScopedCachingDeviceAllocator on this thread substitutes another.
 core::Allocator* CachingDeviceAllocator();
+
+// A caching allocator of its own, like CachingDeviceAllocator(), whose blocks are freed
+// (cudaFree, after waiting for the device) when it is destroyed; every tensor it allocated must
+// be gone by then. CudaGraph (graph.h) keeps the memory of a recorded step in one.
+std::unique_ptr<core::Allocator> NewCachingDeviceAllocator();
+
+// While the scope lives, CachingDeviceAllocator() on this thread returns `allocator` instead of
+// the process-wide cache (restoring the previous one after).
+class ScopedCachingDeviceAllocator {
+ public:
+  explicit ScopedCachingDeviceAllocator(core::Allocator* allocator);
+  ~ScopedCachingDeviceAllocator();
+  ScopedCachingDeviceAllocator(const ScopedCachingDeviceAllocator&) = delete;
+  ScopedCachingDeviceAllocator& operator=(const ScopedCachingDeviceAllocator&) = delete;
+
+ private:
+  core::Allocator* previous_;
+};
 
 // Copies between contiguous views of equal dtype and shape on any devices.
 absl::Status Copy(const core::TensorView& source, const core::TensorView& destination);
+
+// The same between device views, queued on this thread's launch stream (stream.h) without
+// waiting for the host (a CUDA graph can record it).
+absl::Status CopyOnDevice(const core::TensorView& source, const core::TensorView& destination);
 
 // Blocks until queued work on the current device is done; returns the first pending error.
 absl::Status Synchronize();

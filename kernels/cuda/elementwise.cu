@@ -218,7 +218,7 @@ absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, 
   const int threads =
       p.vec ? static_cast<int>(std::clamp<int64_t>((a.cols / 8 + 31) / 32 * 32, 32, 256))
             : (a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128));
-  RmsNormKernel<<<static_cast<unsigned>(a.rows), threads>>>(p);
+  RmsNormKernel<<<static_cast<unsigned>(a.rows), threads, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -241,7 +241,7 @@ absl::Status CheckRopeTables(const char* op, const core::TensorView& inv_freq,
 
 absl::Status LaunchRopeTable(const char* op, RopeTableParams& p) {
   if (p.count * p.half == 0) return absl::OkStatus();
-  RopeTableKernel<<<GridFor(p.count * p.half, 256), 256>>>(p);
+  RopeTableKernel<<<GridFor(p.count * p.half, 256), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -333,7 +333,7 @@ absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
                x.strides[0], x.strides[1], x.shape[2], cos.shape[1], IsBf16(x), inverse};
   const int64_t n = p.rows * p.heads * p.half;
   if (n == 0) return absl::OkStatus();
-  RopeKernel<<<GridFor(n, 256), 256>>>(p);
+  RopeKernel<<<GridFor(n, 256), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -353,7 +353,7 @@ absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& u
                  g.bf16, u.bf16, o.bf16};
   if (g.rows * g.cols == 0) return absl::OkStatus();
   p.vec = Vec8Ok(g.data, g.ld) && Vec8Ok(u.data, u.ld) && Vec8Ok(o.data, o.ld) && g.cols % 8 == 0;
-  SwiGluKernel<<<static_cast<unsigned>(g.rows), 256>>>(p);
+  SwiGluKernel<<<static_cast<unsigned>(g.rows), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -373,7 +373,7 @@ absl::Status EmbedStreams(const core::TensorView& table, const core::TensorView&
                 out.shape[2], IsBf16(table), IsBf16(out)};
   const int64_t total = out.numel();
   if (total == 0) return absl::OkStatus();
-  EmbedStreamsKernel<<<GridFor(total, 256), 256>>>(p);
+  EmbedStreamsKernel<<<GridFor(total, 256), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -391,7 +391,7 @@ absl::Status AddPositionBias(const core::TensorView& x, const core::TensorView& 
   BiasParams p{x.data, bias.data_as<float>(), x.shape[0], x.shape[1], seq_len, bias.shape[0],
                IsBf16(x)};
   if (p.rows * p.width == 0) return absl::OkStatus();
-  AddPositionBiasKernel<<<GridFor(p.rows * p.width, 256), 256>>>(p);
+  AddPositionBiasKernel<<<GridFor(p.rows * p.width, 256), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

@@ -2,7 +2,7 @@
 // f32) storage, fp32 arithmetic. Same math as kernels/cpu/elementwise.h and model/rope.h; the
 // gpu tests in tests/kernels/cuda_elementwise_test.cc diff them on odd sizes.
 // Every launcher validates its views (device, dtype, shape) and returns InvalidArgument on a
-// mismatch, then queues one kernel on the default stream.
+// mismatch, then queues one kernel on the launch stream (stream.h).
 // Thread-safety: reentrant.
 #pragma once
 

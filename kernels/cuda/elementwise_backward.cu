@@ -178,7 +178,7 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
                       : dim >= 1024 ? 1024
                       : dim >= 256  ? 256
                                     : 128;
-  RmsNormBackwardKernel<<<rows, threads>>>(p);
+  RmsNormBackwardKernel<<<rows, threads, 0, LaunchStream()>>>(p);
   if (want_dweight) {
     const absl::Status status = AddColumnSums("RmsNormBackward", RmsNormWeightGradValue{p}, rows,
                                               dim, static_cast<float*>(dweight.data));
@@ -216,7 +216,7 @@ absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::Tenso
   const int64_t total = p.rows * p.cols;
   if (total == 0) return absl::OkStatus();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
-  SwiGluBackwardKernel<<<blocks, 256>>>(p);
+  SwiGluBackwardKernel<<<blocks, 256, 0, LaunchStream()>>>(p);
   return LaunchStatus("SwiGluClampBackward");
 }
 

@@ -3,7 +3,7 @@
 // cuda_backward_test.cc). Inputs bf16|f32 storage, fp32 arithmetic; gradients named dx / dgate /
 // dup / dweight are ADDED to (the caller zeroes them), as on the CPU.
 // Every launcher validates its views and returns InvalidArgument on a mismatch.
-// Thread-safety: reentrant; work is queued on the default stream.
+// Thread-safety: reentrant; work is queued on the launch stream (stream.h).
 #pragma once
 
 #include "absl/status/status.h"

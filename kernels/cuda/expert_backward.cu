@@ -70,7 +70,7 @@ absl::Status MoeCombineBackward(const core::TensorView& expert_out,
         dexpert_out.DebugString(), dweight.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
-  CombineBackwardKernel<<<tokens, Threads(hidden)>>>(
+  CombineBackwardKernel<<<tokens, Threads(hidden), 0, LaunchStream()>>>(
       expert_out.data, expert_out.dtype == core::DType::kBF16,
       static_cast<const int32_t*>(pick_of_slot.data), topk_weight.data_as<float>(), dout.data,
       dout.dtype == core::DType::kBF16, k, hidden, expert_out.shape[0],
@@ -88,7 +88,7 @@ absl::Status MoeGatherBackward(const core::TensorView& dgathered,
         dgathered.DebugString(), pick_of_slot.DebugString(), k, dx.DebugString()));
   }
   if (dx.shape[0] == 0) return absl::OkStatus();
-  GatherBackwardKernel<<<dx.shape[0], Threads(dx.shape[1])>>>(
+  GatherBackwardKernel<<<dx.shape[0], Threads(dx.shape[1]), 0, LaunchStream()>>>(
       dgathered.data, dgathered.dtype == core::DType::kBF16,
       static_cast<const int32_t*>(pick_of_slot.data), k, dx.shape[1], dgathered.shape[0],
       dx.data_as<float>());

@@ -2,7 +2,8 @@
 // expert GEMMs' backward is GroupedLinearBackward (kernels/cuda/linear_backward.h) and the
 // activation's SwiGluClampBackward. Each plan row belongs to exactly one (token, pick), so both
 // kernels run one block per token and write disjoint rows: deterministic, no atomics.
-// Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; default stream.
+// Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; the launch stream
+// (stream.h).
 #pragma once
 
 #include "absl/status/status.h"

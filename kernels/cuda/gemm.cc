@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/stream.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -261,6 +262,7 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
   const Layouts& layouts = exact->second;
   if (!layouts.ok) {
     // No cuBLASLt algorithm (e.g. a leading dimension cuBLASLt rejects): plain cuBLAS.
+    V4RL_CUBLAS(cublasSetStream(blas, static_cast<cudaStream_t>(CurrentStream())));
     if (batch == 1) {
       V4RL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha,
                                w.data, CUDA_R_16BF, int(w.ld), x.data, CUDA_R_16BF, int(x.ld),
@@ -277,7 +279,7 @@ absl::Status GemmHandle::Impl::Run(const Matrix& x, const Matrix& w, const Matri
   }
   V4RL_CUBLAS(cublasLtMatmul(lt, plan.desc, &alpha, w.data, plan.a, x.data, layouts.b, &beta,
                              out.data, layouts.c, out.data, layouts.c, &layouts.algo, workspace,
-                             workspace_bytes, /*stream=*/0));
+                             workspace_bytes, static_cast<cudaStream_t>(CurrentStream())));
   return absl::OkStatus();
 }
 

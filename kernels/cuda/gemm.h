@@ -5,7 +5,7 @@
 // heuristic's algorithms and the matmul descriptors: one heuristic query per weight shape and
 // power-of-two bucket of the row count M (row counts vary with every batch and expert), then a
 // cheap check per exact M. Shapes cuBLASLt has no algorithm for (odd leading dimensions) fall
-// back to cublasGemmEx with the same types. Work is queued on the default stream.
+// back to cublasGemmEx with the same types. Work is queued on the launch stream (stream.h).
 // Thread-safety: a handle is used by one thread at a time; create one per thread or stream.
 #pragma once
 

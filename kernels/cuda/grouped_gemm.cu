@@ -180,7 +180,7 @@ absl::Status Launch(const GroupedParams& p, int64_t rows, const char* op) {
   }
   const dim3 grid(static_cast<unsigned>((p.n + T::kBn - 1) / T::kBn),
                   static_cast<unsigned>(row_tiles));
-  GroupedGemmKernel<T><<<grid, kThreads, T::kSharedBytes>>>(p);
+  GroupedGemmKernel<T><<<grid, kThreads, T::kSharedBytes, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

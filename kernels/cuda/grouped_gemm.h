@@ -9,7 +9,7 @@
 // (batch-1 and small-batch decode), 64x128 with three; kAuto takes 16x64 when the rows average at
 // most 16 per expert, else 64x128 (bench/cuda_moe_gemm_bench.cc times both; on the H200 at the
 // mid shapes 16x64 is fastest up to batch 64, 64x128 at batch 256, and a 64x64 tile won nowhere).
-// Thread-safety: reentrant; default stream.
+// Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
 
 #include "absl/status/status.h"

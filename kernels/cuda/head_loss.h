@@ -4,7 +4,7 @@
 // (bf16 copy for bf16 inputs), then dhidden += dlogits · head and dhead += dlogitsᵀ · hidden
 // (kernels/cuda/linear_backward.h). Scratch: chunk_rows · V floats (plus as many bf16 values for
 // bf16 inputs), stream-ordered.
-// Thread-safety: as the BlasHandle; default stream.
+// Thread-safety: as the BlasHandle; the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

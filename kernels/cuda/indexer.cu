@@ -340,11 +340,12 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
     p.candidate_keys = reinterpret_cast<uint32_t*>(p.candidates + rows * per_row);
     const size_t merge_bytes = per_row * 8 <= merge_staged_bytes ? per_row * 8 : 0;
     SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
-                          kSelectThreads, kStagedBytes>>>(p);
-    SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads, merge_bytes>>>(p);
+                          kSelectThreads, kStagedBytes, LaunchStream()>>>(p);
+    SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads, merge_bytes, LaunchStream()>>>(
+        p);
     return LaunchStatus("cuda::IndexerSelect");
   }
-  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads, kStagedBytes>>>(p);
+  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads, kStagedBytes, LaunchStream()>>>(p);
   return LaunchStatus("cuda::IndexerSelect");
 }
 
@@ -420,7 +421,8 @@ absl::Status IndexerTopK(GemmHandle& handle, const IndexerTopKArgs& a) {
     ReduceParams r{logits, a.weights.data_as<float>() + c0 * heads, scores, rows, heads, num_keys,
                    a.score_scale};
     const int64_t total = rows * num_keys;
-    ReduceHeadsKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256>>>(r);
+    ReduceHeadsKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256,
+                        0, LaunchStream()>>>(r);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
     if (absl::Status s = LaunchSelect(scores, num_keys, rows, num_keys, a.q_pos0 + c0, a.ratio,
                                       a.topk_idx.data_as<int32_t>() + c0 * a.topk_idx.shape[1],

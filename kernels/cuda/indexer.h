@@ -7,7 +7,7 @@
 // scores exist at a time (workspace below), never the whole [num_q, num_keys] matrix.
 // Selection is an exact radix select per row on an order-preserving key of the f32 score, ties
 // broken by the lower id (the total order of kernels/plan/topk.h; -0 equals +0; NaN ranks last).
-// Thread-safety: reentrant per GemmHandle; kernels go to the default stream.
+// Thread-safety: reentrant per GemmHandle; kernels go to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

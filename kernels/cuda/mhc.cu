@@ -333,7 +333,7 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
     }
     p.raw = raw.data<float>();
   }
-  MhcPreKernel<<<static_cast<unsigned>(num_tokens), kPreThreads>>>(p);
+  MhcPreKernel<<<static_cast<unsigned>(num_tokens), kPreThreads, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -410,7 +410,7 @@ absl::Status MhcPost(const core::TensorView& streams, const core::TensorView& y,
     const int64_t per_block = 256 * (p.vec ? 8 : 1);
     const dim3 grid(static_cast<unsigned>((hidden + per_block - 1) / per_block),
                     static_cast<unsigned>(count));
-    MhcPostKernel<<<grid, 256>>>(chunk);
+    MhcPostKernel<<<grid, 256, 0, LaunchStream()>>>(chunk);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   }
   return absl::OkStatus();

@@ -6,7 +6,7 @@
 //  - MhcPost: out_k = post_k · y + Σ_j comb[j][k] · X_j.
 // fp32 arithmetic; streams, y and the outputs in bf16 or f32; coefficients in f32. Supports
 // n = hc_mult <= 4 (the V4 models use 4). Validation errors return InvalidArgument.
-// Thread-safety: reentrant; kernels go to the default stream.
+// Thread-safety: reentrant; kernels go to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

@@ -283,7 +283,7 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
   constexpr int kCoefficientThreads = 128;  // 8 tokens a block
   const int64_t threads_needed = tokens * kTeam;
   CoefficientsKernel<<<(threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
-                       kCoefficientThreads>>>(
+                       kCoefficientThreads, 0, LaunchStream()>>>(
       mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens, int(n),
       int(iters), eps, dpre.data_as<float>(), head ? nullptr : dpost.data_as<float>(),
       head ? nullptr : dcomb.data_as<float>(), dz, dmixes.data_as<float>(), head);
@@ -343,9 +343,9 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;
-    kernel<<<tokens, Threads(hidden)>>>(streams.data, Bf16(streams), pre.data_as<float>(),
-                                        dout.data, Bf16(dout), hidden, dstreams.data_as<float>(),
-                                        dpre.data_as<float>());
+    kernel<<<tokens, Threads(hidden), 0, LaunchStream()>>>(
+        streams.data, Bf16(streams), pre.data_as<float>(), dout.data, Bf16(dout), hidden,
+        dstreams.data_as<float>(), dpre.data_as<float>());
   });
   return LaunchStatus("MhcCollapseBackward");
 }
@@ -376,7 +376,7 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
-    kernel<<<tokens, Threads(hidden)>>>(
+    kernel<<<tokens, Threads(hidden), 0, LaunchStream()>>>(
         streams.data, Bf16(streams), y.data, Bf16(y), post.data_as<float>(), comb.data_as<float>(),
         dout.data, Bf16(dout), hidden, dstreams.data_as<float>(), dy.data_as<float>(),
         dpost.data_as<float>(), dcomb.data_as<float>());

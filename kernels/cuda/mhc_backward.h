@@ -6,7 +6,7 @@
 // n = hc_mult <= 4 (kMaxHcMult), sinkhorn iters <= 32. Coefficients and every gradient f32;
 // streams, y and dout bf16|f32. Gradients are ADDED to (the caller zeroes them); parameter
 // gradients (dbase, dscale) are summed over tokens by a fixed-order block reduction
-// (deterministic). Thread-safety: reentrant; default stream.
+// (deterministic). Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

@@ -97,7 +97,7 @@ absl::Status AddRowSums(const core::TensorView& rows, const core::TensorView& ou
   if (rows.shape[0] == 0) return absl::OkStatus();
   // AddColumnSums' second launch: one thread a column, the rows added in order.
   const int64_t width = rows.shape[1];
-  AddChunkSumsKernel<<<static_cast<unsigned>((width + 255) / 256), 256>>>(
+  AddChunkSumsKernel<<<static_cast<unsigned>((width + 255) / 256), 256, 0, LaunchStream()>>>(
       rows.data_as<float>(), rows.shape[0], width, out.data_as<float>());
   return LaunchStatus("AddRowSums");
 }
@@ -111,7 +111,7 @@ absl::Status FillZero(const core::TensorView& x) {
     return Bad("FillZero");
   }
   // All-zero bytes are +0 in f32 and bf16; the driver's memset runs at copy bandwidth.
-  if (cudaMemsetAsync(x.data, 0, n * (bf16 ? 2 : 4), 0) != cudaSuccess) {
+  if (cudaMemsetAsync(x.data, 0, n * (bf16 ? 2 : 4), LaunchStream()) != cudaSuccess) {
     return LaunchStatus("FillZero");
   }
   return absl::OkStatus();
@@ -129,9 +129,9 @@ absl::Status RoutingWeightsBackward(const core::TensorView& scores,
   }
   const int64_t tokens = scores.shape[0];
   if (tokens == 0) return absl::OkStatus();
-  RoutingBackwardKernel<<<Blocks(tokens, 128), 128>>>(
-      scores.data_as<float>(), static_cast<const int32_t*>(topk_idx.data), tokens,
-      scores.shape[1], topk_idx.shape[1], route_scale, denom_eps, dweights.data_as<float>(),
+  RoutingBackwardKernel<<<Blocks(tokens, 128), 128, 0, LaunchStream()>>>(
+      scores.data_as<float>(), static_cast<const int32_t*>(topk_idx.data), tokens, scores.shape[1],
+      topk_idx.shape[1], route_scale, denom_eps, dweights.data_as<float>(),
       dscores.data_as<float>());
   return LaunchStatus("RoutingWeightsBackward");
 }
@@ -144,8 +144,8 @@ absl::Status SqrtSoftplusBackward(const core::TensorView& x, const core::TensorV
   }
   const int64_t n = x.numel();
   if (n == 0) return absl::OkStatus();
-  SqrtSoftplusBackwardKernel<<<Blocks(n, 256), 256>>>(x.data_as<float>(), dy.data_as<float>(),
-                                                      dx.data_as<float>(), n);
+  SqrtSoftplusBackwardKernel<<<Blocks(n, 256), 256, 0, LaunchStream()>>>(
+      x.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), n);
   return LaunchStatus("SqrtSoftplusBackward");
 }
 
@@ -162,7 +162,7 @@ absl::Status ExpertWeightBackward(const core::TensorView& act, const core::Tenso
     return Bad("ExpertWeightBackward");
   }
   if (act.shape[0] == 0) return absl::OkStatus();
-  ExpertWeightKernel<<<static_cast<unsigned>(act.shape[0]), 128>>>(
+  ExpertWeightKernel<<<static_cast<unsigned>(act.shape[0]), 128, 0, LaunchStream()>>>(
       act.data_as<float>(), static_cast<const int32_t*>(slots.data), topk_weight.data_as<float>(),
       act.shape[1], u.data_as<float>(), weighted_act.data, weighted_act.dtype == core::DType::kBF16,
       dweight.data_as<float>());
@@ -190,7 +190,7 @@ absl::Status EmbeddingBackward(const core::TensorView& dstreams, const core::Ten
     return Bad("EmbeddingBackward");
   }
   if (dstreams.shape[0] == 0) return absl::OkStatus();
-  EmbeddingBackwardKernel<<<static_cast<unsigned>(dstreams.shape[0]), 128>>>(
+  EmbeddingBackwardKernel<<<static_cast<unsigned>(dstreams.shape[0]), 128, 0, LaunchStream()>>>(
       dstreams.data_as<float>(), static_cast<const int32_t*>(ids.data), dstreams.shape[1],
       dstreams.shape[2], dembed.data_as<float>());
   return LaunchStatus("EmbeddingBackward");

@@ -13,7 +13,8 @@
 //    summed with fp32 atomics (not bit-reproducible run to run).
 // Every tensor is f32 (or i32 ids) device memory, contiguous, except where a declaration says
 // otherwise; gradients are ADDED to.
-// InvalidArgument on a shape/dtype/device mismatch. Thread-safety: reentrant; default stream.
+// InvalidArgument on a shape/dtype/device mismatch. Thread-safety: reentrant; the launch stream
+// (stream.h).
 #pragma once
 
 #include <cstdint>

@@ -125,7 +125,7 @@ absl::Status MhcCoefficients(const core::TensorView& mixes, const core::TensorVi
     return absl::InvalidArgumentError(absl::StrFormat("%s: iters = %d, expected >= 1", op, iters));
   }
   if (tokens == 0) return absl::OkStatus();
-  CoefficientsKernel<<<Blocks(tokens, 128), 128>>>(
+  CoefficientsKernel<<<Blocks(tokens, 128), 128, 0, LaunchStream()>>>(
       mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens,
       static_cast<int>(n), iters, eps, pre.data_as<float>(), post.data_as<float>(),
       comb.data_as<float>());
@@ -143,7 +143,7 @@ absl::Status HcHeadCoefficients(const core::TensorView& mixes, const core::Tenso
   if (!F32(pre) || !pre.SameShape(mixes.shape_vector())) return Bad(op, "pre [N, n]", pre);
   const int64_t count = mixes.numel();
   if (count == 0) return absl::OkStatus();
-  HeadCoefficientsKernel<<<Blocks(count, 256), 256>>>(
+  HeadCoefficientsKernel<<<Blocks(count, 256), 256, 0, LaunchStream()>>>(
       mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), count,
       static_cast<int>(n), eps, pre.data_as<float>());
   return LaunchStatus(op);
@@ -157,7 +157,7 @@ absl::Status MhcCollapse(const core::TensorView& streams, const core::TensorView
   if (!F32(pre) || !pre.SameShape({tokens, n})) return Bad(op, "pre [N, n]", pre);
   if (!F32(out) || !out.SameShape({tokens, hidden})) return Bad(op, "out [N, H]", out);
   if (tokens * hidden == 0) return absl::OkStatus();
-  CollapseKernel<<<Blocks(tokens * hidden, 256), 256>>>(
+  CollapseKernel<<<Blocks(tokens * hidden, 256), 256, 0, LaunchStream()>>>(
       streams.data_as<float>(), pre.data_as<float>(), tokens, static_cast<int>(n), hidden,
       out.data_as<float>());
   return LaunchStatus(op);
@@ -176,7 +176,7 @@ absl::Status IndexerHeadScores(const core::TensorView& dots, const core::TensorV
     return Bad(op, "dots [num_q · heads, num_keys]", dots);
   }
   if (num_q * num_keys == 0) return absl::OkStatus();
-  HeadScoresKernel<<<Blocks(num_q * num_keys, 256), 256>>>(
+  HeadScoresKernel<<<Blocks(num_q * num_keys, 256), 256, 0, LaunchStream()>>>(
       dots.data_as<float>(), weights.data_as<float>(), num_q, heads, num_keys, score_scale,
       scores.data_as<float>());
   return LaunchStatus(op);

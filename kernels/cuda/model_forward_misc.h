@@ -11,7 +11,8 @@
 //    computed beforehand by an f32 GEMM (kernels/cuda/indexer.h IndexerTopK takes bf16 only);
 //    IndexerSelect then picks as the CPU.
 // Every tensor is f32 device memory, contiguous. InvalidArgument naming the op and the tensor on
-// a shape/dtype/device mismatch. Thread-safety: reentrant; kernels go to the default stream.
+// a shape/dtype/device mismatch. Thread-safety: reentrant; kernels go to the launch stream
+// (stream.h).
 #pragma once
 
 #include <cstdint>

@@ -225,7 +225,7 @@ absl::Status RouteTopK(const RouteArgs& a) {
     p.bias = a.bias.data_as<float>();
   }
   if (num_tokens == 0) return absl::OkStatus();
-  RouteKernel<<<static_cast<unsigned>(num_tokens), 128>>>(p);
+  RouteKernel<<<static_cast<unsigned>(num_tokens), 128, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -269,7 +269,7 @@ absl::Status MoeGather(const core::TensorView& x, const core::TensorView& slots,
                  IsBf16(x), IsBf16(out)};
   if (p.picks * p.hidden == 0) return absl::OkStatus();
   p.vec = Vec8Ok(p.x, p.hidden) && Vec8Ok(p.out, p.hidden);
-  GatherKernel<<<static_cast<unsigned>(p.picks), 256>>>(p);
+  GatherKernel<<<static_cast<unsigned>(p.picks), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -308,7 +308,7 @@ absl::Status MoeCombine(const core::TensorView& expert_out, const core::TensorVi
   p.vec = Vec8Ok(p.expert_out, p.hidden) && Vec8Ok(p.out, p.hidden) &&
           (p.shared == nullptr || Vec8Ok(p.shared, p.hidden));
   p.weighted = weighted;
-  CombineKernel<<<static_cast<unsigned>(p.num_tokens), 256>>>(p);
+  CombineKernel<<<static_cast<unsigned>(p.num_tokens), 256, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -328,9 +328,9 @@ absl::Status MoeScalePicks(const core::TensorView& act, const core::TensorView& 
   if (absl::Status s = CheckArg(slots < (int64_t{1} << 31), op, "too many slots"); !s.ok()) {
     return s;
   }
-  ScalePicksKernel<<<static_cast<unsigned>(slots), 256>>>(act.data, IsBf16(act), act.shape[1],
-                                                          pick_of_slot.data_as<int32_t>(),
-                                                          topk_weight.data_as<float>());
+  ScalePicksKernel<<<static_cast<unsigned>(slots), 256, 0, LaunchStream()>>>(
+      act.data, IsBf16(act), act.shape[1], pick_of_slot.data_as<int32_t>(),
+      topk_weight.data_as<float>());
   return LaunchStatus(op);
 }
 

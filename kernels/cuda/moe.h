@@ -12,7 +12,7 @@
 //  - MoeScalePicks: the routing weights applied to the experts' activations instead (before
 //    the down projection, the official order the FP8 simulation needs), then MoeCombine
 //    unweighted.
-// fp32 arithmetic; activations bf16 or f32. Thread-safety: reentrant; default stream.
+// fp32 arithmetic; activations bf16 or f32. Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

@@ -99,7 +99,7 @@ absl::Status BuildMoePlanOnDevice(const core::TensorView& topk_idx, int64_t num_
                    slots.data_as<int32_t>(), pick_of_slot.data_as<int32_t>(), num_slots,
                    static_cast<int32_t>(num_experts)};
   const size_t shared_bytes = kWarps * num_experts * sizeof(int32_t);  // <= 32 KiB
-  DispatchKernel<<<1, 32 * kWarps, shared_bytes>>>(p);
+  DispatchKernel<<<1, 32 * kWarps, shared_bytes, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

@@ -136,8 +136,8 @@ absl::Status Iterate(BlasHandle& handle, const NewtonSchulzParams& params, int64
     g.m = n, g.n = n, g.k = m, g.batch = count;
     if (absl::Status s = BatchedGemm(handle, g); !s.ok()) return s;
     // poly = c · gram · gram + b · gram
-    if (cudaMemcpyAsync(poly, gram, count * n * n * element, cudaMemcpyDeviceToDevice, 0) !=
-        cudaSuccess) {
+    if (cudaMemcpyAsync(poly, gram, count * n * n * element, cudaMemcpyDeviceToDevice,
+                        LaunchStream()) != cudaSuccess) {
       return absl::InternalError("NewtonSchulz: cudaMemcpyAsync failed");
     }
     BatchedGemmParams q;
@@ -148,7 +148,7 @@ absl::Status Iterate(BlasHandle& handle, const NewtonSchulzParams& params, int64
     q.alpha = c, q.beta = b;
     if (absl::Status s = BatchedGemm(handle, q); !s.ok()) return s;
     // x2 = poly · X + a · X
-    if (cudaMemcpyAsync(x2, x, count * n * m * element, cudaMemcpyDeviceToDevice, 0) !=
+    if (cudaMemcpyAsync(x2, x, count * n * m * element, cudaMemcpyDeviceToDevice, LaunchStream()) !=
         cudaSuccess) {
       return absl::InternalError("NewtonSchulz: cudaMemcpyAsync failed");
     }
@@ -183,11 +183,11 @@ absl::Status Orthogonalise(BlasHandle& handle, const float* in, int64_t count, i
   void* x2 = base + norm_bytes + matrix_bytes;
   void* gram = base + norm_bytes + 2 * matrix_bytes;
   void* poly = base + norm_bytes + 2 * matrix_bytes + gram_bytes;
-  cudaMemsetAsync(norm_sq, 0, count * sizeof(float), 0);
+  cudaMemsetAsync(norm_sq, 0, count * sizeof(float), LaunchStream());
   const int64_t size = rows * cols;
-  NormSquaredKernel<<<Grid(size, count), 256>>>(in, size, norm_sq);
-  PackKernel<<<Grid(size, count), 256>>>(in, rows, cols, transpose, norm_sq,
-                                         params.norm_epsilon, x, params.bf16);
+  NormSquaredKernel<<<Grid(size, count), 256, 0, LaunchStream()>>>(in, size, norm_sq);
+  PackKernel<<<Grid(size, count), 256, 0, LaunchStream()>>>(in, rows, cols, transpose, norm_sq,
+                                                            params.norm_epsilon, x, params.bf16);
   if (absl::Status s = LaunchStatus("NewtonSchulz"); !s.ok()) return s;
   return Iterate(handle, params, count, n, m, x, x2, gram, poly);
 }
@@ -210,8 +210,8 @@ absl::Status NewtonSchulz(BlasHandle& handle, const core::TensorView& in,
       !s.ok()) {
     return s;
   }
-  UnpackKernel<<<Grid(rows * cols, count), 256>>>(x, params.bf16, rows, cols, rows > cols,
-                                                  out.data_as<float>());
+  UnpackKernel<<<Grid(rows * cols, count), 256, 0, LaunchStream()>>>(
+      x, params.bf16, rows, cols, rows > cols, out.data_as<float>());
   return LaunchStatus("NewtonSchulz");
 }
 
@@ -230,9 +230,9 @@ absl::Status MuonStep(BlasHandle& handle, const core::TensorView& value,
   if (total == 0) return absl::OkStatus();
   Scratch input;
   if (absl::Status s = input.Allocate(total * 4); !s.ok()) return s;
-  MomentumKernel<<<Grid(total, 1), 256>>>(grad.data_as<float>(), momentum.data_as<float>(),
-                                          static_cast<float*>(input.data), total,
-                                          params.momentum, params.nesterov);
+  MomentumKernel<<<Grid(total, 1), 256, 0, LaunchStream()>>>(
+      grad.data_as<float>(), momentum.data_as<float>(), static_cast<float*>(input.data), total,
+      params.momentum, params.nesterov);
   Scratch scratch;
   void* x = nullptr;
   if (absl::Status s = Orthogonalise(handle, static_cast<const float*>(input.data), count, rows,
@@ -243,9 +243,9 @@ absl::Status MuonStep(BlasHandle& handle, const core::TensorView& value,
   const float scale =
       params.update_rms * std::sqrt(static_cast<float>(std::max(rows, cols)));
   const float decay = 1.0f - params.lr * params.weight_decay;
-  MuonApplyKernel<<<Grid(rows * cols, count), 256>>>(x, params.newton_schulz.bf16, rows, cols,
-                                                     rows > cols, value.data_as<float>(), decay,
-                                                     params.lr, scale);
+  MuonApplyKernel<<<Grid(rows * cols, count), 256, 0, LaunchStream()>>>(
+      x, params.newton_schulz.bf16, rows, cols, rows > cols, value.data_as<float>(), decay,
+      params.lr, scale);
   return LaunchStatus("MuonStep");
 }
 
@@ -266,10 +266,10 @@ absl::Status AdamWStep(const core::TensorView& value, const core::TensorView& gr
   if (n == 0) return absl::OkStatus();
   const double correction1 = 1.0 - std::pow(static_cast<double>(params.beta1), params.step);
   const double correction2 = 1.0 - std::pow(static_cast<double>(params.beta2), params.step);
-  AdamWKernel<<<Grid(n, 1), 256>>>(value.data_as<float>(), grad.data_as<float>(),
-                                   m.data_as<float>(), v.data_as<float>(), n, params.beta1,
-                                   params.beta2, correction1, correction2, params.epsilon,
-                                   1.0f - params.lr * params.weight_decay, params.lr);
+  AdamWKernel<<<Grid(n, 1), 256, 0, LaunchStream()>>>(
+      value.data_as<float>(), grad.data_as<float>(), m.data_as<float>(), v.data_as<float>(), n,
+      params.beta1, params.beta2, correction1, correction2, params.epsilon,
+      1.0f - params.lr * params.weight_decay, params.lr);
   return LaunchStatus("AdamWStep");
 }
 

@@ -136,7 +136,7 @@ absl::Status BlockQuantDequant(const core::TensorView& x, int64_t width, int64_t
   const QuantParams p{x.data, rows,           ld,        width,
                       block,  blocks_per_row, IsBf16(x), format == SimFormat::kFp8E4M3};
   BlockQuantDequantKernel<<<static_cast<unsigned>((items + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                            32 * kWarpsPerBlock>>>(p);
+                            32 * kWarpsPerBlock, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -156,7 +156,7 @@ absl::Status Hadamard(const core::TensorView& x) {
       x.data,   rows, ld, static_cast<int>(cols), 1.0f / std::sqrt(static_cast<float>(cols)),
       IsBf16(x)};
   HadamardKernel<<<static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                   32 * kWarpsPerBlock>>>(p);
+                   32 * kWarpsPerBlock, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 

@@ -8,7 +8,7 @@
 //    butterflies by shuffles.
 // x: [rows, cols] bf16|f32 device view with a unit inner stride (any row stride), or a contiguous
 // view of any rank taken as rows of its last dimension. The dequantised values are exact in bf16.
-// Thread-safety: reentrant; kernels go to the default stream.
+// Thread-safety: reentrant; kernels go to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

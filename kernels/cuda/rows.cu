@@ -47,7 +47,7 @@ absl::Status BatchCopy(absl::Span<const RowCopy> copies) {
   CopyPieces batch;
   int count = 0;
   auto launch = [&]() {
-    BatchCopyKernel<<<static_cast<unsigned>(count), 256>>>(batch);
+    BatchCopyKernel<<<static_cast<unsigned>(count), 256, 0, LaunchStream()>>>(batch);
     count = 0;
     return LaunchStatus("cuda::BatchCopy");
   };
@@ -84,9 +84,9 @@ absl::Status AddPositionBiasAt(const core::TensorView& x, const core::TensorView
   if (total == 0) return absl::OkStatus();
   const unsigned blocks =
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-  AddPositionBiasAtKernel<<<blocks, 256>>>(x.data_as<float>(), bias.data_as<const float>(),
-                                           positions.data_as<const int32_t>(), x.shape[0],
-                                           x.shape[1], bias.shape[0]);
+  AddPositionBiasAtKernel<<<blocks, 256, 0, LaunchStream()>>>(
+      x.data_as<float>(), bias.data_as<const float>(), positions.data_as<const int32_t>(),
+      x.shape[0], x.shape[1], bias.shape[0]);
   return LaunchStatus(op);
 }
 

@@ -1,7 +1,7 @@
 // Row movement for the GPU decode state (model/decode_cuda.h): many small device-to-device copies
 // in one launch (ring reads and writes, compressor rows, entries), and the compressor's
 // positional gate bias for rows at arbitrary positions.
-// Thread-safety: stateless; kernels go to the default stream.
+// Thread-safety: stateless; kernels go to the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

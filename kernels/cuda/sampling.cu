@@ -303,8 +303,8 @@ absl::Status SampleTokens(const core::TensorView& logits,
     return cuda_error(e, "params upload");
   }
   const int64_t total = rows * vocab;
-  MakeKeysKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256>>>(
-      logits.data_as<float>(), vocab, total, keys_in, offsets, rows);
+  MakeKeysKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256, 0,
+                   LaunchStream()>>>(logits.data_as<float>(), vocab, total, keys_in, offsets, rows);
   if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   size_t cub_bytes = l.total - l.cub;
   if (cudaError_t e = cub::DeviceSegmentedRadixSort::SortKeysDescending(
@@ -313,8 +313,8 @@ absl::Status SampleTokens(const core::TensorView& logits,
       e != cudaSuccess) {
     return cuda_error(e, "segmented sort");
   }
-  SampleKernel<<<static_cast<unsigned>(rows), kThreads>>>(logits.data_as<float>(), vocab, keys_out,
-                                                          d_params, d_results);
+  SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, LaunchStream()>>>(
+      logits.data_as<float>(), vocab, keys_out, d_params, d_results);
   if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   std::vector<Result> host_results(rows);
   if (cudaError_t e = cudaMemcpy(host_results.data(), d_results, rows * sizeof(Result),

@@ -8,7 +8,7 @@
 // Each non-greedy row is ordered by one segmented radix sort of 64-bit keys (the logit's order
 // key, then the inverted id), so ties need no sort stability; then one block per row reduces and
 // scans. Synchronous: results come back to the host.
-// Thread-safety: reentrant with distinct workspaces; default stream.
+// Thread-safety: reentrant with distinct workspaces; the launch stream (stream.h).
 #pragma once
 
 #include <cstdint>

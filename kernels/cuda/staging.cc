@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/stream.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -72,6 +73,11 @@ Ring& TheRing() {
 }  // namespace
 
 absl::StatusOr<void*> StageAsync(const void* host, size_t bytes) {
+  if (CurrentStream() != nullptr) {  // a graph would replay the slot's later contents
+    return absl::FailedPreconditionError(
+        "StageAsync: host tables cannot be recorded in a CUDA graph (the launch stream is not "
+        "the default stream)");
+  }
   Ring& ring = TheRing();
   std::lock_guard<std::mutex> lock(ring.mu);
   if (bytes > kStagingSlotBytes) {  // rare: a plain synchronous copy

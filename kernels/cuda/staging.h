@@ -4,7 +4,8 @@
 // refilled only after its previous copy has run (one event per slot); a device slot is refilled
 // by a copy queued after every launch that read it (stream order), so a caller may launch kernels
 // that read the returned pointer until it has staged kSlots more tables.
-// Thread-safety: one process-wide ring behind a mutex; every launch must use the default stream.
+// Thread-safety: one process-wide ring behind a mutex; every launch must use the default stream
+// (FailedPrecondition while a ScopedStream (stream.h) names another, e.g. during a graph capture).
 #pragma once
 
 #include <cstddef>

@@ -245,7 +245,7 @@ absl::Status RunLogprobs(const char* op, const core::TensorView& logits,
   p.grad_bf16 = grad.dtype == core::DType::kBF16;
   p.ld_grad = grad.data ? grad.strides[0] : 0;
   if (p.rows == 0) return absl::OkStatus();
-  LogprobKernel<<<p.rows, kThreads>>>(p);
+  LogprobKernel<<<p.rows, kThreads, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
 }
 
@@ -320,7 +320,7 @@ absl::Status KlDivergence(const core::TensorView& student, const core::TensorVie
              grad_student.data, grad_student.dtype == core::DType::kBF16,
              grad_student.data ? grad_student.strides[0] : 0};
   if (rows == 0) return absl::OkStatus();
-  KlKernel<<<rows, kThreads>>>(p);
+  KlKernel<<<rows, kThreads, 0, LaunchStream()>>>(p);
   return LaunchStatus("KlDivergence");
 }
 

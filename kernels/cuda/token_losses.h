@@ -7,7 +7,7 @@
 //
 // Logits bf16|f32 row views (rank 2, unit inner stride); per-row inputs and outputs f32 / i32
 // contiguous device arrays. Arithmetic in fp32 (the CPU references accumulate in double).
-// Thread-safety: reentrant; work is queued on the default stream.
+// Thread-safety: reentrant; work is queued on the launch stream (stream.h).
 #pragma once
 
 #include "absl/status/status.h"

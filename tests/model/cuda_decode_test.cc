@@ -378,6 +378,101 @@ TEST(CudaDecodeTest, GreedyTokensMatchCpuOnMixedSmall) {
               long(agree), long(total), long(near_ties));
 }
 
+// Single-token steps through recorded CUDA graphs (CudaDecodeStepOptions::cuda_graphs) against
+// the same steps launch by launch, on two decoders fed the same schedule: sequences at scattered
+// positions (windows of 4 and 128 completing at different steps, one crossing the 1,024-position
+// bound, which records a second graph), a sequence replaced midway (same row count: the same
+// graph with a new state table) and one removed (fewer rows: a new graph). The graph path runs
+// the same kernels with positions read on the device; its only free choices (the indexer's score
+// width, the attention's key-split bound) leave these small models' results unchanged, so the
+// logits must agree to rounding (printed: how many steps are bit for bit equal).
+TEST(CudaDecodeTest, GraphStepsMatchStepsLaunchByLaunch) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model,
+                            Model::Load(testing::FixtureDir("ratios_4_128") + "/model"));
+  const int64_t vocab = model.config.vocab_size, capacity = 1100;
+  V4RL_ASSERT_OK_AND_ASSIGN(auto gpu, CudaModel::Create(model));
+  const int64_t bytes = CudaDecoder::SequenceBytes(model.config, capacity);
+  V4RL_ASSERT_OK_AND_ASSIGN(auto graphs, CudaDecoder::Create(gpu.get(), 8 * bytes, 64 << 10));
+  V4RL_ASSERT_OK_AND_ASSIGN(auto direct, CudaDecoder::Create(gpu.get(), 8 * bytes, 64 << 10));
+  auto token = [vocab](int64_t step, int64_t row) {
+    return static_cast<int32_t>((37 * step + 11 * row + 3) % vocab);
+  };
+  // Prompts (one multi-token step, identical on both) for sequences of the given lengths.
+  std::vector<int64_t> graph_handles, direct_handles;
+  auto add = [&](const std::vector<int64_t>& lengths) {
+    std::vector<std::vector<int32_t>> prompts;
+    std::vector<CudaDecodeInput> graph_in, direct_in;
+    for (int64_t length : lengths) {
+      std::vector<int32_t> prompt(length);
+      for (int64_t t = 0; t < length; ++t) prompt[t] = token(t, length);
+      prompts.push_back(std::move(prompt));
+    }
+    for (const auto& prompt : prompts) {
+      auto g = graphs->AddSequence(capacity);
+      auto d = direct->AddSequence(capacity);
+      ASSERT_TRUE(g.ok() && d.ok());
+      graph_handles.push_back(*g);
+      direct_handles.push_back(*d);
+      graph_in.push_back({*g, prompt});
+      direct_in.push_back({*d, prompt});
+    }
+    CudaDecodeStepOptions options;
+    options.cuda_graphs = false;
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaDecodeStepOutput a, graphs->Step(graph_in, options));
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaDecodeStepOutput b, direct->Step(direct_in, options));
+  };
+  add({1, 3, 126, 130, 1017, 1020});
+  int64_t exact = 0, total = 0;
+  for (int64_t step = 0; step < 14; ++step) {
+    if (step == 5) {  // replace the second sequence (same row count, new state table)
+      ASSERT_TRUE(graphs->RemoveSequence(graph_handles[1]).ok());
+      ASSERT_TRUE(direct->RemoveSequence(direct_handles[1]).ok());
+      graph_handles.erase(graph_handles.begin() + 1);
+      direct_handles.erase(direct_handles.begin() + 1);
+      add({7});
+    }
+    if (step == 10) {  // one sequence fewer: a graph of five rows
+      ASSERT_TRUE(graphs->RemoveSequence(graph_handles[0]).ok());
+      ASSERT_TRUE(direct->RemoveSequence(direct_handles[0]).ok());
+      graph_handles.erase(graph_handles.begin());
+      direct_handles.erase(direct_handles.begin());
+    }
+    const int64_t rows = static_cast<int64_t>(graph_handles.size());
+    std::vector<int32_t> tokens(rows);
+    std::vector<CudaDecodeInput> graph_in, direct_in;
+    for (int64_t r = 0; r < rows; ++r) {
+      tokens[r] = token(step + 2000, r);
+      graph_in.push_back({graph_handles[r], absl::MakeConstSpan(&tokens[r], 1)});
+      direct_in.push_back({direct_handles[r], absl::MakeConstSpan(&tokens[r], 1)});
+    }
+    CudaDecodeStepOptions with, without;
+    with.return_routing = without.return_routing = true;
+    without.cuda_graphs = false;
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaDecodeStepOutput g, graphs->Step(graph_in, with));
+    V4RL_ASSERT_OK_AND_ASSIGN(const CudaDecodeStepOutput d, direct->Step(direct_in, without));
+    ASSERT_EQ(g.logits.size(0), rows);
+    const v4rl::testing::CompareStats s = v4rl::testing::Compare(g.logits.view(), d.logits.view());
+    ++total;
+    if (s.max_abs_error == 0) ++exact;
+    EXPECT_LE(s.max_abs_error, 1e-3 * MaxAbs(d.logits)) << "step " << step;
+    ASSERT_EQ(g.routed_experts.size(), d.routed_experts.size());
+    for (size_t l = 0; l < g.routed_experts.size(); ++l) {
+      EXPECT_EQ(g.routed_experts[l].ToFloatVector(), d.routed_experts[l].ToFloatVector())
+          << "step " << step << " layer " << l;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      EXPECT_EQ(graphs->num_tokens(graph_handles[r]).value(),
+                direct->num_tokens(direct_handles[r]).value());
+    }
+  }
+  std::printf("[measured] graph vs launch-by-launch decode steps: %ld of %ld bit for bit equal\n",
+              long(exact), long(total));
+  // Six rows below 1,024, six rows past it, five rows past it.
+  EXPECT_EQ(graphs->graphs_recorded(), 3);
+  EXPECT_EQ(direct->graphs_recorded(), 0);
+}
+
 TEST(CudaDecodeTest, PoolHandsBlocksOutAndBack) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   V4RL_ASSERT_OK_AND_ASSIGN(const Model model,

@@ -1,0 +1,129 @@
+// CudaModel::Impl::AttentionDecodeGraph: the attention of a CudaDecoder step whose inputs are all
+// single tokens, in the form a CUDA graph can record (model/decode_cuda.h, kernels/cuda/graph.h):
+// the same kernels and arithmetic as AttentionDecode's batched path (attention_decode_cuda.cc),
+// but every position-dependent choice — which compressor window a token completes, where its
+// K=V row lands in the ring, each item of the decode kernels — is made on the device from the
+// step's positions and the per-sequence state table (kernels/cuda/decode_graph.h), and every
+// size from the step's position bound, so one recording serves the later steps of its bucket.
+#include <algorithm>
+#include <cmath>
+
+#include "core/status.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/decode_graph.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/indexer.h"
+#include "model/decode_cuda_state.h"
+
+namespace v4rl::model {
+namespace cuda_internal {
+namespace {
+
+// The step's new compressor rows into the states; the windows they complete become entries
+// (pooled on the device for every row, normalised, rotated at their window's first position,
+// quantised, then stored for the rows that completed one).
+absl::Status CompressAppendOnDevice(CudaModel::Impl& m, const DecodeStepState& st,
+                                    const kc::DecodeRowState* table, const CompressorWeights& w,
+                                    const CompressorRows& rows, int64_t ratio, bool overlap,
+                                    bool indexer) {
+  const int64_t n = rows.kv.size(0);
+  const int64_t dim = overlap ? rows.kv.size(1) / 2 : rows.kv.size(1);
+  const Tensor entries = Dev(DType::kBF16, {n, dim});
+  const Tensor entry_positions = Dev(DType::kI32, {n});
+  V4RL_RETURN_IF_ERROR(kc::DecodeCompressAppend(table, indexer, st.positions.view(), rows.kv.view(),
+                                                rows.score.view(), ratio, overlap, entries.view(),
+                                                entry_positions.view()));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
+  const int64_t half = m.config.rope_head_dim / 2;
+  const Tensor cos = Dev(DType::kF32, {n, half});
+  const Tensor sin = Dev(DType::kF32, {n, half});
+  V4RL_RETURN_IF_ERROR(kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions.view(),
+                                       cos.view(), sin.view()));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({n, 1, dim}), cos.view(), sin.view(),
+                                     /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(indexer ? m.IndexerFp4(entries.view()) : m.KvQat(entries.view()));
+  return kc::DecodeCompressCommit(table, indexer, st.positions.view(), entries.view(), ratio);
+}
+
+}  // namespace
+}  // namespace cuda_internal
+
+absl::Status CudaModel::Impl::AttentionDecodeGraph(const AttentionWeights& w, AttentionType type,
+                                                   const TensorView& x, const TensorView& out) {
+  DecodeStepState& st = *decode;
+  const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
+  const int64_t window = config.sliding_window;
+  const bool sliding = type == AttentionType::kSliding;
+  const bool csa = type == AttentionType::kCompressedSparse;
+  const int64_t ratio = sliding ? 0 : config.CompressRatio(type);
+  const kc::DecodeRowState* table = st.table + st.layer * n;
+  const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
+  const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
+  // Query path and the single K=V head, as AttentionDecode.
+  Tensor xq_storage;
+  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
+  V4RL_ASSIGN_OR_RETURN(const AttentionProjections p,
+                        ProjectAttentionInput(w, type, x, xq, st.positions.view()));
+  const Tensor qr = Dev(DType::kBF16, {n, config.q_lora_rank});
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), qr.view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));
+  const Tensor q = Dev(DType::kBF16, {n, heads, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({n, heads * dim})));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(q.view(), cos, sin, /*inverse=*/false));
+  const Tensor kv = Dev(DType::kBF16, {n, 1, dim});
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), kv.view().Reshape({n, dim})));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({n, dim})));
+  const TensorView kv_rows = kv.view().Reshape({n, dim});
+
+  // New entries; for CSA the indexer's keys and picks over the bound's ld entries a row (-inf
+  // past a row's own; IndexerSelect ranks them last and attention skips picks past its entries).
+  if (!sliding) {
+    V4RL_RETURN_IF_ERROR(
+        CompressAppendOnDevice(*this, st, table, w.compressor, p.comp, ratio, csa, false));
+  }
+  Tensor picks;
+  if (csa) {
+    V4RL_RETURN_IF_ERROR(
+        CompressAppendOnDevice(*this, st, table, w.indexer.compressor, p.index, ratio, true, true));
+    const int64_t ih = config.index_n_heads, id = config.index_head_dim;
+    const Tensor iq = Dev(DType::kBF16, {n, ih, id});
+    V4RL_RETURN_IF_ERROR(
+        kc::Gemm(*gemm, qr.view(), w.indexer.wq_b.view(), iq.view().Reshape({n, ih * id})));
+    V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
+    V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
+    const int64_t ld = st.position_bound / ratio;
+    const Tensor scores = Dev(DType::kF32, {n, ld});
+    const Tensor items = Dev(DType::kU8, {n * static_cast<int64_t>(sizeof(kc::DecodeIndexerItem))});
+    auto* indexer_items = static_cast<kc::DecodeIndexerItem*>(items.view().data);
+    V4RL_RETURN_IF_ERROR(kc::BuildDecodeIndexerItems(table, st.positions.view(), iq.view(),
+                                                     p.index_weights.view(), scores.view(), ratio,
+                                                     indexer_items));
+    const float score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)));
+    V4RL_RETURN_IF_ERROR(
+        kc::DecodeIndexerScoresOnDevice(indexer_items, n, ih, id, ld, score_scale));
+    picks = Dev(DType::kI32, {n, std::min(config.index_topk, ld)});
+    V4RL_RETURN_IF_ERROR(
+        kc::IndexerSelect(scores.view(), /*q_pos0=*/ld * ratio, ratio, picks.view()));
+  }
+
+  // Attention of every row over its ring, own row and entries; then its row into the ring.
+  const Tensor attn = Dev(DType::kBF16, {n, heads, dim});
+  const Tensor items = Dev(DType::kU8, {n * static_cast<int64_t>(sizeof(kc::DecodeAttentionItem))});
+  auto* attention_items = static_cast<kc::DecodeAttentionItem*>(items.view().data);
+  V4RL_RETURN_IF_ERROR(
+      kc::BuildDecodeAttentionItems(table, st.positions.view(), q.view(), kv_rows, attn.view(),
+                                    ratio, csa ? picks.view() : TensorView(), attention_items));
+  const int64_t comp_keys = sliding ? 0 : csa ? picks.size(1) : st.position_bound / ratio;
+  const int64_t max_keys = std::min(st.position_bound, window) + comp_keys;
+  V4RL_RETURN_IF_ERROR(kc::DecodeAttentionOnDevice(
+      attention_items, n, max_keys, w.sink.data<float>(), heads, dim, window,
+      static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))));
+  V4RL_RETURN_IF_ERROR(kc::DecodeRingWrite(table, st.positions.view(), kv_rows, window));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(attn.view(), cos, sin, /*inverse=*/true));
+  return OutputProjection(w, attn, out);
+}
+
+}  // namespace v4rl::model
