@@ -34,6 +34,9 @@ limit="${LIMIT_S:-420}"
 mkdir -p "$out"
 for packed in "$bundle" ${BASELINE:-}; do
   if [[ ! -d "$packed" && -f "${packed}_packed/bundle.tar.xz" ]]; then
+    top=$(tar -tJf "${packed}_packed/bundle.tar.xz" | head -1)
+    # A tarball packed under another name would overwrite that bundle instead.
+    [[ "${top%%/*}" == "$packed" ]] || { echo "${packed}_packed holds ${top%%/*}/, not $packed/"; exit 2; }
     tar -xJf "${packed}_packed/bundle.tar.xz"
   fi
 done
