@@ -196,7 +196,8 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
     st.spans.push_back({num_tokens, count, sequence.num_tokens, &sequence});
     num_tokens += count;
   }
-  if (d.GraphStepFits(st.spans, options)) return d.GraphStep(inputs, st.spans, options);
+  const std::optional<DecodeGraphKey> graph_key = d.GraphKey(st.spans, options);
+  if (d.ReplayStep(graph_key)) return d.GraphStep(inputs, st.spans, options, *graph_key);
   const int64_t k = config.num_experts_per_tok;
   if (!options.routing_replay.empty()) {
     if (options.routing_replay.size() != m.weights.layers.size()) {

@@ -63,15 +63,16 @@ struct CudaDecodeStepOptions {
   // plan, cuBLASLt per expert (faster on hundreds of rows per expert).
   bool device_moe_dispatch = true;
   // Steps whose inputs are all single tokens (with batched_decode and device_moe_dispatch, no
-  // replays, at most 512 inputs, V4RL_CUDA_PROFILE unset) replay a CUDA graph: the first such step
-  // of a given input count, position bound (one past the latest position, rounded up to 1,024
-  // positions, or to 1/16 of it on long contexts) and fp8_simulation records its launches
-  // once (kernels/cuda/graph.h), later ones upload their token ids, positions and per-sequence
-  // state table and replay it — one launch instead of hundreds, the same kernels with positions
-  // read on the device (model/attention_decode_graph_cuda.cc). Logits equal the launch-by-launch
-  // step's up to the attention's key splits at small batches (tests/model/cuda_decode_test.cc
-  // states the measured difference). The decoder keeps the 4 most recently used graphs, each
-  // with the memory of one step's temporaries. Default: true.
+  // replays, at most 512 inputs, V4RL_CUDA_PROFILE unset) replay a CUDA graph: the second
+  // consecutive such step of a given input count, position bound (one past the latest position,
+  // rounded up to 1,024 positions, or to 1/16 of it on long contexts) and fp8_simulation records
+  // its launches once (kernels/cuda/graph.h; a key seen for one step alone, as when a batch
+  // shrinks by a sequence a step, runs launch by launch), later ones upload their token ids,
+  // positions and per-sequence state table and replay it — one launch instead of hundreds, the same
+  // kernels with positions read on the device (model/attention_decode_graph_cuda.cc). Logits equal
+  // the launch-by-launch step's up to the attention's key splits at small batches
+  // (tests/model/cuda_decode_test.cc states the measured difference). The decoder keeps the 4 most
+  // recently used graphs, each with the memory of one step's temporaries. Default: true.
   bool cuda_graphs = true;
   // The official FP8/FP4 simulation (CudaForwardOptions::fp8_simulation); the states then hold
   // the simulated K=V rows, entries and indexer keys, so a sequence keeps one setting throughout.

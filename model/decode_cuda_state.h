@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -107,14 +108,21 @@ struct CudaDecoder::Impl {
   std::map<DecodeGraphKey, std::unique_ptr<DecodeGraph>> graphs;
   int64_t graph_clock = 0;
   int64_t graphs_recorded = 0;
+  std::optional<DecodeGraphKey> previous_key;  // the previous step's (none: not a graph step)
 
-  // Whether a step of `spans` runs as a CUDA graph (CudaDecodeStepOptions::cuda_graphs).
-  bool GraphStepFits(const std::vector<StepSpan>& spans,
-                     const CudaDecodeStepOptions& options) const;
-  // The step through its recorded graph (recorded first when its key has none).
+  // The graph key of a step of `spans` when it may run as a CUDA graph
+  // (CudaDecodeStepOptions::cuda_graphs), else none.
+  std::optional<DecodeGraphKey> GraphKey(const std::vector<StepSpan>& spans,
+                                         const CudaDecodeStepOptions& options) const;
+  // Whether the step of `key` replays a graph: one is held, or the previous step had the same
+  // key (a key seen once, e.g. a batch shrinking by one sequence a step, runs launch by launch
+  // instead of paying a recording no later step replays). Remembers `key` for the next step.
+  bool ReplayStep(const std::optional<DecodeGraphKey>& key);
+  // The step through the graph of `key` (recorded first when none is held).
   absl::StatusOr<CudaDecodeStepOutput> GraphStep(absl::Span<const CudaDecodeInput> inputs,
                                                  const std::vector<StepSpan>& spans,
-                                                 const CudaDecodeStepOptions& options);
+                                                 const CudaDecodeStepOptions& options,
+                                                 const DecodeGraphKey& key);
 };
 
 }  // namespace v4rl::model

@@ -4,6 +4,8 @@
 // logits (and routed experts) the graph left in its memory.
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <tuple>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
@@ -96,33 +98,40 @@ absl::Status RecordStep(CudaModel::Impl& m, DecodeGraph& graph, int64_t position
 }  // namespace
 }  // namespace cuda_internal
 
-bool CudaDecoder::Impl::GraphStepFits(const std::vector<StepSpan>& spans,
-                                      const CudaDecodeStepOptions& options) const {
+std::optional<DecodeGraphKey> CudaDecoder::Impl::GraphKey(
+    const std::vector<StepSpan>& spans, const CudaDecodeStepOptions& options) const {
   const CudaModel::Impl& m = *model->impl_;
   if (!options.cuda_graphs || !options.batched_decode || !options.device_moe_dispatch ||
       !options.routing_replay.empty() || !options.index_replay.empty() || spans.size() > 512 ||
-      m.profile.enabled || !BatchedDecodeKernelsFit(m.config)) {
-    return false;
+      m.profile.enabled || !BatchedDecodeKernelsFit(m.config) ||
+      !std::all_of(spans.begin(), spans.end(), [](const StepSpan& s) { return s.count == 1; })) {
+    return std::nullopt;
   }
-  return std::all_of(spans.begin(), spans.end(), [](const StepSpan& s) { return s.count == 1; });
+  int64_t end = 0;
+  for (const StepSpan& s : spans) end = std::max(end, s.position + 1);
+  return DecodeGraphKey{static_cast<int64_t>(spans.size()), DecodePositionBound(end),
+                        options.fp8_simulation};
+}
+
+bool CudaDecoder::Impl::ReplayStep(const std::optional<DecodeGraphKey>& key) {
+  const bool replay = key.has_value() && (graphs.count(*key) > 0 || previous_key == key);
+  previous_key = key;
+  return replay;
 }
 
 absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Impl::GraphStep(
     absl::Span<const CudaDecodeInput> inputs, const std::vector<StepSpan>& spans,
-    const CudaDecodeStepOptions& options) {
+    const CudaDecodeStepOptions& options, const DecodeGraphKey& key) {
   CudaModel::Impl& m = *model->impl_;
   const ModelConfig& config = m.config;
   const int64_t rows = static_cast<int64_t>(spans.size());
   const int64_t layers = static_cast<int64_t>(m.weights.layers.size());
-  int64_t end = 0;
+  const int64_t bound = std::get<1>(key);
   std::vector<int32_t> ids(rows), positions(rows);
   for (int64_t r = 0; r < rows; ++r) {
     ids[r] = inputs[r].tokens[0];
     positions[r] = static_cast<int32_t>(spans[r].position);
-    end = std::max(end, spans[r].position + 1);
   }
-  const int64_t bound = DecodePositionBound(end);
-  const DecodeGraphKey key{rows, bound, options.fp8_simulation};
   std::unique_ptr<DecodeGraph>& graph = graphs[key];
   const bool record = graph == nullptr;
   if (record) {
