@@ -157,6 +157,36 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
 }  // namespace
 }  // namespace cuda_internal
 
+absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeQueryAndKv(
+    const AttentionWeights& w, AttentionType type, const TensorView& x) {
+  const DecodeStepState& st = *decode;
+  const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
+  const bool sliding = type == AttentionType::kSliding;
+  const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
+  const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
+  // As Attention: the fused input GEMMs, the compressors' gate bias at each row's position.
+  DecodeQueryKv out;
+  Tensor xq_storage;
+  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
+  V4RL_ASSIGN_OR_RETURN(out.projections,
+                        ProjectAttentionInput(w, type, x, xq, st.positions.view()));
+  const AttentionProjections& p = out.projections;
+  out.qr = Dev(DType::kBF16, {n, config.q_lora_rank});
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), out.qr.view()));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(out.qr.view()));
+  out.q = Dev(DType::kBF16, {n, heads, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*gemm, out.qr.view(), w.wq_b.view(), out.q.view().Reshape({n, heads * dim})));
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(out.q.view(), TensorView(), eps(), out.q.view()));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(out.q.view(), cos, sin, /*inverse=*/false));
+  out.kv = Dev(DType::kBF16, {n, dim});
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), out.kv.view()));
+  V4RL_RETURN_IF_ERROR(
+      kc::ApplyRope(out.kv.view().Reshape({n, 1, dim}), cos, sin, /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(KvQat(out.kv.view()));
+  return out;
+}
+
 absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, AttentionType type,
                                               const TensorView& x, const TensorView& out) {
   DecodeStepState& st = *decode;
@@ -166,25 +196,11 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   const bool sliding = type == AttentionType::kSliding;
   const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
   const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
-  // Query path and the single K=V head, as Attention (the fused input GEMMs, the compressors'
-  // gate bias at each row's position).
-  Tensor xq_storage;
-  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
-  V4RL_ASSIGN_OR_RETURN(const AttentionProjections p,
-                        ProjectAttentionInput(w, type, x, xq, st.positions.view()));
-  const Tensor qr = Dev(DType::kBF16, {n, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), qr.view()));
-  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));
-  const Tensor q = Dev(DType::kBF16, {n, heads, dim});
-  V4RL_RETURN_IF_ERROR(
-      kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({n, heads * dim})));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(q.view(), cos, sin, /*inverse=*/false));
-  const Tensor kv = Dev(DType::kBF16, {n, 1, dim});
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), kv.view().Reshape({n, dim})));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
-  V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({n, dim})));
-  const TensorView kv_rows = kv.view().Reshape({n, dim});
+  V4RL_ASSIGN_OR_RETURN(const DecodeQueryKv qkv, DecodeQueryAndKv(w, type, x));
+  const AttentionProjections& p = qkv.projections;
+  const Tensor& qr = qkv.qr;
+  const Tensor& q = qkv.q;
+  const TensorView kv_rows = qkv.kv.view();
   profile.Mark("attn.proj");
 
   // New entries; for CSA the indexer's keys and picks.

@@ -59,24 +59,11 @@ absl::Status CudaModel::Impl::AttentionDecodeGraph(const AttentionWeights& w, At
   const kc::DecodeRowState* table = st.table + st.layer * n;
   const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
   const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
-  // Query path and the single K=V head, as AttentionDecode.
-  Tensor xq_storage;
-  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
-  V4RL_ASSIGN_OR_RETURN(const AttentionProjections p,
-                        ProjectAttentionInput(w, type, x, xq, st.positions.view()));
-  const Tensor qr = Dev(DType::kBF16, {n, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), qr.view()));
-  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(qr.view()));
-  const Tensor q = Dev(DType::kBF16, {n, heads, dim});
-  V4RL_RETURN_IF_ERROR(
-      kc::Gemm(*gemm, qr.view(), w.wq_b.view(), q.view().Reshape({n, heads * dim})));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(q.view(), TensorView(), eps(), q.view()));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(q.view(), cos, sin, /*inverse=*/false));
-  const Tensor kv = Dev(DType::kBF16, {n, 1, dim});
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), kv.view().Reshape({n, dim})));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(kv.view(), cos, sin, /*inverse=*/false));
-  V4RL_RETURN_IF_ERROR(KvQat(kv.view().Reshape({n, dim})));
-  const TensorView kv_rows = kv.view().Reshape({n, dim});
+  V4RL_ASSIGN_OR_RETURN(const DecodeQueryKv qkv, DecodeQueryAndKv(w, type, x));
+  const AttentionProjections& p = qkv.projections;
+  const Tensor& qr = qkv.qr;
+  const Tensor& q = qkv.q;
+  const TensorView kv_rows = qkv.kv.view();
 
   // New entries; for CSA the indexer's keys and picks over the bound's ld entries a row (-inf
   // past a row's own; IndexerSelect ranks them last and attention skips picks past its entries).

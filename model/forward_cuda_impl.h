@@ -190,6 +190,15 @@ struct CudaModel::Impl {
   DecodeStepState* decode = nullptr;
   absl::Status AttentionDecode(const AttentionWeights& w, AttentionType type, const TensorView& x,
                                const TensorView& out);
+  // The decode step's query path and single K=V head of layer layer_index (both attention
+  // decode paths): qr [N, q_lora_rank] bf16 (q_norm'd), q [N, heads, head_dim] bf16 (normalised,
+  // rotated), kv [N, head_dim] bf16 (kv_norm'd, rotated, KV QAT), and the layer's projections.
+  struct DecodeQueryKv {
+    AttentionProjections projections;
+    Tensor qr, q, kv;
+  };
+  absl::StatusOr<DecodeQueryKv> DecodeQueryAndKv(const AttentionWeights& w, AttentionType type,
+                                                 const TensorView& x);
   // AttentionDecode for a graph step (decode->table set): positions read on the device only
   // (model/attention_decode_graph_cuda.cc).
   absl::Status AttentionDecodeGraph(const AttentionWeights& w, AttentionType type,
