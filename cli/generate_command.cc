@@ -171,7 +171,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   std::string model_dir, input_path, output_path, stop_text, device = "cpu";
   int64_t max_new_tokens = 0, top_k = 0, seed = 0, prefill_chunk = 0, threads = 0;
   double temperature = 1.0, top_p = 1.0;
-  bool greedy = false, fp8_sim = false;
+  bool greedy = false, fp8_sim = false, no_cuda_graphs = false;
   parser.AddString("model", &model_dir, "model directory (config.json + safetensors)");
   parser.AddString("input", &input_path, "safetensors file with input_ids [B, T] (+ lengths [B])");
   parser.AddString("output", &output_path, "safetensors file to write");
@@ -192,6 +192,9 @@ int RunGenerate(const std::vector<std::string>& args) {
       "with --device cuda: the FP8/FP4 simulation of DeepSeek's official inference "
       "code (FP8 activations before the FP8/FP4 GEMMs, KV QAT, FP4 indexer; its kernels equal the "
       "CPU references bit for bit on the H200)");
+  parser.AddBool("no-cuda-graphs", &no_cuda_graphs,
+                 "with --device cuda: launch every decode step's kernels one by one instead of "
+                 "replaying recorded CUDA graphs (same results; for diagnosis)");
   int exit_code;
   if (!parser.ParseOrExit(args, &exit_code)) return exit_code;
   if (model_dir.empty() || input_path.empty() || output_path.empty() ||
@@ -207,6 +210,9 @@ int RunGenerate(const std::vector<std::string>& args) {
     return UsageError("--device must be cpu or cuda, got " + device);
   }
   if (fp8_sim && device != "cuda") return UsageError("--fp8-sim needs --device cuda");
+  if (no_cuda_graphs && device != "cuda") {
+    return UsageError("--no-cuda-graphs needs --device cuda");
+  }
 #if !V4RL_WITH_CUDA
   if (device == "cuda") return UsageError("--device cuda: this v4rl was built without CUDA");
 #endif
@@ -240,7 +246,8 @@ int RunGenerate(const std::vector<std::string>& args) {
   if (device == "cuda") {
     absl::StatusOr<std::unique_ptr<model::CudaModel>> gpu = model::CudaModel::Create(*model);
     if (!gpu.ok()) return Fail(std::string(gpu.status().message()));
-    results = rollout::GenerateCuda(*model, gpu->get(), *requests, options, fp8_sim);
+    results = rollout::GenerateCuda(*model, gpu->get(), *requests, options,
+                                    {.fp8_simulation = fp8_sim, .cuda_graphs = !no_cuda_graphs});
   }
 #endif
   if (device == "cpu") results = rollout::Generate(*model, *requests, options);

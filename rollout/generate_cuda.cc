@@ -28,7 +28,7 @@ struct Sequence {
 
 absl::StatusOr<std::vector<GenerationResult>> GenerateCuda(
     const model::Model& model, model::CudaModel* gpu, absl::Span<const GenerationRequest> requests,
-    const GenerateOptions& options, bool fp8_simulation) {
+    const GenerateOptions& options, const CudaGenerateOptions& cuda_options) {
   const model::ModelConfig& config = model.config;
   V4RL_RETURN_IF_ERROR(options.Validate(config));
   V4RL_RETURN_IF_ERROR(ValidateGenerationRequests(config, requests, options.max_new_tokens));
@@ -72,7 +72,8 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateCuda(
     model::CudaDecodeStepOptions step_options;
     step_options.return_routing = true;
     step_options.device_logits = true;
-    step_options.fp8_simulation = fp8_simulation;
+    step_options.fp8_simulation = cuda_options.fp8_simulation;
+    step_options.cuda_graphs = cuda_options.cuda_graphs;
     V4RL_ASSIGN_OR_RETURN(const model::CudaDecodeStepOutput out,
                           decoder->Step(inputs, step_options));
 

@@ -18,11 +18,18 @@
 
 namespace v4rl::rollout {
 
-// `model` is the host model `gpu` was created from (config and validation). fp8_simulation:
-// every step with the official FP8/FP4 simulation (model::CudaDecodeStepOptions). Errors as
-// Generate, plus ResourceExhausted / Internal from the device.
+// How the GPU decodes (model::CudaDecodeStepOptions of every step).
+struct CudaGenerateOptions {
+  // The official FP8/FP4 simulation. Default: false.
+  bool fp8_simulation = false;
+  // Single-token steps replay recorded CUDA graphs (same results). Default: true.
+  bool cuda_graphs = true;
+};
+
+// `model` is the host model `gpu` was created from (config and validation). Errors as Generate,
+// plus ResourceExhausted / Internal from the device.
 absl::StatusOr<std::vector<GenerationResult>> GenerateCuda(
     const model::Model& model, model::CudaModel* gpu, absl::Span<const GenerationRequest> requests,
-    const GenerateOptions& options, bool fp8_simulation = false);
+    const GenerateOptions& options, const CudaGenerateOptions& cuda_options = {});
 
 }  // namespace v4rl::rollout

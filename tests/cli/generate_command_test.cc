@@ -135,6 +135,8 @@ TEST_F(GenerateCommandTest, BadInputsFailWithOneLine) {
   expect_error("--max-new-tokens 4 --temperature 0", 2, "temperature must be finite and > 0");
   expect_error("--max-new-tokens 4 --stop-tokens 1,x", 2, "--stop-tokens must be");
   expect_error("--max-new-tokens 2000000 --greedy", 1, "exceeds the model's context");
+  expect_error("--max-new-tokens 4 --greedy --no-cuda-graphs", 2,
+               "--no-cuda-graphs needs --device cuda");
 
   // Without `lengths` the padding ids of row 2 are read as tokens.
   const Tensor ids = ReadTensor(input_, "input_ids");
