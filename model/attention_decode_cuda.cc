@@ -161,9 +161,7 @@ absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeQueryAndKv
     const AttentionWeights& w, AttentionType type, const TensorView& x) {
   const DecodeStepState& st = *decode;
   const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
-  const bool sliding = type == AttentionType::kSliding;
-  const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
-  const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
+  const TensorView cos = st.cos(type), sin = st.sin(type);
   // As Attention: the fused input GEMMs, the compressors' gate bias at each row's position.
   DecodeQueryKv out;
   Tensor xq_storage;
@@ -194,8 +192,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
   const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
   const int64_t window = config.sliding_window;
   const bool sliding = type == AttentionType::kSliding;
-  const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
-  const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
+  const TensorView cos = st.cos(type), sin = st.sin(type);
   V4RL_ASSIGN_OR_RETURN(const DecodeQueryKv qkv, DecodeQueryAndKv(w, type, x));
   const AttentionProjections& p = qkv.projections;
   const Tensor& qr = qkv.qr;

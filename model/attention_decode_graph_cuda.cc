@@ -57,8 +57,7 @@ absl::Status CudaModel::Impl::AttentionDecodeGraph(const AttentionWeights& w, At
   const bool csa = type == AttentionType::kCompressedSparse;
   const int64_t ratio = sliding ? 0 : config.CompressRatio(type);
   const kc::DecodeRowState* table = st.table + st.layer * n;
-  const TensorView cos = sliding ? st.main_cos.view() : st.compress_cos.view();
-  const TensorView sin = sliding ? st.main_sin.view() : st.compress_sin.view();
+  const TensorView cos = st.cos(type), sin = st.sin(type);
   V4RL_ASSIGN_OR_RETURN(const DecodeQueryKv qkv, DecodeQueryAndKv(w, type, x));
   const AttentionProjections& p = qkv.projections;
   const Tensor& qr = qkv.qr;

@@ -57,6 +57,29 @@ int64_t Layout(const ModelConfig& config, int64_t capacity, char* base,
 }
 
 }  // namespace
+
+absl::StatusOr<Tensor> DecodeLayers(CudaModel::Impl& m, DecodeStepState& st) {
+  const ModelConfig& config = m.config;
+  const int64_t n = st.positions.size(0), half = config.rope_head_dim / 2;
+  for (auto [rope, cos, sin] : {std::tuple{&m.main_rope, &st.main_cos, &st.main_sin},
+                                std::tuple{&m.compress_rope, &st.compress_cos, &st.compress_sin}}) {
+    *cos = Dev(DType::kF32, {n, half});
+    *sin = Dev(DType::kF32, {n, half});
+    V4RL_RETURN_IF_ERROR(
+        kc::RopeTableAt(rope->inv_freq.view(), st.positions.view(), cos->view(), sin->view()));
+  }
+  m.profile.Mark("setup");
+  Tensor streams = Dev(m.stream_dtype(), {n, config.hc_mult, config.hidden_size});
+  V4RL_RETURN_IF_ERROR(
+      kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
+  for (m.layer_index = 0; m.layer_index < m.weights.layers.size(); ++m.layer_index) {
+    st.layer = static_cast<int64_t>(m.layer_index);
+    V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));
+  }
+  m.profile.Mark("other");
+  return m.FinalHidden(streams);
+}
+
 }  // namespace cuda_internal
 
 CudaDecoder::CudaDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -206,9 +229,7 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
           m.weights.layers.size()));
     }
   }
-  // Ids and positions of the step's tokens (one upload each), both RoPE tables' rows from the
-  // positions on the device.
-  const int64_t half = config.rope_head_dim / 2;
+  // Ids and positions of the step's tokens (one upload each).
   Tensor ids = Tensor::Empty(DType::kI32, {num_tokens});
   Tensor positions = Tensor::Empty(DType::kI32, {num_tokens});
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -221,13 +242,6 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   int64_t unused = 0;
   V4RL_ASSIGN_OR_RETURN(m.token_ids, Upload(ids, DType::kI32, &unused));
   V4RL_ASSIGN_OR_RETURN(st.positions, Upload(positions, DType::kI32, &unused));
-  for (auto [rope, cos, sin] : {std::tuple{&m.main_rope, &st.main_cos, &st.main_sin},
-                                std::tuple{&m.compress_rope, &st.compress_cos, &st.compress_sin}}) {
-    *cos = Dev(DType::kF32, {num_tokens, half});
-    *sin = Dev(DType::kF32, {num_tokens, half});
-    V4RL_RETURN_IF_ERROR(
-        kc::RopeTableAt(rope->inv_freq.view(), st.positions.view(), cos->view(), sin->view()));
-  }
   st.options = &options;
 
   // The model's per-call state: one "sequence" of the step's N tokens for the token-wise ops.
@@ -249,20 +263,11 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Step(absl::Span<const CudaDeco
   m.decode = &st;
   absl::Cleanup reset = [&m] { m.decode = nullptr; };
 
-  const int64_t n = config.hc_mult, hidden = config.hidden_size;
-  m.profile.Mark("setup");
-  Tensor streams = Dev(m.stream_dtype(), {num_tokens, n, hidden});
-  V4RL_RETURN_IF_ERROR(
-      kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
-  for (m.layer_index = 0; m.layer_index < m.weights.layers.size(); ++m.layer_index) {
-    st.layer = static_cast<int64_t>(m.layer_index);
-    V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));
-  }
+  const int64_t hidden = config.hidden_size;
+  V4RL_ASSIGN_OR_RETURN(const Tensor x, DecodeLayers(m, st));
   for (StepSpan& s : st.spans) s.sequence->num_tokens += s.count;
 
-  // hc_head collapse, model norm, head (every row, or each input's last).
-  m.profile.Mark("other");
-  V4RL_ASSIGN_OR_RETURN(const Tensor x, m.FinalHidden(streams));
+  // The head (every row, or each input's last).
   Tensor head_in = x;
   if (!options.all_logits) {
     head_in = Dev(DType::kBF16, {static_cast<int64_t>(inputs.size()), hidden});

@@ -53,7 +53,21 @@ struct DecodeStepState {
   // indexer's scores and the attention's key splits instead of the positions themselves).
   const kc::DecodeRowState* table = nullptr;
   int64_t position_bound = 0;
+
+  // The RoPE rows of the step's tokens for a layer of `type`: the main table's for
+  // sliding-window layers, the compressed layers' otherwise. [N, rd / 2] f32 device.
+  TensorView cos(AttentionType type) const {
+    return (type == AttentionType::kSliding ? main_cos : compress_cos).view();
+  }
+  TensorView sin(AttentionType type) const {
+    return (type == AttentionType::kSliding ? main_sin : compress_sin).view();
+  }
 };
+
+// The body a decode step shares with its graph recording: both RoPE tables' rows from
+// st.positions (into st), the embedding of m.token_ids, every block, then the hc_head collapse and
+// model norm. Returns the head's input [N, hidden] bf16, one row per token.
+absl::StatusOr<Tensor> DecodeLayers(CudaModel::Impl& m, DecodeStepState& st);
 
 // Whether single-token inputs fit the batched decode kernels (kernels/cuda/decode_attention.h).
 inline bool BatchedDecodeKernelsFit(const ModelConfig& config) {
@@ -66,7 +80,8 @@ inline bool BatchedDecodeKernelsFit(const ModelConfig& config) {
 // leaves in the graph's memory.
 struct DecodeGraph {
   std::unique_ptr<kc::CudaGraph> graph;  // first member: destroyed after the tensors in its memory
-  Tensor ids, positions;                 // [N] i32 device
+  Tensor inputs;                         // [2, N] i32 device: token ids, then positions
+  Tensor ids, positions;                 // [N] i32 views of inputs' rows
   Tensor table;                          // [layers · N] DecodeRowState device (bytes)
   std::vector<kc::DecodeRowState> host_table;  // the table last uploaded
   Tensor logits;                               // [N, V] f32 (graph memory)

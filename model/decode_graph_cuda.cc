@@ -10,7 +10,6 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "core/status.h"
-#include "kernels/cuda/elementwise.h"
 #include "model/decode_cuda_state.h"
 
 namespace v4rl::model {
@@ -45,7 +44,7 @@ TensorView Bytes(const void* data, int64_t bytes, core::Device device) {
 absl::Status RecordStep(CudaModel::Impl& m, DecodeGraph& graph, int64_t position_bound,
                         const std::vector<StepSpan>& spans, const CudaDecodeStepOptions& options) {
   const ModelConfig& config = m.config;
-  const int64_t rows = graph.ids.size(0), half = config.rope_head_dim / 2;
+  const int64_t rows = graph.ids.size(0);
   DecodeStepState st;
   st.spans = spans;
   st.positions = graph.positions;
@@ -69,27 +68,10 @@ absl::Status RecordStep(CudaModel::Impl& m, DecodeGraph& graph, int64_t position
     m.routed_on_device = nullptr;
   };
   auto body = [&]() -> absl::Status {
-    for (auto [rope, cos, sin] :
-         {std::tuple{&m.main_rope, &st.main_cos, &st.main_sin},
-          std::tuple{&m.compress_rope, &st.compress_cos, &st.compress_sin}}) {
-      *cos = Dev(DType::kF32, {rows, half});
-      *sin = Dev(DType::kF32, {rows, half});
-      V4RL_RETURN_IF_ERROR(
-          kc::RopeTableAt(rope->inv_freq.view(), st.positions.view(), cos->view(), sin->view()));
-    }
-    Tensor streams = Dev(m.stream_dtype(), {rows, config.hc_mult, config.hidden_size});
-    V4RL_RETURN_IF_ERROR(
-        kc::EmbedStreams(m.weights.embed.view(), m.token_ids.view(), streams.view()));
-    for (m.layer_index = 0; m.layer_index < m.weights.layers.size(); ++m.layer_index) {
-      st.layer = static_cast<int64_t>(m.layer_index);
-      V4RL_ASSIGN_OR_RETURN(streams, m.Block(m.weights.layers[m.layer_index], streams));
-    }
+    V4RL_ASSIGN_OR_RETURN(const Tensor x, DecodeLayers(m, st));
     // Single tokens: the head reads every row (each input's last token is its only one).
-    V4RL_ASSIGN_OR_RETURN(const Tensor x, m.FinalHidden(streams));
     graph.logits = Dev(DType::kF32, {rows, config.vocab_size});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*m.gemm, x.view(), m.weights.head.view(), graph.logits.view()));
-    st.main_cos = st.main_sin = st.compress_cos = st.compress_sin = Tensor();  // graph memory
-    return absl::OkStatus();
+    return kc::Gemm(*m.gemm, x.view(), m.weights.head.view(), graph.logits.view());
   };
   V4RL_ASSIGN_OR_RETURN(graph.graph, kc::CudaGraph::Capture(body));
   return absl::OkStatus();
@@ -127,10 +109,10 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Impl::GraphStep(
   const int64_t rows = static_cast<int64_t>(spans.size());
   const int64_t layers = static_cast<int64_t>(m.weights.layers.size());
   const int64_t bound = std::get<1>(key);
-  std::vector<int32_t> ids(rows), positions(rows);
+  std::vector<int32_t> ids_and_positions(2 * rows);  // graph->inputs' layout
   for (int64_t r = 0; r < rows; ++r) {
-    ids[r] = inputs[r].tokens[0];
-    positions[r] = static_cast<int32_t>(spans[r].position);
+    ids_and_positions[r] = inputs[r].tokens[0];
+    ids_and_positions[rows + r] = static_cast<int32_t>(spans[r].position);
   }
   std::unique_ptr<DecodeGraph>& graph = graphs[key];
   const bool record = graph == nullptr;
@@ -146,18 +128,18 @@ absl::StatusOr<CudaDecodeStepOutput> CudaDecoder::Impl::GraphStep(
       if (oldest != graphs.end()) graphs.erase(oldest);
     }
     graph = std::make_unique<DecodeGraph>();
-    graph->ids = Dev(DType::kI32, {rows});
-    graph->positions = Dev(DType::kI32, {rows});
+    graph->inputs = Dev(DType::kI32, {2, rows});
+    graph->ids = graph->positions = graph->inputs;
+    graph->ids.mutable_view() = graph->inputs.view().Select(0, 0);
+    graph->positions.mutable_view() = graph->inputs.view().Select(0, 1);
     graph->table =
         Dev(DType::kU8, {layers * rows * static_cast<int64_t>(sizeof(kc::DecodeRowState))});
   }
   graph->last_use = ++graph_clock;
   // Inputs first (the recording reads nothing, but later replays read these addresses).
-  V4RL_RETURN_IF_ERROR(kc::Copy(Bytes(ids.data(), rows * 4, core::Device::kCpu),
-                                Bytes(graph->ids.view().data, rows * 4, core::Device::kCuda)));
   V4RL_RETURN_IF_ERROR(
-      kc::Copy(Bytes(positions.data(), rows * 4, core::Device::kCpu),
-               Bytes(graph->positions.view().data, rows * 4, core::Device::kCuda)));
+      kc::Copy(Bytes(ids_and_positions.data(), 2 * rows * 4, core::Device::kCpu),
+               Bytes(graph->inputs.view().data, 2 * rows * 4, core::Device::kCuda)));
   std::vector<kc::DecodeRowState> table = StateTable(spans, layers);
   if (table.size() != graph->host_table.size() ||
       !std::equal(table.begin(), table.end(), graph->host_table.begin(),
