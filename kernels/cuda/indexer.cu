@@ -19,8 +19,9 @@ __device__ __forceinline__ uint32_t OrderKey(float f) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Exclusive prefix sum over the block (blockDim.x = kSelectThreads); *total gets the sum.
-// `scratch` holds kSelectThreads / 32 + 1 words of shared memory.
+// Exclusive prefix sum over a block of kThreads threads; *total gets the sum.
+// `scratch` holds kThreads / 32 + 1 words of shared memory.
+template <int kThreads = kSelectThreads>
 __device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   uint32_t inclusive = v;
@@ -33,29 +34,29 @@ __device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* sc
   __syncthreads();
   if (threadIdx.x == 0) {
     uint32_t run = 0;
-    for (int w = 0; w < kSelectThreads / 32; ++w) {
+    for (int w = 0; w < kThreads / 32; ++w) {
       const uint32_t t = scratch[w];
       scratch[w] = run;
       run += t;
     }
-    scratch[kSelectThreads / 32] = run;
+    scratch[kThreads / 32] = run;
   }
   __syncthreads();
-  *total = scratch[kSelectThreads / 32];
+  *total = scratch[kThreads / 32];
   return scratch[warp] + inclusive - v;
 }
+
+struct WideRowState;
 
 struct SelectParams {
   const float* scores;
   int32_t* topk_idx;
   int64_t num_keys, ld, topk, q_pos0, ratio;
-  // Segmented selection: per row, segments · topk candidates (ids ascending, -1: none) with
-  // their keys; the merge stages them in shared memory when they fit in merge_staged_bytes.
-  int32_t* candidates;
-  uint32_t* candidate_keys;
-  int64_t merge_staged_bytes;
-  int64_t segment_len;
-  int segments;
+  // Few long rows (the wide path below): per row a WideRowState, and per row `tiles` look-back
+  // words of the emission; both zeroed before the first launch.
+  WideRowState* wide;
+  uint64_t* tile_states;
+  int64_t tiles;
 };
 
 constexpr int kPerThread = 8;  // consecutive scores a thread handles per tile
@@ -70,17 +71,13 @@ struct RowKeys {
   __device__ int32_t Id(int64_t s) const { return static_cast<int32_t>(offset + s); }
 };
 
-// Keys already in order-key form (staged in shared memory, or a merge's candidates), with their
-// ids (-1: an empty slot, never counted) or ids offset + s when `ids` is null.
+// A row's keys already in order-key form (staged in shared memory), ids offset + s.
 struct StagedKeys {
   const uint32_t* keys;
-  const int32_t* ids;
   int64_t offset, size;
-  __device__ bool Valid(int64_t s) const { return s < size && (ids == nullptr || ids[s] >= 0); }
+  __device__ bool Valid(int64_t s) const { return s < size; }
   __device__ uint32_t Key(int64_t s) const { return keys[s]; }
-  __device__ int32_t Id(int64_t s) const {
-    return ids != nullptr ? ids[s] : static_cast<int32_t>(offset + s);
-  }
+  __device__ int32_t Id(int64_t s) const { return static_cast<int32_t>(offset + s); }
 };
 
 // Rows of at most kStagedKeys scores are copied into shared memory once as order keys, so the
@@ -117,11 +114,9 @@ __device__ __forceinline__ void TileKeys(const Keys& keys, int64_t s, uint32_t k
 // select (4 passes of 8 bits) of the k-th key, then one ordered pass emitting every id above it
 // plus the lowest ids equal to it. Each thread takes kPerThread consecutive keys of a tile of
 // kTile, so every load batch keeps 8 loads in flight and the ordered pass needs one block scan per
-// tile. Called by every thread of a kSelectThreads block; with out_keys, each pick's key is
-// written beside its id.
+// tile. Called by every thread of a kSelectThreads block.
 template <typename Keys>
-__device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
-                               uint32_t* out_keys = nullptr) {
+__device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out) {
   __shared__ uint32_t hist[256];
   __shared__ uint32_t scratch[kSelectThreads / 32 + 1];
   __shared__ uint32_t shared_prefix, shared_remaining;
@@ -191,7 +186,6 @@ __device__ void SelectTopK(const Keys& keys, int64_t topk, int32_t* out,
       bool selected = key[u] > prefix;
       if (key[u] == prefix) selected = equal_rank++ < remaining;
       if (!selected) continue;
-      if (out_keys != nullptr) out_keys[position] = key[u];
       out[position++] = keys.Id(s + u);
     }
     emitted += (total & 0xFFFFu) + taken(equal_seen + (total >> 16)) - taken(equal_seen);
@@ -223,58 +217,277 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
     return;
   }
   StageRow(row, n, staged);
-  SelectTopK(StagedKeys{staged, nullptr, 0, n}, p.topk, out);
+  SelectTopK(StagedKeys{staged, 0, n}, p.topk, out);
 }
 
-// Long rows of few queries (single-stream decode at long context: 250K keys at 1M tokens): block
-// (query, segment) stages its segment of at most kStagedKeys scores and picks its top-k
-// candidates (ids and keys); SelectMergeKernel then the query's top-k among them, staged in
-// shared memory when they fit in kMergeStagedBytes. The row's top-k under (score descending, id
-// ascending) lies within the segments'.
-__global__ void __launch_bounds__(kSelectThreads) SelectSegmentKernel(SelectParams p) {
-  extern __shared__ uint32_t staged[];
-  const int64_t i = blockIdx.x, j = blockIdx.y;
-  const int64_t slot = (i * p.segments + j) * p.topk;
-  const int64_t n = VisibleKeys(p, i);
-  const int64_t begin = Min64(n, j * p.segment_len), end = Min64(n, begin + p.segment_len);
-  if (end - begin > p.topk) {
-    StageRow(p.scores + i * p.ld + begin, end - begin, staged);
-    SelectTopK(StagedKeys{staged, nullptr, begin, end - begin}, p.topk, p.candidates + slot,
-               p.candidate_keys + slot);
-    return;
-  }
-  TakeAll(begin, end, p.topk, p.candidates + slot);
-  for (int64_t s = threadIdx.x; s < p.topk; s += blockDim.x) {
-    p.candidate_keys[slot + s] = s < end - begin ? OrderKey(p.scores[i * p.ld + begin + s]) : 0u;
-  }
+// Few long rows (single-stream decode at long context: 250K keys a row at 1M tokens). One block a
+// row (SelectKernel) would be latency-bound, so every pass spreads a row over tiles of kWideTile
+// scores, one block each, and no block waits on another except in the emission's look-back:
+//   WideHistogramKernel<0>  histogram of key bits [31:21] of every visible key;
+//   WideHistogramKernel<1>  every block finds the level-0 bin holding the k-th key from that
+//                           histogram, then histograms bits [20:10] of the keys in it;
+//   WideHistogramKernel<2>  the same one level down, bits [9:0];
+//   WideEmitKernel          every block finds the k-th key (all 32 bits) and how many keys equal
+//                           to it are taken (the lowest ids), counts its tile's keys above and
+//                           equal, gets the counts of the tiles before it by decoupled look-back
+//                           and writes its picks straight to their ascending-id places.
+// Exact radix select over the whole row: no candidate buffer, so ties, all-equal rows, NaN or
+// -inf padding (DecodeIndexerScores) cost the same as any row. The histograms and tickets come
+// zeroed by one memset before the first kernel; each level's block 0 records its bin's prefix for
+// the next kernel. Launch count and grids depend on rows and num_keys only (CUDA graphs).
+constexpr int kWideThreads = 256;
+constexpr int kWidePerThread = 8;  // scores per thread, kWideThreads apart (coalesced loads)
+constexpr int64_t kWideTile = int64_t{kWideThreads} * kWidePerThread;
+constexpr int kWideWarps = kWideThreads / 32;
+
+// Radix level L: bits [kShift, kShift + kBits) of the order key, among keys whose bits above
+// agree with the prefix found so far (kPrefixMask).
+template <int kLevel>
+struct WideLevel {
+  static_assert(kLevel >= 0 && kLevel <= 2);
+  static constexpr int kShift = kLevel == 0 ? 21 : kLevel == 1 ? 10 : 0;
+  static constexpr int kBits = kLevel == 2 ? 10 : 11;
+  static constexpr uint32_t kBins = 1u << kBits;
+  static constexpr uint32_t kPrefixMask = kLevel == 0 ? 0u : ~0u << (kLevel == 1 ? 21 : 10);
+  static constexpr int kOffset = kLevel == 0 ? 0 : kLevel == 1 ? 2048 : 4096;  // in hist
+  static_assert(kBins % kWideThreads == 0);
+};
+
+struct WideRowState {
+  uint32_t hist[2048 + 2048 + 1024];  // the levels' histograms (WideLevel::kOffset)
+  uint32_t prefix[2], remaining[2];   // level 0's and 1's bin: key prefix, picks left in it
+  uint32_t ticket;                    // emission tiles handed out
+  uint32_t unused;
+};
+static_assert(sizeof(WideRowState) % sizeof(uint64_t) == 0);  // look-back words follow the rows
+
+// Look-back word of an emission tile: status in bits 62-63, keys equal to the k-th in bits
+// 31-61, keys above it in bits 0-30 (both below 2^31: ids are int32).
+constexpr uint64_t kTileAggregate = uint64_t{1} << 62;  // counts of this tile alone
+constexpr uint64_t kTilePrefix = uint64_t{2} << 62;     // counts of tiles 0 .. this one
+constexpr uint64_t kTileCountMask = (uint64_t{1} << 31) - 1;
+
+__device__ __forceinline__ uint64_t LoadRelaxed(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.relaxed.gpu.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreRelaxed(uint64_t* p, uint64_t v) {
+  asm volatile("st.relaxed.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
-// 8 bytes a candidate; 31 segments of 512 (1M tokens, top-512) take 127 KB. At most this much,
-// and at most what the device allows a block (less the kernels' static shared memory).
-constexpr int64_t kMergeStagedBytes = 200 * 1024;
-
-__global__ void __launch_bounds__(kSelectThreads) SelectMergeKernel(SelectParams p) {
-  extern __shared__ uint32_t staged[];
-  const int64_t i = blockIdx.x;
-  int32_t* out = p.topk_idx + i * p.topk;
-  const int64_t n = VisibleKeys(p, i);
-  if (n <= p.topk) return TakeAll(0, n, p.topk, out);
-  const int64_t total = p.segments * p.topk;
-  const int32_t* ids = p.candidates + i * total;
-  const uint32_t* keys = p.candidate_keys + i * total;
-  // Staged (keys, then ids) when they fit.
-  if (total * 8 > p.merge_staged_bytes) {
-    SelectTopK(StagedKeys{keys, ids, 0, total}, p.topk, out);
-    return;
+// Scores base + u · kWideThreads + threadIdx.x of the row as order keys; past n: invalid.
+__device__ __forceinline__ void WideTileKeys(const float* row, int64_t base, int64_t n,
+                                             uint32_t key[kWidePerThread],
+                                             bool valid[kWidePerThread]) {
+  float v[kWidePerThread];
+#pragma unroll
+  for (int u = 0; u < kWidePerThread; ++u) {
+    const int64_t s = base + int64_t{u} * kWideThreads + threadIdx.x;
+    valid[u] = s < n;
+    v[u] = valid[u] ? row[s] : 0.0f;
   }
-  uint32_t* staged_keys = staged;
-  auto* staged_ids = reinterpret_cast<int32_t*>(staged + total);
-  for (int64_t s = threadIdx.x; s < total; s += blockDim.x) {
-    staged_keys[s] = keys[s];
-    staged_ids[s] = ids[s];
+#pragma unroll
+  for (int u = 0; u < kWidePerThread; ++u) key[u] = OrderKey(v[u]);
+}
+
+// The bin of level kLevel's finished histogram that holds the remaining-th key from the top
+// (1 <= remaining <= keys counted): *bin, and in *left the picks still to take inside it. Thread
+// t sums kBins / kWideThreads consecutive bins from the top, one block scan gives the keys in
+// higher bins, and exactly one thread's bins cover the remaining-th. Synchronises the block.
+template <int kLevel>
+__device__ void WideThresholdBin(const WideRowState& st, uint32_t remaining, uint32_t* scratch,
+                                 uint32_t* bin, uint32_t* left) {
+  using L = WideLevel<kLevel>;
+  constexpr int kPer = L::kBins / kWideThreads;
+  __shared__ uint32_t shared_bin, shared_left;
+  const uint32_t top = L::kBins - 1 - threadIdx.x * kPer;
+  uint32_t count[kPer], sum = 0;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    count[u] = __ldcg(&st.hist[L::kOffset + top - u]);  // the previous kernel's atomics
+    sum += count[u];
+  }
+  uint32_t unused = 0;
+  uint32_t above = BlockExclusiveScan<kWideThreads>(sum, &unused, scratch);
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    if (above < remaining && above + count[u] >= remaining) {
+      shared_bin = top - u;
+      shared_left = remaining - above;
+    }
+    above += count[u];
   }
   __syncthreads();
-  SelectTopK(StagedKeys{staged_keys, staged_ids, 0, total}, p.topk, out);
+  *bin = shared_bin;
+  *left = shared_left;
+}
+
+// The key prefix and picks left after levels 0 .. kLevel - 1 (for kLevel > 0: from level
+// kLevel - 1's histogram, with what block 0 of the previous kernel recorded for the levels
+// before); block 0 records them for the next kernel. Synchronises the block.
+template <int kLevel>
+__device__ void WidePrefix(WideRowState& st, int64_t topk, uint32_t* scratch, uint32_t* prefix,
+                           uint32_t* remaining) {
+  *prefix = 0;
+  *remaining = static_cast<uint32_t>(topk);
+  if constexpr (kLevel > 0) {
+    if constexpr (kLevel > 1) {
+      *prefix = __ldcg(&st.prefix[kLevel - 2]);
+      *remaining = __ldcg(&st.remaining[kLevel - 2]);
+    }
+    uint32_t bin = 0, left = 0;
+    WideThresholdBin<kLevel - 1>(st, *remaining, scratch, &bin, &left);
+    *prefix |= bin << WideLevel<kLevel - 1>::kShift;
+    *remaining = left;
+    if constexpr (kLevel < 3) {
+      if (blockIdx.x == 0 && threadIdx.x == 0) {
+        st.prefix[kLevel - 1] = *prefix;
+        st.remaining[kLevel - 1] = *remaining;
+      }
+    }
+  }
+}
+
+// Grid (tiles, rows): block (t, i) adds the level's histogram of row i's tile t (keys in the
+// bin chosen so far) to the row's. Rows of at most topk visible keys take no part.
+template <int kLevel>
+__global__ void __launch_bounds__(kWideThreads) WideHistogramKernel(SelectParams p) {
+  using L = WideLevel<kLevel>;
+  __shared__ uint32_t hist[L::kBins];
+  __shared__ uint32_t scratch[kWideWarps + 1];
+  constexpr uint32_t kNoBin = ~0u;
+  const int64_t i = blockIdx.y;
+  const int64_t n = VisibleKeys(p, i);
+  const int64_t base = blockIdx.x * kWideTile;
+  if (n <= p.topk || base >= n) return;
+  WideRowState& st = p.wide[i];
+  uint32_t key[kWidePerThread];
+  bool valid[kWidePerThread];
+  WideTileKeys(p.scores + i * p.ld, base, n, key, valid);  // in flight during the bin search
+  uint32_t prefix = 0, remaining = 0;
+  WidePrefix<kLevel>(st, p.topk, scratch, &prefix, &remaining);
+  for (uint32_t b = threadIdx.x; b < L::kBins; b += kWideThreads) hist[b] = 0;
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int u = 0; u < kWidePerThread; ++u) {
+    const uint32_t bin = valid[u] && (key[u] & L::kPrefixMask) == prefix
+                             ? (key[u] >> L::kShift) & (L::kBins - 1)
+                             : kNoBin;
+    // Warp-aggregated: ties and -inf padding put whole warps on one bin.
+    const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+    if (bin != kNoBin && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+  }
+  __syncthreads();
+  for (uint32_t b = threadIdx.x; b < L::kBins; b += kWideThreads) {
+    if (hist[b] != 0) atomicAdd(&st.hist[L::kOffset + b], hist[b]);
+  }
+}
+
+// Grid (tiles, rows). Tiles go out by ticket, so every tile a block looks back at belongs to a
+// block already running (one that never waits before publishing its counts): no deadlock
+// whatever order the blocks are scheduled in. Row i's picks are the keys above the k-th key
+// plus the `take` lowest ids equal to it; a pick's place is the number of picks before it in id
+// order: (keys above before it) + min(keys equal before it, take).
+__global__ void __launch_bounds__(kWideThreads) WideEmitKernel(SelectParams p) {
+  __shared__ uint32_t scratch[kWideWarps + 1];
+  // (equal << 16 | above) of each (u, warp) group of 32 keys, then the exclusive sums in id
+  // order (u-major: key base + u · kWideThreads + warp · 32 + lane); a tile holds < 2^16 keys.
+  __shared__ uint32_t groups[kWidePerThread * kWideWarps];
+  __shared__ uint32_t shared_tile, shared_above, shared_equal;
+  const int64_t i = blockIdx.y;
+  int32_t* out = p.topk_idx + i * p.topk;
+  const int64_t n = VisibleKeys(p, i);
+  if (n <= p.topk) {
+    if (blockIdx.x == 0) TakeAll(0, n, p.topk, out);
+    return;
+  }
+  WideRowState& st = p.wide[i];
+  if (threadIdx.x == 0) shared_tile = atomicAdd(&st.ticket, 1u);
+  uint32_t kth = 0, take = 0;
+  WidePrefix<3>(st, p.topk, scratch, &kth, &take);  // synchronises: shared_tile is set
+  const int64_t tile = shared_tile;
+  const int64_t base = tile * kWideTile;
+  if (base >= n) return;  // past the row: later tickets only, nobody looks back at it
+  uint32_t key[kWidePerThread];
+  bool valid[kWidePerThread];
+  WideTileKeys(p.scores + i * p.ld, base, n, key, valid);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t above_votes[kWidePerThread], equal_votes[kWidePerThread];
+#pragma unroll
+  for (int u = 0; u < kWidePerThread; ++u) {
+    above_votes[u] = __ballot_sync(0xffffffffu, valid[u] && key[u] > kth);
+    equal_votes[u] = __ballot_sync(0xffffffffu, valid[u] && key[u] == kth);
+    if (lane == 0) {
+      groups[u * kWideWarps + warp] = (__popc(equal_votes[u]) << 16) | __popc(above_votes[u]);
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+    constexpr int kPerLane = kWidePerThread * kWideWarps / 32;
+    uint32_t g[kPerLane], local = 0;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      g[e] = groups[lane * kPerLane + e];
+      local += g[e];
+    }
+    uint32_t inclusive = local;
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const uint32_t up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+      if (lane >= offset) inclusive += up;
+    }
+    uint32_t run = inclusive - local;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      groups[lane * kPerLane + e] = run;
+      run += g[e];
+    }
+    const uint32_t total = __shfl_sync(0xffffffffu, inclusive, 31);
+    const uint64_t counts = (uint64_t{total >> 16} << 31) | (total & 0xFFFFu);
+    uint64_t* states = p.tile_states + i * p.tiles;
+    if (lane == 0) StoreRelaxed(&states[tile], (tile == 0 ? kTilePrefix : kTileAggregate) | counts);
+    // Decoupled look-back: 32 tiles at a time back to the nearest one whose prefix is out.
+    uint32_t above_before = 0, equal_before = 0;
+    for (int64_t end = tile; end > 0; end -= 32) {
+      const int64_t j = end - 1 - lane;
+      uint64_t word = kTilePrefix;  // before tile 0: an empty prefix
+      if (j >= 0) {
+        do {
+          word = LoadRelaxed(&states[j]);
+        } while ((word >> 62) == 0);
+      }
+      const uint32_t prefixes = __ballot_sync(0xffffffffu, (word & kTilePrefix) != 0);
+      const int nearest = prefixes != 0 ? __ffs(prefixes) - 1 : 31;
+      const bool counted = lane <= nearest;
+      above_before += __reduce_add_sync(
+          0xffffffffu, counted ? static_cast<uint32_t>(word & kTileCountMask) : 0u);
+      equal_before += __reduce_add_sync(
+          0xffffffffu, counted ? static_cast<uint32_t>((word >> 31) & kTileCountMask) : 0u);
+      if (prefixes != 0) break;
+    }
+    if (lane == 0) {
+      if (tile > 0) {
+        const uint64_t through =
+            (uint64_t{equal_before + (total >> 16)} << 31) | (above_before + (total & 0xFFFFu));
+        StoreRelaxed(&states[tile], kTilePrefix | through);
+      }
+      shared_above = above_before;
+      shared_equal = equal_before;
+    }
+  }
+  __syncthreads();
+  const uint32_t lower_lanes = (1u << lane) - 1;
+#pragma unroll
+  for (int u = 0; u < kWidePerThread; ++u) {
+    const uint32_t group = groups[u * kWideWarps + warp];
+    const uint32_t above = shared_above + (group & 0xFFFFu) + __popc(above_votes[u] & lower_lanes);
+    const uint32_t equal = shared_equal + (group >> 16) + __popc(equal_votes[u] & lower_lanes);
+    const bool is_above = (above_votes[u] >> lane) & 1u, is_equal = (equal_votes[u] >> lane) & 1u;
+    if (!is_above && !(is_equal && equal < take)) continue;
+    out[above + (equal < take ? equal : take)] =
+        static_cast<int32_t>(base + int64_t{u} * kWideThreads + threadIdx.x);
+  }
 }
 
 struct ReduceParams {
@@ -304,45 +517,34 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
                           int64_t q_pos0, int64_t ratio, int32_t* topk_idx, int64_t topk) {
   if (rows == 0 || topk == 0) return absl::OkStatus();
   SelectParams p{scores, topk_idx, num_keys, ld, topk, q_pos0, ratio};
-  static const int64_t merge_staged_bytes = [] {
-    int device = 0, optin = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    return std::max<int64_t>(0, std::min<int64_t>(kMergeStagedBytes, optin - 8 * 1024));
-  }();
-  p.merge_staged_bytes = merge_staged_bytes;
-  static const cudaError_t attributes[] = {
-      cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kStagedBytes)),
-      cudaFuncSetAttribute(SelectSegmentKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kStagedBytes)),
-      cudaFuncSetAttribute(SelectMergeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(merge_staged_bytes))};
-  for (cudaError_t attribute : attributes) {
-    if (attribute != cudaSuccess) {
-      return absl::InternalError(absl::StrFormat("cuda::IndexerSelect: shared memory: %s",
-                                                 cudaGetErrorString(attribute)));
-    }
+  static const cudaError_t attribute = cudaFuncSetAttribute(
+      SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kStagedBytes));
+  if (attribute != cudaSuccess) {
+    return absl::InternalError(
+        absl::StrFormat("cuda::IndexerSelect: shared memory: %s", cudaGetErrorString(attribute)));
   }
-  // Few long rows: segments of at most kStagedKeys keys (evened out) on their own blocks, then a
-  // merge.
-  constexpr int64_t kMaxSegmentedRows = 16;
-  if (rows <= kMaxSegmentedRows && num_keys > 2 * kStagedKeys && topk <= kStagedKeys / 4) {
-    p.segments =
-        static_cast<int>(std::min<int64_t>((num_keys + kStagedKeys - 1) / kStagedKeys, 65535));
-    p.segment_len = (num_keys + p.segments - 1) / p.segments;
-    // Candidates and their keys from the stream-ordered cache (free again once both launches
-    // are queued).
-    const int64_t per_row = p.segments * topk;
-    const core::Tensor scratch = core::Tensor::Empty(core::DType::kI32, {rows * 2 * per_row},
-                                                     CachingDeviceAllocator());
-    p.candidates = scratch.data<int32_t>();
-    p.candidate_keys = reinterpret_cast<uint32_t*>(p.candidates + rows * per_row);
-    const size_t merge_bytes = per_row * 8 <= merge_staged_bytes ? per_row * 8 : 0;
-    SelectSegmentKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.segments)),
-                          kSelectThreads, kStagedBytes, LaunchStream()>>>(p);
-    SelectMergeKernel<<<static_cast<unsigned>(rows), kSelectThreads, merge_bytes, LaunchStream()>>>(
-        p);
+  // Few long rows: the wide path, every pass over all SMs (a block a row would be latency-bound).
+  constexpr int64_t kMaxWideRows = 16;
+  if (rows <= kMaxWideRows && num_keys > 2 * kStagedKeys) {
+    p.tiles = (num_keys + kWideTile - 1) / kWideTile;
+    // Row states and look-back words from the stream-ordered cache (free again once the
+    // launches are queued), zeroed on the stream.
+    const int64_t state_bytes = rows * static_cast<int64_t>(sizeof(WideRowState));
+    const int64_t bytes = state_bytes + rows * p.tiles * static_cast<int64_t>(sizeof(uint64_t));
+    const core::Tensor scratch =
+        core::Tensor::Empty(core::DType::kU8, {bytes}, CachingDeviceAllocator());
+    auto* base = static_cast<char*>(scratch.view().data);
+    p.wide = reinterpret_cast<WideRowState*>(base);
+    p.tile_states = reinterpret_cast<uint64_t*>(base + state_bytes);
+    if (cudaError_t e = cudaMemsetAsync(base, 0, bytes, LaunchStream()); e != cudaSuccess) {
+      return absl::InternalError(
+          absl::StrFormat("cuda::IndexerSelect: memset: %s", cudaGetErrorString(e)));
+    }
+    const dim3 grid(static_cast<unsigned>(p.tiles), static_cast<unsigned>(rows));
+    WideHistogramKernel<0><<<grid, kWideThreads, 0, LaunchStream()>>>(p);
+    WideHistogramKernel<1><<<grid, kWideThreads, 0, LaunchStream()>>>(p);
+    WideHistogramKernel<2><<<grid, kWideThreads, 0, LaunchStream()>>>(p);
+    WideEmitKernel<<<grid, kWideThreads, 0, LaunchStream()>>>(p);
     return LaunchStatus("cuda::IndexerSelect");
   }
   SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads, kStagedBytes, LaunchStream()>>>(p);

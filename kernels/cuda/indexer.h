@@ -6,7 +6,10 @@
 // products (bf16 in, fp32 accumulation), a kernel reduces them over heads; only a chunk's
 // scores exist at a time (workspace below), never the whole [num_q, num_keys] matrix.
 // Selection is an exact radix select per row on an order-preserving key of the f32 score, ties
-// broken by the lower id (the total order of kernels/plan/topk.h; -0 equals +0; NaN ranks last).
+// broken by the lower id (the total order of kernels/plan/topk.h; -0 equals +0; NaN ranks last):
+// one block a row, or for at most 16 rows of more than 16,384 keys (decode at long context) each
+// row spread over blocks of 2,048 keys (three histogram passes and an ordered emission pass; the
+// cost depends on the row's length only, not on ties, NaN or -inf padding).
 // Thread-safety: reentrant per GemmHandle; kernels go to the launch stream (stream.h).
 #pragma once
 
@@ -38,6 +41,8 @@ absl::Status IndexerTopK(GemmHandle& handle, const IndexerTopKArgs& args);
 // Selection alone: for row i the k best of scores[i, 0 .. visible_i) with
 // visible_i = min(NumVisibleCompressed(q_pos0 + i, ratio), num_keys), ascending ids, -1 padding;
 // all visible ids when visible_i <= k. scores: [num_q, num_keys] f32; topk_idx: [num_q, k] i32.
+// Queues work on the launch stream only (a memset and kernels; scratch from
+// CachingDeviceAllocator()), so a CUDA graph can record it.
 absl::Status IndexerSelect(const core::TensorView& scores, int64_t q_pos0, int64_t ratio,
                            const core::TensorView& topk_idx);
 

@@ -3,6 +3,7 @@
 // without a device).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 #include <vector>
 
@@ -36,15 +37,10 @@ std::vector<int32_t> CpuSelect(const float* row, int64_t visible, int64_t k) {
   return out;
 }
 
-void CheckSelect(int64_t num_q, int64_t num_keys, int64_t k, int64_t q_pos0, int64_t ratio,
-                 int levels, uint64_t seed) {
-  // Scores from a few levels: many exact ties, -0 next to +0, negatives.
-  Tensor scores = testing::RandomUniform({num_q, num_keys}, seed, 0.0f, float(levels));
-  for (int64_t e = 0; e < scores.numel(); ++e) {
-    float v = std::floor(scores.data<float>()[e]) - 1.0f;
-    if (v == 0.0f && e % 2 == 1) v = -0.0f;
-    scores.data<float>()[e] = v;
-  }
+// IndexerSelect on the host's scores [num_q, num_keys] (copied as they are: NaN, ±inf, -0)
+// against the CPU rule, pick by pick.
+void CheckSelectScores(const Tensor& scores, int64_t k, int64_t q_pos0, int64_t ratio) {
+  const int64_t num_q = scores.size(0), num_keys = scores.size(1);
   const Tensor d_scores = testing::ToDevice(scores, DType::kF32);
   const Tensor d_idx = Tensor::Empty(DType::kI32, {num_q, k}, DeviceAllocator());
   ASSERT_TRUE(IndexerSelect(d_scores.view(), q_pos0, ratio, d_idx.view()).ok());
@@ -59,6 +55,18 @@ void CheckSelect(int64_t num_q, int64_t num_keys, int64_t k, int64_t q_pos0, int
   }
 }
 
+void CheckSelect(int64_t num_q, int64_t num_keys, int64_t k, int64_t q_pos0, int64_t ratio,
+                 int levels, uint64_t seed) {
+  // Scores from a few levels: many exact ties, -0 next to +0, negatives.
+  Tensor scores = testing::RandomUniform({num_q, num_keys}, seed, 0.0f, float(levels));
+  for (int64_t e = 0; e < scores.numel(); ++e) {
+    float v = std::floor(scores.data<float>()[e]) - 1.0f;
+    if (v == 0.0f && e % 2 == 1) v = -0.0f;
+    scores.data<float>()[e] = v;
+  }
+  CheckSelectScores(scores, k, q_pos0, ratio);
+}
+
 TEST(CudaIndexer, SelectMatchesCpuTopKWithTies) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   CheckSelect(17, 203, 37, 400, 4, 4, 1);     // every row selects among ~100 with 4 levels
@@ -66,11 +74,94 @@ TEST(CudaIndexer, SelectMatchesCpuTopKWithTies) {
   CheckSelect(5, 5003, 512, 20000, 4, 50, 3);  // V4's k over > 1 chunk of 512 threads
   CheckSelect(3, 700, 64, 4000, 4, 1 << 20, 4);  // nearly distinct scores
   // Long rows (decode at long contexts): several 4096-score tiles, the k-th score's ties spread
-  // over all of them; few rows this long go through per-segment candidates and a merge.
+  // over all of them; up to 16 rows this long take the wide path (SelectFewLongRows below).
   CheckSelect(3, 20011, 512, 90000, 4, 7, 5);
   CheckSelect(4, 40000, 512, 100000, 4, 3, 6);    // visible 25000-25001: partial and empty segments
   CheckSelect(1, 250007, 512, 1000100, 4, 7, 7);  // 1M tokens: 250K keys, heavy ties
   CheckSelect(1, 250007, 512, 1000100, 4, 1 << 20, 8);  // and nearly distinct scores
+}
+
+// The wide path (at most 16 rows of more than 16,384 keys: single-stream decode at long
+// context) on the rows that stress it: the k-th score tied across many blocks, all-equal rows, a
+// k-th key found only by the last radix level, NaN, -inf padding, visible counts around k.
+TEST(CudaIndexer, SelectFewLongRowsMatchesCpuTopK) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  constexpr int64_t kLd = 250000, kK = 512;
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // Decode's call: q_pos0 = ld · ratio, so every row sees all ld entries.
+  auto decode = [&](const Tensor& scores) { CheckSelectScores(scores, kK, kLd * 4, 4); };
+  auto normal = [&](int64_t rows, uint64_t seed) {
+    return testing::RandomNormal({rows, kLd}, seed);
+  };
+  {
+    SCOPED_TRACE("1M tokens, 1 and 3 rows, levels and nearly distinct scores");
+    CheckSelect(3, kLd, kK, kLd * 4, 4, 7, 9);
+    CheckSelect(3, kLd, kK, kLd * 4, 4, 1 << 20, 10);
+    decode(normal(1, 11));
+    decode(normal(3, 12));
+  }
+  {
+    SCOPED_TRACE("k-th score tied across many blocks");
+    Tensor s = normal(2, 13);
+    for (int64_t e = 0; e < s.numel(); ++e) {
+      float& v = s.data<float>()[e];
+      v = std::min(v, 4.0f);
+      if (e % 833 == 0) v = 10.0f;  // about 300 a row above the tie
+      if (e % 500 == 7) v = 5.0f;   // 500 a row tied at the k-th: ~210 taken over ~50 blocks
+    }
+    decode(s);
+  }
+  {
+    SCOPED_TRACE("all-equal rows: one bin at every level");
+    Tensor s = Tensor::Empty(DType::kF32, {3, kLd});
+    for (int64_t e = 0; e < s.numel(); ++e) {
+      const int64_t row = e / kLd;
+      s.data<float>()[e] = row == 0 ? 1.0f : row == 1 ? (e % 2 ? -0.0f : 0.0f) : -inf;
+    }
+    decode(s);
+  }
+  {
+    SCOPED_TRACE("keys equal in their top 22 bits: the k-th found at the last level");
+    Tensor s = Tensor::Empty(DType::kF32, {2, kLd});
+    for (int64_t e = 0; e < s.numel(); ++e) {
+      // 1 + m · 2^-23 for m < 1024: one level-0 and level-1 bin, distinct low bits.
+      s.data<float>()[e] = 1.0f + static_cast<float>((e * 7919) % 1024) * 0x1p-23f;
+    }
+    decode(s);
+  }
+  {
+    SCOPED_TRACE("NaN ranks last, ties among NaNs to the lower id");
+    Tensor s = normal(3, 14);
+    for (int64_t e = 0; e < s.numel(); ++e) {
+      const int64_t row = e / kLd, col = e % kLd;
+      float& v = s.data<float>()[e];
+      if (row == 0 && col % 10 != 3) v = nan;    // 25,000 real scores among NaNs
+      if (row == 1 && col % 1000 != 0) v = nan;  // 250 real: NaNs fill the picks
+      if (row == 2 && col % 3 == 0) v = col % 2 ? -inf : nan;
+    }
+    decode(s);
+  }
+  {
+    SCOPED_TRACE("-inf padding past each row's keys (DecodeIndexerScores), batch of 16");
+    Tensor s = normal(16, 15);
+    const int64_t keys[16] = {1,    300,  511,   512,   513,   1000,   2047,   2048,
+                              2049, 4097, 16385, 50000, 99999, 200001, 249999, kLd};
+    for (int64_t row = 0; row < 16; ++row) {
+      for (int64_t col = keys[row]; col < kLd; ++col) s.data<float>()[row * kLd + col] = -inf;
+    }
+    decode(s);
+  }
+  {
+    SCOPED_TRACE("visible counts around k and a tile boundary (ratio 1: one more a row)");
+    CheckSelect(8, 20000, kK, /*q_pos0=*/kK - 4, 1, 5, 16);      // visible 509 .. 516
+    CheckSelect(6, 20000, kK, /*q_pos0=*/2044, 1, 1 << 20, 17);  // visible 2045 .. 2050
+    CheckSelect(16, 20000, kK, 70000, 4, 5, 18);                 // 16 rows: the wide path's most
+    CheckSelect(17, 20000, kK, 70000, 4, 5, 19);                 // 17: one block a row
+    CheckSelect(2, 16385, kK, 70000, 4, 3, 20);                  // just over the wide path's bound
+    CheckSelect(2, 30000, 1, 200000, 4, 3, 21);                  // k = 1
+    CheckSelect(2, 30000, 3000, 200000, 4, 9, 22);               // k larger than a block's tile
+  }
 }
 
 TEST(CudaIndexer, TopKMatchesCpuUpToNearTies) {
