@@ -17,7 +17,8 @@ constexpr int kMaxHeadDim = 512;
 struct AttnParams {
   const DecodeAttentionItem* items;
   const float* sink;
-  float* partial;  // splits > 1: [items, splits, heads, head_dim + 2] (acc, max, denom)
+  float* partial;  // splits > 1: acc [items, splits, heads, head_dim]
+  float* stats;    // splits > 1: (max, denom) [items, splits, heads, 2]
   int64_t heads, head_dim, window;
   int splits;
   float scale;
@@ -101,64 +102,85 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
       }
       continue;
     }
-    float* part =
-        p.partial + ((int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h) * (D + 2);
+    const int64_t row = (int64_t{blockIdx.x} * p.splits + blockIdx.z) * p.heads + h;
+    float* part = p.partial + row * D;
 #pragma unroll
     for (int n = 0; n < kTcMaxTiles; ++n) {
       if (n < ntiles) {
         const int64_t col = warp * (D / 4) + 8 * n + 2 * t4;
-        part[col] = acc[n][2 * half];
-        part[col + 1] = acc[n][2 * half + 1];
+        *reinterpret_cast<float2*>(part + col) =
+            make_float2(acc[n][2 * half], acc[n][2 * half + 1]);
       }
     }
-    if (warp == 0 && t4 == 0) {
-      part[D] = mx;
-      part[D + 1] = sum;
-    }
+    if (warp == 0 && t4 == 0) *reinterpret_cast<float2*>(p.stats + 2 * row) = make_float2(mx, sum);
   }
 }
 
 // out[item, h] = (Σ_s acc_s · e^(m_s - M)) / (e^(sink - M) + Σ_s l_s · e^(m_s - M)), M the max
-// of the sink and the splits' maxima. Block (item, head, slice of kCombineThreads dims): the
-// splits' factors e^(m_s - M) in shared memory (threads over splits, block reductions for M and the
-// denominator), then one dim per thread, kCombineUnroll splits' loads in flight at a time (a long
-// context at batch 1 has ~100 splits; a serial loop of dependent loads cost ~90 µs a layer).
+// of the sink and the splits' maxima. Block (item, head, slice of kCombineDims dims): the splits'
+// factors e^(m_s - M) in shared memory (threads over splits, block reductions for M and the
+// denominator), then thread (column c of 4 dims, lane s0 of kCombineLanes) adds the float4 acc of
+// splits s0, s0 + kCombineLanes, .. in order, kCombineUnroll loads in flight, and the first lane
+// of each column adds the lanes' sums in order. A long context at batch 1 has ~130 splits: every
+// thread then waits on one round of loads, not on a chain of them. Fixed order: runs repeat bit
+// for bit.
 constexpr int kMaxSplits = 1024;
-constexpr int kCombineThreads = 128, kCombineUnroll = 8;
+constexpr int kCombineDims = 64, kCombineLanes = 16, kCombineUnroll = 8;
+constexpr int kCombineThreads = (kCombineDims / 4) * kCombineLanes;
 
 __global__ void __launch_bounds__(kCombineThreads) DecodeAttentionCombine(AttnParams p) {
   __shared__ float factor[kMaxSplits];
   __shared__ float scratch[32];
+  __shared__ float4 lane_sums[kCombineLanes][kCombineDims / 4];
   const DecodeAttentionItem it = p.items[blockIdx.x];
-  const int64_t h = blockIdx.y;
-  const int64_t stride = p.head_dim + 2;
-  const float* part = p.partial + int64_t{blockIdx.x} * p.splits * p.heads * stride + h * stride;
-  const int64_t split_stride = p.heads * stride;
+  const int64_t h = blockIdx.y, D = p.head_dim;
+  const int64_t first_row = int64_t{blockIdx.x} * p.splits * p.heads + h;  // split 0's row
+  const float2* stats = reinterpret_cast<const float2*>(p.stats) + first_row;
   float m = p.sink[h];
-  for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
-    m = fmaxf(m, part[s * split_stride + p.head_dim]);
-  }
+  for (int s = threadIdx.x; s < p.splits; s += blockDim.x) m = fmaxf(m, stats[s * p.heads].x);
   m = BlockMax(m, scratch);
   float denom = 0.0f;
   for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
-    const float ms = part[s * split_stride + p.head_dim];
-    factor[s] = ms == -INFINITY ? 0.0f : expf(ms - m);
-    denom += part[s * split_stride + p.head_dim + 1] * factor[s];
+    const float2 ms = stats[s * p.heads];
+    factor[s] = ms.x == -INFINITY ? 0.0f : expf(ms.x - m);
+    denom += ms.y * factor[s];
   }
   denom = BlockSum(denom, scratch) + expf(p.sink[h] - m);  // BlockSum synchronises: factor ready
-  const int64_t d = int64_t{blockIdx.z} * kCombineThreads + threadIdx.x;
-  if (d >= p.head_dim) return;
-  float a = 0.0f;
-  int s = 0;
-  for (; s + kCombineUnroll <= p.splits; s += kCombineUnroll) {
-    float v[kCombineUnroll];
+  const int column = threadIdx.x % (kCombineDims / 4), lane = threadIdx.x / (kCombineDims / 4);
+  const int64_t d = int64_t{blockIdx.z} * kCombineDims + 4 * column;
+  float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (d < D) {
+    const float* acc = p.partial + first_row * D + d;
+    const int64_t split_stride = p.heads * D;
+    for (int s0 = lane; s0 < p.splits; s0 += kCombineLanes * kCombineUnroll) {
+      float4 v[kCombineUnroll];
 #pragma unroll
-    for (int u = 0; u < kCombineUnroll; ++u) v[u] = part[(s + u) * split_stride + d];
+      for (int u = 0; u < kCombineUnroll; ++u) {
+        const int s = s0 + u * kCombineLanes;
+        v[u] = s < p.splits ? *reinterpret_cast<const float4*>(acc + s * split_stride)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
 #pragma unroll
-    for (int u = 0; u < kCombineUnroll; ++u) a += v[u] * factor[s + u];
+      for (int u = 0; u < kCombineUnroll; ++u) {
+        const int s = s0 + u * kCombineLanes;
+        const float f = s < p.splits ? factor[s] : 0.0f;
+        a.x += v[u].x * f, a.y += v[u].y * f, a.z += v[u].z * f, a.w += v[u].w * f;
+      }
+    }
   }
-  for (; s < p.splits; ++s) a += part[s * split_stride + d] * factor[s];
-  static_cast<__nv_bfloat16*>(it.out)[h * p.head_dim + d] = __float2bfloat16(a / denom);
+  lane_sums[lane][column] = a;
+  __syncthreads();
+  if (lane != 0 || d >= D) return;
+  float4 total = lane_sums[0][column];
+  for (int l = 1; l < kCombineLanes; ++l) {
+    const float4 v = lane_sums[l][column];
+    total.x += v.x, total.y += v.y, total.z += v.z, total.w += v.w;
+  }
+  __nv_bfloat16* out = static_cast<__nv_bfloat16*>(it.out) + h * D + d;  // out: 2-byte aligned
+  out[0] = __float2bfloat16(total.x / denom);
+  out[1] = __float2bfloat16(total.y / denom);
+  out[2] = __float2bfloat16(total.z / denom);
+  out[3] = __float2bfloat16(total.w / denom);
 }
 
 struct IndexParams {
@@ -335,12 +357,14 @@ absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t c
       std::min((2 * sms) / batch_blocks, (max_keys + kTcKeys - 1) / kTcKeys), 1, kMaxSplits));
   // Split partials from the stream-ordered cache (free again once the launches are queued).
   core::Tensor partials;
+  float *partial = nullptr, *stats = nullptr;
   if (splits > 1) {
-    const int64_t rows = std::min<int64_t>(count, 65535);
-    const int64_t floats = rows * splits * heads * (head_dim + 2);
-    partials = core::Tensor::Empty(core::DType::kF32, {floats}, CachingDeviceAllocator());
+    const int64_t rows = std::min<int64_t>(count, 65535) * splits * heads;
+    partials =
+        core::Tensor::Empty(core::DType::kF32, {rows * (head_dim + 2)}, CachingDeviceAllocator());
+    partial = partials.data<float>();
+    stats = partial + rows * head_dim;  // 16-byte aligned: head_dim % 32 == 0
   }
-  float* partial = partials.defined() ? partials.data<float>() : nullptr;
   const size_t shared = TcSharedBytes(head_dim);
   static const cudaError_t attribute =
       cudaFuncSetAttribute(DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -352,12 +376,12 @@ absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t c
   }
   for (int64_t first = 0; first < count; first += 65535) {
     const unsigned rows = static_cast<unsigned>(std::min<int64_t>(65535, count - first));
-    const AttnParams params{items + first, sink, partial, heads, head_dim, window, splits, scale};
+    const AttnParams params{items + first, sink,   partial, stats, heads,
+                            head_dim,      window, splits,  scale};
     DecodeAttentionKernel<<<dim3(rows, static_cast<unsigned>(groups), splits), kTcThreads, shared,
                             LaunchStream()>>>(params);
     if (splits > 1) {
-      const unsigned slices =
-          static_cast<unsigned>((head_dim + kCombineThreads - 1) / kCombineThreads);
+      const unsigned slices = static_cast<unsigned>((head_dim + kCombineDims - 1) / kCombineDims);
       DecodeAttentionCombine<<<dim3(rows, static_cast<unsigned>(heads), slices), kCombineThreads, 0,
                                LaunchStream()>>>(params);
     }

@@ -74,12 +74,11 @@ void CheckDecodeAttention(int64_t heads, int64_t dim) {
   const int64_t window = 128;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
   // Items: early (ring not full), wrapped ring with top-k picks (-1 and out-of-range padding),
-  // HCA with every entry, and a long one (the splits path when it is alone below).
+  // HCA with every entry, and two long ones (the splits path when alone below; the last has 237
+  // tiles: more splits than the combine's 128 a round of loads).
   const std::vector<Item> items = {
-      {5, 1, {0, -1, -1}},
-      {300, 75, {3, 70, 11, -1, 74}},
-      {1000, 7, {}},
-      {4000, 1000, {}},
+      {5, 1, {0, -1, -1}}, {300, 75, {3, 70, 11, -1, 74}}, {1000, 7, {}}, {4000, 1000, {}},
+      {20000, 15000, {}},
   };
   const Tensor sink_host = RandomNormal({heads}, 90, 0.5f);
   std::vector<float> sink(sink_host.data<float>(), sink_host.data<float>() + heads);
@@ -130,8 +129,9 @@ void CheckDecodeAttention(int64_t heads, int64_t dim) {
     }
   };
   const std::string shape = std::to_string(heads) + "x" + std::to_string(dim);
-  run({0, 1, 2, 3}, "decode attention " + shape + " batch of 4");
+  run({0, 1, 2, 3, 4}, "decode attention " + shape + " batch of 5");
   run({3}, "decode attention " + shape + " long item alone (key splits)");
+  run({4}, "decode attention " + shape + " longer item alone (over 128 key splits)");
 }
 
 TEST(CudaDecodeAttention, TwentyHeadsOf512WrappedRingPicksAndSplits) {
