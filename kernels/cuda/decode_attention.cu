@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <atomic>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/attention_tile.cuh"
@@ -189,22 +188,19 @@ struct IndexParams {
   float score_scale;
 };
 
-// Block (item, b) on tensor cores scores the item's tiles of kIndexKeys keys in
-// [b · tiles / gridDim.y, (b + 1) · tiles / gridDim.y): the queries [heads padded to 16, D] once,
-// the tiles through a ring of kIndexStages buffers in shared memory (cp.async: kIndexStages - 1
-// tiles in flight while one is scored, one barrier a tile; zero rows past num_keys); per group of
-// 16 heads, warp w computes the logits of keys [16w, 16w + 16) with mma.sync as
+// Block (item, b) on tensor cores scores the item's tiles of kIndexKeys keys b, b + gridDim.y, ..:
+// the queries [heads padded to 16, D] once and the tiles double-buffered in shared memory (cp.async
+// of the next tile in flight while the current one is scored; zero rows past num_keys); per group
+// of 16 heads, warp w computes the logits of keys [16w, 16w + 16) with mma.sync as
 // attention_tile.cuh's Q·Kᵀ, adds ReLU(logit) · w[h] over its rows (heads g and g + 8), and a
-// shuffle over the 8 lanes of a column sums the heads. A tile's arithmetic does not depend on the
-// block that scores it.
+// shuffle over the 8 lanes of a column sums the heads. Few items (single-stream decode at long
+// context: 3,900 tiles at 1M tokens) take several tiles a block instead of a block a tile.
 constexpr int kIndexKeys = 64;
 constexpr int kIndexThreads = 128;
-constexpr int kIndexStages = 4;
-constexpr size_t kIndexMaxShared = 100 * 1024;  // two blocks an SM at least
 
 size_t IndexerSharedBytes(int64_t heads, int64_t head_dim) {
   const int64_t padded_heads = (heads + 15) / 16 * 16;
-  return sizeof(uint16_t) * (padded_heads + kIndexStages * kIndexKeys) * (head_dim + 8);
+  return sizeof(uint16_t) * (padded_heads + 2 * kIndexKeys) * (head_dim + 8);
 }
 
 __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams p) {
@@ -213,41 +209,36 @@ __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams
   const int64_t D = p.head_dim, stride = D + 8;
   const int padded_heads = static_cast<int>((p.heads + 15) / 16 * 16);
   uint16_t* q_s = reinterpret_cast<uint16_t*>(index_smem);  // [padded_heads][stride]
-  uint16_t* k_s = q_s + padded_heads * stride;              // [kIndexStages][kIndexKeys][stride]
+  uint16_t* k_s = q_s + padded_heads * stride;              // [2][kIndexKeys][stride]
   const int vec_per_row = static_cast<int>(D / 8);
   const auto* q = static_cast<const uint16_t*>(it.q);
   const auto* keys = static_cast<const uint16_t*>(it.keys);
   const int64_t tiles = (p.ld + kIndexKeys - 1) / kIndexKeys;
-  const int64_t first = int64_t{blockIdx.y} * tiles / gridDim.y;
-  const int64_t last = (int64_t{blockIdx.y} + 1) * tiles / gridDim.y;
-  // Tile first + i goes to buffer i % kIndexStages; one commit group per tile (empty past `last`).
-  auto load_tile = [&](int64_t i) {
-    const int64_t key0 = (first + i) * kIndexKeys;
-    uint16_t* dst = k_s + (i % kIndexStages) * kIndexKeys * stride;
-    if (first + i < last) {
-      for (int e = threadIdx.x; e < kIndexKeys * vec_per_row; e += kIndexThreads) {
-        const int r = e / vec_per_row, v = e % vec_per_row;
-        const bool valid = key0 + r < it.num_keys;
-        CpAsync16(dst + r * stride + v * 8, valid ? keys + (key0 + r) * D + v * 8 : q, valid);
-      }
+  auto load_tile = [&](int64_t tile, uint16_t* dst) {
+    const int64_t key0 = tile * kIndexKeys;
+    for (int e = threadIdx.x; e < kIndexKeys * vec_per_row; e += kIndexThreads) {
+      const int r = e / vec_per_row, v = e % vec_per_row;
+      const bool valid = key0 + r < it.num_keys;
+      CpAsync16(dst + r * stride + v * 8, valid ? keys + (key0 + r) * D + v * 8 : q, valid);
     }
-    CpAsyncCommit();
   };
   for (int e = threadIdx.x; e < padded_heads * vec_per_row; e += kIndexThreads) {
     const int h = e / vec_per_row, v = e % vec_per_row;
     const bool valid = h < p.heads;
     CpAsync16(q_s + h * stride + v * 8, valid ? q + h * D + v * 8 : q, valid);
   }
-  for (int i = 0; i < kIndexStages - 1; ++i) load_tile(i);  // the queries join tile 0's group
+  if (blockIdx.y < tiles) load_tile(blockIdx.y, k_s);
+  CpAsyncCommit();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
-  for (int64_t i = 0; first + i < last; ++i) {
-    CpAsyncWait<kIndexStages -
-                2>();  // tile i (and the queries) landed; later ones may be in flight
-    // Every thread is past tile i - 1, so its buffer takes tile i + kIndexStages - 1.
+  int buffer = 0;
+  for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y, buffer ^= 1) {
+    const int64_t next = tile + gridDim.y;
+    if (next < tiles) load_tile(next, k_s + (buffer ^ 1) * kIndexKeys * stride);
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // this tile (and the queries) landed; the next may be in flight
     __syncthreads();
-    load_tile(i + kIndexStages - 1);
-    const uint16_t* tile_s = k_s + (i % kIndexStages) * kIndexKeys * stride;
+    const uint16_t* tile_s = k_s + buffer * kIndexKeys * stride;
     float part[2][2] = {{0, 0}, {0, 0}};  // [n-tile][column parity]: Σ_h ReLU(logit) · w[h]
     for (int h0 = 0; h0 < padded_heads; h0 += 16) {
       float c[2][4];
@@ -260,7 +251,7 @@ __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams
         part[j][1] += fmaxf(c[j][1], 0.0f) * w0 + fmaxf(c[j][3], 0.0f) * w1;
       }
     }
-    const int64_t key0 = (first + i) * kIndexKeys;
+    const int64_t key0 = tile * kIndexKeys;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
 #pragma unroll
@@ -271,25 +262,9 @@ __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams
         if (g == 0 && key < p.ld) it.scores[key] = key < it.num_keys ? v * p.score_scale : -INFINITY;
       }
     }
+    __syncthreads();  // the next iteration's prefetch overwrites this buffer
   }
   CpAsyncWait<0>();
-}
-
-// Blocks of DecodeIndexerKernel with `shared` dynamic bytes that one SM holds at once (the
-// occupancy calculator), remembered for the last size asked: a model asks one size.
-int64_t IndexerBlocksPerSm(size_t shared) {
-  static std::atomic<uint64_t> cached{0};  // shared << 16 | blocks; 0: none yet
-  const uint64_t known = cached.load(std::memory_order_relaxed);
-  if (known != 0 && known >> 16 == shared) return static_cast<int64_t>(known & 0xffff);
-  int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, DecodeIndexerKernel, kIndexThreads,
-                                                    shared) != cudaSuccess) {
-    cudaGetLastError();  // not a launch error: fall back to one block an SM
-    blocks = 1;
-  }
-  blocks = std::clamp(blocks, 1, 0xffff);
-  cached.store(uint64_t{shared} << 16 | static_cast<uint64_t>(blocks), std::memory_order_relaxed);
-  return blocks;
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -325,10 +300,10 @@ absl::Status CheckAttentionSizes(const char* op, int64_t heads, int64_t head_dim
 
 absl::Status CheckIndexerSizes(const char* op, int64_t heads, int64_t head_dim, int64_t ld) {
   if (head_dim % 32 != 0 || head_dim > kMaxHeadDim || heads < 1 ||
-      IndexerSharedBytes(heads, head_dim) > kIndexMaxShared || ld < 0) {
+      IndexerSharedBytes(heads, head_dim) > 48 * 1024 || ld < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: unsupported heads %d x head_dim %d (head_dim a multiple of 32 <= 512, queries and "
-        "four tiles of keys within 100 KiB) or negative ld %d",
+        "two tiles of keys within 48 KiB) or negative ld %d",
         op, heads, head_dim, ld));
   }
   return absl::OkStatus();
@@ -419,31 +394,17 @@ absl::Status DecodeIndexerScoresOnDevice(const DecodeIndexerItem* items, int64_t
   if (absl::Status s = CheckIndexerSizes(op, heads, head_dim, ld); !s.ok()) return s;
   if (absl::Status s = CheckArg(count >= 0, op, "count must be non-negative"); !s.ok()) return s;
   if (count == 0 || ld == 0) return absl::OkStatus();
-  // Past 48 KiB of shared memory (the mid config's 16 heads of 128: 74 KB, three blocks an SM).
-  const size_t shared = IndexerSharedBytes(heads, head_dim);
-  static const cudaError_t attribute = [] {
-    const cudaError_t e =
-        cudaFuncSetAttribute(DecodeIndexerKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kIndexMaxShared));
-    if (e != cudaSuccess) return e;
-    return cudaFuncSetAttribute(DecodeIndexerKernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                cudaSharedmemCarveoutMaxShared);
-  }();
-  if (attribute != cudaSuccess) {
-    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
-                                               kIndexMaxShared, cudaGetErrorString(attribute)));
-  }
-  // Blocks per item (the header's rule): a block takes the fewest tiles that let every block of
-  // the launch be resident at once (at 1M tokens: 3,907 tiles, 396 resident blocks, 391 blocks
-  // of 9-10 tiles, 48 KB in flight each), each item's tiles cut into near-equal ranges of that.
-  const int64_t resident = int64_t{MultiprocessorCount()} * IndexerBlocksPerSm(shared);
+  // Blocks per item: every tile its own block while the batch fills the device (~8 blocks of
+  // 128 threads per SM), else enough blocks for that, each looping over several tiles.
+  const int sms = MultiprocessorCount();
   const int64_t tiles = (ld + kIndexKeys - 1) / kIndexKeys;
-  const int64_t per_block = std::max<int64_t>(1, (count * tiles + resident - 1) / resident);
-  const unsigned slices = static_cast<unsigned>((tiles + per_block - 1) / per_block);
+  const int64_t wanted = std::max<int64_t>(1, (8 * sms) / count);
+  const unsigned slices = static_cast<unsigned>(std::min(tiles, wanted));
+  const size_t shared = IndexerSharedBytes(heads, head_dim);
   for (int64_t first = 0; first < count; first += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(65535, count - first)), slices);
-    const IndexParams params{items + first, heads, head_dim, ld, score_scale};
-    DecodeIndexerKernel<<<grid, kIndexThreads, shared, LaunchStream()>>>(params);
+    DecodeIndexerKernel<<<grid, kIndexThreads, shared, LaunchStream()>>>(
+        IndexParams{items + first, heads, head_dim, ld, score_scale});
   }
   return LaunchStatus(op);
 }

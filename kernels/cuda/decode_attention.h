@@ -10,14 +10,11 @@
 //    fill the device, and a second launch merges the splits with the sink (every block adds the
 //    splits of its 64 output dims 16 at a time in a fixed order).
 //  - DecodeIndexerScores: the indexer's scores Σ_h w[h] · ReLU(q[h] · K[e]) · score_scale of one
-//    query per item over its first num_keys entries (tiles of 64 keys streamed through a 4-deep
-//    cp.async ring, three tiles in flight a block; the logits on tensor cores in fp32), written
-//    to row i of a [items, ld] f32 matrix and -inf beyond num_keys (IndexerSelect with q_pos0 >=
-//    ld · ratio then picks the top-k of every row with the padding ranked last). Split rule: a
-//    block takes the fewest tiles that let every block of the launch be resident at once
-//    (ceil(items · tiles / (SMs · blocks an SM holds))), each item's tiles cut into near-equal
-//    contiguous ranges of that many; a tile's arithmetic is the same in any block, so the scores
-//    do not depend on the split or the device.
+//    query per item over its first num_keys entries (tiles of 64 keys, double-buffered, a block
+//    looping over several tiles when few items leave SMs idle; the logits on tensor cores in
+//    fp32), written to row i of a [items, ld] f32 matrix and -inf beyond num_keys
+//    (IndexerSelect with q_pos0 >= ld · ratio then picks the top-k of every row with the padding
+//    ranked last).
 // Items are host structs of device pointers, staged per call without a host sync
 // (kernels/cuda/staging.h); the ...OnDevice entry points take items already in device memory
 // (decode_graph.h builds them there) and are what a CUDA graph (graph.h) records: staging refuses
@@ -71,9 +68,7 @@ struct DecodeIndexerItem {
   int64_t num_keys = 0;
 };
 
-// Item i's scores into its [ld] row. InvalidArgument on unsupported sizes (queries and four tiles
-// of keys in 100 KiB of shared memory: (heads padded to 16 + 256) · (head_dim + 8) · 2 bytes) or
-// misaligned rows.
+// Item i's scores into its [ld] row. InvalidArgument on unsupported sizes or misaligned rows.
 absl::Status DecodeIndexerScores(absl::Span<const DecodeIndexerItem> items, int64_t heads,
                                  int64_t head_dim, int64_t ld, float score_scale);
 
