@@ -27,6 +27,10 @@ struct RouteParams {
 __global__ void RouteKernel(RouteParams p) {
   __shared__ float score[kMaxRoutedExperts];
   __shared__ float biased[kMaxRoutedExperts];
+  // The picks stay in shared memory until the end: TopK's insertion sort reading back global
+  // stores would put memory round trips on this one thread's serial chain.
+  __shared__ int32_t idx[kMaxRoutedTopK];
+  __shared__ float picked[kMaxRoutedTopK];
   const int64_t t = blockIdx.x;
   for (int64_t e = threadIdx.x; e < p.num_experts; e += blockDim.x) {
     const float v = p.logits[t * p.num_experts + e];
@@ -38,8 +42,6 @@ __global__ void RouteKernel(RouteParams p) {
   }
   __syncthreads();
   if (threadIdx.x != 0) return;
-  int32_t* idx = p.topk_idx + t * p.k;
-  float* weight = p.topk_weight + t * p.k;
   if (p.replay != nullptr) {
     for (int64_t j = 0; j < p.k; ++j) idx[j] = p.replay[t * p.k + j];
   } else if (p.hash) {
@@ -48,7 +50,6 @@ __global__ void RouteKernel(RouteParams p) {
       idx[j] = id >= 0 && id < p.vocab ? p.tid2eid[int64_t{id} * p.k + j] : -1;
     }
   } else {
-    float picked[kMaxRoutedTopK];
     plan::TopK(biased, static_cast<int32_t>(p.num_experts), static_cast<int32_t>(p.k), idx,
                picked);
   }
@@ -59,7 +60,8 @@ __global__ void RouteKernel(RouteParams p) {
   }
   for (int64_t j = 0; j < p.k; ++j) {
     const bool valid = idx[j] >= 0 && idx[j] < p.num_experts;
-    weight[j] = valid ? score[idx[j]] / (sum + 1e-20f) * p.route_scale : 0.0f;
+    p.topk_idx[t * p.k + j] = idx[j];
+    p.topk_weight[t * p.k + j] = valid ? score[idx[j]] / (sum + 1e-20f) * p.route_scale : 0.0f;
   }
 }
 
