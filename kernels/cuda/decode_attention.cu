@@ -21,6 +21,7 @@ struct AttnParams {
   int64_t heads, head_dim, window;
   int splits;
   float scale;
+  int combine_lanes;  // splits > 1: CombineLanes(splits)
 };
 
 // Block (item, group of 16 heads, key split) on the tensor-core tile (attention_tile.cuh): the
@@ -116,21 +117,28 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
 }
 
 // out[item, h] = (Σ_s acc_s · e^(m_s - M)) / (e^(sink - M) + Σ_s l_s · e^(m_s - M)), M the max
-// of the sink and the splits' maxima. Block (item, head, slice of kCombineDims dims): the splits'
-// factors e^(m_s - M) in shared memory (threads over splits, block reductions for M and the
-// denominator), then thread (column c of 4 dims, lane s0 of kCombineLanes) adds the float4 acc of
-// splits s0, s0 + kCombineLanes, .. in order, kCombineUnroll loads in flight, and the first lane
-// of each column adds the lanes' sums in order. A long context at batch 1 has ~130 splits: every
-// thread then waits on one round of loads, not on a chain of them. Fixed order: runs repeat bit
-// for bit.
+// of the sink and the splits' maxima. Block (item, head, slice of 4 · columns dims) of 256
+// threads: the splits' factors e^(m_s - M) in shared memory (threads over splits, block
+// reductions for M and the denominator), then thread (column c of 4 dims, lane s0 of `lanes`)
+// adds the float4 acc of splits s0, s0 + lanes, .. in order, kCombineUnroll loads in flight, and
+// the first lane of each column adds the lanes' sums in order. lanes = CombineLanes(splits) (the
+// power of two >= splits, at most 16) and columns = 256 / lanes: a long context at batch 1 (~130
+// splits) has 16 lanes, each thread waiting on one round of loads instead of a chain of them; a
+// batch of 64 (4 splits) has 4 lanes and 256 dims a block. Fixed order for a given split count:
+// runs repeat bit for bit.
 constexpr int kMaxSplits = 1024;
-constexpr int kCombineDims = 64, kCombineLanes = 16, kCombineUnroll = 8;
-constexpr int kCombineThreads = (kCombineDims / 4) * kCombineLanes;
+constexpr int kCombineThreads = 256, kCombineMaxLanes = 16, kCombineUnroll = 8;
+
+int CombineLanes(int splits) {
+  int lanes = 1;
+  while (lanes < splits && lanes < kCombineMaxLanes) lanes *= 2;
+  return lanes;
+}
 
 __global__ void __launch_bounds__(kCombineThreads) DecodeAttentionCombine(AttnParams p) {
   __shared__ float factor[kMaxSplits];
   __shared__ float scratch[32];
-  __shared__ float4 lane_sums[kCombineLanes][kCombineDims / 4];
+  __shared__ float4 lane_sums[kCombineThreads];  // [lanes][columns]
   const DecodeAttentionItem it = p.items[blockIdx.x];
   const int64_t h = blockIdx.y, D = p.head_dim;
   const int64_t first_row = int64_t{blockIdx.x} * p.splits * p.heads + h;  // split 0's row
@@ -145,34 +153,35 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeAttentionCombine(AttnPa
     denom += ms.y * factor[s];
   }
   denom = BlockSum(denom, scratch) + expf(p.sink[h] - m);  // BlockSum synchronises: factor ready
-  const int column = threadIdx.x % (kCombineDims / 4), lane = threadIdx.x / (kCombineDims / 4);
-  const int64_t d = int64_t{blockIdx.z} * kCombineDims + 4 * column;
+  const int lanes = p.combine_lanes, columns = kCombineThreads / lanes;
+  const int column = threadIdx.x % columns, lane = threadIdx.x / columns;
+  const int64_t d = int64_t{blockIdx.z} * 4 * columns + 4 * column;
   float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   if (d < D) {
     const float* acc = p.partial + first_row * D + d;
     const int64_t split_stride = p.heads * D;
-    for (int s0 = lane; s0 < p.splits; s0 += kCombineLanes * kCombineUnroll) {
+    for (int s0 = lane; s0 < p.splits; s0 += lanes * kCombineUnroll) {
       float4 v[kCombineUnroll];
 #pragma unroll
       for (int u = 0; u < kCombineUnroll; ++u) {
-        const int s = s0 + u * kCombineLanes;
+        const int s = s0 + u * lanes;
         v[u] = s < p.splits ? *reinterpret_cast<const float4*>(acc + s * split_stride)
                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
       for (int u = 0; u < kCombineUnroll; ++u) {
-        const int s = s0 + u * kCombineLanes;
+        const int s = s0 + u * lanes;
         const float f = s < p.splits ? factor[s] : 0.0f;
         a.x += v[u].x * f, a.y += v[u].y * f, a.z += v[u].z * f, a.w += v[u].w * f;
       }
     }
   }
-  lane_sums[lane][column] = a;
+  lane_sums[lane * columns + column] = a;
   __syncthreads();
   if (lane != 0 || d >= D) return;
-  float4 total = lane_sums[0][column];
-  for (int l = 1; l < kCombineLanes; ++l) {
-    const float4 v = lane_sums[l][column];
+  float4 total = lane_sums[column];
+  for (int l = 1; l < lanes; ++l) {
+    const float4 v = lane_sums[l * columns + column];
     total.x += v.x, total.y += v.y, total.z += v.z, total.w += v.w;
   }
   __nv_bfloat16* out = static_cast<__nv_bfloat16*>(it.out) + h * D + d;  // out: 2-byte aligned
@@ -351,12 +360,14 @@ absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t c
   }
   for (int64_t first = 0; first < count; first += 65535) {
     const unsigned rows = static_cast<unsigned>(std::min<int64_t>(65535, count - first));
+    const int lanes = CombineLanes(splits);
     const AttnParams params{items + first, sink,   partial, stats, heads,
-                            head_dim,      window, splits,  scale};
+                            head_dim,      window, splits,  scale, lanes};
     DecodeAttentionKernel<<<dim3(rows, static_cast<unsigned>(groups), splits), kTcThreads, shared,
                             LaunchStream()>>>(params);
     if (splits > 1) {
-      const unsigned slices = static_cast<unsigned>((head_dim + kCombineDims - 1) / kCombineDims);
+      const int64_t dims = 4 * (kCombineThreads / lanes);  // a block's slice
+      const unsigned slices = static_cast<unsigned>((head_dim + dims - 1) / dims);
       DecodeAttentionCombine<<<dim3(rows, static_cast<unsigned>(heads), slices), kCombineThreads, 0,
                                LaunchStream()>>>(params);
     }
