@@ -6,7 +6,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "kernels/cuda/attention.h"
@@ -178,10 +177,6 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& model)
       impl->compress_rope.inv_freq,
       Upload(Tensor::FromFloats({half}, model.compress_rope.inv_freq()), DType::kF32, &unused));
   V4RL_ASSIGN_OR_RETURN(impl->gemm, kc::GemmHandle::Create());
-  if (model.config.num_shared_experts > 0) {
-    V4RL_ASSIGN_OR_RETURN(impl->side, kc::SideStream::Create());
-    V4RL_ASSIGN_OR_RETURN(impl->side_gemm, kc::GemmHandle::Create());
-  }
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
 }
 
@@ -472,18 +467,6 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   const float limit = static_cast<float>(config.swiglu_limit);
   Tensor xq_storage;  // x as the experts see it (the router reads x itself)
   V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
-  // Without host syncs ahead (device_moe_dispatch), the shared experts, which need only x, run
-  // on the side stream beside the router, the dispatch and the routed experts (a decode step's
-  // router, plan and gather are small launches that leave most SMs idle); CombineExperts waits
-  // for them. The rows stay allocated until then (declared before the guard that joins on an
-  // early return).
-  SharedExpertRows shared;
-  absl::Cleanup join_if_pending = [this] { side->Join().IgnoreError(); };
-  if (options.device_moe_dispatch && side != nullptr) {
-    V4RL_RETURN_IF_ERROR(side->Fork([&] { return SharedExperts(w, xq, *side_gemm, &shared); }));
-  } else {
-    std::move(join_if_pending).Cancel();
-  }
   // Router.
   const Tensor logits = Dev(DType::kF32, {num_tokens, experts});
   V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.gate.view(), logits.view()));
@@ -519,7 +502,7 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
     route.replay_idx = replay.view().Reshape({num_tokens, k});
   }
   V4RL_RETURN_IF_ERROR(kc::RouteTopK(route));
-  if (options.device_moe_dispatch) return MoeDevicePlan(w, xq, idx, weight, shared, out);
+  if (options.device_moe_dispatch) return MoeDevicePlan(w, xq, idx, weight, out);
   // Dispatch plan on the host (the CPU's order), then gather, experts, combine on the device.
   Tensor host_idx = Tensor::Empty(DType::kI32, {num_tokens, k});
   V4RL_RETURN_IF_ERROR(kc::Copy(idx.view(), host_idx.view()));
@@ -547,13 +530,12 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
-  V4RL_RETURN_IF_ERROR(SharedExperts(w, xq, *gemm, &shared));
-  return CombineExperts(shared, expert_out, pick_of_slot, weight, out);
+  return SharedExpertsAndCombine(w, xq, expert_out, pick_of_slot, weight, out);
 }
 
 absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorView& x,
                                             const Tensor& idx, const Tensor& weight,
-                                            const SharedExpertRows& shared, const TensorView& out) {
+                                            const TensorView& out) {
   const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
   const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
   const float limit = static_cast<float>(config.swiglu_limit);
@@ -584,32 +566,31 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
   const Tensor expert_out = Dev(DType::kF32, {slots_n, hidden});
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(), expert_out.view()));
-  return CombineExperts(shared, expert_out, pick_of_slot, weight, out);
+  return SharedExpertsAndCombine(w, x, expert_out, pick_of_slot, weight, out);
 }
 
-absl::Status CudaModel::Impl::SharedExperts(const MoeWeights& w, const TensorView& x,
-                                            kc::GemmHandle& handle, SharedExpertRows* rows) {
-  if (config.num_shared_experts == 0) return absl::OkStatus();
-  const int64_t width = w.shared_w1.size(0);
-  // [gate | up] from one GEMM; the activation overwrites the gate columns in place.
-  rows->gate_up = Dev(DType::kBF16, {num_tokens, 2 * width});
-  V4RL_RETURN_IF_ERROR(
-      kc::Gemm(handle, x, fused[layer_index].shared_w13.view(), rows->gate_up.view()));
-  const TensorView sg = rows->gate_up.view().Slice(1, 0, width);
-  const TensorView su = rows->gate_up.view().Slice(1, width, 2 * width);
-  V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg, su, static_cast<float>(config.swiglu_limit), sg));
-  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg));
-  rows->out = Dev(DType::kF32, {num_tokens, config.hidden_size});
-  return kc::Gemm(handle, sg, w.shared_w2.view(), rows->out.view());
-}
-
-absl::Status CudaModel::Impl::CombineExperts(const SharedExpertRows& shared,
-                                             const Tensor& expert_out, const Tensor& pick_of_slot,
-                                             const Tensor& weight, const TensorView& out) {
-  if (side != nullptr) V4RL_RETURN_IF_ERROR(side->Join());
+absl::Status CudaModel::Impl::SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
+                                                      const Tensor& expert_out,
+                                                      const Tensor& pick_of_slot,
+                                                      const Tensor& weight, const TensorView& out) {
+  const int64_t hidden = config.hidden_size;
+  const float limit = static_cast<float>(config.swiglu_limit);
+  Tensor shared_out;
+  if (config.num_shared_experts > 0) {
+    const int64_t width = w.shared_w1.size(0);
+    // [gate | up] from one GEMM; the activation overwrites the gate columns in place.
+    const Tensor gate_up = Dev(DType::kBF16, {num_tokens, 2 * width});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, fused[layer_index].shared_w13.view(), gate_up.view()));
+    const TensorView sg = gate_up.view().Slice(1, 0, width);
+    const TensorView su = gate_up.view().Slice(1, width, 2 * width);
+    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg, su, limit, sg));
+    V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg));
+    shared_out = Dev(DType::kF32, {num_tokens, hidden});
+    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg, w.shared_w2.view(), shared_out.view()));
+  }
   // With the FP8 simulation the weights were applied before the down projection.
   return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
-                        shared.out.defined() ? shared.out.view() : TensorView(), out,
+                        shared_out.defined() ? shared_out.view() : TensorView(), out,
                         /*weighted=*/!options.fp8_simulation);
 }
 

@@ -16,7 +16,6 @@
 #include "core/tensor.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
-#include "kernels/cuda/stream.h"
 #include "model/cuda_phase_profile.h"
 #include "model/forward_cuda.h"
 
@@ -125,10 +124,6 @@ struct CudaModel::Impl {
   ModelWeights weights;  // the same structs, tensors on the device
   RopeTables main_rope, compress_rope;
   std::unique_ptr<kc::GemmHandle> gemm;
-  // With device_moe_dispatch the shared experts run on `side` (with its own GEMM handle) beside
-  // the router and the routed experts; null without shared experts.
-  std::unique_ptr<kc::SideStream> side;
-  std::unique_ptr<kc::GemmHandle> side_gemm;
   int64_t weight_bytes = 0;
   std::vector<FusedLayerWeights> fused;  // per layer
 
@@ -173,26 +168,16 @@ struct CudaModel::Impl {
   absl::Status OutputProjection(const AttentionWeights& w, const Tensor& attn,
                                 const TensorView& out);
   absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
-  // The shared experts' rows: gate_up [num_tokens, 2 · width] bf16 (the activation in the gate
-  // half), out [num_tokens, hidden] f32; both undefined without shared experts.
-  struct SharedExpertRows {
-    Tensor gate_up, out;
-  };
   // The shared experts on x [num_tokens, hidden] (w1 and w3 as one GEMM over
-  // FusedLayerWeights::shared_w13 of layer layer_index) through `handle` into *rows.
-  absl::Status SharedExperts(const MoeWeights& w, const TensorView& x, kc::GemmHandle& handle,
-                             SharedExpertRows* rows);
-  // Waits for shared experts queued on `side` (a no-op otherwise), then the weighted combine of
-  // the routed experts' rows expert_out (MoeCombine's pick_of_slot, weight) plus shared.out into
-  // out. Shared by Moe and MoeDevicePlan.
-  absl::Status CombineExperts(const SharedExpertRows& shared, const Tensor& expert_out,
-                              const Tensor& pick_of_slot, const Tensor& weight,
-                              const TensorView& out);
-  // Moe's experts after routing with options.device_moe_dispatch (no host sync); the shared
-  // experts were queued on `side` already.
+  // FusedLayerWeights::shared_w13 of layer layer_index) plus the weighted combine of the routed
+  // experts' rows expert_out (MoeCombine's pick_of_slot, weight) into out. Shared by Moe and
+  // MoeDevicePlan.
+  absl::Status SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
+                                       const Tensor& expert_out, const Tensor& pick_of_slot,
+                                       const Tensor& weight, const TensorView& out);
+  // Moe's experts after routing with options.device_moe_dispatch (no host sync).
   absl::Status MoeDevicePlan(const MoeWeights& w, const TensorView& x, const Tensor& idx,
-                             const Tensor& weight, const SharedExpertRows& shared,
-                             const TensorView& out);
+                             const Tensor& weight, const TensorView& out);
   absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
   // The head's input [num_tokens, H] bf16: the hc_head collapse of the final streams
   // [num_tokens, n, H], then the model norm. Shared by Forward and the decode step.
