@@ -12,8 +12,9 @@
 // gradients summed over the block's heads and then added with fp32 atomics. With tensor_cores
 // (bf16 q, kv, comp_kv and dout; head_dim % 32 == 0 and <= 512; rows 16-byte aligned) the
 // products run on mma.sync tiles as the forward's tensor-core kernel (attention_backward_tc.cu):
-// P and dS rounded to bf16 for the second products, fp32 accumulation. Either way dkv / dcomp_kv
-// / dsink are not bit-reproducible run to run (atomics); dq is.
+// P and dS rounded to bf16 for the second products, fp32 accumulation; a block walks its query's
+// key tiles from tile (query % tiles) on, a fixed order. Either way dkv / dcomp_kv / dsink are
+// not bit-reproducible run to run (fp32 atomics, in arrival order); dq is.
 // Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; the launch stream
 // (stream.h).
 #pragma once

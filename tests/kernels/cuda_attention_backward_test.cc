@@ -26,6 +26,7 @@ struct Case {
   int64_t num_q, heads, head_dim, num_kv, num_comp, topk, q_pos0, kv_pos0, window, ratio;
   DType dtype;
   bool tensor_cores = false;
+  bool duplicate_picks = false;  // each query's largest pick replaced by its second largest
 };
 
 void RunCase(const Case& c) {
@@ -49,6 +50,8 @@ void RunCase(const Case& c) {
       if (row[j] == row[j - 1]) row[j] = -1;
     }
     std::sort(idx.data<int32_t>() + i * c.topk, idx.data<int32_t>() + (i + 1) * c.topk);
+    int32_t* row = idx.data<int32_t>() + i * c.topk;
+    if (c.duplicate_picks && c.topk >= 2 && row[c.topk - 2] >= 0) row[c.topk - 1] = row[c.topk - 2];
   }
   const bool use_idx = c.topk > 0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -156,6 +159,27 @@ TEST(CudaAttentionBackward, TensorCoresSeveralKeyTilesOddColumnTiles) {
   RunCase({"tensor cores two tiles", /*num_q=*/40, /*heads=*/3, /*head_dim=*/96, /*num_kv=*/150,
            /*num_comp=*/30, /*topk=*/0, /*q_pos0=*/100, /*kv_pos0=*/0, /*window=*/90,
            /*ratio=*/4, DType::kBF16, /*tensor_cores=*/true});
+}
+
+TEST(CudaAttentionBackward, TensorCoresFourKeyTilesDuplicatePicks17Queries) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  // 150 window rows + 60 picks (skipped -1 ids and one duplicate each) = 210 keys: four tiles,
+  // the last partial, walked from tile (query % 4) with the next tile's gather in flight.
+  Case c{"tensor cores four tiles, duplicate picks",
+         /*num_q=*/17,
+         /*heads=*/16,
+         /*head_dim=*/96,
+         /*num_kv=*/400,
+         /*num_comp=*/90,
+         /*topk=*/60,
+         /*q_pos0=*/300,
+         /*kv_pos0=*/0,
+         /*window=*/150,
+         /*ratio=*/4,
+         DType::kBF16,
+         /*tensor_cores=*/true};
+  c.duplicate_picks = true;
+  RunCase(c);
 }
 
 TEST(CudaAttentionBackward, TensorCoresRejectF32Inputs) {
