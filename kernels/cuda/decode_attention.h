@@ -7,8 +7,8 @@
 //    shared memory (cp.async) and runs the tensor-core tile of the prefill kernel
 //    (attention_tile.cuh: Q·Kᵀ and P·V on mma.sync, fp32 online softmax, P rounded to bf16);
 //    few items (long-context single-stream decode) split each item's keys over enough blocks to
-//    fill the device, and a second launch merges the splits with the sink (every block adds the
-//    splits of its 64 output dims 16 at a time in a fixed order).
+//    fill the device, and a second launch merges the splits with the sink (a block adds the
+//    splits of a slice of output dims, up to 16 splits a round of loads, in a fixed order).
 //  - DecodeIndexerScores: the indexer's scores Σ_h w[h] · ReLU(q[h] · K[e]) · score_scale of one
 //    query per item over its first num_keys entries (tiles of 64 keys, double-buffered, a block
 //    looping over several tiles when few items leave SMs idle; the logits on tensor cores in
