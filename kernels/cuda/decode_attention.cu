@@ -21,7 +21,6 @@ struct AttnParams {
   int64_t heads, head_dim, window;
   int splits;
   float scale;
-  int combine_lanes;  // splits > 1: CombineLanes(splits)
 };
 
 // Block (item, group of 16 heads, key split) on the tensor-core tile (attention_tile.cuh): the
@@ -129,7 +128,7 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
 constexpr int kMaxSplits = 1024;
 constexpr int kCombineThreads = 256, kCombineMaxLanes = 16, kCombineUnroll = 8;
 
-int CombineLanes(int splits) {
+__host__ __device__ int CombineLanes(int splits) {
   int lanes = 1;
   while (lanes < splits && lanes < kCombineMaxLanes) lanes *= 2;
   return lanes;
@@ -153,7 +152,7 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeAttentionCombine(AttnPa
     denom += ms.y * factor[s];
   }
   denom = BlockSum(denom, scratch) + expf(p.sink[h] - m);  // BlockSum synchronises: factor ready
-  const int lanes = p.combine_lanes, columns = kCombineThreads / lanes;
+  const int lanes = CombineLanes(p.splits), columns = kCombineThreads / lanes;
   const int column = threadIdx.x % columns, lane = threadIdx.x / columns;
   const int64_t d = int64_t{blockIdx.z} * 4 * columns + 4 * column;
   float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -358,16 +357,15 @@ absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t c
                                                TcSharedBytes(kMaxHeadDim),
                                                cudaGetErrorString(attribute)));
   }
+  const int64_t combine_dims = 4 * (kCombineThreads / CombineLanes(splits));  // a block's slice
+  const unsigned slices = static_cast<unsigned>((head_dim + combine_dims - 1) / combine_dims);
   for (int64_t first = 0; first < count; first += 65535) {
     const unsigned rows = static_cast<unsigned>(std::min<int64_t>(65535, count - first));
-    const int lanes = CombineLanes(splits);
     const AttnParams params{items + first, sink,   partial, stats, heads,
-                            head_dim,      window, splits,  scale, lanes};
+                            head_dim,      window, splits,  scale};
     DecodeAttentionKernel<<<dim3(rows, static_cast<unsigned>(groups), splits), kTcThreads, shared,
                             LaunchStream()>>>(params);
     if (splits > 1) {
-      const int64_t dims = 4 * (kCombineThreads / lanes);  // a block's slice
-      const unsigned slices = static_cast<unsigned>((head_dim + dims - 1) / dims);
       DecodeAttentionCombine<<<dim3(rows, static_cast<unsigned>(heads), slices), kCombineThreads, 0,
                                LaunchStream()>>>(params);
     }
