@@ -185,6 +185,17 @@ absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeQueryAndKv
   return out;
 }
 
+absl::StatusOr<Tensor> CudaModel::Impl::DecodeIndexerQuery(const IndexerWeights& w,
+                                                           const Tensor& qr, const TensorView& cos,
+                                                           const TensorView& sin) {
+  const int64_t ih = config.index_n_heads, id = config.index_head_dim, n = num_tokens;
+  Tensor iq = Dev(DType::kBF16, {n, ih, id});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, qr.view(), w.wq_b.view(), iq.view().Reshape({n, ih * id})));
+  V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
+  return iq;
+}
+
 absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, AttentionType type,
                                               const TensorView& x, const TensorView& out) {
   DecodeStepState& st = *decode;
@@ -234,11 +245,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       }
     } else {
       const int64_t ih = config.index_n_heads, id = config.index_head_dim;
-      const Tensor iq = Dev(DType::kBF16, {n, ih, id});
-      V4RL_RETURN_IF_ERROR(
-          kc::Gemm(*gemm, qr.view(), w.indexer.wq_b.view(), iq.view().Reshape({n, ih * id})));
-      V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
-      V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
+      V4RL_ASSIGN_OR_RETURN(const Tensor iq, DecodeIndexerQuery(w.indexer, qr, cos, sin));
       const Tensor& head_weights = p.index_weights;  // scaled by ih^-0.5
       // Single-token spans: scores of every sequence in one launch, then one selection.
       std::vector<kc::DecodeIndexerItem> items;

@@ -75,11 +75,7 @@ absl::Status CudaModel::Impl::AttentionDecodeGraph(const AttentionWeights& w, At
     V4RL_RETURN_IF_ERROR(
         CompressAppendOnDevice(*this, st, table, w.indexer.compressor, p.index, ratio, true, true));
     const int64_t ih = config.index_n_heads, id = config.index_head_dim;
-    const Tensor iq = Dev(DType::kBF16, {n, ih, id});
-    V4RL_RETURN_IF_ERROR(
-        kc::Gemm(*gemm, qr.view(), w.indexer.wq_b.view(), iq.view().Reshape({n, ih * id})));
-    V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
-    V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
+    V4RL_ASSIGN_OR_RETURN(const Tensor iq, DecodeIndexerQuery(w.indexer, qr, cos, sin));
     const int64_t ld = st.position_bound / ratio;
     const Tensor scores = Dev(DType::kF32, {n, ld});
     const Tensor items = Dev(DType::kU8, {n * static_cast<int64_t>(sizeof(kc::DecodeIndexerItem))});

@@ -199,6 +199,11 @@ struct CudaModel::Impl {
   };
   absl::StatusOr<DecodeQueryKv> DecodeQueryAndKv(const AttentionWeights& w, AttentionType type,
                                                  const TensorView& x);
+  // The decode step's indexer queries of a CSA layer (both attention decode paths): [N,
+  // index_n_heads, index_head_dim] bf16 from qr (DecodeQueryKv::qr), rotated by cos, sin and
+  // FP4-simulated.
+  absl::StatusOr<Tensor> DecodeIndexerQuery(const IndexerWeights& w, const Tensor& qr,
+                                            const TensorView& cos, const TensorView& sin);
   // AttentionDecode for a graph step (decode->table set): positions read on the device only
   // (model/attention_decode_graph_cuda.cc).
   absl::Status AttentionDecodeGraph(const AttentionWeights& w, AttentionType type,
