@@ -192,10 +192,10 @@ absl::StatusOr<Tensor> CudaModel::Impl::FinalHidden(const Tensor& streams) {
   head.scale = weights.hc_head.scale.view();
   head.pre = pre.view();
   head.collapsed = x.view();
+  head.norm_weight = weights.norm.view();  // the model norm, fused
   head.norm_eps = eps();
   head.hc_eps = static_cast<float>(config.hc_eps);
   V4RL_RETURN_IF_ERROR(kc::HcHeadPre(head));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(x.view(), weights.norm.view(), eps(), x.view()));
   return x;
 }
 
@@ -613,11 +613,11 @@ absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const T
     args.post = post->view();
     args.comb = comb->view();
     args.collapsed = x->view();
+    args.norm_weight = norm.view();  // the site's norm, fused
     args.norm_eps = eps();
     args.hc_eps = static_cast<float>(config.hc_eps);
     args.sinkhorn_iters = config.hc_sinkhorn_iters;
-    V4RL_RETURN_IF_ERROR(kc::MhcPre(args));
-    return kc::RmsNorm(x->view(), norm.view(), eps(), x->view());
+    return kc::MhcPre(args);
   };
   capture = captures != nullptr ? &captures->emplace_back() : nullptr;
   // Attention site: collapse + norm, attend, expand + mix.

@@ -4,6 +4,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/mhc.h"
 
 namespace v4rl::kernels::cuda {
@@ -22,11 +23,12 @@ struct MhcPreParams {
   float* post;
   float* comb;
   void* collapsed;
+  const void* norm_weight;  // [H] or null: collapsed = RMSNorm(rounded collapse) · norm_weight
   int64_t hidden;
   int n;
   int num_mixes;
   bool head;  // hc_head: pre gate only
-  bool streams_bf16, fn_bf16, collapsed_bf16, fn_split;
+  bool streams_bf16, fn_bf16, collapsed_bf16, fn_split, norm_w_bf16;
   bool vec;  // 8-wide accesses to streams and collapsed (Vec8Ok)
   float norm_eps, hc_eps;
   int sinkhorn_iters;
@@ -164,13 +166,47 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
   __syncthreads();
   // 3. Collapse: Σ_j pre_j · X_j, stream 0 first.
   if (p.vec) {
-    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
-      float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    auto collapse8 = [&](int64_t h, float(&sum)[8]) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum[k] = 0.0f;
       for (int j = 0; j < p.n; ++j) {
         float v[8];
         Load8(p.streams, p.streams_bf16, x0 + j * p.hidden + h, v);
 #pragma unroll
         for (int k = 0; k < 8; ++k) sum[k] += pre[j] * v[k];
+      }
+    };
+    if (p.norm_weight == nullptr) {
+      for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+        float sum[8];
+        collapse8(h, sum);
+        Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
+      }
+      return;
+    }
+    // The fused RMSNorm: RmsNormKernel's arithmetic on the collapse as it would be stored (its
+    // 8-wide partition of the row over the block, so with 256 threads the same bits); the
+    // second pass recomputes the collapse (the streams are in cache) instead of keeping it.
+    float sum_sq = 0.0f;
+    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+      float sum[8];
+      collapse8(h, sum);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float v = p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(sum[k])) : sum[k];
+        sum_sq += v * v;
+      }
+    }
+    const float inv =
+        1.0f / sqrtf(BlockSum(sum_sq, scratch) / static_cast<float>(p.hidden) + p.norm_eps);
+    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+      float sum[8], w[8];
+      collapse8(h, sum);
+      Load8(p.norm_weight, p.norm_w_bf16, h, w);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float v = p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(sum[k])) : sum[k];
+        sum[k] = v * inv * w[k];
       }
       Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
     }
@@ -318,6 +354,22 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
   p.fn_bf16 = IsBf16(a.fn);
   p.fn_split = a.fn_split;
   p.vec = Vec8Ok(a.streams.data, hidden) && Vec8Ok(a.collapsed.data, hidden);
+  const bool fused_norm = a.norm_weight.data != nullptr;
+  if (fused_norm) {
+    if (absl::Status s =
+            CheckDeviceView(op, "norm_weight", a.norm_weight, {DType::kF32, DType::kBF16});
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckViewShape(op, "norm_weight", a.norm_weight, {hidden}); !s.ok()) {
+      return s;
+    }
+    // 8-wide only; otherwise RmsNorm runs after the kernel.
+    if (p.vec && Vec8Ok(a.norm_weight.data, hidden)) {
+      p.norm_weight = a.norm_weight.data;
+      p.norm_w_bf16 = IsBf16(a.norm_weight);
+    }
+  }
   p.collapsed_bf16 = IsBf16(a.collapsed);
   p.norm_eps = a.norm_eps;
   p.hc_eps = a.hc_eps;
@@ -334,7 +386,11 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
     p.raw = raw.data<float>();
   }
   MhcPreKernel<<<static_cast<unsigned>(num_tokens), kPreThreads, 0, LaunchStream()>>>(p);
-  return LaunchStatus(op);
+  if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
+  if (fused_norm && p.norm_weight == nullptr) {
+    return RmsNorm(a.collapsed, a.norm_weight, a.norm_eps, a.collapsed);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace

@@ -31,7 +31,12 @@ struct MhcPreArgs {
   core::TensorView post;       // [N, n] f32 out (unused for hc_head)
   core::TensorView comb;       // [N, n, n] f32 out, comb[j][k] input j -> output k (not hc_head)
   core::TensorView collapsed;  // [N, H] bf16|f32 out
-  float norm_eps = 1e-6f;      // rms_norm_eps of the stream RMSNorm
+  // Optional [H] f32|bf16: collapsed = RMSNorm(collapse) · norm_weight with eps norm_eps, the
+  // collapse rounded to collapsed's dtype first: what RmsNorm (elementwise.h) on the stored
+  // collapse gives, in the same launch (bit for bit when RmsNorm would run 256 threads: H >= 1,800
+  // with 8-wide access).
+  core::TensorView norm_weight;
+  float norm_eps = 1e-6f;      // rms_norm_eps of the stream RMSNorm (and of norm_weight's)
   float hc_eps = 1e-6f;        // eps of the gates and of Sinkhorn
   int64_t sinkhorn_iters = 20;
   // With a handle, bf16 streams and fn_split, the mixes' dot products run first as one cuBLASLt

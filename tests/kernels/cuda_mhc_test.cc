@@ -1,6 +1,8 @@
 // Fused CUDA mHC pre (stream RMS, mixes, gates, Sinkhorn, collapse), hc_head pre and mHC post
 // against the CPU references composed as model/mhc.cc does, on bf16-rounded streams and odd
 // sizes (gpu label; skips without a device).
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -8,6 +10,7 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/mhc.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/mhc.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/testing/random_tensor.h"
@@ -128,6 +131,63 @@ TEST(CudaMhc, PreWithSplitFnMatchesCpuFusedAndThroughGemm) {
 TEST(CudaMhc, HcHeadPreMatchesCpu) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   CheckPre(4, 333, /*head=*/true, 31);
+}
+
+// MhcPre / HcHeadPre with norm_weight against the same call without it followed by RmsNorm:
+// the same bits when RmsNorm runs 256 threads over 8-wide rows (H = 2048), within bf16 rounding
+// otherwise (H = 512: another partition of the row; H = 333: RmsNorm after the kernel).
+void CheckFusedNorm(int64_t hidden, bool head, uint64_t seed, bool expect_same_bits) {
+  const int64_t num_tokens = 17, n = 4, num_mixes = head ? n : (2 + n) * n;
+  const Tensor d_streams =
+      testing::ToDevice(RandomNormal({num_tokens, n, hidden}, seed, 2.0f), DType::kBF16);
+  const Tensor fn = RandomNormal({num_mixes, n * hidden}, seed + 1, 0.05f);
+  const Tensor d_fn =
+      testing::ToDevice(core::ToFloat32(SplitMhcFn(fn.view()).view()), DType::kBF16);
+  const Tensor d_base = testing::ToDevice(RandomNormal({num_mixes}, seed + 2, 0.5f), DType::kF32);
+  const Tensor d_scale =
+      testing::ToDevice(RandomNormal({head ? 1 : 3}, seed + 3, 1.0f), DType::kF32);
+  const Tensor d_norm = testing::ToDevice(RandomNormal({hidden}, seed + 4, 1.0f), DType::kF32);
+  auto gemm = GemmHandle::Create();
+  ASSERT_TRUE(gemm.ok()) << gemm.status();
+  auto run = [&](bool fused) {
+    const Tensor pre = Tensor::Empty(DType::kF32, {num_tokens, n}, DeviceAllocator());
+    const Tensor post = Tensor::Empty(DType::kF32, {num_tokens, n}, DeviceAllocator());
+    const Tensor comb = Tensor::Empty(DType::kF32, {num_tokens, n, n}, DeviceAllocator());
+    const Tensor x = Tensor::Empty(DType::kBF16, {num_tokens, hidden}, DeviceAllocator());
+    MhcPreArgs args;
+    args.streams = d_streams.view();
+    args.fn = d_fn.view();
+    args.fn_split = true;
+    args.gemm = gemm->get();
+    args.base = d_base.view();
+    args.scale = d_scale.view();
+    args.pre = pre.view();
+    args.post = post.view();
+    args.comb = comb.view();
+    args.collapsed = x.view();
+    if (fused) args.norm_weight = d_norm.view();
+    EXPECT_TRUE((head ? HcHeadPre(args) : MhcPre(args)).ok());
+    if (!fused) {
+      EXPECT_TRUE(RmsNorm(x.view(), d_norm.view(), args.norm_eps, x.view()).ok());
+    }
+    return testing::ToHost(x.view());
+  };
+  const Tensor want = run(false), got = run(true);
+  const std::string tag =
+      std::string(head ? "hc_head" : "mhc pre") + " fused norm H=" + std::to_string(hidden);
+  if (expect_same_bits) {
+    EXPECT_EQ(std::memcmp(got.data<float>(), want.data<float>(), sizeof(float) * got.numel()), 0)
+        << tag;
+  }
+  EXPECT_TRUE(testing::CloseAndReport(tag, got.view(), want.view(), kBf16Out));
+}
+
+TEST(CudaMhc, PreWithFusedNormEqualsPreThenRmsNorm) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckFusedNorm(2048, /*head=*/false, 81, /*expect_same_bits=*/true);
+  CheckFusedNorm(2048, /*head=*/true, 91, /*expect_same_bits=*/true);
+  CheckFusedNorm(512, /*head=*/false, 101, /*expect_same_bits=*/false);
+  CheckFusedNorm(333, /*head=*/false, 111, /*expect_same_bits=*/true);  // RmsNorm after
 }
 
 TEST(CudaMhc, PostMatchesCpuExpand) {
