@@ -175,12 +175,11 @@ absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeQueryAndKv
   out.q = Dev(DType::kBF16, {n, heads, dim});
   V4RL_RETURN_IF_ERROR(
       kc::Gemm(*gemm, out.qr.view(), w.wq_b.view(), out.q.view().Reshape({n, heads * dim})));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(out.q.view(), TensorView(), eps(), out.q.view()));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(out.q.view(), cos, sin, /*inverse=*/false));
-  out.kv = Dev(DType::kBF16, {n, dim});
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.kv, w.kv_norm.view(), eps(), out.kv.view()));
+  // Each head normalised, then rotated (one launch); the K=V row likewise with kv_norm.
   V4RL_RETURN_IF_ERROR(
-      kc::ApplyRope(out.kv.view().Reshape({n, 1, dim}), cos, sin, /*inverse=*/false));
+      kc::RmsNormRope(out.q.view(), TensorView(), eps(), cos, sin, heads, out.q.view()));
+  out.kv = Dev(DType::kBF16, {n, dim});
+  V4RL_RETURN_IF_ERROR(kc::RmsNormRope(p.kv, w.kv_norm.view(), eps(), cos, sin, 1, out.kv.view()));
   V4RL_RETURN_IF_ERROR(KvQat(out.kv.view()));
   return out;
 }

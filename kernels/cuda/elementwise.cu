@@ -15,7 +15,31 @@ struct RmsNormParams {
   float eps;
   bool x_bf16, w_bf16, out_bf16;
   bool vec;  // 8-wide accesses (Vec8Ok on x, out and the weight)
+  // RmsNormRope (vec only): rows r·heads .. + heads - 1 rotate their trailing 2·half channels
+  // (starting at a multiple of 8) by cos, sin row r; cos null: no rotation.
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t heads = 1, half = 0;
 };
+
+// The rope part of the normalised 8-wide chunk at column c of row r, as RopeKernel rotates the
+// stored values: rounded to out's dtype, then pairs (offset + 2i, offset + 2i + 1) by cos, sin[i]
+// with RopeKernel's unfused arithmetic. offset = dim - 2·half is a multiple of 8, so a chunk is
+// all in or all out.
+__device__ __forceinline__ void RopeChunk(const RmsNormParams& p, int64_t r, int64_t c,
+                                          float (&v)[8]) {
+  const int64_t offset = p.dim - 2 * p.half;
+  if (c < offset) return;
+  const int64_t table = (r / p.heads) * p.half + (c - offset) / 2;
+#pragma unroll
+  for (int k = 0; k < 8; k += 2) {
+    const float x0 = p.out_bf16 ? __bfloat162float(__float2bfloat16(v[k])) : v[k];
+    const float x1 = p.out_bf16 ? __bfloat162float(__float2bfloat16(v[k + 1])) : v[k + 1];
+    const float cs = p.cos[table + k / 2], sn = p.sin[table + k / 2];
+    v[k] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+    v[k + 1] = __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn));
+  }
+}
 
 // One block per row: the sum of squares in f32, then every channel scaled (and weighted).
 __global__ void RmsNormKernel(RmsNormParams p) {
@@ -41,6 +65,7 @@ __global__ void RmsNormKernel(RmsNormParams p) {
         v[k] *= inv;
         if (p.weight != nullptr) v[k] *= w[k];
       }
+      if (p.cos != nullptr) RopeChunk(p, r, c, v);
       Store8(p.out, p.out_bf16, o0 + c, v);
     }
     return;
@@ -189,11 +214,10 @@ unsigned GridFor(int64_t n, int threads) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 1 << 16)));
 }
 
-}  // namespace
-
-absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
-                     const core::TensorView& out) {
-  const char* op = "cuda::RmsNorm";
+// RmsNorm's checks and parameters (the rope fields unset); *params->vec says whether the kernel
+// may take 8-wide rows.
+absl::Status RmsNormSetup(const char* op, const core::TensorView& x, const core::TensorView& weight,
+                          float eps, const core::TensorView& out, RmsNormParams* params) {
   RowView a{}, c{};
   if (absl::Status s = AsRows(op, "x", x, &a); !s.ok()) return s;
   if (absl::Status s = AsRows(op, "out", out, &c); !s.ok()) return s;
@@ -212,14 +236,62 @@ absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, 
     p.weight = weight.data;
     p.w_bf16 = IsBf16(weight);
   }
-  if (a.rows == 0) return absl::OkStatus();
   p.vec = Vec8Ok(p.x, p.ldx) && Vec8Ok(p.out, p.ldo) && p.dim % 8 == 0 &&
           (p.weight == nullptr || Vec8Ok(p.weight, p.dim));
+  *params = p;
+  return absl::OkStatus();
+}
+
+absl::Status LaunchRmsNorm(const char* op, const RmsNormParams& p) {
+  if (p.rows == 0) return absl::OkStatus();
   const int threads =
-      p.vec ? static_cast<int>(std::clamp<int64_t>((a.cols / 8 + 31) / 32 * 32, 32, 256))
-            : (a.cols >= 2048 ? 512 : (a.cols >= 512 ? 256 : 128));
-  RmsNormKernel<<<static_cast<unsigned>(a.rows), threads, 0, LaunchStream()>>>(p);
+      p.vec ? static_cast<int>(std::clamp<int64_t>((p.dim / 8 + 31) / 32 * 32, 32, 256))
+            : (p.dim >= 2048 ? 512 : (p.dim >= 512 ? 256 : 128));
+  RmsNormKernel<<<static_cast<unsigned>(p.rows), threads, 0, LaunchStream()>>>(p);
   return LaunchStatus(op);
+}
+
+}  // namespace
+
+absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
+                     const core::TensorView& out) {
+  const char* op = "cuda::RmsNorm";
+  RmsNormParams p{};
+  if (absl::Status s = RmsNormSetup(op, x, weight, eps, out, &p); !s.ok()) return s;
+  return LaunchRmsNorm(op, p);
+}
+
+absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weight, float eps,
+                         const core::TensorView& cos, const core::TensorView& sin, int64_t heads,
+                         const core::TensorView& out) {
+  const char* op = "cuda::RmsNormRope";
+  RmsNormParams p{};
+  if (absl::Status s = RmsNormSetup(op, x, weight, eps, out, &p); !s.ok()) return s;
+  if (absl::Status s = CheckArg(heads >= 1 && p.rows % heads == 0 && out.is_contiguous(), op,
+                                "heads >= 1 must divide the rows, out contiguous");
+      !s.ok()) {
+    return s;
+  }
+  const core::TensorView rotated = out.Reshape({p.rows / heads, heads, p.dim});
+  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s =
+          CheckArg(cos.rank == 2 && cos.shape[0] == p.rows / heads && 2 * cos.shape[1] <= p.dim &&
+                       sin.SameShape({cos.shape[0], cos.shape[1]}),
+                   op, "cos, sin must be [rows / heads, rope_dim / 2], rope_dim <= D");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t half = cos.shape[1];
+  if (!p.vec || (p.dim - 2 * half) % 8 != 0) {
+    if (absl::Status s = LaunchRmsNorm(op, p); !s.ok()) return s;
+    return ApplyRope(rotated, cos, sin, /*inverse=*/false);
+  }
+  p.cos = cos.data_as<float>();
+  p.sin = sin.data_as<float>();
+  p.heads = heads;
+  p.half = half;
+  return LaunchRmsNorm(op, p);
 }
 
 namespace {

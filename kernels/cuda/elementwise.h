@@ -33,6 +33,16 @@ absl::Status RopeTableAt(const core::TensorView& inv_freq, const core::TensorVie
 absl::Status RopeTableAt(const core::TensorView& inv_freq, absl::Span<const int32_t> positions,
                          const core::TensorView& cos, const core::TensorView& sin);
 
+// RmsNorm(x, weight, eps, out) and then ApplyRope(out as [R / heads, heads, D], cos, sin,
+// inverse = false) in one launch: the rows r·heads .. r·heads + heads - 1 of x, out ([R, D] as
+// RmsNorm takes them; out contiguous) rotate their trailing rope_dim channels by row r of cos,
+// sin ([R / heads, rope_dim / 2] f32). The same bits as the two calls (the normalised values are
+// rounded to out's dtype before the rotation); rows that do not allow 8-wide access, or a rope
+// part that does not start at a multiple of 8, take the two launches.
+absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weight, float eps,
+                         const core::TensorView& cos, const core::TensorView& sin, int64_t heads,
+                         const core::TensorView& out);
+
 // In-place interleaved RoPE on the trailing 2·cos.size(1) channels of every head (spec §3.2).
 // x: [M, heads, head_dim] bf16|f32 with a contiguous last dim; cos, sin: [M, rope_dim / 2] f32
 // contiguous. inverse: conjugate rotation (the output de-rotation).

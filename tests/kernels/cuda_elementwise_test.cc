@@ -1,6 +1,7 @@
 // CUDA RMSNorm, RoPE tables (YaRN), RoPE rotation and clamped SwiGLU against the CPU references on
 // the same bf16-rounded inputs, odd sizes (gpu label; skips without a device).
 #include <cmath>
+#include <cstring>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/elementwise.h"
@@ -97,6 +98,36 @@ TEST(CudaElementwise, RopeRotationBf16StridedHeadsAndInverse) {
     EXPECT_TRUE(testing::CloseAndReport(inverse ? "rope bf16 inverse" : "rope bf16",
                                         testing::ToHost(dx.view()).view(), want.view(), kBf16Out));
   }
+}
+
+// RmsNormRope against RmsNorm then ApplyRope, bit for bit: a decode step's query heads
+// (bf16 [17, 16, 512], unweighted, 64 rotated channels), its K=V row (a strided column slice of a
+// wider bf16 GEMM output, f32 weight) and shapes that take the two launches (a rope part
+// starting off a multiple of 8; D = 333, no 8-wide access).
+void CheckRmsNormRope(int64_t tokens, int64_t heads, int64_t dim, int64_t half, int64_t ld,
+                      bool weighted, uint64_t seed) {
+  const Tensor x = testing::ToDevice(RandomNormal({tokens * heads, ld}, seed, 3.0f), DType::kBF16);
+  const core::TensorView rows = x.view().Slice(1, ld - dim, ld);  // [tokens·heads, dim] row view
+  const Tensor weight = testing::ToDevice(RandomNormal({dim}, seed + 1, 1.0f), DType::kF32);
+  const Tensor cos = testing::ToDevice(RandomNormal({tokens, half}, seed + 2, 1.0f), DType::kF32);
+  const Tensor sin = testing::ToDevice(RandomNormal({tokens, half}, seed + 3, 1.0f), DType::kF32);
+  const core::TensorView w = weighted ? weight.view() : core::TensorView();
+  const Tensor want = Tensor::Empty(DType::kBF16, {tokens, heads, dim}, DeviceAllocator());
+  const Tensor got = Tensor::Empty(DType::kBF16, {tokens, heads, dim}, DeviceAllocator());
+  ASSERT_TRUE(RmsNorm(rows, w, 1e-6f, want.view()).ok());
+  ASSERT_TRUE(ApplyRope(want.view(), cos.view(), sin.view(), /*inverse=*/false).ok());
+  ASSERT_TRUE(RmsNormRope(rows, w, 1e-6f, cos.view(), sin.view(), heads, got.view()).ok());
+  const Tensor a = testing::ToHost(got.view()), b = testing::ToHost(want.view());
+  EXPECT_EQ(std::memcmp(a.data<float>(), b.data<float>(), sizeof(float) * a.numel()), 0)
+      << "tokens " << tokens << " heads " << heads << " dim " << dim << " half " << half;
+}
+
+TEST(CudaElementwise, RmsNormRopeEqualsRmsNormThenRope) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckRmsNormRope(17, 16, 512, 32, 512, /*weighted=*/false, 1);  // query heads
+  CheckRmsNormRope(17, 1, 512, 32, 1536, /*weighted=*/true, 2);   // K=V row of a fused GEMM
+  CheckRmsNormRope(5, 3, 96, 14, 96, /*weighted=*/true, 3);       // rope from column 68
+  CheckRmsNormRope(4, 2, 333, 16, 333, /*weighted=*/true, 4);     // no 8-wide rows
 }
 
 TEST(CudaElementwise, SwiGluClampBf16) {
