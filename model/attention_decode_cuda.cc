@@ -111,7 +111,6 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
   }
   V4RL_RETURN_IF_ERROR(kc::CompressPoolEntries(work_kv.view(), work_score.view(), ratio, overlap,
                                                pool, entries.view()));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
   const int64_t half = m.config.rope_head_dim / 2;
   std::vector<int32_t> entry_positions;  // entry w sits at position w · ratio
   entry_positions.reserve(total_entries);
@@ -124,8 +123,8 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
   const Tensor dsin = Dev(DType::kF32, {total_entries, half});
   V4RL_RETURN_IF_ERROR(
       kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions, dcos.view(), dsin.view()));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({total_entries, 1, entry_dim}),
-                                     dcos.view(), dsin.view(), /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(kc::RmsNormRope(entries.view(), w.norm.view(), m.eps(), dcos.view(),
+                                       dsin.view(), 1, entries.view()));
   V4RL_RETURN_IF_ERROR(indexer ? m.IndexerFp4(entries.view()) : m.KvQat(entries.view()));
   copies.clear();
   for (const Job& job : jobs) {

@@ -33,14 +33,13 @@ absl::Status CompressAppendOnDevice(CudaModel::Impl& m, const DecodeStepState& s
   V4RL_RETURN_IF_ERROR(kc::DecodeCompressAppend(table, indexer, st.positions.view(), rows.kv.view(),
                                                 rows.score.view(), ratio, overlap, entries.view(),
                                                 entry_positions.view()));
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(entries.view(), w.norm.view(), m.eps(), entries.view()));
   const int64_t half = m.config.rope_head_dim / 2;
   const Tensor cos = Dev(DType::kF32, {n, half});
   const Tensor sin = Dev(DType::kF32, {n, half});
   V4RL_RETURN_IF_ERROR(kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions.view(),
                                        cos.view(), sin.view()));
-  V4RL_RETURN_IF_ERROR(kc::ApplyRope(entries.view().Reshape({n, 1, dim}), cos.view(), sin.view(),
-                                     /*inverse=*/false));
+  V4RL_RETURN_IF_ERROR(kc::RmsNormRope(entries.view(), w.norm.view(), m.eps(), cos.view(),
+                                       sin.view(), 1, entries.view()));
   V4RL_RETURN_IF_ERROR(indexer ? m.IndexerFp4(entries.view()) : m.KvQat(entries.view()));
   return kc::DecodeCompressCommit(table, indexer, st.positions.view(), entries.view(), ratio);
 }
