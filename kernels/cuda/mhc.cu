@@ -187,18 +187,18 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
     // The fused RMSNorm: RmsNormKernel's arithmetic on the collapse as it would be stored (its
     // 8-wide partition of the row over the block, so with 256 threads the same bits); the
     // second pass recomputes the collapse (the streams are in cache) instead of keeping it.
-    float sum_sq = 0.0f;
+    float collapse_sq = 0.0f;
     for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
       float sum[8];
       collapse8(h, sum);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         const float v = p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(sum[k])) : sum[k];
-        sum_sq += v * v;
+        collapse_sq += v * v;
       }
     }
-    const float inv =
-        1.0f / sqrtf(BlockSum(sum_sq, scratch) / static_cast<float>(p.hidden) + p.norm_eps);
+    const float collapse_inv =
+        1.0f / sqrtf(BlockSum(collapse_sq, scratch) / static_cast<float>(p.hidden) + p.norm_eps);
     for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
       float sum[8], w[8];
       collapse8(h, sum);
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         const float v = p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(sum[k])) : sum[k];
-        sum[k] = v * inv * w[k];
+        sum[k] = v * collapse_inv * w[k];
       }
       Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
     }
