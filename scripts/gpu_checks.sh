@@ -22,8 +22,9 @@
 #        ab      (not in the default STEPS) the same v4rl-only timings of BUNDLE and of BASELINE
 #                (another bundle carried in the same call, e.g. one packed from the parent commit
 #                with BUNDLE_DIR=device_bundle_base scripts/device_bundle.sh): bf16 training steps
-#                at 4,096 tokens, prefill at 4K/16K and decode at batch 1/64/256, BASELINE first
-#                                                                             -> ab.txt
+#                at 4,096 tokens, prefill at 4K/16K and decode at batch 1/64/256, BASELINE first;
+#                AB_ROUNDS=N alternates the two N times (calls differ by 1-2%: compare within
+#                one), AB_DECODE_ONLY=1 skips the training steps              -> ab.txt
 # Env: BUNDLE (device_bundle), BASELINE (for ab), LIMIT_S (per step, 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -110,12 +111,16 @@ if wants kernels; then
 fi
 if wants ab; then
   [[ -x "${BASELINE:-}/env.sh" ]] || { echo "ab: set BASELINE to a second carried bundle"; exit 2; }
-  for side in "$BASELINE" "$bundle"; do
-    echo "== $side"
-    timeout "$limit" "$side/env.sh" cuda_train_bench configs/models/mid.json - 4096 1 3 bf16 \
-      2>&1 | grep '"train"'
-    timeout "$limit" "$side/env.sh" cuda_decode_bench configs/models/mid.json - 4096,16384 \
-      1,64,256 8192 4096 16 2>/dev/null | grep -E '"prefill"|"decode"|"decode_no_graphs"'
+  for round in $(seq "${AB_ROUNDS:-1}"); do
+    for side in "$BASELINE" "$bundle"; do
+      echo "== $side (round $round)"
+      if [[ -z "${AB_DECODE_ONLY:-}" ]]; then
+        timeout "$limit" "$side/env.sh" cuda_train_bench configs/models/mid.json - 4096 1 3 bf16 \
+          2>&1 | grep '"train"'
+      fi
+      timeout "$limit" "$side/env.sh" cuda_decode_bench configs/models/mid.json - 4096,16384 \
+        1,64,256 8192 4096 16 2>/dev/null | grep -E '"prefill"|"decode"|"decode_no_graphs"'
+    done
   done > "$out/ab.txt"
   echo "== ab (baseline first)"
   cat "$out/ab.txt"
