@@ -1,10 +1,11 @@
 // The decode step's routed-expert GEMMs at the "mid" config's shapes (32 experts of 1024, hidden
 // 2048, 6 picks a token): GroupedGemmDeviceOffsets (kernels/cuda/grouped_gemm.h) with each tile
-// against cuBLASLt per expert (GroupedGemm in gemm.h, host offsets: the baseline) in the same
-// run, for decode batches of B tokens with random distinct picks. One JSON line per (batch, GEMM,
-// kernel): {"batch", "gemm", "kernel", "us", "gb_per_s", "of_copy", "vs_cublas"}; bytes = the
-// weights of the experts that got rows + the activations read and written; of_copy = that
-// bandwidth over the device-to-device copy bandwidth measured first.
+// (16x64, 64x128, the Hopper TMA + wgmma kernel, and kAuto's pick) against cuBLASLt per expert
+// (GroupedGemm in gemm.h, host offsets: the baseline) in the same run, for decode batches of B
+// tokens with random distinct picks. One JSON line per (batch, GEMM, kernel): {"batch", "gemm",
+// "kernel", "us", "gb_per_s", "of_copy", "vs_cublas"}; bytes = the weights of the experts that
+// got rows + the activations read and written; of_copy = that bandwidth over the
+// device-to-device copy bandwidth measured first.
 //
 //   cuda_moe_gemm_bench [BATCHES=1,64,256] [ITERS=50]
 #include <algorithm>
@@ -108,6 +109,7 @@ int Main(int argc, char** argv) {
       for (const auto& [tile, name] :
            {std::pair{kc::GroupedGemmTile::kSmall16x64, "device offsets 16x64"},
             std::pair{kc::GroupedGemmTile::kWide64x128, "device offsets 64x128"},
+            std::pair{kc::GroupedGemmTile::kWgmma, "device offsets wgmma"},
             std::pair{kc::GroupedGemmTile::kAuto, "device offsets auto"}}) {
         report(name, 1e3 * TimeMs(iters, [&] {
                        Check(kc::GroupedGemmDeviceOffsets(g.in.view(), next_w(), d_offsets.view(),

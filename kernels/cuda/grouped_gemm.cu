@@ -5,6 +5,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/grouped_gemm_wgmma.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -224,8 +225,11 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
   p.vec = k % 8 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
           reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
   if (tile == GroupedGemmTile::kAuto) {
-    tile = rows <= 16 * experts ? GroupedGemmTile::kSmall16x64 : GroupedGemmTile::kWide64x128;
+    tile = GroupedGemmWgmmaApplies(x, w) ? GroupedGemmTile::kWgmma
+           : rows <= 16 * experts        ? GroupedGemmTile::kSmall16x64
+                                         : GroupedGemmTile::kWide64x128;
   }
+  if (tile == GroupedGemmTile::kWgmma) return GroupedGemmWgmma(x, w, offsets, out);
   return tile == GroupedGemmTile::kSmall16x64 ? Launch<SmallTile>(p, rows, op)
                                               : Launch<WideTile>(p, rows, op);
 }

@@ -6,9 +6,16 @@
 // real tiles return at once. Meant for the decode step's few rows per expert; the prefill keeps
 // cuBLASLt per expert (GroupedGemm in gemm.h), which is faster on hundreds of rows.
 // Tiles (rows of one expert x columns): 16x64 with six K tiles in flight for a few rows per expert
-// (batch-1 and small-batch decode), 64x128 with three; kAuto takes 16x64 when the rows average at
-// most 16 per expert, else 64x128 (bench/cuda_moe_gemm_bench.cc times both; on the H200 at the
-// mid shapes 16x64 is fastest up to batch 64, 64x128 at batch 256, and a 64x64 tile won nowhere).
+// (batch-1 and small-batch decode), 64x128 with three (bench/cuda_moe_gemm_bench.cc times them; on
+// the H200 at the mid shapes 16x64 is fastest up to batch 64, 64x128 at batch 256, and a 64x64
+// tile won nowhere). kWgmma is the Hopper kernel (grouped_gemm_wgmma.cu): TMA loads of 128 weight
+// rows x 64 K into a multi-stage ring, one producer warp, two wgmma consumer warpgroups with the
+// weights as the A operand and the expert's tokens (up to 128 a pass) as B. It needs K a positive
+// multiple of 64, N a multiple of 128, 16-byte aligned x and w and a compute capability 9.0
+// device; kAuto takes it wherever it applies, else 16x64 when the rows average at most 16 per
+// expert, else 64x128. On the H200 at the mid shapes it was the fastest at batches 1, 64 and 256
+// (bench/cuda_moe_gemm_bench.cc, batch 256: w1 41.8 µs = 3.44 TB/s, 0.83 of the copy bandwidth,
+// against 54.7 µs for 64x128; w2 44.0 against 59.8).
 // Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
 
@@ -17,11 +24,12 @@
 
 namespace v4rl::kernels::cuda {
 
-enum class GroupedGemmTile { kAuto, kSmall16x64, kWide64x128 };
+enum class GroupedGemmTile { kAuto, kSmall16x64, kWide64x128, kWgmma };
 
 // x: [R, K] bf16 contiguous; w: [E, N, K] bf16 contiguous, E <= 1024; offsets: [E + 1] i32
 // device, non-decreasing from 0 with offsets[E] <= R; out: [R, N] bf16|f32 contiguous. Rows from
-// offsets[E] on are left untouched. InvalidArgument on a mismatch.
+// offsets[E] on are left untouched. InvalidArgument on a mismatch, or for kWgmma where it does not
+// apply.
 absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::TensorView& w,
                                       const core::TensorView& offsets, const core::TensorView& out,
                                       GroupedGemmTile tile = GroupedGemmTile::kAuto);

@@ -3,19 +3,22 @@
 // gather, grouped expert GEMMs, clamped SwiGLU, weighted combine) against model::MoeForward on
 // bf16-rounded weights and inputs, both with the host plan + cuBLASLt per expert and with the
 // device plan + device-offset grouped GEMM; the device plan identical to the host plan; the
-// device grouped GEMM against cuBLASLt per expert (gpu label; skips without a device).
+// device grouped GEMM against cuBLASLt per expert, its Hopper kernel against the host reference
+// (gpu label; skips without a device).
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
-
+#include "core/thread_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/grouped_gemm_wgmma.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/plan/moe_dispatch.h"
 #include "kernels/plan/topk.h"
@@ -337,6 +340,89 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
                                     {.atol = bf16 ? 2e-2 : 1e-4, .rtol = bf16 ? 8e-3 : 1e-4}));
       }
     }
+  }
+}
+
+// The Hopper kernel (GroupedGemmTile::kWgmma) against the host reference at the mid config's
+// expert shapes (gate/up: N 1024, K 2048, bf16 out; down: N 2048, K 1024, f32 out; each also in
+// the other dtype), on uneven experts: 0 rows, 1, 3, 16 (one whole box), 47, 64, 65 (a fifth box),
+// 129 and 200 (a second pass over K of 1 and 72 tokens). Rows from offsets[E] on hold a sentinel
+// that must survive; without such rows the last expert's boxes read past R (TMA's zero fill).
+// kAuto must pick the same kernel (identical bits). Skips where the kernel does not apply (a
+// device other than compute capability 9.0).
+TEST(CudaMoe, GroupedGemmWgmmaMatchesHostReference) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 16, 129, 3};
+  const int64_t experts = static_cast<int64_t>(counts.size());
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const int64_t picks = offsets.back();
+  Tensor host_offsets = Tensor::Empty(DType::kI32, {experts + 1});
+  for (int64_t e = 0; e <= experts; ++e)
+    host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
+  const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
+  core::ThreadPool pool(8);
+  constexpr float kSentinel = -1024.0f;  // exact in bf16
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1024, 2048}, {2048, 1024}}) {
+    for (const int64_t spare : {int64_t{0}, int64_t{9}}) {
+      const int64_t rows = picks + spare;
+      const Tensor x = testing::RoundToBf16(RandomNormal({rows, k}, 61 + spare));
+      const Tensor w = testing::RoundToBf16(RandomNormal({experts, n, k}, 62 + n, 0.02f));
+      const Tensor dx = testing::ToDevice(x, DType::kBF16);
+      const Tensor dw = testing::ToDevice(w, DType::kBF16);
+      if (!GroupedGemmWgmmaApplies(dx.view(), dw.view())) {
+        GTEST_SKIP() << "the wgmma kernel needs a compute capability 9.0 device";
+      }
+      // Host reference: each expert's rows times its weights, f32.
+      Tensor want = Tensor::Empty(DType::kF32, {picks, n});
+      for (int64_t e = 0; e < experts; ++e) {
+        if (counts[e] == 0) continue;
+        cpu::LinearRef<float>(x.data<float>() + offsets[e] * k, k, w.data<float>() + e * n * k, k,
+                              want.data<float>() + offsets[e] * n, n, counts[e], n, k, &pool);
+      }
+      Tensor sentinel = Tensor::Empty(DType::kF32, {rows, n});
+      for (int64_t i = 0; i < rows * n; ++i) sentinel.data<float>()[i] = kSentinel;
+      for (const DType out_dtype : {DType::kBF16, DType::kF32}) {
+        const bool bf16 = out_dtype == DType::kBF16;
+        const std::string name = absl::StrFormat("wgmma grouped gemm n %d k %d spare %d %s", n, k,
+                                                 spare, bf16 ? "bf16" : "f32");
+        const Tensor got = testing::ToDevice(sentinel, out_dtype);
+        const absl::Status s = GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(),
+                                                        got.view(), GroupedGemmTile::kWgmma);
+        ASSERT_TRUE(s.ok()) << name << ": " << s;
+        const Tensor got_host = testing::ToHost(got.view());
+        EXPECT_TRUE(
+            testing::CloseAndReport(name, got_host.view().Slice(0, 0, picks), want.view(),
+                                    {.atol = bf16 ? 2e-2 : 5e-4, .rtol = bf16 ? 8e-3 : 5e-4}));
+        for (int64_t i = picks * n; i < rows * n; ++i) {
+          ASSERT_EQ(got_host.data<float>()[i], kSentinel) << name << ": row " << i / n;
+        }
+        const Tensor automatic = testing::ToDevice(sentinel, out_dtype);
+        ASSERT_TRUE(GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(),
+                                             automatic.view(), GroupedGemmTile::kAuto)
+                        .ok());
+        const Tensor automatic_host = testing::ToHost(automatic.view());
+        EXPECT_EQ(std::memcmp(automatic_host.data<float>(), got_host.data<float>(),
+                              sizeof(float) * rows * n),
+                  0)
+            << name << ": kAuto differs from kWgmma";
+      }
+    }
+  }
+}
+
+// kWgmma asked for shapes it cannot serve (K not a multiple of 64, N not a multiple of 128) is an
+// InvalidArgument, not a silent fallback.
+TEST(CudaMoe, GroupedGemmWgmmaRejectsUnservedShapes) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor offsets = testing::ToDevice(Tensor::Zeros(DType::kI32, {3}), DType::kI32);
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{128, 72}, {192, 64}}) {
+    const Tensor x = Tensor::Empty(DType::kBF16, {4, k}, DeviceAllocator());
+    const Tensor w = Tensor::Empty(DType::kBF16, {2, n, k}, DeviceAllocator());
+    const Tensor out = Tensor::Empty(DType::kF32, {4, n}, DeviceAllocator());
+    const absl::Status s = GroupedGemmDeviceOffsets(x.view(), w.view(), offsets.view(), out.view(),
+                                                    GroupedGemmTile::kWgmma);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   }
 }
 

@@ -1,0 +1,541 @@
+// Hopper (sm_90a) kernel behind GroupedGemmTile::kWgmma (grouped_gemm.h): out[r] = x[r] · w[e]ᵀ
+// for the rows r in [offsets[e], offsets[e + 1]) of every expert e, offsets on the device. At the
+// decode step the cost is streaming each used expert's [N, K] weights once, so the kernel is built
+// to keep HBM busy rather than the tensor cores:
+//  - swap AB: the weights are wgmma's A operand (M = 64 weight rows a consumer warpgroup, two
+//    warpgroups = 128 rows a block), the expert's tokens the B operand (n = its token count
+//    rounded up to 16, at most 128 a pass over K; an expert with more tokens takes more passes,
+//    each streaming the weight tile again);
+//  - warp specialisation: one producer thread issues TMA loads (cp.async.bulk.tensor, 128-byte
+//    swizzle) of the [128 rows x 64 K] weight tile and the pass's [16 tokens x 64 K] boxes into a
+//    ring of stages, each guarded by a full mbarrier (expect_tx bytes) and an empty one (one
+//    arrival per consumer warp); the consumers wait, issue four wgmma.m64nNk16 a stage, wait for
+//    them and release the stage;
+//  - grid (N / 128, E): one weight tile of one expert a block, blocks of empty experts return at
+//    once; 288 threads and ~111 KB of shared memory, so two blocks share an SM and one streams
+//    while the other starts or drains;
+//  - the ring's stage count follows the expert's largest pass (kernels/plan/grouped_gemm_wgmma.h:
+//    6 stages of 18 KB for <= 16 tokens, 5 of 22 KB for <= 48, 4 of 24 KB for <= 64, 3 of 32 KB
+//    for > 96);
+//  - epilogue: each thread stores its f32 accumulators straight to out, transposed (accumulator
+//    rows are weight rows = output columns), tokens past the pass's end skipped, so rows outside
+//    [offsets[e], offsets[e + 1]) are never written. x rows past the expert's end that the token
+//    boxes read (other experts' rows, or zeros past R: TMA fills out-of-bounds with zeros) only
+//    reach those skipped columns.
+// The layout arithmetic (ring offsets, descriptors, fragment rows and columns) lives in
+// kernels/plan/grouped_gemm_wgmma.h, which tests/kernels/wgmma_layout_test.cc replays on the CPU
+// against the PTX ISA's layouts.
+// ptxas (CUDA 13.0, sm_90a): 96 registers, no spills, 1 KB static + 111 KB dynamic shared memory;
+// Nsight Compute on the H200 at batch 256 (w1): two blocks an SM (registers and shared memory
+// both allow 2), 3.5 TB/s from DRAM (73% of its peak), 40.9 µs.
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/grouped_gemm_wgmma.h"
+#include "kernels/plan/grouped_gemm_wgmma.h"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define V4RL_WGMMA_DEVICE 1  // wgmma is sm_90a-only; other targets get a trapping stub
+#endif
+
+namespace v4rl::kernels::cuda {
+namespace {
+
+constexpr int kConsumerThreads = 256;                  // two warpgroups
+constexpr int kConsumerWarps = kConsumerThreads / 32;  // arrivals that empty a stage
+constexpr int kThreads = kConsumerThreads + 32;        // + the producer warp
+constexpr int kSharedBytes = plan::kWgmmaRingBytes + plan::kWgmmaSwizzleBytes;  // + alignment
+constexpr int kKSteps = plan::kWgmmaBlockK / plan::kWgmmaInstrK;                // 4 wgmma a stage
+constexpr int kKStepBytes = plan::kWgmmaInstrK * 2;                             // 32
+
+struct WgmmaParams {
+  const int32_t* offsets;  // [E + 1] i32 device
+  void* out;               // [R, N] bf16|f32
+  int rows, n, k;          // R, N, K
+  bool out_bf16;
+};
+
+#if V4RL_WGMMA_DEVICE
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void BarrierInit(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void BarrierArriveExpectTx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// Waits for the completion of the barrier's phase of parity `parity` (a fresh barrier counts its
+// phase before the first as complete: the producer's first pass over the ring waits parity 1).
+__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+
+__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                          int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                          int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaWaitAll() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// Pins the accumulators at this point of the instruction stream: the compiler sees the wgmma asm
+// write them at issue, so without this it could move their zeroing past the fence or a read of
+// them before the wait.
+template <int kRegs>
+__device__ __forceinline__ void FenceAccumulators(float (&d)[kRegs]) {
+#pragma unroll
+  for (int i = 0; i < kRegs; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D[64 x kN] += A[64 x 16] · B[16 x kN] (A: 64 weight rows, B: kN tokens, both K-major bf16 in
+// shared memory through descriptors), f32 D in kN / 2 registers a thread. Scale-d is 1 (add to
+// D), A and B neither negated nor transposed.
+template <int kN>
+struct Wgmma;
+
+template <>
+struct Wgmma<16> {
+  static __device__ __forceinline__ void Mma(float (&d)[8], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<32> {
+  static __device__ __forceinline__ void Mma(float (&d)[16], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, "
+        "1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<48> {
+  static __device__ __forceinline__ void Mma(float (&d)[24], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23}, %24, %25, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<64> {
+  static __device__ __forceinline__ void Mma(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, "
+        "0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<80> {
+  static __device__ __forceinline__ void Mma(float (&d)[40], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
+        "%37, %38, %39}, %40, %41, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<96> {
+  static __device__ __forceinline__ void Mma(float (&d)[48], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
+        "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<112> {
+  static __device__ __forceinline__ void Mma(float (&d)[56], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %58, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n112k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
+        "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, "
+        "%55}, %56, %57, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<128> {
+  static __device__ __forceinline__ void Mma(float (&d)[64], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
+        "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, "
+        "%55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+          "+f"(d[63])
+        : "l"(a), "l"(b), "r"(1));
+  }
+};
+
+// The consumers' side of one pass over K for kN tokens (kN = the pass's boxes x 16): every stage
+// of the ring in turn, then the epilogue. `stage` and `phase` carry the ring position across
+// passes.
+template <int kN>
+__device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::WgmmaRing& ring,
+                                            uint32_t ring_base, uint32_t full, uint32_t empty,
+                                            int group, int thread, int col0, int pass_row0,
+                                            int pass_tokens, int& stage, uint32_t& phase) {
+  float acc[kN / 2];
+#pragma unroll
+  for (int i = 0; i < kN / 2; ++i) acc[i] = 0.0f;
+  const int num_k = p.k / plan::kWgmmaBlockK;
+  for (int kt = 0; kt < num_k; ++kt) {
+    BarrierWait(full + 8 * stage, phase);
+    const uint32_t a = ring_base + plan::WgmmaWeightOffset(ring, stage, group);
+    const uint32_t b = ring_base + plan::WgmmaTokenOffset(ring, stage, 0);
+    FenceAccumulators(acc);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      Wgmma<kN>::Mma(acc, plan::WgmmaDescriptorK128(a + kk * kKStepBytes),
+                     plan::WgmmaDescriptorK128(b + kk * kKStepBytes));
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    FenceAccumulators(acc);
+    if (thread % 32 == 0) BarrierArrive(empty + 8 * stage);  // this warp is done with the stage
+    if (++stage == ring.stages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+  // Accumulator row m = weight row col0 + 64 group + m = output column; column t = token.
+  const int64_t col = col0 + group * (plan::kWgmmaBlockRows / 2);
+#pragma unroll
+  for (int i = 0; i < kN / 2; ++i) {
+    const int t = plan::WgmmaAccumulatorCol(thread, i);
+    if (t < pass_tokens) {
+      StoreF(p.out, p.out_bf16,
+             static_cast<int64_t>(pass_row0 + t) * p.n + col + plan::WgmmaAccumulatorRow(thread, i),
+             acc[i]);
+    }
+  }
+}
+
+#endif  // V4RL_WGMMA_DEVICE
+
+// Block (blockIdx.x, blockIdx.y) computes out[rows of expert blockIdx.y, 128 columns from
+// 128 blockIdx.x]. Threads 0..255: the two consumer warpgroups; 256: the producer; 257..287 idle
+// (the producer warp keeps the block's thread count a whole number of warps).
+__global__ void __launch_bounds__(kThreads, 2)
+    GroupedGemmWgmmaKernel(const __grid_constant__ CUtensorMap w_map,
+                           const __grid_constant__ CUtensorMap x_map, const WgmmaParams p) {
+#if V4RL_WGMMA_DEVICE
+  __shared__ __align__(8) uint64_t full_barriers[plan::kWgmmaMaxStages];
+  __shared__ __align__(8) uint64_t empty_barriers[plan::kWgmmaMaxStages];
+  extern __shared__ __align__(1024) unsigned char wgmma_ring[];
+  const int expert = static_cast<int>(blockIdx.y);
+  const int row_begin = p.offsets[expert];
+  const int row_end = min(p.offsets[expert + 1], p.rows);
+  const int tokens = row_end - row_begin;
+  if (tokens <= 0) return;  // the whole block: an empty expert
+  const plan::WgmmaRing ring = plan::WgmmaRingFor(tokens);
+  const int passes = (tokens + plan::kWgmmaMaxPassTokens - 1) / plan::kWgmmaMaxPassTokens;
+  const int col0 = static_cast<int>(blockIdx.x) * plan::kWgmmaBlockRows;
+  // The ring on a 1024-byte boundary (the swizzle's period; kSharedBytes has the slack).
+  const uint32_t ring_base = (SharedAddress(wgmma_ring) + plan::kWgmmaSwizzleBytes - 1) &
+                             ~static_cast<uint32_t>(plan::kWgmmaSwizzleBytes - 1);
+  const uint32_t full = SharedAddress(full_barriers), empty = SharedAddress(empty_barriers);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < ring.stages; ++s) {
+      BarrierInit(full + 8 * s, 1);  // the producer's arrive.expect_tx; TMA completes the bytes
+      BarrierInit(empty + 8 * s, kConsumerWarps);
+    }
+    // The initialised barriers visible to the other threads and to the async proxy (TMA).
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= kConsumerThreads) {
+    // Producer: per pass, per K tile, wait for the stage to be empty, announce its bytes, load.
+    if (threadIdx.x == kConsumerThreads) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w_map))
+                   : "memory");
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x_map))
+                   : "memory");
+      const int num_k = p.k / plan::kWgmmaBlockK;
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int pass = 0; pass < passes; ++pass) {
+        const int pass_row0 = row_begin + pass * plan::kWgmmaMaxPassTokens;
+        const int pass_tokens = min(plan::kWgmmaMaxPassTokens, row_end - pass_row0);
+        const int boxes = (pass_tokens + plan::kWgmmaTokenBox - 1) / plan::kWgmmaTokenBox;
+        const int bytes = plan::kWgmmaWeightTileBytes + boxes * plan::kWgmmaTokenBoxBytes;
+        for (int kt = 0; kt < num_k; ++kt) {
+          BarrierWait(empty + 8 * stage, phase ^ 1);
+          const uint32_t bar = full + 8 * stage;
+          BarrierArriveExpectTx(bar, bytes);
+          const int k0 = kt * plan::kWgmmaBlockK;
+          TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 0), &w_map, bar, k0, col0,
+                    expert);
+          for (int box = 0; box < boxes; ++box) {
+            TmaLoad2d(ring_base + plan::WgmmaTokenOffset(ring, stage, box), &x_map, bar, k0,
+                      pass_row0 + box * plan::kWgmmaTokenBox);
+          }
+          if (++stage == ring.stages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  // Consumers: warpgroup `group` owns weight rows [64 group, 64 group + 64) of the tile.
+  const int group = static_cast<int>(threadIdx.x) / 128,
+            thread = static_cast<int>(threadIdx.x) % 128;
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    const int pass_row0 = row_begin + pass * plan::kWgmmaMaxPassTokens;
+    const int pass_tokens = min(plan::kWgmmaMaxPassTokens, row_end - pass_row0);
+    const int boxes = (pass_tokens + plan::kWgmmaTokenBox - 1) / plan::kWgmmaTokenBox;
+#define V4RL_WGMMA_PASS(kBoxes)                                                                \
+  case kBoxes:                                                                                 \
+    ConsumePass<kBoxes * plan::kWgmmaTokenBox>(p, ring, ring_base, full, empty, group, thread, \
+                                               col0, pass_row0, pass_tokens, stage, phase);    \
+    break;
+    switch (boxes) {
+      V4RL_WGMMA_PASS(1)
+      V4RL_WGMMA_PASS(2)
+      V4RL_WGMMA_PASS(3)
+      V4RL_WGMMA_PASS(4)
+      V4RL_WGMMA_PASS(5)
+      V4RL_WGMMA_PASS(6)
+      V4RL_WGMMA_PASS(7)
+      V4RL_WGMMA_PASS(8)
+    }
+#undef V4RL_WGMMA_PASS
+  }
+#else
+  __trap();  // launched only on compute capability 9.0 devices, which run the sm_90a code
+#endif
+}
+
+using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
+
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no -lcuda); nullptr if missing.
+EncodeTiledFn LookUpEncodeTiled() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                       &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    (void)cudaGetLastError();  // not a launch error of ours
+    return nullptr;
+  }
+  return reinterpret_cast<EncodeTiledFn>(fn);
+}
+
+// A bf16 tensor map of `rank` dims (innermost first) with the 128-byte swizzle.
+absl::Status EncodeBf16Map(const char* op, const char* name, CUtensorMap* map, const void* data,
+                           int rank, const cuuint64_t* dims, const cuuint64_t* strides,
+                           const cuuint32_t* box) {
+  static const EncodeTiledFn encode = LookUpEncodeTiled();
+  if (encode == nullptr) {
+    return absl::InternalError(
+        absl::StrFormat("%s: the driver has no cuTensorMapEncodeTiled (CUDA 12.0+)", op));
+  }
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult result =
+      encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
+             const_cast<void*>(data), dims, strides, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) {
+    return absl::InternalError(
+        absl::StrFormat("%s: cuTensorMapEncodeTiled(%s) failed with CUresult %d", op, name,
+                        static_cast<int>(result)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& w) {
+  const int64_t n = w.shape[1], k = w.shape[2];
+  if (k < plan::kWgmmaBlockK || k % plan::kWgmmaBlockK != 0 || n % plan::kWgmmaBlockRows != 0 ||
+      reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(w.data) % 16 != 0) {
+    return false;
+  }
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;  // the sm_90a code runs on compute capability 9.0 only
+}
+
+absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
+                              const core::TensorView& offsets, const core::TensorView& out) {
+  const char* op = "cuda::GroupedGemmDeviceOffsets (wgmma)";
+  if (!GroupedGemmWgmmaApplies(x, w)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: needs K a positive multiple of 64 (got %d), N a multiple of 128 (got %d), 16-byte "
+        "aligned x and w, and a compute capability 9.0 device",
+        op, w.shape[2], w.shape[1]));
+  }
+  const int64_t rows = x.shape[0], experts = w.shape[0], n = w.shape[1], k = w.shape[2];
+  CUtensorMap w_map, x_map;
+  // w [E, N, K]: dims (K, N, E), boxes of 64 K x 128 rows x 1 expert.
+  const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(n),
+                                static_cast<cuuint64_t>(experts)};
+  const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(2 * k),
+                                   static_cast<cuuint64_t>(2 * k * n)};
+  const cuuint32_t w_box[3] = {plan::kWgmmaBlockK, plan::kWgmmaBlockRows, 1};
+  // x [R, K]: dims (K, R), boxes of 64 K x 16 rows.
+  const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t x_strides[1] = {static_cast<cuuint64_t>(2 * k)};
+  const cuuint32_t x_box[2] = {plan::kWgmmaBlockK, plan::kWgmmaTokenBox};
+  for (absl::Status s : {EncodeBf16Map(op, "w", &w_map, w.data, 3, w_dims, w_strides, w_box),
+                         EncodeBf16Map(op, "x", &x_map, x.data, 2, x_dims, x_strides, x_box)}) {
+    if (!s.ok()) return s;
+  }
+  static const cudaError_t configured = [] {
+    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
+    if (e == cudaSuccess) {
+      // Two blocks of ~112 KB an SM need the largest shared-memory carveout.
+      e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel,
+                               cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+    }
+    return e;
+  }();
+  if (configured != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
+                                               kSharedBytes, cudaGetErrorString(configured)));
+  }
+  WgmmaParams p{};
+  p.offsets = offsets.data_as<int32_t>();
+  p.out = out.data;
+  p.rows = static_cast<int>(rows);
+  p.n = static_cast<int>(n);
+  p.k = static_cast<int>(k);
+  p.out_bf16 = IsBf16(out);
+  const dim3 grid(static_cast<unsigned>(n / plan::kWgmmaBlockRows), static_cast<unsigned>(experts));
+  GroupedGemmWgmmaKernel<<<grid, kThreads, kSharedBytes, LaunchStream()>>>(w_map, x_map, p);
+  return LaunchStatus(op);
+}
+
+}  // namespace v4rl::kernels::cuda

@@ -1,0 +1,25 @@
+// The sm_90a TMA + wgmma grouped GEMM behind GroupedGemmTile::kWgmma (grouped_gemm.h; the kernel
+// and its design are in grouped_gemm_wgmma.cu). Internal to kernels/cuda/: GroupedGemmDeviceOffsets
+// validates the views (dtypes, ranks, shapes, contiguity) and then calls these.
+// Thread-safety: reentrant; the launch stream (stream.h).
+#pragma once
+
+#include "absl/status/status.h"
+#include "core/tensor.h"
+
+namespace v4rl::kernels::cuda {
+
+// Whether the kernel serves x [R, K] and w [E, N, K] (both bf16, already validated): K a positive
+// multiple of 64, N a multiple of 128, 16-byte aligned data, and the current device of compute
+// capability 9.0 (the only one that runs sm_90a code).
+bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& w);
+
+// out[r] = x[r] · w[e]ᵀ for r in [offsets[e], offsets[e + 1]) (views as GroupedGemmDeviceOffsets
+// takes them); rows from offsets[E] on are left untouched. Builds the two TMA tensor maps from
+// the views on the host (no allocation, nothing read from the device: graph-capturable).
+// InvalidArgument where GroupedGemmWgmmaApplies is false; Internal if the driver has no tensor-map
+// encoder or rejects the maps.
+absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
+                              const core::TensorView& offsets, const core::TensorView& out);
+
+}  // namespace v4rl::kernels::cuda

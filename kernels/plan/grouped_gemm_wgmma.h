@@ -1,0 +1,89 @@
+// Layout arithmetic of the Hopper grouped GEMM (kernels/cuda/grouped_gemm_wgmma.cu), shared by the
+// kernel and its host test (tests/kernels/wgmma_layout_test.cc, which replays it on the CPU
+// against the layouts the PTX ISA documents for TMA's 128-byte swizzle and wgmma.mma_async):
+//  - the shared-memory ring: each stage holds a [128 weight rows x 64 K] bf16 tile (16 KB), then
+//    the tokens' [16 rows x 64 K] boxes (2 KB each), every row 128 bytes written by TMA with the
+//    128-byte swizzle, every tile and box on a 1024-byte boundary (the swizzle's period, so the
+//    descriptors' base offset is 0);
+//  - the wgmma shared-memory descriptor of such a K-major operand;
+//  - the f32 accumulator fragment of wgmma.m64nNk16: the (row, column) each register holds.
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/plan/host_device.h"
+
+namespace v4rl::kernels::plan {
+
+// Weight rows (output columns) of a block: two consumer warpgroups of wgmma's M = 64.
+inline constexpr int kWgmmaBlockRows = 128;
+// K of a stage: 64 bf16 = 128 bytes, one row of the 128-byte swizzle.
+inline constexpr int kWgmmaBlockK = 64;
+inline constexpr int kWgmmaRowBytes = 128;
+// K of one wgmma.m64nNk16 (bf16): 32 bytes of a 128-byte row.
+inline constexpr int kWgmmaInstrK = 16;
+// Token rows of one TMA box; the wgmma n of a pass is the pass's boxes x 16.
+inline constexpr int kWgmmaTokenBox = 16;
+// Tokens of one pass over K: n <= 128 keeps the accumulators at 64 f32 registers a thread.
+inline constexpr int kWgmmaMaxPassTokens = 128;
+// Shared memory of the ring: two blocks an SM (2 x (110 KB + 1 KB alignment + 1 KB reserved)).
+inline constexpr int kWgmmaRingBytes = 110 * 1024;
+inline constexpr int kWgmmaMaxStages = 8;
+inline constexpr int kWgmmaWeightTileBytes = kWgmmaBlockRows * kWgmmaRowBytes;  // 16 KB
+inline constexpr int kWgmmaTokenBoxBytes = kWgmmaTokenBox * kWgmmaRowBytes;     // 2 KB
+// The 128-byte swizzle repeats every 8 rows of 128 bytes.
+inline constexpr int kWgmmaSwizzleBytes = 1024;
+
+// The ring of one block: the stage layout follows the largest pass of its expert (fewer tokens:
+// smaller stages, more of them in flight).
+struct WgmmaRing {
+  int token_boxes;  // boxes of the largest pass: ceil(min(tokens, 128) / 16)
+  int stage_bytes;  // weight tile + token_boxes boxes
+  int stages;       // as many as fit kWgmmaRingBytes, at most kWgmmaMaxStages
+};
+
+V4RL_HOST_DEVICE constexpr WgmmaRing WgmmaRingFor(int tokens) {
+  const int pass = tokens < kWgmmaMaxPassTokens ? tokens : kWgmmaMaxPassTokens;
+  const int boxes = (pass + kWgmmaTokenBox - 1) / kWgmmaTokenBox;
+  const int stage_bytes = kWgmmaWeightTileBytes + boxes * kWgmmaTokenBoxBytes;
+  const int fit = kWgmmaRingBytes / stage_bytes;
+  return {boxes, stage_bytes, fit < kWgmmaMaxStages ? fit : kWgmmaMaxStages};
+}
+
+// Byte offsets inside the ring: the weight rows of consumer warpgroup `group` (0 or 1) in stage
+// `stage`, and token box `box` of that stage.
+V4RL_HOST_DEVICE constexpr int WgmmaWeightOffset(const WgmmaRing& ring, int stage, int group) {
+  return stage * ring.stage_bytes + group * (kWgmmaBlockRows / 2) * kWgmmaRowBytes;
+}
+V4RL_HOST_DEVICE constexpr int WgmmaTokenOffset(const WgmmaRing& ring, int stage, int box) {
+  return stage * ring.stage_bytes + kWgmmaWeightTileBytes + box * kWgmmaTokenBoxBytes;
+}
+
+// The wgmma shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format") of a K-major
+// bf16 operand whose rows are 128 bytes (64 K values) with the 128-byte swizzle, starting at
+// shared address `address` (the operand's row 0 at K step kk of a stage: the tile's address,
+// 1024-byte aligned, plus 32 * kk; the swizzle is a function of the address bits, so moving the
+// start along the row selects the next 16 K values):
+//   bits  0-13  start address >> 4
+//   bits 16-29  leading-dimension byte offset >> 4: unused by swizzled K-major layouts ("assumed
+//               1"), set to 1
+//   bits 32-45  stride-dimension byte offset >> 4: 1024 bytes from one 8-row group to the next
+//   bits 49-51  base offset 0 (the swizzle pattern starts on a 1024-byte boundary)
+//   bits 62-63  swizzle mode 1: 128-byte swizzle
+V4RL_HOST_DEVICE constexpr uint64_t WgmmaDescriptorK128(uint32_t address) {
+  return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | (uint64_t{1} << 16) |
+         (static_cast<uint64_t>(kWgmmaSwizzleBytes >> 4) << 32) | (uint64_t{1} << 62);
+}
+
+// Accumulator register i (0 <= i < n / 2) of thread `thread` (0..127 in its warpgroup) of
+// wgmma.m64nNk16 with f32 D: warp w holds rows 16w..16w+15; a thread's registers come in fours,
+// one per 8 columns, {row r, col c}, {r, c + 1}, {r + 8, c}, {r + 8, c + 1}.
+V4RL_HOST_DEVICE constexpr int WgmmaAccumulatorRow(int thread, int i) {
+  return 16 * (thread / 32) + (thread % 32) / 4 + 8 * ((i / 2) % 2);
+}
+V4RL_HOST_DEVICE constexpr int WgmmaAccumulatorCol(int thread, int i) {
+  return 8 * (i / 4) + 2 * (thread % 4) + i % 2;
+}
+
+}  // namespace v4rl::kernels::plan

@@ -1,0 +1,232 @@
+// The layout arithmetic of the Hopper grouped GEMM (kernels/plan/grouped_gemm_wgmma.h) replayed on
+// the CPU against the layouts the PTX ISA documents, so that a wrong offset, descriptor field or
+// fragment index shows up without a GPU:
+//  - TMA with CU_TENSOR_MAP_SWIZZLE_128B writes byte b of a box row at its linear shared address
+//    with address bits [4, 7) XORed with bits [7, 10) (16-byte chunks permuted within each
+//    128-byte row by the row's index mod 8, the pattern repeating every 1024 bytes);
+//  - wgmma reads element (row, k) of a K-major operand with the 128-byte swizzle from the
+//    canonical layout ((8, m), (T, 2k)) : ((8T, SBO), (1, T)) in elements, T = 8 bf16 (16 bytes),
+//    starting at the descriptor's start address, then the same address swizzle; the descriptor's
+//    fields as the "Matrix Descriptor Format" table places them;
+//  - the f32 accumulator of wgmma.m64nNk16 holds, in thread t's register v, the element at
+//    (t, v) of the TV layout ((4, 8, 4), (2, 2, N / 8)) : ((128, 1, 16), (64, 8, 512)) of the
+//    64 x N column-major tile (the PTX ISA's figure of the D fragment, as CuTe encodes it).
+// The emulated kernel multiplies random bf16-valued matrices through those models, with the
+// producer's and consumers' loops as the kernel runs them (passes of at most 128 tokens, boxes of
+// 16, the ring's stages wrapping), and must equal the plain product exactly (small integers).
+#include <cstdint>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/plan/grouped_gemm_wgmma.h"
+
+namespace v4rl::kernels::plan {
+namespace {
+
+// Shared memory as bytes; bf16 values are stored as small integers in int16 (exact either way).
+using Smem = std::vector<uint8_t>;
+
+int SwizzledAddress(int linear) { return linear ^ (((linear >> 7) & 7) << 4); }
+
+// TMA: a box of `rows` rows of 64 values (128 bytes) to `dst`, rows past `valid_rows` zero.
+void TmaModel(Smem& smem, int dst, const std::vector<int16_t>& src, int64_t src_row0,
+              int64_t src_rows, int rows, int64_t ld, int64_t k0) {
+  for (int r = 0; r < rows; ++r) {
+    for (int k = 0; k < kWgmmaBlockK; ++k) {
+      const int64_t row = src_row0 + r;
+      const int16_t v = row < src_rows ? src[row * ld + k0 + k] : int16_t{0};
+      const int at = SwizzledAddress(dst + r * kWgmmaRowBytes + 2 * k);
+      std::memcpy(&smem[at], &v, 2);
+    }
+  }
+}
+
+struct Descriptor {
+  int start, lbo, sbo, base_offset, swizzle;
+};
+
+Descriptor Decode(uint64_t d) {
+  return {static_cast<int>(d & 0x3FFF) << 4, static_cast<int>((d >> 16) & 0x3FFF) << 4,
+          static_cast<int>((d >> 32) & 0x3FFF) << 4, static_cast<int>((d >> 49) & 0x7),
+          static_cast<int>(d >> 62)};
+}
+
+// wgmma: element (row, k), k < 16, of the K-major operand a descriptor names.
+int16_t WgmmaRead(const Smem& smem, uint64_t descriptor, int row, int k) {
+  const Descriptor d = Decode(descriptor);
+  EXPECT_EQ(d.swizzle, 1);  // 128-byte swizzle
+  EXPECT_EQ(d.base_offset, 0);
+  constexpr int kT = 8;  // bf16 values in 16 bytes
+  const int element = (row % 8) * 8 * kT + (k % kT) + (k / kT) * kT;
+  const int linear = d.start + 2 * element + (row / 8) * d.sbo;
+  int16_t v;
+  std::memcpy(&v, &smem[SwizzledAddress(linear)], 2);
+  return v;
+}
+
+// The D fragment as the PTX ISA's figure has it (CuTe's CLayout_64xN): thread t, register v ->
+// (row, col) of the 64 x n tile.
+void AccumulatorReference(int n, int t, int v, int* row, int* col) {
+  const int t0 = t % 4, t1 = (t / 4) % 8, t2 = t / 32;
+  const int v0 = v % 2, v1 = (v / 2) % 2, v2 = v / 4;
+  const int index = 128 * t0 + 1 * t1 + 16 * t2 + 64 * v0 + 8 * v1 + 512 * v2;
+  *row = index % 64;
+  *col = index / 64;
+  ASSERT_LT(*col, n);
+}
+
+TEST(WgmmaLayout, DescriptorFields) {
+  for (const uint32_t address : {0x0u, 0x400u, 0x8C00u, 0x1B000u + 3 * 32u}) {
+    const Descriptor d = Decode(WgmmaDescriptorK128(address));
+    EXPECT_EQ(d.start, static_cast<int>(address));
+    EXPECT_EQ(d.lbo, 16);  // "not used, assumed 1" for swizzled K-major
+    EXPECT_EQ(d.sbo, 1024);
+    EXPECT_EQ(d.base_offset, 0);
+    EXPECT_EQ(d.swizzle, 1);
+    // Bits the format reserves stay 0.
+    const uint64_t raw = WgmmaDescriptorK128(address);
+    EXPECT_EQ(raw & ((uint64_t{3} << 14) | (uint64_t{3} << 30) | (uint64_t{7} << 46) |
+                     (uint64_t{0x3FF} << 52)),
+              0u);
+  }
+}
+
+TEST(WgmmaLayout, RingFitsAndKeepsSwizzleAlignment) {
+  std::set<int> stage_counts;
+  for (int tokens = 1; tokens <= 300; ++tokens) {
+    const WgmmaRing ring = WgmmaRingFor(tokens);
+    const int pass = tokens < kWgmmaMaxPassTokens ? tokens : kWgmmaMaxPassTokens;
+    EXPECT_GE(ring.token_boxes * kWgmmaTokenBox, pass);
+    EXPECT_LT((ring.token_boxes - 1) * kWgmmaTokenBox, pass);
+    EXPECT_GE(ring.stages, 3) << tokens;
+    EXPECT_LE(ring.stages, kWgmmaMaxStages);
+    EXPECT_LE(ring.stages * ring.stage_bytes, kWgmmaRingBytes);
+    for (int s = 0; s < ring.stages; ++s) {
+      for (int g = 0; g < 2; ++g) EXPECT_EQ(WgmmaWeightOffset(ring, s, g) % kWgmmaSwizzleBytes, 0);
+      for (int b = 0; b < ring.token_boxes; ++b) {
+        EXPECT_EQ(WgmmaTokenOffset(ring, s, b) % kWgmmaSwizzleBytes, 0);
+      }
+      EXPECT_EQ(WgmmaTokenOffset(ring, s, ring.token_boxes), (s + 1) * ring.stage_bytes);
+    }
+    stage_counts.insert(ring.stages);
+  }
+  EXPECT_EQ(*stage_counts.rbegin(), 6);  // 18 KB stages for <= 16 tokens
+  EXPECT_EQ(*stage_counts.begin(), 3);   // 32 KB stages for > 96
+}
+
+TEST(WgmmaLayout, AccumulatorFragmentMatchesPtxLayout) {
+  for (int n = 16; n <= kWgmmaMaxPassTokens; n += 16) {
+    std::set<int> seen;
+    for (int t = 0; t < 128; ++t) {
+      for (int v = 0; v < n / 2; ++v) {
+        int row = -1, col = -1;
+        AccumulatorReference(n, t, v, &row, &col);
+        EXPECT_EQ(WgmmaAccumulatorRow(t, v), row) << "n " << n << " t " << t << " v " << v;
+        EXPECT_EQ(WgmmaAccumulatorCol(t, v), col) << "n " << n << " t " << t << " v " << v;
+        seen.insert(row * n + col);
+      }
+    }
+    EXPECT_EQ(static_cast<int>(seen.size()), 64 * n);  // every element exactly once
+  }
+}
+
+// One block of the kernel emulated: out[row0 + t, col0 + j] = sum_k x[row0 + t, k] w[e, col0 + j,
+// k] for the expert's tokens, through the TMA model, the descriptors and the fragment mapping.
+void EmulateBlock(int tokens, int64_t spare_rows, int k_dim) {
+  SCOPED_TRACE(::testing::Message()
+               << "tokens " << tokens << " spare rows " << spare_rows << " K " << k_dim);
+  const int n_dim = kWgmmaBlockRows;  // one weight tile; col0 = 0, one expert
+  const int64_t row_begin = 5, row_end = row_begin + tokens;
+  const int64_t rows = row_end + spare_rows;
+  std::vector<int16_t> x(rows * k_dim), w(static_cast<int64_t>(n_dim) * k_dim);
+  uint32_t state = 12345;
+  auto next = [&] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<int16_t>(static_cast<int>((state >> 16) % 7) - 3);
+  };
+  for (auto& v : x) v = next();
+  for (auto& v : w) v = next();
+  const WgmmaRing ring = WgmmaRingFor(tokens);
+  // The ring at a 1024-aligned shared address past some static shared memory, as in the kernel.
+  const int ring_base = 2 * kWgmmaSwizzleBytes;
+  Smem smem(ring_base + kWgmmaRingBytes, 0xEE);  // garbage where nothing is loaded
+  std::vector<int64_t> out(rows * n_dim, -999);
+  const int num_k = k_dim / kWgmmaBlockK;
+  int stage = 0;
+  for (int pass_row0 = row_begin; pass_row0 < row_end; pass_row0 += kWgmmaMaxPassTokens) {
+    const int pass_tokens = static_cast<int>(
+        row_end - pass_row0 < kWgmmaMaxPassTokens ? row_end - pass_row0 : kWgmmaMaxPassTokens);
+    const int boxes = (pass_tokens + kWgmmaTokenBox - 1) / kWgmmaTokenBox;
+    const int n = boxes * kWgmmaTokenBox;
+    std::vector<int64_t> acc(2 * 128 * (n / 2), 0);  // [group][thread][register]
+    for (int kt = 0; kt < num_k; ++kt) {
+      const int k0 = kt * kWgmmaBlockK;
+      // Producer: the weight tile, then the boxes.
+      TmaModel(smem, ring_base + WgmmaWeightOffset(ring, stage, 0), w, 0, n_dim, kWgmmaBlockRows,
+               k_dim, k0);
+      for (int b = 0; b < boxes; ++b) {
+        TmaModel(smem, ring_base + WgmmaTokenOffset(ring, stage, b), x,
+                 pass_row0 + b * kWgmmaTokenBox, rows, kWgmmaTokenBox, k_dim, k0);
+      }
+      // Consumers: four k16 wgmma a stage; thread t's register v accumulates D at the PTX
+      // layout's (row, col).
+      for (int g = 0; g < 2; ++g) {
+        const uint32_t a = ring_base + WgmmaWeightOffset(ring, stage, g);
+        const uint32_t b = ring_base + WgmmaTokenOffset(ring, stage, 0);
+        for (int kk = 0; kk < kWgmmaBlockK / kWgmmaInstrK; ++kk) {
+          const uint64_t da = WgmmaDescriptorK128(a + kk * 2 * kWgmmaInstrK);
+          const uint64_t db = WgmmaDescriptorK128(b + kk * 2 * kWgmmaInstrK);
+          for (int t = 0; t < 128; ++t) {
+            for (int v = 0; v < n / 2; ++v) {
+              int row = 0, col = 0;
+              AccumulatorReference(n, t, v, &row, &col);
+              int64_t sum = 0;
+              for (int k = 0; k < kWgmmaInstrK; ++k) {
+                sum += int64_t{WgmmaRead(smem, da, row, k)} * WgmmaRead(smem, db, col, k);
+              }
+              acc[(g * 128 + t) * (n / 2) + v] += sum;
+            }
+          }
+        }
+      }
+      if (++stage == ring.stages) stage = 0;
+    }
+    // Epilogue as the kernel stores it.
+    for (int g = 0; g < 2; ++g) {
+      for (int t = 0; t < 128; ++t) {
+        for (int v = 0; v < n / 2; ++v) {
+          const int token = WgmmaAccumulatorCol(t, v);
+          if (token < pass_tokens) {
+            out[(pass_row0 + token) * n_dim + g * 64 + WgmmaAccumulatorRow(t, v)] =
+                acc[(g * 128 + t) * (n / 2) + v];
+          }
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int j = 0; j < n_dim; ++j) {
+      int64_t want = -999;  // rows outside the expert untouched
+      if (r >= row_begin && r < row_end) {
+        want = 0;
+        for (int k = 0; k < k_dim; ++k) want += int64_t{x[r * k_dim + k]} * w[j * k_dim + k];
+      }
+      ASSERT_EQ(out[r * n_dim + j], want) << "row " << r << " col " << j;
+    }
+  }
+}
+
+TEST(WgmmaLayout, EmulatedBlockEqualsProduct) {
+  // 1, 47, 64, 65 tokens: one pass of 1, 3, 4, 5 boxes; 200: passes of 128 and 72. K 448: seven
+  // K tiles, so every ring (3 to 6 stages) wraps; no spare rows: the last boxes read past R.
+  EmulateBlock(1, 0, 448);
+  EmulateBlock(47, 9, 448);
+  EmulateBlock(64, 0, 448);
+  EmulateBlock(65, 3, 448);
+  EmulateBlock(200, 0, 192);
+}
+
+}  // namespace
+}  // namespace v4rl::kernels::plan
