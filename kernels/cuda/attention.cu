@@ -39,6 +39,7 @@ size_t SharedBytes(int heads_per_block, int64_t head_dim) {
 // grid (num_q, head groups). Key slot j of query i: plan::KeySlotAt (window rows, then the
 // compressed picks or every visible entry).
 __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParams p) {
+  WaitForPriorKernels();
   extern __shared__ float smem[];
   const int hb = p.heads_per_block;
   const int64_t D = p.head_dim;
@@ -153,6 +154,7 @@ __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionParam
 // go through the shared tensor-core tile (attention_tile.cuh), the running max starting at the
 // sink.
 __global__ void __launch_bounds__(kTcThreads) SparseAttentionTcKernel(AttentionParams p) {
+  WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int64_t D = p.head_dim;
   const TcTile tile_smem = TcCarve(tc_smem, D);
@@ -320,7 +322,7 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
     }
     const dim3 grid(static_cast<unsigned>(num_q),
                     static_cast<unsigned>((num_heads + kTcHeads - 1) / kTcHeads));
-    SparseAttentionTcKernel<<<grid, kTcThreads, shared, LaunchStream()>>>(p);
+    LaunchKernel(SparseAttentionTcKernel, grid, kTcThreads, shared, p);
     return LaunchStatus(op);
   }
   p.heads_per_block = static_cast<int>(std::min<int64_t>(kMaxHeadsPerBlock, num_heads));
@@ -336,7 +338,7 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
   }
   const dim3 grid(static_cast<unsigned>(num_q),
                   static_cast<unsigned>((num_heads + p.heads_per_block - 1) / p.heads_per_block));
-  SparseAttentionKernel<<<grid, kThreads, shared, LaunchStream()>>>(p);
+  LaunchKernel(SparseAttentionKernel, grid, kThreads, shared, p);
   return LaunchStatus(op);
 }
 

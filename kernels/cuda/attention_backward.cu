@@ -29,6 +29,7 @@ struct Params {
 // One block per query, warp h = head h; lane holds channels lane + 32·j, j < kPerLane.
 template <int kPerLane>
 __global__ void SparseAttentionBackwardKernel(Params p) {
+  WaitForPriorKernels();
   extern __shared__ float key_grad[];  // [num_heads, head_dim]
   const int64_t i = blockIdx.x;
   const int h = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -177,7 +178,7 @@ absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
   const size_t shared = static_cast<size_t>(heads * D) * sizeof(float);
   auto launch = [&](auto kernel) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-    kernel<<<num_q, threads, shared, LaunchStream()>>>(p);
+    LaunchKernel(kernel, num_q, threads, shared, p);
   };
   if (D <= 128) {
     launch(SparseAttentionBackwardKernel<4>);

@@ -118,6 +118,7 @@ __device__ __forceinline__ uint16_t Bf16Bits(float v) {
 }
 
 __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(TcParams p) {
+  WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t D = p.head_dim, stride = D + 8, H = p.num_heads;
   uint16_t* q_s = reinterpret_cast<uint16_t*>(smem);
@@ -354,7 +355,7 @@ absl::Status LaunchSparseAttentionBackwardTc(const SparseAttentionBackwardArgs& 
   }
   const dim3 grid(static_cast<unsigned>(num_q),
                   static_cast<unsigned>((heads + kTcHeads - 1) / kTcHeads));
-  SparseAttentionBackwardTcKernel<<<grid, kTcThreads, shared, LaunchStream()>>>(p);
+  LaunchKernel(SparseAttentionBackwardTcKernel, grid, kTcThreads, shared, p);
   return LaunchStatus("SparseAttentionBackward (tensor cores)");
 }
 

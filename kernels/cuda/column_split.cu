@@ -26,6 +26,7 @@ struct SplitParams {
 
 // blockIdx.y: the slice; a grid-stride loop over its rows · width elements.
 __global__ void SplitColumnsKernel(const SplitParams p) {
+  WaitForPriorKernels();
   const SliceParams s = p.slices[blockIdx.y];
   const int64_t total = p.rows * s.width;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
@@ -127,7 +128,7 @@ absl::Status SplitColumns(absl::Span<const ColumnSlice> slices, const core::Tens
   if (widest == 0) return absl::OkStatus();
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((widest + 255) / 256, 2048)),
                   static_cast<unsigned>(slices.size()));
-  SplitColumnsKernel<<<grid, 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(SplitColumnsKernel, grid, 256, 0, p);
   return LaunchStatus(op);
 }
 

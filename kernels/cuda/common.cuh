@@ -1,6 +1,7 @@
-// Device helpers shared by the .cu files of kernels/cuda/: bf16-or-f32 loads and stores through
-// one flag, warp and block reductions, deterministic column sums, the launch stream and the
-// launch-error Status.
+// Device helpers shared by the .cu files of kernels/cuda/: the launch of a kernel (LaunchKernel,
+// with programmatic dependent launch) and the hook every kernel starts with (WaitForPriorKernels),
+// bf16-or-f32 loads and stores through one flag, warp and block reductions, deterministic column
+// sums, the launch stream and the launch-error Status.
 // Include only from .cu files.
 #pragma once
 
@@ -9,15 +10,58 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/pdl.h"
 #include "kernels/cuda/stream.h"
 
 namespace v4rl::kernels::cuda {
 
-// The stream of this thread's launches (stream.h): every <<<>>> here passes it.
+// The stream of this thread's launches (stream.h): LaunchKernel queues every kernel on it.
 inline cudaStream_t LaunchStream() { return static_cast<cudaStream_t>(CurrentStream()); }
+
+// Queues kernel<<<grid, block, shared_bytes, LaunchStream()>>>(args...) with programmatic
+// dependent launch (pdl.h): the attribute cudaLaunchAttributeProgrammaticStreamSerialization lets
+// the GPU schedule the kernel before the kernel ahead of it on the stream has ended, so `kernel`
+// must begin with WaitForPriorKernels(). A plain launch when !PdlEnabled() (V4RL_CUDA_PDL=0).
+// The arguments convert to the kernel's parameter types as they do through <<<>>>; a function
+// template kernel is named with its template arguments (ColumnPartialsKernel<Value>). Returns the
+// launch's error, which also becomes this thread's last error: LaunchStatus(op) after a run of
+// launches reports it, as it does after <<<>>>.
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                         Args&&... args) {
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = LaunchStream();
+  const bool enabled = PdlEnabled();
+  config.attrs = enabled ? pdl : nullptr;
+  config.numAttrs = enabled ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// The first statement of every kernel of kernels/cuda/ (LaunchKernel lets a kernel be scheduled
+// while the kernel ahead of it on the stream still runs). Waits until the kernels this one
+// depends on have completed and their writes are visible, then lets the next kernel on the
+// stream be scheduled. Nothing before it may touch global memory, writes included (the kernel
+// ahead may still be reading the address). Releasing the next kernel right after the wait is
+// safe: that kernel's own WaitForPriorKernels() waits for this whole grid to complete and flush,
+// and it cannot be scheduled before every block of this grid has passed this point (so, in turn,
+// before the kernel ahead of this one has completed). Returns at once for a kernel launched
+// without the attribute (V4RL_CUDA_PDL=0, or by other code) and compiles to nothing before sm_90.
+__device__ __forceinline__ void WaitForPriorKernels() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 // Status of the last launch (configuration errors); execution errors surface at Synchronize.
 inline absl::Status LaunchStatus(const char* op) {
@@ -159,6 +203,7 @@ __device__ __forceinline__ void BlockSumsAddTo(float (&v)[N], int count, float* 
 template <typename Value>
 __global__ void ColumnPartialsKernel(Value value, int64_t rows, int64_t cols,
                                      int64_t rows_per_chunk, float* partials) {
+  WaitForPriorKernels();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
   const int64_t first = blockIdx.y * rows_per_chunk;
@@ -171,6 +216,7 @@ __global__ void ColumnPartialsKernel(Value value, int64_t rows, int64_t cols,
 
 static __global__ void AddChunkSumsKernel(const float* partials, int64_t chunks, int64_t cols,
                                           float* out) {
+  WaitForPriorKernels();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
   float sum = 0;
@@ -198,10 +244,10 @@ absl::Status AddColumnSums(const char* op, Value value, int64_t rows, int64_t co
     return absl::ResourceExhaustedError(
         absl::StrFormat("%s: cudaMallocAsync of %d column partials", op, chunks * cols));
   }
-  ColumnPartialsKernel<<<dim3(unsigned(column_blocks), unsigned(chunks)), kThreads, 0,
-                         LaunchStream()>>>(value, rows, cols, rows_per_chunk, partials);
-  AddChunkSumsKernel<<<unsigned(column_blocks), kThreads, 0, LaunchStream()>>>(partials, chunks,
-                                                                               cols, out);
+  LaunchKernel(ColumnPartialsKernel<Value>, dim3(unsigned(column_blocks), unsigned(chunks)),
+               kThreads, 0, value, rows, cols, rows_per_chunk, partials);
+  LaunchKernel(AddChunkSumsKernel, unsigned(column_blocks), kThreads, 0, partials, chunks, cols,
+               out);
   cudaFreeAsync(partials, 0);
   return LaunchStatus(op);
 }

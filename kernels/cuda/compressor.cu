@@ -27,6 +27,7 @@ __device__ __forceinline__ int64_t SlotOffset(const PoolParams& p, int64_t w, in
 }
 
 __global__ void CompressPoolKernel(PoolParams p) {
+  WaitForPriorKernels();
   const int64_t entries = p.num_windows - p.first_entry;
   const int64_t total = entries * p.head_dim;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
@@ -51,6 +52,7 @@ struct PoolEntriesParams {
 };
 
 __global__ void CompressPoolEntriesKernel(PoolEntriesParams p) {
+  WaitForPriorKernels();
   const int64_t total = p.count * p.head_dim;
   const int64_t width = (p.overlap ? 2 : 1) * p.head_dim;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
@@ -123,7 +125,7 @@ absl::Status CompressPoolEntries(const core::TensorView& kv, const core::TensorV
     if (total == 0) continue;
     const unsigned blocks =
         static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-    CompressPoolEntriesKernel<<<blocks, 256, 0, LaunchStream()>>>(p);
+    LaunchKernel(CompressPoolEntriesKernel, blocks, 256, 0, p);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   }
   return absl::OkStatus();
@@ -166,7 +168,7 @@ absl::Status CompressPool(const core::TensorView& kv, const core::TensorView& sc
   if (total == 0) return absl::OkStatus();
   const unsigned blocks =
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-  CompressPoolKernel<<<blocks, 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(CompressPoolKernel, blocks, 256, 0, p);
   return LaunchStatus(op);
 }
 

@@ -23,6 +23,7 @@ __device__ __forceinline__ int64_t SlotOffset(const Params& p, int64_t w, int64_
 }
 
 __global__ void CompressPoolBackwardKernel(Params p) {
+  WaitForPriorKernels();
   const int64_t entries = p.num_windows - p.first_entry;
   const int64_t total = entries * p.head_dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
@@ -86,8 +87,8 @@ absl::Status CompressPoolBackward(const core::TensorView& kv, const core::Tensor
            kv.dtype == core::DType::kBF16, score.dtype == core::DType::kBF16,
            dout.dtype == core::DType::kBF16, overlap, num_windows, ratio, head_dim, width,
            first_entry};
-  CompressPoolBackwardKernel<<<std::min<int64_t>((total + 255) / 256, 65536), 256, 0,
-                               LaunchStream()>>>(p);
+  LaunchKernel(CompressPoolBackwardKernel, std::min<int64_t>((total + 255) / 256, 65536), 256, 0,
+               p);
   return LaunchStatus("CompressPoolBackward");
 }
 

@@ -18,6 +18,7 @@ struct ConvertParams {
 };
 
 __global__ void F32ToBf16Kernel(ConvertParams p) {
+  WaitForPriorKernels();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < p.n;
        i += int64_t{gridDim.x} * blockDim.x) {
     // __float2bfloat16 rounds to nearest even and keeps NaN, like core::FloatToBf16.
@@ -26,6 +27,7 @@ __global__ void F32ToBf16Kernel(ConvertParams p) {
 }
 
 __global__ void Bf16ToF32Kernel(ConvertParams p) {
+  WaitForPriorKernels();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < p.n;
        i += int64_t{gridDim.x} * blockDim.x) {
     static_cast<float*>(p.out)[i] = __bfloat162float(static_cast<const __nv_bfloat16*>(p.in)[i]);
@@ -40,6 +42,7 @@ struct RowsParams {
 
 // Four columns a thread (cols and ld multiples of 4, 16-byte aligned rows).
 __global__ void F32ToBf16RowsVec4Kernel(RowsParams p, int64_t quads) {
+  WaitForPriorKernels();
   const int64_t quads_per_row = p.cols / 4;
   for (int64_t q = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; q < quads;
        q += int64_t{gridDim.x} * blockDim.x) {
@@ -52,6 +55,7 @@ __global__ void F32ToBf16RowsVec4Kernel(RowsParams p, int64_t quads) {
 }
 
 __global__ void F32ToBf16RowsKernel(RowsParams p, int64_t n) {
+  WaitForPriorKernels();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     p.out[i] = __float2bfloat16(p.in[(i / p.cols) * p.ld + i % p.cols]);
@@ -76,7 +80,7 @@ absl::Status Launch(Kernel kernel, const ConvertParams& params) {
   if (params.n == 0) return absl::OkStatus();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((params.n + threads - 1) / threads, 65535);
-  kernel<<<static_cast<unsigned>(blocks), threads, 0, LaunchStream()>>>(params);
+  LaunchKernel(kernel, static_cast<unsigned>(blocks), threads, 0, params);
   if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
     return absl::InternalError(absl::StrFormat("kernel launch: %s", cudaGetErrorString(error)));
   }
@@ -113,9 +117,9 @@ absl::Status F32ToBf16Rows(const core::TensorView& in, const core::TensorView& o
   const auto blocks =
       static_cast<unsigned>(std::min<int64_t>((work + threads - 1) / threads, 4 * 65535));
   if (vec4) {
-    F32ToBf16RowsVec4Kernel<<<blocks, threads, 0, LaunchStream()>>>(p, n / 4);
+    LaunchKernel(F32ToBf16RowsVec4Kernel, blocks, threads, 0, p, n / 4);
   } else {
-    F32ToBf16RowsKernel<<<blocks, threads, 0, LaunchStream()>>>(p, n);
+    LaunchKernel(F32ToBf16RowsKernel, blocks, threads, 0, p, n);
   }
   if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
     return absl::InternalError(

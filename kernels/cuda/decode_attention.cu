@@ -29,6 +29,7 @@ struct AttnParams {
 // (missing picks are zero rows marked invalid). One split: the running max starts at the sink and
 // the output is written; several: partial (acc, max, denom) for DecodeAttentionCombine.
 __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p) {
+  WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t D = p.head_dim;
   const TcTile tile_smem = TcCarve(smem, D);
@@ -135,6 +136,7 @@ __host__ __device__ int CombineLanes(int splits) {
 }
 
 __global__ void __launch_bounds__(kCombineThreads) DecodeAttentionCombine(AttnParams p) {
+  WaitForPriorKernels();
   __shared__ float factor[kMaxSplits];
   __shared__ float scratch[32];
   __shared__ float4 lane_sums[kCombineThreads];  // [lanes][columns]
@@ -212,6 +214,7 @@ size_t IndexerSharedBytes(int64_t heads, int64_t head_dim) {
 }
 
 __global__ void __launch_bounds__(kIndexThreads) DecodeIndexerKernel(IndexParams p) {
+  WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char index_smem[];
   const DecodeIndexerItem it = p.items[blockIdx.x];
   const int64_t D = p.head_dim, stride = D + 8;
@@ -363,11 +366,11 @@ absl::Status DecodeAttentionOnDevice(const DecodeAttentionItem* items, int64_t c
     const unsigned rows = static_cast<unsigned>(std::min<int64_t>(65535, count - first));
     const AttnParams params{items + first, sink,   partial, stats, heads,
                             head_dim,      window, splits,  scale};
-    DecodeAttentionKernel<<<dim3(rows, static_cast<unsigned>(groups), splits), kTcThreads, shared,
-                            LaunchStream()>>>(params);
+    LaunchKernel(DecodeAttentionKernel, dim3(rows, static_cast<unsigned>(groups), splits),
+                 kTcThreads, shared, params);
     if (splits > 1) {
-      DecodeAttentionCombine<<<dim3(rows, static_cast<unsigned>(heads), slices), kCombineThreads, 0,
-                               LaunchStream()>>>(params);
+      LaunchKernel(DecodeAttentionCombine, dim3(rows, static_cast<unsigned>(heads), slices),
+                   kCombineThreads, 0, params);
     }
   }
   return LaunchStatus(op);
@@ -412,8 +415,8 @@ absl::Status DecodeIndexerScoresOnDevice(const DecodeIndexerItem* items, int64_t
   const size_t shared = IndexerSharedBytes(heads, head_dim);
   for (int64_t first = 0; first < count; first += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(65535, count - first)), slices);
-    DecodeIndexerKernel<<<grid, kIndexThreads, shared, LaunchStream()>>>(
-        IndexParams{items + first, heads, head_dim, ld, score_scale});
+    LaunchKernel(DecodeIndexerKernel, grid, kIndexThreads, shared,
+                 IndexParams{items + first, heads, head_dim, ld, score_scale});
   }
   return LaunchStatus(op);
 }

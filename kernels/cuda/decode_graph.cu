@@ -59,6 +59,7 @@ struct AppendParams {
 // then the open window's series B (state rows [open, open + m), channels [dim, 2·dim) with
 // overlap). The open window then becomes the previous one.
 __global__ void DecodeCompressAppendKernel(AppendParams p) {
+  WaitForPriorKernels();
   const int64_t b = blockIdx.x;
   const int64_t m = p.ratio, dim = p.dim, width = (p.overlap ? 2 : 1) * dim;
   const int64_t position = p.positions[b];
@@ -102,6 +103,7 @@ struct CommitParams {
 };
 
 __global__ void __launch_bounds__(kCopyThreads) DecodeCompressCommitKernel(CommitParams p) {
+  WaitForPriorKernels();
   const int64_t b = blockIdx.x;
   const int64_t position = p.positions[b];
   if ((position + 1) % p.ratio != 0) return;
@@ -118,6 +120,7 @@ struct RingParams {
 };
 
 __global__ void __launch_bounds__(kCopyThreads) DecodeRingWriteKernel(RingParams p) {
+  WaitForPriorKernels();
   const int64_t b = blockIdx.x;
   auto* ring = static_cast<__nv_bfloat16*>(p.table[b].ring);
   BlockCopy(ring + p.positions[b] % p.window * p.dim, p.kv_rows + b * p.dim, p.dim * 2);
@@ -136,6 +139,7 @@ struct AttentionItemParams {
 
 __global__ void __launch_bounds__(kItemThreads)
     BuildDecodeAttentionItemsKernel(AttentionItemParams p) {
+  WaitForPriorKernels();
   const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (b >= p.rows) return;
   const int64_t position = p.positions[b];
@@ -168,6 +172,7 @@ struct IndexerItemParams {
 };
 
 __global__ void __launch_bounds__(kItemThreads) BuildDecodeIndexerItemsKernel(IndexerItemParams p) {
+  WaitForPriorKernels();
   const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (b >= p.rows) return;
   DecodeIndexerItem item;
@@ -239,7 +244,7 @@ absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
                        dim,
                        indexer,
                        overlap};
-  DecodeCompressAppendKernel<<<static_cast<unsigned>(rows), kAppendThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(DecodeCompressAppendKernel, static_cast<unsigned>(rows), kAppendThreads, 0, p);
   return LaunchStatus(op);
 }
 
@@ -265,7 +270,7 @@ absl::Status DecodeCompressCommit(const DecodeRowState* table, bool indexer,
                        ratio,
                        entries.shape[1],
                        indexer};
-  DecodeCompressCommitKernel<<<static_cast<unsigned>(rows), kCopyThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(DecodeCompressCommitKernel, static_cast<unsigned>(rows), kCopyThreads, 0, p);
   return LaunchStatus(op);
 }
 
@@ -285,7 +290,7 @@ absl::Status DecodeRingWrite(const DecodeRowState* table, const core::TensorView
   if (rows == 0) return absl::OkStatus();
   const RingParams p{table, positions.data_as<const int32_t>(),
                      kv_rows.data_as<const __nv_bfloat16>(), window, kv_rows.shape[1]};
-  DecodeRingWriteKernel<<<static_cast<unsigned>(rows), kCopyThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(DecodeRingWriteKernel, static_cast<unsigned>(rows), kCopyThreads, 0, p);
   return LaunchStatus(op);
 }
 
@@ -335,7 +340,7 @@ absl::Status BuildDecodeAttentionItems(const DecodeRowState* table,
                               dim,
                               ratio,
                               with_picks ? picks.shape[1] : 0};
-  BuildDecodeAttentionItemsKernel<<<ItemBlocks(rows), kItemThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(BuildDecodeAttentionItemsKernel, ItemBlocks(rows), kItemThreads, 0, p);
   return LaunchStatus(op);
 }
 
@@ -374,7 +379,7 @@ absl::Status BuildDecodeIndexerItems(const DecodeRowState* table, const core::Te
                             q.shape[2],
                             scores.shape[1],
                             ratio};
-  BuildDecodeIndexerItemsKernel<<<ItemBlocks(rows), kItemThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(BuildDecodeIndexerItemsKernel, ItemBlocks(rows), kItemThreads, 0, p);
   return LaunchStatus(op);
 }
 

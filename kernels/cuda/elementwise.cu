@@ -43,6 +43,7 @@ __device__ __forceinline__ void RopeChunk(const RmsNormParams& p, int64_t r, int
 
 // One block per row: the sum of squares in f32, then every channel scaled (and weighted).
 __global__ void RmsNormKernel(RmsNormParams p) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const int64_t x0 = r * p.ldx, o0 = r * p.ldo;
@@ -96,6 +97,7 @@ struct RopeTableParams {
 };
 
 __global__ void RopeTableKernel(RopeTableParams p) {
+  WaitForPriorKernels();
   const int64_t n = p.count * p.half;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
        e += int64_t{gridDim.x} * blockDim.x) {
@@ -120,6 +122,7 @@ struct RopeParams {
 
 // One thread per (row, head, pair).
 __global__ void RopeKernel(RopeParams p) {
+  WaitForPriorKernels();
   const int64_t n = p.rows * p.heads * p.half;
   const int64_t offset = p.head_dim - 2 * p.half;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
@@ -147,6 +150,7 @@ struct SwiGluParams {
 
 // One block per row (no 64-bit division per element).
 __global__ void SwiGluKernel(SwiGluParams p) {
+  WaitForPriorKernels();
   const int64_t r = blockIdx.x;
   if (p.vec) {
     for (int64_t c = 8 * threadIdx.x; c < p.cols; c += 8 * blockDim.x) {
@@ -185,6 +189,7 @@ struct EmbedParams {
 };
 
 __global__ void EmbedStreamsKernel(EmbedParams p) {
+  WaitForPriorKernels();
   const int64_t total = p.num_tokens * p.copies * p.hidden;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
@@ -201,6 +206,7 @@ struct BiasParams {
 };
 
 __global__ void AddPositionBiasKernel(BiasParams p) {
+  WaitForPriorKernels();
   const int64_t total = p.rows * p.width;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
@@ -247,7 +253,7 @@ absl::Status LaunchRmsNorm(const char* op, const RmsNormParams& p) {
   const int threads =
       p.vec ? static_cast<int>(std::clamp<int64_t>((p.dim / 8 + 31) / 32 * 32, 32, 256))
             : (p.dim >= 2048 ? 512 : (p.dim >= 512 ? 256 : 128));
-  RmsNormKernel<<<static_cast<unsigned>(p.rows), threads, 0, LaunchStream()>>>(p);
+  LaunchKernel(RmsNormKernel, static_cast<unsigned>(p.rows), threads, 0, p);
   return LaunchStatus(op);
 }
 
@@ -313,7 +319,7 @@ absl::Status CheckRopeTables(const char* op, const core::TensorView& inv_freq,
 
 absl::Status LaunchRopeTable(const char* op, RopeTableParams& p) {
   if (p.count * p.half == 0) return absl::OkStatus();
-  RopeTableKernel<<<GridFor(p.count * p.half, 256), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(RopeTableKernel, GridFor(p.count * p.half, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -405,7 +411,7 @@ absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
                x.strides[0], x.strides[1], x.shape[2], cos.shape[1], IsBf16(x), inverse};
   const int64_t n = p.rows * p.heads * p.half;
   if (n == 0) return absl::OkStatus();
-  RopeKernel<<<GridFor(n, 256), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(RopeKernel, GridFor(n, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -425,7 +431,7 @@ absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& u
                  g.bf16, u.bf16, o.bf16};
   if (g.rows * g.cols == 0) return absl::OkStatus();
   p.vec = Vec8Ok(g.data, g.ld) && Vec8Ok(u.data, u.ld) && Vec8Ok(o.data, o.ld) && g.cols % 8 == 0;
-  SwiGluKernel<<<static_cast<unsigned>(g.rows), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(SwiGluKernel, static_cast<unsigned>(g.rows), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -445,7 +451,7 @@ absl::Status EmbedStreams(const core::TensorView& table, const core::TensorView&
                 out.shape[2], IsBf16(table), IsBf16(out)};
   const int64_t total = out.numel();
   if (total == 0) return absl::OkStatus();
-  EmbedStreamsKernel<<<GridFor(total, 256), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(EmbedStreamsKernel, GridFor(total, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -463,7 +469,7 @@ absl::Status AddPositionBias(const core::TensorView& x, const core::TensorView& 
   BiasParams p{x.data, bias.data_as<float>(), x.shape[0], x.shape[1], seq_len, bias.shape[0],
                IsBf16(x)};
   if (p.rows * p.width == 0) return absl::OkStatus();
-  AddPositionBiasKernel<<<GridFor(p.rows * p.width, 256), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(AddPositionBiasKernel, GridFor(p.rows * p.width, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 

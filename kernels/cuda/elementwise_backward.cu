@@ -48,6 +48,7 @@ __device__ __forceinline__ void RmsNormBackwardSums8(const RmsNormBackwardParams
 
 // One block per row: inv = 1/rms, dot = Σ w·dy·x, dx += inv·w·dy - inv³·dot/D · x.
 __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const int64_t xo = r * p.ldx, yo = r * p.ldy, go = r * p.lddx;
@@ -112,6 +113,7 @@ struct SwiGluBackwardParams {
 };
 
 __global__ void SwiGluBackwardKernel(SwiGluBackwardParams p) {
+  WaitForPriorKernels();
   const int64_t total = p.rows * p.cols;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -178,7 +180,7 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
                       : dim >= 1024 ? 1024
                       : dim >= 256  ? 256
                                     : 128;
-  RmsNormBackwardKernel<<<rows, threads, 0, LaunchStream()>>>(p);
+  LaunchKernel(RmsNormBackwardKernel, rows, threads, 0, p);
   if (want_dweight) {
     const absl::Status status = AddColumnSums("RmsNormBackward", RmsNormWeightGradValue{p}, rows,
                                               dim, static_cast<float*>(dweight.data));
@@ -216,7 +218,7 @@ absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::Tenso
   const int64_t total = p.rows * p.cols;
   if (total == 0) return absl::OkStatus();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
-  SwiGluBackwardKernel<<<blocks, 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(SwiGluBackwardKernel, blocks, 256, 0, p);
   return LaunchStatus("SwiGluClampBackward");
 }
 

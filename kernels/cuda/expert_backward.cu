@@ -8,6 +8,7 @@ __global__ void CombineBackwardKernel(const void* expert_out, bool eo_bf16, cons
                                       const float* weight, const void* dout, bool dout_bf16,
                                       int64_t k, int64_t hidden, int64_t rows, float* dexpert,
                                       float* dweight) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
   for (int64_t j = 0; j < k; ++j) {
@@ -27,6 +28,7 @@ __global__ void CombineBackwardKernel(const void* expert_out, bool eo_bf16, cons
 
 __global__ void GatherBackwardKernel(const void* dgathered, bool bf16, const int32_t* pick,
                                      int64_t k, int64_t hidden, int64_t rows, float* dx) {
+  WaitForPriorKernels();
   const int64_t t = blockIdx.x;
   for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x) {
     float sum = 0;
@@ -70,11 +72,11 @@ absl::Status MoeCombineBackward(const core::TensorView& expert_out,
         dexpert_out.DebugString(), dweight.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
-  CombineBackwardKernel<<<tokens, Threads(hidden), 0, LaunchStream()>>>(
-      expert_out.data, expert_out.dtype == core::DType::kBF16,
-      static_cast<const int32_t*>(pick_of_slot.data), topk_weight.data_as<float>(), dout.data,
-      dout.dtype == core::DType::kBF16, k, hidden, expert_out.shape[0],
-      dexpert_out.data_as<float>(), dweight.data ? dweight.data_as<float>() : nullptr);
+  LaunchKernel(CombineBackwardKernel, tokens, Threads(hidden), 0, expert_out.data,
+               expert_out.dtype == core::DType::kBF16,
+               static_cast<const int32_t*>(pick_of_slot.data), topk_weight.data_as<float>(),
+               dout.data, dout.dtype == core::DType::kBF16, k, hidden, expert_out.shape[0],
+               dexpert_out.data_as<float>(), dweight.data ? dweight.data_as<float>() : nullptr);
   return LaunchStatus("MoeCombineBackward");
 }
 
@@ -88,10 +90,10 @@ absl::Status MoeGatherBackward(const core::TensorView& dgathered,
         dgathered.DebugString(), pick_of_slot.DebugString(), k, dx.DebugString()));
   }
   if (dx.shape[0] == 0) return absl::OkStatus();
-  GatherBackwardKernel<<<dx.shape[0], Threads(dx.shape[1]), 0, LaunchStream()>>>(
-      dgathered.data, dgathered.dtype == core::DType::kBF16,
-      static_cast<const int32_t*>(pick_of_slot.data), k, dx.shape[1], dgathered.shape[0],
-      dx.data_as<float>());
+  LaunchKernel(GatherBackwardKernel, dx.shape[0], Threads(dx.shape[1]), 0, dgathered.data,
+               dgathered.dtype == core::DType::kBF16,
+               static_cast<const int32_t*>(pick_of_slot.data), k, dx.shape[1], dgathered.shape[0],
+               dx.data_as<float>());
   return LaunchStatus("MoeGatherBackward");
 }
 

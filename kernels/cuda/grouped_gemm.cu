@@ -68,6 +68,7 @@ __device__ __forceinline__ void LoadRows(__nv_bfloat16* dst, const __nv_bfloat16
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) GroupedGemmKernel(GroupedParams p) {
+  WaitForPriorKernels();
   using namespace nvcuda;
   extern __shared__ __align__(128) unsigned char grouped_smem[];
   __shared__ int offsets[kMaxExperts + 1];
@@ -181,7 +182,7 @@ absl::Status Launch(const GroupedParams& p, int64_t rows, const char* op) {
   }
   const dim3 grid(static_cast<unsigned>((p.n + T::kBn - 1) / T::kBn),
                   static_cast<unsigned>(row_tiles));
-  GroupedGemmKernel<T><<<grid, kThreads, T::kSharedBytes, LaunchStream()>>>(p);
+  LaunchKernel(GroupedGemmKernel<T>, grid, kThreads, T::kSharedBytes, p);
   return LaunchStatus(op);
 }
 

@@ -335,6 +335,7 @@ __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::Wg
 __global__ void __launch_bounds__(kThreads, 2)
     GroupedGemmWgmmaKernel(const __grid_constant__ CUtensorMap w_map,
                            const __grid_constant__ CUtensorMap x_map, const WgmmaParams p) {
+  WaitForPriorKernels();
 #if V4RL_WGMMA_DEVICE
   __shared__ __align__(8) uint64_t full_barriers[plan::kWgmmaMaxStages];
   __shared__ __align__(8) uint64_t empty_barriers[plan::kWgmmaMaxStages];
@@ -534,7 +535,7 @@ absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView&
   p.k = static_cast<int>(k);
   p.out_bf16 = IsBf16(out);
   const dim3 grid(static_cast<unsigned>(n / plan::kWgmmaBlockRows), static_cast<unsigned>(experts));
-  GroupedGemmWgmmaKernel<<<grid, kThreads, kSharedBytes, LaunchStream()>>>(w_map, x_map, p);
+  LaunchKernel(GroupedGemmWgmmaKernel, grid, kThreads, kSharedBytes, w_map, x_map, p);
   return LaunchStatus(op);
 }
 

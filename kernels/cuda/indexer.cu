@@ -206,6 +206,7 @@ __device__ __forceinline__ int64_t VisibleKeys(const SelectParams& p, int64_t i)
 
 // One block per query over its whole row (staged in shared memory when it fits).
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+  WaitForPriorKernels();
   extern __shared__ uint32_t staged[];
   const int64_t i = blockIdx.x;
   int32_t* out = p.topk_idx + i * p.topk;
@@ -353,6 +354,7 @@ __device__ void WidePrefix(WideRowState& st, int64_t topk, uint32_t* scratch, ui
 // bin chosen so far) to the row's. Rows of at most topk visible keys take no part.
 template <int kLevel>
 __global__ void __launch_bounds__(kWideThreads) WideHistogramKernel(SelectParams p) {
+  WaitForPriorKernels();
   using L = WideLevel<kLevel>;
   __shared__ uint32_t hist[L::kBins];
   __shared__ uint32_t scratch[kWideWarps + 1];
@@ -391,6 +393,7 @@ __global__ void __launch_bounds__(kWideThreads) WideHistogramKernel(SelectParams
 // plus the `take` lowest ids equal to it; a pick's place is the number of picks before it in id
 // order: (keys above before it) + min(keys equal before it, take).
 __global__ void __launch_bounds__(kWideThreads) WideEmitKernel(SelectParams p) {
+  WaitForPriorKernels();
   __shared__ uint32_t scratch[kWideWarps + 1];
   // (equal << 16 | above) of each (u, warp) group of 32 keys, then the exclusive sums in id
   // order (u-major: key base + u · kWideThreads + warp · 32 + lane); a tile holds < 2^16 keys.
@@ -500,6 +503,7 @@ struct ReduceParams {
 
 // scores[i, s] = Σ_h max(logit, 0) · score_scale · w[i, h], heads in order (as the CPU).
 __global__ void ReduceHeadsKernel(ReduceParams p) {
+  WaitForPriorKernels();
   const int64_t total = p.chunk * p.num_keys;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
@@ -541,13 +545,13 @@ absl::Status LaunchSelect(const float* scores, int64_t ld, int64_t rows, int64_t
           absl::StrFormat("cuda::IndexerSelect: memset: %s", cudaGetErrorString(e)));
     }
     const dim3 grid(static_cast<unsigned>(p.tiles), static_cast<unsigned>(rows));
-    WideHistogramKernel<0><<<grid, kWideThreads, 0, LaunchStream()>>>(p);
-    WideHistogramKernel<1><<<grid, kWideThreads, 0, LaunchStream()>>>(p);
-    WideHistogramKernel<2><<<grid, kWideThreads, 0, LaunchStream()>>>(p);
-    WideEmitKernel<<<grid, kWideThreads, 0, LaunchStream()>>>(p);
+    LaunchKernel(WideHistogramKernel<0>, grid, kWideThreads, 0, p);
+    LaunchKernel(WideHistogramKernel<1>, grid, kWideThreads, 0, p);
+    LaunchKernel(WideHistogramKernel<2>, grid, kWideThreads, 0, p);
+    LaunchKernel(WideEmitKernel, grid, kWideThreads, 0, p);
     return LaunchStatus("cuda::IndexerSelect");
   }
-  SelectKernel<<<static_cast<unsigned>(rows), kSelectThreads, kStagedBytes, LaunchStream()>>>(p);
+  LaunchKernel(SelectKernel, static_cast<unsigned>(rows), kSelectThreads, kStagedBytes, p);
   return LaunchStatus("cuda::IndexerSelect");
 }
 
@@ -623,8 +627,8 @@ absl::Status IndexerTopK(GemmHandle& handle, const IndexerTopKArgs& a) {
     ReduceParams r{logits, a.weights.data_as<float>() + c0 * heads, scores, rows, heads, num_keys,
                    a.score_scale};
     const int64_t total = rows * num_keys;
-    ReduceHeadsKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256,
-                        0, LaunchStream()>>>(r);
+    LaunchKernel(ReduceHeadsKernel,
+                 static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256, 0, r);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
     if (absl::Status s = LaunchSelect(scores, num_keys, rows, num_keys, a.q_pos0 + c0, a.ratio,
                                       a.topk_idx.data_as<int32_t>() + c0 * a.topk_idx.shape[1],

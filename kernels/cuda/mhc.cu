@@ -87,6 +87,7 @@ __device__ float SinkhornWarp4(float v, int iters, float eps) {
 
 // One block per token.
 __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   __shared__ float partial[kPreThreads / 32][kMaxMixes];
   __shared__ float mixes[kMaxMixes];
@@ -234,6 +235,7 @@ struct MhcPostParams {
 // Grid (channel blocks, tokens): each thread one channel of one token, all n output streams from
 // the n inputs; the token's coefficients are loaded once per thread (broadcast reads).
 __global__ void MhcPostKernel(MhcPostParams p) {
+  WaitForPriorKernels();
   const int64_t t = blockIdx.y;
   const int64_t h = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * (p.vec ? 8 : 1);
   if (h >= p.hidden) return;
@@ -385,7 +387,7 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
     }
     p.raw = raw.data<float>();
   }
-  MhcPreKernel<<<static_cast<unsigned>(num_tokens), kPreThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(MhcPreKernel, static_cast<unsigned>(num_tokens), kPreThreads, 0, p);
   if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   if (fused_norm && p.norm_weight == nullptr) {
     return RmsNorm(a.collapsed, a.norm_weight, a.norm_eps, a.collapsed);
@@ -466,7 +468,7 @@ absl::Status MhcPost(const core::TensorView& streams, const core::TensorView& y,
     const int64_t per_block = 256 * (p.vec ? 8 : 1);
     const dim3 grid(static_cast<unsigned>((hidden + per_block - 1) / per_block),
                     static_cast<unsigned>(count));
-    MhcPostKernel<<<grid, 256, 0, LaunchStream()>>>(chunk);
+    LaunchKernel(MhcPostKernel, grid, 256, 0, chunk);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   }
   return absl::OkStatus();

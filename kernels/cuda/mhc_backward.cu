@@ -46,6 +46,7 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
                                    int64_t tokens, int n, int iters, float eps, const float* dpre,
                                    const float* dpost, const float* dcomb, float* dz,
                                    float* dmixes, bool head) {
+  WaitForPriorKernels();
   const int lane = threadIdx.x % 32, team_base = lane & ~(kTeam - 1), e = lane - team_base;
   const int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kTeam;
   const bool live = t < tokens;
@@ -144,6 +145,7 @@ template <int N, int W>
 __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, const float* pre,
                                        const void* dout, bool dout_bf16, int64_t hidden,
                                        float* dstreams, float* dpre) {
+  WaitForPriorKernels();
   __shared__ float scratch[32 * N];
   const int64_t t = blockIdx.x;
   float weight[N], dot[N] = {};
@@ -174,6 +176,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
                                      bool y_bf16, const float* post, const float* comb,
                                      const void* dout, bool dout_bf16, int64_t hidden,
                                      float* dstreams, float* dy, float* dpost, float* dcomb) {
+  WaitForPriorKernels();
   __shared__ float scratch[32 * N * N];
   const int64_t t = blockIdx.x;
   float p[N], c[N * N], post_dot[N] = {}, comb_dot[N * N] = {};
@@ -282,11 +285,11 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
   }
   constexpr int kCoefficientThreads = 128;  // 8 tokens a block
   const int64_t threads_needed = tokens * kTeam;
-  CoefficientsKernel<<<(threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
-                       kCoefficientThreads, 0, LaunchStream()>>>(
-      mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens, int(n),
-      int(iters), eps, dpre.data_as<float>(), head ? nullptr : dpost.data_as<float>(),
-      head ? nullptr : dcomb.data_as<float>(), dz, dmixes.data_as<float>(), head);
+  LaunchKernel(CoefficientsKernel, (threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
+               kCoefficientThreads, 0, mixes.data_as<float>(), base.data_as<float>(),
+               scale.data_as<float>(), tokens, int(n), int(iters), eps, dpre.data_as<float>(),
+               head ? nullptr : dpost.data_as<float>(), head ? nullptr : dcomb.data_as<float>(), dz,
+               dmixes.data_as<float>(), head);
   absl::Status status = LaunchStatus(op);
   if (status.ok()) {
     status.Update(
@@ -343,9 +346,9 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;
-    kernel<<<tokens, Threads(hidden), 0, LaunchStream()>>>(
-        streams.data, Bf16(streams), pre.data_as<float>(), dout.data, Bf16(dout), hidden,
-        dstreams.data_as<float>(), dpre.data_as<float>());
+    LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams),
+                 pre.data_as<float>(), dout.data, Bf16(dout), hidden, dstreams.data_as<float>(),
+                 dpre.data_as<float>());
   });
   return LaunchStatus("MhcCollapseBackward");
 }
@@ -376,10 +379,10 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
-    kernel<<<tokens, Threads(hidden), 0, LaunchStream()>>>(
-        streams.data, Bf16(streams), y.data, Bf16(y), post.data_as<float>(), comb.data_as<float>(),
-        dout.data, Bf16(dout), hidden, dstreams.data_as<float>(), dy.data_as<float>(),
-        dpost.data_as<float>(), dcomb.data_as<float>());
+    LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams), y.data, Bf16(y),
+                 post.data_as<float>(), comb.data_as<float>(), dout.data, Bf16(dout), hidden,
+                 dstreams.data_as<float>(), dy.data_as<float>(), dpost.data_as<float>(),
+                 dcomb.data_as<float>());
   });
   return LaunchStatus("MhcExpandBackward");
 }

@@ -21,6 +21,7 @@ unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + thre
 __global__ void RoutingBackwardKernel(const float* scores, const int32_t* idx, int64_t tokens,
                                       int64_t experts, int64_t k, float route_scale,
                                       float denom_eps, const float* dw, float* dscores) {
+  WaitForPriorKernels();
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= tokens) return;
   const float* s = scores + t * experts;
@@ -36,6 +37,7 @@ __global__ void RoutingBackwardKernel(const float* scores, const int32_t* idx, i
 }
 
 __global__ void SqrtSoftplusBackwardKernel(const float* x, const float* dy, float* dx, int64_t n) {
+  WaitForPriorKernels();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float v = x[i];
@@ -48,6 +50,7 @@ __global__ void SqrtSoftplusBackwardKernel(const float* x, const float* dy, floa
 __global__ void ExpertWeightKernel(const float* act, const int32_t* slots, const float* w,
                                    int64_t inter, float* u, void* weighted, bool weighted_bf16,
                                    float* dweight) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const int64_t p = blockIdx.x;
   const int64_t slot = slots[p];
@@ -79,6 +82,7 @@ struct ApeGradValue {
 
 __global__ void EmbeddingBackwardKernel(const float* ds, const int32_t* ids, int64_t n,
                                         int64_t hidden, float* dembed) {
+  WaitForPriorKernels();
   const int64_t t = blockIdx.x;
   float* row = dembed + static_cast<int64_t>(ids[t]) * hidden;
   for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x) {
@@ -97,8 +101,8 @@ absl::Status AddRowSums(const core::TensorView& rows, const core::TensorView& ou
   if (rows.shape[0] == 0) return absl::OkStatus();
   // AddColumnSums' second launch: one thread a column, the rows added in order.
   const int64_t width = rows.shape[1];
-  AddChunkSumsKernel<<<static_cast<unsigned>((width + 255) / 256), 256, 0, LaunchStream()>>>(
-      rows.data_as<float>(), rows.shape[0], width, out.data_as<float>());
+  LaunchKernel(AddChunkSumsKernel, static_cast<unsigned>((width + 255) / 256), 256, 0,
+               rows.data_as<float>(), rows.shape[0], width, out.data_as<float>());
   return LaunchStatus("AddRowSums");
 }
 
@@ -129,10 +133,10 @@ absl::Status RoutingWeightsBackward(const core::TensorView& scores,
   }
   const int64_t tokens = scores.shape[0];
   if (tokens == 0) return absl::OkStatus();
-  RoutingBackwardKernel<<<Blocks(tokens, 128), 128, 0, LaunchStream()>>>(
-      scores.data_as<float>(), static_cast<const int32_t*>(topk_idx.data), tokens, scores.shape[1],
-      topk_idx.shape[1], route_scale, denom_eps, dweights.data_as<float>(),
-      dscores.data_as<float>());
+  LaunchKernel(RoutingBackwardKernel, Blocks(tokens, 128), 128, 0, scores.data_as<float>(),
+               static_cast<const int32_t*>(topk_idx.data), tokens, scores.shape[1],
+               topk_idx.shape[1], route_scale, denom_eps, dweights.data_as<float>(),
+               dscores.data_as<float>());
   return LaunchStatus("RoutingWeightsBackward");
 }
 
@@ -144,8 +148,8 @@ absl::Status SqrtSoftplusBackward(const core::TensorView& x, const core::TensorV
   }
   const int64_t n = x.numel();
   if (n == 0) return absl::OkStatus();
-  SqrtSoftplusBackwardKernel<<<Blocks(n, 256), 256, 0, LaunchStream()>>>(
-      x.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), n);
+  LaunchKernel(SqrtSoftplusBackwardKernel, Blocks(n, 256), 256, 0, x.data_as<float>(),
+               dy.data_as<float>(), dx.data_as<float>(), n);
   return LaunchStatus("SqrtSoftplusBackward");
 }
 
@@ -162,10 +166,10 @@ absl::Status ExpertWeightBackward(const core::TensorView& act, const core::Tenso
     return Bad("ExpertWeightBackward");
   }
   if (act.shape[0] == 0) return absl::OkStatus();
-  ExpertWeightKernel<<<static_cast<unsigned>(act.shape[0]), 128, 0, LaunchStream()>>>(
-      act.data_as<float>(), static_cast<const int32_t*>(slots.data), topk_weight.data_as<float>(),
-      act.shape[1], u.data_as<float>(), weighted_act.data, weighted_act.dtype == core::DType::kBF16,
-      dweight.data_as<float>());
+  LaunchKernel(ExpertWeightKernel, static_cast<unsigned>(act.shape[0]), 128, 0,
+               act.data_as<float>(), static_cast<const int32_t*>(slots.data),
+               topk_weight.data_as<float>(), act.shape[1], u.data_as<float>(), weighted_act.data,
+               weighted_act.dtype == core::DType::kBF16, dweight.data_as<float>());
   return LaunchStatus("ExpertWeightBackward");
 }
 
@@ -190,9 +194,9 @@ absl::Status EmbeddingBackward(const core::TensorView& dstreams, const core::Ten
     return Bad("EmbeddingBackward");
   }
   if (dstreams.shape[0] == 0) return absl::OkStatus();
-  EmbeddingBackwardKernel<<<static_cast<unsigned>(dstreams.shape[0]), 128, 0, LaunchStream()>>>(
-      dstreams.data_as<float>(), static_cast<const int32_t*>(ids.data), dstreams.shape[1],
-      dstreams.shape[2], dembed.data_as<float>());
+  LaunchKernel(EmbeddingBackwardKernel, static_cast<unsigned>(dstreams.shape[0]), 128, 0,
+               dstreams.data_as<float>(), static_cast<const int32_t*>(ids.data), dstreams.shape[1],
+               dstreams.shape[2], dembed.data_as<float>());
   return LaunchStatus("EmbeddingBackward");
 }
 

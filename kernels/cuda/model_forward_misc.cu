@@ -57,6 +57,7 @@ __device__ void Sinkhorn(float* m, int n, int64_t iters, float eps) {
 __global__ void CoefficientsKernel(const float* mixes, const float* base, const float* scale,
                                    int64_t tokens, int n, int64_t iters, float eps, float* pre,
                                    float* post, float* comb) {
+  WaitForPriorKernels();
   const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (t >= tokens) return;
   const int width = (2 + n) * n;
@@ -73,6 +74,7 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
 
 __global__ void HeadCoefficientsKernel(const float* mixes, const float* base, const float* scale,
                                        int64_t count, int n, float eps, float* pre) {
+  WaitForPriorKernels();
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= count) return;
   pre[i] = Sigmoid(mixes[i] * scale[0] + base[i % n]) + eps;
@@ -81,6 +83,7 @@ __global__ void HeadCoefficientsKernel(const float* mixes, const float* base, co
 // One thread a (token, channel): the token's streams weighted by pre, stream 0 first.
 __global__ void CollapseKernel(const float* streams, const float* pre, int64_t tokens, int n,
                                int64_t hidden, float* out) {
+  WaitForPriorKernels();
   const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (e >= tokens * hidden) return;
   const int64_t t = e / hidden, h = e % hidden;
@@ -93,6 +96,7 @@ __global__ void CollapseKernel(const float* streams, const float* pre, int64_t t
 __global__ void HeadScoresKernel(const float* dots, const float* weights, int64_t num_q,
                                  int64_t heads, int64_t num_keys, float score_scale,
                                  float* scores) {
+  WaitForPriorKernels();
   const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (e >= num_q * num_keys) return;
   const int64_t i = e / num_keys, s = e % num_keys;
@@ -125,10 +129,9 @@ absl::Status MhcCoefficients(const core::TensorView& mixes, const core::TensorVi
     return absl::InvalidArgumentError(absl::StrFormat("%s: iters = %d, expected >= 1", op, iters));
   }
   if (tokens == 0) return absl::OkStatus();
-  CoefficientsKernel<<<Blocks(tokens, 128), 128, 0, LaunchStream()>>>(
-      mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), tokens,
-      static_cast<int>(n), iters, eps, pre.data_as<float>(), post.data_as<float>(),
-      comb.data_as<float>());
+  LaunchKernel(CoefficientsKernel, Blocks(tokens, 128), 128, 0, mixes.data_as<float>(),
+               base.data_as<float>(), scale.data_as<float>(), tokens, static_cast<int>(n), iters,
+               eps, pre.data_as<float>(), post.data_as<float>(), comb.data_as<float>());
   return LaunchStatus(op);
 }
 
@@ -143,9 +146,9 @@ absl::Status HcHeadCoefficients(const core::TensorView& mixes, const core::Tenso
   if (!F32(pre) || !pre.SameShape(mixes.shape_vector())) return Bad(op, "pre [N, n]", pre);
   const int64_t count = mixes.numel();
   if (count == 0) return absl::OkStatus();
-  HeadCoefficientsKernel<<<Blocks(count, 256), 256, 0, LaunchStream()>>>(
-      mixes.data_as<float>(), base.data_as<float>(), scale.data_as<float>(), count,
-      static_cast<int>(n), eps, pre.data_as<float>());
+  LaunchKernel(HeadCoefficientsKernel, Blocks(count, 256), 256, 0, mixes.data_as<float>(),
+               base.data_as<float>(), scale.data_as<float>(), count, static_cast<int>(n), eps,
+               pre.data_as<float>());
   return LaunchStatus(op);
 }
 
@@ -157,9 +160,8 @@ absl::Status MhcCollapse(const core::TensorView& streams, const core::TensorView
   if (!F32(pre) || !pre.SameShape({tokens, n})) return Bad(op, "pre [N, n]", pre);
   if (!F32(out) || !out.SameShape({tokens, hidden})) return Bad(op, "out [N, H]", out);
   if (tokens * hidden == 0) return absl::OkStatus();
-  CollapseKernel<<<Blocks(tokens * hidden, 256), 256, 0, LaunchStream()>>>(
-      streams.data_as<float>(), pre.data_as<float>(), tokens, static_cast<int>(n), hidden,
-      out.data_as<float>());
+  LaunchKernel(CollapseKernel, Blocks(tokens * hidden, 256), 256, 0, streams.data_as<float>(),
+               pre.data_as<float>(), tokens, static_cast<int>(n), hidden, out.data_as<float>());
   return LaunchStatus(op);
 }
 
@@ -176,9 +178,9 @@ absl::Status IndexerHeadScores(const core::TensorView& dots, const core::TensorV
     return Bad(op, "dots [num_q · heads, num_keys]", dots);
   }
   if (num_q * num_keys == 0) return absl::OkStatus();
-  HeadScoresKernel<<<Blocks(num_q * num_keys, 256), 256, 0, LaunchStream()>>>(
-      dots.data_as<float>(), weights.data_as<float>(), num_q, heads, num_keys, score_scale,
-      scores.data_as<float>());
+  LaunchKernel(HeadScoresKernel, Blocks(num_q * num_keys, 256), 256, 0, dots.data_as<float>(),
+               weights.data_as<float>(), num_q, heads, num_keys, score_scale,
+               scores.data_as<float>());
   return LaunchStatus(op);
 }
 

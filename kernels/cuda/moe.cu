@@ -25,6 +25,7 @@ struct RouteParams {
 
 // One block per token: scores into shared memory, then one thread selects and weighs.
 __global__ void RouteKernel(RouteParams p) {
+  WaitForPriorKernels();
   __shared__ float score[kMaxRoutedExperts];
   __shared__ float biased[kMaxRoutedExperts];
   // The picks stay in shared memory until the end: TopK's insertion sort reading back global
@@ -76,6 +77,7 @@ struct GatherParams {
 
 // One block per gathered row (no 64-bit division per element).
 __global__ void GatherKernel(GatherParams p) {
+  WaitForPriorKernels();
   const int64_t row = blockIdx.x;
   const int32_t slot = p.slots[row];
   const int64_t src = slot < 0 ? 0 : int64_t{slot / static_cast<int32_t>(p.k)} * p.hidden;
@@ -106,6 +108,7 @@ struct CombineParams {
 
 // One block per token: its picks and weights read once, then every channel.
 __global__ void CombineKernel(CombineParams p) {
+  WaitForPriorKernels();
   const int64_t t = blockIdx.x;
   if (p.vec) {
     for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
@@ -146,6 +149,7 @@ __global__ void CombineKernel(CombineParams p) {
 // One block per slot: its pick's row times its weight.
 __global__ void ScalePicksKernel(void* act, bool bf16, int64_t cols, const int32_t* pick_of_slot,
                                  const float* weight) {
+  WaitForPriorKernels();
   const int64_t s = blockIdx.x;
   const int32_t pick = pick_of_slot[s];
   if (pick < 0) return;
@@ -227,7 +231,7 @@ absl::Status RouteTopK(const RouteArgs& a) {
     p.bias = a.bias.data_as<float>();
   }
   if (num_tokens == 0) return absl::OkStatus();
-  RouteKernel<<<static_cast<unsigned>(num_tokens), 128, 0, LaunchStream()>>>(p);
+  LaunchKernel(RouteKernel, static_cast<unsigned>(num_tokens), 128, 0, p);
   return LaunchStatus(op);
 }
 
@@ -271,7 +275,7 @@ absl::Status MoeGather(const core::TensorView& x, const core::TensorView& slots,
                  IsBf16(x), IsBf16(out)};
   if (p.picks * p.hidden == 0) return absl::OkStatus();
   p.vec = Vec8Ok(p.x, p.hidden) && Vec8Ok(p.out, p.hidden);
-  GatherKernel<<<static_cast<unsigned>(p.picks), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(GatherKernel, static_cast<unsigned>(p.picks), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -310,7 +314,7 @@ absl::Status MoeCombine(const core::TensorView& expert_out, const core::TensorVi
   p.vec = Vec8Ok(p.expert_out, p.hidden) && Vec8Ok(p.out, p.hidden) &&
           (p.shared == nullptr || Vec8Ok(p.shared, p.hidden));
   p.weighted = weighted;
-  CombineKernel<<<static_cast<unsigned>(p.num_tokens), 256, 0, LaunchStream()>>>(p);
+  LaunchKernel(CombineKernel, static_cast<unsigned>(p.num_tokens), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -330,9 +334,8 @@ absl::Status MoeScalePicks(const core::TensorView& act, const core::TensorView& 
   if (absl::Status s = CheckArg(slots < (int64_t{1} << 31), op, "too many slots"); !s.ok()) {
     return s;
   }
-  ScalePicksKernel<<<static_cast<unsigned>(slots), 256, 0, LaunchStream()>>>(
-      act.data, IsBf16(act), act.shape[1], pick_of_slot.data_as<int32_t>(),
-      topk_weight.data_as<float>());
+  LaunchKernel(ScalePicksKernel, static_cast<unsigned>(slots), 256, 0, act.data, IsBf16(act),
+               act.shape[1], pick_of_slot.data_as<int32_t>(), topk_weight.data_as<float>());
   return LaunchStatus(op);
 }
 

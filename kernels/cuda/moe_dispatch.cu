@@ -24,6 +24,7 @@ constexpr int kWarps = 8;
 // ascending slot order (rank within the 32 by __match_any_sync). Slot order within an expert is
 // kept, as the host's sequential placement keeps it.
 __global__ void __launch_bounds__(32 * kWarps) DispatchKernel(DispatchParams p) {
+  WaitForPriorKernels();
   extern __shared__ int32_t shared[];
   const int experts = p.experts;
   int32_t* count = shared;  // [kWarps][E], then cursors in place
@@ -99,7 +100,7 @@ absl::Status BuildMoePlanOnDevice(const core::TensorView& topk_idx, int64_t num_
                    slots.data_as<int32_t>(), pick_of_slot.data_as<int32_t>(), num_slots,
                    static_cast<int32_t>(num_experts)};
   const size_t shared_bytes = kWarps * num_experts * sizeof(int32_t);  // <= 32 KiB
-  DispatchKernel<<<1, 32 * kWarps, shared_bytes, LaunchStream()>>>(p);
+  LaunchKernel(DispatchKernel, 1, 32 * kWarps, shared_bytes, p);
   return LaunchStatus(op);
 }
 

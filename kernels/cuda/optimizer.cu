@@ -9,6 +9,7 @@ namespace {
 
 // Σ x² per matrix into norm_sq[b] (zeroed by the caller); grid (chunks, count).
 __global__ void NormSquaredKernel(const float* x, int64_t size, float* norm_sq) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const float* m = x + blockIdx.y * size;
   float sum = 0;
@@ -24,6 +25,7 @@ __global__ void NormSquaredKernel(const float* x, int64_t size, float* norm_sq) 
 // with learner/newton_schulz.cc's rounding: the f32 inverse of the f32 norm.
 __global__ void PackKernel(const float* in, int64_t rows, int64_t cols, bool transpose,
                            const float* norm_sq, float eps, void* work, bool bf16) {
+  WaitForPriorKernels();
   const int64_t size = rows * cols;
   const float inverse = 1.0f / (sqrtf(norm_sq[blockIdx.y]) + eps);
   const float* src = in + blockIdx.y * size;
@@ -38,6 +40,7 @@ __global__ void PackKernel(const float* in, int64_t rows, int64_t cols, bool tra
 // out[b] [rows, cols] f32 <- work[b] (untransposed).
 __global__ void UnpackKernel(const void* work, bool bf16, int64_t rows, int64_t cols,
                              bool transpose, float* out) {
+  WaitForPriorKernels();
   const int64_t size = rows * cols;
   const int64_t base = blockIdx.y * size;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size;
@@ -50,6 +53,7 @@ __global__ void UnpackKernel(const void* work, bool bf16, int64_t rows, int64_t 
 // M <- mu M + G; input <- nesterov ? mu M + G : M.
 __global__ void MomentumKernel(const float* grad, float* momentum, float* input, int64_t n,
                                float mu, bool nesterov) {
+  WaitForPriorKernels();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float g = grad[i];
@@ -63,6 +67,7 @@ __global__ void MomentumKernel(const float* grad, float* momentum, float* input,
 __global__ void MuonApplyKernel(const void* work, bool bf16, int64_t rows, int64_t cols,
                                 bool transpose, float* value, float decay, float lr,
                                 float scale) {
+  WaitForPriorKernels();
   const int64_t size = rows * cols;
   const int64_t base = blockIdx.y * size;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size;
@@ -76,6 +81,7 @@ __global__ void MuonApplyKernel(const void* work, bool bf16, int64_t rows, int64
 __global__ void AdamWKernel(float* value, const float* grad, float* m, float* v, int64_t n,
                             float beta1, float beta2, double correction1, double correction2,
                             float epsilon, float decay, float lr) {
+  WaitForPriorKernels();
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n;
        k += int64_t(gridDim.x) * blockDim.x) {
     const float g = grad[k];
@@ -185,9 +191,9 @@ absl::Status Orthogonalise(BlasHandle& handle, const float* in, int64_t count, i
   void* poly = base + norm_bytes + 2 * matrix_bytes + gram_bytes;
   cudaMemsetAsync(norm_sq, 0, count * sizeof(float), LaunchStream());
   const int64_t size = rows * cols;
-  NormSquaredKernel<<<Grid(size, count), 256, 0, LaunchStream()>>>(in, size, norm_sq);
-  PackKernel<<<Grid(size, count), 256, 0, LaunchStream()>>>(in, rows, cols, transpose, norm_sq,
-                                                            params.norm_epsilon, x, params.bf16);
+  LaunchKernel(NormSquaredKernel, Grid(size, count), 256, 0, in, size, norm_sq);
+  LaunchKernel(PackKernel, Grid(size, count), 256, 0, in, rows, cols, transpose, norm_sq,
+               params.norm_epsilon, x, params.bf16);
   if (absl::Status s = LaunchStatus("NewtonSchulz"); !s.ok()) return s;
   return Iterate(handle, params, count, n, m, x, x2, gram, poly);
 }
@@ -210,8 +216,8 @@ absl::Status NewtonSchulz(BlasHandle& handle, const core::TensorView& in,
       !s.ok()) {
     return s;
   }
-  UnpackKernel<<<Grid(rows * cols, count), 256, 0, LaunchStream()>>>(
-      x, params.bf16, rows, cols, rows > cols, out.data_as<float>());
+  LaunchKernel(UnpackKernel, Grid(rows * cols, count), 256, 0, x, params.bf16, rows, cols,
+               rows > cols, out.data_as<float>());
   return LaunchStatus("NewtonSchulz");
 }
 
@@ -230,9 +236,9 @@ absl::Status MuonStep(BlasHandle& handle, const core::TensorView& value,
   if (total == 0) return absl::OkStatus();
   Scratch input;
   if (absl::Status s = input.Allocate(total * 4); !s.ok()) return s;
-  MomentumKernel<<<Grid(total, 1), 256, 0, LaunchStream()>>>(
-      grad.data_as<float>(), momentum.data_as<float>(), static_cast<float*>(input.data), total,
-      params.momentum, params.nesterov);
+  LaunchKernel(MomentumKernel, Grid(total, 1), 256, 0, grad.data_as<float>(),
+               momentum.data_as<float>(), static_cast<float*>(input.data), total, params.momentum,
+               params.nesterov);
   Scratch scratch;
   void* x = nullptr;
   if (absl::Status s = Orthogonalise(handle, static_cast<const float*>(input.data), count, rows,
@@ -243,9 +249,8 @@ absl::Status MuonStep(BlasHandle& handle, const core::TensorView& value,
   const float scale =
       params.update_rms * std::sqrt(static_cast<float>(std::max(rows, cols)));
   const float decay = 1.0f - params.lr * params.weight_decay;
-  MuonApplyKernel<<<Grid(rows * cols, count), 256, 0, LaunchStream()>>>(
-      x, params.newton_schulz.bf16, rows, cols, rows > cols, value.data_as<float>(), decay,
-      params.lr, scale);
+  LaunchKernel(MuonApplyKernel, Grid(rows * cols, count), 256, 0, x, params.newton_schulz.bf16,
+               rows, cols, rows > cols, value.data_as<float>(), decay, params.lr, scale);
   return LaunchStatus("MuonStep");
 }
 
@@ -266,10 +271,9 @@ absl::Status AdamWStep(const core::TensorView& value, const core::TensorView& gr
   if (n == 0) return absl::OkStatus();
   const double correction1 = 1.0 - std::pow(static_cast<double>(params.beta1), params.step);
   const double correction2 = 1.0 - std::pow(static_cast<double>(params.beta2), params.step);
-  AdamWKernel<<<Grid(n, 1), 256, 0, LaunchStream()>>>(
-      value.data_as<float>(), grad.data_as<float>(), m.data_as<float>(), v.data_as<float>(), n,
-      params.beta1, params.beta2, correction1, correction2, params.epsilon,
-      1.0f - params.lr * params.weight_decay, params.lr);
+  LaunchKernel(AdamWKernel, Grid(n, 1), 256, 0, value.data_as<float>(), grad.data_as<float>(),
+               m.data_as<float>(), v.data_as<float>(), n, params.beta1, params.beta2, correction1,
+               correction2, params.epsilon, 1.0f - params.lr * params.weight_decay, params.lr);
   return LaunchStatus("AdamWStep");
 }
 

@@ -60,6 +60,7 @@ constexpr int kWarpsPerBlock = 8;
 
 // One warp per (row, block of columns).
 __global__ void BlockQuantDequantKernel(QuantParams p) {
+  WaitForPriorKernels();
   const int64_t item = int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32;
   if (item >= p.rows * p.blocks_per_row) return;
   const int lane = threadIdx.x % 32;
@@ -91,6 +92,7 @@ struct HadamardParams {
 // and 2 inside the lane, 4 .. n / 2 across lanes (the lower lane keeps a + b, the upper a - b),
 // as HadamardRef.
 __global__ void HadamardKernel(HadamardParams p) {
+  WaitForPriorKernels();
   const int64_t r = int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32;
   if (r >= p.rows) return;
   const int lane = threadIdx.x % 32;
@@ -135,8 +137,9 @@ absl::Status BlockQuantDequant(const core::TensorView& x, int64_t width, int64_t
   if (items == 0) return absl::OkStatus();
   const QuantParams p{x.data, rows,           ld,        width,
                       block,  blocks_per_row, IsBf16(x), format == SimFormat::kFp8E4M3};
-  BlockQuantDequantKernel<<<static_cast<unsigned>((items + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                            32 * kWarpsPerBlock, 0, LaunchStream()>>>(p);
+  LaunchKernel(BlockQuantDequantKernel,
+               static_cast<unsigned>((items + kWarpsPerBlock - 1) / kWarpsPerBlock),
+               32 * kWarpsPerBlock, 0, p);
   return LaunchStatus(op);
 }
 
@@ -155,8 +158,8 @@ absl::Status Hadamard(const core::TensorView& x) {
   const HadamardParams p{
       x.data,   rows, ld, static_cast<int>(cols), 1.0f / std::sqrt(static_cast<float>(cols)),
       IsBf16(x)};
-  HadamardKernel<<<static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                   32 * kWarpsPerBlock, 0, LaunchStream()>>>(p);
+  LaunchKernel(HadamardKernel, static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
+               32 * kWarpsPerBlock, 0, p);
   return LaunchStatus(op);
 }
 

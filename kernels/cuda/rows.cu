@@ -18,6 +18,7 @@ struct CopyPieces {
 };
 
 __global__ void __launch_bounds__(256) BatchCopyKernel(const CopyPieces batch) {
+  WaitForPriorKernels();
   const RowCopy c = batch.pieces[blockIdx.x];
   const uintptr_t s = reinterpret_cast<uintptr_t>(c.src), d = reinterpret_cast<uintptr_t>(c.dst);
   if (((s | d | static_cast<uintptr_t>(c.bytes)) & 15) == 0) {
@@ -33,6 +34,7 @@ __global__ void __launch_bounds__(256) BatchCopyKernel(const CopyPieces batch) {
 
 __global__ void AddPositionBiasAtKernel(float* x, const float* bias, const int32_t* positions,
                                         int64_t rows, int64_t width, int64_t ratio) {
+  WaitForPriorKernels();
   const int64_t total = rows * width;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -47,7 +49,7 @@ absl::Status BatchCopy(absl::Span<const RowCopy> copies) {
   CopyPieces batch;
   int count = 0;
   auto launch = [&]() {
-    BatchCopyKernel<<<static_cast<unsigned>(count), 256, 0, LaunchStream()>>>(batch);
+    LaunchKernel(BatchCopyKernel, static_cast<unsigned>(count), 256, 0, batch);
     count = 0;
     return LaunchStatus("cuda::BatchCopy");
   };
@@ -84,9 +86,9 @@ absl::Status AddPositionBiasAt(const core::TensorView& x, const core::TensorView
   if (total == 0) return absl::OkStatus();
   const unsigned blocks =
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
-  AddPositionBiasAtKernel<<<blocks, 256, 0, LaunchStream()>>>(
-      x.data_as<float>(), bias.data_as<const float>(), positions.data_as<const int32_t>(),
-      x.shape[0], x.shape[1], bias.shape[0]);
+  LaunchKernel(AddPositionBiasAtKernel, blocks, 256, 0, x.data_as<float>(),
+               bias.data_as<const float>(), positions.data_as<const int32_t>(), x.shape[0],
+               x.shape[1], bias.shape[0]);
   return LaunchStatus(op);
 }
 

@@ -55,6 +55,7 @@ struct Result {
 
 __global__ void MakeKeysKernel(const float* logits, int64_t vocab, int64_t total, uint64_t* keys,
                                int* offsets, int64_t rows) {
+  WaitForPriorKernels();
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
     keys[e] = SortKey(logits[e], static_cast<uint32_t>(e % vocab));
@@ -115,6 +116,7 @@ __device__ double LogSumExp(const float* row, int64_t vocab, double scale, doubl
 __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, int64_t vocab,
                                                          const uint64_t* sorted,
                                                          const Params* params, Result* results) {
+  WaitForPriorKernels();
   __shared__ double scratch[kThreads / 32 + 1];
   __shared__ int64_t found;
   __shared__ double found_mass;
@@ -303,8 +305,9 @@ absl::Status SampleTokens(const core::TensorView& logits,
     return cuda_error(e, "params upload");
   }
   const int64_t total = rows * vocab;
-  MakeKeysKernel<<<static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256, 0,
-                   LaunchStream()>>>(logits.data_as<float>(), vocab, total, keys_in, offsets, rows);
+  LaunchKernel(MakeKeysKernel,
+               static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 16)), 256, 0,
+               logits.data_as<float>(), vocab, total, keys_in, offsets, rows);
   if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   size_t cub_bytes = l.total - l.cub;
   if (cudaError_t e = cub::DeviceSegmentedRadixSort::SortKeysDescending(
@@ -313,8 +316,8 @@ absl::Status SampleTokens(const core::TensorView& logits,
       e != cudaSuccess) {
     return cuda_error(e, "segmented sort");
   }
-  SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, LaunchStream()>>>(
-      logits.data_as<float>(), vocab, keys_out, d_params, d_results);
+  LaunchKernel(SampleKernel, static_cast<unsigned>(rows), kThreads, 0, logits.data_as<float>(),
+               vocab, keys_out, d_params, d_results);
   if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   std::vector<Result> host_results(rows);
   if (cudaError_t e = cudaMemcpy(host_results.data(), d_results, rows * sizeof(Result),

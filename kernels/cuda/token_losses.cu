@@ -80,6 +80,7 @@ __device__ Support FindSupport(const Rows& x, int64_t offset, int64_t vocab, int
 }
 
 __global__ void LogprobKernel(LogprobParams p) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const int64_t offset = r * p.logits.ld;
@@ -178,6 +179,7 @@ __device__ float LogNormaliser(const Rows& x, int64_t offset, int64_t vocab, flo
 }
 
 __global__ void KlKernel(KlParams p) {
+  WaitForPriorKernels();
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const int64_t so = r * p.student.ld, to = r * p.teacher.ld;
@@ -245,7 +247,7 @@ absl::Status RunLogprobs(const char* op, const core::TensorView& logits,
   p.grad_bf16 = grad.dtype == core::DType::kBF16;
   p.ld_grad = grad.data ? grad.strides[0] : 0;
   if (p.rows == 0) return absl::OkStatus();
-  LogprobKernel<<<p.rows, kThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(LogprobKernel, p.rows, kThreads, 0, p);
   return LaunchStatus(op);
 }
 
@@ -320,7 +322,7 @@ absl::Status KlDivergence(const core::TensorView& student, const core::TensorVie
              grad_student.data, grad_student.dtype == core::DType::kBF16,
              grad_student.data ? grad_student.strides[0] : 0};
   if (rows == 0) return absl::OkStatus();
-  KlKernel<<<rows, kThreads, 0, LaunchStream()>>>(p);
+  LaunchKernel(KlKernel, rows, kThreads, 0, p);
   return LaunchStatus("KlDivergence");
 }
 
