@@ -5,7 +5,11 @@
 // tokens with random distinct picks. One JSON line per (batch, GEMM, kernel): {"batch", "gemm",
 // "kernel", "us", "gb_per_s", "of_copy", "vs_cublas"}; bytes = the weights of the experts that
 // got rows + the activations read and written; of_copy = that bandwidth over the
-// device-to-device copy bandwidth measured first.
+// device-to-device copy bandwidth measured first. Then the gate, up and clamped SwiGLU of the
+// decode step ("gemm": "w1 + w3 + SwiGLU") as the three calls (GroupedGemmDeviceOffsets kAuto
+// into bf16 gate and up, SwiGluClamp) and as GroupedGemmSwiGluDeviceOffsets (one wgmma launch),
+// {"batch", "gemm", "kernel", "us", "gb_per_s", "of_copy", "vs_three_calls"}, bytes = both
+// weight sets of the experts that got rows + x + the bf16 activation out.
 //
 //   cuda_moe_gemm_bench [BATCHES=1,64,256] [ITERS=50]
 #include <algorithm>
@@ -20,6 +24,7 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 
@@ -44,11 +49,13 @@ int Main(int argc, char** argv) {
   Check(handle.status(), "cublas");
   // kLayers weight sets used in turn, as consecutive layers do, so that no call finds its
   // experts in L2 (50 MB) from the call before.
-  std::vector<Tensor> w1, w2;  // gate/up: N 1024, K 2048; down: N 2048, K 1024
+  std::vector<Tensor> w1, w2, w3;  // gate/up: N 1024, K 2048; down: N 2048, K 1024
   for (int64_t l = 0; l < kLayers; ++l) {
     w1.push_back(RandomDevice(DType::kBF16, {kExperts, kInter, kHidden}, 1 + 2 * l, 0.02f));
     w2.push_back(RandomDevice(DType::kBF16, {kExperts, kHidden, kInter}, 2 + 2 * l, 0.02f));
+    w3.push_back(RandomDevice(DType::kBF16, {kExperts, kInter, kHidden}, 101 + l, 0.02f));
   }
+  const float limit = 10.0f;  // the mid config's swiglu_limit
   for (const int64_t batch : batches) {
     // Random distinct picks per token, counted per expert.
     std::vector<int64_t> counts(kExperts, 0);
@@ -119,6 +126,40 @@ int Main(int argc, char** argv) {
       }
       std::fflush(stdout);
     }
+    // w1 + w3 + SwiGLU: the decode step's three calls against the fused kernel.
+    const Tensor up = Tensor::Empty(DType::kBF16, {rows, kInter}, kc::DeviceAllocator());
+    const double swiglu_bytes =
+        2.0 * 2.0 * used * kInter * kHidden + 2.0 * rows * kHidden + 2.0 * rows * kInter;
+    int64_t call = 0;
+    const double three_us =
+        1e3 * TimeMs(iters, [&] {
+          const int64_t l = call++ % kLayers;
+          Check(kc::GroupedGemmDeviceOffsets(x.view(), w1[l].view(), d_offsets.view(), gate.view()),
+                "w1");
+          Check(kc::GroupedGemmDeviceOffsets(x.view(), w3[l].view(), d_offsets.view(), up.view()),
+                "w3");
+          Check(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()), "swiglu");
+        });
+    auto report_swiglu = [&](const char* kernel, double us) {
+      const double gb_per_s = swiglu_bytes / us / 1e3;
+      std::printf(
+          "{\"batch\": %lld, \"gemm\": \"w1 + w3 + SwiGLU\", \"kernel\": \"%s\", \"us\": %.1f, "
+          "\"gb_per_s\": %.0f, \"of_copy\": %.3f, \"vs_three_calls\": %.2f}\n",
+          static_cast<long long>(batch), kernel, us, gb_per_s, gb_per_s / copy_gb_per_s,
+          three_us / us);
+    };
+    report_swiglu("three calls (w1, w3 auto; SwiGluClamp)", three_us);
+    if (kc::GroupedGemmSwiGluApplies(x.view(), w1[0].view(), w3[0].view())) {
+      report_swiglu("fused wgmma (GroupedGemmSwiGluDeviceOffsets)",
+                    1e3 * TimeMs(iters, [&] {
+                      const int64_t l = call++ % kLayers;
+                      Check(
+                          kc::GroupedGemmSwiGluDeviceOffsets(x.view(), w1[l].view(), w3[l].view(),
+                                                             d_offsets.view(), limit, gate.view()),
+                          "fused");
+                    }));
+    }
+    std::fflush(stdout);
   }
   return 0;
 }

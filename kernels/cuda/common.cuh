@@ -85,6 +85,17 @@ __device__ __forceinline__ void StoreF(void* p, bool bf16, int64_t i, float v) {
   }
 }
 
+// The V4 clamped SwiGLU of one element: silu(min(g, limit)) · clamp(u, ±limit) (limit <= 0: no
+// clamp), in f32. One definition for SwiGluKernel (elementwise.cu) and the fused grouped GEMM
+// (grouped_gemm_wgmma.cu), which must round alike.
+__device__ __forceinline__ float SwiGluClampValue(float g, float u, float limit) {
+  if (limit > 0) {
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+  }
+  return g / (1.0f + expf(-g)) * u;
+}
+
 // Eight consecutive values from element i: one 16-byte access for bf16, two for f32. Needs i a
 // multiple of 8 and a 16-byte aligned base (Vec8Ok on the host). Memory-bound kernels use these
 // so that each thread keeps several bytes in flight (2-byte accesses reach a fraction of HBM).

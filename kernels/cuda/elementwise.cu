@@ -158,25 +158,15 @@ __global__ void SwiGluKernel(SwiGluParams p) {
       Load8(p.gate, p.gate_bf16, r * p.ldg + c, g);
       Load8(p.up, p.up_bf16, r * p.ldu + c, u);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (p.limit > 0) {
-          g[k] = fminf(g[k], p.limit);
-          u[k] = fminf(fmaxf(u[k], -p.limit), p.limit);
-        }
-        g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
-      }
+      for (int k = 0; k < 8; ++k) g[k] = SwiGluClampValue(g[k], u[k], p.limit);
       Store8(p.out, p.out_bf16, r * p.ldo + c, g);
     }
     return;
   }
   for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) {
-    float g = LoadF(p.gate, p.gate_bf16, r * p.ldg + c);
-    float u = LoadF(p.up, p.up_bf16, r * p.ldu + c);
-    if (p.limit > 0) {
-      g = fminf(g, p.limit);
-      u = fminf(fmaxf(u, -p.limit), p.limit);
-    }
-    StoreF(p.out, p.out_bf16, r * p.ldo + c, g / (1.0f + expf(-g)) * u);
+    StoreF(p.out, p.out_bf16, r * p.ldo + c,
+           SwiGluClampValue(LoadF(p.gate, p.gate_bf16, r * p.ldg + c),
+                            LoadF(p.up, p.up_bf16, r * p.ldu + c), p.limit));
   }
 }
 

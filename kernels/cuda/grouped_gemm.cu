@@ -186,12 +186,10 @@ absl::Status Launch(const GroupedParams& p, int64_t rows, const char* op) {
   return LaunchStatus(op);
 }
 
-}  // namespace
-
-absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::TensorView& w,
-                                      const core::TensorView& offsets, const core::TensorView& out,
-                                      GroupedGemmTile tile) {
-  const char* op = "cuda::GroupedGemmDeviceOffsets";
+// The views of a device-offsets grouped GEMM (x [R, K], w [E, N, K], offsets [E + 1], out [R, N]):
+// dtypes, device residence, contiguity, shapes and the kernels' limits.
+absl::Status CheckGroupedViews(const char* op, const core::TensorView& x, const core::TensorView& w,
+                               const core::TensorView& offsets, const core::TensorView& out) {
   using core::DType;
   for (absl::Status s : {CheckDeviceView(op, "x", x, {DType::kBF16}),
                          CheckDeviceView(op, "w", w, {DType::kBF16}),
@@ -207,12 +205,19 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
     return s;
   }
   const int64_t rows = x.shape[0], experts = w.shape[0], n = w.shape[1], k = w.shape[2];
-  if (absl::Status s = CheckArg(experts <= kMaxExperts && rows < (int64_t{1} << 31) &&
-                                    n < (int64_t{1} << 31) && k < (int64_t{1} << 31),
-                                op, "at most 1024 experts; rows, N and K below 2^31");
-      !s.ok()) {
-    return s;
-  }
+  return CheckArg(experts <= kMaxExperts && rows < (int64_t{1} << 31) && n < (int64_t{1} << 31) &&
+                      k < (int64_t{1} << 31),
+                  op, "at most 1024 experts; rows, N and K below 2^31");
+}
+
+}  // namespace
+
+absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::TensorView& w,
+                                      const core::TensorView& offsets, const core::TensorView& out,
+                                      GroupedGemmTile tile) {
+  const char* op = "cuda::GroupedGemmDeviceOffsets";
+  if (absl::Status s = CheckGroupedViews(op, x, w, offsets, out); !s.ok()) return s;
+  const int64_t rows = x.shape[0], experts = w.shape[0], n = w.shape[1], k = w.shape[2];
   if (rows == 0 || n == 0 || experts == 0) return absl::OkStatus();
   GroupedParams p{};
   p.x = static_cast<const __nv_bfloat16*>(x.data);
@@ -233,6 +238,28 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
   if (tile == GroupedGemmTile::kWgmma) return GroupedGemmWgmma(x, w, offsets, out);
   return tile == GroupedGemmTile::kSmall16x64 ? Launch<SmallTile>(p, rows, op)
                                               : Launch<WideTile>(p, rows, op);
+}
+
+bool GroupedGemmSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,
+                              const core::TensorView& w3) {
+  return GroupedGemmWgmmaSwiGluApplies(x, w1, w3);
+}
+
+absl::Status GroupedGemmSwiGluDeviceOffsets(const core::TensorView& x, const core::TensorView& w1,
+                                            const core::TensorView& w3,
+                                            const core::TensorView& offsets, float limit,
+                                            const core::TensorView& out) {
+  const char* op = "cuda::GroupedGemmSwiGluDeviceOffsets";
+  if (absl::Status s = CheckGroupedViews(op, x, w1, offsets, out); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "w3", w3, {core::DType::kBF16}); !s.ok()) return s;
+  if (absl::Status s = CheckArg(w3.rank == 3 && w3.shape[0] == w1.shape[0] &&
+                                    w3.shape[1] == w1.shape[1] && w3.shape[2] == w1.shape[2],
+                                op, "w3 [E, I, K] as w1");
+      !s.ok()) {
+    return s;
+  }
+  if (x.shape[0] == 0 || w1.shape[1] == 0 || w1.shape[0] == 0) return absl::OkStatus();
+  return GroupedGemmWgmmaSwiGlu(x, w1, w3, offsets, limit, out);
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -34,4 +34,22 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
                                       const core::TensorView& offsets, const core::TensorView& out,
                                       GroupedGemmTile tile = GroupedGemmTile::kAuto);
 
+// The decode step's gate, up and clamped SwiGLU in one launch of the Hopper kernel: out[r] =
+// SwiGluClamp(bf16(x[r] · w1[e]ᵀ), bf16(x[r] · w3[e]ᵀ), limit) (elementwise.h) for the rows r in
+// [offsets[e], offsets[e + 1]), the same bits as GroupedGemmDeviceOffsets into bf16 gate and up
+// buffers followed by SwiGluClamp wherever those GEMMs take kWgmma (I a multiple of 128; the fused
+// kernel's blocks of 64 gate and 64 up rows sum exactly as its blocks of 128 rows). x: [R, K]
+// bf16; w1, w3: [E, I, K] bf16, E <= 1024; offsets as above; out: [R, I] bf16|f32; all contiguous.
+// Rows from offsets[E] on are left untouched. InvalidArgument on a mismatch or where
+// GroupedGemmSwiGluApplies is false (the caller then takes the three calls).
+absl::Status GroupedGemmSwiGluDeviceOffsets(const core::TensorView& x, const core::TensorView& w1,
+                                            const core::TensorView& w3,
+                                            const core::TensorView& offsets, float limit,
+                                            const core::TensorView& out);
+// Whether GroupedGemmSwiGluDeviceOffsets serves x [R, K] and w1, w3 [E, I, K] (views it accepts):
+// K a positive multiple of 64, I a multiple of 64, 16-byte aligned x, w1 and w3, a compute
+// capability 9.0 device.
+bool GroupedGemmSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,
+                              const core::TensorView& w3);
+
 }  // namespace v4rl::kernels::cuda

@@ -22,12 +22,29 @@
 //    [offsets[e], offsets[e + 1]) are never written. x rows past the expert's end that the token
 //    boxes read (other experts' rows, or zeros past R: TMA fills out-of-bounds with zeros) only
 //    reach those skipped columns.
+// The same kernel, instantiated with kSwiGlu, serves GroupedGemmSwiGluDeviceOffsets: out[r] =
+// SwiGluClamp(bf16(x[r] · w1[e]ᵀ), bf16(x[r] · w3[e]ᵀ)) in one launch, the bits of the three
+// calls (two GEMMs storing bf16, then SwiGluKernel):
+//  - a block owns 64 output columns c0.. of one expert (grid (I / 64, E)); the producer loads a
+//    64-row box of w1 into the weight tile's first half and one of w3 into its second, so
+//    warpgroup 0 computes the gate rows and warpgroup 1 the up rows of the same columns, over the
+//    same token boxes (the ring, its stages and their bytes as for the plain GEMM);
+//  - epilogue of each pass: both warpgroups meet at a named barrier (their wgmma done with the
+//    pass's last stage, which neither has released), warpgroup 0 stores its accumulators rounded
+//    to bf16 in that stage's weight tile (plan::WgmmaGateExchangeOffset: register i of thread t
+//    at the same place for both warpgroups, whose fragments cover the same (column, token)),
+//    a second named barrier, then warpgroup 1 rounds its up values to bf16, applies
+//    SwiGluClampValue (common.cuh, SwiGluKernel's arithmetic) and stores to out; it releases the
+//    stage for both warpgroups afterwards, so the producer refills it (next pass) only then.
 // The layout arithmetic (ring offsets, descriptors, fragment rows and columns) lives in
 // kernels/plan/grouped_gemm_wgmma.h, which tests/kernels/wgmma_layout_test.cc replays on the CPU
 // against the PTX ISA's layouts.
 // ptxas (CUDA 13.0, sm_90a): 96 registers, no spills, 1 KB static + 111 KB dynamic shared memory;
 // Nsight Compute on the H200 at batch 256 (w1): two blocks an SM (registers and shared memory
-// both allow 2), 3.5 TB/s from DRAM (73% of its peak), 40.9 µs.
+// both allow 2), 3.5 TB/s from DRAM (73% of its peak), 40.9 µs. The SwiGLU instantiation: 96
+// registers, no spills, the same shared memory (the exchange reuses the ring) and a named barrier;
+// ptxas reports an 8-byte stack frame, the IEEE f32 division's slow-path subroutine (gone with
+// __fdividef, which would not round as SwiGluKernel does).
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime
 #include <cudaTypedefs.h>
 
@@ -54,10 +71,14 @@ constexpr int kKStepBytes = plan::kWgmmaInstrK * 2;                             
 
 struct WgmmaParams {
   const int32_t* offsets;  // [E + 1] i32 device
-  void* out;               // [R, N] bf16|f32
-  int rows, n, k;          // R, N, K
+  void* out;               // [R, N] bf16|f32 (the SwiGLU kernel: [R, I])
+  int rows, n, k;          // R, N (the SwiGLU kernel: I, out's row length), K
   bool out_bf16;
+  float limit;  // the SwiGLU kernel's clamp (SwiGluClampValue)
 };
+
+// Named barrier of the SwiGLU kernel's two consumer warpgroups (0 is __syncthreads').
+constexpr int kExchangeBarrier = 1;
 
 #if V4RL_WGMMA_DEVICE
 
@@ -76,6 +97,11 @@ __device__ __forceinline__ void BarrierArriveExpectTx(uint32_t bar, int bytes) {
 
 __device__ __forceinline__ void BarrierArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// `count` arrivals at once (the SwiGLU kernel's warpgroup 1 releasing a stage for both).
+__device__ __forceinline__ void BarrierArrive(uint32_t bar, int count) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
 
 // Waits for the completion of the barrier's phase of parity `parity` (a fresh barrier counts its
@@ -118,6 +144,11 @@ __device__ __forceinline__ void WgmmaCommit() {
 }
 __device__ __forceinline__ void WgmmaWaitAll() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// bar.sync of the two consumer warpgroups only (the producer warp is not waited for).
+__device__ __forceinline__ void ConsumerBarrier() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kExchangeBarrier), "n"(kConsumerThreads) : "memory");
 }
 
 // Pins the accumulators at this point of the instruction stream: the compiler sees the wgmma asm
@@ -282,10 +313,63 @@ struct Wgmma<128> {
   }
 };
 
+// The SwiGLU kernel's epilogue of a pass (see the top of the file): warpgroup 0's gate values
+// through the weight tile at `exchange` (the pass's last stage, released here for both
+// warpgroups) to warpgroup 1, which stores SwiGluClampValue(gate, up) to out.
+template <int kN>
+__device__ __forceinline__ void SwiGluEpilogue(const WgmmaParams& p, const float (&acc)[kN / 2],
+                                               uint32_t exchange, uint32_t empty_bar, int group,
+                                               int thread, int col0, int pass_row0,
+                                               int pass_tokens) {
+  ConsumerBarrier();  // both warpgroups' wgmma done reading the stage
+  if (group == 0) {
+#pragma unroll
+    for (int i = 0; i < kN / 2; i += 2) {
+      // Rounded as StoreF rounds the gate GEMM's output; register i at the lower address.
+      const uint32_t word =
+          __bfloat16_as_ushort(__float2bfloat16(acc[i])) |
+          static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16(acc[i + 1]))) << 16;
+      asm volatile(
+          "st.shared.b32 [%0], %1;\n" ::"r"(exchange + plan::WgmmaGateExchangeOffset(thread, i)),
+          "r"(word)
+          : "memory");
+    }
+    // These generic-proxy stores ordered before the TMA that refills the stage.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  ConsumerBarrier();  // the gate values stored
+  if (group == 1) {
+#pragma unroll
+    for (int i = 0; i < kN / 2; i += 2) {
+      uint32_t word;
+      asm volatile("ld.shared.b32 %0, [%1];\n"
+                   : "=r"(word)
+                   : "r"(exchange + plan::WgmmaGateExchangeOffset(thread, i))
+                   : "memory");
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const float gate =
+            __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(word >> (16 * j))));
+        const int t = plan::WgmmaAccumulatorCol(thread, i + j);
+        if (t < pass_tokens) {
+          const float up = __bfloat162float(__float2bfloat16(acc[i + j]));  // as stored
+          StoreF(p.out, p.out_bf16,
+                 static_cast<int64_t>(pass_row0 + t) * p.n + col0 +
+                     plan::WgmmaAccumulatorRow(thread, i + j),
+                 SwiGluClampValue(gate, up, p.limit));
+        }
+      }
+    }
+    // The stage free for the producer: this warp's arrival and its warpgroup 0 partner's.
+    if (thread % 32 == 0) BarrierArrive(empty_bar, 2);
+  }
+}
+
 // The consumers' side of one pass over K for kN tokens (kN = the pass's boxes x 16): every stage
 // of the ring in turn, then the epilogue. `stage` and `phase` carry the ring position across
-// passes.
-template <int kN>
+// passes. The plain GEMM's warpgroup `group` covers output columns col0 + 64 group.., the SwiGLU
+// kernel's both cover col0.. (gate and up rows of the same columns).
+template <bool kSwiGlu, int kN>
 __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::WgmmaRing& ring,
                                             uint32_t ring_base, uint32_t full, uint32_t empty,
                                             int group, int thread, int col0, int pass_row0,
@@ -294,6 +378,7 @@ __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::Wg
 #pragma unroll
   for (int i = 0; i < kN / 2; ++i) acc[i] = 0.0f;
   const int num_k = p.k / plan::kWgmmaBlockK;
+  int last_stage = 0;
   for (int kt = 0; kt < num_k; ++kt) {
     BarrierWait(full + 8 * stage, phase);
     const uint32_t a = ring_base + plan::WgmmaWeightOffset(ring, stage, group);
@@ -308,33 +393,47 @@ __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::Wg
     WgmmaCommit();
     WgmmaWaitAll();
     FenceAccumulators(acc);
-    if (thread % 32 == 0) BarrierArrive(empty + 8 * stage);  // this warp is done with the stage
+    // This warp is done with the stage; the SwiGLU kernel's last stage of the pass is released
+    // after its epilogue, which reuses it.
+    if (!(kSwiGlu && kt == num_k - 1) && thread % 32 == 0) BarrierArrive(empty + 8 * stage);
+    last_stage = stage;
     if (++stage == ring.stages) {
       stage = 0;
       phase ^= 1;
     }
   }
-  // Accumulator row m = weight row col0 + 64 group + m = output column; column t = token.
-  const int64_t col = col0 + group * (plan::kWgmmaBlockRows / 2);
+  if constexpr (kSwiGlu) {
+    SwiGluEpilogue<kN>(p, acc, ring_base + plan::WgmmaWeightOffset(ring, last_stage, 0),
+                       empty + 8 * last_stage, group, thread, col0, pass_row0, pass_tokens);
+  } else {
+    // Accumulator row m = weight row col0 + 64 group + m = output column; column t = token.
+    const int64_t col = col0 + group * plan::kWgmmaGroupRows;
 #pragma unroll
-  for (int i = 0; i < kN / 2; ++i) {
-    const int t = plan::WgmmaAccumulatorCol(thread, i);
-    if (t < pass_tokens) {
-      StoreF(p.out, p.out_bf16,
-             static_cast<int64_t>(pass_row0 + t) * p.n + col + plan::WgmmaAccumulatorRow(thread, i),
-             acc[i]);
+    for (int i = 0; i < kN / 2; ++i) {
+      const int t = plan::WgmmaAccumulatorCol(thread, i);
+      if (t < pass_tokens) {
+        StoreF(
+            p.out, p.out_bf16,
+            static_cast<int64_t>(pass_row0 + t) * p.n + col + plan::WgmmaAccumulatorRow(thread, i),
+            acc[i]);
+      }
     }
   }
 }
 
 #endif  // V4RL_WGMMA_DEVICE
 
-// Block (blockIdx.x, blockIdx.y) computes out[rows of expert blockIdx.y, 128 columns from
-// 128 blockIdx.x]. Threads 0..255: the two consumer warpgroups; 256: the producer; 257..287 idle
-// (the producer warp keeps the block's thread count a whole number of warps).
+// Block (blockIdx.x, blockIdx.y) computes out[rows of expert blockIdx.y, kBlockCols columns from
+// kBlockCols blockIdx.x]: 128 of x · wᵀ from w_map, or (kSwiGlu) 64 of the clamped SwiGLU of
+// x · w1ᵀ (w_map) and x · w3ᵀ (w3_map; the plain GEMM gets w_map twice and ignores it). Threads
+// 0..255: the two consumer warpgroups; 256: the producer; 257..287 idle (the producer warp keeps
+// the block's thread count a whole number of warps).
+template <bool kSwiGlu>
 __global__ void __launch_bounds__(kThreads, 2)
     GroupedGemmWgmmaKernel(const __grid_constant__ CUtensorMap w_map,
+                           const __grid_constant__ CUtensorMap w3_map,
                            const __grid_constant__ CUtensorMap x_map, const WgmmaParams p) {
+  constexpr int kBlockCols = kSwiGlu ? plan::kWgmmaGroupRows : plan::kWgmmaBlockRows;
   WaitForPriorKernels();
 #if V4RL_WGMMA_DEVICE
   __shared__ __align__(8) uint64_t full_barriers[plan::kWgmmaMaxStages];
@@ -347,7 +446,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (tokens <= 0) return;  // the whole block: an empty expert
   const plan::WgmmaRing ring = plan::WgmmaRingFor(tokens);
   const int passes = (tokens + plan::kWgmmaMaxPassTokens - 1) / plan::kWgmmaMaxPassTokens;
-  const int col0 = static_cast<int>(blockIdx.x) * plan::kWgmmaBlockRows;
+  const int col0 = static_cast<int>(blockIdx.x) * kBlockCols;
   // The ring on a 1024-byte boundary (the swizzle's period; kSharedBytes has the slack).
   const uint32_t ring_base = (SharedAddress(wgmma_ring) + plan::kWgmmaSwizzleBytes - 1) &
                              ~static_cast<uint32_t>(plan::kWgmmaSwizzleBytes - 1);
@@ -370,6 +469,10 @@ __global__ void __launch_bounds__(kThreads, 2)
                    : "memory");
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x_map))
                    : "memory");
+      if constexpr (kSwiGlu) {
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w3_map))
+                     : "memory");
+      }
       const int num_k = p.k / plan::kWgmmaBlockK;
       int stage = 0;
       uint32_t phase = 0;
@@ -383,8 +486,13 @@ __global__ void __launch_bounds__(kThreads, 2)
           const uint32_t bar = full + 8 * stage;
           BarrierArriveExpectTx(bar, bytes);
           const int k0 = kt * plan::kWgmmaBlockK;
+          // The weight tile: 128 rows of w, or 64 of w1 then the same 64 of w3 (16 KB either way).
           TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 0), &w_map, bar, k0, col0,
                     expert);
+          if constexpr (kSwiGlu) {
+            TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 1), &w3_map, bar, k0, col0,
+                      expert);
+          }
           for (int box = 0; box < boxes; ++box) {
             TmaLoad2d(ring_base + plan::WgmmaTokenOffset(ring, stage, box), &x_map, bar, k0,
                       pass_row0 + box * plan::kWgmmaTokenBox);
@@ -399,7 +507,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     return;
   }
 
-  // Consumers: warpgroup `group` owns weight rows [64 group, 64 group + 64) of the tile.
+  // Consumers: warpgroup `group` owns weight rows [64 group, 64 group + 64) of the tile (the
+  // SwiGLU kernel: the gate rows, then the up rows).
   const int group = static_cast<int>(threadIdx.x) / 128,
             thread = static_cast<int>(threadIdx.x) % 128;
   int stage = 0;
@@ -408,10 +517,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int pass_row0 = row_begin + pass * plan::kWgmmaMaxPassTokens;
     const int pass_tokens = min(plan::kWgmmaMaxPassTokens, row_end - pass_row0);
     const int boxes = (pass_tokens + plan::kWgmmaTokenBox - 1) / plan::kWgmmaTokenBox;
-#define V4RL_WGMMA_PASS(kBoxes)                                                                \
-  case kBoxes:                                                                                 \
-    ConsumePass<kBoxes * plan::kWgmmaTokenBox>(p, ring, ring_base, full, empty, group, thread, \
-                                               col0, pass_row0, pass_tokens, stage, phase);    \
+#define V4RL_WGMMA_PASS(kBoxes)                                                                 \
+  case kBoxes:                                                                                  \
+    ConsumePass<kSwiGlu, kBoxes * plan::kWgmmaTokenBox>(p, ring, ring_base, full, empty, group, \
+                                                        thread, col0, pass_row0, pass_tokens,   \
+                                                        stage, phase);                          \
     break;
     switch (boxes) {
       V4RL_WGMMA_PASS(1)
@@ -468,56 +578,66 @@ absl::Status EncodeBf16Map(const char* op, const char* name, CUtensorMap* map, c
   return absl::OkStatus();
 }
 
-}  // namespace
-
-bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& w) {
+// What keeps the kernel from x [R, K] and w [E, N, K] (nullptr: nothing): K a positive multiple
+// of 64, N a multiple of `block_cols`, 16-byte aligned x and w, a compute capability 9.0 device.
+const char* WgmmaUnmet(const core::TensorView& x, const core::TensorView& w, int block_cols) {
   const int64_t n = w.shape[1], k = w.shape[2];
-  if (k < plan::kWgmmaBlockK || k % plan::kWgmmaBlockK != 0 || n % plan::kWgmmaBlockRows != 0 ||
-      reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
+  if (k < plan::kWgmmaBlockK || k % plan::kWgmmaBlockK != 0) {
+    return "K (the weights' shape[2]) a positive multiple of 64";
+  }
+  if (n % block_cols != 0) {
+    return block_cols == plan::kWgmmaBlockRows ? "N (w.shape[1]) a multiple of 128"
+                                               : "I (w1.shape[1]) a multiple of 64";
+  }
+  if (reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w.data) % 16 != 0) {
-    return false;
+    return "16-byte aligned x and weights";
   }
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
+    return "a CUDA device";
   }
-  return major == 9 && minor == 0;  // the sm_90a code runs on compute capability 9.0 only
+  // The sm_90a code runs on compute capability 9.0 only.
+  return major == 9 && minor == 0 ? nullptr : "a compute capability 9.0 device";
 }
 
-absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
-                              const core::TensorView& offsets, const core::TensorView& out) {
-  const char* op = "cuda::GroupedGemmDeviceOffsets (wgmma)";
-  if (!GroupedGemmWgmmaApplies(x, w)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: needs K a positive multiple of 64 (got %d), N a multiple of 128 (got %d), 16-byte "
-        "aligned x and w, and a compute capability 9.0 device",
-        op, w.shape[2], w.shape[1]));
-  }
-  const int64_t rows = x.shape[0], experts = w.shape[0], n = w.shape[1], k = w.shape[2];
-  CUtensorMap w_map, x_map;
-  // w [E, N, K]: dims (K, N, E), boxes of 64 K x 128 rows x 1 expert.
-  const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(n),
-                                static_cast<cuuint64_t>(experts)};
-  const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(2 * k),
-                                   static_cast<cuuint64_t>(2 * k * n)};
-  const cuuint32_t w_box[3] = {plan::kWgmmaBlockK, plan::kWgmmaBlockRows, 1};
+// w [E, N, K] as a map of dims (K, N, E), boxes of 64 K x `box_rows` rows x 1 expert.
+absl::Status EncodeWeightMap(const char* op, const char* name, CUtensorMap* map,
+                             const core::TensorView& w, int box_rows) {
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(w.shape[2]),
+                              static_cast<cuuint64_t>(w.shape[1]),
+                              static_cast<cuuint64_t>(w.shape[0])};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(2 * w.shape[2]),
+                                 static_cast<cuuint64_t>(2 * w.shape[2] * w.shape[1])};
+  const cuuint32_t box[3] = {plan::kWgmmaBlockK, static_cast<cuuint32_t>(box_rows), 1};
+  return EncodeBf16Map(op, name, map, w.data, 3, dims, strides, box);
+}
+
+// The kernel for x and the maps of w (and w3: kSwiGlu), grid (N / kBlockCols, E).
+template <bool kSwiGlu>
+absl::Status LaunchWgmma(const char* op, const core::TensorView& x, const CUtensorMap& w_map,
+                         const CUtensorMap& w3_map, int64_t experts, int64_t n,
+                         const core::TensorView& offsets, float limit,
+                         const core::TensorView& out) {
+  const int64_t rows = x.shape[0], k = x.shape[1];
+  CUtensorMap x_map;
   // x [R, K]: dims (K, R), boxes of 64 K x 16 rows.
   const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
   const cuuint64_t x_strides[1] = {static_cast<cuuint64_t>(2 * k)};
   const cuuint32_t x_box[2] = {plan::kWgmmaBlockK, plan::kWgmmaTokenBox};
-  for (absl::Status s : {EncodeBf16Map(op, "w", &w_map, w.data, 3, w_dims, w_strides, w_box),
-                         EncodeBf16Map(op, "x", &x_map, x.data, 2, x_dims, x_strides, x_box)}) {
-    if (!s.ok()) return s;
+  if (absl::Status s = EncodeBf16Map(op, "x", &x_map, x.data, 2, x_dims, x_strides, x_box);
+      !s.ok()) {
+    return s;
   }
   static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel,
+    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kSwiGlu>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
     if (e == cudaSuccess) {
       // Two blocks of ~112 KB an SM need the largest shared-memory carveout.
-      e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel,
+      e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kSwiGlu>,
                                cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
     }
@@ -534,9 +654,60 @@ absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView&
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
   p.out_bf16 = IsBf16(out);
-  const dim3 grid(static_cast<unsigned>(n / plan::kWgmmaBlockRows), static_cast<unsigned>(experts));
-  LaunchKernel(GroupedGemmWgmmaKernel, grid, kThreads, kSharedBytes, w_map, x_map, p);
+  p.limit = limit;
+  constexpr int kBlockCols = kSwiGlu ? plan::kWgmmaGroupRows : plan::kWgmmaBlockRows;
+  const dim3 grid(static_cast<unsigned>(n / kBlockCols), static_cast<unsigned>(experts));
+  LaunchKernel(GroupedGemmWgmmaKernel<kSwiGlu>, grid, kThreads, kSharedBytes, w_map, w3_map, x_map,
+               p);
   return LaunchStatus(op);
+}
+
+}  // namespace
+
+bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& w) {
+  return WgmmaUnmet(x, w, plan::kWgmmaBlockRows) == nullptr;
+}
+
+bool GroupedGemmWgmmaSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,
+                                   const core::TensorView& w3) {
+  return WgmmaUnmet(x, w1, plan::kWgmmaGroupRows) == nullptr &&
+         reinterpret_cast<uintptr_t>(w3.data) % 16 == 0;
+}
+
+absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
+                              const core::TensorView& offsets, const core::TensorView& out) {
+  const char* op = "cuda::GroupedGemmDeviceOffsets (wgmma)";
+  if (!GroupedGemmWgmmaApplies(x, w)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: needs K a positive multiple of 64 (got %d), N a multiple of 128 (got %d), 16-byte "
+        "aligned x and w, and a compute capability 9.0 device",
+        op, w.shape[2], w.shape[1]));
+  }
+  CUtensorMap w_map;
+  if (absl::Status s = EncodeWeightMap(op, "w", &w_map, w, plan::kWgmmaBlockRows); !s.ok()) {
+    return s;
+  }
+  return LaunchWgmma<false>(op, x, w_map, w_map, w.shape[0], w.shape[1], offsets, 0.0f, out);
+}
+
+absl::Status GroupedGemmWgmmaSwiGlu(const core::TensorView& x, const core::TensorView& w1,
+                                    const core::TensorView& w3, const core::TensorView& offsets,
+                                    float limit, const core::TensorView& out) {
+  const char* op = "cuda::GroupedGemmSwiGluDeviceOffsets";
+  const char* unmet = WgmmaUnmet(x, w1, plan::kWgmmaGroupRows);
+  if (unmet == nullptr && reinterpret_cast<uintptr_t>(w3.data) % 16 != 0) {
+    unmet = "16-byte aligned w3";
+  }
+  if (unmet != nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: needs %s (x %s, w1 %s)", op, unmet,
+                                                      x.DebugString(), w1.DebugString()));
+  }
+  CUtensorMap w1_map, w3_map;
+  for (absl::Status s : {EncodeWeightMap(op, "w1", &w1_map, w1, plan::kWgmmaGroupRows),
+                         EncodeWeightMap(op, "w3", &w3_map, w3, plan::kWgmmaGroupRows)}) {
+    if (!s.ok()) return s;
+  }
+  return LaunchWgmma<true>(op, x, w1_map, w3_map, w1.shape[0], w1.shape[1], offsets, limit, out);
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -22,4 +22,14 @@ bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& 
 absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
                               const core::TensorView& offsets, const core::TensorView& out);
 
+// The fused w1 / w3 / clamped SwiGLU instantiation (GroupedGemmSwiGluDeviceOffsets, which
+// validates the views): applies to x [R, K] and w1, w3 [E, I, K] with K a positive multiple of
+// 64, I a multiple of 64, 16-byte aligned data and a compute capability 9.0 device; otherwise
+// GroupedGemmWgmmaSwiGlu is an InvalidArgument naming what is missing.
+bool GroupedGemmWgmmaSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,
+                                   const core::TensorView& w3);
+absl::Status GroupedGemmWgmmaSwiGlu(const core::TensorView& x, const core::TensorView& w1,
+                                    const core::TensorView& w3, const core::TensorView& offsets,
+                                    float limit, const core::TensorView& out);
+
 }  // namespace v4rl::kernels::cuda

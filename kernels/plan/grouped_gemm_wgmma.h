@@ -6,7 +6,9 @@
 //    128-byte swizzle, every tile and box on a 1024-byte boundary (the swizzle's period, so the
 //    descriptors' base offset is 0);
 //  - the wgmma shared-memory descriptor of such a K-major operand;
-//  - the f32 accumulator fragment of wgmma.m64nNk16: the (row, column) each register holds.
+//  - the f32 accumulator fragment of wgmma.m64nNk16: the (row, column) each register holds;
+//  - the gate exchange of the fused w1 / w3 / clamped SwiGLU kernel: where consumer warpgroup 0
+//    leaves its bf16-rounded gate values for warpgroup 1.
 // Thread-safety: pure functions.
 #pragma once
 
@@ -18,6 +20,9 @@ namespace v4rl::kernels::plan {
 
 // Weight rows (output columns) of a block: two consumer warpgroups of wgmma's M = 64.
 inline constexpr int kWgmmaBlockRows = 128;
+// Weight rows of one consumer warpgroup (wgmma's M); also the output columns of a block of the
+// fused SwiGLU kernel, whose warpgroups take the same 64 rows of w1 (0) and w3 (1).
+inline constexpr int kWgmmaGroupRows = kWgmmaBlockRows / 2;
 // K of a stage: 64 bf16 = 128 bytes, one row of the 128-byte swizzle.
 inline constexpr int kWgmmaBlockK = 64;
 inline constexpr int kWgmmaRowBytes = 128;
@@ -54,7 +59,7 @@ V4RL_HOST_DEVICE constexpr WgmmaRing WgmmaRingFor(int tokens) {
 // Byte offsets inside the ring: the weight rows of consumer warpgroup `group` (0 or 1) in stage
 // `stage`, and token box `box` of that stage.
 V4RL_HOST_DEVICE constexpr int WgmmaWeightOffset(const WgmmaRing& ring, int stage, int group) {
-  return stage * ring.stage_bytes + group * (kWgmmaBlockRows / 2) * kWgmmaRowBytes;
+  return stage * ring.stage_bytes + group * kWgmmaGroupRows * kWgmmaRowBytes;
 }
 V4RL_HOST_DEVICE constexpr int WgmmaTokenOffset(const WgmmaRing& ring, int stage, int box) {
   return stage * ring.stage_bytes + kWgmmaWeightTileBytes + box * kWgmmaTokenBoxBytes;
@@ -84,6 +89,17 @@ V4RL_HOST_DEVICE constexpr int WgmmaAccumulatorRow(int thread, int i) {
 }
 V4RL_HOST_DEVICE constexpr int WgmmaAccumulatorCol(int thread, int i) {
   return 8 * (i / 4) + 2 * (thread % 4) + i % 2;
+}
+
+// The fused SwiGLU kernel's gate exchange. Both warpgroups hold the same 64 weight rows (w1's in
+// warpgroup 0, w3's in 1) times the same tokens, so thread t's register i of one is the same
+// (output column, token) as thread t's register i of the other: warpgroup 0 stores register i
+// rounded to bf16 at byte WgmmaGateExchangeOffset(t, i) of the exchange area (registers i and
+// i + 1, i even, as one 4-byte word: a warp's 32 threads store 128 consecutive bytes), warpgroup 1
+// loads it from there. The area is the weight tile of the pass's last stage (16 KB =
+// 64 rows x 128 tokens x 2 bytes), reused once every consumer is done with that stage.
+V4RL_HOST_DEVICE constexpr int WgmmaGateExchangeOffset(int thread, int i) {
+  return ((i / 2) * 128 + thread) * 4 + (i % 2) * 2;
 }
 
 }  // namespace v4rl::kernels::plan

@@ -3,8 +3,10 @@
 // gather, grouped expert GEMMs, clamped SwiGLU, weighted combine) against model::MoeForward on
 // bf16-rounded weights and inputs, both with the host plan + cuBLASLt per expert and with the
 // device plan + device-offset grouped GEMM; the device plan identical to the host plan; the
-// device grouped GEMM against cuBLASLt per expert, its Hopper kernel against the host reference
-// (gpu label; skips without a device).
+// device grouped GEMM against cuBLASLt per expert, its Hopper kernel against the host reference,
+// the fused w1 / w3 / SwiGLU kernel against the three calls it replaces (gpu label; skips without
+// a device).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -423,6 +425,100 @@ TEST(CudaMoe, GroupedGemmWgmmaRejectsUnservedShapes) {
     const absl::Status s = GroupedGemmDeviceOffsets(x.view(), w.view(), offsets.view(), out.view(),
                                                     GroupedGemmTile::kWgmma);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  }
+}
+
+// GroupedGemmSwiGluDeviceOffsets (the fused w1 / w3 / clamped SwiGLU wgmma kernel) against the
+// three calls it replaces (GroupedGemmDeviceOffsets into bf16 gate and up, SwiGluClamp), bit for
+// bit, at the mid config's shapes (I 1024, K 2048) on uneven experts: 0 rows, 1, 47, 64, 65 (a
+// fifth box), 129 and 200 (a second pass over K), bf16 and f32 out, the config's limit (10), a
+// small one that clamps often, none (0). Rows from offsets[E] on hold a sentinel that must survive;
+// without such rows the last expert's boxes read past R.
+TEST(CudaMoe, GroupedGemmSwiGluEqualsThreeCalls) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 129};
+  const int64_t experts = static_cast<int64_t>(counts.size()), inter = 1024, k = 2048;
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const int64_t picks = offsets.back();
+  Tensor host_offsets = Tensor::Empty(DType::kI32, {experts + 1});
+  for (int64_t e = 0; e <= experts; ++e)
+    host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
+  const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
+  // w scaled so that the gate and up values reach a few units (the small limit clamps them).
+  const Tensor w1 = testing::ToDevice(RandomNormal({experts, inter, k}, 71, 0.05f), DType::kBF16);
+  const Tensor w3 = testing::ToDevice(RandomNormal({experts, inter, k}, 72, 0.05f), DType::kBF16);
+  constexpr float kSentinel = -1024.0f;  // exact in bf16
+  for (const int64_t spare : {int64_t{0}, int64_t{9}}) {
+    const int64_t rows = picks + spare;
+    const Tensor x = testing::ToDevice(RandomNormal({rows, k}, 73 + spare), DType::kBF16);
+    if (!GroupedGemmSwiGluApplies(x.view(), w1.view(), w3.view()) ||
+        !GroupedGemmWgmmaApplies(x.view(), w1.view())) {
+      GTEST_SKIP() << "the wgmma kernels need a compute capability 9.0 device";
+    }
+    Tensor sentinel = Tensor::Empty(DType::kF32, {rows, inter});
+    for (int64_t i = 0; i < rows * inter; ++i) sentinel.data<float>()[i] = kSentinel;
+    const Tensor gate = testing::ToDevice(sentinel, DType::kBF16);
+    const Tensor up = testing::ToDevice(sentinel, DType::kBF16);
+    ASSERT_TRUE(GroupedGemmDeviceOffsets(x.view(), w1.view(), d_offsets.view(), gate.view()).ok());
+    ASSERT_TRUE(GroupedGemmDeviceOffsets(x.view(), w3.view(), d_offsets.view(), up.view()).ok());
+    const Tensor up_host = testing::ToHost(up.view());
+    for (const float limit : {10.0f, 0.75f, 0.0f}) {
+      for (const DType out_dtype : {DType::kBF16, DType::kF32}) {
+        const std::string name = absl::StrFormat("swiglu grouped gemm spare %d limit %g %s", spare,
+                                                 limit, out_dtype == DType::kBF16 ? "bf16" : "f32");
+        const Tensor want = Tensor::Empty(out_dtype, {rows, inter}, DeviceAllocator());
+        ASSERT_TRUE(SwiGluClamp(gate.view(), up.view(), limit, want.view()).ok()) << name;
+        const Tensor got = testing::ToDevice(sentinel, out_dtype);
+        const absl::Status s = GroupedGemmSwiGluDeviceOffsets(x.view(), w1.view(), w3.view(),
+                                                              d_offsets.view(), limit, got.view());
+        ASSERT_TRUE(s.ok()) << name << ": " << s;
+        const Tensor got_host = testing::ToHost(got.view());
+        const Tensor want_host = testing::ToHost(want.view());
+        int64_t mismatches = 0, clamped = 0, first = -1;
+        for (int64_t i = 0; i < picks * inter; ++i) {
+          const float g = got_host.data<float>()[i], w = want_host.data<float>()[i];
+          if (std::memcmp(&g, &w, sizeof(float)) != 0) {
+            if (first < 0) first = i;
+            ++mismatches;
+          }
+          if (limit > 0 && std::abs(up_host.data<float>()[i]) > limit) ++clamped;
+        }
+        first = std::max<int64_t>(first, 0);
+        EXPECT_EQ(mismatches, 0) << name << ": first at row " << first / inter << " column "
+                                 << first % inter << ": " << got_host.data<float>()[first] << " vs "
+                                 << want_host.data<float>()[first];
+        if (limit == 0.75f) {
+          EXPECT_GT(clamped, 0) << name << ": the limit never bites";
+        }
+        for (int64_t i = picks * inter; i < rows * inter; ++i) {
+          ASSERT_EQ(got_host.data<float>()[i], kSentinel) << name << ": row " << i / inter;
+        }
+      }
+    }
+  }
+}
+
+// Shapes the fused kernel cannot serve (K not a multiple of 64, I not a multiple of 64) and a w3
+// unlike w1 are InvalidArgument naming the requirement.
+TEST(CudaMoe, GroupedGemmSwiGluRejectsUnservedShapes) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Tensor offsets = testing::ToDevice(Tensor::Zeros(DType::kI32, {3}), DType::kI32);
+  struct Case {
+    int64_t i, k, i3;
+    const char* message;
+  };
+  for (const Case c : {Case{128, 72, 128, "a positive multiple of 64"},
+                       Case{96, 64, 96, "I (w1.shape[1]) a multiple of 64"},
+                       Case{128, 64, 64, "w3 [E, I, K] as w1"}}) {
+    const Tensor x = Tensor::Empty(DType::kBF16, {4, c.k}, DeviceAllocator());
+    const Tensor w1 = Tensor::Empty(DType::kBF16, {2, c.i, c.k}, DeviceAllocator());
+    const Tensor w3 = Tensor::Empty(DType::kBF16, {2, c.i3, c.k}, DeviceAllocator());
+    const Tensor out = Tensor::Empty(DType::kBF16, {4, c.i}, DeviceAllocator());
+    const absl::Status s = GroupedGemmSwiGluDeviceOffsets(x.view(), w1.view(), w3.view(),
+                                                          offsets.view(), 10.0f, out.view());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << s;
   }
 }
 

@@ -14,6 +14,10 @@
 // The emulated kernel multiplies random bf16-valued matrices through those models, with the
 // producer's and consumers' loops as the kernel runs them (passes of at most 128 tokens, boxes of
 // 16, the ring's stages wrapping), and must equal the plain product exactly (small integers).
+// The fused SwiGLU kernel's block is emulated too: w1's and w3's 64-row boxes in the two halves of
+// the weight tile, warpgroup 0's gate values through the exchange area (the pass's last stage's
+// weight tile, plan::WgmmaGateExchangeOffset) to warpgroup 1, which must find, for each of its
+// (column, token) fragment positions, the gate of the same (column, token).
 #include <cstdint>
 #include <cstring>
 #include <set>
@@ -132,15 +136,23 @@ TEST(WgmmaLayout, AccumulatorFragmentMatchesPtxLayout) {
   }
 }
 
+// The fused kernel's output of one (gate, up) pair in the emulation: injective on the sums the
+// emulated products reach (|sum| <= 9 K < 2^15), standing in for the clamped SwiGLU.
+int64_t CombineGateUp(int64_t gate, int64_t up) { return gate * 100000 + up; }
+
 // One block of the kernel emulated: out[row0 + t, col0 + j] = sum_k x[row0 + t, k] w[e, col0 + j,
 // k] for the expert's tokens, through the TMA model, the descriptors and the fragment mapping.
-void EmulateBlock(int tokens, int64_t spare_rows, int k_dim) {
-  SCOPED_TRACE(::testing::Message()
-               << "tokens " << tokens << " spare rows " << spare_rows << " K " << k_dim);
-  const int n_dim = kWgmmaBlockRows;  // one weight tile; col0 = 0, one expert
+// swiglu: the fused kernel's block, out[row0 + t, j] = CombineGateUp(x · w1[j], x · w3[j]) for
+// its 64 columns (w holds w1's 64 rows, then w3's), the gate values passing through the exchange
+// area as int16 (the kernel's bf16).
+void EmulateBlock(int tokens, int64_t spare_rows, int k_dim, bool swiglu = false) {
+  SCOPED_TRACE(::testing::Message() << "tokens " << tokens << " spare rows " << spare_rows << " K "
+                                    << k_dim << (swiglu ? " swiglu" : ""));
+  // One weight tile (col0 = 0, one expert): 128 rows of w, or 64 of w1 then 64 of w3.
+  const int n_dim = swiglu ? kWgmmaGroupRows : kWgmmaBlockRows;  // output columns
   const int64_t row_begin = 5, row_end = row_begin + tokens;
   const int64_t rows = row_end + spare_rows;
-  std::vector<int16_t> x(rows * k_dim), w(static_cast<int64_t>(n_dim) * k_dim);
+  std::vector<int16_t> x(rows * k_dim), w(static_cast<int64_t>(kWgmmaBlockRows) * k_dim);
   uint32_t state = 12345;
   auto next = [&] {
     state = state * 1664525u + 1013904223u;
@@ -148,13 +160,15 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim) {
   };
   for (auto& v : x) v = next();
   for (auto& v : w) v = next();
+  const std::vector<int16_t> w1(w.begin(), w.begin() + int64_t{kWgmmaGroupRows} * k_dim);
+  const std::vector<int16_t> w3(w.begin() + int64_t{kWgmmaGroupRows} * k_dim, w.end());
   const WgmmaRing ring = WgmmaRingFor(tokens);
   // The ring at a 1024-aligned shared address past some static shared memory, as in the kernel.
   const int ring_base = 2 * kWgmmaSwizzleBytes;
   Smem smem(ring_base + kWgmmaRingBytes, 0xEE);  // garbage where nothing is loaded
   std::vector<int64_t> out(rows * n_dim, -999);
   const int num_k = k_dim / kWgmmaBlockK;
-  int stage = 0;
+  int stage = 0, last_stage = -1;
   for (int pass_row0 = row_begin; pass_row0 < row_end; pass_row0 += kWgmmaMaxPassTokens) {
     const int pass_tokens = static_cast<int>(
         row_end - pass_row0 < kWgmmaMaxPassTokens ? row_end - pass_row0 : kWgmmaMaxPassTokens);
@@ -163,9 +177,17 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim) {
     std::vector<int64_t> acc(2 * 128 * (n / 2), 0);  // [group][thread][register]
     for (int kt = 0; kt < num_k; ++kt) {
       const int k0 = kt * kWgmmaBlockK;
-      // Producer: the weight tile, then the boxes.
-      TmaModel(smem, ring_base + WgmmaWeightOffset(ring, stage, 0), w, 0, n_dim, kWgmmaBlockRows,
-               k_dim, k0);
+      // Producer: the weight tile (one box of 128 rows, or w1's and w3's boxes of 64), then the
+      // token boxes.
+      if (swiglu) {
+        TmaModel(smem, ring_base + WgmmaWeightOffset(ring, stage, 0), w1, 0, kWgmmaGroupRows,
+                 kWgmmaGroupRows, k_dim, k0);
+        TmaModel(smem, ring_base + WgmmaWeightOffset(ring, stage, 1), w3, 0, kWgmmaGroupRows,
+                 kWgmmaGroupRows, k_dim, k0);
+      } else {
+        TmaModel(smem, ring_base + WgmmaWeightOffset(ring, stage, 0), w, 0, kWgmmaBlockRows,
+                 kWgmmaBlockRows, k_dim, k0);
+      }
       for (int b = 0; b < boxes; ++b) {
         TmaModel(smem, ring_base + WgmmaTokenOffset(ring, stage, b), x,
                  pass_row0 + b * kWgmmaTokenBox, rows, kWgmmaTokenBox, k_dim, k0);
@@ -191,7 +213,38 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim) {
           }
         }
       }
+      last_stage = stage;
       if (++stage == ring.stages) stage = 0;
+    }
+    if (swiglu) {
+      // Warpgroup 0 stores its gate values in the last stage's weight tile (all of that stage's
+      // reads done), warpgroup 1 loads them at its own registers' offsets.
+      const int exchange = ring_base + WgmmaWeightOffset(ring, last_stage, 0);
+      for (int t = 0; t < 128; ++t) {
+        for (int v = 0; v < n / 2; v += 2) {
+          const int at = WgmmaGateExchangeOffset(t, v);
+          ASSERT_EQ(at % 4, 0);  // one 4-byte word a register pair
+          ASSERT_EQ(WgmmaGateExchangeOffset(t, v + 1), at + 2);
+          ASSERT_LE(at + 4, kWgmmaWeightTileBytes);  // inside the stage's weight tile
+          for (int j = 0; j < 2; ++j) {
+            const int64_t gate = acc[t * (n / 2) + v + j];
+            ASSERT_LT(gate < 0 ? -gate : gate, 1 << 15);
+            const int16_t stored = static_cast<int16_t>(gate);
+            std::memcpy(&smem[exchange + at + 2 * j], &stored, 2);
+          }
+        }
+      }
+      for (int t = 0; t < 128; ++t) {
+        for (int v = 0; v < n / 2; ++v) {
+          const int token = WgmmaAccumulatorCol(t, v);
+          if (token >= pass_tokens) continue;
+          int16_t gate;
+          std::memcpy(&gate, &smem[exchange + WgmmaGateExchangeOffset(t, v)], 2);
+          out[(pass_row0 + token) * n_dim + WgmmaAccumulatorRow(t, v)] =
+              CombineGateUp(gate, acc[(128 + t) * (n / 2) + v]);
+        }
+      }
+      continue;
     }
     // Epilogue as the kernel stores it.
     for (int g = 0; g < 2; ++g) {
@@ -210,8 +263,12 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim) {
     for (int j = 0; j < n_dim; ++j) {
       int64_t want = -999;  // rows outside the expert untouched
       if (r >= row_begin && r < row_end) {
-        want = 0;
-        for (int k = 0; k < k_dim; ++k) want += int64_t{x[r * k_dim + k]} * w[j * k_dim + k];
+        auto dot = [&](int w_row) {
+          int64_t sum = 0;
+          for (int k = 0; k < k_dim; ++k) sum += int64_t{x[r * k_dim + k]} * w[w_row * k_dim + k];
+          return sum;
+        };
+        want = swiglu ? CombineGateUp(dot(j), dot(kWgmmaGroupRows + j)) : dot(j);
       }
       ASSERT_EQ(out[r * n_dim + j], want) << "row " << r << " col " << j;
     }
@@ -226,6 +283,41 @@ TEST(WgmmaLayout, EmulatedBlockEqualsProduct) {
   EmulateBlock(64, 0, 448);
   EmulateBlock(65, 3, 448);
   EmulateBlock(200, 0, 192);
+}
+
+TEST(WgmmaLayout, EmulatedSwiGluBlockExchangesGateExactly) {
+  // As above for the fused kernel: one pass of 1, 3, 4, 5 boxes (the exchange area's 2 .. 10 KB),
+  // 128 tokens (all 16 KB of the last stage's weight tile), two passes for 200 (the second
+  // pass's exchange in another stage of the wrapped ring); K 64: a pass of one stage.
+  EmulateBlock(1, 0, 448, /*swiglu=*/true);
+  EmulateBlock(47, 9, 448, /*swiglu=*/true);
+  EmulateBlock(64, 0, 448, /*swiglu=*/true);
+  EmulateBlock(65, 3, 448, /*swiglu=*/true);
+  EmulateBlock(128, 0, 448, /*swiglu=*/true);
+  EmulateBlock(200, 0, 192, /*swiglu=*/true);
+  EmulateBlock(200, 4, 64, /*swiglu=*/true);
+}
+
+// The exchange area: each (thread, register) at its own 2 bytes, all within the 128 n bytes of a
+// pass of n tokens (<= the 16 KB weight tile), a warp's 32 threads storing one register pair as
+// 32 consecutive words (no bank conflict).
+TEST(WgmmaLayout, GateExchangeOffsetsAreDistinctAndPacked) {
+  for (int n = 16; n <= kWgmmaMaxPassTokens; n += 16) {
+    std::set<int> seen;
+    for (int t = 0; t < 128; ++t) {
+      for (int v = 0; v < n / 2; ++v) {
+        const int at = WgmmaGateExchangeOffset(t, v);
+        EXPECT_GE(at, 0);
+        EXPECT_LE(at + 2, 128 * n) << "n " << n << " t " << t << " v " << v;
+        EXPECT_TRUE(seen.insert(at).second) << "n " << n << " t " << t << " v " << v;
+        if (v % 2 == 0 && t % 32 != 0) {
+          EXPECT_EQ(at, WgmmaGateExchangeOffset(t - 1, v) + 4);
+        }
+      }
+    }
+    EXPECT_EQ(static_cast<int>(seen.size()), 64 * n);
+  }
+  EXPECT_LE(128 * kWgmmaMaxPassTokens, kWgmmaWeightTileBytes);
 }
 
 }  // namespace
