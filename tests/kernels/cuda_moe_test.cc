@@ -299,6 +299,23 @@ TEST(CudaMoe, DevicePlanIdenticalToHostPlan) {
   }
 }
 
+// The offsets [0, c0, c0 + c1, ..] of experts with `counts` rows, on the host and as an i32 device
+// tensor.
+struct ExpertOffsets {
+  std::vector<int64_t> host;
+  Tensor device;
+};
+ExpertOffsets MakeExpertOffsets(const std::vector<int64_t>& counts) {
+  ExpertOffsets offsets{{0}, Tensor()};
+  for (int64_t c : counts) offsets.host.push_back(offsets.host.back() + c);
+  Tensor host = Tensor::Empty(DType::kI32, {static_cast<int64_t>(offsets.host.size())});
+  for (size_t e = 0; e < offsets.host.size(); ++e) {
+    host.data<int32_t>()[e] = static_cast<int32_t>(offsets.host[e]);
+  }
+  offsets.device = testing::ToDevice(host, DType::kI32);
+  return offsets;
+}
+
 // The device-offset grouped GEMM against cuBLASLt per expert, every tile: empty experts, experts
 // of more than one row tile, K a multiple of 8 (vector loads) and not, bf16 and f32 outputs.
 TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
@@ -307,8 +324,9 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
   ASSERT_TRUE(handle_or.ok());
   const std::vector<int64_t> counts = {5, 0, 150, 1, 64, 0, 65, 17};
   const int64_t experts = static_cast<int64_t>(counts.size());
-  std::vector<int64_t> offsets = {0};
-  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const ExpertOffsets expert_offsets = MakeExpertOffsets(counts);
+  const std::vector<int64_t>& offsets = expert_offsets.host;
+  const Tensor& d_offsets = expert_offsets.device;
   const int64_t picks = offsets.back(), rows = picks + 9;  // spare rows past the picks
   const std::pair<GroupedGemmTile, const char*> tiles[] = {
       {GroupedGemmTile::kSmall16x64, "16x64"},
@@ -320,9 +338,6 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
       const Tensor w = testing::RoundToBf16(RandomNormal({experts, n, k}, 52 + n, 0.2f));
       const Tensor dx = testing::ToDevice(x, DType::kBF16);
       const Tensor dw = testing::ToDevice(w, DType::kBF16);
-      Tensor host_offsets = Tensor::Empty(DType::kI32, {experts + 1});
-      for (int64_t e = 0; e <= experts; ++e) host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
-      const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
       const Tensor want = Tensor::Empty(out_dtype, {picks, n}, DeviceAllocator());
       ASSERT_TRUE(
           GroupedGemm(**handle_or, dx.view().Slice(0, 0, picks), dw.view(), offsets, want.view())
@@ -356,13 +371,10 @@ TEST(CudaMoe, GroupedGemmWgmmaMatchesHostReference) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 16, 129, 3};
   const int64_t experts = static_cast<int64_t>(counts.size());
-  std::vector<int64_t> offsets = {0};
-  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const ExpertOffsets expert_offsets = MakeExpertOffsets(counts);
+  const std::vector<int64_t>& offsets = expert_offsets.host;
+  const Tensor& d_offsets = expert_offsets.device;
   const int64_t picks = offsets.back();
-  Tensor host_offsets = Tensor::Empty(DType::kI32, {experts + 1});
-  for (int64_t e = 0; e <= experts; ++e)
-    host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
-  const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
   core::ThreadPool pool(8);
   constexpr float kSentinel = -1024.0f;  // exact in bf16
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1024, 2048}, {2048, 1024}}) {
@@ -438,13 +450,10 @@ TEST(CudaMoe, GroupedGemmSwiGluEqualsThreeCalls) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 129};
   const int64_t experts = static_cast<int64_t>(counts.size()), inter = 1024, k = 2048;
-  std::vector<int64_t> offsets = {0};
-  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const ExpertOffsets expert_offsets = MakeExpertOffsets(counts);
+  const std::vector<int64_t>& offsets = expert_offsets.host;
+  const Tensor& d_offsets = expert_offsets.device;
   const int64_t picks = offsets.back();
-  Tensor host_offsets = Tensor::Empty(DType::kI32, {experts + 1});
-  for (int64_t e = 0; e <= experts; ++e)
-    host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
-  const Tensor d_offsets = testing::ToDevice(host_offsets, DType::kI32);
   // w scaled so that the gate and up values reach a few units (the small limit clamps them).
   const Tensor w1 = testing::ToDevice(RandomNormal({experts, inter, k}, 71, 0.05f), DType::kBF16);
   const Tensor w3 = testing::ToDevice(RandomNormal({experts, inter, k}, 72, 0.05f), DType::kBF16);
