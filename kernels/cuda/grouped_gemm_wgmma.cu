@@ -578,6 +578,22 @@ absl::Status EncodeBf16Map(const char* op, const char* name, CUtensorMap* map, c
   return absl::OkStatus();
 }
 
+// What keeps the current device from running the sm_90a code (nullptr: nothing), read once (as
+// decode_attention.cu's MultiprocessorCount): compute capability 9.0 only.
+const char* DeviceUnmet() {
+  static const char* const unmet = []() -> const char* {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return "a CUDA device";
+    }
+    return major == 9 && minor == 0 ? nullptr : "a compute capability 9.0 device";
+  }();
+  return unmet;
+}
+
 // What keeps the kernel from x [R, K] and w [E, N, K] (nullptr: nothing): K a positive multiple
 // of 64, N a multiple of `block_cols`, 16-byte aligned x and w, a compute capability 9.0 device.
 const char* WgmmaUnmet(const core::TensorView& x, const core::TensorView& w, int block_cols) {
@@ -593,15 +609,17 @@ const char* WgmmaUnmet(const core::TensorView& x, const core::TensorView& w, int
       reinterpret_cast<uintptr_t>(w.data) % 16 != 0) {
     return "16-byte aligned x and weights";
   }
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return "a CUDA device";
+  return DeviceUnmet();
+}
+
+// WgmmaUnmet for the fused SwiGLU call: I (w1.shape[1]) a multiple of 64 and w3 16-byte aligned
+// too.
+const char* SwiGluUnmet(const core::TensorView& x, const core::TensorView& w1,
+                        const core::TensorView& w3) {
+  if (const char* unmet = WgmmaUnmet(x, w1, plan::kWgmmaGroupRows); unmet != nullptr) {
+    return unmet;
   }
-  // The sm_90a code runs on compute capability 9.0 only.
-  return major == 9 && minor == 0 ? nullptr : "a compute capability 9.0 device";
+  return reinterpret_cast<uintptr_t>(w3.data) % 16 == 0 ? nullptr : "16-byte aligned w3";
 }
 
 // w [E, N, K] as a map of dims (K, N, E), boxes of 64 K x `box_rows` rows x 1 expert.
@@ -670,8 +688,7 @@ bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& 
 
 bool GroupedGemmWgmmaSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,
                                    const core::TensorView& w3) {
-  return WgmmaUnmet(x, w1, plan::kWgmmaGroupRows) == nullptr &&
-         reinterpret_cast<uintptr_t>(w3.data) % 16 == 0;
+  return SwiGluUnmet(x, w1, w3) == nullptr;
 }
 
 absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
@@ -694,11 +711,7 @@ absl::Status GroupedGemmWgmmaSwiGlu(const core::TensorView& x, const core::Tenso
                                     const core::TensorView& w3, const core::TensorView& offsets,
                                     float limit, const core::TensorView& out) {
   const char* op = "cuda::GroupedGemmSwiGluDeviceOffsets";
-  const char* unmet = WgmmaUnmet(x, w1, plan::kWgmmaGroupRows);
-  if (unmet == nullptr && reinterpret_cast<uintptr_t>(w3.data) % 16 != 0) {
-    unmet = "16-byte aligned w3";
-  }
-  if (unmet != nullptr) {
+  if (const char* unmet = SwiGluUnmet(x, w1, w3); unmet != nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat("%s: needs %s (x %s, w1 %s)", op, unmet,
                                                       x.DebugString(), w1.DebugString()));
   }
