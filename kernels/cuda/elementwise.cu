@@ -20,21 +20,23 @@ struct RmsNormParams {
   const float* cos = nullptr;
   const float* sin = nullptr;
   int64_t heads = 1, half = 0;
+  bool round_before_rope = true;  // RopeRounding::kBeforeRotation
 };
 
 // The rope part of the normalised 8-wide chunk at column c of row r, as RopeKernel rotates the
-// stored values: rounded to out's dtype, then pairs (offset + 2i, offset + 2i + 1) by cos, sin[i]
-// with RopeKernel's unfused arithmetic. offset = dim - 2·half is a multiple of 8, so a chunk is
-// all in or all out.
+// stored values: rounded to out's dtype (unless !p.round_before_rope: kept in f32, as an f32 out
+// would store them), then pairs (offset + 2i, offset + 2i + 1) by cos, sin[i] with RopeKernel's
+// unfused arithmetic. offset = dim - 2·half is a multiple of 8, so a chunk is all in or all out.
 __device__ __forceinline__ void RopeChunk(const RmsNormParams& p, int64_t r, int64_t c,
                                           float (&v)[8]) {
   const int64_t offset = p.dim - 2 * p.half;
   if (c < offset) return;
   const int64_t table = (r / p.heads) * p.half + (c - offset) / 2;
+  const bool round = p.out_bf16 && p.round_before_rope;
 #pragma unroll
   for (int k = 0; k < 8; k += 2) {
-    const float x0 = p.out_bf16 ? __bfloat162float(__float2bfloat16(v[k])) : v[k];
-    const float x1 = p.out_bf16 ? __bfloat162float(__float2bfloat16(v[k + 1])) : v[k + 1];
+    const float x0 = round ? __bfloat162float(__float2bfloat16(v[k])) : v[k];
+    const float x1 = round ? __bfloat162float(__float2bfloat16(v[k + 1])) : v[k + 1];
     const float cs = p.cos[table + k / 2], sn = p.sin[table + k / 2];
     v[k] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
     v[k + 1] = __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn));
@@ -260,6 +262,12 @@ absl::Status RmsNorm(const core::TensorView& x, const core::TensorView& weight, 
 absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weight, float eps,
                          const core::TensorView& cos, const core::TensorView& sin, int64_t heads,
                          const core::TensorView& out) {
+  return RmsNormRope(x, weight, eps, cos, sin, heads, out, RopeRounding::kBeforeRotation);
+}
+
+absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weight, float eps,
+                         const core::TensorView& cos, const core::TensorView& sin, int64_t heads,
+                         const core::TensorView& out, RopeRounding rounding) {
   const char* op = "cuda::RmsNormRope";
   RmsNormParams p{};
   if (absl::Status s = RmsNormSetup(op, x, weight, eps, out, &p); !s.ok()) return s;
@@ -280,6 +288,12 @@ absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weig
   }
   const int64_t half = cos.shape[1];
   if (!p.vec || (p.dim - 2 * half) % 8 != 0) {
+    if (absl::Status s = CheckArg(rounding == RopeRounding::kBeforeRotation, op,
+                                  "RopeRounding::kAfterRotation needs 8-wide rows (x, out and "
+                                  "weight 16-byte aligned, D and D - rope_dim multiples of 8)");
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = LaunchRmsNorm(op, p); !s.ok()) return s;
     return ApplyRope(rotated, cos, sin, /*inverse=*/false);
   }
@@ -287,6 +301,7 @@ absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weig
   p.sin = sin.data_as<float>();
   p.heads = heads;
   p.half = half;
+  p.round_before_rope = rounding == RopeRounding::kBeforeRotation;
   return LaunchRmsNorm(op, p);
 }
 

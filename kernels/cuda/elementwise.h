@@ -43,6 +43,17 @@ absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weig
                          const core::TensorView& cos, const core::TensorView& sin, int64_t heads,
                          const core::TensorView& out);
 
+// Where RmsNormRope rounds the rope part for a bf16 out. kBeforeRotation: as above (the bits of
+// RmsNorm into bf16, then ApplyRope on bf16). kAfterRotation: normalised and rotated in f32 and
+// rounded once at the store, the bits of RmsNorm into f32, ApplyRope on f32, then F32ToBf16
+// (the training forward's bf16 copies of q and kv, without the f32 tensor and the copy); it needs
+// the 8-wide rows (x, out and weight 16-byte aligned, D and D - rope_dim multiples of 8) and
+// returns InvalidArgument otherwise. The two are the same for an f32 out.
+enum class RopeRounding { kBeforeRotation, kAfterRotation };
+absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weight, float eps,
+                         const core::TensorView& cos, const core::TensorView& sin, int64_t heads,
+                         const core::TensorView& out, RopeRounding rounding);
+
 // In-place interleaved RoPE on the trailing 2·cos.size(1) channels of every head (spec §3.2).
 // x: [M, heads, head_dim] bf16|f32 with a contiguous last dim; cos, sin: [M, rope_dim / 2] f32
 // contiguous. inverse: conjugate rotation (the output de-rotation).

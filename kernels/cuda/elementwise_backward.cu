@@ -28,6 +28,7 @@ struct RmsNormBackwardParams {
   int64_t rows, dim;
   float eps;
   bool vec;  // Load8/Store8 on every row (dim % 8 == 0, 16-byte aligned bases and row strides)
+  bool add_to_dx;  // dx += the gradient; false: dx = 0.0f + the gradient (dx not read)
 };
 
 // The row's Σ x² and Σ w·dy·x, eight columns a thread per step (p.vec).
@@ -63,7 +64,12 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
       float x[8], dy[8], w[8], dx[8];
       Load8(p.x, p.x_bf16, xo + c, x);
       Load8(p.dy, p.dy_bf16, yo + c, dy);
-      Load8(p.dx, p.dx_bf16, go + c, dx);
+      if (p.add_to_dx) {
+        Load8(p.dx, p.dx_bf16, go + c, dx);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) dx[k] = 0.0f;  // the bits of a zeroed dx, without its read
+      }
       if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
 #pragma unroll
       for (int k = 0; k < 8; ++k) dx[k] += inv * (p.weight ? w[k] : 1.0f) * dy[k] - coef * x[k];
@@ -86,7 +92,8 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
     const float x = LoadF(p.x, p.x_bf16, xo + c);
     const float w = p.weight ? LoadF(p.weight, p.weight_bf16, c) : 1.0f;
     const float g = inv * w * LoadF(p.dy, p.dy_bf16, yo + c) - coef * x;
-    StoreF(p.dx, p.dx_bf16, go + c, LoadF(p.dx, p.dx_bf16, go + c) + g);
+    const float base = p.add_to_dx ? LoadF(p.dx, p.dx_bf16, go + c) : 0.0f;
+    StoreF(p.dx, p.dx_bf16, go + c, base + g);
   }
   if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
 }
@@ -146,6 +153,12 @@ __global__ void SwiGluBackwardKernel(SwiGluBackwardParams p) {
 absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
                              const core::TensorView& dy, const core::TensorView& dx,
                              const core::TensorView& dweight) {
+  return RmsNormBackward(x, weight, eps, dy, dx, dweight, DxWrite::kAdd);
+}
+
+absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
+                             const core::TensorView& dy, const core::TensorView& dx,
+                             const core::TensorView& dweight, DxWrite dx_write) {
   const bool weighted = weight.data != nullptr;
   if (!IsRows(x) || !IsRows(dy) || !IsRows(dx) || dy.shape[0] != x.shape[0] ||
       dy.shape[1] != x.shape[1] || dx.shape[0] != x.shape[0] || dx.shape[1] != x.shape[1] ||
@@ -172,6 +185,7 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
   RmsNormBackwardParams p{x.data,      IsBf16(x),  x.strides[0],  weight.data, IsBf16(weight),
                           dy.data,     IsBf16(dy), dy.strides[0], dx.data,     IsBf16(dx),
                           dx.strides[0], inv_rms,  rows,          dim,         eps};
+  p.add_to_dx = dx_write == DxWrite::kAdd;
   p.vec = Vec8Ok(x.data, x.strides[0]) && Vec8Ok(dy.data, dy.strides[0]) &&
           Vec8Ok(dx.data, dx.strides[0]) && dim % 8 == 0 && (!weighted || Vec8Ok(weight.data, dim));
   // Vectorised: a thread per 8 columns, up to 256 (a row of 512 gets two warps, so that the many

@@ -19,6 +19,14 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
                              const core::TensorView& dy, const core::TensorView& dx,
                              const core::TensorView& dweight);
 
+// How RmsNormBackward writes dx: kAdd adds to it (as above); kOverwrite stores 0.0f + dL/dx
+// without reading dx (the same bits as kAdd on a zeroed dx, without the zero fill and the read:
+// for a fresh, uninitialised dx, e.g. a bf16 one that only a GEMM reads).
+enum class DxWrite { kAdd, kOverwrite };
+absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
+                             const core::TensorView& dy, const core::TensorView& dx,
+                             const core::TensorView& dweight, DxWrite dx_write);
+
 // Backward of ApplyRope(x, cos, sin, inverse): the gradient rotated back in place by the
 // conjugate angle (a rotation is orthogonal). grad as ApplyRope's x: dL/dy in, dL/dx out.
 absl::Status RopeBackward(const core::TensorView& grad, const core::TensorView& cos,

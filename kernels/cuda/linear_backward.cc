@@ -114,6 +114,13 @@ absl::Status ChunkedWeightGradient(BlasHandle& handle, const core::TensorView& x
 absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
                             const core::TensorView& w, const core::TensorView& dy,
                             const core::TensorView& dx, const core::TensorView& dw) {
+  return LinearBackward(handle, x, w, dy, dx, dw, /*overwrite_dx=*/false);
+}
+
+absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
+                            const core::TensorView& w, const core::TensorView& dy,
+                            const core::TensorView& dx, const core::TensorView& dw,
+                            bool overwrite_dx) {
   if (!IsRowView(w)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "LinearBackward: w must be a rank-2 f32|bf16 device row view, got %s", w.DebugString()));
@@ -133,7 +140,7 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
     p.c_dtype = dx.dtype;
     p.ldc = dx.strides[0];
     p.m = m, p.n = k, p.k = n;
-    p.beta = 1.0f;
+    p.beta = overwrite_dx ? 0.0f : 1.0f;  // beta 0: cuBLAS does not read dx
     if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
   }
   if (dw.data != nullptr && m > 0) {

@@ -20,6 +20,12 @@ namespace v4rl::kernels::cuda {
 absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
                             const core::TensorView& w, const core::TensorView& dy,
                             const core::TensorView& dx, const core::TensorView& dw);
+// The same with overwrite_dx: dx = dy · w (GEMM beta 0: dx is not read, so it needs no zero
+// fill; for a dx that this call alone writes, e.g. a fresh gradient), dw still added to.
+absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
+                            const core::TensorView& w, const core::TensorView& dy,
+                            const core::TensorView& dx, const core::TensorView& dw,
+                            bool overwrite_dx);
 
 // Batched over experts (stacked weights): x[e], dy[e] are rows [offsets[e], offsets[e + 1]) of
 // x [P, k] and dy [P, n]; w, dw: [E, n, k] contiguous. offsets: host, E + 1 entries from 0 to P.

@@ -4,6 +4,7 @@
 // device). Every comparison prints its measured error next to the stated tolerance.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -216,6 +217,77 @@ TEST(CudaBackward, RmsNormWeightedUnweightedBf16) {
                                             want_dx.view(), kF32));
         EXPECT_TRUE(testing::CloseAndReport(name + " dweight", testing::ToHost(dwd.view()).view(),
                                             want_dw.view(), kF32));
+      }
+    }
+  }
+}
+
+// overwrite_dx (GEMM beta 0) against adding to a zeroed dx, f32 and bf16 operands, odd sizes and
+// a strided dx column block (as the grouped output projection's): dx starts as NaN, which the
+// overwrite must not read; dw is still added to.
+TEST(CudaBackward, LinearOverwriteDxEqualsAddToZeros) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto blas = Blas();
+  const int64_t m = 37, n = 53, k = 71;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor x = testing::ToDevice(RandomNormal({m, k}, 31), dtype);
+    const Tensor w = testing::ToDevice(RandomNormal({n, k}, 32), dtype);
+    const Tensor dy = testing::ToDevice(RandomNormal({m, n}, 33), dtype);
+    const Tensor add = testing::ToDevice(Tensor::Zeros(DType::kF32, {m, k + 5}), DType::kF32);
+    Tensor nan = Tensor::Zeros(DType::kF32, {m, k + 5});
+    for (int64_t i = 0; i < m * (k + 5); ++i) {
+      if (i % (k + 5) < k) nan.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+    }
+    const Tensor over = testing::ToDevice(nan, DType::kF32);
+    const Tensor dw_add = testing::ToDevice(RandomNormal({n, k}, 34), DType::kF32);
+    const Tensor dw_over = testing::ToDevice(testing::ToHost(dw_add.view()), DType::kF32);
+    ASSERT_TRUE(LinearBackward(*blas, x.view(), w.view(), dy.view(), add.view().Slice(1, 0, k),
+                               dw_add.view())
+                    .ok());
+    ASSERT_TRUE(LinearBackward(*blas, x.view(), w.view(), dy.view(), over.view().Slice(1, 0, k),
+                               dw_over.view(), /*overwrite_dx=*/true)
+                    .ok());
+    const std::string name = dtype == DType::kF32 ? "f32" : "bf16";
+    EXPECT_TRUE(testing::CloseAndReport("linear overwrite dx " + name,
+                                        testing::ToHost(over.view()).view(),
+                                        testing::ToHost(add.view()).view(), kF32));
+    EXPECT_TRUE(testing::CloseAndReport("linear overwrite dw " + name,
+                                        testing::ToHost(dw_over.view()).view(),
+                                        testing::ToHost(dw_add.view()).view(), kF32));
+  }
+}
+
+// DxWrite::kOverwrite against kAdd on a zeroed dx, bit for bit (f32 and bf16 dx, the scalar path
+// at D = 1031 and the 8-wide one at 520 and 512): dx starts as NaN, which kOverwrite must not
+// read; dweight is unaffected.
+TEST(CudaBackward, RmsNormOverwriteEqualsAddToZeros) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 17;
+  for (const int64_t dim : {1031, 520, 512}) {
+    const Tensor x = testing::ToDevice(RandomNormal({rows, dim}, 21, 2.0f), DType::kF32);
+    const Tensor dy = testing::ToDevice(RandomNormal({rows, dim}, 22), DType::kF32);
+    const Tensor weight = testing::ToDevice(RandomNormal({dim}, 23), DType::kF32);
+    for (DType dx_dtype : {DType::kF32, DType::kBF16}) {
+      for (bool weighted : {true, false}) {
+        const core::TensorView w = weighted ? weight.view() : core::TensorView();
+        const Tensor add = testing::ToDevice(Tensor::Zeros(DType::kF32, {rows, dim}), dx_dtype);
+        Tensor nan = Tensor::Empty(DType::kF32, {rows, dim});
+        for (int64_t i = 0; i < nan.numel(); ++i) {
+          nan.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+        }
+        const Tensor overwrite = testing::ToDevice(nan, dx_dtype);
+        const Tensor dw_add = testing::ToDevice(Tensor::Zeros(DType::kF32, {dim}), DType::kF32);
+        const Tensor dw_over = testing::ToDevice(Tensor::Zeros(DType::kF32, {dim}), DType::kF32);
+        ASSERT_TRUE(RmsNormBackward(x.view(), w, 1e-6f, dy.view(), add.view(), dw_add.view()).ok());
+        ASSERT_TRUE(RmsNormBackward(x.view(), w, 1e-6f, dy.view(), overwrite.view(), dw_over.view(),
+                                    DxWrite::kOverwrite)
+                        .ok());
+        const Tensor a = testing::ToHost(overwrite.view()), b = testing::ToHost(add.view());
+        EXPECT_EQ(std::memcmp(a.data<float>(), b.data<float>(), sizeof(float) * a.numel()), 0)
+            << "dim " << dim << (dx_dtype == DType::kBF16 ? " bf16" : " f32") << " dx"
+            << (weighted ? " weighted" : " unweighted");
+        const Tensor wa = testing::ToHost(dw_add.view()), wb = testing::ToHost(dw_over.view());
+        EXPECT_EQ(std::memcmp(wa.data<float>(), wb.data<float>(), sizeof(float) * dim), 0);
       }
     }
   }

@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
 #include "model/rope.h"
@@ -128,6 +129,49 @@ TEST(CudaElementwise, RmsNormRopeEqualsRmsNormThenRope) {
   CheckRmsNormRope(17, 1, 512, 32, 1536, /*weighted=*/true, 2);   // K=V row of a fused GEMM
   CheckRmsNormRope(5, 3, 96, 14, 96, /*weighted=*/true, 3);       // rope from column 68
   CheckRmsNormRope(4, 2, 333, 16, 333, /*weighted=*/true, 4);     // no 8-wide rows
+}
+
+// RopeRounding::kAfterRotation (the training forward's q and kv) against RmsNorm into f32,
+// ApplyRope on f32 and F32ToBf16, bit for bit: f32 x, bf16 out; 17 tokens of 3 heads (rope from
+// column 56 of 72), the mid config's query heads (16 x 512, 64 rotated) and a weighted K=V row.
+// Rows without 8-wide access are refused rather than rounded twice.
+void CheckRmsNormRopeAfterRotation(int64_t tokens, int64_t heads, int64_t dim, int64_t half,
+                                   bool weighted, uint64_t seed) {
+  const Tensor x = testing::ToDevice(RandomNormal({tokens * heads, dim}, seed, 3.0f), DType::kF32);
+  const Tensor weight = testing::ToDevice(RandomNormal({dim}, seed + 1, 1.0f), DType::kF32);
+  const Tensor cos = testing::ToDevice(RandomNormal({tokens, half}, seed + 2, 1.0f), DType::kF32);
+  const Tensor sin = testing::ToDevice(RandomNormal({tokens, half}, seed + 3, 1.0f), DType::kF32);
+  const core::TensorView w = weighted ? weight.view() : core::TensorView();
+  const Tensor f32 = Tensor::Empty(DType::kF32, {tokens, heads, dim}, DeviceAllocator());
+  const Tensor want = Tensor::Empty(DType::kBF16, {tokens, heads, dim}, DeviceAllocator());
+  const Tensor got = Tensor::Empty(DType::kBF16, {tokens, heads, dim}, DeviceAllocator());
+  ASSERT_TRUE(RmsNorm(x.view(), w, 1e-6f, f32.view()).ok());
+  ASSERT_TRUE(ApplyRope(f32.view(), cos.view(), sin.view(), /*inverse=*/false).ok());
+  ASSERT_TRUE(F32ToBf16(f32.view(), want.view()).ok());
+  ASSERT_TRUE(RmsNormRope(x.view(), w, 1e-6f, cos.view(), sin.view(), heads, got.view(),
+                          RopeRounding::kAfterRotation)
+                  .ok());
+  const Tensor a = testing::ToHost(got.view()), b = testing::ToHost(want.view());
+  EXPECT_EQ(std::memcmp(a.data<float>(), b.data<float>(), sizeof(float) * a.numel()), 0)
+      << "tokens " << tokens << " heads " << heads << " dim " << dim << " half " << half;
+  // kBeforeRotation on the same f32 x rounds before the rotation: it must differ somewhere here
+  // (else this test would not tell the two apart).
+  ASSERT_TRUE(RmsNormRope(x.view(), w, 1e-6f, cos.view(), sin.view(), heads, got.view()).ok());
+  const Tensor c = testing::ToHost(got.view());
+  EXPECT_NE(std::memcmp(c.data<float>(), b.data<float>(), sizeof(float) * c.numel()), 0);
+}
+
+TEST(CudaElementwise, RmsNormRopeAfterRotationEqualsF32ThenCopy) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  CheckRmsNormRopeAfterRotation(17, 3, 72, 8, /*weighted=*/false, 11);
+  CheckRmsNormRopeAfterRotation(17, 16, 512, 32, /*weighted=*/false, 12);
+  CheckRmsNormRopeAfterRotation(17, 1, 512, 32, /*weighted=*/true, 13);
+  const Tensor x = testing::ToDevice(RandomNormal({6, 70}, 14, 1.0f), DType::kF32);
+  const Tensor cos = testing::ToDevice(RandomNormal({3, 8}, 15, 1.0f), DType::kF32);
+  const Tensor out = Tensor::Empty(DType::kBF16, {6, 70}, DeviceAllocator());
+  EXPECT_FALSE(RmsNormRope(x.view(), core::TensorView(), 1e-6f, cos.view(), cos.view(), 2,
+                           out.view(), RopeRounding::kAfterRotation)
+                   .ok());
 }
 
 TEST(CudaElementwise, SwiGluClampBf16) {
