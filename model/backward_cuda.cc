@@ -42,8 +42,9 @@ void MixesBackward(Run& run, const TensorView& streams, const Tensor& normed, co
                    float eps, const Tensor& dmixes, const TensorView& dstreams, const Tensor& dfn) {
   const int64_t num_tokens = streams.shape[0];
   const int64_t width = streams.shape[1] * streams.shape[2];
-  Tensor dnormed = run.Z({num_tokens, width});
-  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), dnormed.view(), dfn.view());
+  Tensor dnormed = run.New({num_tokens, width});  // overwritten by the GEMM: no zero fill
+  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), dnormed.view(), dfn.view(),
+             /*overwrite_dx=*/true);
   run.RmsNorm(streams.Reshape({num_tokens, width}), TensorView(), eps, dnormed.view(),
               dstreams.Reshape({num_tokens, width}), TensorView());
 }
@@ -70,9 +71,10 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   Tensor dsub_in = run.Z({num_tokens, hidden});
   run.Mark("bwd.mhc");
   sub_backward(dy, dsub_in);
-  Tensor dcollapsed = run.Z({num_tokens, hidden});
+  Tensor dcollapsed = run.New({num_tokens, hidden});  // overwritten: no zero fill
   const Tensor collapsed = run.Up(host_acts.collapsed);
-  run.RmsNorm(collapsed.view(), norm.view(), eps, dsub_in.view(), dcollapsed.view(), dnorm.view());
+  run.RmsNorm(collapsed.view(), norm.view(), eps, dsub_in.view(), dcollapsed.view(), dnorm.view(),
+              kc::DxWrite::kOverwrite);
   // MhcPreBackward: the collapse, the gates and Sinkhorn, then the mixes.
   const Tensor pre = run.Up(host_acts.pre), mixes = run.Up(host_acts.mixes);
   Tensor dpre = run.Z({num_tokens, n});
@@ -87,7 +89,9 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
         static_cast<float>(config.hc_eps), dpre.view(), dpost.view(), dcomb.view(), dmixes.view(),
         g->base.view(), g->scale.view());
   });
-  const Tensor normed = run.Up(host_acts.normed);
+  // Only the mixes' weight gradient reads normed: as the forward saved it (bf16 under bf16
+  // products).
+  const Tensor normed = run.ProductInput(host_acts.normed);
   MixesBackward(run, streams.view(), normed, w.fn, eps, dmixes, dstreams.view(), g->fn);
   run.Mark("bwd.mhc");
   return dstreams;
@@ -114,10 +118,10 @@ void CompressorBackward(Run& run, const CompressorWeights& w, int64_t ratio, boo
     });
   }
   const Tensor pooled = run.Up(host_acts.pooled);
-  Tensor dpooled = run.Z({batch, num_entries, entry_dim});
-  run.RmsNorm(Rows2(pooled, batch * num_entries), w.norm.view(),
-              eps, Rows2(dentries, batch * num_entries), Rows2(dpooled, batch * num_entries),
-              g->norm.view());
+  Tensor dpooled = run.New({batch, num_entries, entry_dim});  // overwritten: no zero fill
+  run.RmsNorm(Rows2(pooled, batch * num_entries), w.norm.view(), eps,
+              Rows2(dentries, batch * num_entries), Rows2(dpooled, batch * num_entries),
+              g->norm.view(), kc::DxWrite::kOverwrite);
   const Tensor kv = run.Up(host_acts.kv), score = run.Up(host_acts.score);
   Tensor dkv = run.Z({num_tokens, width});
   Tensor dscore = run.Z({num_tokens, width});
@@ -163,9 +167,11 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   const int64_t group_in = heads * dim / groups;
   const int64_t rank = config.o_lora_rank;
   const Tensor u = run.Up(host_acts.u), o = run.Up(host_acts.o);
-  Tensor du = run.Z({num_tokens, groups * rank});
-  run.Linear(u.view(), w.wo_b.view(), dout.view(), du.view(), g->wo_b.view());
-  Tensor dattn = run.Z({num_tokens, heads, dim});
+  Tensor du = run.New({num_tokens, groups * rank});  // the GEMM overwrites it
+  run.Linear(u.view(), w.wo_b.view(), dout.view(), du.view(), g->wo_b.view(),
+             /*overwrite_dx=*/true);
+  // The groups' GEMMs overwrite disjoint column blocks that cover dattn: no zero fill.
+  Tensor dattn = run.New({num_tokens, heads, dim});
   const TensorView o_groups = o.view().Reshape({num_tokens, groups, group_in});
   const TensorView do_groups = dattn.view().Reshape({num_tokens, groups, group_in});
   const TensorView w_groups = w.wo_a.view().Reshape({groups, rank, group_in});
@@ -173,7 +179,7 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   const TensorView du_groups = du.view().Reshape({num_tokens, groups, rank});
   for (int64_t gi = 0; gi < groups; ++gi) {
     run.Linear(o_groups.Select(1, gi), w_groups.Select(0, gi), du_groups.Select(1, gi),
-               do_groups.Select(1, gi), dw_groups.Select(0, gi));
+               do_groups.Select(1, gi), dw_groups.Select(0, gi), /*overwrite_dx=*/true);
   }
   rotate_back_each_sequence(dattn, /*inverse=*/true);
   run.Mark("bwd.attn.output");
@@ -232,7 +238,8 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   // Query path: RoPE, per-head unweighted RMSNorm (its input as the GPU forward saved it, or
   // recomputed as on the CPU), wq_b, q_norm, wq_a.
   rotate_back_each_sequence(dq, /*inverse=*/false);
-  const Tensor qr = run.Up(host_acts.qr), qr_raw = run.Up(host_acts.qr_raw);
+  // Only products read qr (wq_b's gradient, the q_raw recomputation): as the forward saved it.
+  const Tensor qr = run.ProductInput(host_acts.qr), qr_raw = run.Up(host_acts.qr_raw);
   Tensor q_raw;
   if (host_acts.q_raw.defined()) {
     q_raw = run.Up(host_acts.q_raw);
@@ -240,14 +247,20 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
     q_raw = run.New({num_tokens, heads * dim});
     run.Forward(qr.view(), w.wq_b.view(), q_raw.view());
   }
-  Tensor dq_raw = run.Z({num_tokens, heads * dim});
+  // The norms' input gradients that only a GEMM reads (dq_raw, dqr_raw, dkv_raw) are written in
+  // the products' dtype by the norm's backward itself (no zero fill, no bf16 copy; the same
+  // bf16 values as the copy of the f32 gradient).
+  Tensor dq_raw = run.ProductNew({num_tokens, heads * dim});
   run.RmsNorm(q_raw.view().Reshape({num_tokens * heads, dim}), TensorView(), eps,
               dq.view().Reshape({num_tokens * heads, dim}),
-              dq_raw.view().Reshape({num_tokens * heads, dim}), TensorView());
-  Tensor dqr = run.Z({num_tokens, config.q_lora_rank});
-  run.Linear(qr.view(), w.wq_b.view(), dq_raw.view(), dqr.view(), g->wq_b.view());
-  Tensor dqr_raw = run.Z({num_tokens, config.q_lora_rank});
-  run.RmsNorm(qr_raw.view(), w.q_norm.view(), eps, dqr.view(), dqr_raw.view(), g->q_norm.view());
+              dq_raw.view().Reshape({num_tokens * heads, dim}), TensorView(),
+              kc::DxWrite::kOverwrite);
+  Tensor dqr = run.New({num_tokens, config.q_lora_rank});  // the GEMM overwrites it
+  run.Linear(qr.view(), w.wq_b.view(), dq_raw.view(), dqr.view(), g->wq_b.view(),
+             /*overwrite_dx=*/true);
+  Tensor dqr_raw = run.ProductNew({num_tokens, config.q_lora_rank});
+  run.RmsNorm(qr_raw.view(), w.q_norm.view(), eps, dqr.view(), dqr_raw.view(), g->q_norm.view(),
+              kc::DxWrite::kOverwrite);
   // x as every weight gradient of this layer reads it (one bf16 copy under bf16 products).
   Tensor x_copy;
   const TensorView x_product = run.ProductRows(x.view(), &x_copy);
@@ -256,9 +269,9 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   // Shared K=V path: RoPE, kv_norm, wkv.
   rotate_back_each_sequence(dkv, /*inverse=*/false);
   const Tensor kv_raw = run.Up(host_acts.kv_raw);
-  Tensor dkv_raw = run.Z({num_tokens, dim});
+  Tensor dkv_raw = run.ProductNew({num_tokens, dim});
   run.RmsNorm(Rows2(kv_raw, num_tokens), w.kv_norm.view(), eps, dkv_rows, dkv_raw.view(),
-              g->kv_norm.view());
+              g->kv_norm.view(), kc::DxWrite::kOverwrite);
   run.Linear(x_product, w.wkv.view(), dkv_raw.view(), dx.view(), g->wkv.view());
   run.Mark("bwd.attn.proj");
 
@@ -289,8 +302,9 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     const int64_t shared = w.shared_w1.size(0);
     const Tensor act = run.Up(host_acts.shared_act), gate = run.Up(host_acts.shared_gate),
                  up = run.Up(host_acts.shared_up);
-    Tensor dact = run.Z({num_tokens, shared});
-    run.Linear(act.view(), w.shared_w2.view(), dout.view(), dact.view(), g->shared_w2.view());
+    Tensor dact = run.New({num_tokens, shared});  // the GEMM overwrites it
+    run.Linear(act.view(), w.shared_w2.view(), dout.view(), dact.view(), g->shared_w2.view(),
+               /*overwrite_dx=*/true);
     Tensor dgate = run.Z({num_tokens, shared});
     Tensor dup = run.Z({num_tokens, shared});
     run.Do([&] {
@@ -529,12 +543,13 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
   // Head: logits = hidden · headᵀ; hidden = norm(hc_head collapse of the final streams).
   {
     const Tensor hid = run.Up(forward.hidden);
-    Tensor dhidden = run.Z({num_tokens, hidden});
-    run.Linear(Rows2(hid, num_tokens), w.head.view(), dl, dhidden.view(), g.head.view());
+    Tensor dhidden = run.New({num_tokens, hidden});  // the GEMM overwrites it
+    run.Linear(Rows2(hid, num_tokens), w.head.view(), dl, dhidden.view(), g.head.view(),
+               /*overwrite_dx=*/true);
     const Tensor collapsed = run.Up(forward.hc_head.collapsed);
-    Tensor dcollapsed = run.Z({num_tokens, hidden});
+    Tensor dcollapsed = run.New({num_tokens, hidden});  // overwritten: no zero fill
     run.RmsNorm(collapsed.view(), w.norm.view(), eps, dhidden.view(), dcollapsed.view(),
-                g.norm.view());
+                g.norm.view(), kc::DxWrite::kOverwrite);
     const Tensor streams = run.Up(forward.streams);
     const TensorView streams3 = streams.view().Reshape({num_tokens, n, hidden});
     Tensor dstreams = run.Z({num_tokens, n, hidden});
@@ -550,7 +565,7 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
                                    dpre.view(), dmixes.view(), g.hc_head.base.view(),
                                    g.hc_head.scale.view());
     });
-    const Tensor normed = run.Up(forward.hc_head.normed);
+    const Tensor normed = run.ProductInput(forward.hc_head.normed);
     MixesBackward(run, streams3, normed, w.hc_head.fn, eps, dmixes, dstreams.view(), g.hc_head.fn);
     run.Mark("bwd.head");
 
@@ -561,7 +576,9 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
       const RopeTable& rope = model.rope(layer.attention_type);
       const BlockActivations& acts = forward.blocks[l];
       const Tensor streams_mid = run.Up(acts.streams_mid);
-      const Tensor ffn_out = run.Up(acts.ffn_out), ffn_in = run.Up(acts.ffn_in);
+      // ffn_in and attn_in feed only products: as the forward saved them (bf16 under bf16
+      // products).
+      const Tensor ffn_out = run.Up(acts.ffn_out), ffn_in = run.ProductInput(acts.ffn_in);
       Tensor dstreams_mid = SiteBackward(
           run, layer.hc_ffn, layer.ffn_norm, config, streams_mid, acts.ffn_hc, ffn_out, dstreams,
           [&](const Tensor& dy, const Tensor& dx) {
@@ -570,7 +587,7 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
           },
           &gl->hc_ffn, gl->ffn_norm);
       const Tensor streams_in = run.Up(acts.streams_in);
-      const Tensor attn_out = run.Up(acts.attn_out), attn_in = run.Up(acts.attn_in);
+      const Tensor attn_out = run.Up(acts.attn_out), attn_in = run.ProductInput(acts.attn_in);
       dstreams = SiteBackward(
           run, layer.hc_attn, layer.attn_norm, config, streams_in, acts.attn_hc, attn_out,
           dstreams_mid,

@@ -93,6 +93,9 @@ class Run {
   // that accumulate): bf16 under bf16 products (each value rounds once, as ProductOperand's
   // copy of the f32 sum would), else f32.
   core::Tensor ProductZ(absl::Span<const int64_t> shape) { return Z(shape, product_dtype()); }
+  // The same uninitialised, for values a kernel overwrites (kc::DxWrite::kOverwrite): bf16
+  // under bf16 products, so the kernel rounds each value once instead of a separate copy.
+  core::Tensor ProductNew(absl::Span<const int64_t> shape) { return New(product_dtype(), shape); }
   // What a matrix product reads of `w`, a view into an f32 device parameter: the same view of
   // its bf16 mirror when bf16 products are on and the parameter has one
   // (CudaBackward::Impl::bf16_mirrors), else `w` itself.
@@ -171,20 +174,23 @@ class Run {
     if (status_.ok()) Ok(kc::FillZero(out.view()));
     return out;
   }
-  // dx += dy · w, dw += dyᵀ · x (either may be an empty view). With bf16 products x, w and dy
-  // are read as bf16 (copies, and w's mirror).
+  // dx += dy · w (overwrite_dx: dx = dy · w, dx not read: no zero fill needed), dw += dyᵀ · x
+  // (either may be an empty view). With bf16 products x, w and dy are read as bf16 (copies, and
+  // w's mirror).
   void Linear(const core::TensorView& x, const core::TensorView& w, const core::TensorView& dy,
-              const core::TensorView& dx, const core::TensorView& dw) {
+              const core::TensorView& dx, const core::TensorView& dw, bool overwrite_dx = false) {
     if (!status_.ok()) return;
     core::Tensor x_copy, w_copy, dy_copy;
     const core::TensorView xp = ProductRows(x, &x_copy), dyp = ProductRows(dy, &dy_copy);
     const core::TensorView wp = ProductRows(ProductWeight(w), &w_copy);
-    if (status_.ok()) Ok(kc::LinearBackward(*blas_, xp, wp, dyp, dx, dw));
+    if (status_.ok()) Ok(kc::LinearBackward(*blas_, xp, wp, dyp, dx, dw, overwrite_dx));
   }
+  // dx += (kc::DxWrite::kAdd) or = (kOverwrite: dx uninitialised, not read) the RMSNorm
+  // gradient; dweight += its weight gradient (either may be an empty view).
   void RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
                const core::TensorView& dy, const core::TensorView& dx,
-               const core::TensorView& dweight) {
-    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight));
+               const core::TensorView& dweight, kc::DxWrite dx_write = kc::DxWrite::kAdd) {
+    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight, dx_write));
   }
   // y = alpha · x · wᵀ (overwrites y). x: [m, k]; w: [n, k] f32 or bf16; y: [m, n] f32; each a
   // row view with a unit inner stride. With bf16 products both are read as bf16 (a copy of x,

@@ -5,6 +5,7 @@
 // the CPU's (RopeTable::Make, uploaded), so rotations use the same angles bit for bit.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -34,12 +35,14 @@ namespace kc = kernels::cuda;
 constexpr int64_t kIndexerQueryChunk = 256;
 
 // model/mhc.cc NormalizeStreams + the mixes GEMM: streams [N, n, H] -> normed [N, n·H],
-// mixes [N, M] with fn [M, n·H].
+// mixes [N, M] with fn [M, n·H]. Only products read normed (here and the backward's weight
+// gradient): the norm writes it in the products' dtype (bf16 under bf16 products, the same
+// values as a bf16 copy of the f32 result, without the copy).
 void StreamMixes(Run& run, const ModelConfig& config, const TensorView& streams, const Tensor& fn,
                  Tensor* normed, Tensor* mixes) {
   const int64_t num_tokens = streams.shape[0];
   const int64_t width = config.hc_mult * config.hidden_size;
-  *normed = run.New({num_tokens, width});
+  *normed = Run::New(run.product_dtype(), {num_tokens, width});
   run.Do([&] {
     return kc::RmsNorm(streams.Reshape({num_tokens, width}), TensorView(),
                        static_cast<float>(config.rms_norm_eps), normed->view());
@@ -171,7 +174,8 @@ void Indexer(Run& run, const IndexerWeights& w, const ModelConfig& config, const
   }
 }
 
-// model/attention.cc. x: [B·T, H] f32 device; out: [B·T, H] f32 device.
+// model/attention.cc. x: [B·T, H] device, f32 (bf16 under bf16 products: only products read
+// it); out: [B·T, H] f32 device.
 void Attention(Run& run, const AttentionWeights& w, AttentionType type, const ModelConfig& config,
                const RopeTable& rope, int64_t batch, int64_t seq_len, const TensorView& x,
                AttentionActivations* acts, const TensorView& out,
@@ -197,28 +201,49 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   // Query path: low-rank latent, normalised; per-head unweighted RMSNorm; RoPE.
   acts->qr_raw = run.New({num_tokens, config.q_lora_rank});
   run.Forward(x_product, w.wq_a.view(), acts->qr_raw.view());
-  acts->qr = run.New({num_tokens, config.q_lora_rank});
+  // Only products read qr (wq_b here and in the indexer, wq_b's gradient): in their dtype.
+  acts->qr = Run::New(run.product_dtype(), {num_tokens, config.q_lora_rank});
   run.Do([&] { return kc::RmsNorm(acts->qr_raw.view(), w.q_norm.view(), eps, acts->qr.view()); });
   // q before its per-head norm is saved: the backward's norm gradient reads it (the CPU
   // recomputes it there instead).
   acts->q_raw = run.New({num_tokens, heads * dim});
   run.Forward(acts->qr.view(), w.wq_b.view(), acts->q_raw.view());
-  acts->q = run.New({num_tokens, heads, dim});
-  run.Do([&] {
-    return kc::RmsNorm(acts->q_raw.view().Reshape({num_tokens, heads, dim}), TensorView(), eps,
-                       acts->q.view());
-  });
-  rotate_each_sequence(acts->q, /*inverse=*/false);
+  // Under bf16 products only the attention's products read q and kv, as bf16 copies of the
+  // normalised, rotated f32 values: with 8-wide rows one RmsNormRope launch a sequence writes those
+  // bf16 values directly (kAfterRotation: the same bits, without the f32 tensor, the rotation's
+  // pass over it and the copy); else RmsNorm into f32, ApplyRope, and the copy below.
+  const bool fused_norm_rope =
+      run.bf16_products() && dim % 8 == 0 && (dim - 2 * cos.size(1)) % 8 == 0;
+  // x [num_tokens · rows_per_token, dim] normalised (weight may be empty) and rotated into a new
+  // [num_tokens, rows_per_token, dim] tensor.
+  auto norm_rope = [&](const TensorView& x_rows, const TensorView& weight, int64_t rows_per_token) {
+    auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    if (!fused_norm_rope || !aligned(x_rows.data) ||
+        (weight.data != nullptr && !aligned(weight.data))) {
+      Tensor out = run.New({num_tokens, rows_per_token, dim});
+      run.Do([&] { return kc::RmsNorm(x_rows, weight, eps, out.view()); });
+      rotate_each_sequence(out, /*inverse=*/false);
+      return out;
+    }
+    Tensor out = Run::New(DType::kBF16, {num_tokens, rows_per_token, dim});
+    const TensorView out_rows = out.view().Reshape({num_tokens * rows_per_token, dim});
+    const int64_t rows = seq_len * rows_per_token;
+    for (int64_t b = 0; b < batch; ++b) {
+      run.Do([&] {
+        return kc::RmsNormRope(x_rows.Slice(0, b * rows, (b + 1) * rows), weight, eps, cos.view(),
+                               sin.view(), rows_per_token,
+                               out_rows.Slice(0, b * rows, (b + 1) * rows),
+                               kc::RopeRounding::kAfterRotation);
+      });
+    }
+    return out;
+  };
+  acts->q = norm_rope(acts->q_raw.view().Reshape({num_tokens * heads, dim}), TensorView(), heads);
 
   // The single K=V head.
   acts->kv_raw = run.New({num_tokens, dim});
   run.Forward(x_product, w.wkv.view(), acts->kv_raw.view());
-  acts->kv = run.New({num_tokens, 1, dim});
-  run.Do([&] {
-    return kc::RmsNorm(acts->kv_raw.view(), w.kv_norm.view(), eps,
-                       acts->kv.view().Reshape({num_tokens, dim}));
-  });
-  rotate_each_sequence(acts->kv, /*inverse=*/false);
+  acts->kv = norm_rope(acts->kv_raw.view(), w.kv_norm.view(), 1);
   acts->kv.mutable_view() = acts->kv.view().Reshape({num_tokens, dim});
 
   run.Mark("fwd.attn.proj");
@@ -291,9 +316,10 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   run.Mark("fwd.attn.output");
 }
 
-// model/moe.cc MoeForward (with RouteTokens). x: [N, H] f32 device; token_ids: [N] i32 device;
-// replay: [N, k] i32 CPU ids or an empty view; out: [N, H] f32 device. *routed gets the ids used
-// ([N, k] i32 CPU), from which the dispatch plan is built on the host as the CPU does.
+// model/moe.cc MoeForward (with RouteTokens). x: [N, H] device, f32 (bf16 under bf16 products);
+// token_ids: [N] i32 device; replay: [N, k] i32 CPU ids or an empty view; out: [N, H] f32 device.
+// *routed gets the ids used ([N, k] i32 CPU), from which the dispatch plan is built on the host as
+// the CPU does.
 void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
          const TensorView& x, const Tensor& token_ids, const TensorView& replay,
          MoeActivations* acts, const TensorView& out, Tensor* routed) {
@@ -406,7 +432,9 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
 
   // Attention site: collapse, normalise, attend, expand + mix.
   MhcPre(run, layer.hc_attn, config, streams_in.view(), &acts->attn_hc);
-  acts->attn_in = run.New({num_tokens, hidden});
+  // attn_in and ffn_in feed only products (the layers' GEMMs and weight gradients, the MoE's
+  // gather): written in the products' dtype, bf16 under bf16 products.
+  acts->attn_in = Run::New(run.product_dtype(), {num_tokens, hidden});
   run.Do([&] {
     return kc::RmsNorm(acts->attn_hc.collapsed.view(), layer.attn_norm.view(), eps,
                        acts->attn_in.view());
@@ -423,7 +451,7 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
 
   // FFN site: collapse, normalise, MoE, expand + mix.
   MhcPre(run, layer.hc_ffn, config, acts->streams_mid.view(), &acts->ffn_hc);
-  acts->ffn_in = run.New({num_tokens, hidden});
+  acts->ffn_in = Run::New(run.product_dtype(), {num_tokens, hidden});
   run.Do([&] {
     return kc::RmsNorm(acts->ffn_hc.collapsed.view(), layer.ffn_norm.view(), eps,
                        acts->ffn_in.view());
