@@ -166,7 +166,8 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   const int64_t groups = config.o_groups;
   const int64_t group_in = heads * dim / groups;
   const int64_t rank = config.o_lora_rank;
-  const Tensor u = run.Up(host_acts.u), o = run.Up(host_acts.o);
+  // Only wo_a's weight gradient reads o: as the forward saved it (bf16 under bf16 products).
+  const Tensor u = run.Up(host_acts.u), o = run.ProductInput(host_acts.o);
   Tensor du = run.New({num_tokens, groups * rank});  // the GEMM overwrites it
   run.Linear(u.view(), w.wo_b.view(), dout.view(), du.view(), g->wo_b.view(),
              /*overwrite_dx=*/true);

@@ -61,7 +61,7 @@ class CudaBackward {
   // [0, num_routed_experts)) on the device. logits [B, T, V], hidden, streams and every
   // activation are device tensors (f32; topk_idx and indexer.topk i32; moe.plan a host struct;
   // under GemmMath::kBf16Inputs the activations only products read are bf16: the mHC's normed,
-  // attn_in, ffn_in, qr, q, kv, the compressed entries, expert_x);
+  // attn_in, ffn_in, qr, q, kv, o, the compressed entries, expert_x);
   // routed_experts (return_routing) are CPU i32 [B, T, k], the form routing_replay takes.
   // Internal on CUDA errors.
   absl::StatusOr<ForwardOutput> Forward(const core::TensorView& input_ids,

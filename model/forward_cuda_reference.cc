@@ -296,10 +296,24 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
   }
   run.Mark("fwd.attn.core");
 
-  // Undo the values' rotation at the query position.
-  acts->o = run.New({num_tokens, heads, dim});
-  run.Do([&] { return kc::Copy(acts->attn.view(), acts->o.view()); });
-  rotate_each_sequence(acts->o, /*inverse=*/true);
+  // Undo the values' rotation at the query position. Only the output projection's products read
+  // o (here and its weight gradient): under bf16 products with 8-wide rows one RopeCopy a
+  // sequence writes the bf16 values of the rotated f32 copy (the same bits, without the f32 copy,
+  // the rotation's pass over it and the products' bf16 copies in both passes).
+  if (fused_norm_rope) {
+    acts->o = Run::New(DType::kBF16, {num_tokens, heads, dim});
+    for (int64_t b = 0; b < batch; ++b) {
+      run.Do([&] {
+        return kc::RopeCopy(acts->attn.view().Slice(0, b * seq_len, (b + 1) * seq_len), cos.view(),
+                            sin.view(), /*inverse=*/true,
+                            acts->o.view().Slice(0, b * seq_len, (b + 1) * seq_len));
+      });
+    }
+  } else {
+    acts->o = run.New({num_tokens, heads, dim});
+    run.Do([&] { return kc::Copy(acts->attn.view(), acts->o.view()); });
+    rotate_each_sequence(acts->o, /*inverse=*/true);
+  }
 
   // Grouped output projection: group g maps its heads' nh·D/G values to o_lora_rank.
   const int64_t groups = config.o_groups;

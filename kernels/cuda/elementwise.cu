@@ -140,6 +140,41 @@ __global__ void RopeKernel(RopeParams p) {
   }
 }
 
+struct RopeCopyParams {
+  const void* x;
+  void* out;
+  const float* cos;
+  const float* sin;
+  int64_t rows, dim, heads, half;  // rows = M·heads rows of dim; cos, sin row = row / heads
+  bool x_bf16, out_bf16, inverse;
+};
+
+// A thread per 8 channels: x's values (f32 for an f32 x), the trailing 2·half channels of every
+// head rotated with RopeKernel's unfused arithmetic, one rounding at out's store. offset =
+// dim - 2·half is a multiple of 8, so a chunk is all in or all out.
+__global__ void RopeCopyKernel(RopeCopyParams p) {
+  WaitForPriorKernels();
+  const int64_t chunks = p.dim / 8, n = p.rows * chunks, offset = p.dim - 2 * p.half;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = e / chunks, c = (e % chunks) * 8;
+    float v[8];
+    Load8(p.x, p.x_bf16, r * p.dim + c, v);
+    if (c >= offset) {
+      const int64_t table = (r / p.heads) * p.half + (c - offset) / 2;
+#pragma unroll
+      for (int k = 0; k < 8; k += 2) {
+        const float x0 = v[k], x1 = v[k + 1];
+        const float cs = p.cos[table + k / 2];
+        const float sn = p.inverse ? -p.sin[table + k / 2] : p.sin[table + k / 2];
+        v[k] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+        v[k + 1] = __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn));
+      }
+    }
+    Store8(p.out, p.out_bf16, r * p.dim + c, v);
+  }
+}
+
 struct SwiGluParams {
   const void* gate;
   const void* up;
@@ -417,6 +452,55 @@ absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
   const int64_t n = p.rows * p.heads * p.half;
   if (n == 0) return absl::OkStatus();
   LaunchKernel(RopeKernel, GridFor(n, 256), 256, 0, p);
+  return LaunchStatus(op);
+}
+
+absl::Status RopeCopy(const core::TensorView& x, const core::TensorView& cos,
+                      const core::TensorView& sin, bool inverse, const core::TensorView& out) {
+  const char* op = "cuda::RopeCopy";
+  for (const auto& [name, v] : {std::pair{"x", &x}, std::pair{"out", &out}}) {
+    if (absl::Status s = CheckDeviceView(op, name, *v, {core::DType::kF32, core::DType::kBF16});
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = CheckArg(x.rank == 3 && x.is_contiguous() && out.is_contiguous() &&
+                                    out.SameShape(x.shape_vector()),
+                                op, "x, out must be contiguous [M, heads, head_dim] of one shape");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s =
+          CheckArg(cos.rank == 2 && cos.shape[0] == x.shape[0] && 2 * cos.shape[1] <= x.shape[2] &&
+                       sin.SameShape({cos.shape[0], cos.shape[1]}),
+                   op, "cos, sin must be [M, rope_dim / 2] with rope_dim <= head_dim");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t dim = x.shape[2], half = cos.shape[1];
+  if (absl::Status s =
+          CheckArg(Vec8Ok(x.data, dim) && Vec8Ok(out.data, dim) && (dim - 2 * half) % 8 == 0, op,
+                   "needs 16-byte aligned x, out and head_dim, head_dim - "
+                   "rope_dim multiples of 8");
+      !s.ok()) {
+    return s;
+  }
+  RopeCopyParams p{x.data,
+                   out.data,
+                   cos.data_as<float>(),
+                   sin.data_as<float>(),
+                   x.shape[0] * x.shape[1],
+                   dim,
+                   x.shape[1],
+                   half,
+                   IsBf16(x),
+                   IsBf16(out),
+                   inverse};
+  const int64_t n = p.rows * (dim / 8);
+  if (n == 0) return absl::OkStatus();
+  LaunchKernel(RopeCopyKernel, GridFor(n, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 

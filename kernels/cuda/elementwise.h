@@ -60,6 +60,14 @@ absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weig
 absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
                        const core::TensorView& sin, bool inverse);
 
+// out = ApplyRope(a copy of x, cos, sin, inverse) in one pass: x's values rotated in f32 and
+// rounded once at out's store (for an f32 x the bits of Copy into f32, ApplyRope on f32, then
+// F32ToBf16 into a bf16 out). x, out: contiguous [M, heads, head_dim] bf16|f32 device views of
+// one shape, 16-byte aligned, head_dim and head_dim - rope_dim multiples of 8 (InvalidArgument
+// otherwise); cos, sin: [M, rope_dim / 2] f32.
+absl::Status RopeCopy(const core::TensorView& x, const core::TensorView& cos,
+                      const core::TensorView& sin, bool inverse, const core::TensorView& out);
+
 // out = silu(min(gate, limit)) · clamp(up, ±limit) (limit <= 0: no clamp). gate, up: [M, I]
 // bf16|f32 row views; out: [M, I] bf16|f32 row view (may alias gate or up).
 absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,

@@ -161,6 +161,43 @@ void CheckRmsNormRopeAfterRotation(int64_t tokens, int64_t heads, int64_t dim, i
   EXPECT_NE(std::memcmp(c.data<float>(), b.data<float>(), sizeof(float) * c.numel()), 0);
 }
 
+// RopeCopy against Copy into f32, ApplyRope on f32 and F32ToBf16, bit for bit, both directions:
+// 17 tokens x 3 heads of 72 (rope from column 56) and 5 x 16 x 512 (the training forward's
+// attention output); head_dim 70 is refused.
+TEST(CudaElementwise, RopeCopyEqualsCopyRopeThenBf16) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Shape {
+    int64_t tokens, heads, dim, half;
+  };
+  for (const Shape& shape : {Shape{17, 3, 72, 8}, Shape{5, 16, 512, 32}}) {
+    for (bool inverse : {false, true}) {
+      const int64_t t = shape.tokens, h = shape.heads, d = shape.dim, half = shape.half;
+      const Tensor x = testing::ToDevice(RandomNormal({t, h, d}, 41, 2.0f), DType::kF32);
+      const Tensor cos = testing::ToDevice(RandomNormal({t, half}, 42, 1.0f), DType::kF32);
+      const Tensor sin = testing::ToDevice(RandomNormal({t, half}, 43, 1.0f), DType::kF32);
+      const Tensor f32 = Tensor::Empty(DType::kF32, {t, h, d}, DeviceAllocator());
+      const Tensor want = Tensor::Empty(DType::kBF16, {t, h, d}, DeviceAllocator());
+      const Tensor got = Tensor::Empty(DType::kBF16, {t, h, d}, DeviceAllocator());
+      ASSERT_TRUE(Copy(x.view(), f32.view()).ok());
+      ASSERT_TRUE(ApplyRope(f32.view(), cos.view(), sin.view(), inverse).ok());
+      ASSERT_TRUE(F32ToBf16(f32.view(), want.view()).ok());
+      ASSERT_TRUE(RopeCopy(x.view(), cos.view(), sin.view(), inverse, got.view()).ok());
+      const Tensor a = testing::ToHost(got.view()), b = testing::ToHost(want.view());
+      EXPECT_EQ(std::memcmp(a.data<float>(), b.data<float>(), sizeof(float) * a.numel()), 0)
+          << "dim " << d << (inverse ? " inverse" : "");
+      // And into f32: the rotated values themselves.
+      const Tensor got32 = Tensor::Empty(DType::kF32, {t, h, d}, DeviceAllocator());
+      ASSERT_TRUE(RopeCopy(x.view(), cos.view(), sin.view(), inverse, got32.view()).ok());
+      const Tensor c = testing::ToHost(got32.view()), e = testing::ToHost(f32.view());
+      EXPECT_EQ(std::memcmp(c.data<float>(), e.data<float>(), sizeof(float) * c.numel()), 0);
+    }
+  }
+  const Tensor x = testing::ToDevice(RandomNormal({3, 2, 70}, 44, 1.0f), DType::kF32);
+  const Tensor cos = testing::ToDevice(RandomNormal({3, 8}, 45, 1.0f), DType::kF32);
+  const Tensor out = Tensor::Empty(DType::kBF16, {3, 2, 70}, DeviceAllocator());
+  EXPECT_FALSE(RopeCopy(x.view(), cos.view(), cos.view(), false, out.view()).ok());
+}
+
 TEST(CudaElementwise, RmsNormRopeAfterRotationEqualsF32ThenCopy) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   CheckRmsNormRopeAfterRotation(17, 3, 72, 8, /*weighted=*/false, 11);
