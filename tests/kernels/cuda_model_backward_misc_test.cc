@@ -165,5 +165,28 @@ TEST(CudaModelBackwardMisc, ApeEmbeddingAndFillZeroMatchTheCpuLoops) {
   EXPECT_FALSE(ApeBackward(Dev(dscore).view(), seq_len + 1, ratio, ape.view()).ok());
 }
 
+// AddRowSums (AddColumnSums' second launch) against the plain in-order float loop, bit for bit:
+// 5 rows (the unbatched tail only), 32 (one batch of loads), 70 (two batches and a tail of 6);
+// 300 columns (a partial second block of 256). The batched loads must keep the adds in row order.
+TEST(CudaModelBackwardMisc, AddRowSumsAddsTheRowsInOrder) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t width = 300;
+  for (const int64_t rows : {5, 32, 70}) {
+    const Tensor partials = RandomNormal({rows, width}, 20 + rows, 3.0f);
+    const Tensor start = RandomNormal({width}, 21);
+    const Tensor out = Dev(start);
+    ASSERT_TRUE(AddRowSums(Dev(partials).view(), out.view()).ok());
+    const Tensor got = testing::ToHost(out.view());
+    int64_t mismatches = 0;
+    for (int64_t c = 0; c < width; ++c) {
+      float sum = 0;
+      for (int64_t r = 0; r < rows; ++r) sum += partials.data<float>()[r * width + c];
+      const float want = start.data<float>()[c] + sum;
+      mismatches += got.data<float>()[c] != want ? 1 : 0;
+    }
+    EXPECT_EQ(mismatches, 0) << rows << " rows";
+  }
+}
+
 }  // namespace
 }  // namespace v4rl::kernels::cuda
