@@ -25,7 +25,8 @@
 //  - {"kind": "decode_long", "context", "ms_per_step", "tokens_per_s", "host_ms_per_step"}: batch-1
 //    decode after the longest prefill above.
 // host_ms_per_step: the host's time inside Step() (near ms_per_step: the host is the bottleneck).
-// PROFILE_DECODE=1 adds one untimed step per decode run between cudaProfilerStart/Stop, for
+// PROFILE_DECODE=1 adds one untimed step to each graph-replayed decode run (not to the
+// launch-by-launch runs after them) between cudaProfilerStart/Stop, for
 // `ncu --profile-from-start off --print-summary per-kernel ...`.
 // Times include the host-side parts (per-sequence launch setup, uploads, allocations); logits stay
 // on the device unless HOST_LOGITS=1.
@@ -79,8 +80,9 @@ int Main(int argc, char** argv) {
   const bool compare_host_moe = compare_env != nullptr && std::string(compare_env) == "1";
   const char* host_logits_env = std::getenv("HOST_LOGITS");
   const bool host_logits = host_logits_env != nullptr && std::string(host_logits_env) == "1";
-  // PROFILE_DECODE=1: one extra untimed step of each decode run between cudaProfilerStart and
-  // cudaProfilerStop (ncu --profile-from-start off ... times just that step's kernels).
+  // PROFILE_DECODE=1: one extra untimed step of each graph-replayed decode run between
+  // cudaProfilerStart and cudaProfilerStop (ncu --profile-from-start off ... times just that
+  // step's kernels).
   const char* profile_env = std::getenv("PROFILE_DECODE");
   const bool profile_one_step = profile_env != nullptr && std::string(profile_env) == "1";
   const int64_t vocab = config->vocab_size;
@@ -197,7 +199,7 @@ int Main(int argc, char** argv) {
     step(0, true);
     step(1, false);
     Check(kernels::cuda::Synchronize(), "sync");
-    if (profile_one_step) {  // PROFILE_DECODE=1: one step between cudaProfilerStart and Stop
+    if (profile_one_step && graphs) {  // PROFILE_DECODE=1: one step between cudaProfilerStart/Stop
       cudaProfilerStart();
       step(2, false);
       Check(kernels::cuda::Synchronize(), "sync");
