@@ -6,11 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <map>
-#include <optional>
 #include <tuple>
 
 #include "absl/strings/str_format.h"
@@ -169,27 +165,6 @@ absl::StatusOr<std::unique_ptr<GemmHandle>> GemmHandle::Create(int64_t workspace
   return std::unique_ptr<GemmHandle>(new GemmHandle(std::move(impl)));
 }
 
-namespace {
-
-// The split-K reduction schemes the heuristic may pick, from V4RL_GEMM_REDUCTION (read once; an
-// experiment for A/B timings of the decode step's skinny GEMMs, whose split-K algorithms add a
-// reduction kernel): "none" only algorithms without split-K, "inplace" also split-K reduced in
-// the output, unset or "any" whatever the heuristic prefers (nullopt). Another value aborts with
-// a message naming the variable and its values.
-std::optional<uint32_t> ReductionSchemeMask() {
-  static const std::optional<uint32_t> mask = []() -> std::optional<uint32_t> {
-    const char* value = std::getenv("V4RL_GEMM_REDUCTION");
-    if (value == nullptr || std::strcmp(value, "any") == 0) return std::nullopt;
-    if (std::strcmp(value, "none") == 0) return uint32_t{CUBLASLT_REDUCTION_SCHEME_NONE};
-    if (std::strcmp(value, "inplace") == 0) return uint32_t{CUBLASLT_REDUCTION_SCHEME_INPLACE};
-    std::fprintf(stderr, "V4RL_GEMM_REDUCTION must be none, inplace or any, got '%s'\n", value);
-    std::abort();
-  }();
-  return mask;
-}
-
-}  // namespace
-
 bool GemmHandle::Impl::Heuristic(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
                                  cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                                  uint32_t align_a, uint32_t align_b, uint32_t align_c,
@@ -207,10 +182,6 @@ bool GemmHandle::Impl::Heuristic(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout
                                        &align_c, sizeof(align_c));
   cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                        &align_c, sizeof(align_c));
-  if (const std::optional<uint32_t> mask = ReductionSchemeMask(); mask.has_value()) {
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                         &*mask, sizeof(*mask));
-  }
   cublasLtMatmulHeuristicResult_t result = {};
   int count = 0;
   const cublasStatus_t status =
