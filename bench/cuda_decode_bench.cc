@@ -12,12 +12,13 @@
 //    t = (7919 t + 13) mod V, as bench/cuda_prefill_bench.cc) prefilled through CudaDecoder in
 //    chunks of CHUNK tokens (device memory bounded by the chunk, not by T), one timed run;
 //  - {"kind": "decode", "batch", "context", "ms_per_step", "tokens_per_s", "weight_bytes",
-//    "bound_tokens_per_s", "fraction_of_bound", "host_ms_per_step"}: B sequences forked from one
-//    prefilled DECODE_CONTEXT-token prompt, DECODE_STEPS one-token steps timed after 2 warm-up
-//    steps; weight_bytes = bytes of weights one step touches (every dense matrix, the head, the
-//    routed experts the step's tokens picked, counted from its routing) and the bound = batch /
-//    (weight_bytes / copy bandwidth);
-//    Decode steps replay CUDA graphs (CudaDecodeStepOptions::cuda_graphs; the first step records);
+//    "bound_tokens_per_s", "fraction_of_bound", "host_ms_per_step", "max_expert_rows"}: B sequences
+//    forked from one prefilled DECODE_CONTEXT-token prompt, DECODE_STEPS one-token steps timed
+//    after 2 warm-up steps; weight_bytes = bytes of weights one step touches (every dense matrix,
+//    the head, the routed experts the step's tokens picked, counted from its routing) and the bound
+//    = batch / (weight_bytes / copy bandwidth); max_expert_rows: per MoE layer, the most rows one
+//    expert got at that step (batch x top-k rows in all; the grouped GEMMs' slowest expert); Decode
+//    steps replay CUDA graphs (CudaDecodeStepOptions::cuda_graphs; the first step records);
 //  - {"kind": "decode_no_graphs", "batch", "ms_per_step", "tokens_per_s", "host_ms_per_step",
 //    "graphs_speedup"}: the same steps launch by launch right after, and the graphs' ratio;
 //  - {"kind": "decode_host_moe", "batch", "ms_per_step", "tokens_per_s"} with COMPARE_HOST_MOE=1:
@@ -36,7 +37,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <set>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,8 @@ int Main(int argc, char** argv) {
 
   // One-token decode steps for `handles`; returns ms per step, the step's weight bytes and the
   // host's ms per step inside Step() (close to the step time: the host is the bottleneck).
+  // The most rows any one expert got in each MoE layer at the routed step (comma-separated).
+  std::string expert_rows;
   auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes, double* host_ms,
                     bool device_moe = true, bool graphs = true) {
     std::vector<int32_t> tokens(handles.size());
@@ -189,9 +192,15 @@ int Main(int argc, char** argv) {
       Check(out.status(), "decode step");
       if (routing) {
         int64_t touched = 0;
+        expert_rows.clear();
         for (const core::Tensor& ids : out->routed_experts) {
-          std::set<int32_t> distinct(ids.data<int32_t>(), ids.data<int32_t>() + ids.numel());
-          touched += static_cast<int64_t>(distinct.size());
+          std::map<int32_t, int64_t> rows;  // expert -> rows routed to it in this layer
+          for (int64_t i = 0; i < ids.numel(); ++i) ++rows[ids.data<int32_t>()[i]];
+          touched += static_cast<int64_t>(rows.size());
+          int64_t most = 0;
+          for (const auto& [expert, count] : rows) most = std::max(most, count);
+          if (!expert_rows.empty()) expert_rows.push_back(',');
+          expert_rows.append(std::to_string(most));
         }
         *weight_bytes = static_cast<double>(dense + touched * expert_bytes);
       }
@@ -240,9 +249,10 @@ int Main(int argc, char** argv) {
     std::printf(
         "{\"kind\": \"decode\", \"batch\": %lld, \"context\": %lld, \"ms_per_step\": "
         "%.3f, \"tokens_per_s\": %.0f, \"weight_bytes\": %.0f, \"bound_tokens_per_s\": "
-        "%.0f, \"fraction_of_bound\": %.4f, \"host_ms_per_step\": %.3f}\n",
+        "%.0f, \"fraction_of_bound\": %.4f, \"host_ms_per_step\": %.3f, "
+        "\"max_expert_rows\": \"%s\"}\n",
         static_cast<long long>(batch), static_cast<long long>(context), ms, tps, weight_bytes,
-        bound, tps / bound, host_ms);
+        bound, tps / bound, host_ms, expert_rows.c_str());
     std::fflush(stdout);
     {  // the same steps launch by launch (no CUDA graphs): the baseline of the graphs' gain
       double unused = 0, direct_host_ms = 0;
