@@ -3,48 +3,52 @@
 // decode step the cost is streaming each used expert's [N, K] weights once, so the kernel is built
 // to keep HBM busy rather than the tensor cores:
 //  - swap AB: the weights are wgmma's A operand (M = 64 weight rows a consumer warpgroup, two
-//    warpgroups = 128 rows a block), the expert's tokens the B operand (n = its token count
-//    rounded up to 16, at most 128 a pass over K; an expert with more tokens takes more passes,
-//    each streaming the weight tile again);
+//    warpgroups = 128 rows a block), the tokens of one pass over K the B operand (n = the pass's
+//    tokens rounded up to 16): an expert's rows are cut into passes of at most 128 tokens, each
+//    streaming the expert's weight tiles again;
 //  - warp specialisation: one producer thread issues TMA loads (cp.async.bulk.tensor, 128-byte
 //    swizzle) of the [128 rows x 64 K] weight tile and the pass's [16 tokens x 64 K] boxes into a
 //    ring of stages, each guarded by a full mbarrier (expect_tx bytes) and an empty one (one
 //    arrival per consumer warp); the consumers wait, issue four wgmma.m64nNk16 a stage, wait for
 //    them and release the stage;
-//  - grid (N / 128, E): one weight tile of one expert a block, blocks of empty experts return at
-//    once; 288 threads and ~111 KB of shared memory, so two blocks share an SM and one streams
-//    while the other starts or drains;
-//  - the ring's stage count follows the expert's largest pass (kernels/plan/grouped_gemm_wgmma.h:
-//    6 stages of 18 KB for <= 16 tokens, 5 of 22 KB for <= 48, 4 of 24 KB for <= 64, 3 of 32 KB
-//    for > 96);
+//  - grid (N / 128, pass slots): one weight tile of one pass a block, so a hot expert's passes
+//    are more blocks rather than a longer one. The slots enumerate the (expert, pass) pairs
+//    expert-major (plan::WgmmaSlotPass: expert 0's passes, then expert 1's, ..; the blocks that
+//    stream a tile for the passes of one expert run side by side, the later reads hitting L2).
+//    Their number is only known on the device, so the grid has an upper bound of them,
+//    E + floor(R / 128) (plan::WgmmaPassSlots); the producer warp finds the block's pass (a prefix
+//    sum of the experts' pass counts over its lanes) while thread 0 initialises the barriers, and
+//    blocks past the last pair return at once. 288 threads and ~111 KB of shared memory, so two
+//    blocks share an SM and one streams while the other starts or drains;
+//  - the ring's stage count follows the pass's tokens (kernels/plan/grouped_gemm_wgmma.h: 6 stages
+//    of 18 KB for <= 16 tokens, 5 of 22 KB for <= 48, 4 of 24 KB for <= 64, 3 of 32 KB for > 96);
 //  - epilogue: each thread stores its f32 accumulators straight to out, transposed (accumulator
 //    rows are weight rows = output columns), tokens past the pass's end skipped, so rows outside
-//    [offsets[e], offsets[e + 1]) are never written. x rows past the expert's end that the token
-//    boxes read (other experts' rows, or zeros past R: TMA fills out-of-bounds with zeros) only
-//    reach those skipped columns.
+//    [offsets[e], offsets[e + 1]) are never written. x rows past the pass's end that the token
+//    boxes read (other passes' or experts' rows, or zeros past R: TMA fills out-of-bounds with
+//    zeros) only reach those skipped columns.
 // The same kernel, instantiated with kSwiGlu, serves GroupedGemmSwiGluDeviceOffsets: out[r] =
 // SwiGluClamp(bf16(x[r] · w1[e]ᵀ), bf16(x[r] · w3[e]ᵀ)) in one launch, the bits of the three
 // calls (two GEMMs storing bf16, then SwiGluKernel):
-//  - a block owns 64 output columns c0.. of one expert (grid (I / 64, E)); the producer loads a
-//    64-row box of w1 into the weight tile's first half and one of w3 into its second, so
+//  - a block owns 64 output columns c0.. of one pass (grid (I / 64, pass slots)); the producer
+//    loads a 64-row box of w1 into the weight tile's first half and one of w3 into its second, so
 //    warpgroup 0 computes the gate rows and warpgroup 1 the up rows of the same columns, over the
 //    same token boxes (the ring, its stages and their bytes as for the plain GEMM);
-//  - epilogue of each pass: both warpgroups meet at a named barrier (their wgmma done with the
-//    pass's last stage, which neither has released), warpgroup 0 stores its accumulators rounded
-//    to bf16 in that stage's weight tile (plan::WgmmaGateExchangeOffset: register i of thread t
-//    at the same place for both warpgroups, whose fragments cover the same (column, token)),
-//    a second named barrier, then warpgroup 1 rounds its up values to bf16, applies
-//    SwiGluClampValue (common.cuh, SwiGluKernel's arithmetic) and stores to out; it releases the
-//    stage for both warpgroups afterwards, so the producer refills it (next pass) only then.
-// The layout arithmetic (ring offsets, descriptors, fragment rows and columns) lives in
-// kernels/plan/grouped_gemm_wgmma.h, which tests/kernels/wgmma_layout_test.cc replays on the CPU
-// against the PTX ISA's layouts.
-// ptxas (CUDA 13.0, sm_90a): 96 registers, no spills, 1 KB static + 111 KB dynamic shared memory;
-// Nsight Compute on the H200 at batch 256 (w1): two blocks an SM (registers and shared memory
-// both allow 2), 3.5 TB/s from DRAM (73% of its peak), 40.9 µs. The SwiGLU instantiation: 96
-// registers, no spills, the same shared memory (the exchange reuses the ring) and a named barrier;
-// ptxas reports an 8-byte stack frame, the IEEE f32 division's slow-path subroutine (gone with
-// __fdividef, which would not round as SwiGluKernel does).
+//  - epilogue: both warpgroups meet at a named barrier (their wgmma done with the pass's last
+//    stage, which the producer does not refill: it has no K tile left), warpgroup 0 stores its
+//    accumulators rounded to bf16 in that stage's weight tile (plan::WgmmaGateExchangeOffset:
+//    register i of thread t at the same place for both warpgroups, whose fragments cover the same
+//    (column, token)), a second named barrier, then warpgroup 1 rounds its up values to bf16,
+//    applies SwiGluClampValue (common.cuh, SwiGluKernel's arithmetic) and stores to out.
+// The layout arithmetic (pass slots, ring offsets, descriptors, fragment rows and columns) lives
+// in kernels/plan/grouped_gemm_wgmma.h, which tests/kernels/wgmma_layout_test.cc replays on the
+// CPU against the PTX ISA's layouts.
+// ptxas (CUDA 13.0, sm_90a): 90 registers, no spills, no stack frame, 1 KB static + 111 KB dynamic
+// shared memory. The SwiGLU instantiation: 92 registers, no spills, no stack frame, the same
+// shared memory (the exchange reuses the ring) and a named barrier. Nsight Compute on the H200 at
+// batch 256 (w1, with the earlier grid of one block an expert, each doing all its passes): two
+// blocks an SM (registers and shared memory both allow 2), 3.5 TB/s from DRAM (73% of its peak),
+// 40.9 µs.
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime
 #include <cudaTypedefs.h>
 
@@ -72,7 +76,7 @@ constexpr int kKStepBytes = plan::kWgmmaInstrK * 2;                             
 struct WgmmaParams {
   const int32_t* offsets;  // [E + 1] i32 device
   void* out;               // [R, N] bf16|f32 (the SwiGLU kernel: [R, I])
-  int rows, n, k;          // R, N (the SwiGLU kernel: I, out's row length), K
+  int experts, rows, n, k;  // E, R, N (the SwiGLU kernel: I, out's row length), K
   bool out_bf16;
   float limit;  // the SwiGLU kernel's clamp (SwiGluClampValue)
 };
@@ -97,11 +101,6 @@ __device__ __forceinline__ void BarrierArriveExpectTx(uint32_t bar, int bytes) {
 
 __device__ __forceinline__ void BarrierArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-
-// `count` arrivals at once (the SwiGLU kernel's warpgroup 1 releasing a stage for both).
-__device__ __forceinline__ void BarrierArrive(uint32_t bar, int count) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
 
 // Waits for the completion of the barrier's phase of parity `parity` (a fresh barrier counts its
@@ -313,14 +312,13 @@ struct Wgmma<128> {
   }
 };
 
-// The SwiGLU kernel's epilogue of a pass (see the top of the file): warpgroup 0's gate values
-// through the weight tile at `exchange` (the pass's last stage, released here for both
-// warpgroups) to warpgroup 1, which stores SwiGluClampValue(gate, up) to out.
+// The SwiGLU kernel's epilogue (see the top of the file): warpgroup 0's gate values through the
+// weight tile at `exchange` (the pass's last stage) to warpgroup 1, which stores
+// SwiGluClampValue(gate, up) to out.
 template <int kN>
 __device__ __forceinline__ void SwiGluEpilogue(const WgmmaParams& p, const float (&acc)[kN / 2],
-                                               uint32_t exchange, uint32_t empty_bar, int group,
-                                               int thread, int col0, int pass_row0,
-                                               int pass_tokens) {
+                                               uint32_t exchange, int group, int thread, int col0,
+                                               int pass_row0, int pass_tokens) {
   ConsumerBarrier();  // both warpgroups' wgmma done reading the stage
   if (group == 0) {
 #pragma unroll
@@ -334,8 +332,6 @@ __device__ __forceinline__ void SwiGluEpilogue(const WgmmaParams& p, const float
           "r"(word)
           : "memory");
     }
-    // These generic-proxy stores ordered before the TMA that refills the stage.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
   ConsumerBarrier();  // the gate values stored
   if (group == 1) {
@@ -360,25 +356,24 @@ __device__ __forceinline__ void SwiGluEpilogue(const WgmmaParams& p, const float
         }
       }
     }
-    // The stage free for the producer: this warp's arrival and its warpgroup 0 partner's.
-    if (thread % 32 == 0) BarrierArrive(empty_bar, 2);
   }
 }
 
-// The consumers' side of one pass over K for kN tokens (kN = the pass's boxes x 16): every stage
-// of the ring in turn, then the epilogue. `stage` and `phase` carry the ring position across
-// passes. The plain GEMM's warpgroup `group` covers output columns col0 + 64 group.., the SwiGLU
-// kernel's both cover col0.. (gate and up rows of the same columns).
+// The consumers' side of the block's pass over K for kN tokens (kN = the pass's boxes x 16):
+// every stage of the ring in turn, then the epilogue. The plain GEMM's warpgroup `group` covers
+// output columns col0 + 64 group.., the SwiGLU kernel's both cover col0.. (gate and up rows of
+// the same columns).
 template <bool kSwiGlu, int kN>
 __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::WgmmaRing& ring,
                                             uint32_t ring_base, uint32_t full, uint32_t empty,
                                             int group, int thread, int col0, int pass_row0,
-                                            int pass_tokens, int& stage, uint32_t& phase) {
+                                            int pass_tokens) {
   float acc[kN / 2];
 #pragma unroll
   for (int i = 0; i < kN / 2; ++i) acc[i] = 0.0f;
   const int num_k = p.k / plan::kWgmmaBlockK;
-  int last_stage = 0;
+  int stage = 0;
+  uint32_t phase = 0;
   for (int kt = 0; kt < num_k; ++kt) {
     BarrierWait(full + 8 * stage, phase);
     const uint32_t a = ring_base + plan::WgmmaWeightOffset(ring, stage, group);
@@ -393,18 +388,18 @@ __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::Wg
     WgmmaCommit();
     WgmmaWaitAll();
     FenceAccumulators(acc);
-    // This warp is done with the stage; the SwiGLU kernel's last stage of the pass is released
-    // after its epilogue, which reuses it.
-    if (!(kSwiGlu && kt == num_k - 1) && thread % 32 == 0) BarrierArrive(empty + 8 * stage);
-    last_stage = stage;
+    // This warp is done with the stage. The producer loads nothing after the pass's last K tile,
+    // so the SwiGLU epilogue may reuse the last stage although it is released here.
+    if (thread % 32 == 0) BarrierArrive(empty + 8 * stage);
     if (++stage == ring.stages) {
       stage = 0;
       phase ^= 1;
     }
   }
   if constexpr (kSwiGlu) {
-    SwiGluEpilogue<kN>(p, acc, ring_base + plan::WgmmaWeightOffset(ring, last_stage, 0),
-                       empty + 8 * last_stage, group, thread, col0, pass_row0, pass_tokens);
+    const int last_stage = (num_k - 1) % ring.stages;
+    SwiGluEpilogue<kN>(p, acc, ring_base + plan::WgmmaWeightOffset(ring, last_stage, 0), group,
+                       thread, col0, pass_row0, pass_tokens);
   } else {
     // Accumulator row m = weight row col0 + 64 group + m = output column; column t = token.
     const int64_t col = col0 + group * plan::kWgmmaGroupRows;
@@ -421,13 +416,34 @@ __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::Wg
   }
 }
 
+// The block's pass, found by the producer warp (`lane` 0..31) as plan::WgmmaLaneExperts splits
+// the experts over its lanes, and stored to `pass` by one lane: the one whose slots hold the
+// block's, or the last when none does (past the last pair: it finds expert -1).
+__device__ __forceinline__ void FindPass(const WgmmaParams& p, int lane, plan::WgmmaPass& pass) {
+  const int slot = static_cast<int>(blockIdx.y);
+  const int e_begin = plan::WgmmaLaneExperts(p.experts, lane),
+            e_end = plan::WgmmaLaneExperts(p.experts, lane + 1);
+  const int passes = plan::WgmmaPassesOf(p.offsets, p.rows, e_begin, e_end);
+  int through = passes;  // inclusive prefix sum over the lanes
+#pragma unroll
+  for (int offset = 1; offset < plan::kWgmmaSlotLanes; offset *= 2) {
+    const int up = __shfl_up_sync(0xffffffffu, through, offset);
+    if (lane >= offset) through += up;
+  }
+  const int before = through - passes;
+  if (slot >= before && (slot < through || lane == plan::kWgmmaSlotLanes - 1)) {
+    pass = plan::WgmmaSlotPass(p.offsets, p.rows, e_begin, e_end, before, slot);
+  }
+}
+
 #endif  // V4RL_WGMMA_DEVICE
 
-// Block (blockIdx.x, blockIdx.y) computes out[rows of expert blockIdx.y, kBlockCols columns from
-// kBlockCols blockIdx.x]: 128 of x · wᵀ from w_map, or (kSwiGlu) 64 of the clamped SwiGLU of
-// x · w1ᵀ (w_map) and x · w3ᵀ (w3_map; the plain GEMM gets w_map twice and ignores it). Threads
-// 0..255: the two consumer warpgroups; 256: the producer; 257..287 idle (the producer warp keeps
-// the block's thread count a whole number of warps).
+// Block (blockIdx.x, blockIdx.y) computes, for the pass of slot blockIdx.y (plan::WgmmaPass),
+// out[the pass's rows, kBlockCols columns from kBlockCols blockIdx.x]: 128 of x · wᵀ from w_map,
+// or (kSwiGlu) 64 of the clamped SwiGLU of x · w1ᵀ (w_map) and x · w3ᵀ (w3_map; the plain GEMM
+// gets w_map twice and ignores it). Threads 0..255: the two consumer warpgroups; 256..287: the
+// producer warp, which finds the pass, then thread 256 alone loads (the warp keeps the block's
+// thread count a whole number of warps).
 template <bool kSwiGlu>
 __global__ void __launch_bounds__(kThreads, 2)
     GroupedGemmWgmmaKernel(const __grid_constant__ CUtensorMap w_map,
@@ -438,21 +454,14 @@ __global__ void __launch_bounds__(kThreads, 2)
 #if V4RL_WGMMA_DEVICE
   __shared__ __align__(8) uint64_t full_barriers[plan::kWgmmaMaxStages];
   __shared__ __align__(8) uint64_t empty_barriers[plan::kWgmmaMaxStages];
+  __shared__ plan::WgmmaPass block_pass;
   extern __shared__ __align__(1024) unsigned char wgmma_ring[];
-  const int expert = static_cast<int>(blockIdx.y);
-  const int row_begin = p.offsets[expert];
-  const int row_end = min(p.offsets[expert + 1], p.rows);
-  const int tokens = row_end - row_begin;
-  if (tokens <= 0) return;  // the whole block: an empty expert
-  const plan::WgmmaRing ring = plan::WgmmaRingFor(tokens);
-  const int passes = (tokens + plan::kWgmmaMaxPassTokens - 1) / plan::kWgmmaMaxPassTokens;
-  const int col0 = static_cast<int>(blockIdx.x) * kBlockCols;
-  // The ring on a 1024-byte boundary (the swizzle's period; kSharedBytes has the slack).
-  const uint32_t ring_base = (SharedAddress(wgmma_ring) + plan::kWgmmaSwizzleBytes - 1) &
-                             ~static_cast<uint32_t>(plan::kWgmmaSwizzleBytes - 1);
   const uint32_t full = SharedAddress(full_barriers), empty = SharedAddress(empty_barriers);
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < ring.stages; ++s) {
+  if (threadIdx.x >= kConsumerThreads) {
+    FindPass(p, static_cast<int>(threadIdx.x) - kConsumerThreads, block_pass);
+  } else if (threadIdx.x == 0) {
+    // Every stage's barriers: the ring's stage count follows the pass, not found yet.
+    for (int s = 0; s < plan::kWgmmaMaxStages; ++s) {
       BarrierInit(full + 8 * s, 1);  // the producer's arrive.expect_tx; TMA completes the bytes
       BarrierInit(empty + 8 * s, kConsumerWarps);
     }
@@ -461,9 +470,16 @@ __global__ void __launch_bounds__(kThreads, 2)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
+  const plan::WgmmaPass pass = block_pass;
+  if (pass.expert < 0) return;  // the whole block: a slot past the last pass
+  const plan::WgmmaRing ring = plan::WgmmaRingFor(pass.tokens);
+  const int col0 = static_cast<int>(blockIdx.x) * kBlockCols;
+  // The ring on a 1024-byte boundary (the swizzle's period; kSharedBytes has the slack).
+  const uint32_t ring_base = (SharedAddress(wgmma_ring) + plan::kWgmmaSwizzleBytes - 1) &
+                             ~static_cast<uint32_t>(plan::kWgmmaSwizzleBytes - 1);
 
   if (threadIdx.x >= kConsumerThreads) {
-    // Producer: per pass, per K tile, wait for the stage to be empty, announce its bytes, load.
+    // Producer: per K tile, wait for the stage to be empty, announce its bytes, load.
     if (threadIdx.x == kConsumerThreads) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w_map))
                    : "memory");
@@ -476,31 +492,26 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int num_k = p.k / plan::kWgmmaBlockK;
       int stage = 0;
       uint32_t phase = 0;
-      for (int pass = 0; pass < passes; ++pass) {
-        const int pass_row0 = row_begin + pass * plan::kWgmmaMaxPassTokens;
-        const int pass_tokens = min(plan::kWgmmaMaxPassTokens, row_end - pass_row0);
-        const int boxes = (pass_tokens + plan::kWgmmaTokenBox - 1) / plan::kWgmmaTokenBox;
-        const int bytes = plan::kWgmmaWeightTileBytes + boxes * plan::kWgmmaTokenBoxBytes;
-        for (int kt = 0; kt < num_k; ++kt) {
-          BarrierWait(empty + 8 * stage, phase ^ 1);
-          const uint32_t bar = full + 8 * stage;
-          BarrierArriveExpectTx(bar, bytes);
-          const int k0 = kt * plan::kWgmmaBlockK;
-          // The weight tile: 128 rows of w, or 64 of w1 then the same 64 of w3 (16 KB either way).
-          TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 0), &w_map, bar, k0, col0,
-                    expert);
-          if constexpr (kSwiGlu) {
-            TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 1), &w3_map, bar, k0, col0,
-                      expert);
-          }
-          for (int box = 0; box < boxes; ++box) {
-            TmaLoad2d(ring_base + plan::WgmmaTokenOffset(ring, stage, box), &x_map, bar, k0,
-                      pass_row0 + box * plan::kWgmmaTokenBox);
-          }
-          if (++stage == ring.stages) {
-            stage = 0;
-            phase ^= 1;
-          }
+      for (int kt = 0; kt < num_k; ++kt) {
+        BarrierWait(empty + 8 * stage, phase ^ 1);
+        const uint32_t bar = full + 8 * stage;
+        // A stage is the weight tile and the pass's token boxes, all loaded.
+        BarrierArriveExpectTx(bar, ring.stage_bytes);
+        const int k0 = kt * plan::kWgmmaBlockK;
+        // The weight tile: 128 rows of w, or 64 of w1 then the same 64 of w3 (16 KB either way).
+        TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 0), &w_map, bar, k0, col0,
+                  pass.expert);
+        if constexpr (kSwiGlu) {
+          TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 1), &w3_map, bar, k0, col0,
+                    pass.expert);
+        }
+        for (int box = 0; box < ring.token_boxes; ++box) {
+          TmaLoad2d(ring_base + plan::WgmmaTokenOffset(ring, stage, box), &x_map, bar, k0,
+                    pass.row0 + box * plan::kWgmmaTokenBox);
+        }
+        if (++stage == ring.stages) {
+          stage = 0;
+          phase ^= 1;
         }
       }
     }
@@ -511,30 +522,22 @@ __global__ void __launch_bounds__(kThreads, 2)
   // SwiGLU kernel: the gate rows, then the up rows).
   const int group = static_cast<int>(threadIdx.x) / 128,
             thread = static_cast<int>(threadIdx.x) % 128;
-  int stage = 0;
-  uint32_t phase = 0;
-  for (int pass = 0; pass < passes; ++pass) {
-    const int pass_row0 = row_begin + pass * plan::kWgmmaMaxPassTokens;
-    const int pass_tokens = min(plan::kWgmmaMaxPassTokens, row_end - pass_row0);
-    const int boxes = (pass_tokens + plan::kWgmmaTokenBox - 1) / plan::kWgmmaTokenBox;
 #define V4RL_WGMMA_PASS(kBoxes)                                                                 \
   case kBoxes:                                                                                  \
     ConsumePass<kSwiGlu, kBoxes * plan::kWgmmaTokenBox>(p, ring, ring_base, full, empty, group, \
-                                                        thread, col0, pass_row0, pass_tokens,   \
-                                                        stage, phase);                          \
+                                                        thread, col0, pass.row0, pass.tokens);  \
     break;
-    switch (boxes) {
-      V4RL_WGMMA_PASS(1)
-      V4RL_WGMMA_PASS(2)
-      V4RL_WGMMA_PASS(3)
-      V4RL_WGMMA_PASS(4)
-      V4RL_WGMMA_PASS(5)
-      V4RL_WGMMA_PASS(6)
-      V4RL_WGMMA_PASS(7)
-      V4RL_WGMMA_PASS(8)
-    }
-#undef V4RL_WGMMA_PASS
+  switch (ring.token_boxes) {
+    V4RL_WGMMA_PASS(1)
+    V4RL_WGMMA_PASS(2)
+    V4RL_WGMMA_PASS(3)
+    V4RL_WGMMA_PASS(4)
+    V4RL_WGMMA_PASS(5)
+    V4RL_WGMMA_PASS(6)
+    V4RL_WGMMA_PASS(7)
+    V4RL_WGMMA_PASS(8)
   }
+#undef V4RL_WGMMA_PASS
 #else
   __trap();  // launched only on compute capability 9.0 devices, which run the sm_90a code
 #endif
@@ -634,13 +637,20 @@ absl::Status EncodeWeightMap(const char* op, const char* name, CUtensorMap* map,
   return EncodeBf16Map(op, name, map, w.data, 3, dims, strides, box);
 }
 
-// The kernel for x and the maps of w (and w3: kSwiGlu), grid (N / kBlockCols, E).
+// The kernel for x and the maps of w (and w3: kSwiGlu), grid (N / kBlockCols, E + floor(R / 128))
+// (plan::WgmmaPassSlots: the host cannot read the offsets). InvalidArgument beyond 65535 slots.
 template <bool kSwiGlu>
 absl::Status LaunchWgmma(const char* op, const core::TensorView& x, const CUtensorMap& w_map,
                          const CUtensorMap& w3_map, int64_t experts, int64_t n,
                          const core::TensorView& offsets, float limit,
                          const core::TensorView& out) {
   const int64_t rows = x.shape[0], k = x.shape[1];
+  const int64_t slots = plan::WgmmaPassSlots(experts, rows);
+  if (slots > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %d rows and %d experts need more than 65535 pass slots of %d", op,
+                        rows, experts, plan::kWgmmaMaxPassTokens));
+  }
   CUtensorMap x_map;
   // x [R, K]: dims (K, R), boxes of 64 K x 16 rows.
   const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
@@ -668,13 +678,14 @@ absl::Status LaunchWgmma(const char* op, const core::TensorView& x, const CUtens
   WgmmaParams p{};
   p.offsets = offsets.data_as<int32_t>();
   p.out = out.data;
+  p.experts = static_cast<int>(experts);
   p.rows = static_cast<int>(rows);
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
   p.out_bf16 = IsBf16(out);
   p.limit = limit;
   constexpr int kBlockCols = kSwiGlu ? plan::kWgmmaGroupRows : plan::kWgmmaBlockRows;
-  const dim3 grid(static_cast<unsigned>(n / kBlockCols), static_cast<unsigned>(experts));
+  const dim3 grid(static_cast<unsigned>(n / kBlockCols), static_cast<unsigned>(slots));
   LaunchKernel(GroupedGemmWgmmaKernel<kSwiGlu>, grid, kThreads, kSharedBytes, w_map, w3_map, x_map,
                p);
   return LaunchStatus(op);

@@ -17,8 +17,8 @@ bool GroupedGemmWgmmaApplies(const core::TensorView& x, const core::TensorView& 
 // out[r] = x[r] · w[e]ᵀ for r in [offsets[e], offsets[e + 1]) (views as GroupedGemmDeviceOffsets
 // takes them); rows from offsets[E] on are left untouched. Builds the two TMA tensor maps from
 // the views on the host (no allocation, nothing read from the device: graph-capturable).
-// InvalidArgument where GroupedGemmWgmmaApplies is false; Internal if the driver has no tensor-map
-// encoder or rejects the maps.
+// InvalidArgument where GroupedGemmWgmmaApplies is false or where E + floor(R / 128) (the grid's
+// pass slots) exceeds 65535; Internal if the driver has no tensor-map encoder or rejects the maps.
 absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView& w,
                               const core::TensorView& offsets, const core::TensorView& out);
 

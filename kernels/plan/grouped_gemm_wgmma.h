@@ -1,6 +1,7 @@
 // Layout arithmetic of the Hopper grouped GEMM (kernels/cuda/grouped_gemm_wgmma.cu), shared by the
 // kernel and its host test (tests/kernels/wgmma_layout_test.cc, which replays it on the CPU
 // against the layouts the PTX ISA documents for TMA's 128-byte swizzle and wgmma.mma_async):
+//  - the grid's pass slots: which (expert, pass over K of at most 128 tokens) a block computes;
 //  - the shared-memory ring: each stage holds a [128 weight rows x 64 K] bf16 tile (16 KB), then
 //    the tokens' [16 rows x 64 K] boxes (2 KB each), every row 128 bytes written by TMA with the
 //    128-byte swizzle, every tile and box on a 1024-byte boundary (the swizzle's period, so the
@@ -40,10 +41,76 @@ inline constexpr int kWgmmaTokenBoxBytes = kWgmmaTokenBox * kWgmmaRowBytes;     
 // The 128-byte swizzle repeats every 8 rows of 128 bytes.
 inline constexpr int kWgmmaSwizzleBytes = 1024;
 
-// The ring of one block: the stage layout follows the largest pass of its expert (fewer tokens:
-// smaller stages, more of them in flight).
+// The pass of one block. Grid y enumerates the (expert, pass) pairs expert-major, slot by slot:
+// expert 0's passes, then expert 1's, .. (the blocks that stream the same weight tile for a hot
+// expert's passes run side by side, the later ones reading it from L2). Expert e has the rows
+// [offsets[e], min(offsets[e + 1], rows)) (offsets past R clamp at R; an expert without rows has
+// no pass) and ceil(tokens / 128) passes: pass j has the tokens from offsets[e] + 128 j on, 128 of
+// them except the last.
+struct WgmmaPass {
+  int expert;  // -1: a slot past the last pair (the block returns at once)
+  int row0;    // the pass's first row of x and out
+  int tokens;  // 1..kWgmmaMaxPassTokens
+};
+
+// Passes of the expert whose rows are [begin, min(end, rows)).
+V4RL_HOST_DEVICE constexpr int WgmmaExpertPasses(int begin, int end, int rows) {
+  const int tokens = (end < rows ? end : rows) - begin;
+  return tokens > 0 ? (tokens + kWgmmaMaxPassTokens - 1) / kWgmmaMaxPassTokens : 0;
+}
+
+// The grid's y on the host, which cannot read the offsets: an upper bound of the pairs of E
+// experts over R rows (offsets non-decreasing from 0). With t_e the experts' clamped row counts,
+// sum t_e <= R, and ceil(t / 128) <= 1 + floor(t / 128), so the pairs are at most
+// E + floor(R / 128).
+V4RL_HOST_DEVICE constexpr int64_t WgmmaPassSlots(int64_t experts, int64_t rows) {
+  return experts + rows / kWgmmaMaxPassTokens;
+}
+
+// The kernel finds its block's pass with one warp: lane l takes the experts
+// [WgmmaLaneExperts(E, l), WgmmaLaneExperts(E, l + 1)) (ceil(E / 32) of them, the last lanes
+// fewer or none), counts their passes (WgmmaPassesOf), a prefix sum over the lanes gives the
+// slot of each lane's first pass, and the lane whose slots hold the block's one finds its pass
+// (WgmmaSlotPass).
+inline constexpr int kWgmmaSlotLanes = 32;
+V4RL_HOST_DEVICE constexpr int WgmmaLaneExperts(int experts, int lane) {
+  const int first = lane * ((experts + kWgmmaSlotLanes - 1) / kWgmmaSlotLanes);
+  return first < experts ? first : experts;
+}
+
+// Passes of the experts [e_begin, e_end).
+V4RL_HOST_DEVICE constexpr int WgmmaPassesOf(const int32_t* offsets, int rows, int e_begin,
+                                             int e_end) {
+  int passes = 0;
+  for (int e = e_begin; e < e_end; ++e) {
+    passes += WgmmaExpertPasses(offsets[e], offsets[e + 1], rows);
+  }
+  return passes;
+}
+
+// The pass of slot `slot` among the experts [e_begin, e_end), whose first pass is slot `before`;
+// expert -1 if the slot is not theirs. The whole grid's: WgmmaSlotPass(offsets, rows, 0, E, 0,
+// slot).
+V4RL_HOST_DEVICE constexpr WgmmaPass WgmmaSlotPass(const int32_t* offsets, int rows, int e_begin,
+                                                   int e_end, int before, int slot) {
+  if (slot < before) return {-1, 0, 0};
+  for (int e = e_begin; e < e_end; ++e) {
+    const int passes = WgmmaExpertPasses(offsets[e], offsets[e + 1], rows);
+    if (slot < before + passes) {
+      const int row0 = offsets[e] + (slot - before) * kWgmmaMaxPassTokens;
+      const int row_end = offsets[e + 1] < rows ? offsets[e + 1] : rows;
+      const int tokens = row_end - row0;
+      return {e, row0, tokens < kWgmmaMaxPassTokens ? tokens : kWgmmaMaxPassTokens};
+    }
+    before += passes;
+  }
+  return {-1, 0, 0};
+}
+
+// The ring of one block: the stage layout follows its pass's tokens (fewer tokens: smaller
+// stages, more of them in flight).
 struct WgmmaRing {
-  int token_boxes;  // boxes of the largest pass: ceil(min(tokens, 128) / 16)
+  int token_boxes;  // boxes of the pass: ceil(min(tokens, 128) / 16)
   int stage_bytes;  // weight tile + token_boxes boxes
   int stages;       // as many as fit kWgmmaRingBytes, at most kWgmmaMaxStages
 };

@@ -360,24 +360,45 @@ TEST(CudaMoe, GroupedGemmDeviceOffsetsMatchesCublasPerExpert) {
   }
 }
 
+// Row counts of `experts` experts, zero but for `hot` (expert, rows) pairs.
+std::vector<int64_t> SparseCounts(int64_t experts,
+                                  const std::vector<std::pair<int64_t, int64_t>>& hot) {
+  std::vector<int64_t> counts(experts, 0);
+  for (const auto& [e, rows] : hot) counts[e] = rows;
+  return counts;
+}
+
 // The Hopper kernel (GroupedGemmTile::kWgmma) against the host reference at the mid config's
 // expert shapes (gate/up: N 1024, K 2048, bf16 out; down: N 2048, K 1024, f32 out; each also in
-// the other dtype), on uneven experts: 0 rows, 1, 3, 16 (one whole box), 47, 64, 65 (a fifth box),
-// 129 and 200 (a second pass over K of 1 and 72 tokens). Rows from offsets[E] on hold a sentinel
-// that must survive; without such rows the last expert's boxes read past R (TMA's zero fill).
-// kAuto must pick the same kernel (identical bits). Skips where the kernel does not apply (a
-// device other than compute capability 9.0).
+// the other dtype), on uneven experts: 0 rows (four of them, the last expert too), 1, 3, 16 (one
+// whole box), 47, 64, 65 (a fifth box), 129 and 200 (a second pass slot of 1 and 72 tokens) and
+// 300 (three: 128, 128, 44). Then 70 experts at a small shape (N 256, K 512), so that the
+// producer warp's lanes count three experts each: most empty, a hot one of 300 rows among them
+// past lane 0's. Rows from offsets[E] on hold a sentinel that must survive; without such rows the
+// last expert's boxes read past R (TMA's zero fill). kAuto must pick the same kernel, and a second
+// launch give identical bits. Skips where the kernel does not apply (a device other than compute
+// capability 9.0).
 TEST(CudaMoe, GroupedGemmWgmmaMatchesHostReference) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 16, 129, 3};
-  const int64_t experts = static_cast<int64_t>(counts.size());
-  const ExpertOffsets expert_offsets = MakeExpertOffsets(counts);
-  const std::vector<int64_t>& offsets = expert_offsets.host;
-  const Tensor& d_offsets = expert_offsets.device;
-  const int64_t picks = offsets.back();
+  struct Case {
+    std::vector<int64_t> counts;
+    int64_t n, k;
+  };
+  const std::vector<int64_t> mid_counts = {47, 0, 1, 64, 65, 200, 0, 16, 129, 3, 0, 300, 0};
+  const Case cases[] = {
+      {mid_counts, 1024, 2048},
+      {mid_counts, 2048, 1024},
+      {SparseCounts(70, {{3, 5}, {17, 300}, {40, 128}, {41, 1}, {66, 129}, {69, 20}}), 256, 512}};
   core::ThreadPool pool(8);
   constexpr float kSentinel = -1024.0f;  // exact in bf16
-  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1024, 2048}, {2048, 1024}}) {
+  for (const Case& c : cases) {
+    const std::vector<int64_t>& counts = c.counts;
+    const int64_t n = c.n, k = c.k;
+    const int64_t experts = static_cast<int64_t>(counts.size());
+    const ExpertOffsets expert_offsets = MakeExpertOffsets(counts);
+    const std::vector<int64_t>& offsets = expert_offsets.host;
+    const Tensor& d_offsets = expert_offsets.device;
+    const int64_t picks = offsets.back();
     for (const int64_t spare : {int64_t{0}, int64_t{9}}) {
       const int64_t rows = picks + spare;
       const Tensor x = testing::RoundToBf16(RandomNormal({rows, k}, 61 + spare));
@@ -398,8 +419,8 @@ TEST(CudaMoe, GroupedGemmWgmmaMatchesHostReference) {
       for (int64_t i = 0; i < rows * n; ++i) sentinel.data<float>()[i] = kSentinel;
       for (const DType out_dtype : {DType::kBF16, DType::kF32}) {
         const bool bf16 = out_dtype == DType::kBF16;
-        const std::string name = absl::StrFormat("wgmma grouped gemm n %d k %d spare %d %s", n, k,
-                                                 spare, bf16 ? "bf16" : "f32");
+        const std::string name = absl::StrFormat("wgmma grouped gemm E %d n %d k %d spare %d %s",
+                                                 experts, n, k, spare, bf16 ? "bf16" : "f32");
         const Tensor got = testing::ToDevice(sentinel, out_dtype);
         const absl::Status s = GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(),
                                                         got.view(), GroupedGemmTile::kWgmma);
@@ -411,15 +432,18 @@ TEST(CudaMoe, GroupedGemmWgmmaMatchesHostReference) {
         for (int64_t i = picks * n; i < rows * n; ++i) {
           ASSERT_EQ(got_host.data<float>()[i], kSentinel) << name << ": row " << i / n;
         }
-        const Tensor automatic = testing::ToDevice(sentinel, out_dtype);
-        ASSERT_TRUE(GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(),
-                                             automatic.view(), GroupedGemmTile::kAuto)
-                        .ok());
-        const Tensor automatic_host = testing::ToHost(automatic.view());
-        EXPECT_EQ(std::memcmp(automatic_host.data<float>(), got_host.data<float>(),
-                              sizeof(float) * rows * n),
-                  0)
-            << name << ": kAuto differs from kWgmma";
+        for (const GroupedGemmTile again : {GroupedGemmTile::kAuto, GroupedGemmTile::kWgmma}) {
+          const Tensor repeat = testing::ToDevice(sentinel, out_dtype);
+          ASSERT_TRUE(
+              GroupedGemmDeviceOffsets(dx.view(), dw.view(), d_offsets.view(), repeat.view(), again)
+                  .ok());
+          const Tensor repeat_host = testing::ToHost(repeat.view());
+          EXPECT_EQ(std::memcmp(repeat_host.data<float>(), got_host.data<float>(),
+                                sizeof(float) * rows * n),
+                    0)
+              << name << ": " << (again == GroupedGemmTile::kAuto ? "kAuto" : "a second kWgmma")
+              << " differs from kWgmma";
+        }
       }
     }
   }
@@ -442,13 +466,14 @@ TEST(CudaMoe, GroupedGemmWgmmaRejectsUnservedShapes) {
 
 // GroupedGemmSwiGluDeviceOffsets (the fused w1 / w3 / clamped SwiGLU wgmma kernel) against the
 // three calls it replaces (GroupedGemmDeviceOffsets into bf16 gate and up, SwiGluClamp), bit for
-// bit, at the mid config's shapes (I 1024, K 2048) on uneven experts: 0 rows, 1, 47, 64, 65 (a
-// fifth box), 129 and 200 (a second pass over K), bf16 and f32 out, the config's limit (10), a
-// small one that clamps often, none (0). Rows from offsets[E] on hold a sentinel that must survive;
-// without such rows the last expert's boxes read past R.
+// bit, at the mid config's shapes (I 1024, K 2048) on uneven experts: 0 rows (four of them, the
+// last expert too), 1, 47, 64, 65 (a fifth box), 129 and 200 (a second pass slot) and 300 (three),
+// bf16 and f32 out, the config's limit (10), a small one that clamps often, none (0); a second
+// launch gives the same bits. Rows from offsets[E] on hold a sentinel that must survive; without
+// such rows the last expert's boxes read past R.
 TEST(CudaMoe, GroupedGemmSwiGluEqualsThreeCalls) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 129};
+  const std::vector<int64_t> counts = {47, 0, 1, 64, 65, 200, 0, 129, 0, 300, 0};
   const int64_t experts = static_cast<int64_t>(counts.size()), inter = 1024, k = 2048;
   const ExpertOffsets expert_offsets = MakeExpertOffsets(counts);
   const std::vector<int64_t>& offsets = expert_offsets.host;
@@ -503,6 +528,15 @@ TEST(CudaMoe, GroupedGemmSwiGluEqualsThreeCalls) {
         for (int64_t i = picks * inter; i < rows * inter; ++i) {
           ASSERT_EQ(got_host.data<float>()[i], kSentinel) << name << ": row " << i / inter;
         }
+        const Tensor again = testing::ToDevice(sentinel, out_dtype);
+        ASSERT_TRUE(GroupedGemmSwiGluDeviceOffsets(x.view(), w1.view(), w3.view(), d_offsets.view(),
+                                                   limit, again.view())
+                        .ok())
+            << name;
+        EXPECT_EQ(std::memcmp(testing::ToHost(again.view()).data<float>(), got_host.data<float>(),
+                              sizeof(float) * rows * inter),
+                  0)
+            << name << ": a second launch differs";
       }
     }
   }

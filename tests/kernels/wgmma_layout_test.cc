@@ -1,6 +1,9 @@
 // The layout arithmetic of the Hopper grouped GEMM (kernels/plan/grouped_gemm_wgmma.h) replayed on
 // the CPU against the layouts the PTX ISA documents, so that a wrong offset, descriptor field or
 // fragment index shows up without a GPU:
+//  - the grid's pass slots: every (expert, pass) pair exactly once, expert-major, slots past the
+//    last pair none and never more pairs than the host's bound, through the kernel's split of the
+//    experts over the producer warp's lanes as well as over the whole grid at once;
 //  - TMA with CU_TENSOR_MAP_SWIZZLE_128B writes byte b of a box row at its linear shared address
 //    with address bits [4, 7) XORed with bits [7, 10) (16-byte chunks permuted within each
 //    128-byte row by the row's index mod 8, the pattern repeating every 1024 bytes);
@@ -12,8 +15,9 @@
 //    (t, v) of the TV layout ((4, 8, 4), (2, 2, N / 8)) : ((128, 1, 16), (64, 8, 512)) of the
 //    64 x N column-major tile (the PTX ISA's figure of the D fragment, as CuTe encodes it).
 // The emulated kernel multiplies random bf16-valued matrices through those models, with the
-// producer's and consumers' loops as the kernel runs them (passes of at most 128 tokens, boxes of
-// 16, the ring's stages wrapping), and must equal the plain product exactly (small integers).
+// producer's and consumers' loops as the kernel runs them (a block for each pass slot of the
+// expert, at most 128 tokens, its ring sized by the pass, boxes of 16, the stages wrapping), and
+// must equal the plain product exactly (small integers).
 // The fused SwiGLU kernel's block is emulated too: w1's and w3's 64-row boxes in the two halves of
 // the weight tile, warpgroup 0's gate values through the exchange area (the pass's last stage's
 // weight tile, plan::WgmmaGateExchangeOffset) to warpgroup 1, which must find, for each of its
@@ -21,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -120,6 +125,175 @@ TEST(WgmmaLayout, RingFitsAndKeepsSwizzleAlignment) {
   EXPECT_EQ(*stage_counts.begin(), 3);   // 32 KB stages for > 96
 }
 
+// The kernel's FindPass replayed: each lane of the producer warp counts the passes of its experts
+// (WgmmaLaneExperts, WgmmaPassesOf), an inclusive prefix sum runs over the lanes, and the lane
+// whose slots hold `slot` (the last lane when none does) finds the pass; exactly one lane stores.
+WgmmaPass FindPassAsTheWarp(const std::vector<int32_t>& offsets, int rows, int slot) {
+  const int experts = static_cast<int>(offsets.size()) - 1;
+  int through = 0, stores = 0;
+  WgmmaPass found{-2, 0, 0};
+  for (int lane = 0; lane < kWgmmaSlotLanes; ++lane) {
+    const int e_begin = WgmmaLaneExperts(experts, lane);
+    const int e_end = WgmmaLaneExperts(experts, lane + 1);
+    const int passes = WgmmaPassesOf(offsets.data(), rows, e_begin, e_end);
+    through += passes;
+    const int before = through - passes;
+    if (slot >= before && (slot < through || lane == kWgmmaSlotLanes - 1)) {
+      ++stores;
+      found = WgmmaSlotPass(offsets.data(), rows, e_begin, e_end, before, slot);
+    }
+  }
+  EXPECT_EQ(stores, 1) << "slot " << slot;
+  return found;
+}
+
+// The slots of `offsets` over R = rows against `want`, the pairs expert-major (see
+// CheckPassSlots).
+void CheckSlotsAgainst(const std::vector<int32_t>& offsets, int rows,
+                       const std::vector<WgmmaPass>& want) {
+  const int experts = static_cast<int>(offsets.size()) - 1;
+  const int pairs = static_cast<int>(want.size());
+  const int64_t bound = WgmmaPassSlots(experts, rows);
+  EXPECT_LE(pairs, bound);
+  EXPECT_EQ(WgmmaPassesOf(offsets.data(), rows, 0, experts), pairs);
+  std::vector<int> covered(rows, 0);
+  std::set<std::pair<int, int>> seen;  // (expert, pass)
+  for (int slot = 0; slot < bound + 3; ++slot) {
+    const WgmmaPass grid = WgmmaSlotPass(offsets.data(), rows, 0, experts, 0, slot);
+    const WgmmaPass warp = FindPassAsTheWarp(offsets, rows, slot);
+    EXPECT_EQ(warp.expert, grid.expert) << "slot " << slot;
+    if (slot >= pairs) {
+      EXPECT_EQ(grid.expert, -1) << "slot " << slot;
+      continue;
+    }
+    ASSERT_EQ(grid.expert, want[slot].expert) << "slot " << slot;
+    ASSERT_EQ(grid.row0, want[slot].row0) << "slot " << slot;
+    ASSERT_EQ(grid.tokens, want[slot].tokens) << "slot " << slot;
+    EXPECT_EQ(warp.row0, grid.row0) << "slot " << slot;
+    EXPECT_EQ(warp.tokens, grid.tokens) << "slot " << slot;
+    EXPECT_GE(grid.tokens, 1);
+    EXPECT_LE(grid.tokens, kWgmmaMaxPassTokens);
+    const int pass = (grid.row0 - offsets[grid.expert]) / kWgmmaMaxPassTokens;
+    EXPECT_TRUE(seen.insert({grid.expert, pass}).second) << "slot " << slot;
+    for (int r = grid.row0; r < grid.row0 + grid.tokens; ++r) {
+      ASSERT_LT(r, rows);
+      ASSERT_LT(r, offsets[grid.expert + 1]);
+      ++covered[r];
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    EXPECT_EQ(covered[r], r < offsets[experts] ? 1 : 0) << "row " << r;
+  }
+}
+
+// Every pass slot of experts with `counts` rows (offsets [0, c0, c0 + c1, ..]) over R = rows,
+// which may end inside the experts' rows (the kernel clamps them at R): the (expert, pass) pairs
+// expert-major, each once, covering every row of each expert below R once, then none up to the
+// host's bound and past it; the kernel's warp finds the same pass as the whole grid's walk.
+// Returns the pairs.
+int CheckPassSlots(const std::vector<int>& counts, int rows) {
+  const int experts = static_cast<int>(counts.size());
+  SCOPED_TRACE(::testing::Message() << experts << " experts, R " << rows);
+  std::vector<int32_t> offsets = {0};
+  for (const int c : counts) offsets.push_back(offsets.back() + c);
+  // The pairs, expert-major: expert e's rows below R in passes of 128.
+  std::vector<WgmmaPass> want;
+  for (int e = 0; e < experts; ++e) {
+    const int end = offsets[e + 1] < rows ? offsets[e + 1] : rows;
+    for (int row0 = offsets[e]; row0 < end; row0 += kWgmmaMaxPassTokens) {
+      want.push_back(
+          {e, row0, end - row0 < kWgmmaMaxPassTokens ? end - row0 : kWgmmaMaxPassTokens});
+    }
+    EXPECT_EQ(
+        WgmmaExpertPasses(offsets[e], offsets[e + 1], rows),
+        (end > offsets[e] ? end - offsets[e] + kWgmmaMaxPassTokens - 1 : 0) / kWgmmaMaxPassTokens)
+        << "expert " << e;
+  }
+  CheckSlotsAgainst(offsets, rows, want);
+  return static_cast<int>(want.size());
+}
+
+// `experts` random row counts summing to `rows`, a quarter of the experts (and more) empty, the
+// rest skewed towards a few hot ones.
+std::vector<int> RandomCounts(int experts, int rows, uint32_t seed) {
+  std::vector<int> weights(experts);
+  uint32_t state = seed;
+  auto next = [&] {
+    state = state * 1664525u + 1013904223u;
+    return state >> 8;
+  };
+  int64_t total = 0;
+  for (int& w : weights) {
+    const uint32_t r = next();
+    w = r % 4 == 0 ? 0 : static_cast<int>(1 + (r >> 2) % 7) * static_cast<int>(1 + (r >> 5) % 7);
+    total += w;
+  }
+  std::vector<int> counts(experts, 0);
+  int left = rows;
+  for (int e = 0; e < experts && total > 0; ++e) {
+    counts[e] = static_cast<int>(int64_t{rows} * weights[e] / total);
+    left -= counts[e];
+  }
+  for (int e = 0; left > 0; e = (e + 1) % experts) {
+    if (weights[e] > 0 || total == 0) {
+      ++counts[e];
+      --left;
+    }
+  }
+  return counts;
+}
+
+TEST(WgmmaLayout, PassSlotsVisitEveryPassOnce) {
+  CheckPassSlots({0, 0, 5, 0, 0}, 5);  // empty experts first, between and last
+  CheckPassSlots({0, 0, 0}, 4);        // no pass at all (rows past offsets[E])
+  EXPECT_EQ(CheckPassSlots({128}, 128), 1);
+  EXPECT_EQ(CheckPassSlots({129}, 129), 2);
+  EXPECT_EQ(CheckPassSlots({300}, 300), 3);
+  EXPECT_EQ(CheckPassSlots({300}, 310), 3);  // spare rows past offsets[E]
+  EXPECT_EQ(CheckPassSlots({0, 128, 129, 300, 0, 1}, 558), 7);
+  // All the rows in one expert of 32.
+  std::vector<int> one_hot(32, 0);
+  one_hot[7] = 1536;
+  EXPECT_EQ(CheckPassSlots(one_hot, 1536), 12);
+  one_hot[7] = 1537;
+  EXPECT_EQ(CheckPassSlots(one_hot, 1537), 13);
+  one_hot[7] = 0;
+  one_hot[31] = 1536;
+  EXPECT_EQ(CheckPassSlots(one_hot, 1536), 12);
+  // Offsets past R clamp: expert 1 keeps 80 of its 200 rows, expert 2 starts past R.
+  EXPECT_EQ(CheckPassSlots({100, 200, 50}, 180), 2);
+  EXPECT_EQ(CheckPassSlots({300}, 256), 2);  // cut at a pass boundary
+  EXPECT_EQ(CheckPassSlots({300}, 255), 2);
+  EXPECT_EQ(CheckPassSlots({5, 0, 7}, 3), 1);
+  // The host's bound reached: 129 + 1 + 257 rows, 2 + 1 + 3 passes = 3 + floor(387 / 128).
+  EXPECT_EQ(CheckPassSlots({129, 1, 257}, 387), WgmmaPassSlots(3, 387));
+  // The decode step at batch 256: 256 tokens x 6 picks over 32 experts, balanced (hash-routed
+  // layers) and skewed (top-k on the random bench model).
+  EXPECT_EQ(CheckPassSlots(std::vector<int>(32, 48), 1536), 32);
+  for (uint32_t seed = 1; seed <= 4; ++seed) CheckPassSlots(RandomCounts(32, 1536, seed), 1536);
+  // Fewer experts than lanes, and more: lanes of several experts, the last lanes without any.
+  CheckPassSlots({0}, 3);
+  CheckPassSlots(RandomCounts(5, 700, 5), 700);
+  CheckPassSlots(RandomCounts(33, 1536, 6), 1536);
+  CheckPassSlots(RandomCounts(100, 3000, 7), 3000);
+  CheckPassSlots(RandomCounts(257, 6000, 8), 6000);
+  CheckPassSlots(RandomCounts(1024, 20000, 9), 19000);  // R inside the last experts' rows
+}
+
+// The producer warp's lanes split the experts into contiguous runs of ceil(E / 32) in order, every
+// expert in one run.
+TEST(WgmmaLayout, LaneExpertsPartitionTheExperts) {
+  for (int experts = 1; experts <= 1024; ++experts) {
+    EXPECT_EQ(WgmmaLaneExperts(experts, 0), 0);
+    EXPECT_EQ(WgmmaLaneExperts(experts, kWgmmaSlotLanes), experts);
+    for (int lane = 0; lane < kWgmmaSlotLanes; ++lane) {
+      const int runs = WgmmaLaneExperts(experts, lane + 1) - WgmmaLaneExperts(experts, lane);
+      EXPECT_GE(runs, 0) << experts << " experts, lane " << lane;
+      EXPECT_LE(runs, (experts + kWgmmaSlotLanes - 1) / kWgmmaSlotLanes);
+    }
+  }
+}
+
 TEST(WgmmaLayout, AccumulatorFragmentMatchesPtxLayout) {
   for (int n = 16; n <= kWgmmaMaxPassTokens; n += 16) {
     std::set<int> seen;
@@ -140,8 +314,10 @@ TEST(WgmmaLayout, AccumulatorFragmentMatchesPtxLayout) {
 // emulated products reach (|sum| <= 9 K < 2^15), standing in for the clamped SwiGLU.
 int64_t CombineGateUp(int64_t gate, int64_t up) { return gate * 100000 + up; }
 
-// One block of the kernel emulated: out[row0 + t, col0 + j] = sum_k x[row0 + t, k] w[e, col0 + j,
-// k] for the expert's tokens, through the TMA model, the descriptors and the fragment mapping.
+// The blocks of one expert's weight tile emulated, one a pass slot: out[row0 + t, col0 + j] =
+// sum_k x[row0 + t, k] w[e, col0 + j, k] for the expert's tokens, through the slot mapping, the
+// TMA model, the descriptors and the fragment mapping. The blocks share one shared memory, each
+// finding the one before's data where it loads nothing.
 // swiglu: the fused kernel's block, out[row0 + t, j] = CombineGateUp(x · w1[j], x · w3[j]) for
 // its 64 columns (w holds w1's 64 rows, then w3's), the gate values passing through the exchange
 // area as int16 (the kernel's bf16).
@@ -162,18 +338,23 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim, bool swiglu = false
   for (auto& v : w) v = next();
   const std::vector<int16_t> w1(w.begin(), w.begin() + int64_t{kWgmmaGroupRows} * k_dim);
   const std::vector<int16_t> w3(w.begin() + int64_t{kWgmmaGroupRows} * k_dim, w.end());
-  const WgmmaRing ring = WgmmaRingFor(tokens);
   // The ring at a 1024-aligned shared address past some static shared memory, as in the kernel.
   const int ring_base = 2 * kWgmmaSwizzleBytes;
   Smem smem(ring_base + kWgmmaRingBytes, 0xEE);  // garbage where nothing is loaded
   std::vector<int64_t> out(rows * n_dim, -999);
   const int num_k = k_dim / kWgmmaBlockK;
-  int stage = 0, last_stage = -1;
-  for (int pass_row0 = row_begin; pass_row0 < row_end; pass_row0 += kWgmmaMaxPassTokens) {
-    const int pass_tokens = static_cast<int>(
-        row_end - pass_row0 < kWgmmaMaxPassTokens ? row_end - pass_row0 : kWgmmaMaxPassTokens);
-    const int boxes = (pass_tokens + kWgmmaTokenBox - 1) / kWgmmaTokenBox;
+  // One expert of rows [row_begin, row_end): its pass slots.
+  const int32_t offsets[2] = {static_cast<int32_t>(row_begin), static_cast<int32_t>(row_end)};
+  int blocks = 0;
+  for (int slot = 0; slot < WgmmaPassSlots(1, rows); ++slot) {
+    const WgmmaPass pass = WgmmaSlotPass(offsets, static_cast<int>(rows), 0, 1, 0, slot);
+    if (pass.expert < 0) continue;  // the block returns at once
+    ++blocks;
+    const int pass_row0 = pass.row0, pass_tokens = pass.tokens;
+    const WgmmaRing ring = WgmmaRingFor(pass_tokens);
+    const int boxes = ring.token_boxes;
     const int n = boxes * kWgmmaTokenBox;
+    int stage = 0, last_stage = -1;
     std::vector<int64_t> acc(2 * 128 * (n / 2), 0);  // [group][thread][register]
     for (int kt = 0; kt < num_k; ++kt) {
       const int k0 = kt * kWgmmaBlockK;
@@ -216,6 +397,7 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim, bool swiglu = false
       last_stage = stage;
       if (++stage == ring.stages) stage = 0;
     }
+    ASSERT_EQ(last_stage, (num_k - 1) % ring.stages);  // the kernel's exchange stage
     if (swiglu) {
       // Warpgroup 0 stores its gate values in the last stage's weight tile (all of that stage's
       // reads done), warpgroup 1 loads them at its own registers' offsets.
@@ -259,6 +441,7 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim, bool swiglu = false
       }
     }
   }
+  EXPECT_EQ(blocks, (tokens + kWgmmaMaxPassTokens - 1) / kWgmmaMaxPassTokens);
   for (int64_t r = 0; r < rows; ++r) {
     for (int j = 0; j < n_dim; ++j) {
       int64_t want = -999;  // rows outside the expert untouched
@@ -276,26 +459,31 @@ void EmulateBlock(int tokens, int64_t spare_rows, int k_dim, bool swiglu = false
 }
 
 TEST(WgmmaLayout, EmulatedBlockEqualsProduct) {
-  // 1, 47, 64, 65 tokens: one pass of 1, 3, 4, 5 boxes; 200: passes of 128 and 72. K 448: seven
-  // K tiles, so every ring (3 to 6 stages) wraps; no spare rows: the last boxes read past R.
+  // 1, 47, 64, 65 tokens: one pass of 1, 3, 4, 5 boxes; 200: blocks of 128 and 72 tokens (3 and
+  // 4 stages); 300: 128, 128 and 44. K 448: seven K tiles, so every ring (3 to 6 stages) wraps;
+  // no spare rows: the last boxes read past R.
   EmulateBlock(1, 0, 448);
   EmulateBlock(47, 9, 448);
   EmulateBlock(64, 0, 448);
   EmulateBlock(65, 3, 448);
   EmulateBlock(200, 0, 192);
+  EmulateBlock(300, 5, 448);
 }
 
 TEST(WgmmaLayout, EmulatedSwiGluBlockExchangesGateExactly) {
   // As above for the fused kernel: one pass of 1, 3, 4, 5 boxes (the exchange area's 2 .. 10 KB),
-  // 128 tokens (all 16 KB of the last stage's weight tile), two passes for 200 (the second
-  // pass's exchange in another stage of the wrapped ring); K 64: a pass of one stage.
+  // 128 tokens (all 16 KB of the last stage's weight tile), two blocks for 200 (rings of 3 and 4
+  // stages: the exchange in stage 2 of both after 3 K tiles, in stages 0 and 2 after 7), three for
+  // 300; K 64: a pass of one stage.
   EmulateBlock(1, 0, 448, /*swiglu=*/true);
   EmulateBlock(47, 9, 448, /*swiglu=*/true);
   EmulateBlock(64, 0, 448, /*swiglu=*/true);
   EmulateBlock(65, 3, 448, /*swiglu=*/true);
   EmulateBlock(128, 0, 448, /*swiglu=*/true);
   EmulateBlock(200, 0, 192, /*swiglu=*/true);
+  EmulateBlock(200, 0, 448, /*swiglu=*/true);
   EmulateBlock(200, 4, 64, /*swiglu=*/true);
+  EmulateBlock(300, 0, 448, /*swiglu=*/true);
 }
 
 // The exchange area: each (thread, register) at its own 2 bytes, all within the 128 n bytes of a
