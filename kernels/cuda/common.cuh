@@ -172,6 +172,23 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
   return WarpSum(v);
 }
 
+// BlockSum for a warp-specialised block: the sum over threads [0, kThreads) only (warps 0 to
+// kThreads / 32 - 1), called by exactly those threads while the block's other warps do something
+// else. It synchronises them on the named barrier kBarrier (1-15; __syncthreads() is barrier 0)
+// instead of the whole block, and reduces in BlockSum's order: the bits of BlockSum on a block of
+// kThreads threads. `scratch` holds 32 floats of shared memory that the other warps do not use.
+template <int kThreads, int kBarrier>
+__device__ __forceinline__ float BlockSumOfFirstWarps(float v, float* scratch) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024 && kBarrier >= 1 && kBarrier <= 15);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = WarpSum(v);
+  asm volatile("bar.sync %0, %1;" ::"n"(kBarrier), "n"(kThreads) : "memory");
+  if (lane == 0) scratch[warp] = v;
+  asm volatile("bar.sync %0, %1;" ::"n"(kBarrier), "n"(kThreads) : "memory");
+  v = lane < kThreads / 32 ? scratch[lane] : 0.0f;
+  return WarpSum(v);
+}
+
 __device__ __forceinline__ float BlockMax(float v, float* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   v = WarpMax(v);

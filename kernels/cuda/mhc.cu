@@ -11,7 +11,11 @@ namespace v4rl::kernels::cuda {
 namespace {
 
 constexpr int kMaxMixes = (2 + kMaxHcMult) * kMaxHcMult;
+// MhcPreKernel's block: kPreThreads stream threads and one coefficient warp.
 constexpr int kPreThreads = 256;
+constexpr int kPreWarps = kPreThreads / 32;
+constexpr int kPreBlock = kPreThreads + 32;
+static_assert(kMaxMixes <= 32, "the coefficient warp holds one mix a lane");
 
 struct MhcPreParams {
   const void* streams;
@@ -85,100 +89,150 @@ __device__ float SinkhornWarp4(float v, int iters, float eps) {
   return v;
 }
 
-// One block per token.
-__global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
+// One block per token, in two roles (warp specialisation):
+//  - warps 0-7 (kPreThreads threads), the stream warps: pass 1 over the token's n·H values (their
+//    sum of squares and, without p.raw, their dot products with the fn rows), then the collapse
+//    Σ_j pre_j · X_j and the fused RMSNorm;
+//  - warp 8, the coefficient warp: the gates pre and post and the Sinkhorn projection comb,
+//    written to p.pre, p.post and p.comb.
+// Why: the collapse needs pre only, while comb (20 Sinkhorn rounds of shuffles and IEEE
+// divisions, 2-3 µs) is for MhcPost; on one warp among the stream warps it sat between pass 1 and
+// the collapse, every other warp waiting at a barrier. Now it runs beside the collapse.
+// The roles meet at one __syncthreads(), when pass 1 has left its per-warp sums in shared memory.
+// From there each warp derives what it needs by itself: the rms (BlockSum's reduction order), and
+// on lane m gate m, i.e. mix m · its scale + its base (each mix computed by one lane, in the same
+// order in every warp). The stream warps' lanes j < n hold pre_j and shuffle it to the other
+// lanes; their fused norm's block reduction synchronises only them (BlockSumOfFirstWarps, named
+// barrier 1). The gates' operands (p.raw, base, scale) and the first norm weights are loaded ahead
+// of the sums they wait for, so their latency hides behind pass 1 and the reduction.
+// Bits: the arithmetic and order of the kernel in which warp 0 of the 256 threads also did the
+// coefficients (pass 1 and the norm partitioned over 256 threads and reduced in BlockSum's order,
+// so the fused norm keeps RmsNormKernel's bits for H >= 1,800).
+__global__ void __launch_bounds__(kPreBlock, 2) MhcPreKernel(MhcPreParams p) {
   WaitForPriorKernels();
-  __shared__ float scratch[32];
-  __shared__ float partial[kPreThreads / 32][kMaxMixes];
-  __shared__ float mixes[kMaxMixes];
-  __shared__ float pre[kMaxHcMult];
+  __shared__ float scratch[32];  // pass 1's sums of squares, a stream warp's each
+  // The fused norm's: the coefficient warp may still be reading scratch.
+  __shared__ float norm_scratch[32];
+  __shared__ float partial[kPreWarps][kMaxMixes];  // without p.raw: the dot products, per warp
   const int64_t t = blockIdx.x;
-  const int64_t width = p.n * p.hidden;
-  const int64_t x0 = t * width;
-  // 1. RMS of the token's n·H values, and the unnormalised dot products with every fn row.
-  float sum_sq = 0.0f;
-  float acc[kMaxMixes];
-#pragma unroll
-  for (int m = 0; m < kMaxMixes; ++m) acc[m] = 0.0f;
-  const int64_t low = int64_t{p.num_mixes} * width;  // split fn: offset of the low parts
-  if (p.raw != nullptr && p.vec) {
-    for (int64_t c = 8 * threadIdx.x; c < width; c += 8 * blockDim.x) {
-      float v[8];
-      Load8(p.streams, p.streams_bf16, x0 + c, v);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) sum_sq += v[k] * v[k];
-    }
-  }
-  for (int64_t c = threadIdx.x; c < width && !(p.raw != nullptr && p.vec); c += blockDim.x) {
-    const float v = LoadF(p.streams, p.streams_bf16, x0 + c);
-    sum_sq += v * v;
-    if (p.raw != nullptr) continue;
-#pragma unroll
-    for (int m = 0; m < kMaxMixes; ++m) {
-      if (m < p.num_mixes) {
-        float f = LoadF(p.fn, p.fn_bf16, m * width + c);
-        if (p.fn_split) f += LoadF(p.fn, p.fn_bf16, low + m * width + c);
-        acc[m] += v * f;
-      }
-    }
-  }
-  const float inv = 1.0f / sqrtf(BlockSum(sum_sq, scratch) / static_cast<float>(width) + p.norm_eps);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int m = 0; m < kMaxMixes; ++m) {
-    const float s = WarpSum(acc[m]);
-    if (lane == 0) partial[warp][m] = s;
-  }
-  __syncthreads();
-  if (threadIdx.x < p.num_mixes) {
-    float s = 0.0f;
+  const bool coefficient_warp = warp == kPreWarps;
+  const int n = p.n;
+  const int64_t width = n * p.hidden;
+  const int64_t x0 = t * width;
+  // Lane m's gate (the coefficient warp: every mix; the stream warps: pre's n): its operands now,
+  // used after pass 1.
+  const bool has_gate = lane < (coefficient_warp ? p.num_mixes : n);
+  float dot_hi = 0.0f, dot_lo = 0.0f, gate_scale = 0.0f, gate_base = 0.0f;
+  if (has_gate) {
+    gate_scale = p.scale[lane < n ? 0 : lane < 2 * n ? 1 : 2];  // pre, post, comb
+    gate_base = p.base[lane];
     if (p.raw != nullptr) {
       const float* row = p.raw + t * 2 * p.num_mixes;
-      s = row[threadIdx.x] + row[p.num_mixes + threadIdx.x];
-    } else {
-      for (int w = 0; w < kPreThreads / 32; ++w) s += partial[w][threadIdx.x];
+      dot_hi = row[lane];
+      dot_lo = row[p.num_mixes + lane];
     }
-    // (Σ x·fn) / rms equals normed · fn up to rounding.
-    mixes[threadIdx.x] = s * inv;
   }
-  __syncthreads();
-  // 2. Gates on the first n lanes; Sinkhorn on a half warp for n = 4, else on one thread.
-  if (threadIdx.x < 32) {
-    const int n = p.n, lane = threadIdx.x;
-    if (lane < n) {
-      pre[lane] = Sigmoid(mixes[lane] * p.scale[0] + p.base[lane]) + p.hc_eps;
-      p.pre[t * n + lane] = pre[lane];
-      if (!p.head) {
-        p.post[t * n + lane] = 2.0f * Sigmoid(mixes[n + lane] * p.scale[1] + p.base[n + lane]);
+  // 1. Stream warps: the sum of squares of the token's values and, without p.raw, their dot
+  // products with every fn row, summed per warp into shared memory.
+  if (!coefficient_warp) {
+    float sum_sq = 0.0f;
+    float acc[kMaxMixes];
+#pragma unroll
+    for (int m = 0; m < kMaxMixes; ++m) acc[m] = 0.0f;
+    const int64_t low = int64_t{p.num_mixes} * width;  // split fn: offset of the low parts
+    if (p.raw != nullptr && p.vec) {
+      for (int64_t c = 8 * threadIdx.x; c < width; c += 8 * kPreThreads) {
+        float v[8];
+        Load8(p.streams, p.streams_bf16, x0 + c, v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) sum_sq += v[k] * v[k];
       }
     }
-    if (!p.head && n == 4) {
-      const int e = lane & 15;
-      const float v = SinkhornWarp4(mixes[2 * n + e] * p.scale[2] + p.base[2 * n + e],
-                                    p.sinkhorn_iters, p.hc_eps);
-      if (lane < 16) p.comb[t * 16 + e] = v;
-    } else if (!p.head && lane == 0) {
-      float c[kMaxHcMult * kMaxHcMult];
-      for (int e = 0; e < n * n; ++e) c[e] = mixes[2 * n + e] * p.scale[2] + p.base[2 * n + e];
-      Sinkhorn(c, n, p.sinkhorn_iters, p.hc_eps);
-      for (int e = 0; e < n * n; ++e) p.comb[t * n * n + e] = c[e];
+    for (int64_t c = threadIdx.x; c < width && !(p.raw != nullptr && p.vec); c += kPreThreads) {
+      const float v = LoadF(p.streams, p.streams_bf16, x0 + c);
+      sum_sq += v * v;
+      if (p.raw != nullptr) continue;
+#pragma unroll
+      for (int m = 0; m < kMaxMixes; ++m) {
+        if (m < p.num_mixes) {
+          float f = LoadF(p.fn, p.fn_bf16, m * width + c);
+          if (p.fn_split) f += LoadF(p.fn, p.fn_bf16, low + m * width + c);
+          acc[m] += v * f;
+        }
+      }
+    }
+    sum_sq = WarpSum(sum_sq);
+    if (lane == 0) scratch[warp] = sum_sq;
+    if (p.raw == nullptr) {
+#pragma unroll
+      for (int m = 0; m < kMaxMixes; ++m) {
+        if (m < p.num_mixes) {
+          const float s = WarpSum(acc[m]);
+          if (lane == 0) partial[warp][m] = s;
+        }
+      }
     }
   }
   __syncthreads();
-  // 3. Collapse: Σ_j pre_j · X_j, stream 0 first.
+  // 2. Every warp: the rms over the stream warps' sums (BlockSum's second stage), and lane m's
+  // gate argument.
+  const float total_sq = WarpSum(lane < kPreWarps ? scratch[lane] : 0.0f);
+  const float inv = 1.0f / sqrtf(total_sq / static_cast<float>(width) + p.norm_eps);
+  float gate = 0.0f;
+  if (has_gate) {
+    float dot = 0.0f;
+    if (p.raw != nullptr) {
+      dot = dot_hi + dot_lo;
+    } else {
+      for (int w = 0; w < kPreWarps; ++w) dot += partial[w][lane];
+    }
+    // (Σ x·fn) / rms equals normed · fn up to rounding.
+    const float mix = dot * inv;
+    gate = mix * gate_scale + gate_base;
+  }
+  // 3. The coefficient warp: pre and post from lanes [0, 2n), comb from the Sinkhorn of the
+  // gates of lanes [2n, 2n + n²): on a half warp for n = 4 (both halves alike), else on lane 0.
+  if (coefficient_warp) {
+    if (lane < n) p.pre[t * n + lane] = Sigmoid(gate) + p.hc_eps;
+    if (p.head) return;
+    if (lane >= n && lane < 2 * n) p.post[t * n + lane - n] = 2.0f * Sigmoid(gate);
+    if (n == 4) {
+      const float v = SinkhornWarp4(__shfl_sync(0xffffffffu, gate, 2 * n + (lane & 15)),
+                                    p.sinkhorn_iters, p.hc_eps);
+      if (lane < 16) p.comb[t * 16 + lane] = v;
+    } else {
+      float c[kMaxHcMult * kMaxHcMult];
+      for (int e = 0; e < n * n; ++e) c[e] = __shfl_sync(0xffffffffu, gate, 2 * n + e);
+      if (lane == 0) {
+        Sinkhorn(c, n, p.sinkhorn_iters, p.hc_eps);
+        for (int e = 0; e < n * n; ++e) p.comb[t * n * n + e] = c[e];
+      }
+    }
+    return;
+  }
+  // 4. Stream warps from here: every lane takes pre_j from lane j.
+  const float own_pre = Sigmoid(gate) + p.hc_eps;  // lanes j < n: pre_j (the value p.pre gets)
+  float pre[kMaxHcMult];
+#pragma unroll
+  for (int j = 0; j < kMaxHcMult; ++j) pre[j] = __shfl_sync(0xffffffffu, own_pre, j);
+  // 5. Collapse: Σ_j pre_j · X_j, stream 0 first.
   if (p.vec) {
     auto collapse8 = [&](int64_t h, float(&sum)[8]) {
 #pragma unroll
       for (int k = 0; k < 8; ++k) sum[k] = 0.0f;
-      for (int j = 0; j < p.n; ++j) {
+#pragma unroll
+      for (int j = 0; j < kMaxHcMult; ++j) {
+        if (j >= n) break;
         float v[8];
         Load8(p.streams, p.streams_bf16, x0 + j * p.hidden + h, v);
 #pragma unroll
         for (int k = 0; k < 8; ++k) sum[k] += pre[j] * v[k];
       }
     };
+    constexpr int64_t kStride = 8 * kPreThreads;
     if (p.norm_weight == nullptr) {
-      for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+      for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += kStride) {
         float sum[8];
         collapse8(h, sum);
         Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
@@ -186,36 +240,60 @@ __global__ void __launch_bounds__(kPreThreads) MhcPreKernel(MhcPreParams p) {
       return;
     }
     // The fused RMSNorm: RmsNormKernel's arithmetic on the collapse as it would be stored (its
-    // 8-wide partition of the row over the block, so with 256 threads the same bits); the
-    // second pass recomputes the collapse (the streams are in cache) instead of keeping it.
+    // 8-wide partition of the row over 256 threads, so the same bits). The thread's first chunk
+    // (at H = 2048 its only one) stays in registers across the reduction, with its norm weights
+    // loaded before it; further chunks are recomputed after it (the streams are in cache).
+    auto stored = [&](float v) {
+      return p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(v)) : v;
+    };
+    const int64_t h0 = 8 * threadIdx.x;
+    float first[8], first_w[8];
     float collapse_sq = 0.0f;
-    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+    if (h0 < p.hidden) {
+      Load8(p.norm_weight, p.norm_w_bf16, h0, first_w);
+      collapse8(h0, first);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        first[k] = stored(first[k]);
+        collapse_sq += first[k] * first[k];
+      }
+    }
+    for (int64_t h = h0 + kStride; h < p.hidden; h += kStride) {
       float sum[8];
       collapse8(h, sum);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        const float v = p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(sum[k])) : sum[k];
+        const float v = stored(sum[k]);
         collapse_sq += v * v;
       }
     }
     const float collapse_inv =
-        1.0f / sqrtf(BlockSum(collapse_sq, scratch) / static_cast<float>(p.hidden) + p.norm_eps);
-    for (int64_t h = 8 * threadIdx.x; h < p.hidden; h += 8 * blockDim.x) {
+        1.0f / sqrtf(BlockSumOfFirstWarps<kPreThreads, 1>(collapse_sq, norm_scratch) /
+                         static_cast<float>(p.hidden) +
+                     p.norm_eps);
+    auto store_normed = [&](int64_t h, float(&v)[8], const float(&w)[8]) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = v[k] * collapse_inv * w[k];
+      Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, v);
+    };
+    if (h0 < p.hidden) store_normed(h0, first, first_w);
+    for (int64_t h = h0 + kStride; h < p.hidden; h += kStride) {
       float sum[8], w[8];
       collapse8(h, sum);
       Load8(p.norm_weight, p.norm_w_bf16, h, w);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float v = p.collapsed_bf16 ? __bfloat162float(__float2bfloat16(sum[k])) : sum[k];
-        sum[k] = v * collapse_inv * w[k];
-      }
-      Store8(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
+      for (int k = 0; k < 8; ++k) sum[k] = stored(sum[k]);
+      store_normed(h, sum, w);
     }
     return;
   }
-  for (int64_t h = threadIdx.x; h < p.hidden; h += blockDim.x) {
+  for (int64_t h = threadIdx.x; h < p.hidden; h += kPreThreads) {
     float sum = 0.0f;
-    for (int j = 0; j < p.n; ++j) sum += pre[j] * LoadF(p.streams, p.streams_bf16, x0 + j * p.hidden + h);
+#pragma unroll
+    for (int j = 0; j < kMaxHcMult; ++j) {
+      if (j >= n) break;
+      sum += pre[j] * LoadF(p.streams, p.streams_bf16, x0 + j * p.hidden + h);
+    }
     StoreF(p.collapsed, p.collapsed_bf16, t * p.hidden + h, sum);
   }
 }
@@ -387,7 +465,7 @@ absl::Status LaunchPre(const MhcPreArgs& a, bool head) {
     }
     p.raw = raw.data<float>();
   }
-  LaunchKernel(MhcPreKernel, static_cast<unsigned>(num_tokens), kPreThreads, 0, p);
+  LaunchKernel(MhcPreKernel, static_cast<unsigned>(num_tokens), kPreBlock, 0, p);
   if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   if (fused_norm && p.norm_weight == nullptr) {
     return RmsNorm(a.collapsed, a.norm_weight, a.norm_eps, a.collapsed);
