@@ -21,23 +21,23 @@ namespace {
 
 // The step's new compressor rows into the states; the windows they complete become entries
 // (pooled on the device for every row, normalised, rotated at their window's first position,
-// quantised, then stored for the rows that completed one).
+// quantised, then stored for the rows that completed one). The append also writes the entries'
+// RoPE rows (the bits of RopeTableAt at their positions, which the launch-by-launch path uses),
+// saving a table launch per compressor.
 absl::Status CompressAppendOnDevice(CudaModel::Impl& m, const DecodeStepState& st,
                                     const kc::DecodeRowState* table, const CompressorWeights& w,
                                     const CompressorRows& rows, int64_t ratio, bool overlap,
                                     bool indexer) {
   const int64_t n = rows.kv.size(0);
   const int64_t dim = overlap ? rows.kv.size(1) / 2 : rows.kv.size(1);
-  const Tensor entries = Dev(DType::kBF16, {n, dim});
-  const Tensor entry_positions = Dev(DType::kI32, {n});
-  V4RL_RETURN_IF_ERROR(kc::DecodeCompressAppend(table, indexer, st.positions.view(), rows.kv.view(),
-                                                rows.score.view(), ratio, overlap, entries.view(),
-                                                entry_positions.view()));
   const int64_t half = m.config.rope_head_dim / 2;
+  const Tensor entries = Dev(DType::kBF16, {n, dim});
   const Tensor cos = Dev(DType::kF32, {n, half});
   const Tensor sin = Dev(DType::kF32, {n, half});
-  V4RL_RETURN_IF_ERROR(kc::RopeTableAt(m.compress_rope.inv_freq.view(), entry_positions.view(),
-                                       cos.view(), sin.view()));
+  V4RL_RETURN_IF_ERROR(kc::DecodeCompressAppend(
+      table, indexer, st.positions.view(), rows.kv.view(), rows.score.view(), ratio, overlap,
+      entries.view(), /*entry_positions=*/TensorView(), m.compress_rope.inv_freq.view(), cos.view(),
+      sin.view()));
   V4RL_RETURN_IF_ERROR(kc::RmsNormRope(entries.view(), w.norm.view(), m.eps(), cos.view(),
                                        sin.view(), 1, entries.view()));
   V4RL_RETURN_IF_ERROR(indexer ? m.IndexerFp4(entries.view()) : m.KvQat(entries.view()));

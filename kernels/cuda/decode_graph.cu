@@ -8,6 +8,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/compressor_pool.cuh"
 #include "kernels/cuda/decode_graph.h"
+#include "kernels/cuda/rope_table.cuh"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -48,8 +49,11 @@ struct AppendParams {
   const __nv_bfloat16* kv;   // [rows, width]
   const float* score;        // [rows, width]
   __nv_bfloat16* out;        // [rows, dim]
-  int32_t* entry_positions;  // [rows]
-  int64_t ratio, dim;
+  int32_t* entry_positions;  // [rows], or null
+  const float* inv_freq;     // [half], or null (with cos, sin): no RoPE rows
+  float* cos;                // [rows, half]
+  float* sin;                // [rows, half]
+  int64_t ratio, dim, half;
   bool indexer, overlap;
 };
 
@@ -57,7 +61,8 @@ struct AppendParams {
 // rows with CompressPoolEntriesKernel's slot order and arithmetic (compressor_pool.cuh): slots
 // [0, m) the previous window's series A (state rows [0, m), channels [0, dim)) when there is one,
 // then the open window's series B (state rows [open, open + m), channels [dim, 2·dim) with
-// overlap). The open window then becomes the previous one.
+// overlap). The open window then becomes the previous one. The entry's RoPE rows (every row) come
+// first: they depend on the position only.
 __global__ void DecodeCompressAppendKernel(AppendParams p) {
   WaitForPriorKernels();
   const int64_t b = blockIdx.x;
@@ -70,7 +75,17 @@ __global__ void DecodeCompressAppendKernel(AppendParams p) {
   const int64_t slot = open + position % m;
   BlockCopy(state_kv + slot * width, p.kv + b * width, width * 2);
   BlockCopy(state_score + slot * width, p.score + b * width, width * 4);
-  if (threadIdx.x == 0) p.entry_positions[b] = static_cast<int32_t>(position / m * m);
+  const int64_t entry_position = position / m * m;
+  if (p.entry_positions != nullptr && threadIdx.x == 0) {
+    p.entry_positions[b] = static_cast<int32_t>(entry_position);
+  }
+  if (p.cos != nullptr) {
+    for (int64_t i = threadIdx.x; i < p.half; i += blockDim.x) {
+      const float2 cos_sin = RopeCosSin(entry_position, p.inv_freq[i]);
+      p.cos[b * p.half + i] = cos_sin.x;
+      p.sin[b * p.half + i] = cos_sin.y;
+    }
+  }
   __nv_bfloat16* out = p.out + b * dim;
   if ((position + 1) % m != 0) {  // the window stays open: no entry (block-uniform branch)
     for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) out[d] = __float2bfloat16(0.0f);
@@ -209,14 +224,34 @@ absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
                                   const core::TensorView& score, int64_t ratio, bool overlap,
                                   const core::TensorView& out,
                                   const core::TensorView& entry_positions) {
+  return DecodeCompressAppend(table, indexer, positions, kv, score, ratio, overlap, out,
+                              entry_positions, core::TensorView(), core::TensorView(),
+                              core::TensorView());
+}
+
+absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
+                                  const core::TensorView& positions, const core::TensorView& kv,
+                                  const core::TensorView& score, int64_t ratio, bool overlap,
+                                  const core::TensorView& out,
+                                  const core::TensorView& entry_positions,
+                                  const core::TensorView& inv_freq, const core::TensorView& cos,
+                                  const core::TensorView& sin) {
   const char* op = "cuda::DecodeCompressAppend";
   int64_t rows = 0;
   if (absl::Status s = CheckPositions(op, table, positions, &rows); !s.ok()) return s;
+  const bool with_positions = entry_positions.data != nullptr;
+  // The overload without RoPE rows passes three undefined views; any one given asks for them.
+  const bool with_rope = inv_freq.data != nullptr || cos.data != nullptr || sin.data != nullptr;
   if (absl::Status s = FirstError({
           CheckDeviceView(op, "kv", kv, {DType::kBF16}),
           CheckDeviceView(op, "score", score, {DType::kF32}),
           CheckDeviceView(op, "out", out, {DType::kBF16}),
-          CheckDeviceView(op, "entry_positions", entry_positions, {DType::kI32}),
+          with_positions ? CheckDeviceView(op, "entry_positions", entry_positions, {DType::kI32})
+                         : absl::OkStatus(),
+          with_rope ? CheckDeviceView(op, "inv_freq", inv_freq, {DType::kF32}) : absl::OkStatus(),
+          with_rope ? CheckDeviceView(op, "cos", cos, {DType::kF32}) : absl::OkStatus(),
+          with_rope ? CheckDeviceView(op, "sin", sin, {DType::kF32}) : absl::OkStatus(),
+          CheckArg(!with_rope || inv_freq.rank == 1, op, "inv_freq must be [rope_dim / 2]"),
           CheckArg(ratio > 0, op, "ratio must be positive"),
           CheckArg(kv.rank == 2 && kv.shape[0] == rows, op, "kv must be [rows, width]"),
           CheckArg(!overlap || kv.shape[1] % 2 == 0, op, "overlap needs an even width"),
@@ -225,10 +260,14 @@ absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
     return s;
   }
   const int64_t width = kv.shape[1], dim = overlap ? width / 2 : width;
+  const int64_t half = with_rope ? inv_freq.shape[0] : 0;
   if (absl::Status s = FirstError({
           CheckViewShape(op, "score", score, {rows, width}),
           CheckViewShape(op, "out", out, {rows, dim}),
-          CheckViewShape(op, "entry_positions", entry_positions, {rows}),
+          with_positions ? CheckViewShape(op, "entry_positions", entry_positions, {rows})
+                         : absl::OkStatus(),
+          with_rope ? CheckViewShape(op, "cos", cos, {rows, half}) : absl::OkStatus(),
+          with_rope ? CheckViewShape(op, "sin", sin, {rows, half}) : absl::OkStatus(),
       });
       !s.ok()) {
     return s;
@@ -239,9 +278,13 @@ absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
                        kv.data_as<const __nv_bfloat16>(),
                        score.data_as<const float>(),
                        out.data_as<__nv_bfloat16>(),
-                       entry_positions.data_as<int32_t>(),
+                       with_positions ? entry_positions.data_as<int32_t>() : nullptr,
+                       with_rope ? inv_freq.data_as<const float>() : nullptr,
+                       with_rope ? cos.data_as<float>() : nullptr,
+                       with_rope ? sin.data_as<float>() : nullptr,
                        ratio,
                        dim,
+                       half,
                        indexer,
                        overlap};
   LaunchKernel(DecodeCompressAppendKernel, static_cast<unsigned>(rows), kAppendThreads, 0, p);

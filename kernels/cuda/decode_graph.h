@@ -45,12 +45,25 @@ struct DecodeRowState {
 // pooled as CompressPoolEntries pools window p / m with with_previous = overlap && p / m >= 1,
 // reading the state's rows (the same bits); then (overlap) the open window's rows move to the
 // previous-window slots. Other rows: out[b] <- zeros. entry_positions[b] <- (p / m) · m (the
-// entry's RoPE position). out: [rows, dim] bf16; entry_positions: [rows] i32.
+// entry's RoPE position). out: [rows, dim] bf16; entry_positions: [rows] i32, or undefined (null
+// data: not written).
 absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
                                   const core::TensorView& positions, const core::TensorView& kv,
                                   const core::TensorView& score, int64_t ratio, bool overlap,
                                   const core::TensorView& out,
                                   const core::TensorView& entry_positions);
+// The same, and in the same launch the RoPE rows of the entries' positions, for every row (rows
+// that complete no window too): cos[b], sin[b] <- the bits RopeTableAt(inv_freq, entry positions,
+// cos, sin) writes (elementwise.h; one arithmetic, rope_table.cuh), so that the entries can be
+// rotated without a table launch. inv_freq: [half] f32; cos, sin: [rows, half] f32 (half =
+// rope_dim / 2). All three must be given (InvalidArgument naming the first one that is wrong).
+absl::Status DecodeCompressAppend(const DecodeRowState* table, bool indexer,
+                                  const core::TensorView& positions, const core::TensorView& kv,
+                                  const core::TensorView& score, int64_t ratio, bool overlap,
+                                  const core::TensorView& out,
+                                  const core::TensorView& entry_positions,
+                                  const core::TensorView& inv_freq, const core::TensorView& cos,
+                                  const core::TensorView& sin);
 
 // For each row whose token completed a window: (indexer ? index_keys : entries)[p / m] <-
 // entries[b]. entries: [rows, dim] bf16 (the pooled entries after norm, RoPE and quantisation).

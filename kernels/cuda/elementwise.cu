@@ -1,8 +1,11 @@
 #include <algorithm>
+#include <string>
 
+#include "absl/strings/str_format.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/rope_table.cuh"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -96,21 +99,28 @@ struct RopeTableParams {
   const int32_t* positions;  // device [count], or null: inline, or else first + r · stride
   bool use_inline;
   int32_t inline_positions[kInlinePositions];
+  // RopeTablesAt: a second table at the same positions (elements count · half onwards of the
+  // grid's range); null: none.
+  const float* inv_freq2 = nullptr;
+  float* cos2 = nullptr;
+  float* sin2 = nullptr;
+  int64_t half2 = 0;
 };
 
 __global__ void RopeTableKernel(RopeTableParams p) {
   WaitForPriorKernels();
-  const int64_t n = p.count * p.half;
+  const int64_t n1 = p.count * p.half, n = n1 + p.count * p.half2;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n;
        e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = e / p.half, i = e % p.half;
-    // f32 position times f32 frequency (one rounding, as the CPU table), then double cos/sin.
+    const bool second = e >= n1;  // RopeTablesAt's second table
+    const int64_t t = second ? e - n1 : e, half = second ? p.half2 : p.half;
+    const int64_t r = t / half, i = t % half;
     const int64_t position = p.positions != nullptr ? p.positions[r]
                              : p.use_inline         ? p.inline_positions[r]
                                                     : p.first + r * p.stride;
-    const float angle = __fmul_rn(static_cast<float>(position), p.inv_freq[i]);
-    p.cos[e] = static_cast<float>(::cos(static_cast<double>(angle)));
-    p.sin[e] = static_cast<float>(::sin(static_cast<double>(angle)));
+    const float2 cos_sin = RopeCosSin(position, (second ? p.inv_freq2 : p.inv_freq)[i]);
+    (second ? p.cos2 : p.cos)[t] = cos_sin.x;
+    (second ? p.sin2 : p.sin)[t] = cos_sin.y;
   }
 }
 
@@ -342,24 +352,33 @@ absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weig
 
 namespace {
 
+// `suffix` follows each argument's name in the messages (RopeTablesAt's second table: "2").
 absl::Status CheckRopeTables(const char* op, const core::TensorView& inv_freq,
-                             const core::TensorView& cos, const core::TensorView& sin) {
-  for (const auto& [name, v] : {std::pair{"inv_freq", &inv_freq}, std::pair{"cos", &cos},
-                                std::pair{"sin", &sin}}) {
-    if (absl::Status s = CheckDeviceView(op, name, *v, {core::DType::kF32}); !s.ok()) return s;
+                             const core::TensorView& cos, const core::TensorView& sin,
+                             const std::string& suffix = "") {
+  const std::string inv_freq_name = "inv_freq" + suffix, cos_name = "cos" + suffix,
+                    sin_name = "sin" + suffix;
+  for (const auto& [name, v] : {std::pair{&inv_freq_name, &inv_freq}, std::pair{&cos_name, &cos},
+                                std::pair{&sin_name, &sin}}) {
+    if (absl::Status s = CheckDeviceView(op, name->c_str(), *v, {core::DType::kF32}); !s.ok()) {
+      return s;
+    }
   }
-  if (absl::Status s = CheckArg(cos.rank == 2 && inv_freq.rank == 1 &&
-                                    cos.shape[1] == inv_freq.shape[0],
-                                op, "cos must be [count, rope_dim / 2] with inv_freq [rope_dim / 2]");
+  const std::string shapes = absl::StrFormat(
+      "%s must be [count, rope_dim / 2] with %s [rope_dim / 2]", cos_name, inv_freq_name);
+  if (absl::Status s =
+          CheckArg(cos.rank == 2 && inv_freq.rank == 1 && cos.shape[1] == inv_freq.shape[0], op,
+                   shapes.c_str());
       !s.ok()) {
     return s;
   }
-  return CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]});
+  return CheckViewShape(op, sin_name.c_str(), sin, {cos.shape[0], cos.shape[1]});
 }
 
 absl::Status LaunchRopeTable(const char* op, RopeTableParams& p) {
-  if (p.count * p.half == 0) return absl::OkStatus();
-  LaunchKernel(RopeTableKernel, GridFor(p.count * p.half, 256), 256, 0, p);
+  const int64_t n = p.count * (p.half + p.half2);
+  if (n == 0) return absl::OkStatus();
+  LaunchKernel(RopeTableKernel, GridFor(n, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 
@@ -424,6 +443,36 @@ absl::Status RopeTableAt(const core::TensorView& inv_freq, absl::Span<const int3
     if (absl::Status s = LaunchRopeTable(op, p); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::Status RopeTablesAt(const core::TensorView& positions, const core::TensorView& inv_freq,
+                          const core::TensorView& cos, const core::TensorView& sin,
+                          const core::TensorView& inv_freq2, const core::TensorView& cos2,
+                          const core::TensorView& sin2) {
+  const char* op = "cuda::RopeTablesAt";
+  if (absl::Status s = CheckRopeTables(op, inv_freq, cos, sin); !s.ok()) return s;
+  if (absl::Status s = CheckRopeTables(op, inv_freq2, cos2, sin2, "2"); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "positions", positions, {core::DType::kI32}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckViewShape(op, "positions", positions, {cos.shape[0]}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckViewShape(op, "positions", positions, {cos2.shape[0]}); !s.ok()) {
+    return s;
+  }
+  RopeTableParams p{};
+  p.inv_freq = inv_freq.data_as<float>();
+  p.cos = cos.data_as<float>();
+  p.sin = sin.data_as<float>();
+  p.count = cos.shape[0];
+  p.half = cos.shape[1];
+  p.positions = positions.data_as<const int32_t>();
+  p.inv_freq2 = inv_freq2.data_as<float>();
+  p.cos2 = cos2.data_as<float>();
+  p.sin2 = sin2.data_as<float>();
+  p.half2 = cos2.shape[1];
+  return LaunchRopeTable(op, p);
 }
 
 absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,

@@ -32,6 +32,14 @@ absl::Status RopeTableAt(const core::TensorView& inv_freq, const core::TensorVie
                          const core::TensorView& cos, const core::TensorView& sin);
 absl::Status RopeTableAt(const core::TensorView& inv_freq, absl::Span<const int32_t> positions,
                          const core::TensorView& cos, const core::TensorView& sin);
+// Two tables at the same device positions in one launch (a decode step's main and compressed-layer
+// tables): the bits of RopeTableAt(inv_freq, positions, cos, sin) and of RopeTableAt(inv_freq2,
+// positions, cos2, sin2). Each triple is checked as RopeTableAt's (messages name the second one's
+// views inv_freq2, cos2, sin2); both tables have positions.size(0) rows.
+absl::Status RopeTablesAt(const core::TensorView& positions, const core::TensorView& inv_freq,
+                          const core::TensorView& cos, const core::TensorView& sin,
+                          const core::TensorView& inv_freq2, const core::TensorView& cos2,
+                          const core::TensorView& sin2);
 
 // RmsNorm(x, weight, eps, out) and then ApplyRope(out as [R / heads, heads, D], cos, sin,
 // inverse = false) in one launch: the rows r·heads .. r·heads + heads - 1 of x, out ([R, D] as

@@ -4,7 +4,8 @@
 // BatchCopy + CompressPoolEntries with the host's copy and PoolEntry lists; the entry and ring
 // writes against host copies; the built items against the host's structs field by field; and
 // DecodeAttentionOnDevice / DecodeIndexerScoresOnDevice on built items against DecodeAttention /
-// DecodeIndexerScores on the host's items. gpu label; skips without a device.
+// DecodeIndexerScores on the host's items; the appends' RoPE rows, and RopeTablesAt's two tables,
+// against RopeTableAt on the same positions. gpu label; skips without a device.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/decode_graph.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/rows.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/testing/random_tensor.h"
@@ -106,14 +108,29 @@ char* Row(const TensorView& v, int64_t row) {
 }
 int64_t RowBytes(const TensorView& v) { return core::DTypeBytes(v.dtype, v.numel() / v.shape[0]); }
 
+// RoPE frequencies [half] f32 on the device: theta^(-2i / rope_dim), rope_dim = 2·half.
+Tensor InvFreq(int64_t half, double theta) {
+  std::vector<float> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) {
+    inv_freq[i] = static_cast<float>(std::pow(theta, -2.0 * static_cast<double>(i) / (2 * half)));
+  }
+  return testing::ToDevice(Tensor::FromFloats({half}, inv_freq), DType::kF32);
+}
+
 // ---------------------------------------------------------------------------------------------
 // DecodeCompressAppend
+
+// What an append writes besides the entries and the states: entry_positions (the call without
+// RoPE rows), the entries' RoPE rows instead, or both.
+enum class AppendOutputs { kPositions, kRope, kBoth };
 
 struct AppendCase {
   std::string name;
   int64_t ratio, dim;
   bool overlap, indexer;
   std::vector<int32_t> positions;
+  AppendOutputs outputs = AppendOutputs::kPositions;
+  int64_t rope_half = 32;  // the RoPE rows' width (kRope, kBoth)
 };
 
 // model/attention_decode_cuda.cc's CompressAppend for spans of one token each, on the reference
@@ -248,10 +265,25 @@ void CheckAppend(const AppendCase& c) {
   const Tensor score = RandomDev(DType::kF32, {rows, width}, 78, 2.0f);
   const Tensor out = RandomDev(DType::kBF16, {rows, c.dim}, 79);  // non-completing rows: zeros
   const Tensor entry_positions = Dev(DType::kI32, {rows});
-  ASSERT_TRUE(DecodeCompressAppend(static_cast<const DecodeRowState*>(d_table.view().data),
-                                   c.indexer, positions.view(), kv.view(), score.view(), m,
-                                   c.overlap, out.view(), entry_positions.view())
-                  .ok());
+  const bool with_positions = c.outputs != AppendOutputs::kRope;
+  const bool with_rope = c.outputs != AppendOutputs::kPositions;
+  const auto* d_rows = static_cast<const DecodeRowState*>(d_table.view().data);
+  Tensor inv_freq, cos, sin;
+  if (with_rope) {  // random bits first: every row (completing or not) must be written
+    inv_freq = InvFreq(c.rope_half, 160000.0);
+    cos = RandomDev(DType::kF32, {rows, c.rope_half}, 80);
+    sin = RandomDev(DType::kF32, {rows, c.rope_half}, 81);
+    const absl::Status status = DecodeCompressAppend(
+        d_rows, c.indexer, positions.view(), kv.view(), score.view(), m, c.overlap, out.view(),
+        with_positions ? entry_positions.view() : TensorView(), inv_freq.view(), cos.view(),
+        sin.view());
+    ASSERT_TRUE(status.ok()) << status;
+  } else {  // the call without RoPE rows
+    const absl::Status status =
+        DecodeCompressAppend(d_rows, c.indexer, positions.view(), kv.view(), score.view(), m,
+                             c.overlap, out.view(), entry_positions.view());
+    ASSERT_TRUE(status.ok()) << status;
+  }
 
   Tensor entries;
   std::vector<int64_t> entry_row;
@@ -293,10 +325,34 @@ void CheckAppend(const AppendCase& c) {
   for (size_t i = 0; i < others.size(); ++i) {
     EXPECT_TRUE(Bytes(others[i]) == others_before[i]) << "the other compressor's state changed";
   }
-  const std::vector<int32_t> got_positions = Download<int32_t>(entry_positions, rows);
-  for (int64_t i = 0; i < rows; ++i) {
-    EXPECT_EQ(got_positions[i], c.positions[i] / m * m) << "row " << i;
+  if (with_positions) {
+    const std::vector<int32_t> got_positions = Download<int32_t>(entry_positions, rows);
+    for (int64_t i = 0; i < rows; ++i) {
+      EXPECT_EQ(got_positions[i], c.positions[i] / m * m) << "row " << i;
+    }
   }
+  if (!with_rope) return;
+  // The tables the step used to build with a RopeTableAt launch at the entries' positions (device
+  // positions, the graph path's), and the launch-by-launch path's (a host span): bit for bit.
+  std::vector<int32_t> entry(rows);
+  for (int64_t i = 0; i < rows; ++i) entry[i] = c.positions[i] / m * m;
+  const Tensor d_entry = Positions(entry);
+  const Tensor want_cos = Dev(DType::kF32, {rows, c.rope_half});
+  const Tensor want_sin = Dev(DType::kF32, {rows, c.rope_half});
+  ASSERT_TRUE(RopeTableAt(inv_freq.view(), d_entry.view(), want_cos.view(), want_sin.view()).ok());
+  EXPECT_EQ(
+      MismatchesOf(c.name + " cos vs RopeTableAt (device positions)", cos.view(), want_cos.view()),
+      0);
+  EXPECT_EQ(
+      MismatchesOf(c.name + " sin vs RopeTableAt (device positions)", sin.view(), want_sin.view()),
+      0);
+  ASSERT_TRUE(RopeTableAt(inv_freq.view(), entry, want_cos.view(), want_sin.view()).ok());
+  EXPECT_EQ(
+      MismatchesOf(c.name + " cos vs RopeTableAt (host positions)", cos.view(), want_cos.view()),
+      0);
+  EXPECT_EQ(
+      MismatchesOf(c.name + " sin vs RopeTableAt (host positions)", sin.view(), want_sin.view()),
+      0);
 }
 
 TEST(CudaDecodeGraph, CompressAppendOverlapMatchesHostPath) {
@@ -313,6 +369,65 @@ TEST(CudaDecodeGraph, CompressAppendWithoutOverlapMatchesHostPath) {
   CheckAppend({"HCA m 128 dim 64", 128, 64, false, false, {127, 0, 255, 128, 1000, 1279}});
   // 72-byte rows: the byte-wise copies.
   CheckAppend({"m 16 dim 36", 16, 36, false, false, {15, 3, 31, 16, 47}});
+}
+
+// The appends' RoPE rows (the step's table launch folded into the append) against RopeTableAt at
+// the entries' positions, with the entries and states still checked against the host path: 17
+// rows, positions past 100000 up to 2^20 - 1, completing and open windows; halves of 32 (the mid
+// config), 17 (odd) and 300 (more than the block's threads); without and with entry_positions.
+TEST(CudaDecodeGraph, CompressAppendRopeRowsMatchRopeTableAt) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::vector<int32_t> csa = {3,      0, 7,      100003, 100001,  131071, 4095,   1048575, 22,
+                                    100000, 5, 262143, 99999,  1000002, 11,     524287, 77777};
+  CheckAppend({"CSA m 4 dim 96, RoPE rows", 4, 96, true, false, csa, AppendOutputs::kRope, 32});
+  CheckAppend({"CSA indexer m 4 dim 64, RoPE rows and entry_positions", 4, 64, true, true, csa,
+               AppendOutputs::kBoth, 17});
+  const std::vector<int32_t> hca = {127,     0,       255,  128,    100095, 100000,
+                                    131071,  1048575, 1000, 262143, 12799,  5,
+                                    1000063, 777777,  383,  200000, 65535};
+  CheckAppend(
+      {"HCA m 128 dim 64, RoPE rows", 128, 64, false, false, hca, AppendOutputs::kRope, 300});
+}
+
+// ---------------------------------------------------------------------------------------------
+// RopeTablesAt
+
+// The decode step's two tables in one launch against a RopeTableAt each, bit for bit: 17 rows,
+// positions past 100000, tables of different widths and frequencies.
+TEST(CudaDecodeGraph, RopeTablesAtMatchesTwoRopeTableAt) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::vector<int32_t> host_positions = {0,      1,       5,      4095,   100000, 100001,
+                                               131071, 1048575, 777777, 3,      99999,  262144,
+                                               17,     1000003, 65536,  524287, 12345};
+  const int64_t rows = static_cast<int64_t>(host_positions.size());
+  const Tensor positions = Positions(host_positions);
+  const int64_t half = 32, half2 = 17;
+  const Tensor inv_freq = InvFreq(half, 10000.0), inv_freq2 = InvFreq(half2, 160000.0);
+  const Tensor cos = RandomDev(DType::kF32, {rows, half}, 90);
+  const Tensor sin = RandomDev(DType::kF32, {rows, half}, 91);
+  const Tensor cos2 = RandomDev(DType::kF32, {rows, half2}, 92);
+  const Tensor sin2 = RandomDev(DType::kF32, {rows, half2}, 93);
+  const absl::Status status = RopeTablesAt(positions.view(), inv_freq.view(), cos.view(),
+                                           sin.view(), inv_freq2.view(), cos2.view(), sin2.view());
+  ASSERT_TRUE(status.ok()) << status;
+  const Tensor want_cos = Dev(DType::kF32, {rows, half}), want_sin = Dev(DType::kF32, {rows, half});
+  const Tensor want_cos2 = Dev(DType::kF32, {rows, half2});
+  const Tensor want_sin2 = Dev(DType::kF32, {rows, half2});
+  ASSERT_TRUE(
+      RopeTableAt(inv_freq.view(), positions.view(), want_cos.view(), want_sin.view()).ok());
+  ASSERT_TRUE(
+      RopeTableAt(inv_freq2.view(), positions.view(), want_cos2.view(), want_sin2.view()).ok());
+  EXPECT_EQ(MismatchesOf("RopeTablesAt cos", cos.view(), want_cos.view()), 0);
+  EXPECT_EQ(MismatchesOf("RopeTablesAt sin", sin.view(), want_sin.view()), 0);
+  EXPECT_EQ(MismatchesOf("RopeTablesAt cos2", cos2.view(), want_cos2.view()), 0);
+  EXPECT_EQ(MismatchesOf("RopeTablesAt sin2", sin2.view(), want_sin2.view()), 0);
+
+  // A wrong second table is refused, naming it.
+  const Tensor short_sin2 = Dev(DType::kF32, {rows - 1, half2});
+  const absl::Status bad = RopeTablesAt(positions.view(), inv_freq.view(), cos.view(), sin.view(),
+                                        inv_freq2.view(), cos2.view(), short_sin2.view());
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_NE(bad.message().find("sin2 has shape"), std::string::npos) << bad;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,6 +712,20 @@ TEST(CudaDecodeGraph, BadArgumentsAreInvalidArgument) {
                                 wrong_out.view(), entry_positions.view());
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(status.message().find("out has shape"), std::string::npos) << status;
+  // The RoPE rows: all three views, with one row per row of the step.
+  const Tensor out_ok = Dev(DType::kBF16, {2, 8});
+  const Tensor inv_freq = Dev(DType::kF32, {4});
+  const Tensor cos = Dev(DType::kF32, {2, 4}), sin = Dev(DType::kF32, {2, 4});
+  status = DecodeCompressAppend(t, false, positions.view(), kv.view(), score.view(), 4, true,
+                                out_ok.view(), TensorView(), TensorView(), cos.view(), sin.view());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("inv_freq must be"), std::string::npos) << status;
+  const Tensor wrong_cos = Dev(DType::kF32, {3, 4});
+  status = DecodeCompressAppend(t, false, positions.view(), kv.view(), score.view(), 4, true,
+                                out_ok.view(), entry_positions.view(), inv_freq.view(),
+                                wrong_cos.view(), sin.view());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("cos has shape"), std::string::npos) << status;
   status = DecodeRingWrite(nullptr, positions.view(), kv.view(), 8);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(status.message().find("table"), std::string::npos) << status;
