@@ -90,19 +90,20 @@ absl::Status CudaModel::Impl::AttentionDecodeGraph(const AttentionWeights& w, At
         kc::IndexerSelect(scores.view(), /*q_pos0=*/ld * ratio, ratio, picks.view()));
   }
 
-  // Attention of every row over its ring, own row and entries; then its row into the ring.
+  // Every row's K=V row into its ring and its item in one launch (the attention never reads the
+  // slot of the row's own position: decode_graph.h), then the attention of every row over its
+  // ring, own row and entries.
   const Tensor attn = Dev(DType::kBF16, {n, heads, dim});
   const Tensor items = Dev(DType::kU8, {n * static_cast<int64_t>(sizeof(kc::DecodeAttentionItem))});
   auto* attention_items = static_cast<kc::DecodeAttentionItem*>(items.view().data);
-  V4RL_RETURN_IF_ERROR(
-      kc::BuildDecodeAttentionItems(table, st.positions.view(), q.view(), kv_rows, attn.view(),
-                                    ratio, csa ? picks.view() : TensorView(), attention_items));
+  V4RL_RETURN_IF_ERROR(kc::DecodeRingWriteAndAttentionItems(
+      table, st.positions.view(), q.view(), kv_rows, attn.view(), window, ratio,
+      csa ? picks.view() : TensorView(), attention_items));
   const int64_t comp_keys = sliding ? 0 : csa ? picks.size(1) : st.position_bound / ratio;
   const int64_t max_keys = std::min(st.position_bound, window) + comp_keys;
   V4RL_RETURN_IF_ERROR(kc::DecodeAttentionOnDevice(
       attention_items, n, max_keys, w.sink.data<float>(), heads, dim, window,
       static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))));
-  V4RL_RETURN_IF_ERROR(kc::DecodeRingWrite(table, st.positions.view(), kv_rows, window));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(attn.view(), cos, sin, /*inverse=*/true));
   return OutputProjection(w, attn, out);
 }

@@ -127,20 +127,6 @@ __global__ void __launch_bounds__(kCopyThreads) DecodeCompressCommitKernel(Commi
   BlockCopy(keys + position / p.ratio * p.dim, p.entries + b * p.dim, p.dim * 2);
 }
 
-struct RingParams {
-  const DecodeRowState* table;
-  const int32_t* positions;
-  const __nv_bfloat16* kv_rows;  // [rows, dim]
-  int64_t window, dim;
-};
-
-__global__ void __launch_bounds__(kCopyThreads) DecodeRingWriteKernel(RingParams p) {
-  WaitForPriorKernels();
-  const int64_t b = blockIdx.x;
-  auto* ring = static_cast<__nv_bfloat16*>(p.table[b].ring);
-  BlockCopy(ring + p.positions[b] % p.window * p.dim, p.kv_rows + b * p.dim, p.dim * 2);
-}
-
 struct AttentionItemParams {
   const DecodeRowState* table;
   const int32_t* positions;
@@ -149,24 +135,30 @@ struct AttentionItemParams {
   __nv_bfloat16* out;            // [rows, heads, dim]
   const int32_t* picks;          // [rows, topk] or null
   DecodeAttentionItem* items;    // [rows]
-  int64_t rows, heads, dim, ratio, topk;
+  int64_t heads, dim, window, ratio, topk;
 };
 
-__global__ void __launch_bounds__(kItemThreads)
-    BuildDecodeAttentionItemsKernel(AttentionItemParams p) {
+// Block b: row b's K=V row into its ring slot (all threads), and its item (thread 0). The ring
+// write may precede the attention: DecodeAttentionKernel reads slots of positions p - cached ..
+// p - 1 (cached <= window - 1), never p's own slot, and takes row b itself from own_kv.
+__global__ void __launch_bounds__(kCopyThreads)
+    DecodeRingWriteAndAttentionItemsKernel(AttentionItemParams p) {
   WaitForPriorKernels();
-  const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (b >= p.rows) return;
+  const int64_t b = blockIdx.x;
   const int64_t position = p.positions[b];
+  const DecodeRowState& row = p.table[b];
+  auto* ring = static_cast<__nv_bfloat16*>(row.ring);
+  BlockCopy(ring + position % p.window * p.dim, p.kv_rows + b * p.dim, p.dim * 2);
+  if (threadIdx.x != 0) return;
   DecodeAttentionItem item;
   item.q = p.q + b * p.heads * p.dim;
-  item.ring = p.table[b].ring;
+  item.ring = ring;
   item.own_kv = p.kv_rows + b * p.dim;
   item.out = p.out + b * p.heads * p.dim;
   item.position = position;
   const int64_t entries = p.ratio > 0 ? (position + 1) / p.ratio : 0;
   if (entries > 0) {  // no complete window yet: no compressed keys at all
-    item.comp = p.table[b].entries;
+    item.comp = row.entries;
     item.num_comp = entries;
     if (p.picks != nullptr) {
       item.comp_idx = p.picks + b * p.topk;
@@ -317,32 +309,11 @@ absl::Status DecodeCompressCommit(const DecodeRowState* table, bool indexer,
   return LaunchStatus(op);
 }
 
-absl::Status DecodeRingWrite(const DecodeRowState* table, const core::TensorView& positions,
-                             const core::TensorView& kv_rows, int64_t window) {
-  const char* op = "cuda::DecodeRingWrite";
-  int64_t rows = 0;
-  if (absl::Status s = CheckPositions(op, table, positions, &rows); !s.ok()) return s;
-  if (absl::Status s = FirstError({
-          CheckDeviceView(op, "kv_rows", kv_rows, {DType::kBF16}),
-          CheckArg(kv_rows.rank == 2 && kv_rows.shape[0] == rows, op, "kv_rows must be [rows, D]"),
-          CheckArg(window > 0, op, "window must be positive"),
-      });
-      !s.ok()) {
-    return s;
-  }
-  if (rows == 0) return absl::OkStatus();
-  const RingParams p{table, positions.data_as<const int32_t>(),
-                     kv_rows.data_as<const __nv_bfloat16>(), window, kv_rows.shape[1]};
-  LaunchKernel(DecodeRingWriteKernel, static_cast<unsigned>(rows), kCopyThreads, 0, p);
-  return LaunchStatus(op);
-}
-
-absl::Status BuildDecodeAttentionItems(const DecodeRowState* table,
-                                       const core::TensorView& positions, const core::TensorView& q,
-                                       const core::TensorView& kv_rows, const core::TensorView& out,
-                                       int64_t ratio, const core::TensorView& picks,
-                                       DecodeAttentionItem* items) {
-  const char* op = "cuda::BuildDecodeAttentionItems";
+absl::Status DecodeRingWriteAndAttentionItems(
+    const DecodeRowState* table, const core::TensorView& positions, const core::TensorView& q,
+    const core::TensorView& kv_rows, const core::TensorView& out, int64_t window, int64_t ratio,
+    const core::TensorView& picks, DecodeAttentionItem* items) {
+  const char* op = "cuda::DecodeRingWriteAndAttentionItems";
   int64_t rows = 0;
   if (absl::Status s = CheckPositions(op, table, positions, &rows); !s.ok()) return s;
   const bool with_picks = picks.data != nullptr;
@@ -354,6 +325,7 @@ absl::Status BuildDecodeAttentionItems(const DecodeRowState* table,
           CheckArg(q.rank == 3 && q.shape[0] == rows, op, "q must be [rows, heads, D]"),
           CheckArg(Vec8Ok(q.data, q.shape[1] * q.shape[2]) && Vec8Ok(kv_rows.data, q.shape[2]), op,
                    "q and kv_rows rows must be 16-byte aligned (read 16 bytes at a time)"),
+          CheckArg(window > 0, op, "window must be positive"),
           CheckArg(ratio >= 0, op, "ratio must be non-negative (0: sliding window)"),
           with_picks ? CheckDeviceView(op, "picks", picks, {DType::kI32}) : absl::OkStatus(),
           CheckArg(!with_picks || (picks.rank == 2 && picks.shape[0] == rows), op,
@@ -378,12 +350,13 @@ absl::Status BuildDecodeAttentionItems(const DecodeRowState* table,
                               out.data_as<__nv_bfloat16>(),
                               with_picks ? picks.data_as<const int32_t>() : nullptr,
                               items,
-                              rows,
                               heads,
                               dim,
+                              window,
                               ratio,
                               with_picks ? picks.shape[1] : 0};
-  LaunchKernel(BuildDecodeAttentionItemsKernel, ItemBlocks(rows), kItemThreads, 0, p);
+  LaunchKernel(DecodeRingWriteAndAttentionItemsKernel, static_cast<unsigned>(rows), kCopyThreads, 0,
+               p);
   return LaunchStatus(op);
 }
 

@@ -71,23 +71,22 @@ absl::Status DecodeCompressCommit(const DecodeRowState* table, bool indexer,
                                   const core::TensorView& positions,
                                   const core::TensorView& entries, int64_t ratio);
 
-// ring[p mod window] <- kv_rows[b]. kv_rows: [rows, D] bf16.
-absl::Status DecodeRingWrite(const DecodeRowState* table, const core::TensorView& positions,
-                             const core::TensorView& kv_rows, int64_t window);
-
-// items[b] (device, `rows` of them) <- the DecodeAttentionItem the host path builds for row b:
-// q = q[b], ring = table[b].ring, own_kv = kv_rows[b], out = out[b], position = p; with
-// ratio > 0 and e = (p + 1) / ratio > 0: comp = table[b].entries, num_comp = e, and with picks
-// defined comp_idx = picks[b], comp_topk = picks.size(1) (else comp null, num_comp 0, comp_idx
-// null, comp_topk 0). q, out: [rows, heads, D] bf16; kv_rows: [rows, D] bf16; picks: [rows, k]
-// i32 or undefined (null data); ratio 0 for sliding-window layers. q and kv_rows rows must be
-// 16-byte aligned (InvalidArgument), the table's ring and entries too (unchecked), as
-// DecodeAttentionOnDevice reads them.
-absl::Status BuildDecodeAttentionItems(const DecodeRowState* table,
-                                       const core::TensorView& positions, const core::TensorView& q,
-                                       const core::TensorView& kv_rows, const core::TensorView& out,
-                                       int64_t ratio, const core::TensorView& picks,
-                                       DecodeAttentionItem* items);
+// For each row b, in one launch: ring[p mod window] <- kv_rows[b] (table[b].ring), and items[b]
+// (device, `rows` of them) <- the DecodeAttentionItem the host path builds for row b: q = q[b],
+// ring = table[b].ring, own_kv = kv_rows[b], out = out[b], position = p; with ratio > 0 and
+// e = (p + 1) / ratio > 0: comp = table[b].entries, num_comp = e, and with picks defined
+// comp_idx = picks[b], comp_topk = picks.size(1) (else comp null, num_comp 0, comp_idx null,
+// comp_topk 0). q, out: [rows, heads, D] bf16; kv_rows: [rows, D] bf16; picks: [rows, k] i32 or
+// undefined (null data); window > 0: the ring's slots; ratio 0 for sliding-window layers. q and
+// kv_rows rows must be 16-byte aligned (InvalidArgument), the table's ring and entries too
+// (unchecked), as DecodeAttentionOnDevice reads them. The ring write may precede the attention on
+// the items (the launch-by-launch path writes after it): an item reads the ring slots of positions
+// p - min(p, window - 1) .. p - 1, never slot p mod window, and its own row from own_kv; rows are
+// distinct sequences with rings of their own (a forked sequence's state is a copy).
+absl::Status DecodeRingWriteAndAttentionItems(
+    const DecodeRowState* table, const core::TensorView& positions, const core::TensorView& q,
+    const core::TensorView& kv_rows, const core::TensorView& out, int64_t window, int64_t ratio,
+    const core::TensorView& picks, DecodeAttentionItem* items);
 
 // items[b] <- q = q[b], weights = weights[b], keys = table[b].index_keys, scores = scores[b],
 // num_keys = (p + 1) / ratio. q: [rows, heads, di] bf16 (rows 16-byte aligned, and the table's

@@ -431,55 +431,47 @@ TEST(CudaDecodeGraph, RopeTablesAtMatchesTwoRopeTableAt) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// DecodeCompressCommit, DecodeRingWrite
+// DecodeCompressCommit
 
-TEST(CudaDecodeGraph, CommitAndRingWriteMatchHostCopies) {
+TEST(CudaDecodeGraph, CommitMatchesHostCopies) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t m = 4, dim = 96, idim = 64, capacity = 64, window = 16;
+  const int64_t m = 4, dim = 96, idim = 64, capacity = 64;
   const std::vector<int32_t> positions = {3, 5, 63, 16, 40, 11};
   const int64_t rows = static_cast<int64_t>(positions.size());
-  std::vector<Tensor> entries, keys, rings;
+  std::vector<Tensor> entries, keys;
   std::vector<DecodeRowState> table(rows);
   for (int64_t i = 0; i < rows; ++i) {
     entries.push_back(RandomDev(DType::kBF16, {capacity / m, dim}, 300 + i));
     keys.push_back(RandomDev(DType::kBF16, {capacity / m, idim}, 320 + i));
-    rings.push_back(RandomDev(DType::kBF16, {window, dim}, 340 + i));
     table[i].entries = entries[i].view().data;
     table[i].index_keys = keys[i].view().data;
-    table[i].ring = rings[i].view().data;
   }
   const Tensor d_table = Upload(table);
   const auto* t = static_cast<const DecodeRowState*>(d_table.view().data);
   const Tensor d_positions = Positions(positions);
   const Tensor new_entries = RandomDev(DType::kBF16, {rows, dim}, 360);
   const Tensor new_keys = RandomDev(DType::kBF16, {rows, idim}, 361);
-  const Tensor kv_rows = RandomDev(DType::kBF16, {rows, dim}, 362);
   // Expected: the buffers before, with the rows each position writes replaced.
-  std::vector<std::vector<uint8_t>> want_entries, want_keys, want_rings;
-  const std::vector<uint8_t> e_rows = Bytes(new_entries.view()), k_rows = Bytes(new_keys.view()),
-                             r_rows = Bytes(kv_rows.view());
+  std::vector<std::vector<uint8_t>> want_entries, want_keys;
+  const std::vector<uint8_t> e_rows = Bytes(new_entries.view()), k_rows = Bytes(new_keys.view());
   for (int64_t i = 0; i < rows; ++i) {
     want_entries.push_back(Bytes(entries[i].view()));
     want_keys.push_back(Bytes(keys[i].view()));
-    want_rings.push_back(Bytes(rings[i].view()));
     const int64_t p = positions[i];
     if ((p + 1) % m == 0) {
       std::memcpy(want_entries[i].data() + p / m * dim * 2, e_rows.data() + i * dim * 2, dim * 2);
       std::memcpy(want_keys[i].data() + p / m * idim * 2, k_rows.data() + i * idim * 2, idim * 2);
     }
-    std::memcpy(want_rings[i].data() + p % window * dim * 2, r_rows.data() + i * dim * 2, dim * 2);
   }
   ASSERT_TRUE(
       DecodeCompressCommit(t, /*indexer=*/false, d_positions.view(), new_entries.view(), m).ok());
   ASSERT_TRUE(
       DecodeCompressCommit(t, /*indexer=*/true, d_positions.view(), new_keys.view(), m).ok());
-  ASSERT_TRUE(DecodeRingWrite(t, d_positions.view(), kv_rows.view(), window).ok());
   for (int64_t i = 0; i < rows; ++i) {
     const std::string seq =
         "sequence " + std::to_string(i) + " (p " + std::to_string(positions[i]) + ")";
     EXPECT_EQ(Mismatches(seq + " entries", Bytes(entries[i].view()), want_entries[i], 2), 0);
     EXPECT_EQ(Mismatches(seq + " index keys", Bytes(keys[i].view()), want_keys[i], 2), 0);
-    EXPECT_EQ(Mismatches(seq + " ring", Bytes(rings[i].view()), want_rings[i], 2), 0);
   }
 }
 
@@ -620,8 +612,10 @@ struct AttentionCase {
   std::vector<int32_t> positions;
 };
 
-// Built items equal the host's; DecodeAttentionOnDevice on them equals DecodeAttention on the
-// host's, bit for bit.
+// DecodeRingWriteAndAttentionItems: the rings equal the host's copies of each K=V row into slot
+// p mod window, the built items the host's; DecodeAttentionOnDevice on them, after the ring write,
+// equals DecodeAttention on the host's items before it, bit for bit (the write may precede the
+// attention: it changes no slot an item reads).
 void CheckAttention(const AttentionCase& c) {
   SCOPED_TRACE(c.name);
   const int64_t heads = 20, dim = 128, window = 32;
@@ -633,24 +627,39 @@ void CheckAttention(const AttentionCase& c) {
   const Tensor device_out = Dev(DType::kBF16, {rows, heads, dim});
   const Tensor items = Dev(DType::kU8, {rows * static_cast<int64_t>(sizeof(DecodeAttentionItem))});
   auto* d_items = static_cast<DecodeAttentionItem*>(items.view().data);
-  ASSERT_TRUE(BuildDecodeAttentionItems(s.device_table(), s.d_positions.view(), s.q.view(),
-                                        s.kv_rows.view(), device_out.view(), c.ratio,
-                                        s.picks.defined() ? s.picks.view() : TensorView(), d_items)
-                  .ok());
   const std::vector<DecodeAttentionItem> host_items = HostAttentionItems(s, host_out);
+  // The host path's order: attention over the rings before the new rows go in.
+  ASSERT_TRUE(DecodeAttention(host_items, sink.data<float>(), heads, dim, window, scale).ok());
+  // Expected rings: the rings before, with each row's slot replaced by its K=V row.
+  std::vector<std::vector<uint8_t>> want_rings;
+  const std::vector<uint8_t> kv_bytes = Bytes(s.kv_rows.view());
+  for (int64_t i = 0; i < rows; ++i) {
+    want_rings.push_back(Bytes(s.rings[i].view()));
+    std::memcpy(want_rings[i].data() + s.positions[i] % window * dim * 2,
+                kv_bytes.data() + i * dim * 2, dim * 2);
+  }
+  ASSERT_TRUE(DecodeRingWriteAndAttentionItems(s.device_table(), s.d_positions.view(), s.q.view(),
+                                               s.kv_rows.view(), device_out.view(), window, c.ratio,
+                                               s.picks.defined() ? s.picks.view() : TensorView(),
+                                               d_items)
+                  .ok());
+  for (int64_t i = 0; i < rows; ++i) {
+    const std::string ring =
+        c.name + " ring " + std::to_string(i) + " (p " + std::to_string(s.positions[i]) + ")";
+    EXPECT_EQ(Mismatches(ring, Bytes(s.rings[i].view()), want_rings[i], 2), 0);
+  }
   // The host's items with out redirected: what the built items must hold.
   std::vector<DecodeAttentionItem> want = host_items;
   for (int64_t i = 0; i < rows; ++i) want[i].out = Row(device_out.view(), i);
   ExpectSameItems(Download<DecodeAttentionItem>(items, rows), want);
 
-  ASSERT_TRUE(DecodeAttention(host_items, sink.data<float>(), heads, dim, window, scale).ok());
   ASSERT_TRUE(DecodeAttentionOnDevice(d_items, rows, MaxKeys(host_items, window),
                                       sink.data<float>(), heads, dim, window, scale)
                   .ok());
   EXPECT_EQ(MismatchesOf(c.name + " attention out", device_out.view(), host_out.view()), 0);
 }
 
-TEST(CudaDecodeGraph, AttentionItemsAndLaunchMatchHostItems) {
+TEST(CudaDecodeGraph, RingWriteAndAttentionItemsAndLaunchMatchHost) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   // Rows before the first entry (null comp), at the first, and far in (the ring wrapped).
   CheckAttention({"CSA m 4 top-6", 4, 6, {2, 3, 40, 7, 500, 0}});
@@ -726,9 +735,25 @@ TEST(CudaDecodeGraph, BadArgumentsAreInvalidArgument) {
                                 wrong_cos.view(), sin.view());
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(status.message().find("cos has shape"), std::string::npos) << status;
-  status = DecodeRingWrite(nullptr, positions.view(), kv.view(), 8);
+  // The combined ring write and items: the null table, the window, kv_rows' shape.
+  const Tensor q = Dev(DType::kBF16, {2, 4, 32});
+  const Tensor kv_rows = Dev(DType::kBF16, {2, 32});
+  const Tensor attn = Dev(DType::kBF16, {2, 4, 32});
+  const Tensor items = Dev(DType::kU8, {2 * static_cast<int64_t>(sizeof(DecodeAttentionItem))});
+  auto* d_items = static_cast<DecodeAttentionItem*>(items.view().data);
+  status = DecodeRingWriteAndAttentionItems(nullptr, positions.view(), q.view(), kv_rows.view(),
+                                            attn.view(), 8, 0, TensorView(), d_items);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(status.message().find("table"), std::string::npos) << status;
+  status = DecodeRingWriteAndAttentionItems(t, positions.view(), q.view(), kv_rows.view(),
+                                            attn.view(), 0, 0, TensorView(), d_items);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("window must be positive"), std::string::npos) << status;
+  const Tensor wrong_kv_rows = Dev(DType::kBF16, {2, 64});
+  status = DecodeRingWriteAndAttentionItems(t, positions.view(), q.view(), wrong_kv_rows.view(),
+                                            attn.view(), 8, 0, TensorView(), d_items);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("kv_rows has shape"), std::string::npos) << status;
 }
 
 }  // namespace
