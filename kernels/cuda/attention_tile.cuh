@@ -75,17 +75,34 @@ __device__ __forceinline__ void TcLoadQueries(const TcTile& t, const uint16_t* q
 
 // Copies the rows t.rows[0 .. kTcKeys) (filled by threads < kTcKeys before the call; null: a zero
 // row marked invalid) into t.keys with cp.async and sets t.valid. `fallback`: any global address
-// (never read). Starts and ends with a barrier.
+// (never read). Starts and ends with a barrier. When a row's 16-byte pieces divide the block
+// (D = 128, 256, 512: 16, 32, 64 of them), each thread keeps one piece column and steps over rows,
+// with no division per copy: the decode kernels issue instructions, not bytes, at their limit
+// (Nsight Compute at batch 256: ~2 warps a scheduler, one issue every 3.5 cycles).
 __device__ __forceinline__ void TcGatherKeys(const TcTile& t, int64_t head_dim,
                                              const void* fallback) {
   __syncthreads();
   if (threadIdx.x < kTcKeys) t.valid[threadIdx.x] = t.rows[threadIdx.x] != nullptr;
   const int vec_per_row = static_cast<int>(head_dim / 8);
-  for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
-    const int k = e / vec_per_row, v = e % vec_per_row;
-    const uint16_t* row = t.rows[k];
-    CpAsync16(t.keys + k * t.stride + v * 8, row != nullptr ? row + v * 8 : fallback,
-              row != nullptr);
+  if (kTcThreads % vec_per_row == 0) {
+    const int v = static_cast<int>(threadIdx.x) % vec_per_row;
+    const int rows_per_round = kTcThreads / vec_per_row;
+    uint16_t* dst = t.keys + v * 8;
+    const int64_t dst_step = rows_per_round * t.stride;
+    dst += (static_cast<int>(threadIdx.x) / vec_per_row) * t.stride;
+#pragma unroll 4
+    for (int k = static_cast<int>(threadIdx.x) / vec_per_row; k < kTcKeys;
+         k += rows_per_round, dst += dst_step) {
+      const uint16_t* row = t.rows[k];
+      CpAsync16(dst, row != nullptr ? row + v * 8 : fallback, row != nullptr);
+    }
+  } else {
+    for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
+      const int k = e / vec_per_row, v = e % vec_per_row;
+      const uint16_t* row = t.rows[k];
+      CpAsync16(t.keys + k * t.stride + v * 8, row != nullptr ? row + v * 8 : fallback,
+                row != nullptr);
+    }
   }
   CpAsyncCommit();
   CpAsyncWait<0>();

@@ -57,6 +57,9 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
   const int64_t chunk = (tiles + p.splits - 1) / p.splits * kTcKeys;
   const int64_t begin = Min64(total, int64_t{blockIdx.z} * chunk);
   const int64_t end = Min64(total, begin + chunk);
+  // Ring slot of window key 0 (position t - cached); key v < cached sits v slots on, wrapping
+  // once at most (cached < window): one 64-bit modulo a block instead of one a key.
+  const int64_t first_slot = (t - cached) % p.window;
   float acc[kTcMaxTiles][4];
 #pragma unroll
   for (int n = 0; n < kTcMaxTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -66,7 +69,8 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttentionKernel(AttnParams p
       const uint16_t* row = nullptr;
       if (v < end) {
         if (v < cached) {
-          row = ring + ((t - cached + v) % p.window) * D;
+          const int64_t slot = first_slot + v;
+          row = ring + (slot < p.window ? slot : slot - p.window) * D;
         } else if (v == cached) {
           row = static_cast<const uint16_t*>(it.own_kv);
         } else {
