@@ -209,22 +209,53 @@ __device__ __forceinline__ void TcAttendTile(const TcTile& t, int64_t head_dim, 
     }
   }
   __syncthreads();
-  // Online softmax, warp w on rows 4w .. 4w + 3: new max, rescale, P in bf16, sums.
-  for (int r = 4 * warp; r < 4 * warp + 4; ++r) {
-    const float s0 = t.scores[r * kTcKeys + lane], s1 = t.scores[r * kTcKeys + lane + 32];
-    const float old_max = t.run_max[r];
-    const float new_max = fmaxf(old_max, WarpMax(fmaxf(s0, s1)));
-    const float e0 = s0 == -INFINITY ? 0.0f : expf(s0 - new_max);
-    const float e1 = s1 == -INFINITY ? 0.0f : expf(s1 - new_max);
-    const float tile_sum = WarpSum(e0 + e1);
-    const __nv_bfloat16 b0 = __float2bfloat16(e0), b1 = __float2bfloat16(e1);
+  // Online softmax, warp w on rows 4w .. 4w + 3: new max, rescale, P in bf16, sums. The four
+  // rows' loads come first and their shuffle reductions side by side (independent chains in
+  // flight instead of one row's after another's; each row's arithmetic is unchanged).
+  constexpr int kWarpRows = kTcHeads / kTcWarps;
+  const int r0 = kWarpRows * warp;
+  float s0[kWarpRows], s1[kWarpRows], old_max[kWarpRows], new_max[kWarpRows];
+  float e0[kWarpRows], e1[kWarpRows], tile_sum[kWarpRows];
+#pragma unroll
+  for (int i = 0; i < kWarpRows; ++i) {
+    s0[i] = t.scores[(r0 + i) * kTcKeys + lane];
+    s1[i] = t.scores[(r0 + i) * kTcKeys + lane + 32];
+    old_max[i] = t.run_max[r0 + i];
+  }
+#pragma unroll
+  for (int i = 0; i < kWarpRows; ++i) new_max[i] = fmaxf(s0[i], s1[i]);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+#pragma unroll
+    for (int i = 0; i < kWarpRows; ++i) {
+      new_max[i] = fmaxf(new_max[i], __shfl_xor_sync(0xffffffffu, new_max[i], offset));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kWarpRows; ++i) {
+    new_max[i] = fmaxf(old_max[i], new_max[i]);
+    e0[i] = s0[i] == -INFINITY ? 0.0f : expf(s0[i] - new_max[i]);
+    e1[i] = s1[i] == -INFINITY ? 0.0f : expf(s1[i] - new_max[i]);
+    tile_sum[i] = e0[i] + e1[i];
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+#pragma unroll
+    for (int i = 0; i < kWarpRows; ++i) {
+      tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], offset);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kWarpRows; ++i) {
+    const int r = r0 + i;
+    const __nv_bfloat16 b0 = __float2bfloat16(e0[i]), b1 = __float2bfloat16(e1[i]);
     t.probs[r * (kTcKeys + 8) + lane] = *reinterpret_cast<const uint16_t*>(&b0);
     t.probs[r * (kTcKeys + 8) + lane + 32] = *reinterpret_cast<const uint16_t*>(&b1);
     if (lane == 0) {
-      const float factor = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
+      const float factor = new_max[i] == -INFINITY ? 1.0f : expf(old_max[i] - new_max[i]);
       t.rescale[r] = factor;
-      t.run_sum[r] = t.run_sum[r] * factor + tile_sum;
-      t.run_max[r] = new_max;
+      t.run_sum[r] = t.run_sum[r] * factor + tile_sum[i];
+      t.run_max[r] = new_max[i];
     }
   }
   __syncthreads();
