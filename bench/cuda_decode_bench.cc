@@ -26,8 +26,9 @@
 //  - {"kind": "decode_long", "context", "ms_per_step", "tokens_per_s", "host_ms_per_step"}: batch-1
 //    decode after the longest prefill above.
 // host_ms_per_step: the host's time inside Step() (near ms_per_step: the host is the bottleneck).
-// PROFILE_DECODE=1 adds one untimed step to each graph-replayed decode run (not to the
-// launch-by-launch runs after them) between cudaProfilerStart/Stop, for
+// PROFILE_DECODE=1 adds one untimed step to each batch's graph-replayed decode run (not to the
+// single-stream run after the longest prompt, nor to the launch-by-launch or host-MoE runs)
+// between cudaProfilerStart/Stop, for
 // `ncu --profile-from-start off --print-summary per-kernel ...`.
 // Times include the host-side parts (per-sequence launch setup, uploads, allocations); logits stay
 // on the device unless HOST_LOGITS=1.
@@ -81,7 +82,7 @@ int Main(int argc, char** argv) {
   const bool compare_host_moe = compare_env != nullptr && std::string(compare_env) == "1";
   const char* host_logits_env = std::getenv("HOST_LOGITS");
   const bool host_logits = host_logits_env != nullptr && std::string(host_logits_env) == "1";
-  // PROFILE_DECODE=1: one extra untimed step of each graph-replayed decode run between
+  // PROFILE_DECODE=1: one extra untimed step of each batch's graph-replayed decode run between
   // cudaProfilerStart and cudaProfilerStop (ncu --profile-from-start off ... times just that
   // step's kernels).
   const char* profile_env = std::getenv("PROFILE_DECODE");
@@ -170,7 +171,7 @@ int Main(int argc, char** argv) {
   // The most rows any one expert got in each MoE layer at the routed step (comma-separated).
   std::string expert_rows;
   auto decode = [&](const std::vector<int64_t>& handles, double* weight_bytes, double* host_ms,
-                    bool device_moe = true, bool graphs = true) {
+                    bool device_moe = true, bool graphs = true, bool profile = false) {
     std::vector<int32_t> tokens(handles.size());
     double host_seconds = 0;
     auto step = [&](int64_t j, bool routing) {
@@ -208,7 +209,7 @@ int Main(int argc, char** argv) {
     step(0, true);
     step(1, false);
     Check(kernels::cuda::Synchronize(), "sync");
-    if (profile_one_step && graphs) {  // PROFILE_DECODE=1: one step between cudaProfilerStart/Stop
+    if (profile) {  // PROFILE_DECODE=1: one step between cudaProfilerStart and Stop
       cudaProfilerStart();
       step(2, false);
       Check(kernels::cuda::Synchronize(), "sync");
@@ -243,7 +244,8 @@ int Main(int argc, char** argv) {
       handles.push_back(*fork);
     }
     double weight_bytes = 0, host_ms = 0;
-    const double ms = decode(handles, &weight_bytes, &host_ms);
+    const double ms = decode(handles, &weight_bytes, &host_ms, /*device_moe=*/true,
+                             /*graphs=*/true, /*profile=*/profile_one_step);
     const double tps = batch * 1e3 / ms;
     const double bound = batch / (weight_bytes / (gb_per_s * 1e9));
     std::printf(
