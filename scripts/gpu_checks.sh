@@ -17,7 +17,9 @@
 #                                                                             -> profile.txt
 #        kernels Nsight Compute GPU time by kernel (not in the default STEPS) of one bf16-GEMM
 #                training step at 4,096 tokens and one decode step at batch 256
-#                (scripts/ncu_kernel_table.py; base clocks, so compare shares)
+#                (scripts/ncu_kernel_table.py; at the GPU's own clocks with warm caches,
+#                so a decode step's kernel times add up to about its wall time; NCU_BASE=1
+#                locks base clocks and flushes caches between kernels instead)
 #                                                      -> kernels_train.txt, kernels_decode.txt
 #        ab      (not in the default STEPS) the same v4rl-only timings of BUNDLE and of BASELINE
 #                (another bundle carried in the same call, e.g. one packed from the parent commit
@@ -25,7 +27,7 @@
 #                at 4,096 tokens, prefill at 4K/16K and decode at batch 1/64/256, BASELINE first;
 #                AB_ROUNDS=N alternates the two N times (calls differ by 1-2%: compare within
 #                one), AB_DECODE_ONLY=1 skips the training steps              -> ab.txt
-# Env: BUNDLE (device_bundle), BASELINE (for ab), LIMIT_S (per step, 420).
+# Env: BUNDLE (device_bundle), BASELINE (for ab), LIMIT_S (per step, 420), NCU_BASE (kernels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-tests,decode,train,long}"
@@ -96,7 +98,10 @@ if wants kernels; then
   ncu_table() {  # ncu_table OUT_FILE ENV=VALUE BINARY ARGS...
     local file="$1"; shift
     local ncu; ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-    timeout "$limit" env "$1" "$bundle/env.sh" "$ncu" --profile-from-start off --csv --page raw \
+    local clocks=(--clock-control none --cache-control none)
+    [[ -n "${NCU_BASE:-}" ]] && clocks=()
+    timeout "$limit" env "$1" "$bundle/env.sh" "$ncu" --profile-from-start off "${clocks[@]}" \
+      --csv --page raw \
       --metrics gpu__time_duration.sum "$bundle/bin/$2" "${@:3}" 2> "$file.err" |
       python3 scripts/ncu_kernel_table.py 45 > "$file"
   }

@@ -6,8 +6,10 @@ launch) and prints, per kernel name (template arguments and parameters stripped)
 the total milliseconds, the share of the total and the mean microseconds per launch, largest
 first; with SLOWEST > 0 also the slowest single launches, each with its grid (when the CSV has
 launch__grid_size) and the kernels launched just before and after it, to tell apart the calls of
-one kernel. ncu runs kernels one at a time at base clocks with cold caches, so totals run higher
-than the same step's wall time; compare shares, not absolute times.
+one kernel. ncu runs kernels one at a time; by default at base clocks with cold caches, so totals
+run higher than the same step's wall time (compare shares), while with `--clock-control none
+--cache-control none` (scripts/gpu_checks.sh kernels) a CUDA-graph decode step's kernel times add
+up to about its wall time.
 
     ncu --profile-from-start off --csv --page raw --metrics gpu__time_duration.sum \\
         BINARY ARGS... | python3 scripts/ncu_kernel_table.py [TOP=40] [SLOWEST=0]
