@@ -5,7 +5,8 @@
 // entries plus the window (16 heads of 512, window 128). Each context prints one JSON line per op
 // with microseconds per call, and every context after the first also the growth over the first
 // and the ratio to it (the baseline, run in the same process) per op and for one decode step's
-// share of these ops (3 CSA + 4 HCA layers, as the mid config).
+// share of these ops (3 CSA + 5 HCA layers, as the mid config; the step share counted 4 HCA
+// layers before session 11).
 //
 //   cuda_long_decode_bench [CONTEXTS=4096,1000000] [ITERS=50]
 #include <cstdio>
@@ -34,7 +35,7 @@ using core::Tensor;
 
 constexpr int64_t kHeads = 16, kHeadDim = 512, kWindow = 128;
 constexpr int64_t kIndexHeads = 16, kIndexDim = 128, kTopK = 512;
-constexpr int64_t kCsaRatio = 4, kHcaRatio = 128, kCsaLayers = 3, kHcaLayers = 4;
+constexpr int64_t kCsaRatio = 4, kHcaRatio = 128, kCsaLayers = 3, kHcaLayers = 5;
 
 struct OpTimes {
   double indexer_us, select_us, csa_attention_us, hca_attention_us;
