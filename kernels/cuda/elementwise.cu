@@ -26,6 +26,26 @@ struct RmsNormParams {
   bool round_before_rope = true;  // RopeRounding::kBeforeRotation
 };
 
+// One interleaved RoPE pair (x0, x1) rotated by (c, s) (s negated for the inverse), without FMA
+// contraction, as the CPU's separate multiplies and adds: the arithmetic of every rotation here
+// (RopeKernel, RmsNormRope's RopeChunk, RopeCopyKernel), so their bits agree.
+__device__ __forceinline__ void RotatePair(float& x0, float& x1, float c, float s) {
+  const float r0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+  const float r1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+  x0 = r0;
+  x1 = r1;
+}
+
+// The four pairs of an 8-wide chunk whose first pair uses entry i0 of the cos, sin row.
+__device__ __forceinline__ void RotateChunk8(float (&v)[8], const float* cos, const float* sin,
+                                             int64_t i0, bool inverse) {
+#pragma unroll
+  for (int k = 0; k < 8; k += 2) {
+    const float sn = inverse ? -sin[i0 + k / 2] : sin[i0 + k / 2];
+    RotatePair(v[k], v[k + 1], cos[i0 + k / 2], sn);
+  }
+}
+
 // The rope part of the normalised 8-wide chunk at column c of row r, as RopeKernel rotates the
 // stored values: rounded to out's dtype (unless !p.round_before_rope: kept in f32, as an f32 out
 // would store them), then pairs (offset + 2i, offset + 2i + 1) by cos, sin[i] with RopeKernel's
@@ -34,16 +54,11 @@ __device__ __forceinline__ void RopeChunk(const RmsNormParams& p, int64_t r, int
                                           float (&v)[8]) {
   const int64_t offset = p.dim - 2 * p.half;
   if (c < offset) return;
-  const int64_t table = (r / p.heads) * p.half + (c - offset) / 2;
-  const bool round = p.out_bf16 && p.round_before_rope;
+  if (p.out_bf16 && p.round_before_rope) {
 #pragma unroll
-  for (int k = 0; k < 8; k += 2) {
-    const float x0 = round ? __bfloat162float(__float2bfloat16(v[k])) : v[k];
-    const float x1 = round ? __bfloat162float(__float2bfloat16(v[k + 1])) : v[k + 1];
-    const float cs = p.cos[table + k / 2], sn = p.sin[table + k / 2];
-    v[k] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
-    v[k + 1] = __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn));
+    for (int k = 0; k < 8; ++k) v[k] = __bfloat162float(__float2bfloat16(v[k]));
   }
+  RotateChunk8(v, p.cos, p.sin, (r / p.heads) * p.half + (c - offset) / 2, /*inverse=*/false);
 }
 
 // One block per row: the sum of squares in f32, then every channel scaled (and weighted).
@@ -141,12 +156,11 @@ __global__ void RopeKernel(RopeParams p) {
        e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t i = e % p.half, h = (e / p.half) % p.heads, r = e / (p.half * p.heads);
     const int64_t base = r * p.row_stride + h * p.head_stride + offset + 2 * i;
-    const float x0 = LoadF(p.x, p.bf16, base), x1 = LoadF(p.x, p.bf16, base + 1);
-    const float c = p.cos[r * p.half + i];
-    const float s = p.inverse ? -p.sin[r * p.half + i] : p.sin[r * p.half + i];
-    // No FMA contraction, as the CPU's separate multiplies and adds.
-    StoreF(p.x, p.bf16, base, __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
-    StoreF(p.x, p.bf16, base + 1, __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
+    float x0 = LoadF(p.x, p.bf16, base), x1 = LoadF(p.x, p.bf16, base + 1);
+    RotatePair(x0, x1, p.cos[r * p.half + i],
+               p.inverse ? -p.sin[r * p.half + i] : p.sin[r * p.half + i]);
+    StoreF(p.x, p.bf16, base, x0);
+    StoreF(p.x, p.bf16, base + 1, x1);
   }
 }
 
@@ -171,15 +185,7 @@ __global__ void RopeCopyKernel(RopeCopyParams p) {
     float v[8];
     Load8(p.x, p.x_bf16, r * p.dim + c, v);
     if (c >= offset) {
-      const int64_t table = (r / p.heads) * p.half + (c - offset) / 2;
-#pragma unroll
-      for (int k = 0; k < 8; k += 2) {
-        const float x0 = v[k], x1 = v[k + 1];
-        const float cs = p.cos[table + k / 2];
-        const float sn = p.inverse ? -p.sin[table + k / 2] : p.sin[table + k / 2];
-        v[k] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
-        v[k + 1] = __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn));
-      }
+      RotateChunk8(v, p.cos, p.sin, (r / p.heads) * p.half + (c - offset) / 2, p.inverse);
     }
     Store8(p.out, p.out_bf16, r * p.dim + c, v);
   }
@@ -285,6 +291,22 @@ absl::Status RmsNormSetup(const char* op, const core::TensorView& x, const core:
   return absl::OkStatus();
 }
 
+// cos, sin: the f32 device tables [rows, rope_dim / 2] of a rotation of rows of `dim` channels
+// (rope_dim <= dim), as ApplyRope, RmsNormRope and RopeCopy take them.
+absl::Status CheckRotationTables(const char* op, const core::TensorView& cos,
+                                 const core::TensorView& sin, int64_t rows, int64_t dim) {
+  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
+  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
+  const std::string shape = absl::StrFormat(
+      "cos must be [%d, rope_dim / 2] with rope_dim <= %d, got %s", rows, dim, cos.DebugString());
+  if (absl::Status s = CheckArg(cos.rank == 2 && cos.shape[0] == rows && 2 * cos.shape[1] <= dim,
+                                op, shape.c_str());
+      !s.ok()) {
+    return s;
+  }
+  return CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]});
+}
+
 absl::Status LaunchRmsNorm(const char* op, const RmsNormParams& p) {
   if (p.rows == 0) return absl::OkStatus();
   const int threads =
@@ -322,13 +344,7 @@ absl::Status RmsNormRope(const core::TensorView& x, const core::TensorView& weig
     return s;
   }
   const core::TensorView rotated = out.Reshape({p.rows / heads, heads, p.dim});
-  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
-  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
-  if (absl::Status s =
-          CheckArg(cos.rank == 2 && cos.shape[0] == p.rows / heads && 2 * cos.shape[1] <= p.dim &&
-                       sin.SameShape({cos.shape[0], cos.shape[1]}),
-                   op, "cos, sin must be [rows / heads, rope_dim / 2], rope_dim <= D");
-      !s.ok()) {
+  if (absl::Status s = CheckRotationTables(op, cos, sin, p.rows / heads, p.dim); !s.ok()) {
     return s;
   }
   const int64_t half = cos.shape[1];
@@ -485,15 +501,7 @@ absl::Status ApplyRope(const core::TensorView& x, const core::TensorView& cos,
         "got %s",
         op, x.DebugString()));
   }
-  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
-  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
-  if (absl::Status s = CheckArg(cos.rank == 2 && cos.shape[0] == x.shape[0] &&
-                                    2 * cos.shape[1] <= x.shape[2],
-                                op, "cos must be [M, rope_dim / 2] with rope_dim <= head_dim");
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = CheckViewShape(op, "sin", sin, {cos.shape[0], cos.shape[1]}); !s.ok()) {
+  if (absl::Status s = CheckRotationTables(op, cos, sin, x.shape[0], x.shape[2]); !s.ok()) {
     return s;
   }
   RopeParams p{x.data, cos.data_as<float>(), sin.data_as<float>(), x.shape[0], x.shape[1],
@@ -519,13 +527,7 @@ absl::Status RopeCopy(const core::TensorView& x, const core::TensorView& cos,
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckDeviceView(op, "cos", cos, {core::DType::kF32}); !s.ok()) return s;
-  if (absl::Status s = CheckDeviceView(op, "sin", sin, {core::DType::kF32}); !s.ok()) return s;
-  if (absl::Status s =
-          CheckArg(cos.rank == 2 && cos.shape[0] == x.shape[0] && 2 * cos.shape[1] <= x.shape[2] &&
-                       sin.SameShape({cos.shape[0], cos.shape[1]}),
-                   op, "cos, sin must be [M, rope_dim / 2] with rope_dim <= head_dim");
-      !s.ok()) {
+  if (absl::Status s = CheckRotationTables(op, cos, sin, x.shape[0], x.shape[2]); !s.ok()) {
     return s;
   }
   const int64_t dim = x.shape[2], half = cos.shape[1];
