@@ -156,39 +156,52 @@ absl::Status CompressAppend(CudaModel::Impl& m, DecodeStepState& st, const Compr
 }  // namespace
 }  // namespace cuda_internal
 
-absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeQueryAndKv(
+absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeProjections(
     const AttentionWeights& w, AttentionType type, const TensorView& x) {
   const DecodeStepState& st = *decode;
-  const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
-  const TensorView cos = st.cos(type), sin = st.sin(type);
   // As Attention: the fused input GEMMs, the compressors' gate bias at each row's position.
   DecodeQueryKv out;
   Tensor xq_storage;
   V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
   V4RL_ASSIGN_OR_RETURN(out.projections,
                         ProjectAttentionInput(w, type, x, xq, st.positions.view()));
-  const AttentionProjections& p = out.projections;
-  out.qr = Dev(DType::kBF16, {n, config.q_lora_rank});
-  V4RL_RETURN_IF_ERROR(kc::RmsNorm(p.qr, w.q_norm.view(), eps(), out.qr.view()));
+  out.qr = Dev(DType::kBF16, {num_tokens, config.q_lora_rank});
+  V4RL_RETURN_IF_ERROR(kc::RmsNorm(out.projections.qr, w.q_norm.view(), eps(), out.qr.view()));
   V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(out.qr.view()));
-  out.q = Dev(DType::kBF16, {n, heads, dim});
+  return out;
+}
+
+absl::Status CudaModel::Impl::DecodeQueryRows(const AttentionWeights& w, AttentionType type,
+                                              DecodeQueryKv* qkv) {
+  const DecodeStepState& st = *decode;
+  const int64_t heads = config.num_heads, dim = config.head_dim, n = num_tokens;
+  const TensorView cos = st.cos(type), sin = st.sin(type);
+  qkv->q = Dev(DType::kBF16, {n, heads, dim});
   V4RL_RETURN_IF_ERROR(
-      kc::Gemm(*gemm, out.qr.view(), w.wq_b.view(), out.q.view().Reshape({n, heads * dim})));
+      kc::Gemm(*gemm, qkv->qr.view(), w.wq_b.view(), qkv->q.view().Reshape({n, heads * dim})));
   // Each head normalised, then rotated (one launch); the K=V row likewise with kv_norm.
   V4RL_RETURN_IF_ERROR(
-      kc::RmsNormRope(out.q.view(), TensorView(), eps(), cos, sin, heads, out.q.view()));
-  out.kv = Dev(DType::kBF16, {n, dim});
-  V4RL_RETURN_IF_ERROR(kc::RmsNormRope(p.kv, w.kv_norm.view(), eps(), cos, sin, 1, out.kv.view()));
-  V4RL_RETURN_IF_ERROR(KvQat(out.kv.view()));
+      kc::RmsNormRope(qkv->q.view(), TensorView(), eps(), cos, sin, heads, qkv->q.view()));
+  qkv->kv = Dev(DType::kBF16, {n, dim});
+  V4RL_RETURN_IF_ERROR(
+      kc::RmsNormRope(qkv->projections.kv, w.kv_norm.view(), eps(), cos, sin, 1, qkv->kv.view()));
+  return KvQat(qkv->kv.view());
+}
+
+absl::StatusOr<CudaModel::Impl::DecodeQueryKv> CudaModel::Impl::DecodeQueryAndKv(
+    const AttentionWeights& w, AttentionType type, const TensorView& x) {
+  V4RL_ASSIGN_OR_RETURN(DecodeQueryKv out, DecodeProjections(w, type, x));
+  V4RL_RETURN_IF_ERROR(DecodeQueryRows(w, type, &out));
   return out;
 }
 
 absl::StatusOr<Tensor> CudaModel::Impl::DecodeIndexerQuery(const IndexerWeights& w,
                                                            const Tensor& qr, const TensorView& cos,
-                                                           const TensorView& sin) {
+                                                           const TensorView& sin,
+                                                           kc::GemmHandle& handle) {
   const int64_t ih = config.index_n_heads, id = config.index_head_dim, n = num_tokens;
   Tensor iq = Dev(DType::kBF16, {n, ih, id});
-  V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, qr.view(), w.wq_b.view(), iq.view().Reshape({n, ih * id})));
+  V4RL_RETURN_IF_ERROR(kc::Gemm(handle, qr.view(), w.wq_b.view(), iq.view().Reshape({n, ih * id})));
   V4RL_RETURN_IF_ERROR(kc::ApplyRope(iq.view(), cos, sin, /*inverse=*/false));
   V4RL_RETURN_IF_ERROR(IndexerFp4(iq.view().Reshape({n * ih, id})));
   return iq;
@@ -243,7 +256,7 @@ absl::Status CudaModel::Impl::AttentionDecode(const AttentionWeights& w, Attenti
       }
     } else {
       const int64_t ih = config.index_n_heads, id = config.index_head_dim;
-      V4RL_ASSIGN_OR_RETURN(const Tensor iq, DecodeIndexerQuery(w.indexer, qr, cos, sin));
+      V4RL_ASSIGN_OR_RETURN(const Tensor iq, DecodeIndexerQuery(w.indexer, qr, cos, sin, *gemm));
       const Tensor& head_weights = p.index_weights;  // scaled by ih^-0.5
       // Single-token spans: scores of every sequence in one launch, then one selection.
       std::vector<kc::DecodeIndexerItem> items;

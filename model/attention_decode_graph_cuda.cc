@@ -7,11 +7,14 @@
 // size from the step's position bound, so one recording serves the later steps of its bucket.
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <vector>
 
 #include "core/status.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/decode_graph.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/graph.h"
 #include "kernels/cuda/indexer.h"
 #include "model/decode_cuda_state.h"
 
@@ -57,38 +60,48 @@ absl::Status CudaModel::Impl::AttentionDecodeGraph(const AttentionWeights& w, At
   const int64_t ratio = sliding ? 0 : config.CompressRatio(type);
   const kc::DecodeRowState* table = st.table + st.layer * n;
   const TensorView cos = st.cos(type), sin = st.sin(type);
-  V4RL_ASSIGN_OR_RETURN(const DecodeQueryKv qkv, DecodeQueryAndKv(w, type, x));
+  V4RL_ASSIGN_OR_RETURN(DecodeQueryKv qkv, DecodeProjections(w, type, x));
   const AttentionProjections& p = qkv.projections;
-  const Tensor& qr = qkv.qr;
+
+  // Up to three chains that read the projections and write nothing another reads, as parallel
+  // branches of the graph (kc::RunConcurrently): the queries and the K=V row; the compressor's
+  // new entries; for CSA the indexer's new keys, then its queries' scores over every key and the
+  // picks (at long context the longest chain: the others run beside it).
+  Tensor picks;
+  std::vector<std::function<absl::Status()>> chains;
+  chains.push_back([&] { return DecodeQueryRows(w, type, &qkv); });
+  if (!sliding) {
+    chains.push_back([&] {
+      return CompressAppendOnDevice(*this, st, table, w.compressor, p.comp, ratio, csa, false);
+    });
+  }
+  if (csa) {
+    chains.push_back([&]() -> absl::Status {
+      V4RL_RETURN_IF_ERROR(CompressAppendOnDevice(*this, st, table, w.indexer.compressor, p.index,
+                                                  ratio, true, true));
+      const int64_t ih = config.index_n_heads, id = config.index_head_dim;
+      V4RL_ASSIGN_OR_RETURN(const Tensor iq,
+                            DecodeIndexerQuery(w.indexer, qkv.qr, cos, sin, *side_gemm));
+      // Scores over the bound's ld entries a row (-inf past a row's own; IndexerSelect ranks them
+      // last and attention skips picks past its entries).
+      const int64_t ld = st.position_bound / ratio;
+      const Tensor scores = Dev(DType::kF32, {n, ld});
+      const Tensor items =
+          Dev(DType::kU8, {n * static_cast<int64_t>(sizeof(kc::DecodeIndexerItem))});
+      auto* indexer_items = static_cast<kc::DecodeIndexerItem*>(items.view().data);
+      V4RL_RETURN_IF_ERROR(kc::BuildDecodeIndexerItems(table, st.positions.view(), iq.view(),
+                                                       p.index_weights.view(), scores.view(), ratio,
+                                                       indexer_items));
+      const float score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)));
+      V4RL_RETURN_IF_ERROR(
+          kc::DecodeIndexerScoresOnDevice(indexer_items, n, ih, id, ld, score_scale));
+      picks = Dev(DType::kI32, {n, std::min(config.index_topk, ld)});
+      return kc::IndexerSelect(scores.view(), /*q_pos0=*/ld * ratio, ratio, picks.view());
+    });
+  }
+  V4RL_RETURN_IF_ERROR(kc::RunConcurrently(chains));
   const Tensor& q = qkv.q;
   const TensorView kv_rows = qkv.kv.view();
-
-  // New entries; for CSA the indexer's keys and picks over the bound's ld entries a row (-inf
-  // past a row's own; IndexerSelect ranks them last and attention skips picks past its entries).
-  if (!sliding) {
-    V4RL_RETURN_IF_ERROR(
-        CompressAppendOnDevice(*this, st, table, w.compressor, p.comp, ratio, csa, false));
-  }
-  Tensor picks;
-  if (csa) {
-    V4RL_RETURN_IF_ERROR(
-        CompressAppendOnDevice(*this, st, table, w.indexer.compressor, p.index, ratio, true, true));
-    const int64_t ih = config.index_n_heads, id = config.index_head_dim;
-    V4RL_ASSIGN_OR_RETURN(const Tensor iq, DecodeIndexerQuery(w.indexer, qr, cos, sin));
-    const int64_t ld = st.position_bound / ratio;
-    const Tensor scores = Dev(DType::kF32, {n, ld});
-    const Tensor items = Dev(DType::kU8, {n * static_cast<int64_t>(sizeof(kc::DecodeIndexerItem))});
-    auto* indexer_items = static_cast<kc::DecodeIndexerItem*>(items.view().data);
-    V4RL_RETURN_IF_ERROR(kc::BuildDecodeIndexerItems(table, st.positions.view(), iq.view(),
-                                                     p.index_weights.view(), scores.view(), ratio,
-                                                     indexer_items));
-    const float score_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(id)));
-    V4RL_RETURN_IF_ERROR(
-        kc::DecodeIndexerScoresOnDevice(indexer_items, n, ih, id, ld, score_scale));
-    picks = Dev(DType::kI32, {n, std::min(config.index_topk, ld)});
-    V4RL_RETURN_IF_ERROR(
-        kc::IndexerSelect(scores.view(), /*q_pos0=*/ld * ratio, ratio, picks.view()));
-  }
 
   // Every row's K=V row into its ring and its item in one launch (the attention never reads the
   // slot of the row's own position: decode_graph.h), then the attention of every row over its

@@ -12,6 +12,7 @@
 #include "kernels/cuda/column_split.h"
 #include "kernels/cuda/compressor.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/graph.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/mhc.h"
@@ -177,6 +178,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& model)
       impl->compress_rope.inv_freq,
       Upload(Tensor::FromFloats({half}, model.compress_rope.inv_freq()), DType::kF32, &unused));
   V4RL_ASSIGN_OR_RETURN(impl->gemm, kc::GemmHandle::Create());
+  V4RL_ASSIGN_OR_RETURN(impl->side_gemm, kc::GemmHandle::Create());
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
 }
 
@@ -462,23 +464,48 @@ absl::Status CudaModel::Impl::OutputProjection(const AttentionWeights& w, const 
 
 absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const TensorView& x,
                                   const TensorView& out) {
+  Tensor xq_storage;  // x as the experts see it (the router reads x itself)
+  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
+  // The routing and routed experts beside the shared experts: parallel branches of a recorded
+  // decode step (kc::RunConcurrently), one after the other elsewhere.
+  RoutedExpertRows routed_rows;
+  Tensor shared_out;
+  V4RL_RETURN_IF_ERROR(kc::RunConcurrently({
+      [&]() -> absl::Status {
+        V4RL_ASSIGN_OR_RETURN(routed_rows, RoutedExperts(w, type, x, xq));
+        return absl::OkStatus();
+      },
+      [&]() -> absl::Status {
+        V4RL_ASSIGN_OR_RETURN(shared_out, SharedExperts(w, xq));
+        return absl::OkStatus();
+      },
+  }));
+  // With the FP8 simulation the weights were applied before the down projection.
+  return kc::MoeCombine(routed_rows.expert_out.view(), routed_rows.pick_of_slot.view(),
+                        routed_rows.weight.view(),
+                        shared_out.defined() ? shared_out.view() : TensorView(), out,
+                        /*weighted=*/!options.fp8_simulation);
+}
+
+absl::StatusOr<RoutedExpertRows> CudaModel::Impl::RoutedExperts(const MoeWeights& w, MlpType type,
+                                                                const TensorView& x,
+                                                                const TensorView& xq) {
   const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
   const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
   const float limit = static_cast<float>(config.swiglu_limit);
-  Tensor xq_storage;  // x as the experts see it (the router reads x itself)
-  V4RL_ASSIGN_OR_RETURN(const TensorView xq, Fp8Operand(x, &xq_storage));
   // Router.
   const Tensor logits = Dev(DType::kF32, {num_tokens, experts});
   V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, w.gate.view(), logits.view()));
   const Tensor idx = Dev(DType::kI32, {num_tokens, k});
-  const Tensor weight = Dev(DType::kF32, {num_tokens, k});
+  RoutedExpertRows rows;
+  rows.weight = Dev(DType::kF32, {num_tokens, k});
   kc::RouteArgs route;
   route.logits = logits.view();
   route.bias = w.bias.view();
   route.tid2eid = w.tid2eid.view();
   route.token_ids = token_ids.view();
   route.topk_idx = idx.view();
-  route.topk_weight = weight.view();
+  route.topk_weight = rows.weight.view();
   route.hash = type == MlpType::kHashMoe;
   route.route_scale = static_cast<float>(config.routed_scaling_factor);
   Tensor replay;
@@ -502,7 +529,10 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
     route.replay_idx = replay.view().Reshape({num_tokens, k});
   }
   V4RL_RETURN_IF_ERROR(kc::RouteTopK(route));
-  if (options.device_moe_dispatch) return MoeDevicePlan(w, xq, idx, weight, out);
+  if (options.device_moe_dispatch) {
+    V4RL_RETURN_IF_ERROR(MoeDevicePlan(w, xq, idx, &rows));
+    return rows;
+  }
   // Dispatch plan on the host (the CPU's order), then gather, experts, combine on the device.
   Tensor host_idx = Tensor::Empty(DType::kI32, {num_tokens, k});
   V4RL_RETURN_IF_ERROR(kc::Copy(idx.view(), host_idx.view()));
@@ -515,8 +545,8 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
       kernels::plan::BuildMoeDispatchPlan(host_idx.data<int32_t>(), num_tokens, k, experts);
   const int64_t picks = static_cast<int64_t>(plan.slots.size());
   const Tensor slots = Dev(DType::kI32, {num_tokens * k});
-  const Tensor pick_of_slot = Dev(DType::kI32, {num_tokens * k});
-  V4RL_RETURN_IF_ERROR(kc::UploadMoePlan(plan, slots.view(), pick_of_slot.view()));
+  rows.pick_of_slot = Dev(DType::kI32, {num_tokens * k});
+  V4RL_RETURN_IF_ERROR(kc::UploadMoePlan(plan, slots.view(), rows.pick_of_slot.view()));
   const Tensor xp = Dev(DType::kBF16, {picks, hidden});
   V4RL_RETURN_IF_ERROR(kc::MoeGather(xq, slots.view(), k, xp.view()));
   const Tensor gate = Dev(DType::kBF16, {picks, inter});
@@ -526,16 +556,15 @@ absl::Status CudaModel::Impl::Moe(const MoeWeights& w, MlpType type, const Tenso
   V4RL_RETURN_IF_ERROR(
       kc::GroupedGemm(*gemm, xp.view(), w.w3.view(), plan.expert_offsets, up.view()));
   V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
-  V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), pick_of_slot, weight));
-  const Tensor expert_out = Dev(DType::kF32, {picks, hidden});
-  V4RL_RETURN_IF_ERROR(
-      kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets, expert_out.view()));
-  return SharedExpertsAndCombine(w, xq, expert_out, pick_of_slot, weight, out);
+  V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), rows.pick_of_slot, rows.weight));
+  rows.expert_out = Dev(DType::kF32, {picks, hidden});
+  V4RL_RETURN_IF_ERROR(kc::GroupedGemm(*gemm, gate.view(), w.w2.view(), plan.expert_offsets,
+                                       rows.expert_out.view()));
+  return rows;
 }
 
 absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorView& x,
-                                            const Tensor& idx, const Tensor& weight,
-                                            const TensorView& out) {
+                                            const Tensor& idx, RoutedExpertRows* rows) {
   const int64_t experts = config.num_routed_experts, k = config.num_experts_per_tok;
   const int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
   const float limit = static_cast<float>(config.swiglu_limit);
@@ -550,9 +579,9 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
   const int64_t slots_n = num_tokens * k;
   const Tensor offsets = Dev(DType::kI32, {experts + 1});
   const Tensor slots = Dev(DType::kI32, {slots_n});
-  const Tensor pick_of_slot = Dev(DType::kI32, {slots_n});
+  rows->pick_of_slot = Dev(DType::kI32, {slots_n});
   V4RL_RETURN_IF_ERROR(kc::BuildMoePlanOnDevice(idx.view(), experts, offsets.view(), slots.view(),
-                                                pick_of_slot.view()));
+                                                rows->pick_of_slot.view()));
   const Tensor xp = Dev(DType::kBF16, {slots_n, hidden});
   V4RL_RETURN_IF_ERROR(kc::MoeGather(x, slots.view(), k, xp.view()));
   const Tensor gate = Dev(DType::kBF16, {slots_n, inter});
@@ -578,36 +607,27 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
     V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
   }
   // The FP8 simulation's weighting and quantisation of the activation rows (in place, per row).
-  V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), pick_of_slot, weight));
-  const Tensor expert_out = Dev(DType::kF32, {slots_n, hidden});
-  V4RL_RETURN_IF_ERROR(
-      kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(), expert_out.view()));
-  return SharedExpertsAndCombine(w, x, expert_out, pick_of_slot, weight, out);
+  V4RL_RETURN_IF_ERROR(WeightedFp8ExpertActivations(gate.view(), rows->pick_of_slot, rows->weight));
+  rows->expert_out = Dev(DType::kF32, {slots_n, hidden});
+  return kc::GroupedGemmDeviceOffsets(gate.view(), w.w2.view(), offsets.view(),
+                                      rows->expert_out.view());
 }
 
-absl::Status CudaModel::Impl::SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
-                                                      const Tensor& expert_out,
-                                                      const Tensor& pick_of_slot,
-                                                      const Tensor& weight, const TensorView& out) {
-  const int64_t hidden = config.hidden_size;
+absl::StatusOr<Tensor> CudaModel::Impl::SharedExperts(const MoeWeights& w, const TensorView& x) {
+  if (config.num_shared_experts == 0) return Tensor();
+  const int64_t width = w.shared_w1.size(0);
   const float limit = static_cast<float>(config.swiglu_limit);
-  Tensor shared_out;
-  if (config.num_shared_experts > 0) {
-    const int64_t width = w.shared_w1.size(0);
-    // [gate | up] from one GEMM; the activation overwrites the gate columns in place.
-    const Tensor gate_up = Dev(DType::kBF16, {num_tokens, 2 * width});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, x, fused[layer_index].shared_w13.view(), gate_up.view()));
-    const TensorView sg = gate_up.view().Slice(1, 0, width);
-    const TensorView su = gate_up.view().Slice(1, width, 2 * width);
-    V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg, su, limit, sg));
-    V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg));
-    shared_out = Dev(DType::kF32, {num_tokens, hidden});
-    V4RL_RETURN_IF_ERROR(kc::Gemm(*gemm, sg, w.shared_w2.view(), shared_out.view()));
-  }
-  // With the FP8 simulation the weights were applied before the down projection.
-  return kc::MoeCombine(expert_out.view(), pick_of_slot.view(), weight.view(),
-                        shared_out.defined() ? shared_out.view() : TensorView(), out,
-                        /*weighted=*/!options.fp8_simulation);
+  // [gate | up] from one GEMM; the activation overwrites the gate columns in place.
+  const Tensor gate_up = Dev(DType::kBF16, {num_tokens, 2 * width});
+  V4RL_RETURN_IF_ERROR(
+      kc::Gemm(*side_gemm, x, fused[layer_index].shared_w13.view(), gate_up.view()));
+  const TensorView sg = gate_up.view().Slice(1, 0, width);
+  const TensorView su = gate_up.view().Slice(1, width, 2 * width);
+  V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(sg, su, limit, sg));
+  V4RL_RETURN_IF_ERROR(Fp8OperandInPlace(sg));
+  Tensor shared_out = Dev(DType::kF32, {num_tokens, config.hidden_size});
+  V4RL_RETURN_IF_ERROR(kc::Gemm(*side_gemm, sg, w.shared_w2.view(), shared_out.view()));
+  return shared_out;
 }
 
 absl::StatusOr<Tensor> CudaModel::Impl::Block(const LayerWeights& layer, const Tensor& streams) {

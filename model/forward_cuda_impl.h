@@ -107,6 +107,12 @@ struct AttentionProjections {
   Tensor bf16_out;       // [N, attn_bf16 rows] bf16: the storage qr and kv view
 };
 
+// The routed experts' output before the combine (kc::MoeCombine's operands): expert_out [slots,
+// hidden] f32 rows in slot order, pick_of_slot [num_tokens · k] i32, weight [num_tokens, k] f32.
+struct RoutedExpertRows {
+  Tensor expert_out, pick_of_slot, weight;
+};
+
 // Queries the indexer scores per GEMM: at most `limit` and `count`, and few enough that the
 // [chunk, heads, entries] f32 score block stays within 256 MiB (16 queries at 1M tokens).
 inline int64_t IndexerQueryChunk(int64_t limit, int64_t count, int64_t heads, int64_t entries) {
@@ -124,6 +130,10 @@ struct CudaModel::Impl {
   ModelWeights weights;  // the same structs, tensors on the device
   RopeTables main_rope, compress_rope;
   std::unique_ptr<kc::GemmHandle> gemm;
+  // The GEMMs of the chains a recorded decode step runs beside those on `gemm`
+  // (kc::RunConcurrently's later branches: the shared experts, the indexer's queries): a handle's
+  // cuBLASLt workspace serves one stream at a time.
+  std::unique_ptr<kc::GemmHandle> side_gemm;
   int64_t weight_bytes = 0;
   std::vector<FusedLayerWeights> fused;  // per layer
 
@@ -167,17 +177,22 @@ struct CudaModel::Impl {
   // Attention and AttentionDecode.
   absl::Status OutputProjection(const AttentionWeights& w, const Tensor& attn,
                                 const TensorView& out);
+  // The MoE FFN of x [num_tokens, hidden] bf16 into out [num_tokens, hidden] bf16: the shared
+  // experts beside the routing and routed experts (kc::RunConcurrently), then the weighted
+  // combine.
   absl::Status Moe(const MoeWeights& w, MlpType type, const TensorView& x, const TensorView& out);
-  // The shared experts on x [num_tokens, hidden] (w1 and w3 as one GEMM over
-  // FusedLayerWeights::shared_w13 of layer layer_index) plus the weighted combine of the routed
-  // experts' rows expert_out (MoeCombine's pick_of_slot, weight) into out. Shared by Moe and
-  // MoeDevicePlan.
-  absl::Status SharedExpertsAndCombine(const MoeWeights& w, const TensorView& x,
-                                       const Tensor& expert_out, const Tensor& pick_of_slot,
-                                       const Tensor& weight, const TensorView& out);
-  // Moe's experts after routing with options.device_moe_dispatch (no host sync).
+  // The router and the routed experts (xq: x as the experts see it, Fp8Operand), through the
+  // host's dispatch plan or, with options.device_moe_dispatch, MoeDevicePlan.
+  absl::StatusOr<RoutedExpertRows> RoutedExperts(const MoeWeights& w, MlpType type,
+                                                 const TensorView& x, const TensorView& xq);
+  // RoutedExperts' experts after routing (idx [num_tokens, k] i32) with the plan built on the
+  // device (no host sync); fills rows' pick_of_slot and expert_out (weight is the caller's).
   absl::Status MoeDevicePlan(const MoeWeights& w, const TensorView& x, const Tensor& idx,
-                             const Tensor& weight, const TensorView& out);
+                             RoutedExpertRows* rows);
+  // The shared experts on x [num_tokens, hidden] bf16 (w1 and w3 as one GEMM over
+  // FusedLayerWeights::shared_w13 of layer layer_index), on side_gemm: [num_tokens, hidden]
+  // f32, undefined without shared experts.
+  absl::StatusOr<Tensor> SharedExperts(const MoeWeights& w, const TensorView& x);
   absl::StatusOr<Tensor> Block(const LayerWeights& layer, const Tensor& streams);
   // The head's input [num_tokens, H] bf16: the hc_head collapse of the final streams
   // [num_tokens, n, H], then the model norm. Shared by Forward and the decode step.
@@ -197,13 +212,18 @@ struct CudaModel::Impl {
     AttentionProjections projections;
     Tensor qr, q, kv;
   };
+  // DecodeProjections (projections and qr) then DecodeQueryRows (q and kv from them).
   absl::StatusOr<DecodeQueryKv> DecodeQueryAndKv(const AttentionWeights& w, AttentionType type,
                                                  const TensorView& x);
+  absl::StatusOr<DecodeQueryKv> DecodeProjections(const AttentionWeights& w, AttentionType type,
+                                                  const TensorView& x);
+  absl::Status DecodeQueryRows(const AttentionWeights& w, AttentionType type, DecodeQueryKv* qkv);
   // The decode step's indexer queries of a CSA layer (both attention decode paths): [N,
   // index_n_heads, index_head_dim] bf16 from qr (DecodeQueryKv::qr), rotated by cos, sin and
-  // FP4-simulated.
+  // FP4-simulated; the GEMM on `handle`.
   absl::StatusOr<Tensor> DecodeIndexerQuery(const IndexerWeights& w, const Tensor& qr,
-                                            const TensorView& cos, const TensorView& sin);
+                                            const TensorView& cos, const TensorView& sin,
+                                            kc::GemmHandle& handle);
   // AttentionDecode for a graph step (decode->table set): positions read on the device only
   // (model/attention_decode_graph_cuda.cc).
   absl::Status AttentionDecodeGraph(const AttentionWeights& w, AttentionType type,

@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "core/logging.h"
@@ -61,7 +62,22 @@ class CachingAllocatorImpl final : public core::Allocator {
   }
   void Free(void* pointer) override {
     std::lock_guard<std::mutex> lock(mu_);
-    free_.emplace(sizes_.at(pointer), pointer);
+    if (holds_ > 0) {
+      held_.push_back(pointer);
+    } else {
+      free_.emplace(sizes_.at(pointer), pointer);
+    }
+  }
+  // ScopedHeldFrees: frees between Hold() and the matching Release() reach the cache at the end.
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++holds_;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--holds_ > 0) return;
+    for (void* pointer : held_) free_.emplace(sizes_.at(pointer), pointer);
+    held_.clear();
   }
   // Frees every block it handed out (the process-wide cache is never destroyed).
   ~CachingAllocatorImpl() override {
@@ -74,6 +90,8 @@ class CachingAllocatorImpl final : public core::Allocator {
   std::mutex mu_;
   std::unordered_map<void*, size_t> sizes_;
   std::multimap<size_t, void*> free_;
+  int holds_ = 0;
+  std::vector<void*> held_;
 };
 
 thread_local core::Allocator* thread_caching_allocator = nullptr;
@@ -97,6 +115,13 @@ ScopedCachingDeviceAllocator::ScopedCachingDeviceAllocator(core::Allocator* allo
 }
 ScopedCachingDeviceAllocator::~ScopedCachingDeviceAllocator() {
   thread_caching_allocator = previous_;
+}
+
+ScopedHeldFrees::ScopedHeldFrees() : allocator_(CachingDeviceAllocator()) {
+  if (auto* caching = dynamic_cast<CachingAllocatorImpl*>(allocator_)) caching->Hold();
+}
+ScopedHeldFrees::~ScopedHeldFrees() {
+  if (auto* caching = dynamic_cast<CachingAllocatorImpl*>(allocator_)) caching->Release();
 }
 
 void* CurrentStream() { return thread_stream; }

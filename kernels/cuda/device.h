@@ -43,6 +43,22 @@ class ScopedCachingDeviceAllocator {
   core::Allocator* previous_;
 };
 
+// While the scope lives, blocks that this thread's CachingDeviceAllocator() frees are kept out of
+// its cache, and return to it when the scope ends (nested scopes: when the outermost ends). For
+// work queued on several streams at once (RunConcurrently, graph.h): a block one stream's launches
+// may still use must not go to the other before the streams join. A no-op for an allocator that
+// is not a caching one.
+class ScopedHeldFrees {
+ public:
+  ScopedHeldFrees();
+  ~ScopedHeldFrees();
+  ScopedHeldFrees(const ScopedHeldFrees&) = delete;
+  ScopedHeldFrees& operator=(const ScopedHeldFrees&) = delete;
+
+ private:
+  core::Allocator* allocator_;
+};
+
 // Copies between contiguous views of equal dtype and shape on any devices.
 absl::Status Copy(const core::TensorView& source, const core::TensorView& destination);
 

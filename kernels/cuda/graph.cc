@@ -2,6 +2,8 @@
 
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/stream.h"
@@ -11,6 +13,26 @@ namespace {
 
 absl::Status CudaError(const char* what, cudaError_t error) {
   return absl::InternalError(absl::StrFormat("CudaGraph: %s: %s", what, cudaGetErrorString(error)));
+}
+
+// This thread's capture in progress, if any: the capture stream and RunConcurrently's others.
+struct CaptureStreams {
+  cudaStream_t capture = nullptr;
+  std::vector<cudaStream_t> sides;  // non-blocking; each joins the capture at a fork
+  bool in_branches = false;         // inside a RunConcurrently (nested ones run in order)
+};
+thread_local CaptureStreams* thread_capture = nullptr;
+
+// Makes `waiter` wait for the work queued on `stream` so far (a graph edge while capturing).
+absl::Status Await(cudaStream_t stream, cudaStream_t waiter, const char* what) {
+  cudaEvent_t event = nullptr;
+  if (cudaError_t e = cudaEventCreateWithFlags(&event, cudaEventDisableTiming); e != cudaSuccess) {
+    return CudaError(what, e);
+  }
+  cudaError_t e = cudaEventRecord(event, stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(waiter, event, 0);
+  cudaEventDestroy(event);
+  return e == cudaSuccess ? absl::OkStatus() : CudaError(what, e);
 }
 
 }  // namespace
@@ -31,14 +53,19 @@ absl::StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::Capture(
     cudaStreamDestroy(stream);
     return CudaError("cudaStreamBeginCapture", e);
   }
+  CaptureStreams streams;
+  streams.capture = stream;
   absl::Status status;
   {
     ScopedStream on_capture(stream);
     ScopedCachingDeviceAllocator in_graph_memory(graph->memory_.get());
+    thread_capture = &streams;
     status = body();
+    thread_capture = nullptr;
   }
   cudaGraph_t recorded = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(stream, &recorded);
+  for (cudaStream_t side : streams.sides) cudaStreamDestroy(side);
   cudaStreamDestroy(stream);
   graph->graph_ = recorded;
   if (!status.ok()) return status;
@@ -48,6 +75,12 @@ absl::StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::Capture(
     return CudaError("cudaGraphGetNodes", e);
   }
   graph->num_nodes_ = static_cast<int64_t>(nodes);
+  size_t edges = 0;
+  if (cudaError_t e = cudaGraphGetEdges(recorded, nullptr, nullptr, nullptr, &edges);
+      e != cudaSuccess) {
+    return CudaError("cudaGraphGetEdges", e);
+  }
+  graph->num_edges_ = static_cast<int64_t>(edges);
   cudaGraphExec_t exec = nullptr;
   if (cudaError_t e = cudaGraphInstantiate(&exec, recorded, 0); e != cudaSuccess) {
     return CudaError("cudaGraphInstantiate", e);
@@ -69,6 +102,42 @@ absl::Status CudaGraph::Launch() {
     return CudaError("cudaGraphLaunch", e);
   }
   return absl::OkStatus();
+}
+
+absl::Status RunConcurrently(absl::Span<const std::function<absl::Status()>> branches) {
+  CaptureStreams* capture = thread_capture;
+  if (capture == nullptr || capture->in_branches || branches.size() < 2 ||
+      CurrentStream() != static_cast<void*>(capture->capture)) {
+    for (const auto& branch : branches) {
+      if (absl::Status s = branch(); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  while (capture->sides.size() + 1 < branches.size()) {
+    cudaStream_t side = nullptr;
+    if (cudaError_t e = cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking); e != cudaSuccess) {
+      return CudaError("RunConcurrently: cudaStreamCreateWithFlags", e);
+    }
+    capture->sides.push_back(side);
+  }
+  ScopedHeldFrees held;  // released after the join below
+  capture->in_branches = true;
+  absl::Status status;
+  size_t forked = 0;  // side streams in the capture, each to be joined
+  for (; forked + 1 < branches.size() && status.ok(); ++forked) {
+    status = Await(capture->capture, capture->sides[forked], "RunConcurrently fork");
+  }
+  for (size_t i = 0; i < branches.size() && status.ok(); ++i) {
+    ScopedStream on_branch(i == 0 ? capture->capture : capture->sides[i - 1]);
+    status = branches[i]();
+  }
+  // Joined even after an error: a capture with an unjoined stream cannot end.
+  for (size_t i = 0; i < forked; ++i) {
+    const absl::Status joined = Await(capture->sides[i], capture->capture, "RunConcurrently join");
+    if (status.ok()) status = joined;
+  }
+  capture->in_branches = false;
+  return status;
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -8,6 +8,9 @@
 // on the legacy stream: the capture then fails and Capture returns Internal naming the CUDA
 // error), and what changes between replays must reach the graph through device memory: launch
 // parameters are recorded by value.
+// RunConcurrently lets a body record independent chains of launches as parallel branches of the
+// graph, which the GPU then runs at once (the decode step's small, latency-bound kernels leave
+// most SMs idle).
 // Thread-safety: Capture records the calling thread's launches only; Launch from one thread at a
 // time.
 #pragma once
@@ -18,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "core/allocator.h"
 
 namespace v4rl::kernels::cuda {
@@ -36,8 +40,10 @@ class CudaGraph {
 
   // Queues one replay. Internal on CUDA errors.
   absl::Status Launch();
-  // Kernel, copy and memset nodes recorded.
+  // Kernel, copy and memset nodes recorded, and the dependency edges between them (a chain of n
+  // nodes has n - 1; a RunConcurrently of b branches that launch, between launches, adds b - 1).
   int64_t num_nodes() const { return num_nodes_; }
+  int64_t num_edges() const { return num_edges_; }
   // The allocator the body's CachingDeviceAllocator() calls used.
   core::Allocator* memory() const { return memory_.get(); }
 
@@ -47,6 +53,17 @@ class CudaGraph {
   void* graph_ = nullptr;  // cudaGraph_t
   void* exec_ = nullptr;   // cudaGraphExec_t
   int64_t num_nodes_ = 0;
+  int64_t num_edges_ = 0;
 };
+
+// Inside a CudaGraph::Capture body: records branches[0] on the capture stream and each later
+// branch on a stream of its own, as parallel branches of the graph that fork after the launches
+// recorded so far and join before those recorded after. No branch may launch work that reads or
+// writes what another writes, nor wait for another. Blocks that this thread's
+// CachingDeviceAllocator() frees while they record return to it only after the join
+// (ScopedHeldFrees, device.h), so no branch's launches see their memory handed to another.
+// Elsewhere (no capture, or inside another RunConcurrently) runs the branches in order on this
+// thread's launch stream. Returns the first error of a branch or of the fork and join.
+absl::Status RunConcurrently(absl::Span<const std::function<absl::Status()>> branches);
 
 }  // namespace v4rl::kernels::cuda

@@ -2,11 +2,15 @@
 // device): that a dependent kernel really starts before its predecessor ends (so a kernel that
 // touched memory before WaitForPriorKernels() would read stale data), and that a chain of 300
 // dependent launches of v4rl's kernels, each reading what the one before wrote, gives the values
-// computed on the host, launched directly and replayed from a CudaGraph. Run it with
-// V4RL_CUDA_PDL=0 too: the same values, and no early start.
+// computed on the host, launched directly and replayed from a CudaGraph; and that chains recorded
+// as RunConcurrently's branches (graph.h) fork and join once, keep their memory apart and still
+// give the host's values. Run it with V4RL_CUDA_PDL=0 too: the same values, and no early start.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -77,8 +81,8 @@ struct Chain {
   core::Tensor x0, bias_a, bias_b, positions;                  // host
   core::Tensor x, y, y_bf16, d_bias_a, d_bias_b, d_positions;  // device
 
-  Chain() {
-    std::mt19937 rng(20261201);
+  explicit Chain(uint32_t seed = 20261201) {
+    std::mt19937 rng(seed);
     auto fill = [&](core::Tensor& t, int lo, int hi) {
       std::uniform_int_distribution<int> pick(lo, hi);
       for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = static_cast<float>(pick(rng));
@@ -169,6 +173,95 @@ TEST(CudaPdl, ChainOfDependentLaunchesMatchesHost) {
     ASSERT_TRUE(Synchronize().ok());
     EXPECT_EQ(chain.Mismatches("graph replay"), 0) << "replay " << replay;
   }
+}
+
+// Three chains as RunConcurrently's branches between two single launches: 902 nodes, and two
+// edges more than a chain of 902 (each later branch forks from the first launch and joins the
+// last); every replay gives each chain the host's values. Outside a capture the same call runs
+// the chains one after the other.
+TEST(CudaGraphBranches, ThreeChainsForkOnceAndGiveTheHostValues) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  std::vector<Chain> chains;
+  chains.reserve(3);
+  for (uint32_t seed : {1u, 2u, 3u}) chains.emplace_back(seed);
+  core::Tensor edge_in = core::Tensor::Empty(core::DType::kF32, {1024}, DeviceAllocator());
+  core::Tensor edge_out = core::Tensor::Empty(core::DType::kBF16, {1024}, DeviceAllocator());
+  auto body = [&]() -> absl::Status {
+    if (absl::Status s = F32ToBf16(edge_in.view(), edge_out.view()); !s.ok()) return s;
+    if (absl::Status s =
+            RunConcurrently({[&] { return chains[0].Queue(); }, [&] { return chains[1].Queue(); },
+                             [&] { return chains[2].Queue(); }});
+        !s.ok()) {
+      return s;
+    }
+    return F32ToBf16(edge_in.view(), edge_out.view());
+  };
+  auto reset = [&] {
+    for (const Chain& chain : chains) ASSERT_TRUE(Copy(chain.x0.view(), chain.x.view()).ok());
+  };
+  reset();
+  ASSERT_TRUE(body().ok());
+  ASSERT_TRUE(Synchronize().ok());
+  for (const Chain& chain : chains) EXPECT_EQ(chain.Mismatches("branches run in order"), 0);
+
+  auto graph = CudaGraph::Capture(body);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  const int64_t nodes = 3 * 6 * kRounds + 2;
+  EXPECT_EQ((*graph)->num_nodes(), nodes);
+  EXPECT_EQ((*graph)->num_edges(), nodes - 1 + 2) << "not one fork and one join of 3 branches";
+  for (int replay = 0; replay < 2; ++replay) {
+    reset();
+    ASSERT_TRUE((*graph)->Launch().ok());
+    ASSERT_TRUE(Synchronize().ok());
+    for (const Chain& chain : chains) {
+      EXPECT_EQ(chain.Mismatches("graph branches"), 0) << "replay " << replay;
+    }
+  }
+}
+
+// A block freed by one branch while the branches record goes to no other branch (its launches
+// may still be running), and returns to the graph's cache after the join.
+TEST(CudaGraphBranches, MemoryFreedInABranchWaitsForTheJoin) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  constexpr int64_t kFloats = 1 << 18;  // 1 MiB
+  std::vector<void*> seen;
+  auto take = [&]() -> absl::Status {
+    core::Tensor t = core::Tensor::Empty(core::DType::kF32, {kFloats}, CachingDeviceAllocator());
+    seen.push_back(t.view().data);
+    return absl::OkStatus();  // t freed here, inside its branch
+  };
+  void* after_join = nullptr;
+  auto graph = CudaGraph::Capture([&]() -> absl::Status {
+    if (absl::Status s = RunConcurrently({take, take, take}); !s.ok()) return s;
+    core::Tensor t = core::Tensor::Empty(core::DType::kF32, {kFloats}, CachingDeviceAllocator());
+    after_join = t.view().data;
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_NE(seen[0], seen[1]);
+  EXPECT_NE(seen[0], seen[2]);
+  EXPECT_NE(seen[1], seen[2]);
+  EXPECT_NE(std::find(seen.begin(), seen.end(), after_join), seen.end())
+      << "the branches' blocks did not return to the cache after the join";
+}
+
+// A branch's error is the capture's, and the capture still ends (every branch joined).
+TEST(CudaGraphBranches, BranchErrorEndsTheCaptureWithThatError) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  core::Tensor in = core::Tensor::Empty(core::DType::kF32, {64}, DeviceAllocator());
+  core::Tensor out = core::Tensor::Empty(core::DType::kBF16, {64}, DeviceAllocator());
+  auto graph = CudaGraph::Capture([&] {
+    return RunConcurrently({[&] { return F32ToBf16(in.view(), out.view()); },
+                            [] { return absl::InvalidArgumentError("branch 1 refused"); },
+                            [&] { return F32ToBf16(in.view(), out.view()); }});
+  });
+  ASSERT_FALSE(graph.ok());
+  EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument) << graph.status();
+  EXPECT_NE(graph.status().message().find("branch 1 refused"), std::string::npos);
+  // The device is usable after the failed capture.
+  EXPECT_TRUE(F32ToBf16(in.view(), out.view()).ok());
+  EXPECT_TRUE(Synchronize().ok());
 }
 
 }  // namespace
