@@ -599,11 +599,17 @@ absl::Status CudaModel::Impl::MoeDevicePlan(const MoeWeights& w, const TensorVie
     V4RL_RETURN_IF_ERROR(kc::GroupedGemmSwiGluDeviceOffsets(xp.view(), w.w1.view(), w.w3.view(),
                                                             offsets.view(), limit, gate.view()));
   } else {
+    // Gate and up side by side in a recorded step: each grid's last wave leaves SMs idle that the
+    // other's blocks take.
     const Tensor up = Dev(DType::kBF16, {slots_n, inter});
-    V4RL_RETURN_IF_ERROR(
-        kc::GroupedGemmDeviceOffsets(xp.view(), w.w1.view(), offsets.view(), gate.view()));
-    V4RL_RETURN_IF_ERROR(
-        kc::GroupedGemmDeviceOffsets(xp.view(), w.w3.view(), offsets.view(), up.view()));
+    V4RL_RETURN_IF_ERROR(kc::RunConcurrently({
+        [&] {
+          return kc::GroupedGemmDeviceOffsets(xp.view(), w.w1.view(), offsets.view(), gate.view());
+        },
+        [&] {
+          return kc::GroupedGemmDeviceOffsets(xp.view(), w.w3.view(), offsets.view(), up.view());
+        },
+    }));
     V4RL_RETURN_IF_ERROR(kc::SwiGluClamp(gate.view(), up.view(), limit, gate.view()));
   }
   // The FP8 simulation's weighting and quantisation of the activation rows (in place, per row).

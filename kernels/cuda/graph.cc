@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -19,7 +20,11 @@ absl::Status CudaError(const char* what, cudaError_t error) {
 struct CaptureStreams {
   cudaStream_t capture = nullptr;
   std::vector<cudaStream_t> sides;  // non-blocking; each joins the capture at a fork
-  bool in_branches = false;         // inside a RunConcurrently (nested ones run in order)
+  std::vector<bool> busy;           // sides[i] carries a branch now
+
+  bool Records(void* stream) const {
+    return stream == capture || std::find(sides.begin(), sides.end(), stream) != sides.end();
+  }
 };
 thread_local CaptureStreams* thread_capture = nullptr;
 
@@ -106,37 +111,44 @@ absl::Status CudaGraph::Launch() {
 
 absl::Status RunConcurrently(absl::Span<const std::function<absl::Status()>> branches) {
   CaptureStreams* capture = thread_capture;
-  if (capture == nullptr || capture->in_branches || branches.size() < 2 ||
-      CurrentStream() != static_cast<void*>(capture->capture)) {
+  if (capture == nullptr || branches.size() < 2 || !capture->Records(CurrentStream())) {
     for (const auto& branch : branches) {
       if (absl::Status s = branch(); !s.ok()) return s;
     }
     return absl::OkStatus();
   }
-  while (capture->sides.size() + 1 < branches.size()) {
+  // Branch 0 stays on the stream this call records on; the others take idle side streams.
+  const auto origin = static_cast<cudaStream_t>(CurrentStream());
+  std::vector<size_t> taken;
+  for (size_t i = 0; i < capture->sides.size() && taken.size() + 1 < branches.size(); ++i) {
+    if (!capture->busy[i]) taken.push_back(i);
+  }
+  while (taken.size() + 1 < branches.size()) {
     cudaStream_t side = nullptr;
     if (cudaError_t e = cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking); e != cudaSuccess) {
       return CudaError("RunConcurrently: cudaStreamCreateWithFlags", e);
     }
+    taken.push_back(capture->sides.size());
     capture->sides.push_back(side);
+    capture->busy.push_back(false);
   }
+  for (size_t i : taken) capture->busy[i] = true;
   ScopedHeldFrees held;  // released after the join below
-  capture->in_branches = true;
   absl::Status status;
   size_t forked = 0;  // side streams in the capture, each to be joined
-  for (; forked + 1 < branches.size() && status.ok(); ++forked) {
-    status = Await(capture->capture, capture->sides[forked], "RunConcurrently fork");
+  for (; forked < taken.size() && status.ok(); ++forked) {
+    status = Await(origin, capture->sides[taken[forked]], "RunConcurrently fork");
   }
   for (size_t i = 0; i < branches.size() && status.ok(); ++i) {
-    ScopedStream on_branch(i == 0 ? capture->capture : capture->sides[i - 1]);
+    ScopedStream on_branch(i == 0 ? origin : capture->sides[taken[i - 1]]);
     status = branches[i]();
   }
   // Joined even after an error: a capture with an unjoined stream cannot end.
   for (size_t i = 0; i < forked; ++i) {
-    const absl::Status joined = Await(capture->sides[i], capture->capture, "RunConcurrently join");
+    const absl::Status joined = Await(capture->sides[taken[i]], origin, "RunConcurrently join");
     if (status.ok()) status = joined;
   }
-  capture->in_branches = false;
+  for (size_t i : taken) capture->busy[i] = false;
   return status;
 }
 

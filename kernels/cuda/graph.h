@@ -56,13 +56,14 @@ class CudaGraph {
   int64_t num_edges_ = 0;
 };
 
-// Inside a CudaGraph::Capture body: records branches[0] on the capture stream and each later
-// branch on a stream of its own, as parallel branches of the graph that fork after the launches
-// recorded so far and join before those recorded after. No branch may launch work that reads or
-// writes what another writes, nor wait for another. Blocks that this thread's
-// CachingDeviceAllocator() frees while they record return to it only after the join
-// (ScopedHeldFrees, device.h), so no branch's launches see their memory handed to another.
-// Elsewhere (no capture, or inside another RunConcurrently) runs the branches in order on this
+// Inside a CudaGraph::Capture body: records branches[0] on the stream this call records on and
+// each later branch on a stream of its own, as parallel branches of the graph that fork after the
+// launches recorded so far and join before those recorded after. A branch may itself call
+// RunConcurrently (it forks again from its own stream). No branch may launch work that reads or
+// writes what another writes, nor wait for another; a cuBLASLt handle (one workspace) serves one
+// branch at a time. Blocks that this thread's CachingDeviceAllocator() frees while they record
+// return to it only after the join (ScopedHeldFrees, device.h), so no branch's launches see
+// their memory handed to another. Elsewhere (no capture) runs the branches in order on this
 // thread's launch stream. Returns the first error of a branch or of the fork and join.
 absl::Status RunConcurrently(absl::Span<const std::function<absl::Status()>> branches);
 

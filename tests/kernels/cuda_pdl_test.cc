@@ -175,12 +175,12 @@ TEST(CudaPdl, ChainOfDependentLaunchesMatchesHost) {
   }
 }
 
-// Three chains as RunConcurrently's branches between two single launches: 902 nodes, and two
-// edges more than a chain of 902 (each later branch forks from the first launch and joins the
-// last); every replay gives each chain the host's values. Outside a capture the same call runs
+// Three chains as RunConcurrently's branches between two single launches, flat or with the
+// second branch forking again into the second and third chain: 902 nodes either way, and two
+// edges more than a chain of 902 (each later chain forks from the first launch and joins the
+// last); every replay gives each chain the host's values. Outside a capture the same calls run
 // the chains one after the other.
-TEST(CudaGraphBranches, ThreeChainsForkOnceAndGiveTheHostValues) {
-  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+void ExpectThreeChainsForkOnce(bool nested) {
   std::vector<Chain> chains;
   chains.reserve(3);
   for (uint32_t seed : {1u, 2u, 3u}) chains.emplace_back(seed);
@@ -188,12 +188,13 @@ TEST(CudaGraphBranches, ThreeChainsForkOnceAndGiveTheHostValues) {
   core::Tensor edge_out = core::Tensor::Empty(core::DType::kBF16, {1024}, DeviceAllocator());
   auto body = [&]() -> absl::Status {
     if (absl::Status s = F32ToBf16(edge_in.view(), edge_out.view()); !s.ok()) return s;
-    if (absl::Status s =
-            RunConcurrently({[&] { return chains[0].Queue(); }, [&] { return chains[1].Queue(); },
-                             [&] { return chains[2].Queue(); }});
-        !s.ok()) {
-      return s;
-    }
+    auto chain = [&](int i) { return [&chains, i] { return chains[i].Queue(); }; };
+    const absl::Status s = nested ? RunConcurrently({chain(0),
+                                                     [&] {
+                                                       return RunConcurrently({chain(1), chain(2)});
+                                                     }})
+                                  : RunConcurrently({chain(0), chain(1), chain(2)});
+    if (!s.ok()) return s;
     return F32ToBf16(edge_in.view(), edge_out.view());
   };
   auto reset = [&] {
@@ -208,7 +209,7 @@ TEST(CudaGraphBranches, ThreeChainsForkOnceAndGiveTheHostValues) {
   ASSERT_TRUE(graph.ok()) << graph.status();
   const int64_t nodes = 3 * 6 * kRounds + 2;
   EXPECT_EQ((*graph)->num_nodes(), nodes);
-  EXPECT_EQ((*graph)->num_edges(), nodes - 1 + 2) << "not one fork and one join of 3 branches";
+  EXPECT_EQ((*graph)->num_edges(), nodes - 1 + 2) << "not one fork and one join of 3 chains";
   for (int replay = 0; replay < 2; ++replay) {
     reset();
     ASSERT_TRUE((*graph)->Launch().ok());
@@ -217,6 +218,16 @@ TEST(CudaGraphBranches, ThreeChainsForkOnceAndGiveTheHostValues) {
       EXPECT_EQ(chain.Mismatches("graph branches"), 0) << "replay " << replay;
     }
   }
+}
+
+TEST(CudaGraphBranches, ThreeChainsForkOnceAndGiveTheHostValues) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  ExpectThreeChainsForkOnce(/*nested=*/false);
+}
+
+TEST(CudaGraphBranches, NestedBranchesForkFromTheirOwnStream) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  ExpectThreeChainsForkOnce(/*nested=*/true);
 }
 
 // A block freed by one branch while the branches record goes to no other branch (its launches
