@@ -46,7 +46,7 @@ class ScopedCachingDeviceAllocator {
 // While the scope lives, blocks that this thread's CachingDeviceAllocator() frees are kept out of
 // its cache, and return to it when the scope ends (nested scopes: when the outermost ends). For
 // work queued on several streams at once (RunConcurrently, graph.h): a block one stream's launches
-// may still use must not go to the other before the streams join. A no-op for an allocator that
+// may still use must not go to another before the streams join. A no-op for an allocator that
 // is not a caching one.
 class ScopedHeldFrees {
  public:
