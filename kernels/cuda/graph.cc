@@ -20,7 +20,9 @@ absl::Status CudaError(const char* what, cudaError_t error) {
 struct CaptureStreams {
   cudaStream_t capture = nullptr;
   std::vector<cudaStream_t> sides;  // non-blocking; each joins the capture at a fork
-  std::vector<bool> busy;           // sides[i] carries a branch now
+  // sides[0, in_use) carry branches now. RunConcurrently calls nest (a call returns before its
+  // caller's branch does), so each takes the streams past in_use and gives them back on return.
+  size_t in_use = 0;
 
   bool Records(void* stream) const {
     return stream == capture || std::find(sides.begin(), sides.end(), stream) != sides.end();
@@ -119,36 +121,31 @@ absl::Status RunConcurrently(absl::Span<const std::function<absl::Status()>> bra
   }
   // Branch 0 stays on the stream this call records on; the others take idle side streams.
   const auto origin = static_cast<cudaStream_t>(CurrentStream());
-  std::vector<size_t> taken;
-  for (size_t i = 0; i < capture->sides.size() && taken.size() + 1 < branches.size(); ++i) {
-    if (!capture->busy[i]) taken.push_back(i);
-  }
-  while (taken.size() + 1 < branches.size()) {
+  const size_t first = capture->in_use, sides = branches.size() - 1;
+  while (capture->sides.size() < first + sides) {
     cudaStream_t side = nullptr;
     if (cudaError_t e = cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking); e != cudaSuccess) {
       return CudaError("RunConcurrently: cudaStreamCreateWithFlags", e);
     }
-    taken.push_back(capture->sides.size());
     capture->sides.push_back(side);
-    capture->busy.push_back(false);
   }
-  for (size_t i : taken) capture->busy[i] = true;
+  capture->in_use = first + sides;
   ScopedHeldFrees held;  // released after the join below
   absl::Status status;
   size_t forked = 0;  // side streams in the capture, each to be joined
-  for (; forked < taken.size() && status.ok(); ++forked) {
-    status = Await(origin, capture->sides[taken[forked]], "RunConcurrently fork");
+  for (; forked < sides && status.ok(); ++forked) {
+    status = Await(origin, capture->sides[first + forked], "RunConcurrently fork");
   }
   for (size_t i = 0; i < branches.size() && status.ok(); ++i) {
-    ScopedStream on_branch(i == 0 ? origin : capture->sides[taken[i - 1]]);
+    ScopedStream on_branch(i == 0 ? origin : capture->sides[first + i - 1]);
     status = branches[i]();
   }
   // Joined even after an error: a capture with an unjoined stream cannot end.
   for (size_t i = 0; i < forked; ++i) {
-    const absl::Status joined = Await(capture->sides[taken[i]], origin, "RunConcurrently join");
+    const absl::Status joined = Await(capture->sides[first + i], origin, "RunConcurrently join");
     if (status.ok()) status = joined;
   }
-  for (size_t i : taken) capture->busy[i] = false;
+  capture->in_use = first;
   return status;
 }
 
