@@ -1,7 +1,9 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention_backward.h"
+#include "kernels/cuda/attention_backward_pair_tc.h"
 #include "kernels/cuda/attention_backward_tc.h"
+#include "kernels/cuda/attention_pair.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/plan/compressed_attention.h"
 
@@ -166,7 +168,11 @@ absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
       a.q_pos0 < a.kv_pos0) {
     return bad("every query's position must have its raw row (kv_pos0 <= q_pos0, last < kv end)");
   }
-  if (a.tensor_cores) return LaunchSparseAttentionBackwardTc(a);
+  if (a.tensor_cores) {
+    return PairKernelsApply(has_comp, a.comp_idx.data != nullptr, num_comp, topk)
+               ? LaunchSparseAttentionBackwardPairTc(a)
+               : LaunchSparseAttentionBackwardTc(a);
+  }
   Params p{a.q.data, a.kv.data, has_comp ? a.comp_kv.data : nullptr,
            static_cast<const int32_t*>(a.comp_idx.data), a.sink.data_as<float>(), a.out.data,
            a.lse.data_as<float>(), a.dout.data, a.dq.data_as<float>(), a.dkv.data_as<float>(),

@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/attention_backward_tc.h"
+#include "kernels/cuda/attention_backward_tile.cuh"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
@@ -24,9 +25,6 @@
 
 namespace v4rl::kernels::cuda {
 namespace {
-
-constexpr int kPStride = kTcKeys + 8;  // bf16 elements between rows of the [32][kTcKeys] dS|P
-constexpr int kKeyGradColumns = 64;    // key-row gradient columns a warp holds at a time
 
 struct TcParams {
   const uint16_t* q;
@@ -55,66 +53,6 @@ size_t TcBackwardSharedBytes(int64_t head_dim) {
   return sizeof(uint16_t) * ((2 * kTcHeads + kTcKeys) * stride + 2 * kTcHeads * kPStride) +
          sizeof(float) * 2 * kTcHeads +
          2 * (sizeof(int) + sizeof(const uint16_t*) + sizeof(float*)) * kTcKeys;
-}
-
-// S = q_rows·keysᵀ and dP = do_rows·keysᵀ of the warp's 16 keys (TcWarpLogits' layout and
-// summation order for each), in one pass over D: a key fragment feeds both products and the four
-// accumulators are independent mma chains.
-__device__ __forceinline__ void TcWarpLogitsPair(const uint16_t* q_rows, const uint16_t* do_rows,
-                                                 const uint16_t* warp_keys, int64_t stride,
-                                                 int64_t head_dim, float s[2][4], float dp[2][4]) {
-  const int lane = threadIdx.x % 32;
-  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
-  const int krow = (lane % 8) + 8 * (lane / 16), kcol = 8 * ((lane / 8) % 2);
-  const uint16_t* q_row = q_rows + mrow * stride + mcol;
-  const uint16_t* do_row = do_rows + mrow * stride + mcol;
-  const uint16_t* k_row = warp_keys + krow * stride + kcol;
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
-  }
-#pragma unroll 2
-  for (int64_t kk = 0; kk < head_dim; kk += 16) {
-    uint32_t a[4], a_do[4], b[4];
-    LdMatrixX4(b, k_row + kk);
-    LdMatrixX4(a, q_row + kk);
-    LdMatrixX4(a_do, do_row + kk);
-    MmaBf16(s[0], a, b);
-    MmaBf16(s[1], a, b + 2);
-    MmaBf16(dp[0], a_do, b);
-    MmaBf16(dp[1], a_do, b + 2);
-  }
-}
-
-// dst[0 .. 4) += v (dst 16-byte aligned, global) and dst[0 .. 2) += v (8-byte aligned): relaxed
-// gpu-scope vector reductions (sm_90), no value returned.
-__device__ __forceinline__ void RedAddF32x4(float* dst, float4 v) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v.x), "f"(v.y),
-               "f"(v.z), "f"(v.w)
-               : "memory");
-}
-__device__ __forceinline__ void RedAddF32x2(float* dst, float x, float y) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
-}
-
-// Starts copying the key rows rows[0 .. kTcKeys) (null: a zero row) into keys with cp.async, one
-// commit group; the caller waits and synchronises. `fallback`: any global address (never read).
-__device__ __forceinline__ void StartKeyGather(uint16_t* keys, int64_t stride,
-                                               const uint16_t* const* rows, int64_t head_dim,
-                                               const void* fallback) {
-  const int vec_per_row = static_cast<int>(head_dim / 8);
-  for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kTcThreads) {
-    const int k = e / vec_per_row, v = e % vec_per_row;
-    const uint16_t* row = rows[k];
-    CpAsync16(keys + k * stride + v * 8, row != nullptr ? row + v * 8 : fallback, row != nullptr);
-  }
-  CpAsyncCommit();
-}
-
-__device__ __forceinline__ uint16_t Bf16Bits(float v) {
-  const __nv_bfloat16 b = __float2bfloat16(v);
-  return *reinterpret_cast<const uint16_t*>(&b);
 }
 
 __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(TcParams p) {
@@ -192,16 +130,10 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
     const int r = threadIdx.x;
     atomicAdd(&p.dsink[h0 + r], -expf(p.sink[h0 + r] - lse_s[r]) * delta_s[r]);
   }
-  if (num_tiles > 0) StartKeyGather(k_s, stride, rows, D, p.kv);
+  if (num_tiles > 0) TcStartGather<kTcThreads>(k_s, stride, rows, D, p.kv);
   CpAsyncWait<0>();
   __syncthreads();
 
-  // ldmatrix row addresses of the key-row gradients' B, a row-major [k][n] operand read with
-  // .trans (as attention_tile.cuh's V): k rows (lane % 8) + 8 ((lane / 8) % 2), n 8 (lane / 16) on.
-  const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
-  // A of the key-row gradients from the [k][m] store (.trans): k rows (lane % 8) + 8 (lane / 16),
-  // m columns 8 ((lane / 8) % 2) on from the warp's first key.
-  const int at_k = (lane % 8) + 8 * (lane / 16), at_m = 16 * warp + 8 * ((lane / 8) % 2);
   const int64_t col0 = warp * (D / 4);
   const int ntiles = static_cast<int>(D / 32);
   float dq[kTcMaxTiles][4];
@@ -235,66 +167,15 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
     // dQ += (scale·dS) · K over the tile's keys, the warp's output columns.
     TcProbsTimesKeys(ds_p, kPStride, k_s, stride, D, dq);
     __syncthreads();  // every warp is done with the keys
-    if (more) StartKeyGather(k_s, stride, rows + (buf ^ kTcKeys), D, p.kv);
-    // Key-row gradients of the warp's 16 keys: [scale·dS; P]ᵀ (16 keys × 32) · [Q; dO] (32 × D),
-    // while the next tile's keys arrive.
+    if (more) TcStartGather<kTcThreads>(k_s, stride, rows + (buf ^ kTcKeys), D, p.kv);
+    // Key-row gradients of the warp's 16 keys while the next tile's keys arrive.
     {
-      uint32_t a[2][4];
-      LdMatrixX4Trans(a[0], ds_p + at_k * kPStride + at_m);
-      LdMatrixX4Trans(a[1], ds_p + (kTcHeads + at_k) * kPStride + at_m);
-      const uint16_t* b_rows[2] = {q_s + mrow * stride + mcol, do_s + mrow * stride + mcol};
-      // Rows g and g + 8 of the fragments are the warp's keys g and g + 8. With float4 atomics
-      // lane pairs (t4, t4 ^ 1) swap halves: the even lane adds key g's columns 4 (t4 / 2) .. + 3,
-      // the odd lane key g + 8's.
-      float* const dst_lo = grad_rows[buf + 16 * warp + g];
-      float* const dst_hi = grad_rows[buf + 16 * warp + g + 8];
-      const bool odd = (t4 & 1) != 0;
-      float* const dst4 = odd ? dst_hi : dst_lo;
-      for (int64_t c0 = 0; c0 < D; c0 += kKeyGradColumns) {
-        float acc[kKeyGradColumns / 8][4];
-#pragma unroll
-        for (int m = 0; m < kKeyGradColumns / 8; ++m)
-          acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
-#pragma unroll
-        for (int ks = 0; ks < 2; ++ks) {
-#pragma unroll
-          for (int m = 0; m < kKeyGradColumns / 8; m += 2) {
-            if (c0 + 8 * m < D) {
-              uint32_t b[4];
-              LdMatrixX4Trans(b, b_rows[ks] + c0 + 8 * m);
-              MmaBf16(acc[m], a[ks], b);
-              MmaBf16(acc[m + 1], a[ks], b + 2);
-            }
-          }
-        }
-        if (p.grads_vec4) {
-#pragma unroll
-          for (int m = 0; m < kKeyGradColumns / 8; ++m) {
-            const float give0 = odd ? acc[m][0] : acc[m][2], give1 = odd ? acc[m][1] : acc[m][3];
-            const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1);
-            const float got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
-            const float4 v = odd ? make_float4(got0, got1, acc[m][2], acc[m][3])
-                                 : make_float4(acc[m][0], acc[m][1], got0, got1);
-            const int64_t col = c0 + 8 * m + 4 * (t4 / 2);
-            if (dst4 != nullptr && c0 + 8 * m < D) {
-              RedAddF32x4(dst4 + col, v);
-            }
-          }
-        } else {
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            float* const dst = half == 0 ? dst_lo : dst_hi;
-            if (dst == nullptr) continue;
-#pragma unroll
-            for (int m = 0; m < kKeyGradColumns / 8; ++m) {
-              const int64_t col = c0 + 8 * m + 2 * t4;
-              if (col < D) {
-                RedAddF32x2(dst + col, acc[m][2 * half], acc[m][2 * half + 1]);
-              }
-            }
-          }
-        }
-      }
+      const uint16_t* const ds_p_of[1] = {ds_p};
+      const uint16_t* const q_of[1] = {q_s};
+      const uint16_t* const do_of[1] = {do_s};
+      const bool use[1] = {true};
+      TcAddKeyRowGrads<1>(ds_p_of, q_of, do_of, use, stride, 16 * warp, 0, D, grad_rows + buf,
+                          p.grads_vec4);
     }
     CpAsyncWait<0>();
     __syncthreads();  // the next tile's keys are in; dS|P and this tile's rows may be refilled

@@ -4,7 +4,10 @@
 // with bf16 inputs and fp32 accumulation, an fp32 online softmax whose running max may start at
 // the sink or at -inf, P rounded to bf16 for the second product (as flash attention does).
 // Four warps: warp w takes keys [16w, 16w + 16) for Q·Kᵀ and output columns [w·D/4, (w+1)·D/4)
-// for P·V. D (head_dim) % 32 == 0 and D <= 512. TcWarpLogits (a warp's 16 keys against 16 query
+// for P·V. D (head_dim) % 32 == 0 and D <= 512. A block may hold several such groups of four
+// warps (the query-pair backward, attention_pair.cuh: tiles of their own, shared key rows); the
+// helpers use the warp's and thread's index within its group, and their barriers are the
+// block's, so the groups call them in step. TcWarpLogits (a warp's 16 keys against 16 query
 // rows) also serves the decode indexer's scores. Include only from .cu files.
 #pragma once
 
@@ -45,6 +48,10 @@ inline size_t TcSharedBytes(int64_t head_dim) {
          sizeof(const uint16_t*) * kTcKeys;
 }
 
+// This thread's warp and thread index within its group of four warps.
+__device__ __forceinline__ int TcGroupWarp() { return static_cast<int>(threadIdx.x / 32) % kTcWarps; }
+__device__ __forceinline__ int TcGroupThread() { return static_cast<int>(threadIdx.x) % kTcThreads; }
+
 __device__ __forceinline__ TcTile TcCarve(unsigned char* smem, int64_t head_dim) {
   TcTile t;
   t.stride = head_dim + 8;
@@ -65,7 +72,7 @@ __device__ __forceinline__ TcTile TcCarve(unsigned char* smem, int64_t head_dim)
 __device__ __forceinline__ void TcLoadQueries(const TcTile& t, const uint16_t* q_rows, int heads,
                                               int64_t head_dim) {
   const int vec_per_row = static_cast<int>(head_dim / 8);
-  for (int e = threadIdx.x; e < kTcHeads * vec_per_row; e += kTcThreads) {
+  for (int e = TcGroupThread(); e < kTcHeads * vec_per_row; e += kTcThreads) {
     const int h = e / vec_per_row, v = e % vec_per_row;
     CpAsync16(t.q + h * t.stride + v * 8, h < heads ? q_rows + h * head_dim + v * 8 : q_rows,
               h < heads);
@@ -107,6 +114,22 @@ __device__ __forceinline__ void TcGatherKeys(const TcTile& t, int64_t head_dim,
   CpAsyncCommit();
   CpAsyncWait<0>();
   __syncthreads();
+}
+
+// Starts copying the key rows rows[0 .. kTcKeys) (null: a zero row) into keys (`stride` apart)
+// with cp.async, one commit group, spread over the block's kThreads threads; the caller waits
+// and synchronises. `fallback`: any global address (never read).
+template <int kThreads>
+__device__ __forceinline__ void TcStartGather(uint16_t* keys, int64_t stride,
+                                              const uint16_t* const* rows, int64_t head_dim,
+                                              const void* fallback) {
+  const int vec_per_row = static_cast<int>(head_dim / 8);
+  for (int e = threadIdx.x; e < kTcKeys * vec_per_row; e += kThreads) {
+    const int k = e / vec_per_row, v = e % vec_per_row;
+    const uint16_t* row = rows[k];
+    CpAsync16(keys + k * stride + v * 8, row != nullptr ? row + v * 8 : fallback, row != nullptr);
+  }
+  CpAsyncCommit();
 }
 
 __device__ __forceinline__ void MmaBf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
@@ -164,7 +187,7 @@ __device__ __forceinline__ void TcWarpLogits(const uint16_t* q_rows, const uint1
 __device__ __forceinline__ void TcProbsTimesKeys(const uint16_t* probs, int pstride,
                                                  const uint16_t* keys, int64_t stride,
                                                  int64_t head_dim, float acc[kTcMaxTiles][4]) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = TcGroupWarp(), lane = threadIdx.x % 32;
   // ldmatrix row addresses: matrices 0/1 rows 0-7 / 8-15, 2/3 eight columns on.
   const int mrow = (lane % 8) + 8 * ((lane / 8) % 2), mcol = 8 * (lane / 16);
   const int ntiles = static_cast<int>(head_dim / 32);
@@ -192,7 +215,7 @@ __device__ __forceinline__ void TcProbsTimesKeys(const uint16_t* probs, int pstr
 // [16, D] f32 output (rows g and g + 8 of n-tile n, columns 2(l % 4), +1). Ends synchronised.
 __device__ __forceinline__ void TcAttendTile(const TcTile& t, int64_t head_dim, float scale,
                                              float acc[kTcMaxTiles][4]) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = TcGroupWarp(), lane = threadIdx.x % 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t stride = t.stride;
   {

@@ -78,4 +78,44 @@ V4RL_HOST_DEVICE inline KeySlotSource KeySlotAt(const QueryKeySlots& slots, int6
   return {w >= 0 && w < num_comp ? w : -1, true};
 }
 
+// The key slots a block of consecutive queries shares (the CUDA query-pair attention backward,
+// kernels/cuda/attention_pair.cuh): the union of their windows' raw rows, positions
+// [first, last query] in order, then compressed entries [0, num_entries), every entry one of them
+// may take (the caller bounds it: without picks the last query's visible entries, with picks one
+// past the largest pick). Query t's weight for a slot is SharedSlotWeight's.
+struct SharedKeySlots {
+  int64_t first;        // first raw position of the first query's window (at least kv_pos0)
+  int64_t num_window;   // last_position - first + 1
+  int64_t num_entries;  // compressed entries [0, num_entries)
+  V4RL_HOST_DEVICE int64_t total() const { return num_window + num_entries; }
+};
+
+V4RL_HOST_DEVICE inline SharedKeySlots SharedSlots(int64_t first_position, int64_t last_position,
+                                                   int64_t window, int64_t kv_pos0,
+                                                   int64_t num_entries) {
+  const int64_t begin = WindowBegin(first_position, window);
+  SharedKeySlots slots;
+  slots.first = begin > kv_pos0 ? begin : kv_pos0;
+  slots.num_window = last_position - slots.first + 1;
+  slots.num_entries = num_entries;
+  return slots;
+}
+
+// How many times the query at `position` takes shared slot j: a raw row once inside its window
+// (and at least kv_pos0), else 0; compressed entry e = j - num_window `entry_picks` times (the
+// query's pick count of e, duplicates included), or, with entry_picks < 0 (every visible entry),
+// once if e < min(NumVisibleCompressed(position, ratio), num_comp).
+V4RL_HOST_DEVICE inline int SharedSlotWeight(const SharedKeySlots& slots, int64_t j,
+                                             int64_t position, int64_t window, int64_t kv_pos0,
+                                             int entry_picks, int64_t ratio, int64_t num_comp) {
+  if (j < slots.num_window) {
+    const int64_t p = slots.first + j;
+    return p >= WindowBegin(position, window) && p >= kv_pos0 && p <= position ? 1 : 0;
+  }
+  if (entry_picks >= 0) return entry_picks;
+  const int64_t e = j - slots.num_window;
+  const int64_t visible = NumVisibleCompressed(position, ratio);
+  return e < visible && e < num_comp ? 1 : 0;
+}
+
 }  // namespace v4rl::kernels::plan

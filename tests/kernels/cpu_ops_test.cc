@@ -240,6 +240,76 @@ TEST(SparseAttentionTest, KeySlotsOfAQuery) {
   EXPECT_EQ(plan::KeySlotAt(s, 4, 2, nullptr, 2).index, 0);  // all visible: slot order
 }
 
+// The key list two consecutive queries share (the CUDA query-pair backward): weighted by
+// SharedSlotWeight, each query takes exactly the keys of its own KeySlots, duplicates and skipped
+// picks included, over clipped windows, early positions and both kinds of compressed slots.
+TEST(SparseAttentionTest, SharedSlotsGiveEachQueryItsOwnKeys) {
+  struct Key {
+    int64_t index;
+    bool compressed;
+    bool operator<(const Key& o) const {
+      return compressed != o.compressed ? compressed < o.compressed : index < o.index;
+    }
+    bool operator==(const Key& o) const { return index == o.index && compressed == o.compressed; }
+  };
+  const int64_t ratio = 4, num_comp = 9, topk = 5;
+  for (const int64_t window : {1, 3, 8}) {
+    for (const int64_t kv_pos0 : {0, 2}) {
+      for (const bool with_picks : {false, true}) {
+        for (int64_t first = kv_pos0; first < kv_pos0 + 30; ++first) {
+          const int64_t positions[2] = {first, first + 1};
+          // Picks: a query-dependent spread with a duplicate, a -1 and an id past num_comp.
+          std::vector<int32_t> picks(2 * topk);
+          for (int q = 0; q < 2; ++q) {
+            for (int64_t j = 0; j < topk; ++j) {
+              picks[q * topk + j] = static_cast<int32_t>((positions[q] * 3 + j * 2) % 11) - 1;
+            }
+            picks[q * topk + topk - 1] = picks[q * topk];
+          }
+          int32_t largest = -1;
+          std::vector<int> counts(2 * num_comp, 0);
+          for (int q = 0; q < 2; ++q) {
+            for (int64_t j = 0; j < topk; ++j) {
+              const int32_t e = picks[q * topk + j];
+              if (e >= 0 && e < num_comp) ++counts[q * num_comp + e], largest = std::max(largest, e);
+            }
+          }
+          const int64_t entries =
+              with_picks ? largest + 1
+                         : std::min(plan::NumVisibleCompressed(positions[1], ratio), num_comp);
+          const plan::SharedKeySlots shared =
+              plan::SharedSlots(positions[0], positions[1], window, kv_pos0, entries);
+          for (int q = 0; q < 2; ++q) {
+            const int32_t* own_picks = with_picks ? picks.data() + q * topk : nullptr;
+            const plan::QueryKeySlots own = plan::KeySlots(
+                positions[q], window, kv_pos0, true, with_picks, topk, ratio, num_comp);
+            std::vector<Key> want, got;
+            for (int64_t j = 0; j < own.total(); ++j) {
+              const plan::KeySlotSource src = plan::KeySlotAt(own, j, kv_pos0, own_picks, num_comp);
+              if (src.index >= 0) want.push_back({src.index, src.compressed});
+            }
+            for (int64_t j = 0; j < shared.total(); ++j) {
+              const bool entry = j >= shared.num_window;
+              const int entry_picks =
+                  entry && with_picks ? counts[q * num_comp + (j - shared.num_window)] : -1;
+              const int weight = plan::SharedSlotWeight(shared, j, positions[q], window, kv_pos0,
+                                                        entry_picks, ratio, num_comp);
+              const Key key = entry ? Key{j - shared.num_window, true}
+                                    : Key{shared.first - kv_pos0 + j, false};
+              for (int w = 0; w < weight; ++w) got.push_back(key);
+            }
+            std::sort(want.begin(), want.end());
+            std::sort(got.begin(), got.end());
+            EXPECT_TRUE(want == got) << "window " << window << " kv_pos0 " << kv_pos0
+                                     << (with_picks ? " picks" : " visible") << " position "
+                                     << positions[q];
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(SparseAttentionTest, TopKListsSkipInvalidPicks) {
   const int64_t dim = 4;
   Tensor q = Tensor::FromFloats({1, 1, dim}, {1, 1, 0, 0});

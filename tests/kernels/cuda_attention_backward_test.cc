@@ -182,6 +182,30 @@ TEST(CudaAttentionBackward, TensorCoresFourKeyTilesDuplicatePicks17Queries) {
   RunCase(c);
 }
 
+// V4's head shape (16 heads of 512) on both tensor-core kernels: picks covering most of the
+// entries go to the query-pair kernel (33 queries: the last pair has one), sparse picks to the
+// one-query kernel; duplicates in both.
+TEST(CudaAttentionBackward, TensorCoresV4HeadsPairAndOneQueryKernels) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  for (const int64_t topk : {48, 20}) {  // of 64 entries: pair kernel, then one-query kernel
+    Case c{topk == 48 ? "tensor cores V4 heads, query pairs" : "tensor cores V4 heads, one query",
+           /*num_q=*/33,
+           /*heads=*/16,
+           /*head_dim=*/512,
+           /*num_kv=*/300,
+           /*num_comp=*/64,
+           topk,
+           /*q_pos0=*/250,
+           /*kv_pos0=*/0,
+           /*window=*/128,
+           /*ratio=*/4,
+           DType::kBF16,
+           /*tensor_cores=*/true};
+    c.duplicate_picks = true;
+    RunCase(c);
+  }
+}
+
 TEST(CudaAttentionBackward, TensorCoresRejectF32Inputs) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const Tensor q = Tensor::Empty(DType::kF32, {2, 4, 64}, DeviceAllocator());
