@@ -117,7 +117,25 @@ struct SwiGluBackwardParams {
   int64_t ld_gate, ld_up, ld_dy, ld_dgate, ld_dup;
   int64_t rows, cols;
   float limit;
+  bool overwrite;  // dgate, dup = (not read; zeros where clamped) instead of +=
 };
+
+// One element's gradients: g, u the SwiGLU's inputs, dy the output gradient; dgate and dup the
+// values to add, or (with overwrite) to store: zero for a clamped input.
+__device__ __forceinline__ void SwiGluElementGrads(float g, float u, float dy, float limit,
+                                                   float* dgate, float* dup, bool* gate_passes,
+                                                   bool* up_passes) {
+  *gate_passes = true, *up_passes = true;
+  if (limit > 0.0f) {
+    *gate_passes = g <= limit;
+    *up_passes = u >= -limit && u <= limit;
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+  }
+  const float sig = 1.0f / (1.0f + expf(-g));
+  *dgate = *gate_passes ? dy * u * sig * (1.0f + g * (1.0f - sig)) : 0.0f;
+  *dup = *up_passes ? dy * g * sig : 0.0f;
+}
 
 __global__ void SwiGluBackwardKernel(SwiGluBackwardParams p) {
   WaitForPriorKernels();
@@ -125,26 +143,50 @@ __global__ void SwiGluBackwardKernel(SwiGluBackwardParams p) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / p.cols, c = i % p.cols;
-    float g = LoadF(p.gate, p.gate_bf16, r * p.ld_gate + c);
-    float u = LoadF(p.up, p.up_bf16, r * p.ld_up + c);
-    const float dy = LoadF(p.dy, p.dy_bf16, r * p.ld_dy + c);
-    bool gate_passes = true, up_passes = true;
-    if (p.limit > 0.0f) {
-      gate_passes = g <= p.limit;
-      up_passes = u >= -p.limit && u <= p.limit;
-      g = fminf(g, p.limit);
-      u = fminf(fmaxf(u, -p.limit), p.limit);
+    float dgate, dup;
+    bool gate_passes, up_passes;
+    SwiGluElementGrads(
+        LoadF(p.gate, p.gate_bf16, r * p.ld_gate + c), LoadF(p.up, p.up_bf16, r * p.ld_up + c),
+        LoadF(p.dy, p.dy_bf16, r * p.ld_dy + c), p.limit, &dgate, &dup, &gate_passes, &up_passes);
+    const int64_t og = r * p.ld_dgate + c, ou = r * p.ld_dup + c;
+    if (p.overwrite) {
+      StoreF(p.dgate, p.dgate_bf16, og, dgate);
+      StoreF(p.dup, p.dup_bf16, ou, dup);
+      continue;
     }
-    const float sig = 1.0f / (1.0f + expf(-g));
-    if (gate_passes) {
-      const int64_t o = r * p.ld_dgate + c;
-      StoreF(p.dgate, p.dgate_bf16, o,
-             LoadF(p.dgate, p.dgate_bf16, o) + dy * u * sig * (1.0f + g * (1.0f - sig)));
+    if (gate_passes) StoreF(p.dgate, p.dgate_bf16, og, LoadF(p.dgate, p.dgate_bf16, og) + dgate);
+    if (up_passes) StoreF(p.dup, p.dup_bf16, ou, LoadF(p.dup, p.dup_bf16, ou) + dup);
+  }
+}
+
+// The same, eight columns a thread (every row view Vec8Ok, cols % 8 == 0): 16-byte loads and
+// stores, one division a group of eight.
+__global__ void SwiGluBackwardVec8Kernel(SwiGluBackwardParams p) {
+  WaitForPriorKernels();
+  const int64_t groups = p.cols / 8, total = p.rows * groups;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / groups, c = 8 * (i % groups);
+    float g[8], u[8], dy[8], dgate[8], dup[8];
+    Load8(p.gate, p.gate_bf16, r * p.ld_gate + c, g);
+    Load8(p.up, p.up_bf16, r * p.ld_up + c, u);
+    Load8(p.dy, p.dy_bf16, r * p.ld_dy + c, dy);
+    float old_gate[8], old_up[8];
+    if (!p.overwrite) {
+      Load8(p.dgate, p.dgate_bf16, r * p.ld_dgate + c, old_gate);
+      Load8(p.dup, p.dup_bf16, r * p.ld_dup + c, old_up);
     }
-    if (up_passes) {
-      const int64_t o = r * p.ld_dup + c;
-      StoreF(p.dup, p.dup_bf16, o, LoadF(p.dup, p.dup_bf16, o) + dy * g * sig);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      bool gate_passes, up_passes;
+      SwiGluElementGrads(g[j], u[j], dy[j], p.limit, &dgate[j], &dup[j], &gate_passes, &up_passes);
+      if (!p.overwrite) {  // a clamped input leaves the old value as it was (+ 0)
+        dgate[j] = gate_passes ? old_gate[j] + dgate[j] : old_gate[j];
+        dup[j] = up_passes ? old_up[j] + dup[j] : old_up[j];
+      }
     }
+    Store8(p.dgate, p.dgate_bf16, r * p.ld_dgate + c, dgate);
+    Store8(p.dup, p.dup_bf16, r * p.ld_dup + c, dup);
   }
 }
 
@@ -212,6 +254,13 @@ absl::Status RopeBackward(const core::TensorView& grad, const core::TensorView& 
 absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::TensorView& up,
                                  float limit, const core::TensorView& dy,
                                  const core::TensorView& dgate, const core::TensorView& dup) {
+  return SwiGluClampBackward(gate, up, limit, dy, dgate, dup, DxWrite::kAdd);
+}
+
+absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::TensorView& up,
+                                 float limit, const core::TensorView& dy,
+                                 const core::TensorView& dgate, const core::TensorView& dup,
+                                 DxWrite write) {
   const core::TensorView* views[] = {&gate, &up, &dy, &dgate, &dup};
   for (const core::TensorView* v : views) {
     if (!IsRows(*v) || v->shape[0] != gate.shape[0] || v->shape[1] != gate.shape[1]) {
@@ -225,14 +274,32 @@ absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::Tenso
       dup.data == gate.data || dup.data == up.data || dgate.data == dy.data || dup.data == dy.data) {
     return absl::InvalidArgumentError("SwiGluClampBackward: gradients alias an input or each other");
   }
-  SwiGluBackwardParams p{gate.data,     up.data,        dy.data,       dgate.data,     dup.data,
-                         IsBf16(gate),  IsBf16(up),     IsBf16(dy),    IsBf16(dgate),  IsBf16(dup),
-                         gate.strides[0], up.strides[0], dy.strides[0], dgate.strides[0],
-                         dup.strides[0], gate.shape[0], gate.shape[1], limit};
+  SwiGluBackwardParams p{gate.data,
+                         up.data,
+                         dy.data,
+                         dgate.data,
+                         dup.data,
+                         IsBf16(gate),
+                         IsBf16(up),
+                         IsBf16(dy),
+                         IsBf16(dgate),
+                         IsBf16(dup),
+                         gate.strides[0],
+                         up.strides[0],
+                         dy.strides[0],
+                         dgate.strides[0],
+                         dup.strides[0],
+                         gate.shape[0],
+                         gate.shape[1],
+                         limit,
+                         write == DxWrite::kOverwrite};
   const int64_t total = p.rows * p.cols;
   if (total == 0) return absl::OkStatus();
-  const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
-  LaunchKernel(SwiGluBackwardKernel, blocks, 256, 0, p);
+  bool vec8 = p.cols % 8 == 0;
+  for (const core::TensorView* v : views) vec8 = vec8 && Vec8Ok(v->data, v->strides[0]);
+  const int64_t items = vec8 ? total / 8 : total;
+  const int64_t blocks = std::min<int64_t>((items + 255) / 256, 65536);
+  LaunchKernel(vec8 ? SwiGluBackwardVec8Kernel : SwiGluBackwardKernel, blocks, 256, 0, p);
   return LaunchStatus("SwiGluClampBackward");
 }
 

@@ -34,9 +34,15 @@ absl::Status RopeBackward(const core::TensorView& grad, const core::TensorView& 
 
 // Backward of out = silu(min(gate, limit)) · clamp(up, ±limit) (limit <= 0: no clamp); a clamped
 // input gets zero gradient. gate, up, dy: [M, I] bf16|f32 row views; dgate, dup: [M, I]
-// bf16|f32 row views, += their gradients (distinct from the inputs and from each other).
+// bf16|f32 row views, += their gradients (distinct from the inputs and from each other), or with
+// DxWrite::kOverwrite = them (not read, no zero fill needed). 16-byte rows with I % 8 == 0 go
+// eight columns a thread.
 absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::TensorView& up,
                                  float limit, const core::TensorView& dy,
                                  const core::TensorView& dgate, const core::TensorView& dup);
+absl::Status SwiGluClampBackward(const core::TensorView& gate, const core::TensorView& up,
+                                 float limit, const core::TensorView& dy,
+                                 const core::TensorView& dgate, const core::TensorView& dup,
+                                 DxWrite write);
 
 }  // namespace v4rl::kernels::cuda

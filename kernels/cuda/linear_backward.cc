@@ -121,6 +121,13 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
                             const core::TensorView& w, const core::TensorView& dy,
                             const core::TensorView& dx, const core::TensorView& dw,
                             bool overwrite_dx) {
+  return LinearBackward(handle, x, w, dy, dx, dw, overwrite_dx, /*overwrite_dw=*/false);
+}
+
+absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
+                            const core::TensorView& w, const core::TensorView& dy,
+                            const core::TensorView& dx, const core::TensorView& dw,
+                            bool overwrite_dx, bool overwrite_dw) {
   if (!IsRowView(w)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "LinearBackward: w must be a rank-2 f32|bf16 device row view, got %s", w.DebugString()));
@@ -143,9 +150,14 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
     p.beta = overwrite_dx ? 0.0f : 1.0f;  // beta 0: cuBLAS does not read dx
     if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
   }
+  // Overwriting a dw no GEMM writes (no rows), or one the split-K path adds to: zeros first.
+  const bool chunked = dw.data != nullptr && m > 0 && WeightGradientRowChunks(handle, dw, m, n, k) > 1;
+  if (dw.data != nullptr && overwrite_dw && (m == 0 || chunked)) {
+    if (absl::Status s = FillZero(dw); !s.ok()) return s;
+  }
   if (dw.data != nullptr && m > 0) {
-    if (const int64_t chunks = WeightGradientRowChunks(handle, dw, m, n, k); chunks > 1) {
-      return ChunkedWeightGradient(handle, x, dy, dw, chunks);
+    if (chunked) {
+      return ChunkedWeightGradient(handle, x, dy, dw, WeightGradientRowChunks(handle, dw, m, n, k));
     }
     // dw [n, k] += dyᵀ [n, m] · x [m, k]
     BatchedGemmParams p;
@@ -156,7 +168,7 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
     p.c_dtype = dw.dtype;
     p.ldc = dw.strides[0];
     p.m = n, p.n = k, p.k = m;
-    p.beta = 1.0f;
+    p.beta = overwrite_dw ? 0.0f : 1.0f;  // beta 0: cuBLAS does not read dw
     if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
   }
   return absl::OkStatus();
@@ -165,7 +177,7 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
 absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x,
                                    const core::TensorView& w, const core::TensorView& dy,
                                    const int64_t* offsets, const core::TensorView& dx,
-                                   const core::TensorView& dw) {
+                                   const core::TensorView& dw, bool overwrite_dw) {
   if (w.device != core::Device::kCuda || w.rank != 3 || !w.is_contiguous() || offsets == nullptr ||
       (dw.data != nullptr && !dw.is_contiguous())) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -193,11 +205,12 @@ absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x
     const core::TensorView no_view;
     for (int64_t e = lane_index; e < experts; e += BlasHandle::kLanes) {
       const int64_t begin = offsets[e], end = offsets[e + 1];
-      if (end == begin) continue;
-      if (absl::Status s =
-              LinearBackward(lane, x.data ? x.Slice(0, begin, end) : no_view, w.Select(0, e),
-                             dy.Slice(0, begin, end), dx.data ? dx.Slice(0, begin, end) : no_view,
-                             dw.data ? dw.Select(0, e) : no_view);
+      if (end == begin && !(overwrite_dw && dw.data != nullptr)) continue;
+      // An expert without rows with overwrite_dw: LinearBackward zero-fills its dw.
+      if (absl::Status s = LinearBackward(
+              lane, x.data ? x.Slice(0, begin, end) : no_view, w.Select(0, e),
+              dy.Slice(0, begin, end), dx.data && end > begin ? dx.Slice(0, begin, end) : no_view,
+              dw.data ? dw.Select(0, e) : no_view, /*overwrite_dx=*/false, overwrite_dw);
           !s.ok()) {
         return s;
       }

@@ -21,18 +21,25 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
                             const core::TensorView& w, const core::TensorView& dy,
                             const core::TensorView& dx, const core::TensorView& dw);
 // The same with overwrite_dx: dx = dy · w (GEMM beta 0: dx is not read, so it needs no zero
-// fill; for a dx that this call alone writes, e.g. a fresh gradient), dw still added to.
+// fill; for a dx that this call alone writes, e.g. a fresh gradient), dw still added to; and
+// with overwrite_dw as well dw = dyᵀ · x (dw not read; all zero when dy has no rows).
 absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
                             const core::TensorView& w, const core::TensorView& dy,
                             const core::TensorView& dx, const core::TensorView& dw,
                             bool overwrite_dx);
+absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
+                            const core::TensorView& w, const core::TensorView& dy,
+                            const core::TensorView& dx, const core::TensorView& dw,
+                            bool overwrite_dx, bool overwrite_dw);
 
 // Batched over experts (stacked weights): x[e], dy[e] are rows [offsets[e], offsets[e + 1]) of
 // x [P, k] and dy [P, n]; w, dw: [E, n, k] contiguous. offsets: host, E + 1 entries from 0 to P.
-// The experts' GEMMs run on the handle's lanes (BlasHandle::Lane), several at once.
+// The experts' GEMMs run on the handle's lanes (BlasHandle::Lane), several at once. dx is added
+// to; dw too, or with overwrite_dw written (dw[e] = dy[e]ᵀ · x[e], zeros for an expert without
+// rows): a dw this call alone writes needs no zero fill, and its GEMMs do not read it.
 absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x,
                                    const core::TensorView& w, const core::TensorView& dy,
                                    const int64_t* offsets, const core::TensorView& dx,
-                                   const core::TensorView& dw);
+                                   const core::TensorView& dw, bool overwrite_dw);
 
 }  // namespace v4rl::kernels::cuda

@@ -163,23 +163,33 @@ TEST(CudaBackward, LinearStridedAndGroupedExperts) {
   const Tensor dx = testing::ToDevice(Tensor::Zeros(DType::kF32, {p, k}), DType::kF32);
   const Tensor dw = testing::ToDevice(Tensor::Zeros(DType::kF32, {experts, n, k}), DType::kF32);
   ASSERT_TRUE(GroupedLinearBackward(*blas, xd.view().Slice(1, 3, 3 + k), wd.view(), dyd.view(),
-                                    offsets.data(), dx.view(), dw.view())
+                                    offsets.data(), dx.view(), dw.view(), /*overwrite_dw=*/false)
                   .ok());
   EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dx", testing::ToHost(dx.view()).view(),
                                       want_dx.view(), kF32));
   EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dw", testing::ToHost(dw.view()).view(),
                                       want_dw.view(), kF32));
+  // overwrite_dw writes every expert's dw, the empty expert's as zeros, whatever was there.
+  const Tensor dw_over = testing::ToDevice(RandomNormal({experts, n, k}, 9), DType::kF32);
+  ASSERT_TRUE(GroupedLinearBackward(*blas, xd.view().Slice(1, 3, 3 + k), wd.view(), dyd.view(),
+                                    offsets.data(), core::TensorView(), dw_over.view(),
+                                    /*overwrite_dw=*/true)
+                  .ok());
+  EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dw overwritten",
+                                      testing::ToHost(dw_over.view()).view(), want_dw.view(),
+                                      kF32));
   // Without dw, x is not read: an empty x gives the same dx.
   const Tensor dx_only = testing::ToDevice(Tensor::Zeros(DType::kF32, {p, k}), DType::kF32);
   ASSERT_TRUE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(), dyd.view(),
-                                    offsets.data(), dx_only.view(), core::TensorView())
+                                    offsets.data(), dx_only.view(), core::TensorView(),
+                                    /*overwrite_dw=*/false)
                   .ok());
   EXPECT_TRUE(testing::CloseAndReport("grouped linear f32 dx without x",
                                       testing::ToHost(dx_only.view()).view(), want_dx.view(),
                                       kF32));
   // ... but dw needs it.
   EXPECT_FALSE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(), dyd.view(),
-                                     offsets.data(), dx.view(), dw.view())
+                                     offsets.data(), dx.view(), dw.view(), /*overwrite_dw=*/false)
                    .ok());
   // Mismatched shapes are rejected.
   EXPECT_FALSE(LinearBackward(*blas, xd.view().Slice(1, 0, k), wd.view().Select(0, 0),
@@ -341,6 +351,46 @@ TEST(CudaBackward, SwiGluClampF32AndBf16) {
                                           want_dg.view(), {.atol = 1e-5, .rtol = 1e-5}));
       EXPECT_TRUE(testing::CloseAndReport(name + " dup", testing::ToHost(du.view()).view(),
                                           want_du.view(), {.atol = 1e-5, .rtol = 1e-5}));
+    }
+  }
+}
+
+// kOverwrite stores what kAdd adds to zeros, without reading the outputs (filled with garbage
+// here); 8-wide rows (inter % 8 == 0, aligned) and the scalar path (a column-sliced, unaligned
+// view), bf16 and f32 outputs.
+TEST(CudaBackward, SwiGluClampOverwriteMatchesAddingToZeros) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 13, inter = 264;
+  const Tensor gate = testing::RoundToBf16(RandomNormal({rows, inter + 8}, 23, 3.0f));
+  const Tensor up = testing::RoundToBf16(RandomNormal({rows, inter + 8}, 24, 3.0f));
+  const Tensor dy = testing::RoundToBf16(RandomNormal({rows, inter + 8}, 25));
+  for (DType out_dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t first_col : {0, 1}) {  // 0: 8-wide rows; 1: the scalar path
+      const Tensor gd = testing::ToDevice(gate, DType::kBF16),
+                   ud = testing::ToDevice(up, DType::kBF16),
+                   dyd = testing::ToDevice(dy, DType::kBF16);
+      const auto cols = [&](const Tensor& t) {
+        return t.view().Slice(1, first_col, first_col + inter);
+      };
+      const Tensor add_g = testing::ToDevice(Tensor::Zeros(DType::kF32, {rows, inter}), out_dtype);
+      const Tensor add_u = testing::ToDevice(Tensor::Zeros(DType::kF32, {rows, inter}), out_dtype);
+      const Tensor over_g = testing::ToDevice(RandomNormal({rows, inter}, 26), out_dtype);
+      const Tensor over_u = testing::ToDevice(RandomNormal({rows, inter}, 27), out_dtype);
+      ASSERT_TRUE(
+          SwiGluClampBackward(cols(gd), cols(ud), 2.5f, cols(dyd), add_g.view(), add_u.view())
+              .ok());
+      ASSERT_TRUE(SwiGluClampBackward(cols(gd), cols(ud), 2.5f, cols(dyd), over_g.view(),
+                                      over_u.view(), DxWrite::kOverwrite)
+                      .ok());
+      const std::string name = std::string("swiglu backward overwrite, ") +
+                               (out_dtype == DType::kF32 ? "f32" : "bf16") + " out" +
+                               (first_col == 0 ? ", 8-wide" : ", scalar");
+      EXPECT_TRUE(testing::CloseAndReport(name + " dgate", testing::ToHost(over_g.view()).view(),
+                                          testing::ToHost(add_g.view()).view(),
+                                          {.atol = 0, .rtol = 0}));
+      EXPECT_TRUE(testing::CloseAndReport(name + " dup", testing::ToHost(over_u.view()).view(),
+                                          testing::ToHost(add_u.view()).view(),
+                                          {.atol = 0, .rtol = 0}));
     }
   }
 }
