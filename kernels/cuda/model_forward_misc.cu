@@ -129,7 +129,9 @@ absl::Status MhcCoefficients(const core::TensorView& mixes, const core::TensorVi
     return absl::InvalidArgumentError(absl::StrFormat("%s: iters = %d, expected >= 1", op, iters));
   }
   if (tokens == 0) return absl::OkStatus();
-  LaunchKernel(CoefficientsKernel, Blocks(tokens, 128), 128, 0, mixes.data_as<float>(),
+  // A warp a block: one thread a token is serial work (20 Sinkhorn iterations), so the tokens
+  // spread over as many SMs as they fill (4,096 tokens: 128 blocks, not 32).
+  LaunchKernel(CoefficientsKernel, Blocks(tokens, 32), 32, 0, mixes.data_as<float>(),
                base.data_as<float>(), scale.data_as<float>(), tokens, static_cast<int>(n), iters,
                eps, pre.data_as<float>(), post.data_as<float>(), comb.data_as<float>());
   return LaunchStatus(op);

@@ -197,12 +197,12 @@ TEST(CudaBackward, LinearStridedAndGroupedExperts) {
                    .ok());
 }
 
-// dim 1031: the scalar path; 512 and 2056 (multiples of 8): eight columns a thread, one step and
-// several.
+// dim 1031: the scalar path; multiples of 8: eight columns a thread, the row in registers for
+// one step (512), two (2056) and three of four (6152), and the loop past four steps (8200).
 TEST(CudaBackward, RmsNormWeightedUnweightedBf16) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const int64_t rows = 23;
-  for (const int64_t dim : {1031, 512, 2056}) {
+  for (const int64_t dim : {1031, 512, 2056, 6152, 8200}) {
     for (DType dtype : {DType::kF32, DType::kBF16}) {
       const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 11, 2.0f));
       const Tensor weight = testing::RoundToBf16(RandomNormal({dim}, 12));

@@ -1,5 +1,6 @@
 // CUDA RMSNorm, RoPE tables (YaRN), RoPE rotation and clamped SwiGLU against the CPU references on
 // the same bf16-rounded inputs, odd sizes (gpu label; skips without a device).
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -24,7 +25,8 @@ constexpr testing::Tolerance kBf16Out{.atol = 1e-5, .rtol = 4e-3};
 
 TEST(CudaElementwise, RmsNormBf16WithWeightOddAndVectorSizes) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  for (int64_t dim : {1031, 1024}) {  // scalar path; 8-wide path
+  // The scalar path; 8-wide rows in registers (one step, three of four), and looped (> 4 steps).
+  for (int64_t dim : {1031, 1024, 6152, 8200}) {
     const int64_t rows = 17;
     const Tensor x = testing::RoundToBf16(RandomNormal({rows, dim}, 1, 3.0f));
     const Tensor weight = RandomNormal({dim}, 2);
@@ -41,19 +43,23 @@ TEST(CudaElementwise, RmsNormBf16WithWeightOddAndVectorSizes) {
   }
 }
 
+// In place: a strided column block (the scalar path) and whole 8,192-wide rows (8-wide, held in
+// registers).
 TEST(CudaElementwise, RmsNormF32StridedRowsInPlaceUnweighted) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t rows = 17, dim = 77, wide = 100;
-  const Tensor x = RandomNormal({rows, wide}, 3);
-  Tensor want = Tensor::CopyOf(x.view());
-  cpu::RmsNormRef(x.data<float>() + 5, wide, static_cast<const float*>(nullptr), 1e-6f,
-                  want.data<float>() + 5, wide, rows, dim, nullptr);
-  const Tensor dx = testing::ToDevice(x, DType::kF32);
-  const core::TensorView slice = dx.view().Slice(1, 5, 5 + dim);
-  ASSERT_TRUE(RmsNorm(slice, core::TensorView(), 1e-6f, slice).ok());
-  EXPECT_TRUE(testing::CloseAndReport("rmsnorm f32 strided in place",
-                                      testing::ToHost(dx.view()).view(), want.view(),
-                                      {.atol = 1e-6, .rtol = 1e-5}));
+  const int64_t rows = 17;
+  for (const auto [dim, wide, first] : {std::array<int64_t, 3>{77, 100, 5}, {8192, 8192, 0}}) {
+    const Tensor x = RandomNormal({rows, wide}, 3);
+    Tensor want = Tensor::CopyOf(x.view());
+    cpu::RmsNormRef(x.data<float>() + first, wide, static_cast<const float*>(nullptr), 1e-6f,
+                    want.data<float>() + first, wide, rows, dim, nullptr);
+    const Tensor dx = testing::ToDevice(x, DType::kF32);
+    const core::TensorView slice = dx.view().Slice(1, first, first + dim);
+    ASSERT_TRUE(RmsNorm(slice, core::TensorView(), 1e-6f, slice).ok());
+    EXPECT_TRUE(testing::CloseAndReport("rmsnorm f32 in place D=" + std::to_string(dim),
+                                        testing::ToHost(dx.view()).view(), want.view(),
+                                        {.atol = 1e-6, .rtol = 1e-5}));
+  }
 }
 
 TEST(CudaElementwise, RopeTableMatchesCpuYarnTable) {
