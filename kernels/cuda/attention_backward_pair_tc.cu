@@ -93,8 +93,7 @@ __global__ void __launch_bounds__(kPairThreads)
 
   const int q = static_cast<int>(threadIdx.x) / kTcThreads;  // this thread's query of the pair
   const GroupSmem mine = CarveGroup(group_base + q * PairGroupBytes(D), stride);
-  const int warp = TcGroupWarp(), lane = threadIdx.x % 32, gt = TcGroupThread();
-  const int g = lane / 4, t4 = lane % 4;
+  const int warp = TcGroupWarp(), gt = TcGroupThread();
   const PairBlock b = PairSetUp(p.keys, counts, max_entry);
   const int64_t h0 = int64_t{blockIdx.y} * kTcHeads;
   const int heads = PairActive(b, q) ? static_cast<int>(Min64(kTcHeads, H - h0)) : 0;
@@ -107,21 +106,8 @@ __global__ void __launch_bounds__(kPairThreads)
   TcLoadQueries(dout_tile, p.dout + (query * H + h0) * D, heads, D);
   CpAsyncWait<0>();
   __syncthreads();
-  // Δ = dO·O per head (dO as staged in bf16, as dP uses it) and the saved lse.
-  for (int r = warp; r < kTcHeads; r += kTcWarps) {
-    float sum = 0.0f;
-    if (r < heads) {
-      for (int64_t c = lane; c < D; c += 32) {
-        sum += LoadF(mine.dout, true, r * stride + c) *
-               LoadF(p.out, p.out_bf16, (query * H + h0 + r) * D + c);
-      }
-    }
-    sum = WarpSum(sum);
-    if (lane == 0) {
-      mine.delta[r] = sum;
-      mine.lse[r] = r < heads ? p.lse[query * H + h0 + r] : 0.0f;
-    }
-  }
+  TcDeltaAndLse(mine.dout, stride, p.out, p.out_bf16, (query * H + h0) * D, p.lse + query * H + h0,
+                heads, D, mine.delta, mine.lse);
 
   const int64_t total = b.slots.total();
   const int num_tiles = static_cast<int>((total + kTcKeys - 1) / kTcKeys);
@@ -155,8 +141,6 @@ __global__ void __launch_bounds__(kPairThreads)
   CpAsyncWait<0>();
   __syncthreads();
 
-  const int64_t col0 = warp * (D / 4);
-  const int ntiles = static_cast<int>(D / 32);
   float dq[kTcMaxTiles][4];
 #pragma unroll
   for (int n = 0; n < kTcMaxTiles; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -165,23 +149,10 @@ __global__ void __launch_bounds__(kPairThreads)
     const int buf = (n % 2) * kTcKeys;
     // P and scale·dS of the warp's 16 keys for this group's query.
     {
-      float s[2][4], dp[2][4];
-      TcWarpLogitsPair(mine.q, mine.dout, k_s + 16 * warp * stride, stride, D, s, dp);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = g + (e >= 2 ? 8 : 0), key = 16 * warp + 8 * j + 2 * t4 + (e & 1);
-          const int weight = mine.weights[buf + key];
-          float prob = 0.0f, ds = 0.0f;
-          if (weight != 0 && r < heads) {
-            prob = static_cast<float>(weight) * expf(p.scale * s[j][e] - mine.lse[r]);
-            ds = prob * (dp[j][e] - mine.delta[r]);
-          }
-          mine.ds_p[r * kPStride + key] = Bf16Bits(p.scale * ds);
-          mine.ds_p[(kTcHeads + r) * kPStride + key] = Bf16Bits(prob);
-        }
-      }
+      float s_tile[2][4], dp[2][4];
+      TcWarpLogitsPair(mine.q, mine.dout, k_s + 16 * warp * stride, stride, D, s_tile, dp);
+      TcWriteProbsAndDs(s_tile, dp, mine.weights + buf, heads, mine.lse, mine.delta, p.scale,
+                        mine.ds_p);
     }
     const bool more = n + 1 < num_tiles;
     if (more) fill_tile(n + 1);  // the other buffers
@@ -207,21 +178,7 @@ __global__ void __launch_bounds__(kPairThreads)
     CpAsyncWait<0>();
     __syncthreads();  // the next tile's keys are in; dS|P and this tile's rows may be refilled
   }
-  // dQ: rows g and g + 8 of the fragments are heads, columns the warp's.
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = g + 8 * half;
-    if (r >= heads) continue;
-    float* row = p.dq + (query * H + h0 + r) * D;
-#pragma unroll
-    for (int n = 0; n < kTcMaxTiles; ++n) {
-      if (n < ntiles) {
-        const int64_t col = col0 + 8 * n + 2 * t4;
-        row[col] += dq[n][2 * half];
-        row[col + 1] += dq[n][2 * half + 1];
-      }
-    }
-  }
+  TcAddDq(dq, p.dq + (query * H + h0) * D, heads, D);
 }
 
 }  // namespace

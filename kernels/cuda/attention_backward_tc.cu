@@ -74,8 +74,7 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
   TcTile dout_tile = tile;
   dout_tile.q = do_s;
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t4 = lane % 4;
+  const int warp = threadIdx.x / 32;
   const int64_t i = blockIdx.x;
   const int64_t h0 = int64_t{blockIdx.y} * kTcHeads;
   const int heads = static_cast<int>(Min64(kTcHeads, H - h0));
@@ -83,20 +82,8 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
   TcLoadQueries(dout_tile, p.dout + (i * H + h0) * D, heads, D);
   CpAsyncWait<0>();
   __syncthreads();
-  // Δ = dO·O per head (dO as staged in bf16, as dP uses it) and the saved lse.
-  for (int r = warp; r < kTcHeads; r += kTcWarps) {
-    float sum = 0.0f;
-    if (r < heads) {
-      for (int64_t c = lane; c < D; c += 32) {
-        sum += LoadF(do_s, true, r * stride + c) * LoadF(p.out, p.out_bf16, (i * H + h0 + r) * D + c);
-      }
-    }
-    sum = WarpSum(sum);
-    if (lane == 0) {
-      delta_s[r] = sum;
-      lse_s[r] = r < heads ? p.lse[i * H + h0 + r] : 0.0f;
-    }
-  }
+  TcDeltaAndLse(do_s, stride, p.out, p.out_bf16, (i * H + h0) * D, p.lse + i * H + h0, heads, D,
+                delta_s, lse_s);
 
   const int64_t t = p.q_pos0 + i;
   const plan::QueryKeySlots slots =
@@ -134,8 +121,6 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
   CpAsyncWait<0>();
   __syncthreads();
 
-  const int64_t col0 = warp * (D / 4);
-  const int ntiles = static_cast<int>(D / 32);
   float dq[kTcMaxTiles][4];
 #pragma unroll
   for (int n = 0; n < kTcMaxTiles; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -144,22 +129,9 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
     const int buf = (n % 2) * kTcKeys;
     // P and scale·dS of the warp's 16 keys.
     {
-      float s[2][4], dp[2][4];
-      TcWarpLogitsPair(q_s, do_s, k_s + 16 * warp * stride, stride, D, s, dp);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = g + (e >= 2 ? 8 : 0), key = 16 * warp + 8 * j + 2 * t4 + (e & 1);
-          float prob = 0.0f, ds = 0.0f;
-          if (valid[buf + key] != 0 && r < heads) {
-            prob = expf(p.scale * s[j][e] - lse_s[r]);
-            ds = prob * (dp[j][e] - delta_s[r]);
-          }
-          ds_p[r * kPStride + key] = Bf16Bits(p.scale * ds);
-          ds_p[(kTcHeads + r) * kPStride + key] = Bf16Bits(prob);
-        }
-      }
+      float s_tile[2][4], dp[2][4];
+      TcWarpLogitsPair(q_s, do_s, k_s + 16 * warp * stride, stride, D, s_tile, dp);
+      TcWriteProbsAndDs(s_tile, dp, valid + buf, heads, lse_s, delta_s, p.scale, ds_p);
     }
     const bool more = n + 1 < num_tiles;
     if (more && threadIdx.x < kTcKeys) fill_tile_rows(n + 1);  // the other buffer
@@ -180,21 +152,7 @@ __global__ void __launch_bounds__(kTcThreads) SparseAttentionBackwardTcKernel(Tc
     CpAsyncWait<0>();
     __syncthreads();  // the next tile's keys are in; dS|P and this tile's rows may be refilled
   }
-  // dQ: rows g and g + 8 of the fragments are heads, columns the warp's.
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = g + 8 * half;
-    if (r >= heads) continue;
-    float* row = p.dq + (i * H + h0 + r) * D;
-#pragma unroll
-    for (int n = 0; n < kTcMaxTiles; ++n) {
-      if (n < ntiles) {
-        const int64_t col = col0 + 8 * n + 2 * t4;
-        row[col] += dq[n][2 * half];
-        row[col + 1] += dq[n][2 * half + 1];
-      }
-    }
-  }
+  TcAddDq(dq, p.dq + (i * H + h0) * D, heads, D);
 }
 
 }  // namespace

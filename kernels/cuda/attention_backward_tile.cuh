@@ -19,6 +19,11 @@ namespace v4rl::kernels::cuda {
 constexpr int kPStride = kTcKeys + 8;  // bf16 elements between rows of the [32][kTcKeys] dS|P
 constexpr int kKeyGradColumns = 64;    // key-row gradient columns a warp holds at a time
 
+__device__ __forceinline__ uint16_t Bf16Bits(float v) {
+  const __nv_bfloat16 b = __float2bfloat16(v);
+  return *reinterpret_cast<const uint16_t*>(&b);
+}
+
 // S = q_rows·keysᵀ and dP = do_rows·keysᵀ of the warp's 16 keys (TcWarpLogits' layout and
 // summation order for each), in one pass over D: a key fragment feeds both products and the four
 // accumulators are independent mma chains.
@@ -49,6 +54,78 @@ __device__ __forceinline__ void TcWarpLogitsPair(const uint16_t* q_rows, const u
   }
 }
 
+// Δ = dO·O per head (dO as staged in bf16 at do_rows, `stride` apart, as dP uses it; out the
+// forward's [heads, D] rows from out_rows, bf16|f32) and the saved lse into delta[16], lse[16]
+// (zeros past `heads`); the group's warp w on heads w, w + 4, ...
+__device__ __forceinline__ void TcDeltaAndLse(const uint16_t* do_rows, int64_t stride,
+                                              const void* out, bool out_bf16, int64_t out_row0,
+                                              const float* lse_rows, int heads, int64_t head_dim,
+                                              float* delta, float* lse) {
+  const int lane = threadIdx.x % 32;
+  for (int r = TcGroupWarp(); r < kTcHeads; r += kTcWarps) {
+    float sum = 0.0f;
+    if (r < heads) {
+      for (int64_t c = lane; c < head_dim; c += 32) {
+        sum += LoadF(do_rows, true, r * stride + c) *
+               LoadF(out, out_bf16, out_row0 + r * head_dim + c);
+      }
+    }
+    sum = WarpSum(sum);
+    if (lane == 0) {
+      delta[r] = sum;
+      lse[r] = r < heads ? lse_rows[r] : 0.0f;
+    }
+  }
+}
+
+// P = weight · exp(scale·S - lse) and scale·dS = scale · P ∘ (dP - Δ) of the group warp's 16 keys
+// [16w, 16w + 16) (s, dp from TcWarpLogitsPair) into ds_p, rounded to bf16: weights[key] is how
+// many times the query takes the key (0: not at all; a pick count may exceed 1), rows past
+// `heads` zero.
+__device__ __forceinline__ void TcWriteProbsAndDs(const float (&s)[2][4], const float (&dp)[2][4],
+                                                  const int* weights, int heads, const float* lse,
+                                                  const float* delta, float scale, uint16_t* ds_p) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = g + (e >= 2 ? 8 : 0), key = 16 * TcGroupWarp() + 8 * j + 2 * t4 + (e & 1);
+      const int weight = weights[key];
+      float prob = 0.0f, ds = 0.0f;
+      if (weight != 0 && r < heads) {
+        prob = static_cast<float>(weight) * expf(scale * s[j][e] - lse[r]);
+        ds = prob * (dp[j][e] - delta[r]);
+      }
+      ds_p[r * kPStride + key] = Bf16Bits(scale * ds);
+      ds_p[(kTcHeads + r) * kPStride + key] = Bf16Bits(prob);
+    }
+  }
+}
+
+// dq_rows[r · D + c] += the group's dQ fragments (rows g and g + 8 heads, the group warp's
+// columns [w·D/4, (w+1)·D/4), as TcProbsTimesKeys accumulates them) for heads r < `heads`.
+__device__ __forceinline__ void TcAddDq(const float (&dq)[kTcMaxTiles][4], float* dq_rows,
+                                        int heads, int64_t head_dim) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int64_t col0 = TcGroupWarp() * (head_dim / 4);
+  const int ntiles = static_cast<int>(head_dim / 32);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    if (r >= heads) continue;
+    float* row = dq_rows + r * head_dim;
+#pragma unroll
+    for (int n = 0; n < kTcMaxTiles; ++n) {
+      if (n < ntiles) {
+        const int64_t col = col0 + 8 * n + 2 * t4;
+        row[col] += dq[n][2 * half];
+        row[col + 1] += dq[n][2 * half + 1];
+      }
+    }
+  }
+}
+
 // dst[0 .. 4) += v (dst 16-byte aligned, global) and dst[0 .. 2) += v (8-byte aligned): relaxed
 // gpu-scope vector reductions (sm_90), no value returned.
 __device__ __forceinline__ void RedAddF32x4(float* dst, float4 v) {
@@ -58,11 +135,6 @@ __device__ __forceinline__ void RedAddF32x4(float* dst, float4 v) {
 }
 __device__ __forceinline__ void RedAddF32x2(float* dst, float x, float y) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
-}
-
-__device__ __forceinline__ uint16_t Bf16Bits(float v) {
-  const __nv_bfloat16 b = __float2bfloat16(v);
-  return *reinterpret_cast<const uint16_t*>(&b);
 }
 
 // The key-row gradients of the staged keys [key0, key0 + 16), columns [col_begin, col_end)

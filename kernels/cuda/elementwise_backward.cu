@@ -47,6 +47,24 @@ __device__ __forceinline__ void RmsNormBackwardSums8(const RmsNormBackwardParams
   }
 }
 
+// dx[c, c + 8) of the row at go: += inv·w·dy - coef·x (p.add_to_dx), else = 0.0f + that (the bits
+// of a zeroed dx, without its read).
+__device__ __forceinline__ void RmsNormBackwardStore8(const RmsNormBackwardParams& p, int64_t go,
+                                                      int64_t c, const float (&x)[8],
+                                                      const float (&dy)[8], float inv, float coef) {
+  float w[8], dx[8];
+  if (p.add_to_dx) {
+    Load8(p.dx, p.dx_bf16, go + c, dx);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) dx[k] = 0.0f;
+  }
+  if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) dx[k] += inv * (p.weight ? w[k] : 1.0f) * dy[k] - coef * x[k];
+  Store8(p.dx, p.dx_bf16, go + c, dx);
+}
+
 // The vectorised row (p.vec) with its x and dy held in registers between the sums and the
 // gradient: kSteps groups of eight columns a thread (dim <= 8 · kSteps · blockDim), one read of
 // each instead of two. Same sums in the same order as RmsNormBackwardKernel's vectorised path.
@@ -80,17 +98,7 @@ __global__ void RmsNormBackwardRowInRegistersKernel(RmsNormBackwardParams p) {
   for (int s = 0; s < kSteps; ++s) {
     const int64_t c = 8 * (threadIdx.x + int64_t{s} * blockDim.x);
     if (c >= p.dim) continue;
-    float w[8], dx[8];
-    if (p.add_to_dx) {
-      Load8(p.dx, p.dx_bf16, go + c, dx);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) dx[k] = 0.0f;  // the bits of a zeroed dx, without its read
-    }
-    if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) dx[k] += inv * (p.weight ? w[k] : 1.0f) * dy[s][k] - coef * x[s][k];
-    Store8(p.dx, p.dx_bf16, go + c, dx);
+    RmsNormBackwardStore8(p, go, c, x[s], dy[s], inv, coef);
   }
   if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
 }
@@ -109,19 +117,10 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
     const float inv = rsqrtf(sum_sq / float(p.dim) + p.eps);
     const float coef = inv * inv * inv * dot / float(p.dim);
     for (int64_t c = 8 * threadIdx.x; c < p.dim; c += 8 * blockDim.x) {
-      float x[8], dy[8], w[8], dx[8];
+      float x[8], dy[8];
       Load8(p.x, p.x_bf16, xo + c, x);
       Load8(p.dy, p.dy_bf16, yo + c, dy);
-      if (p.add_to_dx) {
-        Load8(p.dx, p.dx_bf16, go + c, dx);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) dx[k] = 0.0f;  // the bits of a zeroed dx, without its read
-      }
-      if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) dx[k] += inv * (p.weight ? w[k] : 1.0f) * dy[k] - coef * x[k];
-      Store8(p.dx, p.dx_bf16, go + c, dx);
+      RmsNormBackwardStore8(p, go, c, x, dy, inv, coef);
     }
     if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
     return;
