@@ -147,6 +147,17 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+// Host: the kernel of a row-at-a-time 8-wide op that holds a row of `dim` columns in registers
+// over `threads` threads, kSteps groups of eight columns a thread: `one`, `two` or `four` (3
+// steps round up to 4), or `looped` (streams the row twice) past four steps or without 8-wide
+// rows. The RMSNorm forward and backward share this choice.
+template <typename Kernel>
+Kernel RowInRegistersKernel(bool vec, int64_t dim, int threads, Kernel one, Kernel two, Kernel four,
+                            Kernel looped) {
+  const int64_t steps = vec ? (dim + 8 * int64_t{threads} - 1) / (8 * int64_t{threads}) : 0;
+  return steps == 1 ? one : steps == 2 ? two : steps == 3 || steps == 4 ? four : looped;
+}
+
 __device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t Max64(int64_t a, int64_t b) { return a > b ? a : b; }
 

@@ -351,17 +351,10 @@ absl::Status LaunchRmsNorm(const char* op, const RmsNormParams& p) {
             : (p.dim >= 2048 ? 512 : (p.dim >= 512 ? 256 : 128));
   // Rows of up to 4 steps of 8-wide columns a thread (8,192 columns at 256 threads) stay in
   // registers.
-  const int64_t steps = p.vec ? (p.dim + 8 * threads - 1) / (8 * threads) : 0;
-  const unsigned rows = static_cast<unsigned>(p.rows);
-  if (steps == 1) {
-    LaunchKernel(RmsNormRowInRegistersKernel<1>, rows, threads, 0, p);
-  } else if (steps == 2) {
-    LaunchKernel(RmsNormRowInRegistersKernel<2>, rows, threads, 0, p);
-  } else if (steps == 3 || steps == 4) {
-    LaunchKernel(RmsNormRowInRegistersKernel<4>, rows, threads, 0, p);
-  } else {
-    LaunchKernel(RmsNormKernel, rows, threads, 0, p);
-  }
+  LaunchKernel(RowInRegistersKernel(p.vec, p.dim, threads, RmsNormRowInRegistersKernel<1>,
+                                    RmsNormRowInRegistersKernel<2>, RmsNormRowInRegistersKernel<4>,
+                                    RmsNormKernel),
+               static_cast<unsigned>(p.rows), threads, 0, p);
   return LaunchStatus(op);
 }
 

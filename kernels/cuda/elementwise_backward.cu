@@ -285,16 +285,10 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
                                     : 128;
   // Rows of up to 4 steps of 8-wide columns a thread (8,192 columns at 256 threads: the mHC's
   // flattened streams) keep x and dy in registers.
-  const int64_t steps = p.vec ? (dim + 8 * threads - 1) / (8 * threads) : 0;
-  if (steps == 1) {
-    LaunchKernel(RmsNormBackwardRowInRegistersKernel<1>, rows, threads, 0, p);
-  } else if (steps == 2) {
-    LaunchKernel(RmsNormBackwardRowInRegistersKernel<2>, rows, threads, 0, p);
-  } else if (steps == 3 || steps == 4) {
-    LaunchKernel(RmsNormBackwardRowInRegistersKernel<4>, rows, threads, 0, p);
-  } else {
-    LaunchKernel(RmsNormBackwardKernel, rows, threads, 0, p);
-  }
+  LaunchKernel(RowInRegistersKernel(p.vec, dim, threads, RmsNormBackwardRowInRegistersKernel<1>,
+                                    RmsNormBackwardRowInRegistersKernel<2>,
+                                    RmsNormBackwardRowInRegistersKernel<4>, RmsNormBackwardKernel),
+               rows, threads, 0, p);
   if (want_dweight) {
     const absl::Status status = AddColumnSums("RmsNormBackward", RmsNormWeightGradValue{p}, rows,
                                               dim, static_cast<float*>(dweight.data));

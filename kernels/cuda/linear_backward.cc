@@ -151,13 +151,14 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
     if (absl::Status s = BatchedGemm(handle, p); !s.ok()) return s;
   }
   // Overwriting a dw no GEMM writes (no rows), or one the split-K path adds to: zeros first.
-  const bool chunked = dw.data != nullptr && m > 0 && WeightGradientRowChunks(handle, dw, m, n, k) > 1;
-  if (dw.data != nullptr && overwrite_dw && (m == 0 || chunked)) {
+  const int64_t chunks =
+      dw.data != nullptr && m > 0 ? WeightGradientRowChunks(handle, dw, m, n, k) : 1;
+  if (dw.data != nullptr && overwrite_dw && (m == 0 || chunks > 1)) {
     if (absl::Status s = FillZero(dw); !s.ok()) return s;
   }
   if (dw.data != nullptr && m > 0) {
-    if (chunked) {
-      return ChunkedWeightGradient(handle, x, dy, dw, WeightGradientRowChunks(handle, dw, m, n, k));
+    if (chunks > 1) {
+      return ChunkedWeightGradient(handle, x, dy, dw, chunks);
     }
     // dw [n, k] += dyᵀ [n, m] · x [m, k]
     BatchedGemmParams p;
