@@ -13,6 +13,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise_backward.h"
 #include "kernels/cuda/expert_backward.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/linear_backward.h"
 #include "kernels/cuda/mhc_backward.h"
 #include "kernels/cuda/model_backward_misc.h"
@@ -332,32 +333,48 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
       host_pick_of_slot.data<int32_t>()[plan.slots[p]] = static_cast<int32_t>(p);
     }
     const Tensor slots = run.Up(host_slots), pick_of_slot = run.Up(host_pick_of_slot);
+    const Tensor device_offsets = run.ExpertOffsetsOnDevice(plan.expert_offsets);
     const Tensor topk_weight = run.Up(host_acts.topk_weight);
     const Tensor act = run.Up(host_acts.expert_act);
     const int64_t* offsets = plan.expert_offsets.data();
     // With bf16 products every GEMM operand is bf16, written so by the step that makes it (the
     // gather, the routing-weight step, the SwiGLU backward) instead of copied from f32, and the
-    // weights are their mirrors (Run::ProductWeight); the elementwise steps read f32.
+    // weights are their mirrors (Run::ProductWeight); the elementwise steps read f32. bf16 GEMMs
+    // run on the Hopper grouped kernels where they apply (one launch for all experts, outputs
+    // overwritten: kc::GroupedGemmInputGradDeviceOffsets, GroupedGemmWeightGradDeviceOffsets),
+    // otherwise on cuBLAS per expert (kc::GroupedLinearBackward).
     const Tensor picked_dout = Run::New(run.product_dtype(), {num_picks, hidden});
     run.Do([&] { return kc::MoeGather(dout.view(), slots.view(), k, picked_dout.view()); });
     const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                      w2 = run.ProductWeight(w.w2.view());
+    // dw[e] = dy[rows of e]ᵀ · x[rows of e], overwritten.
+    auto weight_grad = [&](const TensorView& dy, const TensorView& x, const TensorView& w_e,
+                           const TensorView& dw) {
+      run.Do([&] {
+        return kc::GroupedGemmWeightGradApplies(dy, x, dw)
+                   ? kc::GroupedGemmWeightGradDeviceOffsets(dy, x, device_offsets.view(), dw)
+                   : kc::GroupedLinearBackward(run.blas(), x, w_e, dy, offsets, TensorView(), dw,
+                                               /*overwrite_dw=*/true);
+      });
+    };
     // u = g · w2 per expert (no dw2 yet: act is not read); then dweight = <u, act>, u *= w,
     // weighted = w · act; dw2.
-    Tensor u = run.Z({num_picks, inter});
-    const Tensor weighted_act = Run::New(run.product_dtype(), {num_picks, inter});
+    const bool u_hopper = kc::GroupedGemmInputGradApplies(picked_dout.view(), w2);
+    Tensor u = u_hopper ? run.New({num_picks, inter}) : run.Z({num_picks, inter});
     run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), TensorView(), w2, picked_dout.view(), offsets,
-                                       u.view(), TensorView(), /*overwrite_dw=*/false);
+      return u_hopper ? kc::GroupedGemmInputGradDeviceOffsets(picked_dout.view(), w2, TensorView(),
+                                                              TensorView(), device_offsets.view(),
+                                                              u.view())
+                      : kc::GroupedLinearBackward(run.blas(), TensorView(), w2, picked_dout.view(),
+                                                  offsets, u.view(), TensorView(),
+                                                  /*overwrite_dw=*/false);
     });
+    const Tensor weighted_act = Run::New(run.product_dtype(), {num_picks, inter});
     run.Do([&] {
       return kc::ExpertWeightBackward(act.view(), slots.view(), topk_weight.view(), u.view(),
                                       weighted_act.view(), dweights.view());
     });
-    run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), weighted_act.view(), w2, picked_dout.view(),
-                                       offsets, TensorView(), g->w2.view(), /*overwrite_dw=*/true);
-    });
+    weight_grad(picked_dout.view(), weighted_act.view(), w2, g->w2.view());
     const Tensor egate = run.Up(host_acts.expert_gate), eup = run.Up(host_acts.expert_up);
     // Overwritten, in the products' dtype (only the GEMMs below read them).
     const Tensor dgate = Run::New(run.product_dtype(), {num_picks, inter});
@@ -367,15 +384,25 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
                                      dup.view(), kc::DxWrite::kOverwrite);
     });
     const Tensor ex = run.ProductInput(host_acts.expert_x);
-    Tensor dexpert_x = run.Z({num_picks, hidden});
-    run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w1, dgate.view(), offsets,
-                                       dexpert_x.view(), g->w1.view(), /*overwrite_dw=*/true);
-    });
-    run.Do([&] {
-      return kc::GroupedLinearBackward(run.blas(), ex.view(), w3, dup.view(), offsets,
-                                       dexpert_x.view(), g->w3.view(), /*overwrite_dw=*/true);
-    });
+    // dexpert_x = dgate · w1 + dup · w3 (one pass over both on the Hopper kernel).
+    const bool dx_hopper = kc::GroupedGemmInputGradApplies(dgate.view(), w1) &&
+                           kc::GroupedGemmInputGradApplies(dup.view(), w3);
+    Tensor dexpert_x = dx_hopper ? run.New({num_picks, hidden}) : run.Z({num_picks, hidden});
+    if (dx_hopper) {
+      run.Do([&] {
+        return kc::GroupedGemmInputGradDeviceOffsets(dgate.view(), w1, dup.view(), w3,
+                                                     device_offsets.view(), dexpert_x.view());
+      });
+    } else {
+      for (const auto& [dy, w_e] : {std::pair{dgate.view(), w1}, std::pair{dup.view(), w3}}) {
+        run.Do([&] {
+          return kc::GroupedLinearBackward(run.blas(), TensorView(), w_e, dy, offsets,
+                                           dexpert_x.view(), TensorView(), /*overwrite_dw=*/false);
+        });
+      }
+    }
+    weight_grad(dgate.view(), ex.view(), w1, g->w1.view());
+    weight_grad(dup.view(), ex.view(), w3, g->w3.view());
     run.Do([&] {
       return kc::MoeGatherBackward(dexpert_x.view(), pick_of_slot.view(), k, dx.view());
     });

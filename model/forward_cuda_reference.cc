@@ -376,6 +376,8 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   const Tensor slots = Run::New(DType::kI32, {num_tokens * k});
   const Tensor pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
   run.Do([&] { return kc::UploadMoePlan(acts->plan, slots.view(), pick_of_slot.view()); });
+  // Uploaded with the plan, before the launches below are queued (the copy waits for them).
+  const Tensor device_offsets = run.ExpertOffsetsOnDevice(acts->plan.expert_offsets);
   // The picks' inputs in the products' dtype (bf16 under bf16 products: only products read them,
   // here and in the backward).
   acts->expert_x = Run::New(x_product.dtype, {num_picks, hidden});
@@ -393,8 +395,8 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                    w2 = run.ProductWeight(w.w2.view());
   const absl::Span<const int64_t> offsets = acts->plan.expert_offsets;
-  run.ExpertsForward(expert_x.view(), w1, acts->expert_gate.view(), offsets);
-  run.ExpertsForward(expert_x.view(), w3, acts->expert_up.view(), offsets);
+  run.ExpertsForward(expert_x.view(), w1, acts->expert_gate.view(), offsets, device_offsets.view());
+  run.ExpertsForward(expert_x.view(), w3, acts->expert_up.view(), offsets, device_offsets.view());
   if (num_picks > 0) {
     run.Do([&] {
       return kc::SwiGluClamp(acts->expert_gate.view(), acts->expert_up.view(), limit,
@@ -406,7 +408,7 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   // a temporary in the products' dtype, unweighted (the CPU saves expert_out weighted; this path
   // saves none and the combine applies the routing weights).
   const Tensor expert_out = Run::New(expert_act.dtype(), {num_picks, hidden});
-  run.ExpertsForward(expert_act.view(), w2, expert_out.view(), offsets);
+  run.ExpertsForward(expert_act.view(), w2, expert_out.view(), offsets, device_offsets.view());
 
   // Shared expert on every token.
   if (config.num_shared_experts > 0) {

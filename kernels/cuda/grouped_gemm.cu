@@ -6,6 +6,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/grouped_gemm_wgmma.h"
+#include "kernels/plan/grouped_gemm_wgmma.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
@@ -238,6 +239,101 @@ absl::Status GroupedGemmDeviceOffsets(const core::TensorView& x, const core::Ten
   if (tile == GroupedGemmTile::kWgmma) return GroupedGemmWgmma(x, w, offsets, out);
   return tile == GroupedGemmTile::kSmall16x64 ? Launch<SmallTile>(p, rows, op)
                                               : Launch<WideTile>(p, rows, op);
+}
+
+namespace {
+
+// bf16 tokens [R, C] and weights [E, ., .] whose pass slots fit the grid (plan::WgmmaPassSlots).
+bool TokensAndWeightsFit(const core::TensorView& tokens, const core::TensorView& w) {
+  return tokens.dtype == core::DType::kBF16 && w.dtype == core::DType::kBF16 && tokens.rank == 2 &&
+         w.rank == 3 && plan::WgmmaPassSlots(w.shape[0], tokens.shape[0]) <= 65535;
+}
+
+}  // namespace
+
+bool GroupedGemmHopperApplies(const core::TensorView& x, const core::TensorView& w) {
+  return TokensAndWeightsFit(x, w) && GroupedGemmWgmmaApplies(x, w);
+}
+
+bool GroupedGemmInputGradApplies(const core::TensorView& dy, const core::TensorView& w) {
+  return TokensAndWeightsFit(dy, w) && GroupedGemmWgmmaInputGradApplies(dy, w);
+}
+
+bool GroupedGemmWeightGradApplies(const core::TensorView& dy, const core::TensorView& x,
+                                  const core::TensorView& dw) {
+  return dy.dtype == core::DType::kBF16 && x.dtype == core::DType::kBF16 &&
+         dw.dtype == core::DType::kF32 && dy.rank == 2 && x.rank == 2 && dw.rank == 3 &&
+         GroupedGemmWgmmaWeightGradApplies(dy, x, dw);
+}
+
+absl::Status GroupedGemmInputGradDeviceOffsets(
+    const core::TensorView& dy, const core::TensorView& w, const core::TensorView& dy2,
+    const core::TensorView& w2, const core::TensorView& offsets, const core::TensorView& dx) {
+  const char* op = "cuda::GroupedGemmInputGradDeviceOffsets";
+  using core::DType;
+  // dy [R, N] and w [E, N, K] as GroupedGemmDeviceOffsets's x and w with the roles of N and K
+  // swapped: its checks on (dy, w viewed [E, K, N]) would misname them, so checked here.
+  for (absl::Status s :
+       {CheckDeviceView(op, "dy", dy, {DType::kBF16}), CheckDeviceView(op, "w", w, {DType::kBF16}),
+        CheckDeviceView(op, "offsets", offsets, {DType::kI32}),
+        CheckDeviceView(op, "dx", dx, {DType::kBF16, DType::kF32})}) {
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = CheckArg(dy.rank == 2 && w.rank == 3 && dx.rank == 2 && offsets.rank == 1 &&
+                                    w.shape[1] == dy.shape[1] && dx.shape[0] == dy.shape[0] &&
+                                    dx.shape[1] == w.shape[2] && offsets.shape[0] == w.shape[0] + 1,
+                                op, "dy [R, N], w [E, N, K], offsets [E + 1], dx [R, K]");
+      !s.ok()) {
+    return s;
+  }
+  const bool two = w2.data != nullptr || dy2.data != nullptr;
+  if (two) {
+    for (absl::Status s : {CheckDeviceView(op, "dy2", dy2, {DType::kBF16}),
+                           CheckDeviceView(op, "w2", w2, {DType::kBF16})}) {
+      if (!s.ok()) return s;
+    }
+    if (absl::Status s = CheckArg(dy2.rank == 2 && w2.rank == 3 && dy2.shape[0] == dy.shape[0] &&
+                                      w2.shape[0] == w.shape[0] && w2.shape[1] == dy2.shape[1] &&
+                                      w2.shape[2] == w.shape[2],
+                                  op, "dy2 [R, N2] and w2 [E, N2, K] beside dy and w");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (dy.shape[0] == 0 || w.shape[0] == 0 || w.shape[2] == 0) return absl::OkStatus();
+  return GroupedGemmWgmmaInputGrad(dy, w, two ? dy2 : core::TensorView(),
+                                   two ? w2 : core::TensorView(), offsets, dx);
+}
+
+absl::Status GroupedGemmWeightGradDeviceOffsets(const core::TensorView& dy,
+                                                const core::TensorView& x,
+                                                const core::TensorView& offsets,
+                                                const core::TensorView& dw) {
+  const char* op = "cuda::GroupedGemmWeightGradDeviceOffsets";
+  using core::DType;
+  for (absl::Status s :
+       {CheckDeviceView(op, "dy", dy, {DType::kBF16}), CheckDeviceView(op, "x", x, {DType::kBF16}),
+        CheckDeviceView(op, "offsets", offsets, {DType::kI32}),
+        CheckDeviceView(op, "dw", dw, {DType::kF32})}) {
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s =
+          CheckArg(dy.rank == 2 && x.rank == 2 && dw.rank == 3 && offsets.rank == 1 &&
+                       x.shape[0] == dy.shape[0] && dw.shape[1] == dy.shape[1] &&
+                       dw.shape[2] == x.shape[1] && offsets.shape[0] == dw.shape[0] + 1 &&
+                       dy.shape[0] < (int64_t{1} << 31),
+                   op, "dy [R, N], x [R, K], offsets [E + 1], dw [E, N, K], R < 2^31");
+      !s.ok()) {
+    return s;
+  }
+  if (dw.numel() == 0) return absl::OkStatus();
+  if (dy.shape[0] == 0) {  // no rows: every expert's gradient is zero
+    if (cudaMemsetAsync(dw.data, 0, dw.numel() * sizeof(float), LaunchStream()) != cudaSuccess) {
+      return LaunchStatus(op);
+    }
+    return absl::OkStatus();
+  }
+  return GroupedGemmWgmmaWeightGrad(dy, x, offsets, dw);
 }
 
 bool GroupedGemmSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,

@@ -3,8 +3,10 @@
 // offsets an i32 device array (kernels/cuda/moe.h BuildMoePlanOnDevice). bf16 inputs through
 // tensor cores (WMMA 16x16x16), fp32 accumulation, bf16 or f32 output. One launch per call: a
 // grid over (column tile, upper bound of the row tiles of all experts); blocks past the experts'
-// real tiles return at once. Meant for the decode step's few rows per expert; the prefill keeps
-// cuBLASLt per expert (GroupedGemm in gemm.h), which is faster on hundreds of rows.
+// real tiles return at once. Meant for the decode step's few rows per expert; the inference
+// prefill keeps cuBLASLt per expert (GroupedGemm in gemm.h, host offsets), which is faster than
+// the WMMA tiles on hundreds of rows; the training step's forward and backward take the Hopper
+// kernels below (1.8x cuBLASLt per expert at 4,096 tokens, bench/cuda_moe_gemm_bench.cc).
 // Tiles (rows of one expert x columns): 16x64 with six K tiles in flight for a few rows per expert
 // (batch-1 and small-batch decode), 64x128 with three (bench/cuda_moe_gemm_bench.cc times them; on
 // the H200 at the mid shapes 16x64 is fastest up to batch 64, 64x128 at batch 256, and a 64x64
@@ -51,5 +53,35 @@ absl::Status GroupedGemmSwiGluDeviceOffsets(const core::TensorView& x, const cor
 // capability 9.0 device.
 bool GroupedGemmSwiGluApplies(const core::TensorView& x, const core::TensorView& w1,
                               const core::TensorView& w3);
+
+// Whether GroupedGemmDeviceOffsets runs x [R, K] · w [E, N, K]ᵀ (bf16 views it accepts) on the
+// Hopper kernel (kAuto's pick): K a positive multiple of 64, N a multiple of 128, 16-byte aligned
+// data, a compute capability 9.0 device. The training forward takes it there and cuBLASLt per
+// expert elsewhere (on hundreds of rows an expert the WMMA tiles are slower than cuBLASLt).
+bool GroupedGemmHopperApplies(const core::TensorView& x, const core::TensorView& w);
+
+// The backward of GroupedGemmDeviceOffsets on the Hopper kernels, the training step's routed
+// experts (offsets as above, i32 device, non-decreasing from 0, offsets[E] <= R):
+//  - input gradients: dx[r] = dy[r] · w[e] + dy2[r] · w2[e] for r in [offsets[e], offsets[e + 1])
+//    (dy2 and w2 empty views: the first term only; MoE's gate and up paths summed in one pass),
+//    overwriting dx; rows from offsets[E] on are left untouched. dy, dy2: [R, N] bf16; w, w2:
+//    [E, N, K] bf16; dx: [R, K] bf16|f32. Needs N a positive multiple of 64 and K a multiple of
+//    128 (GroupedGemmInputGradApplies);
+//  - weight gradients: dw[e] = Σ_{r of e} dy[r]ᵀ x[r], overwriting dw (zeros for an expert without
+//    rows). dy: [R, N] bf16; x: [R, K] bf16; dw: [E, N, K] f32. Needs N and K multiples of 128
+//    (GroupedGemmWeightGradApplies).
+// All views contiguous device tensors; both need 16-byte aligned data and a compute capability
+// 9.0 device. InvalidArgument naming the view on a mismatch or where they do not apply (the
+// caller then takes cuBLAS: linear_backward.h GroupedLinearBackward).
+absl::Status GroupedGemmInputGradDeviceOffsets(
+    const core::TensorView& dy, const core::TensorView& w, const core::TensorView& dy2,
+    const core::TensorView& w2, const core::TensorView& offsets, const core::TensorView& dx);
+absl::Status GroupedGemmWeightGradDeviceOffsets(const core::TensorView& dy,
+                                                const core::TensorView& x,
+                                                const core::TensorView& offsets,
+                                                const core::TensorView& dw);
+bool GroupedGemmInputGradApplies(const core::TensorView& dy, const core::TensorView& w);
+bool GroupedGemmWeightGradApplies(const core::TensorView& dy, const core::TensorView& x,
+                                  const core::TensorView& dw);
 
 }  // namespace v4rl::kernels::cuda

@@ -40,6 +40,17 @@
 //    register i of thread t at the same place for both warpgroups, whose fragments cover the same
 //    (column, token)), a second named barrier, then warpgroup 1 rounds its up values to bf16,
 //    applies SwiGluClampValue (common.cuh, SwiGluKernel's arithmetic) and stores to out.
+// The same kernel, instantiated with kInputGrad, serves GroupedGemmInputGradDeviceOffsets (the
+// training backward's input gradients): out[r] = dy[r] · w[e] (+ dy2[r] · w2[e]) with w [E, N, K]
+// read as it is stored, rows of N:
+//  - the weight operand is MN-major: a warpgroup's 64 output columns are one TMA box of 64 N rows
+//    x 64 columns (128 bytes, the same 8 KB place in the stage as a K-major 64-row box), read by
+//    wgmma with the transpose flag through plan::WgmmaDescriptorMn128 (a K step of 16 = 16 rows
+//    = 2048 bytes on); the tokens operand (dy's rows) is K-major as above;
+//  - a second (dy2, w2) pair continues the K loop after the first's N (MoE's gate and up input
+//    gradients summed in one pass, no accumulate into out).
+// Every form keeps one stage's wgmma group in flight while issuing the next (wait_group 1) and
+// releases a stage when its group is done.
 // The layout arithmetic (pass slots, ring offsets, descriptors, fragment rows and columns) lives
 // in kernels/plan/grouped_gemm_wgmma.h, which tests/kernels/wgmma_layout_test.cc replays on the
 // CPU against the PTX ISA's layouts.
@@ -49,22 +60,80 @@
 // batch 256 (w1, with the earlier grid of one block an expert, each doing all its passes): two
 // blocks an SM (registers and shared memory both allow 2), 3.5 TB/s from DRAM (73% of its peak),
 // 40.9 µs.
-#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime
 #include <cudaTypedefs.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grouped_gemm_wgmma.h"
+#include "kernels/cuda/wgmma.cuh"
 #include "kernels/plan/grouped_gemm_wgmma.h"
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define V4RL_WGMMA_DEVICE 1  // wgmma is sm_90a-only; other targets get a trapping stub
-#endif
-
 namespace v4rl::kernels::cuda {
+
+using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
+
 namespace {
+
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no -lcuda); nullptr if missing.
+EncodeTiledFn LookUpEncodeTiled() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                       &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    (void)cudaGetLastError();  // not a launch error of ours
+    return nullptr;
+  }
+  return reinterpret_cast<EncodeTiledFn>(fn);
+}
+
+}  // namespace
+
+absl::Status EncodeBf16Map(const char* op, const char* name, CUtensorMap* map, const void* data,
+                           int rank, const cuuint64_t* dims, const cuuint64_t* strides,
+                           const cuuint32_t* box) {
+  static const EncodeTiledFn encode = LookUpEncodeTiled();
+  if (encode == nullptr) {
+    return absl::InternalError(
+        absl::StrFormat("%s: the driver has no cuTensorMapEncodeTiled (CUDA 12.0+)", op));
+  }
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult result =
+      encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
+             const_cast<void*>(data), dims, strides, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) {
+    return absl::InternalError(
+        absl::StrFormat("%s: cuTensorMapEncodeTiled(%s) failed with CUresult %d", op, name,
+                        static_cast<int>(result)));
+  }
+  return absl::OkStatus();
+}
+
+// Read once, as decode_attention.cu's MultiprocessorCount.
+const char* WgmmaDeviceUnmet() {
+  static const char* const unmet = []() -> const char* {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return "a CUDA device";
+    }
+    return major == 9 && minor == 0 ? nullptr : "a compute capability 9.0 device";
+  }();
+  return unmet;
+}
+
+namespace {
+
+// The kernel's three forms: out = x · wᵀ (kPlain), the clamped SwiGLU of x · w1ᵀ and x · w3ᵀ
+// (kSwiGlu), and the input gradient out = dy · w (+ dy2 · w2) (kInputGrad: w read MN-major).
+enum class Kind { kPlain, kSwiGlu, kInputGrad };
 
 constexpr int kConsumerThreads = 256;                  // two warpgroups
 constexpr int kConsumerWarps = kConsumerThreads / 32;  // arrivals that empty a stage
@@ -77,6 +146,7 @@ struct WgmmaParams {
   const int32_t* offsets;  // [E + 1] i32 device
   void* out;               // [R, N] bf16|f32 (the SwiGLU kernel: [R, I])
   int experts, rows, n, k;  // E, R, N (the SwiGLU kernel: I, out's row length), K
+  int k_first;              // kInputGrad: the K of the first (dy, w) pair (k: both pairs')
   bool out_bf16;
   float limit;  // the SwiGLU kernel's clamp (SwiGluClampValue)
 };
@@ -86,231 +156,10 @@ constexpr int kExchangeBarrier = 1;
 
 #if V4RL_WGMMA_DEVICE
 
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void BarrierInit(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void BarrierArriveExpectTx(uint32_t bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-
-// Waits for the completion of the barrier's phase of parity `parity` (a fresh barrier counts its
-// phase before the first as complete: the producer's first pass over the ring waits parity 1).
-__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (done == 0);
-}
-
-__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
-                                          int c0, int c1, int c2) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
-      : "memory");
-}
-
-__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
-                                          int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-}
-
-__device__ __forceinline__ void WgmmaFence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void WgmmaCommit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void WgmmaWaitAll() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-}
-
 // bar.sync of the two consumer warpgroups only (the producer warp is not waited for).
 __device__ __forceinline__ void ConsumerBarrier() {
-  asm volatile("bar.sync %0, %1;\n" ::"n"(kExchangeBarrier), "n"(kConsumerThreads) : "memory");
+  NamedBarrier<kExchangeBarrier, kConsumerThreads>();
 }
-
-// Pins the accumulators at this point of the instruction stream: the compiler sees the wgmma asm
-// write them at issue, so without this it could move their zeroing past the fence or a read of
-// them before the wait.
-template <int kRegs>
-__device__ __forceinline__ void FenceAccumulators(float (&d)[kRegs]) {
-#pragma unroll
-  for (int i = 0; i < kRegs; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// D[64 x kN] += A[64 x 16] · B[16 x kN] (A: 64 weight rows, B: kN tokens, both K-major bf16 in
-// shared memory through descriptors), f32 D in kN / 2 registers a thread. Scale-d is 1 (add to
-// D), A and B neither negated nor transposed.
-template <int kN>
-struct Wgmma;
-
-template <>
-struct Wgmma<16> {
-  static __device__ __forceinline__ void Mma(float (&d)[8], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<32> {
-  static __device__ __forceinline__ void Mma(float (&d)[16], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, "
-        "1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<48> {
-  static __device__ __forceinline__ void Mma(float (&d)[24], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23}, %24, %25, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<64> {
-  static __device__ __forceinline__ void Mma(float (&d)[32], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, "
-        "0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<80> {
-  static __device__ __forceinline__ void Mma(float (&d)[40], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
-        "%37, %38, %39}, %40, %41, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<96> {
-  static __device__ __forceinline__ void Mma(float (&d)[48], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
-        "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, %48, %49, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<112> {
-  static __device__ __forceinline__ void Mma(float (&d)[56], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %58, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n112k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
-        "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, "
-        "%55}, %56, %57, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
-
-template <>
-struct Wgmma<128> {
-  static __device__ __forceinline__ void Mma(float (&d)[64], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
-        "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, "
-        "%55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-          "+f"(d[63])
-        : "l"(a), "l"(b), "r"(1));
-  }
-};
 
 // The SwiGLU kernel's epilogue (see the top of the file): warpgroup 0's gate values through the
 // weight tile at `exchange` (the pass's last stage) to warpgroup 1, which stores
@@ -363,7 +212,7 @@ __device__ __forceinline__ void SwiGluEpilogue(const WgmmaParams& p, const float
 // every stage of the ring in turn, then the epilogue. The plain GEMM's warpgroup `group` covers
 // output columns col0 + 64 group.., the SwiGLU kernel's both cover col0.. (gate and up rows of
 // the same columns).
-template <bool kSwiGlu, int kN>
+template <Kind kKind, int kN>
 __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::WgmmaRing& ring,
                                             uint32_t ring_base, uint32_t full, uint32_t empty,
                                             int group, int thread, int col0, int pass_row0,
@@ -371,32 +220,50 @@ __device__ __forceinline__ void ConsumePass(const WgmmaParams& p, const plan::Wg
   float acc[kN / 2];
 #pragma unroll
   for (int i = 0; i < kN / 2; ++i) acc[i] = 0.0f;
+  // Fenced here and after the last wait only: an accumulator "defined" (the fence's "+f") while a
+  // group is in flight makes ptxas serialise the wgmma (C7515).
+  FenceAccumulators(acc);
   const int num_k = p.k / plan::kWgmmaBlockK;
   int stage = 0;
   uint32_t phase = 0;
+  // One stage's wgmma group stays in flight while the next stage's is issued: a stage is released
+  // once the wait for all but the latest group says its group is done.
+  int previous = -1;
   for (int kt = 0; kt < num_k; ++kt) {
     BarrierWait(full + 8 * stage, phase);
     const uint32_t a = ring_base + plan::WgmmaWeightOffset(ring, stage, group);
     const uint32_t b = ring_base + plan::WgmmaTokenOffset(ring, stage, 0);
-    FenceAccumulators(acc);
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
-      Wgmma<kN>::Mma(acc, plan::WgmmaDescriptorK128(a + kk * kKStepBytes),
-                     plan::WgmmaDescriptorK128(b + kk * kKStepBytes));
+      if constexpr (kKind == Kind::kInputGrad) {
+        // The weights' rows are K here: 16 rows of 128 bytes a step, the next warpgroup's 64
+        // columns in the next box.
+        Wgmma<kN, 1, 0>::Mma(
+            acc,
+            plan::WgmmaDescriptorMn128(a + kk * plan::kWgmmaMnKStepBytes,
+                                       plan::kWgmmaGroupRows * plan::kWgmmaRowBytes),
+            plan::WgmmaDescriptorK128(b + kk * kKStepBytes));
+      } else {
+        Wgmma<kN>::Mma(acc, plan::WgmmaDescriptorK128(a + kk * kKStepBytes),
+                       plan::WgmmaDescriptorK128(b + kk * kKStepBytes));
+      }
     }
     WgmmaCommit();
-    WgmmaWaitAll();
-    FenceAccumulators(acc);
-    // This warp is done with the stage. The producer loads nothing after the pass's last K tile,
-    // so the SwiGLU epilogue may reuse the last stage although it is released here.
-    if (thread % 32 == 0) BarrierArrive(empty + 8 * stage);
+    WgmmaWait<1>();
+    // This warp is done with the previous stage. The producer loads nothing after the pass's last
+    // K tile, so the SwiGLU epilogue may reuse the last stage although it is released.
+    if (previous >= 0 && thread % 32 == 0) BarrierArrive(empty + 8 * previous);
+    previous = stage;
     if (++stage == ring.stages) {
       stage = 0;
       phase ^= 1;
     }
   }
-  if constexpr (kSwiGlu) {
+  WgmmaWait<0>();
+  FenceAccumulators(acc);
+  if (previous >= 0 && thread % 32 == 0) BarrierArrive(empty + 8 * previous);
+  if constexpr (kKind == Kind::kSwiGlu) {
     const int last_stage = (num_k - 1) % ring.stages;
     SwiGluEpilogue<kN>(p, acc, ring_base + plan::WgmmaWeightOffset(ring, last_stage, 0), group,
                        thread, col0, pass_row0, pass_tokens);
@@ -439,16 +306,20 @@ __device__ __forceinline__ void FindPass(const WgmmaParams& p, int lane, plan::W
 #endif  // V4RL_WGMMA_DEVICE
 
 // Block (blockIdx.x, blockIdx.y) computes, for the pass of slot blockIdx.y (plan::WgmmaPass),
-// out[the pass's rows, kBlockCols columns from kBlockCols blockIdx.x]: 128 of x · wᵀ from w_map,
-// or (kSwiGlu) 64 of the clamped SwiGLU of x · w1ᵀ (w_map) and x · w3ᵀ (w3_map; the plain GEMM
-// gets w_map twice and ignores it). Threads 0..255: the two consumer warpgroups; 256..287: the
-// producer warp, which finds the pass, then thread 256 alone loads (the warp keeps the block's
-// thread count a whole number of warps).
-template <bool kSwiGlu>
+// out[the pass's rows, kBlockCols columns from kBlockCols blockIdx.x]: 128 of x · wᵀ from w_map
+// (kPlain), or 64 of the clamped SwiGLU of x · w1ᵀ (w_map) and x · w3ᵀ (w3_map) (kSwiGlu), or
+// 128 of x · w (w_map, [E, K, N] read MN-major) + x2 · w3 (w3_map) (kInputGrad: x_map and w_map
+// for the first p.k_first of K, x2_map and w3_map after). Maps a form does not use repeat one it
+// does and are ignored. Threads 0..255: the two consumer warpgroups; 256..287: the producer warp,
+// which finds the pass, then thread 256 alone loads (the warp keeps the block's thread count a
+// whole number of warps).
+template <Kind kKind>
 __global__ void __launch_bounds__(kThreads, 2)
     GroupedGemmWgmmaKernel(const __grid_constant__ CUtensorMap w_map,
                            const __grid_constant__ CUtensorMap w3_map,
-                           const __grid_constant__ CUtensorMap x_map, const WgmmaParams p) {
+                           const __grid_constant__ CUtensorMap x_map,
+                           const __grid_constant__ CUtensorMap x2_map, const WgmmaParams p) {
+  constexpr bool kSwiGlu = kKind == Kind::kSwiGlu;
   constexpr int kBlockCols = kSwiGlu ? plan::kWgmmaGroupRows : plan::kWgmmaBlockRows;
   WaitForPriorKernels();
 #if V4RL_WGMMA_DEVICE
@@ -485,8 +356,12 @@ __global__ void __launch_bounds__(kThreads, 2)
                    : "memory");
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x_map))
                    : "memory");
-      if constexpr (kSwiGlu) {
+      if constexpr (kKind != Kind::kPlain) {
         asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w3_map))
+                     : "memory");
+      }
+      if constexpr (kKind == Kind::kInputGrad) {
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x2_map))
                      : "memory");
       }
       const int num_k = p.k / plan::kWgmmaBlockK;
@@ -497,16 +372,32 @@ __global__ void __launch_bounds__(kThreads, 2)
         const uint32_t bar = full + 8 * stage;
         // A stage is the weight tile and the pass's token boxes, all loaded.
         BarrierArriveExpectTx(bar, ring.stage_bytes);
-        const int k0 = kt * plan::kWgmmaBlockK;
-        // The weight tile: 128 rows of w, or 64 of w1 then the same 64 of w3 (16 KB either way).
-        TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 0), &w_map, bar, k0, col0,
-                  pass.expert);
-        if constexpr (kSwiGlu) {
-          TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 1), &w3_map, bar, k0, col0,
+        int k0 = kt * plan::kWgmmaBlockK;
+        const CUtensorMap* tokens_map = &x_map;
+        if constexpr (kKind == Kind::kInputGrad) {
+          // 64 K rows of the (second) pair's weights, one box of 64 columns a warpgroup.
+          const bool second = k0 >= p.k_first;
+          const CUtensorMap* weights_map = second ? &w3_map : &w_map;
+          if (second) {
+            k0 -= p.k_first;
+            tokens_map = &x2_map;
+          }
+          for (int g = 0; g < 2; ++g) {
+            TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, g), weights_map, bar,
+                      col0 + g * plan::kWgmmaGroupRows, k0, pass.expert);
+          }
+        } else {
+          // The weight tile: 128 rows of w, or 64 of w1 then the same 64 of w3 (16 KB either
+          // way).
+          TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 0), &w_map, bar, k0, col0,
                     pass.expert);
+          if constexpr (kSwiGlu) {
+            TmaLoad3d(ring_base + plan::WgmmaWeightOffset(ring, stage, 1), &w3_map, bar, k0, col0,
+                      pass.expert);
+          }
         }
         for (int box = 0; box < ring.token_boxes; ++box) {
-          TmaLoad2d(ring_base + plan::WgmmaTokenOffset(ring, stage, box), &x_map, bar, k0,
+          TmaLoad2d(ring_base + plan::WgmmaTokenOffset(ring, stage, box), tokens_map, bar, k0,
                     pass.row0 + box * plan::kWgmmaTokenBox);
         }
         if (++stage == ring.stages) {
@@ -522,10 +413,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   // SwiGLU kernel: the gate rows, then the up rows).
   const int group = static_cast<int>(threadIdx.x) / 128,
             thread = static_cast<int>(threadIdx.x) % 128;
-#define V4RL_WGMMA_PASS(kBoxes)                                                                 \
-  case kBoxes:                                                                                  \
-    ConsumePass<kSwiGlu, kBoxes * plan::kWgmmaTokenBox>(p, ring, ring_base, full, empty, group, \
-                                                        thread, col0, pass.row0, pass.tokens);  \
+#define V4RL_WGMMA_PASS(kBoxes)                                                               \
+  case kBoxes:                                                                                \
+    ConsumePass<kKind, kBoxes * plan::kWgmmaTokenBox>(p, ring, ring_base, full, empty, group, \
+                                                      thread, col0, pass.row0, pass.tokens);  \
     break;
   switch (ring.token_boxes) {
     V4RL_WGMMA_PASS(1)
@@ -543,60 +434,6 @@ __global__ void __launch_bounds__(kThreads, 2)
 #endif
 }
 
-using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
-
-// cuTensorMapEncodeTiled from the driver the runtime loaded (no -lcuda); nullptr if missing.
-EncodeTiledFn LookUpEncodeTiled() {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
-                                       &found) != cudaSuccess ||
-      found != cudaDriverEntryPointSuccess) {
-    (void)cudaGetLastError();  // not a launch error of ours
-    return nullptr;
-  }
-  return reinterpret_cast<EncodeTiledFn>(fn);
-}
-
-// A bf16 tensor map of `rank` dims (innermost first) with the 128-byte swizzle.
-absl::Status EncodeBf16Map(const char* op, const char* name, CUtensorMap* map, const void* data,
-                           int rank, const cuuint64_t* dims, const cuuint64_t* strides,
-                           const cuuint32_t* box) {
-  static const EncodeTiledFn encode = LookUpEncodeTiled();
-  if (encode == nullptr) {
-    return absl::InternalError(
-        absl::StrFormat("%s: the driver has no cuTensorMapEncodeTiled (CUDA 12.0+)", op));
-  }
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult result =
-      encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
-             const_cast<void*>(data), dims, strides, box, element_strides,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (result != CUDA_SUCCESS) {
-    return absl::InternalError(
-        absl::StrFormat("%s: cuTensorMapEncodeTiled(%s) failed with CUresult %d", op, name,
-                        static_cast<int>(result)));
-  }
-  return absl::OkStatus();
-}
-
-// What keeps the current device from running the sm_90a code (nullptr: nothing), read once (as
-// decode_attention.cu's MultiprocessorCount): compute capability 9.0 only.
-const char* DeviceUnmet() {
-  static const char* const unmet = []() -> const char* {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return "a CUDA device";
-    }
-    return major == 9 && minor == 0 ? nullptr : "a compute capability 9.0 device";
-  }();
-  return unmet;
-}
-
 // What keeps the kernel from x [R, K] and w [E, N, K] (nullptr: nothing): K a positive multiple
 // of 64, N a multiple of `block_cols`, 16-byte aligned x and w, a compute capability 9.0 device.
 const char* WgmmaUnmet(const core::TensorView& x, const core::TensorView& w, int block_cols) {
@@ -612,7 +449,7 @@ const char* WgmmaUnmet(const core::TensorView& x, const core::TensorView& w, int
       reinterpret_cast<uintptr_t>(w.data) % 16 != 0) {
     return "16-byte aligned x and weights";
   }
-  return DeviceUnmet();
+  return WgmmaDeviceUnmet();
 }
 
 // WgmmaUnmet for the fused SwiGLU call: I (w1.shape[1]) a multiple of 64 and w3 16-byte aligned
@@ -637,35 +474,38 @@ absl::Status EncodeWeightMap(const char* op, const char* name, CUtensorMap* map,
   return EncodeBf16Map(op, name, map, w.data, 3, dims, strides, box);
 }
 
-// The kernel for x and the maps of w (and w3: kSwiGlu), grid (N / kBlockCols, E + floor(R / 128))
-// (plan::WgmmaPassSlots: the host cannot read the offsets). InvalidArgument beyond 65535 slots.
-template <bool kSwiGlu>
-absl::Status LaunchWgmma(const char* op, const core::TensorView& x, const CUtensorMap& w_map,
-                         const CUtensorMap& w3_map, int64_t experts, int64_t n,
-                         const core::TensorView& offsets, float limit,
+// x [R, K] as a map of dims (K, R), boxes of 64 K x 16 rows.
+absl::Status EncodeTokensMap(const char* op, const char* name, CUtensorMap* map,
+                             const core::TensorView& x) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(x.shape[1]),
+                              static_cast<cuuint64_t>(x.shape[0])};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(2 * x.shape[1])};
+  const cuuint32_t box[2] = {plan::kWgmmaBlockK, plan::kWgmmaTokenBox};
+  return EncodeBf16Map(op, name, map, x.data, 2, dims, strides, box);
+}
+
+// The kernel for the maps of x (and x2: kInputGrad) and of w (and w3: kSwiGlu, kInputGrad) over
+// `rows` rows and `k` of K (k_first of them the first pair's), grid (N / kBlockCols,
+// E + floor(R / 128)) (plan::WgmmaPassSlots: the host cannot read the offsets). InvalidArgument
+// beyond 65535 slots.
+template <Kind kKind>
+absl::Status LaunchWgmma(const char* op, int64_t rows, int64_t k, int64_t k_first,
+                         const CUtensorMap& x_map, const CUtensorMap& x2_map,
+                         const CUtensorMap& w_map, const CUtensorMap& w3_map, int64_t experts,
+                         int64_t n, const core::TensorView& offsets, float limit,
                          const core::TensorView& out) {
-  const int64_t rows = x.shape[0], k = x.shape[1];
   const int64_t slots = plan::WgmmaPassSlots(experts, rows);
   if (slots > 65535) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: %d rows and %d experts need more than 65535 pass slots of %d", op,
                         rows, experts, plan::kWgmmaMaxPassTokens));
   }
-  CUtensorMap x_map;
-  // x [R, K]: dims (K, R), boxes of 64 K x 16 rows.
-  const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t x_strides[1] = {static_cast<cuuint64_t>(2 * k)};
-  const cuuint32_t x_box[2] = {plan::kWgmmaBlockK, plan::kWgmmaTokenBox};
-  if (absl::Status s = EncodeBf16Map(op, "x", &x_map, x.data, 2, x_dims, x_strides, x_box);
-      !s.ok()) {
-    return s;
-  }
   static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kSwiGlu>,
+    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kKind>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
     if (e == cudaSuccess) {
       // Two blocks of ~112 KB an SM need the largest shared-memory carveout.
-      e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kSwiGlu>,
+      e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kKind>,
                                cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
     }
@@ -682,13 +522,30 @@ absl::Status LaunchWgmma(const char* op, const core::TensorView& x, const CUtens
   p.rows = static_cast<int>(rows);
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
+  p.k_first = static_cast<int>(k_first);
   p.out_bf16 = IsBf16(out);
   p.limit = limit;
-  constexpr int kBlockCols = kSwiGlu ? plan::kWgmmaGroupRows : plan::kWgmmaBlockRows;
+  constexpr int kBlockCols = kKind == Kind::kSwiGlu ? plan::kWgmmaGroupRows : plan::kWgmmaBlockRows;
   const dim3 grid(static_cast<unsigned>(n / kBlockCols), static_cast<unsigned>(slots));
-  LaunchKernel(GroupedGemmWgmmaKernel<kSwiGlu>, grid, kThreads, kSharedBytes, w_map, w3_map, x_map,
-               p);
+  LaunchKernel(GroupedGemmWgmmaKernel<kKind>, grid, kThreads, kSharedBytes, w_map, w3_map, x_map,
+               x2_map, p);
   return LaunchStatus(op);
+}
+
+// What keeps the input-gradient kernel from dy [R, N] and w [E, N, K] (nullptr: nothing): N a
+// positive multiple of 64 (the reduction), K a multiple of 128 (the output's columns), 16-byte
+// aligned data, a compute capability 9.0 device.
+const char* InputGradUnmet(const core::TensorView& dy, const core::TensorView& w) {
+  const int64_t n = w.shape[1], k = w.shape[2];
+  if (n < plan::kWgmmaBlockK || n % plan::kWgmmaBlockK != 0) {
+    return "N (w.shape[1], the reduction) a positive multiple of 64";
+  }
+  if (k % plan::kWgmmaBlockRows != 0) return "K (w.shape[2]) a multiple of 128";
+  if (reinterpret_cast<uintptr_t>(dy.data) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(w.data) % 16 != 0) {
+    return "16-byte aligned dy and weights";
+  }
+  return WgmmaDeviceUnmet();
 }
 
 }  // namespace
@@ -711,11 +568,13 @@ absl::Status GroupedGemmWgmma(const core::TensorView& x, const core::TensorView&
         "aligned x and w, and a compute capability 9.0 device",
         op, w.shape[2], w.shape[1]));
   }
-  CUtensorMap w_map;
-  if (absl::Status s = EncodeWeightMap(op, "w", &w_map, w, plan::kWgmmaBlockRows); !s.ok()) {
-    return s;
+  CUtensorMap w_map, x_map;
+  for (absl::Status s : {EncodeWeightMap(op, "w", &w_map, w, plan::kWgmmaBlockRows),
+                         EncodeTokensMap(op, "x", &x_map, x)}) {
+    if (!s.ok()) return s;
   }
-  return LaunchWgmma<false>(op, x, w_map, w_map, w.shape[0], w.shape[1], offsets, 0.0f, out);
+  return LaunchWgmma<Kind::kPlain>(op, x.shape[0], x.shape[1], x.shape[1], x_map, x_map, w_map,
+                                   w_map, w.shape[0], w.shape[1], offsets, 0.0f, out);
 }
 
 absl::Status GroupedGemmWgmmaSwiGlu(const core::TensorView& x, const core::TensorView& w1,
@@ -726,12 +585,43 @@ absl::Status GroupedGemmWgmmaSwiGlu(const core::TensorView& x, const core::Tenso
     return absl::InvalidArgumentError(absl::StrFormat("%s: needs %s (x %s, w1 %s)", op, unmet,
                                                       x.DebugString(), w1.DebugString()));
   }
-  CUtensorMap w1_map, w3_map;
+  CUtensorMap w1_map, w3_map, x_map;
   for (absl::Status s : {EncodeWeightMap(op, "w1", &w1_map, w1, plan::kWgmmaGroupRows),
-                         EncodeWeightMap(op, "w3", &w3_map, w3, plan::kWgmmaGroupRows)}) {
+                         EncodeWeightMap(op, "w3", &w3_map, w3, plan::kWgmmaGroupRows),
+                         EncodeTokensMap(op, "x", &x_map, x)}) {
     if (!s.ok()) return s;
   }
-  return LaunchWgmma<true>(op, x, w1_map, w3_map, w1.shape[0], w1.shape[1], offsets, limit, out);
+  return LaunchWgmma<Kind::kSwiGlu>(op, x.shape[0], x.shape[1], x.shape[1], x_map, x_map, w1_map,
+                                    w3_map, w1.shape[0], w1.shape[1], offsets, limit, out);
+}
+
+bool GroupedGemmWgmmaInputGradApplies(const core::TensorView& dy, const core::TensorView& w) {
+  return InputGradUnmet(dy, w) == nullptr;
+}
+
+absl::Status GroupedGemmWgmmaInputGrad(const core::TensorView& dy, const core::TensorView& w,
+                                       const core::TensorView& dy2, const core::TensorView& w2,
+                                       const core::TensorView& offsets,
+                                       const core::TensorView& dx) {
+  const char* op = "cuda::GroupedGemmInputGradDeviceOffsets";
+  const bool two = w2.data != nullptr;
+  for (const auto& [d, m] : {std::pair{dy, w}, std::pair{two ? dy2 : dy, two ? w2 : w}}) {
+    if (const char* unmet = InputGradUnmet(d, m); unmet != nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: needs %s (dy %s, w %s)", op, unmet,
+                                                        d.DebugString(), m.DebugString()));
+    }
+  }
+  // w [E, N, K] read as rows of K: dims (K, N, E), boxes of 64 K columns x 64 N rows.
+  CUtensorMap w_map, w2_map, dy_map, dy2_map;
+  for (absl::Status s : {EncodeWeightMap(op, "w", &w_map, w, plan::kWgmmaBlockK),
+                         EncodeWeightMap(op, "w2", &w2_map, two ? w2 : w, plan::kWgmmaBlockK),
+                         EncodeTokensMap(op, "dy", &dy_map, dy),
+                         EncodeTokensMap(op, "dy2", &dy2_map, two ? dy2 : dy)}) {
+    if (!s.ok()) return s;
+  }
+  const int64_t k_first = w.shape[1], k = k_first + (two ? w2.shape[1] : 0);
+  return LaunchWgmma<Kind::kInputGrad>(op, dy.shape[0], k, k_first, dy_map, dy2_map, w_map, w2_map,
+                                       w.shape[0], w.shape[2], offsets, 0.0f, dx);
 }
 
 }  // namespace v4rl::kernels::cuda

@@ -32,4 +32,26 @@ absl::Status GroupedGemmWgmmaSwiGlu(const core::TensorView& x, const core::Tenso
                                     const core::TensorView& w3, const core::TensorView& offsets,
                                     float limit, const core::TensorView& out);
 
+// The input-gradient instantiation (GroupedGemmInputGradDeviceOffsets, which validates the views):
+// dx[r] = dy[r] · w[e] (+ dy2[r] · w2[e] where w2 is not empty) for r in [offsets[e],
+// offsets[e + 1]), dy, dy2 [R, N] bf16, w, w2 [E, N, K] bf16, dx [R, K] bf16|f32, overwritten;
+// rows from offsets[E] on are left untouched. Applies with N a positive multiple of 64, K a
+// multiple of 128, 16-byte aligned data and a compute capability 9.0 device; otherwise an
+// InvalidArgument naming what is missing.
+bool GroupedGemmWgmmaInputGradApplies(const core::TensorView& dy, const core::TensorView& w);
+absl::Status GroupedGemmWgmmaInputGrad(const core::TensorView& dy, const core::TensorView& w,
+                                       const core::TensorView& dy2, const core::TensorView& w2,
+                                       const core::TensorView& offsets, const core::TensorView& dx);
+
+// The experts' weight gradients on the sm_90a kernel of grouped_gemm_wgmma_dw.cu
+// (GroupedGemmWeightGradDeviceOffsets validates the views): dw[e] = dy[rows of e]ᵀ · x[rows of e]
+// for every expert e (zeros where it has no rows), dy [R, N] bf16, x [R, K] bf16, dw [E, N, K]
+// f32, overwritten. Applies with N and K multiples of 128, 16-byte aligned data and a compute
+// capability 9.0 device; otherwise an InvalidArgument naming what is missing.
+bool GroupedGemmWgmmaWeightGradApplies(const core::TensorView& dy, const core::TensorView& x,
+                                       const core::TensorView& dw);
+absl::Status GroupedGemmWgmmaWeightGrad(const core::TensorView& dy, const core::TensorView& x,
+                                        const core::TensorView& offsets,
+                                        const core::TensorView& dw);
+
 }  // namespace v4rl::kernels::cuda

@@ -148,6 +148,22 @@ V4RL_HOST_DEVICE constexpr uint64_t WgmmaDescriptorK128(uint32_t address) {
          (static_cast<uint64_t>(kWgmmaSwizzleBytes >> 4) << 32) | (uint64_t{1} << 62);
 }
 
+// The descriptor of an MN-major bf16 operand (the backward GEMMs' transposed operands: the rows
+// TMA wrote are K, each row 64 M or N values = 128 bytes, with the 128-byte swizzle), from the
+// canonical layout ((T, 8, m), (8, k)) : ((1, T, LBO), (8T, SBO)) in 16-byte units T:
+//   bits 16-29  leading-dimension byte offset >> 4: from one 64-value atom of M or N to the next
+//               (`atom_bytes`: the next TMA box), read only where the operand spans more than 64
+//   bits 32-45  stride-dimension byte offset >> 4: 1024 bytes from one 8-row group of K to the
+//               next
+// The other fields as WgmmaDescriptorK128. The next K step of 16 starts 16 rows = 2048 bytes on
+// (kWgmmaMnKStepBytes), which keeps the swizzle's 1024-byte phase.
+inline constexpr int kWgmmaMnKStepBytes = kWgmmaInstrK * kWgmmaRowBytes;
+V4RL_HOST_DEVICE constexpr uint64_t WgmmaDescriptorMn128(uint32_t address, uint32_t atom_bytes) {
+  return static_cast<uint64_t>((address & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>((atom_bytes & 0x3FFFF) >> 4) << 16) |
+         (static_cast<uint64_t>(kWgmmaSwizzleBytes >> 4) << 32) | (uint64_t{1} << 62);
+}
+
 // Accumulator register i (0 <= i < n / 2) of thread `thread` (0..127 in its warpgroup) of
 // wgmma.m64nNk16 with f32 D: warp w holds rows 16w..16w+15; a thread's registers come in fours,
 // one per 8 columns, {row r, col c}, {r, c + 1}, {r + 8, c}, {r + 8, c + 1}.

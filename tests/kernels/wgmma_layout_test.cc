@@ -11,6 +11,9 @@
 //    canonical layout ((8, m), (T, 2k)) : ((8T, SBO), (1, T)) in elements, T = 8 bf16 (16 bytes),
 //    starting at the descriptor's start address, then the same address swizzle; the descriptor's
 //    fields as the "Matrix Descriptor Format" table places them;
+//  - an MN-major operand (the backward kernels': rows of K, 64 M or N values each) is read from
+//    the canonical layout ((T, 8, m), (8, k)) : ((1, T, LBO), (8T, SBO)), its TMA boxes 8 KB apart
+//    (the leading-dimension offset);
 //  - the f32 accumulator of wgmma.m64nNk16 holds, in thread t's register v, the element at
 //    (t, v) of the TV layout ((4, 8, 4), (2, 2, N / 8)) : ((128, 1, 16), (64, 8, 512)) of the
 //    64 x N column-major tile (the PTX ISA's figure of the D fragment, as CuTe encodes it).
@@ -99,6 +102,53 @@ TEST(WgmmaLayout, DescriptorFields) {
     EXPECT_EQ(raw & ((uint64_t{3} << 14) | (uint64_t{3} << 30) | (uint64_t{7} << 46) |
                      (uint64_t{0x3FF} << 52)),
               0u);
+  }
+}
+
+// wgmma: element (mn, k), k < 16, of an MN-major operand a descriptor names, from the canonical
+// layout ((T, 8, m), (8, k)) : ((1, T, LBO), (8T, SBO)) in 16-byte units, then the swizzle.
+int16_t WgmmaReadMn(const Smem& smem, uint64_t descriptor, int mn, int k) {
+  const Descriptor d = Decode(descriptor);
+  EXPECT_EQ(d.swizzle, 1);
+  EXPECT_EQ(d.base_offset, 0);
+  const int linear =
+      d.start + 2 * (mn % 64) + (mn / 64) * d.lbo + (k % 8) * kWgmmaRowBytes + (k / 8) * d.sbo;
+  int16_t v;
+  std::memcpy(&v, &smem[SwizzledAddress(linear)], 2);
+  return v;
+}
+
+TEST(WgmmaLayout, MnDescriptorFields) {
+  const uint64_t raw = WgmmaDescriptorMn128(0x9000u + 2 * kWgmmaMnKStepBytes, 8192);
+  const Descriptor d = Decode(raw);
+  EXPECT_EQ(d.start, 0x9000 + 2 * kWgmmaMnKStepBytes);
+  EXPECT_EQ(d.lbo, 8192);
+  EXPECT_EQ(d.sbo, 1024);
+  EXPECT_EQ(d.base_offset, 0);
+  EXPECT_EQ(d.swizzle, 1);
+  EXPECT_EQ(kWgmmaMnKStepBytes % kWgmmaSwizzleBytes, 0);  // a K step keeps the swizzle phase
+}
+
+// The backward kernels' MN-major operands: TMA boxes of 64 K rows x 64 M/N values (an [K, MN]
+// row-major matrix; box b holds columns 64 b..) written with the swizzle, 8 KB apart, read through
+// WgmmaDescriptorMn128 at each of the stage's four K steps, give back the matrix.
+TEST(WgmmaLayout, MnMajorBoxesReadBackThroughDescriptor) {
+  constexpr int kRows = 64, kCols = 128, kBoxBytes = kRows * kWgmmaRowBytes;
+  std::vector<int16_t> src(kRows * kCols);
+  for (int i = 0; i < kRows * kCols; ++i) src[i] = static_cast<int16_t>((i * 7919) % 30011 - 15000);
+  Smem smem(2 * kBoxBytes + 4096, 0);
+  const int base = 1024;
+  for (int box = 0; box < kCols / 64; ++box) {
+    TmaModel(smem, base + box * kBoxBytes, src, 0, kRows, kRows, kCols, 64 * box);
+  }
+  for (int step = 0; step < kWgmmaBlockK / kWgmmaInstrK; ++step) {
+    const uint64_t desc = WgmmaDescriptorMn128(base + step * kWgmmaMnKStepBytes, kBoxBytes);
+    for (int k = 0; k < kWgmmaInstrK; ++k) {
+      for (int mn = 0; mn < kCols; ++mn) {
+        ASSERT_EQ(WgmmaReadMn(smem, desc, mn, k), src[(step * kWgmmaInstrK + k) * kCols + mn])
+            << "step " << step << " k " << k << " mn " << mn;
+      }
+    }
   }
 }
 

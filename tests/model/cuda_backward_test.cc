@@ -20,6 +20,7 @@
 #include <initializer_list>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/json.h"
@@ -29,6 +30,7 @@
 #include "model/backward_cuda.h"
 #include "model/checkpoint_gradients.h"
 #include "model/checkpoint_names.h"
+#include "model/init.h"
 #include "model/next_token_loss.h"
 #include "model/params.h"
 #include "tests/model/fixtures.h"
@@ -246,6 +248,40 @@ TEST_P(CudaBackwardTest, Bf16GemmGradientsStayNearTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBackwardTest,
                          ::testing::Values("mixed_small", "ratios_4_128"));
+
+// mixed_small's layers widened to hidden 128 with routed experts of 128 (random weights), so that
+// bf16 GEMM math runs the routed experts on the Hopper grouped kernels on an H200 (their N and K
+// multiples of 128: kernels/cuda/grouped_gemm.h): the loss and the routed experts' weight
+// gradients near the fp32 CPU's, the same bar as the fixtures' bf16 run.
+TEST(CudaBackwardWideExperts, Bf16GemmExpertGradientsStayNearTheCpu) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model narrow, Model::Load(FixtureDir("mixed_small") + "/model"));
+  ModelConfig config = narrow.config;
+  config.hidden_size = 128;
+  config.moe_intermediate_size = 128;
+  ASSERT_TRUE(config.Validate().ok()) << config.Validate();
+  InitOptions init;
+  init.scheme = InitScheme::kExercise;
+  init.seed = 5;
+  const Model model = RandomModel(config, init);
+  const core::Tensor ids = Reference("mixed_small").Get("input_ids");
+  V4RL_ASSERT_OK_AND_ASSIGN(const CpuAndGpu both,
+                            CpuAndReplayedGpu(model, ids, kernels::cuda::GemmMath::kBf16Inputs));
+  EXPECT_NEAR(both.gpu.loss, both.cpu.loss, kLossBf16GemmVsCpu * std::abs(both.cpu.loss));
+  for (size_t l = 0; l < model.weights.layers.size(); ++l) {
+    const MoeWeights& got = both.gpu.grads.layers[l].ffn;
+    const MoeWeights& want = both.cpu.grads.layers[l].ffn;
+    for (const auto& [name, g, w] :
+         {std::tuple{"w1", &got.w1, &want.w1}, std::tuple{"w3", &got.w3, &want.w3},
+          std::tuple{"w2", &got.w2, &want.w2}}) {
+      const v4rl::testing::CompareStats stats = v4rl::testing::Compare(g->view(), w->view());
+      std::printf("[cuda backward] wide experts layer %zu %s: %s\n", l, name,
+                  v4rl::testing::Describe(stats).c_str());
+      EXPECT_TRUE(v4rl::testing::RelErrorByNormAtMost(g->view(), w->view(), kBf16GemmFloor))
+          << "layer " << l << " " << name << " " << v4rl::testing::Describe(stats);
+    }
+  }
+}
 
 TEST(CudaBackwardAccumulationTest, RandomDlogitsTwiceMatchTheCpu) {
   if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
