@@ -324,16 +324,24 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
   const int64_t num_picks = static_cast<int64_t>(plan.slots.size());
   Tensor dweights = run.Z({num_tokens, k});
   if (num_picks > 0) {
-    Tensor host_slots = Tensor::Empty(DType::kI32, {num_picks});
-    Tensor host_pick_of_slot = Tensor::Empty(DType::kI32, {num_tokens * k});
-    std::fill(host_pick_of_slot.data<int32_t>(), host_pick_of_slot.data<int32_t>() + num_tokens * k,
-              -1);
-    for (int64_t p = 0; p < num_picks; ++p) {
-      host_slots.data<int32_t>()[p] = static_cast<int32_t>(plan.slots[p]);
-      host_pick_of_slot.data<int32_t>()[plan.slots[p]] = static_cast<int32_t>(p);
+    // The forward's device copies of the plan, or (a forward on the CPU) uploads of it: a
+    // pageable upload waits for every queued launch.
+    Tensor slots = host_acts.device_slots, pick_of_slot = host_acts.device_pick_of_slot,
+           device_offsets = host_acts.device_offsets;
+    if (!slots.defined() || !pick_of_slot.defined() || !device_offsets.defined()) {
+      Tensor host_slots = Tensor::Empty(DType::kI32, {num_picks});
+      Tensor host_pick_of_slot = Tensor::Empty(DType::kI32, {num_tokens * k});
+      std::fill(host_pick_of_slot.data<int32_t>(),
+                host_pick_of_slot.data<int32_t>() + num_tokens * k, -1);
+      for (int64_t p = 0; p < num_picks; ++p) {
+        host_slots.data<int32_t>()[p] = static_cast<int32_t>(plan.slots[p]);
+        host_pick_of_slot.data<int32_t>()[plan.slots[p]] = static_cast<int32_t>(p);
+      }
+      slots = run.Up(host_slots);
+      pick_of_slot = run.Up(host_pick_of_slot);
+      device_offsets = run.ExpertOffsetsOnDevice(plan.expert_offsets);
     }
-    const Tensor slots = run.Up(host_slots), pick_of_slot = run.Up(host_pick_of_slot);
-    const Tensor device_offsets = run.ExpertOffsetsOnDevice(plan.expert_offsets);
+    const TensorView pick_slots = slots.view().Slice(0, 0, num_picks);  // the picks' slots
     const Tensor topk_weight = run.Up(host_acts.topk_weight);
     const Tensor act = run.Up(host_acts.expert_act);
     const int64_t* offsets = plan.expert_offsets.data();
@@ -344,7 +352,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     // overwritten: kc::GroupedGemmInputGradDeviceOffsets, GroupedGemmWeightGradDeviceOffsets),
     // otherwise on cuBLAS per expert (kc::GroupedLinearBackward).
     const Tensor picked_dout = Run::New(run.product_dtype(), {num_picks, hidden});
-    run.Do([&] { return kc::MoeGather(dout.view(), slots.view(), k, picked_dout.view()); });
+    run.Do([&] { return kc::MoeGather(dout.view(), pick_slots, k, picked_dout.view()); });
     const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                      w2 = run.ProductWeight(w.w2.view());
     // dw[e] = dy[rows of e]ᵀ · x[rows of e], overwritten.
@@ -371,7 +379,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     });
     const Tensor weighted_act = Run::New(run.product_dtype(), {num_picks, inter});
     run.Do([&] {
-      return kc::ExpertWeightBackward(act.view(), slots.view(), topk_weight.view(), u.view(),
+      return kc::ExpertWeightBackward(act.view(), pick_slots, topk_weight.view(), u.view(),
                                       weighted_act.view(), dweights.view());
     });
     weight_grad(picked_dout.view(), weighted_act.view(), w2, g->w2.view());

@@ -378,6 +378,9 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   run.Do([&] { return kc::UploadMoePlan(acts->plan, slots.view(), pick_of_slot.view()); });
   // Uploaded with the plan, before the launches below are queued (the copy waits for them).
   const Tensor device_offsets = run.ExpertOffsetsOnDevice(acts->plan.expert_offsets);
+  acts->device_slots = slots;
+  acts->device_pick_of_slot = pick_of_slot;
+  acts->device_offsets = device_offsets;
   // The picks' inputs in the products' dtype (bf16 under bf16 products: only products read them,
   // here and in the backward).
   acts->expert_x = Run::New(x_product.dtype, {num_picks, hidden});

@@ -30,6 +30,10 @@ struct MoeActivations {
   core::Tensor shared_up;    // [N, S]
   core::Tensor shared_act;   // [N, S]
   core::Tensor shared_out;   // [N, H]
+  // The CUDA training forward's device copies of `plan`, reused by the CUDA backward instead of
+  // uploaded again (empty where the forward ran on the CPU): slots [N·k] i32 (the picks' slots in
+  // plan order first), pick_of_slot [N·k] i32 (-1: dropped), expert_offsets [E + 1] i32.
+  core::Tensor device_slots, device_pick_of_slot, device_offsets;
 };
 
 // x: [N, H] f32 (ffn_norm output); token_ids: [N] i32 (hash routing); out: [N, H] f32.
