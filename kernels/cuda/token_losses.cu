@@ -79,9 +79,79 @@ __device__ Support FindSupport(const Rows& x, int64_t offset, int64_t vocab, int
   return {t, lo};
 }
 
+// Softmax statistics of values z relative to their running maximum m: s = Σ e^(z - m) and
+// w = Σ e^(z - m)·(z - m), gathered in one pass (online: a larger value rescales the sums).
+struct SoftmaxStats {
+  float m = -INFINITY, s = 0.0f, w = 0.0f;
+
+  __device__ __forceinline__ void Add(float z) {
+    if (z > m) {
+      const float scale = expf(m - z);  // 0 for the first value (m = -inf, s = w = 0)
+      w = s > 0.0f ? scale * (w + s * (m - z)) : 0.0f;
+      s = s * scale + 1.0f;
+      m = z;
+    } else {
+      const float e = expf(z - m);
+      s += e;
+      w += e * (z - m);
+    }
+  }
+  // This and `o` as statistics of their union.
+  __device__ __forceinline__ void Merge(const SoftmaxStats& o) {
+    const float top = fmaxf(m, o.m);
+    float ns = 0.0f, nw = 0.0f;
+    AddRescaled(*this, top, &ns, &nw);
+    AddRescaled(o, top, &ns, &nw);
+    m = top;
+    s = ns;
+    w = nw;
+  }
+  // x's sums relative to `top` (>= x.m) added to *s and *w; nothing for empty statistics.
+  static __device__ __forceinline__ void AddRescaled(const SoftmaxStats& x, float top, float* s,
+                                                     float* w) {
+    if (x.s > 0.0f) {
+      const float scale = expf(x.m - top);
+      *s += x.s * scale;
+      *w += scale * (x.w + x.s * (x.m - top));
+    }
+  }
+};
+
+__device__ __forceinline__ SoftmaxStats WarpStats(SoftmaxStats v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    SoftmaxStats o;
+    o.m = __shfl_xor_sync(0xffffffffu, v.m, offset);
+    o.s = __shfl_xor_sync(0xffffffffu, v.s, offset);
+    o.w = __shfl_xor_sync(0xffffffffu, v.w, offset);
+    v.Merge(o);
+  }
+  return v;
+}
+
+// The block's statistics, on every thread. `scratch` holds 3 x 32 floats.
+__device__ SoftmaxStats BlockStats(SoftmaxStats v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = WarpStats(v);
+  __syncthreads();
+  if (lane == 0) {
+    scratch[warp] = v.m;
+    scratch[32 + warp] = v.s;
+    scratch[64 + warp] = v.w;
+  }
+  __syncthreads();
+  SoftmaxStats w;
+  if (lane < warps) {
+    w.m = scratch[lane];
+    w.s = scratch[32 + lane];
+    w.w = scratch[64 + lane];
+  }
+  return WarpStats(w);
+}
+
 __global__ void LogprobKernel(LogprobParams p) {
   WaitForPriorKernels();
-  __shared__ float scratch[32];
+  __shared__ float scratch[3 * 32];
   const int64_t r = blockIdx.x;
   const int64_t offset = r * p.logits.ld;
   int32_t target = p.targets[r];
@@ -99,25 +169,39 @@ __global__ void LogprobKernel(LogprobParams p) {
     }
     return;
   }
-  const Support support =
-      FindSupport(p.logits, offset, p.vocab, p.kept_counts ? p.kept_counts[r] : 0, scratch);
-  float max_logit = -INFINITY;
-  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
-    const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
-    if (support.Contains(OrderedKey(z), j)) max_logit = fmaxf(max_logit, z);
+  const int32_t kept = p.kept_counts ? p.kept_counts[r] : 0;
+  const Support support = FindSupport(p.logits, offset, p.vocab, kept, scratch);
+  float max_logit, sum, weighted;
+  if (kept <= 0 || kept >= p.vocab) {
+    // The whole row: maximum, Σ e and Σ e·(z - max) in one read of it.
+    SoftmaxStats stats;
+    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+      stats.Add(LoadF(p.logits.data, p.logits.bf16, offset + j));
+    }
+    stats = BlockStats(stats, scratch);
+    max_logit = stats.m;
+    sum = stats.s;
+    weighted = stats.w;
+  } else {
+    max_logit = -INFINITY;
+    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+      const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
+      if (support.Contains(OrderedKey(z), j)) max_logit = fmaxf(max_logit, z);
+    }
+    max_logit = BlockMax(max_logit, scratch);
+    sum = 0;
+    weighted = 0;
+    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+      const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
+      if (!support.Contains(OrderedKey(z), j)) continue;
+      const float shifted = z - max_logit;
+      const float e = expf(shifted);
+      sum += e;
+      weighted += e * shifted;
+    }
+    sum = BlockSum(sum, scratch);
+    weighted = BlockSum(weighted, scratch);
   }
-  max_logit = BlockMax(max_logit, scratch);
-  float sum = 0, weighted = 0;
-  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
-    const float z = LoadF(p.logits.data, p.logits.bf16, offset + j);
-    if (!support.Contains(OrderedKey(z), j)) continue;
-    const float shifted = z - max_logit;
-    const float e = expf(shifted);
-    sum += e;
-    weighted += e * shifted;
-  }
-  sum = BlockSum(sum, scratch);
-  weighted = BlockSum(weighted, scratch);
   const float log_sum = logf(sum);
   const float log_normaliser = max_logit + log_sum;
   const float entropy = log_sum - weighted / sum;
