@@ -1,11 +1,14 @@
-// Helpers of the CUDA benches: random device tensors, mean time of a call, and the device's copy
-// bandwidth (the HBM figure bandwidth-bound kernels are held to).
+// Helpers of the CUDA benches: random device tensors, random MoE routing, mean time of a call, and
+// the device's copy bandwidth (the HBM figure bandwidth-bound kernels are held to).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <numeric>
+#include <utility>
+#include <vector>
 
 #include "bench/bench_common.h"
 #include "core/rng.h"
@@ -27,6 +30,26 @@ inline core::Tensor RandomDevice(core::DType dtype, const core::Shape& shape, ui
   core::Tensor out = core::Tensor::Empty(dtype, shape, kc::DeviceAllocator());
   Check(kc::F32ToBf16(f32.view(), out.view()), "convert");
   return out;
+}
+
+// Rows an expert gets when each of `tokens` tokens picks `picks` distinct experts of `experts`
+// at random (seeded; a partial Fisher-Yates shuffle a token): the MoE benches' routing.
+inline std::vector<int64_t> RandomExpertCounts(int64_t tokens, int64_t experts, int64_t picks,
+                                               uint64_t seed) {
+  std::vector<int64_t> counts(experts, 0);
+  const core::Rng rng(seed);
+  std::vector<int64_t> order(experts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::iota(order.begin(), order.end(), 0);
+    for (int64_t j = 0; j < picks; ++j) {
+      const int64_t swap =
+          j + static_cast<int64_t>(rng.UniformDouble(static_cast<uint64_t>(t * picks + j)) *
+                                   (experts - j));
+      std::swap(order[j], order[std::min(swap, experts - 1)]);
+      ++counts[order[j]];
+    }
+  }
+  return counts;
 }
 
 // Mean milliseconds per call over `iters` calls after 3 warm-up calls.

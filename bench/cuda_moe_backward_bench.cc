@@ -18,12 +18,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
-#include <numeric>
 #include <vector>
 
 #include "bench/bench_common.h"
 #include "bench/cuda_bench_common.h"
-#include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/device.h"
@@ -55,20 +53,8 @@ int Main(int argc, char** argv) {
   }
   auto blas = kc::BlasHandle::Create();
   Check(blas.status(), "cublas");
-  // Random distinct picks per token, counted per expert.
-  std::vector<int64_t> counts(kExperts, 0);
-  const core::Rng rng(7 + tokens);
-  std::vector<int> order(kExperts);
-  for (int64_t t = 0; t < tokens; ++t) {
-    std::iota(order.begin(), order.end(), 0);
-    for (int64_t j = 0; j < kPicks; ++j) {
-      const int64_t swap =
-          j + static_cast<int64_t>(rng.UniformDouble(static_cast<uint64_t>(t * kPicks + j)) *
-                                   (kExperts - j));
-      std::swap(order[j], order[std::min(swap, kExperts - 1)]);
-      ++counts[order[j]];
-    }
-  }
+  const std::vector<int64_t> counts =
+      bench::RandomExpertCounts(tokens, kExperts, kPicks, 7 + tokens);
   std::vector<int64_t> offsets = {0};
   for (const int64_t c : counts) offsets.push_back(offsets.back() + c);
   const int64_t picks = offsets.back();

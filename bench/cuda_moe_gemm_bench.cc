@@ -15,13 +15,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <numeric>
 #include <string>
 #include <vector>
 
 #include "bench/bench_common.h"
 #include "bench/cuda_bench_common.h"
-#include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
@@ -57,20 +55,8 @@ int Main(int argc, char** argv) {
   }
   const float limit = 10.0f;  // the mid config's swiglu_limit
   for (const int64_t batch : batches) {
-    // Random distinct picks per token, counted per expert.
-    std::vector<int64_t> counts(kExperts, 0);
-    const core::Rng rng(100 + batch);
-    std::vector<int> order(kExperts);
-    for (int64_t t = 0; t < batch; ++t) {
-      std::iota(order.begin(), order.end(), 0);
-      for (int64_t j = 0; j < kPicks; ++j) {
-        const int64_t swap =
-            j + static_cast<int64_t>(rng.UniformDouble(static_cast<uint64_t>(t * kPicks + j)) *
-                                     (kExperts - j));
-        std::swap(order[j], order[std::min(swap, kExperts - 1)]);
-        ++counts[order[j]];
-      }
-    }
+    const std::vector<int64_t> counts =
+        bench::RandomExpertCounts(batch, kExperts, kPicks, 100 + batch);
     std::vector<int64_t> offsets = {0};
     for (int64_t c : counts) offsets.push_back(offsets.back() + c);
     const int64_t rows = offsets.back();

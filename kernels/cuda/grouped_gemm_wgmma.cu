@@ -500,20 +500,10 @@ absl::Status LaunchWgmma(const char* op, int64_t rows, int64_t k, int64_t k_firs
         absl::StrFormat("%s: %d rows and %d experts need more than 65535 pass slots of %d", op,
                         rows, experts, plan::kWgmmaMaxPassTokens));
   }
-  static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kKind>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
-    if (e == cudaSuccess) {
-      // Two blocks of ~112 KB an SM need the largest shared-memory carveout.
-      e = cudaFuncSetAttribute(GroupedGemmWgmmaKernel<kKind>,
-                               cudaFuncAttributePreferredSharedMemoryCarveout,
-                               cudaSharedmemCarveoutMaxShared);
-    }
-    return e;
-  }();
-  if (configured != cudaSuccess) {
-    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
-                                               kSharedBytes, cudaGetErrorString(configured)));
+  // Two blocks of ~112 KB an SM.
+  if (absl::Status s = AllowWgmmaSharedMemory<GroupedGemmWgmmaKernel<kKind>>(op, kSharedBytes);
+      !s.ok()) {
+    return s;
   }
   WgmmaParams p{};
   p.offsets = offsets.data_as<int32_t>();

@@ -226,20 +226,10 @@ absl::Status GroupedGemmWgmmaWeightGrad(const core::TensorView& dy, const core::
        {EncodeTokenRowsMap(op, "dy", &dy_map, dy), EncodeTokenRowsMap(op, "x", &x_map, x)}) {
     if (!s.ok()) return s;
   }
-  static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(GroupedGemmWeightGradKernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
-    if (e == cudaSuccess) {
-      // Two blocks of ~97 KB an SM need the largest shared-memory carveout.
-      e = cudaFuncSetAttribute(GroupedGemmWeightGradKernel,
-                               cudaFuncAttributePreferredSharedMemoryCarveout,
-                               cudaSharedmemCarveoutMaxShared);
-    }
-    return e;
-  }();
-  if (configured != cudaSuccess) {
-    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op,
-                                               kSharedBytes, cudaGetErrorString(configured)));
+  // Two blocks of ~97 KB an SM.
+  if (absl::Status s = AllowWgmmaSharedMemory<GroupedGemmWeightGradKernel>(op, kSharedBytes);
+      !s.ok()) {
+    return s;
   }
   WeightGradParams p{};
   p.offsets = offsets.data_as<int32_t>();

@@ -249,22 +249,19 @@ struct KlParams {
   int64_t ld_grad;
 };
 
+// log Σ_j e^(x_j) of one row, in one read of it (SoftmaxStats). `scratch` holds 3 x 32 floats.
 __device__ float LogNormaliser(const Rows& x, int64_t offset, int64_t vocab, float* scratch) {
-  float max_logit = -INFINITY;
+  SoftmaxStats stats;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    max_logit = fmaxf(max_logit, LoadF(x.data, x.bf16, offset + j));
+    stats.Add(LoadF(x.data, x.bf16, offset + j));
   }
-  max_logit = BlockMax(max_logit, scratch);
-  float sum = 0;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    sum += expf(LoadF(x.data, x.bf16, offset + j) - max_logit);
-  }
-  return max_logit + logf(BlockSum(sum, scratch));
+  stats = BlockStats(stats, scratch);
+  return stats.m + logf(stats.s);
 }
 
 __global__ void KlKernel(KlParams p) {
   WaitForPriorKernels();
-  __shared__ float scratch[32];
+  __shared__ float scratch[3 * 32];
   const int64_t r = blockIdx.x;
   const int64_t so = r * p.student.ld, to = r * p.teacher.ld;
   const float log_zs = LogNormaliser(p.student, so, p.vocab, scratch);

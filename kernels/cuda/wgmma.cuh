@@ -8,10 +8,12 @@
 #pragma once
 
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_format.h"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define V4RL_WGMMA_DEVICE 1  // wgmma is sm_90a-only; other targets get a trapping stub
@@ -29,6 +31,27 @@ absl::Status EncodeBf16Map(const char* op, const char* name, CUtensorMap* map, c
 // What keeps the current device from running the sm_90a code (nullptr: nothing), read once:
 // compute capability 9.0 only.
 const char* WgmmaDeviceUnmet();
+
+// Lets kKernel take `bytes` of dynamic shared memory with the largest shared-memory carveout
+// (two blocks of ~100 KB an SM), once per kernel (the first call's bytes); Internal naming `op`
+// if the runtime refuses.
+template <auto kKernel>
+absl::Status AllowWgmmaSharedMemory(const char* op, int bytes) {
+  static const cudaError_t configured = [bytes] {
+    cudaError_t e =
+        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+    }
+    return e;
+  }();
+  if (configured != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat("%s: %d bytes of shared memory: %s", op, bytes,
+                                               cudaGetErrorString(configured)));
+  }
+  return absl::OkStatus();
+}
 
 #if V4RL_WGMMA_DEVICE
 
