@@ -60,14 +60,15 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
   const Tensor post = run.Up(host_acts.post), comb = run.Up(host_acts.comb);
-  Tensor dstreams = run.Z({num_tokens, n, hidden});
-  Tensor dy = run.Z({num_tokens, hidden});
+  // Overwritten by the expand's backward (no zero fill, no read): the site's first gradient.
+  Tensor dstreams = run.New({num_tokens, n, hidden});
+  Tensor dy = run.New({num_tokens, hidden});
   Tensor dpost = run.Z({num_tokens, n});
   Tensor dcomb = run.Z({num_tokens, n, n});
   run.Do([&] {
     return kc::MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
                                  dstreams_out.view(), dstreams.view(), dy.view(), dpost.view(),
-                                 dcomb.view());
+                                 dcomb.view(), kc::DxWrite::kOverwrite);
   });
   Tensor dsub_in = run.Z({num_tokens, hidden});
   run.Mark("bwd.mhc");
@@ -601,12 +602,12 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
                 g.norm.view(), kc::DxWrite::kOverwrite);
     const Tensor streams = run.Up(forward.streams);
     const TensorView streams3 = streams.view().Reshape({num_tokens, n, hidden});
-    Tensor dstreams = run.Z({num_tokens, n, hidden});
+    Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten by the collapse's backward
     const Tensor pre = run.Up(forward.hc_head.pre), mixes = run.Up(forward.hc_head.mixes);
     Tensor dpre = run.Z({num_tokens, n});
     run.Do([&] {
       return kc::MhcCollapseBackward(streams3, pre.view(), dcollapsed.view(), dstreams.view(),
-                                     dpre.view());
+                                     dpre.view(), kc::DxWrite::kOverwrite);
     });
     Tensor dmixes = run.Z({num_tokens, n});
     run.Do([&] {

@@ -138,13 +138,25 @@ __device__ __forceinline__ void StoreW(float* p, int64_t i, const float (&v)[W])
   }
 }
 
+// v = p[i, i + W) (`add`: the gradient is added to), else zeros (overwritten: not read; 0 + the
+// value keeps the bits of an add to a zero-filled buffer).
+template <int W>
+__device__ __forceinline__ void LoadOrZeroW(const float* p, int64_t i, bool add, float (&v)[W]) {
+  if (add) {
+    LoadW<W>(p, false, i, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] = 0.0f;
+  }
+}
+
 // One block per token, W consecutive channels a thread per step. N (the stream count) is a
 // template parameter so that the per-stream sums stay in registers (indexing them by a runtime n
 // put them in local memory).
 template <int N, int W>
 __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, const float* pre,
                                        const void* dout, bool dout_bf16, int64_t hidden,
-                                       float* dstreams, float* dpre) {
+                                       bool add_to_dstreams, float* dstreams, float* dpre) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N];
   const int64_t t = blockIdx.x;
@@ -159,7 +171,7 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
       const int64_t at = (t * N + j) * hidden + h;
       float x[W], d[W];
       LoadW<W>(streams, streams_bf16, at, x);
-      LoadW<W>(dstreams, false, at, d);
+      LoadOrZeroW<W>(dstreams, at, add_to_dstreams, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
         d[i] += weight[j] * g[i];
@@ -175,7 +187,8 @@ template <int N, int W>
 __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, const void* y,
                                      bool y_bf16, const float* post, const float* comb,
                                      const void* dout, bool dout_bf16, int64_t hidden,
-                                     float* dstreams, float* dy, float* dpost, float* dcomb) {
+                                     bool add_to_grads, float* dstreams, float* dy, float* dpost,
+                                     float* dcomb) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N * N];
   const int64_t t = blockIdx.x;
@@ -187,7 +200,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
   for (int64_t h = int64_t(threadIdx.x) * W; h < hidden; h += int64_t(blockDim.x) * W) {
     float g[N][W], yv[W], dyv[W];
     LoadW<W>(y, y_bf16, t * hidden + h, yv);
-    LoadW<W>(dy, false, t * hidden + h, dyv);
+    LoadOrZeroW<W>(dy, t * hidden + h, add_to_grads, dyv);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
       LoadW<W>(dout, dout_bf16, (t * N + k) * hidden + h, g[k]);
@@ -203,7 +216,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
       const int64_t at = (t * N + j) * hidden + h;
       float x[W], d[W];
       LoadW<W>(streams, streams_bf16, at, x);
-      LoadW<W>(dstreams, false, at, d);
+      LoadOrZeroW<W>(dstreams, at, add_to_grads, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
         float dx = 0;
@@ -328,6 +341,12 @@ absl::Status HcHeadPreBackward(const core::TensorView& mixes, const core::Tensor
 absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
                                  const core::TensorView& dout, const core::TensorView& dstreams,
                                  const core::TensorView& dpre) {
+  return MhcCollapseBackward(streams, pre, dout, dstreams, dpre, DxWrite::kAdd);
+}
+
+absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
+                                 const core::TensorView& dout, const core::TensorView& dstreams,
+                                 const core::TensorView& dpre, DxWrite dstreams_write) {
   const bool shaped = streams.rank == 3;
   const int64_t tokens = shaped ? streams.shape[0] : -1, n = shaped ? streams.shape[1] : -1,
                 hidden = shaped ? streams.shape[2] : -1;
@@ -347,8 +366,8 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;
     LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams),
-                 pre.data_as<float>(), dout.data, Bf16(dout), hidden, dstreams.data_as<float>(),
-                 dpre.data_as<float>());
+                 pre.data_as<float>(), dout.data, Bf16(dout), hidden,
+                 dstreams_write == DxWrite::kAdd, dstreams.data_as<float>(), dpre.data_as<float>());
   });
   return LaunchStatus("MhcCollapseBackward");
 }
@@ -358,6 +377,14 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
                                const core::TensorView& dout, const core::TensorView& dstreams,
                                const core::TensorView& dy, const core::TensorView& dpost,
                                const core::TensorView& dcomb) {
+  return MhcExpandBackward(streams, y, post, comb, dout, dstreams, dy, dpost, dcomb, DxWrite::kAdd);
+}
+
+absl::Status MhcExpandBackward(const core::TensorView& streams, const core::TensorView& y,
+                               const core::TensorView& post, const core::TensorView& comb,
+                               const core::TensorView& dout, const core::TensorView& dstreams,
+                               const core::TensorView& dy, const core::TensorView& dpost,
+                               const core::TensorView& dcomb, DxWrite grads_write) {
   const bool shaped = streams.rank == 3;
   const int64_t tokens = shaped ? streams.shape[0] : -1, n = shaped ? streams.shape[1] : -1,
                 hidden = shaped ? streams.shape[2] : -1;
@@ -381,8 +408,8 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
     auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
     LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams), y.data, Bf16(y),
                  post.data_as<float>(), comb.data_as<float>(), dout.data, Bf16(dout), hidden,
-                 dstreams.data_as<float>(), dy.data_as<float>(), dpost.data_as<float>(),
-                 dcomb.data_as<float>());
+                 grads_write == DxWrite::kAdd, dstreams.data_as<float>(), dy.data_as<float>(),
+                 dpost.data_as<float>(), dcomb.data_as<float>());
   });
   return LaunchStatus("MhcExpandBackward");
 }

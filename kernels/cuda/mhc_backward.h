@@ -4,7 +4,8 @@
 // out_k = post_k·y + Σ_j comb[j][k]·X_j. The mixes' own backward (normed · fnᵀ, the stream RMS)
 // is LinearBackward + RmsNormBackward on the same buffers.
 // n = hc_mult <= 4 (kMaxHcMult), sinkhorn iters <= 32. Coefficients and every gradient f32;
-// streams, y and dout bf16|f32. Gradients are ADDED to (the caller zeroes them); parameter
+// streams, y and dout bf16|f32. Gradients are ADDED to (the caller zeroes them) unless a
+// DxWrite::kOverwrite overload says otherwise; parameter
 // gradients (dbase, dscale) are summed over tokens by a fixed-order block reduction
 // (deterministic). Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
@@ -13,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "core/tensor.h"
+#include "kernels/cuda/elementwise_backward.h"  // DxWrite
 
 namespace v4rl::kernels::cuda {
 
@@ -33,18 +35,28 @@ absl::Status HcHeadPreBackward(const core::TensorView& mixes, const core::Tensor
                                const core::TensorView& dscale);
 
 // out[t] = Σ_j pre[t, j]·streams[t, j]: streams [N, n, H] bf16|f32; pre [N, n] f32; dout [N, H]
-// bf16|f32; dstreams [N, n, H] f32 +=; dpre [N, n] f32 +=.
+// bf16|f32; dstreams [N, n, H] f32 += (DxWrite::kOverwrite: = 0.0f + the gradient, dstreams not
+// read: no zero fill needed); dpre [N, n] f32 +=.
 absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
                                  const core::TensorView& dout, const core::TensorView& dstreams,
                                  const core::TensorView& dpre);
+absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
+                                 const core::TensorView& dout, const core::TensorView& dstreams,
+                                 const core::TensorView& dpre, DxWrite dstreams_write);
 
 // out[t, k] = post[t, k]·y[t] + Σ_j comb[t, j, k]·streams[t, j]: streams, dout [N, n, H]
 // bf16|f32; y [N, H] bf16|f32; post [N, n] f32; comb [N, n, n] f32. Added to: dstreams
-// [N, n, H] f32, dy [N, H] f32, dpost [N, n] f32, dcomb [N, n, n] f32.
+// [N, n, H] f32 and dy [N, H] f32 (DxWrite::kOverwrite: both = 0.0f + the gradient, not read),
+// dpost [N, n] f32, dcomb [N, n, n] f32.
 absl::Status MhcExpandBackward(const core::TensorView& streams, const core::TensorView& y,
                                const core::TensorView& post, const core::TensorView& comb,
                                const core::TensorView& dout, const core::TensorView& dstreams,
                                const core::TensorView& dy, const core::TensorView& dpost,
                                const core::TensorView& dcomb);
+absl::Status MhcExpandBackward(const core::TensorView& streams, const core::TensorView& y,
+                               const core::TensorView& post, const core::TensorView& comb,
+                               const core::TensorView& dout, const core::TensorView& dstreams,
+                               const core::TensorView& dy, const core::TensorView& dpost,
+                               const core::TensorView& dcomb, DxWrite grads_write);
 
 }  // namespace v4rl::kernels::cuda

@@ -1,8 +1,10 @@
 // CUDA MoE combine/gather backward (reference loops written here), mHC backward (gates +
 // Sinkhorn, hc_head gate, collapse, expand-and-mix) and compressor pool backward (CSA overlapping
 // and HCA plain windows) against kernels/cpu/mhc_backward.h and kernels/cpu/compressor_backward.h
-// on odd sizes; gradients start from random values to check that they are added to (gpu label;
-// skips without a device).
+// on odd sizes; gradients start from random values to check that they are added to, and the
+// overwriting forms equal adding to zeros bit for bit (gpu label; skips without a device).
+#include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -144,6 +146,66 @@ TEST(CudaMhcBackward, CollapseAndExpandBf16Streams) {
         EXPECT_TRUE(dpost.Check("expand dpost" + kind, {.atol = 1e-4, .rtol = 1e-4}));
         EXPECT_TRUE(dcomb.Check("expand dcomb" + kind, {.atol = 1e-4, .rtol = 1e-4}));
       }
+    }
+  }
+}
+
+// DxWrite::kOverwrite: the collapse's dstreams and the expand's dstreams and dy come out bit for
+// bit as added to zero-filled buffers although they start as NaN (never read); the coefficient
+// gradients are still added to.
+TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t tokens = 11;
+  for (const auto& [n, hidden] : {std::pair<int64_t, int64_t>{4, 1024}, {3, 1031}}) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const std::string kind =
+          absl::StrFormat(" %s n=%d H=%d", dtype == DType::kF32 ? "f32" : "bf16", n, hidden);
+      const Tensor streams = testing::ToDevice(RandomNormal({tokens, n, hidden}, 40), dtype);
+      const Tensor y = testing::ToDevice(RandomNormal({tokens, hidden}, 41), dtype);
+      const Tensor dout_collapse = testing::ToDevice(RandomNormal({tokens, hidden}, 42), dtype);
+      const Tensor dout_expand = testing::ToDevice(RandomNormal({tokens, n, hidden}, 43), dtype);
+      const Tensor pre = testing::ToDevice(RandomNormal({tokens, n}, 44), DType::kF32);
+      const Tensor post = testing::ToDevice(RandomNormal({tokens, n}, 45), DType::kF32);
+      const Tensor comb =
+          testing::ToDevice(RandomUniform({tokens, n, n}, 46, 0.0f, 1.0f), DType::kF32);
+      auto filled = [](const core::Shape& shape, float value) {
+        Tensor host = Tensor::Empty(DType::kF32, shape);
+        for (int64_t i = 0; i < host.numel(); ++i) host.data<float>()[i] = value;
+        return testing::ToDevice(host, DType::kF32);
+      };
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      auto same_bits = [](const Tensor& a, const Tensor& b) {
+        const Tensor ha = testing::ToHost(a.view()), hb = testing::ToHost(b.view());
+        return std::memcmp(ha.data<float>(), hb.data<float>(), sizeof(float) * ha.numel()) == 0;
+      };
+      {
+        const Tensor added = filled({tokens, n, hidden}, 0.0f), dpre_a = filled({tokens, n}, 0.0f);
+        const Tensor written = filled({tokens, n, hidden}, nan), dpre_w = filled({tokens, n}, 0.0f);
+        ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dout_collapse.view(),
+                                        added.view(), dpre_a.view())
+                        .ok());
+        ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dout_collapse.view(),
+                                        written.view(), dpre_w.view(), DxWrite::kOverwrite)
+                        .ok());
+        EXPECT_TRUE(same_bits(added, written)) << "collapse dstreams" << kind;
+        EXPECT_TRUE(same_bits(dpre_a, dpre_w)) << "collapse dpre" << kind;
+      }
+      const Tensor ds_a = filled({tokens, n, hidden}, 0.0f), dy_a = filled({tokens, hidden}, 0.0f);
+      const Tensor ds_w = filled({tokens, n, hidden}, nan), dy_w = filled({tokens, hidden}, nan);
+      const Tensor dpost_a = filled({tokens, n}, 0.0f), dcomb_a = filled({tokens, n, n}, 0.0f);
+      const Tensor dpost_w = filled({tokens, n}, 0.0f), dcomb_w = filled({tokens, n, n}, 0.0f);
+      ASSERT_TRUE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
+                                    dout_expand.view(), ds_a.view(), dy_a.view(), dpost_a.view(),
+                                    dcomb_a.view())
+                      .ok());
+      ASSERT_TRUE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
+                                    dout_expand.view(), ds_w.view(), dy_w.view(), dpost_w.view(),
+                                    dcomb_w.view(), DxWrite::kOverwrite)
+                      .ok());
+      EXPECT_TRUE(same_bits(ds_a, ds_w)) << "expand dstreams" << kind;
+      EXPECT_TRUE(same_bits(dy_a, dy_w)) << "expand dy" << kind;
+      EXPECT_TRUE(same_bits(dpost_a, dpost_w)) << "expand dpost" << kind;
+      EXPECT_TRUE(same_bits(dcomb_a, dcomb_w)) << "expand dcomb" << kind;
     }
   }
 }
