@@ -330,16 +330,9 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     Tensor slots = host_acts.device_slots, pick_of_slot = host_acts.device_pick_of_slot,
            device_offsets = host_acts.device_offsets;
     if (!slots.defined() || !pick_of_slot.defined() || !device_offsets.defined()) {
-      Tensor host_slots = Tensor::Empty(DType::kI32, {num_picks});
-      Tensor host_pick_of_slot = Tensor::Empty(DType::kI32, {num_tokens * k});
-      std::fill(host_pick_of_slot.data<int32_t>(),
-                host_pick_of_slot.data<int32_t>() + num_tokens * k, -1);
-      for (int64_t p = 0; p < num_picks; ++p) {
-        host_slots.data<int32_t>()[p] = static_cast<int32_t>(plan.slots[p]);
-        host_pick_of_slot.data<int32_t>()[plan.slots[p]] = static_cast<int32_t>(p);
-      }
-      slots = run.Up(host_slots);
-      pick_of_slot = run.Up(host_pick_of_slot);
+      slots = Run::New(DType::kI32, {num_tokens * k});
+      pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
+      run.Do([&] { return kc::UploadMoePlan(plan, slots.view(), pick_of_slot.view()); });
       device_offsets = run.ExpertOffsetsOnDevice(plan.expert_offsets);
     }
     const TensorView pick_slots = slots.view().Slice(0, 0, num_picks);  // the picks' slots

@@ -332,13 +332,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     FindPass(p, static_cast<int>(threadIdx.x) - kConsumerThreads, block_pass);
   } else if (threadIdx.x == 0) {
     // Every stage's barriers: the ring's stage count follows the pass, not found yet.
-    for (int s = 0; s < plan::kWgmmaMaxStages; ++s) {
-      BarrierInit(full + 8 * s, 1);  // the producer's arrive.expect_tx; TMA completes the bytes
-      BarrierInit(empty + 8 * s, kConsumerWarps);
-    }
-    // The initialised barriers visible to the other threads and to the async proxy (TMA).
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    InitRingBarriers(full, empty, plan::kWgmmaMaxStages, kConsumerWarps);
   }
   __syncthreads();
   const plan::WgmmaPass pass = block_pass;
@@ -352,18 +346,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (threadIdx.x >= kConsumerThreads) {
     // Producer: per K tile, wait for the stage to be empty, announce its bytes, load.
     if (threadIdx.x == kConsumerThreads) {
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w_map))
-                   : "memory");
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x_map))
-                   : "memory");
-      if constexpr (kKind != Kind::kPlain) {
-        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w3_map))
-                     : "memory");
-      }
-      if constexpr (kKind == Kind::kInputGrad) {
-        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x2_map))
-                     : "memory");
-      }
+      PrefetchTensorMap(&w_map);
+      PrefetchTensorMap(&x_map);
+      if constexpr (kKind != Kind::kPlain) PrefetchTensorMap(&w3_map);
+      if constexpr (kKind == Kind::kInputGrad) PrefetchTensorMap(&x2_map);
       const int num_k = p.k / plan::kWgmmaBlockK;
       int stage = 0;
       uint32_t phase = 0;

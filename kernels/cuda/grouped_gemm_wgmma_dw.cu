@@ -92,13 +92,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int tokens = max(end - begin, 0);
   const int steps = (tokens + kTokens - 1) / kTokens;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      BarrierInit(full + 8 * s, 1);  // the producer's arrive.expect_tx; TMA completes the bytes
-      BarrierInit(empty + 8 * s, kConsumerWarps);
-    }
-    // The initialised barriers visible to the other threads and to the async proxy (TMA).
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    InitRingBarriers(full, empty, kStages, kConsumerWarps);
   }
   __syncthreads();
   // The ring on a 1024-byte boundary (the swizzle's period; kSharedBytes has the slack).
@@ -107,10 +101,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   if (threadIdx.x >= kConsumerThreads) {
     if (threadIdx.x == kConsumerThreads) {
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&dy_map))
-                   : "memory");
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&x_map))
-                   : "memory");
+      PrefetchTensorMap(&dy_map);
+      PrefetchTensorMap(&x_map);
       int stage = 0;
       uint32_t phase = 0;
       for (int t = 0; t < steps; ++t) {

@@ -111,6 +111,25 @@ __device__ __forceinline__ void WgmmaCommit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 
+// One thread's set-up of a TMA ring's barriers, before the block's __syncthreads(): `stages` full
+// barriers (one arrival: the producer's arrive.expect_tx; TMA completes the bytes) at `full`,
+// 8 bytes apart, and as many empty ones (one arrival per consumer warp) at `empty`, made visible
+// to the other threads and to the async proxy (TMA).
+__device__ __forceinline__ void InitRingBarriers(uint32_t full, uint32_t empty, int stages,
+                                                 int consumer_warps) {
+  for (int s = 0; s < stages; ++s) {
+    BarrierInit(full + 8 * s, 1);
+    BarrierInit(empty + 8 * s, consumer_warps);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Starts fetching a __grid_constant__ tensor map's descriptor ahead of the first TMA load.
+__device__ __forceinline__ void PrefetchTensorMap(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
 // Waits until at most `kPending` of this warpgroup's committed wgmma groups are still running.
 template <int kPending>
 __device__ __forceinline__ void WgmmaWait() {

@@ -28,15 +28,6 @@ using testing::RandomNormal;
 
 const std::vector<int64_t> kCounts = {47, 0, 1, 64, 65, 200, 0, 63, 129, 3, 300, 0};
 
-// Offsets [0, c0, c0 + c1, ..] of experts with `counts` rows, as an i32 device tensor.
-Tensor DeviceOffsets(const std::vector<int64_t>& counts, std::vector<int64_t>* host) {
-  host->assign(1, 0);
-  for (const int64_t c : counts) host->push_back(host->back() + c);
-  Tensor t = Tensor::Empty(DType::kI32, {static_cast<int64_t>(host->size())});
-  for (size_t e = 0; e < host->size(); ++e) t.data<int32_t>()[e] = static_cast<int32_t>((*host)[e]);
-  return testing::ToDevice(t, DType::kI32);
-}
-
 // `rows` x `cols` bf16-valued normals, rows from `first_spare` on NaN (rows no expert owns: a
 // kernel that reads them into a sum turns it to NaN).
 Tensor Operand(int64_t rows, int64_t cols, int64_t first_spare, uint64_t seed, float scale) {
@@ -63,8 +54,9 @@ TEST(CudaGroupedGemmBackward, InputGradMatchesHostSums) {
     int64_t n, k;
     bool two;
   };
-  std::vector<int64_t> offsets;
-  const Tensor d_offsets = DeviceOffsets(kCounts, &offsets);
+  const testing::ExpertOffsets expert_offsets = testing::MakeExpertOffsets(kCounts);
+  const std::vector<int64_t>& offsets = expert_offsets.host;
+  const Tensor& d_offsets = expert_offsets.device;
   const int64_t experts = static_cast<int64_t>(kCounts.size()), picks = offsets.back();
   const int64_t rows = picks + 5;
   constexpr float kSentinel = -1024.0f;
@@ -131,8 +123,9 @@ TEST(CudaGroupedGemmBackward, InputGradMatchesHostSums) {
 // the rows of a stage past its expert's end).
 TEST(CudaGroupedGemmBackward, WeightGradMatchesHostSums) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  std::vector<int64_t> offsets;
-  const Tensor d_offsets = DeviceOffsets(kCounts, &offsets);
+  const testing::ExpertOffsets expert_offsets = testing::MakeExpertOffsets(kCounts);
+  const std::vector<int64_t>& offsets = expert_offsets.host;
+  const Tensor& d_offsets = expert_offsets.device;
   const int64_t experts = static_cast<int64_t>(kCounts.size()), picks = offsets.back();
   const int64_t rows = picks + 37;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1024, 2048}, {2048, 1024}, {128, 256}}) {

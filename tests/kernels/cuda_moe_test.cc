@@ -33,6 +33,8 @@ namespace {
 
 using core::DType;
 using core::Tensor;
+using testing::ExpertOffsets;
+using testing::MakeExpertOffsets;
 using testing::RandomNormal;
 
 TEST(CudaMoe, RoutingMatchesCpuRuleWithTies) {
@@ -297,23 +299,6 @@ TEST(CudaMoe, DevicePlanIdenticalToHostPlan) {
       ASSERT_EQ(got_picks.data<int32_t>()[p], want_picks[p]) << "n " << c.n << " slot " << p;
     }
   }
-}
-
-// The offsets [0, c0, c0 + c1, ..] of experts with `counts` rows, on the host and as an i32 device
-// tensor.
-struct ExpertOffsets {
-  std::vector<int64_t> host;
-  Tensor device;
-};
-ExpertOffsets MakeExpertOffsets(const std::vector<int64_t>& counts) {
-  ExpertOffsets offsets{{0}, Tensor()};
-  for (int64_t c : counts) offsets.host.push_back(offsets.host.back() + c);
-  Tensor host = Tensor::Empty(DType::kI32, {static_cast<int64_t>(offsets.host.size())});
-  for (size_t e = 0; e < offsets.host.size(); ++e) {
-    host.data<int32_t>()[e] = static_cast<int32_t>(offsets.host[e]);
-  }
-  offsets.device = testing::ToDevice(host, DType::kI32);
-  return offsets;
 }
 
 // The device-offset grouped GEMM against cuBLASLt per expert, every tile: empty experts, experts

@@ -50,4 +50,16 @@ core::Tensor ToHost(const core::TensorView& device) {
   return AllClose(actual, expected, tolerance);
 }
 
+ExpertOffsets MakeExpertOffsets(const std::vector<int64_t>& counts) {
+  ExpertOffsets offsets{{0}, core::Tensor()};
+  for (const int64_t c : counts) offsets.host.push_back(offsets.host.back() + c);
+  core::Tensor host =
+      core::Tensor::Empty(core::DType::kI32, {static_cast<int64_t>(offsets.host.size())});
+  for (size_t e = 0; e < offsets.host.size(); ++e) {
+    host.data<int32_t>()[e] = static_cast<int32_t>(offsets.host[e]);
+  }
+  offsets.device = ToDevice(host, core::DType::kI32);
+  return offsets;
+}
+
 }  // namespace v4rl::testing

@@ -1,10 +1,11 @@
 // Helpers for the gpu-labelled kernel tests: move CPU tensors to the device in bf16 or f32 (and
-// the bf16-rounded f32 copy the CPU reference runs on), bring results back as f32, and print the
-// measured error next to the tolerance a test states.
+// the bf16-rounded f32 copy the CPU reference runs on), bring results back as f32, print the
+// measured error next to the tolerance a test states, and build routed experts' row offsets.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "tests/testing/tensor_compare.h"
@@ -22,5 +23,13 @@ core::Tensor ToHost(const core::TensorView& device);
 ::testing::AssertionResult CloseAndReport(const std::string& name, const core::TensorView& actual,
                                           const core::TensorView& expected,
                                           const Tolerance& tolerance);
+
+// The offsets [0, c0, c0 + c1, ..] of experts with `counts` rows, on the host and as an i32 device
+// tensor (the grouped GEMMs' `offsets`).
+struct ExpertOffsets {
+  std::vector<int64_t> host;
+  core::Tensor device;
+};
+ExpertOffsets MakeExpertOffsets(const std::vector<int64_t>& counts);
 
 }  // namespace v4rl::testing
