@@ -320,25 +320,29 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     run.Linear(x_product, w.shared_w3.view(), dup.view(), dx.view(), g->shared_w3.view());
   }
 
-  // Routed picks in plan order (expert-major), as the CPU.
+  // Routed picks in plan order (expert-major), as the CPU: the forward's plan on the device
+  // (N·k rows, dropped picks' rows past the real ones) or, after a forward on the CPU, its host
+  // plan uploaded (a pageable upload waits for every queued launch).
   const kernels::plan::MoeDispatchPlan& plan = host_acts.plan;
-  const int64_t num_picks = static_cast<int64_t>(plan.slots.size());
+  Tensor slots = host_acts.device_slots, pick_of_slot = host_acts.device_pick_of_slot,
+         device_offsets = host_acts.device_offsets;
+  std::vector<int64_t> host_offsets;  // for per-expert cuBLAS only (Run::HostOffsets)
+  int64_t num_picks = num_tokens * k;
+  if (!slots.defined() || !pick_of_slot.defined() || !device_offsets.defined()) {
+    num_picks = static_cast<int64_t>(plan.slots.size());
+    host_offsets = plan.expert_offsets;
+    slots = Run::New(DType::kI32, {num_tokens * k});
+    pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
+    run.Do([&] { return kc::UploadMoePlan(plan, slots.view(), pick_of_slot.view()); });
+    device_offsets = run.ExpertOffsetsOnDevice(plan.expert_offsets);
+  }
   Tensor dweights = run.Z({num_tokens, k});
   if (num_picks > 0) {
-    // The forward's device copies of the plan, or (a forward on the CPU) uploads of it: a
-    // pageable upload waits for every queued launch.
-    Tensor slots = host_acts.device_slots, pick_of_slot = host_acts.device_pick_of_slot,
-           device_offsets = host_acts.device_offsets;
-    if (!slots.defined() || !pick_of_slot.defined() || !device_offsets.defined()) {
-      slots = Run::New(DType::kI32, {num_tokens * k});
-      pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
-      run.Do([&] { return kc::UploadMoePlan(plan, slots.view(), pick_of_slot.view()); });
-      device_offsets = run.ExpertOffsetsOnDevice(plan.expert_offsets);
-    }
     const TensorView pick_slots = slots.view().Slice(0, 0, num_picks);  // the picks' slots
     const Tensor topk_weight = run.Up(host_acts.topk_weight);
     const Tensor act = run.Up(host_acts.expert_act);
-    const int64_t* offsets = plan.expert_offsets.data();
+    // Per-expert cuBLAS (where the Hopper kernels do not apply) takes the offsets on the host.
+    auto offsets = [&] { return run.HostOffsets(device_offsets.view(), &host_offsets).data(); };
     // With bf16 products every GEMM operand is bf16, written so by the step that makes it (the
     // gather, the routing-weight step, the SwiGLU backward) instead of copied from f32, and the
     // weights are their mirrors (Run::ProductWeight); the elementwise steps read f32. bf16 GEMMs
@@ -355,7 +359,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
       run.Do([&] {
         return kc::GroupedGemmWeightGradApplies(dy, x, dw)
                    ? kc::GroupedGemmWeightGradDeviceOffsets(dy, x, device_offsets.view(), dw)
-                   : kc::GroupedLinearBackward(run.blas(), x, w_e, dy, offsets, TensorView(), dw,
+                   : kc::GroupedLinearBackward(run.blas(), x, w_e, dy, offsets(), TensorView(), dw,
                                                /*overwrite_dw=*/true);
       });
     };
@@ -368,7 +372,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
                                                               TensorView(), device_offsets.view(),
                                                               u.view())
                       : kc::GroupedLinearBackward(run.blas(), TensorView(), w2, picked_dout.view(),
-                                                  offsets, u.view(), TensorView(),
+                                                  offsets(), u.view(), TensorView(),
                                                   /*overwrite_dw=*/false);
     });
     const Tensor weighted_act = Run::New(run.product_dtype(), {num_picks, inter});
@@ -398,7 +402,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     } else {
       for (const auto& [dy, w_e] : {std::pair{dgate.view(), w1}, std::pair{dup.view(), w3}}) {
         run.Do([&] {
-          return kc::GroupedLinearBackward(run.blas(), TensorView(), w_e, dy, offsets,
+          return kc::GroupedLinearBackward(run.blas(), TensorView(), w_e, dy, offsets(),
                                            dexpert_x.view(), TensorView(), /*overwrite_dw=*/false);
         });
       }

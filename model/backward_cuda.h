@@ -59,7 +59,8 @@ class CudaBackward {
   // As model::Forward (same options and InvalidArgument errors: input_ids CPU i32/i64 [B, T],
   // ids in the vocabulary, routing_replay per layer contiguous CPU i32 [B, T, k] with ids in
   // [0, num_routed_experts)) on the device. logits [B, T, V], hidden, streams and every
-  // activation are device tensors (f32; topk_idx and indexer.topk i32; moe.plan a host struct;
+  // activation are device tensors (f32; topk_idx and indexer.topk i32; the MoE dispatch plan built
+  // on the device: moe.device_offsets, device_slots, device_pick_of_slot, moe.plan left empty;
   // under GemmMath::kBf16Inputs the activations only products read are bf16: the mHC's normed,
   // attn_in, ffn_in, qr, q, kv, o, the compressed entries, expert_x);
   // routed_experts (return_routing) are CPU i32 [B, T, k], the form routing_replay takes.

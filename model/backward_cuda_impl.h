@@ -205,23 +205,25 @@ class Run {
     if (status_.ok()) Ok(kc::BatchedGemm(*blas_, ProductParams(x, w, y, alpha)));
   }
   // y[rows of e] = x[rows of e] · w[e]ᵀ for every expert e with rows [offsets[e], offsets[e + 1])
-  // (routed experts: too small to fill the GPU one at a time). x: [P, k]; w: [E, n, k]; y: [P, n]
+  // (routed experts: too small to fill the GPU one at a time). x: [R, k]; w: [E, n, k]; y: [R, n]
   // f32, or bf16 for bf16 x and w; x and w already as the products read them (ProductOperand,
-  // ProductWeight: one dtype); device_offsets: the same offsets as an i32 device tensor [E + 1]
-  // (ExpertOffsetsOnDevice).
+  // ProductWeight: one dtype); device_offsets: [E + 1] i32 device (kc::BuildMoePlanOnDevice), rows
+  // from offsets[E] on left untouched; *host_offsets: the same offsets on the host, or empty
+  // (HostOffsets fills it where needed).
   // bf16 x and w run as one launch of the Hopper grouped GEMM where it applies
   // (kc::GroupedGemmHopperApplies: on the H200 at the mid config's 24,576 picks it took 195 µs for
   // the gate projection against 359 for cuBLASLt per expert, bench/cuda_moe_gemm_bench.cc);
   // otherwise expert e runs on lane e mod kLanes, the lanes' GEMMs issued from their own host
   // threads.
   void ExpertsForward(const core::TensorView& x, const core::TensorView& w,
-                      const core::TensorView& y, absl::Span<const int64_t> offsets,
-                      const core::TensorView& device_offsets) {
+                      const core::TensorView& y, const core::TensorView& device_offsets,
+                      std::vector<int64_t>* host_offsets) {
     if (!status_.ok()) return;
     if (kc::GroupedGemmHopperApplies(x, w)) {
       Ok(kc::GroupedGemmDeviceOffsets(x, w, device_offsets, y, kc::GroupedGemmTile::kWgmma));
       return;
     }
+    const std::vector<int64_t>& offsets = HostOffsets(device_offsets, host_offsets);
     Ok(blas_->ForEachLane([&](int lane_index, kc::BlasHandle& lane) -> absl::Status {
       for (size_t e = lane_index; e + 1 < offsets.size(); e += kc::BlasHandle::kLanes) {
         if (offsets[e] == offsets[e + 1]) continue;
@@ -235,6 +237,19 @@ class Run {
       }
       return absl::OkStatus();
     }));
+  }
+  // The experts' row offsets on the host for per-expert cuBLAS calls: *cache as it is when
+  // filled, else a copy of device_offsets ([E + 1] i32) into it, which waits for the queued
+  // launches (the Hopper kernels read the device offsets and need no such round trip). After an
+  // error: zeros (every expert empty; the launches are skipped anyway).
+  const std::vector<int64_t>& HostOffsets(const core::TensorView& device_offsets,
+                                          std::vector<int64_t>* cache) {
+    if (!cache->empty()) return *cache;
+    core::Tensor host = core::Tensor::Zeros(core::DType::kI32, device_offsets.shape_vector());
+    if (status_.ok()) Ok(kc::Copy(device_offsets, host.view()));
+    if (!status_.ok()) host = core::Tensor::Zeros(core::DType::kI32, host.view().shape_vector());
+    cache->assign(host.data<int32_t>(), host.data<int32_t>() + host.numel());
+    return *cache;
   }
   // `offsets` (E + 1 row offsets of the experts' picks) as an i32 device tensor.
   core::Tensor ExpertOffsetsOnDevice(absl::Span<const int64_t> offsets) {

@@ -332,8 +332,7 @@ void Attention(Run& run, const AttentionWeights& w, AttentionType type, const Mo
 
 // model/moe.cc MoeForward (with RouteTokens). x: [N, H] device, f32 (bf16 under bf16 products);
 // token_ids: [N] i32 device; replay: [N, k] i32 CPU ids or an empty view; out: [N, H] f32 device.
-// *routed gets the ids used ([N, k] i32 CPU), from which the dispatch plan is built on the host as
-// the CPU does.
+// *routed gets the ids used ([N, k] i32 device, acts->topk_idx).
 void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
          const TensorView& x, const Tensor& token_ids, const TensorView& replay,
          MoeActivations* acts, const TensorView& out, Tensor* routed) {
@@ -368,19 +367,23 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   route.route_scale = static_cast<float>(config.routed_scaling_factor);
   run.Do([&] { return kc::RouteTopK(route); });
 
-  // Group the picks by expert (on the host, the CPU's plan) and gather their inputs.
-  *routed = Tensor::Zeros(DType::kI32, {num_tokens, k});  // zeros stay after an earlier error
-  run.Do([&] { return kc::Copy(acts->topk_idx.view(), routed->view()); });
-  acts->plan = kernels::plan::BuildMoeDispatchPlan(routed->data<int32_t>(), num_tokens, k, experts);
-  const int64_t num_picks = static_cast<int64_t>(acts->plan.slots.size());
-  const Tensor slots = Run::New(DType::kI32, {num_tokens * k});
-  const Tensor pick_of_slot = Run::New(DType::kI32, {num_tokens * k});
-  run.Do([&] { return kc::UploadMoePlan(acts->plan, slots.view(), pick_of_slot.view()); });
-  // Uploaded with the plan, before the launches below are queued (the copy waits for them).
-  const Tensor device_offsets = run.ExpertOffsetsOnDevice(acts->plan.expert_offsets);
-  acts->device_slots = slots;
-  acts->device_pick_of_slot = pick_of_slot;
-  acts->device_offsets = device_offsets;
+  // Group the picks by expert on the device (kc::BuildMoePlanOnDevice: the CPU's plan, without the
+  // host round trip that would drain the launch queue every layer). Every buffer holds N·k rows,
+  // one a pick; a dropped pick (an expert id outside [0, E)) leaves a row past the real picks,
+  // zeros in and ignored out. The ids reach the host once, after the whole pass (*routed is
+  // their device tensor).
+  *routed = acts->topk_idx;
+  const int64_t num_picks = num_tokens * k;
+  acts->device_offsets = Run::New(DType::kI32, {experts + 1});
+  acts->device_slots = Run::New(DType::kI32, {num_picks});
+  acts->device_pick_of_slot = Run::New(DType::kI32, {num_picks});
+  const Tensor& slots = acts->device_slots;
+  const Tensor& pick_of_slot = acts->device_pick_of_slot;
+  const TensorView device_offsets = acts->device_offsets.view();
+  run.Do([&] {
+    return kc::BuildMoePlanOnDevice(acts->topk_idx.view(), experts, device_offsets, slots.view(),
+                                    pick_of_slot.view());
+  });
   // The picks' inputs in the products' dtype (bf16 under bf16 products: only products read them,
   // here and in the backward).
   acts->expert_x = Run::New(x_product.dtype, {num_picks, hidden});
@@ -397,9 +400,9 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   const Tensor& expert_x = acts->expert_x;
   const TensorView w1 = run.ProductWeight(w.w1.view()), w3 = run.ProductWeight(w.w3.view()),
                    w2 = run.ProductWeight(w.w2.view());
-  const absl::Span<const int64_t> offsets = acts->plan.expert_offsets;
-  run.ExpertsForward(expert_x.view(), w1, acts->expert_gate.view(), offsets, device_offsets.view());
-  run.ExpertsForward(expert_x.view(), w3, acts->expert_up.view(), offsets, device_offsets.view());
+  std::vector<int64_t> host_offsets;  // fetched only for per-expert cuBLAS (Run::HostOffsets)
+  run.ExpertsForward(expert_x.view(), w1, acts->expert_gate.view(), device_offsets, &host_offsets);
+  run.ExpertsForward(expert_x.view(), w3, acts->expert_up.view(), device_offsets, &host_offsets);
   if (num_picks > 0) {
     run.Do([&] {
       return kc::SwiGluClamp(acts->expert_gate.view(), acts->expert_up.view(), limit,
@@ -411,7 +414,7 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   // a temporary in the products' dtype, unweighted (the CPU saves expert_out weighted; this path
   // saves none and the combine applies the routing weights).
   const Tensor expert_out = Run::New(expert_act.dtype(), {num_picks, hidden});
-  run.ExpertsForward(expert_act.view(), w2, expert_out.view(), offsets, device_offsets.view());
+  run.ExpertsForward(expert_act.view(), w2, expert_out.view(), device_offsets, &host_offsets);
 
   // Shared expert on every token.
   if (config.num_shared_experts > 0) {
@@ -521,10 +524,7 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
         run, layer, config, model.rope(layer.attention_type), batch, seq_len, streams, ids, replay,
         options.index_replay.empty() ? TensorView() : options.index_replay[l], &acts, &routed);
     V4RL_RETURN_IF_ERROR(run.status());
-    if (options.return_routing) {
-      routed.mutable_view() = routed.view().Reshape({batch, seq_len, k});
-      output.routed_experts.push_back(routed);
-    }
+    if (options.return_routing) output.routed_experts.push_back(routed);
     if (options.save_activations) {
       output.blocks.push_back(std::move(acts));
     } else if (options.save_block_inputs) {
@@ -555,6 +555,13 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   run.Mark("fwd.head");
   run.Report("train forward", num_tokens);
   V4RL_RETURN_IF_ERROR(run.status());
+  // The routed ids to the host ([B, T, k] i32) now that every launch is queued: the first copy
+  // waits for the pass, not a layer at a time.
+  for (Tensor& routed : output.routed_experts) {
+    Tensor host = Tensor::Empty(DType::kI32, {batch, seq_len, k});
+    V4RL_RETURN_IF_ERROR(kc::Copy(routed.view(), host.view().Reshape({num_tokens, k})));
+    routed = std::move(host);
+  }
   V4RL_RETURN_IF_ERROR(kc::Synchronize());
   FinishForwardOutput(config, options, batch, seq_len, logits, hidden_state, streams,
                       std::move(head_acts), &output);

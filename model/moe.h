@@ -30,9 +30,11 @@ struct MoeActivations {
   core::Tensor shared_up;    // [N, S]
   core::Tensor shared_act;   // [N, S]
   core::Tensor shared_out;   // [N, H]
-  // The CUDA training forward's device copies of `plan`, reused by the CUDA backward instead of
-  // uploaded again (empty where the forward ran on the CPU): slots [N·k] i32 (the picks' slots in
-  // plan order first), pick_of_slot [N·k] i32 (-1: dropped), expert_offsets [E + 1] i32.
+  // The CUDA training forward's plan, built on the device instead of `plan` (which it leaves
+  // empty) and read by the CUDA backward; empty where the forward ran on the CPU: slots [N·k] i32
+  // (the picks' slots in plan order, then -1), pick_of_slot [N·k] i32 (-1: dropped),
+  // expert_offsets [E + 1] i32. The CUDA forward's expert rows are N·k, rows past the real picks
+  // zeros in and ignored out.
   core::Tensor device_slots, device_pick_of_slot, device_offsets;
 };
 

@@ -192,8 +192,10 @@ absl::Status GroupedLinearBackward(BlasHandle& handle, const core::TensorView& x
       !s.ok()) {
     return s;
   }
-  if (offsets[0] != 0 || offsets[experts] != dy.shape[0]) {
-    return absl::InvalidArgumentError("GroupedLinearBackward: offsets must run from 0 to P");
+  if (offsets[0] != 0 || offsets[experts] > dy.shape[0]) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GroupedLinearBackward: offsets must run from 0 to at most P = %d rows, got %d to %d",
+        dy.shape[0], offsets[0], offsets[experts]));
   }
   for (int64_t e = 0; e < experts; ++e) {
     if (offsets[e + 1] < offsets[e]) {

@@ -33,7 +33,9 @@ absl::Status LinearBackward(BlasHandle& handle, const core::TensorView& x,
                             bool overwrite_dx, bool overwrite_dw);
 
 // Batched over experts (stacked weights): x[e], dy[e] are rows [offsets[e], offsets[e + 1]) of
-// x [P, k] and dy [P, n]; w, dw: [E, n, k] contiguous. offsets: host, E + 1 entries from 0 to P.
+// x [P, k] and dy [P, n]; w, dw: [E, n, k] contiguous. offsets: host, E + 1 non-decreasing
+// entries from 0 to at most P (rows from offsets[E] on are neither read nor written, as the
+// Hopper kernels of grouped_gemm.h leave them).
 // The experts' GEMMs run on the handle's lanes (BlasHandle::Lane), several at once. dx is added
 // to; dw too, or with overwrite_dw written (dw[e] = dy[e]ᵀ · x[e], zeros for an expert without
 // rows): a dw this call alone writes needs no zero fill, and its GEMMs do not read it.

@@ -54,6 +54,7 @@ __global__ void ExpertWeightKernel(const float* act, const int32_t* slots, const
   __shared__ float scratch[32];
   const int64_t p = blockIdx.x;
   const int64_t slot = slots[p];
+  if (slot < 0) return;  // a row past the real picks (a dropped pick): nothing to weight
   const float ws = w[slot];
   float dot = 0;
   for (int64_t i = threadIdx.x; i < inter; i += blockDim.x) {

@@ -35,8 +35,9 @@ absl::Status SqrtSoftplusBackward(const core::TensorView& x, const core::TensorV
                                   const core::TensorView& dx);
 
 // act, u: [P, I] f32; weighted_act: [P, I] f32 or bf16 (one rounding, for a bf16 product);
-// slots: [P] i32 (plan order, slot = token·k + j); topk_weight, dweight: [N, k] f32
-// (dweight +=). weighted_act = w·act (overwritten); u *= w in place.
+// slots: [P] i32 (plan order, slot = token·k + j; -1: a row past the real picks, left as it is);
+// topk_weight, dweight: [N, k] f32 (dweight +=). weighted_act = w·act (overwritten); u *= w in
+// place.
 absl::Status ExpertWeightBackward(const core::TensorView& act, const core::TensorView& slots,
                                   const core::TensorView& topk_weight, const core::TensorView& u,
                                   const core::TensorView& weighted_act,

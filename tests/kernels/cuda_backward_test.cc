@@ -191,6 +191,37 @@ TEST(CudaBackward, LinearStridedAndGroupedExperts) {
   EXPECT_FALSE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(), dyd.view(),
                                      offsets.data(), dx.view(), dw.view(), /*overwrite_dw=*/false)
                    .ok());
+  // Rows past offsets[E] (a dropped pick's) are neither read nor written: NaN there changes
+  // nothing and dx keeps its sentinel.
+  const std::vector<int64_t> short_offsets = {0, 13, 13, 30, 38};
+  Tensor dy_nan_tail = Tensor::CopyOf(dy.view());
+  for (int64_t i = 38 * n; i < p * n; ++i) dy_nan_tail.data<float>()[i] = NAN;
+  Tensor dx_sentinel = Tensor::Zeros(DType::kF32, {p, k});
+  for (int64_t i = 38 * k; i < p * k; ++i) dx_sentinel.data<float>()[i] = 7.0f;
+  const Tensor dx_tail = testing::ToDevice(dx_sentinel, DType::kF32);
+  ASSERT_TRUE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(),
+                                    testing::ToDevice(dy_nan_tail, DType::kF32).view(),
+                                    short_offsets.data(), dx_tail.view(), core::TensorView(),
+                                    /*overwrite_dw=*/false)
+                  .ok());
+  const Tensor dx_tail_host = testing::ToHost(dx_tail.view());
+  for (int64_t r = 0; r < p; ++r) {
+    for (int64_t c = 0; c < k; ++c) {
+      const float got = dx_tail_host.data<float>()[r * k + c];
+      if (r >= 38) {
+        ASSERT_EQ(got, 7.0f) << "row " << r;
+      } else {
+        const float want = want_dx.data<float>()[r * k + c];
+        ASSERT_NEAR(got, want, kF32.atol + kF32.rtol * std::fabs(want)) << "row " << r;
+      }
+    }
+  }
+  // ... but offsets past P are rejected.
+  const std::vector<int64_t> long_offsets = {0, 13, 13, 30, 42};
+  EXPECT_FALSE(GroupedLinearBackward(*blas, core::TensorView(), wd.view(), dyd.view(),
+                                     long_offsets.data(), dx.view(), core::TensorView(),
+                                     /*overwrite_dw=*/false)
+                   .ok());
   // Mismatched shapes are rejected.
   EXPECT_FALSE(LinearBackward(*blas, xd.view().Slice(1, 0, k), wd.view().Select(0, 0),
                               dyd.view().Slice(1, 0, n - 1), dx.view(), core::TensorView())

@@ -69,11 +69,13 @@ TEST(CudaModelBackwardMisc, RoutingWeightsAndSqrtSoftplusMatchTheCpu) {
 TEST(CudaModelBackwardMisc, ExpertWeightMatchesTheMoeBackwardLoop) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const int64_t tokens = 13, k = 2, inter = 300;
-  // Plan order: slots permuted, one slot dropped (no pick).
+  // Plan order: slots permuted, one slot dropped (no pick), its row last as the device plan
+  // leaves it (slot -1: left as it is).
   std::vector<int32_t> slots;
   for (int64_t s = tokens * k - 1; s >= 0; s -= 1) {
     if (s != 7) slots.push_back(static_cast<int32_t>((s * 7) % (tokens * k)));
   }
+  slots.push_back(-1);
   const int64_t picks = static_cast<int64_t>(slots.size());
   const Tensor act = RandomNormal({picks, inter}, 1);
   const Tensor weight = RandomUniform({tokens, k}, 2, 0.1f, 1.0f);
@@ -84,6 +86,7 @@ TEST(CudaModelBackwardMisc, ExpertWeightMatchesTheMoeBackwardLoop) {
   Tensor want_weighted = Tensor::Zeros(DType::kF32, {picks, inter});
   for (int64_t p = 0; p < picks; ++p) {
     const int64_t slot = slots[p];
+    if (slot < 0) continue;
     const float w = weight.data<float>()[slot];
     float dot = 0;
     for (int64_t i = 0; i < inter; ++i) {

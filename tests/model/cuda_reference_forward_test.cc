@@ -174,10 +174,21 @@ void ExpectForwardClose(const ForwardOutput& gpu, const ForwardOutput& cpu, doub
     EXPECT_TRUE(v4rl::testing::RelErrorByNormAtMost(g.view(), w.view(), tolerance))
         << label << ": " << name << " " << v4rl::testing::Describe(stats);
   }
-  // The host dispatch plans (plan order is what the backward walks).
+  // The dispatch plans, the GPU's built on the device (plan order is what the backward walks):
+  // the CPU's offsets and slots, then -1 past its picks.
   for (size_t l = 0; l < cpu.blocks.size(); ++l) {
-    EXPECT_EQ(gpu.blocks[l].moe.plan.expert_offsets, cpu.blocks[l].moe.plan.expert_offsets) << l;
-    EXPECT_EQ(gpu.blocks[l].moe.plan.slots, cpu.blocks[l].moe.plan.slots) << l;
+    const kernels::plan::MoeDispatchPlan& plan = cpu.blocks[l].moe.plan;
+    const Tensor offsets = Host(gpu.blocks[l].moe.device_offsets);
+    const Tensor slots = Host(gpu.blocks[l].moe.device_slots);
+    ASSERT_EQ(offsets.numel(), static_cast<int64_t>(plan.expert_offsets.size())) << l;
+    ASSERT_EQ(slots.numel(), plan.num_tokens * plan.num_topk) << l;
+    for (int64_t e = 0; e < offsets.numel(); ++e) {
+      EXPECT_EQ(offsets.data<int32_t>()[e], plan.expert_offsets[e]) << l << " expert " << e;
+    }
+    for (int64_t p = 0; p < slots.numel(); ++p) {
+      const int64_t want = p < static_cast<int64_t>(plan.slots.size()) ? plan.slots[p] : -1;
+      EXPECT_EQ(slots.data<int32_t>()[p], want) << l << " plan position " << p;
+    }
   }
   std::printf(
       "[cuda forward] %s: %d tensors, worst relative error by norm %.3e (%s), tolerance "
