@@ -2,43 +2,25 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mhc_backward.h"
+#include "kernels/cuda/mhc_team.cuh"
 
 namespace v4rl::kernels::cuda {
 namespace {
 
-constexpr int kMaxN = 4;
+constexpr int kMaxN = kMhcMaxN;
 constexpr int kMaxIters = 32;
 
 __device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// A team of kTeam lanes works on one token, lane e on entry e of the n x n Sinkhorn matrix (row
-// e / n, column e % n; lanes past n·n idle but join every shuffle). Two teams a warp.
-constexpr int kTeam = kMaxN * kMaxN;
-
-// Σ (or max) of the team's v over entry e's line: its row (by_rows) or its column, in the line's
-// order (the per-token serial loops' order, so sums repeat them bit for bit).
-template <bool kMax>
-__device__ __forceinline__ float LineReduce(float v, int e, int n, bool by_rows, int team_base) {
-  const int line = by_rows ? e / n : e % n;
-  float acc = kMax ? -INFINITY : 0.0f;
-  for (int b = 0; b < n; ++b) {
-    int source = by_rows ? line * n + b : b * n + line;
-    source = source < n * n ? source : 0;  // idle lanes read any live entry
-    const float other = __shfl_sync(0xffffffffu, v, team_base + source);
-    acc = kMax ? fmaxf(acc, other) : acc + other;
-  }
-  return acc;
-}
-
 // Σ of v over the team (the lanes of one token), in a fixed shuffle tree.
 __device__ __forceinline__ float TeamSum(float v) {
-  for (int offset = kTeam / 2; offset > 0; offset /= 2) {
+  for (int offset = kMhcTeam / 2; offset > 0; offset /= 2) {
     v += __shfl_xor_sync(0xffffffffu, v, offset);
   }
   return v;
 }
 
-// One team per token (kTeam lanes): the gate gradients (lanes e < n) and the Sinkhorn backward
+// One team per token (kMhcTeam lanes): the gate gradients (lanes e < n) and the Sinkhorn backward
 // (lane e on matrix entry e: softmax, 2·iters - 1 line normalisations kept per lane, then their
 // backward in reverse), written as dz row t [tokens, width + groups]: the logit gradients, then
 // the token's group sums Σ_{e in g} dz·mixes (the scale gradient's terms); dmixes += dz·scale.
@@ -47,8 +29,8 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
                                    const float* dpost, const float* dcomb, float* dz,
                                    float* dmixes, bool head) {
   WaitForPriorKernels();
-  const int lane = threadIdx.x % 32, team_base = lane & ~(kTeam - 1), e = lane - team_base;
-  const int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kTeam;
+  const int lane = threadIdx.x % 32, team_base = lane & ~(kMhcTeam - 1), e = lane - team_base;
+  const int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kMhcTeam;
   const bool live = t < tokens;
   const int64_t row = live ? t : tokens - 1;  // a team past the end reads a real row, writes none
   const int width = head ? n : (2 + n) * n, groups = head ? 1 : 3, nn = n * n;
@@ -65,24 +47,24 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
   if (!head) {  // uniform over the grid
     const bool entry = e < nn;
     const float logit = entry ? m[2 * n + e] * scale[2] + base[2 * n + e] : 0.0f;
-    const float row_max = LineReduce<true>(logit, e, n, true, team_base);
+    const float row_max = MhcLineReduce<true>(logit, e, n, true, team_base);
     const float exp_logit = expf(logit - row_max);
-    const float softmax = exp_logit / LineReduce<false>(exp_logit, e, n, true, team_base);
+    const float softmax = exp_logit / MhcLineReduce<false>(exp_logit, e, n, true, team_base);
     // state[s]: this entry of the input of normalisation s (s < num_norms; row-wise when s is odd).
     const int num_norms = 2 * iters - 1;
     float state[2 * kMaxIters];
     state[0] = softmax + eps;
     for (int s = 0; s + 1 < num_norms; ++s) {
-      state[s + 1] = state[s] / (LineReduce<false>(state[s], e, n, s % 2 == 1, team_base) + eps);
+      state[s + 1] = state[s] / (MhcLineReduce<false>(state[s], e, n, s % 2 == 1, team_base) + eps);
     }
     float grad = entry ? dcomb[row * nn + e] : 0.0f;
     for (int s = num_norms - 1; s >= 0; --s) {
       const float x = state[s];
-      const float denom = LineReduce<false>(x, e, n, s % 2 == 1, team_base) + eps;
-      const float dot = LineReduce<false>(grad * x, e, n, s % 2 == 1, team_base);
+      const float denom = MhcLineReduce<false>(x, e, n, s % 2 == 1, team_base) + eps;
+      const float dot = MhcLineReduce<false>(grad * x, e, n, s % 2 == 1, team_base);
       grad = grad / denom - dot / (denom * denom);
     }
-    const float row_dot = LineReduce<false>(grad * softmax, e, n, true, team_base);
+    const float row_dot = MhcLineReduce<false>(grad * softmax, e, n, true, team_base);
     z_comb = softmax * (grad - row_dot);
   }
   const float pre_part = TeamSum(e < n ? z_pre * m[e] : 0.0f);
@@ -297,7 +279,7 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
     return absl::ResourceExhaustedError(absl::StrFormat("%s: cudaMallocAsync failed", op));
   }
   constexpr int kCoefficientThreads = 128;  // 8 tokens a block
-  const int64_t threads_needed = tokens * kTeam;
+  const int64_t threads_needed = tokens * kMhcTeam;
   LaunchKernel(CoefficientsKernel, (threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
                kCoefficientThreads, 0, mixes.data_as<float>(), base.data_as<float>(),
                scale.data_as<float>(), tokens, int(n), int(iters), eps, dpre.data_as<float>(),
