@@ -305,7 +305,7 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
 
   if (config.num_shared_experts > 0) {
     const int64_t shared = w.shared_w1.size(0);
-    const Tensor act = run.Up(host_acts.shared_act), gate = run.Up(host_acts.shared_gate),
+    const Tensor act = run.ProductInput(host_acts.shared_act), gate = run.Up(host_acts.shared_gate),
                  up = run.Up(host_acts.shared_up);
     Tensor dact = run.New({num_tokens, shared});  // the GEMM overwrites it
     run.Linear(act.view(), w.shared_w2.view(), dout.view(), dact.view(), g->shared_w2.view(),

@@ -403,13 +403,17 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   std::vector<int64_t> host_offsets;  // fetched only for per-expert cuBLAS (Run::HostOffsets)
   run.ExpertsForward(expert_x.view(), w1, acts->expert_gate.view(), device_offsets, &host_offsets);
   run.ExpertsForward(expert_x.view(), w3, acts->expert_up.view(), device_offsets, &host_offsets);
+  // The activation stays f32 for the backward's routing-weight step; under bf16 products the
+  // down projection reads a bf16 copy the SwiGLU writes alongside (no second read of the f32).
+  const Tensor expert_act =
+      run.bf16_products() ? Run::New(DType::kBF16, {num_picks, inter}) : acts->expert_act;
   if (num_picks > 0) {
     run.Do([&] {
       return kc::SwiGluClamp(acts->expert_gate.view(), acts->expert_up.view(), limit,
-                             acts->expert_act.view());
+                             acts->expert_act.view(),
+                             run.bf16_products() ? expert_act.view() : TensorView());
     });
   }
-  const Tensor expert_act = run.ProductOperand(acts->expert_act);
   // The picks' outputs feed only the weighted combine below (the backward does not read them):
   // a temporary in the products' dtype, unweighted (the CPU saves expert_out weighted; this path
   // saves none and the combine applies the routing weights).
@@ -421,7 +425,9 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
     const int64_t shared = w.shared_w1.size(0);
     acts->shared_gate = run.New({num_tokens, shared});
     acts->shared_up = run.New({num_tokens, shared});
-    acts->shared_act = run.New({num_tokens, shared});
+    // Only products read the activation (the down projection here, its weight gradient in the
+    // backward): in their dtype, bf16 under bf16 products.
+    acts->shared_act = run.ProductNew({num_tokens, shared});
     acts->shared_out = run.New({num_tokens, hidden});
     run.Forward(x_product, w.shared_w1.view(), acts->shared_gate.view());
     run.Forward(x_product, w.shared_w3.view(), acts->shared_up.view());

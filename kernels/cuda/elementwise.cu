@@ -235,7 +235,9 @@ struct SwiGluParams {
   int64_t rows, cols, ldg, ldu, ldo;
   float limit;
   bool gate_bf16, up_bf16, out_bf16;
-  bool vec;  // 8-wide accesses (Vec8Ok on gate, up and out)
+  bool vec;                       // 8-wide accesses (Vec8Ok on gate, up, out and copy)
+  __nv_bfloat16* copy = nullptr;  // optional second output, bf16, rows ldc apart
+  int64_t ldc = 0;
 };
 
 // One block per row (no 64-bit division per element).
@@ -250,13 +252,15 @@ __global__ void SwiGluKernel(SwiGluParams p) {
 #pragma unroll
       for (int k = 0; k < 8; ++k) g[k] = SwiGluClampValue(g[k], u[k], p.limit);
       Store8(p.out, p.out_bf16, r * p.ldo + c, g);
+      if (p.copy != nullptr) Store8(p.copy, true, r * p.ldc + c, g);
     }
     return;
   }
   for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) {
-    StoreF(p.out, p.out_bf16, r * p.ldo + c,
-           SwiGluClampValue(LoadF(p.gate, p.gate_bf16, r * p.ldg + c),
-                            LoadF(p.up, p.up_bf16, r * p.ldu + c), p.limit));
+    const float v = SwiGluClampValue(LoadF(p.gate, p.gate_bf16, r * p.ldg + c),
+                                     LoadF(p.up, p.up_bf16, r * p.ldu + c), p.limit);
+    StoreF(p.out, p.out_bf16, r * p.ldo + c, v);
+    if (p.copy != nullptr) StoreF(p.copy, true, r * p.ldc + c, v);
   }
 }
 
@@ -599,20 +603,36 @@ absl::Status RopeCopy(const core::TensorView& x, const core::TensorView& cos,
 
 absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
                          const core::TensorView& out) {
+  return SwiGluClamp(gate, up, limit, out, core::TensorView());
+}
+
+absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
+                         const core::TensorView& out, const core::TensorView& copy) {
   const char* op = "cuda::SwiGluClamp";
-  RowView g{}, u{}, o{};
+  RowView g{}, u{}, o{}, c{};
   if (absl::Status s = AsRows(op, "gate", gate, &g); !s.ok()) return s;
   if (absl::Status s = AsRows(op, "up", up, &u); !s.ok()) return s;
   if (absl::Status s = AsRows(op, "out", out, &o); !s.ok()) return s;
-  if (g.rows != u.rows || g.cols != u.cols || g.rows != o.rows || g.cols != o.cols) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: gate %s, up %s, out %s differ", op,
-                                                      gate.DebugString(), up.DebugString(),
-                                                      out.DebugString()));
+  const bool with_copy = copy.data != nullptr;
+  if (with_copy) {
+    if (absl::Status s = AsRows(op, "copy", copy, &c); !s.ok()) return s;
+  }
+  if (g.rows != u.rows || g.cols != u.cols || g.rows != o.rows || g.cols != o.cols ||
+      (with_copy && (!c.bf16 || c.rows != g.rows || c.cols != g.cols))) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: gate %s, up %s, out %s%s%s differ (copy: bf16 of out's shape)", op,
+                        gate.DebugString(), up.DebugString(), out.DebugString(),
+                        with_copy ? ", copy " : "", with_copy ? copy.DebugString() : ""));
   }
   SwiGluParams p{g.data, u.data, o.data, g.rows, g.cols, g.ld, u.ld, o.ld, limit,
                  g.bf16, u.bf16, o.bf16};
+  if (with_copy) {
+    p.copy = static_cast<__nv_bfloat16*>(c.data);
+    p.ldc = c.ld;
+  }
   if (g.rows * g.cols == 0) return absl::OkStatus();
-  p.vec = Vec8Ok(g.data, g.ld) && Vec8Ok(u.data, u.ld) && Vec8Ok(o.data, o.ld) && g.cols % 8 == 0;
+  p.vec = Vec8Ok(g.data, g.ld) && Vec8Ok(u.data, u.ld) && Vec8Ok(o.data, o.ld) &&
+          (!with_copy || Vec8Ok(c.data, c.ld)) && g.cols % 8 == 0;
   LaunchKernel(SwiGluKernel, static_cast<unsigned>(g.rows), 256, 0, p);
   return LaunchStatus(op);
 }

@@ -80,6 +80,11 @@ absl::Status RopeCopy(const core::TensorView& x, const core::TensorView& cos,
 // bf16|f32 row views; out: [M, I] bf16|f32 row view (may alias gate or up).
 absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
                          const core::TensorView& out);
+// The same, also writing copy ([M, I] bf16 row view): out's values rounded once to bf16, the bits
+// F32ToBf16 of an f32 out gives, without reading out back (an f32 activation kept for the
+// backward and the bf16 operand of the next GEMM in one pass). An empty copy: the call above.
+absl::Status SwiGluClamp(const core::TensorView& gate, const core::TensorView& up, float limit,
+                         const core::TensorView& out, const core::TensorView& copy);
 
 // Embedding rows copied into every residual stream: out[i, j, :] = table[ids[i], :] for j < n.
 // table: [V, H] bf16|f32; ids: [N] i32 (every id in [0, V): the caller validated them);
