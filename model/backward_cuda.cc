@@ -60,9 +60,11 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
   const Tensor post = run.Up(host_acts.post), comb = run.Up(host_acts.comb);
-  // Overwritten by the expand's backward (no zero fill, no read): the site's first gradient.
+  // Overwritten by the expand's backward (no zero fill, no read): the site's first gradient. The
+  // sublayers' backward reads dy only in products (attention: wo_b's GEMMs; MoE: the shared
+  // expert's w2 GEMMs and the picks' gather for the experts' GEMMs): written in their dtype.
   Tensor dstreams = run.New({num_tokens, n, hidden});
-  Tensor dy = run.New({num_tokens, hidden});
+  Tensor dy = run.ProductNew({num_tokens, hidden});
   Tensor dpost = run.Z({num_tokens, n});
   Tensor dcomb = run.Z({num_tokens, n, n});
   run.Do([&] {

@@ -112,11 +112,11 @@ __device__ __forceinline__ void LoadW(const void* p, bool bf16, int64_t i, float
   }
 }
 template <int W>
-__device__ __forceinline__ void StoreW(float* p, int64_t i, const float (&v)[W]) {
+__device__ __forceinline__ void StoreW(void* p, bool bf16, int64_t i, const float (&v)[W]) {
   if constexpr (W == 8) {
-    Store8(p, false, i, v);
+    Store8(p, bf16, i, v);
   } else {
-    p[i] = v[0];
+    StoreF(p, bf16, i, v[0]);
   }
 }
 
@@ -159,7 +159,7 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
         d[i] += weight[j] * g[i];
         dot[j] += g[i] * x[i];
       }
-      StoreW<W>(dstreams, at, d);
+      StoreW<W>(dstreams, false, at, d);
     }
   }
   BlockSumsAddTo(dot, N, scratch, dpre + t * N);
@@ -169,8 +169,8 @@ template <int N, int W>
 __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, const void* y,
                                      bool y_bf16, const float* post, const float* comb,
                                      const void* dout, bool dout_bf16, int64_t hidden,
-                                     bool add_to_grads, float* dstreams, float* dy, float* dpost,
-                                     float* dcomb) {
+                                     bool add_to_grads, float* dstreams, void* dy, bool dy_bf16,
+                                     float* dpost, float* dcomb) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N * N];
   const int64_t t = blockIdx.x;
@@ -182,7 +182,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
   for (int64_t h = int64_t(threadIdx.x) * W; h < hidden; h += int64_t(blockDim.x) * W) {
     float g[N][W], yv[W], dyv[W];
     LoadW<W>(y, y_bf16, t * hidden + h, yv);
-    LoadOrZeroW<W>(dy, t * hidden + h, add_to_grads, dyv);
+    LoadOrZeroW<W>(static_cast<const float*>(dy), t * hidden + h, add_to_grads, dyv);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
       LoadW<W>(dout, dout_bf16, (t * N + k) * hidden + h, g[k]);
@@ -192,7 +192,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
         post_dot[k] += g[k][i] * yv[i];
       }
     }
-    StoreW<W>(dy, t * hidden + h, dyv);
+    StoreW<W>(dy, dy_bf16, t * hidden + h, dyv);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const int64_t at = (t * N + j) * hidden + h;
@@ -209,7 +209,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
         }
         d[i] += dx;
       }
-      StoreW<W>(dstreams, at, d);
+      StoreW<W>(dstreams, false, at, d);
     }
   }
   BlockSumsAddTo(post_dot, N, scratch, dpost + t * N);
@@ -373,8 +373,9 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
   if (!shaped || n < 1 || n > kMaxN || !Any(streams, {tokens, n, hidden}) ||
       !Any(y, {tokens, hidden}) || !F32(post, {tokens, n}) || !F32(comb, {tokens, n, n}) ||
       !Any(dout, {tokens, n, hidden}) || !F32(dstreams, {tokens, n, hidden}) ||
-      !F32(dy, {tokens, hidden}) || !F32(dpost, {tokens, n}) || !F32(dcomb, {tokens, n, n}) ||
-      dstreams.data == dout.data || dstreams.data == streams.data) {
+      !(grads_write == DxWrite::kAdd ? F32(dy, {tokens, hidden}) : Any(dy, {tokens, hidden})) ||
+      !F32(dpost, {tokens, n}) || !F32(dcomb, {tokens, n, n}) || dstreams.data == dout.data ||
+      dstreams.data == streams.data) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "MhcExpandBackward: streams %s, y %s, post %s, comb %s, dout %s, dstreams %s, dy %s, "
         "dpost %s, dcomb %s do not fit", streams.DebugString(), y.DebugString(),
@@ -390,7 +391,7 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
     auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
     LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams), y.data, Bf16(y),
                  post.data_as<float>(), comb.data_as<float>(), dout.data, Bf16(dout), hidden,
-                 grads_write == DxWrite::kAdd, dstreams.data_as<float>(), dy.data_as<float>(),
+                 grads_write == DxWrite::kAdd, dstreams.data_as<float>(), dy.data, Bf16(dy),
                  dpost.data_as<float>(), dcomb.data_as<float>());
   });
   return LaunchStatus("MhcExpandBackward");

@@ -46,8 +46,9 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
 
 // out[t, k] = post[t, k]·y[t] + Σ_j comb[t, j, k]·streams[t, j]: streams, dout [N, n, H]
 // bf16|f32; y [N, H] bf16|f32; post [N, n] f32; comb [N, n, n] f32. Added to: dstreams
-// [N, n, H] f32 and dy [N, H] f32 (DxWrite::kOverwrite: both = 0.0f + the gradient, not read),
-// dpost [N, n] f32, dcomb [N, n, n] f32.
+// [N, n, H] f32 and dy [N, H] f32 (DxWrite::kOverwrite: both = 0.0f + the gradient, not read;
+// dy may then be bf16, the f32 value rounded once, for a sublayer whose backward reads it only
+// in matrix products), dpost [N, n] f32, dcomb [N, n, n] f32.
 absl::Status MhcExpandBackward(const core::TensorView& streams, const core::TensorView& y,
                                const core::TensorView& post, const core::TensorView& comb,
                                const core::TensorView& dout, const core::TensorView& dstreams,

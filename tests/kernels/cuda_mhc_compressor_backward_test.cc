@@ -206,6 +206,28 @@ TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
       EXPECT_TRUE(same_bits(dy_a, dy_w)) << "expand dy" << kind;
       EXPECT_TRUE(same_bits(dpost_a, dpost_w)) << "expand dpost" << kind;
       EXPECT_TRUE(same_bits(dcomb_a, dcomb_w)) << "expand dcomb" << kind;
+      // Overwritten dy may be bf16: the f32 gradient rounded once, the rest unchanged.
+      const Tensor ds_b = filled({tokens, n, hidden}, nan);
+      const Tensor dy_b = Tensor::Empty(DType::kBF16, {tokens, hidden}, DeviceAllocator());
+      const Tensor dpost_b = filled({tokens, n}, 0.0f), dcomb_b = filled({tokens, n, n}, 0.0f);
+      ASSERT_TRUE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
+                                    dout_expand.view(), ds_b.view(), dy_b.view(), dpost_b.view(),
+                                    dcomb_b.view(), DxWrite::kOverwrite)
+                      .ok());
+      const std::vector<float> dy_bf16 = testing::ToHost(dy_b.view()).ToFloatVector();
+      const std::vector<float> dy_rounded =
+          testing::RoundToBf16(testing::ToHost(dy_a.view())).ToFloatVector();
+      ASSERT_EQ(dy_bf16.size(), dy_rounded.size());
+      EXPECT_EQ(std::memcmp(dy_bf16.data(), dy_rounded.data(), sizeof(float) * dy_bf16.size()), 0)
+          << "expand bf16 dy" << kind;
+      EXPECT_TRUE(same_bits(ds_a, ds_b)) << "expand dstreams beside a bf16 dy" << kind;
+      EXPECT_TRUE(same_bits(dpost_a, dpost_b)) << "expand dpost beside a bf16 dy" << kind;
+      EXPECT_TRUE(same_bits(dcomb_a, dcomb_b)) << "expand dcomb beside a bf16 dy" << kind;
+      // Added to, dy must be f32.
+      EXPECT_FALSE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
+                                     dout_expand.view(), ds_b.view(), dy_b.view(), dpost_b.view(),
+                                     dcomb_b.view(), DxWrite::kAdd)
+                       .ok());
     }
   }
 }
