@@ -38,16 +38,21 @@ using cuda_reference::DeviceRopeTables;
 using cuda_reference::Rows2;
 using cuda_reference::Run;
 
-// mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward).
+// mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward), with the
+// collapse's stream gradient pre[t, j]·dcollapsed[t] (kc::MhcCollapseBackward left it out) added
+// by the norm's backward in the same pass over dstreams (kc::RmsNormDxAddend: the bits of the two
+// passes). dstreams_write: kOverwrite where these are its first gradients.
 void MixesBackward(Run& run, const TensorView& streams, const Tensor& normed, const Tensor& fn,
-                   float eps, const Tensor& dmixes, const TensorView& dstreams, const Tensor& dfn) {
+                   float eps, const Tensor& dmixes, const Tensor& pre, const Tensor& dcollapsed,
+                   const TensorView& dstreams, kc::DxWrite dstreams_write, const Tensor& dfn) {
   const int64_t num_tokens = streams.shape[0];
   const int64_t width = streams.shape[1] * streams.shape[2];
   Tensor dnormed = run.New({num_tokens, width});  // overwritten by the GEMM: no zero fill
   run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), dnormed.view(), dfn.view(),
              /*overwrite_dx=*/true);
   run.RmsNorm(streams.Reshape({num_tokens, width}), TensorView(), eps, dnormed.view(),
-              dstreams.Reshape({num_tokens, width}), TensorView());
+              dstreams.Reshape({num_tokens, width}), TensorView(), dstreams_write,
+              kc::RmsNormDxAddend{pre.view(), dcollapsed.view()});
 }
 
 // model/backward.cc SiteBackward + model/mhc_backward.cc MhcPost/PreBackward.
@@ -82,8 +87,8 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   // MhcPreBackward: the collapse, the gates and Sinkhorn, then the mixes.
   const Tensor pre = run.Up(host_acts.pre), mixes = run.Up(host_acts.mixes);
   Tensor dpre = run.Z({num_tokens, n});
-  run.Do([&] {
-    return kc::MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), dstreams.view(),
+  run.Do([&] {  // dpre only: MixesBackward adds the stream gradient
+    return kc::MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), TensorView(),
                                    dpre.view());
   });
   Tensor dmixes = run.Z({num_tokens, (2 + n) * n});
@@ -96,7 +101,8 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   // Only the mixes' weight gradient reads normed: as the forward saved it (bf16 under bf16
   // products).
   const Tensor normed = run.ProductInput(host_acts.normed);
-  MixesBackward(run, streams.view(), normed, w.fn, eps, dmixes, dstreams.view(), g->fn);
+  MixesBackward(run, streams.view(), normed, w.fn, eps, dmixes, pre, dcollapsed, dstreams.view(),
+                kc::DxWrite::kAdd, g->fn);
   run.Mark("bwd.mhc");
   return dstreams;
 }
@@ -601,12 +607,12 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
                 g.norm.view(), kc::DxWrite::kOverwrite);
     const Tensor streams = run.Up(forward.streams);
     const TensorView streams3 = streams.view().Reshape({num_tokens, n, hidden});
-    Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten by the collapse's backward
+    Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten by MixesBackward
     const Tensor pre = run.Up(forward.hc_head.pre), mixes = run.Up(forward.hc_head.mixes);
     Tensor dpre = run.Z({num_tokens, n});
-    run.Do([&] {
-      return kc::MhcCollapseBackward(streams3, pre.view(), dcollapsed.view(), dstreams.view(),
-                                     dpre.view(), kc::DxWrite::kOverwrite);
+    run.Do([&] {  // dpre only: MixesBackward writes the stream gradient
+      return kc::MhcCollapseBackward(streams3, pre.view(), dcollapsed.view(), TensorView(),
+                                     dpre.view());
     });
     Tensor dmixes = run.Z({num_tokens, n});
     run.Do([&] {
@@ -615,7 +621,8 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
                                    g.hc_head.scale.view());
     });
     const Tensor normed = run.ProductInput(forward.hc_head.normed);
-    MixesBackward(run, streams3, normed, w.hc_head.fn, eps, dmixes, dstreams.view(), g.hc_head.fn);
+    MixesBackward(run, streams3, normed, w.hc_head.fn, eps, dmixes, pre, dcollapsed,
+                  dstreams.view(), kc::DxWrite::kOverwrite, g.hc_head.fn);
     run.Mark("bwd.head");
 
     // Blocks, last first, activations uploaded one block at a time.

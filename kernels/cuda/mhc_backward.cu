@@ -151,15 +151,15 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const int64_t at = (t * N + j) * hidden + h;
-      float x[W], d[W];
+      float x[W], d[W] = {};
       LoadW<W>(streams, streams_bf16, at, x);
-      LoadOrZeroW<W>(dstreams, at, add_to_dstreams, d);
+      if (dstreams != nullptr) LoadOrZeroW<W>(dstreams, at, add_to_dstreams, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
-        d[i] += weight[j] * g[i];
+        d[i] = __fmaf_rn(weight[j], g[i], d[i]);  // RmsNormDxAddend's FMA, when fused there
         dot[j] += g[i] * x[i];
       }
-      StoreW<W>(dstreams, false, at, d);
+      if (dstreams != nullptr) StoreW<W>(dstreams, false, at, d);
     }
   }
   BlockSumsAddTo(dot, N, scratch, dpre + t * N);
@@ -334,16 +334,16 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
                 hidden = shaped ? streams.shape[2] : -1;
   if (!shaped || n < 1 || n > kMaxN || !Any(streams, {tokens, n, hidden}) ||
       !F32(pre, {tokens, n}) || !Any(dout, {tokens, hidden}) ||
-      !F32(dstreams, {tokens, n, hidden}) || !F32(dpre, {tokens, n}) ||
-      dstreams.data == streams.data) {
+      !(dstreams.data == nullptr || F32(dstreams, {tokens, n, hidden})) ||
+      !F32(dpre, {tokens, n}) || dstreams.data == streams.data) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "MhcCollapseBackward: streams %s, pre %s, dout %s, dstreams %s, dpre %s do not fit",
         streams.DebugString(), pre.DebugString(), dout.DebugString(), dstreams.DebugString(),
         dpre.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
-  const bool vec8 =
-      Vec8Ok(streams.data, hidden) && Vec8Ok(dout.data, hidden) && Vec8Ok(dstreams.data, hidden);
+  const bool vec8 = Vec8Ok(streams.data, hidden) && Vec8Ok(dout.data, hidden) &&
+                    (dstreams.data == nullptr || Vec8Ok(dstreams.data, hidden));
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;

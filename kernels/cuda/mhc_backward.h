@@ -36,7 +36,9 @@ absl::Status HcHeadPreBackward(const core::TensorView& mixes, const core::Tensor
 
 // out[t] = Σ_j pre[t, j]·streams[t, j]: streams [N, n, H] bf16|f32; pre [N, n] f32; dout [N, H]
 // bf16|f32; dstreams [N, n, H] f32 += (DxWrite::kOverwrite: = 0.0f + the gradient, dstreams not
-// read: no zero fill needed); dpre [N, n] f32 +=.
+// read: no zero fill needed), each element one FMA of pre and dout, or an empty view: the stream
+// gradient left to the caller (RmsNormBackward's RmsNormDxAddend{pre, dout} adds the same bits
+// within the pre-norm's backward); dpre [N, n] f32 +=.
 absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
                                  const core::TensorView& dout, const core::TensorView& dstreams,
                                  const core::TensorView& dpre);

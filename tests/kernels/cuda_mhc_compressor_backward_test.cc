@@ -15,6 +15,7 @@
 #include "kernels/cpu/mhc_backward.h"
 #include "kernels/cuda/compressor_backward.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/elementwise_backward.h"
 #include "kernels/cuda/expert_backward.h"
 #include "kernels/cuda/mhc_backward.h"
 #include "tests/kernels/cuda_test_util.h"
@@ -227,6 +228,68 @@ TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
       EXPECT_FALSE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
                                      dout_expand.view(), ds_b.view(), dy_b.view(), dpost_b.view(),
                                      dcomb_b.view(), DxWrite::kAdd)
+                       .ok());
+    }
+  }
+}
+
+// The collapse's stream gradient left to the pre-norm's backward (an empty dstreams, then
+// RmsNormBackward with RmsNormDxAddend{pre, dcollapsed}) gives the bits of the two passes: the
+// collapse adding to dstreams, then the norm's backward adding to it (added to random values and
+// overwriting NaN; the vectorised rows in registers at H = 1024 and 2048 (the mid config's 8,192
+// columns, four steps a thread), the scalar path at H = 1031); dpre is the same.
+TEST(CudaMhcBackward, CollapseGradientInTheNormBackwardEqualsTwoPasses) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t tokens = 7;
+  for (const auto& [n, hidden] : {std::pair<int64_t, int64_t>{4, 1024}, {4, 2048}, {3, 1031}}) {
+    for (DxWrite write : {DxWrite::kAdd, DxWrite::kOverwrite}) {
+      const std::string kind =
+          absl::StrFormat(" n=%d H=%d %s", n, hidden, write == DxWrite::kAdd ? "add" : "overwrite");
+      const Tensor streams = testing::ToDevice(RandomNormal({tokens, n, hidden}, 50), DType::kF32);
+      const Tensor pre = testing::ToDevice(RandomNormal({tokens, n}, 51), DType::kF32);
+      const Tensor dcollapsed = testing::ToDevice(RandomNormal({tokens, hidden}, 52), DType::kF32);
+      const Tensor dnormed = testing::ToDevice(RandomNormal({tokens, n * hidden}, 53), DType::kF32);
+      const Tensor start = write == DxWrite::kAdd ? RandomNormal({tokens, n, hidden}, 54)
+                                                  : Tensor::Zeros(DType::kF32, {tokens, n, hidden});
+      Tensor nan_start = Tensor::Empty(DType::kF32, {tokens, n, hidden});
+      for (int64_t i = 0; i < nan_start.numel(); ++i) {
+        nan_start.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+      }
+      const Tensor two = testing::ToDevice(start, DType::kF32);
+      const Tensor one = testing::ToDevice(write == DxWrite::kAdd ? start : nan_start, DType::kF32);
+      const Tensor dpre_two =
+          testing::ToDevice(Tensor::Zeros(DType::kF32, {tokens, n}), DType::kF32);
+      const Tensor dpre_one =
+          testing::ToDevice(Tensor::Zeros(DType::kF32, {tokens, n}), DType::kF32);
+      const core::TensorView x2 = streams.view().Reshape({tokens, n * hidden});
+      ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), two.view(),
+                                      dpre_two.view(), write)
+                      .ok());
+      ASSERT_TRUE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
+                                  two.view().Reshape({tokens, n * hidden}), core::TensorView())
+                      .ok());
+      ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(),
+                                      core::TensorView(), dpre_one.view())
+                      .ok());
+      ASSERT_TRUE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
+                                  one.view().Reshape({tokens, n * hidden}), core::TensorView(),
+                                  write, RmsNormDxAddend{pre.view(), dcollapsed.view()})
+                      .ok());
+      const Tensor h_two = testing::ToHost(two.view()), h_one = testing::ToHost(one.view());
+      EXPECT_EQ(
+          std::memcmp(h_two.data<float>(), h_one.data<float>(), sizeof(float) * h_two.numel()), 0)
+          << "dstreams" << kind;
+      const Tensor p_two = testing::ToHost(dpre_two.view()),
+                   p_one = testing::ToHost(dpre_one.view());
+      EXPECT_EQ(std::memcmp(p_two.data<float>(), p_one.data<float>(), sizeof(float) * n * tokens),
+                0)
+          << "dpre" << kind;
+      // An addend whose shapes do not fit the rows is rejected.
+      EXPECT_FALSE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
+                                   one.view().Reshape({tokens, n * hidden}), core::TensorView(),
+                                   write,
+                                   RmsNormDxAddend{pre.view().Slice(0, 0, tokens - 1),
+                                                   dcollapsed.view().Slice(0, 0, tokens - 1)})
                        .ok());
     }
   }
