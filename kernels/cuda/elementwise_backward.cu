@@ -38,11 +38,17 @@ struct RmsNormBackwardParams {
   int64_t outer_cols = 0, ldb = 0;
 };
 
+// The outer addend's a for column c of row r (p.outer_a set).
+__device__ __forceinline__ float RmsNormOuterA(const RmsNormBackwardParams& p, int64_t r,
+                                               int64_t c) {
+  return p.outer_a[r * (p.dim / p.outer_cols) + c / p.outer_cols];
+}
+
 // dx[c, c + 8) of row r += the outer addend's columns (p.outer_a set), each one FMA.
 __device__ __forceinline__ void RmsNormOuterAddend8(const RmsNormBackwardParams& p, int64_t r,
                                                     int64_t c, float (&dx)[8]) {
   if (p.outer_a == nullptr) return;
-  const float a = p.outer_a[r * (p.dim / p.outer_cols) + c / p.outer_cols];
+  const float a = RmsNormOuterA(p, r, c);
   float b[8];
   Load8(p.outer_b, p.outer_b_bf16, r * p.ldb + c % p.outer_cols, b);
 #pragma unroll
@@ -160,7 +166,7 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
     const float g = inv * w * LoadF(p.dy, p.dy_bf16, yo + c) - coef * x;
     float base = p.add_to_dx ? LoadF(p.dx, p.dx_bf16, go + c) : 0.0f;
     if (p.outer_a != nullptr) {
-      base = __fmaf_rn(p.outer_a[r * (p.dim / p.outer_cols) + c / p.outer_cols],
+      base = __fmaf_rn(RmsNormOuterA(p, r, c),
                        LoadF(p.outer_b, p.outer_b_bf16, r * p.ldb + c % p.outer_cols), base);
     }
     StoreF(p.dx, p.dx_bf16, go + c, base + g);

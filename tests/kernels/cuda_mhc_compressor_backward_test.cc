@@ -42,6 +42,20 @@ struct Grad {
 
 constexpr testing::Tolerance kTol{.atol = 1e-5, .rtol = 1e-4};
 
+// A device f32 tensor of `shape` with every element `value`.
+Tensor DeviceFilled(const core::Shape& shape, float value) {
+  Tensor host = Tensor::Empty(DType::kF32, shape);
+  for (int64_t i = 0; i < host.numel(); ++i) host.data<float>()[i] = value;
+  return testing::ToDevice(host, DType::kF32);
+}
+
+// Whether two device f32 tensors of one shape hold the same bits.
+bool SameBits(const Tensor& a, const Tensor& b) {
+  const Tensor ha = testing::ToHost(a.view()), hb = testing::ToHost(b.view());
+  return ha.numel() == hb.numel() &&
+         std::memcmp(ha.data<float>(), hb.data<float>(), sizeof(float) * ha.numel()) == 0;
+}
+
 // One token's Sinkhorn backward runs on a team of 16 lanes, two tokens a warp: 37 tokens leave a
 // half-filled last warp; n = 2 and 3 leave lanes of each team idle; iters = 1 has no forward
 // normalisation to keep.
@@ -169,32 +183,23 @@ TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
       const Tensor post = testing::ToDevice(RandomNormal({tokens, n}, 45), DType::kF32);
       const Tensor comb =
           testing::ToDevice(RandomUniform({tokens, n, n}, 46, 0.0f, 1.0f), DType::kF32);
-      auto filled = [](const core::Shape& shape, float value) {
-        Tensor host = Tensor::Empty(DType::kF32, shape);
-        for (int64_t i = 0; i < host.numel(); ++i) host.data<float>()[i] = value;
-        return testing::ToDevice(host, DType::kF32);
-      };
       const float nan = std::numeric_limits<float>::quiet_NaN();
-      auto same_bits = [](const Tensor& a, const Tensor& b) {
-        const Tensor ha = testing::ToHost(a.view()), hb = testing::ToHost(b.view());
-        return std::memcmp(ha.data<float>(), hb.data<float>(), sizeof(float) * ha.numel()) == 0;
-      };
       {
-        const Tensor added = filled({tokens, n, hidden}, 0.0f), dpre_a = filled({tokens, n}, 0.0f);
-        const Tensor written = filled({tokens, n, hidden}, nan), dpre_w = filled({tokens, n}, 0.0f);
+        const Tensor added = DeviceFilled({tokens, n, hidden}, 0.0f), dpre_a = DeviceFilled({tokens, n}, 0.0f);
+        const Tensor written = DeviceFilled({tokens, n, hidden}, nan), dpre_w = DeviceFilled({tokens, n}, 0.0f);
         ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dout_collapse.view(),
                                         added.view(), dpre_a.view())
                         .ok());
         ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dout_collapse.view(),
                                         written.view(), dpre_w.view(), DxWrite::kOverwrite)
                         .ok());
-        EXPECT_TRUE(same_bits(added, written)) << "collapse dstreams" << kind;
-        EXPECT_TRUE(same_bits(dpre_a, dpre_w)) << "collapse dpre" << kind;
+        EXPECT_TRUE(SameBits(added, written)) << "collapse dstreams" << kind;
+        EXPECT_TRUE(SameBits(dpre_a, dpre_w)) << "collapse dpre" << kind;
       }
-      const Tensor ds_a = filled({tokens, n, hidden}, 0.0f), dy_a = filled({tokens, hidden}, 0.0f);
-      const Tensor ds_w = filled({tokens, n, hidden}, nan), dy_w = filled({tokens, hidden}, nan);
-      const Tensor dpost_a = filled({tokens, n}, 0.0f), dcomb_a = filled({tokens, n, n}, 0.0f);
-      const Tensor dpost_w = filled({tokens, n}, 0.0f), dcomb_w = filled({tokens, n, n}, 0.0f);
+      const Tensor ds_a = DeviceFilled({tokens, n, hidden}, 0.0f), dy_a = DeviceFilled({tokens, hidden}, 0.0f);
+      const Tensor ds_w = DeviceFilled({tokens, n, hidden}, nan), dy_w = DeviceFilled({tokens, hidden}, nan);
+      const Tensor dpost_a = DeviceFilled({tokens, n}, 0.0f), dcomb_a = DeviceFilled({tokens, n, n}, 0.0f);
+      const Tensor dpost_w = DeviceFilled({tokens, n}, 0.0f), dcomb_w = DeviceFilled({tokens, n, n}, 0.0f);
       ASSERT_TRUE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
                                     dout_expand.view(), ds_a.view(), dy_a.view(), dpost_a.view(),
                                     dcomb_a.view())
@@ -203,14 +208,14 @@ TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
                                     dout_expand.view(), ds_w.view(), dy_w.view(), dpost_w.view(),
                                     dcomb_w.view(), DxWrite::kOverwrite)
                       .ok());
-      EXPECT_TRUE(same_bits(ds_a, ds_w)) << "expand dstreams" << kind;
-      EXPECT_TRUE(same_bits(dy_a, dy_w)) << "expand dy" << kind;
-      EXPECT_TRUE(same_bits(dpost_a, dpost_w)) << "expand dpost" << kind;
-      EXPECT_TRUE(same_bits(dcomb_a, dcomb_w)) << "expand dcomb" << kind;
+      EXPECT_TRUE(SameBits(ds_a, ds_w)) << "expand dstreams" << kind;
+      EXPECT_TRUE(SameBits(dy_a, dy_w)) << "expand dy" << kind;
+      EXPECT_TRUE(SameBits(dpost_a, dpost_w)) << "expand dpost" << kind;
+      EXPECT_TRUE(SameBits(dcomb_a, dcomb_w)) << "expand dcomb" << kind;
       // Overwritten dy may be bf16: the f32 gradient rounded once, the rest unchanged.
-      const Tensor ds_b = filled({tokens, n, hidden}, nan);
+      const Tensor ds_b = DeviceFilled({tokens, n, hidden}, nan);
       const Tensor dy_b = Tensor::Empty(DType::kBF16, {tokens, hidden}, DeviceAllocator());
-      const Tensor dpost_b = filled({tokens, n}, 0.0f), dcomb_b = filled({tokens, n, n}, 0.0f);
+      const Tensor dpost_b = DeviceFilled({tokens, n}, 0.0f), dcomb_b = DeviceFilled({tokens, n, n}, 0.0f);
       ASSERT_TRUE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
                                     dout_expand.view(), ds_b.view(), dy_b.view(), dpost_b.view(),
                                     dcomb_b.view(), DxWrite::kOverwrite)
@@ -221,9 +226,9 @@ TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
       ASSERT_EQ(dy_bf16.size(), dy_rounded.size());
       EXPECT_EQ(std::memcmp(dy_bf16.data(), dy_rounded.data(), sizeof(float) * dy_bf16.size()), 0)
           << "expand bf16 dy" << kind;
-      EXPECT_TRUE(same_bits(ds_a, ds_b)) << "expand dstreams beside a bf16 dy" << kind;
-      EXPECT_TRUE(same_bits(dpost_a, dpost_b)) << "expand dpost beside a bf16 dy" << kind;
-      EXPECT_TRUE(same_bits(dcomb_a, dcomb_b)) << "expand dcomb beside a bf16 dy" << kind;
+      EXPECT_TRUE(SameBits(ds_a, ds_b)) << "expand dstreams beside a bf16 dy" << kind;
+      EXPECT_TRUE(SameBits(dpost_a, dpost_b)) << "expand dpost beside a bf16 dy" << kind;
+      EXPECT_TRUE(SameBits(dcomb_a, dcomb_b)) << "expand dcomb beside a bf16 dy" << kind;
       // Added to, dy must be f32.
       EXPECT_FALSE(MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
                                      dout_expand.view(), ds_b.view(), dy_b.view(), dpost_b.view(),
@@ -249,18 +254,17 @@ TEST(CudaMhcBackward, CollapseGradientInTheNormBackwardEqualsTwoPasses) {
       const Tensor pre = testing::ToDevice(RandomNormal({tokens, n}, 51), DType::kF32);
       const Tensor dcollapsed = testing::ToDevice(RandomNormal({tokens, hidden}, 52), DType::kF32);
       const Tensor dnormed = testing::ToDevice(RandomNormal({tokens, n * hidden}, 53), DType::kF32);
-      const Tensor start = write == DxWrite::kAdd ? RandomNormal({tokens, n, hidden}, 54)
-                                                  : Tensor::Zeros(DType::kF32, {tokens, n, hidden});
-      Tensor nan_start = Tensor::Empty(DType::kF32, {tokens, n, hidden});
-      for (int64_t i = 0; i < nan_start.numel(); ++i) {
-        nan_start.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
-      }
-      const Tensor two = testing::ToDevice(start, DType::kF32);
-      const Tensor one = testing::ToDevice(write == DxWrite::kAdd ? start : nan_start, DType::kF32);
-      const Tensor dpre_two =
-          testing::ToDevice(Tensor::Zeros(DType::kF32, {tokens, n}), DType::kF32);
-      const Tensor dpre_one =
-          testing::ToDevice(Tensor::Zeros(DType::kF32, {tokens, n}), DType::kF32);
+      // Added to: both start from the same random values; overwritten: the two passes from
+      // zeros (the collapse overwrites them), the one pass from NaN (never read).
+      const Tensor start = RandomNormal({tokens, n, hidden}, 54);
+      const bool add = write == DxWrite::kAdd;
+      const Tensor two =
+          add ? testing::ToDevice(start, DType::kF32) : DeviceFilled({tokens, n, hidden}, 0.0f);
+      const Tensor one = add ? testing::ToDevice(start, DType::kF32)
+                             : DeviceFilled({tokens, n, hidden},
+                                            std::numeric_limits<float>::quiet_NaN());
+      const Tensor dpre_two = DeviceFilled({tokens, n}, 0.0f);
+      const Tensor dpre_one = DeviceFilled({tokens, n}, 0.0f);
       const core::TensorView x2 = streams.view().Reshape({tokens, n * hidden});
       ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), two.view(),
                                       dpre_two.view(), write)
@@ -275,15 +279,8 @@ TEST(CudaMhcBackward, CollapseGradientInTheNormBackwardEqualsTwoPasses) {
                                   one.view().Reshape({tokens, n * hidden}), core::TensorView(),
                                   write, RmsNormDxAddend{pre.view(), dcollapsed.view()})
                       .ok());
-      const Tensor h_two = testing::ToHost(two.view()), h_one = testing::ToHost(one.view());
-      EXPECT_EQ(
-          std::memcmp(h_two.data<float>(), h_one.data<float>(), sizeof(float) * h_two.numel()), 0)
-          << "dstreams" << kind;
-      const Tensor p_two = testing::ToHost(dpre_two.view()),
-                   p_one = testing::ToHost(dpre_one.view());
-      EXPECT_EQ(std::memcmp(p_two.data<float>(), p_one.data<float>(), sizeof(float) * n * tokens),
-                0)
-          << "dpre" << kind;
+      EXPECT_TRUE(SameBits(two, one)) << "dstreams" << kind;
+      EXPECT_TRUE(SameBits(dpre_two, dpre_one)) << "dpre" << kind;
       // An addend whose shapes do not fit the rows is rejected.
       EXPECT_FALSE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
                                    one.view().Reshape({tokens, n * hidden}), core::TensorView(),
