@@ -1,5 +1,6 @@
-// Helpers of the CUDA benches: random device tensors, random MoE routing, mean time of a call, and
-// the device's copy bandwidth (the HBM figure bandwidth-bound kernels are held to).
+// Helpers of the CUDA benches: random device tensors, random MoE routing and its expert offsets,
+// mean time of a call, and the device's copy bandwidth (the HBM figure bandwidth-bound kernels are
+// held to).
 #pragma once
 
 #include <algorithm>
@@ -50,6 +51,27 @@ inline std::vector<int64_t> RandomExpertCounts(int64_t tokens, int64_t experts, 
     }
   }
   return counts;
+}
+
+// Expert row offsets from per-expert row counts: host [E + 1] (prefix sums from 0) and the same as
+// an i32 device tensor, the form the grouped GEMMs take.
+struct ExpertOffsets {
+  std::vector<int64_t> host;
+  core::Tensor device;
+};
+inline ExpertOffsets ExpertOffsetsOf(const std::vector<int64_t>& counts) {
+  namespace kc = kernels::cuda;
+  ExpertOffsets offsets;
+  offsets.host = {0};
+  for (const int64_t c : counts) offsets.host.push_back(offsets.host.back() + c);
+  const int64_t entries = static_cast<int64_t>(offsets.host.size());
+  core::Tensor host = core::Tensor::Empty(core::DType::kI32, {entries});
+  for (int64_t e = 0; e < entries; ++e) {
+    host.data<int32_t>()[e] = static_cast<int32_t>(offsets.host[e]);
+  }
+  offsets.device = core::Tensor::Empty(core::DType::kI32, {entries}, kc::DeviceAllocator());
+  Check(kc::Copy(host.view(), offsets.device.view()), "offsets");
+  return offsets;
 }
 
 // Mean milliseconds per call over `iters` calls after 3 warm-up calls.

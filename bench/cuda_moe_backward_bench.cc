@@ -53,17 +53,11 @@ int Main(int argc, char** argv) {
   }
   auto blas = kc::BlasHandle::Create();
   Check(blas.status(), "cublas");
-  const std::vector<int64_t> counts =
-      bench::RandomExpertCounts(tokens, kExperts, kPicks, 7 + tokens);
-  std::vector<int64_t> offsets = {0};
-  for (const int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const bench::ExpertOffsets expert_offsets =
+      bench::ExpertOffsetsOf(bench::RandomExpertCounts(tokens, kExperts, kPicks, 7 + tokens));
+  const std::vector<int64_t>& offsets = expert_offsets.host;
+  const Tensor& d_offsets = expert_offsets.device;
   const int64_t picks = offsets.back();
-  Tensor host_offsets = Tensor::Empty(DType::kI32, {kExperts + 1});
-  for (int64_t e = 0; e <= kExperts; ++e) {
-    host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
-  }
-  Tensor d_offsets = Tensor::Empty(DType::kI32, {kExperts + 1}, kc::DeviceAllocator());
-  Check(kc::Copy(host_offsets.view(), d_offsets.view()), "offsets");
 
   const Tensor dy = RandomDevice(DType::kBF16, {picks, kHidden}, 1, 1.0f);
   const Tensor x = RandomDevice(DType::kBF16, {picks, kHidden}, 2, 1.0f);

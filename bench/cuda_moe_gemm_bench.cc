@@ -57,17 +57,12 @@ int Main(int argc, char** argv) {
   for (const int64_t batch : batches) {
     const std::vector<int64_t> counts =
         bench::RandomExpertCounts(batch, kExperts, kPicks, 100 + batch);
-    std::vector<int64_t> offsets = {0};
-    for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+    const bench::ExpertOffsets expert_offsets = bench::ExpertOffsetsOf(counts);
+    const std::vector<int64_t>& offsets = expert_offsets.host;
+    const Tensor& d_offsets = expert_offsets.device;
     const int64_t rows = offsets.back();
     const int64_t used =
         std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
-    Tensor host_offsets = Tensor::Empty(DType::kI32, {kExperts + 1});
-    for (int64_t e = 0; e <= kExperts; ++e) {
-      host_offsets.data<int32_t>()[e] = static_cast<int32_t>(offsets[e]);
-    }
-    Tensor d_offsets = Tensor::Empty(DType::kI32, {kExperts + 1}, kc::DeviceAllocator());
-    Check(kc::Copy(host_offsets.view(), d_offsets.view()), "offsets");
     const Tensor x = RandomDevice(DType::kBF16, {rows, kHidden}, 3, 1.0f);
     const Tensor h = RandomDevice(DType::kBF16, {rows, kInter}, 4, 1.0f);
     const Tensor gate = Tensor::Empty(DType::kBF16, {rows, kInter}, kc::DeviceAllocator());
