@@ -24,6 +24,9 @@ __device__ __forceinline__ float TeamSum(float v) {
 // (lane e on matrix entry e: softmax, 2·iters - 1 line normalisations kept per lane, then their
 // backward in reverse), written as dz row t [tokens, width + groups]: the logit gradients, then
 // the token's group sums Σ_{e in g} dz·mixes (the scale gradient's terms); dmixes += dz·scale.
+// kIters > 0: iters is kIters, the loops unrolled so the states stay in registers (with a runtime
+// count, 0, they live in a 256-byte stack frame).
+template <int kIters>
 __global__ void CoefficientsKernel(const float* mixes, const float* base, const float* scale,
                                    int64_t tokens, int n, int iters, float eps, const float* dpre,
                                    const float* dpost, const float* dcomb, float* dz,
@@ -51,13 +54,16 @@ __global__ void CoefficientsKernel(const float* mixes, const float* base, const 
     const float exp_logit = expf(logit - row_max);
     const float softmax = exp_logit / MhcLineReduce<false>(exp_logit, e, n, true, team_base);
     // state[s]: this entry of the input of normalisation s (s < num_norms; row-wise when s is odd).
-    const int num_norms = 2 * iters - 1;
-    float state[2 * kMaxIters];
+    const int num_norms = kIters > 0 ? 2 * kIters - 1 : 2 * iters - 1;
+    constexpr int kUnroll = kIters > 0 ? 2 * kIters : 1;
+    float state[kIters > 0 ? 2 * kIters : 2 * kMaxIters];
     state[0] = softmax + eps;
+#pragma unroll kUnroll
     for (int s = 0; s + 1 < num_norms; ++s) {
       state[s + 1] = state[s] / (MhcLineReduce<false>(state[s], e, n, s % 2 == 1, team_base) + eps);
     }
     float grad = entry ? dcomb[row * nn + e] : 0.0f;
+#pragma unroll kUnroll
     for (int s = num_norms - 1; s >= 0; --s) {
       const float x = state[s];
       const float denom = MhcLineReduce<false>(x, e, n, s % 2 == 1, team_base) + eps;
@@ -280,7 +286,10 @@ absl::Status RunCoefficients(const char* op, bool head, const core::TensorView& 
   }
   constexpr int kCoefficientThreads = 128;  // 8 tokens a block
   const int64_t threads_needed = tokens * kMhcTeam;
-  LaunchKernel(CoefficientsKernel, (threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
+  // The V4 configs' 20 Sinkhorn iterations with the states in registers.
+  constexpr int kUnrolledIters = 20;
+  auto* kernel = iters == kUnrolledIters ? CoefficientsKernel<kUnrolledIters> : CoefficientsKernel<0>;
+  LaunchKernel(kernel, (threads_needed + kCoefficientThreads - 1) / kCoefficientThreads,
                kCoefficientThreads, 0, mixes.data_as<float>(), base.data_as<float>(),
                scale.data_as<float>(), tokens, int(n), int(iters), eps, dpre.data_as<float>(),
                head ? nullptr : dpost.data_as<float>(), head ? nullptr : dcomb.data_as<float>(), dz,
