@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_quad_tc.h"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
@@ -311,6 +312,27 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
                             head_dim % 32 == 0 && head_dim <= 32 * kTcMaxTiles &&
                             aligned(p.q) && aligned(p.kv) &&
                             (p.comp_kv == nullptr || aligned(p.comp_kv));
+  if (tensor_cores && head_dim == kQuadHeadDim &&
+      QuadAttentionApplies(p.comp_kv != nullptr, p.comp_idx != nullptr, p.num_comp, p.comp_topk)) {
+    const QuadAttentionParams quad{static_cast<const uint16_t*>(p.q),
+                                   static_cast<const uint16_t*>(p.kv),
+                                   static_cast<const uint16_t*>(p.comp_kv),
+                                   p.comp_idx,
+                                   p.sink,
+                                   p.out,
+                                   p.lse,
+                                   num_q,
+                                   num_heads,
+                                   p.num_comp,
+                                   p.comp_topk,
+                                   p.q_pos0,
+                                   p.kv_pos0,
+                                   p.window,
+                                   p.comp_ratio,
+                                   p.scale,
+                                   p.out_bf16};
+    return LaunchSparseAttentionQuadTc(quad);
+  }
   if (tensor_cores) {
     const size_t shared = TcSharedBytes(head_dim);
     if (cudaError_t e = cudaFuncSetAttribute(SparseAttentionTcKernel,

@@ -30,6 +30,7 @@ enum class Comp { kNone, kIdx, kAllVisible };
 
 struct Sizes {
   int64_t window = 8, q_pos0 = 30, kv_pos0 = 25, num_kv = 22, num_comp = 11, topk = 6;
+  bool duplicate_picks = false;  // each row's second pick repeats its first (counted twice)
 };
 
 void CheckAttention(int64_t num_heads, int64_t head_dim, Comp comp, uint64_t seed,
@@ -47,6 +48,9 @@ void CheckAttention(int64_t num_heads, int64_t head_dim, Comp comp, uint64_t see
     int64_t filled = 0;
     for (int64_t w = (i % 3); w < num_comp && filled < topk - (i % 4); w += 1 + (i % 2)) {
       idx.data<int32_t>()[i * topk + filled++] = static_cast<int32_t>(w);
+    }
+    if (sizes.duplicate_picks && filled >= 2) {
+      idx.data<int32_t>()[i * topk + 1] = idx.data<int32_t>()[i * topk];
     }
     while (filled < topk) idx.data<int32_t>()[i * topk + filled++] = -1;
   }
@@ -143,6 +147,24 @@ TEST(CudaAttention, ManyKeyTilesAndHeadGroups) {
   CheckAttention(20, 64, Comp::kIdx, 51, large);   // two head groups (16 + 4)
   CheckAttention(7, 32, Comp::kAllVisible, 61, large);
   CheckAttention(5, 200, Comp::kIdx, 71, large);   // CUDA-core path, many tiles
+}
+
+// head_dim 512 with no picks, every visible entry, or picks covering at least half the entries
+// takes the four-query kernel (attention_quad_tc.cu: 17 queries = four blocks of four and one of
+// one, key lists shared, weights per query); sparse picks keep the one-query kernel.
+TEST(CudaAttention, FourQueryKernelAtV4HeadDim) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const Sizes large{
+      .window = 128, .q_pos0 = 1000, .kv_pos0 = 880, .num_kv = 137, .num_comp = 300, .topk = 150};
+  CheckAttention(16, 512, Comp::kNone, 81, large);
+  CheckAttention(16, 512, Comp::kAllVisible, 82, large);
+  CheckAttention(20, 512, Comp::kAllVisible, 83);  // two head groups (16 + 4), one key tile
+  Sizes duplicates = large;
+  duplicates.duplicate_picks = true;
+  CheckAttention(16, 512, Comp::kIdx, 84, duplicates);
+  Sizes sparse = large;
+  sparse.topk = 40;  // 40 of 300 entries: the one-query kernel
+  CheckAttention(16, 512, Comp::kIdx, 85, sparse);
 }
 
 TEST(CudaAttention, RejectsQueriesBeyondKv) {
