@@ -313,22 +313,17 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
                             aligned(p.q) && aligned(p.kv) &&
                             (p.comp_kv == nullptr || aligned(p.comp_kv));
   if (tensor_cores && head_dim == kQuadHeadDim &&
-      QuadAttentionApplies(p.comp_kv != nullptr, p.comp_idx != nullptr, p.num_comp, p.comp_topk)) {
-    const QuadAttentionParams quad{static_cast<const uint16_t*>(p.q),
+      SharedKeyListApplies(p.comp_kv != nullptr, p.comp_idx != nullptr, p.num_comp, p.comp_topk)) {
+    const SharedKeyParams keys{p.comp_idx,   num_q,      p.q_pos0,    p.kv_pos0,           p.window,
+                               p.comp_ratio, p.num_comp, p.comp_topk, p.comp_kv != nullptr};
+    const QuadAttentionParams quad{keys,
+                                   static_cast<const uint16_t*>(p.q),
                                    static_cast<const uint16_t*>(p.kv),
                                    static_cast<const uint16_t*>(p.comp_kv),
-                                   p.comp_idx,
                                    p.sink,
                                    p.out,
                                    p.lse,
-                                   num_q,
                                    num_heads,
-                                   p.num_comp,
-                                   p.comp_topk,
-                                   p.q_pos0,
-                                   p.kv_pos0,
-                                   p.window,
-                                   p.comp_ratio,
                                    p.scale,
                                    p.out_bf16};
     return LaunchSparseAttentionQuadTc(quad);

@@ -5,7 +5,9 @@
 // sets and sink semantics as kernels/cpu/attention.h; fp32 accumulation.
 // Two kernels: with bf16 q/kv/comp_kv, head_dim % 32 == 0 and <= 512 (V4's 512 included), both
 // products run on tensor cores (mma.sync bf16, 16 heads per block, 64-key tiles; probabilities
-// rounded to bf16 for P·V as flash attention does); otherwise CUDA-core fp32 dot products.
+// rounded to bf16 for P·V as flash attention does; at head_dim 512 four consecutive queries share
+// a block and its key tiles where SharedKeyListApplies holds, attention_quad_tc.cu); otherwise
+// CUDA-core fp32 dot products.
 // Thread-safety: reentrant; the kernel goes to the launch stream (stream.h).
 #pragma once
 

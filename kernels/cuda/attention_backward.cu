@@ -2,8 +2,9 @@
 
 #include "kernels/cuda/attention_backward.h"
 #include "kernels/cuda/attention_backward_pair_tc.h"
+#include "kernels/cuda/attention_backward_quad_tc.h"
 #include "kernels/cuda/attention_backward_tc.h"
-#include "kernels/cuda/attention_pair.cuh"
+#include "kernels/cuda/attention_quad_tc.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/plan/compressed_attention.h"
 
@@ -168,8 +169,12 @@ absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
       a.q_pos0 < a.kv_pos0) {
     return bad("every query's position must have its raw row (kv_pos0 <= q_pos0, last < kv end)");
   }
+  if (a.tensor_cores && D == kQuadHeadDim &&
+      SharedKeyListApplies(has_comp, a.comp_idx.data != nullptr, num_comp, topk)) {
+    return LaunchSparseAttentionBackwardQuadTc(a);
+  }
   if (a.tensor_cores) {
-    return PairKernelsApply(has_comp, a.comp_idx.data != nullptr, num_comp, topk)
+    return SharedKeyListApplies(has_comp, a.comp_idx.data != nullptr, num_comp, topk)
                ? LaunchSparseAttentionBackwardPairTc(a)
                : LaunchSparseAttentionBackwardTc(a);
   }

@@ -13,9 +13,11 @@
 // (bf16 q, kv, comp_kv and dout; head_dim % 32 == 0 and <= 512; rows 16-byte aligned) the
 // products run on mma.sync tiles as the forward's tensor-core kernel (attention_backward_tc.cu):
 // P and dS rounded to bf16 for the second products, fp32 accumulation; a block walks its query's
-// key tiles from tile (query % tiles) on, a fixed order; two consecutive queries share a block,
-// its key rows and their key-row gradient atomics where the picks, counted with multiplicity,
-// cover at least half of the compressed entries, or there are no picks (attention_pair.cuh).
+// key tiles from tile (query % tiles) on, a fixed order; where the picks, counted with
+// multiplicity, cover at least half of the compressed entries, or there are no picks
+// (SharedKeyListApplies), consecutive queries share a block, its key rows and their key-row
+// gradient atomics: four at head_dim 512 (attention_backward_quad_tc.cu), two otherwise
+// (attention_pair.cuh).
 // Either way dkv / dcomp_kv / dsink are not bit-reproducible run to run (fp32 atomics, in arrival
 // order); dq is.
 // Gradients are ADDED to (the caller zeroes them). Thread-safety: reentrant; the launch stream

@@ -1,5 +1,5 @@
 // The query-pair tensor-core backward of SparseAttentionBackward (attention_backward.h,
-// tensor_cores = true, PairKernelsApply): block (pair of queries, 16 heads) over the pair's
+// tensor_cores = true, SharedKeyListApplies): block (pair of queries, 16 heads) over the pair's
 // shared key list (attention_pair.cuh), a group of four warps per query for P, dS and dQ as the
 // one-query kernel (attention_backward_tile.cuh; warp w of a group on keys [16w, 16w + 16) and dQ
 // columns [w·D/4, (w+1)·D/4)); the key-row gradients of both queries are summed before the

@@ -6,7 +6,7 @@
 // both queries and its gradient row takes one set of atomics for both; a query takes a key at
 // its weight (plan::SharedSlotWeight: 0 for the other's keys, the pick count for entries), so it
 // computes scores for keys it does not see too. Worth it where the picks cover much of the
-// entries (PairKernelsApply); at long contexts the one-query kernel gathers each query's picks.
+// entries (SharedKeyListApplies); at long contexts the one-query kernel gathers each query's picks.
 // (A forward built the same way ran slower than the one-query forward: H200, mid config, 4K and
 // 16K prefill 5% and 12% longer, two blocks of four warps a SM beating one of eight in step.)
 // Include only from .cu files.
@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/attention_quad_tc.h"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/plan/compressed_attention.h"
@@ -22,21 +23,10 @@ namespace v4rl::kernels::cuda {
 
 constexpr int kPairQueries = 2;
 constexpr int kPairThreads = kPairQueries * kTcThreads;
-constexpr int kPairMaxPickedEntries = 1024;  // pick counts in shared memory: [2][1024] i32
-
-// Host: whether the pair kernel serves a layer: no compressed entries, every visible entry, or
-// picks among at most kPairMaxPickedEntries entries, the picks at least half of them.
-inline bool PairKernelsApply(bool has_comp, bool has_picks, int64_t num_comp, int64_t comp_topk) {
-  return !has_comp || !has_picks ||
-         (num_comp <= kPairMaxPickedEntries && num_comp <= 2 * comp_topk);
-}
+constexpr int kPairMaxPickedEntries = static_cast<int>(kSharedKeysMaxPickedEntries);
 
 // The key-set arguments of the pair kernel.
-struct PairKeyParams {
-  const int32_t* comp_idx;  // [num_q, comp_topk] or null (every visible entry)
-  int64_t num_q, q_pos0, kv_pos0, window, comp_ratio, num_comp, comp_topk;
-  bool has_comp;
-};
+using PairKeyParams = SharedKeyParams;
 
 // Block blockIdx.x's queries (2·blockIdx.x and the next, if any) and their shared key slots.
 struct PairBlock {

@@ -10,51 +10,39 @@
 // P·V for output columns [256h, 256h + 256) (128 f32 accumulators a thread). The next tile's rows
 // stream in with cp.async while the current one is computed: one block barrier a tile.
 // head_dim 512 (V4's) only; fp32 accumulation, probabilities rounded to bf16 for P·V.
-#include <cuda_bf16.h>
-
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/attention_quad.cuh"
 #include "kernels/cuda/attention_quad_tc.h"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/plan/compressed_attention.h"
 
 namespace v4rl::kernels::cuda {
 namespace {
 
-constexpr int kQueries = 4;
-constexpr int kWarps = 2 * kQueries;  // two warps a query: keys split for S, columns for P·V
-constexpr int kThreads = 32 * kWarps;
-constexpr int kHeads = 16;
-constexpr int kKeys = 64;  // keys a tile
-constexpr int kD = static_cast<int>(kQuadHeadDim);
-constexpr int kStride = kD + 8;  // bf16 elements between staged rows (bank padding)
+constexpr int kD = kQuadD;
+constexpr int kStride = kQuadStride;
+constexpr int kKeys = kQuadKeys;
 constexpr int kPStride = kKeys + 8;
 constexpr int kHalfColumns = kD / 2;
 constexpr int kColumnTiles = kHalfColumns / 8;  // P·V n-tiles of 8 columns a warp
 constexpr int kSlots = 3;  // row and weight buffers: tile n's, n + 1's gather, n + 2's fill
-constexpr int kPiecesPerRow = kD / 8;  // 16-byte pieces
 
 // Shared memory of a block (~217 KiB: one block a SM).
 struct QuadSmem {
-  uint16_t q[kQueries][kHeads][kStride];
+  uint16_t q[kQuadQueries][kQuadHeads][kStride];
   uint16_t keys[2][kKeys][kStride];
-  uint16_t probs[kQueries][kHeads][kPStride];
-  uint32_t counts[kQuadMaxPickedEntries][kQueries / 2];  // query 2c + b's picks: bits [16b, +16)
-  const uint16_t* rows[kSlots][kKeys];                   // null: past the key list
-  int weights[kSlots][kQueries][kKeys];
-  float partner[kQueries][2][kHeads];  // the pair's partial row maxima, then row sums
+  uint16_t probs[kQuadQueries][kQuadHeads][kPStride];
+  QuadPickCounts counts;
+  const uint16_t* rows[kSlots][kKeys];  // null: past the key list
+  int weights[kSlots][kQuadQueries][kKeys];
+  float partner[kQuadQueries][2][kQuadHeads];  // the pair's partial row maxima, then row sums
   int max_entry;
 };
 
 // The two warps of query q meet (named barrier q + 1; 0 is __syncthreads').
 __device__ __forceinline__ void PairBarrier(int q) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(q + 1), "n"(64) : "memory");
-}
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 __device__ __forceinline__ float QuadMax(float v) {
@@ -66,95 +54,42 @@ __device__ __forceinline__ float QuadSum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// grid (ceil(num_q / 4), head groups of 16); block x takes queries from the end (the blocks with
-// the most keys start first).
-__global__ void __launch_bounds__(kThreads, 1) SparseAttentionQuadTcKernel(QuadAttentionParams p) {
+// grid (ceil(num_q / 4), head groups of 16).
+__global__ void __launch_bounds__(kQuadThreads, 1)
+    SparseAttentionQuadTcKernel(QuadAttentionParams p) {
   WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   QuadSmem& s = *reinterpret_cast<QuadSmem*>(smem_raw);
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int mine = warp % kQueries, half = warp / kQueries;  // this warp's query and half
+  const int mine = warp % kQuadQueries, half = warp / kQuadQueries;  // this warp's query, half
 
-  const int64_t first_query = (int64_t{gridDim.x} - 1 - blockIdx.x) * kQueries;
-  const int64_t last_query = Min64(first_query + kQueries, p.num_q) - 1;
-  const int64_t h0 = int64_t{blockIdx.y} * kHeads;
-  const int heads = static_cast<int>(Min64(kHeads, p.num_heads - h0));
-  const int64_t my_query = first_query + mine;
-  const bool my_active = my_query <= last_query;
-
-  // Q rows of the four queries (zero rows past the last head or query).
-  for (int e = tid; e < kQueries * kHeads * kPiecesPerRow; e += kThreads) {
-    const int q = e / (kHeads * kPiecesPerRow), h = (e / kPiecesPerRow) % kHeads;
-    const int v = e % kPiecesPerRow;
-    const bool valid = first_query + q <= last_query && h < heads;
-    const uint16_t* src = p.q + ((first_query + q) * p.num_heads + h0 + h) * kD + v * 8;
-    CpAsync16(&s.q[q][h][v * 8], valid ? src : p.q, valid);
-  }
+  const QuadBlock b = QuadSetUp(p.keys, s.counts, &s.max_entry);
+  const int64_t h0 = int64_t{blockIdx.y} * kQuadHeads;
+  const int heads = static_cast<int>(Min64(kQuadHeads, p.num_heads - h0));
+  const int64_t my_query = b.first_query + mine;
+  const bool my_active = my_query <= b.last_query;
+  QuadLoadRows(s.q, p.q, b, p.num_heads, h0, heads);
   CpAsyncCommit();
-
-  // The shared key list: with picks, each query's pick counts and one past the largest pick.
-  int64_t entries = 0;
-  if (p.comp_kv != nullptr && p.comp_idx == nullptr) {
-    entries = Min64(plan::NumVisibleCompressed(p.q_pos0 + last_query, p.comp_ratio), p.num_comp);
-  } else if (p.comp_kv != nullptr) {
-    uint32_t* counts = &s.counts[0][0];
-    for (int e = tid; e < kQuadMaxPickedEntries * kQueries / 2; e += kThreads) counts[e] = 0;
-    if (tid == 0) s.max_entry = 0;
-    __syncthreads();
-    for (int q = 0; q < kQueries && first_query + q <= last_query; ++q) {
-      const int32_t* picks = p.comp_idx + (first_query + q) * p.comp_topk;
-      for (int64_t k = tid; k < p.comp_topk; k += kThreads) {
-        const int32_t e = picks[k];
-        if (e >= 0 && e < p.num_comp) {
-          atomicAdd(&s.counts[e][q / 2], 1u << (16 * (q % 2)));
-          atomicMax(&s.max_entry, e + 1);
-        }
-      }
-    }
-    __syncthreads();
-    entries = s.max_entry;
-  }
-  const plan::SharedKeySlots slots = plan::SharedSlots(
-      p.q_pos0 + first_query, p.q_pos0 + last_query, p.window, p.kv_pos0, entries);
-  const int64_t total = slots.total();
+  const int64_t total = b.slots.total();
   const int num_tiles = static_cast<int>((total + kKeys - 1) / kKeys);
 
   // Tile n's key rows and the four queries' weights into slot n % 3: thread (q, key).
   auto fill = [&](int n) {
     const int key = tid % kKeys, q = tid / kKeys, slot = n % kSlots;
     const int64_t j = int64_t{n} * kKeys + key;
-    int weight = 0;
-    if (j < total && first_query + q <= last_query) {
-      int picks = -1;
-      if (p.comp_idx != nullptr && j >= slots.num_window) {
-        picks =
-            static_cast<int>((s.counts[j - slots.num_window][q / 2] >> (16 * (q % 2))) & 0xffffu);
-      }
-      weight = plan::SharedSlotWeight(slots, j, p.q_pos0 + first_query + q, p.window, p.kv_pos0,
-                                      picks, p.comp_ratio, p.num_comp);
-    }
-    s.weights[slot][q][key] = weight;
+    s.weights[slot][q][key] = j < total ? QuadWeight(p.keys, b, s.counts, q, j) : 0;
     if (q == 0) {
       const uint16_t* row = nullptr;
       if (j < total) {
-        row = j < slots.num_window ? p.kv + (slots.first - p.kv_pos0 + j) * kD
-                                   : p.comp_kv + (j - slots.num_window) * kD;
+        bool compressed;
+        const int64_t index = QuadRowIndex(p.keys, b, j, &compressed);
+        row = (compressed ? p.comp_kv : p.kv) + index * kD;
       }
       s.rows[slot][key] = row;
     }
   };
-  // Starts copying tile n's rows (slot n % 3) into key buffer n % 2: thread t keeps piece t % 64.
-  auto gather = [&](int n) {
-    const uint16_t* const* rows = s.rows[n % kSlots];
-    const int v = tid % kPiecesPerRow;
-#pragma unroll 4
-    for (int key = tid / kPiecesPerRow; key < kKeys; key += kThreads / kPiecesPerRow) {
-      const uint16_t* row = rows[key];
-      CpAsync16(&s.keys[n % 2][key][v * 8], row != nullptr ? row + v * 8 : p.kv, row != nullptr);
-    }
-    CpAsyncCommit();
-  };
+  auto gather = [&](int n) { QuadStartGather(s.keys[n % 2], s.rows[n % kSlots], p.kv); };
 
   fill(0);
   if (num_tiles > 1) fill(1);
@@ -246,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 1) SparseAttentionQuadTcKernel(QuadA
                         : 0.0f;
           run_sum[r] += prob[e];
         }
-        *reinterpret_cast<uint32_t*>(&s.probs[mine][g + 8 * r][col]) = PackBf16(prob[0], prob[1]);
+        *reinterpret_cast<uint32_t*>(&s.probs[mine][g + 8 * r][col]) = PackBf16x2(prob[0], prob[1]);
       }
     }
     PairBarrier(mine);  // both halves of P are in
@@ -294,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1) SparseAttentionQuadTcKernel(QuadA
       const int64_t at = out_row + 8 * n2 + 2 * t4;
       const float x = acc[n2][2 * r] / denom, y = acc[n2][2 * r + 1] / denom;
       if (p.out_bf16) {
-        *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + at) = PackBf16(x, y);
+        *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + at) = PackBf16x2(x, y);
       } else {
         *reinterpret_cast<float2*>(static_cast<float*>(p.out) + at) = make_float2(x, y);
       }
@@ -316,9 +251,9 @@ absl::Status LaunchSparseAttentionQuadTc(const QuadAttentionParams& p) {
     return absl::InternalError(absl::StrFormat("SparseAttention: %d bytes of shared memory: %s",
                                                shared, cudaGetErrorString(e)));
   }
-  const dim3 grid(static_cast<unsigned>((p.num_q + kQueries - 1) / kQueries),
-                  static_cast<unsigned>((p.num_heads + kHeads - 1) / kHeads));
-  LaunchKernel(SparseAttentionQuadTcKernel, grid, kThreads, shared, p);
+  const dim3 grid(static_cast<unsigned>((p.keys.num_q + kQuadQueries - 1) / kQuadQueries),
+                  static_cast<unsigned>((p.num_heads + kQuadHeads - 1) / kQuadHeads));
+  LaunchKernel(SparseAttentionQuadTcKernel, grid, kQuadThreads, shared, p);
   return LaunchStatus("SparseAttention (tensor cores, four queries)");
 }
 

@@ -182,13 +182,14 @@ TEST(CudaAttentionBackward, TensorCoresFourKeyTilesDuplicatePicks17Queries) {
   RunCase(c);
 }
 
-// V4's head shape (16 heads of 512) on both tensor-core kernels: picks covering most of the
-// entries go to the query-pair kernel (33 queries: the last pair has one), sparse picks to the
-// one-query kernel; duplicates in both.
-TEST(CudaAttentionBackward, TensorCoresV4HeadsPairAndOneQueryKernels) {
+// V4's head shape (16 heads of 512): picks covering most of the entries go to the four-query
+// kernel (33 queries: the last block has one), sparse picks to the one-query kernel; duplicates
+// in both. Then every visible entry with 20 heads (two head groups, 16 + 4) on the four-query
+// kernel.
+TEST(CudaAttentionBackward, TensorCoresV4HeadsFourQueryAndOneQueryKernels) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  for (const int64_t topk : {48, 20}) {  // of 64 entries: pair kernel, then one-query kernel
-    Case c{topk == 48 ? "tensor cores V4 heads, query pairs" : "tensor cores V4 heads, one query",
+  for (const int64_t topk : {48, 20}) {  // of 64 entries: four-query kernel, then one-query kernel
+    Case c{topk == 48 ? "tensor cores V4 heads, four queries" : "tensor cores V4 heads, one query",
            /*num_q=*/33,
            /*heads=*/16,
            /*head_dim=*/512,
@@ -204,6 +205,9 @@ TEST(CudaAttentionBackward, TensorCoresV4HeadsPairAndOneQueryKernels) {
     c.duplicate_picks = true;
     RunCase(c);
   }
+  RunCase({"tensor cores V4 heads x 20, every visible entry", /*num_q=*/30, /*heads=*/20,
+           /*head_dim=*/512, /*num_kv=*/290, /*num_comp=*/70, /*topk=*/0, /*q_pos0=*/250,
+           /*kv_pos0=*/10, /*window=*/128, /*ratio=*/4, DType::kBF16, /*tensor_cores=*/true});
 }
 
 TEST(CudaAttentionBackward, TensorCoresRejectF32Inputs) {
