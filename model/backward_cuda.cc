@@ -178,7 +178,9 @@ void AttentionBackward(Run& run, const AttentionWeights& w, AttentionType type,
   const int64_t rank = config.o_lora_rank;
   // Only wo_a's weight gradient reads o: as the forward saved it (bf16 under bf16 products).
   const Tensor u = run.Up(host_acts.u), o = run.ProductInput(host_acts.o);
-  Tensor du = run.New({num_tokens, groups * rank});  // the GEMM overwrites it
+  // The GEMM overwrites it; only the groups' products read it: in their dtype (bf16 under bf16
+  // products: the GEMM rounds each value once, the bits a copy of the f32 values would have).
+  Tensor du = run.ProductNew({num_tokens, groups * rank});
   run.Linear(u.view(), w.wo_b.view(), dout.view(), du.view(), g->wo_b.view(),
              /*overwrite_dx=*/true);
   // The groups' GEMMs overwrite disjoint column blocks that cover dattn: no zero fill. Only the
@@ -318,8 +320,9 @@ void MoeBackward(Run& run, const MoeWeights& w, const ModelConfig& config, const
     Tensor dact = run.New({num_tokens, shared});  // the GEMM overwrites it
     run.Linear(act.view(), w.shared_w2.view(), dout.view(), dact.view(), g->shared_w2.view(),
                /*overwrite_dx=*/true);
-    Tensor dgate = run.New({num_tokens, shared});  // overwritten
-    Tensor dup = run.New({num_tokens, shared});
+    // Overwritten, in the products' dtype (only the GEMMs below read them), as the routed ones.
+    Tensor dgate = run.ProductNew({num_tokens, shared});
+    Tensor dup = run.ProductNew({num_tokens, shared});
     run.Do([&] {
       return kc::SwiGluClampBackward(gate.view(), up.view(), limit, dact.view(), dgate.view(),
                                      dup.view(), kc::DxWrite::kOverwrite);
