@@ -169,7 +169,7 @@ absl::Status SparseAttentionBackward(const SparseAttentionBackwardArgs& a) {
       a.q_pos0 < a.kv_pos0) {
     return bad("every query's position must have its raw row (kv_pos0 <= q_pos0, last < kv end)");
   }
-  if (a.tensor_cores && D == kQuadHeadDim &&
+  if (a.tensor_cores && D == kQuadHeadDim && reinterpret_cast<uintptr_t>(a.out.data) % 16 == 0 &&
       SharedKeyListApplies(has_comp, a.comp_idx.data != nullptr, num_comp, topk)) {
     return LaunchSparseAttentionBackwardQuadTc(a);
   }

@@ -62,6 +62,64 @@ struct QuadBackwardSmem {
   int max_entry;
 };
 
+// Δ = dO·O (dO as staged in bf16, as dP uses it) and lse of rows [8·half, + 8) of query `mine`
+// into s.delta and s.lse (zeros past `heads` or the last query), and the sink's gradient. Each
+// lane takes columns 4·lane + 128·k of a row; the eight rows' loads are issued together (rows
+// outside the block read the first query's first row and are zeroed).
+__device__ __forceinline__ void QuadDeltaAndLse(const QuadBackwardParams& p, QuadBackwardSmem& s,
+                                                const QuadBlock& b, int mine, int half, int64_t h0,
+                                                int heads) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int64_t query = b.first_query + mine, H = p.num_heads;
+  const bool active = query <= b.last_query;
+  float sums[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int r = 8 * half + i;
+    const bool real = active && r < heads;
+    const int64_t out_row = real ? (query * H + h0 + r) * kD : (b.first_query * H + h0) * kD;
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kD / 128; ++k) {
+      const int c = 4 * lane + 128 * k;
+      float o[4];
+      if (p.out_bf16) {
+        const uint2 raw =
+            *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p.out) + out_row + c);
+        o[0] = __uint_as_float(raw.x << 16), o[1] = __uint_as_float(raw.x & 0xffff0000u);
+        o[2] = __uint_as_float(raw.y << 16), o[3] = __uint_as_float(raw.y & 0xffff0000u);
+      } else {
+        const float4 v =
+            *reinterpret_cast<const float4*>(static_cast<const float*>(p.out) + out_row + c);
+        o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+      }
+      const uint2 d = *reinterpret_cast<const uint2*>(&s.dout[mine][r][c]);
+      sum = fmaf(__uint_as_float(d.x << 16), o[0], sum);
+      sum = fmaf(__uint_as_float(d.x & 0xffff0000u), o[1], sum);
+      sum = fmaf(__uint_as_float(d.y << 16), o[2], sum);
+      sum = fmaf(__uint_as_float(d.y & 0xffff0000u), o[3], sum);
+    }
+    sums[i] = real ? sum : 0.0f;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sums[i] += __shfl_xor_sync(0xffffffffu, sums[i], offset);
+  }
+  if (lane < 8) {
+    const int r = 8 * half + lane;
+    float delta = sums[0];
+#pragma unroll
+    for (int i = 1; i < 8; ++i) delta = lane == i ? sums[i] : delta;
+    const bool real = active && r < heads;
+    const float lse = real ? p.lse[query * H + h0 + r] : 0.0f;
+    s.delta[mine][r] = delta;
+    s.lse[mine][r] = lse;
+    if (real && p.dsink != nullptr)
+      atomicAdd(&p.dsink[h0 + r], -expf(p.sink[h0 + r] - lse) * delta);
+  }
+}
+
 __global__ void __launch_bounds__(kQuadThreads, 1)
     SparseAttentionBackwardQuadTcKernel(QuadBackwardParams p) {
   WaitForPriorKernels();
@@ -102,30 +160,11 @@ __global__ void __launch_bounds__(kQuadThreads, 1)
     }
   };
   fill(0);
-  CpAsyncWait<0>();
-  __syncthreads();  // Q, dO and tile 0's rows
+  __syncthreads();  // tile 0's rows
   QuadStartGather(s.keys, s.rows[0], p.kv);
-
-  // Δ = dO·O (dO as staged in bf16, as dP uses it) and lse of the warp's eight heads
-  // [8·half, + 8); the sink's gradient.
-  for (int r = 8 * half; r < 8 * half + 8; ++r) {
-    float sum = 0.0f;
-    if (my_active && r < heads) {
-      const int64_t out_row = (my_query * H + h0 + r) * kD;
-      for (int c = lane; c < kD; c += 32) {
-        sum += LoadF(&s.dout[mine][r][0], true, c) * LoadF(p.out, p.out_bf16, out_row + c);
-      }
-    }
-    sum = WarpSum(sum);
-    if (lane == 0) {
-      const bool real = my_active && r < heads;
-      s.delta[mine][r] = sum;
-      s.lse[mine][r] = real ? p.lse[my_query * H + h0 + r] : 0.0f;
-      if (real && p.dsink != nullptr) {
-        atomicAdd(&p.dsink[h0 + r], -expf(p.sink[h0 + r] - s.lse[mine][r]) * sum);
-      }
-    }
-  }
+  CpAsyncWait<1>();
+  __syncthreads();  // Q and dO are in; tile 0's keys arrive while Δ is computed
+  QuadDeltaAndLse(p, s, b, mine, half, h0, heads);
   CpAsyncWait<0>();
   __syncthreads();  // tile 0's keys, Δ and lse
 
