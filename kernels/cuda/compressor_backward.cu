@@ -22,33 +22,66 @@ __device__ __forceinline__ int64_t SlotOffset(const Params& p, int64_t w, int64_
   return (w * p.ratio + j) * p.width + (p.overlap ? p.head_dim : 0);
 }
 
-__global__ void CompressPoolBackwardKernel(Params p) {
+constexpr int kThreads = 256;
+constexpr int kMaxGroups = 8;
+
+// Slot groups a block uses: one where an entry has few slots (the CSA's 8: each thread walks its
+// channel's slots in order), up to eight for long windows (the HCA's 128: 16 slots a thread),
+// so that a block covers kThreads / groups channels.
+int SlotGroups(int64_t max_slots) {
+  int groups = 1;
+  while (groups < kMaxGroups && max_slots / (groups * 2) >= 16) groups *= 2;
+  return groups;
+}
+
+// Block (entry, channel chunk): thread x of group y (y = threadIdx.x / (kThreads / groups)) takes
+// channel chunk·(kThreads / groups) + x and slots y, y + groups, ...; the groups' partial max,
+// exponential sum and weighted sum meet in shared memory, added in group order.
+__global__ void __launch_bounds__(kThreads) CompressPoolBackwardKernel(Params p, int groups) {
   WaitForPriorKernels();
-  const int64_t entries = p.num_windows - p.first_entry;
-  const int64_t total = entries * p.head_dim;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t w = p.first_entry + i / p.head_dim, d = i % p.head_dim;
-    const int64_t slots = (p.overlap && w >= 1 ? 2 : 1) * p.ratio;
-    float mx = -INFINITY;
-    for (int64_t s = 0; s < slots; ++s) {
+  __shared__ float part_max[kThreads], part_denom[kThreads], part_weighted[kThreads];
+  const int channels = kThreads / groups;
+  const int chunks = static_cast<int>((p.head_dim + channels - 1) / channels);
+  const int x = static_cast<int>(threadIdx.x) % channels,
+            y = static_cast<int>(threadIdx.x) / channels;
+  const int64_t w = p.first_entry + blockIdx.x / chunks;
+  const int64_t d = int64_t{blockIdx.x % chunks} * channels + x;
+  const bool real = d < p.head_dim;
+  const int64_t slots = (p.overlap && w >= 1 ? 2 : 1) * p.ratio;
+  float mx = -INFINITY;
+  if (real) {
+    for (int64_t s = y; s < slots; s += groups) {
       mx = fmaxf(mx, LoadF(p.score, p.score_bf16, SlotOffset(p, w, s) + d));
     }
-    float denom = 0, weighted = 0;
-    for (int64_t s = 0; s < slots; ++s) {
+  }
+  part_max[threadIdx.x] = mx;
+  __syncthreads();
+  for (int g = 0; g < groups; ++g) mx = fmaxf(mx, part_max[g * channels + x]);
+  float denom = 0, weighted = 0;
+  if (real) {
+    for (int64_t s = y; s < slots; s += groups) {
       const int64_t at = SlotOffset(p, w, s) + d;
       const float e = expf(LoadF(p.score, p.score_bf16, at) - mx);
       denom += e;
       weighted += e * LoadF(p.kv, p.kv_bf16, at);
     }
-    const float pooled = weighted / denom;
-    const float g = LoadF(p.dout, p.dout_bf16, (w - p.first_entry) * p.head_dim + d);
-    for (int64_t s = 0; s < slots; ++s) {
-      const int64_t at = SlotOffset(p, w, s) + d;
-      const float weight = expf(LoadF(p.score, p.score_bf16, at) - mx) / denom;
-      p.dkv[at] += weight * g;
-      p.dscore[at] += weight * (LoadF(p.kv, p.kv_bf16, at) - pooled) * g;
-    }
+  }
+  part_denom[threadIdx.x] = denom;
+  part_weighted[threadIdx.x] = weighted;
+  __syncthreads();
+  if (!real) return;
+  denom = weighted = 0;
+  for (int g = 0; g < groups; ++g) {
+    denom += part_denom[g * channels + x];
+    weighted += part_weighted[g * channels + x];
+  }
+  const float pooled = weighted / denom;
+  const float grad = LoadF(p.dout, p.dout_bf16, (w - p.first_entry) * p.head_dim + d);
+  for (int64_t s = y; s < slots; s += groups) {
+    const int64_t at = SlotOffset(p, w, s) + d;
+    const float weight = expf(LoadF(p.score, p.score_bf16, at) - mx) / denom;
+    p.dkv[at] += weight * grad;
+    p.dscore[at] += weight * (LoadF(p.kv, p.kv_bf16, at) - pooled) * grad;
   }
 }
 
@@ -87,8 +120,14 @@ absl::Status CompressPoolBackward(const core::TensorView& kv, const core::Tensor
            kv.dtype == core::DType::kBF16, score.dtype == core::DType::kBF16,
            dout.dtype == core::DType::kBF16, overlap, num_windows, ratio, head_dim, width,
            first_entry};
-  LaunchKernel(CompressPoolBackwardKernel, std::min<int64_t>((total + 255) / 256, 65536), 256, 0,
-               p);
+  const int groups = SlotGroups((overlap ? 2 : 1) * ratio);
+  const int64_t channels = kThreads / groups;
+  const int64_t blocks = (num_windows - first_entry) * ((head_dim + channels - 1) / channels);
+  if (blocks > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "CompressPoolBackward: %d blocks of %d channels exceed the grid", blocks, channels));
+  }
+  LaunchKernel(CompressPoolBackwardKernel, static_cast<unsigned>(blocks), kThreads, 0, p, groups);
   return LaunchStatus("CompressPoolBackward");
 }
 

@@ -1,9 +1,11 @@
 // Backward of the compressor's gated pooling on the GPU (kernels/cpu/compressor_backward.h is the
 // reference): per entry and channel, the softmax over the entry's slots is recomputed from the
 // scores and dkv_s += w_s·g, dscore_s += w_s·(kv_s - pooled)·g. Each (row, channel) feeds exactly
-// one entry, so one thread per (entry, channel) writes disjoint elements: deterministic, no
-// atomics. Gradients are ADDED to (the caller zeroes them); rows of an incomplete trailing window
-// and series A of the last complete window receive nothing.
+// one entry, so the threads of an (entry, channel) write disjoint elements: deterministic, no
+// atomics. Long windows (16 slots or more a thread) split an entry's slots over up to eight
+// threads a channel whose partial softmax sums meet in shared memory (the HCA's 128 slots: 512
+// blocks at 32 entries instead of 64). Gradients are ADDED to (the caller zeroes them); rows of an
+// incomplete trailing window and series A of the last complete window receive nothing.
 // Thread-safety: reentrant; the launch stream (stream.h).
 #pragma once
 

@@ -300,8 +300,11 @@ TEST(CudaCompressorBackward, OverlappingAndPlainWindows) {
     bool overlap;
     DType dtype;
   };
+  // The last two split each channel's slots over threads: 32 slots over two, 128 over eight.
   for (const Case& c : {Case{"csa overlap f32", 7, 4, 37, 3, 0, true, DType::kF32},
-                        Case{"hca plain bf16", 5, 8, 45, 5, 2, false, DType::kBF16}}) {
+                        Case{"hca plain bf16", 5, 8, 45, 5, 2, false, DType::kBF16},
+                        Case{"overlap ratio 16 f32", 4, 16, 77, 9, 0, true, DType::kF32},
+                        Case{"plain ratio 128 bf16", 3, 128, 45, 17, 1, false, DType::kBF16}}) {
     const int64_t width = (c.overlap ? 2 : 1) * c.head_dim;
     const int64_t rows = c.windows * c.ratio + c.extra_rows;  // a trailing incomplete window
     const Tensor kv = testing::RoundToBf16(RandomNormal({rows, width}, 40));
