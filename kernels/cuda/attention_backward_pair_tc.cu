@@ -17,25 +17,6 @@
 namespace v4rl::kernels::cuda {
 namespace {
 
-struct PairBackwardParams {
-  PairKeyParams keys;
-  const uint16_t* q;
-  const uint16_t* kv;
-  const uint16_t* comp_kv;
-  const float* sink;
-  const void* out;
-  const float* lse;
-  const uint16_t* dout;
-  float* dq;
-  float* dkv;
-  float* dcomp_kv;
-  float* dsink;  // or null
-  bool out_bf16;
-  bool grads_vec4;  // dkv and dcomp_kv 16-byte aligned: float4 atomics
-  int64_t num_heads, head_dim;
-  float scale;
-};
-
 // Shared memory per query: q and dO [16][D + 8] bf16, scale·dS and P [2 · 16][kPStride] bf16,
 // lse and Δ [16] f32, two buffers' key weights [2][kTcKeys] i32.
 __host__ __device__ inline size_t PairGroupBytes(int64_t head_dim) {
@@ -75,7 +56,7 @@ __device__ __forceinline__ GroupSmem CarveGroup(unsigned char* base, int64_t str
 }
 
 __global__ void __launch_bounds__(kPairThreads)
-    SparseAttentionBackwardPairTcKernel(PairBackwardParams p) {
+    SparseAttentionBackwardPairTcKernel(SharedKeysBackwardParams p) {
   WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t D = p.head_dim, stride = D + 8, H = p.num_heads;
@@ -185,34 +166,7 @@ __global__ void __launch_bounds__(kPairThreads)
 
 absl::Status LaunchSparseAttentionBackwardPairTc(const SparseAttentionBackwardArgs& a) {
   const int64_t num_q = a.q.shape[0], heads = a.q.shape[1], D = a.q.shape[2];
-  const bool has_comp = a.comp_kv.data != nullptr;
-  const auto aligned16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  PairBackwardParams p{};
-  p.keys = {a.comp_idx.data_as<int32_t>(),
-            num_q,
-            a.q_pos0,
-            a.kv_pos0,
-            a.window,
-            a.comp_ratio,
-            has_comp ? a.comp_kv.shape[0] : 0,
-            a.comp_idx.data != nullptr ? a.comp_idx.shape[1] : 0,
-            has_comp};
-  p.q = static_cast<const uint16_t*>(a.q.data);
-  p.kv = static_cast<const uint16_t*>(a.kv.data);
-  p.comp_kv = has_comp ? static_cast<const uint16_t*>(a.comp_kv.data) : nullptr;
-  p.sink = a.sink.data_as<float>();
-  p.out = a.out.data;
-  p.lse = a.lse.data_as<float>();
-  p.dout = static_cast<const uint16_t*>(a.dout.data);
-  p.dq = a.dq.data_as<float>();
-  p.dkv = a.dkv.data_as<float>();
-  p.dcomp_kv = has_comp ? a.dcomp_kv.data_as<float>() : nullptr;
-  p.dsink = a.dsink.data != nullptr ? a.dsink.data_as<float>() : nullptr;
-  p.out_bf16 = a.out.dtype == core::DType::kBF16;
-  p.grads_vec4 = aligned16(a.dkv.data) && (!has_comp || aligned16(a.dcomp_kv.data));
-  p.num_heads = heads;
-  p.head_dim = D;
-  p.scale = a.scale;
+  const SharedKeysBackwardParams p = SharedKeysBackwardParamsOf(a);
   const size_t shared = PairBackwardSharedBytes(D);
   if (cudaError_t e = cudaFuncSetAttribute(SparseAttentionBackwardPairTcKernel,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,

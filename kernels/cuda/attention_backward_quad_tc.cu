@@ -27,25 +27,6 @@ constexpr int kKeys = kQuadKeys;
 constexpr int kHalfColumns = kD / 2;
 constexpr int kColumnTiles = kHalfColumns / 8;  // dQ n-tiles of 8 columns a warp
 
-struct QuadBackwardParams {
-  SharedKeyParams keys;
-  const uint16_t* q;
-  const uint16_t* kv;
-  const uint16_t* comp_kv;
-  const float* sink;
-  const void* out;
-  const float* lse;
-  const uint16_t* dout;
-  float* dq;
-  float* dkv;
-  float* dcomp_kv;
-  float* dsink;  // or null
-  int64_t num_heads;
-  float scale;
-  bool out_bf16;
-  bool grads_vec4;  // dkv and dcomp_kv 16-byte aligned: float4 atomics
-};
-
 // Shared memory of a block (~225 KiB: one block a SM): the four queries' Q and dO rows, one key
 // tile, their dS|P tiles, two buffers of the tile's source rows, gradient rows and weights.
 struct QuadBackwardSmem {
@@ -66,9 +47,9 @@ struct QuadBackwardSmem {
 // into s.delta and s.lse (zeros past `heads` or the last query), and the sink's gradient. Each
 // lane takes columns 4·lane + 128·k of a row; the eight rows' loads are issued together (rows
 // outside the block read the first query's first row and are zeroed).
-__device__ __forceinline__ void QuadDeltaAndLse(const QuadBackwardParams& p, QuadBackwardSmem& s,
-                                                const QuadBlock& b, int mine, int half, int64_t h0,
-                                                int heads) {
+__device__ __forceinline__ void QuadDeltaAndLse(const SharedKeysBackwardParams& p,
+                                                QuadBackwardSmem& s, const QuadBlock& b, int mine,
+                                                int half, int64_t h0, int heads) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int64_t query = b.first_query + mine, H = p.num_heads;
   const bool active = query <= b.last_query;
@@ -121,7 +102,7 @@ __device__ __forceinline__ void QuadDeltaAndLse(const QuadBackwardParams& p, Qua
 }
 
 __global__ void __launch_bounds__(kQuadThreads, 1)
-    SparseAttentionBackwardQuadTcKernel(QuadBackwardParams p) {
+    SparseAttentionBackwardQuadTcKernel(SharedKeysBackwardParams p) {
   WaitForPriorKernels();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   QuadBackwardSmem& s = *reinterpret_cast<QuadBackwardSmem*>(smem_raw);
@@ -296,33 +277,7 @@ __global__ void __launch_bounds__(kQuadThreads, 1)
 
 absl::Status LaunchSparseAttentionBackwardQuadTc(const SparseAttentionBackwardArgs& a) {
   const int64_t num_q = a.q.shape[0], heads = a.q.shape[1];
-  const bool has_comp = a.comp_kv.data != nullptr;
-  const auto aligned16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  QuadBackwardParams p{};
-  p.keys = {a.comp_idx.data_as<int32_t>(),
-            num_q,
-            a.q_pos0,
-            a.kv_pos0,
-            a.window,
-            a.comp_ratio,
-            has_comp ? a.comp_kv.shape[0] : 0,
-            a.comp_idx.data != nullptr ? a.comp_idx.shape[1] : 0,
-            has_comp};
-  p.q = static_cast<const uint16_t*>(a.q.data);
-  p.kv = static_cast<const uint16_t*>(a.kv.data);
-  p.comp_kv = has_comp ? static_cast<const uint16_t*>(a.comp_kv.data) : nullptr;
-  p.sink = a.sink.data_as<float>();
-  p.out = a.out.data;
-  p.lse = a.lse.data_as<float>();
-  p.dout = static_cast<const uint16_t*>(a.dout.data);
-  p.dq = a.dq.data_as<float>();
-  p.dkv = a.dkv.data_as<float>();
-  p.dcomp_kv = has_comp ? a.dcomp_kv.data_as<float>() : nullptr;
-  p.dsink = a.dsink.data != nullptr ? a.dsink.data_as<float>() : nullptr;
-  p.num_heads = heads;
-  p.scale = a.scale;
-  p.out_bf16 = a.out.dtype == core::DType::kBF16;
-  p.grads_vec4 = aligned16(a.dkv.data) && (!has_comp || aligned16(a.dcomp_kv.data));
+  const SharedKeysBackwardParams p = SharedKeysBackwardParamsOf(a);
   const size_t shared = sizeof(QuadBackwardSmem);
   if (cudaError_t e = cudaFuncSetAttribute(SparseAttentionBackwardQuadTcKernel,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -12,12 +12,68 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/attention_backward.h"
+#include "kernels/cuda/attention_quad_tc.h"
 #include "kernels/cuda/attention_tile.cuh"
 
 namespace v4rl::kernels::cuda {
 
 constexpr int kPStride = kTcKeys + 8;  // bf16 elements between rows of the [32][kTcKeys] dS|P
 constexpr int kKeyGradColumns = 64;    // key-row gradient columns a warp holds at a time
+
+// The arguments of the backward kernels that walk a shared key list (the query-pair and
+// four-query kernels), from SparseAttentionBackward's checked arguments (bf16 q, kv, comp_kv and
+// dout: tensor_cores).
+struct SharedKeysBackwardParams {
+  SharedKeyParams keys;
+  const uint16_t* q;
+  const uint16_t* kv;
+  const uint16_t* comp_kv;
+  const float* sink;
+  const void* out;
+  const float* lse;
+  const uint16_t* dout;
+  float* dq;
+  float* dkv;
+  float* dcomp_kv;
+  float* dsink;  // or null
+  bool out_bf16;
+  bool grads_vec4;  // dkv and dcomp_kv 16-byte aligned: float4 atomics
+  int64_t num_heads, head_dim;
+  float scale;
+};
+
+inline SharedKeysBackwardParams SharedKeysBackwardParamsOf(const SparseAttentionBackwardArgs& a) {
+  const bool has_comp = a.comp_kv.data != nullptr;
+  const auto aligned16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  SharedKeysBackwardParams p{};
+  p.keys = {a.comp_idx.data_as<int32_t>(),
+            a.q.shape[0],
+            a.q_pos0,
+            a.kv_pos0,
+            a.window,
+            a.comp_ratio,
+            has_comp ? a.comp_kv.shape[0] : 0,
+            a.comp_idx.data != nullptr ? a.comp_idx.shape[1] : 0,
+            has_comp};
+  p.q = static_cast<const uint16_t*>(a.q.data);
+  p.kv = static_cast<const uint16_t*>(a.kv.data);
+  p.comp_kv = has_comp ? static_cast<const uint16_t*>(a.comp_kv.data) : nullptr;
+  p.sink = a.sink.data_as<float>();
+  p.out = a.out.data;
+  p.lse = a.lse.data_as<float>();
+  p.dout = static_cast<const uint16_t*>(a.dout.data);
+  p.dq = a.dq.data_as<float>();
+  p.dkv = a.dkv.data_as<float>();
+  p.dcomp_kv = has_comp ? a.dcomp_kv.data_as<float>() : nullptr;
+  p.dsink = a.dsink.data != nullptr ? a.dsink.data_as<float>() : nullptr;
+  p.out_bf16 = a.out.dtype == core::DType::kBF16;
+  p.grads_vec4 = aligned16(a.dkv.data) && (!has_comp || aligned16(a.dcomp_kv.data));
+  p.num_heads = a.q.shape[1];
+  p.head_dim = a.q.shape[2];
+  p.scale = a.scale;
+  return p;
+}
 
 __device__ __forceinline__ uint16_t Bf16Bits(float v) {
   const __nv_bfloat16 b = __float2bfloat16(v);

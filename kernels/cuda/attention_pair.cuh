@@ -25,9 +25,6 @@ constexpr int kPairQueries = 2;
 constexpr int kPairThreads = kPairQueries * kTcThreads;
 constexpr int kPairMaxPickedEntries = static_cast<int>(kSharedKeysMaxPickedEntries);
 
-// The key-set arguments of the pair kernel.
-using PairKeyParams = SharedKeyParams;
-
 // Block blockIdx.x's queries (2·blockIdx.x and the next, if any) and their shared key slots.
 struct PairBlock {
   plan::SharedKeySlots slots;
@@ -50,7 +47,7 @@ __device__ __forceinline__ int64_t PairPosition(const PairBlock& b, int q) {
 // Sets up the block: with picks, counts[q · kPairMaxPickedEntries + e] = query q's picks of entry
 // e (zeroed here) and the entries run to one past the largest pick (max_entry: a shared int).
 // Called by every thread; ends synchronised.
-__device__ inline PairBlock PairSetUp(const PairKeyParams& p, int* counts, int* max_entry) {
+__device__ inline PairBlock PairSetUp(const SharedKeyParams& p, int* counts, int* max_entry) {
   PairBlock b;
   for (int q = 0; q < kPairQueries; ++q) {
     b.query[q] = int64_t{blockIdx.x} * kPairQueries + q;
@@ -87,7 +84,7 @@ __device__ inline PairBlock PairSetUp(const PairKeyParams& p, int* counts, int* 
 }
 
 // Query q's weight for shared slot j (< b.slots.total()).
-__device__ __forceinline__ int PairWeight(const PairKeyParams& p, const PairBlock& b,
+__device__ __forceinline__ int PairWeight(const SharedKeyParams& p, const PairBlock& b,
                                           const int* counts, int q, int64_t j) {
   if (!PairActive(b, q)) return 0;
   const bool picked_entry = j >= b.slots.num_window && p.comp_idx != nullptr;
@@ -98,7 +95,7 @@ __device__ __forceinline__ int PairWeight(const PairKeyParams& p, const PairBloc
 }
 
 // Slot j's row: raw row first - kv_pos0 + j, or compressed entry j - num_window.
-__device__ __forceinline__ int64_t PairRowIndex(const PairKeyParams& p, const PairBlock& b,
+__device__ __forceinline__ int64_t PairRowIndex(const SharedKeyParams& p, const PairBlock& b,
                                                 int64_t j, bool* compressed) {
   *compressed = j >= b.slots.num_window;
   return *compressed ? j - b.slots.num_window : b.slots.first - p.kv_pos0 + j;
