@@ -312,7 +312,8 @@ absl::Status SparseAttention(const SparseAttentionArgs& a) {
                             head_dim % 32 == 0 && head_dim <= 32 * kTcMaxTiles &&
                             aligned(p.q) && aligned(p.kv) &&
                             (p.comp_kv == nullptr || aligned(p.comp_kv));
-  if (tensor_cores && head_dim == kQuadHeadDim &&
+  // The four-query kernel stores two outputs at a time (float2 / bf16x2): a 16-byte aligned out.
+  if (tensor_cores && head_dim == kQuadHeadDim && aligned(p.out) &&
       SharedKeyListApplies(p.comp_kv != nullptr, p.comp_idx != nullptr, p.num_comp, p.comp_topk)) {
     const SharedKeyParams keys{p.comp_idx,   num_q,      p.q_pos0,    p.kv_pos0,           p.window,
                                p.comp_ratio, p.num_comp, p.comp_topk, p.comp_kv != nullptr};

@@ -1,6 +1,7 @@
 // Internal to kernels/cuda: the four-query tensor-core forward behind SparseAttention
 // (attention_quad_tc.cu), called after SparseAttention's argument checks when every input is
-// bf16, head_dim is 512 and SharedKeyListApplies holds; other shapes take the one-query kernel.
+// bf16, head_dim is 512, out is 16-byte aligned and SharedKeyListApplies holds; other shapes take
+// the one-query kernel.
 #pragma once
 
 #include <cstdint>
