@@ -325,6 +325,38 @@ TEST(CudaCompressorBackward, OverlappingAndPlainWindows) {
   }
 }
 
+// Shapes and dtypes that do not fit are InvalidArgument naming the op, before any launch: the
+// gradients keep their values.
+TEST(CudaCompressorBackward, RejectsMismatchedViewsAndLeavesGradients) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t windows = 3, ratio = 128, head_dim = 45, rows = windows * ratio;
+  const Tensor kv = DeviceFilled({rows, head_dim}, 0.5f),
+               score = DeviceFilled({rows, head_dim}, 1.0f);
+  const Tensor dout = DeviceFilled({windows, head_dim}, 1.0f);
+  const Tensor dkv = DeviceFilled({rows, head_dim}, 7.0f),
+               dscore = DeviceFilled({rows, head_dim}, 7.0f);
+  const Tensor wrong_dout = DeviceFilled({windows, head_dim + 1}, 1.0f);
+  const Tensor short_kv = DeviceFilled({rows - 1, head_dim}, 0.5f);
+  const Tensor bf16_dkv =
+      testing::ToDevice(Tensor::Zeros(DType::kF32, {rows, head_dim}), DType::kBF16);
+  const Tensor before = DeviceFilled({rows, head_dim}, 7.0f);
+  const absl::Status statuses[] = {
+      CompressPoolBackward(kv.view(), score.view(), windows, ratio, false, 0, wrong_dout.view(),
+                           dkv.view(), dscore.view()),
+      CompressPoolBackward(short_kv.view(), score.view(), windows, ratio, false, 0, dout.view(),
+                           dkv.view(), dscore.view()),
+      CompressPoolBackward(kv.view(), score.view(), windows, ratio, false, 0, dout.view(),
+                           bf16_dkv.view(), dscore.view()),
+      CompressPoolBackward(kv.view(), score.view(), windows, ratio, false, windows + 1, dout.view(),
+                           dkv.view(), dscore.view())};
+  for (const absl::Status& status : statuses) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find("CompressPoolBackward"), std::string::npos) << status;
+  }
+  EXPECT_TRUE(SameBits(dkv, before));
+  EXPECT_TRUE(SameBits(dscore, before));
+}
+
 TEST(CudaExpertBackward, CombineAndGatherWithDroppedPicks) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const int64_t tokens = 11, k = 3, hidden = 517;
