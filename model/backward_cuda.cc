@@ -38,21 +38,31 @@ using cuda_reference::DeviceRopeTables;
 using cuda_reference::Rows2;
 using cuda_reference::Run;
 
-// mixes = RMS-normalised flattened streams · fnᵀ (model/mhc_backward.cc MixesBackward), with the
-// collapse's stream gradient pre[t, j]·dcollapsed[t] (kc::MhcCollapseBackward left it out) added
-// by the norm's backward in the same pass over dstreams (kc::RmsNormDxAddend: the bits of the two
-// passes). dstreams_write: kOverwrite where these are its first gradients.
-void MixesBackward(Run& run, const TensorView& streams, const Tensor& normed, const Tensor& fn,
-                   float eps, const Tensor& dmixes, const Tensor& pre, const Tensor& dcollapsed,
-                   const TensorView& dstreams, kc::DxWrite dstreams_write, const Tensor& dfn) {
+// The mixes' weight gradient dfn += dmixesᵀ · normed, then the site's whole stream gradient
+// (model/mhc_backward.cc: the expand's, the collapse's and the mixes' through the stream RMS) in
+// one pass over the streams, written over dstreams (kc::MhcStreamsBackward; without dout and comb
+// for hc_head). rms_inv: [N] f32, the stream RMS the expand's (or collapse's) backward stored.
+void StreamsBackward(Run& run, const TensorView& streams, const TensorView& dout,
+                     const Tensor& comb, const Tensor& pre, const Tensor& dcollapsed,
+                     const Tensor& normed, const Tensor& fn, const Tensor& dmixes,
+                     const Tensor& mixes, const Tensor& rms_inv, const TensorView& dstreams,
+                     const Tensor& dfn) {
   const int64_t num_tokens = streams.shape[0];
-  const int64_t width = streams.shape[1] * streams.shape[2];
-  Tensor dnormed = run.New({num_tokens, width});  // overwritten by the GEMM: no zero fill
-  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), dnormed.view(), dfn.view(),
-             /*overwrite_dx=*/true);
-  run.RmsNorm(streams.Reshape({num_tokens, width}), TensorView(), eps, dnormed.view(),
-              dstreams.Reshape({num_tokens, width}), TensorView(), dstreams_write,
-              kc::RmsNormDxAddend{pre.view(), dcollapsed.view()});
+  run.Linear(Rows2(normed, num_tokens), fn.view(), dmixes.view(), TensorView(), dfn.view());
+  run.Do([&] {
+    kc::MhcStreamsBackwardArgs a;
+    a.streams = streams;
+    a.dout = dout;
+    a.comb = comb.defined() ? comb.view() : TensorView();
+    a.pre = pre.view();
+    a.dcollapsed = dcollapsed.view();
+    a.fn = fn.view();
+    a.dmixes = dmixes.view();
+    a.mixes = mixes.view();
+    a.rms_inv = rms_inv.view();
+    a.dstreams = dstreams;
+    return kc::MhcStreamsBackward(a);
+  });
 }
 
 // model/backward.cc SiteBackward + model/mhc_backward.cc MhcPost/PreBackward.
@@ -65,17 +75,18 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   const int64_t n = config.hc_mult, hidden = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
   const Tensor post = run.Up(host_acts.post), comb = run.Up(host_acts.comb);
-  // Overwritten by the expand's backward (no zero fill, no read): the site's first gradient. The
-  // sublayers' backward reads dy only in products (attention: wo_b's GEMMs; MoE: the shared
-  // expert's w2 GEMMs and the picks' gather for the experts' GEMMs): written in their dtype.
-  Tensor dstreams = run.New({num_tokens, n, hidden});
+  // dy is overwritten by the expand's backward (no zero fill, no read). The sublayers' backward
+  // reads it only in products (attention: wo_b's GEMMs; MoE: the shared expert's w2 GEMMs and
+  // the picks' gather for the experts' GEMMs): written in their dtype. The stream gradient waits
+  // for the mixes' (StreamsBackward); this pass stores the stream RMS it needs.
   Tensor dy = run.ProductNew({num_tokens, hidden});
   Tensor dpost = run.Z({num_tokens, n});
   Tensor dcomb = run.Z({num_tokens, n, n});
+  Tensor rms_inv = run.New({num_tokens});
   run.Do([&] {
     return kc::MhcExpandBackward(streams.view(), y.view(), post.view(), comb.view(),
-                                 dstreams_out.view(), dstreams.view(), dy.view(), dpost.view(),
-                                 dcomb.view(), kc::DxWrite::kOverwrite);
+                                 dstreams_out.view(), TensorView(), dy.view(), dpost.view(),
+                                 dcomb.view(), kc::DxWrite::kOverwrite, rms_inv.view(), eps);
   });
   Tensor dsub_in = run.Z({num_tokens, hidden});
   run.Mark("bwd.mhc");
@@ -87,7 +98,7 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   // MhcPreBackward: the collapse, the gates and Sinkhorn, then the mixes.
   const Tensor pre = run.Up(host_acts.pre), mixes = run.Up(host_acts.mixes);
   Tensor dpre = run.Z({num_tokens, n});
-  run.Do([&] {  // dpre only: MixesBackward adds the stream gradient
+  run.Do([&] {  // dpre only: StreamsBackward writes the stream gradient
     return kc::MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), TensorView(),
                                    dpre.view());
   });
@@ -101,8 +112,9 @@ Tensor SiteBackward(Run& run, const MhcWeights& w, const Tensor& norm, const Mod
   // Only the mixes' weight gradient reads normed: as the forward saved it (bf16 under bf16
   // products).
   const Tensor normed = run.ProductInput(host_acts.normed);
-  MixesBackward(run, streams.view(), normed, w.fn, eps, dmixes, pre, dcollapsed, dstreams.view(),
-                kc::DxWrite::kAdd, g->fn);
+  Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten: no zero fill
+  StreamsBackward(run, streams.view(), dstreams_out.view(), comb, pre, dcollapsed, normed, w.fn,
+                  dmixes, mixes, rms_inv, dstreams.view(), g->fn);
   run.Mark("bwd.mhc");
   return dstreams;
 }
@@ -610,12 +622,13 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
                 g.norm.view(), kc::DxWrite::kOverwrite);
     const Tensor streams = run.Up(forward.streams);
     const TensorView streams3 = streams.view().Reshape({num_tokens, n, hidden});
-    Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten by MixesBackward
+    Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten by StreamsBackward
     const Tensor pre = run.Up(forward.hc_head.pre), mixes = run.Up(forward.hc_head.mixes);
     Tensor dpre = run.Z({num_tokens, n});
-    run.Do([&] {  // dpre only: MixesBackward writes the stream gradient
+    Tensor rms_inv = run.New({num_tokens});
+    run.Do([&] {  // dpre and the stream RMS only: StreamsBackward writes the stream gradient
       return kc::MhcCollapseBackward(streams3, pre.view(), dcollapsed.view(), TensorView(),
-                                     dpre.view());
+                                     dpre.view(), kc::DxWrite::kAdd, rms_inv.view(), eps);
     });
     Tensor dmixes = run.Z({num_tokens, n});
     run.Do([&] {
@@ -624,8 +637,8 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
                                    g.hc_head.scale.view());
     });
     const Tensor normed = run.ProductInput(forward.hc_head.normed);
-    MixesBackward(run, streams3, normed, w.hc_head.fn, eps, dmixes, pre, dcollapsed,
-                  dstreams.view(), kc::DxWrite::kOverwrite, g.hc_head.fn);
+    StreamsBackward(run, streams3, TensorView(), Tensor(), pre, dcollapsed, normed, w.hc_head.fn,
+                    dmixes, mixes, rms_inv, dstreams.view(), g.hc_head.fn);
     run.Mark("bwd.head");
 
     // Blocks, last first, activations uploaded one block at a time.

@@ -188,12 +188,10 @@ class Run {
   }
   // dx += (kc::DxWrite::kAdd) or = (kOverwrite: dx uninitialised, not read) the RMSNorm
   // gradient; dweight += its weight gradient (either may be an empty view).
-  // addend: a gradient of dx's rows from another op, added in the same pass (kc::RmsNormDxAddend).
   void RmsNorm(const core::TensorView& x, const core::TensorView& weight, float eps,
                const core::TensorView& dy, const core::TensorView& dx,
-               const core::TensorView& dweight, kc::DxWrite dx_write = kc::DxWrite::kAdd,
-               const kc::RmsNormDxAddend& addend = {}) {
-    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight, dx_write, addend));
+               const core::TensorView& dweight, kc::DxWrite dx_write = kc::DxWrite::kAdd) {
+    if (status_.ok()) Ok(kc::RmsNormBackward(x, weight, eps, dy, dx, dweight, dx_write));
   }
   // y = alpha · x · wᵀ (overwrites y). x: [m, k]; w: [n, k] f32 or bf16; y: [m, n] f32; each a
   // row view with a unit inner stride. With bf16 products both are read as bf16 (a copy of x,

@@ -29,31 +29,7 @@ struct RmsNormBackwardParams {
   float eps;
   bool vec;  // Load8/Store8 on every row (dim % 8 == 0, 16-byte aligned bases and row strides)
   bool add_to_dx;  // dx += the gradient; false: dx = 0.0f + the gradient (dx not read)
-  // Optional outer-product addend folded into dx before the gradient (RmsNormDxAddend):
-  // dx[r, j·G + c] = fma(outer_a[r·(dim / G) + j], outer_b[r·ldb + c], dx[r, j·G + c]), G =
-  // outer_cols (a multiple of 8 on the vectorised path).
-  const float* outer_a = nullptr;
-  const void* outer_b = nullptr;
-  bool outer_b_bf16 = false;
-  int64_t outer_cols = 0, ldb = 0;
 };
-
-// The outer addend's a for column c of row r (p.outer_a set).
-__device__ __forceinline__ float RmsNormOuterA(const RmsNormBackwardParams& p, int64_t r,
-                                               int64_t c) {
-  return p.outer_a[r * (p.dim / p.outer_cols) + c / p.outer_cols];
-}
-
-// dx[c, c + 8) of row r += the outer addend's columns (p.outer_a set), each one FMA.
-__device__ __forceinline__ void RmsNormOuterAddend8(const RmsNormBackwardParams& p, int64_t r,
-                                                    int64_t c, float (&dx)[8]) {
-  if (p.outer_a == nullptr) return;
-  const float a = RmsNormOuterA(p, r, c);
-  float b[8];
-  Load8(p.outer_b, p.outer_b_bf16, r * p.ldb + c % p.outer_cols, b);
-#pragma unroll
-  for (int k = 0; k < 8; ++k) dx[k] = __fmaf_rn(a, b[k], dx[k]);
-}
 
 // The row's Σ x² and Σ w·dy·x, eight columns a thread per step (p.vec).
 __device__ __forceinline__ void RmsNormBackwardSums8(const RmsNormBackwardParams& p, int64_t xo,
@@ -71,10 +47,10 @@ __device__ __forceinline__ void RmsNormBackwardSums8(const RmsNormBackwardParams
   }
 }
 
-// dx[c, c + 8) of row r (at go): += inv·w·dy - coef·x (p.add_to_dx), else = 0.0f + that (the
-// bits of a zeroed dx, without its read); the outer addend, if any, first.
-__device__ __forceinline__ void RmsNormBackwardStore8(const RmsNormBackwardParams& p, int64_t r,
-                                                      int64_t go, int64_t c, const float (&x)[8],
+// dx[c, c + 8) of the row at go: += inv·w·dy - coef·x (p.add_to_dx), else = 0.0f + that (the bits
+// of a zeroed dx, without its read).
+__device__ __forceinline__ void RmsNormBackwardStore8(const RmsNormBackwardParams& p, int64_t go,
+                                                      int64_t c, const float (&x)[8],
                                                       const float (&dy)[8], float inv, float coef) {
   float w[8], dx[8];
   if (p.add_to_dx) {
@@ -83,7 +59,6 @@ __device__ __forceinline__ void RmsNormBackwardStore8(const RmsNormBackwardParam
 #pragma unroll
     for (int k = 0; k < 8; ++k) dx[k] = 0.0f;
   }
-  RmsNormOuterAddend8(p, r, c, dx);
   if (p.weight) Load8(p.weight, p.weight_bf16, c, w);
 #pragma unroll
   for (int k = 0; k < 8; ++k) dx[k] += inv * (p.weight ? w[k] : 1.0f) * dy[k] - coef * x[k];
@@ -123,7 +98,7 @@ __global__ void RmsNormBackwardRowInRegistersKernel(RmsNormBackwardParams p) {
   for (int s = 0; s < kSteps; ++s) {
     const int64_t c = 8 * (threadIdx.x + int64_t{s} * blockDim.x);
     if (c >= p.dim) continue;
-    RmsNormBackwardStore8(p, r, go, c, x[s], dy[s], inv, coef);
+    RmsNormBackwardStore8(p, go, c, x[s], dy[s], inv, coef);
   }
   if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
 }
@@ -145,7 +120,7 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
       float x[8], dy[8];
       Load8(p.x, p.x_bf16, xo + c, x);
       Load8(p.dy, p.dy_bf16, yo + c, dy);
-      RmsNormBackwardStore8(p, r, go, c, x, dy, inv, coef);
+      RmsNormBackwardStore8(p, go, c, x, dy, inv, coef);
     }
     if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
     return;
@@ -164,11 +139,7 @@ __global__ void RmsNormBackwardKernel(RmsNormBackwardParams p) {
     const float x = LoadF(p.x, p.x_bf16, xo + c);
     const float w = p.weight ? LoadF(p.weight, p.weight_bf16, c) : 1.0f;
     const float g = inv * w * LoadF(p.dy, p.dy_bf16, yo + c) - coef * x;
-    float base = p.add_to_dx ? LoadF(p.dx, p.dx_bf16, go + c) : 0.0f;
-    if (p.outer_a != nullptr) {
-      base = __fmaf_rn(RmsNormOuterA(p, r, c),
-                       LoadF(p.outer_b, p.outer_b_bf16, r * p.ldb + c % p.outer_cols), base);
-    }
+    const float base = p.add_to_dx ? LoadF(p.dx, p.dx_bf16, go + c) : 0.0f;
     StoreF(p.dx, p.dx_bf16, go + c, base + g);
   }
   if (p.inv_rms != nullptr && threadIdx.x == 0) p.inv_rms[r] = inv;
@@ -277,13 +248,6 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
 absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
                              const core::TensorView& dy, const core::TensorView& dx,
                              const core::TensorView& dweight, DxWrite dx_write) {
-  return RmsNormBackward(x, weight, eps, dy, dx, dweight, dx_write, RmsNormDxAddend());
-}
-
-absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
-                             const core::TensorView& dy, const core::TensorView& dx,
-                             const core::TensorView& dweight, DxWrite dx_write,
-                             const RmsNormDxAddend& addend) {
   const bool weighted = weight.data != nullptr;
   if (!IsRows(x) || !IsRows(dy) || !IsRows(dx) || dy.shape[0] != x.shape[0] ||
       dy.shape[1] != x.shape[1] || dx.shape[0] != x.shape[0] || dx.shape[1] != x.shape[1] ||
@@ -299,18 +263,6 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
         weight.DebugString(), dy.DebugString(), dx.DebugString(), dweight.DebugString()));
   }
   const int64_t rows = x.shape[0], dim = x.shape[1];
-  const bool with_addend = addend.a.data != nullptr;
-  const int64_t outer_cols = with_addend && addend.b.rank == 2 ? addend.b.shape[1] : 0;
-  if (with_addend &&
-      (addend.a.device != core::Device::kCuda || addend.a.dtype != core::DType::kF32 ||
-       !addend.a.is_contiguous() || !IsRows(addend.b) || outer_cols == 0 || dim % outer_cols != 0 ||
-       !addend.a.SameShape({rows, dim / outer_cols}) || addend.b.shape[0] != rows ||
-       addend.b.data == dx.data)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "RmsNormBackward: the dx addend's a %s and b %s must be [M, D / G] f32 contiguous and an "
-        "[M, G] bf16|f32 row view with G dividing D = %d (M = %d)",
-        addend.a.DebugString(), addend.b.DebugString(), dim, rows));
-  }
   if (rows == 0 || dim == 0) return absl::OkStatus();
   const bool want_dweight = weighted && dweight.data != nullptr;
   float* inv_rms = nullptr;
@@ -325,14 +277,6 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
   p.add_to_dx = dx_write == DxWrite::kAdd;
   p.vec = Vec8Ok(x.data, x.strides[0]) && Vec8Ok(dy.data, dy.strides[0]) &&
           Vec8Ok(dx.data, dx.strides[0]) && dim % 8 == 0 && (!weighted || Vec8Ok(weight.data, dim));
-  if (with_addend) {
-    p.outer_a = addend.a.data_as<float>();
-    p.outer_b = addend.b.data;
-    p.outer_b_bf16 = IsBf16(addend.b);
-    p.outer_cols = outer_cols;
-    p.ldb = addend.b.strides[0];
-    p.vec = p.vec && outer_cols % 8 == 0 && Vec8Ok(addend.b.data, addend.b.strides[0]);
-  }
   // Vectorised: a thread per 8 columns, up to 256 (a row of 512 gets two warps, so that the many
   // short rows of the per-head norms fill the GPU); else up to 1024 threads a column each.
   const int threads = p.vec ? static_cast<int>(std::min<int64_t>(256, (dim / 8 + 31) / 32 * 32))

@@ -27,21 +27,6 @@ absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& 
                              const core::TensorView& dy, const core::TensorView& dx,
                              const core::TensorView& dweight, DxWrite dx_write);
 
-// An outer-product term RmsNormBackward adds to dx ahead of the gradient, so that a gradient of
-// the same rows from another op needs no pass of its own over dx (the mHC: the collapse's stream
-// gradient pre[t, j]·dcollapsed[t, h] beside the pre-norm's, both into dstreams [N, n·H]):
-// dx[r, j·G + c] = fma(a[r, j], b[r, c], dx[r, j·G + c]) for j < D / G, c < G, each one FMA, then
-// the gradient added as without it. a: [M, D / G] f32 contiguous; b: [M, G] bf16|f32 row view.
-// Empty a (data null): no addend.
-struct RmsNormDxAddend {
-  core::TensorView a;
-  core::TensorView b;
-};
-absl::Status RmsNormBackward(const core::TensorView& x, const core::TensorView& weight, float eps,
-                             const core::TensorView& dy, const core::TensorView& dx,
-                             const core::TensorView& dweight, DxWrite dx_write,
-                             const RmsNormDxAddend& addend);
-
 // Backward of ApplyRope(x, cos, sin, inverse): the gradient rotated back in place by the
 // conjugate angle (a rotation is orthogonal). grad as ApplyRope's x: dL/dy in, dL/dx out.
 absl::Status RopeBackward(const core::TensorView& grad, const core::TensorView& cos,

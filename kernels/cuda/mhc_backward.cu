@@ -138,17 +138,27 @@ __device__ __forceinline__ void LoadOrZeroW(const float* p, int64_t i, bool add,
   }
 }
 
+// rms_inv[t] = 1/sqrt(Σ over the block of sum_sq / width + eps), the stream RMS of token t
+// (RmsNormBackward's), when rms_inv is given. `scratch`: 32 floats of shared memory.
+__device__ __forceinline__ void StoreRmsInv(float sum_sq, int64_t width, float eps, float* scratch,
+                                            float* rms_inv, int64_t t) {
+  if (rms_inv == nullptr) return;  // uniform over the grid
+  const float total = BlockSum(sum_sq, scratch);
+  if (threadIdx.x == 0) rms_inv[t] = rsqrtf(total / float(width) + eps);
+}
+
 // One block per token, W consecutive channels a thread per step. N (the stream count) is a
 // template parameter so that the per-stream sums stay in registers (indexing them by a runtime n
 // put them in local memory).
 template <int N, int W>
 __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, const float* pre,
                                        const void* dout, bool dout_bf16, int64_t hidden,
-                                       bool add_to_dstreams, float* dstreams, float* dpre) {
+                                       bool add_to_dstreams, float* dstreams, float* dpre,
+                                       float* rms_inv, float eps) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N];
   const int64_t t = blockIdx.x;
-  float weight[N], dot[N] = {};
+  float weight[N], dot[N] = {}, sum_sq = 0.0f;
 #pragma unroll
   for (int j = 0; j < N; ++j) weight[j] = pre[t * N + j];
   for (int64_t h = int64_t(threadIdx.x) * W; h < hidden; h += int64_t(blockDim.x) * W) {
@@ -162,13 +172,15 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
       if (dstreams != nullptr) LoadOrZeroW<W>(dstreams, at, add_to_dstreams, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
-        d[i] = __fmaf_rn(weight[j], g[i], d[i]);  // RmsNormDxAddend's FMA, when fused there
+        d[i] = __fmaf_rn(weight[j], g[i], d[i]);
         dot[j] += g[i] * x[i];
+        sum_sq += x[i] * x[i];
       }
       if (dstreams != nullptr) StoreW<W>(dstreams, false, at, d);
     }
   }
   BlockSumsAddTo(dot, N, scratch, dpre + t * N);
+  StoreRmsInv(sum_sq, N * hidden, eps, scratch, rms_inv, t);
 }
 
 template <int N, int W>
@@ -176,11 +188,11 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
                                      bool y_bf16, const float* post, const float* comb,
                                      const void* dout, bool dout_bf16, int64_t hidden,
                                      bool add_to_grads, float* dstreams, void* dy, bool dy_bf16,
-                                     float* dpost, float* dcomb) {
+                                     float* dpost, float* dcomb, float* rms_inv, float eps) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N * N];
   const int64_t t = blockIdx.x;
-  float p[N], c[N * N], post_dot[N] = {}, comb_dot[N * N] = {};
+  float p[N], c[N * N], post_dot[N] = {}, comb_dot[N * N] = {}, sum_sq = 0.0f;
 #pragma unroll
   for (int k = 0; k < N; ++k) p[k] = post[t * N + k];
 #pragma unroll
@@ -202,9 +214,9 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const int64_t at = (t * N + j) * hidden + h;
-      float x[W], d[W];
+      float x[W], d[W] = {};
       LoadW<W>(streams, streams_bf16, at, x);
-      LoadOrZeroW<W>(dstreams, at, add_to_grads, d);
+      if (dstreams != nullptr) LoadOrZeroW<W>(dstreams, at, add_to_grads, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
         float dx = 0;
@@ -214,12 +226,14 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
           comb_dot[j * N + k] += g[k][i] * x[i];
         }
         d[i] += dx;
+        sum_sq += x[i] * x[i];
       }
-      StoreW<W>(dstreams, false, at, d);
+      if (dstreams != nullptr) StoreW<W>(dstreams, false, at, d);
     }
   }
   BlockSumsAddTo(post_dot, N, scratch, dpost + t * N);
   BlockSumsAddTo(comb_dot, N * N, scratch, dcomb + t * N * N);
+  StoreRmsInv(sum_sq, N * hidden, eps, scratch, rms_inv, t);
 }
 
 // Calls f(std::integral_constant<int, n>) for the runtime stream count n (1 .. kMaxN), so that
@@ -337,18 +351,21 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
 
 absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::TensorView& pre,
                                  const core::TensorView& dout, const core::TensorView& dstreams,
-                                 const core::TensorView& dpre, DxWrite dstreams_write) {
+                                 const core::TensorView& dpre, DxWrite dstreams_write,
+                                 const core::TensorView& rms_inv, float rms_eps) {
   const bool shaped = streams.rank == 3;
   const int64_t tokens = shaped ? streams.shape[0] : -1, n = shaped ? streams.shape[1] : -1,
                 hidden = shaped ? streams.shape[2] : -1;
   if (!shaped || n < 1 || n > kMaxN || !Any(streams, {tokens, n, hidden}) ||
       !F32(pre, {tokens, n}) || !Any(dout, {tokens, hidden}) ||
       !(dstreams.data == nullptr || F32(dstreams, {tokens, n, hidden})) ||
-      !F32(dpre, {tokens, n}) || dstreams.data == streams.data) {
+      !F32(dpre, {tokens, n}) || dstreams.data == streams.data ||
+      !(rms_inv.data == nullptr || F32(rms_inv, {tokens}))) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "MhcCollapseBackward: streams %s, pre %s, dout %s, dstreams %s, dpre %s do not fit",
+        "MhcCollapseBackward: streams %s, pre %s, dout %s, dstreams %s, dpre %s, rms_inv %s do "
+        "not fit",
         streams.DebugString(), pre.DebugString(), dout.DebugString(), dstreams.DebugString(),
-        dpre.DebugString()));
+        dpre.DebugString(), rms_inv.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
   const bool vec8 = Vec8Ok(streams.data, hidden) && Vec8Ok(dout.data, hidden) &&
@@ -358,7 +375,8 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
     auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;
     LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams),
                  pre.data_as<float>(), dout.data, Bf16(dout), hidden,
-                 dstreams_write == DxWrite::kAdd, dstreams.data_as<float>(), dpre.data_as<float>());
+                 dstreams_write == DxWrite::kAdd, dstreams.data_as<float>(), dpre.data_as<float>(),
+                 rms_inv.data_as<float>(), rms_eps);
   });
   return LaunchStatus("MhcCollapseBackward");
 }
@@ -375,33 +393,37 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
                                const core::TensorView& post, const core::TensorView& comb,
                                const core::TensorView& dout, const core::TensorView& dstreams,
                                const core::TensorView& dy, const core::TensorView& dpost,
-                               const core::TensorView& dcomb, DxWrite grads_write) {
+                               const core::TensorView& dcomb, DxWrite grads_write,
+                               const core::TensorView& rms_inv, float rms_eps) {
   const bool shaped = streams.rank == 3;
   const int64_t tokens = shaped ? streams.shape[0] : -1, n = shaped ? streams.shape[1] : -1,
                 hidden = shaped ? streams.shape[2] : -1;
   if (!shaped || n < 1 || n > kMaxN || !Any(streams, {tokens, n, hidden}) ||
       !Any(y, {tokens, hidden}) || !F32(post, {tokens, n}) || !F32(comb, {tokens, n, n}) ||
-      !Any(dout, {tokens, n, hidden}) || !F32(dstreams, {tokens, n, hidden}) ||
+      !Any(dout, {tokens, n, hidden}) ||
+      !(dstreams.data == nullptr || F32(dstreams, {tokens, n, hidden})) ||
+      !(rms_inv.data == nullptr || F32(rms_inv, {tokens})) ||
       !(grads_write == DxWrite::kAdd ? F32(dy, {tokens, hidden}) : Any(dy, {tokens, hidden})) ||
       !F32(dpost, {tokens, n}) || !F32(dcomb, {tokens, n, n}) || dstreams.data == dout.data ||
       dstreams.data == streams.data) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "MhcExpandBackward: streams %s, y %s, post %s, comb %s, dout %s, dstreams %s, dy %s, "
-        "dpost %s, dcomb %s do not fit", streams.DebugString(), y.DebugString(),
-        post.DebugString(), comb.DebugString(), dout.DebugString(), dstreams.DebugString(),
-        dy.DebugString(), dpost.DebugString(), dcomb.DebugString()));
+        "dpost %s, dcomb %s, rms_inv %s do not fit",
+        streams.DebugString(), y.DebugString(), post.DebugString(), comb.DebugString(),
+        dout.DebugString(), dstreams.DebugString(), dy.DebugString(), dpost.DebugString(),
+        dcomb.DebugString(), rms_inv.DebugString()));
   }
   if (tokens == 0) return absl::OkStatus();
-  const bool vec8 = Vec8Ok(streams.data, hidden) && Vec8Ok(y.data, hidden) &&
-                    Vec8Ok(dout.data, hidden) && Vec8Ok(dstreams.data, hidden) &&
-                    Vec8Ok(dy.data, hidden);
+  const bool vec8 =
+      Vec8Ok(streams.data, hidden) && Vec8Ok(y.data, hidden) && Vec8Ok(dout.data, hidden) &&
+      (dstreams.data == nullptr || Vec8Ok(dstreams.data, hidden)) && Vec8Ok(dy.data, hidden);
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
     auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
     LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams), y.data, Bf16(y),
                  post.data_as<float>(), comb.data_as<float>(), dout.data, Bf16(dout), hidden,
                  grads_write == DxWrite::kAdd, dstreams.data_as<float>(), dy.data, Bf16(dy),
-                 dpost.data_as<float>(), dcomb.data_as<float>());
+                 dpost.data_as<float>(), dcomb.data_as<float>(), rms_inv.data_as<float>(), rms_eps);
   });
   return LaunchStatus("MhcExpandBackward");
 }

@@ -238,60 +238,6 @@ TEST(CudaMhcBackward, OverwriteEqualsAddingToZeros) {
   }
 }
 
-// The collapse's stream gradient left to the pre-norm's backward (an empty dstreams, then
-// RmsNormBackward with RmsNormDxAddend{pre, dcollapsed}) gives the bits of the two passes: the
-// collapse adding to dstreams, then the norm's backward adding to it (added to random values and
-// overwriting NaN; the vectorised rows in registers at H = 1024 and 2048 (the mid config's 8,192
-// columns, four steps a thread), the scalar path at H = 1031); dpre is the same.
-TEST(CudaMhcBackward, CollapseGradientInTheNormBackwardEqualsTwoPasses) {
-  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t tokens = 7;
-  for (const auto& [n, hidden] : {std::pair<int64_t, int64_t>{4, 1024}, {4, 2048}, {3, 1031}}) {
-    for (DxWrite write : {DxWrite::kAdd, DxWrite::kOverwrite}) {
-      const std::string kind =
-          absl::StrFormat(" n=%d H=%d %s", n, hidden, write == DxWrite::kAdd ? "add" : "overwrite");
-      const Tensor streams = testing::ToDevice(RandomNormal({tokens, n, hidden}, 50), DType::kF32);
-      const Tensor pre = testing::ToDevice(RandomNormal({tokens, n}, 51), DType::kF32);
-      const Tensor dcollapsed = testing::ToDevice(RandomNormal({tokens, hidden}, 52), DType::kF32);
-      const Tensor dnormed = testing::ToDevice(RandomNormal({tokens, n * hidden}, 53), DType::kF32);
-      // Added to: both start from the same random values; overwritten: the two passes from
-      // zeros (the collapse overwrites them), the one pass from NaN (never read).
-      const Tensor start = RandomNormal({tokens, n, hidden}, 54);
-      const bool add = write == DxWrite::kAdd;
-      const Tensor two =
-          add ? testing::ToDevice(start, DType::kF32) : DeviceFilled({tokens, n, hidden}, 0.0f);
-      const Tensor one = add ? testing::ToDevice(start, DType::kF32)
-                             : DeviceFilled({tokens, n, hidden},
-                                            std::numeric_limits<float>::quiet_NaN());
-      const Tensor dpre_two = DeviceFilled({tokens, n}, 0.0f);
-      const Tensor dpre_one = DeviceFilled({tokens, n}, 0.0f);
-      const core::TensorView x2 = streams.view().Reshape({tokens, n * hidden});
-      ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(), two.view(),
-                                      dpre_two.view(), write)
-                      .ok());
-      ASSERT_TRUE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
-                                  two.view().Reshape({tokens, n * hidden}), core::TensorView())
-                      .ok());
-      ASSERT_TRUE(MhcCollapseBackward(streams.view(), pre.view(), dcollapsed.view(),
-                                      core::TensorView(), dpre_one.view())
-                      .ok());
-      ASSERT_TRUE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
-                                  one.view().Reshape({tokens, n * hidden}), core::TensorView(),
-                                  write, RmsNormDxAddend{pre.view(), dcollapsed.view()})
-                      .ok());
-      EXPECT_TRUE(SameBits(two, one)) << "dstreams" << kind;
-      EXPECT_TRUE(SameBits(dpre_two, dpre_one)) << "dpre" << kind;
-      // An addend whose shapes do not fit the rows is rejected.
-      EXPECT_FALSE(RmsNormBackward(x2, core::TensorView(), 1e-6f, dnormed.view(),
-                                   one.view().Reshape({tokens, n * hidden}), core::TensorView(),
-                                   write,
-                                   RmsNormDxAddend{pre.view().Slice(0, 0, tokens - 1),
-                                                   dcollapsed.view().Slice(0, 0, tokens - 1)})
-                       .ok());
-    }
-  }
-}
-
 TEST(CudaCompressorBackward, OverlappingAndPlainWindows) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   struct Case {
