@@ -523,10 +523,46 @@ absl::Status RefreshBf16Mirrors(const ModelConfig& config, ModelWeights* weights
   return absl::OkStatus();
 }
 
+// dlogits as Backward takes it: contiguous [batch, seq_len, vocab], f32 on the host, f32 or bf16
+// on the device.
+absl::Status CheckDlogits(const TensorView& dlogits, int64_t batch, int64_t seq_len,
+                          int64_t vocab) {
+  const bool on_device = dlogits.device == core::Device::kCuda;
+  const bool dtype_ok =
+      dlogits.dtype == DType::kF32 || (on_device && dlogits.dtype == DType::kBF16);
+  if (dtype_ok && dlogits.is_contiguous() && dlogits.SameShape({batch, seq_len, vocab})) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "CudaBackward: dlogits must be contiguous [B, T, V] = [%d, %d, %d], f32 on the host or "
+      "f32/bf16 on the device, got %s",
+      batch, seq_len, vocab, dlogits.DebugString()));
+}
+
+// dlogits (CheckDlogits) as [rows, vocab] on the device for the head's GEMMs: a device tensor as it
+// is (bf16 goes to bf16 products without a copy; under f32 products it is widened to f32), a host
+// one uploaded. *copy keeps a copy alive.
+TensorView HeadDlogits(Run& run, const TensorView& dlogits, int64_t rows, int64_t vocab,
+                       Tensor* copy) {
+  const TensorView dl = dlogits.Reshape({rows, vocab});
+  if (dl.device != core::Device::kCuda) {
+    *copy = run.Up(Tensor::CopyOf(dl));
+    return copy->view();
+  }
+  if (dl.dtype == DType::kBF16 && !run.bf16_products()) {
+    *copy = run.New({rows, vocab});
+    run.Do([&] { return kc::Bf16ToF32(dl, copy->view()); });
+    return copy->view();
+  }
+  return dl;
+}
+
 }  // namespace
 
 CudaBackward::CudaBackward(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaBackward::~CudaBackward() = default;
+
+kc::GemmMath CudaBackward::gemm_math() const { return impl_->blas->math(); }
 
 absl::StatusOr<std::unique_ptr<CudaBackward>> CudaBackward::Create(const Model& model,
                                                                    kc::GemmMath gemm_math) {
@@ -571,20 +607,11 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
     return absl::InvalidArgumentError(
         "CudaBackward needs a forward with return_hidden, return_streams and save_activations");
   }
-  if (dlogits.dtype != DType::kF32 || !dlogits.is_contiguous() ||
-      !dlogits.SameShape({batch, seq_len, config.vocab_size})) {
-    return absl::InvalidArgumentError("CudaBackward: dlogits must be contiguous f32 [B, T, V], got " +
-                                      dlogits.DebugString());
-  }
+  V4RL_RETURN_IF_ERROR(CheckDlogits(dlogits, batch, seq_len, config.vocab_size));
   Run run(impl_->blas.get(), &impl_->bf16_mirrors);
   const float eps = static_cast<float>(config.rms_norm_eps);
-  // dlogits as [B·T, V] on the device: as given, or a copy of the host tensor.
   Tensor dlogits_copy;
-  TensorView dl = dlogits.Reshape({num_tokens, config.vocab_size});
-  if (dlogits.device != core::Device::kCuda) {
-    dlogits_copy = run.Up(Tensor::CopyOf(dl));
-    dl = dlogits_copy.view();
-  }
+  const TensorView dl = HeadDlogits(run, dlogits, num_tokens, config.vocab_size, &dlogits_copy);
 
   // Device gradients in the ZeroGradients layout, zeroed on the device (no host tensors), but
   // for the routed experts' stacks: MoeBackward writes each of them whole exactly once (GEMMs
@@ -714,14 +741,16 @@ absl::Status CudaBackward::Backward(const TensorView& input_ids, const ForwardOu
 
 namespace {
 
-// Forward, the masked cross entropy and its gradient: returns the loss; forward->logits then hold
-// dlogits (the gradient overwrites the logits in place: Backward does not read them, so no
-// second [B·T, V] buffer).
+// Forward, the masked cross entropy and its gradient: returns the loss and sets *dlogits, a
+// contiguous [B, T, V] device tensor in the dtype the head's GEMMs read. Under bf16 products a
+// new bf16 tensor (the kernel rounds each gradient once, and the backward needs no f32-to-bf16
+// copy of it), and forward->logits is released (Backward does not read it); under f32 products
+// the f32 gradient overwrites forward->logits in place (no second [B·T, V] buffer).
 absl::StatusOr<double> MaskedLossAndDlogits(CudaBackward& backward, const Model& model,
                                             const TensorView& input_ids,
                                             const TensorView& loss_mask,
                                             const ForwardOptions& forward_options,
-                                            ForwardOutput* forward) {
+                                            ForwardOutput* forward, Tensor* dlogits) {
   if (input_ids.rank != 2 || input_ids.shape[1] < 2) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "input_ids must be [batch, seq_len] with seq_len >= 2 for a next-token loss, got %s",
@@ -769,10 +798,13 @@ absl::StatusOr<double> MaskedLossAndDlogits(CudaBackward& backward, const Model&
   const Tensor losses = device(DType::kF32, {rows});
   V4RL_RETURN_IF_ERROR(kc::Copy(targets.view(), device_targets.view()));
   V4RL_RETURN_IF_ERROR(kc::Copy(mask.view(), device_mask.view()));
-  const TensorView logit_rows = forward->logits.view().Reshape({rows, vocab});
+  const bool bf16_dlogits = backward.gemm_math() == kc::GemmMath::kBf16Inputs;
+  *dlogits = bf16_dlogits ? device(DType::kBF16, {batch, seq_len, vocab}) : forward->logits;
   V4RL_RETURN_IF_ERROR(kc::MaskedCrossEntropy(
-      logit_rows, device_targets.view(), device_mask.view(),
-      mask_total > 0 ? static_cast<float>(1.0 / mask_total) : 0.0f, losses.view(), logit_rows));
+      forward->logits.view().Reshape({rows, vocab}), device_targets.view(), device_mask.view(),
+      mask_total > 0 ? static_cast<float>(1.0 / mask_total) : 0.0f, losses.view(),
+      dlogits->view().Reshape({rows, vocab})));
+  if (bf16_dlogits) forward->logits = Tensor();  // back to the cache for the backward
   Tensor host_losses = Tensor::Empty(DType::kF32, {rows});
   V4RL_RETURN_IF_ERROR(kc::Copy(losses.view(), host_losses.view()));
   double loss = 0;
@@ -789,10 +821,11 @@ absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Mod
                                                ModelWeights* grads,
                                                std::vector<Tensor>* routed_experts) {
   ForwardOutput forward;
-  V4RL_ASSIGN_OR_RETURN(const double loss, MaskedLossAndDlogits(backward, model, input_ids,
-                                                                loss_mask, forward_options,
-                                                                &forward));
-  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, forward.logits.view(), grads));
+  Tensor dlogits;
+  V4RL_ASSIGN_OR_RETURN(const double loss,
+                        MaskedLossAndDlogits(backward, model, input_ids, loss_mask, forward_options,
+                                             &forward, &dlogits));
+  V4RL_RETURN_IF_ERROR(backward.Backward(input_ids, forward, dlogits.view(), grads));
   if (routed_experts != nullptr) *routed_experts = forward.routed_experts;
   return loss;
 }
@@ -803,11 +836,12 @@ absl::StatusOr<double> CudaMaskedNextTokenLossOnDevice(CudaBackward& backward, c
                                                        const ForwardOptions& forward_options,
                                                        ModelWeights* device_grads) {
   ForwardOutput forward;
-  V4RL_ASSIGN_OR_RETURN(const double loss, MaskedLossAndDlogits(backward, model, input_ids,
-                                                                loss_mask, forward_options,
-                                                                &forward));
+  Tensor dlogits;
+  V4RL_ASSIGN_OR_RETURN(const double loss,
+                        MaskedLossAndDlogits(backward, model, input_ids, loss_mask, forward_options,
+                                             &forward, &dlogits));
   V4RL_ASSIGN_OR_RETURN(*device_grads,
-                        backward.DeviceGradients(input_ids, forward, forward.logits.view()));
+                        backward.DeviceGradients(input_ids, forward, dlogits.view()));
   return loss;
 }
 

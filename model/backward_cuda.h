@@ -70,9 +70,12 @@ class CudaBackward {
 
   // As model::Backward without recompute. input_ids: CPU i32/i64 [B, T]; forward: from Forward
   // above or from the CPU Forward, with return_hidden, return_streams and save_activations;
-  // dlogits: [B, T, V] f32 contiguous, on the device or the host. Adds to `grads` (host, from
-  // ZeroGradients). InvalidArgument when `forward` lacks saved activations or holds a device
-  // tensor that is not contiguous f32/i32; Internal on CUDA errors.
+  // dlogits: [B, T, V] contiguous, f32 on the host, f32 or bf16 on the device. The head's GEMMs
+  // read device bf16 dlogits as they are under GemmMath::kBf16Inputs (f32 ones are rounded to a
+  // bf16 copy there) and a widened f32 copy of them under kExactF32. Adds to `grads` (host, from
+  // ZeroGradients). InvalidArgument when dlogits has another dtype, shape or layout, when `forward`
+  // lacks saved activations or holds a device tensor that is not contiguous f32/i32; Internal on
+  // CUDA errors.
   absl::Status Backward(const core::TensorView& input_ids, const ForwardOutput& forward,
                         const core::TensorView& dlogits, ModelWeights* grads);
 
@@ -88,6 +91,9 @@ class CudaBackward {
   // parameter whose dtype changed to a non-floating one; Internal on CUDA errors.
   absl::Status UpdateWeights();
 
+  // The GEMM math this was created with (Create's gemm_math).
+  kernels::cuda::GemmMath gemm_math() const;
+
   struct Impl;
 
  private:
@@ -99,9 +105,10 @@ class CudaBackward {
 // log p(ids[b, t+1] | ids[b, ≤ t]) / Σ mask (each sequence's last position must have mask 0;
 // supervised fine-tuning masks the prompt), by Forward (forward_options with return_hidden,
 // return_streams and save_activations forced on), kernels/cuda MaskedCrossEntropy and Backward; the
-// gradients are ADDED to *grads (ZeroGradients layout). input_ids: [B, T] i32/i64 host, T >= 2;
-// loss_mask: [B, T] f32 host. `model` is the Model `backward` was created from. routed_experts
-// (optional) receives Forward's routed ids.
+// gradients are ADDED to *grads (ZeroGradients layout). Under GemmMath::kBf16Inputs the loss
+// kernel writes dlogits in bf16, the dtype the head's GEMMs read; else in f32 over the logits.
+// input_ids: [B, T] i32/i64 host, T >= 2; loss_mask: [B, T] f32 host. `model` is the Model
+// `backward` was created from. routed_experts (optional) receives Forward's routed ids.
 absl::StatusOr<double> CudaMaskedNextTokenLoss(CudaBackward& backward, const Model& model,
                                                const core::TensorView& input_ids,
                                                const core::TensorView& loss_mask,

@@ -7,6 +7,10 @@
 //
 // Logits bf16|f32 row views (rank 2, unit inner stride); per-row inputs and outputs f32 / i32
 // contiguous device arrays. Arithmetic in fp32 (the CPU references accumulate in double).
+// Speed: without kept_counts, a row whose V is a multiple of 4 (f32 logits) or 8 (bf16) and at most
+// 32,768, with 16-byte aligned rows of logits and gradient (data and row stride), is read once into
+// registers with 16-byte loads (the training step's cross entropy); other rows take a general
+// kernel that streams them. Both give the same results up to fp32 summation order.
 // Thread-safety: reentrant; work is queued on the launch stream (stream.h).
 #pragma once
 

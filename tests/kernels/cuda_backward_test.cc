@@ -1,13 +1,18 @@
 // CUDA backward kernels (linear via cuBLAS, RMSNorm, RoPE, clamped SwiGLU) and the chunked token
 // losses against the CPU references of kernels/cpu/*_backward.h and kernels/cpu/token_losses.h, on
 // odd sizes, in f32 (the `reference` precision) and with bf16 storage (gpu label; skips without a
-// device). Every comparison prints its measured error next to the stated tolerance.
+// device). The token losses' row-in-registers kernel is also checked against their general one.
+// Every comparison prints its measured error next to the stated tolerance.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
+#include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/elementwise_backward.h"
 #include "kernels/cpu/linear_backward.h"
@@ -614,6 +619,174 @@ TEST(CudaTokenLosses, ChunkedHeadCrossEntropyGradients) {
                                         want_dx.view(), tol));
     EXPECT_TRUE(testing::CloseAndReport(name + " dhead", testing::ToHost(dhead.view()).view(),
                                         want_dhead.view(), tol));
+  }
+}
+
+// Logits as the loss kernels read them: `logits` [rows, V] on the device in `dtype`, each row
+// starting `lead` elements into a [rows, lead + V] buffer (lead 1: rows off 16-byte alignment).
+struct DeviceRows {
+  Tensor buffer;
+  core::TensorView view;
+};
+DeviceRows RowsOnDevice(const Tensor& logits, DType dtype, int64_t lead) {
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  Tensor padded = Tensor::Zeros(DType::kF32, {rows, lead + vocab});
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(padded.data<float>() + r * (lead + vocab) + lead, logits.data<float>() + r * vocab,
+                vocab * sizeof(float));
+  }
+  DeviceRows out;
+  out.buffer = testing::ToDevice(padded, dtype);
+  out.view = out.buffer.view().Slice(1, lead, lead + vocab);
+  return out;
+}
+
+// A device tensor of `shape` in `dtype` filled with NaN: a kernel must write every element.
+Tensor NanOnDevice(absl::Span<const int64_t> shape, DType dtype) {
+  Tensor host = Tensor::Empty(DType::kF32, shape);
+  std::fill_n(host.data<float>(), host.numel(), std::numeric_limits<float>::quiet_NaN());
+  return testing::ToDevice(host, dtype);
+}
+
+// The general and the row-in-registers kernel sum the same fp32 values in another order.
+constexpr testing::Tolerance kSameSumsOtherOrder{.atol = 1e-7, .rtol = 1e-5};
+// A gradient stored in bf16: one rounding (2^-9 relative) of the f32 value.
+constexpr testing::Tolerance kBf16LossGrad{.atol = 1e-7, .rtol = 4e-3};
+
+// TokenLogprobs and TokenLogprobsBackward without kept_counts (the row-in-registers kernel where
+// it applies) against the same rows with kept_counts all 0 (the whole vocabulary, through the
+// general kernel) and against the CPU, for f32 and bf16 logits and f32 and bf16 gradients. V =
+// 32,768 (16 vectors a thread of f32, 8 of bf16: the training step's rows), 1,000 (one vector);
+// general on both sides: 4,099 (not a multiple of 4), 40,000 (past the registers), and V = 1,000
+// in rows that start 4 or 2 bytes into their buffer. Row 2 is skipped (target -1), row 3's target
+// is V (outside the vocabulary: skipped on the GPU, -1 for the CPU), row 4's is V - 1.
+TEST(CudaTokenLosses, InRegistersLogprobsMatchTheGeneralKernelAndCpu) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 6;
+  struct Case {
+    int64_t vocab, lead;
+  };
+  for (const Case c :
+       {Case{32768, 0}, Case{1000, 0}, Case{4099, 0}, Case{40000, 0}, Case{1000, 1}}) {
+    const int64_t vocab = c.vocab;
+    const Tensor logits = RandomNormal({rows, vocab}, 70 + vocab, 2.0f);
+    std::vector<int32_t> targets(rows), cpu_targets(rows);
+    for (int64_t r = 0; r < rows; ++r) targets[r] = static_cast<int32_t>((r * 7919 + 13) % vocab);
+    targets[2] = -1;
+    targets[3] = static_cast<int32_t>(vocab);
+    targets[4] = static_cast<int32_t>(vocab - 1);
+    for (int64_t r = 0; r < rows; ++r) cpu_targets[r] = targets[r] < vocab ? targets[r] : -1;
+    const Tensor grad_lp = RandomNormal({rows}, 71), grad_h = RandomNormal({rows}, 72);
+    const Tensor td = I32Device(targets), kd = I32Device(std::vector<int32_t>(rows, 0));
+    const Tensor glp = testing::ToDevice(grad_lp, DType::kF32);
+    const Tensor gh = testing::ToDevice(grad_h, DType::kF32);
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Tensor cpu_logits = dtype == DType::kBF16 ? testing::RoundToBf16(logits) : logits;
+      Tensor want_lp = Tensor::Empty(DType::kF32, {rows});
+      Tensor want_h = Tensor::Empty(DType::kF32, {rows});
+      Tensor want_grad = Tensor::Empty(DType::kF32, {rows, vocab});
+      cpu::TokenLogprobsRef<float>(cpu_logits.data<float>(), cpu_targets.data(), nullptr, rows,
+                                   vocab, want_lp.data<float>(), want_h.data<float>(), nullptr);
+      cpu::TokenLogprobsBackwardRef<float>(cpu_logits.data<float>(), cpu_targets.data(), nullptr,
+                                           rows, vocab, grad_lp.data<float>(), grad_h.data<float>(),
+                                           want_grad.data<float>(), nullptr);
+      const DeviceRows ld = RowsOnDevice(logits, dtype, c.lead);
+      const std::string name = absl::StrFormat("V %d lead %d %s logits", vocab, c.lead,
+                                               dtype == DType::kF32 ? "f32" : "bf16");
+      // [0]: no kept_counts (row in registers where it applies); [1]: kept_counts 0 (general).
+      Tensor lp[2], h[2];
+      for (int path = 0; path < 2; ++path) {
+        lp[path] = NanOnDevice({rows}, DType::kF32);
+        h[path] = NanOnDevice({rows}, DType::kF32);
+        ASSERT_TRUE(TokenLogprobs(ld.view, td.view(), path == 0 ? core::TensorView() : kd.view(),
+                                  lp[path].view(), h[path].view())
+                        .ok());
+      }
+      const Tensor fast_lp = testing::ToHost(lp[0].view()), fast_h = testing::ToHost(h[0].view());
+      EXPECT_TRUE(
+          testing::CloseAndReport(name + " logprobs", fast_lp.view(), want_lp.view(), kLoss));
+      EXPECT_TRUE(
+          testing::CloseAndReport(name + " entropies", fast_h.view(), want_h.view(), kLoss));
+      EXPECT_TRUE(testing::CloseAndReport(name + " logprobs vs general kernel", fast_lp.view(),
+                                          testing::ToHost(lp[1].view()).view(),
+                                          kSameSumsOtherOrder));
+      EXPECT_TRUE(testing::CloseAndReport(name + " entropies vs general kernel", fast_h.view(),
+                                          testing::ToHost(h[1].view()).view(),
+                                          kSameSumsOtherOrder));
+      for (DType grad_dtype : {DType::kF32, DType::kBF16}) {
+        const bool f32_grad = grad_dtype == DType::kF32;
+        Tensor grad[2];
+        for (int path = 0; path < 2; ++path) {
+          grad[path] = NanOnDevice({rows, vocab}, grad_dtype);
+          ASSERT_TRUE(TokenLogprobsBackward(ld.view, td.view(),
+                                            path == 0 ? core::TensorView() : kd.view(), glp.view(),
+                                            gh.view(), grad[path].view())
+                          .ok());
+        }
+        const Tensor fast = testing::ToHost(grad[0].view());
+        const std::string grad_name = name + (f32_grad ? " f32 grad" : " bf16 grad");
+        EXPECT_TRUE(testing::CloseAndReport(grad_name, fast.view(), want_grad.view(),
+                                            f32_grad ? kLossGrad : kBf16LossGrad));
+        // bf16 gradients of the two kernels may round a value apart by one bf16 step.
+        EXPECT_TRUE(testing::CloseAndReport(grad_name + " vs general kernel", fast.view(),
+                                            testing::ToHost(grad[1].view()).view(),
+                                            f32_grad ? kSameSumsOtherOrder : kBf16LossGrad));
+      }
+    }
+  }
+}
+
+// MaskedCrossEntropy as the training step runs it, through the row-in-registers kernel (V =
+// 32,768 and 1,000) and the general one (4,099): f32 and bf16 logits, the gradient in place of the
+// logits or into a separate f32 or bf16 tensor (which starts as NaN: masked rows write zeros).
+// Row 1 has mask 0 and target -7, row 5 mask 0 and target V (both ignored).
+TEST(CudaTokenLosses, MaskedCrossEntropyInRegistersInPlaceAndBf16Grad) {
+  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const int64_t rows = 7;
+  for (const int64_t vocab : {int64_t{32768}, int64_t{1000}, int64_t{4099}}) {
+    const Tensor logits = RandomNormal({rows, vocab}, 80 + vocab, 2.0f);
+    std::vector<int32_t> targets(rows);
+    Tensor mask = Tensor::Empty(DType::kF32, {rows});
+    double mask_total = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      targets[r] = static_cast<int32_t>((r * 389 + 5) % vocab);
+      mask.data<float>()[r] = r == 1 || r == 5 ? 0.0f : 0.5f + 0.25f * float(r % 3);
+      mask_total += mask.data<float>()[r];
+    }
+    targets[1] = -7;
+    targets[5] = static_cast<int32_t>(vocab);
+    const Tensor td = I32Device(targets), md = testing::ToDevice(mask, DType::kF32);
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Tensor cpu_logits = dtype == DType::kBF16 ? testing::RoundToBf16(logits) : logits;
+      Tensor want_grad = Tensor::Empty(DType::kF32, {rows, vocab});
+      const double want_loss = cpu::MaskedCrossEntropyRef<float>(
+          cpu_logits.data<float>(), targets.data(), mask.data<float>(), rows, vocab,
+          want_grad.data<float>(), nullptr);
+      // In place (the grad in the logits' dtype), then separate f32 and bf16 gradients.
+      for (int out = 0; out < 3; ++out) {
+        const Tensor ld = testing::ToDevice(logits, dtype);
+        const DType grad_dtype = out == 0 ? dtype : out == 1 ? DType::kF32 : DType::kBF16;
+        const Tensor separate = out == 0 ? Tensor() : NanOnDevice({rows, vocab}, grad_dtype);
+        const core::TensorView grad = out == 0 ? ld.view() : separate.view();
+        const Tensor losses = NanOnDevice({rows}, DType::kF32);
+        ASSERT_TRUE(MaskedCrossEntropy(ld.view(), td.view(), md.view(),
+                                       static_cast<float>(1.0 / mask_total), losses.view(), grad)
+                        .ok());
+        const std::string name = absl::StrFormat(
+            "masked CE V %d %s logits, %s %s grad", vocab, dtype == DType::kF32 ? "f32" : "bf16",
+            out == 0 ? "in-place" : "separate", grad_dtype == DType::kF32 ? "f32" : "bf16");
+        const Tensor got_losses = testing::ToHost(losses.view());
+        double loss = 0;
+        for (int64_t r = 0; r < rows; ++r) loss += got_losses.data<float>()[r];
+        std::printf("[measured] %s: loss %.9g vs CPU %.9g (tolerance 2e-6 rel)\n", name.c_str(),
+                    loss, want_loss);
+        EXPECT_NEAR(loss, want_loss, 2e-6 * std::fabs(want_loss)) << name;
+        EXPECT_EQ(got_losses.data<float>()[1], 0.0f) << name;
+        EXPECT_EQ(got_losses.data<float>()[5], 0.0f) << name;
+        EXPECT_TRUE(testing::CloseAndReport(name, testing::ToHost(grad).view(), want_grad.view(),
+                                            grad_dtype == DType::kF32 ? kLossGrad : kBf16LossGrad));
+      }
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 //    activations and device dlogits.
 //  - routing replay with other ids (layer 2 shifted to the next expert), GPU vs CPU 1e-4.
 //  - CudaMaskedNextTokenLossOnDevice: the host path's loss and gradients, left on the device.
+//  - DeviceGradients with bf16 device dlogits: the f32 dlogits' gradients; bad dlogits rejected.
 // Skips without a CUDA device.
 #include <algorithm>
 #include <cmath>
@@ -21,8 +22,10 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/json.h"
 #include "core/safetensors.h"
 #include "gtest/gtest.h"
@@ -392,5 +395,70 @@ TEST(CudaBackwardDeviceGradientsTest, EqualTheHostGradients) {
                        "device gradients vs host gradients");
 }
 
+// DeviceGradients with bf16 device dlogits against the same values in f32 (random dlogits
+// rounded to bf16, so both hold one set of values), from the device forward of each GEMM math:
+// exact f32 widens the bf16 dlogits, bf16 products read them as they are (and round the f32 ones
+// to the same bf16). Only the order of fp32 atomics differs: the GPU-vs-CPU bar. dlogits of
+// another dtype (i32, bf16 on the host), shape or layout is an InvalidArgument naming dlogits.
+TEST(CudaBackwardDlogitsTest, Bf16DeviceDlogitsEqualF32AndOthersAreRejected) {
+  if (kernels::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  V4RL_ASSERT_OK_AND_ASSIGN(const Model model, Model::Load(FixtureDir("mixed_small") + "/model"));
+  const core::Tensor ids = Reference("mixed_small").Get("input_ids");
+  const int64_t batch = ids.size(0), seq_len = ids.size(1), vocab = model.config.vocab_size;
+  const std::vector<int64_t> shape = {batch, seq_len, vocab};
+  core::Tensor rounded = v4rl::testing::RandomNormal(shape, 11, 1e-3f);
+  core::Tensor host_bf16 = core::Tensor::Empty(core::DType::kBF16, shape);
+  for (int64_t i = 0; i < rounded.numel(); ++i) {
+    host_bf16.data<uint16_t>()[i] = core::FloatToBf16(rounded.data<float>()[i]);
+    rounded.data<float>()[i] = core::Bf16ToFloat(host_bf16.data<uint16_t>()[i]);
+  }
+  const auto on_device = [](const core::Tensor& host) {
+    core::Tensor device = core::Tensor::Empty(host.dtype(), host.view().shape_vector(),
+                                              kernels::cuda::CachingDeviceAllocator());
+    EXPECT_TRUE(kernels::cuda::Copy(host.view(), device.view()).ok());
+    return device;
+  };
+  const core::Tensor device_f32 = on_device(rounded), device_bf16 = on_device(host_bf16);
+  const core::Tensor device_i32 = on_device(core::Tensor::Zeros(core::DType::kI32, shape));
+  const core::Tensor short_rows =
+      on_device(core::Tensor::Zeros(core::DType::kF32, {batch, seq_len, vocab - 1}));
+  const core::Tensor padded_rows =
+      on_device(core::Tensor::Zeros(core::DType::kF32, {batch, seq_len, vocab + 1}));
+  ForwardOptions options;
+  options.return_hidden = options.return_streams = options.save_activations = true;
+  for (const kernels::cuda::GemmMath math :
+       {kernels::cuda::GemmMath::kExactF32, kernels::cuda::GemmMath::kBf16Inputs}) {
+    const std::string label = math == kernels::cuda::GemmMath::kExactF32
+                                  ? "bf16 vs f32 dlogits, f32 GEMMs"
+                                  : "bf16 vs f32 dlogits, bf16 GEMMs";
+    V4RL_ASSERT_OK_AND_ASSIGN(auto backward, CudaBackward::Create(model, math));
+    ASSERT_EQ(backward->gemm_math(), math);
+    V4RL_ASSERT_OK_AND_ASSIGN(const ForwardOutput forward, backward->Forward(ids.view(), options));
+    V4RL_ASSERT_OK_AND_ASSIGN(ModelWeights from_f32,
+                              backward->DeviceGradients(ids.view(), forward, device_f32.view()));
+    V4RL_ASSERT_OK_AND_ASSIGN(ModelWeights from_bf16,
+                              backward->DeviceGradients(ids.view(), forward, device_bf16.view()));
+    for (ModelWeights* g : {&from_f32, &from_bf16}) {
+      VisitParams(model.config, g, false, [&](const ParamSpec& spec, core::Tensor* slot) {
+        if (!slot->defined()) return;
+        core::Tensor copy = core::Tensor::Empty(core::DType::kF32, slot->view().shape_vector());
+        ASSERT_TRUE(kernels::cuda::Copy(slot->view(), copy.view()).ok()) << spec.name;
+        *slot = copy;
+      });
+    }
+    ExpectGradientsClose(model.config, from_bf16, from_f32, {kGpuVsCpu}, label);
+
+    for (const auto& [what, dlogits] :
+         {std::pair{"i32 on the device", device_i32.view()},
+          std::pair{"bf16 on the host", host_bf16.view()},
+          std::pair{"[B, T, V - 1]", short_rows.view()},
+          std::pair{"strided rows", padded_rows.view().Slice(2, 0, vocab)}}) {
+      EXPECT_THAT(backward->DeviceGradients(ids.view(), forward, dlogits),
+                  v4rl::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                          ::testing::HasSubstr("dlogits")))
+          << label << ": " << what;
+    }
+  }
+}
 }  // namespace
 }  // namespace v4rl::model
