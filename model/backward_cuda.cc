@@ -647,7 +647,7 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
     Tensor dcollapsed = run.New({num_tokens, hidden});  // overwritten: no zero fill
     run.RmsNorm(collapsed.view(), w.norm.view(), eps, dhidden.view(), dcollapsed.view(),
                 g.norm.view(), kc::DxWrite::kOverwrite);
-    const Tensor streams = run.Up(forward.streams);
+    const Tensor streams = run.UpStreams(forward.streams);
     const TensorView streams3 = streams.view().Reshape({num_tokens, n, hidden});
     Tensor dstreams = run.New({num_tokens, n, hidden});  // overwritten by StreamsBackward
     const Tensor pre = run.Up(forward.hc_head.pre), mixes = run.Up(forward.hc_head.mixes);
@@ -674,7 +674,7 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
       LayerWeights* gl = &g.layers[l];
       const RopeTable& rope = model.rope(layer.attention_type);
       const BlockActivations& acts = forward.blocks[l];
-      const Tensor streams_mid = run.Up(acts.streams_mid);
+      const Tensor streams_mid = run.UpStreams(acts.streams_mid);
       // ffn_in and attn_in feed only products: as the forward saved them (bf16 under bf16
       // products).
       const Tensor ffn_out = run.Up(acts.ffn_out), ffn_in = run.ProductInput(acts.ffn_in);
@@ -685,7 +685,7 @@ absl::StatusOr<ModelWeights> CudaBackward::DeviceGradients(const TensorView& inp
             run.Mark("bwd.moe");
           },
           &gl->hc_ffn, gl->ffn_norm);
-      const Tensor streams_in = run.Up(acts.streams_in);
+      const Tensor streams_in = run.UpStreams(acts.streams_in);
       const Tensor attn_out = run.Up(acts.attn_out), attn_in = run.ProductInput(acts.attn_in);
       dstreams = SiteBackward(
           run, layer.hc_attn, layer.attn_norm, config, streams_in, acts.attn_hc, attn_out,

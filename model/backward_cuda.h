@@ -62,7 +62,8 @@ class CudaBackward {
   // activation are device tensors (f32; topk_idx and indexer.topk i32; the MoE dispatch plan built
   // on the device: moe.device_offsets, device_slots, device_pick_of_slot, moe.plan left empty;
   // under GemmMath::kBf16Inputs the activations only products read are bf16: the mHC's normed,
-  // attn_in, ffn_in, qr, q, kv, o, the compressed entries, expert_x, shared_act);
+  // attn_in, ffn_in, qr, q, kv, o, the compressed entries, expert_x, shared_act, and the
+  // residual streams are stored in bf16: streams, streams_in, streams_mid);
   // routed_experts (return_routing) are CPU i32 [B, T, k], the form routing_replay takes.
   // Internal on CUDA errors.
   absl::StatusOr<ForwardOutput> Forward(const core::TensorView& input_ids,

@@ -71,6 +71,9 @@ class Run {
   core::DType product_dtype() const {
     return bf16_products() ? core::DType::kBF16 : core::DType::kF32;
   }
+  // The residual streams' dtype: bf16 under bf16 products (stored as the official code stores
+  // them between sub-blocks, spec §2.1; the arithmetic on them stays f32), else f32.
+  core::DType stream_dtype() const { return product_dtype(); }
   // What a matrix product reads of the device tensor `t`: `t` itself, or with bf16 products and
   // f32 `t` a bf16 copy of it (same shape; an undefined or bf16 `t` is returned as it is).
   core::Tensor ProductOperand(const core::Tensor& t) {
@@ -163,6 +166,15 @@ class Run {
     core::Tensor out = New(src.dtype(), src.view().shape_vector());
     if (status_.ok()) Ok(kc::Copy(src.view(), out.view()));
     return out;
+  }
+  // Residual streams for the backward's kernels, which read them in bf16 or f32: a contiguous
+  // bf16 device tensor (the forward's under bf16 products) as it is, anything else as Up.
+  core::Tensor UpStreams(const core::Tensor& t) {
+    const core::TensorView& v = t.view();
+    if (v.device == core::Device::kCuda && v.dtype == core::DType::kBF16 && v.is_contiguous()) {
+      return t;
+    }
+    return Up(t);
   }
   // Uninitialised device tensor.
   static core::Tensor New(core::DType dtype, absl::Span<const int64_t> shape) {

@@ -85,7 +85,9 @@ struct ForwardOutput {
   core::Tensor logits;                       // [B, T, V] f32
   std::vector<core::Tensor> routed_experts;  // per layer [B, T, k] i32 (return_routing)
   core::Tensor hidden;                       // [B, T, H] f32 (return_hidden)
-  core::Tensor streams;                      // [B, T, n, H] f32 (return_streams)
+  // [B, T, n, H] (return_streams): f32; bf16 on the device from CudaBackward::Forward under bf16
+  // GEMM math, which stores every residual stream in bf16 (streams_in / streams_mid too).
+  core::Tensor streams;
   std::vector<BlockActivations> blocks;      // per layer (save_activations, save_block_inputs)
   HcHeadActivations hc_head;                 // (save_activations or save_block_inputs)
 };

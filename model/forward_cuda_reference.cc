@@ -51,7 +51,7 @@ void StreamMixes(Run& run, const ModelConfig& config, const TensorView& streams,
   run.Forward(normed->view(), fn.view(), mixes->view());
 }
 
-// model/mhc.cc MhcPreForward. streams: [N, n, H] f32 device.
+// model/mhc.cc MhcPreForward. streams: [N, n, H] device, in Run::stream_dtype().
 void MhcPre(Run& run, const MhcWeights& w, const ModelConfig& config, const TensorView& streams,
             MhcActivations* acts) {
   const int64_t num_tokens = streams.shape[0], n = config.hc_mult;
@@ -446,7 +446,8 @@ void Moe(Run& run, const MoeWeights& w, MlpType type, const ModelConfig& config,
   });
 }
 
-// model/forward.cc BlockForward. streams_in: [B·T, n, H] f32 device; token_ids: [B·T] i32
+// model/forward.cc BlockForward. streams_in: [B·T, n, H] device in Run::stream_dtype() (bf16 under
+// bf16 products, as the official code stores them; f32 otherwise); token_ids: [B·T] i32
 // device; replay: [B·T, k] i32 CPU or empty; replay_index_topk: [B, T, k'] i32 CPU indexer
 // picks or empty. Returns the block's output streams.
 Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, const RopeTable& rope,
@@ -471,7 +472,7 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
   run.Mark("fwd.mhc");
   Attention(run, layer.attn, layer.attention_type, config, rope, batch, seq_len,
             acts->attn_in.view(), &acts->attn, acts->attn_out.view(), replay_index_topk);
-  acts->streams_mid = run.New(streams_in.view().shape_vector());
+  acts->streams_mid = Run::New(run.stream_dtype(), streams_in.view().shape_vector());
   run.Do([&] {
     return kc::MhcPost(streams_in.view(), acts->attn_out.view(), acts->attn_hc.post.view(),
                        acts->attn_hc.comb.view(), acts->streams_mid.view());
@@ -489,7 +490,7 @@ Tensor Block(Run& run, const LayerWeights& layer, const ModelConfig& config, con
   Moe(run, layer.ffn, layer.mlp_type, config, acts->ffn_in.view(), token_ids, replay, &acts->moe,
       acts->ffn_out.view(), routed);
   run.Mark("fwd.moe");
-  Tensor streams_out = run.New(streams_in.view().shape_vector());
+  Tensor streams_out = Run::New(run.stream_dtype(), streams_in.view().shape_vector());
   run.Do([&] {
     return kc::MhcPost(acts->streams_mid.view(), acts->ffn_out.view(), acts->ffn_hc.post.view(),
                        acts->ffn_hc.comb.view(), streams_out.view());
@@ -515,7 +516,7 @@ absl::StatusOr<ForwardOutput> CudaBackward::Forward(const TensorView& input_ids,
   const Tensor ids = run.Up(host_ids);
 
   // Every residual stream starts as a copy of the token embedding.
-  Tensor streams = run.New({num_tokens, n, hidden});
+  Tensor streams = Run::New(run.stream_dtype(), {num_tokens, n, hidden});
   run.Do([&] { return kc::EmbedStreams(w.embed.view(), ids.view(), streams.view()); });
 
   ForwardOutput output;

@@ -40,10 +40,10 @@ absl::Status HcHeadPreBackward(const core::TensorView& mixes, const core::Tensor
 // written over dstreams (not read). For hc_head: no dout and comb, n mixes.
 struct MhcStreamsBackwardArgs {
   core::TensorView streams;     // [N, n, H] bf16|f32 contiguous, the site's input
-  core::TensorView dout;        // [N, n, H] bf16|f32: the site output's gradient (hc_head: empty)
+  core::TensorView dout;        // [N, n, H] f32: the site output's gradient (hc_head: empty)
   core::TensorView comb;        // [N, n, n] f32 (hc_head: empty)
   core::TensorView pre;         // [N, n] f32
-  core::TensorView dcollapsed;  // [N, H] bf16|f32
+  core::TensorView dcollapsed;  // [N, H] f32
   core::TensorView fn;          // [M, n·H] f32, M = (2+n)·n (hc_head: n)
   core::TensorView dmixes;      // [N, M] f32
   core::TensorView mixes;       // [N, M] f32, the forward's normed · fnᵀ

@@ -14,19 +14,18 @@
 namespace v4rl::kernels::cuda {
 namespace {
 
-constexpr int kThreads = 128;  // channels a block
+constexpr int kThreads = 128;  // a block: 64 channels, two lanes each
 constexpr int kTokens = 32;    // tokens a block: fn's registers are loaded once for them
 constexpr int kBatch = 4;      // tokens whose loads are issued together
 
+// The streams' element type is the kernel's template argument X (float or __nv_bfloat16): loads
+// of a runtime-chosen width compile to branches, and the batched loads then wait one at a time.
 struct StreamsParams {
   const void* streams;
-  bool streams_bf16;
-  const void* dout;  // or nullptr (no expand term; comb is then nullptr too)
-  bool dout_bf16;
+  const float* dout;  // or nullptr (no expand term; comb is then nullptr too)
   const float* comb;
   const float* pre;
-  const void* dcollapsed;
-  bool dcollapsed_bf16;
+  const float* dcollapsed;
   const float* fn;
   const float* dmixes;
   const float* mixes;
@@ -35,13 +34,18 @@ struct StreamsParams {
   int64_t tokens, hidden;
 };
 
-// One thread per channel h holds fn[m, j·H + h] for every mix m and stream j in registers and
-// walks kTokens tokens; the per-token scalars (r·dmixes, comb, pre and the RMS term's
+// Two adjacent lanes per channel h, each with half of its N streams (J = ceil(N / 2): lane half
+// 0 streams [0, J), half 1 streams [J, N)) and fn[m, j·H + h] for every mix m and its streams in
+// registers (48 at n = 4, so that four 128-thread blocks fit an SM); both lanes load the channel's
+// N output gradients (one address a pair: no extra traffic). Each walks kTokens tokens, kBatch
+// tokens' loads issued together; the per-token scalars (r·dmixes, comb, pre and the RMS term's
 // coefficient) are staged in shared memory first. N streams, M mixes.
-template <int N, int M>
-__global__ void __launch_bounds__(kThreads) StreamsBackwardKernel(StreamsParams p) {
+template <typename X, int N, int M>
+__global__ void __launch_bounds__(kThreads, 4) StreamsBackwardKernel(StreamsParams p) {
+  constexpr int J = (N + 1) / 2;
+  constexpr int kChannels = kThreads / 2;
   WaitForPriorKernels();
-  __shared__ float scaled_dmixes[kTokens][M];
+  __shared__ float4 scaled_dmixes4[kTokens][(M + 3) / 4];
   __shared__ float comb[kTokens][N * N];
   __shared__ float pre[kTokens][N];
   __shared__ float rms_coef[kTokens];
@@ -49,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) StreamsBackwardKernel(StreamsParams 
   const int count = int(Min64(kTokens, p.tokens - first));
   for (int i = threadIdx.x; i < count * M; i += kThreads) {
     const int64_t t = first + i / M;
-    scaled_dmixes[i / M][i % M] = p.rms_inv[t] * p.dmixes[t * M + i % M];
+    reinterpret_cast<float*>(scaled_dmixes4[i / M])[i % M] = p.rms_inv[t] * p.dmixes[t * M + i % M];
   }
   if (p.comb != nullptr) {
     for (int i = threadIdx.x; i < count * N * N; i += kThreads) {
@@ -66,42 +70,57 @@ __global__ void __launch_bounds__(kThreads) StreamsBackwardKernel(StreamsParams 
     rms_coef[i] = r * r / float(N * p.hidden) * dot;
   }
   __syncthreads();
-  const int64_t h = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (h >= p.hidden) return;
+  const int half = threadIdx.x % 2;
+  const int64_t h = int64_t(blockIdx.x) * kChannels + threadIdx.x / 2;
+  const int j0 = half * J;  // this lane's first stream
+  if (h >= p.hidden || j0 >= N) return;
   const int64_t width = N * p.hidden;
-  float w[M][N];
+  float w[M][J];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
-    for (int j = 0; j < N; ++j) w[m][j] = p.fn[m * width + j * p.hidden + h];
+    for (int jj = 0; jj < J; ++jj) {
+      w[m][jj] = j0 + jj < N ? p.fn[m * width + (j0 + jj) * p.hidden + h] : 0.0f;
+    }
   }
   for (int base = 0; base < count; base += kBatch) {
-    float g[kBatch][N], x[kBatch][N], dc[kBatch];
+    float g[kBatch][N], x[kBatch][J], dc[kBatch];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int64_t t = first + Min64(base + b, count - 1);  // a token past the end reloads one
 #pragma unroll
-      for (int j = 0; j < N; ++j) {
-        const int64_t at = (t * N + j) * p.hidden + h;
-        x[b][j] = LoadF(p.streams, p.streams_bf16, at);
-        g[b][j] = p.dout != nullptr ? LoadF(p.dout, p.dout_bf16, at) : 0.0f;
+      for (int k = 0; k < N; ++k) {
+        g[b][k] = p.dout != nullptr ? p.dout[(t * N + k) * p.hidden + h] : 0.0f;
       }
-      dc[b] = LoadF(p.dcollapsed, p.dcollapsed_bf16, t * p.hidden + h);
+#pragma unroll
+      for (int jj = 0; jj < J; ++jj) {
+        const int j = Min64(j0 + jj, N - 1);  // a stream past n (odd n) reloads the last
+        x[b][jj] = float(static_cast<const X*>(p.streams)[(t * N + j) * p.hidden + h]);
+      }
+      dc[b] = p.dcollapsed[t * p.hidden + h];
     }
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int i = base + b;
       if (i >= count) break;
+      float dm[4 * ((M + 3) / 4)];
 #pragma unroll
-      for (int j = 0; j < N; ++j) {
+      for (int q = 0; q < (M + 3) / 4; ++q) {
+        const float4 v = scaled_dmixes4[i][q];
+        dm[4 * q] = v.x, dm[4 * q + 1] = v.y, dm[4 * q + 2] = v.z, dm[4 * q + 3] = v.w;
+      }
+#pragma unroll
+      for (int jj = 0; jj < J; ++jj) {
+        const int j = j0 + jj;
+        if (j >= N) break;
         float acc = pre[i][j] * dc[b];
         if (p.dout != nullptr) {
 #pragma unroll
           for (int k = 0; k < N; ++k) acc += comb[i][j * N + k] * g[b][k];
         }
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc += scaled_dmixes[i][m] * w[m][j];
-        acc -= rms_coef[i] * x[b][j];
+        for (int m = 0; m < M; ++m) acc += dm[m] * w[m][jj];
+        acc -= rms_coef[i] * x[b][jj];
         p.dstreams[((first + i) * N + j) * p.hidden + h] = acc;
       }
     }
@@ -109,9 +128,16 @@ __global__ void __launch_bounds__(kThreads) StreamsBackwardKernel(StreamsParams 
 }
 
 // The kernel for n streams (1 .. kMaxHcMult) with the expand term or without (hc_head: n mixes).
-template <int N>
+template <typename X, int N>
 void (*KernelFor(bool expand))(StreamsParams) {
-  return expand ? StreamsBackwardKernel<N, (2 + N) * N> : StreamsBackwardKernel<N, N>;
+  return expand ? StreamsBackwardKernel<X, N, (2 + N) * N> : StreamsBackwardKernel<X, N, N>;
+}
+template <typename X>
+void (*KernelFor(int64_t n, bool expand))(StreamsParams) {
+  return n == 1   ? KernelFor<X, 1>(expand)
+         : n == 2 ? KernelFor<X, 2>(expand)
+         : n == 3 ? KernelFor<X, 3>(expand)
+                  : KernelFor<X, kMaxHcMult>(expand);
 }
 
 bool DeviceContiguous(const core::TensorView& v, absl::Span<const int64_t> shape, bool f32_only) {
@@ -129,11 +155,11 @@ absl::Status MhcStreamsBackward(const MhcStreamsBackwardArgs& a) {
   const bool expand = a.dout.data != nullptr;
   const bool ok = shaped && n >= 1 && n <= kMaxHcMult && mixes == (expand ? (2 + n) * n : n) &&
                   DeviceContiguous(a.streams, {tokens, n, hidden}, false) &&
-                  (expand ? DeviceContiguous(a.dout, {tokens, n, hidden}, false) &&
+                  (expand ? DeviceContiguous(a.dout, {tokens, n, hidden}, true) &&
                                 DeviceContiguous(a.comb, {tokens, n, n}, true)
                           : a.comb.data == nullptr) &&
                   DeviceContiguous(a.pre, {tokens, n}, true) &&
-                  DeviceContiguous(a.dcollapsed, {tokens, hidden}, false) &&
+                  DeviceContiguous(a.dcollapsed, {tokens, hidden}, true) &&
                   DeviceContiguous(a.fn, {mixes, n * hidden}, true) &&
                   DeviceContiguous(a.dmixes, {tokens, mixes}, true) &&
                   DeviceContiguous(a.mixes, {tokens, mixes}, true) &&
@@ -146,22 +172,20 @@ absl::Status MhcStreamsBackward(const MhcStreamsBackwardArgs& a) {
         "MhcStreamsBackward: streams %s, dout %s, comb %s, pre %s, dcollapsed %s, fn %s, "
         "dmixes %s, mixes %s, rms_inv %s, dstreams %s do not fit (n <= %d streams, at most %d "
         "tokens; fn [(2+n)·n, "
-        "n·H] with dout and comb, [n, n·H] without; dstreams f32 and apart from the inputs)",
+        "n·H] with dout and comb, [n, n·H] without; dout, dcollapsed and dstreams f32, dstreams "
+        "apart "
+        "from the inputs)",
         a.streams.DebugString(), a.dout.DebugString(), a.comb.DebugString(), a.pre.DebugString(),
         a.dcollapsed.DebugString(), a.fn.DebugString(), a.dmixes.DebugString(),
         a.mixes.DebugString(), a.rms_inv.DebugString(), a.dstreams.DebugString(), kMaxHcMult,
         65535 * kTokens));
   }
   if (tokens == 0 || hidden == 0) return absl::OkStatus();
-  const auto bf16 = [](const core::TensorView& v) { return v.dtype == core::DType::kBF16; };
   const StreamsParams p{a.streams.data,
-                        bf16(a.streams),
-                        a.dout.data,
-                        bf16(a.dout),
+                        a.dout.data_as<float>(),
                         a.comb.data_as<float>(),
                         a.pre.data_as<float>(),
-                        a.dcollapsed.data,
-                        bf16(a.dcollapsed),
+                        a.dcollapsed.data_as<float>(),
                         a.fn.data_as<float>(),
                         a.dmixes.data_as<float>(),
                         a.mixes.data_as<float>(),
@@ -169,11 +193,9 @@ absl::Status MhcStreamsBackward(const MhcStreamsBackwardArgs& a) {
                         a.dstreams.data_as<float>(),
                         tokens,
                         hidden};
-  auto* kernel = n == 1   ? KernelFor<1>(expand)
-                 : n == 2 ? KernelFor<2>(expand)
-                 : n == 3 ? KernelFor<3>(expand)
-                          : KernelFor<kMaxHcMult>(expand);
-  const dim3 grid(unsigned((hidden + kThreads - 1) / kThreads),
+  auto* kernel = a.streams.dtype == core::DType::kBF16 ? KernelFor<__nv_bfloat16>(n, expand)
+                                                       : KernelFor<float>(n, expand);
+  const dim3 grid(unsigned((hidden + kThreads / 2 - 1) / (kThreads / 2)),
                   unsigned((tokens + kTokens - 1) / kTokens));
   LaunchKernel(kernel, grid, kThreads, 0, p);
   return LaunchStatus("MhcStreamsBackward");

@@ -59,16 +59,33 @@ __global__ void HeadCoefficientsKernel(const float* mixes, const float* base, co
   pre[i] = Sigmoid(mixes[i] * scale[0] + base[i % n]) + eps;
 }
 
-// One thread a (token, channel): the token's streams weighted by pre, stream 0 first.
-__global__ void CollapseKernel(const float* streams, const float* pre, int64_t tokens, int n,
-                               int64_t hidden, float* out) {
+// One thread a token's W consecutive channels (W = 8: Load8 on 16-byte rows of H % 8 == 0; else
+// W = 1): the token's streams weighted by pre, stream 0 first, the same sums for either W.
+template <int W>
+__global__ void CollapseKernel(const void* streams, bool streams_bf16, const float* pre,
+                               int64_t tokens, int n, int64_t hidden, float* out) {
   WaitForPriorKernels();
-  const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t e = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * W;
   if (e >= tokens * hidden) return;
   const int64_t t = e / hidden, h = e % hidden;
-  float sum = 0.0f;
-  for (int j = 0; j < n; ++j) sum += pre[t * n + j] * streams[(t * n + j) * hidden + h];
-  out[e] = sum;
+  float sum[W] = {};
+  for (int j = 0; j < n; ++j) {
+    const float weight = pre[t * n + j];
+    const int64_t at = (t * n + j) * hidden + h;
+    float x[W];
+    if constexpr (W == 8) {
+      Load8(streams, streams_bf16, at, x);
+    } else {
+      x[0] = LoadF(streams, streams_bf16, at);
+    }
+#pragma unroll
+    for (int i = 0; i < W; ++i) sum[i] += weight * x[i];
+  }
+  if constexpr (W == 8) {
+    Store8(out, false, e, sum);
+  } else {
+    out[e] = sum[0];
+  }
 }
 
 // One thread a (query, key): heads in order, as kernels/cpu/indexer.cc.
@@ -139,12 +156,19 @@ absl::Status HcHeadCoefficients(const core::TensorView& mixes, const core::Tenso
 absl::Status MhcCollapse(const core::TensorView& streams, const core::TensorView& pre,
                          const core::TensorView& out) {
   const char* op = "cuda::MhcCollapse";
-  if (!F32(streams) || streams.rank != 3) return Bad(op, "streams [N, n, H]", streams);
+  const bool bf16 = streams.dtype == core::DType::kBF16;
+  if (!(F32(streams) || (bf16 && streams.device == core::Device::kCuda && streams.data != nullptr &&
+                         streams.is_contiguous())) ||
+      streams.rank != 3) {
+    return Bad(op, "streams [N, n, H] (bf16 allowed)", streams);
+  }
   const int64_t tokens = streams.shape[0], n = streams.shape[1], hidden = streams.shape[2];
   if (!F32(pre) || !pre.SameShape({tokens, n})) return Bad(op, "pre [N, n]", pre);
   if (!F32(out) || !out.SameShape({tokens, hidden})) return Bad(op, "out [N, H]", out);
   if (tokens * hidden == 0) return absl::OkStatus();
-  LaunchKernel(CollapseKernel, Blocks(tokens * hidden, 256), 256, 0, streams.data_as<float>(),
+  const int width = Vec8Ok(streams.data, hidden) && Vec8Ok(out.data, hidden) ? 8 : 1;
+  LaunchKernel(width == 8 ? CollapseKernel<8> : CollapseKernel<1>,
+               Blocks(tokens * hidden / width, 256), 256, 0, streams.data, bf16,
                pre.data_as<float>(), tokens, static_cast<int>(n), hidden, out.data_as<float>());
   return LaunchStatus(op);
 }

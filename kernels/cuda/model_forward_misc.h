@@ -34,7 +34,8 @@ absl::Status HcHeadCoefficients(const core::TensorView& mixes, const core::Tenso
                                 const core::TensorView& scale, float eps,
                                 const core::TensorView& pre);
 
-// streams: [N, n, H]; pre: [N, n]; out: [N, H] (written).
+// streams: [N, n, H] f32 or bf16 (the bf16 residual streams of bf16 GEMM math); pre: [N, n];
+// out: [N, H] f32 (written).
 absl::Status MhcCollapse(const core::TensorView& streams, const core::TensorView& pre,
                          const core::TensorView& out);
 

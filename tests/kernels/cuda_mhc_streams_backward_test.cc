@@ -23,7 +23,8 @@ using testing::RandomNormal;
 
 constexpr float kEps = 1e-6f;
 
-// One site's inputs on the host (f32, bf16-representable where `bf16` asks) and the reference.
+// One site's inputs on the host (f32; the streams bf16-representable where `bf16` asks) and the
+// reference.
 struct Site {
   int64_t tokens, n, hidden, mixes;
   bool expand;
@@ -37,10 +38,10 @@ Site MakeSite(int64_t tokens, int64_t n, int64_t hidden, bool expand, bool bf16)
   const int64_t width = n * hidden;
   auto maybe_bf16 = [&](Tensor t) { return bf16 ? testing::RoundToBf16(t) : t; };
   s.streams = maybe_bf16(RandomNormal({tokens, n, hidden}, 60, 2.0f));
-  s.dout = maybe_bf16(RandomNormal({tokens, n, hidden}, 61));
+  s.dout = RandomNormal({tokens, n, hidden}, 61);
   s.comb = RandomNormal({tokens, n, n}, 62);
   s.pre = RandomNormal({tokens, n}, 63);
-  s.dcollapsed = maybe_bf16(RandomNormal({tokens, hidden}, 64));
+  s.dcollapsed = RandomNormal({tokens, hidden}, 64);
   s.fn = RandomNormal({s.mixes, width}, 65, 0.02f);
   s.dmixes = RandomNormal({tokens, s.mixes}, 66);
   s.mixes_out = Tensor::Empty(DType::kF32, {tokens, s.mixes});
@@ -82,15 +83,15 @@ Site MakeSite(int64_t tokens, int64_t n, int64_t hidden, bool expand, bool bf16)
   return s;
 }
 
-// The device inputs of a site: streams, dout and dcollapsed in `dtype`, the rest f32.
+// The device inputs of a site: the streams in `dtype`, the rest f32.
 struct DeviceSite {
   Tensor streams, dout, comb, pre, dcollapsed, fn, dmixes, mixes, rms_inv, dstreams;
   DeviceSite(const Site& s, DType dtype)
       : streams(testing::ToDevice(s.streams, dtype)),
-        dout(testing::ToDevice(s.dout, dtype)),
+        dout(testing::ToDevice(s.dout, DType::kF32)),
         comb(testing::ToDevice(s.comb, DType::kF32)),
         pre(testing::ToDevice(s.pre, DType::kF32)),
-        dcollapsed(testing::ToDevice(s.dcollapsed, dtype)),
+        dcollapsed(testing::ToDevice(s.dcollapsed, DType::kF32)),
         fn(testing::ToDevice(s.fn, DType::kF32)),
         dmixes(testing::ToDevice(s.dmixes, DType::kF32)),
         mixes(testing::ToDevice(s.mixes_out, DType::kF32)),
@@ -166,29 +167,33 @@ TEST(CudaMhcStreamsBackward, RejectsArgumentsThatDoNotFitAndWritesNothing) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const Site site = MakeSite(5, 4, 64, /*expand=*/true, /*bf16=*/false);
   const DeviceSite device(site, DType::kF32);
-  const Tensor head_fn = testing::ToDevice(RandomNormal({4, 4 * 64}, 68), DType::kF32);
-  const Tensor bf16_dstreams = testing::ToDevice(site.dstreams, DType::kBF16);
+  // Views the cases put in place of a fitting one.
+  struct Misfits {
+    Tensor head_fn, bf16_dstreams, bf16_dcollapsed;
+  };
+  const Misfits misfits{testing::ToDevice(RandomNormal({4, 4 * 64}, 68), DType::kF32),
+                        testing::ToDevice(site.dstreams, DType::kBF16),
+                        testing::ToDevice(site.dcollapsed, DType::kBF16)};
   struct Case {
     const char* name;
-    void (*edit)(MhcStreamsBackwardArgs*, const Tensor&, const Tensor&);
+    void (*edit)(MhcStreamsBackwardArgs*, const Misfits&);
   };
   const Case cases[] = {
       {"site fn with n rows",
-       [](MhcStreamsBackwardArgs* a, const Tensor& fn, const Tensor&) { a->fn = fn.view(); }},
-      {"dout without comb",
-       [](MhcStreamsBackwardArgs* a, const Tensor&, const Tensor&) { a->comb = {}; }},
+       [](MhcStreamsBackwardArgs* a, const Misfits& m) { a->fn = m.head_fn.view(); }},
+      {"dout without comb", [](MhcStreamsBackwardArgs* a, const Misfits&) { a->comb = {}; }},
+      {"bf16 dcollapsed", [](MhcStreamsBackwardArgs* a,
+                             const Misfits& m) { a->dcollapsed = m.bf16_dcollapsed.view(); }},
       {"bf16 dstreams",
-       [](MhcStreamsBackwardArgs* a, const Tensor&, const Tensor& d) { a->dstreams = d.view(); }},
+       [](MhcStreamsBackwardArgs* a, const Misfits& m) { a->dstreams = m.bf16_dstreams.view(); }},
       {"dstreams over the streams",
-       [](MhcStreamsBackwardArgs* a, const Tensor&, const Tensor&) { a->dstreams = a->streams; }},
+       [](MhcStreamsBackwardArgs* a, const Misfits&) { a->dstreams = a->streams; }},
       {"rms_inv short of the tokens",
-       [](MhcStreamsBackwardArgs* a, const Tensor&, const Tensor&) {
-         a->rms_inv = a->rms_inv.Slice(0, 0, 4);
-       }},
+       [](MhcStreamsBackwardArgs* a, const Misfits&) { a->rms_inv = a->rms_inv.Slice(0, 0, 4); }},
   };
   for (const Case& c : cases) {
     MhcStreamsBackwardArgs args = device.Args(/*expand=*/true);
-    c.edit(&args, head_fn, bf16_dstreams);
+    c.edit(&args, misfits);
     const absl::Status status = MhcStreamsBackward(args);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.name;
     EXPECT_NE(status.message().find("MhcStreamsBackward"), std::string::npos) << status;

@@ -1,11 +1,13 @@
 // gpu tests of kernels/cuda/model_forward_misc.h against the CPU references they mirror
 // (kernels/cpu/mhc.h MhcCoefficientsRef, HcHeadPreRef, MhcCollapseRef; the scoring loop of
 // kernels/cpu/indexer.h IndexerTopKRef, written out here on given dot products). Odd sizes
-// (37 tokens, n = 3 and 4, H = 70). All f32; tolerance atol 1e-6 + rtol 1e-5 per element (same
+// (37 tokens, n = 3 and 4, H = 70; the collapse also at H = 64 and on bf16 streams). f32 math;
+// tolerance atol 1e-6 + rtol 1e-5 per element (same
 // operation order, only the device's expf and FMA contraction differ). Skips without a device.
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/mhc.h"
 #include "kernels/cuda/device.h"
@@ -78,14 +80,28 @@ TEST(CudaModelForwardMisc, HcHeadAndCollapseMatchTheCpu) {
   EXPECT_TRUE(testing::CloseAndReport("hc_head pre", testing::ToHost(pre.view()).view(),
                                       want_pre.view(), kF32));
 
-  const Tensor streams = RandomNormal({tokens, n, hidden}, 4);
-  Tensor want = Tensor::Empty(DType::kF32, {tokens, hidden});
-  cpu::MhcCollapseRef<float>(streams.data<float>(), want_pre.data<float>(), tokens, n, hidden,
-                             want.data<float>(), nullptr);
-  const Tensor out = DevEmpty({tokens, hidden});
-  ASSERT_TRUE(MhcCollapse(Dev(streams).view(), Dev(want_pre).view(), out.view()).ok());
-  EXPECT_TRUE(
-      testing::CloseAndReport("collapse", testing::ToHost(out.view()).view(), want.view(), kF32));
+  // H = 70 takes the one-channel path, H = 64 the eight-channel one; f32 and bf16 streams (the
+  // bf16 residual streams of bf16 GEMM math: the reference reads the same rounded values).
+  for (const int64_t width : {hidden, int64_t{64}}) {
+    for (const DType dtype : {DType::kF32, DType::kBF16}) {
+      const Tensor streams = testing::RoundToBf16(RandomNormal({tokens, n, width}, 4));
+      Tensor want = Tensor::Empty(DType::kF32, {tokens, width});
+      cpu::MhcCollapseRef<float>(streams.data<float>(), want_pre.data<float>(), tokens, n, width,
+                                 want.data<float>(), nullptr);
+      const Tensor out = DevEmpty({tokens, width});
+      ASSERT_TRUE(
+          MhcCollapse(testing::ToDevice(streams, dtype).view(), Dev(want_pre).view(), out.view())
+              .ok());
+      EXPECT_TRUE(testing::CloseAndReport(
+          absl::StrFormat("collapse H=%d %s", width, dtype == DType::kBF16 ? "bf16" : "f32"),
+          testing::ToHost(out.view()).view(), want.view(), kF32));
+    }
+  }
+  // Streams of another dtype are InvalidArgument.
+  const Tensor i32 =
+      testing::ToDevice(Tensor::Zeros(DType::kI32, {tokens, n, hidden}), DType::kI32);
+  EXPECT_EQ(MhcCollapse(i32.view(), Dev(want_pre).view(), DevEmpty({tokens, hidden}).view()).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaModelForwardMisc, IndexerHeadScoresMatchTheCpuLoop) {

@@ -60,9 +60,16 @@ constexpr double kLossGpuVsCpu = 1e-6;
 // (scripts/measure_bf16_autocast_grads.py on the H200). Each v4rl gradient may be off by
 // kBf16GemmFloor or kBf16GemmFactor x that parameter's autocast error, whichever is larger (one
 // sample of rounding noise against another: small vectors such as the mHC scales measure 0.03 to
-// 1.8 there), and the mean error over all parameters must not pass transformers' mean.
-constexpr double kBf16GemmFloor = 5e-2;
+// 1.8 there), and the mean error over all parameters must not pass transformers' mean. The floor
+// is 0.1 since the residual streams are stored in bf16 under bf16 GEMM math (as the official code
+// stores them): mixed_small's layers.2.hc_ffn_scale, 3 values, measured 0.0655 on the H200 (within
+// the 0.058 its bar was with f32 streams), the mean over all gradients 2.0e-2 (1.7e-2 with f32
+// streams; transformers 1.0e-1).
+constexpr double kBf16GemmFloor = 1e-1;
 constexpr double kBf16GemmFactor = 2;
+// The wide experts' weight gradients (tall products, many tokens a value): the floor before bf16
+// streams.
+constexpr double kBf16WideExpertBar = 5e-2;
 constexpr double kLossBf16GemmVsCpu = 1e-2;
 
 // Canonical parameter name -> transformers' bf16-autocast gradient error by norm, for `fixture`.
@@ -280,7 +287,7 @@ TEST(CudaBackwardWideExperts, Bf16GemmExpertGradientsStayNearTheCpu) {
       const v4rl::testing::CompareStats stats = v4rl::testing::Compare(g->view(), w->view());
       std::printf("[cuda backward] wide experts layer %zu %s: %s\n", l, name,
                   v4rl::testing::Describe(stats).c_str());
-      EXPECT_TRUE(v4rl::testing::RelErrorByNormAtMost(g->view(), w->view(), kBf16GemmFloor))
+      EXPECT_TRUE(v4rl::testing::RelErrorByNormAtMost(g->view(), w->view(), kBf16WideExpertBar))
           << "layer " << l << " " << name << " " << v4rl::testing::Describe(stats);
     }
   }
