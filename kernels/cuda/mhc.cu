@@ -311,7 +311,11 @@ struct MhcPostParams {
 };
 
 // Grid (channel blocks, tokens): each thread one channel of one token, all n output streams from
-// the n inputs; the token's coefficients are loaded once per thread (broadcast reads).
+// the n inputs; the token's coefficients are loaded once per thread (broadcast reads). The
+// streams' dtype is a template argument (p.streams_bf16 == kBf16Streams): loads of a
+// runtime-chosen width compile to branches that keep a thread's loads from being in flight
+// together.
+template <bool kBf16Streams>
 __global__ void MhcPostKernel(MhcPostParams p) {
   WaitForPriorKernels();
   const int64_t t = blockIdx.y;
@@ -322,7 +326,7 @@ __global__ void MhcPostKernel(MhcPostParams p) {
     float x[kMaxHcMult][8], y[8];
 #pragma unroll
     for (int j = 0; j < kMaxHcMult; ++j) {
-      if (j < n) Load8(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h, x[j]);
+      if (j < n) Load8(p.streams, kBf16Streams, (t * n + j) * p.hidden + h, x[j]);
     }
     Load8(p.y, p.y_bf16, t * p.hidden + h, y);
 #pragma unroll
@@ -348,7 +352,7 @@ __global__ void MhcPostKernel(MhcPostParams p) {
   for (int j = 0; j < kMaxHcMult; ++j) {
     if (j >= n) break;
     post[j] = p.post[t * n + j];
-    x[j] = LoadF(p.streams, p.streams_bf16, (t * n + j) * p.hidden + h);
+    x[j] = LoadF(p.streams, kBf16Streams, (t * n + j) * p.hidden + h);
 #pragma unroll
     for (int k = 0; k < kMaxHcMult; ++k) {
       if (k < n) c[j * kMaxHcMult + k] = p.comb[t * n * n + j * n + k];
@@ -546,7 +550,7 @@ absl::Status MhcPost(const core::TensorView& streams, const core::TensorView& y,
     const int64_t per_block = 256 * (p.vec ? 8 : 1);
     const dim3 grid(static_cast<unsigned>((hidden + per_block - 1) / per_block),
                     static_cast<unsigned>(count));
-    LaunchKernel(MhcPostKernel, grid, 256, 0, chunk);
+    LaunchKernel(p.streams_bf16 ? MhcPostKernel<true> : MhcPostKernel<false>, grid, 256, 0, chunk);
     if (absl::Status s = LaunchStatus(op); !s.ok()) return s;
   }
   return absl::OkStatus();

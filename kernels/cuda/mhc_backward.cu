@@ -149,12 +149,13 @@ __device__ __forceinline__ void StoreRmsInv(float sum_sq, int64_t width, float e
 
 // One block per token, W consecutive channels a thread per step. N (the stream count) is a
 // template parameter so that the per-stream sums stay in registers (indexing them by a runtime n
-// put them in local memory).
-template <int N, int W>
-__global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, const float* pre,
-                                       const void* dout, bool dout_bf16, int64_t hidden,
-                                       bool add_to_dstreams, float* dstreams, float* dpre,
-                                       float* rms_inv, float eps) {
+// put them in local memory); so is the streams' dtype (kBf16Streams), since loads of a
+// runtime-chosen width compile to branches that keep a thread's loads from being in flight
+// together.
+template <bool kBf16Streams, int N, int W>
+__global__ void CollapseBackwardKernel(const void* streams, const float* pre, const void* dout,
+                                       bool dout_bf16, int64_t hidden, bool add_to_dstreams,
+                                       float* dstreams, float* dpre, float* rms_inv, float eps) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N];
   const int64_t t = blockIdx.x;
@@ -168,7 +169,7 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
     for (int j = 0; j < N; ++j) {
       const int64_t at = (t * N + j) * hidden + h;
       float x[W], d[W] = {};
-      LoadW<W>(streams, streams_bf16, at, x);
+      LoadW<W>(streams, kBf16Streams, at, x);
       if (dstreams != nullptr) LoadOrZeroW<W>(dstreams, at, add_to_dstreams, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
@@ -183,12 +184,12 @@ __global__ void CollapseBackwardKernel(const void* streams, bool streams_bf16, c
   StoreRmsInv(sum_sq, N * hidden, eps, scratch, rms_inv, t);
 }
 
-template <int N, int W>
-__global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, const void* y,
-                                     bool y_bf16, const float* post, const float* comb,
-                                     const void* dout, bool dout_bf16, int64_t hidden,
-                                     bool add_to_grads, float* dstreams, void* dy, bool dy_bf16,
-                                     float* dpost, float* dcomb, float* rms_inv, float eps) {
+template <bool kBf16Streams, int N, int W>
+__global__ void ExpandBackwardKernel(const void* streams, const void* y, bool y_bf16,
+                                     const float* post, const float* comb, const void* dout,
+                                     bool dout_bf16, int64_t hidden, bool add_to_grads,
+                                     float* dstreams, void* dy, bool dy_bf16, float* dpost,
+                                     float* dcomb, float* rms_inv, float eps) {
   WaitForPriorKernels();
   __shared__ float scratch[32 * N * N];
   const int64_t t = blockIdx.x;
@@ -215,7 +216,7 @@ __global__ void ExpandBackwardKernel(const void* streams, bool streams_bf16, con
     for (int j = 0; j < N; ++j) {
       const int64_t at = (t * N + j) * hidden + h;
       float x[W], d[W] = {};
-      LoadW<W>(streams, streams_bf16, at, x);
+      LoadW<W>(streams, kBf16Streams, at, x);
       if (dstreams != nullptr) LoadOrZeroW<W>(dstreams, at, add_to_grads, d);
 #pragma unroll
       for (int i = 0; i < W; ++i) {
@@ -372,11 +373,13 @@ absl::Status MhcCollapseBackward(const core::TensorView& streams, const core::Te
                     (dstreams.data == nullptr || Vec8Ok(dstreams.data, hidden));
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
-    auto* kernel = vec8 ? CollapseBackwardKernel<kN, 8> : CollapseBackwardKernel<kN, 1>;
-    LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams),
-                 pre.data_as<float>(), dout.data, Bf16(dout), hidden,
-                 dstreams_write == DxWrite::kAdd, dstreams.data_as<float>(), dpre.data_as<float>(),
-                 rms_inv.data_as<float>(), rms_eps);
+    auto* kernel =
+        Bf16(streams)
+            ? (vec8 ? CollapseBackwardKernel<true, kN, 8> : CollapseBackwardKernel<true, kN, 1>)
+            : (vec8 ? CollapseBackwardKernel<false, kN, 8> : CollapseBackwardKernel<false, kN, 1>);
+    LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, pre.data_as<float>(), dout.data,
+                 Bf16(dout), hidden, dstreams_write == DxWrite::kAdd, dstreams.data_as<float>(),
+                 dpre.data_as<float>(), rms_inv.data_as<float>(), rms_eps);
   });
   return LaunchStatus("MhcCollapseBackward");
 }
@@ -419,8 +422,11 @@ absl::Status MhcExpandBackward(const core::TensorView& streams, const core::Tens
       (dstreams.data == nullptr || Vec8Ok(dstreams.data, hidden)) && Vec8Ok(dy.data, hidden);
   WithStreamCount(n, [&](auto n_constant) {
     constexpr int kN = decltype(n_constant)::value;
-    auto* kernel = vec8 ? ExpandBackwardKernel<kN, 8> : ExpandBackwardKernel<kN, 1>;
-    LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, Bf16(streams), y.data, Bf16(y),
+    auto* kernel =
+        Bf16(streams)
+            ? (vec8 ? ExpandBackwardKernel<true, kN, 8> : ExpandBackwardKernel<true, kN, 1>)
+            : (vec8 ? ExpandBackwardKernel<false, kN, 8> : ExpandBackwardKernel<false, kN, 1>);
+    LaunchKernel(kernel, tokens, Threads(hidden), 0, streams.data, y.data, Bf16(y),
                  post.data_as<float>(), comb.data_as<float>(), dout.data, Bf16(dout), hidden,
                  grads_write == DxWrite::kAdd, dstreams.data_as<float>(), dy.data, Bf16(dy),
                  dpost.data_as<float>(), dcomb.data_as<float>(), rms_inv.data_as<float>(), rms_eps);
