@@ -272,13 +272,31 @@ struct EmbedParams {
   bool table_bf16, out_bf16;
 };
 
+// One thread a token's W consecutive channels (W = 8: Load8/Store8 on 16-byte rows with
+// H % 8 == 0; else 1), read from the table once and stored into every copy.
+template <int W>
 __global__ void EmbedStreamsKernel(EmbedParams p) {
   WaitForPriorKernels();
-  const int64_t total = p.num_tokens * p.copies * p.hidden;
+  const int64_t groups = p.hidden / W;
+  const int64_t total = p.num_tokens * groups;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = e / (p.copies * p.hidden), h = e % p.hidden;
-    StoreF(p.out, p.out_bf16, e, LoadF(p.table, p.table_bf16, int64_t{p.ids[i]} * p.hidden + h));
+    const int64_t i = e / groups, h = e % groups * W;
+    const int64_t from = int64_t{p.ids[i]} * p.hidden + h;
+    float v[W];
+    if constexpr (W == 8) {
+      Load8(p.table, p.table_bf16, from, v);
+    } else {
+      v[0] = LoadF(p.table, p.table_bf16, from);
+    }
+    for (int64_t j = 0; j < p.copies; ++j) {
+      const int64_t to = (i * p.copies + j) * p.hidden + h;
+      if constexpr (W == 8) {
+        Store8(p.out, p.out_bf16, to, v);
+      } else {
+        StoreF(p.out, p.out_bf16, to, v[0]);
+      }
+    }
   }
 }
 
@@ -651,9 +669,10 @@ absl::Status EmbedStreams(const core::TensorView& table, const core::TensorView&
   }
   EmbedParams p{table.data, ids.data_as<int32_t>(), out.data, out.shape[0], out.shape[1],
                 out.shape[2], IsBf16(table), IsBf16(out)};
-  const int64_t total = out.numel();
-  if (total == 0) return absl::OkStatus();
-  LaunchKernel(EmbedStreamsKernel, GridFor(total, 256), 256, 0, p);
+  if (out.numel() == 0) return absl::OkStatus();
+  const int width = Vec8Ok(table.data, p.hidden) && Vec8Ok(out.data, p.hidden) ? 8 : 1;
+  LaunchKernel(width == 8 ? EmbedStreamsKernel<8> : EmbedStreamsKernel<1>,
+               GridFor(p.num_tokens * p.hidden / width, 256), 256, 0, p);
   return LaunchStatus(op);
 }
 

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cuda/convert.h"
@@ -268,27 +269,40 @@ TEST(CudaElementwise, SwiGluClampWritesABf16CopyOfItsOutput) {
   }
 }
 
+// H = 77 copies a channel a thread, H = 64 eight (16-byte rows); bf16 and f32 tables and outputs.
 TEST(CudaElementwise, EmbedStreamsCopiesRowsIntoEveryStream) {
   if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const int64_t vocab = 29, hidden = 77, n = 4, tokens = 17;
-  const Tensor table = testing::RoundToBf16(RandomNormal({vocab, hidden}, 12));
-  Tensor ids = Tensor::Empty(DType::kI32, {tokens});
-  for (int64_t i = 0; i < tokens; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7 + 3) % vocab);
-  Tensor want = Tensor::Empty(DType::kF32, {tokens, n, hidden});
-  for (int64_t i = 0; i < tokens; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      for (int64_t h = 0; h < hidden; ++h) {
-        want.data<float>()[(i * n + j) * hidden + h] =
-            table.data<float>()[ids.data<int32_t>()[i] * hidden + h];
+  const int64_t vocab = 29, n = 4, tokens = 17;
+  for (const int64_t hidden : {int64_t{77}, int64_t{64}}) {
+    for (const DType table_dtype : {DType::kBF16, DType::kF32}) {
+      for (const DType out_dtype : {DType::kF32, DType::kBF16}) {
+        const Tensor table = testing::RoundToBf16(RandomNormal({vocab, hidden}, 12));
+        Tensor ids = Tensor::Empty(DType::kI32, {tokens});
+        for (int64_t i = 0; i < tokens; ++i) {
+          ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7 + 3) % vocab);
+        }
+        Tensor want = Tensor::Empty(DType::kF32, {tokens, n, hidden});
+        for (int64_t i = 0; i < tokens; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t h = 0; h < hidden; ++h) {
+              want.data<float>()[(i * n + j) * hidden + h] =
+                  table.data<float>()[ids.data<int32_t>()[i] * hidden + h];
+            }
+          }
+        }
+        const Tensor d_table = testing::ToDevice(table, table_dtype);
+        const Tensor d_ids = testing::ToDevice(ids, DType::kI32);
+        const Tensor out = Tensor::Empty(out_dtype, {tokens, n, hidden}, DeviceAllocator());
+        ASSERT_TRUE(EmbedStreams(d_table.view(), d_ids.view(), out.view()).ok());
+        // The table's values are bf16, so every copy is exact in either dtype.
+        EXPECT_TRUE(testing::CloseAndReport(
+            absl::StrFormat("embed streams H=%d table %s out %s", hidden,
+                            table_dtype == DType::kBF16 ? "bf16" : "f32",
+                            out_dtype == DType::kBF16 ? "bf16" : "f32"),
+            testing::ToHost(out.view()).view(), want.view(), {.atol = 0, .rtol = 0}));
       }
     }
   }
-  const Tensor d_table = testing::ToDevice(table, DType::kBF16);
-  const Tensor d_ids = testing::ToDevice(ids, DType::kI32);
-  const Tensor out = Tensor::Empty(DType::kF32, {tokens, n, hidden}, DeviceAllocator());
-  ASSERT_TRUE(EmbedStreams(d_table.view(), d_ids.view(), out.view()).ok());
-  EXPECT_TRUE(testing::CloseAndReport("embed streams", testing::ToHost(out.view()).view(),
-                                      want.view(), {.atol = 0, .rtol = 0}));
 }
 
 TEST(CudaElementwise, AddPositionBiasPerSequenceSlot) {
