@@ -301,16 +301,9 @@ __device__ __forceinline__ void LoadVec(const float* row, int64_t v, float (&z)[
   z[0] = x.x, z[1] = x.y, z[2] = x.z, z[3] = x.w;
 }
 
-// Vector v (8 bf16) of a 16-byte aligned row, as floats.
+// Vector v (8 bf16) of a 16-byte aligned row, as floats (common.cuh's Load8).
 __device__ __forceinline__ void LoadVec(const __nv_bfloat16* row, int64_t v, float (&z)[8]) {
-  const uint4 raw = reinterpret_cast<const uint4*>(row)[v];
-  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(pairs[k]);
-    z[2 * k] = f.x;
-    z[2 * k + 1] = f.y;
-  }
+  Load8(row, /*bf16=*/true, v * 8, z);
 }
 
 // g to elements [i, i + kWidth) of `out` (f32, or bf16 rounded to nearest even), i a multiple of
