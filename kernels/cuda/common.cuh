@@ -130,6 +130,25 @@ __device__ __forceinline__ void Store8(void* p, bool bf16, int64_t i, const floa
   }
 }
 
+// W consecutive values from element i: Load8 / Store8 (W = 8; Vec8Ok buffers) or one LoadF /
+// StoreF (W = 1), for kernels instantiated for both widths.
+template <int W>
+__device__ __forceinline__ void LoadW(const void* p, bool bf16, int64_t i, float (&v)[W]) {
+  if constexpr (W == 8) {
+    Load8(p, bf16, i, v);
+  } else {
+    v[0] = LoadF(p, bf16, i);
+  }
+}
+template <int W>
+__device__ __forceinline__ void StoreW(void* p, bool bf16, int64_t i, const float (&v)[W]) {
+  if constexpr (W == 8) {
+    Store8(p, bf16, i, v);
+  } else {
+    StoreF(p, bf16, i, v[0]);
+  }
+}
+
 // Host: whether Load8/Store8 may serve a buffer whose rows start every `row_elements` elements.
 inline bool Vec8Ok(const void* p, int64_t row_elements) {
   return p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 == 0 && row_elements % 8 == 0;

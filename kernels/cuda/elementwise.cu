@@ -284,18 +284,9 @@ __global__ void EmbedStreamsKernel(EmbedParams p) {
     const int64_t i = e / groups, h = e % groups * W;
     const int64_t from = int64_t{p.ids[i]} * p.hidden + h;
     float v[W];
-    if constexpr (W == 8) {
-      Load8(p.table, p.table_bf16, from, v);
-    } else {
-      v[0] = LoadF(p.table, p.table_bf16, from);
-    }
+    LoadW<W>(p.table, p.table_bf16, from, v);
     for (int64_t j = 0; j < p.copies; ++j) {
-      const int64_t to = (i * p.copies + j) * p.hidden + h;
-      if constexpr (W == 8) {
-        Store8(p.out, p.out_bf16, to, v);
-      } else {
-        StoreF(p.out, p.out_bf16, to, v[0]);
-      }
+      StoreW<W>(p.out, p.out_bf16, (i * p.copies + j) * p.hidden + h, v);
     }
   }
 }

@@ -108,24 +108,6 @@ struct DzColumnValue {
   __device__ float operator()(int64_t t, int64_t c) const { return dz[t * ld + first + c]; }
 };
 
-// W consecutive values from element i: Load8 (W = 8; Vec8Ok buffers) or one LoadF.
-template <int W>
-__device__ __forceinline__ void LoadW(const void* p, bool bf16, int64_t i, float (&v)[W]) {
-  if constexpr (W == 8) {
-    Load8(p, bf16, i, v);
-  } else {
-    v[0] = LoadF(p, bf16, i);
-  }
-}
-template <int W>
-__device__ __forceinline__ void StoreW(void* p, bool bf16, int64_t i, const float (&v)[W]) {
-  if constexpr (W == 8) {
-    Store8(p, bf16, i, v);
-  } else {
-    StoreF(p, bf16, i, v[0]);
-  }
-}
-
 // v = p[i, i + W) (`add`: the gradient is added to), else zeros (overwritten: not read; 0 + the
 // value keeps the bits of an add to a zero-filled buffer).
 template <int W>

@@ -73,19 +73,11 @@ __global__ void CollapseKernel(const void* streams, bool streams_bf16, const flo
     const float weight = pre[t * n + j];
     const int64_t at = (t * n + j) * hidden + h;
     float x[W];
-    if constexpr (W == 8) {
-      Load8(streams, streams_bf16, at, x);
-    } else {
-      x[0] = LoadF(streams, streams_bf16, at);
-    }
+    LoadW<W>(streams, streams_bf16, at, x);
 #pragma unroll
     for (int i = 0; i < W; ++i) sum[i] += weight * x[i];
   }
-  if constexpr (W == 8) {
-    Store8(out, false, e, sum);
-  } else {
-    out[e] = sum[0];
-  }
+  StoreW<W>(out, false, e, sum);
 }
 
 // One thread a (query, key): heads in order, as kernels/cpu/indexer.cc.

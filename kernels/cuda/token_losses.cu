@@ -291,7 +291,7 @@ __global__ void LogprobKernel(LogprobParams p) {
 template <typename T>
 constexpr int kVecWidth = 16 / sizeof(T);
 // Floats of a row a thread holds at most (vocab 32,768 over kThreads = 512): the kernel then
-// takes 97 (f32) or 114 (bf16) registers on sm_90a without spills, within the 128 a thread of a
+// takes 97 (f32) or 119 (bf16) registers on sm_90a without spills, within the 128 a thread of a
 // 512-thread block may have.
 constexpr int kMaxRowFloatsPerThread = 64;
 
